@@ -1,0 +1,9 @@
+//! sigil-agent: attests its node to sigil-server, syncs the registration entries it is
+//! authorized for, pre-mints and rotates their SVIDs, and serves the SPIFFE Workload API.
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod workload_api;
+pub mod workload_attestation;

@@ -1,0 +1,242 @@
+//! Conversions between the wire messages of `sigil.common.v1` and the validated domain types.
+//! Parsing a message validates it: a bad SPIFFE ID or selector is an error naming the field.
+
+use crate::bundle::{Bundle, JwtAuthority};
+use crate::entry::RegistrationEntry;
+use crate::selector::{self, Selector};
+use crate::sigil::common::v1 as pb;
+use crate::spiffe_id::SpiffeId;
+use crate::trust_domain::TrustDomain;
+
+/// A wire message that does not describe a valid domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> InvalidField {
+    InvalidField {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+impl From<&Selector> for pb::Selector {
+    fn from(s: &Selector) -> Self {
+        pb::Selector {
+            r#type: s.kind().to_owned(),
+            value: s.value().to_owned(),
+        }
+    }
+}
+
+impl TryFrom<&pb::Selector> for Selector {
+    type Error = InvalidField;
+    fn try_from(s: &pb::Selector) -> Result<Self, Self::Error> {
+        Selector::from_parts(&s.r#type, &s.value).map_err(|e| invalid("selector", e))
+    }
+}
+
+/// Parses a list of wire selectors into a canonical set.
+pub fn selectors_from_pb(list: &[pb::Selector]) -> Result<Vec<Selector>, InvalidField> {
+    let mut out = list.iter().map(Selector::try_from).collect::<Result<Vec<_>, _>>()?;
+    selector::canonicalize(&mut out);
+    Ok(out)
+}
+
+pub fn selectors_to_pb(list: &[Selector]) -> Vec<pb::Selector> {
+    list.iter().map(pb::Selector::from).collect()
+}
+
+impl From<&RegistrationEntry> for pb::RegistrationEntry {
+    fn from(e: &RegistrationEntry) -> Self {
+        pb::RegistrationEntry {
+            id: e.id.clone(),
+            spiffe_id: e.spiffe_id.to_string(),
+            parent_id: e.parent_id.to_string(),
+            selectors: selectors_to_pb(&e.selectors),
+            x509_svid_ttl: e.x509_svid_ttl as i32,
+            jwt_svid_ttl: e.jwt_svid_ttl as i32,
+            dns_names: e.dns_names.clone(),
+            federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
+            admin: e.admin,
+            downstream: e.downstream,
+            hint: e.hint.clone(),
+            expires_at: e.expires_at.unwrap_or(0),
+            revision: e.revision,
+            created_at: e.created_at,
+        }
+    }
+}
+
+impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
+    type Error = InvalidField;
+    /// Validates everything a client may set. `id`, `revision` and `created_at` are copied
+    /// as they are; the datastore assigns them on create.
+    fn try_from(e: &pb::RegistrationEntry) -> Result<Self, Self::Error> {
+        let spiffe_id = SpiffeId::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
+        if !spiffe_id.is_workload_id() {
+            return Err(invalid("spiffe_id", "must have a path (a trust domain ID is not a workload identity)"));
+        }
+        let parent_id = SpiffeId::new(&e.parent_id).map_err(|err| invalid("parent_id", err))?;
+        if parent_id.trust_domain() != spiffe_id.trust_domain() {
+            return Err(invalid("parent_id", "must be in the same trust domain as spiffe_id"));
+        }
+        let selectors = selectors_from_pb(&e.selectors)?;
+        if selectors.is_empty() {
+            return Err(invalid("selectors", "at least one selector is required"));
+        }
+        let ttl = |field, v: i32| u32::try_from(v).map_err(|_| invalid(field, "must not be negative"));
+        let federates_with = e
+            .federates_with
+            .iter()
+            .map(|td| TrustDomain::new(td).map_err(|err| invalid("federates_with", err)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if federates_with.contains(spiffe_id.trust_domain()) {
+            return Err(invalid("federates_with", "cannot federate with the entry's own trust domain"));
+        }
+        for dns in &e.dns_names {
+            validate_dns_name(dns).map_err(|r| invalid("dns_names", r))?;
+        }
+        if e.hint.len() > 1024 {
+            return Err(invalid("hint", "longer than 1024 bytes"));
+        }
+        if e.expires_at < 0 {
+            return Err(invalid("expires_at", "must not be negative"));
+        }
+        Ok(RegistrationEntry {
+            id: e.id.clone(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
+            jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
+            dns_names: e.dns_names.clone(),
+            federates_with,
+            admin: e.admin,
+            downstream: e.downstream,
+            hint: e.hint.clone(),
+            expires_at: (e.expires_at != 0).then_some(e.expires_at),
+            revision: e.revision,
+            created_at: e.created_at,
+        })
+    }
+}
+
+/// A DNS SAN must be a plausible host name (optionally with a leading `*.` wildcard label).
+pub fn validate_dns_name(name: &str) -> Result<(), String> {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    if host.is_empty() || name.len() > 253 {
+        return Err(format!("{name:?} is not a valid DNS name"));
+    }
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(format!("{name:?} is not a valid DNS name"));
+        }
+    }
+    Ok(())
+}
+
+impl From<&Bundle> for pb::Bundle {
+    fn from(b: &Bundle) -> Self {
+        pb::Bundle {
+            trust_domain: b.trust_domain.to_string(),
+            x509_authorities: b.x509_authorities.clone(),
+            jwt_authorities: b
+                .jwt_authorities
+                .iter()
+                .map(|a| pb::JwtAuthority {
+                    key_id: a.key_id.clone(),
+                    public_key: a.public_key.clone(),
+                    expires_at: a.expires_at,
+                })
+                .collect(),
+            sequence: b.sequence,
+            refresh_hint: b.refresh_hint.unwrap_or(0),
+        }
+    }
+}
+
+impl TryFrom<&pb::Bundle> for Bundle {
+    type Error = InvalidField;
+    fn try_from(b: &pb::Bundle) -> Result<Self, Self::Error> {
+        Ok(Bundle {
+            trust_domain: TrustDomain::new(&b.trust_domain).map_err(|e| invalid("trust_domain", e))?,
+            x509_authorities: b.x509_authorities.clone(),
+            jwt_authorities: b
+                .jwt_authorities
+                .iter()
+                .map(|a| JwtAuthority {
+                    key_id: a.key_id.clone(),
+                    public_key: a.public_key.clone(),
+                    expires_at: a.expires_at,
+                })
+                .collect(),
+            sequence: b.sequence,
+            refresh_hint: (b.refresh_hint != 0).then_some(b.refresh_hint),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire() -> pb::RegistrationEntry {
+        pb::RegistrationEntry {
+            spiffe_id: "spiffe://example.org/ns/payments/sa/checkout-service".into(),
+            parent_id: "spiffe://example.org/k8s-node".into(),
+            selectors: vec![
+                pb::Selector { r#type: "k8s".into(), value: "sa:checkout-service".into() },
+                pb::Selector { r#type: "k8s".into(), value: "ns:payments".into() },
+            ],
+            dns_names: vec!["checkout.payments.svc".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entry_round_trip() {
+        let e = RegistrationEntry::try_from(&wire()).unwrap();
+        assert_eq!(e.selectors[0].to_string(), "k8s:ns:payments", "canonical order");
+        let back = pb::RegistrationEntry::from(&e);
+        assert_eq!(RegistrationEntry::try_from(&back).unwrap(), e);
+    }
+
+    #[test]
+    fn entry_validation_names_the_field() {
+        let cases: Vec<(fn(&mut pb::RegistrationEntry), &str)> = vec![
+            (|e| e.spiffe_id = "spiffe://example.org".into(), "spiffe_id"),
+            (|e| e.spiffe_id = "http://x/y".into(), "spiffe_id"),
+            (|e| e.parent_id = "spiffe://other.org/node".into(), "parent_id"),
+            (|e| e.selectors.clear(), "selectors"),
+            (|e| e.selectors[0].value.clear(), "selector"),
+            (|e| e.x509_svid_ttl = -1, "x509_svid_ttl"),
+            (|e| e.federates_with = vec!["Bad TD".into()], "federates_with"),
+            (|e| e.federates_with = vec!["example.org".into()], "federates_with"),
+            (|e| e.dns_names = vec!["bad name".into()], "dns_names"),
+        ];
+        for (mutate, field) in cases {
+            let mut w = wire();
+            mutate(&mut w);
+            assert_eq!(RegistrationEntry::try_from(&w).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn dns_names() {
+        for ok in ["a.b", "*.svc.cluster.local", "x-1.example"] {
+            assert!(validate_dns_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "*.", "-a.b", "a..b", "a_b.c", "a b"] {
+            assert!(validate_dns_name(bad).is_err(), "{bad}");
+        }
+    }
+}

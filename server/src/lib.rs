@@ -1,0 +1,16 @@
+//! sigil-server: a SPIFFE workload-identity issuer. Holds registration entries, runs the CA,
+//! attests node agents and serves the admin API (Unix socket), the agent API (mTLS) and the
+//! operational endpoints.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod datastore;
+pub mod key_manager;
+pub mod logging;
+pub mod metrics;
+pub mod node_attestation;
+pub mod ops;
+pub mod run;
