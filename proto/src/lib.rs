@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod cli_args;
 pub mod convert;
 pub mod entry;
 pub mod hcl;
