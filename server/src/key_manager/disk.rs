@@ -77,7 +77,10 @@ impl DiskKeyManager {
             Err(e) if e.kind() == ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io_error(&path, e)),
         };
-        Ok(DiskKeyManager { path, keys: Mutex::new(keys) })
+        Ok(DiskKeyManager {
+            path,
+            keys: Mutex::new(keys),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -91,7 +94,13 @@ impl DiskKeyManager {
             keys: keys
                 .iter()
                 .map(|(id, k)| {
-                    (id.as_str(), EntryOut { key_type: k.key_type().as_str(), pkcs8: k.pkcs8() })
+                    (
+                        id.as_str(),
+                        EntryOut {
+                            key_type: k.key_type().as_str(),
+                            pkcs8: k.pkcs8(),
+                        },
+                    )
                 })
                 .collect(),
         };
@@ -107,7 +116,10 @@ impl DiskKeyManager {
             Some(d) => d.to_path_buf(),
             None => PathBuf::from("."),
         };
-        let file_name = self.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
         let tmp = dir.join(format!(".{}.tmp", file_name.unwrap_or_default()));
         let mut file = OpenOptions::new()
             .write(true)
@@ -120,7 +132,9 @@ impl DiskKeyManager {
         file.sync_all().map_err(|e| io_error(&tmp, e))?;
         drop(file);
         fs::rename(&tmp, &self.path).map_err(|e| io_error(&self.path, e))?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| io_error(&dir, e))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(&dir, e))?;
         Ok(())
     }
 }
@@ -133,7 +147,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Arc<SigningKey>>,
     let file: FileIn = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut keys = BTreeMap::new();
     for (id, entry) in file.keys {
-        let key_type: KeyType = entry.key_type.parse().map_err(|e| corrupt(format!("{id}: {e}")))?;
+        let key_type: KeyType = entry
+            .key_type
+            .parse()
+            .map_err(|e| corrupt(format!("{id}: {e}")))?;
         let pkcs8 = Zeroizing::new(
             STANDARD
                 .decode(entry.pkcs8.as_bytes())
@@ -147,7 +164,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Arc<SigningKey>>,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> KeyManagerError {
-    KeyManagerError::Io { path: path.display().to_string(), source }
+    KeyManagerError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl KeyManager for DiskKeyManager {
@@ -208,7 +228,10 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "temp file renamed away");
 
         let again = DiskKeyManager::open(&path).unwrap();
-        assert_eq!(again.list().unwrap(), vec!["JWT-Signer-A".to_owned(), "x509-CA-A".to_owned()]);
+        assert_eq!(
+            again.list().unwrap(),
+            vec!["JWT-Signer-A".to_owned(), "x509-CA-A".to_owned()]
+        );
         let a2 = again.fetch("x509-CA-A").unwrap().unwrap();
         assert_eq!(a2.public_key(), a.public_key());
         let b2 = again.fetch("JWT-Signer-A").unwrap().unwrap();
@@ -218,7 +241,10 @@ mod tests {
         // Replacing a key is persisted too.
         let a3 = again.generate("x509-CA-A", KeyType::EcP256).unwrap();
         let third = DiskKeyManager::open(&path).unwrap();
-        assert_eq!(third.fetch("x509-CA-A").unwrap().unwrap().public_key(), a3.public_key());
+        assert_eq!(
+            third.fetch("x509-CA-A").unwrap().unwrap().public_key(),
+            a3.public_key()
+        );
     }
 
     #[test]
@@ -233,7 +259,10 @@ mod tests {
         ] {
             fs::write(&path, bad).unwrap();
             let err = DiskKeyManager::open(&path).unwrap_err();
-            assert!(matches!(err, KeyManagerError::Corrupt { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, KeyManagerError::Corrupt { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -41,7 +41,9 @@ impl KeyManager for MemoryKeyManager {
 impl fmt::Debug for MemoryKeyManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ids = self.list().unwrap_or_default();
-        f.debug_struct("MemoryKeyManager").field("key_ids", &ids).finish()
+        f.debug_struct("MemoryKeyManager")
+            .field("key_ids", &ids)
+            .finish()
     }
 }
 
@@ -56,10 +58,16 @@ mod tests {
         let a1 = km.generate("a", KeyType::EcP256).unwrap();
         km.generate("b", KeyType::EcP384).unwrap();
         assert_eq!(km.list().unwrap(), vec!["a".to_owned(), "b".to_owned()]);
-        assert_eq!(km.fetch("a").unwrap().unwrap().public_key(), a1.public_key());
+        assert_eq!(
+            km.fetch("a").unwrap().unwrap().public_key(),
+            a1.public_key()
+        );
         let a2 = km.generate("a", KeyType::EcP256).unwrap();
         assert_ne!(a1.public_key(), a2.public_key());
-        assert_eq!(km.fetch("a").unwrap().unwrap().public_key(), a2.public_key());
+        assert_eq!(
+            km.fetch("a").unwrap().unwrap().public_key(),
+            a2.public_key()
+        );
         assert_eq!(km.list().unwrap().len(), 2);
     }
 }

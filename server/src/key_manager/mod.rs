@@ -28,11 +28,18 @@ pub enum KeyManagerError {
     #[error("key generation failed")]
     Generate,
     #[error("key {id:?} is not a valid {key_type} PKCS#8 key: {reason}")]
-    InvalidKey { id: String, key_type: KeyType, reason: String },
+    InvalidKey {
+        id: String,
+        key_type: KeyType,
+        reason: String,
+    },
     #[error("signing failed")]
     Sign,
     #[error("keys file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("keys file {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
 }
@@ -184,13 +191,19 @@ impl SigningKey {
 
     /// Signs `msg` with a fixed-size signature, the JWS encoding.
     pub fn sign_jws(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
-        let sig = self.jws_signer.sign(&self.rng, msg).map_err(|_| KeyManagerError::Sign)?;
+        let sig = self
+            .jws_signer
+            .sign(&self.rng, msg)
+            .map_err(|_| KeyManagerError::Sign)?;
         Ok(sig.as_ref().to_vec())
     }
 
     /// Signs `msg` with an ASN.1 DER signature, the X.509 encoding.
     pub fn sign_x509(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
-        let sig = self.x509_signer.sign(&self.rng, msg).map_err(|_| KeyManagerError::Sign)?;
+        let sig = self
+            .x509_signer
+            .sign(&self.rng, msg)
+            .map_err(|_| KeyManagerError::Sign)?;
         Ok(sig.as_ref().to_vec())
     }
 
@@ -236,7 +249,9 @@ impl rcgen::PublicKeyData for RcgenKey {
 
 impl rcgen::SigningKey for RcgenKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0.sign_x509(msg).map_err(|_| rcgen::Error::RingUnspecified)
+        self.0
+            .sign_x509(msg)
+            .map_err(|_| rcgen::Error::RingUnspecified)
     }
 }
 
@@ -311,7 +326,8 @@ mod tests {
             SigningKey::from_pkcs8("a", KeyType::EcP256, Zeroizing::new(k.pkcs8().to_vec()))
                 .unwrap();
         assert_eq!(again.public_key(), k.public_key());
-        let wrong = SigningKey::from_pkcs8("a", KeyType::EcP384, Zeroizing::new(k.pkcs8().to_vec()));
+        let wrong =
+            SigningKey::from_pkcs8("a", KeyType::EcP384, Zeroizing::new(k.pkcs8().to_vec()));
         assert!(matches!(wrong, Err(KeyManagerError::InvalidKey { .. })));
     }
 
