@@ -1,1 +1,699 @@
-//! (in progress)
+//! The CA: signs X509-SVIDs and JWT-SVIDs for the trust domain, keeps the current and next
+//! authorities (SPIRE's *sign* / *manage current and next key* / *rotate on a timer* split) and
+//! publishes the trust bundle.
+//!
+//! - [`x509`]: certificate templates (self-signed CA, X509-SVID leaf) and the CSR checks.
+//! - [`jwt`]: JWT-SVID signing, a compact JWS signed with ring.
+//! - [`rotation`]: when to prepare, activate and prune authorities (pure functions of `now`).
+//! - [`journal`]: the persisted record of every authority, so a restart resumes the same CA.
+//!
+//! Signing reads the active authority lock-free (`ArcSwap`); rotation takes a mutex, works on a
+//! copy of the state and commits only when every step succeeded. The run loop calls
+//! [`Ca::rotate`] at [`Ca::next_rotation_check`] and persists the journal it returns.
+
+pub mod journal;
+pub mod jwt;
+pub mod rotation;
+pub mod x509;
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::ca::journal::{JwtKeyRecord, X509AuthorityRecord};
+use crate::ca::jwt::JwtSigner;
+use crate::ca::rotation::{Action, AuthorityStatus, Slot};
+use crate::ca::x509::X509Authority;
+use crate::key_manager::{KeyManager, KeyManagerError, KeyType};
+use sigil_proto::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+
+pub use journal::CaJournal;
+
+/// Key-manager ids of the two X.509 CA slots and the two JWT key slots, as SPIRE names them:
+/// the next authority always goes in the slot the active one does not use, so the keys file
+/// never grows.
+const X509_KEY_IDS: [&str; 2] = ["x509-CA-A", "x509-CA-B"];
+const JWT_KEY_IDS: [&str; 2] = ["JWT-Signer-A", "JWT-Signer-B"];
+
+/// Why the CA refused or failed to sign or rotate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    #[error("SPIFFE ID {id} is not in trust domain {trust_domain}")]
+    ForeignTrustDomain { id: String, trust_domain: String },
+    #[error("SPIFFE ID {0} has no path")]
+    NoPath(String),
+    #[error("JWT-SVID audience is empty")]
+    EmptyAudience,
+    #[error("invalid DNS name {0:?}")]
+    InvalidDnsName(String),
+    #[error("invalid subject value {0:?}")]
+    InvalidSubject(String),
+    #[error("invalid public key: {0}")]
+    InvalidPublicKey(String),
+    #[error("malformed CSR: {0}")]
+    CsrMalformed(String),
+    #[error("CSR signature does not verify")]
+    CsrSignature,
+    #[error("CSR asks for {requested}, not {expected}")]
+    CsrIdMismatch { requested: String, expected: String },
+    #[error("the signing authority has expired")]
+    AuthorityExpired,
+    #[error("no active authority")]
+    NoActiveAuthority,
+    #[error("invalid CA configuration: {0}")]
+    InvalidConfig(&'static str),
+    #[error("time {0} is out of range")]
+    TimeOutOfRange(i64),
+    #[error("random number generator failed")]
+    Random,
+    #[error("CA journal: {0}")]
+    Journal(String),
+    #[error("key manager: {0}")]
+    KeyManager(#[from] KeyManagerError),
+    #[error("certificate generation: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("JSON encoding: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The CA certificate subject (SPIRE's `ca_subject`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaSubject {
+    pub country: Vec<String>,
+    pub organization: Vec<String>,
+    pub common_name: String,
+}
+
+impl Default for CaSubject {
+    /// SPIRE's default: `C=US, O=SPIFFE`.
+    fn default() -> Self {
+        CaSubject {
+            country: vec!["US".into()],
+            organization: vec!["SPIFFE".into()],
+            common_name: String::new(),
+        }
+    }
+}
+
+/// What the CA needs from the server config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaConfig {
+    pub trust_domain: TrustDomain,
+    /// Lifetime of each X.509 CA and JWT key (SPIRE's `ca_ttl`).
+    pub ca_ttl: Duration,
+    /// Default X509-SVID lifetime (`default_x509_svid_ttl`).
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime (`default_jwt_svid_ttl`).
+    pub jwt_svid_ttl: Duration,
+    pub key_type: KeyType,
+    pub ca_subject: CaSubject,
+    /// `iss` claim of JWT-SVIDs (`jwt_issuer`); none by default.
+    pub jwt_issuer: Option<String>,
+}
+
+impl CaConfig {
+    /// SPIRE's defaults: CA 24 h, X509-SVID 1 h, JWT-SVID 5 min, EC P-256, `C=US, O=SPIFFE`.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        CaConfig {
+            trust_domain,
+            ca_ttl: Duration::from_secs(24 * 60 * 60),
+            x509_svid_ttl: Duration::from_secs(60 * 60),
+            jwt_svid_ttl: Duration::from_secs(5 * 60),
+            key_type: KeyType::EcP256,
+            ca_subject: CaSubject::default(),
+            jwt_issuer: None,
+        }
+    }
+}
+
+/// An issued X509-SVID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct X509Svid {
+    /// DER certificates, leaf first, then intermediates if any (none today: the roots are in
+    /// the bundle).
+    pub chain: Vec<Vec<u8>>,
+    /// Unix seconds; the leaf's NotAfter.
+    pub expires_at: i64,
+    /// The leaf's serial number, hex.
+    pub serial: String,
+}
+
+/// An issued JWT-SVID.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSvid {
+    pub token: String,
+    /// Unix seconds; the `exp` claim.
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for JwtSvid {
+    /// The token is a bearer credential: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSvid")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The trust domain's CA.
+pub struct Ca {
+    config: CaConfig,
+    key_manager: Arc<dyn KeyManager>,
+    x509_active: ArcSwap<X509Authority>,
+    jwt_active: ArcSwap<JwtSigner>,
+    state: Mutex<State>,
+    bundle_tx: watch::Sender<Arc<Bundle>>,
+}
+
+impl Ca {
+    /// Builds the CA from `journal`. Authorities whose keys are still in the key manager are
+    /// resumed as they were; those whose keys are gone stay in the bundle (public part only)
+    /// until they expire, and a fresh authority is created and activated. Returns the journal
+    /// to persist.
+    pub fn new(
+        config: CaConfig,
+        key_manager: Arc<dyn KeyManager>,
+        journal: Option<CaJournal>,
+        now: SystemTime,
+    ) -> Result<(Ca, CaJournal), CaError> {
+        if config.ca_ttl.as_secs() == 0 {
+            return Err(CaError::InvalidConfig("ca_ttl must be at least one second"));
+        }
+        if config.ca_subject.country.len() > 1 || config.ca_subject.organization.len() > 1 {
+            tracing::warn!("ca_subject: only the first country and organization are used");
+        }
+        let now = unix(now);
+        let fresh = journal.is_none();
+        let mut state = State::load(&*key_manager, journal.unwrap_or_default())?;
+        let changed = state.rotate(&config, &*key_manager, now)?;
+        if changed || fresh {
+            state.sequence += 1;
+        }
+        let x509_active = state.active_x509()?;
+        let jwt_active = state.active_jwt()?;
+        let bundle = Arc::new(state.bundle(&config.trust_domain));
+        let journal = state.journal();
+        let (bundle_tx, _) = watch::channel(bundle);
+        tracing::info!(
+            trust_domain = %config.trust_domain,
+            x509_authorities = state.x509.len(),
+            jwt_keys = state.jwt.len(),
+            sequence = state.sequence,
+            "CA ready"
+        );
+        let ca = Ca {
+            config,
+            key_manager,
+            x509_active: ArcSwap::new(x509_active),
+            jwt_active: ArcSwap::new(jwt_active),
+            state: Mutex::new(state),
+            bundle_tx,
+        };
+        Ok((ca, journal))
+    }
+
+    pub fn config(&self) -> &CaConfig {
+        &self.config
+    }
+
+    /// Signs an X509-SVID for `spiffe_id` over the given public key (SPKI DER). `ttl` defaults
+    /// to `x509_svid_ttl`; NotAfter is capped by the CA's.
+    pub fn sign_x509_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        public_key_spki_der: &[u8],
+        ttl: Option<Duration>,
+        dns_names: &[String],
+    ) -> Result<X509Svid, CaError> {
+        self.sign_x509_svid_at(
+            SystemTime::now(),
+            spiffe_id,
+            public_key_spki_der,
+            ttl,
+            dns_names,
+        )
+    }
+
+    /// Signs an X509-SVID for the public key of a PKCS#10 CSR, after checking its signature.
+    /// The identity is `spiffe_id`: a CSR asking for another URI SAN is refused, other names it
+    /// asks for are ignored.
+    pub fn sign_x509_svid_csr(
+        &self,
+        csr_der: &[u8],
+        spiffe_id: &SpiffeId,
+        ttl: Option<Duration>,
+        dns_names: &[String],
+    ) -> Result<X509Svid, CaError> {
+        self.check_id(spiffe_id)?;
+        let public_key = x509::csr_public_key(csr_der, spiffe_id)?;
+        self.sign_x509_svid(spiffe_id, &public_key, ttl, dns_names)
+    }
+
+    /// Signs the server's own SVID, `spiffe://<td>/spire/server`, its TLS identity toward
+    /// agents.
+    pub fn sign_server_svid(
+        &self,
+        public_key_spki_der: &[u8],
+        dns_names: &[String],
+    ) -> Result<X509Svid, CaError> {
+        let id = self.config.trust_domain.server_id();
+        self.sign_x509_svid(&id, public_key_spki_der, None, dns_names)
+    }
+
+    pub(crate) fn sign_x509_svid_at(
+        &self,
+        now: SystemTime,
+        spiffe_id: &SpiffeId,
+        public_key_spki_der: &[u8],
+        ttl: Option<Duration>,
+        dns_names: &[String],
+    ) -> Result<X509Svid, CaError> {
+        self.check_id(spiffe_id)?;
+        let now = unix(now);
+        let authority = self.x509_active.load();
+        let ttl = secs(ttl.unwrap_or(self.config.x509_svid_ttl));
+        let not_after = now.saturating_add(ttl).min(authority.not_after());
+        if not_after <= now {
+            return Err(CaError::AuthorityExpired);
+        }
+        let not_before = now - x509::NOT_BEFORE_CUSHION_SECS;
+        let (leaf, serial) = authority.sign_leaf(
+            spiffe_id,
+            public_key_spki_der,
+            not_before,
+            not_after,
+            dns_names,
+        )?;
+        Ok(X509Svid {
+            chain: vec![leaf],
+            expires_at: not_after,
+            serial,
+        })
+    }
+
+    /// Signs a JWT-SVID for `spiffe_id` with every audience in `audience`. `ttl` defaults to
+    /// `jwt_svid_ttl`; `exp` is capped by the JWT key's expiry.
+    pub fn sign_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, CaError> {
+        self.sign_jwt_svid_at(SystemTime::now(), spiffe_id, audience, ttl)
+    }
+
+    pub(crate) fn sign_jwt_svid_at(
+        &self,
+        now: SystemTime,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<JwtSvid, CaError> {
+        self.check_id(spiffe_id)?;
+        if audience.is_empty() || audience.iter().any(String::is_empty) {
+            return Err(CaError::EmptyAudience);
+        }
+        let now = unix(now);
+        let signer = self.jwt_active.load();
+        let ttl = secs(ttl.unwrap_or(self.config.jwt_svid_ttl));
+        let exp = now.saturating_add(ttl).min(signer.not_after());
+        if exp <= now {
+            return Err(CaError::AuthorityExpired);
+        }
+        let token = signer.sign(
+            &spiffe_id.to_string(),
+            audience,
+            now,
+            exp,
+            self.config.jwt_issuer.as_deref(),
+        )?;
+        Ok(JwtSvid {
+            token,
+            expires_at: exp,
+        })
+    }
+
+    /// The current bundle: every unexpired X.509 CA and JWT key.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        self.bundle_tx.borrow().clone()
+    }
+
+    /// A receiver that sees every new bundle.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.bundle_tx.subscribe()
+    }
+
+    /// The current journal.
+    pub fn journal(&self) -> CaJournal {
+        self.lock_state().journal()
+    }
+
+    /// Applies every rotation step due at `now` (prepare, activate, prune). When something
+    /// changed, publishes the new bundle and returns the journal for the caller to persist.
+    pub fn rotate(&self, now: SystemTime) -> Result<Option<CaJournal>, CaError> {
+        let now = unix(now);
+        let mut state = self.lock_state();
+        let mut next = state.clone();
+        if !next.rotate(&self.config, &*self.key_manager, now)? {
+            return Ok(None);
+        }
+        next.sequence += 1;
+        let x509_active = next.active_x509()?;
+        let jwt_active = next.active_jwt()?;
+        *state = next;
+        self.x509_active.store(x509_active);
+        self.jwt_active.store(jwt_active);
+        self.bundle_tx
+            .send_replace(Arc::new(state.bundle(&self.config.trust_domain)));
+        tracing::info!(sequence = state.sequence, "CA authorities rotated");
+        Ok(Some(state.journal()))
+    }
+
+    /// When [`Ca::rotate`] next has something to do (never before `now`).
+    pub fn next_rotation_check(&self, now: SystemTime) -> SystemTime {
+        let now_s = unix(now);
+        let state = self.lock_state();
+        let x509: Vec<Slot> = state.x509.iter().map(|s| s.record.slot()).collect();
+        let jwt: Vec<Slot> = state.jwt.iter().map(|s| s.record.slot()).collect();
+        let at = rotation::next_check_at(now_s, &x509).min(rotation::next_check_at(now_s, &jwt));
+        if at <= now_s {
+            return now;
+        }
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(at).unwrap_or(0))
+    }
+
+    fn check_id(&self, id: &SpiffeId) -> Result<(), CaError> {
+        if id.trust_domain() != &self.config.trust_domain {
+            return Err(CaError::ForeignTrustDomain {
+                id: id.to_string(),
+                trust_domain: self.config.trust_domain.to_string(),
+            });
+        }
+        if !id.is_workload_id() {
+            return Err(CaError::NoPath(id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Rotation commits a whole new state in one assignment, so a poisoned lock still
+        // guards a consistent value.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.config.trust_domain)
+            .field("key_manager", &self.key_manager)
+            .field("sequence", &self.bundle_tx.borrow().sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every authority, with the live signer of the active and prepared ones.
+#[derive(Clone, Debug)]
+struct State {
+    x509: Vec<Entry<X509AuthorityRecord, X509Authority>>,
+    jwt: Vec<Entry<JwtKeyRecord, JwtSigner>>,
+    sequence: u64,
+}
+
+#[derive(Debug)]
+struct Entry<R, A> {
+    record: R,
+    /// `None` for old authorities and for those whose key the key manager no longer has.
+    live: Option<Arc<A>>,
+}
+
+// By hand: a derive would require `A: Clone`, but only the `Arc` is cloned.
+impl<R: Clone, A> Clone for Entry<R, A> {
+    fn clone(&self) -> Self {
+        Entry {
+            record: self.record.clone(),
+            live: self.live.clone(),
+        }
+    }
+}
+
+/// What rotation needs from a journal record, for both kinds of authority.
+trait Record {
+    fn slot(&self) -> Slot;
+    fn set_status(&mut self, status: AuthorityStatus);
+    fn key_id(&self) -> &str;
+}
+
+impl Record for X509AuthorityRecord {
+    fn slot(&self) -> Slot {
+        X509AuthorityRecord::slot(self)
+    }
+    fn set_status(&mut self, status: AuthorityStatus) {
+        self.status = status;
+    }
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl Record for JwtKeyRecord {
+    fn slot(&self) -> Slot {
+        JwtKeyRecord::slot(self)
+    }
+    fn set_status(&mut self, status: AuthorityStatus) {
+        self.status = status;
+    }
+    fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl State {
+    /// Loads a journal, reattaching each active or prepared authority to its key. One whose
+    /// key is missing or different (memory key manager after a restart) becomes old: it stays
+    /// in the bundle until it expires but never signs again.
+    fn load(km: &dyn KeyManager, journal: CaJournal) -> Result<State, CaError> {
+        let mut x509 = Vec::with_capacity(journal.x509_authorities.len());
+        for mut record in journal.x509_authorities {
+            let mut live = None;
+            if record.status != AuthorityStatus::Old {
+                match km.fetch(&record.key_id)? {
+                    Some(key) => match X509Authority::load(record.cert_der.clone(), &key) {
+                        Ok(authority) => live = Some(Arc::new(authority)),
+                        Err(e) => {
+                            tracing::warn!(key_id = %record.key_id, error = %e, "X.509 CA not resumed")
+                        }
+                    },
+                    None => {
+                        tracing::warn!(key_id = %record.key_id, "X.509 CA key is gone; keeping its certificate until it expires")
+                    }
+                }
+                if live.is_none() {
+                    record.status = AuthorityStatus::Old;
+                }
+            }
+            x509.push(Entry { record, live });
+        }
+        let mut jwt = Vec::with_capacity(journal.jwt_keys.len());
+        for mut record in journal.jwt_keys {
+            let mut live = None;
+            if record.status != AuthorityStatus::Old {
+                match km.fetch(&record.key_id)? {
+                    Some(key) if key.public_key() == record.public_key.as_slice() => {
+                        live = Some(Arc::new(JwtSigner::new(
+                            record.kid.clone(),
+                            key,
+                            record.not_after,
+                        )?));
+                    }
+                    _ => {
+                        tracing::warn!(key_id = %record.key_id, kid = %record.kid, "JWT key is gone; keeping it in the bundle until it expires")
+                    }
+                }
+                if live.is_none() {
+                    record.status = AuthorityStatus::Old;
+                }
+            }
+            jwt.push(Entry { record, live });
+        }
+        Ok(State {
+            x509,
+            jwt,
+            sequence: journal.bundle_sequence,
+        })
+    }
+
+    /// Applies the rotation rule to both kinds of authority. Returns whether anything changed.
+    fn rotate(
+        &mut self,
+        config: &CaConfig,
+        km: &dyn KeyManager,
+        now: i64,
+    ) -> Result<bool, CaError> {
+        let ttl = secs(config.ca_ttl);
+        let x509_changed = rotate_entries(&mut self.x509, now, X509_KEY_IDS, |key_id| {
+            let key = km.generate(key_id, config.key_type)?;
+            let authority =
+                X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?;
+            tracing::info!(
+                key_id,
+                not_after = authority.not_after(),
+                "X.509 CA prepared"
+            );
+            let record = X509AuthorityRecord {
+                cert_der: authority.cert_der().to_vec(),
+                key_id: key_id.to_owned(),
+                status: AuthorityStatus::Prepared,
+                issued_at: now,
+                not_after: authority.not_after(),
+                tainted: false,
+            };
+            Ok(Entry {
+                record,
+                live: Some(Arc::new(authority)),
+            })
+        })?;
+        let jwt_changed = rotate_entries(&mut self.jwt, now, JWT_KEY_IDS, |key_id| {
+            let key = km.generate(key_id, config.key_type)?;
+            let not_after = now.saturating_add(ttl);
+            let kid = jwt::random_kid()?;
+            tracing::info!(key_id, kid = %kid, not_after, "JWT key prepared");
+            let record = JwtKeyRecord {
+                kid: kid.clone(),
+                public_key: key.public_key().to_vec(),
+                key_id: key_id.to_owned(),
+                status: AuthorityStatus::Prepared,
+                issued_at: now,
+                not_after,
+                tainted: false,
+            };
+            Ok(Entry {
+                record,
+                live: Some(Arc::new(JwtSigner::new(kid, key, not_after)?)),
+            })
+        })?;
+        Ok(x509_changed || jwt_changed)
+    }
+
+    fn active_x509(&self) -> Result<Arc<X509Authority>, CaError> {
+        active(&self.x509)
+    }
+
+    fn active_jwt(&self) -> Result<Arc<JwtSigner>, CaError> {
+        active(&self.jwt)
+    }
+
+    fn bundle(&self, trust_domain: &TrustDomain) -> Bundle {
+        let mut bundle = Bundle::new(trust_domain.clone());
+        bundle.x509_authorities = self
+            .x509
+            .iter()
+            .map(|e| e.record.cert_der.clone())
+            .collect();
+        bundle.jwt_authorities = self
+            .jwt
+            .iter()
+            .map(|e| JwtAuthority {
+                key_id: e.record.kid.clone(),
+                public_key: e.record.public_key.clone(),
+                expires_at: e.record.not_after,
+            })
+            .collect();
+        bundle.sequence = self.sequence;
+        bundle
+    }
+
+    fn journal(&self) -> CaJournal {
+        CaJournal {
+            x509_authorities: self.x509.iter().map(|e| e.record.clone()).collect(),
+            jwt_keys: self.jwt.iter().map(|e| e.record.clone()).collect(),
+            bundle_sequence: self.sequence,
+        }
+    }
+}
+
+fn active<R: Record, A>(entries: &[Entry<R, A>]) -> Result<Arc<A>, CaError> {
+    entries
+        .iter()
+        .find(|e| e.record.slot().status == AuthorityStatus::Active)
+        .and_then(|e| e.live.clone())
+        .ok_or(CaError::NoActiveAuthority)
+}
+
+/// Applies [`rotation::decide`] until nothing is due (a prepared authority that was itself
+/// overdue can need a second pass). `create` makes a prepared authority in the given key slot.
+fn rotate_entries<R: Record, A>(
+    entries: &mut Vec<Entry<R, A>>,
+    now: i64,
+    key_ids: [&str; 2],
+    mut create: impl FnMut(&str) -> Result<Entry<R, A>, CaError>,
+) -> Result<bool, CaError> {
+    let mut changed = false;
+    // Each pass either settles or moves a fresh authority in; three passes always suffice.
+    for _ in 0..3 {
+        let slots: Vec<Slot> = entries.iter().map(|e| e.record.slot()).collect();
+        let actions = rotation::decide(now, &slots);
+        if actions.is_empty() {
+            break;
+        }
+        changed = true;
+        let mut index = 0;
+        entries.retain(|_| {
+            let keep = !actions.contains(&Action::Prune(index));
+            index += 1;
+            keep
+        });
+        for action in actions {
+            match action {
+                Action::Prune(_) => {}
+                Action::Prepare => {
+                    // The slot no signing authority uses: the other one's key may be overwritten.
+                    let busy: Vec<&str> = entries
+                        .iter()
+                        .filter(|e| e.live.is_some())
+                        .map(|e| e.record.key_id())
+                        .collect();
+                    let key_id = key_ids
+                        .iter()
+                        .find(|id| !busy.contains(id))
+                        .unwrap_or(&key_ids[0]);
+                    let entry = create(key_id)?;
+                    entries.push(entry);
+                }
+                Action::Activate => {
+                    for e in entries.iter_mut() {
+                        match e.record.slot().status {
+                            AuthorityStatus::Active => {
+                                e.record.set_status(AuthorityStatus::Old);
+                                e.live = None;
+                            }
+                            AuthorityStatus::Prepared => {
+                                e.record.set_status(AuthorityStatus::Active)
+                            }
+                            AuthorityStatus::Old => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(changed)
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;
