@@ -1,0 +1,194 @@
+//! Trust bundles by trust domain: our own and federated ones.
+//!
+//! Stored in the datastore's own JSON encoding rather than the SPIFFE bundle format, which has
+//! no place for a JWT authority's expiry and would re-parse every certificate on each read.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use sigil_proto::{Bundle, JwtAuthority, TrustDomain};
+use sqlx::Row;
+
+use super::{Datastore, DatastoreError, unix_now};
+
+/// The stored form of a [`Bundle`] (without its trust domain, which is the row's key).
+#[derive(Serialize, Deserialize)]
+struct StoredBundle {
+    /// Base64 DER certificates.
+    x509_authorities: Vec<String>,
+    jwt_authorities: Vec<StoredJwtAuthority>,
+    sequence: u64,
+    refresh_hint: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredJwtAuthority {
+    key_id: String,
+    /// Base64 DER SubjectPublicKeyInfo.
+    public_key: String,
+    expires_at: i64,
+}
+
+impl Datastore {
+    /// The bundle of `trust_domain`, if stored.
+    pub async fn fetch_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<Bundle>, DatastoreError> {
+        let data: Option<String> =
+            sqlx::query_scalar("SELECT data FROM bundles WHERE trust_domain = ?")
+                .bind(trust_domain.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        data.map(|d| decode(trust_domain.clone(), &d)).transpose()
+    }
+
+    /// Stores `bundle`, replacing any bundle of the same trust domain.
+    pub async fn set_bundle(&self, bundle: &Bundle) -> Result<(), DatastoreError> {
+        sqlx::query(
+            "INSERT INTO bundles (trust_domain, data, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (trust_domain) DO UPDATE \
+             SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(bundle.trust_domain.as_str())
+        .bind(encode(bundle)?)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every stored bundle, in trust-domain order.
+    pub async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError> {
+        let rows = sqlx::query("SELECT trust_domain, data FROM bundles ORDER BY trust_domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let td: String = row.try_get(0)?;
+                let data: String = row.try_get(1)?;
+                let td = TrustDomain::new(&td).map_err(|e| {
+                    DatastoreError::Corrupt(format!("bundle trust domain {td:?}: {e}"))
+                })?;
+                decode(td, &data)
+            })
+            .collect()
+    }
+
+    /// Deletes the bundle of `trust_domain`; `NotFound` if there is none.
+    pub async fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<(), DatastoreError> {
+        let done = sqlx::query("DELETE FROM bundles WHERE trust_domain = ?")
+            .bind(trust_domain.as_str())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(DatastoreError::NotFound(format!(
+                "bundle for {trust_domain}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {
+    let stored = StoredBundle {
+        x509_authorities: bundle
+            .x509_authorities
+            .iter()
+            .map(|der| STANDARD.encode(der))
+            .collect(),
+        jwt_authorities: bundle
+            .jwt_authorities
+            .iter()
+            .map(|a| StoredJwtAuthority {
+                key_id: a.key_id.clone(),
+                public_key: STANDARD.encode(&a.public_key),
+                expires_at: a.expires_at,
+            })
+            .collect(),
+        sequence: bundle.sequence,
+        refresh_hint: bundle.refresh_hint,
+    };
+    serde_json::to_string(&stored)
+        .map_err(|e| DatastoreError::InvalidArgument(format!("bundle cannot be encoded: {e}")))
+}
+
+fn decode(trust_domain: TrustDomain, data: &str) -> Result<Bundle, DatastoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        DatastoreError::Corrupt(format!("bundle for {trust_domain}: {e}"))
+    };
+    let stored: StoredBundle = serde_json::from_str(data).map_err(|e| corrupt(&e))?;
+    let x509_authorities = stored
+        .x509_authorities
+        .iter()
+        .map(|b| STANDARD.decode(b).map_err(|e| corrupt(&e)))
+        .collect::<Result<_, _>>()?;
+    let jwt_authorities = stored
+        .jwt_authorities
+        .into_iter()
+        .map(|a| {
+            Ok(JwtAuthority {
+                public_key: STANDARD.decode(&a.public_key).map_err(|e| corrupt(&e))?,
+                key_id: a.key_id,
+                expires_at: a.expires_at,
+            })
+        })
+        .collect::<Result<_, DatastoreError>>()?;
+    Ok(Bundle {
+        trust_domain: trust_domain.clone(),
+        x509_authorities,
+        jwt_authorities,
+        sequence: stored.sequence,
+        refresh_hint: stored.refresh_hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::store;
+    use super::*;
+
+    fn bundle(td: &str, sequence: u64) -> Bundle {
+        Bundle {
+            trust_domain: TrustDomain::new(td).unwrap(),
+            x509_authorities: vec![vec![0x30, 0x82, 1, 2], vec![0x30, 3]],
+            jwt_authorities: vec![JwtAuthority {
+                key_id: "kid-1".into(),
+                public_key: vec![0x30, 0x59, 9],
+                expires_at: 1_900_000_000,
+            }],
+            sequence,
+            refresh_hint: Some(300),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_upsert_list_delete() {
+        let (_dir, ds) = store().await;
+        let own = bundle("example.org", 1);
+        let td = own.trust_domain.clone();
+        assert_eq!(ds.fetch_bundle(&td).await.unwrap(), None);
+        ds.set_bundle(&own).await.unwrap();
+        assert_eq!(ds.fetch_bundle(&td).await.unwrap(), Some(own.clone()));
+
+        let mut next = bundle("example.org", 2);
+        next.refresh_hint = None;
+        next.jwt_authorities.clear();
+        ds.set_bundle(&next).await.unwrap();
+        assert_eq!(ds.fetch_bundle(&td).await.unwrap(), Some(next.clone()));
+
+        let federated = bundle("another.org", 5);
+        ds.set_bundle(&federated).await.unwrap();
+        assert_eq!(
+            ds.list_bundles().await.unwrap(),
+            vec![federated.clone(), next]
+        );
+
+        ds.delete_bundle(&td).await.unwrap();
+        assert_eq!(ds.list_bundles().await.unwrap(), vec![federated]);
+        assert!(matches!(
+            ds.delete_bundle(&td).await,
+            Err(DatastoreError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,1130 @@
+//! Registration entries and their change feed (`entry_events`).
+//!
+//! Every create, update and delete appends an event in the same transaction; an entry's
+//! `revision` is the revision of its latest event. Agents sync by asking for the events after
+//! the last revision they saw.
+
+use std::collections::HashSet;
+
+use sigil_proto::selector::canonicalize;
+use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use super::selectors::{self, ENTRY_SELECTORS, SelectorMatch};
+use super::{Datastore, DatastoreError, finish_page, is_unique_violation, page_bounds, unix_now};
+
+/// Entries deleted per transaction by [`Datastore::prune_entries`], so pruning a large backlog
+/// never holds the write lock for long.
+const PRUNE_BATCH: i64 = 500;
+
+/// The columns [`entry_from_row`] reads, from `registered_entries e`. A macro so that
+/// `concat!` can build `&'static str` queries from it.
+macro_rules! entry_columns {
+    () => {
+        "e.id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, e.jwt_svid_ttl, e.dns_names, \
+         e.federates_with, e.admin, e.downstream, e.hint, e.expires_at, e.revision, e.created_at"
+    };
+}
+
+/// Which entries to list or count; every set field must match (AND).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    pub spiffe_id: Option<SpiffeId>,
+    pub parent_id: Option<SpiffeId>,
+    /// A non-empty selector set and how entries' selectors must relate to it.
+    pub selectors: Option<(Vec<Selector>, SelectorMatch)>,
+    pub hint: Option<String>,
+}
+
+/// What happened to an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryEventKind {
+    /// Created or changed: fetch the entry for its current state.
+    Upsert,
+    /// Deleted, pruned, or moved away from `parent_id` by an update.
+    Delete,
+}
+
+impl EntryEventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryEventKind::Upsert => "upsert",
+            EntryEventKind::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, DatastoreError> {
+        match s {
+            "upsert" => Ok(EntryEventKind::Upsert),
+            "delete" => Ok(EntryEventKind::Delete),
+            other => Err(DatastoreError::Corrupt(format!(
+                "unknown entry event kind {other:?}"
+            ))),
+        }
+    }
+}
+
+/// One change to one entry, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryEvent {
+    pub revision: i64,
+    pub entry_id: String,
+    /// The entry's parent when the event was written. An update that changes the parent
+    /// writes a `Delete` under the old parent, then an `Upsert` under the new one.
+    pub parent_id: SpiffeId,
+    pub kind: EntryEventKind,
+}
+
+impl Datastore {
+    /// Creates all `entries` in one transaction, or none of them.
+    ///
+    /// Assigns `id` (a UUID v4) unless set, `created_at` (now) and `revision`; canonicalizes the
+    /// selectors. An entry with the same SPIFFE ID, parent and selector set as an existing one
+    /// (or an earlier one in the batch), or a taken `id`, is `AlreadyExists`.
+    pub async fn create_entries(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let now = unix_now();
+        let mut tx = self.begin_write().await?;
+        let mut created = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            let selector_key = prepare(&mut entry)?;
+            if entry.id.is_empty() {
+                entry.id = Uuid::new_v4().to_string();
+            } else if entry_exists(&mut tx, &entry.id).await? {
+                return Err(DatastoreError::AlreadyExists(format!(
+                    "entry ID {:?}",
+                    entry.id
+                )));
+            }
+            entry.created_at = now;
+            let parent = entry.parent_id.to_string();
+            entry.revision =
+                append_event(&mut tx, &entry.id, &parent, EntryEventKind::Upsert, now).await?;
+            insert_row(&mut tx, &entry, &selector_key)
+                .await
+                .map_err(|e| conflict(e, &entry))?;
+            selectors::insert(&mut tx, ENTRY_SELECTORS, &entry.id, &entry.selectors).await?;
+            created.push(entry);
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// The entry with this ID, if any.
+    pub async fn fetch_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+        // A read transaction: the entry row and its selectors come from one snapshot.
+        let mut tx = self.pool.begin().await?;
+        let entry = fetch_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    /// One page of the entries matching `filter`, in ID order, and the token of the next page
+    /// (the last ID returned) if there is one. `page_size` must be positive; the caller caps it.
+    pub async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<RegistrationEntry>, Option<String>), DatastoreError> {
+        let (limit, after) = page_bounds(page_size, page_token)?;
+        let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM registered_entries e WHERE e.id > "
+        ));
+        qb.push_bind(after.to_owned());
+        push_filter(&mut qb, filter)?;
+        qb.push(" ORDER BY e.id LIMIT ");
+        qb.push_bind(limit);
+        let mut tx = self.pool.begin().await?;
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        let entries = with_selectors(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(finish_page(entries, page_size, |e| e.id.clone()))
+    }
+
+    /// How many entries match `filter`.
+    pub async fn count_entries(&self, filter: &EntryFilter) -> Result<u64, DatastoreError> {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM registered_entries e WHERE 1 = 1");
+        push_filter(&mut qb, filter)?;
+        let count: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Every entry whose parent is one of `parents`, in ID order.
+    pub async fn list_entries_by_parents(
+        &self,
+        parents: &[SpiffeId],
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut entries = Vec::new();
+        for chunk in parents.chunks(500) {
+            let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM registered_entries e WHERE e.parent_id IN ("
+            ));
+            let mut sep = qb.separated(", ");
+            for p in chunk {
+                sep.push_bind(p.to_string());
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(&mut *tx).await?;
+            entries.extend(with_selectors(&mut tx, &rows).await?);
+        }
+        tx.commit().await?;
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        entries.dedup_by(|a, b| a.id == b.id);
+        Ok(entries)
+    }
+
+    /// Replaces every field except `id` and `created_at` of each entry, in one transaction;
+    /// bumps their revisions. An unknown ID is `NotFound`, a change that makes an entry equal
+    /// to another (SPIFFE ID, parent, selectors) is `AlreadyExists`; either way nothing changes.
+    pub async fn update_entries(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let now = unix_now();
+        let mut tx = self.begin_write().await?;
+        let mut updated = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            let selector_key = prepare(&mut entry)?;
+            let current = sqlx::query(
+                "SELECT parent_id, created_at, selector_key FROM registered_entries WHERE id = ?",
+            )
+            .bind(&entry.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found(&entry.id))?;
+            let old_parent: String = current.try_get(0)?;
+            entry.created_at = current.try_get(1)?;
+            let old_key: String = current.try_get(2)?;
+
+            let parent = entry.parent_id.to_string();
+            if old_parent != parent {
+                // Tell the old parent's agents the entry left them.
+                append_event(&mut tx, &entry.id, &old_parent, EntryEventKind::Delete, now).await?;
+            }
+            entry.revision =
+                append_event(&mut tx, &entry.id, &parent, EntryEventKind::Upsert, now).await?;
+            update_row(&mut tx, &entry, &selector_key)
+                .await
+                .map_err(|e| conflict(e, &entry))?;
+            if old_key != selector_key {
+                selectors::delete(&mut tx, ENTRY_SELECTORS, &entry.id).await?;
+                selectors::insert(&mut tx, ENTRY_SELECTORS, &entry.id, &entry.selectors).await?;
+            }
+            updated.push(entry);
+        }
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    /// Deletes the entries with these IDs in one transaction and returns them as they were.
+    /// An unknown ID is `NotFound` and nothing is deleted. Repeated IDs count once.
+    pub async fn delete_entries(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+        let now = unix_now();
+        let mut seen = HashSet::new();
+        let mut tx = self.begin_write().await?;
+        let mut deleted = Vec::with_capacity(ids.len());
+        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
+            let entry = fetch_in(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
+            // Selectors go with the row (ON DELETE CASCADE).
+            sqlx::query("DELETE FROM registered_entries WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let parent = entry.parent_id.to_string();
+            append_event(&mut tx, id, &parent, EntryEventKind::Delete, now).await?;
+            deleted.push(entry);
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Deletes the entries that expired before `now` (Unix seconds), writing a `Delete` event
+    /// for each; returns how many. Works in batches, one transaction each.
+    pub async fn prune_entries(&self, now: i64) -> Result<u64, DatastoreError> {
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(
+                "DELETE FROM registered_entries WHERE id IN \
+                 (SELECT id FROM registered_entries WHERE expires_at < ? ORDER BY id LIMIT ?) \
+                 RETURNING id, parent_id",
+            )
+            .bind(now)
+            .bind(PRUNE_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            let event_time = unix_now();
+            for row in &rows {
+                let id: String = row.try_get(0)?;
+                let parent: String = row.try_get(1)?;
+                append_event(&mut tx, &id, &parent, EntryEventKind::Delete, event_time).await?;
+            }
+            tx.commit().await?;
+            total += rows.len() as u64;
+            if (rows.len() as i64) < PRUNE_BATCH {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(count = total, "pruned expired registration entries");
+        }
+        Ok(total)
+    }
+
+    /// Up to `limit` events with a revision greater than `after_revision`, oldest first.
+    pub async fn list_entry_events(
+        &self,
+        after_revision: i64,
+        limit: u32,
+    ) -> Result<Vec<EntryEvent>, DatastoreError> {
+        let rows = sqlx::query(
+            "SELECT revision, entry_id, parent_id, kind FROM entry_events \
+             WHERE revision > ? ORDER BY revision LIMIT ?",
+        )
+        .bind(after_revision)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let parent: String = row.try_get(2)?;
+                let kind: String = row.try_get(3)?;
+                Ok(EntryEvent {
+                    revision: row.try_get(0)?,
+                    entry_id: row.try_get(1)?,
+                    parent_id: parse_id(&parent, "entry event parent ID")?,
+                    kind: EntryEventKind::parse(&kind)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The revision of the latest event, 0 if there has been none.
+    pub async fn latest_entry_revision(&self) -> Result<i64, DatastoreError> {
+        let latest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM entry_events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(latest)
+    }
+
+    /// Deletes events with a revision below `before_revision`, except the latest event, so
+    /// [`latest_entry_revision`](Self::latest_entry_revision) never goes back. Returns how many.
+    pub async fn prune_entry_events(&self, before_revision: i64) -> Result<u64, DatastoreError> {
+        let done = sqlx::query(
+            "DELETE FROM entry_events WHERE revision < ? \
+             AND revision < (SELECT MAX(revision) FROM entry_events)",
+        )
+        .bind(before_revision)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Canonicalizes and checks an entry before it is written; returns its selector key.
+fn prepare(entry: &mut RegistrationEntry) -> Result<String, DatastoreError> {
+    canonicalize(&mut entry.selectors);
+    if entry.selectors.is_empty() {
+        return Err(DatastoreError::InvalidArgument(format!(
+            "entry for {} has no selectors",
+            entry.spiffe_id
+        )));
+    }
+    if entry.id.chars().any(char::is_control) {
+        return Err(DatastoreError::InvalidArgument(
+            "entry ID contains a control character".into(),
+        ));
+    }
+    Ok(selectors::selector_key(&entry.selectors))
+}
+
+fn not_found(id: &str) -> DatastoreError {
+    DatastoreError::NotFound(format!("entry {id:?}"))
+}
+
+/// Maps the unique index's refusal to an error naming the entry.
+fn conflict(err: DatastoreError, entry: &RegistrationEntry) -> DatastoreError {
+    match err {
+        DatastoreError::Database(e) if is_unique_violation(&e) => {
+            DatastoreError::AlreadyExists(format!(
+                "an entry for {} with parent {} and the same selectors",
+                entry.spiffe_id, entry.parent_id
+            ))
+        }
+        other => other,
+    }
+}
+
+async fn entry_exists(conn: &mut SqliteConnection, id: &str) -> Result<bool, DatastoreError> {
+    let found = sqlx::query("SELECT 1 FROM registered_entries WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(found.is_some())
+}
+
+/// Appends an event and returns its revision.
+async fn append_event(
+    conn: &mut SqliteConnection,
+    entry_id: &str,
+    parent_id: &str,
+    kind: EntryEventKind,
+    now: i64,
+) -> Result<i64, DatastoreError> {
+    let revision: i64 = sqlx::query_scalar(
+        "INSERT INTO entry_events (entry_id, parent_id, kind, created_at) VALUES (?, ?, ?, ?) \
+         RETURNING revision",
+    )
+    .bind(entry_id)
+    .bind(parent_id)
+    .bind(kind.as_str())
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(revision)
+}
+
+async fn insert_row(
+    conn: &mut SqliteConnection,
+    e: &RegistrationEntry,
+    selector_key: &str,
+) -> Result<(), DatastoreError> {
+    sqlx::query(
+        "INSERT INTO registered_entries (id, spiffe_id, parent_id, selector_key, x509_svid_ttl, \
+         jwt_svid_ttl, dns_names, federates_with, admin, downstream, hint, expires_at, revision, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&e.id)
+    .bind(e.spiffe_id.to_string())
+    .bind(e.parent_id.to_string())
+    .bind(selector_key)
+    .bind(i64::from(e.x509_svid_ttl))
+    .bind(i64::from(e.jwt_svid_ttl))
+    .bind(json_list(e.dns_names.iter().map(String::as_str)))
+    .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+    .bind(e.admin)
+    .bind(e.downstream)
+    .bind(&e.hint)
+    .bind(e.expires_at)
+    .bind(e.revision)
+    .bind(e.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn update_row(
+    conn: &mut SqliteConnection,
+    e: &RegistrationEntry,
+    selector_key: &str,
+) -> Result<(), DatastoreError> {
+    sqlx::query(
+        "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selector_key = ?, \
+         x509_svid_ttl = ?, jwt_svid_ttl = ?, dns_names = ?, federates_with = ?, admin = ?, \
+         downstream = ?, hint = ?, expires_at = ?, revision = ? WHERE id = ?",
+    )
+    .bind(e.spiffe_id.to_string())
+    .bind(e.parent_id.to_string())
+    .bind(selector_key)
+    .bind(i64::from(e.x509_svid_ttl))
+    .bind(i64::from(e.jwt_svid_ttl))
+    .bind(json_list(e.dns_names.iter().map(String::as_str)))
+    .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+    .bind(e.admin)
+    .bind(e.downstream)
+    .bind(&e.hint)
+    .bind(e.expires_at)
+    .bind(e.revision)
+    .bind(&e.id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends the filter's conditions (`AND ...`) to a query over `registered_entries e`.
+fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &EntryFilter) -> Result<(), DatastoreError> {
+    if let Some(id) = &filter.spiffe_id {
+        qb.push(" AND e.spiffe_id = ");
+        qb.push_bind(id.to_string());
+    }
+    if let Some(id) = &filter.parent_id {
+        qb.push(" AND e.parent_id = ");
+        qb.push_bind(id.to_string());
+    }
+    if let Some(hint) = &filter.hint {
+        qb.push(" AND e.hint = ");
+        qb.push_bind(hint.clone());
+    }
+    if let Some((given, mode)) = &filter.selectors {
+        let mut given = given.clone();
+        canonicalize(&mut given);
+        if given.is_empty() {
+            return Err(DatastoreError::InvalidArgument(
+                "selector filter is empty".into(),
+            ));
+        }
+        selectors::push_match(qb, ENTRY_SELECTORS, "e.id", &given, *mode);
+    }
+    Ok(())
+}
+
+/// Reads one entry with its selectors.
+async fn fetch_in(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<RegistrationEntry>, DatastoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM registered_entries e WHERE e.id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(with_selectors(conn, &[row]).await?.pop()),
+        None => Ok(None),
+    }
+}
+
+/// Parses entry rows and attaches their selectors.
+async fn with_selectors(
+    conn: &mut SqliteConnection,
+    rows: &[SqliteRow],
+) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+    let mut entries = rows
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+    let mut selectors = selectors::load(conn, ENTRY_SELECTORS, &ids).await?;
+    for entry in &mut entries {
+        entry.selectors = selectors.remove(&entry.id).unwrap_or_default();
+        if entry.selectors.is_empty() {
+            return Err(DatastoreError::Corrupt(format!(
+                "entry {:?} has no selectors",
+                entry.id
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+/// Parses an entry row (without its selectors).
+fn entry_from_row(row: &SqliteRow) -> Result<RegistrationEntry, DatastoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        DatastoreError::Corrupt(format!("entry {id:?}: {what}: {e}"))
+    };
+    let spiffe_id: String = row.try_get("spiffe_id")?;
+    let parent_id: String = row.try_get("parent_id")?;
+    let ttl = |col: &str| -> Result<u32, DatastoreError> {
+        let v: i64 = row.try_get(col)?;
+        u32::try_from(v).map_err(|e| corrupt(col, &e))
+    };
+    let dns_names: String = row.try_get("dns_names")?;
+    let federates_with: String = row.try_get("federates_with")?;
+    let federates_with: Vec<String> =
+        serde_json::from_str(&federates_with).map_err(|e| corrupt("federates_with", &e))?;
+    Ok(RegistrationEntry {
+        spiffe_id: SpiffeId::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?,
+        parent_id: SpiffeId::new(&parent_id).map_err(|e| corrupt("parent_id", &e))?,
+        selectors: Vec::new(),
+        x509_svid_ttl: ttl("x509_svid_ttl")?,
+        jwt_svid_ttl: ttl("jwt_svid_ttl")?,
+        dns_names: serde_json::from_str(&dns_names).map_err(|e| corrupt("dns_names", &e))?,
+        federates_with: federates_with
+            .iter()
+            .map(|td| TrustDomain::new(td).map_err(|e| corrupt("federates_with", &e)))
+            .collect::<Result<_, _>>()?,
+        admin: row.try_get("admin")?,
+        downstream: row.try_get("downstream")?,
+        hint: row.try_get("hint")?,
+        expires_at: row.try_get("expires_at")?,
+        revision: row.try_get("revision")?,
+        created_at: row.try_get("created_at")?,
+        id,
+    })
+}
+
+fn parse_id(s: &str, what: &str) -> Result<SpiffeId, DatastoreError> {
+    SpiffeId::new(s).map_err(|e| DatastoreError::Corrupt(format!("{what} {s:?}: {e}")))
+}
+
+/// A JSON array of strings (serializing strings cannot fail).
+fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    serde_json::Value::Array(
+        items
+            .map(|s| serde_json::Value::String(s.to_owned()))
+            .collect(),
+    )
+    .to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::tests::store;
+    use super::*;
+
+    pub(crate) fn entry(spiffe_id: &str, parent_id: &str, sels: &[&str]) -> RegistrationEntry {
+        RegistrationEntry {
+            id: String::new(),
+            spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
+            parent_id: SpiffeId::new(parent_id).unwrap(),
+            selectors: sels.iter().map(|s| s.parse().unwrap()).collect(),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: Vec::new(),
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            expires_at: None,
+            revision: 0,
+            created_at: 0,
+        }
+    }
+
+    const AGENT: &str = "spiffe://td/spire/agent/a";
+    const AGENT_B: &str = "spiffe://td/spire/agent/b";
+
+    fn sels(list: &[&str]) -> Vec<Selector> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn ids(entries: &[RegistrationEntry]) -> Vec<&str> {
+        let mut v: Vec<&str> = entries.iter().map(|e| e.spiffe_id.path()).collect();
+        v.sort();
+        v
+    }
+
+    async fn all(ds: &Datastore, filter: &EntryFilter) -> Vec<RegistrationEntry> {
+        ds.list_entries(filter, 1000, None).await.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn create_fetch_round_trips_every_field() {
+        let (_dir, ds) = store().await;
+        let before = unix_now();
+        let mut e = entry(
+            "spiffe://td/web",
+            AGENT,
+            &["unix:uid:1000", "k8s:ns:web", "unix:uid:1000"],
+        );
+        e.x509_svid_ttl = 3600;
+        e.jwt_svid_ttl = 300;
+        e.dns_names = vec!["web.example.org".into(), "web".into()];
+        e.federates_with = vec![TrustDomain::new("other.org").unwrap()];
+        e.admin = true;
+        e.downstream = true;
+        e.hint = "web".into();
+        e.expires_at = Some(1_900_000_000);
+        e.revision = 42; // ignored: the datastore assigns it
+        e.created_at = 7; // ignored
+
+        let created = ds.create_entries(vec![e.clone()]).await.unwrap().remove(0);
+        assert!(Uuid::parse_str(&created.id).is_ok(), "{}", created.id);
+        assert!(created.created_at >= before);
+        assert_eq!(created.revision, 1);
+        // Canonical selectors: sorted, de-duplicated.
+        assert_eq!(created.selectors, sels(&["k8s:ns:web", "unix:uid:1000"]));
+        let expected = RegistrationEntry {
+            id: created.id.clone(),
+            selectors: created.selectors.clone(),
+            revision: created.revision,
+            created_at: created.created_at,
+            ..e
+        };
+        assert_eq!(created, expected);
+        assert_eq!(ds.fetch_entry(&created.id).await.unwrap(), Some(expected));
+        assert_eq!(ds.fetch_entry("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn caller_chosen_id_is_kept_and_must_be_unique() {
+        let (_dir, ds) = store().await;
+        let mut e = entry("spiffe://td/a", AGENT, &["unix:uid:1"]);
+        e.id = "my-id".into();
+        assert_eq!(
+            ds.create_entries(vec![e.clone()]).await.unwrap()[0].id,
+            "my-id"
+        );
+        let mut other = entry("spiffe://td/b", AGENT, &["unix:uid:2"]);
+        other.id = "my-id".into();
+        let err = ds.create_entries(vec![other]).await.unwrap_err();
+        assert!(
+            matches!(&err, DatastoreError::AlreadyExists(m) if m.contains("my-id")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_is_refused_whatever_the_selector_order() {
+        let (_dir, ds) = store().await;
+        ds.create_entries(vec![entry(
+            "spiffe://td/web",
+            AGENT,
+            &["k8s:ns:a", "k8s:sa:b"],
+        )])
+        .await
+        .unwrap();
+        let dup = entry("spiffe://td/web", AGENT, &["k8s:sa:b", "k8s:ns:a"]);
+        let err = ds.create_entries(vec![dup]).await.unwrap_err();
+        assert!(
+            matches!(&err, DatastoreError::AlreadyExists(m) if m.contains("spiffe://td/web")),
+            "{err}"
+        );
+        // Same ID and selectors under another parent, or other selectors, are different entries.
+        ds.create_entries(vec![
+            entry("spiffe://td/web", AGENT_B, &["k8s:ns:a", "k8s:sa:b"]),
+            entry("spiffe://td/web", AGENT, &["k8s:ns:a"]),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(ds.count_entries(&EntryFilter::default()).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_bad_batch_member_leaves_nothing_behind() {
+        let (_dir, ds) = store().await;
+        let existing = entry("spiffe://td/old", AGENT, &["unix:uid:9"]);
+        ds.create_entries(vec![existing.clone()]).await.unwrap();
+        let revision = ds.latest_entry_revision().await.unwrap();
+
+        let batches = [
+            // duplicate of a stored entry, last in the batch
+            vec![
+                entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
+                existing.clone(),
+            ],
+            // duplicate within the batch
+            vec![
+                entry("spiffe://td/b", AGENT, &["unix:uid:1", "unix:gid:1"]),
+                entry("spiffe://td/b", AGENT, &["unix:gid:1", "unix:uid:1"]),
+            ],
+            // invalid member
+            vec![
+                entry("spiffe://td/c", AGENT, &["unix:uid:1"]),
+                entry("spiffe://td/d", AGENT, &[]),
+            ],
+        ];
+        for batch in batches {
+            assert!(ds.create_entries(batch).await.is_err());
+            assert_eq!(ds.count_entries(&EntryFilter::default()).await.unwrap(), 1);
+            assert_eq!(
+                ds.latest_entry_revision().await.unwrap(),
+                revision,
+                "no events"
+            );
+        }
+        let stray: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entry_selectors")
+            .fetch_one(&ds.pool)
+            .await
+            .unwrap();
+        assert_eq!(stray, 1, "only the stored entry's selector");
+    }
+
+    /// web: {k8s:ns:web, k8s:sa:web}, db: {k8s:ns:db}, uid: {unix:uid:1} (parent B, hint "h").
+    async fn fixture(ds: &Datastore) {
+        let mut uid = entry("spiffe://td/uid", AGENT_B, &["unix:uid:1"]);
+        uid.hint = "h".into();
+        ds.create_entries(vec![
+            entry("spiffe://td/web", AGENT, &["k8s:ns:web", "k8s:sa:web"]),
+            entry("spiffe://td/db", AGENT, &["k8s:ns:db"]),
+            uid,
+        ])
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn field_filters() {
+        let (_dir, ds) = store().await;
+        fixture(&ds).await;
+        let by_id = EntryFilter {
+            spiffe_id: Some(SpiffeId::new("spiffe://td/web").unwrap()),
+            ..EntryFilter::default()
+        };
+        assert_eq!(ids(&all(&ds, &by_id).await), ["/web"]);
+        let by_parent = EntryFilter {
+            parent_id: Some(SpiffeId::new(AGENT).unwrap()),
+            ..EntryFilter::default()
+        };
+        assert_eq!(ids(&all(&ds, &by_parent).await), ["/db", "/web"]);
+        assert_eq!(ds.count_entries(&by_parent).await.unwrap(), 2);
+        let by_hint = EntryFilter {
+            hint: Some("h".into()),
+            ..EntryFilter::default()
+        };
+        assert_eq!(ids(&all(&ds, &by_hint).await), ["/uid"]);
+        let both = EntryFilter {
+            hint: Some("h".into()),
+            ..by_parent
+        };
+        assert!(all(&ds, &both).await.is_empty());
+        assert_eq!(ds.count_entries(&both).await.unwrap(), 0);
+
+        let by_parents = ds
+            .list_entries_by_parents(&[
+                SpiffeId::new(AGENT_B).unwrap(),
+                SpiffeId::new(AGENT).unwrap(),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(ids(&by_parents), ["/db", "/uid", "/web"]);
+    }
+
+    #[tokio::test]
+    async fn selector_match_modes() {
+        let (_dir, ds) = store().await;
+        fixture(&ds).await;
+        let cases: &[(&[&str], SelectorMatch, &[&str])] = &[
+            (
+                &["k8s:sa:web", "k8s:ns:web"],
+                SelectorMatch::Exact,
+                &["/web"],
+            ),
+            (&["k8s:ns:web"], SelectorMatch::Exact, &[]),
+            (
+                &["k8s:ns:web", "k8s:sa:web", "k8s:ns:db"],
+                SelectorMatch::Exact,
+                &[],
+            ),
+            (
+                &["k8s:ns:web", "k8s:sa:web", "k8s:ns:db"],
+                SelectorMatch::Subset,
+                &["/db", "/web"],
+            ),
+            (
+                &["k8s:ns:web", "unix:uid:1"],
+                SelectorMatch::Subset,
+                &["/uid"],
+            ),
+            (&["k8s:ns:web"], SelectorMatch::Subset, &[]),
+            (&["k8s:ns:web"], SelectorMatch::Superset, &["/web"]),
+            (
+                &["k8s:ns:web", "k8s:sa:web"],
+                SelectorMatch::Superset,
+                &["/web"],
+            ),
+            (&["k8s:ns:web", "k8s:ns:db"], SelectorMatch::Superset, &[]),
+            (
+                &["k8s:ns:web", "k8s:ns:db", "x:y"],
+                SelectorMatch::Any,
+                &["/db", "/web"],
+            ),
+            (&["x:y"], SelectorMatch::Any, &[]),
+        ];
+        for (given, mode, want) in cases {
+            let filter = EntryFilter {
+                selectors: Some((sels(given), *mode)),
+                ..EntryFilter::default()
+            };
+            assert_eq!(ids(&all(&ds, &filter).await), *want, "{given:?} {mode:?}");
+            assert_eq!(ds.count_entries(&filter).await.unwrap(), want.len() as u64);
+        }
+        let empty = EntryFilter {
+            selectors: Some((Vec::new(), SelectorMatch::Any)),
+            ..EntryFilter::default()
+        };
+        assert!(matches!(
+            ds.count_entries(&empty).await,
+            Err(DatastoreError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn selector_matches_start_from_the_selector_index() {
+        let (_dir, ds) = store().await;
+        for mode in [
+            SelectorMatch::Exact,
+            SelectorMatch::Subset,
+            SelectorMatch::Superset,
+            SelectorMatch::Any,
+        ] {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "EXPLAIN QUERY PLAN SELECT e.id FROM registered_entries e WHERE 1 = 1",
+            );
+            selectors::push_match(
+                &mut qb,
+                ENTRY_SELECTORS,
+                "e.id",
+                &sels(&["a:b", "c:d"]),
+                mode,
+            );
+            let plan: Vec<String> = qb
+                .build()
+                .fetch_all(&ds.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>("detail"))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("USING COVERING INDEX entry_selectors_type_value"),
+                "{mode:?}:\n{plan}"
+            );
+            // No full scan of a table: only of the literal VALUES list.
+            let scans = plan
+                .lines()
+                .filter(|l| l.starts_with("SCAN") && !l.contains("VALUES"));
+            assert_eq!(scans.count(), 0, "{mode:?}:\n{plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pagination_covers_every_entry_once_in_id_order() {
+        let (_dir, ds) = store().await;
+        let batch: Vec<_> = (0..23)
+            .map(|i| entry(&format!("spiffe://td/w{i}"), AGENT, &["unix:uid:1"]))
+            .collect();
+        ds.create_entries(batch).await.unwrap();
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = ds
+                .list_entries(&EntryFilter::default(), 5, token.as_deref())
+                .await
+                .unwrap();
+            assert!(page.len() <= 5);
+            seen.extend(page.into_iter().map(|e| e.id));
+            pages += 1;
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 5);
+        assert_eq!(seen.len(), 23);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(seen, sorted, "in id order, no repeats");
+        assert!(matches!(
+            ds.list_entries(&EntryFilter::default(), 0, None).await,
+            Err(DatastoreError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn update_replaces_fields_and_bumps_revision() {
+        let (_dir, ds) = store().await;
+        let created = ds
+            .create_entries(vec![entry("spiffe://td/web", AGENT, &["unix:uid:1"])])
+            .await
+            .unwrap()
+            .remove(0);
+        let mut changed = created.clone();
+        changed.spiffe_id = SpiffeId::new("spiffe://td/web2").unwrap();
+        changed.selectors = sels(&["unix:uid:2", "unix:gid:2"]);
+        changed.dns_names = vec!["a.example".into()];
+        changed.x509_svid_ttl = 60;
+        changed.expires_at = Some(5);
+        changed.created_at = 0; // ignored
+        let updated = ds
+            .update_entries(vec![changed.clone()])
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(updated.revision > created.revision);
+        assert_eq!(updated.created_at, created.created_at);
+        assert_eq!(updated.selectors, sels(&["unix:gid:2", "unix:uid:2"]));
+        assert_eq!(
+            ds.fetch_entry(&created.id).await.unwrap(),
+            Some(updated.clone())
+        );
+        // The old selectors no longer match.
+        let old = EntryFilter {
+            selectors: Some((sels(&["unix:uid:1"]), SelectorMatch::Any)),
+            ..EntryFilter::default()
+        };
+        assert_eq!(ds.count_entries(&old).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn failed_updates_change_nothing() {
+        let (_dir, ds) = store().await;
+        let created = ds
+            .create_entries(vec![
+                entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
+                entry("spiffe://td/b", AGENT, &["unix:uid:2"]),
+            ])
+            .await
+            .unwrap();
+        let revision = ds.latest_entry_revision().await.unwrap();
+
+        let mut first = created[0].clone();
+        first.hint = "changed".into();
+        let mut unknown = created[1].clone();
+        unknown.id = "unknown".into();
+        let err = ds
+            .update_entries(vec![first.clone(), unknown])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DatastoreError::NotFound(_)), "{err}");
+
+        // b becomes a copy of a: refused by the unique index.
+        let mut collide = created[1].clone();
+        collide.spiffe_id = created[0].spiffe_id.clone();
+        collide.selectors = created[0].selectors.clone();
+        let err = ds.update_entries(vec![first, collide]).await.unwrap_err();
+        assert!(
+            matches!(&err, DatastoreError::AlreadyExists(m) if m.contains("spiffe://td/a")),
+            "{err}"
+        );
+
+        for e in &created {
+            assert_eq!(ds.fetch_entry(&e.id).await.unwrap().as_ref(), Some(e));
+        }
+        assert_eq!(ds.latest_entry_revision().await.unwrap(), revision);
+    }
+
+    #[tokio::test]
+    async fn delete_returns_entries_and_unknown_id_deletes_nothing() {
+        let (_dir, ds) = store().await;
+        let created = ds
+            .create_entries(vec![
+                entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
+                entry("spiffe://td/b", AGENT, &["unix:uid:2"]),
+            ])
+            .await
+            .unwrap();
+        let err = ds
+            .delete_entries(&[created[0].id.clone(), "unknown".into()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DatastoreError::NotFound(_)), "{err}");
+        assert_eq!(ds.count_entries(&EntryFilter::default()).await.unwrap(), 2);
+
+        let deleted = ds
+            .delete_entries(&[created[0].id.clone(), created[0].id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec![created[0].clone()]);
+        assert_eq!(ds.fetch_entry(&created[0].id).await.unwrap(), None);
+        assert_eq!(
+            ds.fetch_entry(&created[1].id).await.unwrap().as_ref(),
+            Some(&created[1])
+        );
+        let selectors: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entry_selectors")
+            .fetch_one(&ds.pool)
+            .await
+            .unwrap();
+        assert_eq!(selectors, 1, "selectors deleted with their entry");
+    }
+
+    #[tokio::test]
+    async fn events_follow_every_change_in_revision_order() {
+        let (_dir, ds) = store().await;
+        assert_eq!(ds.latest_entry_revision().await.unwrap(), 0);
+        let created = ds
+            .create_entries(vec![
+                entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
+                entry("spiffe://td/b", AGENT, &["unix:uid:2"]),
+            ])
+            .await
+            .unwrap();
+        let (a, b) = (&created[0], &created[1]);
+        let mut moved = a.clone();
+        moved.parent_id = SpiffeId::new(AGENT_B).unwrap();
+        let moved = ds.update_entries(vec![moved]).await.unwrap().remove(0);
+        ds.delete_entries(std::slice::from_ref(&b.id))
+            .await
+            .unwrap();
+
+        let events = ds.list_entry_events(0, 100).await.unwrap();
+        let summary: Vec<(&str, &str, EntryEventKind)> = events
+            .iter()
+            .map(|e| (e.entry_id.as_str(), e.parent_id.path(), e.kind))
+            .collect();
+        use EntryEventKind::{Delete, Upsert};
+        assert_eq!(
+            summary,
+            [
+                (a.id.as_str(), "/spire/agent/a", Upsert),
+                (b.id.as_str(), "/spire/agent/a", Upsert),
+                (a.id.as_str(), "/spire/agent/a", Delete),
+                (a.id.as_str(), "/spire/agent/b", Upsert),
+                (b.id.as_str(), "/spire/agent/a", Delete),
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].revision < w[1].revision));
+        assert_eq!(a.revision, events[0].revision);
+        assert_eq!(b.revision, events[1].revision);
+        assert_eq!(
+            moved.revision, events[3].revision,
+            "an entry's revision is its latest event"
+        );
+        assert_eq!(
+            ds.latest_entry_revision().await.unwrap(),
+            events[4].revision
+        );
+
+        let after = ds.list_entry_events(events[2].revision, 1).await.unwrap();
+        assert_eq!(after, vec![events[3].clone()]);
+
+        // Pruning keeps the latest event, so the latest revision never goes back.
+        assert_eq!(ds.prune_entry_events(i64::MAX).await.unwrap(), 4);
+        assert_eq!(
+            ds.list_entry_events(0, 100).await.unwrap(),
+            vec![events[4].clone()]
+        );
+        assert_eq!(
+            ds.latest_entry_revision().await.unwrap(),
+            events[4].revision
+        );
+        // Revisions are never reused.
+        let c = ds
+            .create_entries(vec![entry("spiffe://td/c", AGENT, &["unix:uid:3"])])
+            .await
+            .unwrap();
+        assert!(c[0].revision > events[4].revision);
+    }
+
+    #[tokio::test]
+    async fn prune_removes_expired_entries_with_events() {
+        let (_dir, ds) = store().await;
+        let mut batch = Vec::new();
+        for i in 0..(PRUNE_BATCH + 3) {
+            let mut e = entry(&format!("spiffe://td/x{i}"), AGENT, &["unix:uid:1"]);
+            e.expires_at = Some(100);
+            batch.push(e);
+        }
+        let mut later = entry("spiffe://td/later", AGENT, &["unix:uid:1"]);
+        later.expires_at = Some(200);
+        batch.push(later);
+        batch.push(entry("spiffe://td/never", AGENT, &["unix:uid:1"]));
+        ds.create_entries(batch).await.unwrap();
+        let revision = ds.latest_entry_revision().await.unwrap();
+
+        assert_eq!(
+            ds.prune_entries(100).await.unwrap(),
+            0,
+            "expires_at < now only"
+        );
+        assert_eq!(ds.prune_entries(101).await.unwrap(), PRUNE_BATCH as u64 + 3);
+        assert_eq!(
+            ids(&all(&ds, &EntryFilter::default()).await),
+            ["/later", "/never"]
+        );
+        let events = ds.list_entry_events(revision, 1000).await.unwrap();
+        assert_eq!(events.len(), PRUNE_BATCH as usize + 3);
+        assert!(events.iter().all(|e| e.kind == EntryEventKind::Delete));
+    }
+}
