@@ -212,9 +212,11 @@ impl<'a> Block<'a> {
         self.line
     }
 
-    /// The key path of `key` inside this block.
+    /// The key path of `key` inside this block; an empty `key` names the block itself.
     pub fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
+        if key.is_empty() {
+            self.path.clone()
+        } else if self.path.is_empty() {
             key.to_owned()
         } else {
             format!("{}.{key}", self.path)
@@ -251,11 +253,55 @@ impl<'a> Block<'a> {
         self.attrs.iter().any(|a| a.key == key)
     }
 
-    /// Marks `key` as read without looking at its value: for a value a command-line flag
-    /// replaces.
+    /// Marks the attribute or blocks `key` as read without looking at them: for a value a
+    /// command-line flag replaces, or a disabled plugin.
     pub fn skip(&mut self, key: &str) {
         for attr in self.attrs.iter_mut().filter(|a| a.key == key) {
             attr.used = true;
+        }
+        for sub in self
+            .blocks
+            .iter_mut()
+            .filter(|b| b.block.ident.as_str() == key)
+        {
+            sub.used = true;
+        }
+    }
+
+    /// The command-line flag's value when it is given (the file's `key` is then ignored), else
+    /// the file's `key`; both go through `parse`, and a bad flag value is an error naming the
+    /// flag.
+    pub fn parsed_or_flag<T>(
+        &mut self,
+        key: &str,
+        flag: &str,
+        flag_value: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match flag_value {
+            Some(v) => {
+                self.skip(key);
+                parse(v).map(Some).map_err(|m| ConfigError::flag(flag, m))
+            }
+            None => self.parsed(key, parse),
+        }
+    }
+
+    /// Like [`Block::parsed_or_flag`] for a port, which the file may write as a number.
+    pub fn port_or_flag(
+        &mut self,
+        key: &str,
+        flag: &str,
+        flag_value: Option<&str>,
+    ) -> Result<Option<u16>, ConfigError> {
+        match flag_value {
+            Some(v) => {
+                self.skip(key);
+                parse_port(v)
+                    .map(Some)
+                    .map_err(|m| ConfigError::flag(flag, m))
+            }
+            None => self.port(key),
         }
     }
 
@@ -921,6 +967,36 @@ plugins {
             "test.conf:12: plugins.NodeAttestor.b.plugin_data.clusters.c1.x: unknown key"
         );
         plugins.finish().unwrap();
+    }
+
+    #[test]
+    fn flags_replace_file_values() {
+        let d = doc("s {\n  p = \"80x\"\n  q = 7\n}\n");
+        let mut root = d.root();
+        let mut s = root.block("s").unwrap().unwrap();
+        // The flag wins, so the file's bad value is never looked at.
+        assert_eq!(
+            s.port_or_flag("p", "-port", Some("9000")).unwrap(),
+            Some(9000)
+        );
+        assert_eq!(
+            s.parsed_or_flag("q", "-q", Some("x"), |v| v
+                .parse::<u8>()
+                .map_err(|_| format!("{v:?} is bad")))
+                .unwrap_err()
+                .to_string(),
+            r#"command line: -q: "x" is bad"#
+        );
+        assert_eq!(
+            s.parsed_or_flag("r", "-r", None, |v| Ok(v.to_owned()))
+                .unwrap(),
+            None
+        );
+        s.finish().unwrap();
+        assert_eq!(
+            root.error("", "whole file").to_string(),
+            "test.conf: whole file"
+        );
     }
 
     #[test]
