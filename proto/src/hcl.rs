@@ -10,12 +10,15 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use hcl_edit::Span;
 use hcl_edit::expr::{Expression, ObjectKey};
 use hcl_edit::structure::Body;
+
+use crate::TrustDomain;
 
 /// A config error: where it is (file, line, key path) and what is wrong, displayed on one line
 /// as `server.conf:12: server.bind_port: "80x" is not a valid port`.
@@ -816,6 +819,52 @@ pub fn health_checks(block: Option<Block<'_>>) -> Result<Option<HealthConfig>, C
         live_path: live_path.unwrap_or_else(|| "/live".to_owned()),
         ready_path: ready_path.unwrap_or_else(|| "/ready".to_owned()),
     }))
+}
+
+/// Parses a trust domain, with the message config errors use.
+pub fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
+    TrustDomain::new(s).map_err(|e| format!("{s:?} is not a valid trust domain: {e}"))
+}
+
+/// Parses a path that must be given (an empty string is refused).
+pub fn parse_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(PathBuf::from(s))
+    }
+}
+
+/// An optional path, where SPIRE writes `""` for "not set".
+pub fn optional_path(block: &mut Block<'_>, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+    Ok(block
+        .string(key)?
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from))
+}
+
+/// A plugin block's `plugin_data` (`Some(None)` when absent), or `None` when the plugin says
+/// `enabled = false`. SPIRE's `plugin_cmd` (external plugins) is not supported and falls out as
+/// an unknown key.
+pub fn plugin_data<'a>(plugin: &mut Block<'a>) -> Result<Option<Option<Block<'a>>>, ConfigError> {
+    if plugin.bool("enabled")? == Some(false) {
+        plugin.skip("plugin_data");
+        return Ok(None);
+    }
+    plugin.block("plugin_data").map(Some)
+}
+
+/// For a plugin without settings: `plugin_data`, if present, must be empty.
+pub fn finish_empty(data: Option<Block<'_>>) -> Result<(), ConfigError> {
+    data.map_or(Ok(()), Block::finish)
+}
+
+/// The error for a plugin name this binary does not have, on the plugin's line.
+pub fn unknown_plugin(plugin: &Block<'_>, kind: &str, name: &str, supported: &str) -> ConfigError {
+    plugin.error(
+        "",
+        format!("unknown {kind} plugin {name:?} (supported: {supported})"),
+    )
 }
 
 fn parse_http_path(s: &str) -> Result<String, String> {

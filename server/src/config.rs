@@ -10,7 +10,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sigil_proto::TrustDomain;
-use sigil_proto::hcl::{self, Block, Document};
+use sigil_proto::hcl::{
+    self, Block, Document, finish_empty, optional_path, parse_path, parse_trust_domain,
+    plugin_data, unknown_plugin,
+};
 pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
 /// SPIRE's default admin socket.
@@ -386,50 +389,12 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{s:?} is not a valid IP address"))
 }
 
-fn parse_path(s: &str) -> Result<PathBuf, String> {
-    if s.is_empty() {
-        Err("must not be empty".to_owned())
-    } else {
-        Ok(PathBuf::from(s))
-    }
-}
-
-fn parse_trust_domain(s: &str) -> Result<TrustDomain, String> {
-    TrustDomain::new(s).map_err(|e| format!("{s:?} is not a valid trust domain: {e}"))
-}
-
-/// An optional path where SPIRE writes "" for "not set".
-fn optional_path(block: &mut Block<'_>, key: &str) -> Result<Option<PathBuf>, ConfigError> {
-    Ok(block
-        .string(key)?
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from))
-}
-
 /// The `plugins` block, read.
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
     node_attestors: NodeAttestorsConfig,
     bundle_publisher: Option<K8sBundleConfig>,
-}
-
-/// A plugin block's `plugin_data`, or `None` if the plugin has `enabled = false`. SPIRE's
-/// `plugin_cmd` (external plugins) is not supported and falls out as an unknown key.
-fn plugin_data<'a>(plugin: &mut Block<'a>) -> Result<Option<Option<Block<'a>>>, ConfigError> {
-    if plugin.bool("enabled")? == Some(false) {
-        plugin.skip("plugin_data");
-        return Ok(None);
-    }
-    plugin.block("plugin_data").map(Some)
-}
-
-/// The error for a plugin name this binary does not have.
-fn unknown_plugin(plugin: &Block<'_>, kind: &str, name: &str, supported: &str) -> ConfigError {
-    plugin.error(
-        "",
-        format!("unknown {kind} plugin {name:?} (supported: {supported})"),
-    )
 }
 
 fn read_plugins(mut p: Block<'_>, data_dir: &Path) -> Result<Plugins, ConfigError> {
@@ -548,11 +513,6 @@ fn read_plugins(mut p: Block<'_>, data_dir: &Path) -> Result<Plugins, ConfigErro
         node_attestors,
         bundle_publisher,
     })
-}
-
-/// A plugin without settings: `plugin_data`, if present, must be empty.
-fn finish_empty(data: Option<Block<'_>>) -> Result<(), ConfigError> {
-    data.map_or(Ok(()), Block::finish)
 }
 
 fn read_sql_datastore(
