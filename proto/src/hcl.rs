@@ -517,29 +517,19 @@ impl<'a> Block<'a> {
 
     /// Ends reading: the first key or block nobody read is an error naming it and its line.
     pub fn finish(self) -> Result<(), ConfigError> {
-        let attr = self
+        let attrs = self
             .attrs
             .iter()
-            .find(|a| !a.used)
-            .map(|a| (a.line, &a.key, "unknown key"));
-        let block = self
+            .filter(|a| !a.used)
+            .map(|a| (a.line, a.key.as_str(), "unknown key"));
+        let blocks = self
             .blocks
             .iter()
-            .find(|b| !b.used)
+            .filter(|b| !b.used)
             .map(|b| (b.line, b.block.ident.as_str(), "unknown block"));
         // Report whichever comes first in the file.
-        let first = match (attr, block) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 {
-                (b.0, b.1.to_owned(), b.2)
-            } else {
-                (a.0, a.1.clone(), a.2)
-            }),
-            (Some(a), None) => Some((a.0, a.1.clone(), a.2)),
-            (None, Some(b)) => Some((b.0, b.1.to_owned(), b.2)),
-            (None, None) => None,
-        };
-        match first {
-            Some((line, key, message)) => Err(self.error_at(line, self.key_path(&key), message)),
+        match attrs.chain(blocks).min_by_key(|(line, _, _)| *line) {
+            Some((line, key, message)) => Err(self.error_at(line, self.key_path(key), message)),
             None => Ok(()),
         }
     }
