@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn entry_validation_names_the_field() {
-        let cases: Vec<(fn(&mut pb::RegistrationEntry), &str)> = vec![
+        type Mutation = fn(&mut pb::RegistrationEntry);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|e| e.spiffe_id = "spiffe://example.org".into(), "spiffe_id"),
             (|e| e.spiffe_id = "http://x/y".into(), "spiffe_id"),
             (

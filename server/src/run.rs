@@ -1,1 +1,218 @@
-//! (in progress)
+//! `sigil-server run`: builds every component from the one typed config, runs them until
+//! SIGTERM/SIGINT or the first failure, then drains.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::admin::{self, AdminApi};
+use crate::ca::{Ca, CaConfig, CaJournal};
+use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
+use crate::datastore::Datastore;
+use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use crate::metrics::Metrics;
+use crate::ops::{self, OpsPaths, Readiness};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    crate::logging::init(
+        config.log_level.as_filter(),
+        config.log_format == LogFormat::Json,
+    );
+    tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
+
+    create_private_dir(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let datastore = Datastore::open(&config.datastore.connection_string, &config.data_dir)
+        .await
+        .context("cannot open the datastore")?;
+    let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk { keys_path } => Arc::new(
+            DiskKeyManager::open(keys_path)
+                .with_context(|| format!("cannot load keys from {}", keys_path.display()))?,
+        ),
+    };
+    let journal = match datastore
+        .fetch_ca_journal()
+        .await
+        .context("cannot read the CA journal")?
+    {
+        Some(bytes) => Some(
+            CaJournal::from_bytes(&bytes).context("the CA journal in the datastore is corrupt")?,
+        ),
+        None => None,
+    };
+    let (ca, journal) = Ca::new(ca_config(&config)?, key_manager, journal, SystemTime::now())
+        .context("cannot start the CA")?;
+    let ca = Arc::new(ca);
+    persist(&datastore, &ca, &journal).await?;
+
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let cancel = CancellationToken::new();
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+
+    // Bind everything before serving anything, so a port or socket clash fails start-up cleanly.
+    let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
+        format!(
+            "cannot bind the admin socket {}",
+            config.socket_path.display()
+        )
+    })?;
+    let ops_server = match &config.health {
+        Some(h) => {
+            let paths = OpsPaths {
+                live: h.live_path.clone(),
+                ready: h.ready_path.clone(),
+            };
+            let router = ops::router(&paths, readiness.clone(), metrics.clone());
+            Some(
+                ops::bind(h.bind, router, cancel.clone())
+                    .await
+                    .with_context(|| format!("cannot bind {}", h.bind))?,
+            )
+        }
+        None => None,
+    };
+
+    let api = AdminApi::new(
+        datastore.clone(),
+        ca.clone(),
+        config.trust_domain.clone(),
+        metrics.clone(),
+    );
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        admin::serve(admin_listener, api, c)
+            .await
+            .context("admin API failed")
+    });
+    tracing::info!(socket = %config.socket_path.display(), "admin API listening");
+    if let Some(server) = ops_server {
+        tasks.spawn(async move { server.await.context("health endpoint failed") });
+    }
+    tasks.spawn(rotate_forever(
+        ca.clone(),
+        datastore.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+
+    readiness.set(true);
+    tracing::info!("sigil-server ready");
+    let outcome = tokio::select! {
+        () = shutdown_signal() => { tracing::info!("shutdown signal received, draining"); Ok(()) }
+        Some(r) = tasks.join_next() => r.context("task panicked").and_then(|r| r).and(Err(anyhow::anyhow!("a component stopped unexpectedly"))),
+    };
+    readiness.set(false);
+    cancel.cancel();
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %format!("{e:#}"), "component stopped with an error while draining");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain grace period elapsed; exiting");
+    }
+    datastore.close().await;
+    let _ = std::fs::remove_file(&config.socket_path);
+    tracing::info!("sigil-server stopped");
+    outcome
+}
+
+fn ca_config(config: &ServerConfig) -> anyhow::Result<CaConfig> {
+    Ok(CaConfig {
+        trust_domain: config.trust_domain.clone(),
+        ca_ttl: config.ca_ttl,
+        x509_svid_ttl: config.x509_svid_ttl,
+        jwt_svid_ttl: config.jwt_svid_ttl,
+        key_type: config
+            .ca_key_type
+            .as_str()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("ca_key_type: {e}"))?,
+        ca_subject: crate::ca::CaSubject {
+            country: config.ca_subject.country.clone(),
+            organization: config.ca_subject.organization.clone(),
+            common_name: config.ca_subject.common_name.clone(),
+        },
+        jwt_issuer: config.jwt_issuer.clone(),
+    })
+}
+
+/// Stores the CA journal and the bundle it implies, so a restart resumes the same CA.
+async fn persist(datastore: &Datastore, ca: &Ca, journal: &CaJournal) -> anyhow::Result<()> {
+    datastore
+        .set_ca_journal(&journal.to_bytes()?)
+        .await
+        .context("cannot persist the CA journal")?;
+    datastore
+        .set_bundle(&ca.bundle())
+        .await
+        .context("cannot persist the bundle")?;
+    Ok(())
+}
+
+/// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping
+/// in between. A failure is logged and retried; the CA keeps signing with what it has.
+async fn rotate_forever(
+    ca: Arc<Ca>,
+    datastore: Datastore,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let now = SystemTime::now();
+        let wait = ca
+            .next_rotation_check(now)
+            .duration_since(now)
+            .unwrap_or_default()
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        match ca.rotate(SystemTime::now()) {
+            Ok(Some(journal)) => {
+                metrics.ca_rotations.inc();
+                if let Err(e) = persist(&datastore, &ca, &journal).await {
+                    tracing::error!(error = %format!("{e:#}"), "cannot persist CA rotation; will retry");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "CA rotation failed; will retry"),
+        }
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

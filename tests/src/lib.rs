@@ -1,1 +1,335 @@
+//! End-to-end harness: starts the real `sigil-server` (and later `sigil-agent`) binaries on
+//! temporary directories and drives them as an operator would, through the CLI and sockets.
 #![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Directory holding the built binaries (`target/debug` unless CARGO_TARGET_DIR says otherwise).
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // Integration test executables live in <target>/<profile>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf();
+        for name in ["sigil-server", "sigil-agent"] {
+            assert!(
+                dir.join(name).exists(),
+                "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test does)",
+                dir.join(name).display()
+            );
+        }
+        dir
+    })
+    .clone()
+}
+
+pub fn server_bin() -> PathBuf {
+    bin_dir().join("sigil-server")
+}
+
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("sigil-agent")
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Knobs for a test server's `server.conf`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub trust_domain: String,
+    pub ca_ttl: String,
+    pub x509_svid_ttl: String,
+    pub jwt_svid_ttl: String,
+    pub key_manager_disk: bool,
+    pub health: bool,
+    pub extra_server: String,
+    /// Use SPIRE's default admin socket path (so CLI commands work without -socketPath).
+    pub default_socket: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            trust_domain: "example.org".into(),
+            ca_ttl: "24h".into(),
+            x509_svid_ttl: "1h".into(),
+            jwt_svid_ttl: "5m".into(),
+            key_manager_disk: true,
+            health: true,
+            extra_server: String::new(),
+            default_socket: false,
+        }
+    }
+}
+
+/// A running `sigil-server` on a temp dir. Killed on drop.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub bind_port: u16,
+    pub health_port: u16,
+    pub options: ServerOptions,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn start(options: ServerOptions) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = if options.default_socket {
+            PathBuf::from("/tmp/spire-server/private/api.sock")
+        } else {
+            dir.path().join("private").join("api.sock")
+        };
+        let bind_port = free_port();
+        let health_port = free_port();
+        let data = dir.path().join("data");
+        let key_manager = if options.key_manager_disk {
+            format!(
+                "KeyManager \"disk\" {{\n    plugin_data {{\n      keys_path = \"{}/keys.json\"\n    }}\n  }}",
+                data.display()
+            )
+        } else {
+            r#"KeyManager "memory" {}"#.to_owned()
+        };
+        let health = if options.health {
+            format!(
+                "health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{health_port}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n"
+            )
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            r#"server {{
+  bind_address = "127.0.0.1"
+  bind_port = "{bind_port}"
+  socket_path = "{socket}"
+  trust_domain = "{td}"
+  data_dir = "{data}"
+  log_level = "DEBUG"
+  ca_ttl = "{ca_ttl}"
+  default_x509_svid_ttl = "{x509}"
+  default_jwt_svid_ttl = "{jwt}"
+  {extra}
+}}
+
+plugins {{
+  DataStore "sql" {{
+    plugin_data {{
+      database_type = "sqlite3"
+      connection_string = "{data}/datastore.sqlite3"
+    }}
+  }}
+  {key_manager}
+  NodeAttestor "join_token" {{
+    plugin_data {{}}
+  }}
+}}
+{health}"#,
+            socket = socket.display(),
+            td = options.trust_domain,
+            data = data.display(),
+            ca_ttl = options.ca_ttl,
+            x509 = options.x509_svid_ttl,
+            jwt = options.jwt_svid_ttl,
+            extra = options.extra_server,
+        );
+        let config = dir.path().join("server.conf");
+        std::fs::write(&config, conf).expect("write server.conf");
+        let mut server = Server {
+            dir,
+            socket,
+            config,
+            bind_port,
+            health_port,
+            options,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir().join("datastore.sqlite3")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// Starts the process and waits until `healthcheck` passes.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open server log");
+        let child = Command::new(server_bin())
+            .args(["run", "-config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sigil-server");
+        self.child = Some(child);
+        let deadline = Duration::from_secs(30);
+        wait_for("sigil-server to become healthy", deadline, || {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "sigil-server exited early with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            self.cli(&["healthcheck"]).status.success().then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Runs `sigil-server <args> -socketPath <socket>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(args).arg("-socketPath").arg(&self.socket);
+        cmd.output().expect("run sigil-server CLI")
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sigil-server {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a CLI command with `-output json` and parses its output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-output", "json"]);
+        let out = self.cli_ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        wait_child(&mut child, Duration::from_secs(20))
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "server exited with {status}; log:\n{}",
+            self.log()
+        );
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn wait_child(child: &mut Child, timeout: Duration) -> ExitStatus {
+    wait_for("process exit", timeout, || child.try_wait().ok().flatten())
+}
+
+/// Runs `openssl` with `args`; returns (success, combined output).
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// DER certificates from a PEM string.
+pub fn pem_certs(pem_text: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem_text.as_bytes())
+        .map(|p| p.expect("valid PEM").contents)
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET over loopback, returning (status, body). Enough for health probes.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

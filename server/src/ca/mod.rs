@@ -80,6 +80,24 @@ pub enum CaError {
     Json(#[from] serde_json::Error),
 }
 
+impl CaError {
+    /// True when the caller asked for something we refuse to sign (their fault, not ours):
+    /// such errors are reported to the caller; the rest are logged as server failures.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self,
+            CaError::ForeignTrustDomain { .. }
+                | CaError::NoPath(_)
+                | CaError::EmptyAudience
+                | CaError::InvalidDnsName(_)
+                | CaError::InvalidPublicKey(_)
+                | CaError::CsrMalformed(_)
+                | CaError::CsrSignature
+                | CaError::CsrIdMismatch { .. }
+        )
+    }
+}
+
 /// The CA certificate subject (SPIRE's `ca_subject`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaSubject {

@@ -1,4 +1,227 @@
-//! The `sigil-server` command line.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The `sigil-server` command line: `run` starts the server; every other command is a client
+//! of the admin API on the server's Unix socket. SPIRE's spelling is accepted verbatim
+//! (`entry create -spiffeID ... -selector k8s:ns:payments`).
+
+mod client;
+mod entry;
+mod misc;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, ServerConfig, ServerOverrides};
+
+/// SPIRE's default admin socket, so commands work without `-socketPath`.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE), before anything starts.
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sigil-server",
+    version,
+    about = "Sigil SPIFFE server",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the server.
+    Run(RunArgs),
+    /// Checks a configuration file and exits.
+    Validate(ConfigArgs),
+    /// Checks that the server is up and serving.
+    Healthcheck(misc::HealthcheckArgs),
+    /// Manages registration entries.
+    #[command(subcommand)]
+    Entry(entry::EntryCommand),
+    /// Manages join tokens.
+    #[command(subcommand)]
+    Token(misc::TokenCommand),
+    /// Shows the trust bundle.
+    #[command(subcommand)]
+    Bundle(misc::BundleCommand),
+    /// Mints an X.509-SVID.
+    #[command(subcommand)]
+    X509(misc::X509Command),
+    /// Mints a JWT-SVID.
+    #[command(subcommand)]
+    Jwt(misc::JwtCommand),
+    /// Manages attested agents.
+    #[command(subcommand)]
+    Agent(misc::AgentCommand),
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// Path to the HCL configuration file.
+    #[arg(long = "config", default_value = "conf/server/server.conf")]
+    config: PathBuf,
+    /// Expand $VARIABLES in the configuration file.
+    #[arg(long = "expandEnv")]
+    expand_env: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long = "trustDomain")]
+    trust_domain: Option<String>,
+    #[arg(long = "dataDir")]
+    data_dir: Option<String>,
+    #[arg(long = "logLevel")]
+    log_level: Option<String>,
+    #[arg(long = "logFormat")]
+    log_format: Option<String>,
+    #[arg(long = "bindAddress")]
+    bind_address: Option<String>,
+    #[arg(long = "serverPort")]
+    server_port: Option<String>,
+    #[arg(long = "socketPath")]
+    socket_path: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> ServerOverrides {
+        ServerOverrides {
+            trust_domain: self.trust_domain.clone(),
+            data_dir: self.data_dir.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+            bind_address: self.bind_address.clone(),
+            server_port: self.server_port.clone(),
+            socket_path: self.socket_path.clone(),
+            expand_env: self.config.expand_env,
+        }
+    }
+}
+
+/// Output format shared by the client commands (`-output json` for machines).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct OutputArgs {
+    /// Path to the server's admin socket.
+    #[arg(long = "socketPath", default_value = DEFAULT_SOCKET_PATH)]
+    pub socket_path: PathBuf,
+    /// `pretty` (default) or `json`.
+    #[arg(long = "output", default_value = "pretty", value_parser = ["pretty", "json"])]
+    pub output: String,
+}
+
+impl OutputArgs {
+    pub fn json(&self) -> bool {
+        self.output == "json"
+    }
+}
+
+pub fn main() -> ExitCode {
+    let args = sigil_proto::cli_args::spire_style(std::env::args_os());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Validate(args) => validate(args),
+        command => client_command(command),
+    }
+}
+
+fn load_config(
+    path: &std::path::Path,
+    overrides: &ServerOverrides,
+) -> Result<ServerConfig, ExitCode> {
+    ServerConfig::load(path, overrides).map_err(|e: ConfigError| {
+        eprintln!("Error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load_config(&args.config.config, &args.overrides()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.datastore.database_type == crate::config::DatabaseType::Postgres {
+        eprintln!(
+            "Error: plugins.DataStore.sql.database_type: \"postgres\" is not supported yet; use \"sqlite3\""
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "server stopped");
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: ConfigArgs) -> ExitCode {
+    let overrides = ServerOverrides {
+        expand_env: args.expand_env,
+        ..ServerOverrides::default()
+    };
+    match load_config(&args.config, &overrides) {
+        Ok(_) => {
+            println!("Configuration is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn client_command(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Healthcheck(a) => misc::healthcheck(a).await,
+            Command::Entry(c) => entry::execute(c).await,
+            Command::Token(c) => misc::token(c).await,
+            Command::Bundle(c) => misc::bundle(c).await,
+            Command::X509(c) => misc::x509(c).await,
+            Command::Jwt(c) => misc::jwt(c).await,
+            Command::Agent(c) => misc::agent(c).await,
+            Command::Run(_) | Command::Validate(_) => unreachable!("handled before the runtime"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

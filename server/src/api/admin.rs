@@ -1,0 +1,583 @@
+//! The admin API (`sigil.admin.v1.Admin`) on the server's Unix socket. Only the server's own
+//! user (or root) may call it: the socket directory is 0700, and each call's peer credentials
+//! are checked again here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_proto::sigil::admin::v1 as pb;
+use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
+use sigil_proto::sigil::common::v1 as common;
+use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::{ca_status, datastore_status, invalid_field};
+use crate::ca::Ca;
+use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
+use crate::metrics::{Metrics, RpcLabels};
+
+/// Largest page a caller may ask for; bigger lists are paged.
+const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_PAGE_SIZE: u32 = 500;
+/// A batch create/update larger than this is refused rather than held in one transaction.
+const MAX_BATCH: usize = 50_000;
+const DEFAULT_JOIN_TOKEN_TTL: u32 = 600;
+
+pub struct AdminApi {
+    datastore: Datastore,
+    ca: Arc<Ca>,
+    trust_domain: TrustDomain,
+    metrics: Arc<Metrics>,
+    /// The server's effective UID; callers must be this user or root.
+    owner_uid: u32,
+}
+
+impl AdminApi {
+    pub fn new(
+        datastore: Datastore,
+        ca: Arc<Ca>,
+        trust_domain: TrustDomain,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AdminApi {
+            datastore,
+            ca,
+            trust_domain,
+            metrics,
+            owner_uid: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    fn authorize<T>(&self, method: &'static str, req: &Request<T>) -> Result<(), Status> {
+        let uid = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| c.uid());
+        let allowed = matches!(uid, Some(u) if u == self.owner_uid || u == 0);
+        if !allowed {
+            tracing::warn!(method, peer_uid = ?uid, "admin API call refused: caller is not the server's user");
+            return Err(Status::permission_denied(
+                "the admin API is only for the server's own user",
+            ));
+        }
+        Ok(())
+    }
+
+    fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(s) => code_label(s.code()),
+        };
+        self.metrics
+            .admin_requests
+            .get_or_create(&RpcLabels { method, result })
+            .inc();
+    }
+
+    /// Validates a wire entry and checks it belongs to our trust domain.
+    fn parse_entry(&self, e: &common::RegistrationEntry) -> Result<RegistrationEntry, Status> {
+        let entry = RegistrationEntry::try_from(e).map_err(invalid_field)?;
+        if entry.spiffe_id.trust_domain() != &self.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "invalid spiffe_id: {} is not in trust domain {}",
+                entry.spiffe_id, self.trust_domain
+            )));
+        }
+        Ok(entry)
+    }
+
+    fn parse_our_id(&self, field: &str, s: &str) -> Result<SpiffeId, Status> {
+        let id = SpiffeId::new(s)
+            .map_err(|e| Status::invalid_argument(format!("invalid {field}: {e}")))?;
+        if id.trust_domain() != &self.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "invalid {field}: {id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok(id)
+    }
+
+    fn filter(&self, f: Option<pb::EntryFilter>) -> Result<EntryFilter, Status> {
+        let f = f.unwrap_or_default();
+        let id = |field, s: &str| {
+            (!s.is_empty())
+                .then(|| {
+                    SpiffeId::new(s)
+                        .map_err(|e| Status::invalid_argument(format!("invalid {field}: {e}")))
+                })
+                .transpose()
+        };
+        let selectors = if f.by_selectors.is_empty() {
+            None
+        } else {
+            let set: Vec<Selector> =
+                convert::selectors_from_pb(&f.by_selectors).map_err(invalid_field)?;
+            let mode = match pb::SelectorMatch::try_from(f.selector_match) {
+                Ok(pb::SelectorMatch::Exact) => SelectorMatch::Exact,
+                Ok(pb::SelectorMatch::Subset) => SelectorMatch::Subset,
+                Ok(pb::SelectorMatch::Superset) => SelectorMatch::Superset,
+                Ok(pb::SelectorMatch::Any) => SelectorMatch::Any,
+                Err(_) => return Err(Status::invalid_argument("invalid selector_match")),
+            };
+            Some((set, mode))
+        };
+        Ok(EntryFilter {
+            spiffe_id: id("by_spiffe_id", &f.by_spiffe_id)?,
+            parent_id: id("by_parent_id", &f.by_parent_id)?,
+            selectors,
+            hint: (!f.by_hint.is_empty()).then_some(f.by_hint),
+        })
+    }
+
+    fn ttl(seconds: u32) -> Option<Duration> {
+        (seconds != 0).then(|| Duration::from_secs(seconds.into()))
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        _ => "error",
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn node_pb(n: &AttestedNode) -> common::AttestedNode {
+    common::AttestedNode {
+        spiffe_id: n.spiffe_id.to_string(),
+        attestation_type: n.attestation_type.clone(),
+        selectors: convert::selectors_to_pb(&n.selectors),
+        cert_serial: n.cert_serial.clone(),
+        cert_expires_at: n.cert_expires_at,
+        banned: n.banned,
+        created_at: n.created_at,
+        updated_at: n.updated_at,
+    }
+}
+
+/// Runs one handler with authorization and the request counter around it.
+macro_rules! handle {
+    ($self:ident, $method:literal, $req:ident, $body:expr) => {{
+        let r: Result<_, Status> = async {
+            $self.authorize($method, &$req)?;
+            let $req = $req.into_inner();
+            $body
+        }
+        .await;
+        $self.count($method, &r);
+        r.map(Response::new)
+    }};
+}
+
+#[tonic::async_trait]
+impl Admin for AdminApi {
+    async fn batch_create_entry(
+        &self,
+        req: Request<pb::BatchCreateEntryRequest>,
+    ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
+        handle!(self, "BatchCreateEntry", req, {
+            if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds 1 to {MAX_BATCH} entries"
+                )));
+            }
+            let entries = req
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    self.parse_entry(e).map_err(|s| {
+                        Status::invalid_argument(format!("entry {i}: {}", s.message()))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let created = self
+                .datastore
+                .create_entries(entries)
+                .await
+                .map_err(datastore_status)?;
+            for e in &created {
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, "entry created");
+            }
+            Ok(pb::BatchCreateEntryResponse {
+                entries: created
+                    .iter()
+                    .map(common::RegistrationEntry::from)
+                    .collect(),
+            })
+        })
+    }
+
+    async fn batch_update_entry(
+        &self,
+        req: Request<pb::BatchUpdateEntryRequest>,
+    ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
+        handle!(self, "BatchUpdateEntry", req, {
+            if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds 1 to {MAX_BATCH} entries"
+                )));
+            }
+            let entries = req
+                .entries
+                .iter()
+                .map(|e| {
+                    if e.id.is_empty() {
+                        return Err(Status::invalid_argument("an entry to update needs its id"));
+                    }
+                    self.parse_entry(e)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let updated = self
+                .datastore
+                .update_entries(entries)
+                .await
+                .map_err(datastore_status)?;
+            for e in &updated {
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry updated");
+            }
+            Ok(pb::BatchUpdateEntryResponse {
+                entries: updated
+                    .iter()
+                    .map(common::RegistrationEntry::from)
+                    .collect(),
+            })
+        })
+    }
+
+    async fn batch_delete_entry(
+        &self,
+        req: Request<pb::BatchDeleteEntryRequest>,
+    ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
+        handle!(self, "BatchDeleteEntry", req, {
+            if req.ids.is_empty() || req.ids.len() > MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds 1 to {MAX_BATCH} IDs"
+                )));
+            }
+            let deleted = self
+                .datastore
+                .delete_entries(&req.ids)
+                .await
+                .map_err(datastore_status)?;
+            for e in &deleted {
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry deleted");
+            }
+            Ok(pb::BatchDeleteEntryResponse {
+                ids: deleted.into_iter().map(|e| e.id).collect(),
+            })
+        })
+    }
+
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<common::RegistrationEntry>, Status> {
+        handle!(self, "GetEntry", req, {
+            match self
+                .datastore
+                .fetch_entry(&req.id)
+                .await
+                .map_err(datastore_status)?
+            {
+                Some(e) => Ok(common::RegistrationEntry::from(&e)),
+                None => Err(Status::not_found(format!("no entry with ID {:?}", req.id))),
+            }
+        })
+    }
+
+    async fn list_entries(
+        &self,
+        req: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        handle!(self, "ListEntries", req, {
+            let filter = self.filter(req.filter)?;
+            let size = match req.page_size {
+                0 => DEFAULT_PAGE_SIZE,
+                n => n.min(MAX_PAGE_SIZE),
+            };
+            let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+            let (entries, next) = self
+                .datastore
+                .list_entries(&filter, size, token)
+                .await
+                .map_err(datastore_status)?;
+            Ok(pb::ListEntriesResponse {
+                entries: entries
+                    .iter()
+                    .map(common::RegistrationEntry::from)
+                    .collect(),
+                next_page_token: next.unwrap_or_default(),
+            })
+        })
+    }
+
+    async fn count_entries(
+        &self,
+        req: Request<pb::CountEntriesRequest>,
+    ) -> Result<Response<pb::CountEntriesResponse>, Status> {
+        handle!(self, "CountEntries", req, {
+            let filter = self.filter(req.filter)?;
+            let count = self
+                .datastore
+                .count_entries(&filter)
+                .await
+                .map_err(datastore_status)?;
+            Ok(pb::CountEntriesResponse { count })
+        })
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        handle!(self, "CreateJoinToken", req, {
+            let ttl = if req.ttl == 0 {
+                DEFAULT_JOIN_TOKEN_TTL
+            } else {
+                req.ttl
+            };
+            let alias = (!req.spiffe_id.is_empty())
+                .then(|| self.parse_our_id("spiffe_id", &req.spiffe_id))
+                .transpose()?;
+            let token = uuid::Uuid::new_v4().to_string();
+            let expires_at = now_unix() + i64::from(ttl);
+            if let Some(spiffe_id) = alias {
+                // SPIRE's `token generate -spiffeID`: an entry parented to the agent ID the token
+                // will produce, selecting that agent by its own ID.
+                let agent_id =
+                    crate::node_attestation::join_token_agent_id(&self.trust_domain, &token)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                let selector = Selector::from_parts("spiffe_id", &agent_id.to_string())
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let entry = RegistrationEntry {
+                    id: String::new(),
+                    spiffe_id,
+                    parent_id: agent_id,
+                    selectors: vec![selector],
+                    x509_svid_ttl: 0,
+                    jwt_svid_ttl: 0,
+                    dns_names: vec![],
+                    federates_with: vec![],
+                    admin: false,
+                    downstream: false,
+                    hint: String::new(),
+                    expires_at: None,
+                    revision: 0,
+                    created_at: 0,
+                };
+                self.datastore
+                    .create_entries(vec![entry])
+                    .await
+                    .map_err(datastore_status)?;
+            }
+            self.datastore
+                .create_join_token(&token, expires_at)
+                .await
+                .map_err(datastore_status)?;
+            tracing::info!(expires_at, "join token created");
+            Ok(pb::CreateJoinTokenResponse { token, expires_at })
+        })
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<pb::GetBundleResponse>, Status> {
+        handle!(self, "GetBundle", req, {
+            let _ = req;
+            Ok(pb::GetBundleResponse {
+                bundle: Some(common::Bundle::from(self.ca.bundle().as_ref())),
+            })
+        })
+    }
+
+    async fn mint_x509svid(
+        &self,
+        req: Request<pb::MintX509svidRequest>,
+    ) -> Result<Response<pb::MintX509svidResponse>, Status> {
+        handle!(self, "MintX509SVID", req, {
+            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            for d in &req.dns_names {
+                convert::validate_dns_name(d).map_err(Status::invalid_argument)?;
+            }
+            if req.csr.is_empty() {
+                return Err(Status::invalid_argument("a CSR is required"));
+            }
+            let svid = self
+                .ca
+                .sign_x509_svid_csr(&req.csr, &id, Self::ttl(req.ttl), &req.dns_names)
+                .map_err(ca_status)?;
+            tracing::info!(spiffe_id = %id, serial = %svid.serial, "X.509-SVID minted");
+            Ok(pb::MintX509svidResponse {
+                svid_chain: svid.chain,
+                bundle: self.ca.bundle().x509_authorities.clone(),
+                expires_at: svid.expires_at,
+            })
+        })
+    }
+
+    async fn mint_jwtsvid(
+        &self,
+        req: Request<pb::MintJwtsvidRequest>,
+    ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        handle!(self, "MintJWTSVID", req, {
+            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+                return Err(Status::invalid_argument(
+                    "at least one non-empty audience is required",
+                ));
+            }
+            let svid = self
+                .ca
+                .sign_jwt_svid(&id, &req.audience, Self::ttl(req.ttl))
+                .map_err(ca_status)?;
+            tracing::info!(spiffe_id = %id, "JWT-SVID minted");
+            Ok(pb::MintJwtsvidResponse {
+                token: svid.token,
+                expires_at: svid.expires_at,
+            })
+        })
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        handle!(self, "ListAgents", req, {
+            let size = match req.page_size {
+                0 => DEFAULT_PAGE_SIZE,
+                n => n.min(MAX_PAGE_SIZE),
+            };
+            let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+            let (nodes, next) = self
+                .datastore
+                .list_attested_nodes(&NodeFilter::default(), size, token)
+                .await
+                .map_err(datastore_status)?;
+            Ok(pb::ListAgentsResponse {
+                agents: nodes.iter().map(node_pb).collect(),
+                next_page_token: next.unwrap_or_default(),
+            })
+        })
+    }
+
+    async fn get_agent(
+        &self,
+        req: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<common::AttestedNode>, Status> {
+        handle!(self, "GetAgent", req, {
+            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            match self
+                .datastore
+                .fetch_attested_node(&id)
+                .await
+                .map_err(datastore_status)?
+            {
+                Some(n) => Ok(node_pb(&n)),
+                None => Err(Status::not_found(format!("no attested agent {id}"))),
+            }
+        })
+    }
+
+    async fn evict_agent(
+        &self,
+        req: Request<pb::EvictAgentRequest>,
+    ) -> Result<Response<pb::EvictAgentResponse>, Status> {
+        handle!(self, "EvictAgent", req, {
+            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            self.datastore
+                .delete_attested_node(&id)
+                .await
+                .map_err(datastore_status)?;
+            tracing::info!(agent_id = %id, "agent evicted");
+            Ok(pb::EvictAgentResponse {})
+        })
+    }
+
+    async fn ban_agent(
+        &self,
+        req: Request<pb::BanAgentRequest>,
+    ) -> Result<Response<pb::BanAgentResponse>, Status> {
+        handle!(self, "BanAgent", req, {
+            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            self.datastore
+                .set_attested_node_banned(&id, true)
+                .await
+                .map_err(datastore_status)?;
+            tracing::info!(agent_id = %id, "agent banned");
+            Ok(pb::BanAgentResponse {})
+        })
+    }
+
+    async fn health(
+        &self,
+        req: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        handle!(self, "Health", req, {
+            let _ = req;
+            // A real round trip to the datastore: healthy means able to serve.
+            self.datastore
+                .count_entries(&EntryFilter::default())
+                .await
+                .map_err(datastore_status)?;
+            Ok(pb::HealthResponse {
+                serving: true,
+                trust_domain: self.trust_domain.to_string(),
+            })
+        })
+    }
+}
+
+/// Binds the admin socket: its directory is created 0700 (only the server's user may reach the
+/// socket at all), a stale socket file is replaced, and the socket itself is 0600.
+pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the admin API until `cancel` fires.
+pub async fn serve(
+    listener: UnixListener,
+    api: AdminApi,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            AdminServer::new(api)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
+        .await
+}
