@@ -57,6 +57,16 @@ pub fn router(paths: &OpsPaths, readiness: Arc<Readiness>, metrics: Arc<Metrics>
         .with_state(OpsState { readiness, metrics })
 }
 
+/// Only `/metrics`, for a dedicated Prometheus listener.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(OpsState {
+            readiness: Arc::new(Readiness::default()),
+            metrics,
+        })
+}
+
 async fn ready(State(s): State<OpsState>) -> impl IntoResponse {
     if s.readiness.is_ready() {
         (StatusCode::OK, "ready\n")

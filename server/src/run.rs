@@ -81,6 +81,19 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None => None,
     };
 
+    // `telemetry { Prometheus { host, port } }`: metrics on their own listener as SPIRE does.
+    let metrics_server = match config.metrics {
+        Some(addr) => {
+            let router = ops::metrics_router(metrics.clone());
+            Some(
+                ops::bind(addr, router, cancel.clone())
+                    .await
+                    .with_context(|| format!("cannot bind {addr}"))?,
+            )
+        }
+        None => None,
+    };
+
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
@@ -96,6 +109,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket_path.display(), "admin API listening");
     if let Some(server) = ops_server {
         tasks.spawn(async move { server.await.context("health endpoint failed") });
+    }
+    if let Some(server) = metrics_server {
+        tasks.spawn(async move { server.await.context("metrics endpoint failed") });
     }
     tasks.spawn(rotate_forever(
         ca.clone(),

@@ -71,6 +71,8 @@ pub struct ServerOptions {
     pub key_manager_disk: bool,
     pub health: bool,
     pub extra_server: String,
+    /// Top-level HCL appended to the file (e.g. a `telemetry` block).
+    pub extra_top: String,
     /// Use SPIRE's default admin socket path (so CLI commands work without -socketPath).
     pub default_socket: bool,
 }
@@ -85,6 +87,7 @@ impl Default for ServerOptions {
             key_manager_disk: true,
             health: true,
             extra_server: String::new(),
+            extra_top: String::new(),
             default_socket: false,
         }
     }
@@ -153,7 +156,9 @@ plugins {{
     plugin_data {{}}
   }}
 }}
-{health}"#,
+{health}
+{extra_top}
+"#,
             socket = socket.display(),
             td = options.trust_domain,
             data = data.display(),
@@ -161,6 +166,7 @@ plugins {{
             x509 = options.x509_svid_ttl,
             jwt = options.jwt_svid_ttl,
             extra = options.extra_server,
+            extra_top = options.extra_top,
         );
         let config = dir.path().join("server.conf");
         std::fs::write(&config, conf).expect("write server.conf");

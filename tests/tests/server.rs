@@ -757,7 +757,13 @@ fn kill9_during_a_1000_entry_batch_is_all_or_nothing() {
 
 #[test]
 fn health_live_ready_and_metrics() {
-    let server = Server::start(ServerOptions::default());
+    let prometheus_port = sigil_tests::free_port();
+    let server = Server::start(ServerOptions {
+        extra_top: format!(
+            "telemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {prometheus_port}\n  }}\n}}"
+        ),
+        ..Default::default()
+    });
     assert_eq!(http_get(server.health_port, "/live").unwrap().0, 200);
     assert_eq!(http_get(server.health_port, "/ready").unwrap().0, 200);
     server.cli_ok(&["x509", "mint", "-spiffeID", SEED_SPIFFE_ID]);
@@ -765,6 +771,12 @@ fn health_live_ready_and_metrics() {
     assert_eq!(status, 200);
     assert!(
         body.contains("sigil_server_admin_requests_total{method=\"MintX509SVID\",result=\"ok\"}"),
+        "{body}"
+    );
+    let (status, body) = http_get(prometheus_port, "/metrics").unwrap();
+    assert_eq!(status, 200, "telemetry Prometheus listener");
+    assert!(
+        body.contains("sigil_server_x509_svids_signed_total{result=\"ok\"} 1"),
         "{body}"
     );
     let out = server.cli_ok(&["healthcheck"]);

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use super::{ca_status, datastore_status, invalid_field};
 use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
-use crate::metrics::{Metrics, RpcLabels};
+use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
 
 /// Largest page a caller may ask for; bigger lists are paged.
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -420,10 +420,20 @@ impl Admin for AdminApi {
             if req.csr.is_empty() {
                 return Err(Status::invalid_argument("a CSR is required"));
             }
-            let svid = self
-                .ca
-                .sign_x509_svid_csr(&req.csr, &id, Self::ttl(req.ttl), &req.dns_names)
-                .map_err(ca_status)?;
+            let started = std::time::Instant::now();
+            let signed =
+                self.ca
+                    .sign_x509_svid_csr(&req.csr, &id, Self::ttl(req.ttl), &req.dns_names);
+            self.metrics
+                .x509_sign_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .x509_svids_signed
+                .get_or_create(&ResultLabel {
+                    result: result_of(&signed),
+                })
+                .inc();
+            let svid = signed.map_err(ca_status)?;
             tracing::info!(spiffe_id = %id, serial = %svid.serial, "X.509-SVID minted");
             Ok(pb::MintX509svidResponse {
                 svid_chain: svid.chain,
