@@ -154,7 +154,9 @@ impl Bundle {
                 Some("jwt-svid") => {
                     let kid = jwk.kid.clone().filter(|k| !k.is_empty());
                     let kid = kid.ok_or(BundleError::MissingKid)?;
-                    let Some(public_key) = jwk_to_spki(&jwk)? else { continue };
+                    let Some(public_key) = jwk_to_spki(&jwk)? else {
+                        continue;
+                    };
                     bundle.jwt_authorities.push(JwtAuthority {
                         key_id: kid,
                         public_key,
@@ -214,7 +216,10 @@ impl Bundle {
 
     /// The X.509 authorities as PEM.
     pub fn x509_authorities_pem(&self) -> String {
-        self.x509_authorities.iter().map(|der| pem_encode("CERTIFICATE", der)).collect()
+        self.x509_authorities
+            .iter()
+            .map(|der| pem_encode("CERTIFICATE", der))
+            .collect()
     }
 
     pub fn jwt_authority(&self, key_id: &str) -> Option<&JwtAuthority> {
@@ -249,7 +254,9 @@ fn public_key_jwk(spki: &SubjectPublicKeyInfo<'_>) -> Result<Jwk, BundleError> {
             other => return Err(BundleError::UnsupportedKey(format!("EC curve {other}"))),
         };
         if point.len() != 1 + 2 * len || point[0] != 4 {
-            return Err(BundleError::UnsupportedKey("EC point is not uncompressed".into()));
+            return Err(BundleError::UnsupportedKey(
+                "EC point is not uncompressed".into(),
+            ));
         }
         return Ok(Jwk {
             kty: "EC".into(),
@@ -271,7 +278,10 @@ fn public_key_jwk(spki: &SubjectPublicKeyInfo<'_>) -> Result<Jwk, BundleError> {
 }
 
 fn trim_leading_zeros(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len().saturating_sub(1));
+    let start = b
+        .iter()
+        .position(|&x| x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     &b[start..]
 }
 
@@ -304,7 +314,9 @@ fn jwk_to_spki(jwk: &Jwk) -> Result<Option<Vec<u8>>, BundleError> {
             .decode(c.as_deref().unwrap_or_default())
             .map_err(|e| BundleError::UnsupportedKey(format!("bad EC coordinate: {e}")))?;
         if raw.len() != len {
-            return Err(BundleError::UnsupportedKey("EC coordinate has the wrong length".into()));
+            return Err(BundleError::UnsupportedKey(
+                "EC coordinate has the wrong length".into(),
+            ));
         }
         Ok(raw)
     };
@@ -369,7 +381,10 @@ mod tests {
         assert_eq!(v["keys"][0]["use"], "x509-svid");
         assert_eq!(v["keys"][0]["kty"], "EC");
         assert_eq!(v["keys"][0]["crv"], "P-256");
-        assert!(v["keys"][0].get("kid").is_none(), "x509 entries carry no kid");
+        assert!(
+            v["keys"][0].get("kid").is_none(),
+            "x509 entries carry no kid"
+        );
         assert_eq!(v["keys"][1]["use"], "jwt-svid");
         assert_eq!(v["keys"][1]["kid"], "kid1");
         let back = Bundle::from_spiffe_json(b.trust_domain.clone(), &json).unwrap();
@@ -392,18 +407,30 @@ mod tests {
     #[test]
     fn parse_rules() {
         let td = TrustDomain::new("td").unwrap();
-        assert!(matches!(Bundle::from_spiffe_json(td.clone(), "{}"), Err(BundleError::NoKeys)));
+        assert!(matches!(
+            Bundle::from_spiffe_json(td.clone(), "{}"),
+            Err(BundleError::NoKeys)
+        ));
         let empty = Bundle::from_spiffe_json(td.clone(), r#"{"keys":[]}"#).unwrap();
         assert!(empty.x509_authorities.is_empty());
         let unknown = r#"{"keys":[{"kty":"EC","use":"wit-svid","kid":"a"},{"kty":"OKP","use":"jwt-svid","kid":"b"}]}"#;
         let b = Bundle::from_spiffe_json(td.clone(), unknown).unwrap();
-        assert!(b.jwt_authorities.is_empty(), "unknown use and kty are skipped");
+        assert!(
+            b.jwt_authorities.is_empty(),
+            "unknown use and kty are skipped"
+        );
         let no_kid = r#"{"keys":[{"kty":"EC","use":"jwt-svid","crv":"P-256","x":"","y":""}]}"#;
-        assert!(matches!(Bundle::from_spiffe_json(td.clone(), no_kid), Err(BundleError::MissingKid)));
+        assert!(matches!(
+            Bundle::from_spiffe_json(td.clone(), no_kid),
+            Err(BundleError::MissingKid)
+        ));
         let two = format!(
             r#"{{"keys":[{{"kty":"EC","use":"x509-svid","x5c":["{CA_DER_B64}","{CA_DER_B64}"]}}]}}"#
         );
-        assert!(matches!(Bundle::from_spiffe_json(td, &two), Err(BundleError::X5cCount)));
+        assert!(matches!(
+            Bundle::from_spiffe_json(td, &two),
+            Err(BundleError::X5cCount)
+        ));
     }
 
     #[test]

@@ -41,7 +41,10 @@ impl TryFrom<&pb::Selector> for Selector {
 
 /// Parses a list of wire selectors into a canonical set.
 pub fn selectors_from_pb(list: &[pb::Selector]) -> Result<Vec<Selector>, InvalidField> {
-    let mut out = list.iter().map(Selector::try_from).collect::<Result<Vec<_>, _>>()?;
+    let mut out = list
+        .iter()
+        .map(Selector::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
     selector::canonicalize(&mut out);
     Ok(out)
 }
@@ -78,24 +81,34 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
     fn try_from(e: &pb::RegistrationEntry) -> Result<Self, Self::Error> {
         let spiffe_id = SpiffeId::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
         if !spiffe_id.is_workload_id() {
-            return Err(invalid("spiffe_id", "must have a path (a trust domain ID is not a workload identity)"));
+            return Err(invalid(
+                "spiffe_id",
+                "must have a path (a trust domain ID is not a workload identity)",
+            ));
         }
         let parent_id = SpiffeId::new(&e.parent_id).map_err(|err| invalid("parent_id", err))?;
         if parent_id.trust_domain() != spiffe_id.trust_domain() {
-            return Err(invalid("parent_id", "must be in the same trust domain as spiffe_id"));
+            return Err(invalid(
+                "parent_id",
+                "must be in the same trust domain as spiffe_id",
+            ));
         }
         let selectors = selectors_from_pb(&e.selectors)?;
         if selectors.is_empty() {
             return Err(invalid("selectors", "at least one selector is required"));
         }
-        let ttl = |field, v: i32| u32::try_from(v).map_err(|_| invalid(field, "must not be negative"));
+        let ttl =
+            |field, v: i32| u32::try_from(v).map_err(|_| invalid(field, "must not be negative"));
         let federates_with = e
             .federates_with
             .iter()
             .map(|td| TrustDomain::new(td).map_err(|err| invalid("federates_with", err)))
             .collect::<Result<Vec<_>, _>>()?;
         if federates_with.contains(spiffe_id.trust_domain()) {
-            return Err(invalid("federates_with", "cannot federate with the entry's own trust domain"));
+            return Err(invalid(
+                "federates_with",
+                "cannot federate with the entry's own trust domain",
+            ));
         }
         for dns in &e.dns_names {
             validate_dns_name(dns).map_err(|r| invalid("dns_names", r))?;
@@ -136,7 +149,9 @@ pub fn validate_dns_name(name: &str) -> Result<(), String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok {
             return Err(format!("{name:?} is not a valid DNS name"));
         }
@@ -168,7 +183,8 @@ impl TryFrom<&pb::Bundle> for Bundle {
     type Error = InvalidField;
     fn try_from(b: &pb::Bundle) -> Result<Self, Self::Error> {
         Ok(Bundle {
-            trust_domain: TrustDomain::new(&b.trust_domain).map_err(|e| invalid("trust_domain", e))?,
+            trust_domain: TrustDomain::new(&b.trust_domain)
+                .map_err(|e| invalid("trust_domain", e))?,
             x509_authorities: b.x509_authorities.clone(),
             jwt_authorities: b
                 .jwt_authorities
@@ -194,8 +210,14 @@ mod tests {
             spiffe_id: "spiffe://example.org/ns/payments/sa/checkout-service".into(),
             parent_id: "spiffe://example.org/k8s-node".into(),
             selectors: vec![
-                pb::Selector { r#type: "k8s".into(), value: "sa:checkout-service".into() },
-                pb::Selector { r#type: "k8s".into(), value: "ns:payments".into() },
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "sa:checkout-service".into(),
+                },
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "ns:payments".into(),
+                },
             ],
             dns_names: vec!["checkout.payments.svc".into()],
             ..Default::default()
@@ -205,7 +227,11 @@ mod tests {
     #[test]
     fn entry_round_trip() {
         let e = RegistrationEntry::try_from(&wire()).unwrap();
-        assert_eq!(e.selectors[0].to_string(), "k8s:ns:payments", "canonical order");
+        assert_eq!(
+            e.selectors[0].to_string(),
+            "k8s:ns:payments",
+            "canonical order"
+        );
         let back = pb::RegistrationEntry::from(&e);
         assert_eq!(RegistrationEntry::try_from(&back).unwrap(), e);
     }
@@ -215,12 +241,21 @@ mod tests {
         let cases: Vec<(fn(&mut pb::RegistrationEntry), &str)> = vec![
             (|e| e.spiffe_id = "spiffe://example.org".into(), "spiffe_id"),
             (|e| e.spiffe_id = "http://x/y".into(), "spiffe_id"),
-            (|e| e.parent_id = "spiffe://other.org/node".into(), "parent_id"),
+            (
+                |e| e.parent_id = "spiffe://other.org/node".into(),
+                "parent_id",
+            ),
             (|e| e.selectors.clear(), "selectors"),
             (|e| e.selectors[0].value.clear(), "selector"),
             (|e| e.x509_svid_ttl = -1, "x509_svid_ttl"),
-            (|e| e.federates_with = vec!["Bad TD".into()], "federates_with"),
-            (|e| e.federates_with = vec!["example.org".into()], "federates_with"),
+            (
+                |e| e.federates_with = vec!["Bad TD".into()],
+                "federates_with",
+            ),
+            (
+                |e| e.federates_with = vec!["example.org".into()],
+                "federates_with",
+            ),
             (|e| e.dns_names = vec!["bad name".into()], "dns_names"),
         ];
         for (mutate, field) in cases {

@@ -46,7 +46,10 @@ impl Selector {
         if kind.is_empty() {
             return Err(SelectorError::EmptyType(joined()));
         }
-        if !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if !kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Err(SelectorError::BadType(kind.to_owned()));
         }
         if value.is_empty() {
@@ -107,7 +110,11 @@ mod tests {
             ("k8s:ns:payments", "k8s", "ns:payments"),
             ("k8s:pod-label:app:web", "k8s", "pod-label:app:web"),
             ("unix:uid:1000", "unix", "uid:1000"),
-            ("k8s_psat:cluster:my-cluster", "k8s_psat", "cluster:my-cluster"),
+            (
+                "k8s_psat:cluster:my-cluster",
+                "k8s_psat",
+                "cluster:my-cluster",
+            ),
             ("spiffe_id:spiffe://td/x", "spiffe_id", "spiffe://td/x"),
         ];
         for (input, kind, value) in cases {
@@ -125,7 +132,10 @@ mod tests {
             (":ns:x", SelectorError::EmptyType(":ns:x".into())),
             ("k8s:", SelectorError::EmptyValue("k8s:".into())),
             ("k 8s:ns", SelectorError::BadType("k 8s".into())),
-            ("k8s:ns\n:x", SelectorError::ControlChar("k8s:ns\n:x".into())),
+            (
+                "k8s:ns\n:x",
+                SelectorError::ControlChar("k8s:ns\n:x".into()),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(Selector::new(input), Err(want), "{input:?}");

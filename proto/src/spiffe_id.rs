@@ -20,7 +20,9 @@ pub enum SpiffeIdError {
     WrongScheme,
     #[error("trust domain is missing")]
     MissingTrustDomain,
-    #[error("trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores")]
+    #[error(
+        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
+    )]
     BadTrustDomainChar,
     #[error("trust domain is longer than 255 bytes")]
     TrustDomainTooLong,
@@ -32,7 +34,9 @@ pub enum SpiffeIdError {
     DotSegment,
     #[error("path cannot have a trailing slash")]
     TrailingSlash,
-    #[error("path segment characters are limited to letters, numbers, dots, dashes, and underscores")]
+    #[error(
+        "path segment characters are limited to letters, numbers, dots, dashes, and underscores"
+    )]
     BadPathSegmentChar,
     #[error("SPIFFE ID is longer than 2048 bytes")]
     TooLong,
@@ -52,7 +56,9 @@ impl SpiffeId {
         if s.is_empty() {
             return Err(SpiffeIdError::Empty);
         }
-        let rest = s.strip_prefix(SCHEME_PREFIX).ok_or(SpiffeIdError::WrongScheme)?;
+        let rest = s
+            .strip_prefix(SCHEME_PREFIX)
+            .ok_or(SpiffeIdError::WrongScheme)?;
         let (td, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -113,7 +119,9 @@ pub fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
     }
-    let rest = path.strip_prefix('/').ok_or(SpiffeIdError::NoLeadingSlash)?;
+    let rest = path
+        .strip_prefix('/')
+        .ok_or(SpiffeIdError::NoLeadingSlash)?;
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len() - 1;
     for (i, segment) in segments.iter().enumerate() {
@@ -148,7 +156,12 @@ impl FromStr for SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SCHEME_PREFIX}{}{}", self.trust_domain.as_str(), self.path)
+        write!(
+            f,
+            "{SCHEME_PREFIX}{}{}",
+            self.trust_domain.as_str(),
+            self.path
+        )
     }
 }
 

@@ -82,14 +82,34 @@ mod tests {
 
     #[test]
     fn accepts_names_and_ids() {
-        assert_eq!(TrustDomain::new("example.org").unwrap().as_str(), "example.org");
-        assert_eq!(TrustDomain::new("spiffe://example.org/ns/x").unwrap().as_str(), "example.org");
-        assert_eq!(TrustDomain::new("td_1-2.x").unwrap().id_string(), "spiffe://td_1-2.x");
+        assert_eq!(
+            TrustDomain::new("example.org").unwrap().as_str(),
+            "example.org"
+        );
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org/ns/x")
+                .unwrap()
+                .as_str(),
+            "example.org"
+        );
+        assert_eq!(
+            TrustDomain::new("td_1-2.x").unwrap().id_string(),
+            "spiffe://td_1-2.x"
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "Example.org", "td:8080", "u@td", "td/x", "t$d", "[::1]", "%61"] {
+        for bad in [
+            "",
+            "Example.org",
+            "td:8080",
+            "u@td",
+            "td/x",
+            "t$d",
+            "[::1]",
+            "%61",
+        ] {
             assert!(TrustDomain::new(bad).is_err(), "{bad:?} should be rejected");
         }
         assert_eq!(
