@@ -36,7 +36,7 @@ pub type WorkloadApiClient = SpiffeWorkloadApiClient<InterceptedService<Channel,
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("connecting to the Workload API at {path}: {source}")]
+    #[error("connecting to the Workload API at {path}")]
     Connect {
         path: PathBuf,
         source: tonic::transport::Error,

@@ -173,4 +173,4 @@ pub async fn serve_listener(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

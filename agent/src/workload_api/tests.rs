@@ -38,7 +38,7 @@ fn me() -> String {
     format!("unix:uid:{}", nix::unistd::geteuid())
 }
 
-fn web_entry() -> RegistrationEntry {
+pub(crate) fn web_entry() -> RegistrationEntry {
     entry("web", "spiffe://example.org/web", &[&me()], 1)
 }
 
@@ -54,11 +54,11 @@ impl WorkloadAttestor for FailingAttestor {
     }
 }
 
-struct Options {
-    allow_unauthenticated_verifiers: bool,
-    svid_wait: Duration,
-    attestor: Box<dyn WorkloadAttestor>,
-    failing_minter: bool,
+pub(crate) struct Options {
+    pub(crate) allow_unauthenticated_verifiers: bool,
+    pub(crate) svid_wait: Duration,
+    pub(crate) attestor: Box<dyn WorkloadAttestor>,
+    pub(crate) failing_minter: bool,
 }
 
 impl Default for Options {
@@ -72,19 +72,19 @@ impl Default for Options {
     }
 }
 
-struct Harness {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    ca: TestCa,
-    cache: Arc<Cache>,
+pub(crate) struct Harness {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
+    pub(crate) ca: TestCa,
+    pub(crate) cache: Arc<Cache>,
     /// Signs tokens with the same key the minter uses (for ValidateJWTSVID cases).
-    jwt_kid: String,
-    cancel: CancellationToken,
-    server: JoinHandle<Result<(), WorkloadApiError>>,
+    pub(crate) jwt_kid: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) server: JoinHandle<Result<(), WorkloadApiError>>,
 }
 
 impl Harness {
-    async fn start(options: Options) -> Harness {
+    pub(crate) async fn start(options: Options) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("public").join("api.sock");
         let ca = TestCa::new("example.org");
@@ -132,7 +132,7 @@ impl Harness {
             .unwrap();
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.cancel.cancel();
         bounded(self.server).await.unwrap().unwrap();
         assert!(!self.socket.exists(), "socket removed on shutdown");
