@@ -222,10 +222,17 @@ impl SpiffeWorkloadApi for Handler {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.caller(&request, "FetchX509SVID").await?;
         // No identity at all: answer at once, without a message.
-        if self.snapshot().matching(&caller.selectors).is_empty() {
+        let snapshot = self.snapshot();
+        let identities = snapshot.matching(&caller.selectors);
+        if identities.is_empty() {
             debug!(pid = caller.pid, "FetchX509SVID: no identity issued");
             return Err(RequestError::NoIdentity.into());
         }
+        let ids: Vec<String> = identities
+            .iter()
+            .map(|i| i.entry.spiffe_id.to_string())
+            .collect();
+        debug!(pid = caller.pid, spiffe_id = %ids.join(","), "FetchX509SVID");
         Ok(Response::new(self.spawn_stream(
             caller,
             "FetchX509SVID",
