@@ -1,0 +1,212 @@
+//! JWT-SVIDs: minted by the server on demand, reused by the agent until their half-life (as
+//! SPIRE's agent does) so a workload polling for tokens does not turn into a signing load.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::future::BoxFuture;
+use sigil_proto::RegistrationEntry;
+use zeroize::Zeroizing;
+
+/// Above this many cached tokens, expired ones are swept on insert; a workload asking for
+/// ever-new audiences cannot grow the cache without bound beyond the token lifetime.
+const SWEEP_THRESHOLD: usize = 1024;
+
+/// Why a JWT-SVID could not be minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The server could not be reached or failed; the workload may retry.
+    #[error("JWT-SVID signing unavailable: {0}")]
+    Unavailable(String),
+    /// The server refused to sign for this entry.
+    #[error("JWT-SVID signing refused: {0}")]
+    Refused(String),
+}
+
+/// Mints a JWT-SVID for an entry and an audience list (the agent asks the server).
+pub trait JwtSvidMinter: Send + Sync {
+    fn mint<'a>(
+        &'a self,
+        entry: &'a RegistrationEntry,
+        audience: &'a [String],
+    ) -> BoxFuture<'a, Result<String, MintError>>;
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    entry_id: String,
+    revision: i64,
+    /// Sorted and de-duplicated: the same set in another order reuses the token.
+    audience: Vec<String>,
+}
+
+struct CachedToken {
+    token: Zeroizing<String>,
+    /// Unix seconds from which a fresh token is minted instead.
+    refresh_at: i64,
+}
+
+/// A token cache in front of a [`JwtSvidMinter`].
+pub struct JwtSvidCache {
+    minter: Arc<dyn JwtSvidMinter>,
+    tokens: Mutex<HashMap<TokenKey, CachedToken>>,
+}
+
+impl fmt::Debug for JwtSvidCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cached = self.tokens.lock().map(|t| t.len()).unwrap_or(0);
+        f.debug_struct("JwtSvidCache")
+            .field("cached_tokens", &cached)
+            .finish()
+    }
+}
+
+impl JwtSvidCache {
+    pub fn new(minter: Arc<dyn JwtSvidMinter>) -> Self {
+        JwtSvidCache {
+            minter,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A JWT-SVID for `entry` with `audience` (in the requested order), from the cache while
+    /// `now` (Unix seconds) is before the cached token's half-life, else freshly minted.
+    pub async fn fetch(
+        &self,
+        entry: &RegistrationEntry,
+        audience: &[String],
+        now: i64,
+    ) -> Result<String, MintError> {
+        let mut sorted = audience.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let key = TokenKey {
+            entry_id: entry.id.clone(),
+            revision: entry.revision,
+            audience: sorted,
+        };
+        if let Some(token) = self.cached(&key, now) {
+            return Ok(token);
+        }
+        let token = self.minter.mint(entry, audience).await?;
+        // A token whose lifetime we cannot read is handed out but never reused.
+        if let Some(refresh_at) = half_life(&token) {
+            let mut tokens = self.lock();
+            if tokens.len() >= SWEEP_THRESHOLD {
+                tokens.retain(|_, t| t.refresh_at > now);
+            }
+            tokens.insert(
+                key,
+                CachedToken {
+                    token: Zeroizing::new(token.clone()),
+                    refresh_at,
+                },
+            );
+        }
+        Ok(token)
+    }
+
+    fn cached(&self, key: &TokenKey, now: i64) -> Option<String> {
+        let tokens = self.lock();
+        tokens
+            .get(key)
+            .filter(|t| now < t.refresh_at)
+            .map(|t| t.token.to_string())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, CachedToken>> {
+        // A panic while holding the lock leaves a map that is still consistent (every insert
+        // is a single call), so a poisoned lock is safe to keep using.
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `iat + (exp - iat) / 2` from the token's claims (read without verifying: the token came
+/// from our own server over an authenticated channel).
+fn half_life(token: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Times {
+        exp: i64,
+        iat: Option<i64>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let times: Times = serde_json::from_slice(&raw).ok()?;
+    // Without `iat` the half-life is unknown: such a token is not reused.
+    let iat = times.iat?;
+    Some(iat + (times.exp - iat) / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::cache::testing::{TestJwtKey, TestMinter, entry, now};
+
+    fn aud(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn reuses_token_until_half_life() {
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let t0 = now();
+        let first = cache.fetch(&e, &aud(&["a", "b"]), t0).await.unwrap();
+        let again = cache
+            .fetch(&e, &aud(&["b", "a", "a"]), t0 + 10)
+            .await
+            .unwrap();
+        assert_eq!(first, again, "same audience set reuses the token");
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
+
+        // TestMinter issues 300 s tokens: half-life is iat + 150.
+        let later = cache.fetch(&e, &aud(&["a", "b"]), t0 + 151).await.unwrap();
+        assert_eq!(
+            minter.minted.load(Ordering::SeqCst),
+            2,
+            "past half-life mints again"
+        );
+        let _ = later;
+    }
+
+    #[tokio::test]
+    async fn distinct_audience_and_revision_mint_new_tokens() {
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let mut e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let t0 = now();
+        cache.fetch(&e, &aud(&["a"]), t0).await.unwrap();
+        cache.fetch(&e, &aud(&["b"]), t0).await.unwrap();
+        e.revision += 1;
+        cache.fetch(&e, &aud(&["a"]), t0).await.unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn mint_errors_pass_through() {
+        let mut minter = TestMinter::new(TestJwtKey::new("k1"));
+        minter.fail = true;
+        let cache = JwtSvidCache::new(Arc::new(minter));
+        let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let err = cache.fetch(&e, &aud(&["a"]), now()).await.unwrap_err();
+        assert!(matches!(err, MintError::Unavailable(_)));
+    }
+
+    #[test]
+    fn half_life_reads_claims() {
+        let key = TestJwtKey::new("k");
+        let token =
+            key.sign(&serde_json::json!({"sub": "spiffe://td/x", "iat": 1000, "exp": 1300}));
+        assert_eq!(half_life(&token), Some(1150));
+        assert_eq!(half_life("not.a-token"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! Test fixtures shared by the cache and Workload API tests: a CA that issues X509-SVIDs with
+//! the digest's profile (BC and KU present, as the Rust and Python clients require), a JWT
+//! signing key, and registration entries.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use sigil_proto::{Bundle, JwtAuthority, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use zeroize::Zeroizing;
+
+use crate::cache::{CachedX509Svid, JwtSvidMinter, MintError};
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A self-signed root CA for one trust domain.
+pub(crate) struct TestCa {
+    pub td: TrustDomain,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(td: &str) -> Self {
+        let td = TrustDomain::new(td).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI(td.id_string().try_into().unwrap())];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "SPIFFE");
+        params.distinguished_name = dn;
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        TestCa { td, issuer }
+    }
+
+    pub fn der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    /// A bundle holding this CA and, if given, a JWT authority.
+    pub fn bundle(&self, jwt: Option<&TestJwtKey>) -> Bundle {
+        let mut bundle = Bundle::new(self.td.clone());
+        bundle.x509_authorities.push(self.der());
+        if let Some(key) = jwt {
+            bundle.jwt_authorities.push(key.authority());
+        }
+        bundle
+    }
+
+    /// A leaf X509-SVID for `spiffe_id`, valid for an hour.
+    pub fn svid(&self, spiffe_id: &str) -> CachedX509Svid {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "US");
+        dn.push(DnType::OrganizationName, "SPIRE");
+        params.distinguished_name = dn;
+        let not_before = SystemTime::now() - Duration::from_secs(10);
+        let not_after = SystemTime::now() + Duration::from_secs(3600);
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        CachedX509Svid {
+            chain: vec![cert.der().to_vec()],
+            private_key_pkcs8: Zeroizing::new(key.serialize_der()),
+            expires_at: now() + 3600,
+        }
+    }
+}
+
+/// A P-256 JWT signing key.
+pub(crate) struct TestJwtKey {
+    pub kid: String,
+    key: KeyPair,
+}
+
+impl TestJwtKey {
+    pub fn new(kid: &str) -> Self {
+        TestJwtKey {
+            kid: kid.to_owned(),
+            key: KeyPair::generate().unwrap(),
+        }
+    }
+
+    pub fn authority(&self) -> JwtAuthority {
+        JwtAuthority {
+            key_id: self.kid.clone(),
+            public_key: rcgen::PublicKeyData::subject_public_key_info(&self.key),
+            expires_at: 0,
+        }
+    }
+
+    /// Signs `claims` as ES256 with this key's `kid` and `typ: JWT`.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("JWT".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&self.key.serialize_der());
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+}
+
+/// A minter that signs JWT-SVIDs locally, as the server would, with a 5-minute lifetime.
+pub(crate) struct TestMinter {
+    pub key: TestJwtKey,
+    pub minted: std::sync::atomic::AtomicUsize,
+    pub fail: bool,
+}
+
+impl TestMinter {
+    pub fn new(key: TestJwtKey) -> Self {
+        TestMinter {
+            key,
+            minted: Default::default(),
+            fail: false,
+        }
+    }
+}
+
+impl JwtSvidMinter for TestMinter {
+    fn mint<'a>(
+        &'a self,
+        entry: &'a RegistrationEntry,
+        audience: &'a [String],
+    ) -> BoxFuture<'a, Result<String, MintError>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err(MintError::Unavailable("server unreachable".into()));
+            }
+            self.minted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let iat = now();
+            Ok(self.key.sign(&serde_json::json!({
+                "sub": entry.spiffe_id.to_string(),
+                "aud": audience,
+                "iat": iat,
+                "exp": iat + 300,
+            })))
+        })
+    }
+}
+
+pub(crate) fn selectors(list: &[&str]) -> Vec<Selector> {
+    let mut v: Vec<Selector> = list.iter().map(|s| s.parse().unwrap()).collect();
+    sigil_proto::selector::canonicalize(&mut v);
+    v
+}
+
+/// A registration entry with the given selectors, created at `created_at`.
+pub(crate) fn entry(id: &str, spiffe_id: &str, sel: &[&str], created_at: i64) -> RegistrationEntry {
+    RegistrationEntry {
+        id: id.to_owned(),
+        spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
+        parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/t").unwrap(),
+        selectors: selectors(sel),
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        dns_names: Vec::new(),
+        federates_with: Vec::new(),
+        admin: false,
+        downstream: false,
+        hint: String::new(),
+        expires_at: None,
+        revision: 1,
+        created_at,
+    }
+}
+
+/// Federated bundles map from test CAs.
+pub(crate) fn federated(cas: &[&TestCa]) -> BTreeMap<TrustDomain, Bundle> {
+    cas.iter()
+        .map(|ca| (ca.td.clone(), ca.bundle(None)))
+        .collect()
+}

@@ -1,0 +1,232 @@
+use std::sync::Arc;
+
+use super::testing::{TestCa, entry, federated, selectors};
+use super::*;
+
+fn ids(found: &[&Arc<Identity>]) -> Vec<String> {
+    found.iter().map(|i| i.entry.id.clone()).collect()
+}
+
+fn new_cache() -> (TestCa, Cache) {
+    let ca = TestCa::new("example.org");
+    let cache = Cache::new(ca.bundle(None));
+    (ca, cache)
+}
+
+#[test]
+fn matches_when_all_entry_selectors_are_present() {
+    let (_ca, cache) = new_cache();
+    cache.replace_entries(vec![
+        entry("a", "spiffe://example.org/a", &["unix:uid:1000"], 10),
+        entry(
+            "b",
+            "spiffe://example.org/b",
+            &["unix:uid:1000", "unix:gid:50"],
+            20,
+        ),
+        entry(
+            "c",
+            "spiffe://example.org/c",
+            &["unix:uid:1000", "unix:gid:99"],
+            30,
+        ),
+        entry("d", "spiffe://example.org/d", &["unix:uid:2000"], 40),
+    ]);
+    let snap = cache.snapshot();
+    let workload = selectors(&["unix:uid:1000", "unix:gid:50", "unix:user:web"]);
+    assert_eq!(ids(&snap.matching(&workload)), ["a", "b"]);
+    assert_eq!(
+        ids(&snap.matching(&selectors(&["unix:gid:50"]))),
+        Vec::<String>::new()
+    );
+    assert!(snap.matching(&[]).is_empty());
+}
+
+#[test]
+fn order_is_created_at_then_id_whatever_the_input_order() {
+    let (_ca, cache) = new_cache();
+    cache.replace_entries(vec![
+        entry("z", "spiffe://example.org/z", &["unix:uid:1"], 5),
+        entry("b", "spiffe://example.org/b", &["unix:uid:1"], 7),
+        entry("a", "spiffe://example.org/a", &["unix:uid:1"], 7),
+    ]);
+    let snap = cache.snapshot();
+    assert_eq!(
+        ids(&snap.matching(&selectors(&["unix:uid:1"]))),
+        ["z", "a", "b"]
+    );
+}
+
+#[test]
+fn duplicate_hints_keep_the_first() {
+    let (_ca, cache) = new_cache();
+    let mut a = entry("a", "spiffe://example.org/a", &["unix:uid:1"], 1);
+    let mut b = entry("b", "spiffe://example.org/b", &["unix:uid:1"], 2);
+    let c = entry("c", "spiffe://example.org/c", &["unix:uid:1"], 3);
+    let d = entry("d", "spiffe://example.org/d", &["unix:uid:1"], 4);
+    a.hint = "internal".into();
+    b.hint = "internal".into();
+    cache.replace_entries(vec![b, a, c, d]);
+    let snap = cache.snapshot();
+    assert_eq!(
+        ids(&snap.matching(&selectors(&["unix:uid:1"]))),
+        ["a", "c", "d"]
+    );
+}
+
+#[test]
+fn many_entries_match_through_the_index() {
+    let (_ca, cache) = new_cache();
+    let entries: Vec<_> = (0..2000)
+        .map(|i| {
+            let uid = format!("unix:uid:{}", i % 100);
+            let gid = format!("unix:gid:{i}");
+            entry(
+                &format!("e{i:04}"),
+                &format!("spiffe://example.org/w{i}"),
+                &[&uid, &gid],
+                i,
+            )
+        })
+        .collect();
+    cache.replace_entries(entries);
+    let snap = cache.snapshot();
+    let found = snap.matching(&selectors(&["unix:uid:7", "unix:gid:107", "unix:gid:1907"]));
+    assert_eq!(ids(&found), ["e0107", "e1907"]);
+}
+
+#[test]
+fn upsert_and_remove() {
+    let (_ca, cache) = new_cache();
+    cache.upsert_entries(vec![entry(
+        "a",
+        "spiffe://example.org/a",
+        &["unix:uid:1"],
+        1,
+    )]);
+    cache.upsert_entries(vec![
+        entry("b", "spiffe://example.org/b", &["unix:uid:1"], 2),
+        entry("a", "spiffe://example.org/a2", &["unix:uid:1"], 1),
+    ]);
+    let snap = cache.snapshot();
+    assert_eq!(snap.identities.len(), 2);
+    assert_eq!(
+        snap.identity("a").unwrap().entry.spiffe_id.to_string(),
+        "spiffe://example.org/a2"
+    );
+    cache.remove_entries(["a", "unknown"]);
+    assert_eq!(
+        ids(&cache.snapshot().matching(&selectors(&["unix:uid:1"]))),
+        ["b"]
+    );
+}
+
+#[test]
+fn every_write_publishes_and_old_snapshots_stay_intact() {
+    let (ca, cache) = new_cache();
+    let mut rx = cache.subscribe();
+    let before = rx.borrow_and_update().clone();
+    cache.replace_entries(vec![entry(
+        "a",
+        "spiffe://example.org/a",
+        &["unix:uid:1"],
+        1,
+    )]);
+    assert!(rx.has_changed().unwrap());
+    let after_entries = rx.borrow_and_update().clone();
+    assert!(
+        before.identities.is_empty(),
+        "published snapshots are immutable"
+    );
+
+    cache
+        .set_svid("a", ca.svid("spiffe://example.org/a"))
+        .unwrap();
+    assert!(rx.has_changed().unwrap());
+    let after_svid = rx.borrow_and_update().clone();
+    assert!(after_entries.identities[0].svid.is_none());
+    assert!(after_svid.identities[0].svid.is_some());
+
+    let other = TestCa::new("other.org");
+    cache.set_federated_bundles(federated(&[&other]));
+    assert!(rx.has_changed().unwrap());
+    let snap = rx.borrow_and_update().clone();
+    assert!(snap.federated.contains_key(&other.td));
+    assert!(Arc::ptr_eq(&snap.identities[0], &after_svid.identities[0]));
+
+    let rotated = TestCa::new("example.org");
+    cache.set_bundle(rotated.bundle(None));
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(
+        rx.borrow_and_update().bundle.x509_authorities,
+        vec![rotated.der()]
+    );
+}
+
+#[test]
+fn set_svid_checks_the_leaf() {
+    let (ca, cache) = new_cache();
+    cache.replace_entries(vec![entry(
+        "a",
+        "spiffe://example.org/a",
+        &["unix:uid:1"],
+        1,
+    )]);
+    assert_eq!(
+        cache.set_svid("nope", ca.svid("spiffe://example.org/a")),
+        Err(CacheError::UnknownEntry("nope".into()))
+    );
+    assert_eq!(
+        cache.set_svid("a", ca.svid("spiffe://example.org/b")),
+        Err(CacheError::SpiffeIdMismatch {
+            expected: "spiffe://example.org/a".into(),
+            found: Some("spiffe://example.org/b".into()),
+        })
+    );
+    let empty = CachedX509Svid {
+        chain: vec![],
+        private_key_pkcs8: Zeroizing::new(vec![]),
+        expires_at: 0,
+    };
+    assert_eq!(cache.set_svid("a", empty), Err(CacheError::EmptyChain));
+    assert!(cache.snapshot().identities[0].svid.is_none());
+}
+
+#[test]
+fn svid_survives_entry_updates_unless_the_spiffe_id_changes() {
+    let (ca, cache) = new_cache();
+    cache.replace_entries(vec![entry(
+        "a",
+        "spiffe://example.org/a",
+        &["unix:uid:1"],
+        1,
+    )]);
+    cache
+        .set_svid("a", ca.svid("spiffe://example.org/a"))
+        .unwrap();
+    let mut updated = entry(
+        "a",
+        "spiffe://example.org/a",
+        &["unix:uid:1", "unix:gid:2"],
+        1,
+    );
+    updated.revision = 2;
+    cache.replace_entries(vec![updated]);
+    assert!(cache.snapshot().identities[0].svid.is_some());
+    cache.upsert_entries(vec![entry(
+        "a",
+        "spiffe://example.org/renamed",
+        &["unix:uid:1"],
+        1,
+    )]);
+    assert!(cache.snapshot().identities[0].svid.is_none());
+}
+
+#[test]
+fn debug_hides_the_private_key() {
+    let ca = TestCa::new("example.org");
+    let svid = ca.svid("spiffe://example.org/a");
+    let shown = format!("{svid:?}");
+    assert!(shown.contains("<redacted>"));
+    assert!(!shown.contains(&format!("{:?}", svid.private_key_pkcs8.as_slice())));
+}

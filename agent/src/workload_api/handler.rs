@@ -1,0 +1,453 @@
+//! The `SpiffeWorkloadAPI` service: per-call header check, caller attestation, and the
+//! responses built from the latest cache snapshot (digest §5.3–§5.5, SPIRE's
+//! `pkg/agent/endpoints/workload/handler.go` choices).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_proto::bundle::BundleError;
+use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use sigil_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use sigil_proto::{Bundle, Selector, SpiffeId, SpiffeIdError, TrustDomain};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
+use crate::cache::{Identity, JwtSvidCache, MintError, Snapshot};
+use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
+
+/// The metadata key every Workload API request must carry with the value `true`.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// Messages buffered per stream; each is the full state, so a slow client only needs the last.
+const STREAM_BUFFER: usize = 2;
+
+/// Why a request failed. Converted to a gRPC status in exactly one place
+/// (`From<RequestError> for Status`); the workload sees the short message, the log the detail.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestError {
+    #[error("security header missing from request")]
+    MissingSecurityHeader,
+    #[error("workload attestation failed")]
+    NoPeerCredentials,
+    #[error("workload attestation failed")]
+    Attestation(#[source] AttestationError),
+    #[error("no identity issued")]
+    NoIdentity,
+    #[error("audience must be specified")]
+    MissingAudience,
+    #[error("svid must be specified")]
+    MissingSvid,
+    #[error("requested SPIFFE ID is invalid: {0}")]
+    BadSpiffeId(#[source] SpiffeIdError),
+    #[error("could not fetch JWT-SVID")]
+    Mint(#[source] MintError),
+    #[error("{0}")]
+    InvalidJwtSvid(#[source] JwtSvidValidationError),
+    #[error("X509-SVID not yet available")]
+    SvidNotReady,
+    #[error("could not encode bundle")]
+    Bundle(#[source] BundleError),
+    #[error("agent is shutting down")]
+    ShuttingDown,
+}
+
+impl From<RequestError> for Status {
+    fn from(err: RequestError) -> Status {
+        use RequestError as E;
+        let message = err.to_string();
+        match err {
+            E::MissingSecurityHeader
+            | E::MissingAudience
+            | E::MissingSvid
+            | E::BadSpiffeId(_)
+            | E::InvalidJwtSvid(_) => Status::invalid_argument(message),
+            E::NoIdentity => Status::permission_denied(message),
+            E::NoPeerCredentials
+            | E::Attestation(_)
+            | E::Mint(_)
+            | E::SvidNotReady
+            | E::Bundle(_)
+            | E::ShuttingDown => Status::unavailable(message),
+        }
+    }
+}
+
+/// Handler settings (from the agent config).
+#[derive(Clone, Debug)]
+pub(crate) struct HandlerConfig {
+    pub allow_unauthenticated_verifiers: bool,
+    pub allowed_foreign_jwt_claims: Vec<String>,
+    pub svid_wait: Duration,
+}
+
+pub(crate) struct Handler {
+    pub cache_rx: watch::Receiver<Arc<Snapshot>>,
+    pub attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
+    pub jwt_svids: JwtSvidCache,
+    pub config: Arc<HandlerConfig>,
+    pub cancel: CancellationToken,
+}
+
+/// An attested caller.
+struct Caller {
+    pid: i32,
+    selectors: Vec<Selector>,
+}
+
+impl Handler {
+    fn check_header<T>(request: &Request<T>) -> Result<(), RequestError> {
+        let mut values = request.metadata().get_all(SECURITY_HEADER).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if v == "true" => Ok(()),
+            _ => Err(RequestError::MissingSecurityHeader),
+        }
+    }
+
+    /// The caller's PID from the socket's peer credentials, then its selectors.
+    async fn attest<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
+        let pid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .and_then(|cred| cred.pid())
+            .ok_or(RequestError::NoPeerCredentials)?;
+        let selectors = attest_all(&self.attestors, pid)
+            .await
+            .map_err(RequestError::Attestation)?;
+        Ok(Caller { pid, selectors })
+    }
+
+    /// Header check and attestation, logging why a request is refused.
+    async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Caller, Status> {
+        let result = match Self::check_header(request) {
+            Ok(()) => self.attest(request).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|err| {
+            debug!(method, error = %error_chain(&err), "workload API request refused");
+            err.into()
+        })
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.cache_rx.borrow().clone()
+    }
+
+    /// Spawns the producer of a server stream: `build` turns each snapshot into the message to
+    /// send (`Ok(None)`: nothing to send yet). The first message goes out at once, then one
+    /// per snapshot change that changes the message. Ends with the error `build` returns,
+    /// quietly when the client goes away, and with `Unavailable` when the agent stops.
+    fn spawn_stream<T, F>(
+        &self,
+        caller: Caller,
+        method: &'static str,
+        build: F,
+    ) -> ReceiverStream<Result<T, Status>>
+    where
+        T: Clone + PartialEq + Send + 'static,
+        F: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, RequestError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut cache_rx = self.cache_rx.clone();
+        let cancel = self.cancel.clone();
+        let deadline = Instant::now() + self.config.svid_wait;
+        tokio::spawn(async move {
+            let Caller { pid, selectors } = caller;
+            let mut last: Option<T> = None;
+            let end = loop {
+                let snapshot = cache_rx.borrow_and_update().clone();
+                match build(&snapshot, &selectors) {
+                    Err(err) => break Some(err),
+                    Ok(Some(message)) if last.as_ref() != Some(&message) => {
+                        debug!(method, pid, "workload API stream update");
+                        tokio::select! {
+                            sent = tx.send(Ok(message.clone())) => {
+                                if sent.is_err() {
+                                    break None;
+                                }
+                            }
+                            _ = cancel.cancelled() => break Some(RequestError::ShuttingDown),
+                        }
+                        // Each message is the full state: the last one is all we compare with.
+                        last = Some(message);
+                    }
+                    Ok(Some(_)) => {}
+                    // Entries match but no SVID is minted yet: wait, but not forever.
+                    Ok(None) if last.is_none() && Instant::now() >= deadline => {
+                        break Some(RequestError::SvidNotReady);
+                    }
+                    Ok(None) => {}
+                }
+                tokio::select! {
+                    changed = cache_rx.changed() => {
+                        if changed.is_err() {
+                            break Some(RequestError::ShuttingDown);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline), if last.is_none() => {}
+                    _ = tx.closed() => break None,
+                    _ = cancel.cancelled() => break Some(RequestError::ShuttingDown),
+                }
+            };
+            if let Some(err) = end {
+                debug!(method, pid, error = %error_chain(&err), "workload API stream ended");
+                // The client may be gone already; nothing more to do then.
+                let _ = tx.send(Err(err.into())).await;
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for Handler {
+    type FetchX509SVIDStream = ReceiverStream<Result<X509svidResponse, Status>>;
+    type FetchX509BundlesStream = ReceiverStream<Result<X509BundlesResponse, Status>>;
+    type FetchJWTBundlesStream = ReceiverStream<Result<JwtBundlesResponse, Status>>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let caller = self.caller(&request, "FetchX509SVID").await?;
+        // No identity at all: answer at once, without a message.
+        let snapshot = self.snapshot();
+        let identities = snapshot.matching(&caller.selectors);
+        if identities.is_empty() {
+            debug!(pid = caller.pid, "FetchX509SVID: no identity issued");
+            return Err(RequestError::NoIdentity.into());
+        }
+        let ids: Vec<String> = identities
+            .iter()
+            .map(|i| i.entry.spiffe_id.to_string())
+            .collect();
+        debug!(pid = caller.pid, spiffe_id = %ids.join(","), "FetchX509SVID");
+        Ok(Response::new(self.spawn_stream(
+            caller,
+            "FetchX509SVID",
+            x509_svid_response,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let caller = self.caller(&request, "FetchX509Bundles").await?;
+        let allow = self.config.allow_unauthenticated_verifiers;
+        let build = move |snapshot: &Snapshot, selectors: &[Selector]| {
+            let bundles = visible_bundles(snapshot, selectors, allow)?;
+            Ok(Some(X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: bundles
+                    .into_iter()
+                    .map(|(td, b)| (td.id_string(), b.x509_authorities_concat()))
+                    .collect(),
+            }))
+        };
+        Ok(Response::new(self.spawn_stream(
+            caller,
+            "FetchX509Bundles",
+            build,
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        Self::check_header(&request)?;
+        let req = request.get_ref();
+        if req.audience.is_empty() {
+            return Err(RequestError::MissingAudience.into());
+        }
+        let wanted = match req.spiffe_id.as_str() {
+            "" => None,
+            id => Some(SpiffeId::new(id).map_err(RequestError::BadSpiffeId)?),
+        };
+        let caller = self.caller(&request, "FetchJWTSVID").await?;
+        let snapshot = self.snapshot();
+        let identities: Vec<&Arc<Identity>> = snapshot
+            .matching(&caller.selectors)
+            .into_iter()
+            .filter(|i| wanted.as_ref().is_none_or(|w| *w == i.entry.spiffe_id))
+            .collect();
+        if identities.is_empty() {
+            debug!(pid = caller.pid, "FetchJWTSVID: no identity issued");
+            return Err(RequestError::NoIdentity.into());
+        }
+        let now = unix_now();
+        let mut svids = Vec::with_capacity(identities.len());
+        for identity in identities {
+            let entry = &identity.entry;
+            let token = self.jwt_svids.fetch(entry, &req.audience, now).await.map_err(|e| {
+                debug!(pid = caller.pid, spiffe_id = %entry.spiffe_id, error = %e, "JWT-SVID mint failed");
+                RequestError::Mint(e)
+            })?;
+            debug!(pid = caller.pid, spiffe_id = %entry.spiffe_id, "FetchJWTSVID");
+            svids.push(Jwtsvid {
+                spiffe_id: entry.spiffe_id.to_string(),
+                svid: token,
+                hint: entry.hint.clone(),
+            });
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let caller = self.caller(&request, "FetchJWTBundles").await?;
+        let allow = self.config.allow_unauthenticated_verifiers;
+        let build = move |snapshot: &Snapshot, selectors: &[Selector]| {
+            let mut bundles = BTreeMap::new();
+            for (td, bundle) in visible_bundles(snapshot, selectors, allow)? {
+                let jwks = bundle.to_jwks_json().map_err(RequestError::Bundle)?;
+                bundles.insert(td.id_string(), jwks.into_bytes());
+            }
+            Ok(Some(JwtBundlesResponse {
+                bundles: bundles.into_iter().collect(),
+            }))
+        };
+        Ok(Response::new(self.spawn_stream(
+            caller,
+            "FetchJWTBundles",
+            build,
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        Self::check_header(&request)?;
+        let req = request.get_ref();
+        if req.audience.is_empty() {
+            return Err(RequestError::MissingAudience.into());
+        }
+        if req.svid.is_empty() {
+            return Err(RequestError::MissingSvid.into());
+        }
+        let caller = self.caller(&request, "ValidateJWTSVID").await?;
+        let snapshot = self.snapshot();
+        // Validation needs no identity: a caller without one still sees our own bundle.
+        let bundles: BTreeMap<TrustDomain, &Bundle> =
+            visible_bundles(&snapshot, &caller.selectors, true)?
+                .into_iter()
+                .map(|(td, b)| (td.clone(), b))
+                .collect();
+        let validated = validate_jwt_svid(
+            &req.svid,
+            &req.audience,
+            &snapshot.bundle.trust_domain,
+            &bundles,
+            &self.config.allowed_foreign_jwt_claims,
+            unix_now(),
+        )
+        .map_err(|e| {
+            debug!(pid = caller.pid, error = %e, "ValidateJWTSVID: invalid token");
+            RequestError::InvalidJwtSvid(e)
+        })?;
+        debug!(pid = caller.pid, spiffe_id = %validated.spiffe_id, "ValidateJWTSVID");
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(to_prost_struct(&validated.claims)),
+        }))
+    }
+}
+
+/// The `FetchX509SVID` message for a caller: every matching identity whose SVID is minted.
+/// `Ok(None)` when identities match but none has an SVID yet.
+fn x509_svid_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) -> Result<Option<X509svidResponse>, RequestError> {
+    let identities = snapshot.matching(selectors);
+    if identities.is_empty() {
+        return Err(RequestError::NoIdentity);
+    }
+    let bundle = snapshot.bundle.x509_authorities_concat();
+    let mut federates_with = BTreeSet::new();
+    let mut svids = Vec::new();
+    for identity in identities {
+        let Some(svid) = &identity.svid else { continue };
+        federates_with.extend(identity.entry.federates_with.iter());
+        svids.push(X509svid {
+            // Equal to the leaf's URI SAN: the cache checks it when the SVID is installed.
+            spiffe_id: identity.entry.spiffe_id.to_string(),
+            x509_svid: svid.chain.concat(),
+            x509_svid_key: svid.private_key_pkcs8.to_vec(),
+            bundle: bundle.clone(),
+            hint: identity.entry.hint.clone(),
+        });
+    }
+    if svids.is_empty() {
+        return Ok(None);
+    }
+    let federated_bundles = federates_with
+        .into_iter()
+        .filter_map(|td| snapshot.federated.get(td))
+        .map(|b| (b.trust_domain.id_string(), b.x509_authorities_concat()))
+        .collect();
+    Ok(Some(X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles,
+    }))
+}
+
+/// Our own bundle plus the federated bundles the caller's entries federate with. A caller
+/// with no identity gets `NoIdentity`, or only our own bundle when `allow_unauthenticated`.
+fn visible_bundles<'a>(
+    snapshot: &'a Snapshot,
+    selectors: &[Selector],
+    allow_unauthenticated: bool,
+) -> Result<Vec<(&'a TrustDomain, &'a Bundle)>, RequestError> {
+    let identities = snapshot.matching(selectors);
+    if identities.is_empty() && !allow_unauthenticated {
+        return Err(RequestError::NoIdentity);
+    }
+    let own = &snapshot.bundle;
+    let mut out = vec![(&own.trust_domain, own.as_ref())];
+    let federates_with: BTreeSet<&TrustDomain> = identities
+        .iter()
+        .flat_map(|i| i.entry.federates_with.iter())
+        .collect();
+    for td in federates_with {
+        if let Some(bundle) = snapshot.federated.get(td) {
+            out.push((&bundle.trust_domain, bundle.as_ref()));
+        }
+    }
+    Ok(out)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The error and its sources on one line, for the log.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

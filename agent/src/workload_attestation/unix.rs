@@ -1,0 +1,456 @@
+//! The `unix` workload attestor: the caller's user and groups from `/proc/<pid>/status` and,
+//! when `discover_workload_path` is set, its binary's path and SHA-256. Selector names and
+//! config keys follow SPIRE's `unix` plugin (`unix:uid`, `unix:user`, `unix:gid`,
+//! `unix:group`, `unix:supplementary_gid`, `unix:supplementary_group`, `unix:path`,
+//! `unix:sha256`). Like SPIRE, the effective UID/GID are used: they are what the kernel checks
+//! for access, and what a setuid binary runs as.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use nix::unistd::{Gid, Group, Uid, User};
+use sigil_proto::Selector;
+
+use super::{AttestationError, WorkloadAttestor};
+
+/// SPIRE's `unix` plugin configuration, plus where `/proc` is.
+#[derive(Clone, Debug)]
+pub struct UnixAttestorConfig {
+    /// Adds `unix:path` and `unix:sha256` selectors.
+    pub discover_workload_path: bool,
+    /// Largest binary (bytes) hashed for `unix:sha256`: 0 means no limit, negative means
+    /// never hash (SPIRE's `workload_size_limit`).
+    pub workload_size_limit: i64,
+    /// `/proc` outside tests.
+    pub proc_root: PathBuf,
+}
+
+impl Default for UnixAttestorConfig {
+    fn default() -> Self {
+        UnixAttestorConfig {
+            discover_workload_path: false,
+            workload_size_limit: 0,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+/// Reads the caller's identity from procfs. Cheap to clone (moved into a blocking task per call).
+#[derive(Clone)]
+pub struct UnixAttestor {
+    config: Arc<UnixAttestorConfig>,
+    /// Runs between collecting selectors and re-reading the start time, so tests can simulate
+    /// a PID being reused at the worst moment.
+    #[cfg(test)]
+    after_collect: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for UnixAttestor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixAttestor")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl UnixAttestor {
+    pub fn new(config: UnixAttestorConfig) -> Self {
+        UnixAttestor {
+            config: Arc::new(config),
+            #[cfg(test)]
+            after_collect: None,
+        }
+    }
+
+    /// The blocking part: procfs reads and NSS lookups.
+    fn attest_blocking(&self, pid: i32) -> Result<Vec<Selector>, AttestationError> {
+        let started = self.start_time(pid)?;
+        let selectors = self.collect(pid)?;
+        #[cfg(test)]
+        if let Some(hook) = &self.after_collect {
+            hook();
+        }
+        // Everything above described whatever process held `pid` at the time; if it is no
+        // longer the process that started at `started`, the selectors may be someone else's.
+        match self.start_time(pid) {
+            Ok(now) if now == started => Ok(selectors),
+            Ok(_) | Err(AttestationError::NoProcess { .. }) => {
+                Err(AttestationError::PidReused { pid })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn collect(&self, pid: i32) -> Result<Vec<Selector>, AttestationError> {
+        let status_path = self.proc_path(pid, "status");
+        let status = parse_status(&read_to_string(&status_path, pid)?)
+            .map_err(|reason| malformed(&status_path, reason))?;
+
+        let mut out = Vec::new();
+        push(&mut out, "uid", status.uid.to_string());
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(status.uid)) {
+            push(&mut out, "user", user.name);
+        }
+        push(&mut out, "gid", status.gid.to_string());
+        if let Some(name) = group_name(status.gid) {
+            push(&mut out, "group", name);
+        }
+        for gid in status.groups {
+            push(&mut out, "supplementary_gid", gid.to_string());
+            if let Some(name) = group_name(gid) {
+                push(&mut out, "supplementary_group", name);
+            }
+        }
+
+        if self.config.discover_workload_path {
+            let exe = self.proc_path(pid, "exe");
+            let path = std::fs::read_link(&exe).map_err(|e| io_error(&exe, pid, e))?;
+            push(&mut out, "path", path.to_string_lossy().into_owned());
+            if self.config.workload_size_limit >= 0 {
+                // Hash through /proc/<pid>/exe rather than the path: it is the binary the
+                // process runs, even from another mount namespace or after the file was
+                // replaced on disk.
+                let limit = self.config.workload_size_limit as u64;
+                push(&mut out, "sha256", sha256_file(&exe, pid, limit)?);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn start_time(&self, pid: i32) -> Result<u64, AttestationError> {
+        let path = self.proc_path(pid, "stat");
+        parse_start_time(&read_to_string(&path, pid)?).map_err(|reason| malformed(&path, reason))
+    }
+
+    fn proc_path(&self, pid: i32, file: &str) -> PathBuf {
+        self.config.proc_root.join(pid.to_string()).join(file)
+    }
+}
+
+impl WorkloadAttestor for UnixAttestor {
+    fn attest(&self, pid: i32) -> BoxFuture<'_, Result<Vec<Selector>, AttestationError>> {
+        Box::pin(async move {
+            if pid <= 0 {
+                return Err(AttestationError::NoProcess { pid });
+            }
+            // NSS lookups and hashing block: keep them off the async workers.
+            let attestor = self.clone();
+            tokio::task::spawn_blocking(move || attestor.attest_blocking(pid))
+                .await
+                .map_err(|e| AttestationError::Task(e.to_string()))?
+        })
+    }
+}
+
+/// Appends `unix:<kind>:<value>`; a value that is not a valid selector (control characters in
+/// a user name, say) yields `None` and is dropped by `collect`.
+fn push(out: &mut Vec<Option<Selector>>, kind: &str, value: String) {
+    out.push(Selector::from_parts("unix", &format!("{kind}:{value}")).ok());
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ProcStatus {
+    /// Effective UID.
+    uid: u32,
+    /// Effective GID.
+    gid: u32,
+    /// Supplementary GIDs.
+    groups: Vec<u32>,
+}
+
+/// Parses `Uid:`, `Gid:` (real, effective, saved, filesystem) and `Groups:` lines.
+fn parse_status(text: &str) -> Result<ProcStatus, String> {
+    let mut uid = None;
+    let mut gid = None;
+    let mut groups = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let ids = || -> Result<Vec<u32>, String> {
+            value
+                .split_whitespace()
+                .map(|v| v.parse().map_err(|_| format!("bad id {v:?} in {key}")))
+                .collect()
+        };
+        match key {
+            "Uid" => uid = Some(effective(ids()?, key)?),
+            "Gid" => gid = Some(effective(ids()?, key)?),
+            "Groups" => groups = ids()?,
+            _ => {}
+        }
+    }
+    Ok(ProcStatus {
+        uid: uid.ok_or("no Uid line")?,
+        gid: gid.ok_or("no Gid line")?,
+        groups,
+    })
+}
+
+fn effective(ids: Vec<u32>, key: &str) -> Result<u32, String> {
+    // Same choice as SPIRE: the second value (effective) when there are several.
+    match ids.as_slice() {
+        [] => Err(format!("empty {key} line")),
+        [only] => Ok(*only),
+        [_, effective, ..] => Ok(*effective),
+    }
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) is in parentheses
+/// and may itself contain spaces and parentheses, so fields are counted from the last `)`.
+fn parse_start_time(stat: &str) -> Result<u64, String> {
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or("no command name")?;
+    // After the command name comes field 3 (state); field 22 is the 20th from there.
+    let field = rest.split_whitespace().nth(19).ok_or("too few fields")?;
+    field
+        .parse()
+        .map_err(|_| format!("bad starttime {field:?}"))
+}
+
+fn sha256_file(path: &Path, pid: i32, limit: u64) -> Result<String, AttestationError> {
+    let mut file = File::open(path).map_err(|e| io_error(path, pid, e))?;
+    let size = file.metadata().map_err(|e| io_error(path, pid, e))?.len();
+    if limit > 0 && size > limit {
+        return Err(AttestationError::TooLarge { size, limit });
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| io_error(path, pid, e))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex::encode(ctx.finish()))
+}
+
+fn read_to_string(path: &Path, pid: i32) -> Result<String, AttestationError> {
+    std::fs::read_to_string(path).map_err(|e| io_error(path, pid, e))
+}
+
+fn io_error(path: &Path, pid: i32, source: std::io::Error) -> AttestationError {
+    match source.kind() {
+        ErrorKind::NotFound => AttestationError::NoProcess { pid },
+        _ => AttestationError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+    }
+}
+
+fn malformed(path: &Path, reason: impl Into<String>) -> AttestationError {
+    AttestationError::Malformed {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn strings(selectors: &[Selector]) -> Vec<String> {
+        selectors.iter().map(ToString::to_string).collect()
+    }
+
+    fn stat_line(start: u64) -> String {
+        // Field 3 (state), fields 4..=21 as placeholders, then field 22.
+        let filler = vec!["0"; 18].join(" ");
+        format!("4242 (my (odd) proc) S {filler} {start} 0 0\n")
+    }
+
+    /// A fake procfs with one process, 4242.
+    fn fake_proc(status: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("4242");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("status"), status).unwrap();
+        std::fs::write(p.join("stat"), stat_line(1000)).unwrap();
+        dir
+    }
+
+    fn attestor(root: &Path, discover: bool, limit: i64) -> UnixAttestor {
+        UnixAttestor::new(UnixAttestorConfig {
+            discover_workload_path: discover,
+            workload_size_limit: limit,
+            proc_root: root.to_path_buf(),
+        })
+    }
+
+    const STATUS: &str = "Name:\tweb\nUid:\t1000\t4001\t1000\t1000\nGid:\t1000\t4002\t1000\t1000\nGroups:\t4003 4004 \n";
+
+    #[tokio::test]
+    async fn current_process_has_its_real_ids_and_names() {
+        let a = UnixAttestor::new(UnixAttestorConfig::default());
+        let got = strings(&a.attest(std::process::id() as i32).await.unwrap());
+        let uid = nix::unistd::geteuid();
+        let gid = nix::unistd::getegid();
+        assert!(got.contains(&format!("unix:uid:{uid}")), "{got:?}");
+        assert!(got.contains(&format!("unix:gid:{gid}")), "{got:?}");
+        if let Ok(Some(user)) = User::from_uid(uid) {
+            assert!(got.contains(&format!("unix:user:{}", user.name)), "{got:?}");
+        }
+        if let Ok(Some(group)) = Group::from_gid(gid) {
+            assert!(
+                got.contains(&format!("unix:group:{}", group.name)),
+                "{got:?}"
+            );
+        }
+        assert!(
+            !got.iter().any(|s| s.starts_with("unix:path:")),
+            "path needs the switch"
+        );
+    }
+
+    #[tokio::test]
+    async fn current_process_path_with_discovery() {
+        // Negative limit: path only, no hash of the (large) test binary.
+        let a = UnixAttestor::new(UnixAttestorConfig {
+            discover_workload_path: true,
+            workload_size_limit: -1,
+            ..UnixAttestorConfig::default()
+        });
+        let got = strings(&a.attest(std::process::id() as i32).await.unwrap());
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            got.contains(&format!("unix:path:{}", exe.display())),
+            "{got:?}"
+        );
+        assert!(!got.iter().any(|s| s.starts_with("unix:sha256:")));
+    }
+
+    #[tokio::test]
+    async fn effective_ids_and_supplementary_groups_from_status() {
+        let dir = fake_proc(STATUS);
+        let got = strings(&attestor(dir.path(), false, 0).attest(4242).await.unwrap());
+        for want in [
+            "unix:uid:4001",
+            "unix:gid:4002",
+            "unix:supplementary_gid:4003",
+            "unix:supplementary_gid:4004",
+        ] {
+            assert!(
+                got.contains(&want.to_string()),
+                "{want} missing from {got:?}"
+            );
+        }
+        assert!(
+            !got.contains(&"unix:uid:1000".to_string()),
+            "real uid is not used"
+        );
+    }
+
+    #[tokio::test]
+    async fn path_and_sha256_with_size_limit() {
+        let dir = fake_proc(STATUS);
+        let bin = dir.path().join("workload-bin");
+        std::fs::write(&bin, b"hello").unwrap();
+        symlink(&bin, dir.path().join("4242/exe")).unwrap();
+
+        let got = strings(&attestor(dir.path(), true, 0).attest(4242).await.unwrap());
+        assert!(
+            got.contains(&format!("unix:path:{}", bin.display())),
+            "{got:?}"
+        );
+        // sha256("hello")
+        let hash = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        assert!(got.contains(&format!("unix:sha256:{hash}")), "{got:?}");
+
+        let err = attestor(dir.path(), true, 3)
+            .attest(4242)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AttestationError::TooLarge { size: 5, limit: 3 }),
+            "{err}"
+        );
+
+        let got = strings(&attestor(dir.path(), true, -1).attest(4242).await.unwrap());
+        assert!(!got.iter().any(|s| s.starts_with("unix:sha256:")));
+    }
+
+    #[tokio::test]
+    async fn pid_reuse_during_attestation_fails() {
+        let dir = fake_proc(STATUS);
+        let stat = dir.path().join("4242/stat");
+        let mut a = attestor(dir.path(), false, 0);
+        a.after_collect = Some(Arc::new(move || {
+            std::fs::write(&stat, stat_line(2000)).unwrap();
+        }));
+        let err = a.attest(4242).await.unwrap_err();
+        assert!(
+            matches!(err, AttestationError::PidReused { pid: 4242 }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn process_exiting_during_attestation_fails() {
+        let dir = fake_proc(STATUS);
+        let proc_dir = dir.path().join("4242");
+        let mut a = attestor(dir.path(), false, 0);
+        a.after_collect = Some(Arc::new(move || {
+            std::fs::remove_dir_all(&proc_dir).unwrap()
+        }));
+        assert!(matches!(
+            a.attest(4242).await,
+            Err(AttestationError::PidReused { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn missing_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = attestor(dir.path(), false, 0).attest(99).await.unwrap_err();
+        assert!(
+            matches!(err, AttestationError::NoProcess { pid: 99 }),
+            "{err}"
+        );
+        assert!(matches!(
+            attestor(dir.path(), false, 0).attest(0).await,
+            Err(AttestationError::NoProcess { pid: 0 })
+        ));
+    }
+
+    #[test]
+    fn parses_status_and_stat() {
+        assert_eq!(
+            parse_status(STATUS).unwrap(),
+            ProcStatus {
+                uid: 4001,
+                gid: 4002,
+                groups: vec![4003, 4004]
+            }
+        );
+        let no_groups = "Uid:\t5\t5\t5\t5\nGid:\t6\t6\t6\t6\nGroups:\t\n";
+        assert_eq!(parse_status(no_groups).unwrap().groups, Vec::<u32>::new());
+        assert!(parse_status("Gid:\t6\t6\t6\t6\n").is_err());
+        assert!(parse_status("Uid:\tx\nGid:\t6\n").is_err());
+
+        assert_eq!(parse_start_time(&stat_line(123456)), Ok(123456));
+        assert!(parse_start_time("1 (x) S 1 2").is_err());
+        assert!(parse_start_time("garbage").is_err());
+
+        // The test binary's name has no spaces, so plain splitting finds field 22 too.
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let field22: u64 = own.split_whitespace().nth(21).unwrap().parse().unwrap();
+        assert_eq!(parse_start_time(&own), Ok(field22));
+    }
+}
