@@ -724,12 +724,19 @@ async fn rust_spiffe_crate_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_spiffe_client() {
-    let python = std::env::var("SIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
+    // CI (and scripts/test with a .venv) sets SIGIL_PYTHON: then a missing py-spiffe is a
+    // failure, not a skip. Without it, a developer's bare `cargo test` skips with a notice.
+    let explicit = std::env::var("SIGIL_PYTHON").ok();
+    let python = explicit.clone().unwrap_or_else(|| "python3".into());
     let probe = tokio::process::Command::new(&python)
         .args(["-c", "import spiffe"])
         .output()
         .await;
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            explicit.is_none(),
+            "SIGIL_PYTHON={python} cannot import spiffe"
+        );
         println!(
             "NOTICE: skipping py-spiffe test: {python} cannot import spiffe (set SIGIL_PYTHON)"
         );
