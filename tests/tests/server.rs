@@ -1012,3 +1012,53 @@ fn bad_config_exits_64_before_anything_starts() {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("trustDomain"), "{}", stderr(&out));
 }
+
+#[test]
+fn json_logs_carry_no_secrets() {
+    let mut server = Server::start(ServerOptions {
+        extra_server: "log_format = \"json\"".into(),
+        ..Default::default()
+    });
+    let token = server
+        .cli_ok(&["token", "generate"])
+        .trim()
+        .strip_prefix("Token: ")
+        .unwrap()
+        .to_owned();
+    let dir = server.dir.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    server.cli_ok(&[
+        "x509",
+        "mint",
+        "-spiffeID",
+        SEED_SPIFFE_ID,
+        "-write",
+        dir.to_str().unwrap(),
+    ]);
+    let jwt = server.cli_ok(&["jwt", "mint", "-spiffeID", SEED_SPIFFE_ID, "-audience", "a"]);
+    assert!(server.stop().success());
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "X.509-SVID minted" && l["spiffe_id"] == SEED_SPIFFE_ID),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let key = std::fs::read_to_string(dir.join("key.pem")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for secret in [token.as_str(), jwt.trim(), &key_body[..40], "PRIVATE KEY"] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
