@@ -171,30 +171,17 @@ impl AgentConfig {
     /// Reads and validates the config file at `path`, applying `overrides`. Errors name the
     /// file as `path` is written.
     pub fn load(path: &Path, overrides: &AgentOverrides) -> Result<AgentConfig, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read the config file: {e}"),
-        })?;
+        let (file, text) = hcl::read_config_file(path, overrides.expand_env)?;
         AgentConfig::parse(&text, &file, overrides)
     }
 
-    /// Validates config `text`; `file_name` names it in errors. With `expand_env` this reads
-    /// the process environment: call it from the binary's edge only.
+    /// Validates config `text` (already expanded if `-expandEnv` was given: see `load`);
+    /// `file_name` names it in errors.
     pub fn parse(
         text: &str,
         file_name: &str,
         overrides: &AgentOverrides,
     ) -> Result<AgentConfig, ConfigError> {
-        let expanded;
-        let text = if overrides.expand_env {
-            expanded = hcl::expand_env(text, |name| std::env::var(name).ok());
-            expanded.as_str()
-        } else {
-            text
-        };
         let doc = Document::parse(file_name, text)?;
         let mut root = doc.root();
 

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -669,6 +669,28 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     // The remainder is below 10^9, so it fits in u32.
     let subsec = (total_nanos % 1_000_000_000) as u32;
     Ok(Duration::new(secs, subsec))
+}
+
+/// Reads a config file and, with `expand_env` (SPIRE's `-expandEnv`), expands environment
+/// variables in it. Returns the file name as written (for error messages) and the text. Reads
+/// the process environment only when asked: call it from a binary's edge.
+pub fn read_config_file(
+    path: &Path,
+    expand_env_vars: bool,
+) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let text = if expand_env_vars {
+        expand_env(&text, |name| std::env::var(name).ok())
+    } else {
+        text
+    };
+    Ok((file, text))
 }
 
 /// Expands `$VAR` and `${VAR}` in `text` as Go's `os.ExpandEnv` does (SPIRE's `-expandEnv`):

@@ -156,11 +156,7 @@ fn ca_config(config: &ServerConfig) -> anyhow::Result<CaConfig> {
             .as_str()
             .parse()
             .map_err(|e| anyhow::anyhow!("ca_key_type: {e}"))?,
-        ca_subject: crate::ca::CaSubject {
-            country: config.ca_subject.country.clone(),
-            organization: config.ca_subject.organization.clone(),
-            common_name: config.ca_subject.common_name.clone(),
-        },
+        ca_subject: config.ca_subject.clone(),
         jwt_issuer: config.jwt_issuer.clone(),
     })
 }

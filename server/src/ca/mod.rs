@@ -98,24 +98,8 @@ impl CaError {
     }
 }
 
-/// The CA certificate subject (SPIRE's `ca_subject`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaSubject {
-    pub country: Vec<String>,
-    pub organization: Vec<String>,
-    pub common_name: String,
-}
-
-impl Default for CaSubject {
-    /// SPIRE's default: `C=US, O=SPIFFE`.
-    fn default() -> Self {
-        CaSubject {
-            country: vec!["US".into()],
-            organization: vec!["SPIFFE".into()],
-            common_name: String::new(),
-        }
-    }
-}
+/// The CA certificate subject, exactly as `ca_subject` configures it.
+pub use crate::config::CaSubject;
 
 /// What the CA needs from the server config.
 #[derive(Clone, Debug, PartialEq, Eq)]
