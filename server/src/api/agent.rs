@@ -1307,7 +1307,7 @@ mod tests {
             .into_inner();
         let want = format!("spiffe://example.org/spire/agent/join_token/{token}");
         assert_eq!(resp.spiffe_id, want);
-        assert_eq!(uri_sans(&resp.svid_chain[0]), [want.clone()]);
+        assert_eq!(uri_sans(&resp.svid_chain[0]), std::slice::from_ref(&want));
         assert!(!resp.bundle.unwrap().x509_authorities.is_empty());
         let node =
             h.ds.fetch_attested_node(&SpiffeId::new(&want).unwrap())
@@ -1397,7 +1397,7 @@ mod tests {
             msg = next(&mut stream).await;
         }
         let ids: Vec<_> = msg.upserts.iter().map(|e| e.id.clone()).collect();
-        assert_eq!(ids, [created.id.clone()]);
+        assert_eq!(ids, std::slice::from_ref(&created.id));
         assert!(msg.deleted_ids.is_empty());
 
         h.ds.delete_entries(std::slice::from_ref(&created.id))
@@ -1405,7 +1405,7 @@ mod tests {
             .unwrap();
         h.publish().await;
         let msg = next(&mut stream).await;
-        assert_eq!(msg.deleted_ids, [created.id.clone()]);
+        assert_eq!(msg.deleted_ids, std::slice::from_ref(&created.id));
         assert_eq!(msg.revision, h.ds.latest_entry_revision().await.unwrap());
 
         // Resuming from that revision sends no snapshot, only what changed after it.
