@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::{self, AdminApi};
+use crate::api::agent::{self, AgentApi};
 use crate::ca::{Ca, CaConfig, CaJournal};
 use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
@@ -65,6 +66,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             config.socket_path.display()
         )
     })?;
+    let agent_listener = tokio::net::TcpListener::bind(config.bind_address)
+        .await
+        .with_context(|| format!("cannot bind the agent API on {}", config.bind_address))?;
     let ops_server = match &config.health {
         Some(h) => {
             let paths = OpsPaths {
@@ -100,6 +104,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.trust_domain.clone(),
         metrics.clone(),
     );
+    let api_revisions = api.entry_revisions();
     let c = cancel.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, api, c)
@@ -107,6 +112,20 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .context("admin API failed")
     });
     tracing::info!(socket = %config.socket_path.display(), "admin API listening");
+    let agent_api = AgentApi::new(
+        datastore.clone(),
+        ca.clone(),
+        config.trust_domain.clone(),
+        metrics.clone(),
+        api_revisions,
+    );
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        agent::serve(agent_listener, agent_api, c)
+            .await
+            .context("agent API failed")
+    });
+    tracing::info!(address = %config.bind_address, "agent API listening");
     if let Some(server) = ops_server {
         tasks.spawn(async move { server.await.context("health endpoint failed") });
     }

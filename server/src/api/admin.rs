@@ -11,6 +11,7 @@ use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
 use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
@@ -35,6 +36,9 @@ pub struct AdminApi {
     metrics: Arc<Metrics>,
     /// The server's effective UID; callers must be this user or root.
     owner_uid: u32,
+    /// The latest entry revision, published after every committed entry change so the agent
+    /// API's sync streams push it at once.
+    revisions: watch::Sender<i64>,
 }
 
 impl AdminApi {
@@ -50,6 +54,29 @@ impl AdminApi {
             trust_domain,
             metrics,
             owner_uid: nix::unistd::geteuid().as_raw(),
+            revisions: watch::Sender::new(0),
+        }
+    }
+
+    /// A receiver of the latest entry revision, for [`super::agent::AgentApi::new`].
+    pub fn entry_revisions(&self) -> watch::Receiver<i64> {
+        self.revisions.subscribe()
+    }
+
+    /// Publishes the datastore's latest entry revision after a committed change. A failure to
+    /// read it only delays the push to the agents' fallback tick.
+    async fn publish_revision(&self) {
+        match self.datastore.latest_entry_revision().await {
+            Ok(r) => {
+                self.revisions.send_if_modified(|v| {
+                    let newer = r > *v;
+                    if newer {
+                        *v = r;
+                    }
+                    newer
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the entry revision to notify agents"),
         }
     }
 
@@ -212,6 +239,7 @@ impl Admin for AdminApi {
                 .create_entries(entries)
                 .await
                 .map_err(datastore_status)?;
+            self.publish_revision().await;
             for e in &created {
                 tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, "entry created");
             }
@@ -249,6 +277,7 @@ impl Admin for AdminApi {
                 .update_entries(entries)
                 .await
                 .map_err(datastore_status)?;
+            self.publish_revision().await;
             for e in &updated {
                 tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry updated");
             }
@@ -276,6 +305,7 @@ impl Admin for AdminApi {
                 .delete_entries(&req.ids)
                 .await
                 .map_err(datastore_status)?;
+            self.publish_revision().await;
             for e in &deleted {
                 tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry deleted");
             }
@@ -386,6 +416,7 @@ impl Admin for AdminApi {
                     .create_entries(vec![entry])
                     .await
                     .map_err(datastore_status)?;
+                self.publish_revision().await;
             }
             self.datastore
                 .create_join_token(&token, expires_at)

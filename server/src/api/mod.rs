@@ -2,6 +2,9 @@
 //! Domain errors become `tonic::Status` here and only here.
 
 pub mod admin;
+pub mod agent;
+pub mod authorization;
+pub mod tls;
 
 use tonic::Status;
 
