@@ -221,6 +221,9 @@ impl ServerConnection {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(AgentIdentityResolver(credentials.clone())));
         tls.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed TLS 1.3 session keeps the client authentication of the session it came
+        // from: after attestation or renewal that would be no SVID or the old one.
+        tls.resumption = rustls::client::Resumption::disabled();
         let tls = Arc::new(tls);
         let channel = lazy_channel(address, port, tls.clone());
         Ok(ServerConnection {

@@ -398,25 +398,28 @@ health_checks {{
             .spawn()
             .expect("spawn sigil-agent");
         self.child = Some(child);
-        wait_for(
-            "sigil-agent to become ready",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "sigil-agent exited early with {status}; log:\n{}",
-                        self.log()
-                    );
-                }
-                http_get(self.health_port, "/ready")
-                    .filter(|(code, _)| *code == 200)
-                    .map(|_| ())
-            },
-        );
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "sigil-agent exited early with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            if http_get(self.health_port, "/ready").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "sigil-agent not ready after 30s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `sigil-agent <args> -socketPath <socket>`.
