@@ -24,6 +24,7 @@ use sigil_proto::workload::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::config::{AgentConfig, AgentOverrides, JoinToken};
 use crate::workload_api::DEFAULT_SOCKET_PATH;
 use crate::workload_api::client::{ClientError, WorkloadApiClient, connect};
 
@@ -53,7 +54,7 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("response carries an invalid certificate: {0}")]
     BadCertificate(String),
-    #[error("`run` is not yet wired in this build")]
+    #[error("`run` is started from `main`, not from here")]
     RunNotWired,
 }
 
@@ -71,10 +72,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the agent.
-    Run {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    Run(RunArgs),
     /// Talks to a running agent's Workload API.
     Api {
         #[command(subcommand)]
@@ -82,6 +80,85 @@ enum Command {
     },
     /// Checks that the agent's Workload API answers.
     Healthcheck(HealthcheckArgs),
+}
+
+/// `run` flags, SPIRE's spellings; they override the config file.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Path to the HCL configuration file.
+    #[arg(long = "config", default_value = "conf/agent/agent.conf")]
+    config: PathBuf,
+    /// Expand $VARIABLES in the configuration file.
+    #[arg(long = "expandEnv")]
+    expand_env: bool,
+    #[arg(long = "dataDir")]
+    data_dir: Option<String>,
+    #[arg(long = "logLevel")]
+    log_level: Option<String>,
+    #[arg(long = "logFormat")]
+    log_format: Option<String>,
+    #[arg(long = "serverAddress")]
+    server_address: Option<String>,
+    #[arg(long = "serverPort")]
+    server_port: Option<String>,
+    #[arg(long = "socketPath")]
+    socket_path: Option<String>,
+    #[arg(long = "trustDomain")]
+    trust_domain: Option<String>,
+    #[arg(long = "trustBundle")]
+    trust_bundle: Option<String>,
+    /// A join token from `sigil-server token generate` (used once).
+    #[arg(long = "joinToken", hide_env_values = true)]
+    join_token: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> AgentOverrides {
+        AgentOverrides {
+            data_dir: self.data_dir.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+            server_address: self.server_address.clone(),
+            server_port: self.server_port.clone(),
+            socket_path: self.socket_path.clone(),
+            trust_domain: self.trust_domain.clone(),
+            trust_bundle: self.trust_bundle.clone(),
+            join_token: self.join_token.clone().map(JoinToken::new),
+            expand_env: self.expand_env,
+        }
+    }
+}
+
+/// Exit code for bad configuration (sysexits EX_USAGE), before anything binds.
+pub const EXIT_USAGE: u8 = 64;
+
+/// `sigil-agent run`: config errors exit 64 before anything starts; a runtime failure exits 1.
+fn run_agent(args: &RunArgs) -> ExitCode {
+    let config = match AgentConfig::load(&args.config, &args.overrides()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "sigil-agent failed");
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +289,9 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    if let Command::Run(args) = &cli.command {
+        return run_agent(args);
+    }
     // The environment is read here, at the edge, and nowhere below.
     let env_socket = std::env::var("SPIFFE_ENDPOINT_SOCKET").ok();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -301,7 +381,8 @@ async fn run(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     match cli.command {
-        Command::Run { .. } => Err(CliError::RunNotWired),
+        // Handled by `main` before this runtime exists (it needs its own).
+        Command::Run(_) => Err(CliError::RunNotWired),
         Command::Healthcheck(args) => healthcheck(args, env_socket, out).await,
         Command::Api { command } => match command {
             ApiCommand::Fetch {
@@ -1042,9 +1123,60 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn run_is_not_wired() {
-        let (result, _) = run_args(&["sigil-agent", "run", "-config", "agent.conf"]).await;
-        assert!(matches!(result, Err(CliError::RunNotWired)));
+    #[test]
+    fn run_flags_use_spire_spellings() {
+        let args = normalize_flags(
+            [
+                "sigil-agent",
+                "run",
+                "-config",
+                "a.conf",
+                "-joinToken",
+                "tok",
+                "-serverPort=9",
+                "-trustBundle",
+                "b.pem",
+                "-expandEnv",
+            ]
+            .map(OsString::from),
+        );
+        let Command::Run(run) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not run");
+        };
+        assert_eq!(run.config, PathBuf::from("a.conf"));
+        let overrides = run.overrides();
+        assert_eq!(
+            overrides.join_token.as_ref().map(|t| t.expose()),
+            Some("tok")
+        );
+        assert_eq!(overrides.server_port.as_deref(), Some("9"));
+        assert_eq!(overrides.trust_bundle.as_deref(), Some("b.pem"));
+        assert!(overrides.expand_env);
+    }
+
+    #[test]
+    fn run_with_bad_config_exits_64_before_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.conf");
+        std::fs::write(&path, "agent { data_dir = 3 }").unwrap();
+        let args = RunArgs {
+            config: path,
+            expand_env: false,
+            data_dir: None,
+            log_level: None,
+            log_format: None,
+            server_address: None,
+            server_port: None,
+            socket_path: None,
+            trust_domain: None,
+            trust_bundle: None,
+            join_token: None,
+        };
+        assert_eq!(run_agent(&args), ExitCode::from(EXIT_USAGE));
+        let missing = RunArgs {
+            config: dir.path().join("missing.conf"),
+            ..args
+        };
+        assert_eq!(run_agent(&missing), ExitCode::from(EXIT_USAGE));
     }
 }

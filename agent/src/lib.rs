@@ -5,5 +5,12 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod node_attestation;
+pub mod ops;
+pub mod rotation;
+pub mod run;
+pub mod server_client;
+pub mod svid_store;
+pub mod sync;
 pub mod workload_api;
 pub mod workload_attestation;

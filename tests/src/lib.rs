@@ -295,6 +295,160 @@ impl Drop for Server {
     }
 }
 
+/// A running `sigil-agent` on a temp dir, talking to a [`Server`]. Killed on drop.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub health_port: u16,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Writes `agent.conf` (disk key manager, unix workload attestor, trust from the server's
+    /// bundle PEM written by `bundle show`) and starts the agent with `-joinToken token` if given.
+    pub fn start(server: &Server, join_token: Option<&str>) -> Agent {
+        let mut agent = Agent::configure(server);
+        agent.spawn(join_token);
+        agent
+    }
+
+    /// Writes the config without starting the agent.
+    pub fn configure(server: &Server) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bundle = dir.path().join("bootstrap.pem");
+        std::fs::write(&bundle, server.cli_ok(&["bundle", "show"])).expect("write bundle");
+        let health_port = free_port();
+        let socket = dir.path().join("public").join("api.sock");
+        let data = dir.path().join("data");
+        let conf = format!(
+            r#"agent {{
+  data_dir = "{data}"
+  log_level = "DEBUG"
+  server_address = "127.0.0.1"
+  server_port = "{port}"
+  socket_path = "{socket}"
+  trust_bundle_path = "{bundle}"
+  trust_domain = "{td}"
+}}
+
+plugins {{
+  NodeAttestor "join_token" {{
+    plugin_data {{}}
+  }}
+  KeyManager "disk" {{
+    plugin_data {{
+      directory = "{data}/keys"
+    }}
+  }}
+  WorkloadAttestor "unix" {{
+    plugin_data {{}}
+  }}
+}}
+
+health_checks {{
+  listener_enabled = true
+  bind_address = "127.0.0.1"
+  bind_port = "{health_port}"
+  live_path = "/live"
+  ready_path = "/ready"
+}}
+"#,
+            data = data.display(),
+            port = server.bind_port,
+            socket = socket.display(),
+            bundle = bundle.display(),
+            td = server.options.trust_domain,
+        );
+        let config = dir.path().join("agent.conf");
+        std::fs::write(&config, conf).expect("write agent.conf");
+        Agent {
+            dir,
+            socket,
+            config,
+            health_port,
+            child: None,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the process and waits until `/ready` (first full sync) answers 200.
+    pub fn spawn(&mut self, join_token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open agent log");
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["run", "-config"]).arg(&self.config);
+        if let Some(token) = join_token {
+            cmd.args(["-joinToken", token]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sigil-agent");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "sigil-agent exited early with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            if http_get(self.health_port, "/ready").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "sigil-agent not ready after 30s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `sigil-agent <args> -socketPath <socket>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agent_bin())
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.socket)
+            .output()
+            .expect("run sigil-agent CLI")
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        wait_child(&mut child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub fn wait_child(child: &mut Child, timeout: Duration) -> ExitStatus {
     wait_for("process exit", timeout, || child.try_wait().ok().flatten())
 }

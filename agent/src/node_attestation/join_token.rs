@@ -1,0 +1,42 @@
+//! The `join_token` node attestor: the payload is the one-time token itself.
+
+use futures::future::BoxFuture;
+use zeroize::Zeroizing;
+
+use super::{NodeAttestationError, NodeAttestor};
+use crate::config::JoinToken;
+
+#[derive(Debug)]
+pub struct JoinTokenAttestor {
+    token: JoinToken,
+}
+
+impl JoinTokenAttestor {
+    pub fn new(token: JoinToken) -> Self {
+        JoinTokenAttestor { token }
+    }
+}
+
+impl NodeAttestor for JoinTokenAttestor {
+    fn attestation_type(&self) -> &'static str {
+        "join_token"
+    }
+
+    fn payload(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, NodeAttestationError>> {
+        let payload = Zeroizing::new(self.token.expose().as_bytes().to_vec());
+        Box::pin(async move { Ok(payload) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn payload_is_the_token_and_debug_hides_it() {
+        let attestor = JoinTokenAttestor::new(JoinToken::new("s3cret-token"));
+        assert_eq!(attestor.attestation_type(), "join_token");
+        assert_eq!(&*attestor.payload().await.unwrap(), b"s3cret-token");
+        assert!(!format!("{attestor:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,583 @@
+//! SVID minting and rotation. Every key is generated on the agent (P-256) and only its CSR
+//! goes to the server.
+//!
+//! - Workload X509-SVIDs: each cached entry without an SVID, whose entry changed, or whose SVID
+//!   reached its refresh point is minted through `MintX509SVIDs` in batches. The loop wakes on
+//!   every cache change, so a new entry is minted as soon as sync delivers it.
+//! - The agent's own SVID is renewed through `RenewAgent` at its refresh point; when the server
+//!   says the agent is evicted, it re-attests if a join token is configured.
+//!
+//! When is decided by [`refresh_at`], a pure function of the certificate's validity; the loops
+//! log and retry with backoff and never exit before cancellation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rand::Rng;
+use sigil_proto::sigil::agent::v1::{MintX509sviDsRequest, RenewAgentRequest, X509svidRequest};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use zeroize::Zeroizing;
+
+use crate::cache::{Cache, CachedX509Svid, Identity, Snapshot};
+use crate::node_attestation::{self, NodeAttestor};
+use crate::ops::Metrics;
+use crate::server_client::ServerConnection;
+use crate::svid_store::{AgentSvid, SvidStore, leaf_facts};
+
+/// Largest `MintX509SVIDs` batch.
+pub const MAX_BATCH: usize = 500;
+/// The refresh point moves by up to this fraction of the half-life either way, so SVIDs
+/// minted together do not all come back together.
+pub const JITTER: f64 = 0.1;
+/// How long an entry the server would not sign waits before it is asked for again.
+const ENTRY_RETRY: Duration = Duration::from_secs(10);
+/// Upper bound on a rotation loop's sleep, so a clock jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Why a key or CSR could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsrError {
+    #[error("generating a key or CSR: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// A fresh P-256 key (PKCS#8 DER, wiped on drop) and a PKCS#10 CSR (DER) for it. The server
+/// takes only the public key from the CSR and sets the SPIFFE ID itself.
+pub fn new_key_and_csr() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), CsrError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
+}
+
+/// Unix seconds at which an SVID valid from `not_before` to `not_after` is renewed: at half of
+/// its lifetime, moved by `jitter` (clamped to ±[`JITTER`]) times the half-life.
+pub fn refresh_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+    let half = (not_after - not_before).max(0) as f64 / 2.0;
+    let jitter = jitter.clamp(-JITTER, JITTER);
+    not_before + (half + half * jitter).round() as i64
+}
+
+/// A random jitter in ±[`JITTER`].
+pub fn random_jitter() -> f64 {
+    rand::rng().random_range(-JITTER..=JITTER)
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Exponential backoff with ±20 % jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// 1 s doubling up to 30 s: what every agent loop uses against the server.
+    pub fn server() -> Self {
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// The next delay (the un-jittered delays double from `min` up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(rand::rng().random_range(0.8..=1.2))
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// What the rotation loop remembers about an SVID it installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Minted {
+    revision: i64,
+    expires_at: i64,
+    refresh_at: i64,
+}
+
+/// The entries whose SVID must be minted now: none yet, entry changed since minting, or past
+/// the refresh point. Entries in `not_before_retry` are skipped until their time.
+fn due(
+    snapshot: &Snapshot,
+    minted: &mut HashMap<String, Minted>,
+    retry_at: &HashMap<String, i64>,
+    now: i64,
+) -> Vec<Arc<Identity>> {
+    let mut out = Vec::new();
+    for identity in &snapshot.identities {
+        let id = &identity.entry.id;
+        if retry_at.get(id).is_some_and(|&at| now < at) {
+            continue;
+        }
+        let Some(svid) = &identity.svid else {
+            out.push(identity.clone());
+            continue;
+        };
+        let known = minted
+            .get(id)
+            .copied()
+            .filter(|m| m.expires_at == svid.expires_at);
+        let m = match known {
+            Some(m) => m,
+            // An SVID we did not mint in this process (none today; kept for safety): learn
+            // its window from the leaf, or re-mint it if the leaf cannot be read.
+            None => match svid.chain.first().map(|leaf| leaf_facts(leaf)) {
+                Some(Ok(facts)) => {
+                    let m = Minted {
+                        revision: identity.entry.revision,
+                        expires_at: svid.expires_at,
+                        refresh_at: refresh_at(facts.not_before, facts.not_after, random_jitter()),
+                    };
+                    minted.insert(id.clone(), m);
+                    m
+                }
+                _ => {
+                    out.push(identity.clone());
+                    continue;
+                }
+            },
+        };
+        if m.revision != identity.entry.revision || now >= m.refresh_at {
+            out.push(identity.clone());
+        }
+    }
+    out
+}
+
+/// Keeps every cached entry's X509-SVID fresh until `cancel` fires.
+pub async fn rotate_workload_svids(
+    connection: Arc<ServerConnection>,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut changes = cache.subscribe();
+    let mut minted: HashMap<String, Minted> = HashMap::new();
+    let mut retry_at: HashMap<String, i64> = HashMap::new();
+    let mut backoff = Backoff::server();
+    loop {
+        changes.borrow_and_update();
+        let snapshot = cache.snapshot();
+        let now = unix_now();
+        // Forget entries that left the cache.
+        minted.retain(|id, _| snapshot.identity(id).is_some());
+        retry_at.retain(|id, &mut at| snapshot.identity(id).is_some() && now < at);
+
+        let due = due(&snapshot, &mut minted, &retry_at, now);
+        let mut server_down = false;
+        for batch in due.chunks(MAX_BATCH) {
+            match mint_batch(&connection, &cache, batch, &metrics).await {
+                Ok(outcome) => {
+                    backoff.reset();
+                    for (id, m) in outcome.minted {
+                        minted.insert(id, m);
+                    }
+                    for id in outcome.failed {
+                        retry_at.insert(id, now + ENTRY_RETRY.as_secs() as i64);
+                    }
+                }
+                Err(status) => {
+                    metrics.svid_mint(false, batch.len());
+                    warn!(code = ?status.code(), error = %status.message(), entries = batch.len(), "cannot mint X509-SVIDs; server unreachable or failing, will retry");
+                    server_down = true;
+                    break;
+                }
+            }
+        }
+
+        let wait = if server_down {
+            backoff.next_delay()
+        } else {
+            let now = unix_now();
+            let next = minted
+                .values()
+                .map(|m| m.refresh_at)
+                .chain(retry_at.values().copied())
+                .min()
+                .map(|at| Duration::from_secs((at - now).max(0) as u64))
+                .unwrap_or(MAX_SLEEP);
+            next.min(MAX_SLEEP)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            // While the server is down a cache change does not cut the backoff short.
+            r = changes.changed(), if !server_down => {
+                if r.is_err() { return; }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct BatchOutcome {
+    minted: Vec<(String, Minted)>,
+    failed: Vec<String>,
+}
+
+async fn mint_batch(
+    connection: &ServerConnection,
+    cache: &Cache,
+    batch: &[Arc<Identity>],
+    metrics: &Metrics,
+) -> Result<BatchOutcome, tonic::Status> {
+    let mut keys: HashMap<String, (Zeroizing<Vec<u8>>, i64)> = HashMap::new();
+    let mut requests = Vec::with_capacity(batch.len());
+    for identity in batch {
+        let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+        keys.insert(identity.entry.id.clone(), (key, identity.entry.revision));
+        requests.push(X509svidRequest {
+            entry_id: identity.entry.id.clone(),
+            csr,
+        });
+    }
+    let response = connection
+        .client()
+        .mint_x509svi_ds(MintX509sviDsRequest { requests })
+        .await?
+        .into_inner();
+
+    let mut installs = Vec::new();
+    let mut minted = Vec::new();
+    for result in response.svids {
+        let Some((key, revision)) = keys.remove(&result.entry_id) else {
+            warn!(entry_id = %result.entry_id, "server returned an SVID for an entry not asked for");
+            continue;
+        };
+        let window = result.svid_chain.first().map(|leaf| leaf_facts(leaf));
+        let Some(Ok(facts)) = window else {
+            warn!(entry_id = %result.entry_id, "server returned an unreadable X509-SVID");
+            keys.insert(result.entry_id, (key, revision));
+            continue;
+        };
+        minted.push((
+            result.entry_id.clone(),
+            Minted {
+                revision,
+                expires_at: facts.not_after,
+                refresh_at: refresh_at(facts.not_before, facts.not_after, random_jitter()),
+            },
+        ));
+        installs.push((
+            result.entry_id,
+            CachedX509Svid {
+                chain: result.svid_chain,
+                private_key_pkcs8: key,
+                expires_at: facts.not_after,
+            },
+        ));
+    }
+    let mut failed: Vec<String> = keys.into_keys().collect();
+    for (entry_id, err) in cache.set_svids(installs) {
+        warn!(%entry_id, error = %err, "X509-SVID not installed");
+        minted.retain(|(id, _)| id != &entry_id);
+        failed.push(entry_id);
+    }
+    for entry_id in &failed {
+        warn!(%entry_id, "server did not sign an X509-SVID for this entry; will retry");
+    }
+    metrics.svid_mint(true, minted.len());
+    metrics.svid_mint(false, failed.len());
+    if !minted.is_empty() {
+        info!(count = minted.len(), "minted X509-SVIDs");
+    }
+    Ok(BatchOutcome { minted, failed })
+}
+
+/// The agent's identity: the current SVID, shared with whoever needs to read it.
+#[derive(Debug)]
+pub struct AgentIdentity {
+    current: ArcSwap<AgentSvid>,
+    /// Raised by sync when the server answers PermissionDenied (agent evicted or banned).
+    evicted: Notify,
+}
+
+impl AgentIdentity {
+    pub fn new(svid: AgentSvid) -> Self {
+        AgentIdentity {
+            current: ArcSwap::from_pointee(svid),
+            evicted: Notify::new(),
+        }
+    }
+
+    pub fn current(&self) -> Arc<AgentSvid> {
+        self.current.load_full()
+    }
+
+    /// Tells the renewal loop the server no longer accepts this agent.
+    pub fn report_evicted(&self) {
+        self.evicted.notify_one();
+    }
+}
+
+/// Renews the agent SVID at its refresh point, and re-attests after an eviction when a node
+/// attestor with a token is available. Runs until `cancel` fires.
+pub async fn renew_agent_svid(
+    connection: Arc<ServerConnection>,
+    identity: Arc<AgentIdentity>,
+    store: Option<SvidStore>,
+    reattestor: Option<Arc<dyn NodeAttestor>>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::server();
+    let mut evicted = false;
+    let mut retry: Option<Duration> = None;
+    let mut jitter = random_jitter();
+    loop {
+        let svid = identity.current();
+        let wait = retry.take().unwrap_or_else(|| {
+            let at = refresh_at(svid.not_before, svid.not_after, jitter);
+            Duration::from_secs((at - unix_now()).max(0) as u64)
+        });
+        if !evicted {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = identity.evicted.notified() => evicted = true,
+                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {
+                    // A capped sleep that has not reached the refresh point just loops.
+                    if wait > MAX_SLEEP { continue; }
+                }
+            }
+        } else {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+
+        let outcome = if evicted {
+            match &reattestor {
+                Some(attestor) => reattest(&connection, attestor.as_ref(), store.as_ref()).await,
+                None => {
+                    error!(spiffe_id = %svid.spiffe_id, "the server no longer accepts this agent (evicted or banned) and no join token is configured: generate one with `sigil-server token generate` and restart with -joinToken; serving cached SVIDs meanwhile");
+                    Err(())
+                }
+            }
+        } else {
+            renew(&connection, store.as_ref()).await.map_err(|status| {
+                if status.code() == tonic::Code::PermissionDenied {
+                    warn!(spiffe_id = %svid.spiffe_id, "server refused to renew the agent SVID: agent evicted or banned");
+                    evicted = true;
+                } else {
+                    warn!(code = ?status.code(), error = %status.message(), "cannot renew the agent SVID; will retry");
+                }
+            })
+        };
+        match outcome {
+            Ok(new) => {
+                metrics.agent_renewal(true);
+                info!(spiffe_id = %new.spiffe_id, not_after = new.not_after, "agent SVID renewed");
+                if let Err(e) = connection.set_identity(&new) {
+                    error!(error = %e, "cannot present the renewed agent SVID");
+                }
+                identity.current.store(Arc::new(new));
+                evicted = false;
+                jitter = random_jitter();
+                backoff.reset();
+            }
+            Err(()) => {
+                metrics.agent_renewal(false);
+                retry = Some(backoff.next_delay());
+            }
+        }
+    }
+}
+
+async fn renew(
+    connection: &ServerConnection,
+    store: Option<&SvidStore>,
+) -> Result<AgentSvid, tonic::Status> {
+    let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let response = connection
+        .client()
+        .renew_agent(RenewAgentRequest { csr })
+        .await?
+        .into_inner();
+    let svid = AgentSvid::new(response.svid_chain, key)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    if let Some(Err(e)) = store.map(|s| s.save_svid(&svid)) {
+        error!(error = %e, "cannot persist the renewed agent SVID; a restart may need a new join token");
+    }
+    debug!("agent SVID renewed through RenewAgent");
+    Ok(svid)
+}
+
+async fn reattest(
+    connection: &ServerConnection,
+    attestor: &dyn NodeAttestor,
+    store: Option<&SvidStore>,
+) -> Result<AgentSvid, ()> {
+    match node_attestation::attest(connection, attestor).await {
+        Ok((svid, bundle)) => {
+            info!(spiffe_id = %svid.spiffe_id, "re-attested after eviction");
+            if let Err(e) = connection.set_bundle(&bundle) {
+                warn!(error = %e, "bundle from re-attestation not usable");
+            }
+            if let Some(store) = store {
+                let saved = store
+                    .save_svid(&svid)
+                    .and_then(|()| store.save_bundle(&bundle));
+                if let Err(e) = saved {
+                    error!(error = %e, "cannot persist the agent SVID after re-attestation");
+                }
+            }
+            Ok(svid)
+        }
+        Err(e) => {
+            warn!(error = %e, "re-attestation failed; will retry");
+            Err(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sigil_proto::{RegistrationEntry, Selector, SpiffeId};
+
+    use super::*;
+
+    #[test]
+    fn refresh_at_is_half_life_with_bounded_jitter() {
+        // (not_before, not_after, jitter, expected)
+        let table = [
+            (1000, 4600, 0.0, 2800),   // 1 h SVID: half-life 1800 s
+            (1000, 4600, 0.1, 2980),   // +10 % of the half-life
+            (1000, 4600, -0.1, 2620),  // -10 %
+            (1000, 4600, 0.5, 2980),   // clamped to +10 %
+            (1000, 4600, -7.0, 2620),  // clamped to -10 %
+            (0, 86_400, 0.05, 45_360), // 24 h
+            (500, 500, 0.1, 500),      // zero lifetime: now
+            (500, 400, 0.0, 500),      // inverted window: treated as zero
+        ];
+        for (nb, na, jitter, want) in table {
+            assert_eq!(refresh_at(nb, na, jitter), want, "{nb} {na} {jitter}");
+        }
+    }
+
+    #[test]
+    fn random_jitter_stays_in_bounds() {
+        for _ in 0..1000 {
+            let j = random_jitter();
+            assert!((-JITTER..=JITTER).contains(&j));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let delays: Vec<f64> = (0..8).map(|_| b.next_delay().as_secs_f64()).collect();
+        let bases = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0];
+        for (d, base) in delays.iter().zip(bases) {
+            assert!(
+                *d >= base * 0.8 - 1e-9 && *d <= base * 1.2 + 1e-9,
+                "{d} vs {base}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn csr_is_parseable_and_key_is_p256() {
+        use rcgen::PublicKeyData;
+        let (key, csr) = new_key_and_csr().unwrap();
+        let parsed = rcgen::CertificateSigningRequestParams::from_der(&csr.into()).unwrap();
+        let key = rcgen::KeyPair::try_from(key.as_slice()).unwrap();
+        assert_eq!(parsed.public_key.der_bytes(), key.der_bytes());
+        assert!(key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
+    }
+
+    fn entry(id: &str, revision: i64) -> RegistrationEntry {
+        RegistrationEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
+            parent_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
+            selectors: vec![Selector::new("unix:uid:1").unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec![],
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            expires_at: None,
+            revision,
+            created_at: 0,
+        }
+    }
+
+    fn cache_with_svid(id: &str) -> (Cache, i64) {
+        let cache = Cache::new(sigil_proto::Bundle::new(
+            sigil_proto::TrustDomain::new("td").unwrap(),
+        ));
+        cache.replace_entries(vec![entry(id, 1), entry("fresh", 1)]);
+        let (cert, key) = crate::svid_store::tests::self_signed(&format!("spiffe://td/{id}"));
+        let facts = leaf_facts(&cert).unwrap();
+        cache
+            .set_svid(
+                id,
+                CachedX509Svid {
+                    chain: vec![cert],
+                    private_key_pkcs8: key,
+                    expires_at: facts.not_after,
+                },
+            )
+            .unwrap();
+        (cache, facts.not_after)
+    }
+
+    fn ids(v: &[Arc<Identity>]) -> Vec<&str> {
+        v.iter().map(|i| i.entry.id.as_str()).collect()
+    }
+
+    #[test]
+    fn due_selects_missing_changed_and_refresh_time_svids() {
+        let (cache, expires_at) = cache_with_svid("a");
+        let snapshot = cache.snapshot();
+        let mut minted = HashMap::new();
+        minted.insert(
+            "a".to_string(),
+            Minted {
+                revision: 1,
+                expires_at,
+                refresh_at: 100,
+            },
+        );
+        let none = HashMap::new();
+        // Before the refresh point only the entry without an SVID is due.
+        assert_eq!(ids(&due(&snapshot, &mut minted, &none, 99)), ["fresh"]);
+        // At the refresh point both are.
+        assert_eq!(
+            ids(&due(&snapshot, &mut minted, &none, 100)),
+            ["a", "fresh"]
+        );
+        // An entry waiting for a retry is skipped until then.
+        let retry = HashMap::from([("fresh".to_string(), 200)]);
+        assert!(due(&snapshot, &mut minted, &retry, 99).is_empty());
+        // A changed entry (new revision) is re-minted at once.
+        cache.upsert_entries(vec![entry("a", 2)]);
+        let snapshot = cache.snapshot();
+        assert_eq!(ids(&due(&snapshot, &mut minted, &retry, 99)), ["a"]);
+    }
+}

@@ -1,0 +1,352 @@
+//! `sigil-agent run`: loads or obtains the agent's identity, then runs sync, rotation, the
+//! Workload API and the health endpoints until SIGTERM/SIGINT or the first failure, and drains.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sigil_proto::{Bundle, TrustDomain};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::cache::Cache;
+use crate::config::{
+    AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
+};
+use crate::node_attestation::{self, JoinTokenAttestor, NodeAttestationError, NodeAttestor};
+use crate::ops::{self, Metrics, Readiness};
+use crate::rotation::{self, AgentIdentity, Backoff, unix_now};
+use crate::server_client::{ServerConnection, ServerJwtMinter};
+use crate::svid_store::{AgentSvid, SvidStore};
+use crate::sync::{self, SyncContext};
+use crate::workload_api::{self, WorkloadApiConfig};
+use crate::workload_attestation::{UnixAttestor, UnixAttestorConfig, WorkloadAttestor};
+
+/// How long in-flight work gets to finish after a shutdown signal.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Installs the global subscriber (same style as the server's): `log_level` decides, not
+/// `RUST_LOG`.
+pub fn init_logging(level: &str, json: bool) {
+    // Dependencies are noisy at debug; keep them at warn unless we are tracing.
+    let filter = EnvFilter::new(format!("warn,sigil_agent={level},sigil_proto={level}"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second init (tests running twice in one process) keeps the first.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    init_logging(
+        config.log_level.as_filter(),
+        config.log_format == LogFormat::Json,
+    );
+    info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-agent");
+    let cancel = CancellationToken::new();
+    let signal = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        })
+    };
+
+    let store = match &config.key_manager {
+        KeyManagerConfig::Memory => None,
+        KeyManagerConfig::Disk { directory } => Some(
+            SvidStore::open(&config.data_dir, directory).with_context(|| {
+                format!("cannot prepare data_dir {}", config.data_dir.display())
+            })?,
+        ),
+    };
+    let bundle = initial_bundle(&config, store.as_ref())?;
+    let stored_svid = stored_svid(store.as_ref(), &config.trust_domain);
+    let connection = Arc::new(
+        ServerConnection::new(
+            &config.server_address,
+            config.server_port,
+            &config.trust_domain,
+            bundle.as_ref(),
+            stored_svid.as_ref(),
+        )
+        .context("cannot set up the connection to the server")?,
+    );
+    let attestor: Option<Arc<dyn NodeAttestor>> = match (&config.node_attestor, &config.join_token)
+    {
+        (NodeAttestorConfig::JoinToken, Some(token)) => {
+            Some(Arc::new(JoinTokenAttestor::new(token.clone())))
+        }
+        (NodeAttestorConfig::JoinToken, None) => None,
+        (NodeAttestorConfig::K8sPsat(_), _) => {
+            bail!("NodeAttestor \"k8s_psat\" is not supported by this sigil-agent build yet")
+        }
+    };
+
+    let (svid, bundle) = match (stored_svid, bundle) {
+        (Some(svid), Some(bundle)) => {
+            info!(spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "using the stored agent SVID; not re-attesting");
+            (svid, bundle)
+        }
+        (_, bundle) => {
+            let Some(attestor) = &attestor else {
+                bail!(
+                    "agent SVID expired or missing and no join token configured: generate one with `sigil-server token generate` and pass -joinToken"
+                );
+            };
+            let Some((svid, new_bundle)) =
+                attest_with_retry(&connection, attestor.as_ref(), &cancel).await?
+            else {
+                info!("shutdown requested before attestation completed");
+                return Ok(());
+            };
+            if bundle.is_none() {
+                warn!("insecure_bootstrap: trusting the bundle returned by the server from now on");
+            }
+            info!(spiffe_id = %svid.spiffe_id, "attested as {}", svid.spiffe_id);
+            connection.set_bundle(&new_bundle)?;
+            connection.set_identity(&svid)?;
+            if let Some(store) = &store {
+                store
+                    .save_svid(&svid)
+                    .context("cannot persist the agent SVID")?;
+                store
+                    .save_bundle(&new_bundle)
+                    .context("cannot persist the trust bundle")?;
+            }
+            (svid, new_bundle)
+        }
+    };
+
+    let identity = Arc::new(AgentIdentity::new(svid));
+    let cache = Arc::new(Cache::new(bundle));
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+    let attestors = Arc::new(workload_attestors(&config)?);
+
+    // Bind everything before serving anything, so a socket or port clash fails start-up.
+    let listener = workload_api::bind(&config.socket_path).with_context(|| {
+        format!(
+            "cannot bind the Workload API socket {}",
+            config.socket_path.display()
+        )
+    })?;
+    let ops_server = match &config.health {
+        Some(h) => {
+            let router = ops::router(
+                &h.live_path,
+                &h.ready_path,
+                readiness.clone(),
+                metrics.clone(),
+            );
+            Some(
+                ops::bind(h.bind, router, cancel.clone())
+                    .await
+                    .with_context(|| format!("cannot bind {}", h.bind))?,
+            )
+        }
+        None => None,
+    };
+
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let api_config = WorkloadApiConfig {
+        socket_path: config.socket_path.clone(),
+        allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+        ..WorkloadApiConfig::default()
+    };
+    let minter = Arc::new(ServerJwtMinter::new(connection.clone()));
+    {
+        let (rx, c) = (cache.subscribe(), cancel.clone());
+        tasks.spawn(async move {
+            workload_api::serve_listener(listener, api_config, rx, attestors, minter, c)
+                .await
+                .context("Workload API failed")
+        });
+    }
+    if let Some(server) = ops_server {
+        tasks.spawn(async move { server.await.context("health endpoint failed") });
+    }
+    let ctx = SyncContext {
+        connection: connection.clone(),
+        cache: cache.clone(),
+        identity: identity.clone(),
+        store: store.clone(),
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    };
+    let (td, c) = (config.trust_domain.clone(), cancel.clone());
+    tasks.spawn(async move {
+        sync::sync_forever(ctx, td, c).await;
+        Ok(())
+    });
+    let (conn, cch, m, c) = (
+        connection.clone(),
+        cache.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    );
+    tasks.spawn(async move {
+        rotation::rotate_workload_svids(conn, cch, m, c).await;
+        Ok(())
+    });
+    let (conn, m, c) = (connection.clone(), metrics.clone(), cancel.clone());
+    tasks.spawn(async move {
+        rotation::renew_agent_svid(conn, identity, store, attestor, m, c).await;
+        Ok(())
+    });
+
+    info!(socket = %config.socket_path.display(), "sigil-agent running");
+    let outcome = tokio::select! {
+        () = cancel.cancelled() => { info!("shutdown signal received, draining"); Ok(()) }
+        Some(r) = tasks.join_next() => r
+            .context("task panicked")
+            .and_then(|r| r)
+            .and(Err(anyhow::anyhow!("a component stopped unexpectedly"))),
+    };
+    readiness.set(false);
+    cancel.cancel();
+    signal.abort();
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                warn!(error = %format!("{e:#}"), "component stopped with an error while draining");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("drain grace period elapsed; exiting");
+    }
+    info!("sigil-agent stopped");
+    outcome
+}
+
+/// The bundle to verify the server with: the one persisted from the server, else
+/// `trust_bundle_path`; `None` only for `insecure_bootstrap` before first contact.
+fn initial_bundle(
+    config: &AgentConfig,
+    store: Option<&SvidStore>,
+) -> anyhow::Result<Option<Bundle>> {
+    if let Some(store) = store {
+        match store.load_bundle(&config.trust_domain) {
+            Ok(Some(bundle)) => return Ok(Some(bundle)),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "ignoring the stored trust bundle"),
+        }
+    }
+    match &config.trust_bundle {
+        TrustBundleSource::Path(path) => read_pem_bundle(path, &config.trust_domain).map(Some),
+        TrustBundleSource::InsecureBootstrap => Ok(None),
+    }
+}
+
+/// Reads a PEM file of CA certificates as our trust domain's bundle.
+fn read_pem_bundle(path: &Path, trust_domain: &TrustDomain) -> anyhow::Result<Bundle> {
+    let text = std::fs::read(path)
+        .with_context(|| format!("cannot read trust_bundle_path {}", path.display()))?;
+    let certs: Vec<Vec<u8>> = pem::parse_many(&text)
+        .with_context(|| format!("trust_bundle_path {} is not PEM", path.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents())
+        .collect();
+    if certs.is_empty() {
+        bail!("trust_bundle_path {} holds no certificate", path.display());
+    }
+    let mut bundle = Bundle::new(trust_domain.clone());
+    bundle.x509_authorities = certs;
+    Ok(bundle)
+}
+
+/// The stored agent SVID if it is usable now and belongs to our trust domain.
+fn stored_svid(store: Option<&SvidStore>, trust_domain: &TrustDomain) -> Option<AgentSvid> {
+    let svid = match store?.load_svid() {
+        Ok(svid) => svid?,
+        Err(e) => {
+            warn!(error = %e, "ignoring the stored agent SVID");
+            return None;
+        }
+    };
+    if svid.spiffe_id.trust_domain() != trust_domain {
+        warn!(spiffe_id = %svid.spiffe_id, "stored agent SVID is for another trust domain; ignoring it");
+        return None;
+    }
+    if !svid.is_valid_at(unix_now()) {
+        info!(spiffe_id = %svid.spiffe_id, "stored agent SVID has expired");
+        return None;
+    }
+    Some(svid)
+}
+
+/// Attests, retrying while the server is unreachable (it may be starting with us). A refusal
+/// fails at once: a join token does not get better by retrying. `None` if cancelled.
+async fn attest_with_retry(
+    connection: &ServerConnection,
+    attestor: &dyn NodeAttestor,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(AgentSvid, Bundle)>> {
+    let mut backoff = Backoff::server();
+    loop {
+        let result = tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            r = node_attestation::attest(connection, attestor) => r,
+        };
+        match result {
+            Ok(pair) => return Ok(Some(pair)),
+            Err(NodeAttestationError::Rpc(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) =>
+            {
+                warn!(error = %status.message(), "server unreachable for node attestation; retrying");
+            }
+            Err(e) => return Err(e).context("node attestation failed"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+fn workload_attestors(config: &AgentConfig) -> anyhow::Result<Vec<Box<dyn WorkloadAttestor>>> {
+    let mut attestors: Vec<Box<dyn WorkloadAttestor>> = Vec::new();
+    if let Some(unix) = &config.workload_attestors.unix {
+        attestors.push(Box::new(UnixAttestor::new(UnixAttestorConfig {
+            discover_workload_path: unix.discover_workload_path,
+            workload_size_limit: i64::try_from(unix.workload_size_limit).unwrap_or(i64::MAX),
+            ..UnixAttestorConfig::default()
+        })));
+    }
+    if config.workload_attestors.k8s.is_some() {
+        warn!("WorkloadAttestor \"k8s\" is not supported by this build yet; ignoring it");
+    }
+    if attestors.is_empty() {
+        bail!("no supported WorkloadAttestor configured (configure WorkloadAttestor \"unix\")");
+    }
+    Ok(attestors)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,361 @@
+//! Entry sync: holds the server's `SyncEntries` stream open and applies it to the [`Cache`].
+//! A full snapshot arrives in pages and is installed in one write on its last page, so
+//! workloads never see half of it; live changes are applied as they come; a new bundle is
+//! installed in the cache, trusted for the next TLS handshake and persisted.
+//!
+//! The stream resumes from the last applied revision after any error, with backoff. The server
+//! being down never stops the agent: the cache keeps serving what it has.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sigil_proto::sigil::agent::v1::{SyncEntriesRequest, SyncEntriesResponse};
+use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cache::Cache;
+use crate::ops::{Metrics, Readiness};
+use crate::rotation::{AgentIdentity, Backoff};
+use crate::server_client::ServerConnection;
+use crate::svid_store::SvidStore;
+
+/// What one message changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The number of entries, when this message completed a full snapshot.
+    pub snapshot_entries: Option<usize>,
+    /// The new bundle of our trust domain, when the message carried one.
+    pub bundle: Option<Bundle>,
+    /// Entries skipped because they did not convert (logged).
+    pub rejected: usize,
+}
+
+/// The sync position: the last revision applied and any snapshot being assembled.
+#[derive(Debug)]
+pub struct SyncState {
+    trust_domain: TrustDomain,
+    revision: i64,
+    pending: Option<BTreeMap<String, RegistrationEntry>>,
+}
+
+impl SyncState {
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        SyncState {
+            trust_domain,
+            revision: 0,
+            pending: None,
+        }
+    }
+
+    /// The revision to resume from.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Forgets a half-received snapshot (the stream broke); the next stream starts over.
+    pub fn interrupted(&mut self) {
+        self.pending = None;
+    }
+
+    /// Applies one stream message to `cache`.
+    pub fn apply(&mut self, cache: &Cache, msg: SyncEntriesResponse) -> Applied {
+        let mut applied = Applied::default();
+        let mut upserts = Vec::with_capacity(msg.upserts.len());
+        for wire in &msg.upserts {
+            match RegistrationEntry::try_from(wire) {
+                Ok(entry) => upserts.push(entry),
+                Err(e) => {
+                    warn!(entry_id = %wire.id, error = %e, "skipping an entry the server sent that does not convert");
+                    applied.rejected += 1;
+                }
+            }
+        }
+        if msg.snapshot_start {
+            self.pending = Some(BTreeMap::new());
+        }
+        match &mut self.pending {
+            Some(pending) => {
+                for id in &msg.deleted_ids {
+                    pending.remove(id);
+                }
+                pending.extend(upserts.into_iter().map(|e| (e.id.clone(), e)));
+                if msg.snapshot_end {
+                    let entries: Vec<_> = self
+                        .pending
+                        .take()
+                        .map(|p| p.into_values().collect())
+                        .unwrap_or_default();
+                    applied.snapshot_entries = Some(entries.len());
+                    cache.replace_entries(entries);
+                    self.revision = msg.revision;
+                }
+            }
+            None => {
+                if !upserts.is_empty() {
+                    cache.upsert_entries(upserts);
+                }
+                if !msg.deleted_ids.is_empty() {
+                    cache.remove_entries(&msg.deleted_ids);
+                }
+                self.revision = self.revision.max(msg.revision);
+            }
+        }
+        if let Some(wire) = &msg.bundle {
+            match Bundle::try_from(wire) {
+                Ok(bundle) if bundle.trust_domain != self.trust_domain => {
+                    warn!(trust_domain = %bundle.trust_domain, "ignoring a bundle for another trust domain");
+                }
+                Ok(bundle) if bundle.x509_authorities.is_empty() => {
+                    warn!("ignoring a bundle without X.509 authorities");
+                }
+                Ok(bundle) => {
+                    if *cache.snapshot().bundle != bundle {
+                        cache.set_bundle(bundle.clone());
+                        applied.bundle = Some(bundle);
+                    }
+                }
+                Err(e) => warn!(error = %e, "ignoring an invalid bundle from the server"),
+            }
+        }
+        applied
+    }
+}
+
+/// Everything the sync loop touches.
+#[derive(Debug, Clone)]
+pub struct SyncContext {
+    pub connection: Arc<ServerConnection>,
+    pub cache: Arc<Cache>,
+    pub identity: Arc<AgentIdentity>,
+    pub store: Option<SvidStore>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Keeps the cache in sync with the server until `cancel` fires.
+pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: CancellationToken) {
+    let mut state = SyncState::new(trust_domain);
+    let mut backoff = Backoff::server();
+    let mut degraded = false;
+    loop {
+        state.interrupted();
+        let request = SyncEntriesRequest {
+            since_revision: state.revision(),
+        };
+        let mut client = ctx.connection.client();
+        let opened = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = client.sync_entries(request) => r,
+        };
+        let failure = match opened {
+            Err(status) => {
+                ctx.metrics.sync_connect(false);
+                status
+            }
+            Ok(response) => {
+                ctx.metrics.sync_connect(true);
+                let mut stream = response.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        m = stream.message() => m,
+                    };
+                    match next {
+                        Ok(Some(msg)) => {
+                            if degraded {
+                                info!("connection to the server restored; syncing");
+                                degraded = false;
+                            }
+                            backoff.reset();
+                            apply(&ctx, &mut state, msg);
+                        }
+                        Ok(None) => {
+                            break tonic::Status::unavailable("the server ended the sync stream");
+                        }
+                        Err(status) => break status,
+                    }
+                }
+            }
+        };
+        if failure.code() == tonic::Code::PermissionDenied {
+            warn!(error = %failure.message(), "the server refused to sync: agent evicted or banned; serving cached SVIDs");
+            ctx.identity.report_evicted();
+        } else if !degraded {
+            warn!(code = ?failure.code(), error = %failure.message(), "server unreachable; workloads keep getting cached SVIDs and bundles, retrying");
+            degraded = true;
+        } else {
+            debug!(code = ?failure.code(), error = %failure.message(), "sync still failing");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) {
+    ctx.metrics.sync_messages.inc();
+    let applied = state.apply(&ctx.cache, msg);
+    if let Some(n) = applied.snapshot_entries {
+        info!(
+            entries = n,
+            revision = state.revision(),
+            "synced registration entries"
+        );
+        ctx.readiness.set(true);
+    }
+    ctx.metrics
+        .cached_entries
+        .set(ctx.cache.snapshot().identities.len() as i64);
+    if let Some(bundle) = applied.bundle {
+        info!(
+            sequence = bundle.sequence,
+            authorities = bundle.x509_authorities.len(),
+            "trust bundle updated"
+        );
+        if let Err(e) = ctx.connection.set_bundle(&bundle) {
+            warn!(error = %e, "new bundle not usable for server authentication");
+        }
+        if let Some(Err(e)) = ctx.store.as_ref().map(|s| s.save_bundle(&bundle)) {
+            warn!(error = %e, "cannot persist the trust bundle");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sigil_proto::sigil::common::v1 as pb;
+
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("td").unwrap()
+    }
+
+    fn wire(id: &str) -> pb::RegistrationEntry {
+        pb::RegistrationEntry {
+            id: id.into(),
+            spiffe_id: format!("spiffe://td/{id}"),
+            parent_id: "spiffe://td/spire/agent/x".into(),
+            selectors: vec![pb::Selector {
+                r#type: "unix".into(),
+                value: "uid:1".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ids(cache: &Cache) -> Vec<String> {
+        let mut ids: Vec<String> = cache
+            .snapshot()
+            .identities
+            .iter()
+            .map(|i| i.entry.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn page(ids: &[&str], start: bool, end: bool, revision: i64) -> SyncEntriesResponse {
+        SyncEntriesResponse {
+            upserts: ids.iter().map(|id| wire(id)).collect(),
+            snapshot_start: start,
+            snapshot_end: end,
+            revision,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_pages_are_installed_only_when_complete() {
+        let cache = Cache::new(Bundle::new(td()));
+        cache.replace_entries(vec![RegistrationEntry::try_from(&wire("old")).unwrap()]);
+        let mut state = SyncState::new(td());
+
+        let a = state.apply(&cache, page(&["a", "b"], true, false, 5));
+        assert_eq!(a.snapshot_entries, None);
+        assert_eq!(ids(&cache), ["old"], "half a snapshot is not visible");
+        assert_eq!(
+            state.revision(),
+            0,
+            "revision moves only with a complete snapshot"
+        );
+
+        let a = state.apply(&cache, page(&["c"], false, true, 5));
+        assert_eq!(a.snapshot_entries, Some(3));
+        assert_eq!(
+            ids(&cache),
+            ["a", "b", "c"],
+            "entries not in the snapshot are dropped"
+        );
+        assert_eq!(state.revision(), 5);
+    }
+
+    #[test]
+    fn live_changes_upsert_and_delete() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        state.apply(&cache, page(&["a", "b"], true, true, 3));
+        let mut msg = page(&["c"], false, false, 4);
+        msg.deleted_ids = vec!["a".into(), "unknown".into()];
+        state.apply(&cache, msg);
+        assert_eq!(ids(&cache), ["b", "c"]);
+        assert_eq!(state.revision(), 4);
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_is_forgotten() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        state.apply(&cache, page(&["a"], true, false, 9));
+        state.interrupted();
+        // A live message after a reconnect is not taken for the rest of the old snapshot.
+        state.apply(&cache, page(&["b"], false, false, 2));
+        assert_eq!(ids(&cache), ["b"]);
+        assert_eq!(state.revision(), 2);
+    }
+
+    #[test]
+    fn invalid_entries_are_skipped() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        let mut msg = page(&["a"], true, true, 1);
+        msg.upserts.push(pb::RegistrationEntry {
+            id: "bad".into(),
+            spiffe_id: "not a spiffe id".into(),
+            ..Default::default()
+        });
+        let applied = state.apply(&cache, msg);
+        assert_eq!(applied.rejected, 1);
+        assert_eq!(ids(&cache), ["a"]);
+    }
+
+    #[test]
+    fn bundles_are_installed_once_and_checked() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        let (ca, _) = crate::svid_store::tests::self_signed("spiffe://td");
+        let mut bundle = Bundle::new(td());
+        bundle.x509_authorities = vec![ca];
+        bundle.sequence = 2;
+        let msg = SyncEntriesResponse {
+            bundle: Some(pb::Bundle::from(&bundle)),
+            ..Default::default()
+        };
+        let applied = state.apply(&cache, msg.clone());
+        assert_eq!(applied.bundle.as_ref(), Some(&bundle));
+        assert_eq!(*cache.snapshot().bundle, bundle);
+        // The same bundle again is not a change.
+        assert_eq!(state.apply(&cache, msg).bundle, None);
+
+        let mut foreign = bundle.clone();
+        foreign.trust_domain = TrustDomain::new("other").unwrap();
+        let msg = SyncEntriesResponse {
+            bundle: Some(pb::Bundle::from(&foreign)),
+            ..Default::default()
+        };
+        assert_eq!(state.apply(&cache, msg).bundle, None);
+        assert_eq!(*cache.snapshot().bundle, bundle);
+    }
+}
