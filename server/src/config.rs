@@ -22,6 +22,8 @@ pub const DEFAULT_BIND_PORT: u16 = 8081;
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
+/// SPIRE's default agent SVID lifetime.
+pub const DEFAULT_AGENT_TTL: Duration = Duration::from_secs(3600);
 
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,9 @@ pub struct ServerConfig {
     pub x509_svid_ttl: Duration,
     /// `default_jwt_svid_ttl`.
     pub jwt_svid_ttl: Duration,
+    /// `agent_ttl`: lifetime of agent SVIDs, separate from workload SVIDs so an agent outlives a
+    /// server outage longer than a workload SVID's lifetime.
+    pub agent_ttl: Duration,
     pub jwt_issuer: Option<String>,
     pub ca_key_type: CaKeyType,
     pub ca_subject: CaSubject,
@@ -249,6 +254,7 @@ impl ServerConfig {
             ca_ttl: server.ca_ttl,
             x509_svid_ttl: server.x509_svid_ttl,
             jwt_svid_ttl: server.jwt_svid_ttl,
+            agent_ttl: server.agent_ttl,
             jwt_issuer: server.jwt_issuer,
             ca_key_type: server.ca_key_type,
             ca_subject: server.ca_subject,
@@ -273,6 +279,7 @@ struct ServerSection {
     ca_ttl: Duration,
     x509_svid_ttl: Duration,
     jwt_svid_ttl: Duration,
+    agent_ttl: Duration,
     jwt_issuer: Option<String>,
     ca_key_type: CaKeyType,
     ca_subject: CaSubject,
@@ -329,6 +336,7 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         (ttl, older) => ttl.or(older).unwrap_or(DEFAULT_X509_SVID_TTL),
     };
     let jwt_svid_ttl = positive(&mut s, "default_jwt_svid_ttl")?.unwrap_or(DEFAULT_JWT_SVID_TTL);
+    let agent_ttl = positive(&mut s, "agent_ttl")?.unwrap_or(DEFAULT_AGENT_TTL);
     let jwt_issuer = s.string("jwt_issuer")?.filter(|i| !i.is_empty());
     let ca_key_type = s.parsed("ca_key_type", str::parse)?.unwrap_or_default();
     let ca_subject = match s.block("ca_subject")? {
@@ -357,6 +365,7 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         ca_ttl,
         x509_svid_ttl,
         jwt_svid_ttl,
+        agent_ttl,
         jwt_issuer,
         ca_key_type,
         ca_subject,
@@ -753,6 +762,7 @@ plugins {
             ca_ttl: Duration::from_secs(48 * 3600),
             x509_svid_ttl: Duration::from_secs(2 * 3600),
             jwt_svid_ttl: Duration::from_secs(600),
+            agent_ttl: DEFAULT_AGENT_TTL,
             jwt_issuer: Some("https://oidc.example.org".to_owned()),
             ca_key_type: CaKeyType::EcP384,
             ca_subject: CaSubject {

@@ -118,7 +118,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.trust_domain.clone(),
         metrics.clone(),
         api_revisions,
-    );
+    )
+    .with_agent_ttl(config.agent_ttl);
     let c = cancel.clone();
     tasks.spawn(async move {
         agent::serve(agent_listener, agent_api, c)

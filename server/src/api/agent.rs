@@ -78,6 +78,8 @@ pub struct AgentApi {
     attest_limiter: RateLimiter,
     /// How often sync streams check for changes without a push ([`FALLBACK_TICK`]).
     sync_fallback: Duration,
+    /// Lifetime of agent SVIDs (`agent_ttl`); `None` = the CA's default X.509-SVID TTL.
+    agent_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -116,7 +118,14 @@ impl AgentApi {
             revisions,
             attest_limiter: RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST),
             sync_fallback: FALLBACK_TICK,
+            agent_ttl: None,
         }
+    }
+
+    /// Sets the lifetime of agent SVIDs (SPIRE's `agent_ttl`).
+    pub fn with_agent_ttl(mut self, ttl: Duration) -> Self {
+        self.agent_ttl = Some(ttl);
+        self
     }
 
     /// Adds (or replaces) a node attestor, e.g. `k8s_psat`.
@@ -258,7 +267,7 @@ impl AgentApi {
         }
         let svid = self
             .ca
-            .sign_x509_svid_csr(&req.csr, &agent_id, None, &[])
+            .sign_x509_svid_csr(&req.csr, &agent_id, self.agent_ttl, &[])
             .map_err(ca_status)?;
         self.count_signed(1, true);
         self.datastore
@@ -389,7 +398,7 @@ impl Agent for AgentApi {
             }
             let svid = self
                 .ca
-                .sign_x509_svid_csr(&req.csr, &agent.id, None, &[])
+                .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
                 .map_err(ca_status)?;
             self.count_signed(1, true);
             let node = self.current_node(&agent.id).await?;
