@@ -204,12 +204,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     });
 
     info!(socket = %config.socket_path.display(), "sigil-agent running");
+    // The signal task cancels `cancel`, which also makes components return: a component that
+    // ends after cancellation is draining, not failing.
     let outcome = tokio::select! {
+        biased;
         () = cancel.cancelled() => { info!("shutdown signal received, draining"); Ok(()) }
-        Some(r) = tasks.join_next() => r
-            .context("task panicked")
-            .and_then(|r| r)
-            .and(Err(anyhow::anyhow!("a component stopped unexpectedly"))),
+        Some(r) = tasks.join_next() => match r.context("task panicked").and_then(|r| r) {
+            Ok(()) if cancel.is_cancelled() => Ok(()),
+            Ok(()) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+            Err(e) => Err(e),
+        },
     };
     readiness.set(false);
     cancel.cancel();
