@@ -81,13 +81,12 @@ impl JwtSvidCache {
         audience: &[String],
         now: i64,
     ) -> Result<String, MintError> {
-        let mut sorted = audience.to_vec();
-        sorted.sort();
-        sorted.dedup();
+        // Keyed by the audience list as requested, order included: a token carries its
+        // audiences in the order the workload asked for them.
         let key = TokenKey {
             entry_id: entry.id.clone(),
             revision: entry.revision,
-            audience: sorted,
+            audience: audience.to_vec(),
         };
         if let Some(token) = self.cached(&key, now) {
             return Ok(token);
@@ -161,18 +160,18 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         let first = cache.fetch(&e, &aud(&["a", "b"]), t0).await.unwrap();
-        let again = cache
-            .fetch(&e, &aud(&["b", "a", "a"]), t0 + 10)
-            .await
-            .unwrap();
-        assert_eq!(first, again, "same audience set reuses the token");
+        let again = cache.fetch(&e, &aud(&["a", "b"]), t0 + 10).await.unwrap();
+        assert_eq!(first, again, "the same audience list reuses the token");
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
+        let reordered = cache.fetch(&e, &aud(&["b", "a"]), t0 + 10).await.unwrap();
+        assert_ne!(first, reordered, "audiences keep the requested order");
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
 
         // TestMinter issues 300 s tokens: half-life is iat + 150.
         let later = cache.fetch(&e, &aud(&["a", "b"]), t0 + 151).await.unwrap();
         assert_eq!(
             minter.minted.load(Ordering::SeqCst),
-            2,
+            3,
             "past half-life mints again"
         );
         let _ = later;
