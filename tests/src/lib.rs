@@ -493,3 +493,56 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Generates a join token, starts an agent with it and returns the agent and its SPIFFE ID
+/// (`spiffe://<td>/spire/agent/join_token/<token>`). `world_reachable` makes the temp dir
+/// traversable so a workload running as another user can reach the socket.
+pub fn attested_agent(server: &Server, world_reachable: bool) -> (Agent, String) {
+    let token = server
+        .cli_ok(&["token", "generate", "-ttl", "600"])
+        .trim()
+        .strip_prefix("Token: ")
+        .expect("token output")
+        .to_owned();
+    let mut agent = Agent::configure(server);
+    if world_reachable {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(agent.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+    }
+    agent.spawn(Some(&token));
+    let id = format!(
+        "spiffe://{}/spire/agent/join_token/{token}",
+        server.options.trust_domain
+    );
+    (agent, id)
+}
+
+/// Registers an entry under `parent` selecting `unix:uid:<uid>`; returns its ID.
+pub fn register_uid(
+    server: &Server,
+    spiffe_id: &str,
+    parent: &str,
+    uid: u32,
+    extra: &[&str],
+) -> String {
+    let selector = format!("unix:uid:{uid}");
+    let mut args = vec![
+        "entry",
+        "create",
+        "-spiffeID",
+        spiffe_id,
+        "-parentID",
+        parent,
+        "-selector",
+        &selector,
+    ];
+    args.extend(extra);
+    let created = server.cli_json(&args);
+    created[0]["id"].as_str().expect("entry id").to_owned()
+}
+
+/// The Python interpreter with py-spiffe (SIGIL_PYTHON, set by .ci/run and scripts/test).
+pub fn python() -> String {
+    std::env::var("SIGIL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
