@@ -491,3 +491,105 @@ fn evicted_agent_is_refused() {
         || agent.log().to_lowercase().contains("evict").then_some(()),
     );
 }
+
+/// A client holding a real agent's SVID and key (read from the agent's data dir) asks the real
+/// server for identities the agent is not authorized for: refused. After `agent ban`, even its
+/// own entries are refused.
+#[test]
+fn forged_requests_with_a_valid_agent_svid_are_refused() {
+    use sigil_agent::svid_store::SvidStore;
+    use sigil_proto::sigil::agent::v1 as pb;
+
+    let server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+    let (_other, other_id) = attested_agent(&server, false);
+    let mine = register_uid(&server, "spiffe://example.org/mine", &agent_id, uid(), &[]);
+    let theirs = register_uid(
+        &server,
+        "spiffe://example.org/theirs",
+        &other_id,
+        uid(),
+        &[],
+    );
+    let admin = server.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/admin",
+        "-parentID",
+        "spiffe://example.org/spire/server",
+        "-selector",
+        "k8s:ns:kube-system",
+    ]);
+    let alias = admin[0]["id"].as_str().unwrap().to_owned();
+
+    let data = agent.dir.path().join("data");
+    let store = SvidStore::open(&data, &data.join("keys")).unwrap();
+    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
+    let svid = store
+        .load_svid()
+        .unwrap()
+        .expect("the agent persisted its SVID");
+    assert_eq!(svid.spiffe_id.to_string(), agent_id);
+    let bundle = store
+        .load_bundle(&td)
+        .unwrap()
+        .expect("the agent persisted the bundle");
+    rt().block_on(async {
+        let conn = sigil_agent::server_client::ServerConnection::new(
+            "127.0.0.1",
+            server.bind_port,
+            &td,
+            Some(&bundle),
+            Some(&svid),
+        )
+        .unwrap();
+        let mint = |entry_id: &str| {
+            let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
+            pb::MintX509sviDsRequest {
+                requests: vec![pb::X509svidRequest {
+                    entry_id: entry_id.into(),
+                    csr,
+                }],
+            }
+        };
+        let ok = conn
+            .client()
+            .mint_x509svi_ds(mint(&mine))
+            .await
+            .expect("its own entry is signed");
+        assert_eq!(ok.into_inner().svids.len(), 1);
+        for (forged, what) in [
+            (&theirs, "another agent's entry"),
+            (&alias, "a node alias whose selectors it lacks"),
+        ] {
+            let err = conn
+                .client()
+                .mint_x509svi_ds(mint(forged))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
+        }
+        let err = conn
+            .client()
+            .mint_jwtsvid(pb::MintJwtsvidRequest {
+                entry_id: theirs.clone(),
+                audience: vec!["a".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+        server.cli_ok(&["agent", "ban", "-spiffeID", &agent_id]);
+        let err = conn
+            .client()
+            .mint_x509svi_ds(mint(&mine))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "banned: {err:?}");
+    });
+    assert!(
+        server.log().contains(&theirs),
+        "the refusal is logged with the entry ID"
+    );
+}
