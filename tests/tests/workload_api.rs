@@ -455,9 +455,9 @@ fn server_outage_keeps_workloads_served_and_restart_resumes_rotation() {
 }
 
 #[test]
-fn evicted_agent_is_refused() {
+fn evicted_agent_is_refused_then_reattests_with_a_fresh_token() {
     let server = Server::start(ServerOptions::default());
-    let (agent, agent_id) = attested_agent(&server, false);
+    let (mut agent, agent_id) = attested_agent(&server, false);
     register_uid(
         &server,
         "spiffe://example.org/before",
@@ -490,6 +490,37 @@ fn evicted_agent_is_refused() {
         Duration::from_secs(10),
         || agent.log().to_lowercase().contains("evict").then_some(()),
     );
+
+    // The operator hands it a fresh join token: it re-attests under a new agent ID.
+    assert!(agent.stop().success());
+    let token = server
+        .cli_ok(&["token", "generate"])
+        .trim()
+        .strip_prefix("Token: ")
+        .unwrap()
+        .to_owned();
+    agent.spawn(Some(&token));
+    let new_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    register_uid(
+        &server,
+        "spiffe://example.org/reattested",
+        &new_id,
+        uid(),
+        &[],
+    );
+    wait_for(
+        "an SVID under the new agent ID",
+        Duration::from_secs(15),
+        || {
+            let out = agent.cli(&["api", "fetch", "x509", "-output", "json"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("spiffe://example.org/reattested")
+                .then_some(())
+        },
+    );
+    let agents = server.cli_json(&["agent", "list"]);
+    assert_eq!(agents.as_array().unwrap().len(), 1);
+    assert_eq!(agents[0]["spiffe_id"], new_id);
 }
 
 /// A client holding a real agent's SVID and key (read from the agent's data dir) asks the real
