@@ -2,7 +2,7 @@
 //! goes to the server.
 //!
 //! - Workload X509-SVIDs: each cached entry without an SVID, whose entry changed, or whose SVID
-//!   reached its refresh point is minted through `MintX509SVIDs` in batches. The loop wakes on
+//!   reached its refresh point is minted through `BatchMintX509SVID` in batches. The loop wakes on
 //!   every cache change, so a new entry is minted as soon as sync delivers it.
 //! - The agent's own SVID is renewed through `RenewAgent` at its refresh point; when the server
 //!   says the agent is evicted, it re-attests if a join token is configured.
@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use sigil_proto::sigil::agent::v1::{MintX509sviDsRequest, RenewAgentRequest, X509svidRequest};
+use sigil_proto::sigil::agent::v1::{BatchMintX509svidRequest, RenewAgentRequest, X509svidRequest};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -28,7 +28,7 @@ use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::{AgentSvid, SvidStore, leaf_facts};
 
-/// Largest `MintX509SVIDs` batch.
+/// Largest `BatchMintX509SVID` batch.
 pub const MAX_BATCH: usize = 500;
 /// The refresh point moves by up to this fraction of the half-life either way, so SVIDs
 /// minted together do not all come back together.
@@ -253,7 +253,7 @@ async fn mint_batch(
     }
     let response = connection
         .client()
-        .mint_x509svi_ds(MintX509sviDsRequest { requests })
+        .batch_mint_x509svid(BatchMintX509svidRequest { requests })
         .await?
         .into_inner();
 

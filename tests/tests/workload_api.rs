@@ -577,7 +577,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         .unwrap();
         let mint = |entry_id: &str| {
             let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
-            pb::MintX509sviDsRequest {
+            pb::BatchMintX509svidRequest {
                 requests: vec![pb::X509svidRequest {
                     entry_id: entry_id.into(),
                     csr,
@@ -586,7 +586,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         };
         let ok = conn
             .client()
-            .mint_x509svi_ds(mint(&mine))
+            .batch_mint_x509svid(mint(&mine))
             .await
             .expect("its own entry is signed");
         assert_eq!(ok.into_inner().svids.len(), 1);
@@ -596,7 +596,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         ] {
             let err = conn
                 .client()
-                .mint_x509svi_ds(mint(forged))
+                .batch_mint_x509svid(mint(forged))
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
@@ -614,7 +614,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         server.cli_ok(&["agent", "ban", "-spiffeID", &agent_id]);
         let err = conn
             .client()
-            .mint_x509svi_ds(mint(&mine))
+            .batch_mint_x509svid(mint(&mine))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "banned: {err:?}");

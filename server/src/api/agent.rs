@@ -36,7 +36,7 @@ use crate::node_attestation::{AttestationError, NodeAttestor};
 
 /// gRPC message limit, both ways: a full page of entries or a 1000-CSR batch fits well inside.
 const MAX_MESSAGE_SIZE: usize = 16 << 20;
-/// Largest MintX509SVIDs batch.
+/// Largest BatchMintX509SVID batch.
 const MAX_MINT_BATCH: usize = 1000;
 /// Most entries (or deleted IDs) in one SyncEntries message.
 const SYNC_PAGE: usize = 500;
@@ -449,10 +449,10 @@ impl Agent for AgentApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn mint_x509svi_ds(
+    async fn batch_mint_x509svid(
         &self,
-        req: Request<pb::MintX509sviDsRequest>,
-    ) -> Result<Response<pb::MintX509sviDsResponse>, Status> {
+        req: Request<pb::BatchMintX509svidRequest>,
+    ) -> Result<Response<pb::BatchMintX509svidResponse>, Status> {
         let r = async {
             let agent = self.authenticate(&req).await?;
             let req = req.into_inner();
@@ -481,10 +481,10 @@ impl Agent for AgentApi {
             }
             let svids = svids.into_iter().collect::<Result<Vec<_>, _>>()?;
             tracing::debug!(agent_id = %agent.id, count = svids.len(), "X.509-SVIDs minted");
-            Ok(pb::MintX509sviDsResponse { svids })
+            Ok(pb::BatchMintX509svidResponse { svids })
         }
         .await;
-        self.count("MintX509SVIDs", &r);
+        self.count("BatchMintX509SVID", &r);
         r.map(Response::new)
     }
 
@@ -1463,7 +1463,7 @@ mod tests {
         let (_k, csr) = key_and_csr();
         let resp = agent
             .client
-            .mint_x509svi_ds(pb::MintX509sviDsRequest {
+            .batch_mint_x509svid(pb::BatchMintX509svidRequest {
                 requests: vec![pb::X509svidRequest {
                     entry_id: mine.id.clone(),
                     csr: csr.clone(),
@@ -1483,7 +1483,7 @@ mod tests {
         // A forged request for another agent's entry, in an otherwise valid batch.
         let err = agent
             .client
-            .mint_x509svi_ds(pb::MintX509sviDsRequest {
+            .batch_mint_x509svid(pb::BatchMintX509svidRequest {
                 requests: vec![
                     pb::X509svidRequest {
                         entry_id: mine.id.clone(),
