@@ -1,0 +1,610 @@
+//! The agent API (`sigil.agent.v1.Agent`) on `bind_address`, over TLS (see [`super::tls`]).
+//!
+//! AttestAgent needs no client certificate; every other RPC authenticates the caller by its
+//! agent X.509-SVID ([`AgentApi::authenticate`]) and authorizes entries by SPIRE's rule
+//! ([`super::authorization`]).
+//!
+//! Renewal follows SPIRE: RenewAgent records the new SVID's serial as the node's
+//! `new_cert_serial` and the old SVID keeps working until the agent first presents the new
+//! one, which then becomes `cert_serial`; from then on the old SVID is refused. A lost
+//! RenewAgent response therefore never locks an agent out.
+
+mod rate_limit;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sigil_proto::sigil::agent::v1 as pb;
+use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
+use sigil_proto::sigil::common::v1 as common;
+use sigil_proto::{Bundle, Selector, SpiffeId, TrustDomain};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEntries};
+use super::tls::{self, ServerTls, TlsError};
+use super::{ca_status, datastore_status};
+use crate::ca::Ca;
+use crate::datastore::{AttestedNode, Datastore};
+use crate::metrics::{Metrics, ResultLabel, RpcLabels};
+use crate::node_attestation::join_token::JoinTokenAttestor;
+use crate::node_attestation::{AttestationError, NodeAttestor};
+
+use rate_limit::RateLimiter;
+use sync::SyncStream;
+
+const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Largest BatchMintX509SVID batch.
+const MAX_MINT_BATCH: usize = 1000;
+/// Most entries (or deleted IDs) in one SyncEntries message.
+const SYNC_PAGE: usize = 500;
+/// Entry events read per datastore round trip when resuming.
+const EVENT_BATCH: u32 = 1000;
+/// Safety net under the pushed revision signal.
+const FALLBACK_TICK: Duration = Duration::from_secs(5);
+/// A full snapshot is re-sent this often, repairing any drift in an agent's cache.
+const RESNAPSHOT_EVERY: Duration = Duration::from_secs(5 * 60);
+/// SPIRE's node attestation limit: one per second per source IP, with a small burst.
+const ATTEST_RATE_PER_SEC: f64 = 1.0;
+const ATTEST_BURST: f64 = 5.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentApiError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("agent API transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Who called: an attested, unbanned agent presenting its current SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub id: SpiffeId,
+    /// The node selectors recorded at attestation.
+    pub selectors: Vec<Selector>,
+}
+
+pub struct AgentApi {
+    datastore: Datastore,
+    ca: Arc<Ca>,
+    trust_domain: TrustDomain,
+    metrics: Arc<Metrics>,
+    attestors: HashMap<&'static str, Arc<dyn NodeAttestor>>,
+    authorization: Arc<AuthorizationCache>,
+    /// The latest entry revision, bumped by the admin API after each committed change.
+    revisions: watch::Receiver<i64>,
+    attest_limiter: RateLimiter,
+    /// How often sync streams check for changes without a push ([`FALLBACK_TICK`]).
+    sync_fallback: Duration,
+    /// Lifetime of agent SVIDs (`agent_ttl`); `None` = the CA's default X.509-SVID TTL.
+    agent_ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for AgentApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentApi")
+            .field("trust_domain", &self.trust_domain)
+            .field("attestors", &self.attestors.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentApi {
+    /// `revisions` is [`super::admin::AdminApi::entry_revisions`]: it wakes sync streams
+    /// when entries change. The `join_token` attestor is always available.
+    pub fn new(
+        datastore: Datastore,
+        ca: Arc<Ca>,
+        trust_domain: TrustDomain,
+        metrics: Arc<Metrics>,
+        revisions: watch::Receiver<i64>,
+    ) -> Self {
+        let join_token: Arc<dyn NodeAttestor> = Arc::new(JoinTokenAttestor::new(
+            trust_domain.clone(),
+            datastore.clone(),
+        ));
+        AgentApi {
+            authorization: Arc::new(AuthorizationCache::new(
+                datastore.clone(),
+                trust_domain.clone(),
+            )),
+            attestors: HashMap::from([(join_token.name(), join_token)]),
+            datastore,
+            ca,
+            trust_domain,
+            metrics,
+            revisions,
+            attest_limiter: RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST),
+            sync_fallback: FALLBACK_TICK,
+            agent_ttl: None,
+        }
+    }
+
+    /// Sets the lifetime of agent SVIDs (SPIRE's `agent_ttl`).
+    pub fn with_agent_ttl(mut self, ttl: Duration) -> Self {
+        self.agent_ttl = Some(ttl);
+        self
+    }
+
+    /// Adds (or replaces) a node attestor, e.g. `k8s_psat`.
+    pub fn with_attestor(mut self, attestor: Arc<dyn NodeAttestor>) -> Self {
+        self.attestors.insert(attestor.name(), attestor);
+        self
+    }
+
+    /// Authenticates the caller by the agent SVID it presented in the TLS handshake (already
+    /// verified against the bundle by rustls): an agent ID of our trust domain, an attested
+    /// node that is not banned, and the node's current (or just renewed) serial.
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentIdentity, Status> {
+        let certs = req
+            .peer_certs()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Status::unauthenticated("an agent X.509-SVID is required"))?;
+        let presented = PresentedSvid::parse(&certs[0])?;
+        if presented.id.trust_domain() != &self.trust_domain || !presented.id.is_agent_id() {
+            return Err(Status::permission_denied(format!(
+                "{} is not an agent ID of trust domain {}",
+                presented.id, self.trust_domain
+            )));
+        }
+        let node = self.current_node(&presented.id).await?;
+        if presented.serial != node.cert_serial {
+            if node.new_cert_serial.as_deref() != Some(presented.serial.as_str()) {
+                return Err(Status::permission_denied(
+                    "agent SVID is not the current one; renew or attest again",
+                ));
+            }
+            // First call with the renewed SVID: it becomes the node's only accepted one.
+            self.datastore
+                .update_attested_node_serial(
+                    &presented.id,
+                    &presented.serial,
+                    node.cert_expires_at,
+                    None,
+                )
+                .await
+                .map_err(datastore_status)?;
+        }
+        Ok(AgentIdentity {
+            id: presented.id,
+            selectors: node.selectors,
+        })
+    }
+
+    /// The attested node, refusing evicted and banned agents.
+    async fn current_node(&self, id: &SpiffeId) -> Result<AttestedNode, Status> {
+        node_status(&self.datastore, id).await
+    }
+
+    async fn authorized(&self, agent: &AgentIdentity) -> Result<Arc<AuthorizedEntries>, Status> {
+        self.authorization
+            .authorized(&agent.id, &agent.selectors)
+            .await
+            .map_err(authorization_status)
+    }
+
+    fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(s) => code_label(s.code()),
+        };
+        self.metrics
+            .agent_requests
+            .get_or_create(&RpcLabels { method, result })
+            .inc();
+    }
+
+    fn count_signed(&self, n: usize, ok: bool) {
+        self.metrics
+            .x509_svids_signed
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Refuses the whole call when any requested entry is outside the authorized set, naming it.
+    fn check_authorized<'a>(
+        &self,
+        agent: &AgentIdentity,
+        authorized: &'a AuthorizedEntries,
+        entry_id: &str,
+    ) -> Result<&'a sigil_proto::RegistrationEntry, Status> {
+        authorized.get(entry_id).ok_or_else(|| {
+            // A forged or stale request: an operator wants to see this.
+            tracing::warn!(agent_id = %agent.id, entry_id, "agent asked for an entry it is not authorized for");
+            Status::permission_denied(format!(
+                "entry {entry_id:?} does not exist or is not authorized for this agent"
+            ))
+        })
+    }
+
+    async fn attest(
+        &self,
+        req: Request<pb::AttestAgentRequest>,
+    ) -> Result<pb::AttestAgentResponse, Status> {
+        if let Some(ip) = req.remote_addr().map(|a: SocketAddr| a.ip())
+            && !self.attest_limiter.allow(ip, Instant::now())
+        {
+            tracing::warn!(peer = %ip, "node attestation rate limit exceeded");
+            return Err(Status::resource_exhausted(
+                "too many attestation attempts from this address; retry later",
+            ));
+        }
+        let req = req.into_inner();
+        let attestor = self
+            .attestors
+            .get(req.attestation_type.as_str())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown attestation type {:?}",
+                    req.attestation_type
+                ))
+            })?;
+        if req.csr.is_empty() {
+            return Err(Status::invalid_argument("a CSR is required"));
+        }
+        let attested = attestor.attest(&req.payload).await.map_err(|e| match e {
+            AttestationError::InvalidPayload(m) => Status::invalid_argument(m),
+            AttestationError::Denied(m) => Status::permission_denied(m),
+            AttestationError::Internal(m) => {
+                tracing::error!(attestation_type = attestor.name(), error = %m, "node attestation failed");
+                Status::internal("node attestation could not be completed")
+            }
+        })?;
+        let agent_id = attested.agent_id;
+        if let Some(existing) = self
+            .datastore
+            .fetch_attested_node(&agent_id)
+            .await
+            .map_err(datastore_status)?
+            && existing.banned
+        {
+            tracing::warn!(agent_id = %agent_id, "banned agent tried to attest");
+            return Err(Status::permission_denied("agent is banned"));
+        }
+        let svid = self
+            .ca
+            .sign_x509_svid_csr(&req.csr, &agent_id, self.agent_ttl, &[])
+            .map_err(ca_status)?;
+        self.count_signed(1, true);
+        self.datastore
+            .create_attested_node(AttestedNode {
+                spiffe_id: agent_id.clone(),
+                attestation_type: attestor.name().to_owned(),
+                selectors: attested.selectors,
+                cert_serial: svid.serial.clone(),
+                cert_expires_at: svid.expires_at,
+                new_cert_serial: None,
+                banned: false,
+                created_at: 0,
+                updated_at: 0,
+            })
+            .await
+            .map_err(datastore_status)?;
+        self.authorization.forget(&agent_id);
+        // The join token is spent by now, so the agent ID that embeds it is no secret any more.
+        tracing::info!(agent_id = %agent_id, attestation_type = attestor.name(), serial = %svid.serial, "agent attested");
+        Ok(pb::AttestAgentResponse {
+            spiffe_id: agent_id.to_string(),
+            svid_chain: svid.chain,
+            bundle: Some(common::Bundle::from(self.ca.bundle().as_ref())),
+        })
+    }
+}
+
+/// What the presented leaf says.
+struct PresentedSvid {
+    id: SpiffeId,
+    /// Hex, no leading zero bytes (as the CA records it).
+    serial: String,
+}
+
+impl PresentedSvid {
+    fn parse(der: &[u8]) -> Result<Self, Status> {
+        let bad = |why: &str| Status::unauthenticated(format!("invalid agent SVID: {why}"));
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|_| bad("not an X.509 certificate"))?;
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| bad("malformed subjectAltName"))?
+            .ok_or_else(|| bad("no URI SAN"))?;
+        let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+        let (Some(uri), None) = (uris.next(), uris.next()) else {
+            return Err(bad("an X.509-SVID carries exactly one URI SAN"));
+        };
+        let id = SpiffeId::new(uri).map_err(|e| bad(&e.to_string()))?;
+        let raw = cert.tbs_certificate.raw_serial();
+        let start = raw
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(raw.len().saturating_sub(1));
+        Ok(PresentedSvid {
+            id,
+            serial: hex::encode(&raw[start..]),
+        })
+    }
+}
+
+async fn node_status(datastore: &Datastore, id: &SpiffeId) -> Result<AttestedNode, Status> {
+    match datastore
+        .fetch_attested_node(id)
+        .await
+        .map_err(datastore_status)?
+    {
+        None => Err(Status::permission_denied(
+            "agent is not attested or was evicted",
+        )),
+        Some(n) if n.banned => Err(Status::permission_denied("agent is banned")),
+        Some(n) => Ok(n),
+    }
+}
+
+fn authorization_status(e: AuthorizationError) -> Status {
+    match e {
+        AuthorizationError::Datastore(e) => datastore_status(e),
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        _ => "error",
+    }
+}
+
+fn ttl(seconds: u32) -> Option<Duration> {
+    (seconds != 0).then(|| Duration::from_secs(seconds.into()))
+}
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn attest_agent(
+        &self,
+        req: Request<pb::AttestAgentRequest>,
+    ) -> Result<Response<pb::AttestAgentResponse>, Status> {
+        let r = self.attest(req).await;
+        self.count("AttestAgent", &r);
+        self.metrics
+            .node_attestations
+            .get_or_create(&ResultLabel {
+                result: match &r {
+                    Ok(_) => "ok",
+                    Err(s) => code_label(s.code()),
+                },
+            })
+            .inc();
+        r.map(Response::new)
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let r = async {
+            let agent = self.authenticate(&req).await?;
+            let req = req.into_inner();
+            if req.csr.is_empty() {
+                return Err(Status::invalid_argument("a CSR is required"));
+            }
+            let svid = self
+                .ca
+                .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
+                .map_err(ca_status)?;
+            self.count_signed(1, true);
+            let node = self.current_node(&agent.id).await?;
+            // The old SVID stays valid until the agent presents this one (see the module docs).
+            self.datastore
+                .update_attested_node_serial(
+                    &agent.id,
+                    &node.cert_serial,
+                    svid.expires_at.max(node.cert_expires_at),
+                    Some(&svid.serial),
+                )
+                .await
+                .map_err(datastore_status)?;
+            tracing::info!(agent_id = %agent.id, serial = %svid.serial, "agent SVID renewed");
+            Ok(pb::RenewAgentResponse {
+                svid_chain: svid.chain,
+            })
+        }
+        .await;
+        self.count("RenewAgent", &r);
+        r.map(Response::new)
+    }
+
+    type SyncEntriesStream = ReceiverStream<Result<pb::SyncEntriesResponse, Status>>;
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<Self::SyncEntriesStream>, Status> {
+        let r = self.authenticate(&req).await;
+        self.count("SyncEntries", &r);
+        let agent = r?;
+        let since = req.into_inner().since_revision;
+        let (tx, rx) = mpsc::channel(4);
+        let sync = SyncStream {
+            datastore: self.datastore.clone(),
+            ca: self.ca.clone(),
+            authorization: self.authorization.clone(),
+            revisions: self.revisions.clone(),
+            metrics: self.metrics.clone(),
+            agent,
+            tx,
+            known: HashMap::new(),
+            revision: 0,
+            fallback: self.sync_fallback,
+        };
+        tokio::spawn(sync.run(since));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn batch_mint_x509svid(
+        &self,
+        req: Request<pb::BatchMintX509svidRequest>,
+    ) -> Result<Response<pb::BatchMintX509svidResponse>, Status> {
+        let r = async {
+            let agent = self.authenticate(&req).await?;
+            let req = req.into_inner();
+            if req.requests.len() > MAX_MINT_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds at most {MAX_MINT_BATCH} requests"
+                )));
+            }
+            let authorized = self.authorized(&agent).await?;
+            let mut jobs = Vec::with_capacity(req.requests.len());
+            for r in req.requests {
+                let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
+                if r.csr.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "entry {:?}: a CSR is required",
+                        r.entry_id
+                    )));
+                }
+                jobs.push((entry.clone(), r.csr));
+            }
+            let svids = sign_batch(self.ca.clone(), jobs).await;
+            self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
+            let failed = svids.iter().filter(|s| s.is_err()).count();
+            if failed > 0 {
+                self.count_signed(failed, false);
+            }
+            let svids = svids.into_iter().collect::<Result<Vec<_>, _>>()?;
+            tracing::debug!(agent_id = %agent.id, count = svids.len(), "X.509-SVIDs minted");
+            Ok(pb::BatchMintX509svidResponse { svids })
+        }
+        .await;
+        self.count("BatchMintX509SVID", &r);
+        r.map(Response::new)
+    }
+
+    async fn mint_jwtsvid(
+        &self,
+        req: Request<pb::MintJwtsvidRequest>,
+    ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
+        let r = async {
+            let agent = self.authenticate(&req).await?;
+            let req = req.into_inner();
+            if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+                return Err(Status::invalid_argument(
+                    "at least one non-empty audience is required",
+                ));
+            }
+            let authorized = self.authorized(&agent).await?;
+            let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
+            let signed =
+                self.ca
+                    .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl(entry.jwt_svid_ttl));
+            self.metrics
+                .jwt_svids_signed
+                .get_or_create(&ResultLabel {
+                    result: crate::metrics::result_of(&signed),
+                })
+                .inc();
+            let svid = signed.map_err(ca_status)?;
+            Ok(pb::MintJwtsvidResponse {
+                token: svid.token,
+                expires_at: svid.expires_at,
+            })
+        }
+        .await;
+        self.count("MintJWTSVID", &r);
+        r.map(Response::new)
+    }
+}
+
+/// Signs every `(entry, csr)` off the async runtime, in one chunk per core. Results keep the
+/// request order.
+async fn sign_batch(
+    ca: Arc<Ca>,
+    jobs: Vec<(sigil_proto::RegistrationEntry, Vec<u8>)>,
+) -> Vec<Result<pb::X509svidResult, Status>> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = jobs.len().div_ceil(cores);
+    let mut handles = Vec::new();
+    let mut jobs = jobs.into_iter();
+    loop {
+        let part: Vec<_> = jobs.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        let ca = ca.clone();
+        handles.push(tokio::task::spawn_blocking(move || {
+            part.into_iter()
+                .map(|(entry, csr)| {
+                    let svid = ca
+                        .sign_x509_svid_csr(
+                            &csr,
+                            &entry.spiffe_id,
+                            ttl(entry.x509_svid_ttl),
+                            &entry.dns_names,
+                        )
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "entry {:?}: {}",
+                                entry.id,
+                                ca_status(e).message()
+                            ))
+                        })?;
+                    Ok(pb::X509svidResult {
+                        entry_id: entry.id,
+                        svid_chain: svid.chain,
+                        expires_at: svid.expires_at,
+                    })
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(part) => out.extend(part),
+            Err(e) => {
+                tracing::error!(error = %e, "signing task failed");
+                out.push(Err(Status::internal("signing failure")));
+            }
+        }
+    }
+    out
+}
+
+/// Serves the agent API on `listener` (bound to `bind_address`) until `cancel` fires. Issues
+/// the server's SVID and keeps it (and the trusted bundle) current in the background.
+pub async fn serve(
+    listener: TcpListener,
+    api: AgentApi,
+    cancel: CancellationToken,
+) -> Result<(), AgentApiError> {
+    let tls = Arc::new(ServerTls::new(api.ca.clone())?);
+    tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
+    let incoming = tls::incoming(listener, tls, cancel.clone());
+    tonic::transport::Server::builder()
+        .add_service(
+            AgentServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+        .await?;
+    Ok(())
+}

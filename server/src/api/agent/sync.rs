@@ -1,0 +1,317 @@
+//! The SyncEntries stream: a paged snapshot of the agent's authorized entries, then every
+//! change pushed as it commits, the bundle when it changes, and a periodic full resync.
+
+use super::*;
+
+/// One agent's SyncEntries stream: a producer task feeding the response channel.
+pub(super) struct SyncStream {
+    pub(super) datastore: Datastore,
+    pub(super) ca: Arc<Ca>,
+    pub(super) authorization: Arc<AuthorizationCache>,
+    pub(super) revisions: watch::Receiver<i64>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) agent: AgentIdentity,
+    pub(super) tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
+    /// What the agent holds: entry ID → revision.
+    pub(super) known: HashMap<String, i64>,
+    /// The revision the agent has been brought up to.
+    pub(super) revision: i64,
+    pub(super) fallback: Duration,
+}
+
+/// Keeps `connected_agents` right however the stream ends.
+struct ConnectedGuard(Arc<Metrics>);
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.connected_agents.dec();
+    }
+}
+
+impl SyncStream {
+    pub(super) async fn run(mut self, since: i64) {
+        self.metrics.connected_agents.inc();
+        let _guard = ConnectedGuard(self.metrics.clone());
+        let agent_id = self.agent.id.clone();
+        tracing::debug!(agent_id = %agent_id, since, "sync stream opened");
+        match self.stream(since).await {
+            Ok(()) | Err(StreamError::Closed) => {
+                tracing::debug!(agent_id = %agent_id, "sync stream closed")
+            }
+            Err(StreamError::Status(status)) => {
+                tracing::info!(agent_id = %agent_id, reason = %status.message(), "sync stream ended");
+                let _ = self.tx.send(Err(status)).await;
+            }
+        }
+    }
+
+    async fn stream(&mut self, since: i64) -> Result<(), StreamError> {
+        let mut bundles = self.ca.subscribe();
+        let bundle = bundles.borrow_and_update().clone();
+        let mut revisions_open = true;
+        let mut revisions = self.revisions.clone();
+        revisions.borrow_and_update();
+
+        let resumed = if since > 0 {
+            self.resume(since, &bundle).await?
+        } else {
+            false
+        };
+        if !resumed {
+            self.snapshot(Some(&bundle)).await?;
+        }
+
+        let mut fallback = tokio::time::interval(self.fallback);
+        fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resnapshot = tokio::time::interval_at(
+            tokio::time::Instant::now() + RESNAPSHOT_EVERY,
+            RESNAPSHOT_EVERY,
+        );
+        loop {
+            let mut full = false;
+            tokio::select! {
+                () = self.tx.closed() => return Ok(()),
+                changed = async {
+                    if revisions_open { revisions.changed().await } else { std::future::pending().await }
+                } => {
+                    // Without the admin API's sender, the fallback tick carries on alone.
+                    revisions_open = changed.is_ok();
+                }
+                _ = fallback.tick() => {}
+                _ = resnapshot.tick() => full = true,
+                changed = bundles.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable("the server is shutting down").into());
+                    }
+                    let bundle = bundles.borrow_and_update().clone();
+                    let msg = pb::SyncEntriesResponse {
+                        revision: self.revision,
+                        bundle: Some(common::Bundle::from(bundle.as_ref())),
+                        ..Default::default()
+                    };
+                    self.send(msg).await?;
+                }
+            }
+            // Checked on every wake-up: an evicted or banned agent loses its stream.
+            let node = node_status(&self.datastore, &self.agent.id).await?;
+            self.agent.selectors = node.selectors;
+            if full {
+                self.snapshot(None).await?;
+            } else {
+                self.catch_up().await?;
+            }
+        }
+    }
+
+    async fn authorized(&self) -> Result<Arc<AuthorizedEntries>, Status> {
+        self.authorization
+            .authorized(&self.agent.id, &self.agent.selectors)
+            .await
+            .map_err(authorization_status)
+    }
+
+    /// A full snapshot in pages; the first page carries `snapshot_start` (and the bundle when
+    /// given), the last `snapshot_end` and the revision. Earlier pages carry revision 0: a
+    /// snapshot cut short brings the agent up to nothing.
+    async fn snapshot(&mut self, bundle: Option<&Arc<Bundle>>) -> Result<(), StreamError> {
+        let authorized = self.authorized().await?;
+        let entries: Vec<common::RegistrationEntry> = authorized
+            .sorted()
+            .into_iter()
+            .map(common::RegistrationEntry::from)
+            .collect();
+        let pages = entries.chunks(SYNC_PAGE).collect::<Vec<_>>();
+        let last = pages.len().saturating_sub(1);
+        if pages.is_empty() {
+            self.send(pb::SyncEntriesResponse {
+                snapshot_start: true,
+                snapshot_end: true,
+                revision: authorized.revision,
+                bundle: bundle.map(|b| common::Bundle::from(b.as_ref())),
+                ..Default::default()
+            })
+            .await?;
+        }
+        for (i, page) in pages.into_iter().enumerate() {
+            self.send(pb::SyncEntriesResponse {
+                upserts: page.to_vec(),
+                snapshot_start: i == 0,
+                snapshot_end: i == last,
+                revision: if i == last { authorized.revision } else { 0 },
+                bundle: if i == 0 {
+                    bundle.map(|b| common::Bundle::from(b.as_ref()))
+                } else {
+                    None
+                },
+                ..Default::default()
+            })
+            .await?;
+        }
+        self.known = authorized_revisions(&authorized);
+        self.revision = authorized.revision;
+        Ok(())
+    }
+
+    /// Sends what changed since the agent's revision. Decided per agent by diffing its
+    /// authorized set against what it holds: that covers the changed entries themselves and
+    /// also entries whose authorization changed through an ancestor (a deleted node alias takes
+    /// its descendants along without an event of their own).
+    async fn catch_up(&mut self) -> Result<(), StreamError> {
+        let latest = self
+            .datastore
+            .latest_entry_revision()
+            .await
+            .map_err(datastore_status)?;
+        if latest == self.revision {
+            return Ok(());
+        }
+        let authorized = self.authorized().await?;
+        let upserts: Vec<common::RegistrationEntry> = authorized
+            .sorted()
+            .into_iter()
+            .filter(|e| self.known.get(&e.id) != Some(&e.revision))
+            .map(common::RegistrationEntry::from)
+            .collect();
+        let mut deleted: Vec<String> = self
+            .known
+            .keys()
+            .filter(|id| !authorized.contains(id))
+            .cloned()
+            .collect();
+        deleted.sort();
+        self.send_changes(upserts, deleted, authorized.revision, None)
+            .await?;
+        self.known = authorized_revisions(&authorized);
+        self.revision = authorized.revision;
+        Ok(())
+    }
+
+    /// Resumes from `since` with only the changes after it, if the change feed still holds
+    /// them all. Returns false when a snapshot is needed instead.
+    ///
+    /// The agent's holdings are unknown here, so each changed entry is an upsert when
+    /// authorized and a deletion otherwise; an entry that lost authorization only through an
+    /// ancestor is dropped at the next full snapshot.
+    async fn resume(&mut self, since: i64, bundle: &Arc<Bundle>) -> Result<bool, StreamError> {
+        let latest = self
+            .datastore
+            .latest_entry_revision()
+            .await
+            .map_err(datastore_status)?;
+        if since > latest {
+            // A revision from another database (or a restored one): start over.
+            return Ok(false);
+        }
+        if since < latest {
+            let first = self
+                .datastore
+                .list_entry_events(since, 1)
+                .await
+                .map_err(datastore_status)?;
+            if first.first().map(|e| e.revision) != Some(since + 1) {
+                // Events after `since` were pruned.
+                return Ok(false);
+            }
+        }
+        let authorized = self.authorized().await?;
+        let mut touched = HashSet::new();
+        let mut after = since;
+        while after < authorized.revision {
+            let events = self
+                .datastore
+                .list_entry_events(after, EVENT_BATCH)
+                .await
+                .map_err(datastore_status)?;
+            let Some(last) = events.last() else { break };
+            after = last.revision;
+            touched.extend(
+                events
+                    .into_iter()
+                    .filter(|e| e.revision <= authorized.revision)
+                    .map(|e| e.entry_id),
+            );
+        }
+        let mut touched: Vec<String> = touched.into_iter().collect();
+        touched.sort();
+        let (up, deleted): (Vec<String>, Vec<String>) =
+            touched.into_iter().partition(|id| authorized.contains(id));
+        let upserts = up
+            .iter()
+            .filter_map(|id| authorized.get(id))
+            .map(common::RegistrationEntry::from)
+            .collect();
+        self.send_changes(upserts, deleted, authorized.revision, Some(bundle))
+            .await?;
+        self.known = authorized_revisions(&authorized);
+        self.revision = authorized.revision;
+        Ok(true)
+    }
+
+    /// Live changes in pages; only the last page carries the new revision, so a stream cut
+    /// mid-way resumes from the old one. Nothing is sent when nothing changed (unless there is
+    /// a bundle to deliver).
+    async fn send_changes(
+        &self,
+        upserts: Vec<common::RegistrationEntry>,
+        deleted: Vec<String>,
+        revision: i64,
+        bundle: Option<&Arc<Bundle>>,
+    ) -> Result<(), StreamError> {
+        let mut messages: Vec<pb::SyncEntriesResponse> = upserts
+            .chunks(SYNC_PAGE)
+            .map(|page| pb::SyncEntriesResponse {
+                upserts: page.to_vec(),
+                revision: self.revision,
+                ..Default::default()
+            })
+            .collect();
+        messages.extend(
+            deleted
+                .chunks(SYNC_PAGE)
+                .map(|page| pb::SyncEntriesResponse {
+                    deleted_ids: page.to_vec(),
+                    revision: self.revision,
+                    ..Default::default()
+                }),
+        );
+        if messages.is_empty() && bundle.is_none() {
+            return Ok(());
+        }
+        if messages.is_empty() {
+            messages.push(pb::SyncEntriesResponse::default());
+        }
+        if let Some(b) = bundle {
+            messages[0].bundle = Some(common::Bundle::from(b.as_ref()));
+        }
+        if let Some(last) = messages.last_mut() {
+            last.revision = revision;
+        }
+        for m in messages {
+            self.send(m).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, msg: pb::SyncEntriesResponse) -> Result<(), StreamError> {
+        self.tx.send(Ok(msg)).await.map_err(|_| StreamError::Closed)
+    }
+}
+
+/// Why a sync step stopped: the receiver left, or the stream must end with a status.
+enum StreamError {
+    Closed,
+    Status(Status),
+}
+
+impl From<Status> for StreamError {
+    fn from(s: Status) -> Self {
+        StreamError::Status(s)
+    }
+}
+
+fn authorized_revisions(a: &AuthorizedEntries) -> HashMap<String, i64> {
+    a.sorted()
+        .into_iter()
+        .map(|e| (e.id.clone(), e.revision))
+        .collect()
+}

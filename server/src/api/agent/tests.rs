@@ -1,0 +1,642 @@
+//! Tests of the agent API over real TLS, a real SQLite datastore and a real CA.
+
+use std::time::SystemTime;
+
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use sigil_proto::RegistrationEntry;
+use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use super::*;
+use crate::key_manager::MemoryKeyManager;
+
+/// Checks the server's SVID as an agent would: chains to a bundle root (x509-parser's
+/// signature check, an implementation independent of rustls' webpki) and names
+/// `spiffe://<td>/spire/server`.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Vec<Vec<u8>>,
+    expected: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fail = |m: &str| rustls::Error::General(m.to_owned());
+        let (_, leaf) = X509Certificate::from_der(end_entity).map_err(|_| fail("bad cert"))?;
+        if !leaf.validity().is_valid() {
+            return Err(fail("expired"));
+        }
+        let chained = self.roots.iter().any(|r| {
+            X509Certificate::from_der(r)
+                .map(|(_, root)| leaf.verify_signature(Some(root.public_key())).is_ok())
+                .unwrap_or(false)
+        });
+        if !chained {
+            return Err(fail("not signed by the bundle"));
+        }
+        if uri_sans(end_entity) != [self.expected.clone()] {
+            return Err(fail("not the server's SPIFFE ID"));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn uri_sans(der: &[u8]) -> Vec<String> {
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let Some(san) = cert.subject_alternative_name().unwrap() else {
+        return vec![];
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn serial(der: &[u8]) -> String {
+    PresentedSvid::parse(der).unwrap().serial
+}
+
+/// A key and a CSR for it, as the agent makes them.
+fn key_and_csr() -> (KeyPair, Vec<u8>) {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    (key, csr)
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    ds: Datastore,
+    ca: Arc<Ca>,
+    td: TrustDomain,
+    addr: SocketAddr,
+    revisions: watch::Sender<i64>,
+    cancel: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// An attested agent: its ID, SVID and key, and a client presenting them.
+struct TestAgent {
+    id: SpiffeId,
+    chain: Vec<Vec<u8>>,
+    key: KeyPair,
+    client: AgentClient<Channel>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open("datastore.sqlite3", dir.path())
+            .await
+            .unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let (ca, _) = Ca::new(
+            crate::ca::CaConfig::new(td.clone()),
+            Arc::new(MemoryKeyManager::new()),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let ca = Arc::new(ca);
+        let (revisions, rx) = watch::channel(0);
+        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), Metrics::new(), rx);
+        // Far beyond any test: a change that arrives was pushed, not polled.
+        api.sync_fallback = Duration::from_secs(3600);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, api, cancel.clone()));
+        Harness {
+            _dir: dir,
+            ds,
+            ca,
+            td,
+            addr,
+            revisions,
+            cancel,
+        }
+    }
+
+    async fn client(&self, identity: Option<(&[Vec<u8>], &KeyPair)>) -> AgentClient<Channel> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(SpiffeServerVerifier {
+            roots: self.ca.bundle().x509_authorities.clone(),
+            expected: self.td.server_id().to_string(),
+            provider: provider.clone(),
+        });
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(
+                    chain
+                        .iter()
+                        .map(|c| CertificateDer::from(c.clone()))
+                        .collect(),
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = TlsConnector::from(Arc::new(config));
+        let addr = self.addr;
+        let channel = Endpoint::from_static("http://sigil-server")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let connector = connector.clone();
+                async move {
+                    let tcp = TcpStream::connect(addr).await?;
+                    let name = ServerName::try_from("sigil-server").unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+            .await
+            .unwrap();
+        AgentClient::new(channel)
+    }
+
+    async fn join_token(&self) -> String {
+        let token = uuid::Uuid::new_v4().to_string();
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 600;
+        self.ds.create_join_token(&token, exp).await.unwrap();
+        token
+    }
+
+    async fn attest(&self) -> TestAgent {
+        let token = self.join_token().await;
+        let (key, csr) = key_and_csr();
+        let resp = self
+            .client(None)
+            .await
+            .attest_agent(pb::AttestAgentRequest {
+                attestation_type: "join_token".into(),
+                payload: token.into_bytes(),
+                csr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let chain = resp.svid_chain;
+        let client = self.client(Some((&chain, &key))).await;
+        TestAgent {
+            id: SpiffeId::new(&resp.spiffe_id).unwrap(),
+            chain,
+            key,
+            client,
+        }
+    }
+
+    fn id(&self, path: &str) -> SpiffeId {
+        SpiffeId::from_path(&self.td, path).unwrap()
+    }
+
+    async fn create(&self, path: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
+        let entry = RegistrationEntry {
+            id: String::new(),
+            spiffe_id: self.id(path),
+            parent_id: parent.clone(),
+            selectors: selectors
+                .iter()
+                .map(|s| {
+                    let (t, v) = s.split_once(':').unwrap();
+                    Selector::from_parts(t, v).unwrap()
+                })
+                .collect(),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec!["svc.example.org".into()],
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            expires_at: None,
+            revision: 0,
+            created_at: 0,
+        };
+        let created = self.ds.create_entries(vec![entry]).await.unwrap().remove(0);
+        self.publish().await;
+        created
+    }
+
+    /// What the admin API does after a commit.
+    async fn publish(&self) {
+        let r = self.ds.latest_entry_revision().await.unwrap();
+        self.revisions.send_replace(r);
+    }
+}
+
+async fn next(stream: &mut tonic::Streaming<pb::SyncEntriesResponse>) -> pb::SyncEntriesResponse {
+    // A hang guard only: the 1 h fallback tick is far beyond it.
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("no sync message")
+        .unwrap()
+        .expect("stream ended")
+}
+
+/// Reads a whole snapshot; returns the SPIFFE ID paths and the revision.
+async fn snapshot(stream: &mut tonic::Streaming<pb::SyncEntriesResponse>) -> (Vec<String>, i64) {
+    let first = next(stream).await;
+    assert!(first.snapshot_start);
+    assert!(
+        first.bundle.is_some(),
+        "the bundle comes in the first message"
+    );
+    let mut msg = first;
+    let mut paths = Vec::new();
+    loop {
+        paths.extend(
+            msg.upserts
+                .iter()
+                .map(|e| SpiffeId::new(&e.spiffe_id).unwrap().path().to_owned()),
+        );
+        if msg.snapshot_end {
+            paths.sort();
+            return (paths, msg.revision);
+        }
+        msg = next(stream).await;
+    }
+}
+
+#[tokio::test]
+async fn attestation_issues_an_agent_svid_and_records_the_node() {
+    let h = Harness::start().await;
+    let token = h.join_token().await;
+    let (_key, csr) = key_and_csr();
+    let mut anon = h.client(None).await;
+    let resp = anon
+        .attest_agent(pb::AttestAgentRequest {
+            attestation_type: "join_token".into(),
+            payload: token.clone().into_bytes(),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let want = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    assert_eq!(resp.spiffe_id, want);
+    assert_eq!(uri_sans(&resp.svid_chain[0]), std::slice::from_ref(&want));
+    assert!(!resp.bundle.unwrap().x509_authorities.is_empty());
+    let node =
+        h.ds.fetch_attested_node(&SpiffeId::new(&want).unwrap())
+            .await
+            .unwrap()
+            .expect("node recorded");
+    assert_eq!(node.attestation_type, "join_token");
+    assert_eq!(node.cert_serial, serial(&resp.svid_chain[0]));
+
+    let reuse = anon
+        .attest_agent(pb::AttestAgentRequest {
+            attestation_type: "join_token".into(),
+            payload: token.into_bytes(),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::PermissionDenied);
+    assert!(
+        reuse.message().contains("already used"),
+        "{}",
+        reuse.message()
+    );
+
+    let unknown = anon
+        .attest_agent(pb::AttestAgentRequest {
+            attestation_type: "x509pop".into(),
+            payload: b"x".to_vec(),
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn calls_without_an_agent_svid_are_refused() {
+    let h = Harness::start().await;
+    let mut anon = h.client(None).await;
+    let err = anon
+        .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = anon
+        .renew_agent(pb::RenewAgentRequest {
+            csr: key_and_csr().1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let other = h.attest().await;
+    // Give the node a selector so a node alias applies.
+    let mut node = h.ds.fetch_attested_node(&agent.id).await.unwrap().unwrap();
+    node.selectors = vec![Selector::from_parts("k8s_psat", "cluster:c1").unwrap()];
+    h.ds.create_attested_node(node).await.unwrap();
+    let server = h.td.server_id();
+    h.create("/own", &agent.id, &["unix:uid:1"]).await;
+    h.create("/alias", &server, &["k8s_psat:cluster:c1"]).await;
+    h.create("/other-alias", &server, &["k8s_psat:cluster:c2"])
+        .await;
+    h.create("/under-alias", &h.id("/alias"), &["unix:uid:2"])
+        .await;
+    h.create("/theirs", &other.id, &["unix:uid:1"]).await;
+
+    let mut stream = agent
+        .client
+        .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let (paths, revision) = snapshot(&mut stream).await;
+    assert_eq!(paths, ["/alias", "/own", "/under-alias"]);
+    assert_eq!(revision, h.ds.latest_entry_revision().await.unwrap());
+
+    // Someone else's entry is not pushed; ours is.
+    h.create("/theirs-too", &other.id, &["unix:uid:3"]).await;
+    let created = h.create("/new", &agent.id, &["unix:uid:3"]).await;
+    let mut msg = next(&mut stream).await;
+    if msg.upserts.is_empty() {
+        msg = next(&mut stream).await;
+    }
+    let ids: Vec<_> = msg.upserts.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, std::slice::from_ref(&created.id));
+    assert!(msg.deleted_ids.is_empty());
+
+    h.ds.delete_entries(std::slice::from_ref(&created.id))
+        .await
+        .unwrap();
+    h.publish().await;
+    let msg = next(&mut stream).await;
+    assert_eq!(msg.deleted_ids, std::slice::from_ref(&created.id));
+    assert_eq!(msg.revision, h.ds.latest_entry_revision().await.unwrap());
+
+    // Resuming from that revision sends no snapshot, only what changed after it.
+    let resumed_at = msg.revision;
+    let later = h.create("/later", &agent.id, &["unix:uid:4"]).await;
+    let mut resumed = agent
+        .client
+        .sync_entries(pb::SyncEntriesRequest {
+            since_revision: resumed_at,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = next(&mut resumed).await;
+    assert!(!msg.snapshot_start);
+    assert!(msg.bundle.is_some());
+    assert_eq!(
+        msg.upserts.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        [later.id]
+    );
+
+    // An evicted agent's open stream ends at the next wake-up.
+    h.ds.delete_attested_node(&agent.id).await.unwrap();
+    h.create("/wake", &other.id, &["unix:uid:5"]).await;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("stream not ended")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(end.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn mint_signs_authorized_entries_only() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let other = h.attest().await;
+    let mine = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    let theirs = h.create("/db", &other.id, &["unix:uid:1"]).await;
+
+    let (_k, csr) = key_and_csr();
+    let resp = agent
+        .client
+        .batch_mint_x509svid(pb::BatchMintX509svidRequest {
+            requests: vec![pb::X509svidRequest {
+                entry_id: mine.id.clone(),
+                csr: csr.clone(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.svids.len(), 1);
+    let chain = &resp.svids[0].svid_chain;
+    assert_eq!(uri_sans(&chain[0]), ["spiffe://example.org/web"]);
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+    let bundle = h.ca.bundle();
+    let (_, root) = X509Certificate::from_der(&bundle.x509_authorities[0]).unwrap();
+    leaf.verify_signature(Some(root.public_key())).unwrap();
+
+    // A forged request for another agent's entry, in an otherwise valid batch.
+    let err = agent
+        .client
+        .batch_mint_x509svid(pb::BatchMintX509svidRequest {
+            requests: vec![
+                pb::X509svidRequest {
+                    entry_id: mine.id.clone(),
+                    csr: csr.clone(),
+                },
+                pb::X509svidRequest {
+                    entry_id: theirs.id.clone(),
+                    csr,
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains(&theirs.id), "{}", err.message());
+
+    let jwt = agent
+        .client
+        .mint_jwtsvid(pb::MintJwtsvidRequest {
+            entry_id: mine.id.clone(),
+            audience: vec!["db".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!jwt.token.is_empty());
+    let err = agent
+        .client
+        .mint_jwtsvid(pb::MintJwtsvidRequest {
+            entry_id: theirs.id,
+            audience: vec!["db".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = agent
+        .client
+        .mint_jwtsvid(pb::MintJwtsvidRequest {
+            entry_id: mine.id,
+            audience: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn evicted_and_banned_agents_are_refused() {
+    let h = Harness::start().await;
+    let mut evicted = h.attest().await;
+    h.ds.delete_attested_node(&evicted.id).await.unwrap();
+    let err = evicted
+        .client
+        .renew_agent(pb::RenewAgentRequest {
+            csr: key_and_csr().1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("evicted"), "{}", err.message());
+    let err = evicted
+        .client
+        .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let mut banned = h.attest().await;
+    h.ds.set_attested_node_banned(&banned.id, true)
+        .await
+        .unwrap();
+    let err = banned
+        .client
+        .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("banned"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn renewal_replaces_the_svid_after_first_use() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let old_serial = serial(&agent.chain[0]);
+    let (new_key, csr) = key_and_csr();
+    let renewed = agent
+        .client
+        .renew_agent(pb::RenewAgentRequest { csr })
+        .await
+        .unwrap()
+        .into_inner()
+        .svid_chain;
+    assert_eq!(uri_sans(&renewed[0]), [agent.id.to_string()]);
+    assert_ne!(serial(&renewed[0]), old_serial);
+
+    // Until the new SVID is used, the old one still works (a lost response must not lock
+    // the agent out).
+    agent.client.sync_entries(full()).await.unwrap();
+    let mut renewed_client = h.client(Some((&renewed, &new_key))).await;
+    renewed_client.sync_entries(full()).await.unwrap();
+    let node = h.ds.fetch_attested_node(&agent.id).await.unwrap().unwrap();
+    assert_eq!(node.cert_serial, serial(&renewed[0]));
+    assert_eq!(node.new_cert_serial, None);
+
+    let mut old_client = h.client(Some((&agent.chain, &agent.key))).await;
+    let err = old_client.sync_entries(full()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+fn full() -> pb::SyncEntriesRequest {
+    pb::SyncEntriesRequest { since_revision: 0 }
+}
+
+#[test]
+fn attestation_rate_limit_per_address() {
+    let limiter = RateLimiter::new(1.0, 3.0);
+    let t0 = Instant::now();
+    let a: IpAddr = "10.0.0.1".parse().unwrap();
+    let b: IpAddr = "10.0.0.2".parse().unwrap();
+    assert!((0..3).all(|_| limiter.allow(a, t0)), "burst allowed");
+    assert!(!limiter.allow(a, t0));
+    assert!(limiter.allow(b, t0), "other addresses are unaffected");
+    assert!(!limiter.allow(a, t0 + Duration::from_millis(500)));
+    assert!(limiter.allow(a, t0 + Duration::from_millis(1600)));
+}
