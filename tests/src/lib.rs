@@ -315,6 +315,12 @@ impl Agent {
 
     /// Writes the config without starting the agent.
     pub fn configure(server: &Server) -> Agent {
+        Agent::configure_trust(server, false)
+    }
+
+    /// Like [`Agent::configure`]; with `insecure_bootstrap` the agent gets no bundle file and
+    /// trusts the server on first contact (SPIRE's `insecure_bootstrap = true`).
+    pub fn configure_trust(server: &Server, insecure_bootstrap: bool) -> Agent {
         let dir = tempfile::tempdir().expect("temp dir");
         let bundle = dir.path().join("bootstrap.pem");
         std::fs::write(&bundle, server.cli_ok(&["bundle", "show"])).expect("write bundle");
@@ -328,7 +334,7 @@ impl Agent {
   server_address = "127.0.0.1"
   server_port = "{port}"
   socket_path = "{socket}"
-  trust_bundle_path = "{bundle}"
+  {trust}
   trust_domain = "{td}"
 }}
 
@@ -357,7 +363,11 @@ health_checks {{
             data = data.display(),
             port = server.bind_port,
             socket = socket.display(),
-            bundle = bundle.display(),
+            trust = if insecure_bootstrap {
+                "insecure_bootstrap = true".to_owned()
+            } else {
+                format!("trust_bundle_path = \"{}\"", bundle.display())
+            },
             td = server.options.trust_domain,
         );
         let config = dir.path().join("agent.conf");

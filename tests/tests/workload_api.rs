@@ -624,3 +624,38 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         "the refusal is logged with the entry ID"
     );
 }
+
+#[test]
+fn insecure_bootstrap_trusts_the_server_on_first_contact_only() {
+    let server = Server::start(ServerOptions::default());
+    let token = server
+        .cli_ok(&["token", "generate"])
+        .trim()
+        .strip_prefix("Token: ")
+        .unwrap()
+        .to_owned();
+    let mut agent = Agent::configure_trust(&server, true);
+    agent.spawn(Some(&token));
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    register_uid(
+        &server,
+        "spiffe://example.org/bootstrapped",
+        &agent_id,
+        uid(),
+        &[],
+    );
+    wait_for("an SVID", Duration::from_secs(10), || {
+        agent
+            .cli(&["api", "fetch", "x509"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(
+        agent.log().to_lowercase().contains("insecure"),
+        "the agent warns about insecure bootstrap"
+    );
+    // From then on it trusts the bundle it received: a restart needs no bootstrap.
+    let bundle = agent.dir.path().join("data").join("bundle.json");
+    assert!(bundle.exists(), "the received bundle is persisted");
+}
