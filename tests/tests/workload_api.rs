@@ -611,7 +611,15 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
+        assert_eq!(
+            server.cli_json(&["agent", "show", "-spiffeID", &agent_id])["banned"],
+            false
+        );
         server.cli_ok(&["agent", "ban", "-spiffeID", &agent_id]);
+        assert_eq!(
+            server.cli_json(&["agent", "show", "-spiffeID", &agent_id])["banned"],
+            true
+        );
         let err = conn
             .client()
             .batch_mint_x509svid(mint(&mine))
