@@ -2,6 +2,7 @@
 //! which registration entries it is entitled to. Each attestor reports what it can see; the
 //! Workload API runs all configured attestors and unions their selectors.
 
+pub mod k8s;
 pub mod unix;
 
 use std::fmt::Debug;
