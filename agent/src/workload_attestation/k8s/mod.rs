@@ -2,3 +2,6 @@
 //! container ID → the kubelet's pod list → `k8s:*` selectors.
 
 pub mod cgroup;
+pub mod kubelet;
+#[cfg(test)]
+mod test_kubelet;
