@@ -426,4 +426,64 @@ mod tests {
             Err(AttestationError::K8s(K8sError::AmbiguousContainer { .. }))
         ));
     }
+
+    /// Through the real Workload API: this test process, placed in the checkout pod by a fake
+    /// cgroup file, gets the entry for `payments/checkout-service` and not the one for `other`.
+    #[tokio::test]
+    async fn workload_api_serves_the_pod_entry() {
+        use sigil_proto::workload::X509svidRequest;
+
+        use crate::cache::testing::entry;
+        use crate::workload_api::client::connect;
+        use crate::workload_api::tests::{Harness, Options};
+
+        let f = fixture(1).await;
+        let pid = i32::try_from(std::process::id()).unwrap();
+        write_cgroup(
+            f.proc_root.path(),
+            pid,
+            &format!("0::/kubepods/pod{CHECKOUT_UID}/{CHECKOUT_CID}\n"),
+        );
+        let h = Harness::start(Options {
+            attestor: Box::new(f.attestor),
+            ..Options::default()
+        })
+        .await;
+        h.cache.upsert_entries(vec![
+            entry(
+                "checkout",
+                "spiffe://example.org/payments/checkout",
+                &["k8s:ns:payments", "k8s:sa:checkout-service"],
+                1,
+            ),
+            entry(
+                "web",
+                "spiffe://example.org/other/web",
+                &["k8s:ns:other"],
+                1,
+            ),
+        ]);
+        for (id, spiffe_id) in [
+            ("checkout", "spiffe://example.org/payments/checkout"),
+            ("web", "spiffe://example.org/other/web"),
+        ] {
+            h.cache.set_svid(id, h.ca.svid(spiffe_id)).unwrap();
+        }
+
+        let mut client = connect(&h.socket).await.unwrap();
+        let mut stream = client
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("timed out")
+            .unwrap()
+            .expect("one message");
+        let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/payments/checkout"]);
+        drop(stream);
+        h.stop().await;
+    }
 }
