@@ -545,4 +545,97 @@ mod tests {
         assert_eq!(skip.host, "127.0.0.1");
         assert_eq!(skip.tls, Some(KubeletTls::SkipVerification));
     }
+
+    /// A TLS kubelet on 127.0.0.1 with a self-signed certificate for that IP: answers every
+    /// connection with the test pod list and records each request head.
+    async fn tls_kubelet() -> (u16, String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                // A failed handshake (client refusing our certificate) just ends this one.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8(head).unwrap());
+                let body = super::super::test_kubelet::PODS;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.write_all(response.as_bytes()).await.unwrap();
+                tls.shutdown().await.ok();
+            }
+        });
+        (port, key.cert.pem(), heads)
+    }
+
+    #[tokio::test]
+    async fn secure_port_verifies_the_kubelet_certificate() {
+        let (port, ca_pem, heads) = tls_kubelet().await;
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, "sa-token").unwrap();
+        let ca_path = dir.path().join("ca.crt");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+        let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let wrong_ca_path = dir.path().join("wrong.crt");
+        std::fs::write(&wrong_ca_path, other_ca.cert.pem()).unwrap();
+
+        let secure = |ca: &Path, skip: bool| {
+            KubeletClient::new(
+                KubeletEndpoint::secure(
+                    Some("127.0.0.1".to_owned()),
+                    port,
+                    token_path.clone(),
+                    ca.to_owned(),
+                    skip,
+                ),
+                Duration::ZERO,
+            )
+        };
+
+        let snapshot = secure(&ca_path, false).pods(None).await.unwrap();
+        assert_eq!(snapshot.pods.len(), 2);
+        let head = heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(head.starts_with("get /pods http/1.1"), "{head}");
+        assert!(head.contains("authorization: bearer sa-token"), "{head}");
+
+        let err = secure(&wrong_ca_path, false).pods(None).await.unwrap_err();
+        assert!(matches!(err, KubeletError::Connect { .. }), "{err}");
+
+        let skipped = secure(&wrong_ca_path, true).pods(None).await.unwrap();
+        assert_eq!(skipped.pods.len(), 2);
+        assert_eq!(heads.lock().unwrap().len(), 2);
+    }
 }
