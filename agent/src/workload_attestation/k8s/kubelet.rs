@@ -105,6 +105,9 @@ pub enum KubeletError {
     Timeout(Duration),
     #[error("decoding kubelet pod list: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The fetch this caller waited for failed.
+    #[error("{0}")]
+    SharedFailure(String),
 }
 
 /// The pods of a `PodList`, with only the fields the attestor uses.
@@ -188,7 +191,15 @@ pub struct KubeletClient {
     cache_ttl: Duration,
     /// Holding the lock across the fetch makes concurrent callers wait for the one request in
     /// flight and then share its result, instead of each calling the kubelet.
-    cache: Mutex<Option<PodListSnapshot>>,
+    cache: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    snapshot: Option<PodListSnapshot>,
+    /// The last failed fetch, shared with callers that were already waiting for it: with the
+    /// kubelet down, a burst of callers must not queue one timeout each.
+    failure: Option<(Instant, String)>,
 }
 
 impl fmt::Debug for KubeletClient {
@@ -205,15 +216,16 @@ impl KubeletClient {
         KubeletClient {
             endpoint,
             cache_ttl,
-            cache: Mutex::new(None),
+            cache: Mutex::new(CacheState::default()),
         }
     }
 
     /// The pod list: the cached one if younger than the TTL (or, with `newer_than`, if
     /// fetched after that instant, so a retry does not see the list it already searched).
     pub async fn pods(&self, newer_than: Option<Instant>) -> Result<PodListSnapshot, KubeletError> {
+        let asked_at = Instant::now();
         let mut cache = self.cache.lock().await;
-        if let Some(snapshot) = cache.as_ref() {
+        if let Some(snapshot) = cache.snapshot.as_ref() {
             let usable = match newer_than {
                 Some(seen) => snapshot.fetched_at > seen,
                 None => snapshot.fetched_at.elapsed() < self.cache_ttl,
@@ -222,15 +234,30 @@ impl KubeletClient {
                 return Ok(snapshot.clone());
             }
         }
-        let list = tokio::time::timeout(REQUEST_TIMEOUT, self.fetch())
+        if let Some((failed_at, reason)) = &cache.failure
+            && *failed_at > asked_at
+        {
+            return Err(KubeletError::SharedFailure(reason.clone()));
+        }
+        let fetched = tokio::time::timeout(REQUEST_TIMEOUT, self.fetch())
             .await
-            .map_err(|_| KubeletError::Timeout(REQUEST_TIMEOUT))??;
-        let snapshot = PodListSnapshot {
-            fetched_at: Instant::now(),
-            pods: Arc::new(list.items),
-        };
-        *cache = Some(snapshot.clone());
-        Ok(snapshot)
+            .map_err(|_| KubeletError::Timeout(REQUEST_TIMEOUT))
+            .and_then(|r| r);
+        match fetched {
+            Ok(list) => {
+                let snapshot = PodListSnapshot {
+                    fetched_at: Instant::now(),
+                    pods: Arc::new(list.items),
+                };
+                cache.snapshot = Some(snapshot.clone());
+                cache.failure = None;
+                Ok(snapshot)
+            }
+            Err(e) => {
+                cache.failure = Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
     }
 
     async fn fetch(&self) -> Result<PodList, KubeletError> {
@@ -518,6 +545,30 @@ mod tests {
                 .await,
             Err(KubeletError::Ca { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_failure() {
+        let kubelet = TestKubelet::start().await;
+        kubelet.set_status(StatusCode::INTERNAL_SERVER_ERROR);
+        let client = Arc::new(KubeletClient::new(
+            kubelet.endpoint(),
+            Duration::from_secs(60),
+        ));
+        // The test runtime is single-threaded: every caller is waiting before the one fetch
+        // completes, so all of them share its failure.
+        let calls = (0..50).map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.pods(None).await.map(|_| ()) })
+        });
+        for call in futures::future::join_all(calls).await {
+            let err = call.unwrap().unwrap_err();
+            assert!(err.to_string().contains("500"), "{err}");
+        }
+        assert_eq!(kubelet.requests(), 1);
+        // A later caller tries again.
+        assert!(client.pods(None).await.is_err());
+        assert_eq!(kubelet.requests(), 2);
     }
 
     #[test]
