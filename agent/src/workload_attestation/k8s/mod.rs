@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sigil_proto::Selector;
+use tracing::debug;
 
 use super::{AttestationError, WorkloadAttestor};
 use cgroup::{CgroupError, PodContainer};
@@ -115,6 +116,12 @@ impl K8sAttestor {
             // newer than the one just searched.
             searched = Some(snapshot.fetched_at);
             if attempt < attempts {
+                debug!(
+                    pid,
+                    container_id = %located.container_id,
+                    attempt,
+                    "container not in the kubelet's pod list yet; retrying"
+                );
                 tokio::time::sleep(self.config.poll_retry_interval).await;
             }
         }
