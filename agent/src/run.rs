@@ -23,7 +23,10 @@ use crate::server_client::{ServerConnection, ServerJwtMinter};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};
 use crate::workload_api::{self, WorkloadApiConfig};
-use crate::workload_attestation::{UnixAttestor, UnixAttestorConfig, WorkloadAttestor};
+use crate::workload_attestation::{
+    K8sAttestor, K8sAttestorConfig, KubeletEndpoint, UnixAttestor, UnixAttestorConfig,
+    WorkloadAttestor,
+};
 
 /// How long in-flight work gets to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -331,13 +334,35 @@ fn workload_attestors(config: &AgentConfig) -> anyhow::Result<Vec<Box<dyn Worklo
             ..UnixAttestorConfig::default()
         })));
     }
-    if config.workload_attestors.k8s.is_some() {
-        warn!("WorkloadAttestor \"k8s\" is not supported by this build yet; ignoring it");
+    if let Some(k8s) = &config.workload_attestors.k8s {
+        attestors.push(Box::new(K8sAttestor::new(K8sAttestorConfig::new(
+            kubelet_endpoint(k8s),
+        ))));
     }
     if attestors.is_empty() {
         bail!("no supported WorkloadAttestor configured (configure WorkloadAttestor \"unix\")");
     }
     Ok(attestors)
+}
+
+/// SPIRE's choice: the read-only port when set, else the secure port on the node named by
+/// `node_name` or the `node_name_env` variable (read here, at the config edge).
+fn kubelet_endpoint(k8s: &crate::config::K8sAttestorConfig) -> KubeletEndpoint {
+    if k8s.kubelet_read_only_port != 0 {
+        return KubeletEndpoint::read_only(k8s.kubelet_read_only_port);
+    }
+    let node_name = k8s
+        .node_name
+        .clone()
+        .or_else(|| std::env::var(&k8s.node_name_env).ok())
+        .filter(|name| !name.is_empty());
+    KubeletEndpoint::secure(
+        node_name,
+        k8s.kubelet_secure_port,
+        k8s.token_path.clone(),
+        k8s.kubelet_ca_path.clone(),
+        k8s.skip_kubelet_verification,
+    )
 }
 
 async fn shutdown_signal() {
@@ -352,5 +377,73 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::AgentOverrides;
+
+    use super::*;
+
+    fn config(k8s_block: &str) -> AgentConfig {
+        let text = format!(
+            r#"agent {{
+  data_dir = "/var/lib/sigil-agent"
+  server_address = "127.0.0.1"
+  trust_domain = "example.org"
+  trust_bundle_path = "/etc/sigil/bundle.crt"
+}}
+plugins {{
+  NodeAttestor "join_token" {{}}
+  KeyManager "memory" {{}}
+  WorkloadAttestor "unix" {{}}
+  WorkloadAttestor "k8s" {{
+{k8s_block}
+  }}
+}}
+"#
+        );
+        AgentConfig::parse(&text, "agent.conf", &AgentOverrides::default()).unwrap()
+    }
+
+    fn k8s(config: &AgentConfig) -> &crate::config::K8sAttestorConfig {
+        config.workload_attestors.k8s.as_ref().unwrap()
+    }
+
+    #[test]
+    fn k8s_attestor_runs_alongside_unix() {
+        let attestors = workload_attestors(&config("")).unwrap();
+        let names: Vec<String> = attestors.iter().map(|a| format!("{a:?}")).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names[0].starts_with("UnixAttestor"), "{names:?}");
+        assert!(names[1].starts_with("K8sAttestor"), "{names:?}");
+    }
+
+    #[test]
+    fn kubelet_endpoint_follows_spire_keys() {
+        let ro = config("    plugin_data { kubelet_read_only_port = 10255 }");
+        assert_eq!(
+            kubelet_endpoint(k8s(&ro)),
+            KubeletEndpoint::read_only(10255)
+        );
+
+        let named = config(
+            r#"    plugin_data {
+      node_name = "node-1"
+      skip_kubelet_verification = true
+    }"#,
+        );
+        let endpoint = kubelet_endpoint(k8s(&named));
+        assert_eq!((endpoint.host.as_str(), endpoint.port), ("node-1", 10250));
+        assert_eq!(
+            endpoint.tls,
+            Some(crate::workload_attestation::KubeletTls::SkipVerification)
+        );
+
+        // An unset node-name variable falls back to the local kubelet.
+        let unset =
+            config(r#"    plugin_data { node_name_env = "SIGIL_TEST_SURELY_UNSET_NODE_NAME" }"#);
+        assert_eq!(kubelet_endpoint(k8s(&unset)).host, "127.0.0.1");
     }
 }

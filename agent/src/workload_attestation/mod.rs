@@ -2,6 +2,7 @@
 //! which registration entries it is entitled to. Each attestor reports what it can see; the
 //! Workload API runs all configured attestors and unions their selectors.
 
+pub mod k8s;
 pub mod unix;
 
 use std::fmt::Debug;
@@ -9,6 +10,7 @@ use std::fmt::Debug;
 use futures::future::BoxFuture;
 use sigil_proto::Selector;
 
+pub use k8s::{K8sAttestor, K8sAttestorConfig, K8sError, KubeletEndpoint, KubeletTls};
 pub use unix::{UnixAttestor, UnixAttestorConfig};
 
 /// Why a workload could not be attested. Details go to the log; workloads only learn that
@@ -32,6 +34,8 @@ pub enum AttestationError {
     TooLarge { size: u64, limit: u64 },
     #[error("attestor task failed: {0}")]
     Task(String),
+    #[error("k8s: {0}")]
+    K8s(#[source] K8sError),
 }
 
 /// Turns a PID into selectors. One per mechanism (`unix`, `k8s`...).
