@@ -168,6 +168,16 @@ impl AdminApi {
     }
 }
 
+/// A batch must hold at least one item and at most [`MAX_BATCH`].
+fn check_batch(len: usize, what: &str) -> Result<(), Status> {
+    if len == 0 || len > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds 1 to {MAX_BATCH} {what}"
+        )));
+    }
+    Ok(())
+}
+
 fn code_label(code: tonic::Code) -> &'static str {
     match code {
         tonic::Code::InvalidArgument => "invalid_argument",
@@ -219,11 +229,7 @@ impl Admin for AdminApi {
         req: Request<pb::BatchCreateEntryRequest>,
     ) -> Result<Response<pb::BatchCreateEntryResponse>, Status> {
         handle!(self, "BatchCreateEntry", req, {
-            if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "a batch holds 1 to {MAX_BATCH} entries"
-                )));
-            }
+            check_batch(req.entries.len(), "entries")?;
             let entries = req
                 .entries
                 .iter()
@@ -257,11 +263,7 @@ impl Admin for AdminApi {
         req: Request<pb::BatchUpdateEntryRequest>,
     ) -> Result<Response<pb::BatchUpdateEntryResponse>, Status> {
         handle!(self, "BatchUpdateEntry", req, {
-            if req.entries.is_empty() || req.entries.len() > MAX_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "a batch holds 1 to {MAX_BATCH} entries"
-                )));
-            }
+            check_batch(req.entries.len(), "entries")?;
             let entries = req
                 .entries
                 .iter()
@@ -295,11 +297,7 @@ impl Admin for AdminApi {
         req: Request<pb::BatchDeleteEntryRequest>,
     ) -> Result<Response<pb::BatchDeleteEntryResponse>, Status> {
         handle!(self, "BatchDeleteEntry", req, {
-            if req.ids.is_empty() || req.ids.len() > MAX_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "a batch holds 1 to {MAX_BATCH} IDs"
-                )));
-            }
+            check_batch(req.ids.len(), "IDs")?;
             let deleted = self
                 .datastore
                 .delete_entries(&req.ids)
