@@ -2,6 +2,8 @@
 //! temporary directories and drives them as an operator would, through the CLI and sockets.
 #![forbid(unsafe_code)]
 
+pub mod k8s;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

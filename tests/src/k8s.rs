@@ -1,0 +1,232 @@
+//! A real Kubernetes API server for tests, driven by `tests/k8s/real-apiserver.sh` (kube-apiserver
+//! v1.20.2 + etcd on 127.0.0.1:6443, built once per machine under `$SIGIL_K8S`).
+//!
+//! The first test that asks for [`kube()`] starts it unless one already answers; `scripts/test`
+//! starts it before the suite and stops it afterwards. Tests share one API server, so each test
+//! creates its own namespace (see [`Kube::namespace`]) and never relies on objects it did not make,
+//! except the script's fixtures (namespace `spire`, SAs `spire-agent`/`spire-server`, node `node-1`,
+//! pod `spire-agent-0`, and the `spire-server-node-attestor` ClusterRole).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The shared API server.
+#[derive(Debug)]
+pub struct Kube {
+    /// Where the script keeps its state (`$SIGIL_K8S`, default `/var/tmp/sigil-k8s`).
+    pub home: PathBuf,
+    /// Admin kubeconfig (system:masters); tests use it to arrange the world, never for Sigil.
+    pub admin_kubeconfig: PathBuf,
+    /// The API server's CA certificate.
+    pub ca: PathBuf,
+    /// `https://127.0.0.1:6443`.
+    pub url: String,
+}
+
+/// Path of the script carried in this repository.
+pub fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/real-apiserver.sh")
+}
+
+/// The API server, started on first use.
+pub fn kube() -> &'static Kube {
+    static KUBE: OnceLock<Kube> = OnceLock::new();
+    KUBE.get_or_init(|| {
+        let home = PathBuf::from(
+            std::env::var("SIGIL_K8S").unwrap_or_else(|_| "/var/tmp/sigil-k8s".into()),
+        );
+        let kube = Kube {
+            admin_kubeconfig: home.join("run/kubeconfig"),
+            ca: home.join("run/pki/ca.crt"),
+            url: "https://127.0.0.1:6443".into(),
+            home,
+        };
+        if !kube.ready() {
+            let out = Command::new("bash")
+                .arg(script())
+                .arg("start")
+                .output()
+                .expect("run real-apiserver.sh");
+            assert!(
+                out.status.success(),
+                "real-apiserver.sh start failed (needs kubectl >= 1.24, curl, openssl, apt-get): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(kube.ready(), "the API server did not become ready; see {}/run/logs", kube.home.display());
+        }
+        kube
+    })
+}
+
+impl Kube {
+    fn ready(&self) -> bool {
+        self.admin_kubeconfig.exists()
+            && Command::new("curl")
+                .args(["-sf", "--max-time", "2", "--cacert"])
+                .arg(&self.ca)
+                .args(["-H", "Authorization: Bearer admin-token-0123456789"])
+                .arg(format!("{}/readyz", self.url))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+
+    /// Runs kubectl as admin; panics with its stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl_stdin(args, "")
+    }
+
+    /// Runs kubectl as admin with `stdin`; panics with its stderr on failure.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let (ok, stdout, stderr) = self.try_kubectl(args, stdin);
+        assert!(ok, "kubectl {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// Runs kubectl as admin: (success, stdout, stderr).
+    pub fn try_kubectl(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.admin_kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl on PATH");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write kubectl stdin");
+        let out = child.wait_with_output().expect("kubectl output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) {
+        self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+    }
+
+    /// A fresh namespace named `<prefix>-<pid>-<n>`, so tests and reruns never collide.
+    pub fn namespace(&self, prefix: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.kubectl(&["create", "namespace", &name]);
+        name
+    }
+
+    /// A service account (no automounted token: the test server has no controllers).
+    pub fn service_account(&self, ns: &str, name: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {ns}}}\nautomountServiceAccountToken: false\n"
+        ));
+    }
+
+    /// A pod of service account `sa` scheduled on `node`; returns its UID. It stays Pending.
+    pub fn pod(
+        &self,
+        ns: &str,
+        name: &str,
+        sa: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+    ) -> String {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v:?}"))
+            .collect();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{}}}}}\n\
+             spec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  nodeName: {node}\n  \
+             containers: [{{name: main, image: example.invalid/main:none}}]\n",
+            labels.join(", ")
+        ));
+        self.uid("pod", Some(ns), name)
+    }
+
+    /// Deletes a pod at once (there is no kubelet to confirm a graceful stop).
+    pub fn delete_pod(&self, ns: &str, name: &str) {
+        self.kubectl(&[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            name,
+            "--grace-period=0",
+            "--force",
+            "--wait=true",
+        ]);
+    }
+
+    /// A node with `labels`; returns its UID.
+    pub fn node(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k:?}: {v:?}"))
+            .collect();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{{}}}}}\n",
+            labels.join(", ")
+        ));
+        self.uid("node", None, name)
+    }
+
+    /// `.metadata.uid` of an object.
+    pub fn uid(&self, kind: &str, ns: Option<&str>, name: &str) -> String {
+        let mut args = vec!["get", kind, name, "-o", "jsonpath={.metadata.uid}"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        self.kubectl(&args)
+    }
+
+    /// A projected service account token for `ns/sa`, bound to pod `pod`, for `audience`: what the
+    /// kubelet writes into an agent pod's projected volume.
+    pub fn psat(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
+        let uid = self.uid("pod", Some(ns), pod);
+        self.kubectl(&[
+            "-n",
+            ns,
+            "create",
+            "token",
+            sa,
+            &format!("--audience={audience}"),
+            "--bound-object-kind=Pod",
+            &format!("--bound-object-name={pod}"),
+            &format!("--bound-object-uid={uid}"),
+        ])
+    }
+
+    /// A kubeconfig (written to `dir`) that authenticates as service account `ns/sa` with its own
+    /// token, as a pod of that account would in-cluster. Its rights are only what RBAC grants it.
+    pub fn kubeconfig_for(&self, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+        let token = self.kubectl(&["-n", ns, "create", "token", sa, "--duration=1h"]);
+        let path = dir.join(format!("kubeconfig-{ns}-{sa}"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+             users:\n- name: sa\n  user: {{token: {token}}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: sa}}\ncurrent-context: local\n",
+            self.url,
+            self.ca.display()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// The least-privilege kubeconfig of `spire/spire-server` (bound to the attestor ClusterRole).
+    pub fn server_kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.kubeconfig_for("spire", "spire-server", dir)
+    }
+}
