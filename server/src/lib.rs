@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod key_manager;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod node_attestation;
