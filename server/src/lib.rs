@@ -13,5 +13,6 @@ pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod node_attestation;
+pub mod notifier;
 pub mod ops;
 pub mod run;

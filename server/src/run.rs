@@ -15,6 +15,7 @@ use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
+use crate::notifier::K8sBundlePublisher;
 use crate::ops::{self, OpsPaths, Readiness};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -53,6 +54,17 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .context("cannot start the CA")?;
     let ca = Arc::new(ca);
     persist(&datastore, &ca, &journal).await?;
+
+    // Only the client is built here (a bad kubeconfig is a start-up error); the API server is
+    // first contacted by the running task, which retries until it answers.
+    let bundle_publisher = match &config.bundle_publisher {
+        Some(c) => Some(
+            K8sBundlePublisher::new(c)
+                .await
+                .context("Notifier \"k8sbundle\": cannot build the Kubernetes client")?,
+        ),
+        None => None,
+    };
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
@@ -139,6 +151,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         metrics.clone(),
         cancel.clone(),
     ));
+
+    if let Some(publisher) = bundle_publisher {
+        tasks.spawn(publisher.run(ca.subscribe(), cancel.clone()));
+    }
 
     readiness.set(true);
     tracing::info!("sigil-server ready");
