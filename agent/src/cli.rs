@@ -54,7 +54,7 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("response carries an invalid certificate: {0}")]
     BadCertificate(String),
-    #[error("`run` is started from `main`, not from here")]
+    #[error("`run` and `validate` are started from `main`, not from here")]
     RunNotWired,
 }
 
@@ -80,6 +80,19 @@ enum Command {
     },
     /// Checks that the agent's Workload API answers.
     Healthcheck(HealthcheckArgs),
+    /// Validates the configuration file and exits (SPIRE's `spire-agent validate`).
+    Validate(ValidateArgs),
+}
+
+/// `validate` flags: the file and whether to expand `$VARIABLES` in it, as `run` reads it.
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    /// Path to the HCL configuration file.
+    #[arg(long = "config", default_value = "conf/agent/agent.conf")]
+    config: PathBuf,
+    /// Expand $VARIABLES in the configuration file.
+    #[arg(long = "expandEnv")]
+    expand_env: bool,
 }
 
 /// `run` flags, SPIRE's spellings; they override the config file.
@@ -131,6 +144,26 @@ impl RunArgs {
 
 /// Exit code for bad configuration (sysexits EX_USAGE), before anything binds.
 pub const EXIT_USAGE: u8 = 64;
+
+/// `sigil-agent validate`: parses the config exactly as `run` does and binds nothing. Exits 0
+/// when valid, 64 (like `run`) with the error on `err` otherwise.
+fn validate_config(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let overrides = AgentOverrides {
+        expand_env: args.expand_env,
+        ..AgentOverrides::default()
+    };
+    // A failed write to stdout/stderr cannot be reported anywhere; the exit code still is.
+    match AgentConfig::load(&args.config, &overrides) {
+        Ok(_) => {
+            let _ = writeln!(out, "Configuration is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(err, "Error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
 
 /// `sigil-agent run`: config errors exit 64 before anything starts; a runtime failure exits 1.
 fn run_agent(args: &RunArgs) -> ExitCode {
@@ -289,8 +322,12 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    if let Command::Run(args) = &cli.command {
-        return run_agent(args);
+    match &cli.command {
+        Command::Run(args) => return run_agent(args),
+        Command::Validate(args) => {
+            return validate_config(args, &mut std::io::stdout(), &mut std::io::stderr());
+        }
+        _ => {}
     }
     // The environment is read here, at the edge, and nowhere below.
     let env_socket = std::env::var("SPIFFE_ENDPOINT_SOCKET").ok();
@@ -382,7 +419,7 @@ async fn run(
 ) -> Result<(), CliError> {
     match cli.command {
         // Handled by `main` before this runtime exists (it needs its own).
-        Command::Run(_) => Err(CliError::RunNotWired),
+        Command::Run(_) | Command::Validate(_) => Err(CliError::RunNotWired),
         Command::Healthcheck(args) => healthcheck(args, env_socket, out).await,
         Command::Api { command } => match command {
             ApiCommand::Fetch {
@@ -1178,5 +1215,54 @@ mod tests {
             ..args
         };
         assert_eq!(run_agent(&missing), ExitCode::from(EXIT_USAGE));
+    }
+    #[test]
+    fn validate_accepts_a_good_config_and_reports_a_bad_one_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.conf");
+        let good = r#"agent {
+  data_dir = "/var/lib/sigil-agent"
+  server_address = "spire-server.spire"
+  trust_domain = "example.org"
+  trust_bundle_path = "/run/spire/bundle/bundle.crt"
+}
+plugins {
+  NodeAttestor "k8s_psat" {
+    plugin_data { cluster = "demo" }
+  }
+  KeyManager "memory" {}
+  WorkloadAttestor "k8s" {
+    plugin_data { node_name_env = "MY_NODE_NAME" }
+  }
+}
+"#;
+        std::fs::write(&path, good).unwrap();
+        let args = normalize_flags(
+            ["sigil-agent", "validate", "-config", path.to_str().unwrap()].map(OsString::from),
+        );
+        let Command::Validate(args) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not validate");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            validate_config(&args, &mut out, &mut err),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "Configuration is valid.\n");
+        assert!(err.is_empty());
+
+        // The plugin is misspelled on line 8.
+        std::fs::write(&path, good.replace("\"k8s_psat\"", "\"k8s_sat\"")).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(
+            validate_config(&args, &mut out, &mut err),
+            ExitCode::from(EXIT_USAGE)
+        );
+        assert!(out.is_empty());
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("agent.conf:8:") && err.contains("k8s_sat"),
+            "{err}"
+        );
     }
 }
