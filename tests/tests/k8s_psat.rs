@@ -226,9 +226,14 @@ fn token_of_a_deleted_pod_is_refused() {
     kube().delete_pod(&world.ns, "agent-0");
     let server = world.server();
     let log = refused(&server, CLUSTER, &token, world.dir.path());
-    // The API server itself invalidates a token whose bound pod is gone.
+    // Whichever notices first refuses it: the API server's TokenReview (once its cache has
+    // seen the deletion) or our pod GET.
+    let ours = format!(
+        "pod {}/agent-0 the token is bound to no longer exists",
+        world.ns
+    );
     assert!(
-        log.contains("agent-0") || log.contains("not authenticated"),
+        log.contains(&ours) || log.contains("Token has been invalidated"),
         "{log}"
     );
     assert!(log.contains("PermissionDenied"), "{log}");
@@ -245,9 +250,16 @@ fn token_of_a_pod_recreated_under_the_same_name_is_refused() {
     let server = world.server();
     let log = refused(&server, CLUSTER, &token, world.dir.path());
     assert!(log.contains("PermissionDenied"), "{log}");
+    // As above: the API server's review or our UID comparison; both UIDs are named in a log
+    // (the agent's for the review's error, the server's for ours).
     assert!(
-        log.contains("agent-0") || log.contains("not authenticated"),
+        log.contains("was recreated") || log.contains("does not match claim"),
         "{log}"
+    );
+    let server_log = format!("{log}{}", server.log());
+    assert!(
+        server_log.contains(&world.pod_uid) && server_log.contains(&new_uid),
+        "{server_log}"
     );
 }
 
@@ -347,7 +359,17 @@ fn reattests_after_eviction_with_the_rotated_token_file() {
                 .filter(|s| s.contains(&pod_uid(&new_uid)))
         },
     );
-    assert!(agent.log().contains("re-attested after eviction"));
+    // The server records the node before the agent hears back.
+    wait_for(
+        "the agent to log its re-attestation",
+        Duration::from_secs(10),
+        || {
+            agent
+                .log()
+                .contains("re-attested after eviction")
+                .then_some(())
+        },
+    );
     assert_no_token_in_logs(&server, &agent, &first);
     assert_no_token_in_logs(&server, &agent, &second);
 }
