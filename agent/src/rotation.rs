@@ -366,6 +366,12 @@ pub async fn renew_agent_svid(
             }
         }
 
+        // An expired SVID cannot authenticate a renewal: attest again when the attestor can
+        // (a PSAT is re-read from disk; a spent join token will be refused).
+        if !evicted && reattestor.is_some() && svid.not_after <= unix_now() {
+            warn!(spiffe_id = %svid.spiffe_id, "agent SVID expired before it could be renewed; attesting again");
+            evicted = true;
+        }
         let outcome = if evicted {
             match &reattestor {
                 Some(attestor) => reattest(&connection, attestor.as_ref(), store.as_ref()).await,

@@ -16,7 +16,9 @@ use crate::cache::Cache;
 use crate::config::{
     AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
 };
-use crate::node_attestation::{self, JoinTokenAttestor, NodeAttestationError, NodeAttestor};
+use crate::node_attestation::{
+    self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
+};
 use crate::ops::{self, Metrics, Readiness};
 use crate::rotation::{self, AgentIdentity, Backoff, unix_now};
 use crate::server_client::{ServerConnection, ServerJwtMinter};
@@ -89,9 +91,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Some(Arc::new(JoinTokenAttestor::new(token.clone())))
         }
         (NodeAttestorConfig::JoinToken, None) => None,
-        (NodeAttestorConfig::K8sPsat(_), _) => {
-            bail!("NodeAttestor \"k8s_psat\" is not supported by this sigil-agent build yet")
-        }
+        // The token file is read at each attestation, so re-attestation after an eviction
+        // presents the kubelet's current token without operator action.
+        (NodeAttestorConfig::K8sPsat(psat), _) => Some(Arc::new(K8sPsatAttestor::new(psat))),
     };
 
     let (svid, bundle) = match (stored_svid, bundle) {

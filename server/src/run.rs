@@ -15,6 +15,7 @@ use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
+use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::ops::{self, OpsPaths, Readiness};
 
@@ -124,7 +125,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .context("admin API failed")
     });
     tracing::info!(socket = %config.socket_path.display(), "admin API listening");
-    let agent_api = AgentApi::new(
+    let mut agent_api = AgentApi::new(
         datastore.clone(),
         ca.clone(),
         config.trust_domain.clone(),
@@ -132,6 +133,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         api_revisions,
     )
     .with_agent_ttl(config.agent_ttl);
+    if let Some(psat) = &config.node_attestors.k8s_psat {
+        // One Kubernetes client per cluster, built once: a bad kubeconfig fails start-up.
+        let attestor = K8sPsatAttestor::new(config.trust_domain.clone(), psat)
+            .await
+            .context("NodeAttestor \"k8s_psat\": cannot build the Kubernetes client")?;
+        agent_api = agent_api.with_attestor(Arc::new(attestor));
+    }
     let c = cancel.clone();
     tasks.spawn(async move {
         agent::serve(agent_listener, agent_api, c)

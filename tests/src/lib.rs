@@ -77,6 +77,8 @@ pub struct ServerOptions {
     pub extra_top: String,
     /// Use SPIRE's default admin socket path (so CLI commands work without -socketPath).
     pub default_socket: bool,
+    /// HCL appended inside `plugins { }` (e.g. a `NodeAttestor "k8s_psat"` block).
+    pub extra_plugins: String,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +93,7 @@ impl Default for ServerOptions {
             extra_server: String::new(),
             extra_top: String::new(),
             default_socket: false,
+            extra_plugins: String::new(),
         }
     }
 }
@@ -157,6 +160,7 @@ plugins {{
   NodeAttestor "join_token" {{
     plugin_data {{}}
   }}
+  {extra_plugins}
 }}
 {health}
 {extra_top}
@@ -169,6 +173,7 @@ plugins {{
             jwt = options.jwt_svid_ttl,
             extra = options.extra_server,
             extra_top = options.extra_top,
+            extra_plugins = options.extra_plugins,
         );
         let config = dir.path().join("server.conf");
         std::fs::write(&config, conf).expect("write server.conf");

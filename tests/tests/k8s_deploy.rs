@@ -410,26 +410,18 @@ fn the_deployment_meets_the_zero_trust_checklist() {
     assert_eq!(agent_role["rules"][0]["verbs"], serde_json::json!(["get"]));
 }
 
-/// A server with `Notifier "k8sbundle"` writing into `ns` with `kubeconfig`. The harness writes no
-/// Notifier, so the server is started, stopped, given the block, and started again (same CA).
+/// A server with `Notifier "k8sbundle"` writing into `ns` with `kubeconfig`.
 fn server_with_notifier(ca_ttl: &str, ns: &str, kubeconfig: &Path) -> Server {
-    let mut server = Server::start(ServerOptions {
+    Server::start(ServerOptions {
         ca_ttl: ca_ttl.into(),
         x509_svid_ttl: "5s".into(),
         jwt_svid_ttl: "5s".into(),
+        extra_plugins: format!(
+            "Notifier \"k8sbundle\" {{\n    plugin_data {{\n      namespace = \"{ns}\"\n      kube_config_file_path = \"{}\"\n    }}\n  }}",
+            kubeconfig.display()
+        ),
         ..Default::default()
-    });
-    server.stop();
-    let conf = std::fs::read_to_string(&server.config).unwrap();
-    let block = format!(
-        "Notifier \"k8sbundle\" {{\n    plugin_data {{\n      namespace = \"{ns}\"\n      kube_config_file_path = \"{}\"\n    }}\n  }}\n  NodeAttestor \"join_token\"",
-        kubeconfig.display()
-    );
-    let patched = conf.replacen("NodeAttestor \"join_token\"", &block, 1);
-    assert_ne!(patched, conf);
-    std::fs::write(&server.config, patched).unwrap();
-    server.spawn();
-    server
+    })
 }
 
 /// The PEM in `ns/spire-bundle` key `bundle.crt`, if any.

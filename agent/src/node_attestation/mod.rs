@@ -3,6 +3,7 @@
 //! X509-SVID and the trust bundle.
 
 pub mod join_token;
+pub mod k8s_psat;
 
 use std::fmt::Debug;
 
@@ -12,6 +13,7 @@ use sigil_proto::sigil::agent::v1::AttestAgentRequest;
 use zeroize::Zeroizing;
 
 pub use join_token::JoinTokenAttestor;
+pub use k8s_psat::K8sPsatAttestor;
 
 use crate::rotation::{CsrError, new_key_and_csr};
 use crate::server_client::ServerConnection;

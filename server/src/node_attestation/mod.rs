@@ -2,6 +2,7 @@
 //! agent's SPIFFE ID and node selectors.
 
 pub mod join_token;
+pub mod k8s_psat;
 
 use std::fmt::Debug;
 
@@ -25,6 +26,10 @@ pub enum AttestationError {
     /// The evidence does not prove the node's identity; the agent is told why.
     #[error("{0}")]
     Denied(String),
+    /// The attestor could not check the evidence with its authority (e.g. the Kubernetes API
+    /// refused the server); the agent is told this message, the attestor logged the detail.
+    #[error("{0}")]
+    Unverifiable(String),
     /// The attestor could not decide (datastore or API failure); details go to the log.
     #[error("attestation could not be completed: {0}")]
     Internal(String),

@@ -256,6 +256,7 @@ impl AgentApi {
         let attested = attestor.attest(&req.payload).await.map_err(|e| match e {
             AttestationError::InvalidPayload(m) => Status::invalid_argument(m),
             AttestationError::Denied(m) => Status::permission_denied(m),
+            AttestationError::Unverifiable(m) => Status::internal(m),
             AttestationError::Internal(m) => {
                 tracing::error!(attestation_type = attestor.name(), error = %m, "node attestation failed");
                 Status::internal("node attestation could not be completed")
