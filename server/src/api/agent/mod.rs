@@ -268,10 +268,19 @@ impl AgentApi {
             .fetch_attested_node(&agent_id)
             .await
             .map_err(datastore_status)?
-            && existing.banned
         {
-            tracing::warn!(agent_id = %agent_id, "banned agent tried to attest");
-            return Err(Status::permission_denied("agent is banned"));
+            if existing.banned {
+                tracing::warn!(agent_id = %agent_id, "banned agent tried to attest");
+                return Err(Status::permission_denied("agent is banned"));
+            }
+            // SPIRE's rule: only attestors whose evidence renews itself (PSAT) may attest an
+            // existing node again; anything else must be evicted first.
+            if !attested.can_reattest {
+                tracing::warn!(agent_id = %agent_id, attestation_type = attestor.name(), "attestation for an already attested node refused");
+                return Err(Status::already_exists(
+                    "this node is already attested and its attestor does not allow re-attestation; evict it first",
+                ));
+            }
         }
         let svid = self
             .ca

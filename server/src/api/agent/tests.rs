@@ -383,6 +383,39 @@ async fn attestation_issues_an_agent_svid_and_records_the_node() {
 }
 
 #[tokio::test]
+async fn a_node_that_cannot_reattest_is_refused_while_attested() {
+    let h = Harness::start().await;
+    let token = h.join_token().await;
+    let id = crate::node_attestation::join_token_agent_id(&h.td, &token).unwrap();
+    h.ds.create_attested_node(AttestedNode {
+        spiffe_id: id,
+        attestation_type: "join_token".into(),
+        selectors: vec![],
+        cert_serial: "01".into(),
+        cert_expires_at: i64::MAX,
+        new_cert_serial: None,
+        banned: false,
+        created_at: 0,
+        updated_at: 0,
+    })
+    .await
+    .unwrap();
+    let (_, csr) = key_and_csr();
+    let status = h
+        .client(None)
+        .await
+        .attest_agent(pb::AttestAgentRequest {
+            attestation_type: "join_token".into(),
+            payload: token.into_bytes(),
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("evict"), "{status:?}");
+}
+
+#[tokio::test]
 async fn calls_without_an_agent_svid_are_refused() {
     let h = Harness::start().await;
     let mut anon = h.client(None).await;
