@@ -43,6 +43,32 @@ fn fetch_as(agent: &Agent, proc_root: &Path, pod: Option<&TestPod>, args: &str) 
     child.wait_with_output().unwrap()
 }
 
+/// The URI SANs of each returned X509-SVID leaf (the chain is concatenated DER, leaf first).
+fn leaf_uris(out: &Output) -> Vec<Vec<String>> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["svids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(s["x509_svid"].as_str().unwrap())
+                .unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
 fn ids(out: &Output) -> Vec<String> {
     let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,
@@ -114,11 +140,18 @@ fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
     });
     assert_eq!(pay, [pay_id.clone(), pay_id.clone()], "{}", agent.log());
     // The web pod: only its own rendered ID; never checkout-service.
-    let web_ids = wait_for("the web pod's SVID", Duration::from_secs(20), || {
-        let found = ids(&fetch_as(&agent, proc_root, Some(&web), "x509"));
-        (!found.is_empty()).then_some(found)
+    let web_out = wait_for("the web pod's SVID", Duration::from_secs(20), || {
+        let out = fetch_as(&agent, proc_root, Some(&web), "x509");
+        (!ids(&out).is_empty()).then_some(out)
     });
-    assert_eq!(web_ids, std::slice::from_ref(&web_id));
+    assert_eq!(ids(&web_out), std::slice::from_ref(&web_id));
+    // The certificates themselves carry the rendered IDs.
+    assert_eq!(leaf_uris(&web_out), [vec![web_id.clone()]]);
+    let pay_out = fetch_as(&agent, proc_root, Some(&payments), "x509");
+    assert_eq!(
+        leaf_uris(&pay_out),
+        [vec![pay_id.clone()], vec![pay_id.clone()]]
+    );
 
     // JWT-SVIDs carry the rendered IDs too.
     let jwt = fetch_as(&agent, proc_root, Some(&web), "jwt -audience payments");
