@@ -128,6 +128,9 @@ pub struct K8sAttestorConfig {
     pub kubelet_secure_port: u16,
     pub kubelet_ca_path: PathBuf,
     pub token_path: PathBuf,
+    /// Sigil-only: where the host's procfs is mounted (`/proc`; e.g. `/host/proc` for agents
+    /// that see the host's processes through a mount).
+    pub proc_root: PathBuf,
 }
 
 /// Command-line flags that override the file (SPIRE's `-dataDir -logLevel -logFormat
@@ -498,6 +501,7 @@ fn read_k8s(data: Option<Block<'_>>) -> Result<K8sAttestorConfig, ConfigError> {
         kubelet_secure_port: 10250,
         kubelet_ca_path: PathBuf::from(SERVICE_ACCOUNT_CA),
         token_path: PathBuf::from(SERVICE_ACCOUNT_TOKEN),
+        proc_root: PathBuf::from("/proc"),
     };
     let Some(mut data) = data else {
         return Ok(out);
@@ -521,6 +525,9 @@ fn read_k8s(data: Option<Block<'_>>) -> Result<K8sAttestorConfig, ConfigError> {
     }
     if let Some(path) = optional_path(&mut data, "token_path")? {
         out.token_path = path;
+    }
+    if let Some(path) = optional_path(&mut data, "proc_root")? {
+        out.proc_root = path;
     }
     data.finish()?;
     Ok(out)
@@ -648,6 +655,7 @@ plugins {
                     kubelet_secure_port: 10250,
                     kubelet_ca_path: PathBuf::from(SERVICE_ACCOUNT_CA),
                     token_path: PathBuf::from(SERVICE_ACCOUNT_TOKEN),
+                    proc_root: PathBuf::from("/proc"),
                 }),
             },
             health: Some(HealthConfig {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
-use crate::cache::{Cache, CachedX509Svid, Identity, Snapshot};
+use crate::cache::{Cache, CachedX509Svid, Identity, RenderedKey, Snapshot, TemplateDemand};
 use crate::node_attestation::{self, NodeAttestor};
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
@@ -126,6 +126,10 @@ fn due(
 ) -> Vec<Arc<Identity>> {
     let mut out = Vec::new();
     for identity in &snapshot.identities {
+        // Template entries are not pre-minted: their ID depends on the workload.
+        if identity.entry.template.is_some() {
+            continue;
+        }
         let id = &identity.entry.id;
         if retry_at.get(id).is_some_and(|&at| now < at) {
             continue;
@@ -249,6 +253,7 @@ async fn mint_batch(
         requests.push(X509svidRequest {
             entry_id: identity.entry.id.clone(),
             csr,
+            spiffe_id: String::new(),
         });
     }
     let response = connection
@@ -302,6 +307,193 @@ async fn mint_batch(
         info!(count = minted.len(), "minted X509-SVIDs");
     }
     Ok(BatchOutcome { minted, failed })
+}
+
+/// The rendered IDs of template entries whose X509-SVID must be minted now: wanted by a
+/// workload and the entry still a template they instantiate, and none minted yet, entry
+/// changed since minting, or past the refresh point; skipping those waiting for a retry.
+fn due_rendered(
+    snapshot: &Snapshot,
+    wanted: &[RenderedKey],
+    minted: &HashMap<RenderedKey, Minted>,
+    retry_at: &HashMap<RenderedKey, i64>,
+    now: i64,
+) -> Vec<(Arc<Identity>, RenderedKey)> {
+    let mut out = Vec::new();
+    for key in wanted {
+        let Some(identity) = snapshot.identity(&key.entry_id) else {
+            continue;
+        };
+        let instance = identity
+            .entry
+            .template
+            .as_ref()
+            .is_some_and(|t| t.matches(&key.spiffe_id));
+        if !instance || retry_at.get(key).is_some_and(|&at| now < at) {
+            continue;
+        }
+        let fresh = snapshot.rendered.contains_key(key)
+            && minted
+                .get(key)
+                .is_some_and(|m| m.revision == identity.entry.revision && now < m.refresh_at);
+        if !fresh {
+            out.push((identity.clone(), key.clone()));
+        }
+    }
+    out
+}
+
+/// Mints and refreshes the X509-SVIDs of template entries that workloads ask for (see
+/// [`TemplateDemand`]), and drops those nobody asked for in [`crate::cache::rendered::IDLE`],
+/// until `cancel` fires.
+pub async fn rotate_rendered_svids(
+    connection: Arc<ServerConnection>,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let demand: Arc<TemplateDemand> = cache.demand();
+    let mut changes = cache.subscribe();
+    let mut minted: HashMap<RenderedKey, Minted> = HashMap::new();
+    let mut retry_at: HashMap<RenderedKey, i64> = HashMap::new();
+    let mut backoff = Backoff::server();
+    loop {
+        changes.borrow_and_update();
+        let now = unix_now();
+        let idle = demand.forget_idle(now, crate::cache::rendered::IDLE);
+        cache.remove_rendered(&idle);
+        let snapshot = cache.snapshot();
+        let wanted = demand.keys();
+        minted.retain(|k, _| snapshot.rendered.contains_key(k));
+        retry_at.retain(|k, &mut at| wanted.contains(k) && now < at);
+
+        let due = due_rendered(&snapshot, &wanted, &minted, &retry_at, now);
+        let mut server_down = false;
+        for batch in due.chunks(MAX_BATCH) {
+            match mint_rendered_batch(&connection, &cache, batch, &metrics).await {
+                Ok(outcome) => {
+                    backoff.reset();
+                    minted.extend(outcome.minted);
+                    for key in outcome.failed {
+                        retry_at.insert(key, now + ENTRY_RETRY.as_secs() as i64);
+                    }
+                }
+                Err(status) => {
+                    metrics.svid_mint(false, batch.len());
+                    warn!(code = ?status.code(), error = %status.message(), count = batch.len(), "cannot mint template X509-SVIDs; will retry");
+                    // A refusal (entry gone, not authorized) is retried per key, not in a loop.
+                    if matches!(
+                        status.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                    ) {
+                        for (_, key) in batch {
+                            retry_at.insert(key.clone(), now + ENTRY_RETRY.as_secs() as i64);
+                        }
+                    } else {
+                        server_down = true;
+                        break;
+                    }
+                }
+            }
+        }
+
+        let wait = if server_down {
+            backoff.next_delay()
+        } else {
+            let now = unix_now();
+            minted
+                .values()
+                .map(|m| m.refresh_at)
+                .chain(retry_at.values().copied())
+                .min()
+                .map(|at| Duration::from_secs((at - now).max(0) as u64))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP)
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = demand.added(), if !server_down => {}
+            r = changes.changed(), if !server_down => {
+                if r.is_err() { return; }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct RenderedOutcome {
+    minted: Vec<(RenderedKey, Minted)>,
+    failed: Vec<RenderedKey>,
+}
+
+/// One `BatchMintX509SVID` call for rendered IDs. Several IDs of one entry may share a batch,
+/// so results are matched to requests by position (the server answers in request order).
+async fn mint_rendered_batch(
+    connection: &ServerConnection,
+    cache: &Cache,
+    batch: &[(Arc<Identity>, RenderedKey)],
+    metrics: &Metrics,
+) -> Result<RenderedOutcome, tonic::Status> {
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut requests = Vec::with_capacity(batch.len());
+    for (identity, key) in batch {
+        let (private_key, csr) =
+            new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+        keys.push((key.clone(), private_key, identity.entry.revision));
+        requests.push(X509svidRequest {
+            entry_id: key.entry_id.clone(),
+            csr,
+            spiffe_id: key.spiffe_id.to_string(),
+        });
+    }
+    let response = connection
+        .client()
+        .batch_mint_x509svid(BatchMintX509svidRequest { requests })
+        .await?
+        .into_inner();
+    let mut installs = Vec::new();
+    let mut minted = Vec::new();
+    let mut failed = Vec::new();
+    let mut results = response.svids.into_iter();
+    for (key, private_key, revision) in keys {
+        let result = results.next().filter(|r| r.entry_id == key.entry_id);
+        let facts = result
+            .as_ref()
+            .and_then(|r| r.svid_chain.first())
+            .and_then(|leaf| leaf_facts(leaf).ok());
+        let (Some(result), Some(facts)) = (result, facts) else {
+            warn!(entry_id = %key.entry_id, spiffe_id = %key.spiffe_id, "server returned no usable X509-SVID for this rendered ID; will retry");
+            failed.push(key);
+            continue;
+        };
+        minted.push((
+            key.clone(),
+            Minted {
+                revision,
+                expires_at: facts.not_after,
+                refresh_at: refresh_at(facts.not_before, facts.not_after, random_jitter()),
+            },
+        ));
+        installs.push((
+            key,
+            CachedX509Svid {
+                chain: result.svid_chain,
+                private_key_pkcs8: private_key,
+                expires_at: facts.not_after,
+            },
+        ));
+    }
+    for (key, err) in cache.set_rendered_svids(installs) {
+        warn!(entry_id = %key.entry_id, spiffe_id = %key.spiffe_id, error = %err, "template X509-SVID not installed");
+        minted.retain(|(k, _)| k != &key);
+        failed.push(key);
+    }
+    metrics.svid_mint(true, minted.len());
+    metrics.svid_mint(false, failed.len());
+    if !minted.is_empty() {
+        debug!(count = minted.len(), "minted template X509-SVIDs");
+    }
+    Ok(RenderedOutcome { minted, failed })
 }
 
 /// The agent's identity: the current SVID, shared with whoever needs to read it.
@@ -517,6 +709,7 @@ mod tests {
     fn entry(id: &str, revision: i64) -> RegistrationEntry {
         RegistrationEntry {
             id: id.into(),
+            template: None,
             spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
             parent_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
             selectors: vec![Selector::new("unix:uid:1").unwrap()],
@@ -585,5 +778,49 @@ mod tests {
         cache.upsert_entries(vec![entry("a", 2)]);
         let snapshot = cache.snapshot();
         assert_eq!(ids(&due(&snapshot, &mut minted, &retry, 99)), ["a"]);
+    }
+
+    #[test]
+    fn due_rendered_mints_wanted_instances_only() {
+        let cache = Cache::new(sigil_proto::Bundle::new(
+            sigil_proto::TrustDomain::new("td").unwrap(),
+        ));
+        let template: sigil_proto::IdTemplate = "spiffe://td/ns/{k8s:ns}".parse().unwrap();
+        let t = RegistrationEntry {
+            spiffe_id: SpiffeId::new("spiffe://td").unwrap(),
+            template: Some(template),
+            ..entry("t", 1)
+        };
+        cache.replace_entries(vec![t, entry("fixed", 1)]);
+        let key = |e: &str, id: &str| RenderedKey {
+            entry_id: e.into(),
+            spiffe_id: SpiffeId::new(id).unwrap(),
+        };
+        let a = key("t", "spiffe://td/ns/a");
+        let wanted = vec![
+            a.clone(),
+            key("t", "spiffe://td/other/a"),
+            key("fixed", "spiffe://td/fixed"),
+            key("gone", "spiffe://td/ns/a"),
+        ];
+        let none: HashMap<RenderedKey, Minted> = HashMap::new();
+        let no_retry: HashMap<RenderedKey, i64> = HashMap::new();
+        let snapshot = cache.snapshot();
+        let due_keys =
+            |minted: &HashMap<RenderedKey, Minted>, retry: &HashMap<RenderedKey, i64>, now| {
+                due_rendered(&snapshot, &wanted, minted, retry, now)
+                    .into_iter()
+                    .map(|(_, k)| k)
+                    .collect::<Vec<_>>()
+            };
+        assert_eq!(due_keys(&none, &no_retry, 50), std::slice::from_ref(&a));
+        let retry = HashMap::from([(a.clone(), 100)]);
+        assert!(due_keys(&none, &retry, 50).is_empty());
+        // Template entries are never pre-minted by the fixed-entry loop.
+        let mut minted_fixed = HashMap::new();
+        assert_eq!(
+            ids(&due(&snapshot, &mut minted_fixed, &HashMap::new(), 50)),
+            ["fixed"]
+        );
     }
 }

@@ -202,6 +202,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         rotation::rotate_workload_svids(conn, cch, m, c).await;
         Ok(())
     });
+    let (conn, cch, m, c) = (
+        connection.clone(),
+        cache.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    );
+    tasks.spawn(async move {
+        rotation::rotate_rendered_svids(conn, cch, m, c).await;
+        Ok(())
+    });
     let (conn, m, c) = (connection.clone(), metrics.clone(), cancel.clone());
     tasks.spawn(async move {
         rotation::renew_agent_svid(conn, identity, store, attestor, m, c).await;
@@ -337,9 +347,10 @@ fn workload_attestors(config: &AgentConfig) -> anyhow::Result<Vec<Box<dyn Worklo
         })));
     }
     if let Some(k8s) = &config.workload_attestors.k8s {
-        attestors.push(Box::new(K8sAttestor::new(K8sAttestorConfig::new(
-            kubelet_endpoint(k8s),
-        ))));
+        attestors.push(Box::new(K8sAttestor::new(K8sAttestorConfig {
+            proc_root: k8s.proc_root.clone(),
+            ..K8sAttestorConfig::new(kubelet_endpoint(k8s))
+        })));
     }
     if attestors.is_empty() {
         bail!("no supported WorkloadAttestor configured (configure WorkloadAttestor \"unix\")");
@@ -420,6 +431,13 @@ plugins {{
         assert_eq!(names.len(), 2);
         assert!(names[0].starts_with("UnixAttestor"), "{names:?}");
         assert!(names[1].starts_with("K8sAttestor"), "{names:?}");
+    }
+
+    #[test]
+    fn k8s_proc_root_defaults_to_proc_and_is_configurable() {
+        assert_eq!(k8s(&config("")).proc_root, std::path::Path::new("/proc"));
+        let host = config(r#"    plugin_data { proc_root = "/host/proc" }"#);
+        assert_eq!(k8s(&host).proc_root, std::path::Path::new("/host/proc"));
     }
 
     #[test]

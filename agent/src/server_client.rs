@@ -293,12 +293,14 @@ impl JwtSvidMinter for ServerJwtMinter {
     fn mint<'a>(
         &'a self,
         entry: &'a RegistrationEntry,
+        spiffe_id: &'a SpiffeId,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>> {
         Box::pin(async move {
             let request = MintJwtsvidRequest {
                 entry_id: entry.id.clone(),
                 audience: audience.to_vec(),
+                spiffe_id: spiffe_id.to_string(),
             };
             match self.connection.client().mint_jwtsvid(request).await {
                 Ok(response) => Ok(response.into_inner().token),

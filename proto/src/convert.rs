@@ -3,6 +3,7 @@
 
 use crate::bundle::{Bundle, JwtAuthority};
 use crate::entry::RegistrationEntry;
+use crate::id_template::IdTemplate;
 use crate::selector::{self, Selector};
 use crate::sigil::common::v1 as pb;
 use crate::spiffe_id::SpiffeId;
@@ -57,7 +58,7 @@ impl From<&RegistrationEntry> for pb::RegistrationEntry {
     fn from(e: &RegistrationEntry) -> Self {
         pb::RegistrationEntry {
             id: e.id.clone(),
-            spiffe_id: e.spiffe_id.to_string(),
+            spiffe_id: e.spiffe_id_text(),
             parent_id: e.parent_id.to_string(),
             selectors: selectors_to_pb(&e.selectors),
             x509_svid_ttl: e.x509_svid_ttl as i32,
@@ -70,6 +71,7 @@ impl From<&RegistrationEntry> for pb::RegistrationEntry {
             expires_at: e.expires_at.unwrap_or(0),
             revision: e.revision,
             created_at: e.created_at,
+            template: e.template.is_some(),
         }
     }
 }
@@ -79,8 +81,16 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
     /// Validates everything a client may set. `id`, `revision` and `created_at` are copied
     /// as they are; the datastore assigns them on create.
     fn try_from(e: &pb::RegistrationEntry) -> Result<Self, Self::Error> {
-        let spiffe_id = SpiffeId::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
-        if !spiffe_id.is_workload_id() {
+        let (spiffe_id, template) = if e.template {
+            let t = IdTemplate::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
+            let td_id = SpiffeId::from_path(t.trust_domain(), "")
+                .map_err(|err| invalid("spiffe_id", err))?;
+            (td_id, Some(t))
+        } else {
+            let id = SpiffeId::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
+            (id, None)
+        };
+        if template.is_none() && !spiffe_id.is_workload_id() {
             return Err(invalid(
                 "spiffe_id",
                 "must have a path (a trust domain ID is not a workload identity)",
@@ -119,9 +129,31 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
         if e.expires_at < 0 {
             return Err(invalid("expires_at", "must not be negative"));
         }
+        if template.is_some() {
+            if parent_id.is_server_id() {
+                return Err(invalid(
+                    "template",
+                    "a template entry cannot be a node entry (parent_id is the server)",
+                ));
+            }
+            if e.downstream {
+                return Err(invalid("template", "a template entry cannot be downstream"));
+            }
+            if let Some(bad) = selectors.iter().find(|s| !is_workload_selector(s)) {
+                return Err(invalid(
+                    "selectors",
+                    format!(
+                        "template entries take workload selectors only, not {}:{}",
+                        bad.kind(),
+                        bad.value()
+                    ),
+                ));
+            }
+        }
         Ok(RegistrationEntry {
             id: e.id.clone(),
             spiffe_id,
+            template,
             parent_id,
             selectors,
             x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
@@ -136,6 +168,27 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
             created_at: e.created_at,
         })
     }
+}
+
+/// Selector types that node attestors produce; any other type is a workload selector. Template
+/// entries take only workload selectors: their placeholders are filled from what the agent's
+/// workload attestors report.
+const NODE_SELECTOR_TYPES: &[&str] = &[
+    "spiffe_id",
+    "join_token",
+    "k8s_psat",
+    "k8s_sat",
+    "x509pop",
+    "sshpop",
+    "aws_iid",
+    "gcp_iit",
+    "azure_msi",
+    "tpm_devid",
+    "http_challenge",
+];
+
+fn is_workload_selector(s: &Selector) -> bool {
+    !NODE_SELECTOR_TYPES.contains(&s.kind())
 }
 
 /// A DNS SAN must be a plausible host name (optionally with a leading `*.` wildcard label).
@@ -234,6 +287,65 @@ mod tests {
         );
         let back = pb::RegistrationEntry::from(&e);
         assert_eq!(RegistrationEntry::try_from(&back).unwrap(), e);
+    }
+
+    #[test]
+    fn template_entry_round_trip_and_checks() {
+        let mut w = wire();
+        w.spiffe_id = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}".into();
+        w.template = true;
+        let e = RegistrationEntry::try_from(&w).unwrap();
+        let t = e.template.as_ref().unwrap();
+        assert_eq!(t.to_string(), w.spiffe_id);
+        // The stand-in ID is the trust domain's own, which is never a leaf identity.
+        assert!(!e.spiffe_id.is_workload_id());
+        let back = pb::RegistrationEntry::from(&e);
+        assert!(back.template);
+        assert_eq!(back.spiffe_id, w.spiffe_id);
+        assert_eq!(RegistrationEntry::try_from(&back).unwrap(), e);
+
+        // Without the flag the same text is not a SPIFFE ID.
+        let mut plain = w.clone();
+        plain.template = false;
+        assert_eq!(
+            RegistrationEntry::try_from(&plain).unwrap_err().field,
+            "spiffe_id"
+        );
+
+        type Mutation = fn(&mut pb::RegistrationEntry);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                |e| e.spiffe_id = "spiffe://example.org/ns-{k8s:ns}".into(),
+                "spiffe_id",
+            ),
+            (
+                |e| e.spiffe_id = "spiffe://example.org/fixed".into(),
+                "spiffe_id",
+            ),
+            (
+                |e| e.parent_id = "spiffe://example.org/spire/server".into(),
+                "template",
+            ),
+            (|e| e.downstream = true, "template"),
+            (
+                |e| {
+                    e.selectors.push(pb::Selector {
+                        r#type: "k8s_psat".into(),
+                        value: "cluster:c".into(),
+                    })
+                },
+                "selectors",
+            ),
+            (
+                |e| e.parent_id = "spiffe://other.org/node".into(),
+                "parent_id",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut m = w.clone();
+            mutate(&mut m);
+            assert_eq!(RegistrationEntry::try_from(&m).unwrap_err().field, field);
+        }
     }
 
     #[test]

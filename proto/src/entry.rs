@@ -1,5 +1,6 @@
 //! Registration entries: which workloads (by selectors, under which parent) get which identity.
 
+use crate::id_template::IdTemplate;
 use crate::selector::Selector;
 use crate::spiffe_id::SpiffeId;
 use crate::trust_domain::TrustDomain;
@@ -9,7 +10,12 @@ use crate::trust_domain::TrustDomain;
 pub struct RegistrationEntry {
     /// Opaque unique ID (a UUID unless the operator chose one with `-entryID`).
     pub id: String,
+    /// The identity for a fixed entry. For a template entry this is only the trust domain's
+    /// own ID (`spiffe://<td>`), which no CA signs as a leaf, so code that forgets `template`
+    /// fails closed; the identity is `template` rendered over the workload's selectors.
     pub spiffe_id: SpiffeId,
+    /// Set for an identity-template entry (`entry create -template`).
+    pub template: Option<IdTemplate>,
     /// The agent (or node alias, or another workload for nested entries) allowed to obtain it.
     pub parent_id: SpiffeId,
     /// Canonical (sorted, de-duplicated) and never empty.
@@ -29,4 +35,23 @@ pub struct RegistrationEntry {
     pub revision: i64,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+impl RegistrationEntry {
+    /// The SPIFFE ID as an operator wrote it: the fixed ID, or the template text.
+    pub fn spiffe_id_text(&self) -> String {
+        match &self.template {
+            Some(t) => t.to_string(),
+            None => self.spiffe_id.to_string(),
+        }
+    }
+
+    /// True if `id` is what this entry may be minted for: the fixed ID, or any instance of
+    /// the template.
+    pub fn allows(&self, id: &SpiffeId) -> bool {
+        match &self.template {
+            Some(t) => t.matches(id),
+            None => *id == self.spiffe_id,
+        }
+    }
 }

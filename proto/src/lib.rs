@@ -7,12 +7,14 @@ pub mod cli_args;
 pub mod convert;
 pub mod entry;
 pub mod hcl;
+pub mod id_template;
 pub mod selector;
 pub mod spiffe_id;
 pub mod trust_domain;
 
 pub use bundle::{Bundle, JwtAuthority};
 pub use entry::RegistrationEntry;
+pub use id_template::IdTemplate;
 pub use selector::Selector;
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
 pub use trust_domain::TrustDomain;

@@ -563,3 +563,4 @@ pub fn register_uid(
 pub fn python() -> String {
     std::env::var("SIGIL_PYTHON").unwrap_or_else(|_| "python3".into())
 }
+pub mod kubelet;

@@ -581,6 +581,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
                 requests: vec![pb::X509svidRequest {
                     entry_id: entry_id.into(),
                     csr,
+                    ..Default::default()
                 }],
             }
         };
@@ -606,6 +607,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
             .mint_jwtsvid(pb::MintJwtsvidRequest {
                 entry_id: theirs.clone(),
                 audience: vec!["a".into()],
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
-use sigil_proto::RegistrationEntry;
+use sigil_proto::{RegistrationEntry, SpiffeId};
 use zeroize::Zeroizing;
 
 /// Above this many cached tokens, expired ones are swept on insert; a workload asking for
@@ -29,9 +29,12 @@ pub enum MintError {
 
 /// Mints a JWT-SVID for an entry and an audience list (the agent asks the server).
 pub trait JwtSvidMinter: Send + Sync {
+    /// `spiffe_id` is the entry's own ID, or for a template entry the ID rendered for the
+    /// workload.
     fn mint<'a>(
         &'a self,
         entry: &'a RegistrationEntry,
+        spiffe_id: &'a SpiffeId,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>>;
 }
@@ -40,6 +43,8 @@ pub trait JwtSvidMinter: Send + Sync {
 struct TokenKey {
     entry_id: String,
     revision: i64,
+    /// Template entries give each workload its own ID.
+    spiffe_id: SpiffeId,
     /// Sorted and de-duplicated: the same set in another order reuses the token.
     audience: Vec<String>,
 }
@@ -78,6 +83,7 @@ impl JwtSvidCache {
     pub async fn fetch(
         &self,
         entry: &RegistrationEntry,
+        spiffe_id: &SpiffeId,
         audience: &[String],
         now: i64,
     ) -> Result<String, MintError> {
@@ -86,12 +92,13 @@ impl JwtSvidCache {
         let key = TokenKey {
             entry_id: entry.id.clone(),
             revision: entry.revision,
+            spiffe_id: spiffe_id.clone(),
             audience: audience.to_vec(),
         };
         if let Some(token) = self.cached(&key, now) {
             return Ok(token);
         }
-        let token = self.minter.mint(entry, audience).await?;
+        let token = self.minter.mint(entry, spiffe_id, audience).await?;
         // A token whose lifetime we cannot read is handed out but never reused.
         if let Some(refresh_at) = half_life(&token) {
             let mut tokens = self.lock();
@@ -159,16 +166,28 @@ mod tests {
         let cache = JwtSvidCache::new(minter.clone());
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
-        let first = cache.fetch(&e, &aud(&["a", "b"]), t0).await.unwrap();
-        let again = cache.fetch(&e, &aud(&["a", "b"]), t0 + 10).await.unwrap();
+        let first = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0)
+            .await
+            .unwrap();
+        let again = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0 + 10)
+            .await
+            .unwrap();
         assert_eq!(first, again, "the same audience list reuses the token");
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
-        let reordered = cache.fetch(&e, &aud(&["b", "a"]), t0 + 10).await.unwrap();
+        let reordered = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["b", "a"]), t0 + 10)
+            .await
+            .unwrap();
         assert_ne!(first, reordered, "audiences keep the requested order");
         assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
 
         // TestMinter issues 300 s tokens: half-life is iat + 150.
-        let later = cache.fetch(&e, &aud(&["a", "b"]), t0 + 151).await.unwrap();
+        let later = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0 + 151)
+            .await
+            .unwrap();
         assert_eq!(
             minter.minted.load(Ordering::SeqCst),
             3,
@@ -178,15 +197,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn template_entries_get_one_token_per_rendered_id() {
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let e = entry("t", "spiffe://example.org", &["k8s:ns"], 1);
+        let a = SpiffeId::new("spiffe://example.org/ns/a").unwrap();
+        let b = SpiffeId::new("spiffe://example.org/ns/b").unwrap();
+        let t0 = now();
+        let ta = cache.fetch(&e, &a, &aud(&["x"]), t0).await.unwrap();
+        let tb = cache.fetch(&e, &b, &aud(&["x"]), t0).await.unwrap();
+        assert_ne!(ta, tb);
+        assert_eq!(cache.fetch(&e, &a, &aud(&["x"]), t0).await.unwrap(), ta);
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
+        let sub = |t: &str| -> String {
+            let payload = t.split('.').nth(1).unwrap();
+            let claims: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+            claims["sub"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(sub(&ta), a.to_string());
+        assert_eq!(sub(&tb), b.to_string());
+    }
+
+    #[tokio::test]
     async fn distinct_audience_and_revision_mint_new_tokens() {
         let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
         let cache = JwtSvidCache::new(minter.clone());
         let mut e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
-        cache.fetch(&e, &aud(&["a"]), t0).await.unwrap();
-        cache.fetch(&e, &aud(&["b"]), t0).await.unwrap();
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .await
+            .unwrap();
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["b"]), t0)
+            .await
+            .unwrap();
         e.revision += 1;
-        cache.fetch(&e, &aud(&["a"]), t0).await.unwrap();
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .await
+            .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 3);
     }
 
@@ -196,7 +247,10 @@ mod tests {
         minter.fail = true;
         let cache = JwtSvidCache::new(Arc::new(minter));
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
-        let err = cache.fetch(&e, &aud(&["a"]), now()).await.unwrap_err();
+        let err = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), now())
+            .await
+            .unwrap_err();
         assert!(matches!(err, MintError::Unavailable(_)));
     }
 

@@ -6,11 +6,13 @@
 //! JWT-SVIDs are not kept here: they are minted by the server on demand (see [`jwt`]).
 
 pub mod jwt;
+pub mod rendered;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use sigil_proto::id_template::template_selectors_match;
 use sigil_proto::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use x509_parser::extensions::GeneralName;
@@ -18,6 +20,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
+pub use rendered::{RenderedKey, TemplateDemand};
 
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +28,8 @@ pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
 pub enum CacheError {
     #[error("no registration entry {0:?} in the cache")]
     UnknownEntry(String),
+    #[error("entry {0:?} is not a template entry giving {1}")]
+    NotAnInstance(String, String),
     #[error("X509-SVID chain is empty")]
     EmptyChain,
     #[error("X509-SVID leaf is not a valid certificate: {0}")]
@@ -72,6 +77,10 @@ struct EntryIndex {
     /// workload selector instead of every entry.
     by_first_selector: HashMap<Selector, Vec<usize>>,
     by_id: HashMap<String, usize>,
+    /// Identity-template entries: matched by key prefix (see
+    /// [`sigil_proto::id_template::template_selectors_match`]), so not indexable by exact
+    /// selector; there are few of them (one per template, not one per workload).
+    templates: Vec<usize>,
 }
 
 impl EntryIndex {
@@ -79,6 +88,10 @@ impl EntryIndex {
         let mut index = EntryIndex::default();
         for (pos, identity) in identities.iter().enumerate() {
             index.by_id.insert(identity.entry.id.clone(), pos);
+            if identity.entry.template.is_some() {
+                index.templates.push(pos);
+                continue;
+            }
             // An entry without selectors would match every workload; the server never stores
             // one, and we refuse to hand it out if it ever arrives.
             if let Some(first) = identity.entry.selectors.iter().min() {
@@ -102,6 +115,12 @@ pub struct Snapshot {
     pub bundle: Arc<Bundle>,
     /// Bundles of federated trust domains.
     pub federated: BTreeMap<TrustDomain, Arc<Bundle>>,
+    /// X509-SVIDs of template entries, minted on demand per rendered ID.
+    pub rendered: Arc<BTreeMap<RenderedKey, Arc<CachedX509Svid>>>,
+    /// Shared by every snapshot of one cache: the Workload API records here which rendered
+    /// IDs workloads ask for, rotation mints them. The one write path from readers, kept
+    /// out of the snapshot data itself.
+    pub demand: Arc<TemplateDemand>,
     index: Arc<EntryIndex>,
 }
 
@@ -111,6 +130,8 @@ impl Snapshot {
             identities: Vec::new(),
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
+            rendered: Arc::default(),
+            demand: Arc::default(),
             index: Arc::default(),
         }
     }
@@ -142,6 +163,28 @@ impl Snapshot {
             .filter(|identity| {
                 let hint = identity.entry.hint.as_str();
                 hint.is_empty() || hints.insert(hint)
+            })
+            .collect()
+    }
+
+    /// The identity-template entries a workload with `selectors` matches, each with the SPIFFE
+    /// ID rendered for it. Entries whose template does not render (a placeholder without
+    /// exactly one valid value) give nothing. In snapshot order.
+    pub fn matching_templates(&self, selectors: &[Selector]) -> Vec<(&Arc<Identity>, SpiffeId)> {
+        self.index
+            .templates
+            .iter()
+            .map(|&pos| &self.identities[pos])
+            .filter(|identity| template_selectors_match(&identity.entry.selectors, selectors))
+            .filter_map(|identity| {
+                let template = identity.entry.template.as_ref()?;
+                match template.render(selectors) {
+                    Ok(id) => Some((identity, id)),
+                    Err(err) => {
+                        tracing::debug!(entry_id = %identity.entry.id, error = %err, "template entry gives this workload no ID");
+                        None
+                    }
+                }
             })
             .collect()
     }
@@ -182,6 +225,11 @@ impl Cache {
     /// A receiver whose current value is the latest snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
+    }
+
+    /// What workloads asked of template entries (shared with every snapshot).
+    pub fn demand(&self) -> Arc<TemplateDemand> {
+        self.tx.borrow().demand.clone()
     }
 
     /// The latest snapshot.
@@ -276,12 +324,82 @@ impl Cache {
                     identities,
                     bundle: current.bundle.clone(),
                     federated: current.federated.clone(),
+                    rendered: current.rendered.clone(),
+                    demand: current.demand.clone(),
                     index: current.index.clone(),
                 });
             }
             changed
         });
         rejected
+    }
+
+    /// Installs X509-SVIDs of template entries, each under the ID rendered for a workload.
+    /// The entry must be a template of which the ID is an instance, and the leaf must carry
+    /// that ID; SVIDs that fail are returned with the reason.
+    pub fn set_rendered_svids(
+        &self,
+        svids: Vec<(RenderedKey, CachedX509Svid)>,
+    ) -> Vec<(RenderedKey, CacheError)> {
+        let mut rejected = Vec::new();
+        self.tx.send_if_modified(|current| {
+            let mut rendered = (*current.rendered).clone();
+            let mut changed = false;
+            for (key, svid) in svids {
+                let instance = current.identity(&key.entry_id).is_some_and(|i| {
+                    i.entry
+                        .template
+                        .as_ref()
+                        .is_some_and(|t| t.matches(&key.spiffe_id))
+                });
+                if !instance {
+                    let err =
+                        CacheError::NotAnInstance(key.entry_id.clone(), key.spiffe_id.to_string());
+                    rejected.push((key, err));
+                    continue;
+                }
+                if let Err(err) = check_leaf(&svid, &key.spiffe_id) {
+                    rejected.push((key, err));
+                    continue;
+                }
+                rendered.insert(key, Arc::new(svid));
+                changed = true;
+            }
+            if changed {
+                *current = Arc::new(Snapshot {
+                    identities: current.identities.clone(),
+                    bundle: current.bundle.clone(),
+                    federated: current.federated.clone(),
+                    rendered: Arc::new(rendered),
+                    demand: current.demand.clone(),
+                    index: current.index.clone(),
+                });
+            }
+            changed
+        });
+        rejected
+    }
+
+    /// Drops rendered SVIDs nobody uses any more.
+    pub fn remove_rendered(&self, keys: &[RenderedKey]) {
+        self.tx.send_if_modified(|current| {
+            if !keys.iter().any(|k| current.rendered.contains_key(k)) {
+                return false;
+            }
+            let mut rendered = (*current.rendered).clone();
+            for k in keys {
+                rendered.remove(k);
+            }
+            *current = Arc::new(Snapshot {
+                identities: current.identities.clone(),
+                bundle: current.bundle.clone(),
+                federated: current.federated.clone(),
+                rendered: Arc::new(rendered),
+                demand: current.demand.clone(),
+                index: current.index.clone(),
+            });
+            true
+        });
     }
 
     /// Replaces our own trust domain's bundle.
@@ -291,6 +409,8 @@ impl Cache {
                 identities: current.identities.clone(),
                 bundle: Arc::new(bundle),
                 federated: current.federated.clone(),
+                rendered: current.rendered.clone(),
+                demand: current.demand.clone(),
                 index: current.index.clone(),
             });
         });
@@ -306,6 +426,8 @@ impl Cache {
                     .into_iter()
                     .map(|(td, b)| (td, Arc::new(b)))
                     .collect(),
+                rendered: current.rendered.clone(),
+                demand: current.demand.clone(),
                 index: current.index.clone(),
             });
         });
@@ -327,10 +449,34 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
     identities
         .sort_by(|a, b| (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id)));
     let index = Arc::new(EntryIndex::build(&identities));
+    // Rendered SVIDs survive only while their entry is still a template they instantiate.
+    let still_valid = |key: &RenderedKey| {
+        index.by_id.get(&key.entry_id).is_some_and(|&pos| {
+            identities[pos]
+                .entry
+                .template
+                .as_ref()
+                .is_some_and(|t| t.matches(&key.spiffe_id))
+        })
+    };
+    let rendered = if current.rendered.keys().all(still_valid) {
+        current.rendered.clone()
+    } else {
+        Arc::new(
+            current
+                .rendered
+                .iter()
+                .filter(|(k, _)| still_valid(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    };
     Snapshot {
         identities,
         bundle: current.bundle.clone(),
         federated: current.federated.clone(),
+        rendered,
+        demand: current.demand.clone(),
         index,
     }
 }

@@ -138,7 +138,8 @@ impl TestMinter {
 impl JwtSvidMinter for TestMinter {
     fn mint<'a>(
         &'a self,
-        entry: &'a RegistrationEntry,
+        _entry: &'a RegistrationEntry,
+        spiffe_id: &'a SpiffeId,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>> {
         Box::pin(async move {
@@ -149,7 +150,7 @@ impl JwtSvidMinter for TestMinter {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let iat = now();
             Ok(self.key.sign(&serde_json::json!({
-                "sub": entry.spiffe_id.to_string(),
+                "sub": spiffe_id.to_string(),
                 "aud": audience,
                 "iat": iat,
                 "exp": iat + 300,
@@ -168,6 +169,7 @@ pub(crate) fn selectors(list: &[&str]) -> Vec<Selector> {
 pub(crate) fn entry(id: &str, spiffe_id: &str, sel: &[&str], created_at: i64) -> RegistrationEntry {
     RegistrationEntry {
         id: id.to_owned(),
+        template: None,
         spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
         parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/t").unwrap(),
         selectors: selectors(sel),
@@ -181,6 +183,21 @@ pub(crate) fn entry(id: &str, spiffe_id: &str, sel: &[&str], created_at: i64) ->
         expires_at: None,
         revision: 1,
         created_at,
+    }
+}
+
+/// An identity-template entry (`spiffe_id` is the trust domain's ID, as the server sends it).
+pub(crate) fn template_entry(
+    id: &str,
+    template: &str,
+    sel: &[&str],
+    created_at: i64,
+) -> RegistrationEntry {
+    let template: sigil_proto::IdTemplate = template.parse().unwrap();
+    RegistrationEntry {
+        spiffe_id: SpiffeId::new(&template.trust_domain().id_string()).unwrap(),
+        template: Some(template),
+        ..entry(id, "spiffe://example.org/unused", sel, created_at)
     }
 }
 

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::testing::{TestCa, entry, federated, selectors};
+use super::testing::{TestCa, entry, federated, selectors, template_entry};
 use super::*;
 
 fn ids(found: &[&Arc<Identity>]) -> Vec<String> {
@@ -229,4 +229,137 @@ fn debug_hides_the_private_key() {
     let shown = format!("{svid:?}");
     assert!(shown.contains("<redacted>"));
     assert!(!shown.contains(&format!("{:?}", svid.private_key_pkcs8.as_slice())));
+}
+
+const NS_SA: &str = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}";
+
+fn rendered_key(entry_id: &str, id: &str) -> RenderedKey {
+    RenderedKey {
+        entry_id: entry_id.into(),
+        spiffe_id: SpiffeId::new(id).unwrap(),
+    }
+}
+
+#[test]
+fn template_entries_match_by_key_and_render_per_workload() {
+    let (_ca, cache) = new_cache();
+    cache.replace_entries(vec![
+        template_entry("t", NS_SA, &["k8s:ns"], 10),
+        template_entry(
+            "pay",
+            "spiffe://example.org/pay/{k8s:sa}",
+            &["k8s:ns:payments"],
+            20,
+        ),
+        entry("fixed", "spiffe://example.org/fixed", &["k8s:ns"], 30),
+    ]);
+    let snap = cache.snapshot();
+    let pod = |ns: &str| selectors(&[&format!("k8s:ns:{ns}"), "k8s:sa:api"]);
+    let rendered = |ns: &str| -> Vec<(String, String)> {
+        snap.matching_templates(&pod(ns))
+            .into_iter()
+            .map(|(i, id)| (i.entry.id.clone(), id.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        rendered("payments"),
+        [
+            ("t".into(), "spiffe://example.org/ns/payments/sa/api".into()),
+            ("pay".into(), "spiffe://example.org/pay/api".into()),
+        ]
+    );
+    assert_eq!(
+        rendered("web"),
+        [(
+            "t".to_string(),
+            "spiffe://example.org/ns/web/sa/api".to_string()
+        )]
+    );
+    // Template entries never take the fixed-entry path, and the fixed entry keeps exact
+    // matching (`k8s:ns` is not a pod's selector).
+    assert!(snap.matching(&pod("payments")).is_empty());
+    // A placeholder without a value: nothing.
+    assert!(
+        snap.matching_templates(&selectors(&["k8s:ns:x"]))
+            .is_empty()
+    );
+    // A hostile value: nothing.
+    assert!(
+        snap.matching_templates(&selectors(&["k8s:ns:..", "k8s:sa:a"]))
+            .is_empty()
+    );
+}
+
+#[test]
+fn rendered_svids_are_checked_and_dropped_with_their_entry() {
+    let (ca, cache) = new_cache();
+    cache.replace_entries(vec![
+        template_entry("t", NS_SA, &["k8s:ns"], 10),
+        entry("fixed", "spiffe://example.org/fixed", &["k8s:ns:a"], 20),
+    ]);
+    let ok = "spiffe://example.org/ns/a/sa/b";
+    let rejected = cache.set_rendered_svids(vec![
+        (rendered_key("t", ok), ca.svid(ok)),
+        // The leaf must carry the rendered ID.
+        (
+            rendered_key("t", "spiffe://example.org/ns/c/sa/d"),
+            ca.svid(ok),
+        ),
+        // Not an instance of the template.
+        (
+            rendered_key("t", "spiffe://example.org/other"),
+            ca.svid("spiffe://example.org/other"),
+        ),
+        // Not a template entry.
+        (
+            rendered_key("fixed", "spiffe://example.org/fixed"),
+            ca.svid("spiffe://example.org/fixed"),
+        ),
+    ]);
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    assert!(matches!(rejected[0].1, CacheError::SpiffeIdMismatch { .. }));
+    assert!(matches!(rejected[1].1, CacheError::NotAnInstance(..)));
+    assert!(matches!(rejected[2].1, CacheError::NotAnInstance(..)));
+    let snap = cache.snapshot();
+    assert_eq!(
+        snap.rendered.keys().cloned().collect::<Vec<_>>(),
+        [rendered_key("t", ok)]
+    );
+
+    // Unrelated entry changes keep it; removing the template drops it.
+    cache.upsert_entries(vec![entry(
+        "other",
+        "spiffe://example.org/o",
+        &["unix:uid:1"],
+        5,
+    )]);
+    assert_eq!(cache.snapshot().rendered.len(), 1);
+    cache.remove_entries(["t"]);
+    assert!(cache.snapshot().rendered.is_empty());
+}
+
+#[test]
+fn remove_rendered_drops_idle_svids() {
+    let (ca, cache) = new_cache();
+    cache.replace_entries(vec![template_entry("t", NS_SA, &["k8s:ns"], 10)]);
+    let a = "spiffe://example.org/ns/a/sa/b";
+    let b = "spiffe://example.org/ns/c/sa/d";
+    assert!(
+        cache
+            .set_rendered_svids(vec![
+                (rendered_key("t", a), ca.svid(a)),
+                (rendered_key("t", b), ca.svid(b)),
+            ])
+            .is_empty()
+    );
+    cache.remove_rendered(&[rendered_key("t", a)]);
+    assert_eq!(
+        cache
+            .snapshot()
+            .rendered
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>(),
+        [rendered_key("t", b)]
+    );
 }

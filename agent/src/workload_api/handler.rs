@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
-use crate::cache::{Identity, JwtSvidCache, MintError, Snapshot};
+use crate::cache::{CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot};
 use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
 
 /// The metadata key every Workload API request must carry with the value `true`.
@@ -224,13 +224,15 @@ impl SpiffeWorkloadApi for Handler {
         // No identity at all: answer at once, without a message.
         let snapshot = self.snapshot();
         let identities = snapshot.matching(&caller.selectors);
-        if identities.is_empty() {
+        let rendered = snapshot.matching_templates(&caller.selectors);
+        if identities.is_empty() && rendered.is_empty() {
             debug!(pid = caller.pid, "FetchX509SVID: no identity issued");
             return Err(RequestError::NoIdentity.into());
         }
         let ids: Vec<String> = identities
             .iter()
             .map(|i| i.entry.spiffe_id.to_string())
+            .chain(rendered.iter().map(|(_, id)| id.to_string()))
             .collect();
         debug!(pid = caller.pid, spiffe_id = %ids.join(","), "FetchX509SVID");
         Ok(Response::new(self.spawn_stream(
@@ -278,10 +280,14 @@ impl SpiffeWorkloadApi for Handler {
         };
         let caller = self.caller(&request, "FetchJWTSVID").await?;
         let snapshot = self.snapshot();
-        let identities: Vec<&Arc<Identity>> = snapshot
+        // Fixed entries under their own ID, then template entries under the ID rendered for
+        // this workload.
+        let identities: Vec<(&Arc<Identity>, SpiffeId)> = snapshot
             .matching(&caller.selectors)
             .into_iter()
-            .filter(|i| wanted.as_ref().is_none_or(|w| *w == i.entry.spiffe_id))
+            .map(|i| (i, i.entry.spiffe_id.clone()))
+            .chain(snapshot.matching_templates(&caller.selectors))
+            .filter(|(_, id)| wanted.as_ref().is_none_or(|w| w == id))
             .collect();
         if identities.is_empty() {
             debug!(pid = caller.pid, "FetchJWTSVID: no identity issued");
@@ -289,15 +295,19 @@ impl SpiffeWorkloadApi for Handler {
         }
         let now = unix_now();
         let mut svids = Vec::with_capacity(identities.len());
-        for identity in identities {
+        for (identity, spiffe_id) in identities {
             let entry = &identity.entry;
-            let token = self.jwt_svids.fetch(entry, &req.audience, now).await.map_err(|e| {
-                debug!(pid = caller.pid, spiffe_id = %entry.spiffe_id, error = %e, "JWT-SVID mint failed");
-                RequestError::Mint(e)
-            })?;
-            debug!(pid = caller.pid, spiffe_id = %entry.spiffe_id, "FetchJWTSVID");
+            let token = self
+                .jwt_svids
+                .fetch(entry, &spiffe_id, &req.audience, now)
+                .await
+                .map_err(|e| {
+                    debug!(pid = caller.pid, %spiffe_id, error = %e, "JWT-SVID mint failed");
+                    RequestError::Mint(e)
+                })?;
+            debug!(pid = caller.pid, %spiffe_id, "FetchJWTSVID");
             svids.push(Jwtsvid {
-                spiffe_id: entry.spiffe_id.to_string(),
+                spiffe_id: spiffe_id.to_string(),
                 svid: token,
                 hint: entry.hint.clone(),
             });
@@ -370,23 +380,43 @@ impl SpiffeWorkloadApi for Handler {
 
 /// The `FetchX509SVID` message for a caller: every matching identity whose SVID is minted.
 /// `Ok(None)` when identities match but none has an SVID yet.
+/// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
+/// entries under the IDs rendered for them. Template SVIDs are minted on demand: each call
+/// records (or refreshes) the demand, so a stream keeps its SVIDs alive while it is open.
 fn x509_svid_response(
     snapshot: &Snapshot,
     selectors: &[Selector],
 ) -> Result<Option<X509svidResponse>, RequestError> {
-    let identities = snapshot.matching(selectors);
-    if identities.is_empty() {
+    let fixed = snapshot.matching(selectors);
+    let now = unix_now();
+    let rendered: Vec<(&Arc<Identity>, SpiffeId)> = snapshot.matching_templates(selectors);
+    if fixed.is_empty() && rendered.is_empty() {
         return Err(RequestError::NoIdentity);
+    }
+    let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
+    for identity in fixed {
+        if let Some(svid) = &identity.svid {
+            identities.push((identity, identity.entry.spiffe_id.clone(), svid));
+        }
+    }
+    for (identity, spiffe_id) in rendered {
+        let key = RenderedKey {
+            entry_id: identity.entry.id.clone(),
+            spiffe_id,
+        };
+        snapshot.demand.want(key.clone(), now);
+        if let Some(svid) = snapshot.rendered.get(&key) {
+            identities.push((identity, key.spiffe_id, svid));
+        }
     }
     let bundle = snapshot.bundle.x509_authorities_concat();
     let mut federates_with = BTreeSet::new();
     let mut svids = Vec::new();
-    for identity in identities {
-        let Some(svid) = &identity.svid else { continue };
+    for (identity, spiffe_id, svid) in identities {
         federates_with.extend(identity.entry.federates_with.iter());
         svids.push(X509svid {
             // Equal to the leaf's URI SAN: the cache checks it when the SVID is installed.
-            spiffe_id: identity.entry.spiffe_id.to_string(),
+            spiffe_id: spiffe_id.to_string(),
             x509_svid: svid.chain.concat(),
             x509_svid_key: svid.private_key_pkcs8.to_vec(),
             bundle: bundle.clone(),
@@ -415,7 +445,16 @@ fn visible_bundles<'a>(
     selectors: &[Selector],
     allow_unauthenticated: bool,
 ) -> Result<Vec<(&'a TrustDomain, &'a Bundle)>, RequestError> {
-    let identities = snapshot.matching(selectors);
+    let identities: Vec<&Arc<Identity>> = snapshot
+        .matching(selectors)
+        .into_iter()
+        .chain(
+            snapshot
+                .matching_templates(selectors)
+                .into_iter()
+                .map(|(i, _)| i),
+        )
+        .collect();
     if identities.is_empty() && !allow_unauthenticated {
         return Err(RequestError::NoIdentity);
     }
@@ -450,4 +489,66 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::cache::testing::{TestCa, entry, selectors, template_entry};
+
+    #[test]
+    fn template_svids_are_requested_then_served_under_the_rendered_id() {
+        let ca = TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        cache.replace_entries(vec![
+            template_entry(
+                "t",
+                "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}",
+                &["k8s:ns"],
+                1,
+            ),
+            entry("fixed", "spiffe://example.org/fixed", &["k8s:sa:api"], 2),
+        ]);
+        cache
+            .set_svid("fixed", ca.svid("spiffe://example.org/fixed"))
+            .unwrap();
+        let pod = selectors(&["k8s:ns:payments", "k8s:sa:api"]);
+        let id = "spiffe://example.org/ns/payments/sa/api";
+        let key = RenderedKey {
+            entry_id: "t".into(),
+            spiffe_id: SpiffeId::new(id).unwrap(),
+        };
+
+        // First call: only the fixed SVID, and the rendered ID is now wanted.
+        let first = x509_svid_response(&cache.snapshot(), &pod)
+            .unwrap()
+            .unwrap();
+        let ids: Vec<&str> = first.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/fixed"]);
+        assert_eq!(cache.demand().keys(), std::slice::from_ref(&key));
+
+        // Once rotation installed it, it is served too.
+        assert!(
+            cache
+                .set_rendered_svids(vec![(key, ca.svid(id))])
+                .is_empty()
+        );
+        let next = x509_svid_response(&cache.snapshot(), &pod)
+            .unwrap()
+            .unwrap();
+        let ids: Vec<&str> = next.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://example.org/fixed", id]);
+
+        // Another namespace's pod does not get this pod's SVID, and with only the template
+        // matching it waits (no message yet) rather than failing.
+        let other = selectors(&["k8s:ns:web", "k8s:sa:web"]);
+        assert_eq!(x509_svid_response(&cache.snapshot(), &other).unwrap(), None);
+        assert_eq!(cache.demand().keys().len(), 2);
+        // No match at all: no identity.
+        assert!(matches!(
+            x509_svid_response(&cache.snapshot(), &selectors(&["unix:uid:1"])),
+            Err(RequestError::NoIdentity)
+        ));
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
 use sigil_proto::sigil::common::v1 as common;
-use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
+use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -113,7 +113,8 @@ impl AdminApi {
         if entry.spiffe_id.trust_domain() != &self.trust_domain {
             return Err(Status::invalid_argument(format!(
                 "invalid spiffe_id: {} is not in trust domain {}",
-                entry.spiffe_id, self.trust_domain
+                entry.spiffe_id_text(),
+                self.trust_domain
             )));
         }
         Ok(entry)
@@ -156,7 +157,7 @@ impl AdminApi {
             Some((set, mode))
         };
         Ok(EntryFilter {
-            spiffe_id: id("by_spiffe_id", &f.by_spiffe_id)?,
+            spiffe_id: spiffe_id_or_template(&f.by_spiffe_id)?,
             parent_id: id("by_parent_id", &f.by_parent_id)?,
             selectors,
             hint: (!f.by_hint.is_empty()).then_some(f.by_hint),
@@ -165,6 +166,22 @@ impl AdminApi {
 
     fn ttl(seconds: u32) -> Option<Duration> {
         (seconds != 0).then(|| Duration::from_secs(seconds.into()))
+    }
+}
+
+/// An entry filter's SPIFFE ID: a fixed ID or a template's text, in canonical form.
+fn spiffe_id_or_template(s: &str) -> Result<Option<String>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    match SpiffeId::new(s) {
+        Ok(id) => Ok(Some(id.to_string())),
+        Err(e) => match IdTemplate::new(s) {
+            Ok(t) => Ok(Some(t.to_string())),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "invalid by_spiffe_id: {e}"
+            ))),
+        },
     }
 }
 
@@ -247,7 +264,7 @@ impl Admin for AdminApi {
                 .map_err(datastore_status)?;
             self.publish_revision().await;
             for e in &created {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, "entry created");
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), parent_id = %e.parent_id, "entry created");
             }
             Ok(pb::BatchCreateEntryResponse {
                 entries: created
@@ -281,7 +298,7 @@ impl Admin for AdminApi {
                 .map_err(datastore_status)?;
             self.publish_revision().await;
             for e in &updated {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry updated");
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), "entry updated");
             }
             Ok(pb::BatchUpdateEntryResponse {
                 entries: updated
@@ -305,7 +322,7 @@ impl Admin for AdminApi {
                 .map_err(datastore_status)?;
             self.publish_revision().await;
             for e in &deleted {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id, "entry deleted");
+                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), "entry deleted");
             }
             Ok(pb::BatchDeleteEntryResponse {
                 ids: deleted.into_iter().map(|e| e.id).collect(),
@@ -396,6 +413,7 @@ impl Admin for AdminApi {
                     .map_err(|e| Status::internal(e.to_string()))?;
                 let entry = RegistrationEntry {
                     id: String::new(),
+                    template: None,
                     spiffe_id,
                     parent_id: agent_id,
                     selectors: vec![selector],

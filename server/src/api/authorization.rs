@@ -96,7 +96,12 @@ pub async fn authorized_entries(
     loop {
         let mut frontier = Vec::new();
         for e in found {
-            if !expanded.contains(&e.spiffe_id) && !frontier.contains(&e.spiffe_id) {
+            // A template entry's `spiffe_id` is only its trust domain's ID: templates are
+            // never parents, so nothing is nested under them.
+            if e.template.is_none()
+                && !expanded.contains(&e.spiffe_id)
+                && !frontier.contains(&e.spiffe_id)
+            {
                 frontier.push(e.spiffe_id.clone());
             }
             entries.insert(e.id.clone(), e);
@@ -208,6 +213,7 @@ mod tests {
     fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
         RegistrationEntry {
             id: String::new(),
+            template: None,
             spiffe_id: id(spiffe_id),
             parent_id: parent.clone(),
             selectors: selectors.iter().map(|s| sel(s)).collect(),

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as pb;
-use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
@@ -65,6 +65,10 @@ pub struct EntryFields {
     /// Parent is the server itself: a node alias entry (SPIRE's `-node`).
     #[arg(long = "node", num_args = 0..=1, default_missing_value = "true")]
     node: Option<bool>,
+    /// `-spiffeID` is an identity template such as `spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}`:
+    /// each `{type:key}` segment takes the value of the workload's selector `type:key:<value>`.
+    #[arg(long = "template", num_args = 0..=1, default_missing_value = "true")]
+    template: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +170,17 @@ fn parse_selector(s: &str) -> Result<pb::Selector, CliError> {
     Ok(pb::Selector::from(&sel))
 }
 
+fn parse_template(flag: &str, s: &str) -> Result<String, CliError> {
+    IdTemplate::new(s)
+        .map(|t| t.to_string())
+        .map_err(|e| CliError(format!("invalid -{flag} template {s:?}: {e}")))
+}
+
+/// A filter's `-spiffeID`: a SPIFFE ID or a template's text.
+fn parse_spiffe_id_or_template(flag: &str, s: &str) -> Result<String, CliError> {
+    parse_spiffe_id(flag, s).or_else(|err| parse_template(flag, s).map_err(|_| err))
+}
+
 fn parse_spiffe_id(flag: &str, s: &str) -> Result<String, CliError> {
     SpiffeId::new(s)
         .map(|id| id.to_string())
@@ -175,10 +190,20 @@ fn parse_spiffe_id(flag: &str, s: &str) -> Result<String, CliError> {
 impl EntryFields {
     /// Applies every flag that was given to `e`.
     fn apply(&self, e: &mut pb::RegistrationEntry) -> Result<(), CliError> {
+        if let Some(t) = self.template {
+            e.template = t;
+        }
         if let Some(id) = &self.spiffe_id {
-            e.spiffe_id = parse_spiffe_id("spiffeID", id)?;
+            e.spiffe_id = if e.template {
+                parse_template("spiffeID", id)?
+            } else {
+                parse_spiffe_id("spiffeID", id)?
+            };
         }
         if self.node == Some(true) {
+            if e.template {
+                return fail("a template entry cannot be a node entry (-node)");
+            }
             if self.parent_id.is_some() {
                 return fail("-node and -parentID are mutually exclusive");
             }
@@ -236,6 +261,7 @@ impl EntryFields {
             || self.parent_id.is_some()
             || !self.selector.is_empty()
             || self.node.is_some()
+            || self.template.is_some()
     }
 }
 
@@ -276,6 +302,7 @@ struct FileEntry {
     hint: String,
     entry_expiry: i64,
     expires_at: i64,
+    template: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -364,6 +391,7 @@ fn file_entries(path: &PathBuf) -> Result<Vec<pb::RegistrationEntry>, CliError> 
                 } else {
                     f.entry_expiry
                 },
+                template: f.template,
                 ..Default::default()
             };
             validate(&e).map_err(|err| CliError(format!("{} entry {i}: {err}", path.display())))?;
@@ -420,7 +448,7 @@ impl FilterArgs {
             by_spiffe_id: self
                 .spiffe_id
                 .as_deref()
-                .map(|s| parse_spiffe_id("spiffeID", s))
+                .map(|s| parse_spiffe_id_or_template("spiffeID", s))
                 .transpose()?
                 .unwrap_or_default(),
             by_parent_id: self
@@ -617,5 +645,77 @@ mod tests {
         assert!(err.contains("entry 0") && err.contains("selector"), "{err}");
         std::fs::write(&path, r#"{"entries":[{"spifeID":"x"}]}"#).unwrap();
         assert!(file_entries(&path).unwrap_err().0.contains("invalid JSON"));
+    }
+
+    fn fields(args: &[&str]) -> EntryFields {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            fields: EntryFields,
+        }
+        let argv = std::iter::once("x").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().fields
+    }
+
+    fn built(args: &[&str]) -> Result<pb::RegistrationEntry, CliError> {
+        let mut e = pb::RegistrationEntry::default();
+        fields(args).apply(&mut e)?;
+        validate(&e)?;
+        Ok(e)
+    }
+
+    #[test]
+    fn template_flag_takes_a_template_and_checks_it() {
+        let tmpl = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}";
+        let e = built(&[
+            "--template",
+            "--spiffeID",
+            tmpl,
+            "--parentID",
+            "spiffe://example.org/node",
+            "--selector",
+            "k8s:ns",
+        ])
+        .unwrap();
+        assert!(e.template);
+        assert_eq!(e.spiffe_id, tmpl);
+
+        let bad = |args: &[&str]| built(args).unwrap_err().0;
+        let p = [
+            "--parentID",
+            "spiffe://example.org/node",
+            "--selector",
+            "k8s:ns",
+        ];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            extra.iter().copied().chain(p).collect()
+        };
+        let err = bad(&with(&["--spiffeID", tmpl]));
+        assert!(err.contains("-spiffeID"), "without -template: {err}");
+        let err = bad(&with(&[
+            "--template",
+            "--spiffeID",
+            "spiffe://example.org/ns-{k8s:ns}",
+        ]));
+        assert!(err.contains("whole segment"), "{err}");
+        let err = bad(&[
+            "--template",
+            "--spiffeID",
+            tmpl,
+            "--node",
+            "--selector",
+            "k8s:ns",
+        ]);
+        assert!(err.contains("node"), "{err}");
+        let err = bad(&with(&["--template", "--spiffeID", tmpl, "--downstream"]));
+        assert!(err.contains("downstream"), "{err}");
+    }
+
+    #[test]
+    fn show_filter_accepts_a_template() {
+        let tmpl = "spiffe://example.org/ns/{k8s:ns}";
+        assert_eq!(parse_spiffe_id_or_template("spiffeID", tmpl).unwrap(), tmpl);
+        assert!(parse_spiffe_id_or_template("spiffeID", "spiffe://example.org/a").is_ok());
+        assert!(parse_spiffe_id_or_template("spiffeID", "nope").is_err());
     }
 }

@@ -20,6 +20,7 @@ pub fn entry_json(e: &pb::RegistrationEntry) -> Value {
         "expires_at": e.expires_at,
         "revision": e.revision,
         "created_at": e.created_at,
+        "template": e.template,
     })
 }
 
@@ -33,7 +34,11 @@ fn ttl(seconds: i32) -> String {
 
 pub fn print_entry(e: &pb::RegistrationEntry) {
     println!("Entry ID         : {}", e.id);
-    println!("SPIFFE ID        : {}", e.spiffe_id);
+    if e.template {
+        println!("SPIFFE ID        : {} (template)", e.spiffe_id);
+    } else {
+        println!("SPIFFE ID        : {}", e.spiffe_id);
+    }
     println!("Parent ID        : {}", e.parent_id);
     println!("Revision         : {}", e.revision);
     if e.downstream {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use sigil_proto::selector::canonicalize;
-use sigil_proto::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
@@ -24,14 +24,16 @@ const PRUNE_BATCH: i64 = 500;
 macro_rules! entry_columns {
     () => {
         "e.id, e.spiffe_id, e.parent_id, e.x509_svid_ttl, e.jwt_svid_ttl, e.dns_names, \
-         e.federates_with, e.admin, e.downstream, e.hint, e.expires_at, e.revision, e.created_at"
+         e.federates_with, e.admin, e.downstream, e.hint, e.expires_at, e.revision, e.created_at, \
+         e.template"
     };
 }
 
 /// Which entries to list or count; every set field must match (AND).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntryFilter {
-    pub spiffe_id: Option<SpiffeId>,
+    /// The SPIFFE ID as written: a fixed ID, or a template's text.
+    pub spiffe_id: Option<String>,
     pub parent_id: Option<SpiffeId>,
     /// A non-empty selector set and how entries' selectors must relate to it.
     pub selectors: Option<(Vec<Selector>, SelectorMatch)>,
@@ -341,7 +343,7 @@ fn prepare(entry: &mut RegistrationEntry) -> Result<String, DatastoreError> {
     if entry.selectors.is_empty() {
         return Err(DatastoreError::InvalidArgument(format!(
             "entry for {} has no selectors",
-            entry.spiffe_id
+            entry.spiffe_id_text()
         )));
     }
     if entry.id.chars().any(char::is_control) {
@@ -362,7 +364,8 @@ fn conflict(err: DatastoreError, entry: &RegistrationEntry) -> DatastoreError {
         DatastoreError::Database(e) if is_unique_violation(&e) => {
             DatastoreError::AlreadyExists(format!(
                 "an entry for {} with parent {} and the same selectors",
-                entry.spiffe_id, entry.parent_id
+                entry.spiffe_id_text(),
+                entry.parent_id
             ))
         }
         other => other,
@@ -406,10 +409,10 @@ async fn insert_row(
     sqlx::query(
         "INSERT INTO registered_entries (id, spiffe_id, parent_id, selector_key, x509_svid_ttl, \
          jwt_svid_ttl, dns_names, federates_with, admin, downstream, hint, expires_at, revision, \
-         created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         created_at, template) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&e.id)
-    .bind(e.spiffe_id.to_string())
+    .bind(e.spiffe_id_text())
     .bind(e.parent_id.to_string())
     .bind(selector_key)
     .bind(i64::from(e.x509_svid_ttl))
@@ -422,6 +425,7 @@ async fn insert_row(
     .bind(e.expires_at)
     .bind(e.revision)
     .bind(e.created_at)
+    .bind(e.template.is_some())
     .execute(conn)
     .await?;
     Ok(())
@@ -435,9 +439,9 @@ async fn update_row(
     sqlx::query(
         "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selector_key = ?, \
          x509_svid_ttl = ?, jwt_svid_ttl = ?, dns_names = ?, federates_with = ?, admin = ?, \
-         downstream = ?, hint = ?, expires_at = ?, revision = ? WHERE id = ?",
+         downstream = ?, hint = ?, expires_at = ?, revision = ?, template = ? WHERE id = ?",
     )
-    .bind(e.spiffe_id.to_string())
+    .bind(e.spiffe_id_text())
     .bind(e.parent_id.to_string())
     .bind(selector_key)
     .bind(i64::from(e.x509_svid_ttl))
@@ -449,6 +453,7 @@ async fn update_row(
     .bind(&e.hint)
     .bind(e.expires_at)
     .bind(e.revision)
+    .bind(e.template.is_some())
     .bind(&e.id)
     .execute(conn)
     .await?;
@@ -459,7 +464,7 @@ async fn update_row(
 fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &EntryFilter) -> Result<(), DatastoreError> {
     if let Some(id) = &filter.spiffe_id {
         qb.push(" AND e.spiffe_id = ");
-        qb.push_bind(id.to_string());
+        qb.push_bind(id.clone());
     }
     if let Some(id) = &filter.parent_id {
         qb.push(" AND e.parent_id = ");
@@ -540,8 +545,18 @@ fn entry_from_row(row: &SqliteRow) -> Result<RegistrationEntry, DatastoreError> 
     let federates_with: String = row.try_get("federates_with")?;
     let federates_with: Vec<String> =
         serde_json::from_str(&federates_with).map_err(|e| corrupt("federates_with", &e))?;
+    let (spiffe_id, template) = if row.try_get::<bool, _>("template")? {
+        let t = IdTemplate::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?;
+        let td_id =
+            SpiffeId::from_path(t.trust_domain(), "").map_err(|e| corrupt("spiffe_id", &e))?;
+        (td_id, Some(t))
+    } else {
+        let id = SpiffeId::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?;
+        (id, None)
+    };
     Ok(RegistrationEntry {
-        spiffe_id: SpiffeId::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?,
+        spiffe_id,
+        template,
         parent_id: SpiffeId::new(&parent_id).map_err(|e| corrupt("parent_id", &e))?,
         selectors: Vec::new(),
         x509_svid_ttl: ttl("x509_svid_ttl")?,
@@ -583,6 +598,7 @@ pub(crate) mod tests {
     pub(crate) fn entry(spiffe_id: &str, parent_id: &str, sels: &[&str]) -> RegistrationEntry {
         RegistrationEntry {
             id: String::new(),
+            template: None,
             spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
             parent_id: SpiffeId::new(parent_id).unwrap(),
             selectors: sels.iter().map(|s| s.parse().unwrap()).collect(),
@@ -644,6 +660,7 @@ pub(crate) mod tests {
         assert_eq!(created.selectors, sels(&["k8s:ns:web", "unix:uid:1000"]));
         let expected = RegistrationEntry {
             id: created.id.clone(),
+            template: None,
             selectors: created.selectors.clone(),
             revision: created.revision,
             created_at: created.created_at,
@@ -752,11 +769,41 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn template_entries_round_trip_and_filter_by_template_text() {
+        let (_dir, ds) = store().await;
+        let text = "spiffe://td/ns/{k8s:ns}/sa/{k8s:sa}";
+        let template: IdTemplate = text.parse().unwrap();
+        let e = RegistrationEntry {
+            spiffe_id: SpiffeId::new("spiffe://td").unwrap(),
+            template: Some(template.clone()),
+            ..entry("spiffe://td/unused", AGENT, &["k8s:ns"])
+        };
+        let created = ds.create_entries(vec![e]).await.unwrap().remove(0);
+        let fetched = ds.fetch_entry(&created.id).await.unwrap().unwrap();
+        assert_eq!(fetched.template, Some(template));
+        assert_eq!(fetched, created);
+        assert_eq!(fetched.spiffe_id_text(), text);
+        let by_text = EntryFilter {
+            spiffe_id: Some(text.into()),
+            ..EntryFilter::default()
+        };
+        assert_eq!(all(&ds, &by_text).await.len(), 1);
+        // A fixed entry is still a fixed entry after the migration.
+        let fixed = ds
+            .create_entries(vec![entry("spiffe://td/web", AGENT, &["unix:uid:1"])])
+            .await
+            .unwrap()
+            .remove(0);
+        let fetched = ds.fetch_entry(&fixed.id).await.unwrap().unwrap();
+        assert_eq!(fetched.template, None);
+    }
+
+    #[tokio::test]
     async fn field_filters() {
         let (_dir, ds) = store().await;
         fixture(&ds).await;
         let by_id = EntryFilter {
-            spiffe_id: Some(SpiffeId::new("spiffe://td/web").unwrap()),
+            spiffe_id: Some("spiffe://td/web".into()),
             ..EntryFilter::default()
         };
         assert_eq!(ids(&all(&ds, &by_id).await), ["/web"]);

@@ -16,10 +16,16 @@ use super::DatastoreError;
 
 /// `(file name, SQL)` in version order. File names follow sqlx's `<version>_<description>.sql`.
 /// An applied file must never change: its checksum is recorded and a mismatch refuses to start.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../../migrations/0001_init.sql"),
+    ),
+    (
+        "0002_entry_templates.sql",
+        include_str!("../../../migrations/0002_entry_templates.sql"),
+    ),
+];
 
 /// The migrations carried by this binary.
 #[derive(Debug, Clone, Copy)]

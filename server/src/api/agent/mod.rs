@@ -228,6 +228,37 @@ impl AgentApi {
         })
     }
 
+    /// The SPIFFE ID to mint for `entry`: the requested one, which for a template entry must
+    /// be an instance of the template and for a fixed entry must be empty or the entry's ID.
+    fn requested_id(
+        &self,
+        agent: &AgentIdentity,
+        entry: &sigil_proto::RegistrationEntry,
+        requested: &str,
+    ) -> Result<SpiffeId, Status> {
+        let refuse = |why: &str| {
+            tracing::warn!(agent_id = %agent.id, entry_id = %entry.id, requested, "agent asked for an ID the entry does not give: {why}");
+            Status::permission_denied(format!(
+                "entry {:?} does not give the SPIFFE ID {requested:?}: {why}",
+                entry.id
+            ))
+        };
+        if requested.is_empty() {
+            return match entry.template {
+                Some(_) => Err(refuse("a template entry needs the rendered SPIFFE ID")),
+                None => Ok(entry.spiffe_id.clone()),
+            };
+        }
+        let id = SpiffeId::new(requested).map_err(|_| refuse("not a valid SPIFFE ID"))?;
+        if !entry.allows(&id) {
+            return Err(refuse(match entry.template {
+                Some(_) => "not an instance of the entry's template",
+                None => "not the entry's SPIFFE ID",
+            }));
+        }
+        Ok(id)
+    }
+
     async fn attest(
         &self,
         req: Request<pb::AttestAgentRequest>,
@@ -482,13 +513,14 @@ impl Agent for AgentApi {
             let mut jobs = Vec::with_capacity(req.requests.len());
             for r in req.requests {
                 let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
+                let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
                 if r.csr.is_empty() {
                     return Err(Status::invalid_argument(format!(
                         "entry {:?}: a CSR is required",
                         r.entry_id
                     )));
                 }
-                jobs.push((entry.clone(), r.csr));
+                jobs.push((entry.clone(), id, r.csr));
             }
             let svids = sign_batch(self.ca.clone(), jobs).await;
             self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
@@ -519,9 +551,10 @@ impl Agent for AgentApi {
             }
             let authorized = self.authorized(&agent).await?;
             let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
-            let signed =
-                self.ca
-                    .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl(entry.jwt_svid_ttl));
+            let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
+            let signed = self
+                .ca
+                .sign_jwt_svid(&id, &req.audience, ttl(entry.jwt_svid_ttl));
             self.metrics
                 .jwt_svids_signed
                 .get_or_create(&ResultLabel {
@@ -540,11 +573,11 @@ impl Agent for AgentApi {
     }
 }
 
-/// Signs every `(entry, csr)` off the async runtime, in one chunk per core. Results keep the
-/// request order.
+/// Signs every `(entry, SPIFFE ID, csr)` off the async runtime, in one chunk per core. Results
+/// keep the request order.
 async fn sign_batch(
     ca: Arc<Ca>,
-    jobs: Vec<(sigil_proto::RegistrationEntry, Vec<u8>)>,
+    jobs: Vec<(sigil_proto::RegistrationEntry, SpiffeId, Vec<u8>)>,
 ) -> Vec<Result<pb::X509svidResult, Status>> {
     if jobs.is_empty() {
         return Vec::new();
@@ -561,14 +594,9 @@ async fn sign_batch(
         let ca = ca.clone();
         handles.push(tokio::task::spawn_blocking(move || {
             part.into_iter()
-                .map(|(entry, csr)| {
+                .map(|(entry, id, csr)| {
                     let svid = ca
-                        .sign_x509_svid_csr(
-                            &csr,
-                            &entry.spiffe_id,
-                            ttl(entry.x509_svid_ttl),
-                            &entry.dns_names,
-                        )
+                        .sign_x509_svid_csr(&csr, &id, ttl(entry.x509_svid_ttl), &entry.dns_names)
                         .map_err(|e| {
                             Status::invalid_argument(format!(
                                 "entry {:?}: {}",

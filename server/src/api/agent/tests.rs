@@ -264,6 +264,7 @@ impl Harness {
     async fn create(&self, path: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
         let entry = RegistrationEntry {
             id: String::new(),
+            template: None,
             spiffe_id: self.id(path),
             parent_id: parent.clone(),
             selectors: selectors
@@ -530,6 +531,7 @@ async fn mint_signs_authorized_entries_only() {
             requests: vec![pb::X509svidRequest {
                 entry_id: mine.id.clone(),
                 csr: csr.clone(),
+                ..Default::default()
             }],
         })
         .await
@@ -551,10 +553,12 @@ async fn mint_signs_authorized_entries_only() {
                 pb::X509svidRequest {
                     entry_id: mine.id.clone(),
                     csr: csr.clone(),
+                    ..Default::default()
                 },
                 pb::X509svidRequest {
                     entry_id: theirs.id.clone(),
                     csr,
+                    ..Default::default()
                 },
             ],
         })
@@ -568,6 +572,7 @@ async fn mint_signs_authorized_entries_only() {
         .mint_jwtsvid(pb::MintJwtsvidRequest {
             entry_id: mine.id.clone(),
             audience: vec!["db".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -578,6 +583,7 @@ async fn mint_signs_authorized_entries_only() {
         .mint_jwtsvid(pb::MintJwtsvidRequest {
             entry_id: theirs.id,
             audience: vec!["db".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -587,10 +593,128 @@ async fn mint_signs_authorized_entries_only() {
         .mint_jwtsvid(pb::MintJwtsvidRequest {
             entry_id: mine.id,
             audience: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn mint_checks_the_requested_id_against_the_entry() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let fixed = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    let template = RegistrationEntry {
+        template: Some(
+            "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}"
+                .parse()
+                .unwrap(),
+        ),
+        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
+        selectors: vec![Selector::new("k8s:ns").unwrap()],
+        ..fixed.clone()
+    };
+    let template =
+        h.ds.create_entries(vec![RegistrationEntry {
+            id: String::new(),
+            ..template
+        }])
+        .await
+        .unwrap()
+        .remove(0);
+    h.publish().await;
+
+    let x509 = |entry_id: &str, spiffe_id: &str| pb::BatchMintX509svidRequest {
+        requests: vec![pb::X509svidRequest {
+            entry_id: entry_id.to_owned(),
+            csr: key_and_csr().1,
+            spiffe_id: spiffe_id.to_owned(),
+        }],
+    };
+    let jwt = |entry_id: &str, spiffe_id: &str| pb::MintJwtsvidRequest {
+        entry_id: entry_id.to_owned(),
+        audience: vec!["db".into()],
+        spiffe_id: spiffe_id.to_owned(),
+    };
+
+    // An instance of the template: the SVID carries the requested ID.
+    let ok = "spiffe://example.org/ns/payments/sa/checkout";
+    let resp = agent
+        .client
+        .batch_mint_x509svid(x509(&template.id, ok))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(uri_sans(&resp.svids[0].svid_chain[0]), [ok]);
+    let token = agent
+        .client
+        .mint_jwtsvid(jwt(&template.id, ok))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], ok);
+
+    // Not instances: refused for both kinds, naming the entry.
+    for bad in [
+        "",
+        "spiffe://example.org/ns/x/sa/../y",
+        "spiffe://example.org/ns/x/sa/y/z",
+        "spiffe://example.org/ns/x/xx/y",
+        "spiffe://example.org/web",
+        "spiffe://other.org/ns/x/sa/y",
+        "spiffe://example.org",
+        "not an id",
+    ] {
+        let err = agent
+            .client
+            .batch_mint_x509svid(x509(&template.id, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{bad}");
+        assert!(err.message().contains(&template.id), "{}", err.message());
+        let err = agent
+            .client
+            .mint_jwtsvid(jwt(&template.id, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{bad}");
+    }
+
+    // A fixed entry: empty or its own ID only.
+    for good in ["", "spiffe://example.org/web"] {
+        let resp = agent
+            .client
+            .batch_mint_x509svid(x509(&fixed.id, good))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            uri_sans(&resp.svids[0].svid_chain[0]),
+            ["spiffe://example.org/web"]
+        );
+    }
+    for bad in ["spiffe://example.org/db", ok] {
+        let err = agent
+            .client
+            .batch_mint_x509svid(x509(&fixed.id, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{bad}");
+        let err = agent
+            .client
+            .mint_jwtsvid(jwt(&fixed.id, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{bad}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,169 @@
+//! End-to-end: the real agent's k8s workload attestor (fake `/proc` via `proc_root`, a test
+//! kubelet on the read-only port) feeding identity-template and fixed k8s entries.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use sigil_tests::kubelet::{self, TestPod};
+use sigil_tests::{Agent, Server, ServerOptions, agent_bin, wait_for};
+
+/// Adds `WorkloadAttestor "k8s"` (read-only port, fake proc root) to the agent's config.
+fn with_k8s_attestor(agent: &Agent, kubelet_port: u16, proc_root: &Path) {
+    let conf = std::fs::read_to_string(&agent.config).unwrap();
+    let k8s = format!(
+        "  WorkloadAttestor \"k8s\" {{\n    plugin_data {{\n      kubelet_read_only_port = {kubelet_port}\n      proc_root = \"{}\"\n    }}\n  }}\n  WorkloadAttestor \"unix\" {{",
+        proc_root.display()
+    );
+    let conf = conf.replacen("  WorkloadAttestor \"unix\" {", &k8s, 1);
+    std::fs::write(&agent.config, conf).unwrap();
+}
+
+/// Runs `sigil-agent api fetch <args>` as a process placed in `pod` (or with `cgroup` text)
+/// before it talks to the agent: `exec` keeps the PID the fake cgroup is written for.
+fn fetch_as(agent: &Agent, proc_root: &Path, pod: Option<&TestPod>, args: &str) -> Output {
+    let script = format!(
+        "read _; exec {} api fetch {args} -socketPath {} -output json",
+        agent_bin().display(),
+        agent.socket.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    match pod {
+        Some(pod) => kubelet::place_in_pod(proc_root, child.id(), pod),
+        None => kubelet::write_cgroup(proc_root, child.id(), "0::/user.slice/session-1.scope\n"),
+    }
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The URI SANs of each returned X509-SVID leaf (the chain is concatenated DER, leaf first).
+fn leaf_uris(out: &Output) -> Vec<Vec<String>> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["svids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(s["x509_svid"].as_str().unwrap())
+                .unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn ids(out: &Output) -> Vec<String> {
+    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(_) => return Vec::new(),
+    };
+    v["svids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["spiffe_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
+    let server = Server::start(ServerOptions::default());
+    let payments = TestPod::new("payments", "checkout-7d9f", "checkout-service", 1);
+    let web = TestPod::new("web", "frontend-1", "frontend", 2);
+    let port = kubelet::start(vec![payments.clone(), web.clone()]);
+    let proc_dir = tempfile::tempdir().unwrap();
+    let proc_root = proc_dir.path();
+
+    let token = server
+        .cli_ok(&["token", "generate", "-ttl", "600"])
+        .trim()
+        .strip_prefix("Token: ")
+        .unwrap()
+        .to_owned();
+    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-template",
+        "-spiffeID",
+        "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}",
+        "-parentID",
+        &agent_id,
+        "-selector",
+        "k8s:ns",
+    ]);
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/ns/payments/sa/checkout-service",
+        "-parentID",
+        &agent_id,
+        "-selector",
+        "k8s:ns:payments",
+        "-selector",
+        "k8s:sa:checkout-service",
+        "-hint",
+        "checkout",
+    ]);
+    let mut agent = Agent::configure(&server);
+    with_k8s_attestor(&agent, port, proc_root);
+    agent.spawn(Some(&token));
+
+    let pay_id = "spiffe://example.org/ns/payments/sa/checkout-service".to_owned();
+    let web_id = "spiffe://example.org/ns/web/sa/frontend".to_owned();
+    // The payments pod: the fixed checkout-service entry and its rendered template ID (the
+    // same text, two entries).
+    let pay = wait_for("the payments pod's SVIDs", Duration::from_secs(20), || {
+        let out = fetch_as(&agent, proc_root, Some(&payments), "x509");
+        let found = ids(&out);
+        (found.len() == 2).then_some(found)
+    });
+    assert_eq!(pay, [pay_id.clone(), pay_id.clone()], "{}", agent.log());
+    // The web pod: only its own rendered ID; never checkout-service.
+    let web_out = wait_for("the web pod's SVID", Duration::from_secs(20), || {
+        let out = fetch_as(&agent, proc_root, Some(&web), "x509");
+        (!ids(&out).is_empty()).then_some(out)
+    });
+    assert_eq!(ids(&web_out), std::slice::from_ref(&web_id));
+    // The certificates themselves carry the rendered IDs.
+    assert_eq!(leaf_uris(&web_out), [vec![web_id.clone()]]);
+    let pay_out = fetch_as(&agent, proc_root, Some(&payments), "x509");
+    assert_eq!(
+        leaf_uris(&pay_out),
+        [vec![pay_id.clone()], vec![pay_id.clone()]]
+    );
+
+    // JWT-SVIDs carry the rendered IDs too.
+    let jwt = fetch_as(&agent, proc_root, Some(&web), "jwt -audience payments");
+    assert!(
+        jwt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&jwt.stderr)
+    );
+    assert_eq!(ids(&jwt), [web_id]);
+
+    // A process in no pod gets nothing.
+    let none = fetch_as(&agent, proc_root, None, "x509");
+    assert!(!none.status.success());
+    assert!(ids(&none).is_empty());
+}

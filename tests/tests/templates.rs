@@ -1,0 +1,195 @@
+//! End-to-end tests of identity templates with the real `sigil-server` and `sigil-agent`: a
+//! template over the unix attestor's selectors (no kubelet needed) gives this test's own
+//! process its rendered ID as an X509-SVID and a JWT-SVID, minted on demand; the server refuses
+//! mint requests (with the agent's real SVID) for IDs that are not instances of the template.
+
+use std::time::Duration;
+
+use sigil_tests::{Server, ServerOptions, attested_agent, wait_for};
+
+fn uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+const TEMPLATE: &str = "spiffe://example.org/uid/{unix:uid}";
+
+fn create_template(server: &Server, parent: &str) -> serde_json::Value {
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-template",
+        "-spiffeID",
+        TEMPLATE,
+        "-parentID",
+        parent,
+        "-selector",
+        "unix:uid",
+    ])
+}
+
+#[test]
+fn template_entry_gives_the_workload_its_rendered_id() {
+    let server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+
+    // Invalid templates: a clear error, nothing written.
+    for bad in [
+        "spiffe://example.org/uid-{unix:uid}",
+        "spiffe://example.org/fixed",
+    ] {
+        let out = server.cli(&[
+            "entry",
+            "create",
+            "-template",
+            "-spiffeID",
+            bad,
+            "-parentID",
+            &agent_id,
+            "-selector",
+            "unix:uid",
+        ]);
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("template"), "{bad}: {err}");
+    }
+    assert!(
+        server.cli_ok(&["entry", "count"]).starts_with("0 "),
+        "nothing written"
+    );
+
+    let created = create_template(&server, &agent_id);
+    assert_eq!(created[0]["template"], true, "{created}");
+    assert_eq!(created[0]["spiffe_id"], TEMPLATE);
+    let shown = server.cli_ok(&["entry", "show", "-spiffeID", TEMPLATE]);
+    assert!(
+        shown.contains(&format!("SPIFFE ID        : {TEMPLATE} (template)")),
+        "{shown}"
+    );
+
+    let want = format!("spiffe://example.org/uid/{}", uid());
+    let fetched = wait_for(
+        "the rendered X509-SVID via the CLI",
+        Duration::from_secs(15),
+        || {
+            let out = agent.cli(&["api", "fetch", "x509", "-output", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v.to_string().contains(&want).then_some(v)
+        },
+    );
+    let svids = fetched["svids"].as_array().expect("svids");
+    assert_eq!(svids.len(), 1, "{fetched}");
+    assert_eq!(svids[0]["spiffe_id"], want.as_str());
+
+    let out = agent.cli(&[
+        "api",
+        "fetch",
+        "jwt",
+        "-audience",
+        "payments",
+        "-output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(jwt.to_string().contains(&want), "{jwt}");
+}
+
+/// A client holding the agent's real SVID asks the server to mint a template entry for IDs
+/// that are not instances of it: refused, while an instance is signed with exactly that ID.
+#[test]
+fn forged_template_mint_requests_are_refused() {
+    use sigil_agent::svid_store::SvidStore;
+    use sigil_proto::sigil::agent::v1 as pb;
+
+    let server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+    let created = create_template(&server, &agent_id);
+    let entry_id = created[0]["id"].as_str().expect("entry id").to_owned();
+
+    let data = agent.dir.path().join("data");
+    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
+    let (svid, bundle) = wait_for("the agent's stored SVID", Duration::from_secs(10), || {
+        let store = SvidStore::open(&data, &data.join("keys")).ok()?;
+        Some((store.load_svid().ok()??, store.load_bundle(&td).ok()??))
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = sigil_agent::server_client::ServerConnection::new(
+            "127.0.0.1",
+            server.bind_port,
+            &td,
+            Some(&bundle),
+            Some(&svid),
+        )
+        .unwrap();
+        let mint = |spiffe_id: &str| {
+            let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
+            pb::BatchMintX509svidRequest {
+                requests: vec![pb::X509svidRequest {
+                    entry_id: entry_id.clone(),
+                    csr,
+                    spiffe_id: spiffe_id.into(),
+                }],
+            }
+        };
+        for forged in [
+            "spiffe://example.org/uid/../y",
+            "spiffe://example.org/uid/1/2",
+            "spiffe://example.org/other/1",
+            "spiffe://example.org",
+            "",
+        ] {
+            let err = conn
+                .client()
+                .batch_mint_x509svid(mint(forged))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::PermissionDenied,
+                "{forged}: {err:?}"
+            );
+            let err = conn
+                .client()
+                .mint_jwtsvid(pb::MintJwtsvidRequest {
+                    entry_id: entry_id.clone(),
+                    audience: vec!["a".into()],
+                    spiffe_id: forged.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.code(),
+                tonic::Code::PermissionDenied,
+                "{forged}: {err:?}"
+            );
+        }
+        let ok = conn
+            .client()
+            .batch_mint_x509svid(mint("spiffe://example.org/uid/4242"))
+            .await
+            .expect("an instance is signed")
+            .into_inner();
+        let leaf = &ok.svids[0].svid_chain[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let uris: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(uris, ["spiffe://example.org/uid/4242"]);
+    });
+}
