@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use sigil_tests::k8s::{kube, psat_server_plugin};
 use sigil_tests::kubelet::{self, TestPod};
 use sigil_tests::{Agent, Server, ServerOptions, agent_bin, wait_for};
 
@@ -166,4 +167,102 @@ fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
     let none = fetch_as(&agent, proc_root, None, "x509");
     assert!(!none.status.success());
     assert!(ids(&none).is_empty());
+}
+
+/// The seed's story on a Kubernetes node: the agent attests with a real PSAT (real API server), and
+/// both the checkout-service entry and an identity template hang off a node alias on the cluster
+/// selector, as an operator would register them once for every node.
+#[test]
+fn psat_node_alias_serves_checkout_service_and_templates_to_the_right_pods() {
+    let k = kube();
+    let ns = k.namespace("seed");
+    k.service_account(&ns, "spire-agent");
+    let node = format!("{ns}-node");
+    k.node(&node, &[]);
+    k.pod(&ns, "agent-0", "spire-agent", &node, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = "demo";
+    let server = Server::start(ServerOptions {
+        extra_plugins: psat_server_plugin(
+            cluster,
+            &k.server_kubeconfig(dir.path()),
+            &[&format!("{ns}:spire-agent")],
+            &["spire-server"],
+            &[],
+            &[],
+        ),
+        ..ServerOptions::default()
+    });
+
+    let alias = "spiffe://example.org/k8s-cluster/demo";
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        alias,
+        "-selector",
+        &format!("k8s_psat:cluster:{cluster}"),
+    ]);
+    let checkout = "spiffe://example.org/ns/payments/sa/checkout-service";
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        checkout,
+        "-parentID",
+        alias,
+        "-selector",
+        "k8s:ns:payments",
+        "-selector",
+        "k8s:sa:checkout-service",
+    ]);
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-template",
+        "-spiffeID",
+        "spiffe://example.org/pods/{k8s:ns}/{k8s:pod-name}",
+        "-parentID",
+        alias,
+        "-selector",
+        "k8s:ns",
+    ]);
+
+    let payments = TestPod::new("payments", "checkout-7d9f", "checkout-service", 3);
+    let other = TestPod::new("shop", "checkout-1", "checkout-service", 4);
+    let port = kubelet::start(vec![payments.clone(), other.clone()]);
+    let proc_dir = tempfile::tempdir().unwrap();
+    let proc_root = proc_dir.path();
+    let token_path = dir.path().join("spire-agent");
+    std::fs::write(
+        &token_path,
+        k.psat(&ns, "spire-agent", "agent-0", "spire-server"),
+    )
+    .unwrap();
+    let mut agent = Agent::configure_psat(&server, cluster, &token_path);
+    with_k8s_attestor(&agent, port, proc_root);
+    agent.spawn(None);
+
+    let mut pay = wait_for("the payments pod's SVIDs", Duration::from_secs(20), || {
+        let found = ids(&fetch_as(&agent, proc_root, Some(&payments), "x509"));
+        (found.len() == 2).then_some(found)
+    });
+    pay.sort();
+    assert_eq!(
+        pay,
+        [checkout, "spiffe://example.org/pods/payments/checkout-7d9f"],
+        "{}",
+        agent.log()
+    );
+    // Same service account name in another namespace: its own rendered ID, never checkout-service.
+    let out = wait_for("the other pod's SVID", Duration::from_secs(20), || {
+        let out = fetch_as(&agent, proc_root, Some(&other), "x509");
+        (!ids(&out).is_empty()).then_some(out)
+    });
+    assert_eq!(ids(&out), ["spiffe://example.org/pods/shop/checkout-1"]);
+    assert_eq!(
+        leaf_uris(&out),
+        [vec!["spiffe://example.org/pods/shop/checkout-1".to_owned()]]
+    );
 }
