@@ -213,15 +213,11 @@ pub async fn rotate_workload_svids(
         let wait = if server_down {
             backoff.next_delay()
         } else {
-            let now = unix_now();
-            let next = minted
-                .values()
-                .map(|m| m.refresh_at)
-                .chain(retry_at.values().copied())
-                .min()
-                .map(|at| Duration::from_secs((at - now).max(0) as u64))
-                .unwrap_or(MAX_SLEEP);
-            next.min(MAX_SLEEP)
+            next_wake(
+                minted.values().map(|m| m.refresh_at),
+                retry_at.values().copied(),
+                unix_now(),
+            )
         };
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -232,6 +228,20 @@ pub async fn rotate_workload_svids(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How long to sleep until the earliest refresh or retry (unix seconds), at most [`MAX_SLEEP`].
+fn next_wake(
+    refresh_at: impl Iterator<Item = i64>,
+    retry_at: impl Iterator<Item = i64>,
+    now: i64,
+) -> Duration {
+    refresh_at
+        .chain(retry_at)
+        .min()
+        .map(|at| Duration::from_secs((at - now).max(0) as u64))
+        .unwrap_or(MAX_SLEEP)
+        .min(MAX_SLEEP)
 }
 
 struct BatchOutcome {
@@ -400,15 +410,11 @@ pub async fn rotate_rendered_svids(
         let wait = if server_down {
             backoff.next_delay()
         } else {
-            let now = unix_now();
-            minted
-                .values()
-                .map(|m| m.refresh_at)
-                .chain(retry_at.values().copied())
-                .min()
-                .map(|at| Duration::from_secs((at - now).max(0) as u64))
-                .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP)
+            next_wake(
+                minted.values().map(|m| m.refresh_at),
+                retry_at.values().copied(),
+                unix_now(),
+            )
         };
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -671,6 +677,18 @@ mod tests {
         for (nb, na, jitter, want) in table {
             assert_eq!(refresh_at(nb, na, jitter), want, "{nb} {na} {jitter}");
         }
+    }
+
+    #[test]
+    fn next_wake_is_the_earliest_deadline_capped() {
+        let secs = |refresh: &[i64], retry: &[i64]| {
+            next_wake(refresh.iter().copied(), retry.iter().copied(), 1000).as_secs()
+        };
+        assert_eq!(secs(&[1030, 1010], &[1020]), 10);
+        assert_eq!(secs(&[1030], &[1005]), 5);
+        assert_eq!(secs(&[900], &[]), 0, "overdue: now");
+        assert_eq!(secs(&[], &[]), MAX_SLEEP.as_secs(), "nothing to do");
+        assert_eq!(secs(&[100_000], &[]), MAX_SLEEP.as_secs(), "capped");
     }
 
     #[test]
