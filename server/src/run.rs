@@ -66,6 +66,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // One Kubernetes client per cluster, built once, before anything binds.
+    let psat_attestor = match &config.node_attestors.k8s_psat {
+        Some(psat) => Some(
+            K8sPsatAttestor::new(config.trust_domain.clone(), psat)
+                .await
+                .context("NodeAttestor \"k8s_psat\": cannot build the Kubernetes client")?,
+        ),
+        None => None,
+    };
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
@@ -133,11 +142,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         api_revisions,
     )
     .with_agent_ttl(config.agent_ttl);
-    if let Some(psat) = &config.node_attestors.k8s_psat {
-        // One Kubernetes client per cluster, built once: a bad kubeconfig fails start-up.
-        let attestor = K8sPsatAttestor::new(config.trust_domain.clone(), psat)
-            .await
-            .context("NodeAttestor \"k8s_psat\": cannot build the Kubernetes client")?;
+    if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }
     let c = cancel.clone();
