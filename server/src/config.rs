@@ -1121,4 +1121,44 @@ plugins {
             "{err}"
         );
     }
+
+    #[test]
+    fn upstream_authority_disk_parses() {
+        let block = r#"KeyManager "memory" {}
+  UpstreamAuthority "disk" {
+    plugin_data {
+      cert_file_path = "/opt/ca/upstream.crt"
+      key_file_path = "/opt/ca/upstream.key"
+      bundle_file_path = "/opt/ca/roots.crt"
+    }
+  }"#;
+        let cfg = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, block)).unwrap();
+        assert_eq!(
+            cfg.upstream_authority,
+            Some(UpstreamDiskConfig {
+                cert_file_path: "/opt/ca/upstream.crt".into(),
+                key_file_path: "/opt/ca/upstream.key".into(),
+                bundle_file_path: Some("/opt/ca/roots.crt".into()),
+            })
+        );
+        assert_eq!(parse(MINIMAL).unwrap().upstream_authority, None);
+
+        let no_bundle = block.replace("      bundle_file_path = \"/opt/ca/roots.crt\"\n", "");
+        let cfg = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &no_bundle)).unwrap();
+        assert_eq!(cfg.upstream_authority.unwrap().bundle_file_path, None);
+
+        let no_key = block.replace("      key_file_path = \"/opt/ca/upstream.key\"\n", "");
+        let err = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &no_key)).unwrap_err();
+        assert!(
+            err.to_string().contains("key_file_path: is required"),
+            "{err}"
+        );
+
+        let vault = block.replace(r#""disk""#, r#""vault""#);
+        let err = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &vault)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown UpstreamAuthority plugin"),
+            "{err}"
+        );
+    }
 }

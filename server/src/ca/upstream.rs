@@ -271,3 +271,172 @@ fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, UpstreamError> {
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    };
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    /// A test CA: its certificate and key as PEM.
+    pub(crate) struct TestCa {
+        pub cert_pem: String,
+        pub key_pem: String,
+    }
+
+    impl TestCa {
+        pub(crate) fn der(&self) -> Vec<u8> {
+            pem::parse(&self.cert_pem).unwrap().into_contents()
+        }
+    }
+
+    /// A CA certificate valid over `[not_before, not_after]`, self-signed or signed by
+    /// `parent`; `ca: false` makes an end-entity certificate instead.
+    pub(crate) fn test_ca(
+        name: &str,
+        parent: Option<&TestCa>,
+        not_before: i64,
+        not_after: i64,
+        ca: bool,
+    ) -> TestCa {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        params.not_after = OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        if ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        } else {
+            params.is_ca = IsCa::ExplicitNoCa;
+        }
+        let cert = match parent {
+            None => params.self_signed(&key).unwrap(),
+            Some(p) => {
+                params.use_authority_key_identifier_extension = true;
+                let issuer = Issuer::from_ca_cert_der(
+                    &CertificateDer::from(p.der()),
+                    KeyPair::from_pem(&p.key_pem).unwrap(),
+                )
+                .unwrap();
+                params.signed_by(&key, &issuer).unwrap()
+            }
+        };
+        TestCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Writes `cert` (PEM, possibly several), `key` and optionally `bundle` into `dir`.
+    pub(crate) fn write_files(
+        dir: &Path,
+        cert: &str,
+        key: &str,
+        bundle: Option<&str>,
+    ) -> UpstreamDiskConfig {
+        std::fs::write(dir.join("upstream.crt"), cert).unwrap();
+        std::fs::write(dir.join("upstream.key"), key).unwrap();
+        let bundle_file_path = bundle.map(|b| {
+            std::fs::write(dir.join("roots.crt"), b).unwrap();
+            dir.join("roots.crt")
+        });
+        UpstreamDiskConfig {
+            cert_file_path: dir.join("upstream.crt"),
+            key_file_path: dir.join("upstream.key"),
+            bundle_file_path,
+        }
+    }
+
+    const NOW: i64 = 1_800_000_000;
+    const YEAR: i64 = 365 * 86_400;
+
+    fn load(
+        cert: &str,
+        key: &str,
+        bundle: Option<&str>,
+    ) -> Result<UpstreamAuthority, UpstreamError> {
+        let dir = tempfile::tempdir().unwrap();
+        UpstreamAuthority::load(&write_files(dir.path(), cert, key, bundle), NOW)
+    }
+
+    #[test]
+    fn self_signed_root_is_its_own_bundle() {
+        let root = test_ca("root", None, NOW - 10, NOW + YEAR, true);
+        let up = load(&root.cert_pem, &root.key_pem, None).unwrap();
+        assert_eq!(up.roots(), &[root.der()]);
+        assert!(up.chain().is_empty());
+        assert_eq!(up.cert_der(), root.der());
+        assert_eq!(up.not_after(), NOW + YEAR);
+        assert!(!format!("{up:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn upstream_intermediate_chains_to_the_bundle_roots() {
+        let root = test_ca("root", None, NOW - 10, NOW + YEAR, true);
+        let mid = test_ca("mid", Some(&root), NOW - 10, NOW + YEAR, true);
+        // The cert file may carry the root after the upstream CA: it is not sent in chains.
+        let cert_file = format!("{}{}", mid.cert_pem, root.cert_pem);
+        let up = load(&cert_file, &mid.key_pem, Some(&root.cert_pem)).unwrap();
+        assert_eq!(up.roots(), &[root.der()]);
+        assert_eq!(up.chain(), &[mid.der()]);
+        // Without the bundle it is refused: not self-signed.
+        assert!(matches!(
+            load(&mid.cert_pem, &mid.key_pem, None),
+            Err(UpstreamError::NotSelfSigned(_))
+        ));
+        // With an unrelated root it is refused.
+        let other = test_ca("other", None, NOW - 10, NOW + YEAR, true);
+        assert!(matches!(
+            load(&mid.cert_pem, &mid.key_pem, Some(&other.cert_pem)),
+            Err(UpstreamError::Untrusted(_))
+        ));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_with_a_clear_error() {
+        let root = test_ca("root", None, NOW - 10, NOW + YEAR, true);
+        let other = test_ca("other", None, NOW - 10, NOW + YEAR, true);
+        let leaf = test_ca("leaf", None, NOW - 10, NOW + YEAR, false);
+        let expired = test_ca("old", None, NOW - YEAR, NOW - 1, true);
+
+        let e = load(&root.cert_pem, &other.key_pem, None).unwrap_err();
+        assert!(matches!(e, UpstreamError::KeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("does not match"), "{e}");
+
+        let e = load(&leaf.cert_pem, &leaf.key_pem, None).unwrap_err();
+        assert!(matches!(e, UpstreamError::NotCa(_)), "{e}");
+        assert!(e.to_string().contains("not a CA"), "{e}");
+
+        let e = load(&expired.cert_pem, &expired.key_pem, None).unwrap_err();
+        assert!(matches!(e, UpstreamError::NotValidNow { .. }), "{e}");
+
+        let e = load("not a certificate", &root.key_pem, None).unwrap_err();
+        assert!(matches!(e, UpstreamError::Pem { .. }), "{e}");
+
+        let e = load(&root.cert_pem, "garbage", None).unwrap_err();
+        assert!(matches!(e, UpstreamError::Key { .. }), "{e}");
+        assert!(e.to_string().contains("PKCS#8"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = write_files(dir.path(), &root.cert_pem, &root.key_pem, None);
+        cfg.key_file_path = dir.path().join("missing.key");
+        let e = UpstreamAuthority::load(&cfg, NOW).unwrap_err();
+        assert!(matches!(e, UpstreamError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("missing.key"), "{e}");
+    }
+
+    #[test]
+    fn issued_recognises_its_own_intermediates_only() {
+        let root = test_ca("root", None, NOW - 10, NOW + YEAR, true);
+        let other = test_ca("other", None, NOW - 10, NOW + YEAR, true);
+        let child = test_ca("child", Some(&root), NOW - 10, NOW + YEAR, true);
+        let up = load(&root.cert_pem, &root.key_pem, None).unwrap();
+        assert!(up.issued(&child.der()));
+        assert!(!up.issued(&other.der()));
+        assert!(!up.issued(b"junk"));
+    }
+}
