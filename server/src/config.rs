@@ -16,6 +16,8 @@ use sigil_proto::hcl::{
 };
 pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
+pub use crate::ca::upstream::UpstreamDiskConfig;
+
 /// SPIRE's default admin socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 pub const DEFAULT_BIND_PORT: u16 = 8081;
@@ -49,6 +51,8 @@ pub struct ServerConfig {
     pub ca_subject: CaSubject,
     pub datastore: DatastoreConfig,
     pub key_manager: KeyManagerConfig,
+    /// `UpstreamAuthority "disk"`: the operator's CA signs ours (files read at start-up).
+    pub upstream_authority: Option<UpstreamDiskConfig>,
     pub node_attestors: NodeAttestorsConfig,
     /// The `Notifier "k8sbundle"` plugin.
     pub bundle_publisher: Option<K8sBundleConfig>,
@@ -260,6 +264,7 @@ impl ServerConfig {
             ca_subject: server.ca_subject,
             datastore: plugins.datastore,
             key_manager: plugins.key_manager,
+            upstream_authority: plugins.upstream_authority,
             node_attestors: plugins.node_attestors,
             bundle_publisher: plugins.bundle_publisher,
             health,
@@ -389,6 +394,7 @@ fn parse_ip(s: &str) -> Result<IpAddr, String> {
 struct Plugins {
     datastore: DatastoreConfig,
     key_manager: KeyManagerConfig,
+    upstream_authority: Option<UpstreamDiskConfig>,
     node_attestors: NodeAttestorsConfig,
     bundle_publisher: Option<K8sBundleConfig>,
 }
@@ -451,6 +457,39 @@ fn read_plugins(mut p: Block<'_>, data_dir: &Path) -> Result<Plugins, ConfigErro
     let key_manager =
         key_manager.ok_or_else(|| p.error("KeyManager", "exactly one is required"))?;
 
+    let mut upstream_authority = None;
+    for (name, mut plugin) in p.labelled_blocks("UpstreamAuthority")? {
+        if name != "disk" {
+            return Err(unknown_plugin(
+                &plugin,
+                "UpstreamAuthority",
+                &name,
+                "\"disk\"",
+            ));
+        }
+        let Some(data) = plugin_data(&mut plugin)? else {
+            continue;
+        };
+        let mut data = data.ok_or_else(|| plugin.missing("plugin_data"))?;
+        let cert_file_path = data
+            .parsed("cert_file_path", parse_path)?
+            .ok_or_else(|| data.missing("cert_file_path"))?;
+        let key_file_path = data
+            .parsed("key_file_path", parse_path)?
+            .ok_or_else(|| data.missing("key_file_path"))?;
+        let bundle_file_path = data.parsed("bundle_file_path", parse_path)?;
+        data.finish()?;
+        if upstream_authority.is_some() {
+            return Err(plugin.error("", "only one UpstreamAuthority may be configured"));
+        }
+        upstream_authority = Some(UpstreamDiskConfig {
+            cert_file_path,
+            key_file_path,
+            bundle_file_path,
+        });
+        plugin.finish()?;
+    }
+
     let mut node_attestors = NodeAttestorsConfig::default();
     for (name, mut plugin) in p.labelled_blocks("NodeAttestor")? {
         let duplicate = match name.as_str() {
@@ -506,6 +545,7 @@ fn read_plugins(mut p: Block<'_>, data_dir: &Path) -> Result<Plugins, ConfigErro
     Ok(Plugins {
         datastore,
         key_manager,
+        upstream_authority,
         node_attestors,
         bundle_publisher,
     })
@@ -777,6 +817,7 @@ plugins {
             key_manager: KeyManagerConfig::Disk {
                 keys_path: dir.path().join("data/keys.json"),
             },
+            upstream_authority: None,
             node_attestors: NodeAttestorsConfig {
                 join_token: true,
                 k8s_psat: Some(K8sPsatConfig {
@@ -1077,6 +1118,46 @@ plugins {
         assert!(
             err.to_string()
                 .starts_with("/nonexistent/server.conf: cannot read the config file: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upstream_authority_disk_parses() {
+        let block = r#"KeyManager "memory" {}
+  UpstreamAuthority "disk" {
+    plugin_data {
+      cert_file_path = "/opt/ca/upstream.crt"
+      key_file_path = "/opt/ca/upstream.key"
+      bundle_file_path = "/opt/ca/roots.crt"
+    }
+  }"#;
+        let cfg = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, block)).unwrap();
+        assert_eq!(
+            cfg.upstream_authority,
+            Some(UpstreamDiskConfig {
+                cert_file_path: "/opt/ca/upstream.crt".into(),
+                key_file_path: "/opt/ca/upstream.key".into(),
+                bundle_file_path: Some("/opt/ca/roots.crt".into()),
+            })
+        );
+        assert_eq!(parse(MINIMAL).unwrap().upstream_authority, None);
+
+        let no_bundle = block.replace("      bundle_file_path = \"/opt/ca/roots.crt\"\n", "");
+        let cfg = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &no_bundle)).unwrap();
+        assert_eq!(cfg.upstream_authority.unwrap().bundle_file_path, None);
+
+        let no_key = block.replace("      key_file_path = \"/opt/ca/upstream.key\"\n", "");
+        let err = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &no_key)).unwrap_err();
+        assert!(
+            err.to_string().contains("key_file_path: is required"),
+            "{err}"
+        );
+
+        let vault = block.replace(r#""disk""#, r#""vault""#);
+        let err = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &vault)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown UpstreamAuthority plugin"),
             "{err}"
         );
     }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
+use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, CaJournal};
 use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
@@ -22,7 +23,9 @@ use crate::ops::{self, OpsPaths, Readiness};
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+/// `upstream` is the `UpstreamAuthority` the CLI loaded from `config.upstream_authority` (its
+/// files are read before start-up so a bad one is a config error).
+pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> anyhow::Result<()> {
     crate::logging::init(
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
@@ -51,8 +54,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let (ca, journal) = Ca::new(ca_config(&config)?, key_manager, journal, SystemTime::now())
-        .context("cannot start the CA")?;
+    let (ca, journal) = Ca::new(
+        ca_config(&config, upstream)?,
+        key_manager,
+        journal,
+        SystemTime::now(),
+    )
+    .context("cannot start the CA")?;
     let ca = Arc::new(ca);
     persist(&datastore, &ca, &journal).await?;
 
@@ -194,7 +202,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     outcome
 }
 
-fn ca_config(config: &ServerConfig) -> anyhow::Result<CaConfig> {
+fn ca_config(
+    config: &ServerConfig,
+    upstream: Option<UpstreamAuthority>,
+) -> anyhow::Result<CaConfig> {
     Ok(CaConfig {
         trust_domain: config.trust_domain.clone(),
         ca_ttl: config.ca_ttl,
@@ -207,6 +218,7 @@ fn ca_config(config: &ServerConfig) -> anyhow::Result<CaConfig> {
             .map_err(|e| anyhow::anyhow!("ca_key_type: {e}"))?,
         ca_subject: config.ca_subject.clone(),
         jwt_issuer: config.jwt_issuer.clone(),
+        upstream: upstream.map(Arc::new),
     })
 }
 

@@ -3,10 +3,14 @@ as one JSON object.
 
   workload_client.py fetch <socket> <audience> <audience2>
   workload_client.py watch <socket> <updates> <timeout seconds>
+  workload_client.py chain <socket> <trust domain>
 """
+import base64
 import json
 import sys
 import threading
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from spiffe import TrustDomain, WorkloadApiClient
 from spiffe.svid.jwt_svid import JwtSvid
@@ -61,11 +65,44 @@ def watch(client, updates, timeout):
     return {"serials": serials, "errors": errors}
 
 
+def chain(client, trust_domain):
+    """The default X509-SVID's chain and the trust domain's bundle, as DER base64, and whether
+    each certificate of the chain is directly issued by the next, the last by a bundle root."""
+    ctx = client.fetch_x509_context()
+    svid = ctx.default_svid
+    certs = svid.cert_chain
+    bundle = ctx.x509_bundle_set.get_bundle_for_trust_domain(TrustDomain(trust_domain))
+    roots = list(bundle.x509_authorities) if bundle else []
+    linked = True
+    for child, parent in zip(certs, certs[1:]):
+        try:
+            child.verify_directly_issued_by(parent)
+        except Exception:
+            linked = False
+    anchored = False
+    for root in roots:
+        try:
+            certs[-1].verify_directly_issued_by(root)
+            anchored = True
+        except Exception:
+            pass
+    der = lambda c: base64.b64encode(c.public_bytes(Encoding.DER)).decode()
+    return {
+        "spiffe_id": str(svid.spiffe_id),
+        "chain": [der(c) for c in certs],
+        "bundle": [der(c) for c in roots],
+        "linked": linked,
+        "anchored": anchored,
+    }
+
+
 def main():
     mode, socket_path = sys.argv[1], sys.argv[2]
     with WorkloadApiClient(socket_path="unix://" + socket_path, default_timeout=10) as client:
         if mode == "fetch":
             out = fetch(client, sys.argv[3], sys.argv[4])
+        elif mode == "chain":
+            out = chain(client, sys.argv[3])
         else:
             out = watch(client, int(sys.argv[3]), float(sys.argv[4]))
     print(json.dumps(out))

@@ -33,6 +33,10 @@ pub struct X509AuthorityRecord {
     pub not_after: i64,
     #[serde(default)]
     pub tainted: bool,
+    /// An intermediate signed by the UpstreamAuthority: sent in chains, not in the bundle.
+    /// Absent in journals written before upstream authorities existed (all self-signed).
+    #[serde(default)]
+    pub upstream_signed: bool,
 }
 
 /// One JWT signing key.
@@ -112,6 +116,7 @@ mod tests {
                 issued_at: 10,
                 not_after: 70,
                 tainted: false,
+                upstream_signed: false,
             }],
             jwt_keys: vec![JwtKeyRecord {
                 kid: "k".into(),

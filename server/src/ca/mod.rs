@@ -5,6 +5,8 @@
 //! - [`x509`]: certificate templates (self-signed CA, X509-SVID leaf) and the CSR checks.
 //! - [`jwt`]: JWT-SVID signing, a compact JWS signed with ring.
 //! - [`rotation`]: when to prepare, activate and prune authorities (pure functions of `now`).
+//! - [`upstream`]: UpstreamAuthority "disk", the operator's CA that signs ours as an
+//!   intermediate.
 //! - [`journal`]: the persisted record of every authority, so a restart resumes the same CA.
 //!
 //! Signing reads the active authority lock-free (`ArcSwap`); rotation takes a mutex, works on a
@@ -14,6 +16,7 @@
 pub mod journal;
 pub mod jwt;
 pub mod rotation;
+pub mod upstream;
 pub mod x509;
 
 use std::fmt;
@@ -26,6 +29,7 @@ use tokio::sync::watch;
 use crate::ca::journal::{JwtKeyRecord, X509AuthorityRecord};
 use crate::ca::jwt::JwtSigner;
 use crate::ca::rotation::{Action, AuthorityStatus, Slot};
+use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::x509::X509Authority;
 use crate::key_manager::{KeyManager, KeyManagerError, KeyType};
 use sigil_proto::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
@@ -70,6 +74,8 @@ pub enum CaError {
     TimeOutOfRange(i64),
     #[error("random number generator failed")]
     Random,
+    #[error("upstream authority: {0}")]
+    Upstream(String),
     #[error("CA journal: {0}")]
     Journal(String),
     #[error("key manager: {0}")]
@@ -115,6 +121,9 @@ pub struct CaConfig {
     pub ca_subject: CaSubject,
     /// `iss` claim of JWT-SVIDs (`jwt_issuer`); none by default.
     pub jwt_issuer: Option<String>,
+    /// `UpstreamAuthority "disk"`: when set, each X.509 CA is an intermediate it signs and the
+    /// bundle publishes its roots.
+    pub upstream: Option<Arc<UpstreamAuthority>>,
 }
 
 impl CaConfig {
@@ -128,6 +137,7 @@ impl CaConfig {
             key_type: KeyType::EcP256,
             ca_subject: CaSubject::default(),
             jwt_issuer: None,
+            upstream: None,
         }
     }
 }
@@ -135,8 +145,8 @@ impl CaConfig {
 /// An issued X509-SVID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct X509Svid {
-    /// DER certificates, leaf first, then intermediates if any (none today: the roots are in
-    /// the bundle).
+    /// DER certificates, leaf first, then the intermediates when an upstream authority signs
+    /// the CA (the roots are in the bundle).
     pub chain: Vec<Vec<u8>>,
     /// Unix seconds; the leaf's NotAfter.
     pub expires_at: i64,
@@ -189,15 +199,27 @@ impl Ca {
             tracing::warn!("ca_subject: only the first country and organization are used");
         }
         let now = unix(now);
+        if let Some(upstream) = &config.upstream
+            && upstream.not_after() < now.saturating_add(secs(config.ca_ttl))
+        {
+            tracing::warn!(
+                upstream_not_after = upstream.not_after(),
+                "the upstream CA expires before ca_ttl runs out; intermediate CAs are capped at its NotAfter"
+            );
+        }
         let fresh = journal.is_none();
-        let mut state = State::load(&*key_manager, journal.unwrap_or_default())?;
+        let mut state = State::load(
+            &*key_manager,
+            journal.unwrap_or_default(),
+            config.upstream.as_deref(),
+        )?;
         let changed = state.rotate(&config, &*key_manager, now)?;
         if changed || fresh {
             state.sequence += 1;
         }
         let x509_active = state.active_x509()?;
         let jwt_active = state.active_jwt()?;
-        let bundle = Arc::new(state.bundle(&config.trust_domain));
+        let bundle = Arc::new(state.bundle(&config));
         let journal = state.journal();
         let (bundle_tx, _) = watch::channel(bundle);
         tracing::info!(
@@ -290,8 +312,11 @@ impl Ca {
             not_after,
             dns_names,
         )?;
+        let mut chain = Vec::with_capacity(1 + authority.chain().len());
+        chain.push(leaf);
+        chain.extend(authority.chain().iter().cloned());
         Ok(X509Svid {
-            chain: vec![leaf],
+            chain,
             expires_at: not_after,
             serial,
         })
@@ -370,7 +395,7 @@ impl Ca {
         self.x509_active.store(x509_active);
         self.jwt_active.store(jwt_active);
         self.bundle_tx
-            .send_replace(Arc::new(state.bundle(&self.config.trust_domain)));
+            .send_replace(Arc::new(state.bundle(&self.config)));
         tracing::info!(sequence = state.sequence, "CA authorities rotated");
         Ok(Some(state.journal()))
     }
@@ -478,18 +503,38 @@ impl State {
     /// Loads a journal, reattaching each active or prepared authority to its key. One whose
     /// key is missing or different (memory key manager after a restart) becomes old: it stays
     /// in the bundle until it expires but never signs again.
-    fn load(km: &dyn KeyManager, journal: CaJournal) -> Result<State, CaError> {
+    ///
+    /// With an upstream authority, only intermediates it signed are resumed; a self-signed CA
+    /// (or an intermediate of another upstream) becomes old, so a new intermediate takes over
+    /// at once. Without one, intermediates become old.
+    fn load(
+        km: &dyn KeyManager,
+        journal: CaJournal,
+        upstream: Option<&UpstreamAuthority>,
+    ) -> Result<State, CaError> {
         let mut x509 = Vec::with_capacity(journal.x509_authorities.len());
         for mut record in journal.x509_authorities {
             let mut live = None;
             if record.status != AuthorityStatus::Old {
-                match km.fetch(&record.key_id)? {
-                    Some(key) => match X509Authority::load(record.cert_der.clone(), &key) {
-                        Ok(authority) => live = Some(Arc::new(authority)),
-                        Err(e) => {
-                            tracing::warn!(key_id = %record.key_id, error = %e, "X.509 CA not resumed")
-                        }
-                    },
+                let resumed = match (upstream, record.upstream_signed) {
+                    (None, false) => km
+                        .fetch(&record.key_id)?
+                        .map(|key| X509Authority::load(record.cert_der.clone(), &key)),
+                    (Some(upstream), true) => km.fetch(&record.key_id)?.map(|key| {
+                        X509Authority::load_intermediate(record.cert_der.clone(), &key, upstream)
+                    }),
+                    (None, true) => Some(Err(CaError::Upstream(
+                        "intermediate CA without an UpstreamAuthority configured".into(),
+                    ))),
+                    (Some(_), false) => Some(Err(CaError::Upstream(
+                        "self-signed CA replaced by an upstream-signed intermediate".into(),
+                    ))),
+                };
+                match resumed {
+                    Some(Ok(authority)) => live = Some(Arc::new(authority)),
+                    Some(Err(e)) => {
+                        tracing::warn!(key_id = %record.key_id, error = %e, "X.509 CA not resumed")
+                    }
                     None => {
                         tracing::warn!(key_id = %record.key_id, "X.509 CA key is gone; keeping its certificate until it expires")
                     }
@@ -539,11 +584,23 @@ impl State {
         let ttl = secs(config.ca_ttl);
         let x509_changed = rotate_entries(&mut self.x509, now, X509_KEY_IDS, |key_id| {
             let key = km.generate(key_id, config.key_type)?;
-            let authority =
-                X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?;
+            let authority = match &config.upstream {
+                Some(upstream) => X509Authority::create_intermediate(
+                    &config.trust_domain,
+                    &config.ca_subject,
+                    &key,
+                    upstream,
+                    now,
+                    ttl,
+                )?,
+                None => {
+                    X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?
+                }
+            };
             tracing::info!(
                 key_id,
                 not_after = authority.not_after(),
+                upstream_signed = config.upstream.is_some(),
                 "X.509 CA prepared"
             );
             let record = X509AuthorityRecord {
@@ -553,6 +610,7 @@ impl State {
                 issued_at: now,
                 not_after: authority.not_after(),
                 tainted: false,
+                upstream_signed: config.upstream.is_some(),
             };
             Ok(Entry {
                 record,
@@ -589,12 +647,21 @@ impl State {
         active(&self.jwt)
     }
 
-    fn bundle(&self, trust_domain: &TrustDomain) -> Bundle {
-        let mut bundle = Bundle::new(trust_domain.clone());
+    /// The X.509 part is every self-signed CA (until it expires) plus the upstream roots:
+    /// intermediates are sent in chains, never trusted on their own.
+    fn bundle(&self, config: &CaConfig) -> Bundle {
+        let mut bundle = Bundle::new(config.trust_domain.clone());
         bundle.x509_authorities = self
             .x509
             .iter()
+            .filter(|e| !e.record.upstream_signed)
             .map(|e| e.record.cert_der.clone())
+            .chain(
+                config
+                    .upstream
+                    .iter()
+                    .flat_map(|u| u.roots().iter().cloned()),
+            )
             .collect();
         bundle.jwt_authorities = self
             .jwt

@@ -788,3 +788,240 @@ fn zero_ca_ttl_is_refused() {
     let err = Ca::new(config(0), Arc::new(MemoryKeyManager::new()), None, at(T0)).unwrap_err();
     assert!(matches!(err, CaError::InvalidConfig(_)));
 }
+
+// UpstreamAuthority "disk": the CA is an intermediate of the operator's root.
+
+use crate::ca::upstream::tests::{TestCa, test_ca, write_files};
+use crate::ca::upstream::{UpstreamAuthority, UpstreamDiskConfig};
+
+const YEAR: i64 = 365 * 86_400;
+
+fn upstream_config(ca_ttl: u64, upstream: &UpstreamDiskConfig, now: i64) -> CaConfig {
+    CaConfig {
+        upstream: Some(Arc::new(UpstreamAuthority::load(upstream, now).unwrap())),
+        ..config(ca_ttl)
+    }
+}
+
+fn root_files(dir: &std::path::Path, not_after: i64) -> (TestCa, UpstreamDiskConfig) {
+    let root = test_ca("operator root", None, T0 - 100, not_after, true);
+    let files = write_files(dir, &root.cert_pem, &root.key_pem, None);
+    (root, files)
+}
+
+/// `openssl verify -x509_strict -CAfile root -untrusted <chain[1..]> chain[0]`.
+fn openssl_verify_chain(root_der: &[u8], chain: &[Vec<u8>], attime: i64) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let untrusted = dir.path().join("untrusted.pem");
+    let pems: String = chain[1..]
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c))
+        .collect();
+    std::fs::write(&untrusted, pems).unwrap();
+    let untrusted = untrusted.to_str().unwrap().to_owned();
+    let attime = attime.to_string();
+    openssl_verify(
+        root_der,
+        &chain[0],
+        &["-attime", &attime, "-untrusted", &untrusted],
+    )
+}
+
+#[test]
+fn upstream_chain_shape_and_bundle_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = root_files(dir.path(), T0 + YEAR);
+    let ca = memory_ca(upstream_config(86_400, &files, T0), at(T0));
+    let bundle = ca.bundle();
+    assert_eq!(bundle.x509_authorities, vec![root.der()], "the root only");
+    assert_eq!(bundle.jwt_authorities.len(), 1);
+
+    let svid = ca
+        .sign_x509_svid_at(at(T0 + 1), &id("/web"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_eq!(svid.chain.len(), 2, "leaf + intermediate");
+    let root_der = root.der();
+    let root_cert = parse(&root_der);
+    let inter = parse(&svid.chain[1]);
+    let leaf = parse(&svid.chain[0]);
+
+    // The intermediate: SPIRE's CA profile, issued by the root.
+    let bc = inter.basic_constraints().unwrap().unwrap();
+    assert!(bc.critical && bc.value.ca);
+    let ku = inter.key_usage().unwrap().unwrap();
+    assert!(ku.critical && ku.value.key_cert_sign() && ku.value.crl_sign());
+    assert!(!ku.value.digital_signature());
+    assert_eq!(uri_sans(&inter), vec!["spiffe://example.org".to_owned()]);
+    assert_eq!(aki(&inter), ski(&root_cert), "AKI = upstream SKI");
+    assert_eq!(inter.issuer(), root_cert.subject());
+    inter
+        .verify_signature(Some(root_cert.public_key()))
+        .expect("signed by the root");
+    assert_eq!(inter.validity().not_after.timestamp(), T0 + 86_400);
+    // The leaf: issued by the intermediate.
+    assert_eq!(aki(&leaf), ski(&inter));
+    leaf.verify_signature(Some(inter.public_key()))
+        .expect("signed by the intermediate");
+
+    let (ok, out) = openssl_verify_chain(&root_der, &svid.chain, T0 + 2);
+    assert!(ok, "{out}");
+    // And it can fail: without the intermediate the leaf does not reach the root.
+    let (ok, _) = openssl_verify(
+        &root_der,
+        &svid.chain[0],
+        &["-attime", &(T0 + 2).to_string()],
+    );
+    assert!(!ok);
+
+    // The server's own SVID (its TLS identity toward agents) carries the intermediate too.
+    let server = ca.sign_server_svid(&workload_spki(), &[]).unwrap();
+    assert_eq!(server.chain[1], svid.chain[1]);
+}
+
+#[test]
+fn upstream_validity_caps_the_intermediate_and_the_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    // The root expires in one hour; ca_ttl asks for a day.
+    let (_root, files) = root_files(dir.path(), T0 + 3600);
+    let ca = memory_ca(upstream_config(86_400, &files, T0), at(T0));
+    let svid = ca
+        .sign_x509_svid_at(
+            at(T0 + 3000),
+            &id("/w"),
+            &workload_spki(),
+            Some(Duration::from_secs(7200)),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        parse(&svid.chain[1]).validity().not_after.timestamp(),
+        T0 + 3600
+    );
+    assert_eq!(svid.expires_at, T0 + 3600, "leaf capped by the chain");
+}
+
+#[test]
+fn upstream_rotation_prepares_a_new_intermediate_and_keeps_the_root_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = root_files(dir.path(), T0 + YEAR);
+    let ca = memory_ca(upstream_config(60, &files, T0), at(T0));
+    let first = ca
+        .sign_x509_svid_at(at(T0 + 1), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    let journal = ca.rotate(at(T0 + 30)).unwrap().expect("prepared");
+    assert!(journal.x509_authorities.iter().all(|a| a.upstream_signed));
+    assert_eq!(ca.bundle().x509_authorities, vec![root.der()]);
+    ca.rotate(at(T0 + 50)).unwrap().expect("activated");
+    let second = ca
+        .sign_x509_svid_at(at(T0 + 51), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_ne!(second.chain[1], first.chain[1], "a new intermediate");
+    assert_eq!(ca.bundle().x509_authorities, vec![root.der()]);
+    let (ok, out) = openssl_verify_chain(&root.der(), &second.chain, T0 + 52);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn upstream_intermediate_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = root_files(dir.path(), T0 + YEAR);
+    let keys = dir.path().join("keys.json");
+    let km = Arc::new(DiskKeyManager::open(&keys).unwrap());
+    let (ca, journal) = Ca::new(upstream_config(86_400, &files, T0), km, None, at(T0)).unwrap();
+    let before = ca
+        .sign_x509_svid_at(at(T0 + 1), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    let bytes = journal.to_bytes().unwrap();
+    drop(ca);
+
+    let km = Arc::new(DiskKeyManager::open(&keys).unwrap());
+    let journal = CaJournal::from_bytes(&bytes).unwrap();
+    let (ca, journal2) = Ca::new(
+        upstream_config(86_400, &files, T0 + 10),
+        km,
+        Some(journal.clone()),
+        at(T0 + 10),
+    )
+    .unwrap();
+    assert_eq!(journal2, journal, "resumed as it was");
+    let after = ca
+        .sign_x509_svid_at(at(T0 + 11), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_eq!(after.chain[1], before.chain[1], "same intermediate");
+    assert_eq!(ca.bundle().x509_authorities, vec![root.der()]);
+}
+
+#[test]
+fn switching_to_or_from_an_upstream_replaces_the_active_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, files) = root_files(dir.path(), T0 + YEAR);
+    let keys = dir.path().join("keys.json");
+
+    // Self-signed first; then the operator adds the upstream.
+    let km = Arc::new(DiskKeyManager::open(&keys).unwrap());
+    let (ca, journal) = Ca::new(config(86_400), km.clone(), None, at(T0)).unwrap();
+    let self_signed = ca.bundle().x509_authorities[0].clone();
+    drop(ca);
+    let (ca, journal) = Ca::new(
+        upstream_config(86_400, &files, T0 + 10),
+        km.clone(),
+        Some(journal),
+        at(T0 + 10),
+    )
+    .unwrap();
+    let svid = ca
+        .sign_x509_svid_at(at(T0 + 11), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_eq!(svid.chain.len(), 2, "an intermediate signs at once");
+    assert_eq!(
+        ca.bundle().x509_authorities,
+        vec![self_signed.clone(), root.der()],
+        "the old self-signed CA stays trusted until it expires"
+    );
+    drop(ca);
+
+    // And back: the intermediate is retired, a self-signed CA signs, the root leaves the bundle.
+    let (ca, _) = Ca::new(config(86_400), km, Some(journal), at(T0 + 20)).unwrap();
+    let svid = ca
+        .sign_x509_svid_at(at(T0 + 21), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_eq!(svid.chain.len(), 1);
+    let bundle = ca.bundle();
+    assert!(!bundle.x509_authorities.contains(&root.der()));
+    assert_eq!(
+        issuing_ca(&bundle, &svid.chain[0]),
+        bundle.x509_authorities[1]
+    );
+}
+
+#[test]
+fn upstream_with_its_own_intermediate_sends_the_whole_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = test_ca("operator root", None, T0 - 100, T0 + YEAR, true);
+    let mid = test_ca(
+        "operator issuing CA",
+        Some(&root),
+        T0 - 100,
+        T0 + YEAR,
+        true,
+    );
+    let files = write_files(
+        dir.path(),
+        &mid.cert_pem,
+        &mid.key_pem,
+        Some(&root.cert_pem),
+    );
+    let ca = memory_ca(upstream_config(86_400, &files, T0), at(T0));
+    assert_eq!(ca.bundle().x509_authorities, vec![root.der()]);
+    let svid = ca
+        .sign_x509_svid_at(at(T0 + 1), &id("/w"), &workload_spki(), None, &[])
+        .unwrap();
+    assert_eq!(
+        svid.chain.len(),
+        3,
+        "leaf, our intermediate, the operator's"
+    );
+    assert_eq!(svid.chain[2], mid.der());
+    let (ok, out) = openssl_verify_chain(&root.der(), &svid.chain, T0 + 2);
+    assert!(ok, "{out}");
+}

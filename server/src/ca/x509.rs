@@ -16,6 +16,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{CaError, CaSubject};
 use crate::key_manager::{RcgenKey, SigningKey};
 use sigil_proto::{SpiffeId, TrustDomain};
@@ -34,6 +35,9 @@ pub struct X509Authority {
     /// leaf's AKI equals it) and the key.
     issuer: Issuer<'static, RcgenKey>,
     not_after: i64,
+    /// Certificates sent after each leaf: empty for a self-signed CA; for an intermediate,
+    /// itself and the upstream chain.
+    chain: Vec<Vec<u8>>,
     rng: SystemRandom,
 }
 
@@ -47,17 +51,39 @@ impl X509Authority {
         ttl_secs: i64,
     ) -> Result<Self, CaError> {
         let rng = SystemRandom::new();
-        let serial = random_serial(&rng)?;
-        let mut params = CertificateParams::default();
-        params.not_before = datetime(now - NOT_BEFORE_CUSHION_SECS)?;
-        params.not_after = datetime(now.saturating_add(ttl_secs))?;
-        params.distinguished_name = ca_subject(subject, &serial)?;
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.id_string())?)];
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let params = ca_params(
+            trust_domain,
+            subject,
+            &rng,
+            now,
+            now.saturating_add(ttl_secs),
+        )?;
         let cert = params.self_signed(&key.rcgen_key())?;
         X509Authority::load(cert.der().to_vec(), key)
+    }
+
+    /// Creates an intermediate CA for `trust_domain` over `key`, signed by `upstream`: the
+    /// same profile as the self-signed CA plus an AKI naming the upstream key, and a NotAfter
+    /// capped at the upstream's so no leaf outlives its chain.
+    pub fn create_intermediate(
+        trust_domain: &TrustDomain,
+        subject: &CaSubject,
+        key: &Arc<SigningKey>,
+        upstream: &UpstreamAuthority,
+        now: i64,
+        ttl_secs: i64,
+    ) -> Result<Self, CaError> {
+        let rng = SystemRandom::new();
+        let not_after = now.saturating_add(ttl_secs).min(upstream.not_after());
+        if not_after <= now {
+            return Err(CaError::Upstream(
+                "the upstream certificate has expired".into(),
+            ));
+        }
+        let mut params = ca_params(trust_domain, subject, &rng, now, not_after)?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key.rcgen_key(), upstream.issuer())?;
+        X509Authority::load_intermediate(cert.der().to_vec(), key, upstream)
     }
 
     /// Rebuilds an authority from its certificate and key (after a restart). The key must be
@@ -78,8 +104,33 @@ impl X509Authority {
             cert_der,
             issuer,
             not_after,
+            chain: Vec::new(),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// Rebuilds an intermediate signed by `upstream` (after a restart). Refused when
+    /// `upstream` did not sign it (the operator changed the upstream CA).
+    pub fn load_intermediate(
+        cert_der: Vec<u8>,
+        key: &Arc<SigningKey>,
+        upstream: &UpstreamAuthority,
+    ) -> Result<Self, CaError> {
+        if !upstream.issued(&cert_der) {
+            return Err(CaError::Upstream(
+                "the intermediate CA was not signed by the configured upstream CA".into(),
+            ));
+        }
+        let mut authority = X509Authority::load(cert_der, key)?;
+        authority.chain = std::iter::once(authority.cert_der.clone())
+            .chain(upstream.chain().iter().cloned())
+            .collect();
+        Ok(authority)
+    }
+
+    /// Certificates that follow every leaf this authority signs (empty for a self-signed CA).
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
     }
 
     pub fn cert_der(&self) -> &[u8] {
@@ -147,6 +198,7 @@ impl fmt::Debug for X509Authority {
         f.debug_struct("X509Authority")
             .field("key_id", &self.issuer.key().key().id())
             .field("not_after", &self.not_after)
+            .field("chain", &self.chain.len())
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +229,27 @@ pub fn csr_public_key(csr_der: &[u8], spiffe_id: &SpiffeId) -> Result<Vec<u8>, C
         }
     }
     Ok(csr.certification_request_info.subject_pki.raw.to_vec())
+}
+
+/// The CA certificate template shared by the self-signed and the intermediate CA (SPIRE's):
+/// CA:TRUE, keyCertSign + cRLSign, URI SAN `spiffe://<td>`, a random serial.
+fn ca_params(
+    trust_domain: &TrustDomain,
+    subject: &CaSubject,
+    rng: &SystemRandom,
+    now: i64,
+    not_after: i64,
+) -> Result<CertificateParams, CaError> {
+    let serial = random_serial(rng)?;
+    let mut params = CertificateParams::default();
+    params.not_before = datetime(now - NOT_BEFORE_CUSHION_SECS)?;
+    params.not_after = datetime(not_after)?;
+    params.distinguished_name = ca_subject(subject, &serial)?;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.subject_alt_names = vec![SanType::URI(ia5(&trust_domain.id_string())?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
 }
 
 /// The CA subject: `ca_subject` plus a serialNumber attribute, as SPIRE does. rcgen holds one

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::ca::upstream::UpstreamAuthority;
 use crate::config::{ConfigError, ServerConfig, ServerOverrides};
 
 /// SPIRE's default admin socket, so commands work without `-socketPath`.
@@ -160,6 +161,10 @@ fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
+    let upstream = match load_upstream(&config) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,7 +175,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::run::run(config)) {
+    match runtime.block_on(crate::run::run(config, upstream)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "server stopped");
@@ -180,12 +185,26 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Reads and checks the `UpstreamAuthority "disk"` files: unusable ones are a config error.
+fn load_upstream(config: &ServerConfig) -> Result<Option<UpstreamAuthority>, ExitCode> {
+    let Some(disk) = &config.upstream_authority else {
+        return Ok(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    UpstreamAuthority::load(disk, now).map(Some).map_err(|e| {
+        eprintln!("Error: plugins.UpstreamAuthority.disk: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
 fn validate(args: ConfigArgs) -> ExitCode {
     let overrides = ServerOverrides {
         expand_env: args.expand_env,
         ..ServerOverrides::default()
     };
-    match load_config(&args.config, &overrides) {
+    match load_config(&args.config, &overrides).and_then(|c| load_upstream(&c)) {
         Ok(_) => {
             println!("Configuration is valid.");
             ExitCode::SUCCESS
