@@ -16,6 +16,8 @@ use sigil_proto::hcl::{
 };
 pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
+pub use crate::oidc_discovery::OidcDiscoveryConfig;
+
 /// SPIRE's default admin socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
 pub const DEFAULT_BIND_PORT: u16 = 8081;
@@ -55,6 +57,8 @@ pub struct ServerConfig {
     pub health: Option<HealthConfig>,
     /// The Prometheus listener (`telemetry { Prometheus { host port } }`).
     pub metrics: Option<SocketAddr>,
+    /// `oidc_discovery { ... }`: the built-in OIDC discovery / JWKS endpoint.
+    pub oidc_discovery: Option<OidcDiscoveryConfig>,
 }
 
 /// `ca_key_type`. Every value SPIRE accepts parses; the CA decides which it supports.
@@ -242,6 +246,7 @@ impl ServerConfig {
         let plugins = read_plugins(plugins, &server.data_dir)?;
         let health = hcl::health_checks(root.block("health_checks")?)?;
         let metrics = read_telemetry(root.block("telemetry")?)?;
+        let oidc_discovery = crate::oidc_discovery::read_config(root.block("oidc_discovery")?)?;
         root.finish()?;
 
         Ok(ServerConfig {
@@ -264,6 +269,7 @@ impl ServerConfig {
             bundle_publisher: plugins.bundle_publisher,
             health,
             metrics,
+            oidc_discovery,
         })
     }
 }
@@ -795,6 +801,7 @@ plugins {
                 ready_path: "/ready".to_owned(),
             }),
             metrics: Some("127.0.0.1:9988".parse().unwrap()),
+            oidc_discovery: None,
         };
         assert_eq!(cfg, want);
     }
