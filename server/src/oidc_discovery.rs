@@ -775,4 +775,40 @@ mod tests {
         assert_ne!(h[header::ETAG].to_str().unwrap(), tag);
         assert!(body.contains("\"k2\""));
     }
+
+    #[test]
+    fn tls_files_load_or_name_the_bad_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert_file = dir.path().join("cert.pem");
+        let key_file = dir.path().join("key.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["oidc.example.org".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let files = TlsFiles {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        };
+        assert!(tls_acceptor(&files).is_ok());
+
+        let missing = TlsFiles {
+            key_file: dir.path().join("nope.pem"),
+            ..files.clone()
+        };
+        let err = tls_acceptor(&missing).err().unwrap().to_string();
+        assert!(
+            err.starts_with("cannot read ") && err.contains("nope.pem"),
+            "{err}"
+        );
+        // A certificate where the key should be.
+        let swapped = TlsFiles {
+            cert_file: cert_file.clone(),
+            key_file: cert_file,
+        };
+        let err = tls_acceptor(&swapped).err().unwrap().to_string();
+        assert!(err.ends_with("cert.pem: no PRIVATE KEY block"), "{err}");
+    }
 }

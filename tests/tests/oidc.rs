@@ -325,3 +325,69 @@ fn jwt_key_rotation_never_leaves_a_validation_gap() {
     assert_eq!(py["kid"], signing_kids[2].as_str());
     assert_eq!(py["sub"], WORKLOAD_ID);
 }
+
+/// With `tls_cert_file`/`tls_key_file` the endpoint speaks HTTPS, and without `jwt_issuer` the
+/// issuer is `https://<Host>`: a client trusting the certificate follows `jwks_uri` as given.
+#[test]
+fn https_with_cert_files_names_the_issuer_after_the_host() {
+    let port = free_port();
+    let tls_dir = tempfile::tempdir().unwrap();
+    let cert = tls_dir.path().join("cert.pem");
+    let key = tls_dir.path().join("key.pem");
+    let (ok, text) = sigil_tests::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let _server = Server::start(ServerOptions {
+        extra_top: format!(
+            "oidc_discovery {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {port}\n  domains = [\"localhost\"]\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+        ..Default::default()
+    });
+    let script = r#"
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+def get(url):
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+        return json.load(r)
+doc = get(sys.argv[2])
+keys = get(doc["jwks_uri"])
+print(json.dumps({"issuer": doc["issuer"], "jwks_uri": doc["jwks_uri"], "keys": len(keys["keys"])}))
+"#;
+    let out = Command::new(python())
+        .args([
+            "-c",
+            script,
+            cert.to_str().unwrap(),
+            &format!("https://localhost:{port}/.well-known/openid-configuration"),
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["issuer"], format!("https://localhost:{port}"));
+    assert_eq!(got["jwks_uri"], format!("https://localhost:{port}/keys"));
+    assert_eq!(got["keys"], 1);
+}
