@@ -251,10 +251,13 @@ fn discovery_document_and_jwks_validate_a_workload_jwt_svid() {
 }
 
 /// ca_ttl 60 s: a JWT key is published 30 s into its predecessor's life and signs from 50 s, so
-/// two rotations happen within ~90 s. A relying party that caches the JWKS for exactly the
-/// advertised max-age (and never refetches on an unknown kid) validates every fresh token.
+/// two rotations happen within ~90 s. Relying parties that cache the JWKS for exactly the
+/// advertised max-age (and never refetch on an unknown kid), started at phases spread across one
+/// max-age so one of them always fetched just before a key was published, validate every fresh
+/// token.
 #[test]
 fn jwt_key_rotation_never_leaves_a_validation_gap() {
+    const CACHES: u32 = 10;
     let (_server, agent, port) = setup(ServerOptions {
         ca_ttl: "60s".into(),
         x509_svid_ttl: "10s".into(),
@@ -266,12 +269,30 @@ fn jwt_key_rotation_never_leaves_a_validation_gap() {
     let issuer = format!("http://127.0.0.1:{port}");
     let rt = rt();
 
-    // kid -> (first seen in the JWKS, first seen signing), as iteration numbers.
+    // kid -> (first seen in a JWKS, first seen signing), as iteration numbers.
     let mut seen: BTreeMap<String, (Option<usize>, Option<usize>)> = BTreeMap::new();
-    let mut cache: Option<(Instant, Duration, String)> = None;
+    let fetch = |i: usize, seen: &mut BTreeMap<String, (Option<usize>, Option<usize>)>| {
+        let reply = get(port, "/keys", &host, &[]);
+        let jwks = json(&reply);
+        for k in jwks["keys"].as_array().unwrap() {
+            let kid = k["kid"].as_str().unwrap().to_owned();
+            seen.entry(kid).or_default().0.get_or_insert(i);
+        }
+        let age = Duration::from_secs(max_age(&reply));
+        (Instant::now(), age, reply.body)
+    };
+    let first = fetch(0, &mut seen);
+    let advertised = first.1;
+    assert!(
+        advertised <= Duration::from_secs(10),
+        "max-age {advertised:?} under the 20 s lead time"
+    );
+    let start = Instant::now();
+    let mut caches: Vec<Option<(Instant, Duration, String)>> = vec![None; CACHES as usize];
+    caches[0] = Some(first);
     let mut signing_kids: Vec<String> = Vec::new();
     let mut last_token = String::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = start + Duration::from_secs(180);
     let mut i = 0;
     while signing_kids.len() < 3 {
         assert!(
@@ -279,28 +300,24 @@ fn jwt_key_rotation_never_leaves_a_validation_gap() {
             "only {} signing keys seen: {seen:?}",
             signing_kids.len()
         );
-        let stale = cache
-            .as_ref()
-            .is_none_or(|(at, age, _)| at.elapsed() >= *age);
-        if stale {
-            let reply = get(port, "/keys", &host, &[]);
-            let jwks = json(&reply);
-            for k in jwks["keys"].as_array().unwrap() {
-                let kid = k["kid"].as_str().unwrap().to_owned();
-                seen.entry(kid).or_default().0.get_or_insert(i);
+        for (j, cache) in caches.iter_mut().enumerate() {
+            let due = match cache {
+                Some((at, age, _)) => at.elapsed() >= *age,
+                None => start.elapsed() >= advertised * j as u32 / CACHES,
+            };
+            if due {
+                *cache = Some(fetch(i, &mut seen));
             }
-            let age = Duration::from_secs(max_age(&reply));
-            assert!(
-                age <= Duration::from_secs(10),
-                "max-age {age:?} under the 20 s lead time"
-            );
-            cache = Some((Instant::now(), age, reply.body));
         }
-        let jwks = &cache.as_ref().unwrap().2;
         let token = fetch_jwt(&rt, &agent);
-        let (kid, sub) = validate(jwks, &token, AUDIENCE, &issuer)
-            .unwrap_or_else(|e| panic!("iteration {i}: a fresh token fails validation: {e}"));
-        assert_eq!(sub, WORKLOAD_ID);
+        let mut kid = String::new();
+        for (j, (_, _, jwks)) in caches.iter().flatten().enumerate() {
+            let (k, sub) = validate(jwks, &token, AUDIENCE, &issuer).unwrap_or_else(|e| {
+                panic!("iteration {i}, cache {j}: a fresh token fails validation: {e}")
+            });
+            assert_eq!(sub, WORKLOAD_ID);
+            kid = k;
+        }
         seen.entry(kid.clone()).or_default().1.get_or_insert(i);
         if signing_kids.last() != Some(&kid) {
             signing_kids.push(kid);
