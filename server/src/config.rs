@@ -17,6 +17,7 @@ use sigil_proto::hcl::{
 pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
 pub use crate::ca::upstream::UpstreamDiskConfig;
+pub use crate::oidc_discovery::OidcDiscoveryConfig;
 
 /// SPIRE's default admin socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub health: Option<HealthConfig>,
     /// The Prometheus listener (`telemetry { Prometheus { host port } }`).
     pub metrics: Option<SocketAddr>,
+    /// `oidc_discovery { ... }`: the built-in OIDC discovery / JWKS endpoint.
+    pub oidc_discovery: Option<OidcDiscoveryConfig>,
 }
 
 /// `ca_key_type`. Every value SPIRE accepts parses; the CA decides which it supports.
@@ -246,6 +249,7 @@ impl ServerConfig {
         let plugins = read_plugins(plugins, &server.data_dir)?;
         let health = hcl::health_checks(root.block("health_checks")?)?;
         let metrics = read_telemetry(root.block("telemetry")?)?;
+        let oidc_discovery = crate::oidc_discovery::read_config(root.block("oidc_discovery")?)?;
         root.finish()?;
 
         Ok(ServerConfig {
@@ -269,6 +273,7 @@ impl ServerConfig {
             bundle_publisher: plugins.bundle_publisher,
             health,
             metrics,
+            oidc_discovery,
         })
     }
 }
@@ -836,6 +841,7 @@ plugins {
                 ready_path: "/ready".to_owned(),
             }),
             metrics: Some("127.0.0.1:9988".parse().unwrap()),
+            oidc_discovery: None,
         };
         assert_eq!(cfg, want);
     }

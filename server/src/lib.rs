@@ -14,5 +14,6 @@ pub mod logging;
 pub mod metrics;
 pub mod node_attestation;
 pub mod notifier;
+pub mod oidc_discovery;
 pub mod ops;
 pub mod run;

@@ -18,6 +18,7 @@ use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
+use crate::oidc_discovery::{self, Discovery};
 use crate::ops::{self, OpsPaths, Readiness};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -128,6 +129,23 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let oidc_server = match &config.oidc_discovery {
+        Some(c) => {
+            let discovery = Arc::new(Discovery::new(
+                c,
+                ca.subscribe(),
+                config.jwt_issuer.clone(),
+                config.ca_ttl,
+            ));
+            Some(
+                oidc_discovery::bind(c, discovery, cancel.clone())
+                    .await
+                    .context("cannot start the OIDC discovery endpoint")?,
+            )
+        }
+        None => None,
+    };
+
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
@@ -165,6 +183,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     }
     if let Some(server) = metrics_server {
         tasks.spawn(async move { server.await.context("metrics endpoint failed") });
+    }
+    if let Some(server) = oidc_server {
+        tasks.spawn(async move { server.await.context("OIDC discovery endpoint failed") });
     }
     tasks.spawn(rotate_forever(
         ca.clone(),

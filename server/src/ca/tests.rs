@@ -572,6 +572,11 @@ fn rotation_prepares_activates_and_prunes() {
         active.x509_authorities,
         vec![first_ca.clone(), second_ca.clone()]
     );
+    // The old JWT key stays published until its tokens (capped at its expiry) have expired.
+    assert_eq!(
+        active.jwt_authorities, prepared.jwt_authorities,
+        "JWT keys published across activation"
+    );
     let svid = ca
         .sign_x509_svid_at(at(T0 + 51), &id("/w"), &spki, None, &[])
         .unwrap();
