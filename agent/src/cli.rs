@@ -462,6 +462,19 @@ fn rpc(what: &'static str) -> impl Fn(tonic::Status) -> CliError {
     move |status| CliError::Rpc { what, status }
 }
 
+/// The first message of a Workload API stream: what the one-shot `fetch` commands print.
+async fn first_message<T>(
+    call: impl Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    what: &'static str,
+) -> Result<T, CliError> {
+    let mut stream = call.await.map_err(rpc(what))?.into_inner();
+    stream
+        .message()
+        .await
+        .map_err(rpc(what))?
+        .ok_or(CliError::EmptyStream(what))
+}
+
 async fn fetch_x509(
     args: FetchX509Args,
     env_socket: Option<&str>,
@@ -470,18 +483,11 @@ async fn fetch_x509(
     const WHAT: &str = "fetching X509-SVID";
     let mut client = client(&args.call, env_socket).await?;
     let started = Instant::now();
-    let response = within(args.call.timeout, WHAT, async {
-        let mut stream = client
-            .fetch_x509svid(X509svidRequest {})
-            .await
-            .map_err(rpc(WHAT))?
-            .into_inner();
-        stream
-            .message()
-            .await
-            .map_err(rpc(WHAT))?
-            .ok_or(CliError::EmptyStream(WHAT))
-    })
+    let response = within(
+        args.call.timeout,
+        WHAT,
+        first_message(client.fetch_x509svid(X509svidRequest {}), WHAT),
+    )
     .await?;
     let elapsed = started.elapsed();
     if args.output == Some(OutputFormat::Json) {
@@ -675,18 +681,11 @@ async fn fetch_jwt_bundles(
 ) -> Result<(), CliError> {
     const WHAT: &str = "fetching JWT bundles";
     let mut client = client(&args.call, env_socket).await?;
-    let response = within(args.call.timeout, WHAT, async {
-        let mut stream = client
-            .fetch_jwt_bundles(JwtBundlesRequest {})
-            .await
-            .map_err(rpc(WHAT))?
-            .into_inner();
-        stream
-            .message()
-            .await
-            .map_err(rpc(WHAT))?
-            .ok_or(CliError::EmptyStream(WHAT))
-    })
+    let response = within(
+        args.call.timeout,
+        WHAT,
+        first_message(client.fetch_jwt_bundles(JwtBundlesRequest {}), WHAT),
+    )
     .await?;
     let bundles: BTreeMap<_, _> = response.bundles.iter().collect();
     if args.output == Some(OutputFormat::Json) {
