@@ -94,6 +94,22 @@ fn independent_clients_get_svids_bundles_and_jwts() {
         pem_certs(&server.cli_ok(&["bundle", "show"]))
     );
 
+    // The CLI's JWT bundles, keyed by trust domain ID as on the wire: a JWKS of the JWT authorities.
+    let out = agent.cli(&["api", "fetch", "jwtbundle", "-output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt_bundles: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = jwt_bundles["spiffe://example.org"]["keys"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k["kid"].is_string()),
+        "{jwt_bundles}"
+    );
+
     // py-spiffe.
     let socket = agent.socket.to_str().unwrap();
     let p = py(&["fetch", socket, "payments", "audit"]);
