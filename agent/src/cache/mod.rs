@@ -107,7 +107,7 @@ impl EntryIndex {
 }
 
 /// One immutable view of the cache. Cloning the `Arc`s is all a write costs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Ordered by entry `created_at`, then `id`, so the default identity (`svids[0]`) is stable.
     pub identities: Vec<Arc<Identity>>,
@@ -367,12 +367,8 @@ impl Cache {
             }
             if changed {
                 *current = Arc::new(Snapshot {
-                    identities: current.identities.clone(),
-                    bundle: current.bundle.clone(),
-                    federated: current.federated.clone(),
                     rendered: Arc::new(rendered),
-                    demand: current.demand.clone(),
-                    index: current.index.clone(),
+                    ..Snapshot::clone(current)
                 });
             }
             changed
@@ -391,12 +387,8 @@ impl Cache {
                 rendered.remove(k);
             }
             *current = Arc::new(Snapshot {
-                identities: current.identities.clone(),
-                bundle: current.bundle.clone(),
-                federated: current.federated.clone(),
                 rendered: Arc::new(rendered),
-                demand: current.demand.clone(),
-                index: current.index.clone(),
+                ..Snapshot::clone(current)
             });
             true
         });
@@ -406,12 +398,8 @@ impl Cache {
     pub fn set_bundle(&self, bundle: Bundle) {
         self.tx.send_modify(|current| {
             *current = Arc::new(Snapshot {
-                identities: current.identities.clone(),
                 bundle: Arc::new(bundle),
-                federated: current.federated.clone(),
-                rendered: current.rendered.clone(),
-                demand: current.demand.clone(),
-                index: current.index.clone(),
+                ..Snapshot::clone(current)
             });
         });
     }
@@ -420,15 +408,11 @@ impl Cache {
     pub fn set_federated_bundles(&self, bundles: BTreeMap<TrustDomain, Bundle>) {
         self.tx.send_modify(|current| {
             *current = Arc::new(Snapshot {
-                identities: current.identities.clone(),
-                bundle: current.bundle.clone(),
                 federated: bundles
                     .into_iter()
                     .map(|(td, b)| (td, Arc::new(b)))
                     .collect(),
-                rendered: current.rendered.clone(),
-                demand: current.demand.clone(),
-                index: current.index.clone(),
+                ..Snapshot::clone(current)
             });
         });
     }
