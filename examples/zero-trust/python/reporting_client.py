@@ -1,0 +1,76 @@
+"""reporting: a Python workload calling payment-processor over SPIFFE mTLS with py-spiffe-tls.
+
+Another stack interoperating with the Rust services: its SVID and trust bundle come only from
+the Workload API (SPIFFE_ENDPOINT_SOCKET), it verifies that the server presents
+spiffe://<our trust domain>/ns/payments/sa/payment-processor, and sends one HTTP/1.1 request.
+
+  reporting_client.py HOST:PORT [METHOD] [PATH]
+
+Prints one line. Exit status: 0 on a 2xx, 3 when the server refused the call (HTTP 403),
+1 on any other failure (TLS, wrong server identity, connection).
+"""
+import sys
+import time
+
+from spiffe import SpiffeId, X509Source
+from spiffetls import dial
+from spiffetls.tlsconfig.authorize import authorize_id
+
+SERVER_PATH = "/ns/payments/sa/payment-processor"
+
+
+def source(timeout):
+    """The Workload API's X509Source, retried until `timeout`: the entry may still be on its
+    way to the agent when the process starts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return X509Source(timeout_in_seconds=5)
+        except Exception as e:  # py-spiffe raises several types; all mean "not yet"
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"reporting: no X509-SVID from the Workload API: {e}")
+            time.sleep(0.2)
+
+
+def main():
+    address = sys.argv[1]
+    method = sys.argv[2] if len(sys.argv) > 2 else "POST"
+    path = sys.argv[3] if len(sys.argv) > 3 else "/v1/payments"
+
+    x509 = source(30)
+    own = x509.svid.spiffe_id
+    server_id = SpiffeId(f"spiffe://{own.trust_domain.name}{SERVER_PATH}")
+    prefix = f"[python {own}] {method} {path}"
+    try:
+        conn = dial(address, x509, authorize_fn=authorize_id(server_id))
+        body = b'{"report":"daily"}'
+        conn.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: payment-processor\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + body
+        )
+        response = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except Exception:  # pyOpenSSL: ZeroReturnError / SysCallError at close
+                break
+            if not chunk:
+                break
+            response += chunk
+        conn.close()
+    except Exception as e:
+        print(f"{prefix} -> failed: {e}")
+        return 1
+    finally:
+        x509.close()
+
+    head, _, payload = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    label = "allowed" if 200 <= status < 300 else "refused" if status == 403 else "failed"
+    print(f"{prefix} -> {status} {label}: {payload.decode().strip()} [server {server_id} verified]")
+    return 0 if label == "allowed" else 3 if label == "refused" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
