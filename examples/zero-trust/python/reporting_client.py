@@ -17,6 +17,13 @@ from spiffetls import dial
 from spiffetls.tlsconfig.authorize import authorize_id
 
 SERVER_PATH = "/ns/payments/sa/payment-processor"
+OWN_PATH = "/ns/analytics/sa/reporting"
+
+
+def prefer_own(svids):
+    """Our service's SVID when the process is entitled to several (a per-user entry too, say),
+    else the Workload API's default one, like the Rust services do."""
+    return next((s for s in svids if s.spiffe_id.path == OWN_PATH), svids[0])
 
 
 def source(timeout):
@@ -25,7 +32,7 @@ def source(timeout):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return X509Source(timeout_in_seconds=5)
+            return X509Source(timeout_in_seconds=5, svid_picker=prefer_own)
         except Exception as e:  # py-spiffe raises several types; all mean "not yet"
             if time.monotonic() >= deadline:
                 raise SystemExit(f"reporting: no X509-SVID from the Workload API: {e}")
@@ -38,7 +45,8 @@ def main():
     path = sys.argv[3] if len(sys.argv) > 3 else "/v1/payments"
 
     x509 = source(30)
-    own = x509.svid.spiffe_id
+    # The SVID spiffetls presents: the one our picker chose.
+    own = prefer_own(x509.get_x509_context().x509_svids).spiffe_id
     server_id = SpiffeId(f"spiffe://{own.trust_domain.name}{SERVER_PATH}")
     prefix = f"[python {own}] {method} {path}"
     try:
