@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::CertificateDer;
 use spiffe::x509_source::{SvidPicker, X509SourceError};
 use spiffe::{SpiffeId, TrustDomain, X509Source, X509Svid};
-use spiffe_rustls::{LocalOnly, authorizer, mtls_client, mtls_server};
+use spiffe_rustls::{LocalOnly, TlsStatus, authorizer, mtls_client, mtls_server};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
 /// Errors getting or using Workload API material.
@@ -93,11 +93,13 @@ pub fn server_config(
     source: X509Source,
     td: &TrustDomain,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    Ok(mtls_server(source)
+    let (config, status) = mtls_server(source)
         .authorize(authorizer::any())
         .trust_domain_policy(LocalOnly(td.clone()))
         .with_alpn_protocols([b"http/1.1".as_ref()])
-        .build()?)
+        .build_with_status()?;
+    tokio::spawn(log_status(status));
+    Ok(config)
 }
 
 /// The client side: presents the current SVID and accepts only a server whose SVID carries
@@ -106,11 +108,30 @@ pub fn client_config(
     source: X509Source,
     server_id: &SpiffeId,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    Ok(mtls_client(source)
+    let (config, status) = mtls_client(source)
         .authorize(authorizer::exact([server_id.clone()])?)
         .trust_domain_policy(LocalOnly(server_id.trust_domain().clone()))
         .with_alpn_protocols([b"http/1.1".as_ref()])
-        .build()?)
+        .build_with_status()?;
+    tokio::spawn(log_status(status));
+    Ok(config)
+}
+
+/// Logs each new revision of the TLS material (an SVID or bundle update from the Workload
+/// API), and loudly when it cannot be used: handshakes fail closed until the next good one.
+async fn log_status(mut status: TlsStatus) {
+    while status.changed().await.is_ok() {
+        let now = status.current();
+        match &now.error {
+            None => tracing::debug!(revision = now.applied_revision, "TLS material updated"),
+            Some(e) => tracing::warn!(
+                revision = now.source_revision,
+                applied = now.applied_revision,
+                error = %e,
+                "TLS material unavailable"
+            ),
+        }
+    }
 }
 
 /// What a verified peer presented: its SPIFFE ID, and enough of its leaf to see rotations.

@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         let prefix = format!("[{i}] {} {}", args.method, args.path);
         match call(&connector, &args, i).await {
-            Ok((status, body, server)) => {
+            Ok((status, body, server, handshakes)) => {
                 let outcome = if status.is_success() {
                     Outcome::Success
                 } else if status == StatusCode::FORBIDDEN {
@@ -125,8 +125,13 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
                         "failed"
                     }
                 };
+                let retried = if handshakes > 1 {
+                    format!(" ({handshakes} handshakes)")
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{prefix} -> {} {label}: {} [server {server}]",
+                    "{prefix} -> {} {label}: {} [server {server}]{retried}",
                     status.as_u16(),
                     String::from_utf8_lossy(&body).trim_end()
                 );
@@ -163,15 +168,16 @@ impl<E: Into<anyhow::Error>> From<E> for CallError {
     }
 }
 
-/// One call on a fresh connection: returns the status, the body and the server's SVID.
+/// Handshakes tried per call before giving up.
+const HANDSHAKE_ATTEMPTS: u32 = 3;
+
+/// One call on a fresh connection: returns the status, the body, the server's SVID and the
+/// number of handshakes it took.
 async fn call(
     connector: &TlsConnector,
     args: &Args,
     n: u32,
-) -> Result<(StatusCode, Bytes, PeerSvid), CallError> {
-    let tcp = TcpStream::connect(&args.server)
-        .await
-        .with_context(|| format!("connecting to {}", args.server))?;
+) -> Result<(StatusCode, Bytes, PeerSvid, u32), CallError> {
     // The server is identified by the SPIFFE ID in its SVID, not by a DNS name; rustls needs a
     // name for SNI only.
     let host = args
@@ -180,13 +186,30 @@ async fn call(
         .map_or(args.server.as_str(), |(h, _)| h);
     let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
         .with_context(|| format!("{host} is neither a DNS name nor an IP address"))?;
-    let tls = match connector.connect(name, tcp).await {
-        Ok(tls) => tls,
-        Err(e) => {
-            return Err(match unauthorized_server(&e) {
-                Some(id) => CallError::WrongServer(id),
-                None => CallError::Other(anyhow::Error::new(e).context("mTLS handshake")),
-            });
+    // spiffe-rustls fails closed for the instant between the Workload API delivering new
+    // material and its conversion (either side's handshake then fails): a rotation may cost a
+    // handshake, which is retried. Nothing has been sent yet, so a retry cannot pay twice.
+    let mut attempt = 1;
+    let tls = loop {
+        let tcp = TcpStream::connect(&args.server)
+            .await
+            .with_context(|| format!("connecting to {}", args.server))?;
+        match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => break tls,
+            Err(e) => {
+                if let Some(id) = unauthorized_server(&e) {
+                    return Err(CallError::WrongServer(id));
+                }
+                if attempt == HANDSHAKE_ATTEMPTS {
+                    return Err(CallError::Other(
+                        anyhow::Error::new(e)
+                            .context(format!("mTLS handshake, {attempt} attempts")),
+                    ));
+                }
+                tracing::warn!(attempt, error = %e, "mTLS handshake failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     };
     let server = peer_svid(tls.get_ref().1)?;
@@ -202,5 +225,5 @@ async fn call(
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body, server))
+    Ok((status, body, server, attempt))
 }
