@@ -210,6 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_server_id_is_told_apart_from_other_handshake_failures() {
+        // tokio-rustls reports a rustls error as io::Error(InvalidData, rustls::Error), and
+        // spiffe-rustls its authorization refusal as rustls::Error::Other.
+        let id = SpiffeId::new("spiffe://example.org/ns/payments/sa/impostor").unwrap();
+        let refused = rustls::Error::Other(rustls::OtherError(Arc::new(
+            spiffe_rustls::Error::UnauthorizedSpiffeId(id.clone()),
+        )));
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        assert_eq!(unauthorized_server(&io), Some(id));
+
+        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, untrusted);
+        assert_eq!(unauthorized_server(&io), None);
+        let other = rustls::Error::Other(rustls::OtherError(Arc::new(
+            spiffe_rustls::Error::MissingSpiffeId,
+        )));
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, other);
+        assert_eq!(unauthorized_server(&io), None);
+        assert_eq!(
+            unauthorized_server(&std::io::ErrorKind::ConnectionReset.into()),
+            None
+        );
+    }
+
+    #[test]
     fn pick_prefers_the_service_path_and_exact_insists() {
         let id = |s: &str| SpiffeId::new(s).unwrap();
         let ids = [
