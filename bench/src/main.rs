@@ -227,21 +227,21 @@ fn raw_figures(raw: &raw::RawLimit) -> Vec<Figure> {
             raw.p256_sign,
             "signs/s",
             Target::None,
-            "ring EcdsaKeyPair::sign over 400 bytes, one thread, this run",
+            "ring EcdsaKeyPair::sign over 400 bytes, per CPU-second of one thread, this run",
         ),
         Figure::new(
             "raw: X.509-SVID from CSR, 1 core",
             raw.x509_svid_csr,
             "SVIDs/s",
             Target::None,
-            "sigil_server::ca::Ca::sign_x509_svid_csr (CSR parse + verify + rcgen sign), one thread",
+            "sigil_server::ca::Ca::sign_x509_svid_csr (CSR parse + verify + rcgen sign), per CPU-second of one thread",
         ),
         Figure::new(
             "raw: JWT-SVID sign, 1 core",
             raw.jwt_svid,
             "SVIDs/s",
             Target::None,
-            "sigil_server::ca::Ca::sign_jwt_svid, one thread",
+            "sigil_server::ca::Ca::sign_jwt_svid, per CPU-second of one thread",
         ),
     ]
 }
@@ -285,7 +285,11 @@ async fn mint_figures(
             x509.cores_used,
             "cores",
             Target::None,
-            "sigil-server CPU seconds (/proc/<pid>/stat) / wall seconds over the window",
+            &format!(
+                "sigil-server CPU seconds (/proc/<pid>/stat) / wall seconds over the window; \
+                 the bench client used {:.2} cores",
+                x509.client_cores_used
+            ),
         ),
         Figure::new(
             "mint: X.509 / (raw x cores used)",
@@ -306,7 +310,11 @@ async fn mint_figures(
             jwt.cores_used,
             "cores",
             Target::None,
-            "sigil-server CPU seconds / wall seconds over the window",
+            &format!(
+                "sigil-server CPU seconds / wall seconds over the window; the bench client used \
+                 {:.2} cores",
+                jwt.client_cores_used
+            ),
         ),
         Figure::new(
             "mint: JWT / (raw sign x cores used)",
@@ -384,7 +392,10 @@ async fn workload_figures(bin_dir: &Path, size: &Size) -> anyhow::Result<Vec<Fig
             Target::None
         };
         figures.extend(latency_figures(
-            &format!("FetchX509SVID, {clients} clients"),
+            &format!(
+                "FetchX509SVID, {clients} client{}",
+                if clients == 1 { "" } else { "s" }
+            ),
             &mut samples,
             target,
             "one-shot: open the stream, read the first response; cached SVID",

@@ -103,6 +103,9 @@ pub struct Throughput {
     pub per_second: f64,
     /// Server CPU seconds over the window divided by the window's wall time.
     pub cores_used: f64,
+    /// The same for this process (the client): near 1 per client thread means the client,
+    /// not the server, is the bottleneck.
+    pub client_cores_used: f64,
 }
 
 /// `concurrency` tasks each keep one `BatchMintX509SVID` of [`BATCH`] requests in flight for
@@ -201,6 +204,7 @@ where
     // One warm-up round: connections, TLS handshakes and caches are not what we measure.
     futures::future::try_join_all((0..concurrency).map(|c| work(c, 0))).await?;
     let cpu_before = stats::cpu_seconds(server_pid)?;
+    let client_before = stats::cpu_seconds(std::process::id())?;
     let start = Instant::now();
     let deadline = start + window;
     let loops = (0..concurrency).map(|c| {
@@ -221,8 +225,10 @@ where
         .sum();
     let wall = start.elapsed().as_secs_f64();
     let cpu = stats::cpu_seconds(server_pid)? - cpu_before;
+    let client = stats::cpu_seconds(std::process::id())? - client_before;
     Ok(Throughput {
         per_second: done as f64 / wall,
         cores_used: cpu / wall,
+        client_cores_used: client / wall,
     })
 }

@@ -39,6 +39,13 @@ fn cpu_seconds_of(stat: &str) -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
+/// User + system CPU seconds the calling thread has used so far (`/proc/thread-self/stat`).
+pub fn thread_cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .context("reading /proc/thread-self/stat")?;
+    cpu_seconds_of(&stat).context("parsing /proc/thread-self/stat")
+}
+
 /// Resident set size in MiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -85,5 +92,6 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_mib(pid).unwrap() > 0.0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(thread_cpu_seconds().unwrap() >= 0.0);
     }
 }

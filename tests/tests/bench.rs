@@ -46,7 +46,7 @@ fn quick_benchmark_produces_every_figure() {
         "mint: JWT / (raw sign x cores used)",
         "cfssl: signs/s (8 HTTP clients)",
         "Sigil X.509 mint / cfssl",
-        "FetchX509SVID, 1 clients: p99",
+        "FetchX509SVID, 1 client: p99",
         "FetchX509SVID, 10 clients: p99",
         "FetchX509SVID, 100 clients: p50",
         "FetchX509SVID, 100 clients: p99",
