@@ -201,9 +201,9 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
 
 /// 1000 -> "1k", 100000 -> "100k", 1000000 -> "1M".
 pub fn count_label(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
