@@ -1,0 +1,172 @@
+//! The bench process as a workload of a real sigil-agent (registered by `unix:uid`): Workload
+//! API latency with 1..N concurrent clients, and propagation from `entry create` to a
+//! streaming client holding the new SVID.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sigil_agent::workload_api::client::{WorkloadApiClient, connect};
+use sigil_proto::sigil::admin::v1 as admin;
+use sigil_proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
+
+use crate::mint::{entry, selector};
+use crate::procs::{ServerProc, TRUST_DOMAIN};
+
+/// How long a workload waits for an SVID the agent has not minted yet.
+const SVID_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The selector the agent's unix attestor gives this process.
+pub fn uid_selector() -> sigil_proto::sigil::common::v1::Selector {
+    selector("unix", format!("uid:{}", nix::unistd::getuid().as_raw()))
+}
+
+/// One FetchX509SVID response (the first message of the stream).
+async fn fetch_x509(client: &mut WorkloadApiClient) -> anyhow::Result<X509svidResponse> {
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .context("FetchX509SVID")?
+        .into_inner();
+    stream
+        .message()
+        .await
+        .context("FetchX509SVID stream")?
+        .context("FetchX509SVID stream ended without a response")
+}
+
+/// Polls FetchX509SVID until the response holds at least `n` SVIDs; returns how many it holds.
+pub async fn wait_for_svids(socket: &Path, n: usize) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    loop {
+        let last = match connect(socket).await {
+            Ok(mut client) => match fetch_x509(&mut client).await {
+                Ok(r) if r.svids.len() >= n => return Ok(r.svids.len()),
+                Ok(r) => format!("{} SVIDs", r.svids.len()),
+                Err(e) => format!("{e:#}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        anyhow::ensure!(
+            start.elapsed() < SVID_TIMEOUT,
+            "the workload did not get {n} X.509-SVIDs within {SVID_TIMEOUT:?} (last: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `clients` connections each repeat a one-shot FetchX509SVID (open the stream, read the first
+/// response, drop it) for `window`; returns every call's latency. Each connection's first call
+/// is a warm-up and not counted.
+pub async fn x509_latency(
+    socket: &Path,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    latency(socket, clients, window, |mut client| async move {
+        let r = fetch_x509(&mut client).await?;
+        anyhow::ensure!(!r.svids.is_empty(), "FetchX509SVID returned no SVID");
+        Ok(client)
+    })
+    .await
+}
+
+/// As [`x509_latency`] for FetchJWTSVID (audience `bench`; the agent caches the JWT-SVID).
+pub async fn jwt_latency(
+    socket: &Path,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    latency(socket, clients, window, |mut client| async move {
+        let r = client
+            .fetch_jwtsvid(JwtsvidRequest {
+                audience: vec!["bench".into()],
+                spiffe_id: String::new(),
+            })
+            .await
+            .context("FetchJWTSVID")?
+            .into_inner();
+        anyhow::ensure!(!r.svids.is_empty(), "FetchJWTSVID returned no SVID");
+        Ok(client)
+    })
+    .await
+}
+
+async fn latency<F, Fut>(
+    socket: &Path,
+    clients: usize,
+    window: Duration,
+    call: F,
+) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(WorkloadApiClient) -> Fut,
+    Fut: Future<Output = anyhow::Result<WorkloadApiClient>>,
+{
+    let mut connected = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let client = connect(socket).await?;
+        connected.push(call(client).await?);
+    }
+    let deadline = Instant::now() + window;
+    let loops = connected.into_iter().map(|mut client| {
+        let call = &call;
+        async move {
+            let mut samples = Vec::new();
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                client = call(client).await?;
+                samples.push(start.elapsed());
+            }
+            anyhow::Ok(samples)
+        }
+    });
+    Ok(futures::future::try_join_all(loops)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// For each of `n` new entries selecting this process: the time from `BatchCreateEntry`
+/// returning to a FetchX509SVID stream (opened before) delivering a response that holds the
+/// entry's SVID. A response already waiting when the call returns counts as zero.
+pub async fn propagation(
+    server: &ServerProc,
+    socket: &Path,
+    parent: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = connect(socket).await?;
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .context("FetchX509SVID")?
+        .into_inner();
+    stream.message().await?.context("first response")?;
+    let mut admin = server.admin().await?;
+    let run = std::process::id();
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let path = format!("/bench/propagation/{run}/{i}");
+        let want = format!("spiffe://{TRUST_DOMAIN}{path}");
+        admin
+            .batch_create_entry(admin::BatchCreateEntryRequest {
+                entries: vec![entry(&path, parent, vec![uid_selector()])],
+            })
+            .await
+            .context("BatchCreateEntry")?;
+        let acked = Instant::now();
+        loop {
+            let response = tokio::time::timeout(SVID_TIMEOUT, stream.message())
+                .await
+                .with_context(|| format!("no SVID for {want} within {SVID_TIMEOUT:?}"))?
+                .context("FetchX509SVID stream")?
+                .context("FetchX509SVID stream ended")?;
+            if response.svids.iter().any(|s| s.spiffe_id == want) {
+                samples.push(acked.elapsed());
+                break;
+            }
+        }
+    }
+    Ok(samples)
+}

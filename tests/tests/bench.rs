@@ -1,0 +1,87 @@
+//! CI smoke run of the benchmark (issue #6): `sigil-bench all --quick` must produce every
+//! figure, each finite and positive, and write JSON that parses. No target is asserted: the
+//! figures of a busy CI machine say nothing about Sigil's speed.
+
+use std::process::Command;
+
+use sigil_tests::bin_dir;
+
+#[test]
+fn quick_benchmark_produces_every_figure() {
+    let bench = bin_dir().join("sigil-bench");
+    assert!(
+        bench.exists(),
+        "{} is missing: `cargo build --workspace --bins` builds it",
+        bench.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("results.json");
+    let out = Command::new(&bench)
+        .args(["all", "--quick", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run sigil-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sigil-bench all --quick failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("results.json written"))
+            .expect("results.json is JSON");
+    let figures = report["figures"].as_array().expect("a figures array");
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["name"].as_str().expect("a name"))
+        .collect();
+    // One row per figure the brief lists, in the quick sizes.
+    for expected in [
+        "raw: ring ECDSA P-256 sign, 1 core",
+        "raw: X.509-SVID from CSR, 1 core",
+        "mint: X.509-SVIDs/s (BatchMintX509SVID)",
+        "mint: X.509 / (raw x cores used)",
+        "mint: JWT-SVIDs/s (MintJWTSVID)",
+        "mint: JWT / (raw sign x cores used)",
+        "cfssl: signs/s (8 HTTP clients)",
+        "Sigil X.509 mint / cfssl",
+        "FetchX509SVID, 1 client: p99",
+        "FetchX509SVID, 10 clients: p99",
+        "FetchX509SVID, 100 clients: p50",
+        "FetchX509SVID, 100 clients: p99",
+        "FetchJWTSVID, 10 clients: p99",
+        "propagation, 10 entries: p99",
+        "scale 1k: load rate",
+        "scale 1k: server RSS",
+        "scale 1k: entry show by selector p99",
+        "scale 1k: server start-up",
+        "agent 1k entries: initial sync",
+        "agent 1k entries: agent RSS",
+        "agent RSS, 100 cached SVIDs",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "no {expected:?} figure in {names:?}"
+        );
+    }
+    // cfssl rows are skipped (value null, verdict n.a.) only where cfssl is not installed.
+    let cfssl = Command::new("cfssl").arg("version").output().is_ok();
+    for f in figures {
+        let name = f["name"].as_str().unwrap_or_default();
+        if !cfssl && (name.starts_with("cfssl") || name.contains("/ cfssl")) {
+            assert!(f["value"].is_null(), "{name}: {f}");
+            assert_eq!(f["verdict"], "n.a.", "{name}");
+            continue;
+        }
+        let value = f["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}: no value: {f}"));
+        assert!(value.is_finite() && value > 0.0, "{name}: {value}");
+        assert!(
+            ["met", "missed", "n.a."].contains(&f["verdict"].as_str().unwrap_or_default()),
+            "{name}: {f}"
+        );
+        assert!(stdout.contains(name), "the table has no row {name:?}");
+    }
+}
