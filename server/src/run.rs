@@ -14,6 +14,7 @@ use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, CaJournal};
 use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
+use crate::federation::FederatedBundles;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
@@ -33,6 +34,16 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     );
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
 
+    if let Some(f) = &config.federation {
+        // Parsed and validated, but the endpoint and the poller are not built yet: refuse
+        // rather than silently run without them.
+        if f.bundle_endpoint.is_some() || !f.federates_with.is_empty() {
+            anyhow::bail!(
+                "server.federation: the bundle endpoint and federates_with polling are not implemented yet; \
+                 set federated bundles with `sigil-server bundle set`"
+            );
+        }
+    }
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let datastore = Datastore::open(&config.datastore.connection_string, &config.data_dir)
@@ -146,12 +157,18 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let federation = Arc::new(
+        FederatedBundles::load(datastore.clone(), config.trust_domain.clone())
+            .await
+            .context("cannot load the federated bundles")?,
+    );
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
         config.trust_domain.clone(),
         metrics.clone(),
-    );
+    )
+    .with_federation(federation.clone());
     let api_revisions = api.entry_revisions();
     let c = cancel.clone();
     tasks.spawn(async move {
@@ -167,7 +184,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         metrics.clone(),
         api_revisions,
     )
-    .with_agent_ttl(config.agent_ttl);
+    .with_agent_ttl(config.agent_ttl)
+    .with_federated_bundles(federation.subscribe());
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }
