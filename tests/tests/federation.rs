@@ -1,0 +1,371 @@
+//! End-to-end federation between two Sigil trust domains on loopback (a.test and b.test, each a
+//! real server and agent): bundles exchanged with `bundle show -format spiffe` → `bundle set`,
+//! entries with `-federatesWith`, and workloads that authenticate each other over mTLS using
+//! only what the Workload API hands them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use sigil_tests::{Agent, Server, ServerOptions, attested_agent, python, register_uid, wait_for};
+
+fn uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+fn server(td: &str) -> Server {
+    Server::start(ServerOptions {
+        trust_domain: td.into(),
+        ..ServerOptions::default()
+    })
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(agent: &Agent) -> spiffe::WorkloadApiClient {
+    spiffe::WorkloadApiClient::connect_to(format!("unix://{}", agent.socket.display()))
+        .await
+        .unwrap()
+}
+
+/// Writes `svid.0.pem`, `svid.0.key`, `bundle.0.pem` and `federated_bundle.0.*.pem` into a new
+/// temp dir, through the Workload API.
+fn fetch_files(agent: &Agent) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent.cli(&[
+        "api",
+        "fetch",
+        "x509",
+        "-write",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "fetch x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Copies `from`'s own bundle into `to` as a federated bundle.
+fn exchange(from: &Server, to: &Server) {
+    let json = from.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    let path = to
+        .dir
+        .path()
+        .join(format!("{}.json", from.options.trust_domain));
+    std::fs::write(&path, json).unwrap();
+    let id = format!("spiffe://{}", from.options.trust_domain);
+    let out = to.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        &id,
+        "-path",
+        path.to_str().unwrap(),
+        "-format",
+        "spiffe",
+    ]);
+    assert_eq!(out.trim(), "bundle set.");
+}
+
+/// A TLS server and client in one Python process: the server presents `server_dir`'s SVID and
+/// requires a client certificate chained to `server_trust`; the client presents
+/// `client_dir`'s SVID and verifies the server against `client_trust`. Prints each side's view
+/// of the peer's URI SAN.
+const MTLS: &str = r#"
+import json, socket, ssl, sys, threading
+sdir, strust, cdir, ctrust = sys.argv[1:5]
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+sctx.load_cert_chain(sdir + "/svid.0.pem", sdir + "/svid.0.key")
+sctx.load_verify_locations(strust)
+sctx.verify_mode = ssl.CERT_REQUIRED
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+cctx.check_hostname = False
+cctx.load_cert_chain(cdir + "/svid.0.pem", cdir + "/svid.0.key")
+cctx.load_verify_locations(ctrust)
+lsock = socket.socket(); lsock.bind(("127.0.0.1", 0)); lsock.listen(1)
+out = {}
+def serve():
+    conn, _ = lsock.accept()
+    try:
+        with sctx.wrap_socket(conn, server_side=True) as s:
+            out["server_saw"] = [v for k, v in s.getpeercert()["subjectAltName"] if k == "URI"]
+            s.sendall(b"ok")
+    except Exception as e:
+        out["server_error"] = str(e)
+t = threading.Thread(target=serve); t.start()
+try:
+    with cctx.wrap_socket(socket.create_connection(lsock.getsockname())) as c:
+        out["client_saw"] = [v for k, v in c.getpeercert()["subjectAltName"] if k == "URI"]
+        out["reply"] = c.recv(2).decode()
+except Exception as e:
+    out["client_error"] = str(e)
+t.join(10)
+print(json.dumps(out))
+"#;
+
+fn mtls(
+    server_dir: &str,
+    server_trust: &str,
+    client_dir: &str,
+    client_trust: &str,
+) -> serde_json::Value {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            MTLS,
+            server_dir,
+            server_trust,
+            client_dir,
+            client_trust,
+        ])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn federated_file(dir: &tempfile::TempDir) -> Option<String> {
+    let path = dir.path().join("federated_bundle.0.0.pem");
+    path.exists().then(|| path.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn two_trust_domains_authenticate_each_other_with_workload_api_material() {
+    let a = server("a.test");
+    let b = server("b.test");
+    exchange(&b, &a);
+    exchange(&a, &b);
+
+    let (agent_a, agent_a_id) = attested_agent(&a, false);
+    let (agent_a2, agent_a2_id) = attested_agent(&a, false);
+    let (agent_b, agent_b_id) = attested_agent(&b, false);
+    register_uid(
+        &a,
+        "spiffe://a.test/checkout",
+        &agent_a_id,
+        uid(),
+        &["-federatesWith", "spiffe://b.test"],
+    );
+    register_uid(&a, "spiffe://a.test/local-only", &agent_a2_id, uid(), &[]);
+    register_uid(
+        &b,
+        "spiffe://b.test/payments",
+        &agent_b_id,
+        uid(),
+        &["-federatesWith", "spiffe://a.test"],
+    );
+
+    // Each federating workload gets the other trust domain's bundle, pushed by its server.
+    let dir_a = wait_for(
+        "a.test workload with b.test's bundle",
+        Duration::from_secs(30),
+        || {
+            let d = fetch_files(&agent_a);
+            federated_file(&d).map(|_| d)
+        },
+    );
+    let dir_b = wait_for(
+        "b.test workload with a.test's bundle",
+        Duration::from_secs(30),
+        || {
+            let d = fetch_files(&agent_b);
+            federated_file(&d).map(|_| d)
+        },
+    );
+    // The workload whose entry does not federate gets no foreign bundle.
+    let dir_a2 = wait_for("the local-only SVID", Duration::from_secs(30), || {
+        let d = fetch_files(&agent_a2);
+        d.path().join("svid.0.pem").exists().then_some(d)
+    });
+    assert_eq!(federated_file(&dir_a2), None);
+
+    let (pa, pb) = (
+        dir_a.path().to_str().unwrap(),
+        dir_b.path().to_str().unwrap(),
+    );
+    let fa = federated_file(&dir_a).unwrap();
+    let fb = federated_file(&dir_b).unwrap();
+    // B serves, A calls, each trusting only the federated bundle it was handed.
+    let r = mtls(pb, &fb, pa, &fa);
+    assert_eq!(
+        r["server_saw"],
+        serde_json::json!(["spiffe://a.test/checkout"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["client_saw"],
+        serde_json::json!(["spiffe://b.test/payments"]),
+        "{r}"
+    );
+    assert_eq!(r["reply"], "ok");
+    // A's own bundle does not vouch for B: the client refuses the server.
+    let own_a = dir_a.path().join("bundle.0.pem");
+    let r = mtls(pb, &fb, pa, own_a.to_str().unwrap());
+    assert!(r.get("client_error").is_some(), "{r}");
+
+    // JWT-SVIDs: A's federating workload validates B's token; the local-only one refuses it.
+    rt().block_on(async {
+        let cb = client(&agent_b).await;
+        let token = cb.fetch_jwt_svid(["a-api"], None).await.unwrap();
+        let ca = client(&agent_a).await;
+        let validated = ca.validate_jwt_token("a-api", token.token()).await.unwrap();
+        assert_eq!(
+            validated.spiffe_id().to_string(),
+            "spiffe://b.test/payments"
+        );
+        let bundles = ca.fetch_jwt_bundles().await.unwrap();
+        assert!(
+            bundles
+                .get(&spiffe::TrustDomain::new("b.test").unwrap())
+                .is_some()
+        );
+        let ca2 = client(&agent_a2).await;
+        assert!(
+            ca2.validate_jwt_token("a-api", token.token())
+                .await
+                .is_err()
+        );
+        let x509 = ca.fetch_x509_bundles().await.unwrap();
+        assert!(
+            x509.get(&spiffe::TrustDomain::new("b.test").unwrap())
+                .is_some()
+        );
+    });
+
+    // Deleting the bundle: restrict refuses while the entry federates; dissociate takes it off
+    // the agent.
+    let out = a.cli(&["bundle", "delete", "-id", "spiffe://b.test"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("federate with b.test"));
+    let listed = a.cli_ok(&["bundle", "list", "-format", "spiffe"]);
+    assert!(listed.contains("* spiffe://b.test"), "{listed}");
+    a.cli_ok(&[
+        "bundle",
+        "delete",
+        "-id",
+        "spiffe://b.test",
+        "-mode",
+        "dissociate",
+    ]);
+    assert_eq!(a.cli_ok(&["bundle", "list"]), "");
+    wait_for(
+        "b.test's bundle gone from the workload",
+        Duration::from_secs(30),
+        || {
+            federated_file(&fetch_files(&agent_a))
+                .is_none()
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn bundle_set_list_delete_errors() {
+    let a = server("a.test");
+    let own = a.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    let path = a.dir.path().join("own.json");
+    std::fs::write(&path, &own).unwrap();
+    let p = path.to_str().unwrap();
+    let fails = |args: &[&str], want: &str| {
+        let out = a.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    fails(
+        &[
+            "bundle",
+            "set",
+            "-id",
+            "spiffe://a.test",
+            "-path",
+            p,
+            "-format",
+            "spiffe",
+        ],
+        "own trust domain",
+    );
+    fails(
+        &[
+            "bundle",
+            "set",
+            "-id",
+            "spiffe://o.test/x",
+            "-path",
+            p,
+            "-format",
+            "spiffe",
+        ],
+        "invalid -id",
+    );
+    let junk = a.dir.path().join("junk");
+    std::fs::write(&junk, "garbage").unwrap();
+    fails(
+        &[
+            "bundle",
+            "set",
+            "-id",
+            "spiffe://o.test",
+            "-path",
+            junk.to_str().unwrap(),
+        ],
+        "X.509 authority",
+    );
+    fails(
+        &[
+            "bundle",
+            "set",
+            "-id",
+            "spiffe://o.test",
+            "-path",
+            junk.to_str().unwrap(),
+            "-format",
+            "spiffe",
+        ],
+        "invalid SPIFFE bundle",
+    );
+    fails(
+        &["bundle", "delete", "-id", "spiffe://o.test"],
+        "no federated bundle",
+    );
+    fails(
+        &["bundle", "list", "-id", "spiffe://o.test"],
+        "no federated bundle",
+    );
+    assert_eq!(a.cli_ok(&["bundle", "count"]).trim(), "1 bundle");
+
+    // PEM from standard input (no -path), then list and count.
+    let pem = a.cli_ok(&["bundle", "show"]);
+    let mut child = Command::new(sigil_tests::server_bin())
+        .args(["bundle", "set", "-id", "spiffe://o.test", "-socketPath"])
+        .arg(&a.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pem.as_bytes())
+            .unwrap();
+    }
+    assert!(child.wait_with_output().unwrap().status.success());
+    assert_eq!(a.cli_ok(&["bundle", "list", "-id", "spiffe://o.test"]), pem);
+    assert_eq!(a.cli_ok(&["bundle", "count"]).trim(), "2 bundles");
+    // Our own bundle is untouched by all this.
+    assert_eq!(a.cli_ok(&["bundle", "show", "-format", "spiffe"]), own);
+}
