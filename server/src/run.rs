@@ -35,11 +35,11 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
 
     if let Some(f) = &config.federation {
-        // Parsed and validated, but the endpoint and the poller are not built yet: refuse
-        // rather than silently run without them.
-        if f.bundle_endpoint.is_some() || !f.federates_with.is_empty() {
+        // Parsed and validated, but the poller is not built yet: refuse rather than silently
+        // run without it.
+        if !f.federates_with.is_empty() {
             anyhow::bail!(
-                "server.federation: the bundle endpoint and federates_with polling are not implemented yet; \
+                "server.federation.federates_with: polling foreign bundle endpoints is not implemented yet; \
                  set federated bundles with `sigil-server bundle set`"
             );
         }
@@ -162,6 +162,19 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
             .await
             .context("cannot load the federated bundles")?,
     );
+    let bundle_endpoint = match config
+        .federation
+        .as_ref()
+        .and_then(|f| f.bundle_endpoint.as_ref())
+    {
+        Some(c) => Some(
+            crate::federation::endpoint::bind(c, ca.clone(), cancel.clone())
+                .await
+                .context("cannot start the bundle endpoint")?,
+        ),
+        None => None,
+    };
+
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
@@ -204,6 +217,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     }
     if let Some(server) = oidc_server {
         tasks.spawn(async move { server.await.context("OIDC discovery endpoint failed") });
+    }
+    if let Some(server) = bundle_endpoint {
+        tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
     tasks.spawn(rotate_forever(
         ca.clone(),
