@@ -369,3 +369,147 @@ fn bundle_set_list_delete_errors() {
     // Our own bundle is untouched by all this.
     assert_eq!(a.cli_ok(&["bundle", "show", "-format", "spiffe"]), own);
 }
+
+/// Fetches `https://127.0.0.1:<port>/` trusting `cafile`; with `spiffe` the hostname is not
+/// checked (an SVID names a SPIFFE ID, not a host) and the peer's URI SAN is returned.
+const FETCH: &str = r#"
+import json, socket, ssl, sys
+port, cafile, spiffe = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+ctx = ssl.create_default_context(cafile=cafile)
+if spiffe:
+    ctx.check_hostname = False
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as s:
+    uris = [v for k, v in s.getpeercert().get("subjectAltName", ()) if k == "URI"]
+    s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+head, body = data.split(b"\r\n\r\n", 1)
+print(json.dumps({"status": head.split(b" ")[1].decode(), "uris": uris, "body": json.loads(body)}))
+"#;
+
+fn fetch_endpoint(port: u16, cafile: &str, spiffe: bool) -> Result<serde_json::Value, String> {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            FETCH,
+            &port.to_string(),
+            cafile,
+            if spiffe { "1" } else { "0" },
+        ])
+        .output()
+        .expect("python");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn x5c(doc: &serde_json::Value) -> Vec<String> {
+    doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .map(|k| k["x5c"][0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
+    let port = sigil_tests::free_port();
+    // ca_ttl 60 s: the next CA joins the bundle 30 s in.
+    let a = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        ca_ttl: "60s".into(),
+        x509_svid_ttl: "20s".into(),
+        jwt_svid_ttl: "20s".into(),
+        extra_server: format!(
+            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n refresh_hint = \"1m\"\n profile \"https_spiffe\" {{}}\n }}\n}}\n"
+        ),
+        ..ServerOptions::default()
+    });
+    let pem = a.cli_ok(&["bundle", "show"]);
+    let cafile = a.dir.path().join("bundle.pem");
+    std::fs::write(&cafile, &pem).unwrap();
+    let cafile = cafile.to_str().unwrap().to_owned();
+    let served = wait_for("the bundle endpoint", Duration::from_secs(10), || {
+        fetch_endpoint(port, &cafile, true).ok()
+    });
+    assert_eq!(served["status"], "200");
+    assert_eq!(
+        served["uris"],
+        serde_json::json!(["spiffe://a.test/spire/server"])
+    );
+    assert_eq!(served["body"]["spiffe_refresh_hint"], 60);
+    let shown: serde_json::Value =
+        serde_json::from_str(&a.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    assert_eq!(x5c(&served["body"]), x5c(&shown));
+    assert_eq!(served["body"]["spiffe_sequence"], shown["spiffe_sequence"]);
+    let first_sequence = served["body"]["spiffe_sequence"].as_u64().unwrap();
+
+    // Another trust domain's bundle does not vouch for the endpoint.
+    let other = server("b.test");
+    let other_ca = other.dir.path().join("bundle.pem");
+    std::fs::write(&other_ca, other.cli_ok(&["bundle", "show"])).unwrap();
+    assert!(fetch_endpoint(port, other_ca.to_str().unwrap(), true).is_err());
+
+    // A CA rotation is served without restart, with a higher sequence.
+    let rotated = wait_for(
+        "a second authority on the endpoint",
+        Duration::from_secs(60),
+        || {
+            let doc = fetch_endpoint(port, &cafile, true).ok()?;
+            (x5c(&doc["body"]).len() > 1).then_some(doc)
+        },
+    );
+    assert!(rotated["body"]["spiffe_sequence"].as_u64().unwrap() > first_sequence);
+}
+
+#[test]
+fn bundle_endpoint_https_web_uses_the_serving_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ok, out) = sigil_tests::openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-days",
+        "1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let port = sigil_tests::free_port();
+    let a = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        extra_server: format!(
+            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port}\n profile \"https_web\" {{\n serving_cert_file {{\n cert_file_path = \"{}\"\n key_file_path = \"{}\"\n }}\n }}\n }}\n}}\n",
+            cert.display(),
+            key.display()
+        ),
+        ..ServerOptions::default()
+    });
+    // Hostname checked against the Web PKI certificate.
+    let served = wait_for("the bundle endpoint", Duration::from_secs(10), || {
+        fetch_endpoint(port, cert.to_str().unwrap(), false).ok()
+    });
+    assert_eq!(served["status"], "200");
+    assert_eq!(served["body"]["spiffe_refresh_hint"], 300);
+    let shown: serde_json::Value =
+        serde_json::from_str(&a.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
+    assert_eq!(x5c(&served["body"]), x5c(&shown));
+}
