@@ -34,16 +34,6 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     );
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
 
-    if let Some(f) = &config.federation {
-        // Parsed and validated, but the poller is not built yet: refuse rather than silently
-        // run without it.
-        if !f.federates_with.is_empty() {
-            anyhow::bail!(
-                "server.federation.federates_with: polling foreign bundle endpoints is not implemented yet; \
-                 set federated bundles with `sigil-server bundle set`"
-            );
-        }
-    }
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let datastore = Datastore::open(&config.datastore.connection_string, &config.data_dir)
@@ -217,6 +207,18 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     }
     if let Some(server) = oidc_server {
         tasks.spawn(async move { server.await.context("OIDC discovery endpoint failed") });
+    }
+    for target in config
+        .federation
+        .iter()
+        .flat_map(|f| f.federates_with.iter().cloned())
+    {
+        tracing::info!(trust_domain = %target.trust_domain, url = %target.url, "polling a federated bundle endpoint");
+        tasks.spawn(crate::federation::poller::poll_forever(
+            target,
+            federation.clone(),
+            cancel.clone(),
+        ));
     }
     if let Some(server) = bundle_endpoint {
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });

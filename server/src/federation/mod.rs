@@ -1,10 +1,11 @@
 //! SPIFFE federation: the federated bundles we hold ([`bundles`]), the bundle endpoint serving
 //! our own bundle to other trust domains ([`endpoint`]), and the poller fetching theirs
-//! (not built yet: use `bundle set`). Config blocks are read in [`config`].
+//! ([`poller`]). Config blocks are read in [`config`].
 
 pub mod bundles;
 pub mod config;
 pub mod endpoint;
+pub mod poller;
 
 pub use bundles::{BundleSet, DeleteMode, FederatedBundles, Refreshed};
 
