@@ -513,3 +513,78 @@ fn bundle_endpoint_https_web_uses_the_serving_certificate() {
         serde_json::from_str(&a.cli_ok(&["bundle", "show", "-format", "spiffe"])).unwrap();
     assert_eq!(x5c(&served["body"]), x5c(&shown));
 }
+
+fn federation_block(endpoint_port: u16, other: &str, other_port: u16) -> String {
+    format!(
+        "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {endpoint_port}\n refresh_hint = \"5s\"\n }}\n \
+         federates_with \"{other}\" {{\n bundle_endpoint_url = \"https://127.0.0.1:{other_port}\"\n \
+         bundle_endpoint_profile \"https_spiffe\" {{\n endpoint_spiffe_id = \"spiffe://{other}/spire/server\"\n }}\n }}\n}}\n"
+    )
+}
+
+fn pem_count(text: &str) -> usize {
+    text.matches("BEGIN CERTIFICATE").count()
+}
+
+#[test]
+fn polling_picks_up_a_foreign_ca_rotation_without_restart() {
+    let (port_a, port_b) = (sigil_tests::free_port(), sigil_tests::free_port());
+    let a = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        extra_server: federation_block(port_a, "b.test", port_b),
+        ..ServerOptions::default()
+    });
+    // ca_ttl 60 s: B's next CA joins its bundle 30 s in.
+    let b = Server::start(ServerOptions {
+        trust_domain: "b.test".into(),
+        ca_ttl: "60s".into(),
+        x509_svid_ttl: "20s".into(),
+        jwt_svid_ttl: "20s".into(),
+        extra_server: federation_block(port_b, "a.test", port_a),
+        ..ServerOptions::default()
+    });
+    // Bootstrap: each side holds the other's bundle to authenticate its endpoint.
+    exchange(&b, &a);
+    exchange(&a, &b);
+    let (agent_a, agent_a_id) = attested_agent(&a, false);
+    register_uid(
+        &a,
+        "spiffe://a.test/checkout",
+        &agent_a_id,
+        uid(),
+        &["-federatesWith", "spiffe://b.test"],
+    );
+
+    // The polled bundle carries B's refresh hint (only the endpoint serves one).
+    wait_for("A polls B's endpoint", Duration::from_secs(30), || {
+        let doc = a.cli_ok(&[
+            "bundle",
+            "list",
+            "-id",
+            "spiffe://b.test",
+            "-format",
+            "spiffe",
+        ]);
+        doc.contains("\"spiffe_refresh_hint\": 5").then_some(())
+    });
+    assert!(a.log().contains("federated bundle stored"));
+
+    // B rotates: A's stored bundle and A's workload both see B's second authority.
+    wait_for(
+        "B's new authority in A's stored bundle",
+        Duration::from_secs(60),
+        || (pem_count(&a.cli_ok(&["bundle", "list", "-id", "spiffe://b.test"])) > 1).then_some(()),
+    );
+    wait_for(
+        "B's new authority at A's workload",
+        Duration::from_secs(30),
+        || {
+            let d = fetch_files(&agent_a);
+            let f = federated_file(&d)?;
+            (pem_count(&std::fs::read_to_string(f).ok()?) > 1).then_some(())
+        },
+    );
+    // And B holds A's bundle, polled from A's endpoint, unchanged by all this.
+    let b_holds = b.cli_ok(&["bundle", "list", "-id", "spiffe://a.test"]);
+    assert_eq!(b_holds, a.cli_ok(&["bundle", "show"]));
+}
