@@ -588,3 +588,94 @@ fn polling_picks_up_a_foreign_ca_rotation_without_restart() {
     let b_holds = b.cli_ok(&["bundle", "list", "-id", "spiffe://a.test"]);
     assert_eq!(b_holds, a.cli_ok(&["bundle", "show"]));
 }
+
+#[test]
+fn polling_an_https_web_endpoint_uses_the_web_pki_roots() {
+    // A CA and a serving certificate for 127.0.0.1 signed by it: webpki refuses a self-signed
+    // CA certificate as the end entity.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let (ok, out) = sigil_tests::openssl(args);
+        assert!(ok, "{args:?}: {out}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("leaf.csr"),
+        p("cert.pem"),
+        p("ext"),
+    );
+    args.extend([
+        "-subj",
+        "/CN=test-ca",
+        "-days",
+        "1",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    run(&args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend(["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr]);
+    run(&args);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+
+    let port_b = sigil_tests::free_port();
+    let b = Server::start(ServerOptions {
+        trust_domain: "b.test".into(),
+        extra_server: format!(
+            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {port_b}\n profile \"https_web\" {{\n serving_cert_file {{\n cert_file_path = \"{cert}\"\n key_file_path = \"{key}\"\n }}\n }}\n }}\n}}\n"
+        ),
+        ..ServerOptions::default()
+    });
+    // No bootstrap: https_web trusts the Web PKI (here SSL_CERT_FILE), not a held bundle.
+    let a = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        extra_server: format!(
+            "federation {{\n federates_with \"b.test\" {{\n bundle_endpoint_url = \"https://127.0.0.1:{port_b}\"\n bundle_endpoint_profile \"https_web\" {{}}\n }}\n}}\n"
+        ),
+        env: vec![("SSL_CERT_FILE".into(), ca.clone())],
+        ..ServerOptions::default()
+    });
+    let held = wait_for("A polls B over https_web", Duration::from_secs(30), || {
+        let out = a.cli(&["bundle", "list", "-id", "spiffe://b.test"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8(out.stdout).unwrap())
+    });
+    assert_eq!(held, b.cli_ok(&["bundle", "show"]));
+}
