@@ -29,6 +29,8 @@ pub struct Applied {
     pub bundle: Option<Bundle>,
     /// Entries skipped because they did not convert (logged).
     pub rejected: usize,
+    /// The trust domains of the new federated bundle set, when the message changed it.
+    pub federated: Option<Vec<TrustDomain>>,
 }
 
 /// The sync position: the last revision applied and any snapshot being assembled.
@@ -116,6 +118,31 @@ impl SyncState {
                     }
                 }
                 Err(e) => warn!(error = %e, "ignoring an invalid bundle from the server"),
+            }
+        }
+        if let Some(set) = &msg.federated_bundles {
+            let mut bundles = BTreeMap::new();
+            for wire in &set.bundles {
+                match Bundle::try_from(wire) {
+                    Ok(b) if b.trust_domain == self.trust_domain => {
+                        warn!("ignoring a federated bundle for our own trust domain");
+                    }
+                    Ok(b) => {
+                        bundles.insert(b.trust_domain.clone(), b);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "ignoring an invalid federated bundle from the server")
+                    }
+                }
+            }
+            let current = &cache.snapshot().federated;
+            let unchanged = current.len() == bundles.len()
+                && bundles
+                    .iter()
+                    .all(|(td, b)| current.get(td).is_some_and(|c| **c == *b));
+            if !unchanged {
+                applied.federated = Some(bundles.keys().cloned().collect());
+                cache.set_federated_bundles(bundles);
             }
         }
         applied
@@ -208,6 +235,10 @@ fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) {
     ctx.metrics
         .cached_entries
         .set(ctx.cache.snapshot().identities.len() as i64);
+    if let Some(tds) = applied.federated {
+        let tds: Vec<&str> = tds.iter().map(TrustDomain::as_str).collect();
+        info!(trust_domains = ?tds, "federated bundles updated");
+    }
     if let Some(bundle) = applied.bundle {
         info!(
             sequence = bundle.sequence,
@@ -357,5 +388,65 @@ mod tests {
         };
         assert_eq!(state.apply(&cache, msg).bundle, None);
         assert_eq!(*cache.snapshot().bundle, bundle);
+    }
+
+    fn federated(bundles: &[&Bundle]) -> SyncEntriesResponse {
+        SyncEntriesResponse {
+            federated_bundles: Some(sigil_proto::sigil::agent::v1::FederatedBundles {
+                bundles: bundles.iter().map(|b| pb::Bundle::from(*b)).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn federated_bundles_replace_the_whole_set() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        let (ca, _) = crate::svid_store::tests::self_signed("spiffe://other.org");
+        let mut other = Bundle::new(TrustDomain::new("other.org").unwrap());
+        other.x509_authorities = vec![ca.clone()];
+        let mut third = Bundle::new(TrustDomain::new("third.org").unwrap());
+        third.x509_authorities = vec![ca.clone()];
+        let mut own = Bundle::new(td());
+        own.x509_authorities = vec![ca];
+
+        let applied = state.apply(&cache, federated(&[&other, &third, &own]));
+        let names = |a: &Applied| {
+            a.federated
+                .as_ref()
+                .map(|v| v.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names(&applied),
+            Some(vec!["other.org".into(), "third.org".into()]),
+            "own TD is ignored"
+        );
+        assert_eq!(cache.snapshot().federated.len(), 2);
+        assert_eq!(*cache.snapshot().federated[&other.trust_domain], other);
+
+        // The same set is no change; a message without the field leaves the set alone.
+        assert_eq!(
+            state.apply(&cache, federated(&[&other, &third])).federated,
+            None
+        );
+        assert_eq!(
+            state
+                .apply(&cache, SyncEntriesResponse::default())
+                .federated,
+            None
+        );
+        assert_eq!(cache.snapshot().federated.len(), 2);
+
+        // A changed bundle and a dropped one.
+        other.sequence = 3;
+        let applied = state.apply(&cache, federated(&[&other]));
+        assert_eq!(names(&applied), Some(vec!["other.org".into()]));
+        assert_eq!(cache.snapshot().federated[&other.trust_domain].sequence, 3);
+        assert!(!cache.snapshot().federated.contains_key(&third.trust_domain));
+
+        // An empty set clears it.
+        assert_eq!(state.apply(&cache, federated(&[])).federated, Some(vec![]));
+        assert!(cache.snapshot().federated.is_empty());
     }
 }

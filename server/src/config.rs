@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// `oidc_discovery { ... }`: the built-in OIDC discovery / JWKS endpoint.
     pub oidc_discovery: Option<OidcDiscoveryConfig>,
+    /// `server { federation { ... } }`: bundle endpoint and federated trust domains.
+    pub federation: Option<crate::federation::config::FederationConfig>,
 }
 
 /// `ca_key_type`. Every value SPIRE accepts parses; the CA decides which it supports.
@@ -274,12 +276,14 @@ impl ServerConfig {
             health,
             metrics,
             oidc_discovery,
+            federation: server.federation,
         })
     }
 }
 
 /// The `server` block, read.
 struct ServerSection {
+    federation: Option<crate::federation::config::FederationConfig>,
     bind_address: SocketAddr,
     socket_path: PathBuf,
     trust_domain: TrustDomain,
@@ -361,8 +365,10 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         }
         None => CaSubject::default(),
     };
+    let federation = crate::federation::config::read(s.block("federation")?)?;
     s.finish()?;
     Ok(ServerSection {
+        federation,
         bind_address: SocketAddr::new(
             ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port.unwrap_or(DEFAULT_BIND_PORT),
@@ -842,6 +848,7 @@ plugins {
             }),
             metrics: Some("127.0.0.1:9988".parse().unwrap()),
             oidc_discovery: None,
+            federation: None,
         };
         assert_eq!(cfg, want);
     }

@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod datastore;
+pub mod federation;
 pub mod key_manager;
 pub mod kubernetes;
 pub mod logging;

@@ -385,7 +385,7 @@ pub async fn bind(
     })
 }
 
-fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, OidcError> {
+pub(crate) fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, OidcError> {
     let certs: Vec<CertificateDer<'static>> = read_pem(&files.cert_file)?
         .into_iter()
         .filter(|p| p.tag() == "CERTIFICATE")

@@ -14,6 +14,7 @@ use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, CaJournal};
 use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
+use crate::federation::FederatedBundles;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
@@ -146,12 +147,31 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let federation = Arc::new(
+        FederatedBundles::load(datastore.clone(), config.trust_domain.clone())
+            .await
+            .context("cannot load the federated bundles")?,
+    );
+    let bundle_endpoint = match config
+        .federation
+        .as_ref()
+        .and_then(|f| f.bundle_endpoint.as_ref())
+    {
+        Some(c) => Some(
+            crate::federation::endpoint::bind(c, ca.clone(), cancel.clone())
+                .await
+                .context("cannot start the bundle endpoint")?,
+        ),
+        None => None,
+    };
+
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
         config.trust_domain.clone(),
         metrics.clone(),
-    );
+    )
+    .with_federation(federation.clone());
     let api_revisions = api.entry_revisions();
     let c = cancel.clone();
     tasks.spawn(async move {
@@ -167,7 +187,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         metrics.clone(),
         api_revisions,
     )
-    .with_agent_ttl(config.agent_ttl);
+    .with_agent_ttl(config.agent_ttl)
+    .with_federated_bundles(federation.subscribe());
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }
@@ -186,6 +207,21 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     }
     if let Some(server) = oidc_server {
         tasks.spawn(async move { server.await.context("OIDC discovery endpoint failed") });
+    }
+    for target in config
+        .federation
+        .iter()
+        .flat_map(|f| f.federates_with.iter().cloned())
+    {
+        tracing::info!(trust_domain = %target.trust_domain, url = %target.url, "polling a federated bundle endpoint");
+        tasks.spawn(crate::federation::poller::poll_forever(
+            target,
+            federation.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(server) = bundle_endpoint {
+        tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
     tasks.spawn(rotate_forever(
         ca.clone(),

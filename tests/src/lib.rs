@@ -79,6 +79,8 @@ pub struct ServerOptions {
     pub default_socket: bool,
     /// HCL appended inside `plugins { }` (e.g. a `NodeAttestor "k8s_psat"` block).
     pub extra_plugins: String,
+    /// Extra environment variables for the server process (e.g. `SSL_CERT_FILE`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +96,7 @@ impl Default for ServerOptions {
             extra_top: String::new(),
             default_socket: false,
             extra_plugins: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -212,6 +215,7 @@ plugins {{
         let child = Command::new(server_bin())
             .args(["run", "-config"])
             .arg(&self.config)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

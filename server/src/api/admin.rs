@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
 use sigil_proto::sigil::common::v1 as common;
-use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
+use sigil_proto::{
+    Bundle, IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain, convert,
+};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status};
 use super::{ca_status, datastore_status, invalid_field};
 use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
+use crate::federation::{DeleteMode, FederatedBundles, FederationError};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
 
 /// Largest page a caller may ask for; bigger lists are paged.
@@ -39,6 +42,8 @@ pub struct AdminApi {
     /// The latest entry revision, published after every committed entry change so the agent
     /// API's sync streams push it at once.
     revisions: watch::Sender<i64>,
+    /// Federated bundles; `None` only in tests that do not exercise them.
+    federation: Option<Arc<FederatedBundles>>,
 }
 
 impl AdminApi {
@@ -55,7 +60,20 @@ impl AdminApi {
             metrics,
             owner_uid: nix::unistd::geteuid().as_raw(),
             revisions: watch::Sender::new(0),
+            federation: None,
         }
+    }
+
+    /// Serves `bundle set/list/delete` from (and into) `federation`.
+    pub fn with_federation(mut self, federation: Arc<FederatedBundles>) -> Self {
+        self.federation = Some(federation);
+        self
+    }
+
+    fn federation(&self) -> Result<&FederatedBundles, Status> {
+        self.federation
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("federation is not enabled on this server"))
     }
 
     /// A receiver of the latest entry revision, for [`super::agent::AgentApi::new`].
@@ -600,6 +618,106 @@ impl Admin for AdminApi {
             })
         })
     }
+
+    async fn set_federated_bundle(
+        &self,
+        req: Request<pb::SetFederatedBundleRequest>,
+    ) -> Result<Response<pb::SetFederatedBundleResponse>, Status> {
+        handle!(self, "SetFederatedBundle", req, {
+            let wire = req
+                .bundle
+                .ok_or_else(|| Status::invalid_argument("bundle is required"))?;
+            let bundle = Bundle::try_from(&wire).map_err(invalid_field)?;
+            // Rendering parses every certificate and JWT key: garbage is refused here.
+            bundle
+                .to_spiffe_json()
+                .map_err(|e| Status::invalid_argument(format!("invalid bundle: {e}")))?;
+            self.federation()?
+                .set(bundle)
+                .await
+                .map_err(federation_status)?;
+            Ok(pb::SetFederatedBundleResponse {})
+        })
+    }
+
+    async fn list_federated_bundles(
+        &self,
+        req: Request<pb::ListFederatedBundlesRequest>,
+    ) -> Result<Response<pb::ListFederatedBundlesResponse>, Status> {
+        handle!(self, "ListFederatedBundles", req, {
+            let federation = self.federation()?;
+            let bundles = if req.trust_domain.is_empty() {
+                federation
+                    .current()
+                    .values()
+                    .map(|b| common::Bundle::from(b.as_ref()))
+                    .collect()
+            } else {
+                let td = parse_trust_domain(&req.trust_domain)?;
+                let bundle = federation
+                    .fetch(&td)
+                    .ok_or_else(|| federation_status(FederationError::NotFound(td)))?;
+                vec![common::Bundle::from(bundle.as_ref())]
+            };
+            Ok(pb::ListFederatedBundlesResponse { bundles })
+        })
+    }
+
+    async fn delete_federated_bundle(
+        &self,
+        req: Request<pb::DeleteFederatedBundleRequest>,
+    ) -> Result<Response<pb::DeleteFederatedBundleResponse>, Status> {
+        handle!(self, "DeleteFederatedBundle", req, {
+            let td = parse_trust_domain(&req.trust_domain)?;
+            let mode = match pb::BundleDeleteMode::try_from(req.mode) {
+                Ok(pb::BundleDeleteMode::Restrict) => DeleteMode::Restrict,
+                Ok(pb::BundleDeleteMode::Delete) => DeleteMode::Delete,
+                Ok(pb::BundleDeleteMode::Dissociate) => DeleteMode::Dissociate,
+                Err(_) => return Err(Status::invalid_argument("invalid mode")),
+            };
+            let affected = self
+                .federation()?
+                .delete(&td, mode)
+                .await
+                .map_err(federation_status)?;
+            if !affected.is_empty() {
+                self.publish_revision().await;
+            }
+            Ok(pb::DeleteFederatedBundleResponse {
+                affected_entries: affected.len() as u64,
+            })
+        })
+    }
+
+    async fn count_bundles(
+        &self,
+        req: Request<pb::CountBundlesRequest>,
+    ) -> Result<Response<pb::CountBundlesResponse>, Status> {
+        handle!(self, "CountBundles", req, {
+            let _ = req;
+            let count = self
+                .datastore
+                .count_bundles()
+                .await
+                .map_err(datastore_status)?;
+            Ok(pb::CountBundlesResponse { count })
+        })
+    }
+}
+
+/// The one place federation errors become statuses.
+fn federation_status(e: FederationError) -> Status {
+    match e {
+        FederationError::Datastore(d) => datastore_status(d),
+        FederationError::NotFound(_) => Status::not_found(e.to_string()),
+        FederationError::InUse { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+fn parse_trust_domain(s: &str) -> Result<TrustDomain, Status> {
+    TrustDomain::new(s)
+        .map_err(|e| Status::invalid_argument(format!("invalid trust domain {s:?}: {e}")))
 }
 
 /// Binds the admin socket: its directory is created 0700 (only the server's user may reach the

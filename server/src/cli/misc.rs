@@ -89,6 +89,14 @@ pub async fn token(c: TokenCommand) -> CliResult {
 pub enum BundleCommand {
     /// Prints the server's trust bundle.
     Show(BundleShowArgs),
+    /// Creates or replaces a federated bundle.
+    Set(super::bundle::BundleSetArgs),
+    /// Lists federated bundles.
+    List(super::bundle::BundleListArgs),
+    /// Deletes a federated bundle.
+    Delete(super::bundle::BundleDeleteArgs),
+    /// Counts bundles (ours included).
+    Count(super::bundle::BundleCountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,7 +109,13 @@ pub struct BundleShowArgs {
 }
 
 pub async fn bundle(c: BundleCommand) -> CliResult {
-    let BundleCommand::Show(a) = c;
+    let a = match c {
+        BundleCommand::Show(a) => a,
+        BundleCommand::Set(a) => return super::bundle::set(a).await,
+        BundleCommand::List(a) => return super::bundle::list(a).await,
+        BundleCommand::Delete(a) => return super::bundle::delete(a).await,
+        BundleCommand::Count(a) => return super::bundle::count(a).await,
+    };
     let mut client = connect(&a.out.socket_path).await?;
     let pb = client
         .get_bundle(admin::GetBundleRequest {})

@@ -2,6 +2,7 @@
 //! of the admin API on the server's Unix socket. SPIRE's spelling is accepted verbatim
 //! (`entry create -spiffeID ... -selector k8s:ns:payments`).
 
+mod bundle;
 mod client;
 mod entry;
 mod misc;
@@ -47,7 +48,7 @@ enum Command {
     /// Manages join tokens.
     #[command(subcommand)]
     Token(misc::TokenCommand),
-    /// Shows the trust bundle.
+    /// Shows our trust bundle; manages federated bundles.
     #[command(subcommand)]
     Bundle(misc::BundleCommand),
     /// Mints an X.509-SVID.

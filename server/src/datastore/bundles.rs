@@ -88,6 +88,30 @@ impl Datastore {
         }
         Ok(())
     }
+
+    /// The IDs of the entries whose `federates_with` names `trust_domain`, in ID order.
+    pub async fn list_entry_ids_federating_with(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Vec<String>, DatastoreError> {
+        // `federates_with` is a JSON list of trust domain names.
+        let ids = sqlx::query_scalar(
+            "SELECT e.id FROM registered_entries e WHERE EXISTS \
+             (SELECT 1 FROM json_each(e.federates_with) f WHERE f.value = ?) ORDER BY e.id",
+        )
+        .bind(trust_domain.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    /// How many bundles are stored, our own included.
+    pub async fn count_bundles(&self) -> Result<u64, DatastoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bundles")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {

@@ -14,7 +14,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use super::tls::{self, ServerTls, TlsError};
 use super::{ca_status, datastore_status};
 use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore};
+use crate::federation::BundleSet;
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
@@ -87,6 +88,8 @@ pub struct AgentApi {
     sync_fallback: Duration,
     /// Lifetime of agent SVIDs (`agent_ttl`); `None` = the CA's default X.509-SVID TTL.
     agent_ttl: Option<Duration>,
+    /// Federated bundles to push to agents, when federation is on.
+    federated: Option<watch::Receiver<BundleSet>>,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -126,7 +129,14 @@ impl AgentApi {
             attest_limiter: RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST),
             sync_fallback: FALLBACK_TICK,
             agent_ttl: None,
+            federated: None,
         }
+    }
+
+    /// Pushes federated bundles to agents from this set (see [`crate::federation`]).
+    pub fn with_federated_bundles(mut self, federated: watch::Receiver<BundleSet>) -> Self {
+        self.federated = Some(federated);
+        self
     }
 
     /// Sets the lifetime of agent SVIDs (SPIRE's `agent_ttl`).
@@ -492,6 +502,9 @@ impl Agent for AgentApi {
             known: HashMap::new(),
             revision: 0,
             fallback: self.sync_fallback,
+            federated: self.federated.clone(),
+            federates_with: BTreeSet::new(),
+            sent_federated: None,
         };
         tokio::spawn(sync.run(since));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -17,6 +17,12 @@ pub(super) struct SyncStream {
     /// The revision the agent has been brought up to.
     pub(super) revision: i64,
     pub(super) fallback: Duration,
+    /// The federated bundle set; `None` when federation is off.
+    pub(super) federated: Option<watch::Receiver<BundleSet>>,
+    /// Trust domains the agent's authorized entries federate with.
+    pub(super) federates_with: BTreeSet<TrustDomain>,
+    /// The federated bundles last sent; `None` before the first send.
+    pub(super) sent_federated: Option<BTreeMap<TrustDomain, Arc<Bundle>>>,
 }
 
 /// Keeps `connected_agents` right however the stream ends.
@@ -60,6 +66,11 @@ impl SyncStream {
         if !resumed {
             self.snapshot(Some(&bundle)).await?;
         }
+        let mut federated = self.federated.clone();
+        if let Some(f) = federated.as_mut() {
+            f.borrow_and_update();
+        }
+        self.sync_federated().await?;
 
         let mut fallback = tokio::time::interval(self.fallback);
         fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -79,6 +90,19 @@ impl SyncStream {
                 }
                 _ = fallback.tick() => {}
                 _ = resnapshot.tick() => full = true,
+                changed = async {
+                    match federated.as_mut() {
+                        Some(f) => f.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        // The holder is gone (shutdown): stop watching it.
+                        federated = None;
+                    } else if let Some(f) = federated.as_mut() {
+                        f.borrow_and_update();
+                    }
+                }
                 changed = bundles.changed() => {
                     if changed.is_err() {
                         return Err(Status::unavailable("the server is shutting down").into());
@@ -100,7 +124,42 @@ impl SyncStream {
             } else {
                 self.catch_up().await?;
             }
+            self.sync_federated().await?;
         }
+    }
+
+    /// Sends the federated bundles of the trust domains the agent's entries federate with,
+    /// when that set differs from what was last sent (or nothing was sent yet). The message
+    /// replaces the agent's whole set, so a bundle no longer needed is dropped there too.
+    ///
+    /// Only those trust domains, as SPIRE does: an agent holds no foreign trust it cannot hand
+    /// to any of its workloads.
+    async fn sync_federated(&mut self) -> Result<(), StreamError> {
+        let Some(federated) = &self.federated else {
+            return Ok(());
+        };
+        let all = federated.borrow().clone();
+        let wanted: BTreeMap<TrustDomain, Arc<Bundle>> = self
+            .federates_with
+            .iter()
+            .filter_map(|td| all.get(td).map(|b| (td.clone(), b.clone())))
+            .collect();
+        if self.sent_federated.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        self.send(pb::SyncEntriesResponse {
+            revision: self.revision,
+            federated_bundles: Some(pb::FederatedBundles {
+                bundles: wanted
+                    .values()
+                    .map(|b| common::Bundle::from(b.as_ref()))
+                    .collect(),
+            }),
+            ..Default::default()
+        })
+        .await?;
+        self.sent_federated = Some(wanted);
+        Ok(())
     }
 
     async fn authorized(&self) -> Result<Arc<AuthorizedEntries>, Status> {
@@ -148,6 +207,7 @@ impl SyncStream {
             .await?;
         }
         self.known = authorized_revisions(&authorized);
+        self.federates_with = federates_with(&authorized);
         self.revision = authorized.revision;
         Ok(())
     }
@@ -182,6 +242,7 @@ impl SyncStream {
         self.send_changes(upserts, deleted, authorized.revision, None)
             .await?;
         self.known = authorized_revisions(&authorized);
+        self.federates_with = federates_with(&authorized);
         self.revision = authorized.revision;
         Ok(())
     }
@@ -243,6 +304,7 @@ impl SyncStream {
         self.send_changes(upserts, deleted, authorized.revision, Some(bundle))
             .await?;
         self.known = authorized_revisions(&authorized);
+        self.federates_with = federates_with(&authorized);
         self.revision = authorized.revision;
         Ok(true)
     }
@@ -307,6 +369,13 @@ impl From<Status> for StreamError {
     fn from(s: Status) -> Self {
         StreamError::Status(s)
     }
+}
+
+fn federates_with(a: &AuthorizedEntries) -> BTreeSet<TrustDomain> {
+    a.sorted()
+        .into_iter()
+        .flat_map(|e| e.federates_with.iter().cloned())
+        .collect()
 }
 
 fn authorized_revisions(a: &AuthorizedEntries) -> HashMap<String, i64> {

@@ -1,0 +1,303 @@
+//! Polls each `federates_with` bundle endpoint and stores what it serves (SPIFFE Federation
+//! §5): at the foreign bundle's `spiffe_refresh_hint` (clamped, see [`next_poll`]), retrying
+//! with backoff on failure while the last good bundle stays in force.
+//!
+//! `https_spiffe` endpoints are authenticated against the bundle we currently hold for their
+//! trust domain (bootstrapped with `bundle set`) and must present `endpoint_spiffe_id`;
+//! `https_web` ones against the system's Web PKI roots (`rustls-native-certs`, which honours
+//! `SSL_CERT_FILE`). The HTTP client is hyper's HTTP/1.1 over tokio-rustls, both already in
+//! the dependency tree.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use sigil_proto::{Bundle, SpiffeId, TrustDomain};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::config::{EndpointProfile, FederatesWith};
+use super::{FederatedBundles, Refreshed};
+
+/// Bounds on the refresh hint a foreign server may ask for.
+pub const MIN_REFRESH: Duration = Duration::from_secs(5);
+pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// Used when the bundle carries no hint (SPIRE's default).
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+/// First retry after a failure; doubles per consecutive failure, up to the refresh interval.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest bundle document accepted.
+const MAX_BODY: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("invalid endpoint URL: {0}")]
+    Url(String),
+    #[error("no bundle held for {0} to authenticate its endpoint; run `bundle set` first")]
+    NoBundle(TrustDomain),
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the endpoint answered {0}")]
+    Status(u16),
+    #[error("invalid bundle: {0}")]
+    Bundle(#[from] sigil_proto::bundle::BundleError),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// How long to wait before the next poll: the bundle's refresh hint (clamped to
+/// [`MIN_REFRESH`]..[`MAX_REFRESH`], [`DEFAULT_REFRESH`] when absent) after a success; after
+/// `failures` consecutive failures, an exponential backoff from [`RETRY_BASE`] that never
+/// exceeds that interval.
+pub fn next_poll(refresh_hint: Option<u64>, failures: u32) -> Duration {
+    let interval = refresh_hint
+        .map_or(DEFAULT_REFRESH, Duration::from_secs)
+        .clamp(MIN_REFRESH, MAX_REFRESH);
+    if failures == 0 {
+        return interval;
+    }
+    let backoff = RETRY_BASE.saturating_mul(1u32 << (failures - 1).min(16));
+    backoff.min(interval)
+}
+
+/// Polls one foreign trust domain until `cancel` fires.
+pub async fn poll_forever(
+    target: FederatesWith,
+    bundles: Arc<FederatedBundles>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let td = target.trust_domain.clone();
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::time::timeout(TIMEOUT, fetch(&target, &bundles))
+            .await
+            .unwrap_or(Err(PollError::Timeout));
+        match result {
+            Ok(bundle) => match bundles.refresh(&td, bundle).await {
+                Ok(Refreshed::Updated) => failures = 0,
+                Ok(Refreshed::Unchanged) => {
+                    failures = 0;
+                    tracing::debug!(trust_domain = %td, "federated bundle unchanged");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(trust_domain = %td, error = %e, "federated bundle refused; keeping the last good one");
+                }
+            },
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(trust_domain = %td, url = %target.url, error = %e, "cannot fetch the federated bundle; keeping the last good one");
+            }
+        }
+        let hint = bundles.fetch(&td).and_then(|b| b.refresh_hint);
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(next_poll(hint, failures)) => {}
+        }
+    }
+}
+
+/// One GET of the endpoint, authenticated per its profile.
+pub async fn fetch(
+    target: &FederatesWith,
+    bundles: &FederatedBundles,
+) -> Result<Bundle, PollError> {
+    let uri: axum::http::Uri = target
+        .url
+        .parse()
+        .map_err(|e: axum::http::uri::InvalidUri| PollError::Url(e.to_string()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| PollError::Url("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PollError::Tls(e.to_string()))?;
+    let config = match &target.profile {
+        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            let held = bundles
+                .fetch(&target.trust_domain)
+                .ok_or_else(|| PollError::NoBundle(target.trust_domain.clone()))?;
+            let verifier = SpiffeEndpointVerifier {
+                roots: Arc::new(root_store(&held.x509_authorities)?),
+                expected: endpoint_spiffe_id.clone(),
+                algorithms: provider.signature_verification_algorithms,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+        EndpointProfile::HttpsWeb => {
+            let native = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(native.certs);
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|e| PollError::Url(e.to_string()))?;
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(PollError::Connect)?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| PollError::Tls(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = axum::http::Request::get(path)
+        .header(
+            axum::http::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .body(http_body_util::Empty::<axum::body::Bytes>::new())
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| PollError::Http(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(PollError::Status(response.status().as_u16()));
+    }
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| PollError::Http(e.to_string()))?
+        .to_bytes();
+    let text = std::str::from_utf8(&body).map_err(|e| PollError::Http(e.to_string()))?;
+    Ok(Bundle::from_spiffe_json(target.trust_domain.clone(), text)?)
+}
+
+fn root_store(authorities: &[Vec<u8>]) -> Result<RootCertStore, PollError> {
+    let mut roots = RootCertStore::empty();
+    for der in authorities {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| PollError::Tls(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// Verifies the endpoint's chain against the held bundle and its SPIFFE ID (the host name in
+/// the URL plays no part: an SVID names a SPIFFE ID).
+#[derive(Debug)]
+struct SpiffeEndpointVerifier {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeEndpointVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        if spiffe_id_of(end_entity).as_ref() != Some(&self.expected) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The single URI SAN of a leaf, as a SPIFFE ID.
+fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let uri = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    SpiffeId::new(uri).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_follows_the_hint_within_bounds() {
+        assert_eq!(next_poll(Some(60), 0), Duration::from_secs(60));
+        assert_eq!(next_poll(None, 0), DEFAULT_REFRESH);
+        assert_eq!(next_poll(Some(0), 0), MIN_REFRESH);
+        assert_eq!(next_poll(Some(1), 0), MIN_REFRESH);
+        assert_eq!(next_poll(Some(86_400), 0), MAX_REFRESH);
+    }
+
+    #[test]
+    fn failures_back_off_up_to_the_interval() {
+        assert_eq!(next_poll(Some(60), 1), Duration::from_secs(1));
+        assert_eq!(next_poll(Some(60), 2), Duration::from_secs(2));
+        assert_eq!(next_poll(Some(60), 4), Duration::from_secs(8));
+        assert_eq!(next_poll(Some(60), 7), Duration::from_secs(60));
+        assert_eq!(next_poll(Some(60), u32::MAX), Duration::from_secs(60));
+        assert_eq!(next_poll(None, 30), DEFAULT_REFRESH);
+    }
+}
