@@ -4,6 +4,7 @@
 
 mod client;
 mod entry;
+mod localauthority;
 mod misc;
 mod output;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Manages attested agents.
     #[command(subcommand)]
     Agent(misc::AgentCommand),
+    /// Operator control of the local authorities: prepare, activate, taint, revoke.
+    #[command(subcommand)]
+    Localauthority(localauthority::LocalAuthorityCommand),
 }
 
 #[derive(Args, Debug)]
@@ -233,6 +237,7 @@ fn client_command(command: Command) -> ExitCode {
             Command::X509(c) => misc::x509(c).await,
             Command::Jwt(c) => misc::jwt(c).await,
             Command::Agent(c) => misc::agent(c).await,
+            Command::Localauthority(c) => localauthority::execute(c).await,
             Command::Run(_) | Command::Validate(_) => unreachable!("handled before the runtime"),
         }
     });
