@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use sigil_proto::{RegistrationEntry, SpiffeId};
 use zeroize::Zeroizing;
 
+use crate::taint::TaintedAuthorities;
+
 /// Above this many cached tokens, expired ones are swept on insert; a workload asking for
 /// ever-new audiences cannot grow the cache without bound beyond the token lifetime.
 const SWEEP_THRESHOLD: usize = 1024;
@@ -114,6 +116,15 @@ impl JwtSvidCache {
             );
         }
         Ok(token)
+    }
+
+    /// Forgets every cached token signed by a key `tainted` names, so the next fetch mints
+    /// one with the active key.
+    pub fn drop_tainted(&self, tainted: &TaintedAuthorities) {
+        if tainted.is_empty() {
+            return;
+        }
+        self.lock().retain(|_, t| !tainted.affects_jwt(&t.token));
     }
 
     fn cached(&self, key: &TokenKey, now: i64) -> Option<String> {
