@@ -172,6 +172,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tokens_of_a_tainted_key_are_dropped() {
+        let key = TestJwtKey::new("k1");
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let t0 = now();
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .await
+            .unwrap();
+        let mut bundle =
+            sigil_proto::Bundle::new(sigil_proto::TrustDomain::new("example.org").unwrap());
+        bundle.jwt_authorities.push(key.authority());
+        // Another key tainted: the cached token stays.
+        let mut other = TestJwtKey::new("k2").authority();
+        other.tainted = true;
+        bundle.jwt_authorities.push(other);
+        cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
+        // Its own key tainted: the next fetch mints again.
+        bundle.jwt_authorities[0].tainted = true;
+        cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 2)
+            .await
+            .unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn reuses_token_until_half_life() {
         let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
         let cache = JwtSvidCache::new(minter.clone());
