@@ -12,5 +12,6 @@ pub mod run;
 pub mod server_client;
 pub mod svid_store;
 pub mod sync;
+pub mod taint;
 pub mod workload_api;
 pub mod workload_attestation;

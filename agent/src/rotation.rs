@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use rand::Rng;
 use sigil_proto::sigil::agent::v1::{BatchMintX509svidRequest, RenewAgentRequest, X509svidRequest};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
@@ -27,6 +27,7 @@ use crate::node_attestation::{self, NodeAttestor};
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::{AgentSvid, SvidStore, leaf_facts};
+use crate::taint::TaintedAuthorities;
 
 /// Largest `BatchMintX509SVID` batch.
 pub const MAX_BATCH: usize = 500;
@@ -116,14 +117,16 @@ struct Minted {
     refresh_at: i64,
 }
 
-/// The entries whose SVID must be minted now: none yet, entry changed since minting, or past
-/// the refresh point. Entries in `not_before_retry` are skipped until their time.
+/// The entries whose SVID must be minted now: none yet, entry changed since minting, signed by
+/// an authority the bundle says is tainted, or past the refresh point. Entries in
+/// `not_before_retry` are skipped until their time.
 fn due(
     snapshot: &Snapshot,
     minted: &mut HashMap<String, Minted>,
     retry_at: &HashMap<String, i64>,
     now: i64,
 ) -> Vec<Arc<Identity>> {
+    let tainted = TaintedAuthorities::from_bundle(&snapshot.bundle);
     let mut out = Vec::new();
     for identity in &snapshot.identities {
         // Template entries are not pre-minted: their ID depends on the workload.
@@ -138,6 +141,11 @@ fn due(
             out.push(identity.clone());
             continue;
         };
+        if tainted.affects_chain(&svid.chain) {
+            info!(entry_id = %id, "X509-SVID signed by a tainted authority; re-minting now");
+            out.push(identity.clone());
+            continue;
+        }
         let known = minted
             .get(id)
             .copied()
@@ -329,6 +337,7 @@ fn due_rendered(
     retry_at: &HashMap<RenderedKey, i64>,
     now: i64,
 ) -> Vec<(Arc<Identity>, RenderedKey)> {
+    let tainted = TaintedAuthorities::from_bundle(&snapshot.bundle);
     let mut out = Vec::new();
     for key in wanted {
         let Some(identity) = snapshot.identity(&key.entry_id) else {
@@ -342,7 +351,10 @@ fn due_rendered(
         if !instance || retry_at.get(key).is_some_and(|&at| now < at) {
             continue;
         }
-        let fresh = snapshot.rendered.contains_key(key)
+        let fresh = snapshot
+            .rendered
+            .get(key)
+            .is_some_and(|svid| !tainted.affects_chain(&svid.chain))
             && minted
                 .get(key)
                 .is_some_and(|m| m.revision == identity.entry.revision && now < m.refresh_at);
@@ -528,14 +540,16 @@ impl AgentIdentity {
     }
 }
 
-/// Renews the agent SVID at its refresh point, and re-attests after an eviction when a node
-/// attestor with a token is available. Runs until `cancel` fires.
+/// Renews the agent SVID at its refresh point, or at once when a new bundle says the authority
+/// that signed it is tainted, and re-attests after an eviction when a node attestor with a
+/// token is available. Runs until `cancel` fires.
 pub async fn renew_agent_svid(
     connection: Arc<ServerConnection>,
     identity: Arc<AgentIdentity>,
     store: Option<SvidStore>,
     reattestor: Option<Arc<dyn NodeAttestor>>,
     metrics: Arc<Metrics>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::server();
@@ -552,6 +566,14 @@ pub async fn renew_agent_svid(
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = identity.evicted.notified() => evicted = true,
+                r = snapshots.changed() => {
+                    if r.is_err() { return; }
+                    let bundle = snapshots.borrow_and_update().bundle.clone();
+                    if !TaintedAuthorities::from_bundle(&bundle).affects_chain(&svid.chain) {
+                        continue;
+                    }
+                    info!(spiffe_id = %svid.spiffe_id, "agent SVID signed by a tainted authority; renewing now");
+                }
                 () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {
                     // A capped sleep that has not reached the refresh point just loops.
                     if wait > MAX_SLEEP { continue; }
@@ -796,6 +818,41 @@ mod tests {
         cache.upsert_entries(vec![entry("a", 2)]);
         let snapshot = cache.snapshot();
         assert_eq!(ids(&due(&snapshot, &mut minted, &retry, 99)), ["a"]);
+    }
+
+    #[test]
+    fn due_includes_svids_signed_by_a_tainted_authority() {
+        let (cache, expires_at) = cache_with_svid("a");
+        let mut minted = HashMap::from([(
+            "a".to_string(),
+            Minted {
+                revision: 1,
+                expires_at,
+                refresh_at: 100,
+            },
+        )]);
+        let none = HashMap::new();
+        assert_eq!(
+            ids(&due(&cache.snapshot(), &mut minted, &none, 99)),
+            ["fresh"]
+        );
+        // The test SVID is self-signed: tainting it taints the chain's own authority.
+        let chain = cache
+            .snapshot()
+            .identity("a")
+            .unwrap()
+            .svid
+            .as_ref()
+            .unwrap()
+            .chain
+            .clone();
+        let mut bundle = (*cache.snapshot().bundle).clone();
+        bundle.tainted_x509_authorities = vec![chain[0].clone()];
+        cache.set_bundle(bundle);
+        assert_eq!(
+            ids(&due(&cache.snapshot(), &mut minted, &none, 99)),
+            ["a", "fresh"]
+        );
     }
 
     #[test]

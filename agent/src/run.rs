@@ -213,8 +213,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Ok(())
     });
     let (conn, m, c) = (connection.clone(), metrics.clone(), cancel.clone());
+    let snapshots = cache.subscribe();
     tasks.spawn(async move {
-        rotation::renew_agent_svid(conn, identity, store, attestor, m, c).await;
+        rotation::renew_agent_svid(conn, identity, store, attestor, m, snapshots, c).await;
         Ok(())
     });
 

@@ -38,6 +38,9 @@ pub struct JwtAuthority {
     pub public_key: Vec<u8>,
     /// Unix seconds after which the key no longer signs or validates; 0 when unknown.
     pub expires_at: i64,
+    /// Tainted by the operator: still validates until revoked, but agents drop the JWT-SVIDs
+    /// it signed. Never part of the SPIFFE bundle document.
+    pub tainted: bool,
 }
 
 /// A trust domain's bundle: the CA certificates and JWT keys that validate its SVIDs.
@@ -50,6 +53,10 @@ pub struct Bundle {
     pub sequence: u64,
     /// Seconds; how often federated consumers should re-fetch.
     pub refresh_hint: Option<u64>,
+    /// DER CA certificates the operator tainted (`localauthority x509 taint`): those in
+    /// `x509_authorities` stay trusted until revoked, but agents re-mint every SVID whose
+    /// chain they signed. Never part of the SPIFFE bundle document.
+    pub tainted_x509_authorities: Vec<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -105,6 +112,7 @@ impl Bundle {
             jwt_authorities: Vec::new(),
             sequence: 0,
             refresh_hint: None,
+            tainted_x509_authorities: Vec::new(),
         }
     }
 
@@ -161,6 +169,7 @@ impl Bundle {
                         key_id: kid,
                         public_key,
                         expires_at: 0,
+                        tainted: false,
                     });
                 }
                 _ => {}
@@ -365,9 +374,11 @@ mod tests {
                 key_id: "kid1".into(),
                 public_key: spki,
                 expires_at: 0,
+                tainted: false,
             }],
             sequence: 7,
             refresh_hint: Some(300),
+            tainted_x509_authorities: Vec::new(),
         }
     }
 

@@ -224,10 +224,12 @@ impl From<&Bundle> for pb::Bundle {
                     key_id: a.key_id.clone(),
                     public_key: a.public_key.clone(),
                     expires_at: a.expires_at,
+                    tainted: a.tainted,
                 })
                 .collect(),
             sequence: b.sequence,
             refresh_hint: b.refresh_hint.unwrap_or(0),
+            tainted_x509_authorities: b.tainted_x509_authorities.clone(),
         }
     }
 }
@@ -246,10 +248,12 @@ impl TryFrom<&pb::Bundle> for Bundle {
                     key_id: a.key_id.clone(),
                     public_key: a.public_key.clone(),
                     expires_at: a.expires_at,
+                    tainted: a.tainted,
                 })
                 .collect(),
             sequence: b.sequence,
             refresh_hint: (b.refresh_hint != 0).then_some(b.refresh_hint),
+            tainted_x509_authorities: b.tainted_x509_authorities.clone(),
         })
     }
 }
@@ -386,5 +390,32 @@ mod tests {
         for bad in ["", "*.", "-a.b", "a..b", "a_b.c", "a b"] {
             assert!(validate_dns_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bundle_round_trips_with_taint() {
+        let mut bundle = Bundle::new(TrustDomain::new("example.org").unwrap());
+        bundle.x509_authorities = vec![vec![1, 2], vec![3, 4]];
+        bundle.tainted_x509_authorities = vec![vec![1, 2]];
+        bundle.jwt_authorities = vec![
+            JwtAuthority {
+                key_id: "old".into(),
+                public_key: vec![5],
+                expires_at: 10,
+                tainted: true,
+            },
+            JwtAuthority {
+                key_id: "new".into(),
+                public_key: vec![6],
+                expires_at: 20,
+                tainted: false,
+            },
+        ];
+        bundle.sequence = 3;
+        let wire = pb::Bundle::from(&bundle);
+        assert_eq!(wire.tainted_x509_authorities, vec![vec![1, 2]]);
+        assert!(wire.jwt_authorities[0].tainted);
+        assert!(!wire.jwt_authorities[1].tainted);
+        assert_eq!(Bundle::try_from(&wire).unwrap(), bundle);
     }
 }

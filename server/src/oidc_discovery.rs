@@ -514,6 +514,7 @@ mod tests {
             key_id: kid.to_owned(),
             public_key: rcgen::PublicKeyData::subject_public_key_info(&pair),
             expires_at: 0,
+            tainted: false,
         }
     }
 

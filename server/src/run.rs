@@ -56,7 +56,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ),
         None => None,
     };
-    let (ca, journal) = Ca::new(
+    let (ca, _journal) = Ca::new(
         ca_config(&config, upstream)?,
         key_manager,
         journal,
@@ -64,7 +64,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .context("cannot start the CA")?;
     let ca = Arc::new(ca);
-    persist(&datastore, &ca, &journal).await?;
+    persist(&datastore, &ca).await?;
 
     // Only the client is built here (a bad kubeconfig is a start-up error); the API server is
     // first contacted by the running task, which retries until it answers.
@@ -279,8 +279,11 @@ fn ca_config(
     })
 }
 
-/// Stores the CA journal and the bundle it implies, so a restart resumes the same CA.
-async fn persist(datastore: &Datastore, ca: &Ca, journal: &CaJournal) -> anyhow::Result<()> {
+/// Stores the CA's current journal and the bundle it implies, so a restart resumes the same
+/// CA. Called after every change (rotation, `localauthority`) before it is acknowledged.
+pub(crate) async fn persist(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
+    let _guard = ca.lock_persistence().await;
+    let journal = ca.journal();
     datastore
         .set_ca_journal(&journal.to_bytes()?)
         .await
@@ -312,9 +315,9 @@ async fn rotate_forever(
             () = tokio::time::sleep(wait) => {}
         }
         match ca.rotate(SystemTime::now()) {
-            Ok(Some(journal)) => {
+            Ok(Some(_)) => {
                 metrics.ca_rotations.inc();
-                if let Err(e) = persist(&datastore, &ca, &journal).await {
+                if let Err(e) = persist(&datastore, &ca).await {
                     tracing::error!(error = %format!("{e:#}"), "cannot persist CA rotation; will retry");
                 }
             }

@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use sigil_proto::{RegistrationEntry, SpiffeId};
 use zeroize::Zeroizing;
 
+use crate::taint::TaintedAuthorities;
+
 /// Above this many cached tokens, expired ones are swept on insert; a workload asking for
 /// ever-new audiences cannot grow the cache without bound beyond the token lifetime.
 const SWEEP_THRESHOLD: usize = 1024;
@@ -116,6 +118,15 @@ impl JwtSvidCache {
         Ok(token)
     }
 
+    /// Forgets every cached token signed by a key `tainted` names, so the next fetch mints
+    /// one with the active key.
+    pub fn drop_tainted(&self, tainted: &TaintedAuthorities) {
+        if tainted.is_empty() {
+            return;
+        }
+        self.lock().retain(|_, t| !tainted.affects_jwt(&t.token));
+    }
+
     fn cached(&self, key: &TokenKey, now: i64) -> Option<String> {
         let tokens = self.lock();
         tokens
@@ -158,6 +169,40 @@ mod tests {
 
     fn aud(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn tokens_of_a_tainted_key_are_dropped() {
+        let key = TestJwtKey::new("k1");
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let t0 = now();
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .await
+            .unwrap();
+        let mut bundle =
+            sigil_proto::Bundle::new(sigil_proto::TrustDomain::new("example.org").unwrap());
+        bundle.jwt_authorities.push(key.authority());
+        // Another key tainted: the cached token stays.
+        let mut other = TestJwtKey::new("k2").authority();
+        other.tainted = true;
+        bundle.jwt_authorities.push(other);
+        cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 1)
+            .await
+            .unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
+        // Its own key tainted: the next fetch mints again.
+        bundle.jwt_authorities[0].tainted = true;
+        cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
+        cache
+            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 2)
+            .await
+            .unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

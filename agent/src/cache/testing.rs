@@ -105,6 +105,7 @@ impl TestJwtKey {
             key_id: self.kid.clone(),
             public_key: rcgen::PublicKeyData::subject_public_key_info(&self.key),
             expires_at: 0,
+            tainted: false,
         }
     }
 

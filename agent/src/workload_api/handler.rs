@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use crate::cache::{CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot};
+use crate::taint::TaintedAuthorities;
 use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
 
 /// The metadata key every Workload API request must carry with the value `true`.
@@ -294,6 +295,8 @@ impl SpiffeWorkloadApi for Handler {
             return Err(RequestError::NoIdentity.into());
         }
         let now = unix_now();
+        self.jwt_svids
+            .drop_tainted(&TaintedAuthorities::from_bundle(&snapshot.bundle));
         let mut svids = Vec::with_capacity(identities.len());
         for (identity, spiffe_id) in identities {
             let entry = &identity.entry;

@@ -21,6 +21,8 @@ use tonic::{Request, Response, Status};
 
 use super::{ca_status, datastore_status, invalid_field};
 use crate::ca::Ca;
+use crate::ca::local_authority::{AuthorityKind, AuthorityState, LocalAuthorityError};
+use crate::ca::rotation::AuthorityStatus;
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
 use crate::federation::{DeleteMode, FederatedBundles, FederationError};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
@@ -703,6 +705,53 @@ impl Admin for AdminApi {
             Ok(pb::CountBundlesResponse { count })
         })
     }
+
+    async fn local_authority(
+        &self,
+        req: Request<pb::LocalAuthorityRequest>,
+    ) -> Result<Response<pb::LocalAuthorityResponse>, Status> {
+        handle!(self, "LocalAuthority", req, {
+            let kind = match pb::AuthorityKind::try_from(req.kind) {
+                Ok(pb::AuthorityKind::X509) => AuthorityKind::X509,
+                Ok(pb::AuthorityKind::Jwt) => AuthorityKind::Jwt,
+                Err(_) => return Err(Status::invalid_argument("invalid authority kind")),
+            };
+            let id = req.authority_id.as_str();
+            let changed = match pb::LocalAuthorityOp::try_from(req.op) {
+                Ok(pb::LocalAuthorityOp::Show) => {
+                    return Ok(pb::LocalAuthorityResponse {
+                        authority: None,
+                        authorities: self
+                            .ca
+                            .authorities(kind)
+                            .iter()
+                            .map(authority_state_pb)
+                            .collect(),
+                    });
+                }
+                Ok(pb::LocalAuthorityOp::Prepare) => {
+                    self.ca.prepare_authority(kind, SystemTime::now())
+                }
+                Ok(pb::LocalAuthorityOp::Activate) => self.ca.activate_authority(kind, id),
+                Ok(pb::LocalAuthorityOp::Taint) => self.ca.taint_authority(kind, id),
+                Ok(pb::LocalAuthorityOp::Revoke) => self.ca.revoke_authority(kind, id),
+                Err(_) => return Err(Status::invalid_argument("invalid operation")),
+            };
+            let (state, _journal) = changed.map_err(local_authority_status)?;
+            // Persisted before the operator hears it is done, so a restart cannot undo it.
+            crate::run::persist(&self.datastore, &self.ca)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %format!("{e:#}"), "cannot persist the CA journal");
+                    Status::internal("the change is applied but could not be persisted")
+                })?;
+            tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
+            Ok(pb::LocalAuthorityResponse {
+                authority: Some(authority_state_pb(&state)),
+                authorities: Vec::new(),
+            })
+        })
+    }
 }
 
 /// The one place federation errors become statuses.
@@ -718,6 +767,32 @@ fn federation_status(e: FederationError) -> Status {
 fn parse_trust_domain(s: &str) -> Result<TrustDomain, Status> {
     TrustDomain::new(s)
         .map_err(|e| Status::invalid_argument(format!("invalid trust domain {s:?}: {e}")))
+}
+
+fn authority_state_pb(a: &AuthorityState) -> pb::AuthorityState {
+    let status = match a.status {
+        AuthorityStatus::Active => pb::AuthorityStatus::Active,
+        AuthorityStatus::Prepared => pb::AuthorityStatus::Prepared,
+        AuthorityStatus::Old => pb::AuthorityStatus::Old,
+    };
+    pb::AuthorityState {
+        authority_id: a.authority_id.clone(),
+        expires_at: a.expires_at,
+        status: status.into(),
+        tainted: a.tainted,
+        upstream_authority_subject_key_id: a.upstream_authority_id.clone().unwrap_or_default(),
+    }
+}
+
+fn local_authority_status(e: LocalAuthorityError) -> Status {
+    match e {
+        LocalAuthorityError::Upstream(_) => Status::failed_precondition(e.to_string()),
+        LocalAuthorityError::Ca(e) => {
+            tracing::error!(error = %e, "local authority operation failed");
+            Status::internal(format!("CA failure: {e}"))
+        }
+        e => Status::invalid_argument(e.to_string()),
+    }
 }
 
 /// Binds the admin socket: its directory is created 0700 (only the server's user may reach the

@@ -7,6 +7,8 @@
 //! - [`rotation`]: when to prepare, activate and prune authorities (pure functions of `now`).
 //! - [`upstream`]: UpstreamAuthority "disk", the operator's CA that signs ours as an
 //!   intermediate.
+//! - [`local_authority`]: the operator's prepare / activate / taint / revoke (SPIRE's
+//!   `localauthority` API).
 //! - [`journal`]: the persisted record of every authority, so a restart resumes the same CA.
 //!
 //! Signing reads the active authority lock-free (`ArcSwap`); rotation takes a mutex, works on a
@@ -15,6 +17,7 @@
 
 pub mod journal;
 pub mod jwt;
+pub mod local_authority;
 pub mod rotation;
 pub mod upstream;
 pub mod x509;
@@ -179,6 +182,7 @@ pub struct Ca {
     jwt_active: ArcSwap<JwtSigner>,
     state: Mutex<State>,
     bundle_tx: watch::Sender<Arc<Bundle>>,
+    persistence: tokio::sync::Mutex<()>,
 }
 
 impl Ca {
@@ -236,6 +240,7 @@ impl Ca {
             jwt_active: ArcSwap::new(jwt_active),
             state: Mutex::new(state),
             bundle_tx,
+            persistence: tokio::sync::Mutex::new(()),
         };
         Ok((ca, journal))
     }
@@ -388,6 +393,14 @@ impl Ca {
         if !next.rotate(&self.config, &*self.key_manager, now)? {
             return Ok(None);
         }
+        let journal = self.install(&mut state, next)?;
+        tracing::info!(sequence = journal.bundle_sequence, "CA authorities rotated");
+        Ok(Some(journal))
+    }
+
+    /// Commits `next` as the new state under a new bundle sequence, switches the signers and
+    /// publishes the bundle. Returns the journal to persist.
+    fn install(&self, state: &mut State, mut next: State) -> Result<CaJournal, CaError> {
         next.sequence += 1;
         let x509_active = next.active_x509()?;
         let jwt_active = next.active_jwt()?;
@@ -396,8 +409,13 @@ impl Ca {
         self.jwt_active.store(jwt_active);
         self.bundle_tx
             .send_replace(Arc::new(state.bundle(&self.config)));
-        tracing::info!(sequence = state.sequence, "CA authorities rotated");
-        Ok(Some(state.journal()))
+        Ok(state.journal())
+    }
+
+    /// Held while the journal is written, so concurrent writers (rotation, the admin API)
+    /// cannot store an older journal over a newer one: each writes [`Ca::journal`] under it.
+    pub async fn lock_persistence(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.persistence.lock().await
     }
 
     /// When [`Ca::rotate`] next has something to do (never before `now`).
@@ -473,6 +491,10 @@ trait Record {
     fn slot(&self) -> Slot;
     fn set_status(&mut self, status: AuthorityStatus);
     fn key_id(&self) -> &str;
+    /// The ID the operator names it by (`-authorityID`).
+    fn authority_id(&self) -> String;
+    fn tainted(&self) -> bool;
+    fn set_tainted(&mut self);
 }
 
 impl Record for X509AuthorityRecord {
@@ -485,6 +507,15 @@ impl Record for X509AuthorityRecord {
     fn key_id(&self) -> &str {
         &self.key_id
     }
+    fn authority_id(&self) -> String {
+        local_authority::x509_authority_id(&self.cert_der)
+    }
+    fn tainted(&self) -> bool {
+        self.tainted
+    }
+    fn set_tainted(&mut self) {
+        self.tainted = true;
+    }
 }
 
 impl Record for JwtKeyRecord {
@@ -496,6 +527,15 @@ impl Record for JwtKeyRecord {
     }
     fn key_id(&self) -> &str {
         &self.key_id
+    }
+    fn authority_id(&self) -> String {
+        self.kid.clone()
+    }
+    fn tainted(&self) -> bool {
+        self.tainted
+    }
+    fn set_tainted(&mut self) {
+        self.tainted = true;
     }
 }
 
@@ -581,60 +621,11 @@ impl State {
         km: &dyn KeyManager,
         now: i64,
     ) -> Result<bool, CaError> {
-        let ttl = secs(config.ca_ttl);
         let x509_changed = rotate_entries(&mut self.x509, now, X509_KEY_IDS, |key_id| {
-            let key = km.generate(key_id, config.key_type)?;
-            let authority = match &config.upstream {
-                Some(upstream) => X509Authority::create_intermediate(
-                    &config.trust_domain,
-                    &config.ca_subject,
-                    &key,
-                    upstream,
-                    now,
-                    ttl,
-                )?,
-                None => {
-                    X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?
-                }
-            };
-            tracing::info!(
-                key_id,
-                not_after = authority.not_after(),
-                upstream_signed = config.upstream.is_some(),
-                "X.509 CA prepared"
-            );
-            let record = X509AuthorityRecord {
-                cert_der: authority.cert_der().to_vec(),
-                key_id: key_id.to_owned(),
-                status: AuthorityStatus::Prepared,
-                issued_at: now,
-                not_after: authority.not_after(),
-                tainted: false,
-                upstream_signed: config.upstream.is_some(),
-            };
-            Ok(Entry {
-                record,
-                live: Some(Arc::new(authority)),
-            })
+            new_x509_entry(config, km, key_id, now)
         })?;
         let jwt_changed = rotate_entries(&mut self.jwt, now, JWT_KEY_IDS, |key_id| {
-            let key = km.generate(key_id, config.key_type)?;
-            let not_after = now.saturating_add(ttl);
-            let kid = jwt::random_kid()?;
-            tracing::info!(key_id, kid = %kid, not_after, "JWT key prepared");
-            let record = JwtKeyRecord {
-                kid: kid.clone(),
-                public_key: key.public_key().to_vec(),
-                key_id: key_id.to_owned(),
-                status: AuthorityStatus::Prepared,
-                issued_at: now,
-                not_after,
-                tainted: false,
-            };
-            Ok(Entry {
-                record,
-                live: Some(Arc::new(JwtSigner::new(kid, key, not_after)?)),
-            })
+            new_jwt_entry(config, km, key_id, now)
         })?;
         Ok(x509_changed || jwt_changed)
     }
@@ -670,7 +661,14 @@ impl State {
                 key_id: e.record.kid.clone(),
                 public_key: e.record.public_key.clone(),
                 expires_at: e.record.not_after,
+                tainted: e.record.tainted,
             })
+            .collect();
+        bundle.tainted_x509_authorities = self
+            .x509
+            .iter()
+            .filter(|e| e.record.tainted)
+            .map(|e| e.record.cert_der.clone())
             .collect();
         bundle.sequence = self.sequence;
         bundle
@@ -683,6 +681,89 @@ impl State {
             bundle_sequence: self.sequence,
         }
     }
+}
+
+/// A new prepared X.509 CA in key slot `key_id` (self-signed, or an intermediate of the
+/// upstream authority).
+fn new_x509_entry(
+    config: &CaConfig,
+    km: &dyn KeyManager,
+    key_id: &str,
+    now: i64,
+) -> Result<Entry<X509AuthorityRecord, X509Authority>, CaError> {
+    let ttl = secs(config.ca_ttl);
+    let key = km.generate(key_id, config.key_type)?;
+    let authority = match &config.upstream {
+        Some(upstream) => X509Authority::create_intermediate(
+            &config.trust_domain,
+            &config.ca_subject,
+            &key,
+            upstream,
+            now,
+            ttl,
+        )?,
+        None => X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?,
+    };
+    tracing::info!(
+        key_id,
+        not_after = authority.not_after(),
+        upstream_signed = config.upstream.is_some(),
+        "X.509 CA prepared"
+    );
+    let record = X509AuthorityRecord {
+        cert_der: authority.cert_der().to_vec(),
+        key_id: key_id.to_owned(),
+        status: AuthorityStatus::Prepared,
+        issued_at: now,
+        not_after: authority.not_after(),
+        tainted: false,
+        upstream_signed: config.upstream.is_some(),
+    };
+    Ok(Entry {
+        record,
+        live: Some(Arc::new(authority)),
+    })
+}
+
+/// A new prepared JWT key in key slot `key_id`.
+fn new_jwt_entry(
+    config: &CaConfig,
+    km: &dyn KeyManager,
+    key_id: &str,
+    now: i64,
+) -> Result<Entry<JwtKeyRecord, JwtSigner>, CaError> {
+    let ttl = secs(config.ca_ttl);
+    let key = km.generate(key_id, config.key_type)?;
+    let not_after = now.saturating_add(ttl);
+    let kid = jwt::random_kid()?;
+    tracing::info!(key_id, kid = %kid, not_after, "JWT key prepared");
+    let record = JwtKeyRecord {
+        kid: kid.clone(),
+        public_key: key.public_key().to_vec(),
+        key_id: key_id.to_owned(),
+        status: AuthorityStatus::Prepared,
+        issued_at: now,
+        not_after,
+        tainted: false,
+    };
+    Ok(Entry {
+        record,
+        live: Some(Arc::new(JwtSigner::new(kid, key, not_after)?)),
+    })
+}
+
+/// The key slot no signing authority uses: the other one's key may be overwritten.
+fn free_key_id<'a, R: Record, A>(entries: &[Entry<R, A>], key_ids: [&'a str; 2]) -> &'a str {
+    let busy: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.live.is_some())
+        .map(|e| e.record.key_id())
+        .collect();
+    key_ids
+        .iter()
+        .find(|id| !busy.contains(id))
+        .copied()
+        .unwrap_or(key_ids[0])
 }
 
 fn active<R: Record, A>(entries: &[Entry<R, A>]) -> Result<Arc<A>, CaError> {
@@ -720,17 +801,7 @@ fn rotate_entries<R: Record, A>(
             match action {
                 Action::Prune(_) => {}
                 Action::Prepare => {
-                    // The slot no signing authority uses: the other one's key may be overwritten.
-                    let busy: Vec<&str> = entries
-                        .iter()
-                        .filter(|e| e.live.is_some())
-                        .map(|e| e.record.key_id())
-                        .collect();
-                    let key_id = key_ids
-                        .iter()
-                        .find(|id| !busy.contains(id))
-                        .unwrap_or(&key_ids[0]);
-                    let entry = create(key_id)?;
+                    let entry = create(free_key_id(entries, key_ids))?;
                     entries.push(entry);
                 }
                 Action::Activate => {

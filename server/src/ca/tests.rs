@@ -1030,3 +1030,35 @@ fn upstream_with_its_own_intermediate_sends_the_whole_chain() {
     let (ok, out) = openssl_verify_chain(&root.der(), &svid.chain, T0 + 2);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn localauthority_refuses_x509_taint_and_revoke_with_an_upstream() {
+    use crate::ca::local_authority::{AuthorityKind, LocalAuthorityError};
+    let dir = tempfile::tempdir().unwrap();
+    let (_root, files) = root_files(dir.path(), T0 + YEAR);
+    let ca = memory_ca(upstream_config(86_400, &files, T0), at(T0));
+    let (prepared, _) = ca
+        .prepare_authority(AuthorityKind::X509, at(T0 + 1))
+        .unwrap();
+    assert!(prepared.upstream_authority_id.is_some());
+    let old = ca.authorities(AuthorityKind::X509)[0].authority_id.clone();
+    ca.activate_authority(AuthorityKind::X509, &prepared.authority_id)
+        .unwrap();
+    let before = ca.journal();
+    for err in [
+        ca.taint_authority(AuthorityKind::X509, &old).unwrap_err(),
+        ca.revoke_authority(AuthorityKind::X509, &old).unwrap_err(),
+    ] {
+        assert!(matches!(err, LocalAuthorityError::Upstream(_)), "{err}");
+        assert!(err.to_string().contains("upstream authority"), "{err}");
+    }
+    assert_eq!(ca.journal(), before);
+    // JWT keys are ours alone: their taint still works.
+    let jwt_old = ca.authorities(AuthorityKind::Jwt)[0].authority_id.clone();
+    let (p, _) = ca
+        .prepare_authority(AuthorityKind::Jwt, at(T0 + 2))
+        .unwrap();
+    ca.activate_authority(AuthorityKind::Jwt, &p.authority_id)
+        .unwrap();
+    ca.taint_authority(AuthorityKind::Jwt, &jwt_old).unwrap();
+}

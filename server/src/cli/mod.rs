@@ -5,6 +5,7 @@
 mod bundle;
 mod client;
 mod entry;
+mod localauthority;
 mod misc;
 mod output;
 
@@ -60,6 +61,9 @@ enum Command {
     /// Manages attested agents.
     #[command(subcommand)]
     Agent(misc::AgentCommand),
+    /// Operator control of the local authorities: prepare, activate, taint, revoke.
+    #[command(subcommand)]
+    Localauthority(localauthority::LocalAuthorityCommand),
 }
 
 #[derive(Args, Debug)]
@@ -234,6 +238,7 @@ fn client_command(command: Command) -> ExitCode {
             Command::X509(c) => misc::x509(c).await,
             Command::Jwt(c) => misc::jwt(c).await,
             Command::Agent(c) => misc::agent(c).await,
+            Command::Localauthority(c) => localauthority::execute(c).await,
             Command::Run(_) | Command::Validate(_) => unreachable!("handled before the runtime"),
         }
     });

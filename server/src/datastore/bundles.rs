@@ -19,6 +19,9 @@ struct StoredBundle {
     jwt_authorities: Vec<StoredJwtAuthority>,
     sequence: u64,
     refresh_hint: Option<u64>,
+    /// Base64 DER; absent in bundles stored before taint existed.
+    #[serde(default)]
+    tainted_x509_authorities: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -27,6 +30,8 @@ struct StoredJwtAuthority {
     /// Base64 DER SubjectPublicKeyInfo.
     public_key: String,
     expires_at: i64,
+    #[serde(default)]
+    tainted: bool,
 }
 
 impl Datastore {
@@ -128,10 +133,16 @@ fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {
                 key_id: a.key_id.clone(),
                 public_key: STANDARD.encode(&a.public_key),
                 expires_at: a.expires_at,
+                tainted: a.tainted,
             })
             .collect(),
         sequence: bundle.sequence,
         refresh_hint: bundle.refresh_hint,
+        tainted_x509_authorities: bundle
+            .tainted_x509_authorities
+            .iter()
+            .map(|der| STANDARD.encode(der))
+            .collect(),
     };
     serde_json::to_string(&stored)
         .map_err(|e| DatastoreError::InvalidArgument(format!("bundle cannot be encoded: {e}")))
@@ -155,15 +166,22 @@ fn decode(trust_domain: TrustDomain, data: &str) -> Result<Bundle, DatastoreErro
                 public_key: STANDARD.decode(&a.public_key).map_err(|e| corrupt(&e))?,
                 key_id: a.key_id,
                 expires_at: a.expires_at,
+                tainted: a.tainted,
             })
         })
         .collect::<Result<_, DatastoreError>>()?;
+    let tainted_x509_authorities = stored
+        .tainted_x509_authorities
+        .iter()
+        .map(|b| STANDARD.decode(b).map_err(|e| corrupt(&e)))
+        .collect::<Result<_, _>>()?;
     Ok(Bundle {
         trust_domain: trust_domain.clone(),
         x509_authorities,
         jwt_authorities,
         sequence: stored.sequence,
         refresh_hint: stored.refresh_hint,
+        tainted_x509_authorities,
     })
 }
 
@@ -180,9 +198,11 @@ mod tests {
                 key_id: "kid-1".into(),
                 public_key: vec![0x30, 0x59, 9],
                 expires_at: 1_900_000_000,
+                tainted: true,
             }],
             sequence,
             refresh_hint: Some(300),
+            tainted_x509_authorities: vec![vec![0x30, 3]],
         }
     }
 
