@@ -55,6 +55,13 @@ pub fn new_key_and_csr() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), CsrError> {
     Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
 }
 
+/// Unix seconds at which a just-minted SVID is renewed. Its life is counted from `now`, not
+/// from NotBefore: the server backdates NotBefore to absorb clock skew, and with short TTLs
+/// half of the backdated window may already be over, which would re-mint in a tight loop.
+pub fn fresh_refresh_at(not_before: i64, not_after: i64, now: i64, jitter: f64) -> i64 {
+    refresh_at(not_before.max(now), not_after, jitter)
+}
+
 /// Unix seconds at which an SVID valid from `not_before` to `not_after` is renewed: at half of
 /// its lifetime, moved by `jitter` (clamped to ±[`JITTER`]) times the half-life.
 pub fn refresh_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
@@ -298,7 +305,12 @@ async fn mint_batch(
             Minted {
                 revision,
                 expires_at: facts.not_after,
-                refresh_at: refresh_at(facts.not_before, facts.not_after, random_jitter()),
+                refresh_at: fresh_refresh_at(
+                    facts.not_before,
+                    facts.not_after,
+                    unix_now(),
+                    random_jitter(),
+                ),
             },
         ));
         installs.push((
@@ -489,7 +501,12 @@ async fn mint_rendered_batch(
             Minted {
                 revision,
                 expires_at: facts.not_after,
-                refresh_at: refresh_at(facts.not_before, facts.not_after, random_jitter()),
+                refresh_at: fresh_refresh_at(
+                    facts.not_before,
+                    facts.not_after,
+                    unix_now(),
+                    random_jitter(),
+                ),
             },
         ));
         installs.push((
@@ -699,6 +716,18 @@ mod tests {
         for (nb, na, jitter, want) in table {
             assert_eq!(refresh_at(nb, na, jitter), want, "{nb} {na} {jitter}");
         }
+    }
+
+    #[test]
+    fn a_fresh_svid_lives_from_now_not_from_its_backdated_not_before() {
+        // A 6 s SVID whose NotBefore the server backdated by 10 s: renewed 3 s from now, not
+        // "2 s ago" (which would re-mint at once, again and again).
+        assert_eq!(fresh_refresh_at(990, 1006, 1000, 0.0), 1003);
+        // Not backdated (or clocks ahead): the same as refresh_at.
+        assert_eq!(
+            fresh_refresh_at(1000, 4600, 990, 0.0),
+            refresh_at(1000, 4600, 0.0)
+        );
     }
 
     #[test]

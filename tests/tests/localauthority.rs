@@ -2,8 +2,8 @@
 //! binaries. A server (with OIDC discovery on), one agent, two identities for this uid:
 //! prepare -> activate -> taint the old authority -> every workload SVID (and the agent's own)
 //! is re-minted by the new one within 10 s; revoke -> the old authority is gone from
-//! `bundle show`, the Workload API bundle and OIDC `/keys`. Refusals exit non-zero, say why,
-//! and change nothing.
+//! `bundle show`, the Workload API bundle, OIDC `/keys` and the federation bundle endpoint.
+//! Refusals exit non-zero, say why, and change nothing.
 
 use std::time::Duration;
 
@@ -23,11 +23,16 @@ const AUDIENCE: &str = "payments-api";
 /// The brief's target: affected SVIDs replaced within 10 s of `taint`.
 const TAINT_DEADLINE: Duration = Duration::from_secs(10);
 
-fn setup() -> (Server, Agent, u16) {
+/// The server, its agent, the OIDC discovery port and the federation bundle endpoint port.
+fn setup() -> (Server, Agent, u16, u16) {
     let port = free_port();
+    let federation_port = free_port();
     let server = Server::start(ServerOptions {
         extra_top: format!(
             "oidc_discovery {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {port}\n  domains = [\"127.0.0.1\"]\n}}\n"
+        ),
+        extra_server: format!(
+            "federation {{\n bundle_endpoint {{\n address = \"127.0.0.1\"\n port = {federation_port}\n profile \"https_spiffe\" {{}}\n }}\n}}\n"
         ),
         ..ServerOptions::default()
     });
@@ -36,7 +41,7 @@ fn setup() -> (Server, Agent, u16) {
     for id in IDS {
         register_uid(&server, id, &agent_id, uid, &[]);
     }
-    (server, agent, port)
+    (server, agent, port, federation_port)
 }
 
 /// (active, prepared, old) authority IDs from `localauthority <kind> show -output json`.
@@ -131,6 +136,35 @@ fn oidc_kids(port: u16) -> Vec<String> {
         .collect()
 }
 
+/// What the federation bundle endpoint publishes: the X.509 authorities' SKIs (hex) and the
+/// JWT key IDs. Fetched without TLS verification: the federation tests check the endpoint's
+/// authentication; here only its content matters.
+fn federation_view(port: u16) -> (Vec<String>, Vec<String>) {
+    let out = std::process::Command::new("curl")
+        .args(["-skf", &format!("https://127.0.0.1:{port}/")])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "bundle endpoint: {out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("SPIFFE bundle");
+    let keys = doc["keys"].as_array().expect("keys");
+    let x509 = keys
+        .iter()
+        .filter(|k| k["use"] == "x509-svid")
+        .filter_map(|k| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(k["x5c"][0].as_str()?)
+                .ok()?;
+            hex_key_id(&der, true)
+        })
+        .collect();
+    let jwt = keys
+        .iter()
+        .filter(|k| k["use"] == "jwt-svid")
+        .filter_map(|k| Some(k["kid"].as_str()?.to_owned()))
+        .collect();
+    (x509, jwt)
+}
+
 /// A refused command: non-zero exit, the message on stderr, and no change to `show`.
 fn refused(server: &Server, args: &[&str], message: &str) {
     let kind = args[1];
@@ -159,7 +193,7 @@ fn prepare_and_activate(server: &Server, kind: &str) -> (String, String) {
 
 #[test]
 fn x509_taint_forces_reminting_and_revoke_removes_the_authority() {
-    let (server, agent, _port) = setup();
+    let (server, agent, _port, federation_port) = setup();
     let first = active_id(&server, "x509");
     let (issuers, _) = wait_for("both SVIDs", Duration::from_secs(20), || {
         workload_view(&agent)
@@ -210,6 +244,10 @@ fn x509_taint_forces_reminting_and_revoke_removes_the_authority() {
             .iter()
             .any(|c| hex_key_id(c, true).as_deref() == Some(old.as_str()))
     );
+    assert!(
+        federation_view(federation_port).0.contains(&old),
+        "a tainted CA is still published to federated trust domains"
+    );
     // The agent's own SVID too (observable in its log).
     wait_for("agent SVID renewed", TAINT_DEADLINE, || {
         (agent.log().matches("agent SVID renewed").count() > renewals_before).then_some(())
@@ -240,14 +278,21 @@ fn x509_taint_forces_reminting_and_revoke_removes_the_authority() {
             })
         },
     );
-    // A federation bundle endpoint assertion belongs here once that endpoint exists.
+    wait_for(
+        "revoked CA gone from the federation bundle endpoint",
+        TAINT_DEADLINE,
+        || {
+            let (x509, _) = federation_view(federation_port);
+            (!x509.contains(&old) && x509.contains(&new)).then_some(())
+        },
+    );
     let shown = show(&server, "x509");
     assert!(!shown.to_string().contains(&old), "{shown}");
 }
 
 #[test]
 fn jwt_taint_switches_tokens_and_revoke_removes_the_key() {
-    let (server, agent, port) = setup();
+    let (server, agent, port, federation_port) = setup();
     let first = active_id(&server, "jwt");
     let kids = wait_for("JWT-SVIDs", Duration::from_secs(20), || jwt_kids(&agent));
     assert!(kids.iter().all(|k| *k == first), "{kids:?}");
@@ -284,11 +329,20 @@ fn jwt_taint_switches_tokens_and_revoke_removes_the_key() {
         oidc_kids(port).contains(&old),
         "tainted key still validates"
     );
+    assert!(federation_view(federation_port).1.contains(&old));
 
     server.cli_ok(&["localauthority", "jwt", "revoke", "-authorityID", &old]);
     let bundle = server.cli_ok(&["bundle", "show", "-format", "spiffe"]);
     assert!(!bundle.contains(&old), "{bundle}");
     assert!(bundle.contains(&new), "{bundle}");
+    wait_for(
+        "revoked key gone from the federation bundle endpoint",
+        TAINT_DEADLINE,
+        || {
+            let (_, jwt) = federation_view(federation_port);
+            (!jwt.contains(&old) && jwt.contains(&new)).then_some(())
+        },
+    );
     wait_for("revoked key gone from /keys", TAINT_DEADLINE, || {
         (!oidc_kids(port).contains(&old)).then_some(())
     });

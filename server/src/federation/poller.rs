@@ -23,12 +23,13 @@ use rustls::{
 };
 use sigil_proto::{Bundle, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::config::{EndpointProfile, FederatesWith};
-use super::{FederatedBundles, Refreshed};
+use super::{BundleSet, FederatedBundles, Refreshed};
 
 /// Bounds on the refresh hint a foreign server may ask for.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
@@ -84,7 +85,9 @@ pub async fn poll_forever(
 ) -> anyhow::Result<()> {
     let td = target.trust_domain.clone();
     let mut failures = 0u32;
+    let mut updates = bundles.subscribe();
     loop {
+        updates.borrow_and_update();
         let result = tokio::time::timeout(TIMEOUT, fetch(&target, &bundles))
             .await
             .unwrap_or(Err(PollError::Timeout));
@@ -105,10 +108,32 @@ pub async fn poll_forever(
                 tracing::warn!(trust_domain = %td, url = %target.url, error = %e, "cannot fetch the federated bundle; keeping the last good one");
             }
         }
-        let hint = bundles.fetch(&td).and_then(|b| b.refresh_hint);
+        let held = bundles.fetch(&td);
+        let hint = held.as_ref().and_then(|b| b.refresh_hint);
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(next_poll(hint, failures)) => {}
+            // After a failure, an operator's `bundle set` for this trust domain (typically
+            // the https_spiffe bootstrap) is tried at once rather than after the backoff.
+            () = held_bundle_changed(&mut updates, &td, held.clone()), if failures > 0 => {
+                tracing::info!(trust_domain = %td, "federated bundle set by the operator; polling now");
+            }
+        }
+    }
+}
+
+/// Resolves when the bundle held for `td` differs from `held`; never if the set is dropped.
+async fn held_bundle_changed(
+    updates: &mut watch::Receiver<BundleSet>,
+    td: &TrustDomain,
+    held: Option<Arc<Bundle>>,
+) {
+    loop {
+        if updates.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if updates.borrow_and_update().get(td) != held.as_ref() {
+            return;
         }
     }
 }
@@ -280,6 +305,8 @@ fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -289,6 +316,28 @@ mod tests {
         assert_eq!(next_poll(Some(0), 0), MIN_REFRESH);
         assert_eq!(next_poll(Some(1), 0), MIN_REFRESH);
         assert_eq!(next_poll(Some(86_400), 0), MAX_REFRESH);
+    }
+
+    #[tokio::test]
+    async fn a_bundle_set_for_the_trust_domain_wakes_the_poller() {
+        let td = TrustDomain::new("other.org").unwrap();
+        let (tx, mut rx) = watch::channel(BundleSet::default());
+        let mut other = BTreeMap::new();
+        other.insert(
+            TrustDomain::new("third.org").unwrap(),
+            Arc::new(Bundle::new(TrustDomain::new("third.org").unwrap())),
+        );
+        let waiting = held_bundle_changed(&mut rx, &td, None);
+        tokio::pin!(waiting);
+        // Another trust domain's change does not wake it.
+        tx.send_replace(Arc::new(other.clone()));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        // This trust domain's bundle does.
+        other.insert(td.clone(), Arc::new(Bundle::new(td.clone())));
+        tx.send_replace(Arc::new(other));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken");
     }
 
     #[test]
