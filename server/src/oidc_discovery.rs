@@ -31,18 +31,18 @@ use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sigil_proto::bundle::Bundle;
 use sigil_proto::hcl::{self, Block, ConfigError};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::https::serve_tls;
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";
 pub const DEFAULT_BIND_PORT: u16 = 8443;
 
 /// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -375,11 +375,14 @@ pub async fn bind(
                     .await
             }
             Some(acceptor) => {
-                let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(accept_tls(listener, acceptor, tx, cancel));
-                axum::serve(TlsListener { rx, local }, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
+                serve_tls(
+                    listener,
+                    move || acceptor.clone(),
+                    app,
+                    cancel,
+                    "OIDC discovery",
+                )
+                .await
             }
         }
     })
@@ -432,64 +435,6 @@ fn read_pem(path: &Path) -> Result<Vec<pem::Pem>, OidcError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
-}
-
-/// Accepts TCP connections and hands finished TLS streams to [`TlsListener`]; each handshake
-/// runs in its own task so a slow client cannot stall the others.
-async fn accept_tls(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "OIDC discovery: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "OIDC discovery: TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(%peer, "OIDC discovery: TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The acceptor stopped (shutdown): wait for graceful shutdown to end serving.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]

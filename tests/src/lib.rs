@@ -303,6 +303,22 @@ plugins {{
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        print_log_tail_if_panicking("sigil-server", &self.log());
+    }
+}
+
+/// On a failing test, the end of a process's log goes to stderr (shown with the failure), so a
+/// failure in CI can be diagnosed without re-running it.
+fn print_log_tail_if_panicking(what: &str, log: &str) {
+    const LINES: usize = 80;
+    if !std::thread::panicking() {
+        return;
+    }
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    eprintln!("---- last {} lines of the {what} log ----", tail.len());
+    for line in tail {
+        eprintln!("{line}");
     }
 }
 
@@ -467,6 +483,7 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+        print_log_tail_if_panicking("sigil-agent", &self.log());
     }
 }
 

@@ -19,18 +19,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sigil_proto::Bundle;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{BundleEndpointConfig, ServingProfile};
 use crate::api::tls::{ServerTls, TlsError};
 use crate::ca::Ca;
+use crate::https::serve_tls;
 use crate::oidc_discovery::{OidcError, TlsFiles, tls_acceptor};
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -140,69 +138,15 @@ pub async fn bind(
     tracing::info!(address = %local, profile, "bundle endpoint listening");
     let app = router(ca.subscribe(), config.refresh_hint);
     Ok(async move {
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(accept(listener, acceptor, tx, cancel.clone()));
-        axum::serve(TlsListener { rx, local }, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
+        serve_tls(
+            listener,
+            move || acceptor.current(),
+            app,
+            cancel,
+            "bundle endpoint",
+        )
+        .await
     })
-}
-
-/// Accepts TCP connections and completes each TLS handshake in its own task.
-async fn accept(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "bundle endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.current();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "bundle endpoint: TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(%peer, "bundle endpoint: TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The acceptor stopped (shutdown): wait for graceful shutdown to end serving.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]
