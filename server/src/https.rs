@@ -54,6 +54,10 @@ async fn accept(
                 }
             },
         };
+        // Small responses go out at once rather than waiting on Nagle and a delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(endpoint = name, %peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let acceptor = acceptor();
         let tx = tx.clone();
         tokio::spawn(async move {

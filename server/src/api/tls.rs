@@ -223,6 +223,12 @@ pub fn incoming(
                     continue;
                 }
             };
+            // gRPC answers are several small writes (headers, data, trailers): without
+            // TCP_NODELAY, Nagle holds the later ones until the agent's delayed ACK, ~40 ms
+            // per unary call.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             let acceptor = TlsAcceptor::from(tls.config());
             let tx = tx.clone();
             tokio::spawn(async move {
