@@ -573,10 +573,13 @@ pub async fn renew_agent_svid(
     let mut evicted = false;
     let mut retry: Option<Duration> = None;
     let mut jitter = random_jitter();
+    // When the current SVID arrived (see `fresh_refresh_at`); for one loaded from disk at start,
+    // its NotBefore is all we know.
+    let mut arrived_at = identity.current().not_before;
     loop {
         let svid = identity.current();
         let wait = retry.take().unwrap_or_else(|| {
-            let at = refresh_at(svid.not_before, svid.not_after, jitter);
+            let at = refresh_at(arrived_at.max(svid.not_before), svid.not_after, jitter);
             Duration::from_secs((at - unix_now()).max(0) as u64)
         });
         if !evicted {
@@ -634,6 +637,7 @@ pub async fn renew_agent_svid(
                 if let Err(e) = connection.set_identity(&new) {
                     error!(error = %e, "cannot present the renewed agent SVID");
                 }
+                arrived_at = unix_now();
                 identity.current.store(Arc::new(new));
                 evicted = false;
                 jitter = random_jitter();
