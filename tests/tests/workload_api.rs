@@ -685,3 +685,50 @@ fn insecure_bootstrap_trusts_the_server_on_first_contact_only() {
     let bundle = agent.dir.path().join("data").join("bundle.json");
     assert!(bundle.exists(), "the received bundle is persisted");
 }
+
+/// No size cliff (#6): a workload with 500 identities gets all of them in one Workload API
+/// response that a standard client (the Rust `spiffe` crate, default 4 MiB gRPC limit) reads,
+/// and each is a distinct, valid X509-SVID.
+#[test]
+fn a_workload_with_500_identities_gets_them_all_in_one_response() {
+    const N: usize = 500;
+    let server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+    let entries: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({
+                "spiffe_id": format!("spiffe://example.org/many/{i}"),
+                "parent_id": agent_id,
+                "selectors": [{"type": "unix", "value": format!("uid:{}", uid())}],
+            })
+        })
+        .collect();
+    let data = server.dir.path().join("many.json");
+    std::fs::write(&data, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+    let created = server.cli_json(&["entry", "create", "-data", data.to_str().unwrap()]);
+    assert_eq!(created.as_array().map(Vec::len), Some(N));
+
+    let ids = rt().block_on(async {
+        let client = rust_client(&agent).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.fetch_x509_context().await {
+                Ok(ctx) if ctx.svids().len() == N => {
+                    break ctx
+                        .svids()
+                        .iter()
+                        .map(|s| s.spiffe_id().to_string())
+                        .collect::<std::collections::BTreeSet<_>>();
+                }
+                other => {
+                    let seen = other.map(|c| c.svids().len());
+                    assert!(Instant::now() < deadline, "never all {N} SVIDs: {seen:?}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    });
+    assert_eq!(ids.len(), N, "every identity distinct");
+    assert!(ids.contains("spiffe://example.org/many/0"));
+    assert!(ids.contains(&format!("spiffe://example.org/many/{}", N - 1)));
+}
