@@ -491,6 +491,34 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> ExitStatus {
     wait_for("process exit", timeout, || child.try_wait().ok().flatten())
 }
 
+/// A self-signed P-256 serving certificate for `name` (CN and subjectAltName, e.g. `DNS:localhost`
+/// or `IP:127.0.0.1`), valid one day, written to `dir` as `cert.pem` / `key.pem`. Returns their
+/// paths.
+pub fn self_signed_serving_cert(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (ok, out) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-addext",
+        &format!("subjectAltName={san}"),
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    (cert, key)
+}
+
 /// Runs `openssl` with `args`; returns (success, combined output).
 pub fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")

@@ -472,27 +472,8 @@ fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
 #[test]
 fn bundle_endpoint_https_web_uses_the_serving_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (ok, out) = sigil_tests::openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-days",
-        "1",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
+    let (cert, key) =
+        sigil_tests::self_signed_serving_cert(dir.path(), "127.0.0.1", "IP:127.0.0.1");
     let port = sigil_tests::free_port();
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),

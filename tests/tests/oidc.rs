@@ -349,28 +349,8 @@ fn jwt_key_rotation_never_leaves_a_validation_gap() {
 fn https_with_cert_files_names_the_issuer_after_the_host() {
     let port = free_port();
     let tls_dir = tempfile::tempdir().unwrap();
-    let cert = tls_dir.path().join("cert.pem");
-    let key = tls_dir.path().join("key.pem");
-    let (ok, text) = sigil_tests::openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=DNS:localhost",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
+    let (cert, key) =
+        sigil_tests::self_signed_serving_cert(tls_dir.path(), "localhost", "DNS:localhost");
     let _server = Server::start(ServerOptions {
         extra_top: format!(
             "oidc_discovery {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {port}\n  domains = [\"localhost\"]\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
