@@ -33,7 +33,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEntries};
 use super::tls::{self, ServerTls, TlsError};
 use super::{ca_status, datastore_status};
-use crate::ca::Ca;
+use crate::ca::{Ca, JwtSvid};
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
@@ -44,7 +44,7 @@ use rate_limit::RateLimiter;
 use sync::SyncStream;
 
 const MAX_MESSAGE_SIZE: usize = 16 << 20;
-/// Largest BatchMintX509SVID batch.
+/// Largest BatchMintX509SVID or BatchMintJWTSVID batch.
 const MAX_MINT_BATCH: usize = 1000;
 /// Most entries (or deleted IDs) in one SyncEntries message.
 const SYNC_PAGE: usize = 500;
@@ -220,6 +220,18 @@ impl AgentApi {
                 result: if ok { "ok" } else { "error" },
             })
             .inc_by(n as u64);
+    }
+
+    fn count_jwt_signed<T>(&self, signed: &[Result<T, Status>]) {
+        let ok = signed.iter().filter(|s| s.is_ok()).count();
+        for (n, result) in [(ok, "ok"), (signed.len() - ok, "error")] {
+            if n > 0 {
+                self.metrics
+                    .jwt_svids_signed
+                    .get_or_create(&ResultLabel { result })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// Refuses the whole call when any requested entry is outside the authorized set, naming it.
@@ -584,19 +596,123 @@ impl Agent for AgentApi {
         self.count("MintJWTSVID", &r);
         r.map(Response::new)
     }
+
+    async fn batch_mint_jwtsvid(
+        &self,
+        req: Request<pb::BatchMintJwtsvidRequest>,
+    ) -> Result<Response<pb::BatchMintJwtsvidResponse>, Status> {
+        let r = async {
+            let agent = self.authenticate(&req).await?;
+            let req = req.into_inner();
+            if req.requests.len() > MAX_MINT_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "a batch holds at most {MAX_MINT_BATCH} requests"
+                )));
+            }
+            let authorized = self.authorized(&agent).await?;
+            // Every item is checked before any is signed: one refusal refuses the whole call.
+            let mut jobs = Vec::with_capacity(req.requests.len());
+            for r in req.requests {
+                let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
+                let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
+                if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+                    return Err(Status::invalid_argument(format!(
+                        "entry {:?}: at least one non-empty audience is required",
+                        r.entry_id
+                    )));
+                }
+                jobs.push(JwtJob {
+                    entry_id: r.entry_id,
+                    jwt_svid_ttl: entry.jwt_svid_ttl,
+                    id,
+                    audience: r.audience,
+                });
+            }
+            let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
+            self.count_jwt_signed(&signed);
+            let svids = signed
+                .into_iter()
+                .map(|s| {
+                    s.map(|svid| pb::MintJwtsvidResponse {
+                        token: svid.token,
+                        expires_at: svid.expires_at,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            tracing::debug!(agent_id = %agent.id, count = svids.len(), "JWT-SVIDs minted");
+            Ok(pb::BatchMintJwtsvidResponse { svids })
+        }
+        .await;
+        self.count("BatchMintJWTSVID", &r);
+        r.map(Response::new)
+    }
 }
 
-/// Signs every `(entry, SPIFFE ID, csr)` off the async runtime, in one chunk per core. Results
-/// keep the request order.
+/// Signs every `(entry, SPIFFE ID, csr)` off the async runtime (see [`spread_over_cores`]).
+/// Results keep the request order.
 async fn sign_batch(
     ca: Arc<Ca>,
     jobs: Vec<(sigil_proto::RegistrationEntry, SpiffeId, Vec<u8>)>,
 ) -> Vec<Result<pb::X509svidResult, Status>> {
+    spread_over_cores(jobs, move |(entry, id, csr)| {
+        let svid = ca
+            .sign_x509_svid_csr(&csr, &id, ttl(entry.x509_svid_ttl), &entry.dns_names)
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "entry {:?}: {}",
+                    entry.id,
+                    ca_status(e).message()
+                ))
+            })?;
+        Ok(pb::X509svidResult {
+            entry_id: entry.id,
+            svid_chain: svid.chain,
+            expires_at: svid.expires_at,
+        })
+    })
+    .await
+}
+
+/// One authorized BatchMintJWTSVID item: the entry's ID and JWT-SVID TTL, the SPIFFE ID to
+/// mint and the audience.
+struct JwtJob {
+    entry_id: String,
+    jwt_svid_ttl: u32,
+    id: SpiffeId,
+    audience: Vec<String>,
+}
+
+/// Signs every [`JwtJob`] off the async runtime (see [`spread_over_cores`]). Results keep
+/// the request order.
+async fn sign_jwt_batch(ca: Arc<Ca>, jobs: Vec<JwtJob>) -> Vec<Result<JwtSvid, Status>> {
+    spread_over_cores(jobs, move |job| {
+        ca.sign_jwt_svid(&job.id, &job.audience, ttl(job.jwt_svid_ttl))
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "entry {:?}: {}",
+                    job.entry_id,
+                    ca_status(e).message()
+                ))
+            })
+    })
+    .await
+}
+
+/// Runs `sign` on every job off the async runtime, in one chunk per core, so a large batch
+/// neither stalls the runtime's workers nor leaves a core idle. Results keep the job order.
+async fn spread_over_cores<J, R, F>(jobs: Vec<J>, sign: F) -> Vec<Result<R, Status>>
+where
+    J: Send + 'static,
+    R: Send + 'static,
+    F: Fn(J) -> Result<R, Status> + Send + Sync + 'static,
+{
     if jobs.is_empty() {
         return Vec::new();
     }
+    let total = jobs.len();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = jobs.len().div_ceil(cores);
+    let chunk = total.div_ceil(cores);
+    let sign = Arc::new(sign);
     let mut handles = Vec::new();
     let mut jobs = jobs.into_iter();
     loop {
@@ -604,29 +720,12 @@ async fn sign_batch(
         if part.is_empty() {
             break;
         }
-        let ca = ca.clone();
+        let sign = sign.clone();
         handles.push(tokio::task::spawn_blocking(move || {
-            part.into_iter()
-                .map(|(entry, id, csr)| {
-                    let svid = ca
-                        .sign_x509_svid_csr(&csr, &id, ttl(entry.x509_svid_ttl), &entry.dns_names)
-                        .map_err(|e| {
-                            Status::invalid_argument(format!(
-                                "entry {:?}: {}",
-                                entry.id,
-                                ca_status(e).message()
-                            ))
-                        })?;
-                    Ok(pb::X509svidResult {
-                        entry_id: entry.id,
-                        svid_chain: svid.chain,
-                        expires_at: svid.expires_at,
-                    })
-                })
-                .collect::<Vec<_>>()
+            part.into_iter().map(|j| sign(j)).collect::<Vec<_>>()
         }));
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(total);
     for h in handles {
         match h.await {
             Ok(part) => out.extend(part),

@@ -129,6 +129,7 @@ struct Harness {
     td: TrustDomain,
     addr: SocketAddr,
     revisions: watch::Sender<i64>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
 
@@ -162,7 +163,8 @@ impl Harness {
         .unwrap();
         let ca = Arc::new(ca);
         let (revisions, rx) = watch::channel(0);
-        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), Metrics::new(), rx);
+        let metrics = Metrics::new();
+        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone(), rx);
         // Far beyond any test: a change that arrives was pushed, not polled.
         api.sync_fallback = Duration::from_secs(3600);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,6 +178,7 @@ impl Harness {
             td,
             addr,
             revisions,
+            metrics,
             cancel,
         }
     }
@@ -288,6 +291,16 @@ impl Harness {
         let created = self.ds.create_entries(vec![entry]).await.unwrap().remove(0);
         self.publish().await;
         created
+    }
+
+    /// What the admin API's EvictAgent does.
+    async fn evict(&self, id: &SpiffeId) {
+        self.ds.delete_attested_node(id).await.unwrap();
+    }
+
+    /// What the admin API's BanAgent does.
+    async fn ban(&self, id: &SpiffeId) {
+        self.ds.set_attested_node_banned(id, true).await.unwrap();
     }
 
     /// What the admin API does after a commit.
@@ -805,4 +818,202 @@ fn attestation_rate_limit_per_address() {
     assert!(limiter.allow(b, t0), "other addresses are unaffected");
     assert!(!limiter.allow(a, t0 + Duration::from_millis(500)));
     assert!(limiter.allow(a, t0 + Duration::from_millis(1600)));
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct JwtClaims {
+    sub: String,
+    aud: Vec<String>,
+    exp: i64,
+    iat: i64,
+}
+
+/// Validates `token` with jsonwebtoken (an implementation independent of the CA's ring
+/// signer) against the key of the bundle's JWKS its `kid` names.
+fn validate_jwt(bundle: &sigil_proto::Bundle, token: &str, audience: &str) -> JwtClaims {
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{DecodingKey, Validation};
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwks: JwkSet = serde_json::from_str(&bundle.to_jwks_json().unwrap()).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&[audience]);
+    validation.leeway = 0;
+    jsonwebtoken::decode::<JwtClaims>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+fn jwt_request(entry_id: &str, audience: &[&str]) -> pb::MintJwtsvidRequest {
+    pb::MintJwtsvidRequest {
+        entry_id: entry_id.into(),
+        audience: audience.iter().map(|a| (*a).to_owned()).collect(),
+        spiffe_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn batch_jwt_mint_answers_in_request_order_with_valid_tokens() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let web = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    let db = h.create("/db", &agent.id, &["unix:uid:2"]).await;
+    // An entry with its own JWT-SVID TTL.
+    let mut short = web.clone();
+    short.id = String::new();
+    short.spiffe_id = h.id("/short");
+    short.jwt_svid_ttl = 60;
+    let short = h.ds.create_entries(vec![short]).await.unwrap().remove(0);
+    h.publish().await;
+
+    let asked = [
+        (&db, "spiffe://example.org/db", vec!["a", "b"], 300),
+        (&web, "spiffe://example.org/web", vec!["c"], 300),
+        (&short, "spiffe://example.org/short", vec!["d"], 60),
+        (&db, "spiffe://example.org/db", vec!["e"], 300),
+    ];
+    let resp = agent
+        .client
+        .batch_mint_jwtsvid(pb::BatchMintJwtsvidRequest {
+            requests: asked
+                .iter()
+                .map(|(e, _, aud, _)| jwt_request(&e.id, aud))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.svids.len(), asked.len());
+    let bundle = h.ca.bundle();
+    for ((_, sub, aud, ttl), svid) in asked.iter().zip(&resp.svids) {
+        let claims = validate_jwt(&bundle, &svid.token, aud[0]);
+        assert_eq!(claims.sub, *sub);
+        assert_eq!(claims.aud, *aud);
+        assert_eq!(claims.exp, svid.expires_at);
+        assert_eq!(claims.exp - claims.iat, *ttl, "{sub}");
+    }
+
+    let empty = agent
+        .client
+        .batch_mint_jwtsvid(pb::BatchMintJwtsvidRequest { requests: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.svids.is_empty());
+}
+
+#[tokio::test]
+async fn batch_jwt_mint_refuses_the_whole_call_for_one_bad_item() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let other = h.attest().await;
+    let mine = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    let theirs = h.create("/db", &other.id, &["unix:uid:1"]).await;
+    let batch =
+        |items: Vec<pb::MintJwtsvidRequest>| pb::BatchMintJwtsvidRequest { requests: items };
+
+    // Another agent's entry, after an authorized one.
+    let err = agent
+        .client
+        .batch_mint_jwtsvid(batch(vec![
+            jwt_request(&mine.id, &["x"]),
+            jwt_request(&theirs.id, &["x"]),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains(&theirs.id), "{}", err.message());
+
+    // An entry that does not exist.
+    let err = agent
+        .client
+        .batch_mint_jwtsvid(batch(vec![jwt_request("no-such-entry", &["x"])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("no-such-entry"), "{}", err.message());
+
+    // A SPIFFE ID the entry does not give.
+    let mut wrong_id = jwt_request(&mine.id, &["x"]);
+    wrong_id.spiffe_id = "spiffe://example.org/db".into();
+    let err = agent
+        .client
+        .batch_mint_jwtsvid(batch(vec![jwt_request(&mine.id, &["x"]), wrong_id]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // No audience, or an empty one.
+    for audience in [&[][..], &[""][..]] {
+        let err = agent
+            .client
+            .batch_mint_jwtsvid(batch(vec![
+                jwt_request(&mine.id, &["x"]),
+                jwt_request(&mine.id, audience),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{audience:?}");
+        assert!(err.message().contains(&mine.id), "{}", err.message());
+    }
+
+    // One item over the bound.
+    let err = agent
+        .client
+        .batch_mint_jwtsvid(batch(vec![
+            jwt_request(&mine.id, &["x"]);
+            MAX_MINT_BATCH + 1
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most"), "{}", err.message());
+
+    // Nothing was signed for any refused call.
+    let signed = |result| {
+        h.metrics
+            .jwt_svids_signed
+            .get_or_create(&ResultLabel { result })
+            .get()
+    };
+    assert_eq!((signed("ok"), signed("error")), (0, 0));
+}
+
+#[tokio::test]
+async fn evicted_or_banned_agent_is_refused_batch_jwt_on_its_next_call() {
+    let h = Harness::start().await;
+    for ban in [false, true] {
+        let mut agent = h.attest().await;
+        let web = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+        let request = || pb::BatchMintJwtsvidRequest {
+            requests: vec![jwt_request(&web.id, &["x"])],
+        };
+        // Warm: the node is known to the server when the ban or eviction lands.
+        agent.client.batch_mint_jwtsvid(request()).await.unwrap();
+        agent
+            .client
+            .mint_jwtsvid(jwt_request(&web.id, &["x"]))
+            .await
+            .unwrap();
+        if ban {
+            h.ban(&agent.id).await;
+        } else {
+            h.evict(&agent.id).await;
+        }
+        let err = agent
+            .client
+            .batch_mint_jwtsvid(request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "ban: {ban}");
+        let why = if ban { "banned" } else { "evicted" };
+        assert!(err.message().contains(why), "{}", err.message());
+        let err = agent
+            .client
+            .mint_jwtsvid(jwt_request(&web.id, &["x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "ban: {ban}");
+    }
 }
