@@ -1,6 +1,6 @@
 //! Mint throughput: the bench attests to the server as an agent (join token, `AttestAgent` with
 //! its own CSR), registers entries parented to itself, then keeps several
-//! `BatchMintX509SVID` (or `MintJWTSVID`) calls in flight over the agent API's mTLS for a
+//! `BatchMintX509SVID` (or `BatchMintJWTSVID`, or unary `MintJWTSVID`) calls in flight over the agent API's mTLS for a
 //! window. CSRs are generated before the window opens. The server's CPU time over the window
 //! (from `/proc/<pid>/stat`) says how many cores it used, so the rate can be compared with the
 //! raw per-core limit.
@@ -152,6 +152,55 @@ pub async fn x509(
                 .len();
             anyhow::ensure!(got == want, "asked for {want} X.509-SVIDs, got {got}");
             Ok(got)
+        }
+    };
+    drive(server.pid()?, concurrency, window, work).await
+}
+
+/// `concurrency` tasks each keep one `BatchMintJWTSVID` of [`BATCH`] requests in flight for
+/// `window`. Every JWT-SVID asked for must come back.
+pub async fn jwt_batch(
+    server: &ServerProc,
+    bench: &BenchAgent,
+    entry_ids: &[String],
+    concurrency: usize,
+    window: Duration,
+) -> anyhow::Result<Throughput> {
+    anyhow::ensure!(!entry_ids.is_empty(), "nothing to mint");
+    // Built before the window: the timed part is the RPC only.
+    let batches: Vec<agent::BatchMintJwtsvidRequest> = entry_ids
+        .chunks(BATCH)
+        .map(|ids| agent::BatchMintJwtsvidRequest {
+            requests: ids
+                .iter()
+                .map(|id| agent::MintJwtsvidRequest {
+                    entry_id: id.clone(),
+                    audience: vec!["bench".into()],
+                    spiffe_id: String::new(),
+                })
+                .collect(),
+        })
+        .collect();
+    let batches = Arc::new(batches);
+    let work = move |client_no: usize, round: usize| {
+        let batches = batches.clone();
+        let connection = bench.connection.clone();
+        async move {
+            let request = batches[(client_no + round * concurrency) % batches.len()].clone();
+            let want = request.requests.len();
+            let svids = connection
+                .client()
+                .batch_mint_jwtsvid(request)
+                .await
+                .context("BatchMintJWTSVID")?
+                .into_inner()
+                .svids;
+            anyhow::ensure!(
+                svids.len() == want && svids.iter().all(|s| !s.token.is_empty()),
+                "asked for {want} JWT-SVIDs, got {}",
+                svids.len()
+            );
+            Ok(want)
         }
     };
     drive(server.pid()?, concurrency, window, work).await
