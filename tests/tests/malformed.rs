@@ -668,7 +668,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                 "none",
             ),
         ] {
-            let input = format!("workload ValidateJWTSVID aud={audience:?} svid={:.40}", token);
+            let input = format!("workload ValidateJWTSVID aud={audience:?} svid={token:.40}");
             let r = workload
                 .validate_jwtsvid(with_header(wl::ValidateJwtsvidRequest {
                     audience: audience.into(),
