@@ -912,3 +912,82 @@ plugins {
         );
     }
 }
+
+/// The input space of the `agent_config` fuzz target (fuzz/), run in CI as a property test:
+/// arbitrary text and edits of a valid config never panic the parser (issue #7 item 4).
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"
+agent {
+  data_dir = "/tmp/sigil-proptest"
+  log_level = "DEBUG"
+  server_address = "127.0.0.1"
+  server_port = "8081"
+  socket_path = "/tmp/sigil-proptest/agent.sock"
+  trust_domain = "example.org"
+  trust_bundle_path = "/tmp/sigil-proptest/bundle.crt"
+  join_token = "abc"
+}
+plugins {
+  NodeAttestor "join_token" {}
+  KeyManager "memory" {}
+  WorkloadAttestor "unix" {
+    plugin_data {
+      discover_workload_path = true
+    }
+  }
+  WorkloadAttestor "k8s" {
+    plugin_data {
+      node_name_env = "MY_NODE_NAME"
+    }
+  }
+}
+health_checks {
+  listener_enabled = true
+  bind_port = "8082"
+}
+"#;
+
+    /// Replaces `text[at..at+len]` (clamped to char boundaries) with `insert`.
+    fn edit(text: &str, at: usize, len: usize, insert: &str) -> String {
+        let floor = |mut i: usize| {
+            i = i.min(text.len());
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let (start, end) = (floor(at), floor(at.saturating_add(len)));
+        format!("{}{insert}{}", &text[..start], &text[end..])
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = AgentConfig::parse(&text, "agent.conf", &AgentOverrides::default());
+        }
+
+        #[test]
+        fn edited_valid_config_never_panics(
+            edits in prop::collection::vec(
+                (0..VALID.len(), 0usize..16, "[ -~\\n{}\\[\\]\"=#:.$é\u{0}]{0,12}"),
+                1..4,
+            ),
+        ) {
+            let mut text = VALID.to_owned();
+            for (at, len, insert) in &edits {
+                text = edit(&text, *at, *len, insert);
+            }
+            let _ = AgentConfig::parse(&text, "agent.conf", &AgentOverrides::default());
+        }
+    }
+
+    #[test]
+    fn the_seed_is_valid() {
+        AgentConfig::parse(VALID, "agent.conf", &AgentOverrides::default()).unwrap();
+    }
+}

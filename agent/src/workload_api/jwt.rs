@@ -466,3 +466,57 @@ mod tests {
         );
     }
 }
+
+/// The input space of the `jwt_svid` fuzz target (fuzz/), run in CI as a property test:
+/// arbitrary strings and edits of a valid JWT-SVID never panic ValidateJWTSVID's check, and an
+/// edited token never validates (issue #7 item 4).
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::cache::testing::{TestCa, TestJwtKey};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn check(token: &str) -> Result<ValidatedJwtSvid, JwtSvidValidationError> {
+        let key = TestJwtKey::new("kid");
+        let bundle = TestCa::new("example.org").bundle(Some(&key));
+        let own = TrustDomain::new("example.org").unwrap();
+        validate_jwt_svid(
+            token,
+            "db",
+            &own,
+            &[(own.clone(), &bundle)].into(),
+            &[],
+            NOW,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_tokens_never_validate(token in "[A-Za-z0-9_\\-.=+/ ]{0,300}") {
+            prop_assert!(check(&token).is_err());
+        }
+
+        #[test]
+        fn edited_valid_token_never_validates(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), "[A-Za-z0-9_\\-.]"), 1..3),
+        ) {
+            let key = TestJwtKey::new("kid");
+            let valid = key.sign(&json!({"sub": "spiffe://example.org/web", "aud": "db", "exp": NOW + 300}));
+            let mut token = valid.clone();
+            for (at, c) in &edits {
+                let i = at.index(token.len());
+                token.replace_range(i..=i, c);
+            }
+            // Base64url's last character can carry unused bits, so an edit there may decode
+            // to the same bytes: only a token that reads differently must fail.
+            let same = token.split('.').zip(valid.split('.')).all(|(a, b)| {
+                URL_SAFE_NO_PAD.decode(a).ok() == URL_SAFE_NO_PAD.decode(b).ok()
+            }) && token.matches('.').count() == 2;
+            prop_assert!(same || check(&token).is_err(), "{token}");
+        }
+    }
+}

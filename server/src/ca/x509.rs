@@ -317,3 +317,99 @@ fn serial_decimal(serial: &[u8; 16]) -> String {
 fn datetime(unix: i64) -> Result<OffsetDateTime, CaError> {
     OffsetDateTime::from_unix_timestamp(unix).map_err(|_| CaError::TimeOutOfRange(unix))
 }
+
+/// The input space of the `csr` fuzz target (fuzz/), run in CI as a property test: arbitrary
+/// bytes and byte edits of valid CSRs never panic CSR handling, and what is signed carries the
+/// CSR's own key (issue #7 item 4).
+#[cfg(test)]
+mod proptests {
+    use std::sync::{Arc, LazyLock};
+    use std::time::SystemTime;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ca::{Ca, CaConfig};
+    use crate::key_manager::MemoryKeyManager;
+
+    struct Fixture {
+        ca: Ca,
+        id: SpiffeId,
+        /// Valid CSRs: P-256 with the matching URI SAN, and with none.
+        seeds: Vec<Vec<u8>>,
+    }
+
+    static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
+        let td = TrustDomain::new("example.org").unwrap();
+        let (ca, _) = Ca::new(
+            CaConfig::new(td),
+            Arc::new(MemoryKeyManager::new()),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let id = SpiffeId::new("spiffe://example.org/fuzz").unwrap();
+        let seeds = [Some(id.to_string()), None]
+            .into_iter()
+            .map(|uri| {
+                let key = rcgen::KeyPair::generate().unwrap();
+                let mut params = CertificateParams::new(vec!["x.example.org".to_owned()]).unwrap();
+                if let Some(uri) = uri {
+                    params
+                        .subject_alt_names
+                        .push(SanType::URI(uri.try_into().unwrap()));
+                }
+                params.serialize_request(&key).unwrap().der().to_vec()
+            })
+            .collect();
+        Fixture { ca, id, seeds }
+    });
+
+    fn check(csr: &[u8]) {
+        let f = &*FIXTURE;
+        let key = csr_public_key(csr, &f.id);
+        let signed = f.ca.sign_x509_svid_csr(csr, &f.id, None, &[]);
+        if let Ok(svid) = signed {
+            let (_, cert) = X509Certificate::from_der(&svid.chain[0]).unwrap();
+            assert_eq!(key.ok(), Some(cert.public_key().raw.to_vec()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_der_never_panics(csr in prop::collection::vec(any::<u8>(), 0..600)) {
+            check(&csr);
+        }
+
+        #[test]
+        fn edited_valid_csr_never_panics(
+            seed in 0usize..2,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
+            truncate in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut csr = FIXTURE.seeds[seed].clone();
+            for (at, byte, op) in &edits {
+                let i = at.index(csr.len());
+                match op {
+                    0 => csr[i] = *byte,
+                    1 => csr.insert(i, *byte),
+                    _ => { csr.remove(i); }
+                }
+            }
+            if let Some(t) = truncate {
+                csr.truncate(t.index(csr.len() + 1));
+            }
+            check(&csr);
+        }
+    }
+
+    #[test]
+    fn the_seeds_are_signed() {
+        for csr in &FIXTURE.seeds {
+            FIXTURE
+                .ca
+                .sign_x509_svid_csr(csr, &FIXTURE.id, None, &[])
+                .unwrap();
+        }
+    }
+}
