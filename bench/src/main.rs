@@ -408,9 +408,11 @@ async fn workload_figures(bin_dir: &Path, size: &Size) -> anyhow::Result<Vec<Fig
     let (agent, _ready) = AgentProc::start(bin_dir, &server, &token).await?;
     workload::wait_for_svids(&agent.socket, 1).await?;
     let mut figures = Vec::new();
+    let agent_pid = agent.pid()?;
     for clients in [1, 10, 100] {
-        let mut samples =
-            workload::x509_latency(&agent.socket, clients, size.latency_window).await?;
+        let load =
+            workload::x509_latency(&agent.socket, agent_pid, clients, size.latency_window).await?;
+        let mut samples = load.samples.clone();
         let target = if clients == 100 {
             Target::Below(2.0)
         } else {
@@ -425,9 +427,13 @@ async fn workload_figures(bin_dir: &Path, size: &Size) -> anyhow::Result<Vec<Fig
             target,
             "one-shot: open the stream, read the first response; cached SVID",
         )?);
+        if clients == 100 {
+            figures.extend(workload::cpu_figures("FetchX509SVID", clients, &load));
+        }
     }
-    let mut samples =
-        workload::jwt_latency(&agent.socket, JWT_CLIENTS, size.latency_window).await?;
+    let load =
+        workload::jwt_latency(&agent.socket, agent_pid, JWT_CLIENTS, size.latency_window).await?;
+    let mut samples = load.samples;
     figures.extend(latency_figures(
         "FetchJWTSVID, 10 clients",
         &mut samples,

@@ -12,6 +12,8 @@ use sigil_proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 
 use crate::mint::{entry, selector};
 use crate::procs::{ServerProc, TRUST_DOMAIN};
+use crate::report::{Figure, Target};
+use crate::stats::cpu_seconds;
 
 /// How long a workload waits for an SVID the agent has not minted yet.
 const SVID_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,49 +57,121 @@ pub async fn wait_for_svids(socket: &Path, n: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// What one closed-loop latency run measured.
+#[derive(Debug)]
+pub struct Load {
+    /// Every timed call's latency.
+    pub samples: Vec<Duration>,
+    /// CPU seconds the agent used during the timed window.
+    pub agent_cpu: f64,
+    /// CPU seconds this process (the clients) used during the timed window.
+    pub client_cpu: f64,
+}
+
+impl Load {
+    /// Agent CPU per call, µs: independent of how many calls queue (closed loop).
+    pub fn agent_us_per_call(&self) -> f64 {
+        per_call_us(self.agent_cpu, self.samples.len())
+    }
+
+    /// Client CPU per call, µs.
+    pub fn client_us_per_call(&self) -> f64 {
+        per_call_us(self.client_cpu, self.samples.len())
+    }
+}
+
+/// Agent and client CPU per call: the cost that, with `clients` calls in flight on a few
+/// cores, sets the closed-loop latency (≈ clients × per-call CPU ÷ cores).
+pub fn cpu_figures(what: &str, clients: usize, load: &Load) -> [Figure; 2] {
+    let note = format!(
+        "CPU time (/proc/<pid>/stat) over the timed window / {} calls",
+        load.samples.len()
+    );
+    [
+        Figure::new(
+            &format!("{what} agent CPU per call, {clients} clients"),
+            load.agent_us_per_call(),
+            "µs",
+            Target::None,
+            &note,
+        ),
+        Figure::new(
+            &format!("{what} client CPU per call, {clients} clients"),
+            load.client_us_per_call(),
+            "µs",
+            Target::None,
+            &format!("{note}; the bench process: tonic client, connection, decoding"),
+        ),
+    ]
+}
+
+fn per_call_us(cpu: f64, calls: usize) -> f64 {
+    if calls == 0 {
+        f64::NAN
+    } else {
+        cpu * 1e6 / calls as f64
+    }
+}
+
 /// `clients` connections each repeat a one-shot FetchX509SVID (open the stream, read the first
-/// response, drop it) for `window`; returns every call's latency. Each connection's first call
-/// is a warm-up and not counted.
+/// response, drop it) for `window`; returns every call's latency and the CPU the agent
+/// (`agent_pid`) and the clients used meanwhile. Each connection's first call is a warm-up and
+/// not counted.
 pub async fn x509_latency(
     socket: &Path,
+    agent_pid: u32,
     clients: usize,
     window: Duration,
-) -> anyhow::Result<Vec<Duration>> {
-    latency(socket, clients, window, |mut client| async move {
-        let r = fetch_x509(&mut client).await?;
-        anyhow::ensure!(!r.svids.is_empty(), "FetchX509SVID returned no SVID");
-        Ok(client)
-    })
+) -> anyhow::Result<Load> {
+    latency(
+        socket,
+        agent_pid,
+        clients,
+        window,
+        |mut client| async move {
+            let r = fetch_x509(&mut client).await?;
+            anyhow::ensure!(!r.svids.is_empty(), "FetchX509SVID returned no SVID");
+            Ok(client)
+        },
+    )
     .await
 }
 
 /// As [`x509_latency`] for FetchJWTSVID (audience `bench`; the agent caches the JWT-SVID).
 pub async fn jwt_latency(
     socket: &Path,
+    agent_pid: u32,
     clients: usize,
     window: Duration,
-) -> anyhow::Result<Vec<Duration>> {
-    latency(socket, clients, window, |mut client| async move {
-        let r = client
-            .fetch_jwtsvid(JwtsvidRequest {
-                audience: vec!["bench".into()],
-                spiffe_id: String::new(),
-            })
-            .await
-            .context("FetchJWTSVID")?
-            .into_inner();
-        anyhow::ensure!(!r.svids.is_empty(), "FetchJWTSVID returned no SVID");
-        Ok(client)
-    })
+) -> anyhow::Result<Load> {
+    latency(
+        socket,
+        agent_pid,
+        clients,
+        window,
+        |mut client| async move {
+            let r = client
+                .fetch_jwtsvid(JwtsvidRequest {
+                    audience: vec!["bench".into()],
+                    spiffe_id: String::new(),
+                })
+                .await
+                .context("FetchJWTSVID")?
+                .into_inner();
+            anyhow::ensure!(!r.svids.is_empty(), "FetchJWTSVID returned no SVID");
+            Ok(client)
+        },
+    )
     .await
 }
 
 async fn latency<F, Fut>(
     socket: &Path,
+    agent_pid: u32,
     clients: usize,
     window: Duration,
     call: F,
-) -> anyhow::Result<Vec<Duration>>
+) -> anyhow::Result<Load>
 where
     F: Fn(WorkloadApiClient) -> Fut,
     Fut: Future<Output = anyhow::Result<WorkloadApiClient>>,
@@ -107,6 +181,8 @@ where
         let client = connect(socket).await?;
         connected.push(call(client).await?);
     }
+    let agent_before = cpu_seconds(agent_pid)?;
+    let client_before = cpu_seconds(std::process::id())?;
     let deadline = Instant::now() + window;
     let loops = connected.into_iter().map(|mut client| {
         let call = &call;
@@ -120,11 +196,16 @@ where
             anyhow::Ok(samples)
         }
     });
-    Ok(futures::future::try_join_all(loops)
+    let samples = futures::future::try_join_all(loops)
         .await?
         .into_iter()
         .flatten()
-        .collect())
+        .collect();
+    Ok(Load {
+        samples,
+        agent_cpu: cpu_seconds(agent_pid)? - agent_before,
+        client_cpu: cpu_seconds(std::process::id())? - client_before,
+    })
 }
 
 /// For each of `n` new entries selecting this process: the time from `BatchCreateEntry`

@@ -9,7 +9,13 @@
 //! encoder), replaces an `:authority` that is not a valid URI authority with `localhost` (what
 //! grpc-go and Kubernetes send over UDS), and re-encodes the block with its own encoder
 //! (mirrored by h2's decoder). Every other frame passes through untouched, as does the whole
-//! server-to-client direction. Hand-written framing because no crate offers a header-rewriting
+//! server-to-client direction.
+//!
+//! The connection's first header block decides: when its `:authority` is valid (tonic,
+//! grpc-go, every client but C-core) the connection is passed through untouched from then on,
+//! with no HPACK work per request; HPACK decoding costs more than the rest of a Workload API
+//! call. A gRPC channel keeps one authority for all its calls, so a client that starts valid
+//! stays valid. Hand-written framing because no crate offers a header-rewriting
 //! HTTP/2 shim; HPACK itself comes from `loona-hpack`.
 
 use std::io;
@@ -41,11 +47,26 @@ struct PendingBlock {
     flags: u8,
     priority: Option<[u8; 5]>,
     fragment: Vec<u8>,
+    /// The frames as received, forwarded as they are if the connection needs no rewrite.
+    raw: Vec<u8>,
+}
+
+/// What the connection's first header block showed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// No header block seen yet.
+    Undecided,
+    /// Its `:authority` needed fixing: every block is decoded and re-encoded.
+    Rewrite,
+    /// It was valid: every byte passes through untouched (h2's decoder mirrors the client's
+    /// encoder directly, so we cannot start re-encoding later).
+    PassThrough,
 }
 
 /// The frame-level rewriter; I/O-free so it can be tested on bytes.
 struct Rewriter {
     preface_left: usize,
+    mode: Mode,
     decoder: loona_hpack::Decoder<'static>,
     encoder: loona_hpack::Encoder<'static>,
     pending: Option<PendingBlock>,
@@ -57,6 +78,7 @@ impl Rewriter {
         decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Rewriter {
             preface_left: PREFACE_LEN,
+            mode: Mode::Undecided,
             decoder,
             encoder: loona_hpack::Encoder::new(),
             pending: None,
@@ -73,7 +95,10 @@ impl Rewriter {
             self.preface_left -= n;
             pos = n;
         }
-        while self.preface_left == 0 && input.len() - pos >= FRAME_HEADER_LEN {
+        while self.preface_left == 0
+            && self.mode != Mode::PassThrough
+            && input.len() - pos >= FRAME_HEADER_LEN
+        {
             let header = &input[pos..pos + FRAME_HEADER_LEN];
             let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
             if input.len() - pos - FRAME_HEADER_LEN < len {
@@ -83,8 +108,16 @@ impl Rewriter {
             self.frame(frame, out)?;
             pos += FRAME_HEADER_LEN + len;
         }
+        if self.mode == Mode::PassThrough {
+            out.extend_from_slice(&input[pos..]);
+            pos = input.len();
+        }
         input.drain(..pos);
         Ok(())
+    }
+
+    fn passes_through(&self) -> bool {
+        self.mode == Mode::PassThrough
     }
 
     fn frame(&mut self, frame: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
@@ -124,10 +157,12 @@ impl Rewriter {
                     flags,
                     priority,
                     fragment: fragment.to_vec(),
+                    raw: frame.to_vec(),
                 });
             }
             (CONTINUATION, Some(block)) if block.stream_id == stream_id => {
                 block.fragment.extend_from_slice(payload);
+                block.raw.extend_from_slice(frame);
                 if block.fragment.len() > MAX_HEADER_BLOCK {
                     return Err(invalid("header block too large"));
                 }
@@ -155,12 +190,22 @@ impl Rewriter {
             .decoder
             .decode(&block.fragment)
             .map_err(|e| invalid(&format!("HPACK decoding failed: {e}")))?;
+        let mut fixed = false;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority"
                 && http::uri::Authority::try_from(value.as_slice()).is_err()
             {
                 *value = b"localhost".to_vec();
+                fixed = true;
             }
+        }
+        if self.mode == Mode::Undecided {
+            if !fixed {
+                self.mode = Mode::PassThrough;
+                out.extend_from_slice(&block.raw);
+                return Ok(());
+            }
+            self.mode = Mode::Rewrite;
         }
         let encoded = self
             .encoder
@@ -256,6 +301,9 @@ impl AsyncRead for AuthorityFix {
             }
             if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.rewriter.passes_through() && this.input.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
@@ -378,6 +426,10 @@ mod tests {
             rewriter.process(&mut input, &mut out).unwrap();
         }
         assert!(input.is_empty());
+        assert!(
+            !rewriter.passes_through(),
+            "a fixed connection stays rewritten"
+        );
         assert_eq!(&out[..PREFACE_LEN], PREFACE);
         assert_eq!(
             &out[PREFACE_LEN..PREFACE_LEN + 15],
@@ -402,6 +454,38 @@ mod tests {
             out[39 + 9 + first_len + 4]
         };
         assert_eq!(second_frame_flags & END_STREAM, END_STREAM);
+    }
+
+    #[test]
+    fn valid_first_authority_passes_the_connection_through_untouched() {
+        let mut client = loona_hpack::Encoder::new();
+        let req = |authority: &'static str| {
+            vec![
+                (&b":method"[..], &b"POST"[..]),
+                (b":authority", authority.as_bytes()),
+            ]
+        };
+        let mut wire = PREFACE.to_vec();
+        write_frame(&mut wire, 0x4, 0, [0; 4], &[&[0, 3, 0, 0, 0, 100]]);
+        let first = client.encode(req("localhost"));
+        // Split over HEADERS + CONTINUATION: the raw frames are what goes out.
+        let (a, b) = first.split_at(2);
+        write_frame(&mut wire, HEADERS, 0, [0, 0, 0, 1], &[a]);
+        write_frame(&mut wire, CONTINUATION, END_HEADERS, [0, 0, 0, 1], &[b]);
+        write_frame(&mut wire, 0x0, 0x1, [0, 0, 0, 1], &[b"data"]);
+        let second = client.encode(req("localhost"));
+        wire.extend(headers_frame(&second, END_HEADERS, 3));
+
+        let mut rewriter = Rewriter::new();
+        let (mut input, mut out) = (Vec::new(), Vec::new());
+        for piece in wire.chunks(5) {
+            input.extend_from_slice(piece);
+            rewriter.process(&mut input, &mut out).unwrap();
+        }
+        assert!(input.is_empty());
+        assert!(rewriter.passes_through());
+        assert_eq!(out, wire, "byte for byte");
+        assert_eq!(decode_all(&out).len(), 2);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
+use super::responses::{Built, X509ResponseCache};
 use crate::cache::{CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot};
 use crate::taint::TaintedAuthorities;
 use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
@@ -98,6 +99,7 @@ pub(crate) struct Handler {
     pub jwt_svids: JwtSvidCache,
     pub config: Arc<HandlerConfig>,
     pub cancel: CancellationToken,
+    pub x509_responses: Arc<X509ResponseCache>,
 }
 
 /// An attested caller.
@@ -157,7 +159,7 @@ impl Handler {
     ) -> ReceiverStream<Result<T, Status>>
     where
         T: Clone + PartialEq + Send + 'static,
-        F: Fn(&Snapshot, &[Selector]) -> Result<Option<T>, RequestError> + Send + 'static,
+        F: Fn(&Arc<Snapshot>, &[Selector]) -> Result<Option<T>, RequestError> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut cache_rx = self.cache_rx.clone();
@@ -230,16 +232,22 @@ impl SpiffeWorkloadApi for Handler {
             debug!(pid = caller.pid, "FetchX509SVID: no identity issued");
             return Err(RequestError::NoIdentity.into());
         }
-        let ids: Vec<String> = identities
-            .iter()
-            .map(|i| i.entry.spiffe_id.to_string())
-            .chain(rendered.iter().map(|(_, id)| id.to_string()))
-            .collect();
-        debug!(pid = caller.pid, spiffe_id = %ids.join(","), "FetchX509SVID");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let ids: Vec<String> = identities
+                .iter()
+                .map(|i| i.entry.spiffe_id.to_string())
+                .chain(rendered.iter().map(|(_, id)| id.to_string()))
+                .collect();
+            debug!(pid = caller.pid, spiffe_id = %ids.join(","), "FetchX509SVID");
+        }
+        let responses = self.x509_responses.clone();
+        let build = move |snapshot: &Arc<Snapshot>, selectors: &[Selector]| {
+            cached_x509_svid_response(&responses, snapshot, selectors)
+        };
         Ok(Response::new(self.spawn_stream(
             caller,
             "FetchX509SVID",
-            x509_svid_response,
+            build,
         )))
     }
 
@@ -249,7 +257,7 @@ impl SpiffeWorkloadApi for Handler {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.caller(&request, "FetchX509Bundles").await?;
         let allow = self.config.allow_unauthenticated_verifiers;
-        let build = move |snapshot: &Snapshot, selectors: &[Selector]| {
+        let build = move |snapshot: &Arc<Snapshot>, selectors: &[Selector]| {
             let bundles = visible_bundles(snapshot, selectors, allow)?;
             Ok(Some(X509BundlesResponse {
                 crl: Vec::new(),
@@ -324,7 +332,7 @@ impl SpiffeWorkloadApi for Handler {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.caller(&request, "FetchJWTBundles").await?;
         let allow = self.config.allow_unauthenticated_verifiers;
-        let build = move |snapshot: &Snapshot, selectors: &[Selector]| {
+        let build = move |snapshot: &Arc<Snapshot>, selectors: &[Selector]| {
             let mut bundles = BTreeMap::new();
             for (td, bundle) in visible_bundles(snapshot, selectors, allow)? {
                 let jwks = bundle.to_jwks_json().map_err(RequestError::Bundle)?;
@@ -381,22 +389,58 @@ impl SpiffeWorkloadApi for Handler {
     }
 }
 
-/// The `FetchX509SVID` message for a caller: every matching identity whose SVID is minted.
-/// `Ok(None)` when identities match but none has an SVID yet.
-/// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
-/// entries under the IDs rendered for them. Template SVIDs are minted on demand: each call
-/// records (or refreshes) the demand, so a stream keeps its SVIDs alive while it is open.
+/// The `FetchX509SVID` message for a caller, reused from `cache` when built from the same
+/// snapshot for the same selectors (see [`build_x509_svid_response`]).
+fn cached_x509_svid_response(
+    cache: &X509ResponseCache,
+    snapshot: &Arc<Snapshot>,
+    selectors: &[Selector],
+) -> Result<Option<X509svidResponse>, RequestError> {
+    let built = cache.get_or_build(snapshot, selectors, || {
+        build_x509_svid_response(snapshot, selectors)
+    })?;
+    want_rendered(snapshot, &built);
+    Ok(built.response.clone())
+}
+
+/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, so a
+/// stream keeps its SVIDs alive while it is open.
+fn want_rendered(snapshot: &Snapshot, built: &Built) {
+    if built.wanted.is_empty() {
+        return;
+    }
+    let now = unix_now();
+    for key in &built.wanted {
+        snapshot.demand.want(key.clone(), now);
+    }
+}
+
+/// The `FetchX509SVID` message for a caller, built afresh: every matching identity whose SVID
+/// is minted. `Ok(None)` when identities match but none has an SVID yet.
+#[cfg(test)]
 fn x509_svid_response(
     snapshot: &Snapshot,
     selectors: &[Selector],
 ) -> Result<Option<X509svidResponse>, RequestError> {
+    let built = build_x509_svid_response(snapshot, selectors)?;
+    want_rendered(snapshot, &built);
+    Ok(built.response)
+}
+
+/// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
+/// entries under the IDs rendered for them, and the template instances wanted. A pure
+/// function of its arguments, which is what lets [`X509ResponseCache`] reuse it.
+fn build_x509_svid_response(
+    snapshot: &Snapshot,
+    selectors: &[Selector],
+) -> Result<Built, RequestError> {
     let fixed = snapshot.matching(selectors);
-    let now = unix_now();
     let rendered: Vec<(&Arc<Identity>, SpiffeId)> = snapshot.matching_templates(selectors);
     if fixed.is_empty() && rendered.is_empty() {
         return Err(RequestError::NoIdentity);
     }
     let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
+    let mut wanted = Vec::new();
     for identity in fixed {
         if let Some(svid) = &identity.svid {
             identities.push((identity, identity.entry.spiffe_id.clone(), svid));
@@ -407,8 +451,9 @@ fn x509_svid_response(
             entry_id: identity.entry.id.clone(),
             spiffe_id,
         };
-        snapshot.demand.want(key.clone(), now);
-        if let Some(svid) = snapshot.rendered.get(&key) {
+        let svid = snapshot.rendered.get(&key);
+        wanted.push(key.clone());
+        if let Some(svid) = svid {
             identities.push((identity, key.spiffe_id, svid));
         }
     }
@@ -427,18 +472,24 @@ fn x509_svid_response(
         });
     }
     if svids.is_empty() {
-        return Ok(None);
+        return Ok(Built {
+            response: None,
+            wanted,
+        });
     }
     let federated_bundles = federates_with
         .into_iter()
         .filter_map(|td| snapshot.federated.get(td))
         .map(|b| (b.trust_domain.id_string(), b.x509_authorities_concat()))
         .collect();
-    Ok(Some(X509svidResponse {
-        svids,
-        crl: Vec::new(),
-        federated_bundles,
-    }))
+    Ok(Built {
+        response: Some(X509svidResponse {
+            svids,
+            crl: Vec::new(),
+            federated_bundles,
+        }),
+        wanted,
+    })
 }
 
 /// Our own bundle plus the federated bundles the caller's entries federate with. A caller
@@ -553,5 +604,195 @@ mod template_tests {
             x509_svid_response(&cache.snapshot(), &selectors(&["unix:uid:1"])),
             Err(RequestError::NoIdentity)
         ));
+    }
+}
+
+#[cfg(test)]
+mod response_cache_tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::cache::testing::{TestCa, entry, selectors};
+
+    fn ids(response: &Option<X509svidResponse>) -> Vec<String> {
+        response
+            .as_ref()
+            .map(|r| r.svids.iter().map(|s| s.spiffe_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn fetch(
+        responses: &X509ResponseCache,
+        cache: &Cache,
+        who: &[Selector],
+    ) -> Result<Option<X509svidResponse>, RequestError> {
+        cached_x509_svid_response(responses, &cache.snapshot(), who)
+    }
+
+    #[test]
+    fn same_snapshot_and_selectors_reuse_one_build() {
+        let ca = TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        cache.replace_entries(vec![entry(
+            "a",
+            "spiffe://example.org/a",
+            &["unix:uid:1"],
+            1,
+        )]);
+        cache
+            .set_svid("a", ca.svid("spiffe://example.org/a"))
+            .unwrap();
+        let responses = X509ResponseCache::default();
+        let snapshot = cache.snapshot();
+        let who = selectors(&["unix:uid:1"]);
+        let builds = std::cell::Cell::new(0);
+        let build = || {
+            builds.set(builds.get() + 1);
+            build_x509_svid_response(&snapshot, &who)
+        };
+        let first = responses.get_or_build(&snapshot, &who, build).unwrap();
+        let again = responses
+            .get_or_build(&snapshot, &who, || {
+                builds.set(builds.get() + 1);
+                build_x509_svid_response(&snapshot, &who)
+            })
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(builds.get(), 1);
+    }
+
+    #[test]
+    fn every_change_shows_on_the_next_call() {
+        let ca = TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        let who = selectors(&["unix:uid:1", "unix:user:web"]);
+        cache.replace_entries(vec![entry(
+            "a",
+            "spiffe://example.org/a",
+            &["unix:uid:1"],
+            1,
+        )]);
+        let responses = X509ResponseCache::default();
+        // Matching entry, no SVID yet: nothing to send.
+        assert_eq!(fetch(&responses, &cache, &who).unwrap(), None);
+
+        cache
+            .set_svid("a", ca.svid("spiffe://example.org/a"))
+            .unwrap();
+        let first = fetch(&responses, &cache, &who).unwrap();
+        assert_eq!(ids(&first), ["spiffe://example.org/a"]);
+
+        // New entry.
+        cache.upsert_entries(vec![entry(
+            "b",
+            "spiffe://example.org/b",
+            &["unix:user:web"],
+            2,
+        )]);
+        cache
+            .set_svid("b", ca.svid("spiffe://example.org/b"))
+            .unwrap();
+        let got = fetch(&responses, &cache, &who).unwrap();
+        assert_eq!(
+            ids(&got),
+            ["spiffe://example.org/a", "spiffe://example.org/b"]
+        );
+
+        // Rotated SVID.
+        cache
+            .set_svid("a", ca.svid("spiffe://example.org/a"))
+            .unwrap();
+        let rotated = fetch(&responses, &cache, &who).unwrap().unwrap();
+        assert_ne!(
+            rotated.svids[0].x509_svid,
+            first.as_ref().unwrap().svids[0].x509_svid
+        );
+        assert_ne!(
+            *rotated.svids[0].x509_svid_key,
+            *first.as_ref().unwrap().svids[0].x509_svid_key
+        );
+
+        // New bundle (a tainted authority, a new CA): served at once.
+        let new_ca = TestCa::new("example.org");
+        let mut bundle = ca.bundle(None);
+        bundle.x509_authorities.push(new_ca.der());
+        bundle.tainted_x509_authorities.push(ca.der());
+        cache.set_bundle(bundle);
+        let got = fetch(&responses, &cache, &who).unwrap().unwrap();
+        assert_eq!(got.svids[0].bundle, [ca.der(), new_ca.der()].concat());
+
+        // Deleted entries.
+        cache.remove_entries(["b"]);
+        assert_eq!(
+            ids(&fetch(&responses, &cache, &who).unwrap()),
+            ["spiffe://example.org/a"]
+        );
+        cache.remove_entries(["a"]);
+        assert!(matches!(
+            fetch(&responses, &cache, &who),
+            Err(RequestError::NoIdentity)
+        ));
+    }
+
+    #[test]
+    fn other_selectors_never_get_a_cached_response() {
+        let ca = TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        cache.replace_entries(vec![
+            entry("a", "spiffe://example.org/a", &["unix:uid:1"], 1),
+            entry("b", "spiffe://example.org/b", &["unix:uid:2"], 2),
+        ]);
+        cache
+            .set_svid("a", ca.svid("spiffe://example.org/a"))
+            .unwrap();
+        cache
+            .set_svid("b", ca.svid("spiffe://example.org/b"))
+            .unwrap();
+        let responses = X509ResponseCache::default();
+        let uid1 = selectors(&["unix:uid:1"]);
+        let uid2 = selectors(&["unix:uid:2"]);
+        assert_eq!(
+            ids(&fetch(&responses, &cache, &uid1).unwrap()),
+            ["spiffe://example.org/a"]
+        );
+        assert_eq!(
+            ids(&fetch(&responses, &cache, &uid2).unwrap()),
+            ["spiffe://example.org/b"]
+        );
+        // More selectors is another key too, even when it matches a superset.
+        let both = selectors(&["unix:uid:1", "unix:uid:2"]);
+        assert_eq!(ids(&fetch(&responses, &cache, &both).unwrap()).len(), 2);
+        assert!(matches!(
+            fetch(&responses, &cache, &selectors(&["unix:uid:3"])),
+            Err(RequestError::NoIdentity)
+        ));
+        assert_eq!(
+            ids(&fetch(&responses, &cache, &uid1).unwrap()),
+            ["spiffe://example.org/a"]
+        );
+    }
+
+    #[test]
+    fn a_cached_response_still_refreshes_template_demand() {
+        use crate::cache::rendered::IDLE;
+        use crate::cache::testing::template_entry;
+
+        let ca = TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        cache.replace_entries(vec![template_entry(
+            "t",
+            "spiffe://example.org/ns/{k8s:ns}",
+            &["k8s:ns"],
+            1,
+        )]);
+        let responses = X509ResponseCache::default();
+        let pod = selectors(&["k8s:ns:payments"]);
+        assert_eq!(fetch(&responses, &cache, &pod).unwrap(), None);
+        assert_eq!(cache.demand().keys().len(), 1);
+        let later = unix_now() + IDLE.as_secs() as i64 + 60;
+        assert_eq!(cache.demand().forget_idle(later, IDLE).len(), 1);
+        assert!(cache.demand().keys().is_empty());
+        // Same snapshot, same selectors: a cache hit, and the demand is back.
+        assert_eq!(fetch(&responses, &cache, &pod).unwrap(), None);
+        assert_eq!(cache.demand().keys().len(), 1);
     }
 }

@@ -8,6 +8,7 @@ mod authority;
 pub mod client;
 mod handler;
 pub mod jwt;
+mod responses;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -157,6 +158,7 @@ pub async fn serve_listener(
             svid_wait: config.svid_wait,
         }),
         cancel: cancel.clone(),
+        x509_responses: Arc::default(),
     };
     let service = SpiffeWorkloadApiServer::new(handler)
         .max_encoding_message_size(MAX_RESPONSE_BYTES)

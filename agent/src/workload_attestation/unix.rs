@@ -4,12 +4,20 @@
 //! `unix:group`, `unix:supplementary_gid`, `unix:supplementary_group`, `unix:path`,
 //! `unix:sha256`). Like SPIRE, the effective UID/GID are used: they are what the kernel checks
 //! for access, and what a setuid binary runs as.
+//!
+//! Every call reads the caller's `/proc` entries afresh (IDs change with `setuid`, binaries
+//! with `execve`, PIDs get reused); only the user and group *names* are cached, for
+//! [`NAME_TTL`], because an NSS lookup (open and scan `/etc/passwd`, or ask sssd) costs more
+//! than the rest of the call. With every name cached and no binary to hash, attestation runs
+//! inline rather than on the blocking pool: procfs reads are answered from kernel memory.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -39,10 +47,84 @@ impl Default for UnixAttestorConfig {
     }
 }
 
-/// Reads the caller's identity from procfs. Cheap to clone (moved into a blocking task per call).
+/// How long a user or group name looked up by ID is reused. A renamed user or group shows in
+/// `unix:user`/`unix:group` selectors after at most this long; numeric IDs are never cached.
+pub const NAME_TTL: Duration = Duration::from_secs(5);
+
+/// Names looked up by ID (`None`: the ID has no name), with when they were looked up.
+#[derive(Debug, Default)]
+struct NameCache {
+    users: Mutex<HashMap<u32, (Option<String>, Instant)>>,
+    groups: Mutex<HashMap<u32, (Option<String>, Instant)>>,
+}
+
+/// Which NSS database.
+#[derive(Clone, Copy, Debug)]
+enum NameKind {
+    User,
+    Group,
+}
+
+/// Beyond this many cached names the cache is emptied, so hostile callers cycling through
+/// IDs cannot grow it without bound.
+const MAX_CACHED_NAMES: usize = 4096;
+
+impl NameCache {
+    fn map(
+        &self,
+        kind: NameKind,
+    ) -> std::sync::MutexGuard<'_, HashMap<u32, (Option<String>, Instant)>> {
+        let map = match kind {
+            NameKind::User => &self.users,
+            NameKind::Group => &self.groups,
+        };
+        // Each write is one insert or clear: the map is consistent even after a panic.
+        map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached name of `id`, if looked up less than [`NAME_TTL`] before `now`.
+    fn cached(&self, kind: NameKind, id: u32, now: Instant) -> Option<Option<String>> {
+        let map = self.map(kind);
+        let (name, at) = map.get(&id)?;
+        (now.saturating_duration_since(*at) < NAME_TTL).then(|| name.clone())
+    }
+
+    fn store(&self, kind: NameKind, id: u32, name: Option<String>, now: Instant) {
+        let mut map = self.map(kind);
+        if map.len() >= MAX_CACHED_NAMES {
+            map.clear();
+        }
+        map.insert(id, (name, now));
+    }
+
+    /// The name of `id`: from the cache, else from `lookup` when blocking is allowed (`None`
+    /// from the outer option: not cached and not allowed to look up).
+    fn name(
+        &self,
+        kind: NameKind,
+        id: u32,
+        now: Instant,
+        may_block: bool,
+        lookup: impl FnOnce(u32) -> Option<String>,
+    ) -> Option<Option<String>> {
+        if let Some(hit) = self.cached(kind, id, now) {
+            return Some(hit);
+        }
+        if !may_block {
+            return None;
+        }
+        let name = lookup(id);
+        self.store(kind, id, name.clone(), now);
+        Some(name)
+    }
+}
+
+/// Reads the caller's identity from procfs. Cheap to clone (moved into a blocking task when a
+/// call needs NSS lookups or hashing).
 #[derive(Clone)]
 pub struct UnixAttestor {
     config: Arc<UnixAttestorConfig>,
+    names: Arc<NameCache>,
     /// Runs between collecting selectors and re-reading the start time, so tests can simulate
     /// a PID being reused at the worst moment.
     #[cfg(test)]
@@ -61,15 +143,24 @@ impl UnixAttestor {
     pub fn new(config: UnixAttestorConfig) -> Self {
         UnixAttestor {
             config: Arc::new(config),
+            names: Arc::default(),
             #[cfg(test)]
             after_collect: None,
         }
     }
 
-    /// The blocking part: procfs reads and NSS lookups.
-    fn attest_blocking(&self, pid: i32) -> Result<Vec<Selector>, AttestationError> {
+    /// Attests `pid`; `Ok(None)` when that needs a blocking step (an NSS lookup not cached, a
+    /// binary to hash) and `may_block` is false.
+    fn attest_sync(
+        &self,
+        pid: i32,
+        now: Instant,
+        may_block: bool,
+    ) -> Result<Option<Vec<Selector>>, AttestationError> {
         let started = self.start_time(pid)?;
-        let selectors = self.collect(pid)?;
+        let Some(selectors) = self.collect(pid, now, may_block)? else {
+            return Ok(None);
+        };
         #[cfg(test)]
         if let Some(hook) = &self.after_collect {
             hook();
@@ -77,7 +168,7 @@ impl UnixAttestor {
         // Everything above described whatever process held `pid` at the time; if it is no
         // longer the process that started at `started`, the selectors may be someone else's.
         match self.start_time(pid) {
-            Ok(now) if now == started => Ok(selectors),
+            Ok(again) if again == started => Ok(Some(selectors)),
             Ok(_) | Err(AttestationError::NoProcess { .. }) => {
                 Err(AttestationError::PidReused { pid })
             }
@@ -85,23 +176,50 @@ impl UnixAttestor {
         }
     }
 
-    fn collect(&self, pid: i32) -> Result<Vec<Selector>, AttestationError> {
+    /// The selectors of whatever process holds `pid` now; `Ok(None)` as in [`Self::attest_sync`].
+    fn collect(
+        &self,
+        pid: i32,
+        now: Instant,
+        may_block: bool,
+    ) -> Result<Option<Vec<Selector>>, AttestationError> {
+        let hashes = self.config.discover_workload_path && self.config.workload_size_limit >= 0;
+        if hashes && !may_block {
+            return Ok(None);
+        }
         let status_path = self.proc_path(pid, "status");
         let status = parse_status(&read_to_string(&status_path, pid)?)
             .map_err(|reason| malformed(&status_path, reason))?;
 
+        let user = |uid| {
+            self.names
+                .name(NameKind::User, uid, now, may_block, user_name)
+        };
+        let group = |gid| {
+            self.names
+                .name(NameKind::Group, gid, now, may_block, group_name)
+        };
         let mut out = Vec::new();
         push(&mut out, "uid", status.uid.to_string());
-        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(status.uid)) {
-            push(&mut out, "user", user.name);
+        let Some(name) = user(status.uid) else {
+            return Ok(None);
+        };
+        if let Some(name) = name {
+            push(&mut out, "user", name);
         }
         push(&mut out, "gid", status.gid.to_string());
-        if let Some(name) = group_name(status.gid) {
+        let Some(name) = group(status.gid) else {
+            return Ok(None);
+        };
+        if let Some(name) = name {
             push(&mut out, "group", name);
         }
         for gid in status.groups {
             push(&mut out, "supplementary_gid", gid.to_string());
-            if let Some(name) = group_name(gid) {
+            let Some(name) = group(gid) else {
+                return Ok(None);
+            };
+            if let Some(name) = name {
                 push(&mut out, "supplementary_group", name);
             }
         }
@@ -118,7 +236,7 @@ impl UnixAttestor {
                 push(&mut out, "sha256", sha256_file(&exe, pid, limit)?);
             }
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(Some(out.into_iter().flatten().collect()))
     }
 
     fn start_time(&self, pid: i32) -> Result<u64, AttestationError> {
@@ -137,11 +255,20 @@ impl WorkloadAttestor for UnixAttestor {
             if pid <= 0 {
                 return Err(AttestationError::NoProcess { pid });
             }
-            // NSS lookups and hashing block: keep them off the async workers.
+            // procfs reads are answered from kernel memory, cheaper than a hop to the blocking
+            // pool; only NSS lookups and hashing, which may wait, go there.
+            if let Some(selectors) = self.attest_sync(pid, Instant::now(), false)? {
+                return Ok(selectors);
+            }
             let attestor = self.clone();
-            tokio::task::spawn_blocking(move || attestor.attest_blocking(pid))
+            let blocking = move || attestor.attest_sync(pid, Instant::now(), true);
+            tokio::task::spawn_blocking(blocking)
                 .await
                 .map_err(|e| AttestationError::Task(e.to_string()))?
+                // With `may_block` every step runs, so there is always an answer.
+                .and_then(|selectors| {
+                    selectors.ok_or_else(|| AttestationError::Task("no answer".into()))
+                })
         })
     }
 }
@@ -150,6 +277,13 @@ impl WorkloadAttestor for UnixAttestor {
 /// a user name, say) yields `None` and is dropped by `collect`.
 fn push(out: &mut Vec<Option<Selector>>, kind: &str, value: String) {
     out.push(Selector::from_parts("unix", &format!("{kind}:{value}")).ok());
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 fn group_name(gid: u32) -> Option<String> {
@@ -427,6 +561,100 @@ mod tests {
             attestor(dir.path(), false, 0).attest(0).await,
             Err(AttestationError::NoProcess { pid: 0 })
         ));
+    }
+
+    #[test]
+    fn names_are_reused_for_their_ttl_only() {
+        let names = NameCache::default();
+        let t0 = Instant::now();
+        let calls = std::cell::Cell::new(0);
+        let lookup = |id: u32| {
+            calls.set(calls.get() + 1);
+            (id == 7).then(|| format!("name{}", calls.get()))
+        };
+        // Not cached and not allowed to block: no answer.
+        assert_eq!(names.name(NameKind::User, 7, t0, false, lookup), None);
+        assert_eq!(calls.get(), 0);
+        assert_eq!(
+            names.name(NameKind::User, 7, t0, true, lookup),
+            Some(Some("name1".into()))
+        );
+        let just_before = t0 + NAME_TTL - Duration::from_millis(1);
+        assert_eq!(
+            names.name(NameKind::User, 7, just_before, false, lookup),
+            Some(Some("name1".into()))
+        );
+        // Users and groups are separate; an ID without a name is cached as such.
+        assert_eq!(names.name(NameKind::Group, 7, t0, false, lookup), None);
+        assert_eq!(names.name(NameKind::User, 8, t0, true, lookup), Some(None));
+        assert_eq!(names.name(NameKind::User, 8, t0, false, lookup), Some(None));
+        // Expired: looked up again, and the new name is seen.
+        assert_eq!(
+            names.name(NameKind::User, 7, t0 + NAME_TTL, false, lookup),
+            None
+        );
+        assert_eq!(
+            names.name(NameKind::User, 7, t0 + NAME_TTL, true, lookup),
+            Some(Some("name3".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn inline_attestation_rereads_proc_on_every_call() {
+        let dir = fake_proc(STATUS);
+        let a = attestor(dir.path(), false, 0);
+        // The first call fills the name cache from the blocking pool; later calls run inline.
+        let first = strings(&a.attest(4242).await.unwrap());
+        assert!(first.contains(&"unix:uid:4001".to_string()), "{first:?}");
+        assert!(
+            a.attest_sync(4242, Instant::now(), false)
+                .unwrap()
+                .is_some(),
+            "names cached: no blocking step left"
+        );
+        // The process changes its IDs (setuid): seen at once, not cached.
+        std::fs::write(
+            dir.path().join("4242/status"),
+            STATUS.replace("4001", "4005"),
+        )
+        .unwrap();
+        let got = strings(&a.attest(4242).await.unwrap());
+        assert!(got.contains(&"unix:uid:4005".to_string()), "{got:?}");
+        assert!(!got.contains(&"unix:uid:4001".to_string()), "{got:?}");
+        // PID reused by another process between calls: the new one's identity.
+        std::fs::write(dir.path().join("4242/stat"), stat_line(5000)).unwrap();
+        std::fs::write(
+            dir.path().join("4242/status"),
+            STATUS.replace("4001", "4009"),
+        )
+        .unwrap();
+        let got = strings(&a.attest(4242).await.unwrap());
+        assert!(got.contains(&"unix:uid:4009".to_string()), "{got:?}");
+        // Hashing always goes to the blocking pool.
+        let hashing = attestor(dir.path(), true, 0);
+        assert!(
+            hashing
+                .attest_sync(4242, Instant::now(), false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn pid_reuse_during_inline_attestation_fails() {
+        let dir = fake_proc(STATUS);
+        let stat = dir.path().join("4242/stat");
+        let mut a = attestor(dir.path(), false, 0);
+        a.attest(4242).await.unwrap();
+        a.after_collect = Some(Arc::new(move || {
+            std::fs::write(&stat, stat_line(3000)).unwrap();
+        }));
+        // Names are cached now, so this takes the inline path.
+        let err = a.attest_sync(4242, Instant::now(), false).unwrap_err();
+        assert!(
+            matches!(err, AttestationError::PidReused { pid: 4242 }),
+            "{err}"
+        );
     }
 
     #[test]
