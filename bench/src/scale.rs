@@ -136,7 +136,10 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
                 millis(took),
                 "ms",
                 Target::None,
-                &format!("sigil-server entry show{}, every entry, output read to the end", if json { " -output json" } else { "" }),
+                &format!(
+                    "sigil-server entry show{}, every entry, output read to the end",
+                    if json { " -output json" } else { "" }
+                ),
             ));
             figures.push(Figure::new(
                 &format!("scale {label}: entry show all ({how}) CLI peak RSS"),

@@ -90,7 +90,8 @@ impl<W: Write> JsonArrayWriter<W> {
 
     pub fn push(&mut self, v: &Value) -> io::Result<()> {
         let text = serde_json::to_string_pretty(v).map_err(io::Error::other)?;
-        self.out.write_all(if self.empty { b"[\n" } else { b",\n" })?;
+        self.out
+            .write_all(if self.empty { b"[\n" } else { b",\n" })?;
         self.empty = false;
         // Pretty JSON escapes newlines inside strings, so every line break is structure and
         // indenting each line nests the element one level.
@@ -153,7 +154,11 @@ mod tests {
             ..Default::default()
         };
         let one = entry_json(&entry);
-        for values in [vec![], vec![one.clone()], vec![one.clone(), json!({}), json!([1, {"k": []}])]] {
+        for values in [
+            vec![],
+            vec![one.clone()],
+            vec![one.clone(), json!({}), json!([1, {"k": []}])],
+        ] {
             let whole = serde_json::to_string_pretty(&Value::Array(values.clone())).unwrap();
             assert_eq!(streamed(&values), format!("{whole}\n"));
         }
@@ -165,8 +170,14 @@ mod tests {
         let entry = pb::RegistrationEntry {
             id: "1".into(),
             selectors: vec![
-                pb::Selector { r#type: "k8s".into(), value: "ns:a".into() },
-                pb::Selector { r#type: "k8s".into(), value: "sa:b".into() },
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "ns:a".into(),
+                },
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "sa:b".into(),
+                },
             ],
             hint: "h".into(),
             ..Default::default()

@@ -414,8 +414,9 @@ async fn append_upserts(
     chunk: &mut [RegistrationEntry],
     now: i64,
 ) -> Result<(), DatastoreError> {
-    let mut qb =
-        QueryBuilder::<Sqlite>::new("INSERT INTO entry_events (entry_id, parent_id, kind, created_at) ");
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO entry_events (entry_id, parent_id, kind, created_at) ",
+    );
     qb.push_values(chunk.iter(), |mut row, e| {
         row.push_bind(e.id.clone())
             .push_bind(e.parent_id.to_string())

@@ -439,6 +439,9 @@ mod tests {
         assert_eq!(total, big.len(), "every entry once");
         // One entry bigger than a page still goes, alone.
         let huge = [entry(0, SYNC_PAGE_BYTES + 1), entry(1, 1)];
-        assert_eq!(pages(&huge).iter().map(|p| p.len()).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(
+            pages(&huge).iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [1, 1]
+        );
     }
 }
