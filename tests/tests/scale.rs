@@ -172,7 +172,7 @@ fn cli_lists_100k_entries_in_bounded_memory() {
     assert_eq!(ids.len(), COUNT, "every entry once, in ID order");
 
     // With a selector filter matching a tenth of them: paged the same way.
-    let tenth = dir.path().join("half.txt");
+    let tenth = dir.path().join("tenth.txt");
     let rss = cli_to_file(&server, &["entry", "show", "-selector", "k8s:ns:1"], &tenth);
     assert_eq!(lines_starting(&tenth, "Entry ID "), COUNT / 10);
     assert!(
