@@ -33,8 +33,8 @@ use tracing::warn;
 use crate::cache::{JwtSvidMinter, MintError};
 use crate::svid_store::{AgentSvid, leaf_facts};
 
-/// Largest agent API message we accept (a sync page or a batch of SVIDs).
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
+const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
 
 /// Why the connection could not be set up.
 #[derive(Debug, thiserror::Error)]

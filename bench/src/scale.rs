@@ -128,6 +128,27 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
             },
             "admin ListEntries, filter by one selector (superset match), sequential calls",
         ));
+        for json in [false, true] {
+            let (took, peak_mib) = cli_show_all(bin_dir, &server.socket, json, target).await?;
+            let how = if json { "json" } else { "text" };
+            figures.push(Figure::new(
+                &format!("scale {label}: entry show all ({how})"),
+                millis(took),
+                "ms",
+                Target::None,
+                &format!(
+                    "sigil-server entry show{}, every entry, output read to the end",
+                    if json { " -output json" } else { "" }
+                ),
+            ));
+            figures.push(Figure::new(
+                &format!("scale {label}: entry show all ({how}) CLI peak RSS"),
+                peak_mib,
+                "MiB",
+                Target::Below(64.0),
+                "VmHWM of the CLI process, sampled every 5 ms until it exits",
+            ));
+        }
         server.stop().await?;
         let startup = server.spawn().await?;
         figures.push(Figure::new(
@@ -197,6 +218,68 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
         "VmRSS of sigil-agent once this workload's FetchX509SVID holds every SVID",
     ));
     Ok(figures)
+}
+
+/// Runs `sigil-server entry show` (all entries, text or JSON) through the real CLI binary;
+/// returns its wall time and peak RSS (MiB). Text output is counted to check the listing is
+/// complete. VmHWM only grows, so its last reading before exit is the peak up to then.
+async fn cli_show_all(
+    bin_dir: &Path,
+    socket: &Path,
+    json: bool,
+    expected: usize,
+) -> anyhow::Result<(Duration, f64)> {
+    let mut cmd = tokio::process::Command::new(bin_dir.join("sigil-server"));
+    cmd.args(["entry", "show", "-socketPath"]).arg(socket);
+    if json {
+        cmd.args(["-output", "json"]);
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running sigil-server entry show")?;
+    let pid = child.id().context("CLI exited at once")?;
+    let stdout = child.stdout.take().context("CLI stdout")?;
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let (mut entries, mut ids) = (0usize, 0usize);
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("Entry ID ") {
+                entries += 1;
+            } else if line.starts_with("    \"id\": ") {
+                ids += 1;
+            }
+        }
+        anyhow::Ok(entries.max(ids))
+    });
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let listed = reader.await??;
+    let took = start.elapsed();
+    anyhow::ensure!(status.success(), "sigil-server entry show: {status}");
+    anyhow::ensure!(
+        listed == expected,
+        "entry show listed {listed} entries, expected {expected}"
+    );
+    Ok((took, peak_kib as f64 / 1024.0))
+}
+
+/// Peak RSS (VmHWM, KiB) of a live process.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// 1000 -> "1k", 100000 -> "100k", 1000000 -> "1M".

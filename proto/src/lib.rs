@@ -8,6 +8,7 @@ pub mod convert;
 pub mod entry;
 pub mod hcl;
 pub mod id_template;
+pub mod limits;
 pub mod selector;
 pub mod spiffe_id;
 pub mod trust_domain;

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
+use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
 use sigil_proto::sigil::common::v1 as common;
@@ -85,7 +87,8 @@ impl AdminApi {
 
     /// Publishes the datastore's latest entry revision after a committed change. A failure to
     /// read it only delays the push to the agents' fallback tick.
-    async fn publish_revision(&self) {
+    /// Returns that revision.
+    async fn publish_revision(&self) -> Option<i64> {
         match self.datastore.latest_entry_revision().await {
             Ok(r) => {
                 self.revisions.send_if_modified(|v| {
@@ -95,8 +98,12 @@ impl AdminApi {
                     }
                     newer
                 });
+                Some(r)
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the entry revision to notify agents"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the entry revision to notify agents");
+                None
+            }
         }
     }
 
@@ -129,6 +136,13 @@ impl AdminApi {
 
     /// Validates a wire entry and checks it belongs to our trust domain.
     fn parse_entry(&self, e: &common::RegistrationEntry) -> Result<RegistrationEntry, Status> {
+        // Bounded so that any entry fits in one agent sync message.
+        let size = e.encoded_len();
+        if size > MAX_ENTRY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "entry is {size} bytes encoded, more than the {MAX_ENTRY_BYTES} allowed"
+            )));
+        }
         let entry = RegistrationEntry::try_from(e).map_err(invalid_field)?;
         if entry.spiffe_id.trust_domain() != &self.trust_domain {
             return Err(Status::invalid_argument(format!(
@@ -245,6 +259,28 @@ fn node_pb(n: &AttestedNode) -> common::AttestedNode {
     }
 }
 
+/// The audit trail of a committed entry batch: one INFO line per batch (a bulk load of a
+/// million entries must not write a million INFO lines) saying how many, which revisions and
+/// the entry revision once committed (the change feed position agents sync to) and the first
+/// and last entry, then one DEBUG line per entry with its IDs.
+fn log_batch(verb: &'static str, revision: Option<i64>, entries: &[RegistrationEntry]) {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return;
+    };
+    tracing::info!(
+        count = entries.len(),
+        revision,
+        first_entry_id = %first.id,
+        first_spiffe_id = %first.spiffe_id_text(),
+        last_entry_id = %last.id,
+        last_spiffe_id = %last.spiffe_id_text(),
+        "registration entries {verb}"
+    );
+    for e in entries {
+        tracing::debug!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), parent_id = %e.parent_id, revision = e.revision, "entry {verb}");
+    }
+}
+
 /// Runs one handler with authorization and the request counter around it.
 macro_rules! handle {
     ($self:ident, $method:literal, $req:ident, $body:expr) => {{
@@ -282,10 +318,8 @@ impl Admin for AdminApi {
                 .create_entries(entries)
                 .await
                 .map_err(datastore_status)?;
-            self.publish_revision().await;
-            for e in &created {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), parent_id = %e.parent_id, "entry created");
-            }
+            let revision = self.publish_revision().await;
+            log_batch("created", revision, &created);
             Ok(pb::BatchCreateEntryResponse {
                 entries: created
                     .iter()
@@ -316,10 +350,8 @@ impl Admin for AdminApi {
                 .update_entries(entries)
                 .await
                 .map_err(datastore_status)?;
-            self.publish_revision().await;
-            for e in &updated {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), "entry updated");
-            }
+            let revision = self.publish_revision().await;
+            log_batch("updated", revision, &updated);
             Ok(pb::BatchUpdateEntryResponse {
                 entries: updated
                     .iter()
@@ -340,10 +372,8 @@ impl Admin for AdminApi {
                 .delete_entries(&req.ids)
                 .await
                 .map_err(datastore_status)?;
-            self.publish_revision().await;
-            for e in &deleted {
-                tracing::info!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), "entry deleted");
-            }
+            let revision = self.publish_revision().await;
+            log_batch("deleted", revision, &deleted);
             Ok(pb::BatchDeleteEntryResponse {
                 ids: deleted.into_iter().map(|e| e.id).collect(),
             })
@@ -825,8 +855,8 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(
             AdminServer::new(api)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
+                .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
+                .max_encoding_message_size(ADMIN_API_MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
         .await

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
+use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -59,7 +60,8 @@ pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliErro
                 socket_path.display()
             ))
         })?;
+    // The server's own limits, so a refusal is the server's clear OUT_OF_RANGE.
     Ok(AdminClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
+        .max_encoding_message_size(ADMIN_API_MAX_MESSAGE))
 }

@@ -1,5 +1,6 @@
 //! `sigil-server entry create|show|update|delete|count`.
 
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -10,7 +11,7 @@ use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
-use super::output::{entry_json, print_entry, print_json};
+use super::output::{JsonArrayWriter, entry_json, print_entry, print_json, write_entry};
 
 #[derive(Subcommand, Debug)]
 pub enum EntryCommand {
@@ -470,51 +471,74 @@ impl FilterArgs {
 
 async fn show(a: FilterArgs) -> CliResult {
     let mut client = connect(&a.out.socket_path).await?;
-    let entries = match &a.entry_id {
-        Some(id) => vec![
-            client
-                .get_entry(admin::GetEntryRequest { id: id.clone() })
-                .await?
-                .into_inner(),
-        ],
-        None => {
-            let filter = a.to_filter()?;
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_entries(admin::ListEntriesRequest {
-                        filter: Some(filter.clone()),
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                if a.out.json() {
-                    entries.extend(page.entries);
-                } else {
-                    // Stream pages to the terminal so a million entries never sit in memory.
-                    page.entries.iter().for_each(print_entry);
-                }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            if !a.out.json() {
-                return Ok(());
-            }
-            entries
-        }
-    };
-    if a.out.json() {
-        print_json(&serde_json::Value::Array(
-            entries.iter().map(entry_json).collect(),
-        ));
+    // One buffered, locked stdout: a million entries are ~10 million lines, and stdout's own
+    // line buffering would make each one a write(2).
+    let stdout = io::stdout();
+    let out = BufWriter::new(stdout.lock());
+    let mut sink = if a.out.json() {
+        EntrySink::Json(JsonArrayWriter::new(out))
     } else {
-        entries.iter().for_each(print_entry);
+        EntrySink::Text(out)
+    };
+    if let Some(id) = &a.entry_id {
+        let entry = client
+            .get_entry(admin::GetEntryRequest { id: id.clone() })
+            .await?
+            .into_inner();
+        sink.push(&entry)?;
+        return sink.finish();
     }
-    Ok(())
+    let filter = a.to_filter()?;
+    let mut page_token = String::new();
+    // Page by page, each written out before the next is fetched: memory stays one page
+    // whatever the number of entries.
+    loop {
+        let page = client
+            .list_entries(admin::ListEntriesRequest {
+                filter: Some(filter.clone()),
+                page_size: SHOW_PAGE_SIZE,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        for e in &page.entries {
+            sink.push(e)?;
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    sink.finish()
+}
+
+/// Entries asked for per `ListEntries` call by `entry show` (the server's largest page).
+const SHOW_PAGE_SIZE: u32 = 1000;
+
+/// Where `entry show` writes entries as they arrive.
+enum EntrySink<W: Write> {
+    Text(W),
+    Json(JsonArrayWriter<W>),
+}
+
+impl<W: Write> EntrySink<W> {
+    fn push(&mut self, e: &pb::RegistrationEntry) -> Result<(), CliError> {
+        match self {
+            EntrySink::Text(out) => write_entry(out, e)?,
+            EntrySink::Json(out) => out.push(&entry_json(e))?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> CliResult {
+        match self {
+            EntrySink::Text(mut out) => out.flush()?,
+            EntrySink::Json(out) => {
+                out.finish()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn count(a: FilterArgs) -> CliResult {

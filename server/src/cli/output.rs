@@ -1,6 +1,8 @@
 //! How entries and other results are printed: SPIRE's aligned `Key : value` blocks for
 //! people, JSON for machines.
 
+use std::io::{self, Write};
+
 use serde_json::{Value, json};
 use sigil_proto::sigil::common::v1 as pb;
 
@@ -33,38 +35,83 @@ fn ttl(seconds: i32) -> String {
 }
 
 pub fn print_entry(e: &pb::RegistrationEntry) {
-    println!("Entry ID         : {}", e.id);
+    // A closed stdout (`| head`) is not an error worth reporting for one entry.
+    let _ = write_entry(&mut io::stdout().lock(), e);
+}
+
+/// Writes one entry as SPIRE's aligned block, followed by a blank line.
+pub fn write_entry(out: &mut impl Write, e: &pb::RegistrationEntry) -> io::Result<()> {
+    writeln!(out, "Entry ID         : {}", e.id)?;
     if e.template {
-        println!("SPIFFE ID        : {} (template)", e.spiffe_id);
+        writeln!(out, "SPIFFE ID        : {} (template)", e.spiffe_id)?;
     } else {
-        println!("SPIFFE ID        : {}", e.spiffe_id);
+        writeln!(out, "SPIFFE ID        : {}", e.spiffe_id)?;
     }
-    println!("Parent ID        : {}", e.parent_id);
-    println!("Revision         : {}", e.revision);
+    writeln!(out, "Parent ID        : {}", e.parent_id)?;
+    writeln!(out, "Revision         : {}", e.revision)?;
     if e.downstream {
-        println!("Downstream       : true");
+        writeln!(out, "Downstream       : true")?;
     }
-    println!("X509-SVID TTL    : {}", ttl(e.x509_svid_ttl));
-    println!("JWT-SVID TTL     : {}", ttl(e.jwt_svid_ttl));
+    writeln!(out, "X509-SVID TTL    : {}", ttl(e.x509_svid_ttl))?;
+    writeln!(out, "JWT-SVID TTL     : {}", ttl(e.jwt_svid_ttl))?;
     if e.expires_at != 0 {
-        println!("Expiration time  : {}", timestamp(e.expires_at));
+        writeln!(out, "Expiration time  : {}", timestamp(e.expires_at))?;
     }
     for s in &e.selectors {
-        println!("Selector         : {}:{}", s.r#type, s.value);
+        writeln!(out, "Selector         : {}:{}", s.r#type, s.value)?;
     }
     for td in &e.federates_with {
-        println!("FederatesWith    : {td}");
+        writeln!(out, "FederatesWith    : {td}")?;
     }
     for d in &e.dns_names {
-        println!("DNS name         : {d}");
+        writeln!(out, "DNS name         : {d}")?;
     }
     if e.admin {
-        println!("Admin            : true");
+        writeln!(out, "Admin            : true")?;
     }
     if !e.hint.is_empty() {
-        println!("Hint             : {}", e.hint);
+        writeln!(out, "Hint             : {}", e.hint)?;
     }
-    println!();
+    writeln!(out)
+}
+
+/// Writes a JSON array one element at a time, so a listing of any length never sits in memory.
+/// The text is exactly `serde_json::to_string_pretty` of the whole array (what `print_json`
+/// printed before pages were streamed): scripts see no difference.
+pub struct JsonArrayWriter<W: Write> {
+    out: W,
+    empty: bool,
+}
+
+impl<W: Write> JsonArrayWriter<W> {
+    pub fn new(out: W) -> Self {
+        JsonArrayWriter { out, empty: true }
+    }
+
+    pub fn push(&mut self, v: &Value) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(v).map_err(io::Error::other)?;
+        self.out
+            .write_all(if self.empty { b"[\n" } else { b",\n" })?;
+        self.empty = false;
+        // Pretty JSON escapes newlines inside strings, so every line break is structure and
+        // indenting each line nests the element one level.
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"  ")?;
+            self.out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Closes the array (and a trailing newline, as `println!` gave) and returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out
+            .write_all(if self.empty { b"[]\n" } else { b"\n]\n" })?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 pub fn print_json(v: &Value) {
@@ -80,4 +127,65 @@ pub fn timestamp(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streamed(values: &[Value]) -> String {
+        let mut w = JsonArrayWriter::new(Vec::new());
+        for v in values {
+            w.push(v).unwrap();
+        }
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn streamed_json_array_is_the_pretty_array() {
+        let entry = pb::RegistrationEntry {
+            id: "a\nb".into(),
+            spiffe_id: "spiffe://td/w".into(),
+            dns_names: vec!["x".into(), "y".into()],
+            selectors: vec![pb::Selector {
+                r#type: "unix".into(),
+                value: "uid:1".into(),
+            }],
+            ..Default::default()
+        };
+        let one = entry_json(&entry);
+        for values in [
+            vec![],
+            vec![one.clone()],
+            vec![one.clone(), json!({}), json!([1, {"k": []}])],
+        ] {
+            let whole = serde_json::to_string_pretty(&Value::Array(values.clone())).unwrap();
+            assert_eq!(streamed(&values), format!("{whole}\n"));
+        }
+    }
+
+    #[test]
+    fn entry_block_lists_every_selector() {
+        let mut out = Vec::new();
+        let entry = pb::RegistrationEntry {
+            id: "1".into(),
+            selectors: vec![
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "ns:a".into(),
+                },
+                pb::Selector {
+                    r#type: "k8s".into(),
+                    value: "sa:b".into(),
+                },
+            ],
+            hint: "h".into(),
+            ..Default::default()
+        };
+        write_entry(&mut out, &entry).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Entry ID         : 1\n"), "{text}");
+        assert!(text.contains("Selector         : k8s:ns:a\nSelector         : k8s:sa:b\n"));
+        assert!(text.ends_with("Hint             : h\n\n"), "{text}");
+    }
 }

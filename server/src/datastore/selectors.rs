@@ -116,6 +116,9 @@ fn push_values(qb: &mut QueryBuilder<Sqlite>, selectors: &[Selector]) {
     qb.push(")");
 }
 
+/// Selector rows per multi-row `INSERT`: 3 parameters each, under SQLite's 32,766 per statement.
+const INSERT_CHUNK: usize = 5000;
+
 /// Inserts the selector rows of one record.
 pub(super) async fn insert(
     conn: &mut SqliteConnection,
@@ -123,14 +126,26 @@ pub(super) async fn insert(
     owner: &str,
     selectors: &[Selector],
 ) -> Result<(), DatastoreError> {
-    // 3 parameters per row; SQLite allows 32766 per statement.
-    for chunk in selectors.chunks(1000) {
+    insert_many(conn, t, &[(owner, selectors)]).await
+}
+
+/// Inserts the selector rows of many records, a few thousand rows per statement.
+pub(super) async fn insert_many(
+    conn: &mut SqliteConnection,
+    t: SelectorTable,
+    records: &[(&str, &[Selector])],
+) -> Result<(), DatastoreError> {
+    let rows: Vec<(&str, &Selector)> = records
+        .iter()
+        .flat_map(|&(owner, selectors)| selectors.iter().map(move |s| (owner, s)))
+        .collect();
+    for chunk in rows.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
             "INSERT INTO {} ({}, type, value) ",
             t.table, t.owner
         ));
-        qb.push_values(chunk, |mut row, s| {
-            row.push_bind(owner.to_owned())
+        qb.push_values(chunk, |mut row, (owner, s)| {
+            row.push_bind(owner.to_string())
                 .push_bind(s.kind().to_owned())
                 .push_bind(s.value().to_owned());
         });

@@ -43,7 +43,8 @@ use crate::node_attestation::{AttestationError, NodeAttestor};
 use rate_limit::RateLimiter;
 use sync::SyncStream;
 
-const MAX_MESSAGE_SIZE: usize = 16 << 20;
+/// Both directions; the agent uses the same value (see `sigil_proto::limits`).
+const MAX_MESSAGE_SIZE: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
 /// Largest BatchMintX509SVID or BatchMintJWTSVID batch.
 const MAX_MINT_BATCH: usize = 1000;
 /// Most entries (or deleted IDs) in one SyncEntries message.

@@ -1,6 +1,8 @@
 //! The SyncEntries stream: a paged snapshot of the agent's authorized entries, then every
 //! change pushed as it commits, the bundle when it changes, and a periodic full resync.
 
+use sigil_proto::limits::SYNC_PAGE_BYTES;
+
 use super::*;
 
 /// One agent's SyncEntries stream: a producer task feeding the response channel.
@@ -179,7 +181,7 @@ impl SyncStream {
             .into_iter()
             .map(common::RegistrationEntry::from)
             .collect();
-        let pages = entries.chunks(SYNC_PAGE).collect::<Vec<_>>();
+        let pages = pages(&entries);
         let last = pages.len().saturating_sub(1);
         if pages.is_empty() {
             self.send(pb::SyncEntriesResponse {
@@ -319,8 +321,8 @@ impl SyncStream {
         revision: i64,
         bundle: Option<&Arc<Bundle>>,
     ) -> Result<(), StreamError> {
-        let mut messages: Vec<pb::SyncEntriesResponse> = upserts
-            .chunks(SYNC_PAGE)
+        let mut messages: Vec<pb::SyncEntriesResponse> = pages(&upserts)
+            .into_iter()
             .map(|page| pb::SyncEntriesResponse {
                 upserts: page.to_vec(),
                 revision: self.revision,
@@ -359,6 +361,26 @@ impl SyncStream {
     }
 }
 
+/// Splits entries into sync pages of at most [`SYNC_PAGE`] entries and, unless one entry alone
+/// is bigger, [`SYNC_PAGE_BYTES`] encoded bytes, so every message stays far under the agent
+/// API's message limit however many entries an agent is authorized for.
+fn pages(entries: &[common::RegistrationEntry]) -> Vec<&[common::RegistrationEntry]> {
+    let mut pages = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let size = prost::Message::encoded_len(e);
+        if i > start && (i - start == SYNC_PAGE || bytes + size > SYNC_PAGE_BYTES) {
+            pages.push(&entries[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        pages.push(&entries[start..]);
+    }
+    pages
+}
+
 /// Why a sync step stopped: the receiver left, or the stream must end with a status.
 enum StreamError {
     Closed,
@@ -383,4 +405,43 @@ fn authorized_revisions(a: &AuthorizedEntries) -> HashMap<String, i64> {
         .into_iter()
         .map(|e| (e.id.clone(), e.revision))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: usize, dns_bytes: usize) -> common::RegistrationEntry {
+        common::RegistrationEntry {
+            id: format!("e{id}"),
+            dns_names: vec!["d".repeat(dns_bytes)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pages_are_bounded_by_count_and_bytes() {
+        assert!(pages(&[]).is_empty());
+        let small: Vec<_> = (0..SYNC_PAGE * 2 + 1).map(|i| entry(i, 10)).collect();
+        let sizes: Vec<usize> = pages(&small).iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, [SYNC_PAGE, SYNC_PAGE, 1]);
+
+        // ~1 MiB entries: four fit under the byte bound only if their sum stays under it.
+        let big: Vec<_> = (0..10).map(|i| entry(i, 1 << 20)).collect();
+        let split = pages(&big);
+        assert!(split.len() > 2, "{}", split.len());
+        for page in &split {
+            let bytes: usize = page.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes <= SYNC_PAGE_BYTES, "{bytes}");
+            assert!(!page.is_empty());
+        }
+        let total: usize = split.iter().map(|p| p.len()).sum();
+        assert_eq!(total, big.len(), "every entry once");
+        // One entry bigger than a page still goes, alone.
+        let huge = [entry(0, SYNC_PAGE_BYTES + 1), entry(1, 1)];
+        assert_eq!(
+            pages(&huge).iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [1, 1]
+        );
+    }
 }
