@@ -530,11 +530,7 @@ impl Agent for AgentApi {
         let r = async {
             let agent = self.authenticate(&req).await?;
             let req = req.into_inner();
-            if req.requests.len() > MAX_MINT_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "a batch holds at most {MAX_MINT_BATCH} requests"
-                )));
-            }
+            check_batch_len(req.requests.len())?;
             let authorized = self.authorized(&agent).await?;
             let mut jobs = Vec::with_capacity(req.requests.len());
             for r in req.requests {
@@ -605,11 +601,7 @@ impl Agent for AgentApi {
         let r = async {
             let agent = self.authenticate(&req).await?;
             let req = req.into_inner();
-            if req.requests.len() > MAX_MINT_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "a batch holds at most {MAX_MINT_BATCH} requests"
-                )));
-            }
+            check_batch_len(req.requests.len())?;
             let authorized = self.authorized(&agent).await?;
             // Every item is checked before any is signed: one refusal refuses the whole call.
             let mut jobs = Vec::with_capacity(req.requests.len());
@@ -647,6 +639,16 @@ impl Agent for AgentApi {
         self.count("BatchMintJWTSVID", &r);
         r.map(Response::new)
     }
+}
+
+/// Refuses a mint batch over [`MAX_MINT_BATCH`] before any work is done.
+fn check_batch_len(len: usize) -> Result<(), Status> {
+    if len > MAX_MINT_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "a batch holds at most {MAX_MINT_BATCH} requests"
+        )));
+    }
+    Ok(())
 }
 
 /// Signs every `(entry, SPIFFE ID, csr)` off the async runtime (see [`spread_over_cores`]).
