@@ -18,14 +18,16 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --locked --release --target "$host" $(printf -- '--bin %s ' "${targets[@]}")
+# A debug build: it compiles in half the time of a release one, which matters more for a
+# 15-second smoke run than the executions per second it gives up.
+cargo build --locked --target "$host" $(printf -- '--bin %s ' "${targets[@]}")
 
 mkdir -p artifacts
 for t in "${targets[@]}"; do
   scratch="$(mktemp -d)"
   echo "fuzzing $t for ${seconds}s"
   rc=0
-  "$CARGO_TARGET_DIR/$host/release/$t" "$scratch" "corpus/$t" \
+  "$CARGO_TARGET_DIR/$host/debug/$t" "$scratch" "corpus/$t" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
     -artifact_prefix="artifacts/$t-" -print_final_stats=1 >"$scratch.log" 2>&1 || rc=$?
   grep -E '^(Done|stat::number_of_executed_units|SUMMARY)|panicked' "$scratch.log" || true
