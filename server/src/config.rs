@@ -135,7 +135,7 @@ impl Default for CaSubject {
 pub enum DatabaseType {
     #[default]
     Sqlite3,
-    /// Parsed so that the server can say it is not supported yet.
+    /// PostgreSQL: `connection_string` is a URL or libpq `key=value` DSN.
     Postgres,
 }
 

@@ -12,7 +12,7 @@ use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, CaJournal};
-use crate::config::{KeyManagerConfig, LogFormat, ServerConfig};
+use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
@@ -36,9 +36,15 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let datastore = Datastore::open(&config.datastore.connection_string, &config.data_dir)
-        .await
-        .context("cannot open the datastore")?;
+    let datastore = match config.datastore.database_type {
+        DatabaseType::Sqlite3 => {
+            Datastore::open(&config.datastore.connection_string, &config.data_dir).await
+        }
+        DatabaseType::Postgres => {
+            Datastore::open_postgres(&config.datastore.connection_string).await
+        }
+    }
+    .context("cannot open the datastore")?;
     let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { keys_path } => Arc::new(

@@ -160,12 +160,6 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.datastore.database_type == crate::config::DatabaseType::Postgres {
-        eprintln!(
-            "Error: plugins.DataStore.sql.database_type: \"postgres\" is not supported yet; use \"sqlite3\""
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
     let upstream = match load_upstream(&config) {
         Ok(u) => u,
         Err(code) => return code,

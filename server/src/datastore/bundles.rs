@@ -3,13 +3,11 @@
 //! Stored in the datastore's own JSON encoding rather than the SPIFFE bundle format, which has
 //! no place for a JWT authority's expiry and would re-parse every certificate on each read.
 
+use super::{Change, Datastore, DatastoreError, Pool, unix_now};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use sigil_proto::{Bundle, JwtAuthority, TrustDomain};
-use sqlx::Row;
-
-use super::{Datastore, DatastoreError, unix_now};
 
 /// The stored form of a [`Bundle`] (without its trust domain, which is the row's key).
 #[derive(Serialize, Deserialize)]
@@ -40,58 +38,69 @@ impl Datastore {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<Option<Bundle>, DatastoreError> {
-        let data: Option<String> =
-            sqlx::query_scalar("SELECT data FROM bundles WHERE trust_domain = ?")
+        let data: Option<String> = on_pool!(&self.pool, p => {
+            sqlx::query_scalar("SELECT data FROM bundles WHERE trust_domain = $1")
                 .bind(trust_domain.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(p)
+                .await?
+        });
         data.map(|d| decode(trust_domain.clone(), &d)).transpose()
     }
 
     /// Stores `bundle`, replacing any bundle of the same trust domain.
     pub async fn set_bundle(&self, bundle: &Bundle) -> Result<(), DatastoreError> {
-        sqlx::query(
-            "INSERT INTO bundles (trust_domain, data, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (trust_domain) DO UPDATE \
-             SET data = excluded.data, updated_at = excluded.updated_at",
-        )
-        .bind(bundle.trust_domain.as_str())
-        .bind(encode(bundle)?)
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let data = encode(bundle)?;
+        let mut tx = self.begin_write().await?;
+        on_tx!(&mut tx, c => {
+            sqlx::query(
+                "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (trust_domain) DO UPDATE \
+                 SET data = excluded.data, updated_at = excluded.updated_at",
+            )
+            .bind(bundle.trust_domain.as_str())
+            .bind(&data)
+            .bind(unix_now())
+            .execute(&mut **c)
+            .await?.rows_affected()
+        });
+        self.commit(tx, vec![Change::Bundle(bundle.trust_domain.clone())])
+            .await
     }
 
     /// Every stored bundle, in trust-domain order.
     pub async fn list_bundles(&self) -> Result<Vec<Bundle>, DatastoreError> {
-        let rows = sqlx::query("SELECT trust_domain, data FROM bundles ORDER BY trust_domain")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String, String)> = on_pool!(&self.pool, p => {
+            sqlx::query_as("SELECT trust_domain, data FROM bundles ORDER BY trust_domain")
+                .fetch_all(p)
+                .await?
+        });
         rows.iter()
-            .map(|row| {
-                let td: String = row.try_get(0)?;
-                let data: String = row.try_get(1)?;
-                let td = TrustDomain::new(&td).map_err(|e| {
+            .map(|(td, data)| {
+                let td = TrustDomain::new(td).map_err(|e| {
                     DatastoreError::Corrupt(format!("bundle trust domain {td:?}: {e}"))
                 })?;
-                decode(td, &data)
+                decode(td, data)
             })
             .collect()
     }
 
     /// Deletes the bundle of `trust_domain`; `NotFound` if there is none.
     pub async fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<(), DatastoreError> {
-        let done = sqlx::query("DELETE FROM bundles WHERE trust_domain = ?")
-            .bind(trust_domain.as_str())
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
+        let mut tx = self.begin_write().await?;
+        let done = on_tx!(&mut tx, c => {
+            sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
+                .bind(trust_domain.as_str())
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+        });
+        if done == 0 {
             return Err(DatastoreError::NotFound(format!(
                 "bundle for {trust_domain}"
             )));
         }
-        Ok(())
+        self.commit(tx, vec![Change::Bundle(trust_domain.clone())])
+            .await
     }
 
     /// The IDs of the entries whose `federates_with` names `trust_domain`, in ID order.
@@ -99,22 +108,40 @@ impl Datastore {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<Vec<String>, DatastoreError> {
-        // `federates_with` is a JSON list of trust domain names.
-        let ids = sqlx::query_scalar(
-            "SELECT e.id FROM registered_entries e WHERE EXISTS \
-             (SELECT 1 FROM json_each(e.federates_with) f WHERE f.value = ?) ORDER BY e.id",
-        )
-        .bind(trust_domain.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        // `federates_with` is a JSON list of trust domain names; each backend has its own JSON
+        // functions.
+        let ids = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar(
+                    "SELECT e.id FROM registered_entries e WHERE EXISTS \
+                     (SELECT 1 FROM json_each(e.federates_with) f WHERE f.value = $1) \
+                     ORDER BY e.id",
+                )
+                .bind(trust_domain.as_str())
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT e.id FROM registered_entries e WHERE EXISTS \
+                     (SELECT 1 FROM json_array_elements_text(e.federates_with::json) f \
+                      WHERE f = $1) ORDER BY e.id",
+                )
+                .bind(trust_domain.as_str())
+                .fetch_all(p)
+                .await?
+            }
+        };
         Ok(ids)
     }
 
     /// How many bundles are stored, our own included.
     pub async fn count_bundles(&self) -> Result<u64, DatastoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bundles")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = on_pool!(&self.pool, p => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM bundles")
+                .fetch_one(p)
+                .await?
+        });
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
@@ -187,8 +214,10 @@ fn decode(trust_domain: TrustDomain, data: &str) -> Result<Bundle, DatastoreErro
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::store;
+    use super::super::tests::on_both_backends;
     use super::*;
+
+    on_both_backends!(round_trip_upsert_list_delete);
 
     fn bundle(td: &str, sequence: u64) -> Bundle {
         Bundle {
@@ -206,9 +235,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn round_trip_upsert_list_delete() {
-        let (_dir, ds) = store().await;
+    async fn round_trip_upsert_list_delete(ds: Datastore) {
         let own = bundle("example.org", 1);
         let td = own.trust_domain.clone();
         assert_eq!(ds.fetch_bundle(&td).await.unwrap(), None);

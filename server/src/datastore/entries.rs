@@ -8,19 +8,18 @@ use std::collections::{HashMap, HashSet};
 
 use sigil_proto::selector::canonicalize;
 use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
 use super::selectors::{self, ENTRY_SELECTORS, SelectorMatch};
-use super::{Datastore, DatastoreError, finish_page, is_unique_violation, page_bounds, unix_now};
-
-/// Entries deleted per transaction by [`Datastore::prune_entries`], so pruning a large backlog
-/// never holds the write lock for long.
-const PRUNE_BATCH: i64 = 500;
+use super::sql::Sql;
+use super::{
+    Change, Datastore, DatastoreError, PRUNE_BATCH, Tx, finish_page, is_unique_violation,
+    page_bounds, unix_now,
+};
 
 /// Entries written per multi-row `INSERT` by [`Datastore::create_entries`]: 15 parameters per
-/// row stays well under SQLite's 32,766 per statement.
+/// row stays well under SQLite's 32,766 (and PostgreSQL's 65,535) per statement.
 const INSERT_CHUNK: usize = 1000;
 
 /// The columns [`entry_from_row`] reads, from `registered_entries e`. A macro so that
@@ -121,14 +120,15 @@ impl Datastore {
                 .collect();
             selectors::insert_many(&mut tx, ENTRY_SELECTORS, &owned).await?;
         }
-        tx.commit().await?;
+        let changes = latest_change(entries.iter().map(|e| e.revision));
+        self.commit(tx, changes).await?;
         Ok(entries)
     }
 
     /// The entry with this ID, if any.
     pub async fn fetch_entry(&self, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
         // A read transaction: the entry row and its selectors come from one snapshot.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_read().await?;
         let entry = fetch_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(entry)
@@ -143,28 +143,26 @@ impl Datastore {
         page_token: Option<&str>,
     ) -> Result<(Vec<RegistrationEntry>, Option<String>), DatastoreError> {
         let (limit, after) = page_bounds(page_size, page_token)?;
-        let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+        let mut sql = Sql::new(concat!(
             "SELECT ",
             entry_columns!(),
             " FROM registered_entries e WHERE e.id > "
         ));
-        qb.push_bind(after.to_owned());
-        push_filter(&mut qb, filter)?;
-        qb.push(" ORDER BY e.id LIMIT ");
-        qb.push_bind(limit);
-        let mut tx = self.pool.begin().await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        let entries = with_selectors(&mut tx, &rows).await?;
+        sql.bind(after);
+        push_filter(&mut sql, filter)?;
+        sql.push(" ORDER BY e.id LIMIT ");
+        sql.bind(limit);
+        let mut tx = self.begin_read().await?;
+        let entries = query_entries(&mut tx, sql).await?;
         tx.commit().await?;
         Ok(finish_page(entries, page_size, |e| e.id.clone()))
     }
 
     /// How many entries match `filter`.
     pub async fn count_entries(&self, filter: &EntryFilter) -> Result<u64, DatastoreError> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM registered_entries e WHERE 1 = 1");
-        push_filter(&mut qb, filter)?;
-        let count: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        let mut sql = Sql::new("SELECT COUNT(*) FROM registered_entries e WHERE 1 = 1");
+        push_filter(&mut sql, filter)?;
+        let count: i64 = on_pool!(&self.pool, p => sql.query().fetch_one(p).await?.try_get(0)?);
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -173,21 +171,17 @@ impl Datastore {
         &self,
         parents: &[SpiffeId],
     ) -> Result<Vec<RegistrationEntry>, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_read().await?;
         let mut entries = Vec::new();
         for chunk in parents.chunks(500) {
-            let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+            let mut sql = Sql::new(concat!(
                 "SELECT ",
                 entry_columns!(),
                 " FROM registered_entries e WHERE e.parent_id IN ("
             ));
-            let mut sep = qb.separated(", ");
-            for p in chunk {
-                sep.push_bind(p.to_string());
-            }
-            qb.push(")");
-            let rows = qb.build().fetch_all(&mut *tx).await?;
-            entries.extend(with_selectors(&mut tx, &rows).await?);
+            sql.push_list(chunk.iter().map(|p| p.to_string()));
+            sql.push(")");
+            entries.extend(query_entries(&mut tx, sql).await?);
         }
         tx.commit().await?;
         entries.sort_by(|a, b| a.id.cmp(&b.id));
@@ -207,16 +201,17 @@ impl Datastore {
         let mut updated = Vec::with_capacity(entries.len());
         for mut entry in entries {
             let selector_key = prepare(&mut entry)?;
-            let current = sqlx::query(
-                "SELECT parent_id, created_at, selector_key FROM registered_entries WHERE id = ?",
-            )
-            .bind(&entry.id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| not_found(&entry.id))?;
-            let old_parent: String = current.try_get(0)?;
-            entry.created_at = current.try_get(1)?;
-            let old_key: String = current.try_get(2)?;
+            let current: Option<(String, i64, String)> = on_tx!(&mut tx, c => {
+                sqlx::query_as(
+                    "SELECT parent_id, created_at, selector_key FROM registered_entries \
+                     WHERE id = $1",
+                )
+                .bind(&entry.id)
+                .fetch_optional(&mut **c)
+                .await?
+            });
+            let (old_parent, created_at, old_key) = current.ok_or_else(|| not_found(&entry.id))?;
+            entry.created_at = created_at;
 
             let parent = entry.parent_id.to_string();
             if old_parent != parent {
@@ -234,7 +229,8 @@ impl Datastore {
             }
             updated.push(entry);
         }
-        tx.commit().await?;
+        let changes = latest_change(updated.iter().map(|e| e.revision));
+        self.commit(tx, changes).await?;
         Ok(updated)
     }
 
@@ -248,45 +244,51 @@ impl Datastore {
         let mut seen = HashSet::new();
         let mut tx = self.begin_write().await?;
         let mut deleted = Vec::with_capacity(ids.len());
+        let mut latest = None;
         for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
             let entry = fetch_in(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
             // Selectors go with the row (ON DELETE CASCADE).
-            sqlx::query("DELETE FROM registered_entries WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            on_tx!(&mut tx, c => {
+                sqlx::query("DELETE FROM registered_entries WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut **c)
+                    .await?.rows_affected()
+            });
             let parent = entry.parent_id.to_string();
-            append_event(&mut tx, id, &parent, EntryEventKind::Delete, now).await?;
+            latest = Some(append_event(&mut tx, id, &parent, EntryEventKind::Delete, now).await?);
             deleted.push(entry);
         }
-        tx.commit().await?;
+        self.commit(tx, latest_change(latest)).await?;
         Ok(deleted)
     }
 
     /// Deletes the entries that expired before `now` (Unix seconds), writing a `Delete` event
-    /// for each; returns how many. Works in batches, one transaction each.
+    /// for each; returns how many. Works in batches, one short write transaction each.
     pub async fn prune_entries(&self, now: i64) -> Result<u64, DatastoreError> {
         let mut total = 0u64;
         loop {
             let mut tx = self.begin_write().await?;
-            let rows = sqlx::query(
-                "DELETE FROM registered_entries WHERE id IN \
-                 (SELECT id FROM registered_entries WHERE expires_at < ? ORDER BY id LIMIT ?) \
-                 RETURNING id, parent_id",
-            )
-            .bind(now)
-            .bind(PRUNE_BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
+            let pruned: Vec<(String, String)> = on_tx!(&mut tx, c => {
+                sqlx::query_as(
+                    "DELETE FROM registered_entries WHERE id IN \
+                     (SELECT id FROM registered_entries WHERE expires_at < $1 ORDER BY id LIMIT $2) \
+                     RETURNING id, parent_id",
+                )
+                .bind(now)
+                .bind(PRUNE_BATCH)
+                .fetch_all(&mut **c)
+                .await?
+            });
             let event_time = unix_now();
-            for row in &rows {
-                let id: String = row.try_get(0)?;
-                let parent: String = row.try_get(1)?;
-                append_event(&mut tx, &id, &parent, EntryEventKind::Delete, event_time).await?;
+            let mut latest = None;
+            for (id, parent) in &pruned {
+                latest = Some(
+                    append_event(&mut tx, id, parent, EntryEventKind::Delete, event_time).await?,
+                );
             }
-            tx.commit().await?;
-            total += rows.len() as u64;
-            if (rows.len() as i64) < PRUNE_BATCH {
+            self.commit(tx, latest_change(latest)).await?;
+            total += pruned.len() as u64;
+            if (pruned.len() as i64) < PRUNE_BATCH {
                 break;
             }
         }
@@ -302,21 +304,21 @@ impl Datastore {
         after_revision: i64,
         limit: u32,
     ) -> Result<Vec<EntryEvent>, DatastoreError> {
-        let rows = sqlx::query(
-            "SELECT revision, entry_id, parent_id, kind FROM entry_events \
-             WHERE revision > ? ORDER BY revision LIMIT ?",
-        )
-        .bind(after_revision)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let parent: String = row.try_get(2)?;
-                let kind: String = row.try_get(3)?;
+        let rows: Vec<(i64, String, String, String)> = on_pool!(&self.pool, p => {
+            sqlx::query_as(
+                "SELECT revision, entry_id, parent_id, kind FROM entry_events \
+                 WHERE revision > $1 ORDER BY revision LIMIT $2",
+            )
+            .bind(after_revision)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(revision, entry_id, parent, kind)| {
                 Ok(EntryEvent {
-                    revision: row.try_get(0)?,
-                    entry_id: row.try_get(1)?,
+                    revision,
+                    entry_id,
                     parent_id: parse_id(&parent, "entry event parent ID")?,
                     kind: EntryEventKind::parse(&kind)?,
                 })
@@ -326,24 +328,52 @@ impl Datastore {
 
     /// The revision of the latest event, 0 if there has been none.
     pub async fn latest_entry_revision(&self) -> Result<i64, DatastoreError> {
-        let latest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM entry_events")
-            .fetch_one(&self.pool)
-            .await?;
+        let latest: i64 = on_pool!(&self.pool, p => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM entry_events")
+                .fetch_one(p)
+                .await?
+        });
         Ok(latest)
     }
 
     /// Deletes events with a revision below `before_revision`, except the latest event, so
     /// [`latest_entry_revision`](Self::latest_entry_revision) never goes back. Returns how many.
+    /// Works in batches, one short write transaction each.
     pub async fn prune_entry_events(&self, before_revision: i64) -> Result<u64, DatastoreError> {
-        let done = sqlx::query(
-            "DELETE FROM entry_events WHERE revision < ? \
-             AND revision < (SELECT MAX(revision) FROM entry_events)",
-        )
-        .bind(before_revision)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let done = on_tx!(&mut tx, c => {
+                sqlx::query(
+                    "DELETE FROM entry_events WHERE revision IN \
+                     (SELECT revision FROM entry_events WHERE revision < $1 \
+                      AND revision < (SELECT MAX(revision) FROM entry_events) \
+                      ORDER BY revision LIMIT $2)",
+                )
+                .bind(before_revision)
+                .bind(PRUNE_BATCH)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+            });
+            tx.commit().await?;
+            total += done;
+            if done < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(total)
     }
+}
+
+/// The change to publish for a write whose events have these revisions (none if no event).
+fn latest_change(revisions: impl IntoIterator<Item = i64>) -> Vec<Change> {
+    revisions
+        .into_iter()
+        .max()
+        .map(|revision| Change::Entries { revision })
+        .into_iter()
+        .collect()
 }
 
 /// Canonicalizes and checks an entry before it is written; returns its selector key.
@@ -370,10 +400,7 @@ fn not_found(id: &str) -> DatastoreError {
 /// Maps the unique index's refusal to an error naming the entry.
 fn conflict(err: DatastoreError, entry: &RegistrationEntry) -> DatastoreError {
     match err {
-        // SQLite names the columns: "UNIQUE constraint failed: registered_entries.id".
-        DatastoreError::Database(e)
-            if is_unique_violation(&e) && e.to_string().contains("registered_entries.id") =>
-        {
+        DatastoreError::Database(e) if is_unique_violation(&e) && is_id_conflict(&e) => {
             DatastoreError::AlreadyExists(format!("entry ID {:?}", entry.id))
         }
         DatastoreError::Database(e) if is_unique_violation(&e) => {
@@ -387,49 +414,64 @@ fn conflict(err: DatastoreError, entry: &RegistrationEntry) -> DatastoreError {
     }
 }
 
+/// Whether a unique violation is on the entry ID (rather than on SPIFFE ID, parent, selectors).
+fn is_id_conflict(err: &sqlx::Error) -> bool {
+    let Some(db) = err.as_database_error() else {
+        return false;
+    };
+    // PostgreSQL names the constraint; SQLite names the columns in its message:
+    // "UNIQUE constraint failed: registered_entries.id".
+    db.constraint() == Some("registered_entries_pkey")
+        || db.message().contains("registered_entries.id")
+}
+
 /// Appends an event and returns its revision.
 async fn append_event(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     entry_id: &str,
     parent_id: &str,
     kind: EntryEventKind,
     now: i64,
 ) -> Result<i64, DatastoreError> {
-    let revision: i64 = sqlx::query_scalar(
-        "INSERT INTO entry_events (entry_id, parent_id, kind, created_at) VALUES (?, ?, ?, ?) \
-         RETURNING revision",
-    )
-    .bind(entry_id)
-    .bind(parent_id)
-    .bind(kind.as_str())
-    .bind(now)
-    .fetch_one(conn)
-    .await?;
+    let revision: i64 = on_tx!(tx, c => {
+        sqlx::query_scalar(
+            "INSERT INTO entry_events (entry_id, parent_id, kind, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING revision",
+        )
+        .bind(entry_id)
+        .bind(parent_id)
+        .bind(kind.as_str())
+        .bind(now)
+        .fetch_one(&mut **c)
+        .await?
+    });
     Ok(revision)
 }
 
 /// Appends one `Upsert` event per entry of `chunk` and sets each entry's `revision` to it.
 async fn append_upserts(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     chunk: &mut [RegistrationEntry],
     now: i64,
 ) -> Result<(), DatastoreError> {
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO entry_events (entry_id, parent_id, kind, created_at) ",
-    );
-    qb.push_values(chunk.iter(), |mut row, e| {
-        row.push_bind(e.id.clone())
-            .push_bind(e.parent_id.to_string())
-            .push_bind(EntryEventKind::Upsert.as_str())
-            .push_bind(now);
+    let mut sql =
+        Sql::new("INSERT INTO entry_events (entry_id, parent_id, kind, created_at) VALUES ");
+    sql.push_rows(chunk.iter(), |row, e| {
+        row.bind(e.id.as_str())
+            .bind(e.parent_id.to_string())
+            .bind(EntryEventKind::Upsert.as_str())
+            .bind(now);
     });
-    qb.push(" RETURNING revision, entry_id");
-    // SQLite does not promise RETURNING rows in insertion order, so match them by entry ID. A
+    sql.push(" RETURNING revision, entry_id");
+    // Neither backend promises RETURNING rows in insertion order, so match them by entry ID. A
     // repeated ID gets either revision; its second row is refused by the primary key anyway.
-    let mut revisions: HashMap<String, i64> = HashMap::with_capacity(chunk.len());
-    for row in qb.build().fetch_all(&mut *conn).await? {
-        revisions.insert(row.try_get(1)?, row.try_get(0)?);
-    }
+    let rows: Vec<(i64, String)> = on_tx!(tx, c => {
+        let rows = sql.query().fetch_all(&mut **c).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    });
+    let revisions: HashMap<String, i64> = rows.into_iter().map(|(r, id)| (id, r)).collect();
     for e in chunk {
         e.revision = *revisions.get(&e.id).ok_or_else(|| {
             DatastoreError::Corrupt(format!("no event revision returned for entry {:?}", e.id))
@@ -441,14 +483,23 @@ async fn append_upserts(
 /// Inserts the rows of `chunk` in one statement. On a uniqueness refusal the statement (only)
 /// is undone, and the rows are retried one by one to name the entry that conflicts.
 async fn insert_rows(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     chunk: &[RegistrationEntry],
     keys: &[String],
 ) -> Result<(), DatastoreError> {
-    match insert_rows_once(conn, chunk, keys).await {
+    // PostgreSQL aborts the whole transaction on an error, unlike SQLite which undoes only the
+    // statement: a savepoint lets the one-by-one retry run.
+    let savepoint = tx.is_postgres() && chunk.len() > 1;
+    if savepoint {
+        execute(tx, "SAVEPOINT insert_rows").await?;
+    }
+    match insert_rows_once(tx, chunk, keys).await {
         Err(DatastoreError::Database(e)) if is_unique_violation(&e) && chunk.len() > 1 => {
+            if savepoint {
+                execute(tx, "ROLLBACK TO SAVEPOINT insert_rows").await?;
+            }
             for (entry, key) in chunk.iter().zip(keys) {
-                insert_rows_once(conn, std::slice::from_ref(entry), std::slice::from_ref(key))
+                insert_rows_once(tx, std::slice::from_ref(entry), std::slice::from_ref(key))
                     .await
                     .map_err(|e| conflict(e, entry))?;
             }
@@ -459,83 +510,95 @@ async fn insert_rows(
             [entry] => conflict(e, entry),
             _ => e,
         }),
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if savepoint {
+                execute(tx, "RELEASE SAVEPOINT insert_rows").await?;
+            }
+            Ok(())
+        }
     }
 }
 
+/// Runs one statement without arguments.
+async fn execute(tx: &mut Tx, statement: &'static str) -> Result<(), DatastoreError> {
+    on_tx!(tx, c => sqlx::query(statement).execute(&mut **c).await.map(|d| d.rows_affected()))?;
+    Ok(())
+}
+
 async fn insert_rows_once(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     chunk: &[RegistrationEntry],
     keys: &[String],
 ) -> Result<(), DatastoreError> {
-    let mut qb = QueryBuilder::<Sqlite>::new(
+    let mut sql = Sql::new(
         "INSERT INTO registered_entries (id, spiffe_id, parent_id, selector_key, x509_svid_ttl, \
          jwt_svid_ttl, dns_names, federates_with, admin, downstream, hint, expires_at, revision, \
-         created_at, template) ",
+         created_at, template) VALUES ",
     );
-    qb.push_values(chunk.iter().zip(keys), |mut row, (e, key)| {
-        row.push_bind(e.id.clone())
-            .push_bind(e.spiffe_id_text())
-            .push_bind(e.parent_id.to_string())
-            .push_bind(key.clone())
-            .push_bind(i64::from(e.x509_svid_ttl))
-            .push_bind(i64::from(e.jwt_svid_ttl))
-            .push_bind(json_list(e.dns_names.iter().map(String::as_str)))
-            .push_bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
-            .push_bind(e.admin)
-            .push_bind(e.downstream)
-            .push_bind(e.hint.clone())
-            .push_bind(e.expires_at)
-            .push_bind(e.revision)
-            .push_bind(e.created_at)
-            .push_bind(e.template.is_some());
+    sql.push_rows(chunk.iter().zip(keys), |row, (e, key)| {
+        row.bind(e.id.as_str())
+            .bind(e.spiffe_id_text())
+            .bind(e.parent_id.to_string())
+            .bind(key.as_str())
+            .bind(i64::from(e.x509_svid_ttl))
+            .bind(i64::from(e.jwt_svid_ttl))
+            .bind(json_list(e.dns_names.iter().map(String::as_str)))
+            .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+            .bind(e.admin)
+            .bind(e.downstream)
+            .bind(e.hint.as_str())
+            .bind(e.expires_at)
+            .bind(e.revision)
+            .bind(e.created_at)
+            .bind(e.template.is_some());
     });
-    qb.build().execute(conn).await?;
+    on_tx!(tx, c => sql.query().execute(&mut **c).await.map(|d| d.rows_affected()))?;
     Ok(())
 }
 
 async fn update_row(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     e: &RegistrationEntry,
     selector_key: &str,
 ) -> Result<(), DatastoreError> {
-    sqlx::query(
-        "UPDATE registered_entries SET spiffe_id = ?, parent_id = ?, selector_key = ?, \
-         x509_svid_ttl = ?, jwt_svid_ttl = ?, dns_names = ?, federates_with = ?, admin = ?, \
-         downstream = ?, hint = ?, expires_at = ?, revision = ?, template = ? WHERE id = ?",
-    )
-    .bind(e.spiffe_id_text())
-    .bind(e.parent_id.to_string())
-    .bind(selector_key)
-    .bind(i64::from(e.x509_svid_ttl))
-    .bind(i64::from(e.jwt_svid_ttl))
-    .bind(json_list(e.dns_names.iter().map(String::as_str)))
-    .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
-    .bind(e.admin)
-    .bind(e.downstream)
-    .bind(&e.hint)
-    .bind(e.expires_at)
-    .bind(e.revision)
-    .bind(e.template.is_some())
-    .bind(&e.id)
-    .execute(conn)
-    .await?;
+    on_tx!(tx, c => {
+        sqlx::query(
+            "UPDATE registered_entries SET spiffe_id = $1, parent_id = $2, selector_key = $3, \
+             x509_svid_ttl = $4, jwt_svid_ttl = $5, dns_names = $6, federates_with = $7, \
+             admin = $8, downstream = $9, hint = $10, expires_at = $11, revision = $12, \
+             template = $13 WHERE id = $14",
+        )
+        .bind(e.spiffe_id_text())
+        .bind(e.parent_id.to_string())
+        .bind(selector_key)
+        .bind(i64::from(e.x509_svid_ttl))
+        .bind(i64::from(e.jwt_svid_ttl))
+        .bind(json_list(e.dns_names.iter().map(String::as_str)))
+        .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
+        .bind(e.admin)
+        .bind(e.downstream)
+        .bind(&e.hint)
+        .bind(e.expires_at)
+        .bind(e.revision)
+        .bind(e.template.is_some())
+        .bind(&e.id)
+        .execute(&mut **c)
+        .await
+        .map(|d| d.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Appends the filter's conditions (`AND ...`) to a query over `registered_entries e`.
-fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &EntryFilter) -> Result<(), DatastoreError> {
+fn push_filter(sql: &mut Sql, filter: &EntryFilter) -> Result<(), DatastoreError> {
     if let Some(id) = &filter.spiffe_id {
-        qb.push(" AND e.spiffe_id = ");
-        qb.push_bind(id.clone());
+        sql.push(" AND e.spiffe_id = ").bind(id.as_str());
     }
     if let Some(id) = &filter.parent_id {
-        qb.push(" AND e.parent_id = ");
-        qb.push_bind(id.to_string());
+        sql.push(" AND e.parent_id = ").bind(id.to_string());
     }
     if let Some(hint) = &filter.hint {
-        qb.push(" AND e.hint = ");
-        qb.push_bind(hint.clone());
+        sql.push(" AND e.hint = ").bind(hint.as_str());
     }
     if let Some((given, mode)) = &filter.selectors {
         let mut given = given.clone();
@@ -545,41 +608,32 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &EntryFilter) -> Result<()
                 "selector filter is empty".into(),
             ));
         }
-        selectors::push_match(qb, ENTRY_SELECTORS, "e.id", &given, *mode);
+        selectors::push_match(sql, ENTRY_SELECTORS, "e.id", &given, *mode);
     }
     Ok(())
 }
 
 /// Reads one entry with its selectors.
-async fn fetch_in(
-    conn: &mut SqliteConnection,
-    id: &str,
-) -> Result<Option<RegistrationEntry>, DatastoreError> {
-    let row = sqlx::query(concat!(
+async fn fetch_in(tx: &mut Tx, id: &str) -> Result<Option<RegistrationEntry>, DatastoreError> {
+    let mut sql = Sql::new(concat!(
         "SELECT ",
         entry_columns!(),
-        " FROM registered_entries e WHERE e.id = ?"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row {
-        Some(row) => Ok(with_selectors(conn, &[row]).await?.pop()),
-        None => Ok(None),
-    }
+        " FROM registered_entries e WHERE e.id = "
+    ));
+    sql.bind(id);
+    Ok(query_entries(tx, sql).await?.pop())
 }
 
-/// Parses entry rows and attaches their selectors.
-async fn with_selectors(
-    conn: &mut SqliteConnection,
-    rows: &[SqliteRow],
-) -> Result<Vec<RegistrationEntry>, DatastoreError> {
-    let mut entries = rows
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+/// Runs a query over `entry_columns!()` and attaches the entries' selectors.
+async fn query_entries(tx: &mut Tx, sql: Sql) -> Result<Vec<RegistrationEntry>, DatastoreError> {
+    let mut entries = on_tx!(tx, c => {
+        let rows = sql.query().fetch_all(&mut **c).await?;
+        rows.iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?
+    });
     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-    let mut selectors = selectors::load(conn, ENTRY_SELECTORS, &ids).await?;
+    let mut selectors = selectors::load(tx, ENTRY_SELECTORS, &ids).await?;
     for entry in &mut entries {
         entry.selectors = selectors.remove(&entry.id).unwrap_or_default();
         if entry.selectors.is_empty() {
@@ -592,15 +646,22 @@ async fn with_selectors(
     Ok(entries)
 }
 
-/// Parses an entry row (without its selectors).
-fn entry_from_row(row: &SqliteRow) -> Result<RegistrationEntry, DatastoreError> {
+/// Parses an entry row (without its selectors), from either backend.
+fn entry_from_row<'r, R>(row: &'r R) -> Result<RegistrationEntry, DatastoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
     let id: String = row.try_get("id")?;
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
         DatastoreError::Corrupt(format!("entry {id:?}: {what}: {e}"))
     };
     let spiffe_id: String = row.try_get("spiffe_id")?;
     let parent_id: String = row.try_get("parent_id")?;
-    let ttl = |col: &str| -> Result<u32, DatastoreError> {
+    let ttl = |col: &'static str| -> Result<u32, DatastoreError> {
         let v: i64 = row.try_get(col)?;
         u32::try_from(v).map_err(|e| corrupt(col, &e))
     };
@@ -655,8 +716,24 @@ fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::tests::store;
+    use super::super::tests::{on_both_backends, scalar};
     use super::*;
+
+    on_both_backends!(
+        create_fetch_round_trips_every_field,
+        caller_chosen_id_is_kept_and_must_be_unique,
+        duplicate_is_refused_whatever_the_selector_order,
+        a_bad_batch_member_leaves_nothing_behind,
+        template_entries_round_trip_and_filter_by_template_text,
+        field_filters,
+        selector_match_modes,
+        pagination_covers_every_entry_once_in_id_order,
+        update_replaces_fields_and_bumps_revision,
+        failed_updates_change_nothing,
+        delete_returns_entries_and_unknown_id_deletes_nothing,
+        events_follow_every_change_in_revision_order,
+        prune_removes_expired_entries_with_events
+    );
 
     pub(crate) fn entry(spiffe_id: &str, parent_id: &str, sels: &[&str]) -> RegistrationEntry {
         RegistrationEntry {
@@ -695,9 +772,7 @@ pub(crate) mod tests {
         ds.list_entries(filter, 1000, None).await.unwrap().0
     }
 
-    #[tokio::test]
-    async fn create_fetch_round_trips_every_field() {
-        let (_dir, ds) = store().await;
+    async fn create_fetch_round_trips_every_field(ds: Datastore) {
         let before = unix_now();
         let mut e = entry(
             "spiffe://td/web",
@@ -734,9 +809,7 @@ pub(crate) mod tests {
         assert_eq!(ds.fetch_entry("nope").await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn caller_chosen_id_is_kept_and_must_be_unique() {
-        let (_dir, ds) = store().await;
+    async fn caller_chosen_id_is_kept_and_must_be_unique(ds: Datastore) {
         let mut e = entry("spiffe://td/a", AGENT, &["unix:uid:1"]);
         e.id = "my-id".into();
         assert_eq!(
@@ -752,9 +825,7 @@ pub(crate) mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn duplicate_is_refused_whatever_the_selector_order() {
-        let (_dir, ds) = store().await;
+    async fn duplicate_is_refused_whatever_the_selector_order(ds: Datastore) {
         ds.create_entries(vec![entry(
             "spiffe://td/web",
             AGENT,
@@ -778,9 +849,7 @@ pub(crate) mod tests {
         assert_eq!(ds.count_entries(&EntryFilter::default()).await.unwrap(), 3);
     }
 
-    #[tokio::test]
-    async fn a_bad_batch_member_leaves_nothing_behind() {
-        let (_dir, ds) = store().await;
+    async fn a_bad_batch_member_leaves_nothing_behind(ds: Datastore) {
         let existing = entry("spiffe://td/old", AGENT, &["unix:uid:9"]);
         ds.create_entries(vec![existing.clone()]).await.unwrap();
         let revision = ds.latest_entry_revision().await.unwrap();
@@ -811,10 +880,7 @@ pub(crate) mod tests {
                 "no events"
             );
         }
-        let stray: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entry_selectors")
-            .fetch_one(&ds.pool)
-            .await
-            .unwrap();
+        let stray = scalar(&ds, "SELECT COUNT(*) FROM entry_selectors").await;
         assert_eq!(stray, 1, "only the stored entry's selector");
     }
 
@@ -831,9 +897,7 @@ pub(crate) mod tests {
         .unwrap();
     }
 
-    #[tokio::test]
-    async fn template_entries_round_trip_and_filter_by_template_text() {
-        let (_dir, ds) = store().await;
+    async fn template_entries_round_trip_and_filter_by_template_text(ds: Datastore) {
         let text = "spiffe://td/ns/{k8s:ns}/sa/{k8s:sa}";
         let template: IdTemplate = text.parse().unwrap();
         let e = RegistrationEntry {
@@ -861,9 +925,7 @@ pub(crate) mod tests {
         assert_eq!(fetched.template, None);
     }
 
-    #[tokio::test]
-    async fn field_filters() {
-        let (_dir, ds) = store().await;
+    async fn field_filters(ds: Datastore) {
         fixture(&ds).await;
         let by_id = EntryFilter {
             spiffe_id: Some("spiffe://td/web".into()),
@@ -898,9 +960,7 @@ pub(crate) mod tests {
         assert_eq!(ids(&by_parents), ["/db", "/uid", "/web"]);
     }
 
-    #[tokio::test]
-    async fn selector_match_modes() {
-        let (_dir, ds) = store().await;
+    async fn selector_match_modes(ds: Datastore) {
         fixture(&ds).await;
         let cases: &[(&[&str], SelectorMatch, &[&str])] = &[
             (
@@ -957,28 +1017,31 @@ pub(crate) mod tests {
         ));
     }
 
+    /// SQLite only: the plan check reads SQLite's `EXPLAIN QUERY PLAN`.
     #[tokio::test]
     async fn selector_matches_start_from_the_selector_index() {
-        let (_dir, ds) = store().await;
+        let (_dir, ds) = super::super::tests::store().await;
+        let super::super::Pool::Sqlite(pool) = &ds.pool else {
+            unreachable!()
+        };
         for mode in [
             SelectorMatch::Exact,
             SelectorMatch::Subset,
             SelectorMatch::Superset,
             SelectorMatch::Any,
         ] {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "EXPLAIN QUERY PLAN SELECT e.id FROM registered_entries e WHERE 1 = 1",
-            );
+            let mut sql =
+                Sql::new("EXPLAIN QUERY PLAN SELECT e.id FROM registered_entries e WHERE 1 = 1");
             selectors::push_match(
-                &mut qb,
+                &mut sql,
                 ENTRY_SELECTORS,
                 "e.id",
                 &sels(&["a:b", "c:d"]),
                 mode,
             );
-            let plan: Vec<String> = qb
-                .build()
-                .fetch_all(&ds.pool)
+            let plan: Vec<String> = sql
+                .query()
+                .fetch_all(pool)
                 .await
                 .unwrap()
                 .iter()
@@ -997,9 +1060,7 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pagination_covers_every_entry_once_in_id_order() {
-        let (_dir, ds) = store().await;
+    async fn pagination_covers_every_entry_once_in_id_order(ds: Datastore) {
         let batch: Vec<_> = (0..23)
             .map(|i| entry(&format!("spiffe://td/w{i}"), AGENT, &["unix:uid:1"]))
             .collect();
@@ -1032,9 +1093,7 @@ pub(crate) mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn update_replaces_fields_and_bumps_revision() {
-        let (_dir, ds) = store().await;
+    async fn update_replaces_fields_and_bumps_revision(ds: Datastore) {
         let created = ds
             .create_entries(vec![entry("spiffe://td/web", AGENT, &["unix:uid:1"])])
             .await
@@ -1067,9 +1126,7 @@ pub(crate) mod tests {
         assert_eq!(ds.count_entries(&old).await.unwrap(), 0);
     }
 
-    #[tokio::test]
-    async fn failed_updates_change_nothing() {
-        let (_dir, ds) = store().await;
+    async fn failed_updates_change_nothing(ds: Datastore) {
         let created = ds
             .create_entries(vec![
                 entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
@@ -1105,9 +1162,7 @@ pub(crate) mod tests {
         assert_eq!(ds.latest_entry_revision().await.unwrap(), revision);
     }
 
-    #[tokio::test]
-    async fn delete_returns_entries_and_unknown_id_deletes_nothing() {
-        let (_dir, ds) = store().await;
+    async fn delete_returns_entries_and_unknown_id_deletes_nothing(ds: Datastore) {
         let created = ds
             .create_entries(vec![
                 entry("spiffe://td/a", AGENT, &["unix:uid:1"]),
@@ -1132,16 +1187,11 @@ pub(crate) mod tests {
             ds.fetch_entry(&created[1].id).await.unwrap().as_ref(),
             Some(&created[1])
         );
-        let selectors: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entry_selectors")
-            .fetch_one(&ds.pool)
-            .await
-            .unwrap();
+        let selectors = scalar(&ds, "SELECT COUNT(*) FROM entry_selectors").await;
         assert_eq!(selectors, 1, "selectors deleted with their entry");
     }
 
-    #[tokio::test]
-    async fn events_follow_every_change_in_revision_order() {
-        let (_dir, ds) = store().await;
+    async fn events_follow_every_change_in_revision_order(ds: Datastore) {
         assert_eq!(ds.latest_entry_revision().await.unwrap(), 0);
         let created = ds
             .create_entries(vec![
@@ -1207,9 +1257,7 @@ pub(crate) mod tests {
         assert!(c[0].revision > events[4].revision);
     }
 
-    #[tokio::test]
-    async fn prune_removes_expired_entries_with_events() {
-        let (_dir, ds) = store().await;
+    async fn prune_removes_expired_entries_with_events(ds: Datastore) {
         let mut batch = Vec::new();
         for i in 0..(PRUNE_BATCH + 3) {
             let mut e = entry(&format!("spiffe://td/x{i}"), AGENT, &["unix:uid:1"]);

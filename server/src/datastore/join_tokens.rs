@@ -6,7 +6,7 @@
 
 use ring::digest;
 
-use super::{Datastore, DatastoreError, is_unique_violation};
+use super::{Datastore, DatastoreError, PRUNE_BATCH, is_unique_violation};
 
 impl Datastore {
     /// Stores a join token valid until `expires_at` (Unix seconds, inclusive).
@@ -15,13 +15,17 @@ impl Datastore {
         token: &str,
         expires_at: i64,
     ) -> Result<(), DatastoreError> {
-        let result = sqlx::query("INSERT INTO join_tokens (token_hash, expires_at) VALUES (?, ?)")
-            .bind(token_hash(token)?)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await;
+        let hash = token_hash(token)?;
+        let result = on_pool!(&self.pool, p => {
+            sqlx::query("INSERT INTO join_tokens (token_hash, expires_at) VALUES ($1, $2)")
+                .bind(&hash)
+                .bind(expires_at)
+                .execute(p)
+                .await
+                .map(|_| ())
+        });
         match result {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             // Never echo the token itself.
             Err(e) if is_unique_violation(&e) => {
                 Err(DatastoreError::AlreadyExists("join token".into()))
@@ -37,23 +41,44 @@ impl Datastore {
         token: &str,
         now: i64,
     ) -> Result<Option<i64>, DatastoreError> {
-        let expires_at: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM join_tokens WHERE token_hash = ? AND expires_at >= ? RETURNING expires_at",
-        )
-        .bind(token_hash(token)?)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
+        let hash = token_hash(token)?;
+        let expires_at: Option<i64> = on_pool!(&self.pool, p => {
+            sqlx::query_scalar(
+                "DELETE FROM join_tokens WHERE token_hash = $1 AND expires_at >= $2 \
+                 RETURNING expires_at",
+            )
+            .bind(&hash)
+            .bind(now)
+            .fetch_optional(p)
+            .await?
+        });
         Ok(expires_at)
     }
 
-    /// Deletes the tokens that expired before `now`; returns how many.
+    /// Deletes the tokens that expired before `now`; returns how many. Works in batches, one
+    /// short write transaction each.
     pub async fn prune_join_tokens(&self, now: i64) -> Result<u64, DatastoreError> {
-        let done = sqlx::query("DELETE FROM join_tokens WHERE expires_at < ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let done = on_tx!(&mut tx, c => {
+                sqlx::query(
+                    "DELETE FROM join_tokens WHERE token_hash IN \
+                     (SELECT token_hash FROM join_tokens WHERE expires_at < $1 LIMIT $2)",
+                )
+                .bind(now)
+                .bind(PRUNE_BATCH)
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+            });
+            tx.commit().await?;
+            total += done;
+            if done < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -72,12 +97,17 @@ fn token_hash(token: &str) -> Result<String, DatastoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::store;
+    use super::super::tests::on_both_backends;
     use super::*;
 
-    #[tokio::test]
-    async fn single_use() {
-        let (_dir, ds) = store().await;
+    on_both_backends!(
+        single_use,
+        expired_token_is_refused_and_pruned,
+        concurrent_takes_only_one_wins,
+        only_the_hash_is_stored
+    );
+
+    async fn single_use(ds: Datastore) {
         ds.create_join_token("secret-token", 100).await.unwrap();
         assert!(matches!(
             ds.create_join_token("secret-token", 100).await,
@@ -91,9 +121,7 @@ mod tests {
         assert_eq!(ds.take_join_token("secret-token", 50).await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn expired_token_is_refused_and_pruned() {
-        let (_dir, ds) = store().await;
+    async fn expired_token_is_refused_and_pruned(ds: Datastore) {
         ds.create_join_token("t", 100).await.unwrap();
         assert_eq!(ds.take_join_token("t", 101).await.unwrap(), None);
         assert_eq!(ds.prune_join_tokens(100).await.unwrap(), 0);
@@ -101,9 +129,7 @@ mod tests {
         assert_eq!(ds.take_join_token("t", 0).await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn concurrent_takes_only_one_wins() {
-        let (_dir, ds) = store().await;
+    async fn concurrent_takes_only_one_wins(ds: Datastore) {
         for round in 0..20 {
             let token = format!("t{round}");
             ds.create_join_token(&token, 100).await.unwrap();
@@ -116,14 +142,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn only_the_hash_is_stored() {
-        let (_dir, ds) = store().await;
+    async fn only_the_hash_is_stored(ds: Datastore) {
         ds.create_join_token("raw-token-value", 100).await.unwrap();
-        let stored: String = sqlx::query_scalar("SELECT token_hash FROM join_tokens")
-            .fetch_one(&ds.pool)
-            .await
-            .unwrap();
+        let sql = "SELECT token_hash FROM join_tokens";
+        let stored: String =
+            on_pool!(&ds.pool, p => sqlx::query_scalar(sql).fetch_one(p).await.unwrap());
         assert_eq!(stored.len(), 64);
         assert!(!stored.contains("raw-token-value"));
         assert!(matches!(

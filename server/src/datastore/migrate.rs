@@ -10,20 +10,31 @@ use futures::future::BoxFuture;
 use sqlx::SqlSafeStr;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::SqlitePool;
 
-use super::DatastoreError;
+use super::{DatastoreError, Pool};
 
-/// `(file name, SQL)` in version order. File names follow sqlx's `<version>_<description>.sql`.
+/// `(file name, SQL)` in version order, per backend. File names follow sqlx's
+/// `<version>_<description>.sql`; both backends carry the same versions with the same meaning.
 /// An applied file must never change: its checksum is recorded and a mismatch refuses to start.
-const MIGRATIONS: &[(&str, &str)] = &[
+const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0001_init.sql",
-        include_str!("../../../migrations/0001_init.sql"),
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
     ),
     (
         "0002_entry_templates.sql",
-        include_str!("../../../migrations/0002_entry_templates.sql"),
+        include_str!("../../../migrations/sqlite/0002_entry_templates.sql"),
+    ),
+];
+
+const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_entry_templates.sql",
+        include_str!("../../../migrations/postgres/0002_entry_templates.sql"),
     ),
 ];
 
@@ -70,9 +81,23 @@ fn parse_name(name: &str) -> Result<(i64, String), String> {
 /// Applies every migration not yet recorded in the database, each in its own transaction.
 /// Fails if the database was migrated by a newer binary (a version this one doesn't carry) or an
 /// applied migration's checksum changed.
-pub(super) async fn run(pool: &SqlitePool) -> Result<(), DatastoreError> {
-    let migrator = Migrator::new(Embedded(MIGRATIONS)).await?;
-    migrator.run(pool).await?;
+/// On PostgreSQL sqlx holds an advisory lock while migrating, so replicas starting together
+/// apply each migration once.
+pub(super) async fn run(pool: &Pool) -> Result<(), DatastoreError> {
+    match pool {
+        Pool::Sqlite(p) => {
+            Migrator::new(Embedded(SQLITE_MIGRATIONS))
+                .await?
+                .run(p)
+                .await?
+        }
+        Pool::Postgres(p) => {
+            Migrator::new(Embedded(POSTGRES_MIGRATIONS))
+                .await?
+                .run(p)
+                .await?
+        }
+    }
     Ok(())
 }
 
@@ -93,17 +118,20 @@ mod tests {
     }
 
     #[test]
-    fn embedded_versions_are_increasing() {
-        let migrations = Embedded(MIGRATIONS).migrations().unwrap();
-        assert!(!migrations.is_empty());
-        assert!(migrations.windows(2).all(|w| w[0].version < w[1].version));
+    fn embedded_versions_are_increasing_and_the_same_on_both_backends() {
+        let sqlite = Embedded(SQLITE_MIGRATIONS).migrations().unwrap();
+        assert!(!sqlite.is_empty());
+        assert!(sqlite.windows(2).all(|w| w[0].version < w[1].version));
+        let postgres = Embedded(POSTGRES_MIGRATIONS).migrations().unwrap();
+        let versions = |m: &[Migration]| m.iter().map(|m| m.version).collect::<Vec<_>>();
+        assert_eq!(versions(&sqlite), versions(&postgres));
     }
 
     #[tokio::test]
     async fn failed_migration_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let opts = super::super::connect_options("bad.db", dir.path()).unwrap();
-        let pool = SqlitePool::connect_with(opts).await.unwrap();
+        let pool = sqlx::sqlite::SqlitePool::connect_with(opts).await.unwrap();
         const BROKEN: &[(&str, &str)] = &[("0001_broken.sql", "CREATE TABLE t (;")];
         let migrator = Migrator::new(Embedded(BROKEN)).await.unwrap();
         let err = DatastoreError::from(migrator.run(&pool).await.unwrap_err());

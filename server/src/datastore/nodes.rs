@@ -2,11 +2,13 @@
 
 use sigil_proto::selector::canonicalize;
 use sigil_proto::{Selector, SpiffeId};
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::selectors::{self, NODE_SELECTORS, SelectorMatch};
-use super::{Datastore, DatastoreError, finish_page, page_bounds, unix_now};
+use super::sql::Sql;
+use super::{
+    Change, Datastore, DatastoreError, PRUNE_BATCH, Tx, finish_page, page_bounds, unix_now,
+};
 
 /// The columns [`node_from_row`] reads, from `attested_nodes n`.
 macro_rules! node_columns {
@@ -62,41 +64,46 @@ impl Datastore {
         let now = unix_now();
         let id = node.spiffe_id.to_string();
         let mut tx = self.begin_write().await?;
-        let existing =
-            sqlx::query("SELECT banned, created_at FROM attested_nodes WHERE spiffe_id = ?")
+        let existing: Option<(bool, i64)> = on_tx!(&mut tx, c => {
+            sqlx::query_as("SELECT banned, created_at FROM attested_nodes WHERE spiffe_id = $1")
                 .bind(&id)
-                .fetch_optional(&mut *tx)
-                .await?;
+                .fetch_optional(&mut **c)
+                .await?
+        });
         node.created_at = now;
         node.updated_at = now;
-        if let Some(row) = existing {
-            let banned: bool = row.try_get(0)?;
+        if let Some((banned, created_at)) = existing {
             if banned {
                 return Err(DatastoreError::Banned(id));
             }
-            node.created_at = row.try_get(1)?;
-            sqlx::query("DELETE FROM attested_nodes WHERE spiffe_id = ?")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
+            node.created_at = created_at;
+            on_tx!(&mut tx, c => {
+                sqlx::query("DELETE FROM attested_nodes WHERE spiffe_id = $1")
+                    .bind(&id)
+                    .execute(&mut **c)
+                    .await?.rows_affected()
+            });
         }
-        sqlx::query(
-            "INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial, \
-             cert_expires_at, new_cert_serial, banned, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(&node.attestation_type)
-        .bind(&node.cert_serial)
-        .bind(node.cert_expires_at)
-        .bind(&node.new_cert_serial)
-        .bind(node.banned)
-        .bind(node.created_at)
-        .bind(node.updated_at)
-        .execute(&mut *tx)
-        .await?;
+        on_tx!(&mut tx, c => {
+            sqlx::query(
+                "INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial, \
+                 cert_expires_at, new_cert_serial, banned, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(&id)
+            .bind(&node.attestation_type)
+            .bind(&node.cert_serial)
+            .bind(node.cert_expires_at)
+            .bind(&node.new_cert_serial)
+            .bind(node.banned)
+            .bind(node.created_at)
+            .bind(node.updated_at)
+            .execute(&mut **c)
+            .await?.rows_affected()
+        });
         selectors::insert(&mut tx, NODE_SELECTORS, &id, &node.selectors).await?;
-        tx.commit().await?;
+        self.commit(tx, vec![Change::AttestedNode(node.spiffe_id.clone())])
+            .await?;
         Ok(node)
     }
 
@@ -105,7 +112,7 @@ impl Datastore {
         &self,
         spiffe_id: &SpiffeId,
     ) -> Result<Option<AttestedNode>, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_read().await?;
         let node = fetch_in(&mut tx, &spiffe_id.to_string()).await?;
         tx.commit().await?;
         Ok(node)
@@ -120,28 +127,26 @@ impl Datastore {
         page_token: Option<&str>,
     ) -> Result<(Vec<AttestedNode>, Option<String>), DatastoreError> {
         let (limit, after) = page_bounds(page_size, page_token)?;
-        let mut qb = QueryBuilder::<Sqlite>::new(concat!(
+        let mut sql = Sql::new(concat!(
             "SELECT ",
             node_columns!(),
             " FROM attested_nodes n WHERE n.spiffe_id > "
         ));
-        qb.push_bind(after.to_owned());
-        push_filter(&mut qb, filter)?;
-        qb.push(" ORDER BY n.spiffe_id LIMIT ");
-        qb.push_bind(limit);
-        let mut tx = self.pool.begin().await?;
-        let rows = qb.build().fetch_all(&mut *tx).await?;
-        let nodes = with_selectors(&mut tx, &rows).await?;
+        sql.bind(after);
+        push_filter(&mut sql, filter)?;
+        sql.push(" ORDER BY n.spiffe_id LIMIT ");
+        sql.bind(limit);
+        let mut tx = self.begin_read().await?;
+        let nodes = query_nodes(&mut tx, sql).await?;
         tx.commit().await?;
         Ok(finish_page(nodes, page_size, |n| n.spiffe_id.to_string()))
     }
 
     /// How many nodes match `filter`.
     pub async fn count_attested_nodes(&self, filter: &NodeFilter) -> Result<u64, DatastoreError> {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM attested_nodes n WHERE 1 = 1");
-        push_filter(&mut qb, filter)?;
-        let count: i64 = qb.build_query_scalar().fetch_one(&self.pool).await?;
+        let mut sql = Sql::new("SELECT COUNT(*) FROM attested_nodes n WHERE 1 = 1");
+        push_filter(&mut sql, filter)?;
+        let count: i64 = on_pool!(&self.pool, p => sql.query().fetch_one(p).await?.try_get(0)?);
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -153,18 +158,22 @@ impl Datastore {
         cert_expires_at: i64,
         new_cert_serial: Option<&str>,
     ) -> Result<AttestedNode, DatastoreError> {
-        let done = sqlx::query(
-            "UPDATE attested_nodes SET cert_serial = ?, cert_expires_at = ?, new_cert_serial = ?, \
-             updated_at = ? WHERE spiffe_id = ?",
-        )
-        .bind(cert_serial)
-        .bind(cert_expires_at)
-        .bind(new_cert_serial)
-        .bind(unix_now())
-        .bind(spiffe_id.to_string())
-        .execute(&self.pool)
-        .await?;
-        self.updated_node(spiffe_id, done.rows_affected()).await
+        let mut tx = self.begin_write().await?;
+        let done = on_tx!(&mut tx, c => {
+            sqlx::query(
+                "UPDATE attested_nodes SET cert_serial = $1, cert_expires_at = $2, \
+                 new_cert_serial = $3, updated_at = $4 WHERE spiffe_id = $5",
+            )
+            .bind(cert_serial)
+            .bind(cert_expires_at)
+            .bind(new_cert_serial)
+            .bind(unix_now())
+            .bind(spiffe_id.to_string())
+            .execute(&mut **c)
+            .await?
+            .rows_affected()
+        });
+        self.updated_node(tx, spiffe_id, done).await
     }
 
     /// Bans or un-bans a node.
@@ -173,14 +182,17 @@ impl Datastore {
         spiffe_id: &SpiffeId,
         banned: bool,
     ) -> Result<AttestedNode, DatastoreError> {
-        let done =
-            sqlx::query("UPDATE attested_nodes SET banned = ?, updated_at = ? WHERE spiffe_id = ?")
+        let mut tx = self.begin_write().await?;
+        let done = on_tx!(&mut tx, c => {
+            sqlx::query("UPDATE attested_nodes SET banned = $1, updated_at = $2 WHERE spiffe_id = $3")
                 .bind(banned)
                 .bind(unix_now())
                 .bind(spiffe_id.to_string())
-                .execute(&self.pool)
-                .await?;
-        self.updated_node(spiffe_id, done.rows_affected()).await
+                .execute(&mut **c)
+                .await?
+                .rows_affected()
+        });
+        self.updated_node(tx, spiffe_id, done).await
     }
 
     /// Evicts a node and returns it as it was: it must attest again to get SVIDs.
@@ -194,38 +206,68 @@ impl Datastore {
             .await?
             .ok_or_else(|| not_found(spiffe_id))?;
         // Selectors go with the row (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM attested_nodes WHERE spiffe_id = ?")
-            .bind(&id)
-            .execute(&mut *tx)
+        on_tx!(&mut tx, c => {
+            sqlx::query("DELETE FROM attested_nodes WHERE spiffe_id = $1")
+                .bind(&id)
+                .execute(&mut **c)
+                .await?.rows_affected()
+        });
+        self.commit(tx, vec![Change::AttestedNode(spiffe_id.clone())])
             .await?;
-        tx.commit().await?;
         Ok(node)
     }
 
     /// Deletes the nodes whose SVID expired before `now` (Unix seconds), except banned ones
-    /// (deleting those would let them attest again). Returns how many.
+    /// (deleting those would let them attest again). Returns how many. Works in batches, one
+    /// short write transaction each.
     pub async fn prune_attested_nodes(&self, now: i64) -> Result<u64, DatastoreError> {
-        let done =
-            sqlx::query("DELETE FROM attested_nodes WHERE cert_expires_at < ? AND NOT banned")
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let pruned: Vec<String> = on_tx!(&mut tx, c => {
+                sqlx::query_scalar(
+                    "DELETE FROM attested_nodes WHERE spiffe_id IN \
+                     (SELECT spiffe_id FROM attested_nodes \
+                      WHERE cert_expires_at < $1 AND NOT banned LIMIT $2) \
+                     RETURNING spiffe_id",
+                )
                 .bind(now)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+                .bind(PRUNE_BATCH)
+                .fetch_all(&mut **c)
+                .await?
+            });
+            // A row that no longer parses is still pruned; it just has no change to announce.
+            let changes = pruned
+                .iter()
+                .filter_map(|id| SpiffeId::new(id).ok())
+                .map(Change::AttestedNode)
+                .collect();
+            self.commit(tx, changes).await?;
+            total += pruned.len() as u64;
+            if (pruned.len() as i64) < PRUNE_BATCH {
+                break;
+            }
+        }
+        Ok(total)
     }
 
-    /// Re-reads a node after a single-statement update; `NotFound` if nothing was updated.
+    /// Re-reads a node after a single-statement update, in its transaction, and commits;
+    /// `NotFound` (and nothing committed) if nothing was updated.
     async fn updated_node(
         &self,
+        mut tx: Tx,
         spiffe_id: &SpiffeId,
         rows_affected: u64,
     ) -> Result<AttestedNode, DatastoreError> {
         if rows_affected == 0 {
             return Err(not_found(spiffe_id));
         }
-        // Deleted in between: report it as gone rather than guess.
-        self.fetch_attested_node(spiffe_id)
+        let node = fetch_in(&mut tx, &spiffe_id.to_string())
             .await?
-            .ok_or_else(|| not_found(spiffe_id))
+            .ok_or_else(|| not_found(spiffe_id))?;
+        self.commit(tx, vec![Change::AttestedNode(spiffe_id.clone())])
+            .await?;
+        Ok(node)
     }
 }
 
@@ -234,18 +276,15 @@ fn not_found(spiffe_id: &SpiffeId) -> DatastoreError {
 }
 
 /// Appends the filter's conditions (`AND ...`) to a query over `attested_nodes n`.
-fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &NodeFilter) -> Result<(), DatastoreError> {
+fn push_filter(sql: &mut Sql, filter: &NodeFilter) -> Result<(), DatastoreError> {
     if let Some(t) = &filter.attestation_type {
-        qb.push(" AND n.attestation_type = ");
-        qb.push_bind(t.clone());
+        sql.push(" AND n.attestation_type = ").bind(t.as_str());
     }
     if let Some(banned) = filter.banned {
-        qb.push(" AND n.banned = ");
-        qb.push_bind(banned);
+        sql.push(" AND n.banned = ").bind(banned);
     }
     if let Some(before) = filter.expires_before {
-        qb.push(" AND n.cert_expires_at < ");
-        qb.push_bind(before);
+        sql.push(" AND n.cert_expires_at < ").bind(before);
     }
     if let Some((given, mode)) = &filter.selectors {
         let mut given = given.clone();
@@ -255,39 +294,31 @@ fn push_filter(qb: &mut QueryBuilder<Sqlite>, filter: &NodeFilter) -> Result<(),
                 "selector filter is empty".into(),
             ));
         }
-        selectors::push_match(qb, NODE_SELECTORS, "n.spiffe_id", &given, *mode);
+        selectors::push_match(sql, NODE_SELECTORS, "n.spiffe_id", &given, *mode);
     }
     Ok(())
 }
 
-async fn fetch_in(
-    conn: &mut SqliteConnection,
-    spiffe_id: &str,
-) -> Result<Option<AttestedNode>, DatastoreError> {
-    let row = sqlx::query(concat!(
+async fn fetch_in(tx: &mut Tx, spiffe_id: &str) -> Result<Option<AttestedNode>, DatastoreError> {
+    let mut sql = Sql::new(concat!(
         "SELECT ",
         node_columns!(),
-        " FROM attested_nodes n WHERE n.spiffe_id = ?"
-    ))
-    .bind(spiffe_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row {
-        Some(row) => Ok(with_selectors(conn, &[row]).await?.pop()),
-        None => Ok(None),
-    }
+        " FROM attested_nodes n WHERE n.spiffe_id = "
+    ));
+    sql.bind(spiffe_id);
+    Ok(query_nodes(tx, sql).await?.pop())
 }
 
-async fn with_selectors(
-    conn: &mut SqliteConnection,
-    rows: &[SqliteRow],
-) -> Result<Vec<AttestedNode>, DatastoreError> {
-    let mut nodes = rows
-        .iter()
-        .map(node_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+/// Runs a query over `node_columns!()` and attaches the nodes' selectors.
+async fn query_nodes(tx: &mut Tx, sql: Sql) -> Result<Vec<AttestedNode>, DatastoreError> {
+    let mut nodes = on_tx!(tx, c => {
+        let rows = sql.query().fetch_all(&mut **c).await?;
+        rows.iter()
+            .map(node_from_row)
+            .collect::<Result<Vec<_>, _>>()?
+    });
     let ids: Vec<String> = nodes.iter().map(|n| n.spiffe_id.to_string()).collect();
-    let mut selectors = selectors::load(conn, NODE_SELECTORS, &ids).await?;
+    let mut selectors = selectors::load(tx, NODE_SELECTORS, &ids).await?;
     for (node, id) in nodes.iter_mut().zip(&ids) {
         // A node may have no selectors (e.g. join-token attestation).
         node.selectors = selectors.remove(id).unwrap_or_default();
@@ -295,7 +326,15 @@ async fn with_selectors(
     Ok(nodes)
 }
 
-fn node_from_row(row: &SqliteRow) -> Result<AttestedNode, DatastoreError> {
+/// Parses a node row (without its selectors), from either backend.
+fn node_from_row<'r, R>(row: &'r R) -> Result<AttestedNode, DatastoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+{
     let id: String = row.try_get("spiffe_id")?;
     Ok(AttestedNode {
         spiffe_id: SpiffeId::new(&id)
@@ -313,8 +352,16 @@ fn node_from_row(row: &SqliteRow) -> Result<AttestedNode, DatastoreError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::tests::store;
+    use super::super::tests::{on_both_backends, scalar};
     use super::*;
+
+    on_both_backends!(
+        create_fetch_round_trip_and_reattestation,
+        banned_node_cannot_reattest_until_evicted,
+        update_serial,
+        list_filters_and_pages,
+        prune_keeps_banned_and_unexpired
+    );
 
     pub(crate) fn node(spiffe_id: &str) -> AttestedNode {
         AttestedNode {
@@ -338,9 +385,7 @@ pub(crate) mod tests {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
-    #[tokio::test]
-    async fn create_fetch_round_trip_and_reattestation() {
-        let (_dir, ds) = store().await;
+    async fn create_fetch_round_trip_and_reattestation(ds: Datastore) {
         let mut n = node("spiffe://td/spire/agent/k8s_psat/c/1");
         n.attestation_type = "k8s_psat".into();
         n.selectors = sels(&["k8s_psat:cluster:c", "k8s_psat:agent_ns:spire"]);
@@ -388,9 +433,7 @@ pub(crate) mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn banned_node_cannot_reattest_until_evicted() {
-        let (_dir, ds) = store().await;
+    async fn banned_node_cannot_reattest_until_evicted(ds: Datastore) {
         let n = node("spiffe://td/spire/agent/a");
         ds.create_attested_node(n.clone()).await.unwrap();
         let banned = ds
@@ -423,9 +466,7 @@ pub(crate) mod tests {
         assert!(!ds.create_attested_node(n).await.unwrap().banned);
     }
 
-    #[tokio::test]
-    async fn update_serial() {
-        let (_dir, ds) = store().await;
+    async fn update_serial(ds: Datastore) {
         let n = node("spiffe://td/spire/agent/a");
         ds.create_attested_node(n.clone()).await.unwrap();
         let updated = ds
@@ -455,9 +496,7 @@ pub(crate) mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn list_filters_and_pages() {
-        let (_dir, ds) = store().await;
+    async fn list_filters_and_pages(ds: Datastore) {
         for i in 0..7 {
             let mut n = node(&format!("spiffe://td/spire/agent/n{i}"));
             n.cert_expires_at = 100 * i;
@@ -548,9 +587,7 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn prune_keeps_banned_and_unexpired() {
-        let (_dir, ds) = store().await;
+    async fn prune_keeps_banned_and_unexpired(ds: Datastore) {
         for (name, expires) in [("old", 10), ("banned", 10), ("new", 1000)] {
             let mut n = node(&format!("spiffe://td/spire/agent/{name}"));
             n.cert_expires_at = expires;
@@ -578,10 +615,7 @@ pub(crate) mod tests {
                 .unwrap(),
             2
         );
-        let selectors: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node_selectors")
-            .fetch_one(&ds.pool)
-            .await
-            .unwrap();
+        let selectors = scalar(&ds, "SELECT COUNT(*) FROM node_selectors").await;
         assert_eq!(selectors, 2, "pruned node's selectors went with it");
     }
 }

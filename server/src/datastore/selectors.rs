@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use ring::digest;
 use sigil_proto::Selector;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::DatastoreError;
+use super::sql::Sql;
+use super::{DatastoreError, Tx};
 
 /// How a record's selector set must relate to the given set (SPIRE's match modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,79 +59,75 @@ pub(super) fn selector_key(canonical: &[Selector]) -> String {
 
 /// Appends `AND <owner_expr> matches` for the given (canonical, non-empty) set.
 pub(super) fn push_match(
-    qb: &mut QueryBuilder<Sqlite>,
+    sql: &mut Sql,
     t: SelectorTable,
     owner_expr: &str,
     selectors: &[Selector],
     mode: SelectorMatch,
 ) {
     let SelectorTable { table, owner } = t;
+    let candidates = format!(
+        " AND {owner_expr} IN (SELECT s.{owner} FROM {table} s WHERE (s.type, s.value) IN "
+    );
     match mode {
         SelectorMatch::Any => {
-            qb.push(format_args!(
-                " AND {owner_expr} IN (SELECT s.{owner} FROM {table} s WHERE (s.type, s.value) IN "
-            ));
-            push_values(qb, selectors);
-            qb.push(")");
+            sql.push(&candidates);
+            push_values(sql, selectors);
+            sql.push(")");
         }
         SelectorMatch::Superset | SelectorMatch::Exact => {
             // The given set is de-duplicated and (owner, type, value) is unique, so a count equal
             // to the set's size means the record has every selector.
-            qb.push(format_args!(
-                " AND {owner_expr} IN (SELECT s.{owner} FROM {table} s WHERE (s.type, s.value) IN "
-            ));
-            push_values(qb, selectors);
-            qb.push(format_args!(" GROUP BY s.{owner} HAVING COUNT(*) = "));
-            qb.push_bind(selectors.len() as i64);
-            qb.push(")");
+            sql.push(&candidates);
+            push_values(sql, selectors);
+            sql.push(&format!(" GROUP BY s.{owner} HAVING COUNT(*) = "));
+            sql.bind(selectors.len() as i64);
+            sql.push(")");
         }
         SelectorMatch::Subset => {
             // Candidates have at least one given selector (index); the NOT EXISTS below then
             // reads only each candidate's own selectors (primary key).
-            qb.push(format_args!(
-                " AND {owner_expr} IN (SELECT s.{owner} FROM {table} s WHERE (s.type, s.value) IN "
-            ));
-            push_values(qb, selectors);
-            qb.push(")");
+            sql.push(&candidates);
+            push_values(sql, selectors);
+            sql.push(")");
         }
     }
     if matches!(mode, SelectorMatch::Exact | SelectorMatch::Subset) {
-        qb.push(format_args!(" AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.{owner} = {owner_expr} AND (o.type, o.value) NOT IN "));
-        push_values(qb, selectors);
-        qb.push(")");
+        sql.push(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM {table} o WHERE o.{owner} = {owner_expr} \
+             AND (o.type, o.value) NOT IN "
+        ));
+        push_values(sql, selectors);
+        sql.push(")");
     }
 }
 
-/// Pushes `(VALUES (?, ?), ...)`: SQLite accepts a row-value IN only against a subquery.
-fn push_values(qb: &mut QueryBuilder<Sqlite>, selectors: &[Selector]) {
-    qb.push("(VALUES ");
-    let mut sep = qb.separated(", ");
-    for s in selectors {
-        sep.push("(");
-        sep.push_bind_unseparated(s.kind().to_owned());
-        sep.push_unseparated(", ");
-        sep.push_bind_unseparated(s.value().to_owned());
-        sep.push_unseparated(")");
-    }
-    qb.push(")");
+/// Pushes `(VALUES ($1, $2), ...)`: SQLite accepts a row-value IN only against a subquery.
+fn push_values(sql: &mut Sql, selectors: &[Selector]) {
+    sql.push("(VALUES ");
+    sql.push_rows(selectors, |row, s| {
+        row.bind(s.kind()).bind(s.value());
+    });
+    sql.push(")");
 }
 
-/// Selector rows per multi-row `INSERT`: 3 parameters each, under SQLite's 32,766 per statement.
+/// Selector rows per multi-row `INSERT`: 3 parameters each, under SQLite's 32,766 (and
+/// PostgreSQL's 65,535) per statement.
 const INSERT_CHUNK: usize = 5000;
 
 /// Inserts the selector rows of one record.
 pub(super) async fn insert(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     t: SelectorTable,
     owner: &str,
     selectors: &[Selector],
 ) -> Result<(), DatastoreError> {
-    insert_many(conn, t, &[(owner, selectors)]).await
+    insert_many(tx, t, &[(owner, selectors)]).await
 }
 
 /// Inserts the selector rows of many records, a few thousand rows per statement.
 pub(super) async fn insert_many(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     t: SelectorTable,
     records: &[(&str, &[Selector])],
 ) -> Result<(), DatastoreError> {
@@ -140,55 +136,52 @@ pub(super) async fn insert_many(
         .flat_map(|&(owner, selectors)| selectors.iter().map(move |s| (owner, s)))
         .collect();
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "INSERT INTO {} ({}, type, value) ",
+        let mut sql = Sql::new(&format!(
+            "INSERT INTO {} ({}, type, value) VALUES ",
             t.table, t.owner
         ));
-        qb.push_values(chunk, |mut row, (owner, s)| {
-            row.push_bind(owner.to_string())
-                .push_bind(s.kind().to_owned())
-                .push_bind(s.value().to_owned());
+        sql.push_rows(chunk, |row, (owner, s)| {
+            row.bind(*owner).bind(s.kind()).bind(s.value());
         });
-        qb.build().execute(&mut *conn).await?;
+        on_tx!(tx, c => sql.query().execute(&mut **c).await.map(|d| d.rows_affected()))?;
     }
     Ok(())
 }
 
 /// Deletes the selector rows of one record.
 pub(super) async fn delete(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     t: SelectorTable,
     owner: &str,
 ) -> Result<(), DatastoreError> {
-    let mut qb =
-        QueryBuilder::<Sqlite>::new(format!("DELETE FROM {} WHERE {} = ", t.table, t.owner));
-    qb.push_bind(owner.to_owned());
-    qb.build().execute(&mut *conn).await?;
+    let mut sql = Sql::new(&format!("DELETE FROM {} WHERE {} = ", t.table, t.owner));
+    sql.bind(owner);
+    on_tx!(tx, c => sql.query().execute(&mut **c).await.map(|d| d.rows_affected()))?;
     Ok(())
 }
 
 /// Loads the selectors of the given records, each set in canonical order.
 pub(super) async fn load(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     t: SelectorTable,
     owners: &[String],
 ) -> Result<HashMap<String, Vec<Selector>>, DatastoreError> {
     let mut out: HashMap<String, Vec<Selector>> = HashMap::new();
     for chunk in owners.chunks(500) {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+        let mut sql = Sql::new(&format!(
             "SELECT {owner}, type, value FROM {table} WHERE {owner} IN (",
             owner = t.owner,
             table = t.table
         ));
-        let mut sep = qb.separated(", ");
-        for o in chunk {
-            sep.push_bind(o.clone());
-        }
-        qb.push(format_args!(") ORDER BY {}, type, value", t.owner));
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            let owner: String = row.try_get(0)?;
-            let kind: String = row.try_get(1)?;
-            let value: String = row.try_get(2)?;
+        sql.push_list(chunk.iter().map(String::as_str));
+        sql.push(&format!(") ORDER BY {}, type, value", t.owner));
+        let rows: Vec<(String, String, String)> = on_tx!(tx, c => {
+            let rows = sql.query().fetch_all(&mut **c).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        for (owner, kind, value) in rows {
             let selector = Selector::from_parts(&kind, &value)
                 .map_err(|e| DatastoreError::Corrupt(format!("{} of {owner}: {e}", t.table)))?;
             out.entry(owner).or_default().push(selector);
