@@ -173,6 +173,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone());
     let api_revisions = api.entry_revisions();
+    let pruner = crate::pruning::Pruner::new(datastore.clone(), api.entry_revision_sender());
     let c = cancel.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, api, c)
@@ -188,6 +189,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         api_revisions,
     )
     .with_agent_ttl(config.agent_ttl)
+    .with_rate_limits(config.rate_limit)
     .with_federated_bundles(federation.subscribe());
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
@@ -223,6 +225,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     if let Some(server) = bundle_endpoint {
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
+    tasks.spawn(pruner.run(cancel.clone()));
     tasks.spawn(rotate_forever(
         ca.clone(),
         datastore.clone(),
