@@ -36,6 +36,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    check_writable(&config.data_dir)
+        .with_context(|| format!("data_dir {} is not writable", config.data_dir.display()))?;
     let datastore = Datastore::open(&config.datastore.connection_string, &config.data_dir)
         .await
         .context("cannot open the datastore")?;
@@ -328,6 +330,14 @@ async fn rotate_forever(
             Err(e) => tracing::error!(error = %e, "CA rotation failed; will retry"),
         }
     }
+}
+
+/// Fails clearly on a read-only or inaccessible data dir, where SQLite would only say
+/// "unable to open database file".
+fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".sigil-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
