@@ -40,8 +40,9 @@ fn unix_now() -> i64 {
 
 fn sqlite3(db: &Path, sql: &str) -> anyhow::Result<()> {
     let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
-        .arg(format!(".timeout 10000\n{sql}"))
+        .arg(sql)
         .output()
         .context("running the sqlite3 CLI (needed to write expired nodes and tokens)")?;
     anyhow::ensure!(

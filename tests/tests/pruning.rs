@@ -63,8 +63,9 @@ fn entry(spiffe_id: String, expires_at: i64) -> common::RegistrationEntry {
 
 fn sqlite3(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
-        .arg(format!(".timeout 10000\n{sql}"))
+        .arg(sql)
         .output()
         .expect("the sqlite3 CLI");
     assert!(
