@@ -11,8 +11,8 @@
 //! log and retry with backoff and never exit before cancellation.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rand::Rng;
@@ -38,6 +38,77 @@ pub const JITTER: f64 = 0.1;
 const ENTRY_RETRY: Duration = Duration::from_secs(10);
 /// Upper bound on a rotation loop's sleep, so a clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// The agent's own signing pace: below the server's per-agent limit (500 SVIDs/s, bursts of
+/// 1000), so a start-up or rotation wave of thousands of entries is spread out rather than
+/// refused. The margin absorbs the gap between when a batch is paced here and when it
+/// reaches the server.
+pub const PACE_PER_SEC: f64 = 400.0;
+pub const PACE_BURST: f64 = 1000.0;
+/// How long a batch the server refused for its rate limit waits before it is sent again
+/// (should the server's limit ever be tighter than [`PACE_PER_SEC`]).
+const RATE_LIMITED_RETRY: Duration = Duration::from_secs(1);
+
+/// A token bucket that may go into debt: [`reserve`](Self::reserve) always succeeds and says
+/// how long to wait first. A pure function of `now`. Hand-written: a dozen lines, and the
+/// workspace has no rate-limiting crate.
+#[derive(Debug)]
+pub struct SigningPace {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl SigningPace {
+    pub fn new(per_sec: f64, burst: f64) -> Self {
+        SigningPace {
+            per_sec,
+            burst,
+            tokens: burst,
+            at: None,
+        }
+    }
+
+    /// Reserves `n` signings at `now`; returns how long to wait before asking for them.
+    pub fn reserve(&mut self, n: usize, now: Instant) -> Duration {
+        let elapsed = self
+            .at
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst) - n as f64;
+        self.at = Some(now);
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
+/// One pace per process: the server's budget is per agent (its SPIFFE ID), and both minting
+/// loops draw from it.
+static PACE: LazyLock<Mutex<SigningPace>> =
+    LazyLock::new(|| Mutex::new(SigningPace::new(PACE_PER_SEC, PACE_BURST)));
+
+/// Waits until `n` more signings fit the agent's pace; false if `cancel` fired meanwhile.
+async fn paced(n: usize, cancel: &CancellationToken) -> bool {
+    // `reserve` updates the bucket in one step, so a poisoned lock still holds a valid one.
+    let wait = PACE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .reserve(n, Instant::now());
+    if wait.is_zero() {
+        return true;
+    }
+    debug!(
+        count = n,
+        wait_ms = wait.as_millis() as u64,
+        "pacing X509-SVID minting under the server's signing limit"
+    );
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
 
 /// Why a key or CSR could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +276,11 @@ pub async fn rotate_workload_svids(
 
         let due = due(&snapshot, &mut minted, &retry_at, now);
         let mut server_down = false;
+        let mut rate_limited = false;
         for batch in due.chunks(MAX_BATCH) {
+            if !paced(batch.len(), &cancel).await {
+                return;
+            }
             match mint_batch(&connection, &cache, batch, &metrics).await {
                 Ok(outcome) => {
                     backoff.reset();
@@ -216,6 +291,11 @@ pub async fn rotate_workload_svids(
                         retry_at.insert(id, now + ENTRY_RETRY.as_secs() as i64);
                     }
                 }
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    info!(error = %status.message(), entries = batch.len(), "server's signing rate limit reached; retrying shortly");
+                    rate_limited = true;
+                    break;
+                }
                 Err(status) => {
                     metrics.svid_mint(false, batch.len());
                     warn!(code = ?status.code(), error = %status.message(), entries = batch.len(), "cannot mint X509-SVIDs; server unreachable or failing, will retry");
@@ -225,7 +305,9 @@ pub async fn rotate_workload_svids(
             }
         }
 
-        let wait = if server_down {
+        let wait = if rate_limited {
+            RATE_LIMITED_RETRY
+        } else if server_down {
             backoff.next_delay()
         } else {
             next_wake(
@@ -403,7 +485,11 @@ pub async fn rotate_rendered_svids(
 
         let due = due_rendered(&snapshot, &wanted, &minted, &retry_at, now);
         let mut server_down = false;
+        let mut rate_limited = false;
         for batch in due.chunks(MAX_BATCH) {
+            if !paced(batch.len(), &cancel).await {
+                return;
+            }
             match mint_rendered_batch(&connection, &cache, batch, &metrics).await {
                 Ok(outcome) => {
                     backoff.reset();
@@ -411,6 +497,11 @@ pub async fn rotate_rendered_svids(
                     for key in outcome.failed {
                         retry_at.insert(key, now + ENTRY_RETRY.as_secs() as i64);
                     }
+                }
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    info!(error = %status.message(), count = batch.len(), "server's signing rate limit reached; retrying shortly");
+                    rate_limited = true;
+                    break;
                 }
                 Err(status) => {
                     metrics.svid_mint(false, batch.len());
@@ -431,7 +522,9 @@ pub async fn rotate_rendered_svids(
             }
         }
 
-        let wait = if server_down {
+        let wait = if rate_limited {
+            RATE_LIMITED_RETRY
+        } else if server_down {
             backoff.next_delay()
         } else {
             next_wake(
@@ -703,6 +796,33 @@ mod tests {
     use sigil_proto::{RegistrationEntry, Selector, SpiffeId};
 
     use super::*;
+
+    #[test]
+    fn signing_pace_stays_under_the_servers_limit() {
+        let mut pace = SigningPace::new(PACE_PER_SEC, PACE_BURST);
+        let t0 = Instant::now();
+        // The burst goes at once, then 400/s: a 10k-entry start-up takes 22.5 s.
+        assert_eq!(pace.reserve(500, t0), Duration::ZERO);
+        assert_eq!(pace.reserve(500, t0), Duration::ZERO);
+        assert_eq!(pace.reserve(500, t0), Duration::from_millis(1250));
+        // Asked again once that wait is over: the debt is paid, the next batch waits its own.
+        let t1 = t0 + Duration::from_millis(1250);
+        assert_eq!(pace.reserve(500, t1), Duration::from_millis(1250));
+        // Idle for long: refill stops at the burst.
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!(pace.reserve(1000, t2), Duration::ZERO);
+        assert!(pace.reserve(1, t2) > Duration::ZERO);
+        // Never faster than the server's 500/s after its burst of 1000, even with no waits.
+        let mut pace = SigningPace::new(PACE_PER_SEC, PACE_BURST);
+        let mut at = t0;
+        let mut sent = 0usize;
+        for _ in 0..40 {
+            at += pace.reserve(500, at);
+            sent += 500;
+            let allowed = 1000.0 + 500.0 * at.duration_since(t0).as_secs_f64();
+            assert!(sent as f64 <= allowed, "{sent} sent by {at:?}");
+        }
+    }
 
     #[test]
     fn refresh_at_is_half_life_with_bounded_jitter() {

@@ -9,6 +9,7 @@
 mod cfssl;
 mod mint;
 mod procs;
+mod prune;
 mod raw;
 mod report;
 mod scale;
@@ -61,6 +62,8 @@ enum Group {
     Workload,
     /// Entries at scale, agent sync and footprint.
     Scale,
+    /// Pruning of stale entries, nodes and tokens while an agent syncs and entries are created.
+    Prune,
 }
 
 impl Group {
@@ -87,6 +90,8 @@ pub struct Size {
     pub latency_window: Duration,
     pub propagation_entries: usize,
     pub scale: ScaleSize,
+    /// Expired entries (and as many expired nodes and join tokens) pruned in one run.
+    pub prune_stale: usize,
 }
 
 /// `BatchMintX509SVID` calls (of 500 requests) in flight at once.
@@ -116,6 +121,7 @@ impl Size {
                     cached_svids: 100,
                     queries: 50,
                 },
+                prune_stale: 10_000,
             }
         } else {
             Size {
@@ -131,6 +137,7 @@ impl Size {
                     cached_svids: 1000,
                     queries: 200,
                 },
+                prune_stale: 100_000,
             }
         }
     }
@@ -204,6 +211,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if group.includes(Group::Scale) {
         eprintln!("sigil-bench: scale");
         figures.extend(scale::run(&bin_dir, &size.scale).await?);
+    }
+    if group.includes(Group::Prune) {
+        eprintln!("sigil-bench: prune");
+        figures.extend(prune::run(&bin_dir, size.prune_stale).await?);
     }
 
     let report = Report {

@@ -64,6 +64,25 @@ pub struct ServerConfig {
     pub oidc_discovery: Option<OidcDiscoveryConfig>,
     /// `server { federation { ... } }`: bundle endpoint and federated trust domains.
     pub federation: Option<crate::federation::config::FederationConfig>,
+    /// `server { ratelimit { attestation signing } }`.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `server { ratelimit { ... } }`: SPIRE's switches for the agent API's rate limits (node
+/// attestation 1/s per source IP, signing 500/s per agent). Both on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub attestation: bool,
+    pub signing: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            attestation: true,
+            signing: true,
+        }
+    }
 }
 
 /// `ca_key_type`. Every value SPIRE accepts parses; the CA decides which it supports.
@@ -277,6 +296,7 @@ impl ServerConfig {
             metrics,
             oidc_discovery,
             federation: server.federation,
+            rate_limit: server.rate_limit,
         })
     }
 }
@@ -297,6 +317,7 @@ struct ServerSection {
     jwt_issuer: Option<String>,
     ca_key_type: CaKeyType,
     ca_subject: CaSubject,
+    rate_limit: RateLimitConfig,
 }
 
 fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, ConfigError> {
@@ -366,6 +387,18 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         None => CaSubject::default(),
     };
     let federation = crate::federation::config::read(s.block("federation")?)?;
+    let rate_limit = match s.block("ratelimit")? {
+        Some(mut r) => {
+            let defaults = RateLimitConfig::default();
+            let out = RateLimitConfig {
+                attestation: r.bool("attestation")?.unwrap_or(defaults.attestation),
+                signing: r.bool("signing")?.unwrap_or(defaults.signing),
+            };
+            r.finish()?;
+            out
+        }
+        None => RateLimitConfig::default(),
+    };
     s.finish()?;
     Ok(ServerSection {
         federation,
@@ -385,6 +418,7 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         jwt_issuer,
         ca_key_type,
         ca_subject,
+        rate_limit,
     })
 }
 
@@ -849,8 +883,29 @@ plugins {
             metrics: Some("127.0.0.1:9988".parse().unwrap()),
             oidc_discovery: None,
             federation: None,
+            rate_limit: RateLimitConfig::default(),
         };
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn ratelimit_block_switches_limits_off() {
+        assert_eq!(
+            parse(MINIMAL).unwrap().rate_limit,
+            RateLimitConfig::default()
+        );
+        let text = MINIMAL.replace(
+            "server {",
+            "server {\n  ratelimit {\n    attestation = true\n    signing = false\n  }",
+        );
+        let cfg = parse(&text).unwrap();
+        assert!(cfg.rate_limit.attestation);
+        assert!(!cfg.rate_limit.signing);
+        let text = MINIMAL.replace("server {", "server {\n  ratelimit {\n    sign = false\n  }");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("sign"), "{err}");
+        let text = MINIMAL.replace("server {", "server {\n  ratelimit {\n    signing = 3\n  }");
+        assert!(parse(&text).is_err());
     }
 
     #[test]

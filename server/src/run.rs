@@ -36,6 +36,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    check_writable(&config.data_dir)
+        .with_context(|| format!("data_dir {} is not writable", config.data_dir.display()))?;
     let datastore = match config.datastore.database_type {
         DatabaseType::Sqlite3 => {
             Datastore::open(&config.datastore.connection_string, &config.data_dir).await
@@ -179,6 +181,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone());
     let api_revisions = api.entry_revisions();
+    let pruner = crate::pruning::Pruner::new(datastore.clone(), api.entry_revision_sender());
     let c = cancel.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, api, c)
@@ -194,6 +197,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         api_revisions,
     )
     .with_agent_ttl(config.agent_ttl)
+    .with_rate_limits(config.rate_limit)
     .with_federated_bundles(federation.subscribe());
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
@@ -229,6 +233,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     if let Some(server) = bundle_endpoint {
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
+    tasks.spawn(pruner.run(cancel.clone()));
     tasks.spawn(rotate_forever(
         ca.clone(),
         datastore.clone(),
@@ -331,6 +336,14 @@ async fn rotate_forever(
             Err(e) => tracing::error!(error = %e, "CA rotation failed; will retry"),
         }
     }
+}
+
+/// Fails clearly on a read-only or inaccessible data dir, where SQLite would only say
+/// "unable to open database file".
+fn check_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".sigil-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {

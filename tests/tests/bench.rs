@@ -59,6 +59,11 @@ fn quick_benchmark_produces_every_figure() {
         "agent 1k entries: initial sync",
         "agent 1k entries: agent RSS",
         "agent RSS, 100 cached SVIDs",
+        "prune 10k stale entries + nodes + tokens: run time",
+        "prune 10k: create p99, idle",
+        "prune 10k: create p99, during prune",
+        "prune 10k: create-to-sync p99, idle",
+        "prune 10k: create-to-sync p99, during prune",
     ] {
         assert!(
             names.contains(&expected),

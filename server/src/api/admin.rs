@@ -85,6 +85,12 @@ impl AdminApi {
         self.revisions.subscribe()
     }
 
+    /// The sender behind [`Self::entry_revisions`], for components that change entries outside
+    /// the admin API (pruning), so agents hear of it at once.
+    pub fn entry_revision_sender(&self) -> watch::Sender<i64> {
+        self.revisions.clone()
+    }
+
     /// Publishes the datastore's latest entry revision after a committed change. A failure to
     /// read it only delays the push to the agents' fallback tick.
     /// Returns that revision.

@@ -18,10 +18,42 @@ pub(crate) fn datastore_status(e: DatastoreError) -> Status {
         DatastoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
         DatastoreError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         DatastoreError::Banned(_) => Status::permission_denied(e.to_string()),
+        DatastoreError::Database(ref db) if storage_fault(db) == Some(StorageFault::Full) => {
+            tracing::error!(error = %e, "datastore disk full");
+            Status::resource_exhausted("the datastore's disk is full; nothing was written")
+        }
+        DatastoreError::Database(ref db) if storage_fault(db) == Some(StorageFault::ReadOnly) => {
+            tracing::error!(error = %e, "datastore is read-only");
+            Status::unavailable("the datastore is read-only; nothing was written")
+        }
         other => {
             tracing::error!(error = %other, "datastore failure");
             Status::internal("datastore failure")
         }
+    }
+}
+
+/// A write the storage itself refused: the operator must act, and the caller is told why.
+#[derive(Debug, PartialEq, Eq)]
+enum StorageFault {
+    Full,
+    ReadOnly,
+}
+
+fn storage_fault(e: &sqlx::Error) -> Option<StorageFault> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    let code = db.code()?;
+    // SQLite reports (extended) result codes as numbers, PostgreSQL SQLSTATEs as text.
+    match code.parse::<i32>().ok().map(|c| c & 0xff) {
+        Some(13) => Some(StorageFault::Full),    // SQLITE_FULL
+        Some(8) => Some(StorageFault::ReadOnly), // SQLITE_READONLY_*
+        _ => match code.as_ref() {
+            "53100" => Some(StorageFault::Full),     // disk_full
+            "25006" => Some(StorageFault::ReadOnly), // read_only_sql_transaction
+            _ => None,
+        },
     }
 }
 

@@ -34,6 +34,7 @@ use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEnt
 use super::tls::{self, ServerTls, TlsError};
 use super::{ca_status, datastore_status};
 use crate::ca::{Ca, JwtSvid};
+use crate::config::RateLimitConfig;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
@@ -58,6 +59,12 @@ const RESNAPSHOT_EVERY: Duration = Duration::from_secs(5 * 60);
 /// SPIRE's node attestation limit: one per second per source IP, with a small burst.
 const ATTEST_RATE_PER_SEC: f64 = 1.0;
 const ATTEST_BURST: f64 = 5.0;
+/// SPIRE's signing limit: 500 SVIDs per second (every item of a batch counts).
+pub const SIGN_RATE_PER_SEC: f64 = 500.0;
+/// A full bucket holds the largest batch, so any valid batch can pass, and two of the agent's
+/// batches of 500: an agent's start-up burst goes through before pacing applies.
+pub const SIGN_BURST: f64 = 1000.0;
+const _: () = assert!(SIGN_BURST >= MAX_MINT_BATCH as f64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentApiError {
@@ -84,7 +91,13 @@ pub struct AgentApi {
     authorization: Arc<AuthorizationCache>,
     /// The latest entry revision, bumped by the admin API after each committed change.
     revisions: watch::Receiver<i64>,
-    attest_limiter: RateLimiter,
+    /// `None` when `ratelimit { attestation = false }`.
+    attest_limiter: Option<RateLimiter<IpAddr>>,
+    /// Per calling agent's SPIFFE ID, not per IP: the ID is authenticated (an IP is shared
+    /// by every agent behind one NAT or node, and agents on one host share 127.0.0.1), and
+    /// the budget follows the agent across address changes. `None` when
+    /// `ratelimit { signing = false }`.
+    sign_limiter: Option<RateLimiter<SpiffeId>>,
     /// How often sync streams check for changes without a push ([`FALLBACK_TICK`]).
     sync_fallback: Duration,
     /// Lifetime of agent SVIDs (`agent_ttl`); `None` = the CA's default X.509-SVID TTL.
@@ -127,7 +140,8 @@ impl AgentApi {
             trust_domain,
             metrics,
             revisions,
-            attest_limiter: RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST),
+            attest_limiter: Some(RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST)),
+            sign_limiter: Some(RateLimiter::new(SIGN_RATE_PER_SEC, SIGN_BURST)),
             sync_fallback: FALLBACK_TICK,
             agent_ttl: None,
             federated: None,
@@ -138,6 +152,34 @@ impl AgentApi {
     pub fn with_federated_bundles(mut self, federated: watch::Receiver<BundleSet>) -> Self {
         self.federated = Some(federated);
         self
+    }
+
+    /// Turns the attestation and signing limits on or off (SPIRE's `ratelimit` block; both
+    /// are on by default).
+    pub fn with_rate_limits(mut self, limits: RateLimitConfig) -> Self {
+        if !limits.attestation {
+            self.attest_limiter = None;
+        }
+        if !limits.signing {
+            self.sign_limiter = None;
+        }
+        self
+    }
+
+    /// Takes `n` signings from the agent's budget, or refuses the whole call before anything
+    /// is signed.
+    fn check_sign_rate(&self, agent: &AgentIdentity, n: usize) -> Result<(), Status> {
+        let Some(limiter) = &self.sign_limiter else {
+            return Ok(());
+        };
+        limiter.take(&agent.id, n, Instant::now()).map_err(|wait| {
+            tracing::warn!(agent_id = %agent.id, count = n, "signing rate limit exceeded");
+            Status::resource_exhausted(format!(
+                "signing rate limit exceeded for this agent ({SIGN_RATE_PER_SEC} SVIDs per \
+                 second, bursts of {SIGN_BURST}); nothing was signed; retry in {:.1}s",
+                wait.as_secs_f64().max(0.1)
+            ))
+        })
     }
 
     /// Sets the lifetime of agent SVIDs (SPIRE's `agent_ttl`).
@@ -287,7 +329,8 @@ impl AgentApi {
         req: Request<pb::AttestAgentRequest>,
     ) -> Result<pb::AttestAgentResponse, Status> {
         if let Some(ip) = req.remote_addr().map(|a: SocketAddr| a.ip())
-            && !self.attest_limiter.allow(ip, Instant::now())
+            && let Some(limiter) = &self.attest_limiter
+            && !limiter.allow(&ip, Instant::now())
         {
             tracing::warn!(peer = %ip, "node attestation rate limit exceeded");
             return Err(Status::resource_exhausted(
@@ -467,6 +510,7 @@ impl Agent for AgentApi {
             if req.csr.is_empty() {
                 return Err(Status::invalid_argument("a CSR is required"));
             }
+            self.check_sign_rate(&agent, 1)?;
             let svid = self
                 .ca
                 .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
@@ -544,6 +588,7 @@ impl Agent for AgentApi {
                 }
                 jobs.push((entry.clone(), id, r.csr));
             }
+            self.check_sign_rate(&agent, jobs.len())?;
             let svids = sign_batch(self.ca.clone(), jobs).await;
             self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
             let failed = svids.iter().filter(|s| s.is_err()).count();
@@ -574,6 +619,7 @@ impl Agent for AgentApi {
             let authorized = self.authorized(&agent).await?;
             let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
             let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
+            self.check_sign_rate(&agent, 1)?;
             let signed = self
                 .ca
                 .sign_jwt_svid(&id, &req.audience, ttl(entry.jwt_svid_ttl));
@@ -621,6 +667,7 @@ impl Agent for AgentApi {
                     audience: r.audience,
                 });
             }
+            self.check_sign_rate(&agent, jobs.len())?;
             let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
             self.count_jwt_signed(&signed);
             let svids = signed

@@ -149,6 +149,10 @@ struct TestAgent {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(RateLimitConfig::default()).await
+    }
+
+    async fn start_with(limits: RateLimitConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open("datastore.sqlite3", dir.path())
             .await
@@ -164,7 +168,8 @@ impl Harness {
         let ca = Arc::new(ca);
         let (revisions, rx) = watch::channel(0);
         let metrics = Metrics::new();
-        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone(), rx);
+        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone(), rx)
+            .with_rate_limits(limits);
         // Far beyond any test: a change that arrives was pushed, not polled.
         api.sync_fallback = Duration::from_secs(3600);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -813,11 +818,132 @@ fn attestation_rate_limit_per_address() {
     let t0 = Instant::now();
     let a: IpAddr = "10.0.0.1".parse().unwrap();
     let b: IpAddr = "10.0.0.2".parse().unwrap();
-    assert!((0..3).all(|_| limiter.allow(a, t0)), "burst allowed");
-    assert!(!limiter.allow(a, t0));
-    assert!(limiter.allow(b, t0), "other addresses are unaffected");
-    assert!(!limiter.allow(a, t0 + Duration::from_millis(500)));
-    assert!(limiter.allow(a, t0 + Duration::from_millis(1600)));
+    assert!((0..3).all(|_| limiter.allow(&a, t0)), "burst allowed");
+    assert!(!limiter.allow(&a, t0));
+    assert!(limiter.allow(&b, t0), "other addresses are unaffected");
+    assert!(!limiter.allow(&a, t0 + Duration::from_millis(500)));
+    assert!(limiter.allow(&a, t0 + Duration::from_millis(1600)));
+}
+
+#[test]
+fn signing_rate_limit_counts_every_item_all_or_nothing() {
+    let limiter = RateLimiter::new(SIGN_RATE_PER_SEC, SIGN_BURST);
+    let t0 = Instant::now();
+    let td = TrustDomain::new("example.org").unwrap();
+    let a = SpiffeId::from_path(&td, "/spire/agent/join_token/a").unwrap();
+    let b = SpiffeId::from_path(&td, "/spire/agent/join_token/b").unwrap();
+    // A full bucket takes the largest batch.
+    assert_eq!(limiter.take(&a, MAX_MINT_BATCH, t0), Ok(()));
+    // Empty now: a batch of 500 needs one second of refill, and taking nothing meanwhile.
+    assert_eq!(limiter.take(&a, 500, t0), Err(Duration::from_secs(1)));
+    let half = t0 + Duration::from_millis(500);
+    assert_eq!(limiter.take(&a, 500, half), Err(Duration::from_millis(500)));
+    assert_eq!(limiter.take(&a, 250, half), Ok(()), "250 refilled in 0.5 s");
+    assert!(limiter.take(&a, 1, half).is_err());
+    assert_eq!(
+        limiter.take(&b, 1000, half),
+        Ok(()),
+        "other agents are unaffected"
+    );
+    // Refill stops at the burst: a long pause does not bank more than one full bucket.
+    let later = t0 + Duration::from_secs(3600);
+    assert_eq!(limiter.take(&a, 1000, later), Ok(()));
+    assert!(limiter.take(&a, 1, later).is_err());
+    assert_eq!(
+        limiter.take(&a, 1001, later + Duration::from_secs(10)),
+        Err(Duration::MAX)
+    );
+}
+
+#[tokio::test]
+async fn signing_beyond_the_rate_limit_is_refused_and_nothing_signed() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    let other = h.attest().await;
+    let entry = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    let mine = h.create("/db", &other.id, &["unix:uid:1"]).await;
+    let batch = |n: usize| {
+        let (_k, csr) = key_and_csr();
+        pb::BatchMintX509svidRequest {
+            requests: (0..n)
+                .map(|_| pb::X509svidRequest {
+                    entry_id: entry.id.clone(),
+                    csr: csr.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    };
+    let signed = || {
+        h.metrics
+            .x509_svids_signed
+            .get_or_create(&ResultLabel { result: "ok" })
+            .get()
+    };
+    // The burst: one full batch goes through.
+    let resp = agent
+        .client
+        .batch_mint_x509svid(batch(MAX_MINT_BATCH))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.svids.len(), MAX_MINT_BATCH);
+    let after_burst = signed();
+    // Beyond it, within the same second: refused as a whole, nothing signed.
+    let err = agent
+        .client
+        .batch_mint_x509svid(batch(400))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("signing rate limit") && err.message().contains("retry"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(signed(), after_burst, "a refused batch signs nothing");
+    // JWT-SVIDs draw from the same budget.
+    let err = agent
+        .client
+        .batch_mint_jwtsvid(pb::BatchMintJwtsvidRequest {
+            requests: (0..400).map(|_| jwt_request(&entry.id, &["db"])).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // Another agent's budget is its own.
+    let mut other_client = other.client;
+    let jwt = other_client
+        .mint_jwtsvid(jwt_request(&mine.id, &["db"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!jwt.token.is_empty());
+}
+
+#[tokio::test]
+async fn signing_limit_can_be_turned_off() {
+    let h = Harness::start_with(RateLimitConfig {
+        attestation: true,
+        signing: false,
+    })
+    .await;
+    let mut agent = h.attest().await;
+    let entry = h.create("/web", &agent.id, &["unix:uid:1"]).await;
+    // Three full batches at once: beyond the burst, refused if the limit were on.
+    for _ in 0..3 {
+        let resp = agent
+            .client
+            .batch_mint_jwtsvid(pb::BatchMintJwtsvidRequest {
+                requests: (0..MAX_MINT_BATCH)
+                    .map(|_| jwt_request(&entry.id, &["db"]))
+                    .collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.svids.len(), MAX_MINT_BATCH);
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
