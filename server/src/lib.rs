@@ -18,4 +18,5 @@ pub mod node_attestation;
 pub mod notifier;
 pub mod oidc_discovery;
 pub mod ops;
+pub mod replicas;
 pub mod run;

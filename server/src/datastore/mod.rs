@@ -32,6 +32,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+pub use ca_journal::{JournalUnion, ReplicaJournal};
 pub use entries::{EntryEvent, EntryEventKind, EntryFilter};
 pub use nodes::{AttestedNode, NodeFilter};
 pub use selectors::SelectorMatch;
