@@ -67,7 +67,11 @@ impl std::str::FromStr for ServerAddress {
 
     /// `host:port`, `ip:port` or `[ipv6]:port`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not host:port (e.g. \"10.0.0.1:8081\" or \"sigil-1.example.org:8081\")");
+        let bad = || {
+            format!(
+                "{s:?} is not host:port (e.g. \"10.0.0.1:8081\" or \"sigil-1.example.org:8081\")"
+            )
+        };
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
         let host = match host.strip_prefix('[') {
             Some(v6) => {
@@ -360,7 +364,11 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
 fn read_servers(a: &mut Block<'_>, ov: &AgentOverrides) -> Result<Vec<ServerAddress>, ConfigError> {
     if a.has("server_addresses") {
         for (key, flag, flag_set) in [
-            ("server_address", "-serverAddress", ov.server_address.is_some()),
+            (
+                "server_address",
+                "-serverAddress",
+                ov.server_address.is_some(),
+            ),
             ("server_port", "-serverPort", ov.server_port.is_some()),
         ] {
             if flag_set {
@@ -386,10 +394,7 @@ fn read_servers(a: &mut Block<'_>, ov: &AgentOverrides) -> Result<Vec<ServerAddr
                 .parse()
                 .map_err(|e: String| a.error("server_addresses", e))?;
             if servers.contains(&server) {
-                return Err(a.error(
-                    "server_addresses",
-                    format!("{item:?} is listed twice"),
-                ));
+                return Err(a.error("server_addresses", format!("{item:?} is listed twice")));
             }
             servers.push(server);
         }
@@ -1030,7 +1035,10 @@ plugins {
         };
         let cases = [
             (
-                MINIMAL.replace("agent {", "agent {\n  server_addresses = [\"10.0.0.1:8081\"]"),
+                MINIMAL.replace(
+                    "agent {",
+                    "agent {\n  server_addresses = [\"10.0.0.1:8081\"]",
+                ),
                 "agent.conf:1: agent.server_address: cannot be set together with server_addresses (each entry is host:port); set only one of them",
             ),
             (
@@ -1051,7 +1059,7 @@ plugins {
             ),
             (
                 list("\"a:99999\""),
-                "agent.conf:1: agent.server_addresses: \"a:99999\": 99999 is not a valid port",
+                "agent.conf:1: agent.server_addresses: \"a:99999\": \"99999\" is not a valid port",
             ),
             (
                 list("\"a:1\", \"a:1\""),

@@ -401,9 +401,7 @@ impl Dialer {
 
     /// Connects to the first candidate (in [`dial_order`]) that completes the TCP connect and
     /// the TLS handshake.
-    async fn dial(
-        &self,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    async fn dial(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let candidates = self.candidates().await;
         let order = {
             let state = self.lock_state();
@@ -416,8 +414,12 @@ impl Dialer {
                     let mut state = self.lock_state();
                     if state.current.as_ref() != Some(&candidate) {
                         match &state.current {
-                            Some(previous) => info!(server = %candidate.server, address = %candidate.addr, previous = %previous.addr, "moved to another server"),
-                            None => info!(server = %candidate.server, address = %candidate.addr, "connected to the server"),
+                            Some(previous) => {
+                                info!(server = %candidate.server, address = %candidate.addr, previous = %previous.addr, "moved to another server")
+                            }
+                            None => {
+                                info!(server = %candidate.server, address = %candidate.addr, "connected to the server")
+                            }
                         }
                     }
                     state.current = Some(candidate);
@@ -708,7 +710,11 @@ mod tests {
 
     #[test]
     fn only_transport_failures_move_to_another_server() {
-        for code in [tonic::Code::Unavailable, tonic::Code::Unknown, tonic::Code::Cancelled] {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Unknown,
+            tonic::Code::Cancelled,
+        ] {
             assert!(is_connection_failure(code), "{code:?}");
         }
         for code in [
@@ -742,10 +748,18 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let servers = vec![
-            ServerAddress { host: "127.0.0.1".into(), port: refused },
-            ServerAddress { host: "127.0.0.1".into(), port: broken },
+            ServerAddress {
+                host: "127.0.0.1".into(),
+                port: refused,
+            },
+            ServerAddress {
+                host: "127.0.0.1".into(),
+                port: broken,
+            },
         ];
-        let conn = ServerConnection::with_servers(servers, &TrustDomain::new("td").unwrap(), None, None).unwrap();
+        let conn =
+            ServerConnection::with_servers(servers, &TrustDomain::new("td").unwrap(), None, None)
+                .unwrap();
         let err = conn.dialer.dial().await.unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&format!("127.0.0.1:{refused}")), "{msg}");

@@ -254,7 +254,12 @@ mod tests {
         assert!(!a.needs_persist());
         assert!(a.bundle().jwt_authorities.iter().all(|k| k.key_id != kid_a));
         assert!(refresh_bundle(&ds, &b).await.unwrap());
-        let b_kids: Vec<String> = b.bundle().jwt_authorities.iter().map(|k| k.key_id.clone()).collect();
+        let b_kids: Vec<String> = b
+            .bundle()
+            .jwt_authorities
+            .iter()
+            .map(|k| k.key_id.clone())
+            .collect();
         assert!(!b_kids.contains(&kid_a), "{b_kids:?}");
         assert!(b_kids.contains(&next.authority_id));
         assert!(b_kids.contains(&own_kid(&b)));

@@ -38,7 +38,13 @@ fn jwt_kids(server: &Server) -> BTreeSet<String> {
 /// `openssl` says is not expired.
 fn fetch_once(agent: &Agent) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&["api", "fetch", "x509", "-write", dir.path().to_str().unwrap()]);
+    let out = agent.cli(&[
+        "api",
+        "fetch",
+        "x509",
+        "-write",
+        dir.path().to_str().unwrap(),
+    ]);
     if !out.status.success() {
         return Err(format!(
             "fetch failed: {}",
@@ -46,7 +52,14 @@ fn fetch_once(agent: &Agent) -> Result<(), String> {
         ));
     }
     let svid = dir.path().join("svid.0.pem");
-    let (valid, text) = openssl(&["x509", "-in", svid.to_str().unwrap(), "-noout", "-checkend", "0"]);
+    let (valid, text) = openssl(&[
+        "x509",
+        "-in",
+        svid.to_str().unwrap(),
+        "-noout",
+        "-checkend",
+        "0",
+    ]);
     if !valid {
         return Err(format!("expired SVID served: {text}"));
     }
@@ -94,9 +107,7 @@ fn two_replicas_one_bundle_and_agent_failover() {
         fetch_once(&agent).ok()
     });
     assert!(
-        agent
-            .log()
-            .contains(&format!("127.0.0.1:{}", a.bind_port)),
+        agent.log().contains(&format!("127.0.0.1:{}", a.bind_port)),
         "the agent dialled A first"
     );
     workload_bundle_holds_both_replicas(&agent, both.len(), kids.len());
@@ -132,12 +143,16 @@ fn two_replicas_one_bundle_and_agent_failover() {
     });
     // A change made through the surviving replica reaches the workload: the next sync works.
     register_uid(&b, "spiffe://example.org/replicas/two", &agent_id, uid, &[]);
-    wait_for("the entry created on B to reach the workload", Duration::from_secs(30), || {
-        let out = agent.cli(&["api", "fetch", "x509"]);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("spiffe://example.org/replicas/two")
-            .then_some(())
-    });
+    wait_for(
+        "the entry created on B to reach the workload",
+        Duration::from_secs(30),
+        || {
+            let out = agent.cli(&["api", "fetch", "x509"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("spiffe://example.org/replicas/two")
+                .then_some(())
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = looper.join().unwrap();
     assert!(ok > 0, "the workload loop ran");
@@ -186,12 +201,21 @@ fn workload_bundle_holds_both_replicas(agent: &Agent, x509: usize, jwt: usize) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/workload_client.py");
     let out = wait_for("py-spiffe to see both replicas", ADOPT, || {
         let out = Command::new(python())
-            .args([script, "fetch", agent.socket.to_str().unwrap(), "aud1", "aud2"])
+            .args([
+                script,
+                "fetch",
+                agent.socket.to_str().unwrap(),
+                "aud1",
+                "aud2",
+            ])
             .output()
             .expect("run python");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["x509_authorities"] == x509 && v["jwt_kids"] == jwt).then_some(v)
     });
-    assert_eq!(out["default_spiffe_id"], "spiffe://example.org/replicas/one");
+    assert_eq!(
+        out["default_spiffe_id"],
+        "spiffe://example.org/replicas/one"
+    );
     assert_eq!(out["validated_sub"], "spiffe://example.org/replicas/one");
 }

@@ -56,7 +56,10 @@ impl ReplicaId {
     /// Checks `s`: 1 to 64 ASCII letters, digits, `-` or `_`.
     pub fn new(s: &str) -> Result<ReplicaId, String> {
         if s.is_empty() || s.len() > 64 {
-            return Err(format!("replica ID must be 1 to 64 characters, got {}", s.len()));
+            return Err(format!(
+                "replica ID must be 1 to 64 characters, got {}",
+                s.len()
+            ));
         }
         if !s
             .bytes()
@@ -75,7 +78,9 @@ impl ReplicaId {
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| ReplicaError::Random)?;
-        Ok(ReplicaId(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+        Ok(ReplicaId(
+            bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        ))
     }
 
     /// Reads `data_dir/replica_id`, creating it (mode 0600) with a random ID on first start.
@@ -321,7 +326,10 @@ mod tests {
             .iter()
             .map(|a| (a.key_id.as_str(), a.tainted, a.expires_at))
             .collect();
-        assert_eq!(kids, vec![("a-live", true, 2_000), ("b-live", false, 3_000)]);
+        assert_eq!(
+            kids,
+            vec![("a-live", true, 2_000), ("b-live", false, 3_000)]
+        );
     }
 
     #[test]
@@ -370,10 +378,7 @@ mod tests {
         assert_eq!(peers.jwt_authorities[0].key_id, "peer");
         let merged = merge(&own, &peers, 9);
         assert_eq!(merged.sequence, 9);
-        assert_eq!(
-            merged.x509_authorities,
-            vec![vec![0x30, 1], vec![0x30, 2]]
-        );
+        assert_eq!(merged.x509_authorities, vec![vec![0x30, 1], vec![0x30, 2]]);
         assert_eq!(merged.tainted_x509_authorities, vec![vec![0x30, 2]]);
         let kids: Vec<&str> = merged
             .jwt_authorities

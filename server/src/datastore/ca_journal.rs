@@ -73,12 +73,14 @@ impl Datastore {
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some(data) = &legacy {
-            sqlx::query("INSERT INTO ca_journals (replica_id, data, updated_at) VALUES ($1, $2, $3)")
-                .bind(replica_id)
-                .bind(data)
-                .bind(unix_now())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO ca_journals (replica_id, data, updated_at) VALUES ($1, $2, $3)",
+            )
+            .bind(replica_id)
+            .bind(data)
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await?;
             tracing::info!(replica_id, "claimed the single-server CA journal");
         }
         tx.commit().await?;
@@ -87,11 +89,10 @@ impl Datastore {
 
     /// Every replica's journal, in replica-ID order.
     pub async fn list_replica_journals(&self) -> Result<Vec<ReplicaJournal>, DatastoreError> {
-        let rows = sqlx::query(
-            "SELECT replica_id, data, updated_at FROM ca_journals ORDER BY replica_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT replica_id, data, updated_at FROM ca_journals ORDER BY replica_id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(replica_journal).collect()
     }
 
@@ -129,20 +130,20 @@ impl Datastore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let previous: String = sqlx::query_scalar("SELECT data FROM bundles WHERE trust_domain = $1")
-            .bind(trust_domain.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+        let previous: String =
+            sqlx::query_scalar("SELECT data FROM bundles WHERE trust_domain = $1")
+                .bind(trust_domain.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
         let previous = if previous.is_empty() {
             None
         } else {
             Some(decode(trust_domain.clone(), &previous)?)
         };
-        let rows = sqlx::query(
-            "SELECT replica_id, data, updated_at FROM ca_journals ORDER BY replica_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows =
+            sqlx::query("SELECT replica_id, data, updated_at FROM ca_journals ORDER BY replica_id")
+                .fetch_all(&mut *tx)
+                .await?;
         let journals = rows
             .iter()
             .map(replica_journal)
@@ -237,9 +238,15 @@ mod tests {
                 drop_replicas: vec!["a".to_owned(), "gone".to_owned()],
             })
         };
-        let stored = ds.store_replica_journal("a", &[1], &td(), sum).await.unwrap();
+        let stored = ds
+            .store_replica_journal("a", &[1], &td(), sum)
+            .await
+            .unwrap();
         assert_eq!(stored.sequence, 1);
-        let stored = ds.store_replica_journal("b", &[2], &td(), sum).await.unwrap();
+        let stored = ds
+            .store_replica_journal("b", &[2], &td(), sum)
+            .await
+            .unwrap();
         // Previous 1 × 100, plus a = 1 and b = 2.
         assert_eq!(stored.sequence, 103);
         assert_eq!(ds.fetch_bundle(&td()).await.unwrap(), Some(stored));

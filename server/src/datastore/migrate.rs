@@ -25,7 +25,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_entry_templates.sql",
         include_str!("../../../migrations/0002_entry_templates.sql"),
     ),
-    ("0003_ca_journals.sql", include_str!("../../../migrations/0003_ca_journals.sql")),
+    (
+        "0003_ca_journals.sql",
+        include_str!("../../../migrations/0003_ca_journals.sql"),
+    ),
 ];
 
 /// The migrations carried by this binary.
