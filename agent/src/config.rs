@@ -27,9 +27,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
-    /// The server's host name or IP address.
-    pub server_address: String,
-    pub server_port: u16,
+    /// The servers to dial, in order of preference: SPIRE's `server_address` (a name that may
+    /// resolve to several addresses) with `server_port`, or Sigil's `server_addresses` list.
+    pub servers: Vec<ServerAddress>,
     /// The Workload API's Unix socket.
     pub socket_path: PathBuf,
     pub trust_domain: TrustDomain,
@@ -42,6 +42,51 @@ pub struct AgentConfig {
     pub key_manager: KeyManagerConfig,
     pub workload_attestors: WorkloadAttestorsConfig,
     pub health: Option<HealthConfig>,
+}
+
+/// One server to dial: a host name (every address it resolves to is tried) or an IP address,
+/// and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for ServerAddress {
+    type Err = String;
+
+    /// `host:port`, `ip:port` or `[ipv6]:port`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not host:port (e.g. \"10.0.0.1:8081\" or \"sigil-1.example.org:8081\")"
+            )
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = match host.strip_prefix('[') {
+            Some(v6) => {
+                let v6 = v6.strip_suffix(']').ok_or_else(bad)?;
+                v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+                v6
+            }
+            // An unbracketed IPv6 address would be ambiguous with the port.
+            None if host.contains(':') => return Err(bad()),
+            None => host,
+        };
+        let host = parse_host(host).map_err(|_| bad())?;
+        let port = hcl::parse_port(port).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(ServerAddress { host, port })
+    }
 }
 
 /// Where the agent's bootstrap trust in the server comes from.
@@ -201,8 +246,7 @@ impl AgentConfig {
             data_dir: agent.data_dir,
             log_level: agent.log_level,
             log_format: agent.log_format,
-            server_address: agent.server_address,
-            server_port: agent.server_port,
+            servers: agent.servers,
             socket_path: agent.socket_path,
             trust_domain: agent.trust_domain,
             trust_bundle: agent.trust_bundle,
@@ -221,8 +265,7 @@ struct AgentSection {
     data_dir: PathBuf,
     log_level: LogLevel,
     log_format: LogFormat,
-    server_address: String,
-    server_port: u16,
+    servers: Vec<ServerAddress>,
     socket_path: PathBuf,
     trust_domain: TrustDomain,
     trust_bundle: TrustBundleSource,
@@ -246,15 +289,7 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
         ov.log_format.as_deref(),
         str::parse,
     )?;
-    let server_address = a
-        .parsed_or_flag(
-            "server_address",
-            "-serverAddress",
-            ov.server_address.as_deref(),
-            parse_host,
-        )?
-        .ok_or_else(|| a.missing("server_address"))?;
-    let server_port = a.port_or_flag("server_port", "-serverPort", ov.server_port.as_deref())?;
+    let servers = read_servers(&mut a, ov)?;
     let socket_path = a.parsed_or_flag(
         "socket_path",
         "-socketPath",
@@ -314,14 +349,70 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
         data_dir,
         log_level: log_level.unwrap_or_default(),
         log_format: log_format.unwrap_or_default(),
-        server_address,
-        server_port: server_port.unwrap_or(DEFAULT_SERVER_PORT),
+        servers,
         socket_path: socket_path.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
         trust_domain,
         trust_bundle,
         join_token,
         allow_unauthenticated_verifiers,
     })
+}
+
+/// SPIRE's `server_address` + `server_port` (or `-serverAddress`/`-serverPort`), or Sigil's
+/// `server_addresses = ["host:port", ...]`: one or the other, never both, so that which
+/// servers the agent dials is never a guess.
+fn read_servers(a: &mut Block<'_>, ov: &AgentOverrides) -> Result<Vec<ServerAddress>, ConfigError> {
+    if a.has("server_addresses") {
+        for (key, flag, flag_set) in [
+            (
+                "server_address",
+                "-serverAddress",
+                ov.server_address.is_some(),
+            ),
+            ("server_port", "-serverPort", ov.server_port.is_some()),
+        ] {
+            if flag_set {
+                return Err(ConfigError::flag(
+                    flag,
+                    "cannot be used with server_addresses in the config file (each entry is host:port)",
+                ));
+            }
+            if a.has(key) {
+                return Err(a.error(
+                    key,
+                    "cannot be set together with server_addresses (each entry is host:port); set only one of them",
+                ));
+            }
+        }
+        let list = a.string_list("server_addresses")?.unwrap_or_default();
+        if list.is_empty() {
+            return Err(a.error("server_addresses", "must list at least one server"));
+        }
+        let mut servers: Vec<ServerAddress> = Vec::with_capacity(list.len());
+        for item in &list {
+            let server: ServerAddress = item
+                .parse()
+                .map_err(|e: String| a.error("server_addresses", e))?;
+            if servers.contains(&server) {
+                return Err(a.error("server_addresses", format!("{item:?} is listed twice")));
+            }
+            servers.push(server);
+        }
+        return Ok(servers);
+    }
+    let host = a
+        .parsed_or_flag(
+            "server_address",
+            "-serverAddress",
+            ov.server_address.as_deref(),
+            parse_host,
+        )?
+        .ok_or_else(|| a.error("server_address", "is required (or server_addresses)"))?;
+    let port = a.port_or_flag("server_port", "-serverPort", ov.server_port.as_deref())?;
+    Ok(vec![ServerAddress {
+        host,
+        port: port.unwrap_or(DEFAULT_SERVER_PORT),
+    }])
 }
 
 /// A host name or an IP address, without a scheme or port (the port is `server_port`).
@@ -628,8 +719,10 @@ plugins {
             data_dir: dir.path().join("agent"),
             log_level: LogLevel::Warn,
             log_format: LogFormat::Json,
-            server_address: "spire-server".to_owned(),
-            server_port: 8443,
+            servers: vec![ServerAddress {
+                host: "spire-server".to_owned(),
+                port: 8443,
+            }],
             socket_path: dir.path().join("api.sock"),
             trust_domain: TrustDomain::new("example.org").unwrap(),
             trust_bundle: TrustBundleSource::Path(dir.path().join("bundle.crt")),
@@ -674,7 +767,7 @@ plugins {
         let cfg = parse(MINIMAL).unwrap();
         assert_eq!(cfg.log_level, LogLevel::Info);
         assert_eq!(cfg.log_format, LogFormat::Text);
-        assert_eq!(cfg.server_port, 8081);
+        assert_eq!(cfg.servers[0].port, 8081);
         assert_eq!(
             cfg.socket_path,
             Path::new("/tmp/spire-agent/public/api.sock")
@@ -741,8 +834,13 @@ plugins {
         assert_eq!(cfg.data_dir, Path::new("/srv/agent"));
         assert_eq!(cfg.log_level, LogLevel::Debug);
         assert_eq!(cfg.log_format, LogFormat::Json);
-        assert_eq!(cfg.server_address, "sigil.example.org");
-        assert_eq!(cfg.server_port, 9443);
+        assert_eq!(
+            cfg.servers,
+            vec![ServerAddress {
+                host: "sigil.example.org".to_owned(),
+                port: 9443
+            }]
+        );
         assert_eq!(cfg.socket_path, Path::new("/run/sigil/workload.sock"));
         assert_eq!(cfg.trust_domain.as_str(), "other.org");
         assert_eq!(
@@ -909,6 +1007,85 @@ plugins {
         assert_eq!(
             err,
             "agent.conf:2: agent.join_token: expected a string, found a number"
+        );
+    }
+
+    #[test]
+    fn server_addresses_lists_several_servers() {
+        let text = MINIMAL.replace(
+            "  server_address = \"127.0.0.1\"\n",
+            "  server_addresses = [\"10.0.0.1:8081\", \"sigil-2.example.org:9443\", \"[::1]:8081\"]\n",
+        );
+        let cfg = parse(&text).unwrap();
+        let shown: Vec<String> = cfg.servers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            ["10.0.0.1:8081", "sigil-2.example.org:9443", "[::1]:8081"]
+        );
+        assert_eq!(cfg.servers[2].host, "::1");
+    }
+
+    #[test]
+    fn server_addresses_refuses_mixing_empty_and_bad_entries() {
+        let list = |items: &str| {
+            MINIMAL.replace(
+                "  server_address = \"127.0.0.1\"\n",
+                &format!("  server_addresses = [{items}]\n"),
+            )
+        };
+        let cases = [
+            (
+                MINIMAL.replace(
+                    "agent {",
+                    "agent {\n  server_addresses = [\"10.0.0.1:8081\"]",
+                ),
+                "agent.conf:1: agent.server_address: cannot be set together with server_addresses (each entry is host:port); set only one of them",
+            ),
+            (
+                list("\"10.0.0.1:8081\"").replace("agent {", "agent {\n  server_port = 8081"),
+                "agent.conf:1: agent.server_port: cannot be set together with server_addresses (each entry is host:port); set only one of them",
+            ),
+            (
+                list(""),
+                "agent.conf:1: agent.server_addresses: must list at least one server",
+            ),
+            (
+                list("\"10.0.0.1\""),
+                "agent.conf:1: agent.server_addresses: \"10.0.0.1\" is not host:port (e.g. \"10.0.0.1:8081\" or \"sigil-1.example.org:8081\")",
+            ),
+            (
+                list("\"::1:8081\""),
+                "agent.conf:1: agent.server_addresses: \"::1:8081\" is not host:port (e.g. \"10.0.0.1:8081\" or \"sigil-1.example.org:8081\")",
+            ),
+            (
+                list("\"a:99999\""),
+                "agent.conf:1: agent.server_addresses: \"a:99999\": \"99999\" is not a valid port",
+            ),
+            (
+                list("\"a:1\", \"a:1\""),
+                "agent.conf:1: agent.server_addresses: \"a:1\" is listed twice",
+            ),
+            (
+                list("7"),
+                "agent.conf:3: agent.server_addresses: expected a list of strings, found a number in the list",
+            ),
+            (
+                MINIMAL.replace("  server_address = \"127.0.0.1\"\n", ""),
+                "agent.conf:1: agent.server_address: is required (or server_addresses)",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).expect_err(want);
+            assert_eq!(err.to_string(), want, "{text}");
+        }
+        let flag = AgentOverrides {
+            server_address: Some("10.0.0.9".to_owned()),
+            ..AgentOverrides::default()
+        };
+        let err = AgentConfig::parse(&list("\"10.0.0.1:8081\""), "agent.conf", &flag).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command line: -serverAddress: cannot be used with server_addresses in the config file (each entry is host:port)"
         );
     }
 }

@@ -76,9 +76,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let bundle = initial_bundle(&config, store.as_ref())?;
     let stored_svid = stored_svid(store.as_ref(), &config.trust_domain);
     let connection = Arc::new(
-        ServerConnection::new(
-            &config.server_address,
-            config.server_port,
+        ServerConnection::with_servers(
+            config.servers.clone(),
             &config.trust_domain,
             bundle.as_ref(),
             stored_svid.as_ref(),

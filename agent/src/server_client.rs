@@ -5,9 +5,16 @@
 //!
 //! Trust anchors and the client identity are shared, mutable state: sync installs each new
 //! bundle, rotation installs each renewed agent SVID, and the next handshake uses them.
+//!
+//! Failover: the agent may list several servers (`server_addresses`), and a `server_address`
+//! name may resolve to several addresses. Every dial tries them in turn, starting with the one
+//! last connected to, until one completes the TLS handshake; after a broken connection or sync
+//! stream ([`ServerConnection::fail_over`]) the next dial starts with the following one. The
+//! cache keeps serving SVIDs meanwhile: workloads never wait on the server.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -28,13 +35,18 @@ use sigil_proto::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::cache::{JwtSvidMinter, MintError};
+use crate::config::ServerAddress;
 use crate::svid_store::{AgentSvid, leaf_facts};
 
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
 const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
+
+/// Bound on resolving one server name, and on one address's TCP connect plus TLS handshake,
+/// so that a silent server costs a few seconds before the next one is tried.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +58,8 @@ pub enum ServerClientError {
     Tls(#[from] rustls::Error),
     #[error("server address {0:?} is not valid")]
     InvalidAddress(String),
+    #[error("no server address configured")]
+    NoServers,
 }
 
 /// TLS state shared by every connection the agent makes.
@@ -177,18 +191,15 @@ fn provider() -> CryptoProvider {
 /// The agent's channel to the server. Cheap to share (`Arc`); [`ServerConnection::client`]
 /// hands out a tonic client on the current channel.
 pub struct ServerConnection {
-    address: String,
-    port: u16,
+    dialer: Arc<Dialer>,
     credentials: Arc<Credentials>,
-    tls: Arc<ClientConfig>,
     channel: ArcSwap<Channel>,
 }
 
 impl fmt::Debug for ServerConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConnection")
-            .field("address", &self.address)
-            .field("port", &self.port)
+            .field("dialer", &self.dialer)
             .field("credentials", &self.credentials)
             .finish()
     }
@@ -208,6 +219,26 @@ impl ServerConnection {
         if address.is_empty() {
             return Err(ServerClientError::InvalidAddress(address.into()));
         }
+        let server = ServerAddress {
+            host: address.to_owned(),
+            port,
+        };
+        ServerConnection::with_servers(vec![server], trust_domain, bundle, identity)
+    }
+
+    /// Like [`ServerConnection::new`] for several servers, tried in turn (see the module doc).
+    pub fn with_servers(
+        servers: Vec<ServerAddress>,
+        trust_domain: &TrustDomain,
+        bundle: Option<&Bundle>,
+        identity: Option<&AgentSvid>,
+    ) -> Result<Self, ServerClientError> {
+        if servers.is_empty() {
+            return Err(ServerClientError::NoServers);
+        }
+        if let Some(bad) = servers.iter().find(|s| s.host.is_empty()) {
+            return Err(ServerClientError::InvalidAddress(bad.to_string()));
+        }
         let roots = bundle.map(root_store).transpose()?.map(Arc::new);
         let identity = identity.map(certified_key).transpose()?.map(Arc::new);
         let credentials = Arc::new(Credentials {
@@ -225,12 +256,15 @@ impl ServerConnection {
         // from: after attestation or renewal that would be no SVID or the old one.
         tls.resumption = rustls::client::Resumption::disabled();
         let tls = Arc::new(tls);
-        let channel = lazy_channel(address, port, tls.clone());
-        Ok(ServerConnection {
-            address: address.into(),
-            port,
-            credentials,
+        let dialer = Arc::new(Dialer {
+            servers,
             tls,
+            state: Mutex::new(DialState::default()),
+        });
+        let channel = lazy_channel(dialer.clone());
+        Ok(ServerConnection {
+            dialer,
+            credentials,
             channel: ArcSwap::from_pointee(channel),
         })
     }
@@ -268,12 +302,180 @@ impl ServerConnection {
 
     /// Drops the current channel for a new one (after the identity or trust changed).
     pub fn reconnect(&self) {
-        self.channel.store(Arc::new(lazy_channel(
-            &self.address,
-            self.port,
-            self.tls.clone(),
-        )));
+        self.channel
+            .store(Arc::new(lazy_channel(self.dialer.clone())));
     }
+
+    /// After a broken connection or sync stream: the next dial starts with the server after
+    /// the current one (which is still tried, last), on a fresh channel.
+    pub fn fail_over(&self) {
+        self.dialer.lock_state().moving = true;
+        self.reconnect();
+    }
+
+    /// The server of the last successful dial, as configured (`host:port`), if any.
+    pub fn current_server(&self) -> Option<String> {
+        self.dialer
+            .lock_state()
+            .current
+            .as_ref()
+            .map(|c| c.server.clone())
+    }
+}
+
+/// Whether a failed call means the connection to the server is gone (dial failed, server
+/// killed or going away), as opposed to the server answering with a refusal: only the former
+/// is a reason to move to another server.
+pub fn is_connection_failure(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Internal
+            | tonic::Code::Aborted
+    )
+}
+
+/// One address to dial: the configured server it came from and one address it resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Candidate {
+    server: String,
+    addr: SocketAddr,
+}
+
+#[derive(Debug, Default)]
+struct DialState {
+    /// The address of the last successful dial.
+    current: Option<Candidate>,
+    /// Set by [`ServerConnection::fail_over`]: start after `current` next time.
+    moving: bool,
+}
+
+/// Dials the configured servers in turn; shared by every channel the connection makes.
+struct Dialer {
+    servers: Vec<ServerAddress>,
+    tls: Arc<ClientConfig>,
+    state: Mutex<DialState>,
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        f.debug_struct("Dialer")
+            .field("servers", &servers)
+            .field("state", &*self.lock_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dialer {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, DialState> {
+        // Every write is a whole-field assignment: a poisoned lock still holds a valid value.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every address of every server, in configuration and resolution order. A name that
+    /// does not resolve is skipped (and logged): the others may still answer.
+    async fn candidates(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for server in &self.servers {
+            let label = server.to_string();
+            match tokio::time::timeout(
+                DIAL_TIMEOUT,
+                tokio::net::lookup_host((server.host.as_str(), server.port)),
+            )
+            .await
+            {
+                Ok(Ok(addrs)) => out.extend(addrs.map(|addr| Candidate {
+                    server: label.clone(),
+                    addr,
+                })),
+                Ok(Err(e)) => warn!(server = %label, error = %e, "cannot resolve server address"),
+                Err(_) => warn!(server = %label, "resolving the server address timed out"),
+            }
+        }
+        out
+    }
+
+    /// Connects to the first candidate (in [`dial_order`]) that completes the TCP connect and
+    /// the TLS handshake.
+    async fn dial(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let candidates = self.candidates().await;
+        let order = {
+            let state = self.lock_state();
+            dial_order(&candidates, state.current.as_ref(), state.moving)
+        };
+        let mut failures = Vec::with_capacity(order.len());
+        for candidate in order {
+            match tokio::time::timeout(DIAL_TIMEOUT, self.connect(&candidate)).await {
+                Ok(Ok(stream)) => {
+                    let mut state = self.lock_state();
+                    if state.current.as_ref() != Some(&candidate) {
+                        match &state.current {
+                            Some(previous) => {
+                                info!(server = %candidate.server, address = %candidate.addr, previous = %previous.addr, "moved to another server")
+                            }
+                            None => {
+                                info!(server = %candidate.server, address = %candidate.addr, "connected to the server")
+                            }
+                        }
+                    }
+                    state.current = Some(candidate);
+                    state.moving = false;
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => {
+                    debug!(server = %candidate.server, address = %candidate.addr, error = %e, "dial failed; trying the next server");
+                    failures.push(format!("{}: {e}", candidate.addr));
+                }
+                Err(_) => {
+                    debug!(server = %candidate.server, address = %candidate.addr, "dial timed out; trying the next server");
+                    failures.push(format!("{}: timed out", candidate.addr));
+                }
+            }
+        }
+        let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            if failures.is_empty() {
+                format!("no address found for {}", servers.join(", "))
+            } else {
+                format!("no server reachable ({})", failures.join("; "))
+            },
+        ))
+    }
+
+    async fn connect(
+        &self,
+        candidate: &Candidate,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(candidate.addr).await?;
+        tcp.set_nodelay(true)?;
+        // SNI only; the verifier ignores names. An IP address or odd name sends no SNI.
+        let host = candidate
+            .server
+            .rsplit_once(':')
+            .map_or(candidate.server.as_str(), |(h, _)| h);
+        let server_name = ServerName::try_from(host.to_owned())
+            .unwrap_or_else(|_| ServerName::from(candidate.addr.ip()));
+        TlsConnector::from(self.tls.clone())
+            .connect(server_name, tcp)
+            .await
+    }
+}
+
+/// The order to try `candidates` in: from `current` on (or from the one after it when
+/// `moving`), wrapping around, so every candidate is tried once and a working server is kept.
+/// Without a known `current`, configuration order.
+fn dial_order<T: Clone + PartialEq>(candidates: &[T], current: Option<&T>, moving: bool) -> Vec<T> {
+    let start = current
+        .and_then(|c| candidates.iter().position(|x| x == c))
+        .map_or(0, |i| if moving { i + 1 } else { i });
+    (0..candidates.len())
+        .map(|i| candidates[(start + i) % candidates.len()].clone())
+        .collect()
 }
 
 /// Mints JWT-SVIDs through the server's `MintJWTSVID` (the Workload API's `JwtSvidCache` sits
@@ -302,7 +504,15 @@ impl JwtSvidMinter for ServerJwtMinter {
                 audience: audience.to_vec(),
                 spiffe_id: spiffe_id.to_string(),
             };
-            match self.connection.client().mint_jwtsvid(request).await {
+            let mut outcome = self.connection.client().mint_jwtsvid(request.clone()).await;
+            if let Err(status) = &outcome
+                && is_connection_failure(status.code())
+            {
+                // The server went away: one more try, on the next server.
+                self.connection.fail_over();
+                outcome = self.connection.client().mint_jwtsvid(request).await;
+            }
+            match outcome {
                 Ok(response) => Ok(response.into_inner().token),
                 Err(status) => {
                     warn!(entry_id = %entry.id, code = ?status.code(), error = %status.message(), "JWT-SVID minting failed");
@@ -318,26 +528,14 @@ impl JwtSvidMinter for ServerJwtMinter {
     }
 }
 
-fn lazy_channel(address: &str, port: u16, tls: Arc<ClientConfig>) -> Channel {
-    let host = address.to_owned();
-    // SNI only; the verifier ignores names. An IP address or odd name sends no SNI.
-    let server_name = ServerName::try_from(host.clone()).unwrap_or_else(|_| {
-        ServerName::from(std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST))
-    });
+fn lazy_channel(dialer: Arc<Dialer>) -> Channel {
     let connector = tower::service_fn(move |_uri: http::Uri| {
-        let host = host.clone();
-        let tls = tls.clone();
-        let server_name = server_name.clone();
-        async move {
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let stream = TlsConnector::from(tls).connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(stream))
-        }
+        let dialer = dialer.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(dialer.dial().await?)) }
     });
-    // The URI only names the HTTP/2 authority; the connector above does the dialling.
+    // The URI only names the HTTP/2 authority; the dialer does the dialling, each attempt
+    // bounded by DIAL_TIMEOUT.
     Endpoint::from_static("http://sigil-server")
-        .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
@@ -494,6 +692,84 @@ mod tests {
         assert!(verify(&verifier(None), &cert).is_ok());
         let cert = leaf(&ca(), "spiffe://td/not-the-server", in_a_day());
         assert!(verify(&verifier(None), &cert).is_err());
+    }
+
+    #[test]
+    fn dial_order_keeps_the_current_server_and_moves_on_after_a_failure() {
+        let all = ["a", "b", "c"];
+        assert_eq!(dial_order(&all, None, false), ["a", "b", "c"]);
+        assert_eq!(dial_order(&all, None, true), ["a", "b", "c"]);
+        assert_eq!(dial_order(&all, Some(&"b"), false), ["b", "c", "a"]);
+        assert_eq!(dial_order(&all, Some(&"b"), true), ["c", "a", "b"]);
+        assert_eq!(dial_order(&all, Some(&"c"), true), ["a", "b", "c"]);
+        // A server no longer in the list (DNS changed): configuration order.
+        assert_eq!(dial_order(&all, Some(&"z"), true), ["a", "b", "c"]);
+        assert_eq!(dial_order(&["a"], Some(&"a"), true), ["a"]);
+        assert!(dial_order::<&str>(&[], Some(&"a"), false).is_empty());
+    }
+
+    #[test]
+    fn only_transport_failures_move_to_another_server() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Unknown,
+            tonic::Code::Cancelled,
+        ] {
+            assert!(is_connection_failure(code), "{code:?}");
+        }
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::NotFound,
+        ] {
+            assert!(!is_connection_failure(code), "{code:?}");
+        }
+    }
+
+    /// A listener that accepts and drops connections (no TLS): a server that is up but broken.
+    async fn broken_server() -> (tokio::task::JoinHandle<()>, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        (task, port)
+    }
+
+    #[tokio::test]
+    async fn dialing_tries_every_server_and_names_them_in_the_error() {
+        let (task, broken) = broken_server().await;
+        // A port nobody listens on: connection refused.
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let servers = vec![
+            ServerAddress {
+                host: "127.0.0.1".into(),
+                port: refused,
+            },
+            ServerAddress {
+                host: "127.0.0.1".into(),
+                port: broken,
+            },
+        ];
+        let conn =
+            ServerConnection::with_servers(servers, &TrustDomain::new("td").unwrap(), None, None)
+                .unwrap();
+        let err = conn.dialer.dial().await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("127.0.0.1:{refused}")), "{msg}");
+        assert!(msg.contains(&format!("127.0.0.1:{broken}")), "{msg}");
+        assert_eq!(conn.current_server(), None);
+        task.abort();
+        assert!(matches!(
+            ServerConnection::with_servers(vec![], &TrustDomain::new("td").unwrap(), None, None),
+            Err(ServerClientError::NoServers)
+        ));
     }
 
     #[test]

@@ -205,6 +205,10 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
                 }
             }
         };
+        if crate::server_client::is_connection_failure(failure.code()) {
+            // The next attempt starts with another server.
+            ctx.connection.fail_over();
+        }
         if failure.code() == tonic::Code::PermissionDenied {
             warn!(error = %failure.message(), "the server refused to sync: agent evicted or banned; serving cached SVIDs");
             ctx.identity.report_evicted();

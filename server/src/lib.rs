@@ -19,4 +19,5 @@ pub mod notifier;
 pub mod oidc_discovery;
 pub mod ops;
 pub mod pruning;
+pub mod replicas;
 pub mod run;

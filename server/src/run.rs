@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
-use crate::ca::{Ca, CaConfig, CaJournal};
+use crate::ca::{Ca, CaConfig, ReplicaId};
 use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
@@ -21,6 +21,8 @@ use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
 use crate::ops::{self, OpsPaths, Readiness};
+use crate::replicas;
+pub(crate) use crate::replicas::persist;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -54,16 +56,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
                 .with_context(|| format!("cannot load keys from {}", keys_path.display()))?,
         ),
     };
-    let journal = match datastore
-        .fetch_ca_journal()
-        .await
-        .context("cannot read the CA journal")?
-    {
-        Some(bytes) => Some(
-            CaJournal::from_bytes(&bytes).context("the CA journal in the datastore is corrupt")?,
-        ),
-        None => None,
-    };
+    let replica_id = ReplicaId::load_or_create(&config.data_dir)
+        .context("cannot read or create the replica ID")?;
+    let journal = replicas::load_journal(&datastore, &replica_id).await?;
     let (ca, _journal) = Ca::new(
         ca_config(&config, upstream)?,
         key_manager,
@@ -71,8 +66,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         SystemTime::now(),
     )
     .context("cannot start the CA")?;
-    let ca = Arc::new(ca);
+    let ca = Arc::new(ca.with_replica_id(replica_id.clone()));
     persist(&datastore, &ca).await?;
+    tracing::info!(replica_id = %replica_id, "CA journal and trust bundle stored");
 
     // Only the client is built here (a bad kubeconfig is a start-up error); the API server is
     // first contacted by the running task, which retries until it answers.
@@ -241,6 +237,15 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         cancel.clone(),
     ));
 
+    // The other replicas' CAs reach our bundle (and so agents, the Workload API, OIDC and
+    // federation) through the datastore.
+    tasks.spawn(replicas::refresh_forever(
+        datastore.clone(),
+        ca.clone(),
+        replicas::BUNDLE_REFRESH,
+        cancel.clone(),
+    ));
+
     if let Some(publisher) = bundle_publisher {
         tasks.spawn(publisher.run(ca.subscribe(), cancel.clone()));
     }
@@ -288,22 +293,6 @@ fn ca_config(
         jwt_issuer: config.jwt_issuer.clone(),
         upstream: upstream.map(Arc::new),
     })
-}
-
-/// Stores the CA's current journal and the bundle it implies, so a restart resumes the same
-/// CA. Called after every change (rotation, `localauthority`) before it is acknowledged.
-pub(crate) async fn persist(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
-    let _guard = ca.lock_persistence().await;
-    let journal = ca.journal();
-    datastore
-        .set_ca_journal(&journal.to_bytes()?)
-        .await
-        .context("cannot persist the CA journal")?;
-    datastore
-        .set_bundle(&ca.bundle())
-        .await
-        .context("cannot persist the bundle")?;
-    Ok(())
 }
 
 /// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping

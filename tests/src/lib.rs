@@ -114,6 +114,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(options: ServerOptions) -> Server {
+        Server::start_on(options, None)
+    }
+
+    /// Another replica of this server: same options, its own temp dir, ports and CA, sharing
+    /// this server's SQLite datastore file.
+    pub fn start_replica(&self) -> Server {
+        Server::start_on(self.options.clone(), Some(self.db_path()))
+    }
+
+    /// Starts a server on the datastore file `datastore` (default: its own, in its data dir).
+    fn start_on(options: ServerOptions, datastore: Option<PathBuf>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = if options.default_socket {
             PathBuf::from("/tmp/spire-server/private/api.sock")
@@ -123,6 +134,7 @@ impl Server {
         let bind_port = free_port();
         let health_port = free_port();
         let data = dir.path().join("data");
+        let datastore = datastore.unwrap_or_else(|| data.join("datastore.sqlite3"));
         let key_manager = if options.key_manager_disk {
             format!(
                 "KeyManager \"disk\" {{\n    plugin_data {{\n      keys_path = \"{}/keys.json\"\n    }}\n  }}",
@@ -156,7 +168,7 @@ plugins {{
   DataStore "sql" {{
     plugin_data {{
       database_type = "sqlite3"
-      connection_string = "{data}/datastore.sqlite3"
+      connection_string = "{datastore}"
     }}
   }}
   {key_manager}
@@ -171,6 +183,7 @@ plugins {{
             socket = socket.display(),
             td = options.trust_domain,
             data = data.display(),
+            datastore = datastore.display(),
             ca_ttl = options.ca_ttl,
             x509 = options.x509_svid_ttl,
             jwt = options.jwt_svid_ttl,
@@ -197,8 +210,14 @@ plugins {{
         self.dir.path().join("data")
     }
 
+    /// The datastore file (for a replica: the first server's).
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir().join("datastore.sqlite3")
+        let conf = std::fs::read_to_string(&self.config).expect("read server.conf");
+        let line = conf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("connection_string = "))
+            .expect("connection_string in server.conf");
+        PathBuf::from(line.trim_matches('"'))
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -406,6 +425,28 @@ health_checks {{
             health_port,
             child: None,
         }
+    }
+
+    /// Like [`Agent::configure`], listing `servers` in `server_addresses` (in that order)
+    /// instead of `server_address` / `server_port`.
+    pub fn configure_servers(server: &Server, servers: &[&Server]) -> Agent {
+        let agent = Agent::configure(server);
+        let conf = std::fs::read_to_string(&agent.config).expect("read agent.conf");
+        let list: Vec<String> = servers
+            .iter()
+            .map(|s| format!("\"127.0.0.1:{}\"", s.bind_port))
+            .collect();
+        let conf = conf.replacen(
+            &format!(
+                "server_address = \"127.0.0.1\"\n  server_port = \"{}\"",
+                server.bind_port
+            ),
+            &format!("server_addresses = [{}]", list.join(", ")),
+            1,
+        );
+        assert!(conf.contains("server_addresses"), "{conf}");
+        std::fs::write(&agent.config, conf).expect("write agent.conf");
+        agent
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -17,6 +17,10 @@ pub struct CaJournal {
     /// The bundle's `spiffe_sequence`, so it keeps increasing across restarts.
     #[serde(default)]
     pub bundle_sequence: u64,
+    /// The UpstreamAuthority's roots this replica publishes, so the bundle of all replicas can
+    /// be built from their journals alone. Absent in journals written before replicas.
+    #[serde(default, with = "base64_der_list")]
+    pub upstream_roots: Vec<Vec<u8>>,
 }
 
 /// One X.509 CA certificate.
@@ -102,6 +106,24 @@ mod base64_der {
     }
 }
 
+/// A list of DER blobs, each as standard base64.
+mod base64_der_list {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ders: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ders.iter().map(|der| STANDARD.encode(der)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,11 +150,15 @@ mod tests {
                 tainted: true,
             }],
             bundle_sequence: 4,
+            upstream_roots: vec![vec![0x30, 0x02]],
         };
         let bytes = j.to_bytes().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["x509_authorities"][0]["status"], "active");
         assert_eq!(v["x509_authorities"][0]["cert_der"], "MAH/");
+        assert_eq!(v["upstream_roots"][0], "MAI=");
+        let old = CaJournal::from_bytes(b"{\"bundle_sequence\":3}").unwrap();
+        assert!(old.upstream_roots.is_empty());
         assert_eq!(CaJournal::from_bytes(&bytes).unwrap(), j);
         assert!(matches!(
             CaJournal::from_bytes(b"{\"jwt_keys\":7}"),

@@ -10,6 +10,8 @@
 //! - [`local_authority`]: the operator's prepare / activate / taint / revoke (SPIRE's
 //!   `localauthority` API).
 //! - [`journal`]: the persisted record of every authority, so a restart resumes the same CA.
+//! - [`replicas`]: one CA per server replica; the published bundle is the union of every
+//!   replica's authorities ([`Ca::adopt_bundle`]).
 //!
 //! Signing reads the active authority lock-free (`ArcSwap`); rotation takes a mutex, works on a
 //! copy of the state and commits only when every step succeeded. The run loop calls
@@ -18,11 +20,13 @@
 pub mod journal;
 pub mod jwt;
 pub mod local_authority;
+pub mod replicas;
 pub mod rotation;
 pub mod upstream;
 pub mod x509;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +42,7 @@ use crate::key_manager::{KeyManager, KeyManagerError, KeyType};
 use sigil_proto::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 
 pub use journal::CaJournal;
+pub use replicas::ReplicaId;
 
 /// Key-manager ids of the two X.509 CA slots and the two JWT key slots, as SPIRE names them:
 /// the next authority always goes in the slot the active one does not use, so the keys file
@@ -181,8 +186,14 @@ pub struct Ca {
     x509_active: ArcSwap<X509Authority>,
     jwt_active: ArcSwap<JwtSigner>,
     state: Mutex<State>,
+    /// Publishes our authorities plus `peers`: the bundle every consumer uses.
     bundle_tx: watch::Sender<Arc<Bundle>>,
     persistence: tokio::sync::Mutex<()>,
+    replica_id: ReplicaId,
+    /// The other replicas' authorities, from the last union adopted from the datastore.
+    peers: Mutex<Bundle>,
+    /// The journal sequence last stored in the datastore (0: none yet).
+    persisted_sequence: AtomicU64,
 }
 
 impl Ca {
@@ -224,7 +235,8 @@ impl Ca {
         let x509_active = state.active_x509()?;
         let jwt_active = state.active_jwt()?;
         let bundle = Arc::new(state.bundle(&config));
-        let journal = state.journal();
+        let journal = state.journal(&config);
+        let peers = Mutex::new(Bundle::new(config.trust_domain.clone()));
         let (bundle_tx, _) = watch::channel(bundle);
         tracing::info!(
             trust_domain = %config.trust_domain,
@@ -241,8 +253,21 @@ impl Ca {
             state: Mutex::new(state),
             bundle_tx,
             persistence: tokio::sync::Mutex::new(()),
+            replica_id: ReplicaId::single(),
+            peers,
+            persisted_sequence: AtomicU64::new(0),
         };
         Ok((ca, journal))
+    }
+
+    /// Names the replica this CA belongs to (the key of its journal in the datastore).
+    pub fn with_replica_id(mut self, replica_id: ReplicaId) -> Self {
+        self.replica_id = replica_id;
+        self
+    }
+
+    pub fn replica_id(&self) -> &ReplicaId {
+        &self.replica_id
     }
 
     pub fn config(&self) -> &CaConfig {
@@ -369,7 +394,8 @@ impl Ca {
         })
     }
 
-    /// The current bundle: every unexpired X.509 CA and JWT key.
+    /// The current bundle: every unexpired X.509 CA and JWT key of this replica and of the
+    /// other replicas (as last adopted).
     pub fn bundle(&self) -> Arc<Bundle> {
         self.bundle_tx.borrow().clone()
     }
@@ -381,7 +407,40 @@ impl Ca {
 
     /// The current journal.
     pub fn journal(&self) -> CaJournal {
-        self.lock_state().journal()
+        self.lock_state().journal(&self.config)
+    }
+
+    /// Adopts `union`, the bundle of every replica as stored in the datastore: the other
+    /// replicas' authorities in it are published beside ours (ours always come from our own
+    /// state). The sequence never goes back. Returns whether the published bundle changed.
+    pub fn adopt_bundle(&self, union: &Bundle) -> bool {
+        if union.trust_domain != self.config.trust_domain {
+            return false;
+        }
+        let state = self.lock_state();
+        let own = state.bundle(&self.config);
+        let peers = replicas::peers_part(union, &own);
+        let next_peers = peers.clone();
+        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = next_peers;
+        self.bundle_tx.send_if_modified(|current| {
+            let next = replicas::merge(&own, &peers, union.sequence.max(current.sequence));
+            if **current == next {
+                return false;
+            }
+            *current = Arc::new(next);
+            true
+        })
+    }
+
+    /// Whether the journal changed since it was last stored ([`Ca::mark_persisted`]).
+    pub fn needs_persist(&self) -> bool {
+        self.lock_state().sequence != self.persisted_sequence.load(Ordering::Acquire)
+    }
+
+    /// Records that the journal with `bundle_sequence` is stored.
+    pub fn mark_persisted(&self, bundle_sequence: u64) {
+        self.persisted_sequence
+            .store(bundle_sequence, Ordering::Release);
     }
 
     /// Applies every rotation step due at `now` (prepare, activate, prune). When something
@@ -407,9 +466,18 @@ impl Ca {
         *state = next;
         self.x509_active.store(x509_active);
         self.jwt_active.store(jwt_active);
-        self.bundle_tx
-            .send_replace(Arc::new(state.bundle(&self.config)));
-        Ok(state.journal())
+        let own = state.bundle(&self.config);
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // Published at once; the union stored on persist follows with a later sequence.
+        self.bundle_tx.send_modify(|current| {
+            let sequence = state.sequence.max(current.sequence + 1);
+            *current = Arc::new(replicas::merge(&own, &peers, sequence));
+        });
+        Ok(state.journal(&self.config))
     }
 
     /// Held while the journal is written, so concurrent writers (rotation, the admin API)
@@ -674,11 +742,16 @@ impl State {
         bundle
     }
 
-    fn journal(&self) -> CaJournal {
+    fn journal(&self, config: &CaConfig) -> CaJournal {
         CaJournal {
             x509_authorities: self.x509.iter().map(|e| e.record.clone()).collect(),
             jwt_keys: self.jwt.iter().map(|e| e.record.clone()).collect(),
             bundle_sequence: self.sequence,
+            upstream_roots: config
+                .upstream
+                .iter()
+                .flat_map(|u| u.roots().iter().cloned())
+                .collect(),
         }
     }
 }

@@ -146,7 +146,7 @@ impl Datastore {
     }
 }
 
-fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {
+pub(super) fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {
     let stored = StoredBundle {
         x509_authorities: bundle
             .x509_authorities
@@ -175,7 +175,7 @@ fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {
         .map_err(|e| DatastoreError::InvalidArgument(format!("bundle cannot be encoded: {e}")))
 }
 
-fn decode(trust_domain: TrustDomain, data: &str) -> Result<Bundle, DatastoreError> {
+pub(super) fn decode(trust_domain: TrustDomain, data: &str) -> Result<Bundle, DatastoreError> {
     let corrupt = |e: &dyn std::fmt::Display| {
         DatastoreError::Corrupt(format!("bundle for {trust_domain}: {e}"))
     };

@@ -25,6 +25,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0002_entry_templates.sql",
         include_str!("../../../migrations/sqlite/0002_entry_templates.sql"),
     ),
+    (
+        "0003_ca_journals.sql",
+        include_str!("../../../migrations/sqlite/0003_ca_journals.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
@@ -35,6 +39,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_entry_templates.sql",
         include_str!("../../../migrations/postgres/0002_entry_templates.sql"),
+    ),
+    (
+        "0003_ca_journals.sql",
+        include_str!("../../../migrations/postgres/0003_ca_journals.sql"),
     ),
 ];
 

@@ -69,6 +69,7 @@ use sqlx::sqlite::{
 use sqlx::{Postgres, Sqlite, Transaction};
 use tokio::sync::broadcast;
 
+pub use ca_journal::{JournalUnion, ReplicaJournal};
 pub use changes::Change;
 pub use entries::{EntryEvent, EntryEventKind, EntryFilter};
 pub use nodes::{AttestedNode, NodeFilter};

@@ -1,0 +1,322 @@
+//! Server replicas sharing one datastore: each persists its own CA journal and the trust
+//! domain's bundle becomes the union of every replica's authorities ([`persist`]); every
+//! replica adopts that union ([`refresh_bundle`]), on a short timer until a datastore change
+//! feed calls it on each change.
+//!
+//! Only the one bundle row is read on a refresh: entries and nodes are not reloaded.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::replicas::union_bundle;
+use crate::ca::{Ca, CaJournal, ReplicaId};
+use crate::datastore::{Datastore, JournalUnion, ReplicaJournal};
+
+/// How often a replica re-reads the stored bundle to pick up the other replicas' changes.
+pub const BUNDLE_REFRESH: Duration = Duration::from_secs(5);
+
+/// This replica's journal, if it has one (claiming the single-server journal on upgrade).
+pub async fn load_journal(
+    datastore: &Datastore,
+    replica_id: &ReplicaId,
+) -> anyhow::Result<Option<CaJournal>> {
+    let bytes = datastore
+        .fetch_replica_journal(replica_id.as_str())
+        .await
+        .context("cannot read the CA journal")?;
+    bytes
+        .map(|b| CaJournal::from_bytes(&b).context("the CA journal in the datastore is corrupt"))
+        .transpose()
+}
+
+/// Stores the CA's current journal and the union bundle it implies (one transaction), then
+/// adopts that bundle, so a restart resumes the same CA and every replica can see its
+/// authorities. Called after every change (rotation, `localauthority`) before it is
+/// acknowledged.
+pub async fn persist(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
+    let _guard = ca.lock_persistence().await;
+    persist_locked(datastore, ca).await
+}
+
+async fn persist_locked(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
+    let journal = ca.journal();
+    let trust_domain = ca.config().trust_domain.clone();
+    // Never behind what this replica already published, so consumers see it only grow.
+    let published = ca.bundle().sequence;
+    let own_id = ca.replica_id().clone();
+    let now = unix(SystemTime::now());
+    let union = datastore
+        .store_replica_journal(
+            own_id.as_str(),
+            &journal.to_bytes()?,
+            &trust_domain,
+            |previous, stored| {
+                let (journals, drop_replicas) = decode_journals(stored, &own_id, now);
+                let mut bundle = union_bundle(&trust_domain, &journals, now);
+                bundle.sequence = previous.map_or(0, |b| b.sequence).max(published) + 1;
+                Ok(JournalUnion {
+                    bundle,
+                    drop_replicas,
+                })
+            },
+        )
+        .await
+        .context("cannot persist the CA journal and the bundle")?;
+    ca.mark_persisted(journal.bundle_sequence);
+    if ca.adopt_bundle(&union) {
+        tracing::debug!(sequence = union.sequence, "bundle of every replica stored");
+    }
+    Ok(())
+}
+
+/// The journals that parse, and the replicas (never `own`) with nothing left unexpired.
+/// A journal that does not parse is skipped with a warning: it must not stop this replica
+/// from persisting its own.
+fn decode_journals(
+    stored: &[ReplicaJournal],
+    own: &ReplicaId,
+    now: i64,
+) -> (Vec<CaJournal>, Vec<String>) {
+    let mut journals = Vec::with_capacity(stored.len());
+    let mut gone = Vec::new();
+    for j in stored {
+        match CaJournal::from_bytes(&j.data) {
+            Ok(journal) => {
+                let live = journal.x509_authorities.iter().any(|a| a.not_after > now)
+                    || journal.jwt_keys.iter().any(|k| k.not_after > now);
+                if !live && j.replica_id != own.as_str() {
+                    tracing::info!(replica_id = %j.replica_id, "dropping the journal of a replica whose authorities all expired");
+                    gone.push(j.replica_id.clone());
+                }
+                journals.push(journal);
+            }
+            Err(e) => {
+                tracing::warn!(replica_id = %j.replica_id, error = %e, "skipping a corrupt CA journal of another replica");
+            }
+        }
+    }
+    (journals, gone)
+}
+
+/// Brings the published bundle up to date with the datastore: stores our journal if it has
+/// unsaved changes (a failed persist is retried here), otherwise re-reads the stored union
+/// bundle and adopts it. Returns whether the published bundle changed. This is what a change
+/// feed event on the bundles should call.
+pub async fn refresh_bundle(datastore: &Datastore, ca: &Ca) -> anyhow::Result<bool> {
+    let _guard = ca.lock_persistence().await;
+    if ca.needs_persist() {
+        let before = ca.bundle();
+        persist_locked(datastore, ca).await?;
+        return Ok(ca.bundle() != before);
+    }
+    let stored = datastore
+        .fetch_bundle(&ca.config().trust_domain)
+        .await
+        .context("cannot read the trust bundle")?;
+    let Some(union) = stored else {
+        return Ok(false);
+    };
+    let changed = ca.adopt_bundle(&union);
+    if changed {
+        let bundle = ca.bundle();
+        tracing::info!(
+            sequence = bundle.sequence,
+            x509_authorities = bundle.x509_authorities.len(),
+            jwt_authorities = bundle.jwt_authorities.len(),
+            "trust bundle updated from the datastore"
+        );
+    }
+    Ok(changed)
+}
+
+/// Calls [`refresh_bundle`] every `period` until `cancel` fires; failures are logged and
+/// retried on the next tick.
+pub async fn refresh_forever(
+    datastore: Datastore,
+    ca: Arc<Ca>,
+    period: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = refresh_bundle(&datastore, &ca).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use sigil_proto::TrustDomain;
+
+    use super::*;
+    use crate::ca::CaConfig;
+    use crate::ca::local_authority::AuthorityKind;
+    use crate::key_manager::MemoryKeyManager;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    /// A replica as `run` builds it: journal loaded from the shared datastore, then persisted.
+    async fn replica(ds: &Datastore, id: &str) -> Ca {
+        let id = ReplicaId::new(id).unwrap();
+        let journal = load_journal(ds, &id).await.unwrap();
+        let (ca, _) = Ca::new(
+            CaConfig::new(td()),
+            Arc::new(MemoryKeyManager::new()),
+            journal,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let ca = ca.with_replica_id(id);
+        persist(ds, &ca).await.unwrap();
+        ca
+    }
+
+    fn own_cert(ca: &Ca) -> Vec<u8> {
+        ca.journal().x509_authorities[0].cert_der.clone()
+    }
+
+    fn own_kid(ca: &Ca) -> String {
+        ca.journal().jwt_keys[0].kid.clone()
+    }
+
+    fn has(bundle: &sigil_proto::Bundle, cert: &[u8], kid: &str) -> (bool, bool) {
+        (
+            bundle.x509_authorities.iter().any(|c| c == cert),
+            bundle.jwt_authorities.iter().any(|a| a.key_id == kid),
+        )
+    }
+
+    #[tokio::test]
+    async fn two_replicas_publish_and_adopt_one_union() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
+        let a = replica(&ds, "a").await;
+        let b = replica(&ds, "b").await;
+        let (cert_a, kid_a, cert_b, kid_b) = (own_cert(&a), own_kid(&a), own_cert(&b), own_kid(&b));
+        assert_ne!(cert_a, cert_b, "one CA per replica");
+
+        // B persisted after A: its bundle, and the stored one, hold both.
+        let stored = ds.fetch_bundle(&td()).await.unwrap().unwrap();
+        for bundle in [&*b.bundle(), &stored] {
+            assert_eq!(has(bundle, &cert_a, &kid_a), (true, true));
+            assert_eq!(has(bundle, &cert_b, &kid_b), (true, true));
+        }
+        assert_eq!(b.bundle().sequence, stored.sequence);
+        // A learns of B on refresh.
+        assert_eq!(has(&a.bundle(), &cert_b, &kid_b), (false, false));
+        assert!(refresh_bundle(&ds, &a).await.unwrap());
+        assert_eq!(*a.bundle(), stored);
+        assert!(!refresh_bundle(&ds, &a).await.unwrap(), "nothing new");
+        assert_eq!(ds.list_replica_journals().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_authority_leaves_the_union_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
+        let a = replica(&ds, "a").await;
+        let b = replica(&ds, "b").await;
+        let kid_a = own_kid(&a);
+        // Rotate A's JWT key out of service, then taint and revoke the old one.
+        let now = SystemTime::now();
+        let (next, _) = a.prepare_authority(AuthorityKind::Jwt, now).unwrap();
+        a.activate_authority(AuthorityKind::Jwt, &next.authority_id)
+            .unwrap();
+        a.taint_authority(AuthorityKind::Jwt, &kid_a).unwrap();
+        persist(&ds, &a).await.unwrap();
+        assert!(refresh_bundle(&ds, &b).await.unwrap());
+        let tainted = b
+            .bundle()
+            .jwt_authorities
+            .iter()
+            .find(|k| k.key_id == kid_a)
+            .map(|k| k.tainted);
+        assert_eq!(tainted, Some(true), "B sees A's taint");
+
+        a.revoke_authority(AuthorityKind::Jwt, &kid_a).unwrap();
+        // Not yet persisted: a refresh stores it rather than adopting the stale union.
+        assert!(a.needs_persist());
+        refresh_bundle(&ds, &a).await.unwrap();
+        assert!(!a.needs_persist());
+        assert!(a.bundle().jwt_authorities.iter().all(|k| k.key_id != kid_a));
+        assert!(refresh_bundle(&ds, &b).await.unwrap());
+        let b_kids: Vec<String> = b
+            .bundle()
+            .jwt_authorities
+            .iter()
+            .map(|k| k.key_id.clone())
+            .collect();
+        assert!(!b_kids.contains(&kid_a), "{b_kids:?}");
+        assert!(b_kids.contains(&next.authority_id));
+        assert!(b_kids.contains(&own_kid(&b)));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_replica_resumes_its_journal_and_sequence_only_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
+        let a = replica(&ds, "a").await;
+        let b = replica(&ds, "b").await;
+        let seq = b.bundle().sequence;
+        let cert_a = own_cert(&a);
+        drop(a);
+        // Memory key manager: the restarted A keeps its old CA in the bundle and makes a new one.
+        let a = replica(&ds, "a").await;
+        assert_eq!(a.journal().x509_authorities[0].cert_der, cert_a);
+        assert_eq!(a.journal().x509_authorities.len(), 2);
+        assert!(a.bundle().sequence > seq);
+        assert_eq!(ds.list_replica_journals().await.unwrap().len(), 2);
+        assert!(refresh_bundle(&ds, &b).await.unwrap());
+        assert_eq!(b.bundle().x509_authorities.len(), 3);
+    }
+
+    #[test]
+    fn expired_journals_of_other_replicas_are_dropped() {
+        let live = CaJournal {
+            jwt_keys: vec![crate::ca::journal::JwtKeyRecord {
+                kid: "k".into(),
+                public_key: vec![1],
+                key_id: "JWT-Signer-A".into(),
+                status: crate::ca::rotation::AuthorityStatus::Old,
+                issued_at: 0,
+                not_after: 100,
+                tainted: false,
+            }],
+            ..CaJournal::default()
+        };
+        let stored = |id: &str, j: &CaJournal| ReplicaJournal {
+            replica_id: id.into(),
+            data: j.to_bytes().unwrap(),
+            updated_at: 0,
+        };
+        let rows = [
+            stored("own", &CaJournal::default()),
+            stored("dead", &CaJournal::default()),
+            stored("live", &live),
+            ReplicaJournal {
+                replica_id: "corrupt".into(),
+                data: b"{".to_vec(),
+                updated_at: 0,
+            },
+        ];
+        let (journals, gone) = decode_journals(&rows, &ReplicaId::new("own").unwrap(), 50);
+        assert_eq!(journals.len(), 3);
+        assert_eq!(gone, vec!["dead".to_owned()]);
+        let (_, gone) = decode_journals(&rows, &ReplicaId::new("own").unwrap(), 100);
+        assert_eq!(gone, vec!["dead".to_owned(), "live".to_owned()]);
+    }
+}
