@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use sigil_proto::Bundle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::replicas::union_bundle;
@@ -56,7 +57,7 @@ async fn persist_locked(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
             |previous, stored| {
                 let (journals, drop_replicas) = decode_journals(stored, &own_id, now);
                 let mut bundle = union_bundle(&trust_domain, &journals, now);
-                bundle.sequence = previous.map_or(0, |b| b.sequence).max(published) + 1;
+                bundle.sequence = next_sequence(previous.as_ref(), &bundle, published);
                 Ok(JournalUnion {
                     bundle,
                     drop_replicas,
@@ -70,6 +71,23 @@ async fn persist_locked(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
         tracing::debug!(sequence = union.sequence, "bundle of every replica stored");
     }
     Ok(())
+}
+
+/// The stored bundle's sequence when `union` has the same authorities (a restart changes
+/// nothing), else one more than both it and what this replica `published`.
+fn next_sequence(previous: Option<&Bundle>, union: &Bundle, published: u64) -> u64 {
+    match previous {
+        Some(p)
+            if Bundle {
+                sequence: union.sequence,
+                ..p.clone()
+            } == *union =>
+        {
+            p.sequence.max(published)
+        }
+        Some(p) => p.sequence.max(published) + 1,
+        None => published + 1,
+    }
 }
 
 /// The journals that parse, and the replicas (never `own`) with nothing left unexpired.
@@ -282,6 +300,35 @@ mod tests {
         assert_eq!(ds.list_replica_journals().await.unwrap().len(), 2);
         assert!(refresh_bundle(&ds, &b).await.unwrap());
         assert_eq!(b.bundle().x509_authorities.len(), 3);
+    }
+
+    #[test]
+    fn sequence_grows_only_when_the_union_changes() {
+        let union = |kid: &str| {
+            let mut b = Bundle::new(td());
+            b.jwt_authorities.push(sigil_proto::JwtAuthority {
+                key_id: kid.into(),
+                public_key: vec![1],
+                expires_at: 9,
+                tainted: false,
+            });
+            b
+        };
+        let mut stored = union("a");
+        stored.sequence = 5;
+        assert_eq!(
+            next_sequence(Some(&stored), &union("a"), 3),
+            5,
+            "same authorities"
+        );
+        assert_eq!(
+            next_sequence(Some(&stored), &union("a"), 7),
+            7,
+            "never behind ours"
+        );
+        assert_eq!(next_sequence(Some(&stored), &union("b"), 3), 6);
+        assert_eq!(next_sequence(Some(&stored), &union("b"), 8), 9);
+        assert_eq!(next_sequence(None, &union("b"), 2), 3);
     }
 
     #[test]
