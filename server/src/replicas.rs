@@ -1,7 +1,8 @@
 //! Server replicas sharing one datastore: each persists its own CA journal and the trust
 //! domain's bundle becomes the union of every replica's authorities ([`persist`]); every
-//! replica adopts that union ([`refresh_bundle`]), on a short timer until a datastore change
-//! feed calls it on each change.
+//! replica adopts that union ([`refresh_bundle`]) when the datastore's change feed says the
+//! bundle changed, and wakes its agents' sync streams when entries changed
+//! ([`follow_changes`]).
 //!
 //! Only the one bundle row is read on a refresh: entries and nodes are not reloaded.
 
@@ -10,14 +11,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sigil_proto::Bundle;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::replicas::union_bundle;
 use crate::ca::{Ca, CaJournal, ReplicaId};
-use crate::datastore::{Datastore, JournalUnion, ReplicaJournal};
+use crate::datastore::{Change, Datastore, JournalUnion, ReplicaJournal};
 
-/// How often a replica re-reads the stored bundle to pick up the other replicas' changes.
-pub const BUNDLE_REFRESH: Duration = Duration::from_secs(5);
+/// How often a replica re-reads the stored bundle even when the change feed is quiet: a safety
+/// net (a persist that failed is retried then), not the way changes travel.
+pub const BUNDLE_REFRESH: Duration = Duration::from_secs(30);
 
 /// This replica's journal, if it has one (claiming the single-server journal on upgrade).
 pub async fn load_journal(
@@ -150,23 +154,66 @@ pub async fn refresh_bundle(datastore: &Datastore, ca: &Ca) -> anyhow::Result<bo
     Ok(changed)
 }
 
-/// Calls [`refresh_bundle`] every `period` until `cancel` fires; failures are logged and
-/// retried on the next tick.
-pub async fn refresh_forever(
+/// Follows the datastore's change feed until `cancel` fires: an entry change made through any
+/// replica wakes this replica's sync streams (`revisions`) at once, and a change to the trust
+/// domain's bundle is adopted ([`refresh_bundle`]). On PostgreSQL the feed carries every
+/// replica's commits (`LISTEN`/`NOTIFY`); after a gap in it (`Resync`, or this subscriber
+/// lagging) both are re-read. [`refresh_bundle`] also runs every `period`, as a safety net that
+/// retries a persist which failed.
+pub async fn follow_changes(
     datastore: Datastore,
     ca: Arc<Ca>,
+    revisions: watch::Sender<i64>,
     period: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut changes = datastore.subscribe_changes();
+    let own = ca.config().trust_domain.clone();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let (reread_entries, refresh) = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(period) => {}
+            _ = tick.tick() => (false, true),
+            change = changes.recv() => match change {
+                Ok(Change::Entries { revision }) => {
+                    publish_revision(&revisions, revision);
+                    continue;
+                }
+                Ok(Change::Bundle(td)) => (false, td == own),
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => (true, true),
+                Ok(_) => continue,
+                // The datastore is closing: only the shutdown is left.
+                Err(RecvError::Closed) => {
+                    cancel.cancelled().await;
+                    return Ok(());
+                }
+            },
+        };
+        if reread_entries {
+            match datastore.latest_entry_revision().await {
+                Ok(revision) => publish_revision(&revisions, revision),
+                Err(e) => tracing::warn!(error = %e, "cannot read the entry revision after a gap in the change feed"),
+            }
         }
-        if let Err(e) = refresh_bundle(&datastore, &ca).await {
-            tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
+        if refresh {
+            if let Err(e) = refresh_bundle(&datastore, &ca).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
+            }
         }
     }
+}
+
+/// Raises the published entry revision (never lowers it: feeds from several writers may
+/// arrive out of order).
+fn publish_revision(revisions: &watch::Sender<i64>, revision: i64) {
+    revisions.send_if_modified(|latest| {
+        let newer = revision > *latest;
+        if newer {
+            *latest = revision;
+        }
+        newer
+    });
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -365,5 +412,66 @@ mod tests {
         assert_eq!(gone, vec!["dead".to_owned()]);
         let (_, gone) = decode_journals(&rows, &ReplicaId::new("own").unwrap(), 100);
         assert_eq!(gone, vec!["dead".to_owned(), "live".to_owned()]);
+    }
+
+    /// Two replicas on one PostgreSQL database, each following its own datastore's change
+    /// feed: an entry written through B and B's CA reach A through the feed alone (A's
+    /// safety-net refresh is an hour away).
+    #[tokio::test]
+    async fn the_change_feed_carries_entries_and_bundles_between_replicas() {
+        let url = crate::datastore::tests::pg_database().await;
+        let ds_a = Datastore::open_postgres(&url).await.unwrap();
+        let ds_b = Datastore::open_postgres(&url).await.unwrap();
+        let a = Arc::new(replica(&ds_a, "a").await);
+        let (revisions, mut seen) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(follow_changes(
+            ds_a.clone(),
+            a.clone(),
+            revisions,
+            Duration::from_secs(3600),
+            cancel.clone(),
+        ));
+
+        let b = replica(&ds_b, "b").await;
+        let cert_b = own_cert(&b);
+        let mut bundles = a.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !a.bundle().x509_authorities.contains(&cert_b) {
+                bundles.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("A adopts B's CA from the feed");
+
+        let created = ds_b
+            .create_entries(vec![sigil_proto::RegistrationEntry {
+                id: String::new(),
+                template: None,
+                spiffe_id: sigil_proto::SpiffeId::new("spiffe://example.org/web").unwrap(),
+                parent_id: sigil_proto::SpiffeId::new("spiffe://example.org/spire/agent/x")
+                    .unwrap(),
+                selectors: vec!["unix:uid:1000".parse().unwrap()],
+                x509_svid_ttl: 0,
+                jwt_svid_ttl: 0,
+                dns_names: Vec::new(),
+                federates_with: Vec::new(),
+                admin: false,
+                downstream: false,
+                hint: String::new(),
+                expires_at: None,
+                revision: 0,
+                created_at: 0,
+            }])
+            .await
+            .unwrap();
+        let revision = created[0].revision;
+        tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|r| *r >= revision))
+            .await
+            .expect("A's sync streams are woken by B's write")
+            .unwrap();
+
+        cancel.cancel();
+        follower.await.unwrap().unwrap();
     }
 }

@@ -177,7 +177,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone());
     let api_revisions = api.entry_revisions();
-    let pruner = crate::pruning::Pruner::new(datastore.clone(), api.entry_revision_sender());
+    let revision_sender = api.entry_revision_sender();
+    let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
     let c = cancel.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, api, c)
@@ -237,11 +238,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         cancel.clone(),
     ));
 
-    // The other replicas' CAs reach our bundle (and so agents, the Workload API, OIDC and
-    // federation) through the datastore.
-    tasks.spawn(replicas::refresh_forever(
+    // Changes made through the other replicas (entries, their CAs in the bundle) reach our
+    // agents, the Workload API, OIDC and federation through the datastore's change feed.
+    tasks.spawn(replicas::follow_changes(
         datastore.clone(),
         ca.clone(),
+        revision_sender,
         replicas::BUNDLE_REFRESH,
         cancel.clone(),
     ));

@@ -81,6 +81,9 @@ pub struct ServerOptions {
     pub extra_plugins: String,
     /// Extra environment variables for the server process (e.g. `SSL_CERT_FILE`).
     pub env: Vec<(String, String)>,
+    /// A PostgreSQL connection URL (e.g. from `sigil_testpg::database`) instead of the SQLite
+    /// file in the data dir. Replicas of this server share it.
+    pub postgres: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -97,6 +100,7 @@ impl Default for ServerOptions {
             default_socket: false,
             extra_plugins: String::new(),
             env: Vec::new(),
+            postgres: None,
         }
     }
 }
@@ -118,9 +122,10 @@ impl Server {
     }
 
     /// Another replica of this server: same options, its own temp dir, ports and CA, sharing
-    /// this server's SQLite datastore file.
+    /// this server's datastore (its PostgreSQL database, or else its SQLite file).
     pub fn start_replica(&self) -> Server {
-        Server::start_on(self.options.clone(), Some(self.db_path()))
+        let file = self.options.postgres.is_none().then(|| self.db_path());
+        Server::start_on(self.options.clone(), file)
     }
 
     /// Starts a server on the datastore file `datastore` (default: its own, in its data dir).
@@ -134,7 +139,15 @@ impl Server {
         let bind_port = free_port();
         let health_port = free_port();
         let data = dir.path().join("data");
-        let datastore = datastore.unwrap_or_else(|| data.join("datastore.sqlite3"));
+        let datastore = match &options.postgres {
+            Some(url) => format!("database_type = \"postgres\"\n      connection_string = \"{url}\""),
+            None => format!(
+                "database_type = \"sqlite3\"\n      connection_string = \"{}\"",
+                datastore
+                    .unwrap_or_else(|| data.join("datastore.sqlite3"))
+                    .display()
+            ),
+        };
         let key_manager = if options.key_manager_disk {
             format!(
                 "KeyManager \"disk\" {{\n    plugin_data {{\n      keys_path = \"{}/keys.json\"\n    }}\n  }}",
@@ -167,8 +180,7 @@ impl Server {
 plugins {{
   DataStore "sql" {{
     plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{datastore}"
+      {datastore}
     }}
   }}
   {key_manager}
@@ -183,7 +195,6 @@ plugins {{
             socket = socket.display(),
             td = options.trust_domain,
             data = data.display(),
-            datastore = datastore.display(),
             ca_ttl = options.ca_ttl,
             x509 = options.x509_svid_ttl,
             jwt = options.jwt_svid_ttl,
