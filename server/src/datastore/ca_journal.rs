@@ -31,8 +31,8 @@ impl Datastore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::on_both_backends;
     use super::super::Datastore;
+    use super::super::tests::on_both_backends;
 
     on_both_backends!(set_and_replace);
 
