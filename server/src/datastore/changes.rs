@@ -208,7 +208,10 @@ mod tests {
         ds.set_attested_node_banned(&n.spiffe_id, true)
             .await
             .unwrap();
-        let deleted = ds.delete_entries(&[e.id.clone()]).await.unwrap();
+        let deleted = ds
+            .delete_entries(std::slice::from_ref(&e.id))
+            .await
+            .unwrap();
         assert_eq!(deleted.len(), 1);
         let latest = ds.latest_entry_revision().await.unwrap();
         vec![

@@ -720,6 +720,7 @@ pub(crate) mod tests {
     use super::*;
 
     on_both_backends!(
+        event_pruning_works_through_more_than_one_batch,
         create_fetch_round_trips_every_field,
         caller_chosen_id_is_kept_and_must_be_unique,
         duplicate_is_refused_whatever_the_selector_order,
@@ -1284,5 +1285,19 @@ pub(crate) mod tests {
         let events = ds.list_entry_events(revision, 1000).await.unwrap();
         assert_eq!(events.len(), PRUNE_BATCH as usize + 3);
         assert!(events.iter().all(|e| e.kind == EntryEventKind::Delete));
+    }
+
+    async fn event_pruning_works_through_more_than_one_batch(ds: Datastore) {
+        let n = PRUNE_BATCH + 10;
+        let batch = (0..n)
+            .map(|i| entry(&format!("spiffe://td/e{i}"), AGENT, &["unix:uid:1"]))
+            .collect();
+        ds.create_entries(batch).await.unwrap();
+        let latest = ds.latest_entry_revision().await.unwrap();
+        // All but the latest event go, in batches.
+        assert_eq!(ds.prune_entry_events(i64::MAX).await.unwrap(), n as u64 - 1);
+        let left = ds.list_entry_events(0, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].revision, latest);
     }
 }

@@ -101,6 +101,7 @@ mod tests {
     use super::*;
 
     on_both_backends!(
+        prune_works_through_more_than_one_batch,
         single_use,
         expired_token_is_refused_and_pruned,
         concurrent_takes_only_one_wins,
@@ -153,5 +154,16 @@ mod tests {
             ds.create_join_token("", 1).await,
             Err(DatastoreError::InvalidArgument(_))
         ));
+    }
+
+    async fn prune_works_through_more_than_one_batch(ds: Datastore) {
+        let n = PRUNE_BATCH + 7;
+        for i in 0..n {
+            ds.create_join_token(&format!("old-{i}"), 10).await.unwrap();
+        }
+        ds.create_join_token("fresh", 1000).await.unwrap();
+        assert_eq!(ds.prune_join_tokens(11).await.unwrap(), n as u64);
+        assert_eq!(ds.prune_join_tokens(11).await.unwrap(), 0);
+        assert_eq!(ds.take_join_token("fresh", 11).await.unwrap(), Some(1000));
     }
 }

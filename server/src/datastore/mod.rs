@@ -274,15 +274,15 @@ impl Datastore {
     /// `pg_notify` inside the transaction, so listeners hear of them only once committed; on
     /// SQLite they are published in-process after the commit.
     async fn commit(&self, mut tx: Tx, changes: Vec<Change>) -> Result<(), DatastoreError> {
-        if let Tx::Postgres(t) = &mut tx {
-            if !changes.is_empty() {
-                let payloads: Vec<String> = changes.iter().map(Change::encode).collect();
-                sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                    .bind(changes::CHANNEL)
-                    .bind(payloads)
-                    .execute(&mut **t)
-                    .await?;
-            }
+        if let Tx::Postgres(t) = &mut tx
+            && !changes.is_empty()
+        {
+            let payloads: Vec<String> = changes.iter().map(Change::encode).collect();
+            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                .bind(changes::CHANNEL)
+                .bind(payloads)
+                .execute(&mut **t)
+                .await?;
         }
         let local = !tx.is_postgres();
         tx.commit().await?;

@@ -356,6 +356,7 @@ pub(crate) mod tests {
     use super::*;
 
     on_both_backends!(
+        prune_works_through_more_than_one_batch,
         create_fetch_round_trip_and_reattestation,
         banned_node_cannot_reattest_until_evicted,
         update_serial,
@@ -617,5 +618,44 @@ pub(crate) mod tests {
         );
         let selectors = scalar(&ds, "SELECT COUNT(*) FROM node_selectors").await;
         assert_eq!(selectors, 2, "pruned node's selectors went with it");
+    }
+
+    /// The next change; a guard against a hang, not a timing assertion.
+    async fn next(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+        tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .expect("no change within 30 s")
+            .unwrap()
+    }
+
+    async fn prune_works_through_more_than_one_batch(ds: Datastore) {
+        let n = PRUNE_BATCH + 3;
+        let mut changes = ds.subscribe_changes();
+        for i in 0..n {
+            let mut old = node(&format!("spiffe://td/spire/agent/old{i}"));
+            old.cert_expires_at = 10;
+            ds.create_attested_node(old).await.unwrap();
+        }
+        let new = ds
+            .create_attested_node(node("spiffe://td/spire/agent/new"))
+            .await
+            .unwrap();
+        // On PostgreSQL changes arrive through the listener, in commit order: skip the creations.
+        while next(&mut changes).await != Change::AttestedNode(new.spiffe_id.clone()) {}
+        assert_eq!(ds.prune_attested_nodes(11).await.unwrap(), n as u64);
+        assert_eq!(
+            ds.count_attested_nodes(&NodeFilter::default())
+                .await
+                .unwrap(),
+            1
+        );
+        // Each pruned node is announced (on PostgreSQL through the listener, asynchronously).
+        let mut announced = std::collections::HashSet::new();
+        while announced.len() < n as usize {
+            if let Change::AttestedNode(id) = next(&mut changes).await {
+                assert!(id.path().starts_with("/spire/agent/old"), "{id}");
+                announced.insert(id);
+            }
+        }
     }
 }
