@@ -1143,3 +1143,29 @@ async fn evicted_or_banned_agent_is_refused_batch_jwt_on_its_next_call() {
         assert_eq!(err.code(), Code::PermissionDenied, "ban: {ban}");
     }
 }
+
+/// An agent resuming from a revision whose later events were pruned (see
+/// [`crate::pruning`]) gets a full snapshot, including the entries changed meanwhile.
+#[tokio::test]
+async fn resume_after_pruned_events_gets_a_full_snapshot() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    h.create("/first", &agent.id, &["unix:uid:1"]).await;
+    let resumed_at = h.ds.latest_entry_revision().await.unwrap();
+    h.create("/second", &agent.id, &["unix:uid:2"]).await;
+    h.create("/third", &agent.id, &["unix:uid:3"]).await;
+    let latest = h.ds.latest_entry_revision().await.unwrap();
+    // What the pruner does once `resumed_at + 1` is old enough.
+    assert!(h.ds.prune_entry_events(latest).await.unwrap() > 0);
+    let mut stream = agent
+        .client
+        .sync_entries(pb::SyncEntriesRequest {
+            since_revision: resumed_at,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (paths, revision) = snapshot(&mut stream).await;
+    assert_eq!(paths, ["/first", "/second", "/third"]);
+    assert_eq!(revision, latest);
+}
