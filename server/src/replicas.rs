@@ -193,7 +193,9 @@ pub async fn follow_changes(
         if reread_entries {
             match datastore.latest_entry_revision().await {
                 Ok(revision) => publish_revision(&revisions, revision),
-                Err(e) => tracing::warn!(error = %e, "cannot read the entry revision after a gap in the change feed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the entry revision after a gap in the change feed")
+                }
             }
         }
         if refresh {

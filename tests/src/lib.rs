@@ -140,7 +140,9 @@ impl Server {
         let health_port = free_port();
         let data = dir.path().join("data");
         let datastore = match &options.postgres {
-            Some(url) => format!("database_type = \"postgres\"\n      connection_string = \"{url}\""),
+            Some(url) => {
+                format!("database_type = \"postgres\"\n      connection_string = \"{url}\"")
+            }
             None => format!(
                 "database_type = \"sqlite3\"\n      connection_string = \"{}\"",
                 datastore

@@ -117,7 +117,13 @@ fn two_replicas_one_bundle_and_agent_failover() {
     );
     workload_bundle_holds_both_replicas(&agent, both.len(), kids.len());
     // An entry created through B reaches the agent connected to A.
-    register_uid(&b, "spiffe://example.org/replicas/via-b", &agent_id, uid, &[]);
+    register_uid(
+        &b,
+        "spiffe://example.org/replicas/via-b",
+        &agent_id,
+        uid,
+        &[],
+    );
     wait_for(
         "the entry created on B to reach the agent on A",
         Duration::from_secs(20),

@@ -195,7 +195,12 @@ mod tests {
     use super::super::tests::on_both_backends;
     use super::*;
 
-    on_both_backends!(set_and_replace, the_first_replica_claims_the_single_server_journal, store_computes_the_union_in_the_same_transaction, a_failed_union_changes_nothing);
+    on_both_backends!(
+        set_and_replace,
+        the_first_replica_claims_the_single_server_journal,
+        store_computes_the_union_in_the_same_transaction,
+        a_failed_union_changes_nothing
+    );
 
     fn td() -> TrustDomain {
         TrustDomain::new("example.org").unwrap()

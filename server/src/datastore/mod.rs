@@ -37,7 +37,7 @@ macro_rules! on_pool {
 macro_rules! on_tx {
     ($tx:expr, $c:ident => $body:expr) => {
         match $tx {
-            $crate::datastore::Tx::Sqlite($c) => $body,
+            $crate::datastore::Tx::Sqlite($c, _) => $body,
             $crate::datastore::Tx::Postgres($c) => $body,
         }
     };
@@ -122,7 +122,13 @@ pub(crate) enum Pool {
 
 /// An open transaction on one backend.
 pub(crate) enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
+    /// With the writer's turn in this process's write queue (`None` for a read), released
+    /// after the commit or rollback.
+    Sqlite(
+        Transaction<'static, Sqlite>,
+        #[expect(dead_code, reason = "held, never read: dropping it ends the turn")]
+        Option<tokio::sync::OwnedMutexGuard<()>>,
+    ),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -143,6 +149,11 @@ pub struct Datastore {
     /// The SQLite file; empty on PostgreSQL.
     path: PathBuf,
     changes: Arc<changes::Feed>,
+    /// SQLite writers of this process queue here, in arrival order, before `BEGIN IMMEDIATE`.
+    /// SQLite's own busy handler polls with sleeps of up to 100 ms, so a writer waiting on it
+    /// could sit out a whole run of back-to-back transactions (a 100k-row prune is 200 of
+    /// them); a fair queue hands the lock to it after the current one.
+    write_turns: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Datastore {
@@ -185,6 +196,7 @@ impl Datastore {
             pool,
             path,
             changes: Arc::new(changes::Feed::local()),
+            write_turns: Arc::default(),
         })
     }
 
@@ -212,6 +224,7 @@ impl Datastore {
             pool,
             path: PathBuf::new(),
             changes: Arc::new(changes),
+            write_turns: Arc::default(),
         })
     }
 
@@ -239,7 +252,7 @@ impl Datastore {
     /// READ`, since its default isolation takes a new snapshot per statement).
     async fn begin_read(&self) -> Result<Tx, DatastoreError> {
         Ok(match &self.pool {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin().await?, None),
             Pool::Postgres(p) => Tx::Postgres(
                 p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -258,7 +271,10 @@ impl Datastore {
     /// commit after one holding 8, and a syncing agent that had read up to 8 would never see 7.
     async fn begin_write(&self) -> Result<Tx, DatastoreError> {
         Ok(match &self.pool {
-            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Sqlite(p) => {
+                let turn = self.write_turns.clone().lock_owned().await;
+                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+            }
             Pool::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
