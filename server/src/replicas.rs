@@ -198,10 +198,8 @@ pub async fn follow_changes(
                 }
             }
         }
-        if refresh {
-            if let Err(e) = refresh_bundle(&datastore, &ca).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
-            }
+        if refresh && let Err(e) = refresh_bundle(&datastore, &ca).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
         }
     }
 }
