@@ -606,6 +606,12 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
         t.row("agent MintJWTSVID another agent's entry", "PermissionDenied", "", async move { grpc_outcome(r) }).await;
         let r = ag.renew_agent(agentpb::RenewAgentRequest { csr: b"garbage".to_vec() }).await;
         t.row("agent RenewAgent csr=garbage", "InvalidArgument", "CSR", async move { grpc_outcome(r) }).await;
+        // Past the agent API's message limit: refused by the decoder before any handler runs.
+        let huge_csr = vec![0x30; sigil_proto::limits::AGENT_API_MAX_MESSAGE + 1];
+        // The agent's own client refuses to send it; this one may, to reach the server.
+        let mut unbounded = conn.client().max_encoding_message_size(usize::MAX);
+        let r = unbounded.batch_mint_x509svid(mint(&mine, huge_csr, "")).await;
+        t.row("agent BatchMintX509SVID a 16 MiB CSR", "OutOfRange", "too large", async move { grpc_outcome(r) }).await;
         let mut anon_client = anon.client();
         let r = anon_client
             .attest_agent(agentpb::AttestAgentRequest {
@@ -677,6 +683,14 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                 .await;
             t.row(input, "InvalidArgument", fragment, async move { grpc_outcome(r) }).await;
         }
+        // Past the Workload API's request limit (1 MiB): refused before the agent parses anything.
+        let r = workload
+            .validate_jwtsvid(with_header(wl::ValidateJwtsvidRequest {
+                audience: "db".into(),
+                svid: "a".repeat(sigil_agent::workload_api::MAX_REQUEST_BYTES + 1),
+            }))
+            .await;
+        t.row("workload ValidateJWTSVID a 1 MiB token", "OutOfRange", "too large", async move { grpc_outcome(r) }).await;
         let r = workload
             .validate_jwtsvid(wl::ValidateJwtsvidRequest {
                 audience: "db".into(),
