@@ -265,10 +265,9 @@ impl Datastore {
     /// Deletes the entries that expired before `now` (Unix seconds), writing a `Delete` event
     /// for each; returns how many. Works in batches, one short write transaction each.
     pub async fn prune_entries(&self, now: i64) -> Result<u64, DatastoreError> {
-        let mut total = 0u64;
-        loop {
-            let mut tx = self.begin_write().await?;
-            let pruned: Vec<(String, String)> = on_tx!(&mut tx, c => {
+        self.prune_in_batches(|tx| {
+            Box::pin(async move {
+            let pruned: Vec<(String, String)> = on_tx!(&mut *tx, c => {
                 sqlx::query_as(
                     "DELETE FROM registered_entries WHERE id IN \
                      (SELECT id FROM registered_entries WHERE expires_at < $1 ORDER BY id LIMIT $2) \
@@ -282,18 +281,12 @@ impl Datastore {
             let event_time = unix_now();
             let mut latest = None;
             for (id, parent) in &pruned {
-                latest = Some(
-                    append_event(&mut tx, id, parent, EntryEventKind::Delete, event_time).await?,
-                );
+                latest = Some(append_event(tx, id, parent, EntryEventKind::Delete, event_time).await?);
             }
-            self.commit(tx, latest_change(latest)).await?;
-            total += pruned.len() as u64;
-            if (pruned.len() as i64) < PRUNE_BATCH {
-                break;
-            }
-        }
-        // The pruner logs one line per run with every count.
-        Ok(total)
+            Ok((pruned.len() as u64, latest_change(latest)))
+            })
+        })
+        .await
     }
 
     /// Up to `limit` events with a revision greater than `after_revision`, oldest first.

@@ -58,27 +58,23 @@ impl Datastore {
     /// Deletes the tokens that expired before `now`; returns how many. Works in batches, one
     /// short write transaction each.
     pub async fn prune_join_tokens(&self, now: i64) -> Result<u64, DatastoreError> {
-        let mut total = 0u64;
-        loop {
-            let mut tx = self.begin_write().await?;
-            let done = on_tx!(&mut tx, c => {
-                sqlx::query(
-                    "DELETE FROM join_tokens WHERE token_hash IN \
-                     (SELECT token_hash FROM join_tokens WHERE expires_at < $1 LIMIT $2)",
-                )
-                .bind(now)
-                .bind(PRUNE_BATCH)
-                .execute(&mut **c)
-                .await?
-                .rows_affected()
-            });
-            tx.commit().await?;
-            total += done;
-            if done < PRUNE_BATCH as u64 {
-                break;
-            }
-        }
-        Ok(total)
+        self.prune_in_batches(|tx| {
+            Box::pin(async move {
+                let deleted = on_tx!(&mut *tx, c => {
+                    sqlx::query(
+                        "DELETE FROM join_tokens WHERE token_hash IN \
+                         (SELECT token_hash FROM join_tokens WHERE expires_at < $1 LIMIT $2)",
+                    )
+                    .bind(now)
+                    .bind(PRUNE_BATCH)
+                    .execute(&mut **c)
+                    .await?
+                    .rows_affected()
+                });
+                Ok((deleted, Vec::new()))
+            })
+        })
+        .await
     }
 }
 

@@ -78,6 +78,10 @@ pub use selectors::SelectorMatch;
 /// How long a writer waits for another writer's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One batch of a prune: how many rows it deleted and the changes to publish.
+type BoxFuture<'t, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, DatastoreError>> + Send + 't>>;
+
 /// Rows deleted per transaction by the prune functions, so pruning a large backlog never
 /// holds the write lock for long.
 const PRUNE_BATCH: i64 = 500;
@@ -284,6 +288,27 @@ impl Datastore {
                 Tx::Postgres(tx)
             }
         })
+    }
+
+    /// Runs `batch` in one write transaction after another, committing each with the changes
+    /// it returns, until a batch deletes fewer than [`PRUNE_BATCH`] rows; returns the total.
+    /// Short transactions keep a large backlog from holding the write lock for long.
+    async fn prune_in_batches(
+        &self,
+        // A boxed future, not an `AsyncFnMut`: the latter's future cannot yet be proven `Send`
+        // for every borrow of the transaction, which the spawned pruner needs.
+        mut batch: impl for<'t> FnMut(&'t mut Tx) -> BoxFuture<'t, (u64, Vec<Change>)>,
+    ) -> Result<u64, DatastoreError> {
+        let mut total = 0u64;
+        loop {
+            let mut tx = self.begin_write().await?;
+            let (deleted, changes) = batch(&mut tx).await?;
+            self.commit(tx, changes).await?;
+            total += deleted;
+            if deleted < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Commits a write transaction and publishes its changes. On PostgreSQL they are sent with

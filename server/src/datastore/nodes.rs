@@ -221,34 +221,30 @@ impl Datastore {
     /// (deleting those would let them attest again). Returns how many. Works in batches, one
     /// short write transaction each.
     pub async fn prune_attested_nodes(&self, now: i64) -> Result<u64, DatastoreError> {
-        let mut total = 0u64;
-        loop {
-            let mut tx = self.begin_write().await?;
-            let pruned: Vec<String> = on_tx!(&mut tx, c => {
-                sqlx::query_scalar(
-                    "DELETE FROM attested_nodes WHERE spiffe_id IN \
-                     (SELECT spiffe_id FROM attested_nodes \
-                      WHERE cert_expires_at < $1 AND NOT banned LIMIT $2) \
-                     RETURNING spiffe_id",
-                )
-                .bind(now)
-                .bind(PRUNE_BATCH)
-                .fetch_all(&mut **c)
-                .await?
-            });
-            // A row that no longer parses is still pruned; it just has no change to announce.
-            let changes = pruned
-                .iter()
-                .filter_map(|id| SpiffeId::new(id).ok())
-                .map(Change::AttestedNode)
-                .collect();
-            self.commit(tx, changes).await?;
-            total += pruned.len() as u64;
-            if (pruned.len() as i64) < PRUNE_BATCH {
-                break;
-            }
-        }
-        Ok(total)
+        self.prune_in_batches(|tx| {
+            Box::pin(async move {
+                let pruned: Vec<String> = on_tx!(&mut *tx, c => {
+                    sqlx::query_scalar(
+                        "DELETE FROM attested_nodes WHERE spiffe_id IN \
+                         (SELECT spiffe_id FROM attested_nodes \
+                          WHERE cert_expires_at < $1 AND NOT banned LIMIT $2) \
+                         RETURNING spiffe_id",
+                    )
+                    .bind(now)
+                    .bind(PRUNE_BATCH)
+                    .fetch_all(&mut **c)
+                    .await?
+                });
+                // A row that no longer parses is still pruned; it just has no change to announce.
+                let changes = pruned
+                    .iter()
+                    .filter_map(|id| SpiffeId::new(id).ok())
+                    .map(Change::AttestedNode)
+                    .collect();
+                Ok((pruned.len() as u64, changes))
+            })
+        })
+        .await
     }
 
     /// Re-reads a node after a single-statement update, in its transaction, and commits;
