@@ -2,6 +2,7 @@
 //! temporary directories and drives them as an operator would, through the CLI and sockets.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod k8s;
 
 use std::net::TcpListener;

@@ -15,57 +15,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
+use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
 use sigil_tests::{Server, ServerOptions, server_bin, wait_child, wait_for};
-use tonic::transport::{Channel, Endpoint};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;
 const KILLS: usize = 20;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn admin_client(socket: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sigil-server.admin")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(AdminClient::new(channel))
-}
-
-fn entry(spiffe_id: String, uid: usize) -> common::RegistrationEntry {
-    common::RegistrationEntry {
-        spiffe_id,
-        parent_id: "spiffe://example.org/node".to_owned(),
-        selectors: vec![common::Selector {
-            r#type: "unix".to_owned(),
-            value: format!("uid:{uid}"),
-        }],
-        ..Default::default()
-    }
-}
-
-/// Batch `b` of round `r`: `BATCH` entries under `/r{r}/b{b}/`.
-fn batch(round: usize, b: usize) -> Vec<common::RegistrationEntry> {
-    (0..BATCH)
-        .map(|i| entry(format!("spiffe://example.org/r{round}/b{b}/{i}"), i))
-        .collect()
-}
 
 /// `sqlite3 <db> <sql>`, stdout.
 fn sqlite3(db: &Path, sql: &str) -> String {
@@ -88,23 +45,17 @@ fn integrity_check(db: &Path) -> String {
 
 /// Entries per batch of `round`, read straight from the file.
 fn batches_present(db: &Path, round: usize) -> BTreeMap<usize, usize> {
-    let ids = sqlite3(
+    entries_per_batch(&sqlite3(
         db,
         &format!(
             "SELECT spiffe_id FROM registered_entries WHERE spiffe_id LIKE 'spiffe://example.org/r{round}/%';"
         ),
-    );
-    let mut per_batch = BTreeMap::new();
-    for id in ids.lines() {
-        let b: usize = id
-            .split('/')
-            .nth(4)
-            .and_then(|s| s.strip_prefix('b'))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected entry {id}"));
-        *per_batch.entry(b).or_default() += 1;
-    }
-    per_batch
+    ))
+}
+
+/// Batch `b` of round `round`.
+fn batch(round: usize, b: usize) -> Vec<common::RegistrationEntry> {
+    entry_batch(&format!("r{round}"), b, BATCH)
 }
 
 #[test]

@@ -13,53 +13,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
-use sigil_proto::sigil::common::v1 as common;
+use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
 use sigil_tests::{Server, ServerOptions, wait_for};
-use tonic::transport::{Channel, Endpoint};
 
 /// 20 batches of 500: the 10k-entry load.
 const BATCH: usize = 500;
 const BATCHES: usize = 20;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn admin_client(socket: &Path) -> Result<AdminClient<Channel>, tonic::transport::Error> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sigil-server.admin")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await?;
-    Ok(AdminClient::new(channel))
-}
-
-/// Batch `b` of load `load`: `BATCH` entries under `/{load}/b{b}/`.
-fn batch(load: &str, b: usize, size: usize) -> Vec<common::RegistrationEntry> {
-    (0..size)
-        .map(|i| common::RegistrationEntry {
-            spiffe_id: format!("spiffe://example.org/{load}/b{b}/{i}"),
-            parent_id: "spiffe://example.org/node".to_owned(),
-            selectors: vec![common::Selector {
-                r#type: "unix".to_owned(),
-                value: format!("uid:{i}"),
-            }],
-            ..Default::default()
-        })
-        .collect()
-}
 
 /// Entries per batch of `load`, read with `psql`.
 fn batches_present(url: &str, load: &str) -> BTreeMap<usize, usize> {
@@ -75,17 +35,7 @@ fn batches_present(url: &str, load: &str) -> BTreeMap<usize, usize> {
         "psql: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut per_batch = BTreeMap::new();
-    for id in String::from_utf8(out.stdout).unwrap().lines() {
-        let b: usize = id
-            .split('/')
-            .nth(4)
-            .and_then(|s| s.strip_prefix('b'))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected entry {id}"));
-        *per_batch.entry(b).or_default() += 1;
-    }
-    per_batch
+    entries_per_batch(&String::from_utf8(out.stdout).unwrap())
 }
 
 /// Every acknowledged batch is complete and no batch present is partial.
@@ -119,7 +69,7 @@ fn writer(
             };
             for b in range {
                 let req = admin::BatchCreateEntryRequest {
-                    entries: batch(load, b, size),
+                    entries: entry_batch(load, b, size),
                 };
                 match client.batch_create_entry(req).await {
                     Ok(resp) => {
@@ -213,7 +163,7 @@ fn postgres_restarted_under_load_loses_nothing_and_the_server_reconnects() {
                 let mut b = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let req = admin::BatchCreateEntryRequest {
-                        entries: batch("restart", b, SIZE),
+                        entries: entry_batch("restart", b, SIZE),
                     };
                     match client.batch_create_entry(req).await {
                         Ok(_) => {

@@ -58,15 +58,7 @@ fn grpc_outcome<T>(r: Result<T, tonic::Status>) -> Outcome {
 }
 
 async fn uds_channel(path: PathBuf) -> Channel {
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
+    sigil_tests::admin::uds_channel(&path)
         .await
         .expect("connect over a Unix socket")
 }

@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
+use sigil_tests::admin::{admin_client, rt};
 use sigil_tests::{Server, ServerOptions, attested_agent, register_uid, wait_for};
-use tonic::transport::{Channel, Endpoint};
 
 /// The server prunes every 30 s (and at start); a margin on top.
 const PRUNED_WITHIN: Duration = Duration::from_secs(90);
@@ -23,29 +21,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn admin_client(socket: &Path) -> AdminClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sigil-server.admin")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    AdminClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
 fn entry(spiffe_id: String, expires_at: i64) -> common::RegistrationEntry {
@@ -140,7 +115,7 @@ fn twenty_thousand_stale_rows_are_pruned_while_entries_are_created() {
     // Expiring a few seconds from now, so they are created live and go stale meanwhile.
     let expires_at = unix_now() + 5;
     rt().block_on(async {
-        let mut client = admin_client(&server.socket).await;
+        let mut client = admin_client(&server.socket).await.unwrap();
         for start in (0..STALE).step_by(5000) {
             let entries = (start..start + 5000)
                 .map(|i| entry(format!("spiffe://example.org/stale/{i}"), expires_at))
@@ -177,7 +152,7 @@ fn twenty_thousand_stale_rows_are_pruned_while_entries_are_created() {
         let (done, created, socket) = (done.clone(), created.clone(), server.socket.clone());
         std::thread::spawn(move || {
             rt().block_on(async {
-                let mut client = admin_client(&socket).await;
+                let mut client = admin_client(&socket).await.unwrap();
                 while !done.load(Ordering::Relaxed) {
                     let i = created.load(Ordering::Relaxed);
                     client

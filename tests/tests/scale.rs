@@ -9,43 +9,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
+use sigil_tests::admin::rt;
 use sigil_tests::{Server, ServerOptions, attested_agent, http_get, server_bin, wait_for};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Entries per `BatchCreateEntry` while loading.
 const LOAD_BATCH: usize = 10_000;
 /// Bound on the CLI's peak RSS while listing: one page at a time, whatever the total.
 const CLI_RSS_LIMIT_KIB: u64 = 64 * 1024;
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// An admin client allowed to send up to `max_send` bytes (to reach the server's limit).
 async fn admin_client(socket: &Path, max_send: usize) -> AdminClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://sigil-server.admin")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+    sigil_tests::admin::admin_client(socket)
         .await
-        .unwrap();
-    AdminClient::new(channel)
+        .unwrap()
         .max_encoding_message_size(max_send)
-        .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
 }
 
 fn entry(
