@@ -445,24 +445,11 @@ mod tests {
         .expect("A adopts B's CA from the feed");
 
         let created = ds_b
-            .create_entries(vec![sigil_proto::RegistrationEntry {
-                id: String::new(),
-                template: None,
-                spiffe_id: sigil_proto::SpiffeId::new("spiffe://example.org/web").unwrap(),
-                parent_id: sigil_proto::SpiffeId::new("spiffe://example.org/spire/agent/x")
-                    .unwrap(),
-                selectors: vec!["unix:uid:1000".parse().unwrap()],
-                x509_svid_ttl: 0,
-                jwt_svid_ttl: 0,
-                dns_names: Vec::new(),
-                federates_with: Vec::new(),
-                admin: false,
-                downstream: false,
-                hint: String::new(),
-                expires_at: None,
-                revision: 0,
-                created_at: 0,
-            }])
+            .create_entries(vec![crate::datastore::tests::entry(
+                "spiffe://example.org/web",
+                "spiffe://example.org/spire/agent/x",
+                &["unix:uid:1000"],
+            )])
             .await
             .unwrap();
         let revision = created[0].revision;

@@ -510,6 +510,9 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A plain entry to create in tests outside the datastore too.
+    pub(crate) use super::entries::tests::entry;
+
     /// A fresh SQLite datastore in a temp dir (keep the dir alive as long as the store).
     pub(crate) async fn store() -> (TempDir, Datastore) {
         let dir = tempfile::tempdir().unwrap();
@@ -669,7 +672,7 @@ pub(crate) mod tests {
         let created = {
             let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
             let entries = ds
-                .create_entries(vec![super::entries::tests::entry(
+                .create_entries(vec![entry(
                     "spiffe://example.org/web",
                     "spiffe://example.org/spire/agent/a",
                     &["unix:uid:1000"],
@@ -794,7 +797,7 @@ pub(crate) mod tests {
         assert_eq!(ds.path(), Path::new(""));
         assert!(!format!("{ds:?}").contains("postgres@"), "{ds:?}");
         let created = ds
-            .create_entries(vec![super::entries::tests::entry(
+            .create_entries(vec![entry(
                 "spiffe://example.org/web",
                 "spiffe://example.org/spire/agent/a",
                 &["unix:uid:1000"],
@@ -830,7 +833,7 @@ pub(crate) mod tests {
         let ds = Datastore::open_postgres(&url).await.unwrap();
         let mut changes = ds.subscribe_changes();
         let entry = |i: usize| {
-            super::entries::tests::entry(
+            entry(
                 &format!("spiffe://example.org/w{i}"),
                 "spiffe://example.org/spire/agent/a",
                 &["unix:uid:1"],
@@ -903,7 +906,7 @@ pub(crate) mod tests {
             let ds = if w % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
                 for i in 0..WRITES {
-                    let e = super::entries::tests::entry(
+                    let e = entry(
                         &format!("spiffe://example.org/w{w}/{i}"),
                         "spiffe://example.org/spire/agent/a",
                         &["unix:uid:1"],
