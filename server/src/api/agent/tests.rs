@@ -554,13 +554,7 @@ async fn mint_signs_authorized_entries_only() {
     let (_k, csr) = key_and_csr();
     let resp = agent
         .client
-        .batch_mint_x509svid(pb::BatchMintX509svidRequest {
-            requests: vec![pb::X509svidRequest {
-                entry_id: mine.id.clone(),
-                csr: csr.clone(),
-                ..Default::default()
-            }],
-        })
+        .batch_mint_x509svid(x509_batch(&[&mine.id], &csr))
         .await
         .unwrap()
         .into_inner();
@@ -575,20 +569,7 @@ async fn mint_signs_authorized_entries_only() {
     // A forged request for another agent's entry, in an otherwise valid batch.
     let err = agent
         .client
-        .batch_mint_x509svid(pb::BatchMintX509svidRequest {
-            requests: vec![
-                pb::X509svidRequest {
-                    entry_id: mine.id.clone(),
-                    csr: csr.clone(),
-                    ..Default::default()
-                },
-                pb::X509svidRequest {
-                    entry_id: theirs.id.clone(),
-                    csr,
-                    ..Default::default()
-                },
-            ],
-        })
+        .batch_mint_x509svid(x509_batch(&[&mine.id, &theirs.id], &csr))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -862,18 +843,8 @@ async fn signing_beyond_the_rate_limit_is_refused_and_nothing_signed() {
     let other = h.attest().await;
     let entry = h.create("/web", &agent.id, &["unix:uid:1"]).await;
     let mine = h.create("/db", &other.id, &["unix:uid:1"]).await;
-    let batch = |n: usize| {
-        let (_k, csr) = key_and_csr();
-        pb::BatchMintX509svidRequest {
-            requests: (0..n)
-                .map(|_| pb::X509svidRequest {
-                    entry_id: entry.id.clone(),
-                    csr: csr.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    };
+    let csr = key_and_csr().1;
+    let batch = |n: usize| x509_batch(&vec![entry.id.as_str(); n], &csr);
     let signed = || {
         h.metrics
             .x509_svids_signed
@@ -969,6 +940,20 @@ fn validate_jwt(bundle: &sigil_proto::Bundle, token: &str, audience: &str) -> Jw
     jsonwebtoken::decode::<JwtClaims>(token, &key, &validation)
         .unwrap()
         .claims
+}
+
+/// One X.509-SVID request per entry of `entry_ids`, all for the same CSR.
+fn x509_batch(entry_ids: &[&str], csr: &[u8]) -> pb::BatchMintX509svidRequest {
+    pb::BatchMintX509svidRequest {
+        requests: entry_ids
+            .iter()
+            .map(|id| pb::X509svidRequest {
+                entry_id: (*id).to_owned(),
+                csr: csr.to_vec(),
+                spiffe_id: String::new(),
+            })
+            .collect(),
+    }
 }
 
 fn jwt_request(entry_id: &str, audience: &[&str]) -> pb::MintJwtsvidRequest {
