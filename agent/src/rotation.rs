@@ -38,14 +38,15 @@ pub const JITTER: f64 = 0.1;
 const ENTRY_RETRY: Duration = Duration::from_secs(10);
 /// Upper bound on a rotation loop's sleep, so a clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
-/// The agent's own signing pace: below the server's per-agent limit (500 SVIDs/s, bursts of
-/// 1000), so a start-up or rotation wave of thousands of entries is spread out rather than
-/// refused. The margin absorbs the gap between when a batch is paced here and when it
-/// reaches the server.
+/// The agent's own signing pace once the server has refused a batch for its per-agent limit
+/// (500 SVIDs/s, bursts of 1000 by default): the rest of a start-up or rotation wave of
+/// thousands of entries is spread out rather than refused again. Until then the agent mints
+/// at full speed, so a server with the limit raised or off is not held back. The margin
+/// absorbs the gap between when a batch is paced here and when it reaches the server.
 pub const PACE_PER_SEC: f64 = 400.0;
 pub const PACE_BURST: f64 = 1000.0;
-/// How long a batch the server refused for its rate limit waits before it is sent again
-/// (should the server's limit ever be tighter than [`PACE_PER_SEC`]).
+/// How long a batch the server refused for its rate limit waits before it is sent again,
+/// through the pace the refusal engaged.
 const RATE_LIMITED_RETRY: Duration = Duration::from_secs(1);
 
 /// A token bucket that may go into debt: [`reserve`](Self::reserve) always succeeds and says
@@ -57,20 +58,43 @@ pub struct SigningPace {
     burst: f64,
     tokens: f64,
     at: Option<Instant>,
+    /// False until the server first refuses: no wait at all before that.
+    engaged: bool,
 }
 
 impl SigningPace {
+    /// A pace in force from the start, with a full burst.
     pub fn new(per_sec: f64, burst: f64) -> Self {
         SigningPace {
             per_sec,
             burst,
             tokens: burst,
             at: None,
+            engaged: true,
         }
+    }
+
+    /// A pace that waits for nothing until [`refused`](Self::refused) is called.
+    pub fn after_first_refusal(per_sec: f64, burst: f64) -> Self {
+        SigningPace {
+            engaged: false,
+            ..SigningPace::new(per_sec, burst)
+        }
+    }
+
+    /// The server refused a batch for its rate limit at `now`: its budget for this agent is
+    /// spent, so pace from an empty bucket on.
+    pub fn refused(&mut self, now: Instant) {
+        self.engaged = true;
+        self.tokens = self.tokens.min(0.0);
+        self.at = Some(now);
     }
 
     /// Reserves `n` signings at `now`; returns how long to wait before asking for them.
     pub fn reserve(&mut self, n: usize, now: Instant) -> Duration {
+        if !self.engaged {
+            return Duration::ZERO;
+        }
         let elapsed = self
             .at
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
@@ -87,7 +111,14 @@ impl SigningPace {
 /// One pace per process: the server's budget is per agent (its SPIFFE ID), and both minting
 /// loops draw from it.
 static PACE: LazyLock<Mutex<SigningPace>> =
-    LazyLock::new(|| Mutex::new(SigningPace::new(PACE_PER_SEC, PACE_BURST)));
+    LazyLock::new(|| Mutex::new(SigningPace::after_first_refusal(PACE_PER_SEC, PACE_BURST)));
+
+/// Tells the pace the server refused a batch for its signing rate limit.
+fn pace_refused() {
+    PACE.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .refused(Instant::now());
+}
 
 /// Waits until `n` more signings fit the agent's pace; false if `cancel` fired meanwhile.
 async fn paced(n: usize, cancel: &CancellationToken) -> bool {
@@ -292,7 +323,8 @@ pub async fn rotate_workload_svids(
                     }
                 }
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                    info!(error = %status.message(), entries = batch.len(), "server's signing rate limit reached; retrying shortly");
+                    info!(error = %status.message(), entries = batch.len(), "server's signing rate limit reached; pacing the rest");
+                    pace_refused();
                     rate_limited = true;
                     break;
                 }
@@ -499,7 +531,8 @@ pub async fn rotate_rendered_svids(
                     }
                 }
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                    info!(error = %status.message(), count = batch.len(), "server's signing rate limit reached; retrying shortly");
+                    info!(error = %status.message(), count = batch.len(), "server's signing rate limit reached; pacing the rest");
+                    pace_refused();
                     rate_limited = true;
                     break;
                 }
@@ -822,6 +855,20 @@ mod tests {
             let allowed = 1000.0 + 500.0 * at.duration_since(t0).as_secs_f64();
             assert!(sent as f64 <= allowed, "{sent} sent by {at:?}");
         }
+    }
+
+    #[test]
+    fn signing_pace_waits_for_nothing_until_the_server_refuses() {
+        let mut pace = SigningPace::after_first_refusal(PACE_PER_SEC, PACE_BURST);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(pace.reserve(500, t0), Duration::ZERO);
+        }
+        // Refused: the server's bucket is empty, so the next batch waits its own refill.
+        pace.refused(t0);
+        assert_eq!(pace.reserve(400, t0), Duration::from_secs(1));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(pace.reserve(200, t1), Duration::from_millis(500));
     }
 
     #[test]
