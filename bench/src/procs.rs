@@ -21,11 +21,10 @@ pub const TRUST_DOMAIN: &str = "bench.example";
 const MAX_ADMIN_MESSAGE: usize = 256 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, outside the range the bench's own
+/// outgoing connections take theirs from (see [`sigil_testpg::loopback_port`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(sigil_testpg::loopback_port()?)
 }
 
 /// A running `sigil-server`.

@@ -25,7 +25,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
@@ -459,11 +459,39 @@ fn unprivileged_user() -> Result<User, TestPgError> {
 }
 
 fn free_port() -> Result<u16, TestPgError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("find a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("find a free port"))?
-        .port())
+    loopback_port().map_err(io_err("find a free port"))
+}
+
+/// A TCP port on 127.0.0.1 that is free now, for a test server to bind a moment later.
+///
+/// A port from `bind(0)` comes from the kernel's ephemeral range, which outgoing connections
+/// draw from too: one of them (this test's or another's) can take it before the server binds
+/// it. So the port is picked below that range when the range leaves room, starting at an
+/// offset of this process's own, so test processes running side by side rarely try the same.
+pub fn loopback_port() -> io::Result<u16> {
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if ephemeral_low < LOW + 1_000 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        return Ok(listener.local_addr()?.port());
+    }
+    let span = ephemeral_low.min(u32::from(u16::MAX)) - LOW;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free loopback port below the ephemeral range",
+    ))
 }
 
 /// Removes the dirs of clusters whose test process has ended (static clusters are never

@@ -5,7 +5,6 @@
 pub mod admin;
 pub mod k8s;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -41,12 +40,10 @@ pub fn agent_bin() -> PathBuf {
     bin_dir().join("sigil-agent")
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, outside the range outgoing connections
+/// take theirs from (see [`sigil_testpg::loopback_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    sigil_testpg::loopback_port().expect("free port")
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
