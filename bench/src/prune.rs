@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::agent::v1 as agentpb;
 
+use crate::PROPAGATION_P99_MS;
 use crate::mint::{BenchAgent, entry, selector};
 use crate::procs::{ServerProc, TRUST_DOMAIN};
 use crate::report::{Figure, Target};
@@ -228,8 +229,15 @@ pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
         );
         for (when, samples) in [("idle", idle), ("during prune", busy)] {
             let name = format!("prune {label}: {what} p99, {when}");
+            // "Without stalling sync": an entry still reaches the agent within the
+            // propagation target (issue #6) while the prune runs.
+            let target = if what == "create-to-sync" && when == "during prune" {
+                Target::Below(PROPAGATION_P99_MS)
+            } else {
+                Target::None
+            };
             match percentile(samples, 99.0) {
-                Some(p) => figures.push(Figure::new(&name, millis(p), "ms", Target::None, &note)),
+                Some(p) => figures.push(Figure::new(&name, millis(p), "ms", target, &note)),
                 None => figures.push(Figure::skipped(
                     &name,
                     "ms",
