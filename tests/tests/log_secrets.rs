@@ -201,17 +201,7 @@ fn no_secret_in_any_log_line() {
     let socket = server.socket.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let admin_jwt = rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = sigil_tests::admin::uds_channel(&socket).await.unwrap();
         let mut client = AdminClient::new(channel);
         client
             .mint_x509svid(admin::MintX509svidRequest {

@@ -243,16 +243,7 @@ fn only_the_callers_identities_and_clear_errors() {
 
     // Without the security header: InvalidArgument, whatever the caller.
     rt().block_on(async {
-        let path = agent.socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
+        let channel = sigil_tests::admin::uds_channel(&agent.socket)
             .await
             .unwrap();
         let mut raw =
