@@ -94,6 +94,14 @@ impl SyncState {
                 }
             }
             None => {
+                if !upserts.is_empty() || !msg.deleted_ids.is_empty() {
+                    debug!(
+                        upserts = upserts.len(),
+                        deleted = msg.deleted_ids.len(),
+                        revision = msg.revision,
+                        "registration entries changed"
+                    );
+                }
                 if !upserts.is_empty() {
                     cache.upsert_entries(upserts);
                 }

@@ -338,13 +338,18 @@ impl Drop for Server {
 }
 
 /// On a failing test, the end of a process's log goes to stderr (shown with the failure), so a
-/// failure in CI can be diagnosed without re-running it.
+/// failure in CI can be diagnosed without re-running it. The agent's per-call Workload API
+/// lines (DEBUG, with the caller's `pid`) are left out: a workload fetching in a loop would
+/// otherwise fill the whole tail.
 fn print_log_tail_if_panicking(what: &str, log: &str) {
-    const LINES: usize = 80;
+    const LINES: usize = 120;
     if !std::thread::panicking() {
         return;
     }
-    let lines: Vec<&str> = log.lines().collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !(l.contains("DEBUG") && l.contains("pid")))
+        .collect();
     let tail = &lines[lines.len().saturating_sub(LINES)..];
     eprintln!("---- last {} lines of the {what} log ----", tail.len());
     for line in tail {

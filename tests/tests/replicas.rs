@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -135,12 +134,12 @@ fn two_replicas_one_bundle_and_agent_failover() {
         },
     );
 
-    // The workload fetches in a loop across the failover.
-    let stop = Arc::new(AtomicBool::new(false));
-    let agent = Arc::new(agent);
-    let looper = {
-        let (stop, agent) = (stop.clone(), agent.clone());
-        std::thread::spawn(move || {
+    // The workload fetches in a loop across the failover. A scoped thread borrowing the
+    // agent, stopped by a guard even when an assertion fails: the agent is then dropped on
+    // the panicking thread, which prints its log.
+    let stop = AtomicBool::new(false);
+    let (ok, failures) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| {
             let (mut ok, mut failures) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 match fetch_once(&agent) {
@@ -149,35 +148,35 @@ fn two_replicas_one_bundle_and_agent_failover() {
                 }
             }
             (ok, failures)
-        })
-    };
-
-    let mut a = a;
-    a.kill9();
-    wait_for("the agent to move to B", Duration::from_secs(30), || {
-        agent
-            .log()
-            .lines()
-            .any(|l| {
-                l.contains("moved to another server")
-                    && l.contains(&format!("127.0.0.1:{}", b.bind_port))
-            })
-            .then_some(())
-    });
-    // A change made through the surviving replica reaches the workload: the next sync works.
-    register_uid(&b, "spiffe://example.org/replicas/two", &agent_id, uid, &[]);
-    wait_for(
-        "the entry created on B to reach the workload",
-        Duration::from_secs(30),
-        || {
-            let out = agent.cli(&["api", "fetch", "x509"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("spiffe://example.org/replicas/two")
+        });
+        let _stop = StopOnDrop(&stop);
+        let mut a = a;
+        a.kill9();
+        wait_for("the agent to move to B", Duration::from_secs(30), || {
+            agent
+                .log()
+                .lines()
+                .any(|l| {
+                    l.contains("moved to another server")
+                        && l.contains(&format!("127.0.0.1:{}", b.bind_port))
+                })
                 .then_some(())
-        },
-    );
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failures) = looper.join().unwrap();
+        });
+        // A change made through the surviving replica reaches the workload: the next sync works.
+        register_uid(&b, "spiffe://example.org/replicas/two", &agent_id, uid, &[]);
+        wait_for(
+            "the entry created on B to reach the workload",
+            Duration::from_secs(30),
+            || {
+                let out = agent.cli(&["api", "fetch", "x509"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("spiffe://example.org/replicas/two")
+                    .then_some(())
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        looper.join().unwrap()
+    });
     assert!(ok > 0, "the workload loop ran");
     assert!(
         failures.is_empty(),
@@ -186,6 +185,15 @@ fn two_replicas_one_bundle_and_agent_failover() {
         ok as usize + failures.len(),
         failures
     );
+}
+
+/// Stops the workload loop however the scope ends.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A JWT-SVID minted by A verifies with the key B's bundle publishes (jsonwebtoken, not our
