@@ -36,6 +36,15 @@ pub struct AuthorizedEntries {
 }
 
 impl AuthorizedEntries {
+    /// A set as [`AuthorizationCache::authorized`] would return it.
+    #[cfg(test)]
+    pub(crate) fn new(revision: i64, entries: impl IntoIterator<Item = RegistrationEntry>) -> Self {
+        AuthorizedEntries {
+            revision,
+            entries: entries.into_iter().map(|e| (e.id.clone(), e)).collect(),
+        }
+    }
+
     pub fn get(&self, entry_id: &str) -> Option<&RegistrationEntry> {
         self.entries.get(entry_id)
     }

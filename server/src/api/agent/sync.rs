@@ -252,9 +252,9 @@ impl SyncStream {
     /// Resumes from `since` with only the changes after it, if the change feed still holds
     /// them all. Returns false when a snapshot is needed instead.
     ///
-    /// The agent's holdings are unknown here, so each changed entry is an upsert when
-    /// authorized and a deletion otherwise; an entry that lost authorization only through an
-    /// ancestor is dropped at the next full snapshot.
+    /// The agent's holdings are unknown here, so it gets what [`resume_changes`] finds; an
+    /// entry that lost authorization only through an ancestor is dropped at the next full
+    /// snapshot.
     async fn resume(&mut self, since: i64, bundle: &Arc<Bundle>) -> Result<bool, StreamError> {
         let latest = self
             .datastore
@@ -287,22 +287,9 @@ impl SyncStream {
                 .map_err(datastore_status)?;
             let Some(last) = events.last() else { break };
             after = last.revision;
-            touched.extend(
-                events
-                    .into_iter()
-                    .filter(|e| e.revision <= authorized.revision)
-                    .map(|e| e.entry_id),
-            );
+            touched.extend(events.into_iter().map(|e| e.entry_id));
         }
-        let mut touched: Vec<String> = touched.into_iter().collect();
-        touched.sort();
-        let (up, deleted): (Vec<String>, Vec<String>) =
-            touched.into_iter().partition(|id| authorized.contains(id));
-        let upserts = up
-            .iter()
-            .filter_map(|id| authorized.get(id))
-            .map(common::RegistrationEntry::from)
-            .collect();
+        let (upserts, deleted) = resume_changes(since, &authorized, touched);
         self.send_changes(upserts, deleted, authorized.revision, Some(bundle))
             .await?;
         self.known = authorized_revisions(&authorized);
@@ -393,6 +380,32 @@ impl From<Status> for StreamError {
     }
 }
 
+/// What an agent resuming from `since` lacks: every authorized entry whose revision is newer
+/// than `since`, and the deletion of every entry an event after `since` `touched` that is no
+/// longer authorized.
+///
+/// Upserts go by the entries' own revisions, not by the events: the set is read after its
+/// `revision`, so it can hold an entry committed in between, whose event lies past the ones
+/// read. Everything in the set then counts as held by the agent, so such an entry must go now.
+fn resume_changes(
+    since: i64,
+    authorized: &AuthorizedEntries,
+    touched: HashSet<String>,
+) -> (Vec<common::RegistrationEntry>, Vec<String>) {
+    let upserts = authorized
+        .sorted()
+        .into_iter()
+        .filter(|e| e.revision > since)
+        .map(common::RegistrationEntry::from)
+        .collect();
+    let mut deleted: Vec<String> = touched
+        .into_iter()
+        .filter(|id| !authorized.contains(id))
+        .collect();
+    deleted.sort();
+    (upserts, deleted)
+}
+
 fn federates_with(a: &AuthorizedEntries) -> BTreeSet<TrustDomain> {
     a.sorted()
         .into_iter()
@@ -417,6 +430,28 @@ mod tests {
             dns_names: vec!["d".repeat(dns_bytes)],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn resume_sends_what_changed_after_since_even_past_the_sets_revision() {
+        let at = |id: &str, revision: i64| {
+            let mut e = crate::datastore::tests::entry(
+                &format!("spiffe://td/{id}"),
+                "spiffe://td/spire/agent/a",
+                &["unix:uid:1"],
+            );
+            e.id = id.into();
+            e.revision = revision;
+            e
+        };
+        // Read at revision 2, the set also holds `late`, committed (revision 3) just after.
+        let authorized =
+            AuthorizedEntries::new(2, [at("held", 1), at("changed", 2), at("late", 3)]);
+        let touched = HashSet::from(["changed".to_owned(), "gone".to_owned()]);
+        let (upserts, deleted) = resume_changes(1, &authorized, touched);
+        let ids: Vec<&str> = upserts.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["changed", "late"]);
+        assert_eq!(deleted, ["gone"]);
     }
 
     #[test]
