@@ -18,29 +18,14 @@ use std::time::{Duration, Instant};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
 use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
-use sigil_tests::{Server, ServerOptions, server_bin, wait_child, wait_for};
+use sigil_tests::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;
 const KILLS: usize = 20;
 
-/// `sqlite3 <db> <sql>`, stdout.
-fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI is installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn integrity_check(db: &Path) -> String {
-    sqlite3(db, "PRAGMA integrity_check;").trim().to_owned()
+    sqlite3(db, "PRAGMA integrity_check;")
 }
 
 /// Entries per batch of `round`, read straight from the file.
@@ -125,7 +110,6 @@ fn kill9_mid_write_loses_no_acknowledged_entry_and_no_batch_is_partial() {
         );
     }
     let count: usize = sqlite3(&db, "SELECT COUNT(*) FROM registered_entries;")
-        .trim()
         .parse()
         .unwrap();
     assert!(count >= total_acked * BATCH);

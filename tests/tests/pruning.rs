@@ -3,7 +3,6 @@
 //! 20k expired join tokens are all pruned while entries keep being created.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
 use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{Server, ServerOptions, attested_agent, register_uid, wait_for};
+use sigil_tests::{Server, ServerOptions, attested_agent, register_uid, sqlite3, wait_for};
 
 /// The server prunes every 30 s (and at start); a margin on top.
 const PRUNED_WITHIN: Duration = Duration::from_secs(90);
@@ -34,21 +33,6 @@ fn entry(spiffe_id: String, expires_at: i64) -> common::RegistrationEntry {
         expires_at,
         ..Default::default()
     }
-}
-
-fn sqlite3(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .args(["-cmd", ".timeout 10000"])
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("the sqlite3 CLI");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn count(db: &Path, sql: &str) -> usize {
