@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sigil_proto::entry::entries_digest;
 use sigil_proto::sigil::agent::v1::{SyncEntriesRequest, SyncEntriesResponse};
 use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,9 @@ pub struct Applied {
     pub rejected: usize,
     /// The trust domains of the new federated bundle set, when the message changed it.
     pub federated: Option<Vec<TrustDomain>>,
+    /// A resume left the cache with other entries than the server's digest says: the next
+    /// stream must start from a full snapshot.
+    pub diverged: bool,
 }
 
 /// The sync position: the last revision applied and any snapshot being assembled.
@@ -58,6 +62,18 @@ impl SyncState {
     /// Forgets a half-received snapshot (the stream broke); the next stream starts over.
     pub fn interrupted(&mut self) {
         self.pending = None;
+    }
+
+    /// Whether the cache's entries hash to `digest` (see [`entries_digest`]).
+    fn holds(cache: &Cache, digest: &[u8]) -> bool {
+        let snapshot = cache.snapshot();
+        let held = entries_digest(
+            snapshot
+                .identities
+                .iter()
+                .map(|i| (i.entry.id.as_str(), i.entry.revision)),
+        );
+        held.as_slice() == digest
     }
 
     /// Applies one stream message to `cache`.
@@ -109,6 +125,11 @@ impl SyncState {
                     cache.remove_entries(&msg.deleted_ids);
                 }
                 self.revision = self.revision.max(msg.revision);
+                if !msg.entries_digest.is_empty() && !Self::holds(cache, &msg.entries_digest) {
+                    // The cache keeps serving what it has until the snapshot replaces it.
+                    self.revision = 0;
+                    applied.diverged = true;
+                }
             }
         }
         if let Some(wire) = &msg.bundle {
@@ -191,7 +212,7 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
             Ok(response) => {
                 ctx.metrics.sync_connect(true);
                 let mut stream = response.into_inner();
-                loop {
+                let ended = loop {
                     let next = tokio::select! {
                         () = cancel.cancelled() => return,
                         m = stream.message() => m,
@@ -203,12 +224,26 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
                                 degraded = false;
                             }
                             backoff.reset();
-                            apply(&ctx, &mut state, msg);
+                            if apply(&ctx, &mut state, msg) {
+                                break None;
+                            }
                         }
                         Ok(None) => {
-                            break tonic::Status::unavailable("the server ended the sync stream");
+                            break Some(tonic::Status::unavailable(
+                                "the server ended the sync stream",
+                            ));
                         }
-                        Err(status) => break status,
+                        Err(status) => break Some(status),
+                    }
+                };
+                match ended {
+                    Some(status) => status,
+                    None => {
+                        // At once, from revision 0: the server is up, nothing failed.
+                        warn!(
+                            "a resumed sync left other entries than the server holds for this agent; syncing a full snapshot"
+                        );
+                        continue;
                     }
                 }
             }
@@ -233,7 +268,8 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
     }
 }
 
-fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) {
+/// Applies one message; returns whether a resume diverged (see [`Applied::diverged`]).
+fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) -> bool {
     ctx.metrics.sync_messages.inc();
     let applied = state.apply(&ctx.cache, msg);
     if let Some(n) = applied.snapshot_entries {
@@ -264,6 +300,7 @@ fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) {
             warn!(error = %e, "cannot persist the trust bundle");
         }
     }
+    applied.diverged
 }
 
 #[cfg(test)]
@@ -357,6 +394,27 @@ mod tests {
         state.apply(&cache, page(&["b"], false, false, 2));
         assert_eq!(ids(&cache), ["b"]);
         assert_eq!(state.revision(), 2);
+    }
+
+    #[test]
+    fn a_resume_whose_digest_differs_asks_for_a_snapshot() {
+        let resume = |held: &[&str]| {
+            let cache = Cache::new(Bundle::new(td()));
+            let mut state = SyncState::new(td());
+            state.apply(&cache, page(held, true, true, 3));
+            // The server's set after the resume holds `a` and the new `b`.
+            let mut msg = page(&["b"], false, false, 5);
+            msg.entries_digest = entries_digest([("a", 0), ("b", 0)]).to_vec();
+            let applied = state.apply(&cache, msg);
+            (applied.diverged, state.revision(), ids(&cache))
+        };
+        assert_eq!(resume(&["a"]), (false, 5, vec!["a".into(), "b".into()]));
+        // `orphan` lost its authorization through an ancestor while the agent was away: no
+        // event of its own told the server to send its deletion.
+        let (diverged, revision, held) = resume(&["a", "orphan"]);
+        assert!(diverged);
+        assert_eq!(revision, 0, "the next stream starts from a full snapshot");
+        assert_eq!(held.len(), 3, "the cache keeps serving until the snapshot");
     }
 
     #[test]

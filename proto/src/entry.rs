@@ -1,5 +1,7 @@
 //! Registration entries: which workloads (by selectors, under which parent) get which identity.
 
+use sha2::{Digest, Sha256};
+
 use crate::id_template::IdTemplate;
 use crate::selector::Selector;
 use crate::spiffe_id::SpiffeId;
@@ -53,5 +55,42 @@ impl RegistrationEntry {
             Some(t) => t.matches(id),
             None => *id == self.spiffe_id,
         }
+    }
+}
+
+/// The digest of a set of entries that a resumed sync compares (`entries_digest` in
+/// `agent.proto`): SHA-256 over the (ID, revision) pairs in ID order, each ID length-prefixed.
+/// Both sides hash what they hold, so any missing, extra or outdated entry shows.
+pub fn entries_digest<'a>(entries: impl IntoIterator<Item = (&'a str, i64)>) -> [u8; 32] {
+    let mut pairs: Vec<(&str, i64)> = entries.into_iter().collect();
+    pairs.sort_unstable();
+    let mut hash = Sha256::new();
+    for (id, revision) in pairs {
+        hash.update((id.len() as u64).to_be_bytes());
+        hash.update(id.as_bytes());
+        hash.update(revision.to_be_bytes());
+    }
+    hash.finalize().into()
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::entries_digest;
+
+    #[test]
+    fn digest_ignores_order_and_sees_every_difference() {
+        let a = entries_digest([("a", 1), ("b", 2)]);
+        assert_eq!(
+            a,
+            entries_digest([("b", 2), ("a", 1)]),
+            "order does not matter"
+        );
+        assert_ne!(a, entries_digest([("a", 1)]), "a missing entry");
+        assert_ne!(
+            a,
+            entries_digest([("a", 1), ("b", 2), ("c", 3)]),
+            "an extra entry"
+        );
+        assert_ne!(a, entries_digest([("a", 1), ("b", 3)]), "an outdated entry");
     }
 }

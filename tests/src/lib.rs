@@ -469,6 +469,12 @@ health_checks {{
         self.dir.path().join("agent.log")
     }
 
+    /// Sends `signal` to the running agent (SIGSTOP/SIGCONT: an agent away while things change).
+    pub fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("agent running");
+        kill(Pid::from_raw(child.id() as i32), signal).expect("signal the agent");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }

@@ -1,10 +1,12 @@
 //! End-to-end tests of `sigil-agent` against a real `sigil-server`: join-token attestation,
 //! entry sync and SVID minting checked through the Workload API CLI and `openssl verify`,
-//! restart without re-attestation, and an agent that outlives its server.
+//! restart without re-attestation, an agent that outlives its server, and one that resumes after
+//! an entry lost its authorization while it was away.
 
 use std::time::Duration;
 
-use sigil_tests::{Agent, Server, ServerOptions, openssl, wait_for};
+use nix::sys::signal::Signal;
+use sigil_tests::{Agent, Server, ServerOptions, openssl, register_uid, wait_for};
 
 fn token(server: &Server) -> String {
     server.cli_json(&["token", "generate"])["value"]
@@ -162,4 +164,64 @@ fn agent_without_svid_or_token_exits_with_a_clear_message() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(64), "bad config exits 64");
+}
+
+/// The workload's SPIFFE IDs, from the Workload API CLI.
+fn fetched_ids(agent: &Agent) -> String {
+    String::from_utf8_lossy(&agent.cli(&["api", "fetch", "x509"]).stdout).into_owned()
+}
+
+/// An entry that loses its authorization only through an ancestor (its parent entry deleted)
+/// while the agent is away has no change event of its own, so a resume does not name it. The
+/// server's digest of the agent's set shows the difference and the agent takes a full
+/// snapshot, rather than keeping the entry until the periodic one minutes later.
+#[test]
+fn an_entry_orphaned_while_the_agent_was_away_leaves_it_on_resume() {
+    let mut server = Server::start(ServerOptions::default());
+    let token = token(&server);
+    let agent = Agent::start(&server, Some(&token));
+    let agent_id = agent_ids(&server)[0].clone();
+    let uid = nix::unistd::getuid().as_raw();
+    // A mid-level entry the workload does not match, one nested under it that it does, and
+    // one of its own.
+    let parent = register_uid(
+        &server,
+        "spiffe://example.org/e2e/parent",
+        &agent_id,
+        uid + 1,
+        &[],
+    );
+    register_uid(
+        &server,
+        "spiffe://example.org/e2e/nested",
+        "spiffe://example.org/e2e/parent",
+        uid,
+        &[],
+    );
+    register_uid(&server, "spiffe://example.org/e2e/own", &agent_id, uid, &[]);
+    wait_for("the nested entry's SVID", Duration::from_secs(30), || {
+        let ids = fetched_ids(&agent);
+        (ids.contains("e2e/nested") && ids.contains("e2e/own")).then_some(())
+    });
+
+    // Away: stopped while its server crashes and comes back, and the parent is deleted
+    // through the new process, which has no stream to it.
+    agent.signal(Signal::SIGSTOP);
+    server.kill9();
+    server.spawn();
+    server.cli_ok(&["entry", "delete", "-entryID", &parent]);
+    agent.signal(Signal::SIGCONT);
+
+    wait_for(
+        "the orphaned entry to leave the workload",
+        Duration::from_secs(30),
+        || {
+            let ids = fetched_ids(&agent);
+            (ids.contains("e2e/own") && !ids.contains("e2e/nested")).then_some(())
+        },
+    );
+    assert!(
+        agent.log().contains("a resumed sync left other entries"),
+        "the agent resumed, found the difference and took a snapshot"
+    );
 }

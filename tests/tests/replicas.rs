@@ -179,6 +179,10 @@ fn two_replicas_one_bundle_and_agent_failover() {
     });
     assert!(ok > 0, "the workload loop ran");
     assert!(
+        !agent.log().contains("a resumed sync left other entries"),
+        "the agent resumed on B with exactly the entries B holds for it, no snapshot needed"
+    );
+    assert!(
         failures.is_empty(),
         "{} failed or expired fetches out of {}: {:?}",
         failures.len(),

@@ -1,6 +1,7 @@
 //! The SyncEntries stream: a paged snapshot of the agent's authorized entries, then every
 //! change pushed as it commits, the bundle when it changes, and a periodic full resync.
 
+use sigil_proto::entry::entries_digest;
 use sigil_proto::limits::SYNC_PAGE_BYTES;
 
 use super::*;
@@ -290,8 +291,19 @@ impl SyncStream {
             touched.extend(events.into_iter().map(|e| e.entry_id));
         }
         let (upserts, deleted) = resume_changes(since, &authorized, touched);
-        self.send_changes(upserts, deleted, authorized.revision, Some(bundle))
-            .await?;
+        let digest = entries_digest(
+            authorized
+                .sorted()
+                .into_iter()
+                .map(|e| (e.id.as_str(), e.revision)),
+        );
+        self.send_changes(
+            upserts,
+            deleted,
+            authorized.revision,
+            Some((bundle, digest)),
+        )
+        .await?;
         self.known = authorized_revisions(&authorized);
         self.federates_with = federates_with(&authorized);
         self.revision = authorized.revision;
@@ -299,14 +311,15 @@ impl SyncStream {
     }
 
     /// Live changes in pages; only the last page carries the new revision, so a stream cut
-    /// mid-way resumes from the old one. Nothing is sent when nothing changed (unless there is
-    /// a bundle to deliver).
+    /// mid-way resumes from the old one. Nothing is sent when nothing changed, except on a
+    /// resume, which always delivers the bundle (first page) and the digest of the whole set
+    /// (last page).
     async fn send_changes(
         &self,
         upserts: Vec<common::RegistrationEntry>,
         deleted: Vec<String>,
         revision: i64,
-        bundle: Option<&Arc<Bundle>>,
+        resume: Option<(&Arc<Bundle>, [u8; 32])>,
     ) -> Result<(), StreamError> {
         let mut messages: Vec<pb::SyncEntriesResponse> = pages(&upserts)
             .into_iter()
@@ -325,17 +338,20 @@ impl SyncStream {
                     ..Default::default()
                 }),
         );
-        if messages.is_empty() && bundle.is_none() {
+        if messages.is_empty() && resume.is_none() {
             return Ok(());
         }
         if messages.is_empty() {
             messages.push(pb::SyncEntriesResponse::default());
         }
-        if let Some(b) = bundle {
-            messages[0].bundle = Some(common::Bundle::from(b.as_ref()));
+        if let Some((bundle, _)) = resume {
+            messages[0].bundle = Some(common::Bundle::from(bundle.as_ref()));
         }
         if let Some(last) = messages.last_mut() {
             last.revision = revision;
+            if let Some((_, digest)) = resume {
+                last.entries_digest = digest.to_vec();
+            }
         }
         for m in messages {
             self.send(m).await?;

@@ -526,6 +526,26 @@ async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
         msg.upserts.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
         [later.id]
     );
+    // Its last message carries the digest of the agent's whole set, as a full snapshot has it.
+    let mut fresh = agent
+        .client
+        .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut held = Vec::new();
+    loop {
+        let page = next(&mut fresh).await;
+        held.extend(page.upserts.into_iter().map(|e| (e.id, e.revision)));
+        if page.snapshot_end {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 4, "{held:?}");
+    assert_eq!(
+        msg.entries_digest,
+        sigil_proto::entry::entries_digest(held.iter().map(|(id, r)| (id.as_str(), *r))).to_vec()
+    );
 
     // An evicted agent's open stream ends at the next wake-up.
     h.ds.delete_attested_node(&agent.id).await.unwrap();
