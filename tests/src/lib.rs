@@ -532,6 +532,30 @@ health_checks {{
             .expect("run sigil-agent CLI")
     }
 
+    /// What `api fetch x509` prints for this process's workload (its SPIFFE IDs among it);
+    /// empty when the fetch fails.
+    pub fn fetched_x509(&self) -> String {
+        String::from_utf8_lossy(&self.cli(&["api", "fetch", "x509"]).stdout).into_owned()
+    }
+
+    /// Waits until this process's workload gets an X509-SVID.
+    pub fn wait_for_svid(&self, timeout: Duration) {
+        wait_for("the workload's X509-SVID", timeout, || {
+            self.cli(&["api", "fetch", "x509"])
+                .status
+                .success()
+                .then_some(())
+        });
+    }
+
+    /// Waits until this process's workload gets an X509-SVID for each of `spiffe_ids`.
+    pub fn wait_for_ids(&self, what: &str, spiffe_ids: &[&str], timeout: Duration) {
+        wait_for(what, timeout, || {
+            let out = self.fetched_x509();
+            spiffe_ids.iter().all(|id| out.contains(id)).then_some(())
+        });
+    }
+
     /// SIGTERM, and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent running");

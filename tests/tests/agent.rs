@@ -130,15 +130,10 @@ fn agent_attests_serves_survives_restarts_and_server_outages() {
         "-selector",
         &format!("unix:uid:{uid}"),
     ]);
-    wait_for(
+    agent.wait_for_ids(
         "the second entry's SVID after the server restart",
+        &["spiffe://example.org/e2e/second"],
         Duration::from_secs(60),
-        || {
-            let out = agent.cli(&["api", "fetch", "x509"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("spiffe://example.org/e2e/second")
-                .then_some(())
-        },
     );
 }
 
@@ -164,11 +159,6 @@ fn agent_without_svid_or_token_exits_with_a_clear_message() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(64), "bad config exits 64");
-}
-
-/// The workload's SPIFFE IDs, from the Workload API CLI.
-fn fetched_ids(agent: &Agent) -> String {
-    String::from_utf8_lossy(&agent.cli(&["api", "fetch", "x509"]).stdout).into_owned()
 }
 
 /// An entry that loses its authorization only through an ancestor (its parent entry deleted)
@@ -199,10 +189,14 @@ fn an_entry_orphaned_while_the_agent_was_away_leaves_it_on_resume() {
         &[],
     );
     register_uid(&server, "spiffe://example.org/e2e/own", &agent_id, uid, &[]);
-    wait_for("the nested entry's SVID", Duration::from_secs(30), || {
-        let ids = fetched_ids(&agent);
-        (ids.contains("e2e/nested") && ids.contains("e2e/own")).then_some(())
-    });
+    agent.wait_for_ids(
+        "the nested entry's SVID",
+        &[
+            "spiffe://example.org/e2e/nested",
+            "spiffe://example.org/e2e/own",
+        ],
+        Duration::from_secs(30),
+    );
 
     // Away: stopped while its server crashes and comes back, and the parent is deleted
     // through the new process, which has no stream to it.
@@ -216,7 +210,7 @@ fn an_entry_orphaned_while_the_agent_was_away_leaves_it_on_resume() {
         "the orphaned entry to leave the workload",
         Duration::from_secs(30),
         || {
-            let ids = fetched_ids(&agent);
+            let ids = agent.fetched_x509();
             (ids.contains("e2e/own") && !ids.contains("e2e/nested")).then_some(())
         },
     );

@@ -53,16 +53,14 @@ fn expired_entry_leaves_entry_show_and_the_workload() {
         &["-entryExpiry", &expiry],
     );
     register_uid(&server, "spiffe://example.org/staying", &agent_id, uid, &[]);
-    let fetch = || {
-        let out = agent.cli(&["api", "fetch", "x509"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    wait_for("both SVIDs served", Duration::from_secs(60), || {
-        let out = fetch();
-        (out.contains("spiffe://example.org/expiring")
-            && out.contains("spiffe://example.org/staying"))
-        .then_some(())
-    });
+    agent.wait_for_ids(
+        "both SVIDs served",
+        &[
+            "spiffe://example.org/expiring",
+            "spiffe://example.org/staying",
+        ],
+        Duration::from_secs(60),
+    );
 
     wait_for("the expired entry pruned", PRUNED_WITHIN, || {
         (!server
@@ -82,7 +80,7 @@ fn expired_entry_leaves_entry_show_and_the_workload() {
         "the workload to drop the pruned SVID",
         Duration::from_secs(30),
         || {
-            let out = fetch();
+            let out = agent.fetched_x509();
             (!out.contains("spiffe://example.org/expiring")
                 && out.contains("spiffe://example.org/staying"))
             .then_some(())

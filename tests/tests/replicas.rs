@@ -123,15 +123,10 @@ fn two_replicas_one_bundle_and_agent_failover() {
         uid,
         &[],
     );
-    wait_for(
+    agent.wait_for_ids(
         "the entry created on B to reach the agent on A",
+        &["spiffe://example.org/replicas/via-b"],
         Duration::from_secs(20),
-        || {
-            let out = agent.cli(&["api", "fetch", "x509"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("spiffe://example.org/replicas/via-b")
-                .then_some(())
-        },
     );
 
     // The workload fetches in a loop across the failover. A scoped thread borrowing the
@@ -164,15 +159,10 @@ fn two_replicas_one_bundle_and_agent_failover() {
         });
         // A change made through the surviving replica reaches the workload: the next sync works.
         register_uid(&b, "spiffe://example.org/replicas/two", &agent_id, uid, &[]);
-        wait_for(
+        agent.wait_for_ids(
             "the entry created on B to reach the workload",
+            &["spiffe://example.org/replicas/two"],
             Duration::from_secs(30),
-            || {
-                let out = agent.cli(&["api", "fetch", "x509"]);
-                String::from_utf8_lossy(&out.stdout)
-                    .contains("spiffe://example.org/replicas/two")
-                    .then_some(())
-            },
         );
         stop.store(true, Ordering::Relaxed);
         looper.join().unwrap()

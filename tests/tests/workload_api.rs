@@ -266,13 +266,7 @@ fn entry_changes_are_pushed_to_streaming_workloads() {
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
     let first = register_uid(&server, "spiffe://example.org/first", &agent_id, uid(), &[]);
-    wait_for("the first SVID", Duration::from_secs(10), || {
-        agent
-            .cli(&["api", "fetch", "x509"])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.wait_for_svid(Duration::from_secs(10));
     rt().block_on(async {
         let client = rust_client(&agent).await;
         let mut stream = Box::pin(
@@ -348,13 +342,7 @@ fn rotation_is_seen_by_both_clients() {
         uid(),
         &["-x509SVIDTTL", "10"],
     );
-    wait_for("the SVID", Duration::from_secs(10), || {
-        agent
-            .cli(&["api", "fetch", "x509"])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.wait_for_svid(Duration::from_secs(10));
     let p = py(&["watch", agent.socket.to_str().unwrap(), "2", "20"]);
     assert!(
         p["serials"].as_array().unwrap().len() >= 2,
@@ -405,13 +393,7 @@ fn server_outage_keeps_workloads_served_and_restart_resumes_rotation() {
         uid(),
         &["-x509SVIDTTL", "40"],
     );
-    wait_for("the SVID", Duration::from_secs(10), || {
-        agent
-            .cli(&["api", "fetch", "x509"])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.wait_for_svid(Duration::from_secs(10));
 
     server.kill9();
     let down = Instant::now();
@@ -472,13 +454,7 @@ fn evicted_agent_is_refused_then_reattests_with_a_fresh_token() {
         uid(),
         &[],
     );
-    wait_for("the SVID", Duration::from_secs(10), || {
-        agent
-            .cli(&["api", "fetch", "x509"])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.wait_for_svid(Duration::from_secs(10));
     server.cli_ok(&["agent", "evict", "-spiffeID", &agent_id]);
     assert!(
         server
@@ -661,13 +637,7 @@ fn insecure_bootstrap_trusts_the_server_on_first_contact_only() {
         uid(),
         &[],
     );
-    wait_for("an SVID", Duration::from_secs(10), || {
-        agent
-            .cli(&["api", "fetch", "x509"])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.wait_for_svid(Duration::from_secs(10));
     assert!(
         agent.log().to_lowercase().contains("insecure"),
         "the agent warns about insecure bootstrap"
