@@ -43,6 +43,9 @@ pub struct SyncState {
     trust_domain: TrustDomain,
     revision: i64,
     pending: Option<BTreeMap<String, RegistrationEntry>>,
+    /// Entries the server sent that do not convert (ID → revision): kept out of the cache but
+    /// in the digest, so that a resume does not take them for a difference every time.
+    rejected: BTreeMap<String, i64>,
 }
 
 impl SyncState {
@@ -51,6 +54,7 @@ impl SyncState {
             trust_domain,
             revision: 0,
             pending: None,
+            rejected: BTreeMap::new(),
         }
     }
 
@@ -64,14 +68,16 @@ impl SyncState {
         self.pending = None;
     }
 
-    /// Whether the cache's entries hash to `digest` (see [`entries_digest`]).
-    fn holds(cache: &Cache, digest: &[u8]) -> bool {
+    /// Whether the cache's entries and the rejected ones hash to `digest` (see
+    /// [`entries_digest`]).
+    fn holds(&self, cache: &Cache, digest: &[u8]) -> bool {
         let snapshot = cache.snapshot();
         let held = entries_digest(
             snapshot
                 .identities
                 .iter()
-                .map(|i| (i.entry.id.as_str(), i.entry.revision)),
+                .map(|i| (i.entry.id.as_str(), i.entry.revision))
+                .chain(self.rejected.iter().map(|(id, r)| (id.as_str(), *r))),
         );
         held.as_slice() == digest
     }
@@ -79,18 +85,26 @@ impl SyncState {
     /// Applies one stream message to `cache`.
     pub fn apply(&mut self, cache: &Cache, msg: SyncEntriesResponse) -> Applied {
         let mut applied = Applied::default();
+        if msg.snapshot_start {
+            self.pending = Some(BTreeMap::new());
+            self.rejected.clear();
+        }
         let mut upserts = Vec::with_capacity(msg.upserts.len());
         for wire in &msg.upserts {
             match RegistrationEntry::try_from(wire) {
-                Ok(entry) => upserts.push(entry),
+                Ok(entry) => {
+                    self.rejected.remove(&entry.id);
+                    upserts.push(entry);
+                }
                 Err(e) => {
                     warn!(entry_id = %wire.id, error = %e, "skipping an entry the server sent that does not convert");
+                    self.rejected.insert(wire.id.clone(), wire.revision);
                     applied.rejected += 1;
                 }
             }
         }
-        if msg.snapshot_start {
-            self.pending = Some(BTreeMap::new());
+        for id in &msg.deleted_ids {
+            self.rejected.remove(id);
         }
         match &mut self.pending {
             Some(pending) => {
@@ -125,7 +139,7 @@ impl SyncState {
                     cache.remove_entries(&msg.deleted_ids);
                 }
                 self.revision = self.revision.max(msg.revision);
-                if !msg.entries_digest.is_empty() && !Self::holds(cache, &msg.entries_digest) {
+                if !msg.entries_digest.is_empty() && !self.holds(cache, &msg.entries_digest) {
                     // The cache keeps serving what it has until the snapshot replaces it.
                     self.revision = 0;
                     applied.diverged = true;
@@ -415,6 +429,29 @@ mod tests {
         assert!(diverged);
         assert_eq!(revision, 0, "the next stream starts from a full snapshot");
         assert_eq!(held.len(), 3, "the cache keeps serving until the snapshot");
+    }
+
+    #[test]
+    fn an_entry_that_does_not_convert_is_no_difference_on_resume() {
+        let cache = Cache::new(Bundle::new(td()));
+        let mut state = SyncState::new(td());
+        let mut msg = page(&["a"], true, true, 3);
+        msg.upserts.push(pb::RegistrationEntry {
+            id: "bad".into(),
+            spiffe_id: "not a spiffe id".into(),
+            revision: 2,
+            ..Default::default()
+        });
+        state.apply(&cache, msg);
+        let mut resume = page(&["b"], false, false, 5);
+        resume.entries_digest = entries_digest([("a", 0), ("bad", 2), ("b", 0)]).to_vec();
+        assert!(!state.apply(&cache, resume).diverged);
+        // Once deleted, it no longer counts.
+        let mut resume = page(&[], false, false, 6);
+        resume.deleted_ids = vec!["bad".into()];
+        resume.entries_digest = entries_digest([("a", 0), ("b", 0)]).to_vec();
+        assert!(!state.apply(&cache, resume).diverged);
+        assert_eq!(state.revision(), 6);
     }
 
     #[test]
