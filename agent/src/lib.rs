@@ -5,8 +5,10 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod endpoints;
 pub mod node_attestation;
 pub mod ops;
+pub mod procfs;
 pub mod rotation;
 pub mod run;
 pub mod server_client;

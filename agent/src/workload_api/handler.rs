@@ -14,25 +14,21 @@ use sigil_proto::workload::{
     X509svid, X509svidRequest, X509svidResponse,
 };
 use sigil_proto::{Bundle, Selector, SpiffeId, SpiffeIdError, TrustDomain};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
 use crate::cache::{CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot};
+use crate::endpoints::{LatestStream, LimitError, Peer, PeerError};
 use crate::taint::TaintedAuthorities;
 use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
-
-/// Messages buffered per stream; each is the full state, so a slow client only needs the last.
-const STREAM_BUFFER: usize = 2;
 
 /// Why a request failed. Converted to a gRPC status in exactly one place
 /// (`From<RequestError> for Status`); the workload sees the short message, the log the detail.
@@ -42,6 +38,13 @@ pub(crate) enum RequestError {
     MissingSecurityHeader,
     #[error("workload attestation failed")]
     NoPeerCredentials,
+    /// The connection's process is gone or changed (SPIRE's wording, with the reason).
+    #[error("could not verify existence of the original caller: {0}")]
+    Peer(#[source] PeerError),
+    #[error("{0}")]
+    TooManyStreams(#[source] LimitError),
+    #[error("stream ended: the client did not read an update within {0:?}")]
+    SlowReader(Duration),
     #[error("workload attestation failed")]
     Attestation(#[source] AttestationError),
     #[error("no identity issued")]
@@ -75,6 +78,8 @@ impl From<RequestError> for Status {
             | E::BadSpiffeId(_)
             | E::InvalidJwtSvid(_) => Status::invalid_argument(message),
             E::NoIdentity => Status::permission_denied(message),
+            E::Peer(_) => Status::unauthenticated(message),
+            E::TooManyStreams(_) | E::SlowReader(_) => Status::resource_exhausted(message),
             E::NoPeerCredentials
             | E::Attestation(_)
             | E::Mint(_)
@@ -106,6 +111,8 @@ pub(crate) struct Handler {
 struct Caller {
     pid: i32,
     selectors: Vec<Selector>,
+    /// The connection's peer, checked again before each stream update.
+    peer: Peer,
 }
 
 impl Handler {
@@ -117,18 +124,24 @@ impl Handler {
         }
     }
 
-    /// The caller's PID from the socket's peer credentials, then its selectors.
+    /// The selectors of the process that opened the connection (`endpoints::peer`).
     async fn attest<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
-        let pid = request
+        let peer = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .and_then(|cred| cred.pid())
+            .get::<Peer>()
+            .cloned()
             .ok_or(RequestError::NoPeerCredentials)?;
-        let selectors = attest_all(&self.attestors, pid)
-            .await
-            .map_err(RequestError::Attestation)?;
-        Ok(Caller { pid, selectors })
+        let pid = peer.pid().map_err(RequestError::Peer)?;
+        let selectors = attest_all(&self.attestors, pid).await;
+        // Whatever attestation read under the PID was the connecting process's only if that
+        // process is still there, unchanged, now (SPIRE checks after attesting, too).
+        peer.verify().map_err(RequestError::Peer)?;
+        let selectors = selectors.map_err(RequestError::Attestation)?;
+        Ok(Caller {
+            pid,
+            selectors,
+            peer,
+        })
     }
 
     /// Header check and attestation, logging why a request is refused.
@@ -149,38 +162,50 @@ impl Handler {
 
     /// Spawns the producer of a server stream: `build` turns each snapshot into the message to
     /// send (`Ok(None)`: nothing to send yet). The first message goes out at once, then one
-    /// per snapshot change that changes the message. Ends with the error `build` returns,
-    /// quietly when the client goes away, and with `Unavailable` when the agent stops.
+    /// per snapshot change that changes the message, each after checking that the connection's
+    /// process is still the one that opened it. A client that reads slowly gets only the
+    /// latest message; one that leaves a message unread too long while newer ones come is
+    /// dropped (`endpoints::latest`). Ends with the error `build` returns, quietly when the
+    /// client goes away, and with `Unavailable` when the agent stops.
     fn spawn_stream<T, F>(
         &self,
         caller: Caller,
         method: &'static str,
         build: F,
-    ) -> ReceiverStream<Result<T, Status>>
+    ) -> Result<LatestStream<T>, RequestError>
     where
         T: Clone + PartialEq + Send + 'static,
         F: Fn(&Arc<Snapshot>, &[Selector]) -> Result<Option<T>, RequestError> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (publisher, stream) = caller
+            .peer
+            .open_stream()
+            .map_err(RequestError::TooManyStreams)?;
+        let slow_after = publisher.slow_after();
         let mut cache_rx = self.cache_rx.clone();
         let cancel = self.cancel.clone();
         let deadline = Instant::now() + self.config.svid_wait;
         tokio::spawn(async move {
-            let Caller { pid, selectors } = caller;
+            let Caller {
+                pid,
+                selectors,
+                peer,
+            } = caller;
             let mut last: Option<T> = None;
             let end = loop {
                 let snapshot = cache_rx.borrow_and_update().clone();
                 match build(&snapshot, &selectors) {
                     Err(err) => break Some(err),
                     Ok(Some(message)) if last.as_ref() != Some(&message) => {
+                        // The first message follows the check made when the call came in.
+                        if last.is_some()
+                            && let Err(e) = peer.verify()
+                        {
+                            break Some(RequestError::Peer(e));
+                        }
                         debug!(method, pid, "workload API stream update");
-                        tokio::select! {
-                            sent = tx.send(Ok(message.clone())) => {
-                                if sent.is_err() {
-                                    break None;
-                                }
-                            }
-                            _ = cancel.cancelled() => break Some(RequestError::ShuttingDown),
+                        if publisher.publish(message.clone()).is_err() {
+                            break Some(RequestError::SlowReader(slow_after));
                         }
                         // Each message is the full state: the last one is all we compare with.
                         last = Some(message);
@@ -199,25 +224,24 @@ impl Handler {
                         }
                     }
                     _ = tokio::time::sleep_until(deadline), if last.is_none() => {}
-                    _ = tx.closed() => break None,
+                    _ = publisher.closed() => break None,
                     _ = cancel.cancelled() => break Some(RequestError::ShuttingDown),
                 }
             };
             if let Some(err) = end {
                 debug!(method, pid, error = %error_chain(&err), "workload API stream ended");
-                // The client may be gone already; nothing more to do then.
-                let _ = tx.send(Err(err.into())).await;
+                publisher.fail(err.into());
             }
         });
-        ReceiverStream::new(rx)
+        Ok(stream)
     }
 }
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for Handler {
-    type FetchX509SVIDStream = ReceiverStream<Result<X509svidResponse, Status>>;
-    type FetchX509BundlesStream = ReceiverStream<Result<X509BundlesResponse, Status>>;
-    type FetchJWTBundlesStream = ReceiverStream<Result<JwtBundlesResponse, Status>>;
+    type FetchX509SVIDStream = LatestStream<X509svidResponse>;
+    type FetchX509BundlesStream = LatestStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = LatestStream<JwtBundlesResponse>;
 
     async fn fetch_x509svid(
         &self,
@@ -244,11 +268,10 @@ impl SpiffeWorkloadApi for Handler {
         let build = move |snapshot: &Arc<Snapshot>, selectors: &[Selector]| {
             cached_x509_svid_response(&responses, snapshot, selectors)
         };
-        Ok(Response::new(self.spawn_stream(
-            caller,
-            "FetchX509SVID",
-            build,
-        )))
+        Ok(Response::new(
+            self.spawn_stream(caller, "FetchX509SVID", build)
+                .map_err(Status::from)?,
+        ))
     }
 
     async fn fetch_x509_bundles(
@@ -267,11 +290,10 @@ impl SpiffeWorkloadApi for Handler {
                     .collect(),
             }))
         };
-        Ok(Response::new(self.spawn_stream(
-            caller,
-            "FetchX509Bundles",
-            build,
-        )))
+        Ok(Response::new(
+            self.spawn_stream(caller, "FetchX509Bundles", build)
+                .map_err(Status::from)?,
+        ))
     }
 
     async fn fetch_jwtsvid(
@@ -342,11 +364,10 @@ impl SpiffeWorkloadApi for Handler {
                 bundles: bundles.into_iter().collect(),
             }))
         };
-        Ok(Response::new(self.spawn_stream(
-            caller,
-            "FetchJWTBundles",
-            build,
-        )))
+        Ok(Response::new(
+            self.spawn_stream(caller, "FetchJWTBundles", build)
+                .map_err(Status::from)?,
+        ))
     }
 
     async fn validate_jwtsvid(

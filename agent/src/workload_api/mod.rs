@@ -4,7 +4,6 @@
 //! matching registration entries from the latest cache snapshot. Streams push a new message
 //! whenever a snapshot change alters what the caller would receive.
 
-mod authority;
 pub mod client;
 mod handler;
 pub mod jwt;
@@ -16,17 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tracing::info;
 
 use crate::cache::{JwtSvidCache, JwtSvidMinter, Snapshot};
+use crate::endpoints::{self, ServeConfig};
 use crate::workload_attestation::WorkloadAttestor;
-use authority::AuthorityFix;
 use handler::{Handler, HandlerConfig};
 
 pub use handler::SECURITY_HEADER;
@@ -38,8 +36,9 @@ pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
 /// per message, so 16 MiB leaves room without letting one stream hog memory.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Largest request we accept: requests are tiny (a JWT to validate is the biggest).
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest request we accept: requests are tiny (a JWT to validate is the biggest, a few KiB),
+/// and every stream may hold one request's worth while it arrives, so this bounds memory too.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Why the Workload API could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +53,7 @@ pub enum WorkloadApiError {
     #[error("binding {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("serving the Workload API: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Serve(#[source] io::Error),
 }
 
 /// Workload API settings from the agent config.
@@ -70,6 +69,8 @@ pub struct WorkloadApiConfig {
     /// How long FetchX509SVID waits for a matching entry's first SVID to be minted before
     /// answering `Unavailable` (a workload may start together with its entry).
     pub svid_wait: Duration,
+    /// Connection and stream limits of the socket.
+    pub serve: ServeConfig,
 }
 
 impl Default for WorkloadApiConfig {
@@ -79,6 +80,7 @@ impl Default for WorkloadApiConfig {
             allow_unauthenticated_verifiers: false,
             allowed_foreign_jwt_claims: Vec::new(),
             svid_wait: Duration::from_secs(10),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -163,15 +165,11 @@ pub async fn serve_listener(
     let service = SpiffeWorkloadApiServer::new(handler)
         .max_encoding_message_size(MAX_RESPONSE_BYTES)
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new));
-    let result = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-        .await;
+    let result = endpoints::serve(listener, Routes::new(service), config.serve, cancel).await;
     // Best effort: a leftover socket is removed by the next start anyway.
     let _ = std::fs::remove_file(&config.socket_path);
     info!("Workload API stopped");
-    Ok(result?)
+    result.map_err(WorkloadApiError::Serve)
 }
 
 #[cfg(test)]

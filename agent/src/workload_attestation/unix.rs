@@ -24,6 +24,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use sigil_proto::Selector;
 
 use super::{AttestationError, WorkloadAttestor};
+use crate::procfs;
 
 /// SPIRE's `unix` plugin configuration, plus where `/proc` is.
 #[derive(Clone, Debug)]
@@ -188,8 +189,9 @@ impl UnixAttestor {
             return Ok(None);
         }
         let status_path = self.proc_path(pid, "status");
-        let status = parse_status(&read_to_string(&status_path, pid)?)
+        let status = procfs::parse_status(&read_to_string(&status_path, pid)?)
             .map_err(|reason| malformed(&status_path, reason))?;
+        let (uid, gid) = (status.effective_uid(), status.effective_gid());
 
         let user = |uid| {
             self.names
@@ -200,15 +202,15 @@ impl UnixAttestor {
                 .name(NameKind::Group, gid, now, may_block, group_name)
         };
         let mut out = Vec::new();
-        push(&mut out, "uid", status.uid.to_string());
-        let Some(name) = user(status.uid) else {
+        push(&mut out, "uid", uid.to_string());
+        let Some(name) = user(uid) else {
             return Ok(None);
         };
         if let Some(name) = name {
             push(&mut out, "user", name);
         }
-        push(&mut out, "gid", status.gid.to_string());
-        let Some(name) = group(status.gid) else {
+        push(&mut out, "gid", gid.to_string());
+        let Some(name) = group(gid) else {
             return Ok(None);
         };
         if let Some(name) = name {
@@ -241,7 +243,9 @@ impl UnixAttestor {
 
     fn start_time(&self, pid: i32) -> Result<u64, AttestationError> {
         let path = self.proc_path(pid, "stat");
-        parse_start_time(&read_to_string(&path, pid)?).map_err(|reason| malformed(&path, reason))
+        procfs::parse_stat(&read_to_string(&path, pid)?)
+            .map(|stat| stat.start_time)
+            .map_err(|reason| malformed(&path, reason))
     }
 
     fn proc_path(&self, pid: i32, file: &str) -> PathBuf {
@@ -291,68 +295,6 @@ fn group_name(gid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|g| g.name)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct ProcStatus {
-    /// Effective UID.
-    uid: u32,
-    /// Effective GID.
-    gid: u32,
-    /// Supplementary GIDs.
-    groups: Vec<u32>,
-}
-
-/// Parses `Uid:`, `Gid:` (real, effective, saved, filesystem) and `Groups:` lines.
-fn parse_status(text: &str) -> Result<ProcStatus, String> {
-    let mut uid = None;
-    let mut gid = None;
-    let mut groups = Vec::new();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let ids = || -> Result<Vec<u32>, String> {
-            value
-                .split_whitespace()
-                .map(|v| v.parse().map_err(|_| format!("bad id {v:?} in {key}")))
-                .collect()
-        };
-        match key {
-            "Uid" => uid = Some(effective(ids()?, key)?),
-            "Gid" => gid = Some(effective(ids()?, key)?),
-            "Groups" => groups = ids()?,
-            _ => {}
-        }
-    }
-    Ok(ProcStatus {
-        uid: uid.ok_or("no Uid line")?,
-        gid: gid.ok_or("no Gid line")?,
-        groups,
-    })
-}
-
-fn effective(ids: Vec<u32>, key: &str) -> Result<u32, String> {
-    // Same choice as SPIRE: the second value (effective) when there are several.
-    match ids.as_slice() {
-        [] => Err(format!("empty {key} line")),
-        [only] => Ok(*only),
-        [_, effective, ..] => Ok(*effective),
-    }
-}
-
-/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) is in parentheses
-/// and may itself contain spaces and parentheses, so fields are counted from the last `)`.
-fn parse_start_time(stat: &str) -> Result<u64, String> {
-    let rest = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or("no command name")?;
-    // After the command name comes field 3 (state); field 22 is the 20th from there.
-    let field = rest.split_whitespace().nth(19).ok_or("too few fields")?;
-    field
-        .parse()
-        .map_err(|_| format!("bad starttime {field:?}"))
 }
 
 fn sha256_file(path: &Path, pid: i32, limit: u64) -> Result<String, AttestationError> {
@@ -405,9 +347,7 @@ mod tests {
     }
 
     fn stat_line(start: u64) -> String {
-        // Field 3 (state), fields 4..=21 as placeholders, then field 22.
-        let filler = vec!["0"; 18].join(" ");
-        format!("4242 (my (odd) proc) S {filler} {start} 0 0\n")
+        crate::procfs::tests::stat_line('S', start)
     }
 
     /// A fake procfs with one process, 4242.
@@ -655,30 +595,5 @@ mod tests {
             matches!(err, AttestationError::PidReused { pid: 4242 }),
             "{err}"
         );
-    }
-
-    #[test]
-    fn parses_status_and_stat() {
-        assert_eq!(
-            parse_status(STATUS).unwrap(),
-            ProcStatus {
-                uid: 4001,
-                gid: 4002,
-                groups: vec![4003, 4004]
-            }
-        );
-        let no_groups = "Uid:\t5\t5\t5\t5\nGid:\t6\t6\t6\t6\nGroups:\t\n";
-        assert_eq!(parse_status(no_groups).unwrap().groups, Vec::<u32>::new());
-        assert!(parse_status("Gid:\t6\t6\t6\t6\n").is_err());
-        assert!(parse_status("Uid:\tx\nGid:\t6\n").is_err());
-
-        assert_eq!(parse_start_time(&stat_line(123456)), Ok(123456));
-        assert!(parse_start_time("1 (x) S 1 2").is_err());
-        assert!(parse_start_time("garbage").is_err());
-
-        // The test binary's name has no spaces, so plain splitting finds field 22 too.
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let field22: u64 = own.split_whitespace().nth(21).unwrap().parse().unwrap();
-        assert_eq!(parse_start_time(&own), Ok(field22));
     }
 }

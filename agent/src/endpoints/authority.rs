@@ -24,7 +24,6 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER_LEN: usize = 9;
@@ -270,14 +269,6 @@ impl AuthorityFix {
             out_pos: 0,
             eof: false,
         }
-    }
-}
-
-impl Connected for AuthorityFix {
-    type ConnectInfo = UdsConnectInfo;
-
-    fn connect_info(&self) -> UdsConnectInfo {
-        self.inner.connect_info()
     }
 }
 
