@@ -469,6 +469,11 @@ health_checks {{
         self.dir.path().join("agent.log")
     }
 
+    /// The running agent's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` to the running agent (SIGSTOP/SIGCONT: an agent away while things change).
     pub fn signal(&self, signal: Signal) {
         let child = self.child.as_ref().expect("agent running");

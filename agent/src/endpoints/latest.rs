@@ -24,8 +24,9 @@ use tonic::Status;
 use super::limits::Permit;
 
 struct State<T> {
-    /// The unsent message and since when a message has been waiting unsent.
-    slot: Option<(Result<T, Status>, Instant)>,
+    /// The unsent message and since when a message has been waiting unsent. Shared: many
+    /// streams send the same message, and each copy lives only while being encoded.
+    slot: Option<(Result<Arc<T>, Status>, Instant)>,
     /// No message will follow the one in the slot.
     ended: bool,
     consumer_gone: bool,
@@ -88,7 +89,7 @@ pub fn channel<T>(slow_after: Duration, permit: Option<Permit>) -> (Publisher<T>
 impl<T> Publisher<T> {
     /// Offers `message`, replacing one the client has not taken yet. `Err(Lagging)` when the
     /// waiting one had been there longer than `slow_after` (the message is not queued then).
-    pub fn publish(&self, message: T) -> Result<(), Lagging> {
+    pub fn publish(&self, message: Arc<T>) -> Result<(), Lagging> {
         let now = Instant::now();
         let mut state = self.shared.state();
         let since = match &state.slot {
@@ -142,13 +143,13 @@ fn wake<T>(state: &mut State<T>) {
     }
 }
 
-impl<T> Stream for LatestStream<T> {
+impl<T: Clone> Stream for LatestStream<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut state = self.shared.state();
         if let Some((message, _)) = state.slot.take() {
-            return Poll::Ready(Some(message));
+            return Poll::Ready(Some(message.map(Arc::unwrap_or_clone)));
         }
         if state.ended {
             return Poll::Ready(None);
@@ -174,11 +175,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_gets_only_the_latest_message() {
         let (tx, mut rx) = channel::<u32>(Duration::from_secs(30), None);
-        tx.publish(1).unwrap();
-        tx.publish(2).unwrap();
-        tx.publish(3).unwrap();
+        tx.publish(Arc::new(1)).unwrap();
+        tx.publish(Arc::new(2)).unwrap();
+        tx.publish(Arc::new(3)).unwrap();
         assert_eq!(rx.next().await.unwrap().unwrap(), 3);
-        tx.publish(4).unwrap();
+        tx.publish(Arc::new(4)).unwrap();
         assert_eq!(rx.next().await.unwrap().unwrap(), 4);
         drop(tx);
         assert!(rx.next().await.is_none());
@@ -187,12 +188,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_cannot_keep_up_is_reported_and_failed() {
         let (tx, mut rx) = channel::<u32>(Duration::from_secs(30), None);
-        tx.publish(1).unwrap();
+        tx.publish(Arc::new(1)).unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
         // Replacing keeps the time the first unread message arrived.
-        tx.publish(2).unwrap();
+        tx.publish(Arc::new(2)).unwrap();
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(tx.publish(3), Err(Lagging));
+        assert_eq!(tx.publish(Arc::new(3)), Err(Lagging));
         tx.fail(Status::resource_exhausted("too slow"));
         let err = rx.next().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -203,7 +204,7 @@ mod tests {
     async fn a_reader_that_takes_each_message_is_never_lagging() {
         let (tx, mut rx) = channel::<u32>(Duration::from_secs(30), None);
         for i in 0..10 {
-            tx.publish(i).unwrap();
+            tx.publish(Arc::new(i)).unwrap();
             assert_eq!(rx.next().await.unwrap().unwrap(), i);
             tokio::time::advance(Duration::from_secs(60)).await;
         }

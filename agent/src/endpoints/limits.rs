@@ -49,7 +49,30 @@ struct Counts {
     connections: usize,
     streams: usize,
     by_uid: HashMap<u32, (usize, usize)>,
+    /// The most connections + streams open at once since memory was last given back.
+    peak: usize,
 }
+
+impl Counts {
+    fn opened(&mut self) {
+        self.peak = self.peak.max(self.connections + self.streams);
+    }
+
+    /// Whether enough of a burst has ended to give its memory back (see `crate::allocator`):
+    /// what is open fell to half a peak of at least [`RELEASE_AFTER`].
+    fn burst_ended(&mut self) -> bool {
+        let open = self.connections + self.streams;
+        if self.peak >= RELEASE_AFTER && open * 2 <= self.peak {
+            self.peak = open;
+            return true;
+        }
+        false
+    }
+}
+
+/// Below this many connections and streams at once, what they used is not worth a
+/// `malloc_trim`.
+const RELEASE_AFTER: usize = 32;
 
 /// What is open now, against [`Limits`].
 #[derive(Debug)]
@@ -85,6 +108,7 @@ impl Usage {
         }
         entry.0 += 1;
         counts.connections += 1;
+        counts.opened();
         Ok(Permit {
             usage: self.clone(),
             uid,
@@ -101,6 +125,7 @@ impl Usage {
         }
         entry.1 += 1;
         counts.streams += 1;
+        counts.opened();
         Ok(Permit {
             usage: self.clone(),
             uid,
@@ -114,7 +139,9 @@ impl Usage {
         (counts.connections, counts.streams)
     }
 
-    fn release(&self, uid: u32, kind: Kind) {
+    /// Uncounts one connection or stream; `true` when a burst has ended and its memory should
+    /// be given back.
+    fn release(&self, uid: u32, kind: Kind) -> bool {
         let mut counts = self.counts();
         match kind {
             Kind::Connection => counts.connections -= 1,
@@ -129,6 +156,7 @@ impl Usage {
                 counts.by_uid.remove(&uid);
             }
         }
+        counts.burst_ended()
     }
 }
 
@@ -148,7 +176,13 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.usage.release(self.uid, self.kind);
+        if self.usage.release(self.uid, self.kind) {
+            // A trim walks every arena: off the runtime's workers when there is one.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(crate::allocator::release_free_memory)),
+                Err(_) => drop(crate::allocator::release_free_memory()),
+            }
+        }
     }
 }
 
@@ -187,6 +221,28 @@ mod tests {
         drop(s);
         assert_eq!(usage.open(), (3, 1));
         let _s = usage.open_stream(1).unwrap();
+    }
+
+    #[test]
+    fn memory_is_given_back_at_each_halving_of_a_large_burst() {
+        let mut counts = Counts {
+            streams: 10,
+            ..Counts::default()
+        };
+        counts.opened();
+        counts.streams = 0;
+        assert!(!counts.burst_ended(), "a small burst is not worth a trim");
+
+        counts.streams = 100;
+        counts.opened();
+        let trims: Vec<usize> = (0..100)
+            .rev()
+            .filter(|open| {
+                counts.streams = *open;
+                counts.burst_ended()
+            })
+            .collect();
+        assert_eq!(trims, [50, 25]);
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Default for ServeConfig {
         ServeConfig {
             limits: Limits::default(),
             streams_per_connection: 100,
-            send_buffer_bytes: 64 * 1024,
+            send_buffer_bytes: 8 * 1024,
             slow_stream_after: Duration::from_secs(30),
             drain: Duration::from_secs(5),
         }

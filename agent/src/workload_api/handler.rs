@@ -174,8 +174,8 @@ impl Handler {
         build: F,
     ) -> Result<LatestStream<T>, RequestError>
     where
-        T: Clone + PartialEq + Send + 'static,
-        F: Fn(&Arc<Snapshot>, &[Selector]) -> Result<Option<T>, RequestError> + Send + 'static,
+        T: Clone + PartialEq + Send + Sync + 'static,
+        F: Fn(&Arc<Snapshot>, &[Selector]) -> Result<Option<Arc<T>>, RequestError> + Send + 'static,
     {
         let (publisher, stream) = caller
             .peer
@@ -191,12 +191,12 @@ impl Handler {
                 selectors,
                 peer,
             } = caller;
-            let mut last: Option<T> = None;
+            let mut last: Option<Arc<T>> = None;
             let end = loop {
                 let snapshot = cache_rx.borrow_and_update().clone();
                 match build(&snapshot, &selectors) {
                     Err(err) => break Some(err),
-                    Ok(Some(message)) if last.as_ref() != Some(&message) => {
+                    Ok(Some(message)) if !last.as_ref().is_some_and(|l| same(l, &message)) => {
                         // The first message follows the check made when the call came in.
                         if last.is_some()
                             && let Err(e) = peer.verify()
@@ -282,13 +282,13 @@ impl SpiffeWorkloadApi for Handler {
         let allow = self.config.allow_unauthenticated_verifiers;
         let build = move |snapshot: &Arc<Snapshot>, selectors: &[Selector]| {
             let bundles = visible_bundles(snapshot, selectors, allow)?;
-            Ok(Some(X509BundlesResponse {
+            Ok(Some(Arc::new(X509BundlesResponse {
                 crl: Vec::new(),
                 bundles: bundles
                     .into_iter()
                     .map(|(td, b)| (td.id_string(), b.x509_authorities_concat()))
                     .collect(),
-            }))
+            })))
         };
         Ok(Response::new(
             self.spawn_stream(caller, "FetchX509Bundles", build)
@@ -360,9 +360,9 @@ impl SpiffeWorkloadApi for Handler {
                 let jwks = bundle.to_jwks_json().map_err(RequestError::Bundle)?;
                 bundles.insert(td.id_string(), jwks.into_bytes());
             }
-            Ok(Some(JwtBundlesResponse {
+            Ok(Some(Arc::new(JwtBundlesResponse {
                 bundles: bundles.into_iter().collect(),
-            }))
+            })))
         };
         Ok(Response::new(
             self.spawn_stream(caller, "FetchJWTBundles", build)
@@ -410,13 +410,18 @@ impl SpiffeWorkloadApi for Handler {
     }
 }
 
+/// Whether two stream messages are the same (shared ones are compared by address first).
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// The `FetchX509SVID` message for a caller, reused from `cache` when built from the same
 /// snapshot for the same selectors (see [`build_x509_svid_response`]).
 fn cached_x509_svid_response(
     cache: &X509ResponseCache,
     snapshot: &Arc<Snapshot>,
     selectors: &[Selector],
-) -> Result<Option<X509svidResponse>, RequestError> {
+) -> Result<Option<Arc<X509svidResponse>>, RequestError> {
     let built = cache.get_or_build(snapshot, selectors, || {
         build_x509_svid_response(snapshot, selectors)
     })?;
@@ -445,7 +450,7 @@ fn x509_svid_response(
 ) -> Result<Option<X509svidResponse>, RequestError> {
     let built = build_x509_svid_response(snapshot, selectors)?;
     want_rendered(snapshot, &built);
-    Ok(built.response)
+    Ok(built.response.map(Arc::unwrap_or_clone))
 }
 
 /// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
@@ -504,11 +509,11 @@ fn build_x509_svid_response(
         .map(|b| (b.trust_domain.id_string(), b.x509_authorities_concat()))
         .collect();
     Ok(Built {
-        response: Some(X509svidResponse {
+        response: Some(Arc::new(X509svidResponse {
             svids,
             crl: Vec::new(),
             federated_bundles,
-        }),
+        })),
         wanted,
     })
 }
@@ -647,6 +652,7 @@ mod response_cache_tests {
         who: &[Selector],
     ) -> Result<Option<X509svidResponse>, RequestError> {
         cached_x509_svid_response(responses, &cache.snapshot(), who)
+            .map(|r| r.map(Arc::unwrap_or_clone))
     }
 
     #[test]

@@ -20,7 +20,8 @@ const MAX_ENTRIES: usize = 1024;
 /// A built response and the template instances it holds, whose demand each use refreshes.
 /// No `Debug`: the response holds private keys.
 pub(crate) struct Built {
-    pub response: Option<X509svidResponse>,
+    /// Shared by every stream that sends it.
+    pub response: Option<Arc<X509svidResponse>>,
     pub wanted: Vec<RenderedKey>,
 }
 
