@@ -486,12 +486,24 @@ health_checks {{
 
     /// Starts the process and waits until `/ready` (first full sync) answers 200.
     pub fn spawn(&mut self, join_token: Option<&str>) {
+        self.spawn_under(&[], join_token);
+    }
+
+    /// Like [`Agent::spawn`], run through `wrapper` (e.g. `prlimit --nofile=400:400 --`).
+    pub fn spawn_under(&mut self, wrapper: &[&str], join_token: Option<&str>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open agent log");
-        let mut cmd = Command::new(agent_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(agent_bin());
+                cmd
+            }
+            None => Command::new(agent_bin()),
+        };
         cmd.args(["run", "-config"]).arg(&self.config);
         if let Some(token) = join_token {
             cmd.args(["-joinToken", token]);

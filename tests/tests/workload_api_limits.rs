@@ -182,3 +182,81 @@ fn a_caller_that_never_reads_cannot_pin_the_agents_memory() {
         Duration::from_secs(10),
     );
 }
+
+#[test]
+fn a_connection_flood_meets_the_cap_not_the_file_descriptor_limit() {
+    let root = nix::unistd::geteuid().is_root();
+    if !root || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("NOTICE: needs root and setpriv (a second user); skipped");
+        return;
+    }
+    let server = Server::start(ServerOptions::default());
+    let (mut agent, agent_id) = attested_agent(&server, true);
+    // 400 descriptors: 256 kept back, 72 connections of two descriptors each, 36 per user.
+    agent.stop();
+    agent.spawn_under(&["prlimit", "--nofile=400:400", "--"], None);
+    register_uid(&server, "spiffe://example.org/flooder", &agent_id, 0, &[]);
+    register_uid(
+        &server,
+        "spiffe://example.org/bystander",
+        &agent_id,
+        65534,
+        &[],
+    );
+    agent.wait_for_ids(
+        "the SVID",
+        &["spiffe://example.org/flooder"],
+        Duration::from_secs(30),
+    );
+    let bystander_fetch = || {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(agent_bin())
+            .args(["api", "fetch", "x509", "-socketPath"])
+            .arg(&agent.socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let flood: Vec<UnixStream> = (0..600)
+        .filter_map(|_| UnixStream::connect(&agent.socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = agent.pid().unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 400 - 100,
+        "the agent holds {fds} descriptors under the flood"
+    );
+    // Another user is served, and the agent still syncs from the server.
+    assert!(bystander_fetch().contains("spiffe://example.org/bystander"));
+    register_uid(
+        &server,
+        "spiffe://example.org/bystander/new",
+        &agent_id,
+        65534,
+        &[],
+    );
+    sigil_tests::wait_for(
+        "the new entry to reach the bystander",
+        Duration::from_secs(20),
+        || {
+            bystander_fetch()
+                .contains("spiffe://example.org/bystander/new")
+                .then_some(())
+        },
+    );
+    assert!(
+        !agent.log().contains("Too many open files"),
+        "the flood reached the descriptor limit"
+    );
+    drop(flood);
+    agent.wait_for_ids(
+        "the flooding user served again",
+        &["spiffe://example.org/flooder"],
+        Duration::from_secs(10),
+    );
+}

@@ -111,7 +111,11 @@ pub async fn serve(
     config: ServeConfig,
     cancel: CancellationToken,
 ) -> io::Result<()> {
-    let usage = Usage::new(config.limits);
+    let mut limits = config.limits;
+    limits.connections = connection_budget(limits.connections);
+    // One user never takes every connection: another is always let in.
+    limits.connections_per_uid = limits.connections_per_uid.min(limits.connections / 2);
+    let usage = Usage::new(limits);
     let mut http = http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
         .max_concurrent_streams(config.streams_per_connection)
@@ -207,6 +211,35 @@ fn admit(
         slow_stream_after: config.slow_stream_after,
     };
     Some((peer, permit))
+}
+
+/// File descriptors kept for everything but the socket's connections: the server link,
+/// the kubelet, key and state files, the health listener.
+const RESERVED_FDS: u64 = 256;
+
+/// Each connection takes two descriptors (the socket and the caller's `/proc` directory), so
+/// the agent's connections are capped below the descriptor limit, with [`RESERVED_FDS`] kept
+/// back: a flood of callers then meets the cap, never `EMFILE` in the server link. The soft
+/// limit is first raised to the hard one, as Go programs (SPIRE) do at start.
+fn connection_budget(configured: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return configured;
+    };
+    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let budget = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+    if budget < configured {
+        warn!(
+            fd_limit = limit,
+            connections = budget,
+            "the file descriptor limit caps Workload API connections below the default"
+        );
+    }
+    configured.min(budget)
 }
 
 /// Logs a refusal at most once a minute, so a flood cannot flood the log too.
