@@ -785,7 +785,7 @@ async fn mints_refuse_reserved_ids() {
     }
     assert_eq!(
         synced,
-        [template.id.clone()],
+        [template.id.as_str()],
         "the reserved entry is not synced"
     );
 
