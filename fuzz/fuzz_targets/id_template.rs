@@ -1,6 +1,6 @@
 //! Identity templates: the first line is the template, the others the workload's selectors.
 //! Never a panic; a rendered ID is a valid SPIFFE ID in the template's trust domain that the
-//! template matches.
+//! template matches, and never in the reserved namespace `/spire/*`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(id) = template.render(&selectors) {
         assert_eq!(id.trust_domain(), template.trust_domain());
         assert_eq!(SpiffeId::new(&id.to_string()).as_ref(), Ok(&id));
+        assert!(!id.is_reserved(), "{id} is reserved");
         assert!(
             template.matches(&id),
             "{id} does not match its own template"

@@ -6,7 +6,7 @@ use crate::entry::RegistrationEntry;
 use crate::id_template::IdTemplate;
 use crate::selector::{self, Selector};
 use crate::sigil::common::v1 as pb;
-use crate::spiffe_id::SpiffeId;
+use crate::spiffe_id::{SpiffeId, SpiffeIdError};
 use crate::trust_domain::TrustDomain;
 
 /// A wire message that does not describe a valid domain value.
@@ -150,7 +150,7 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
                 ));
             }
         }
-        Ok(RegistrationEntry {
+        let entry = RegistrationEntry {
             id: e.id.clone(),
             spiffe_id,
             template,
@@ -166,7 +166,13 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
             expires_at: (e.expires_at != 0).then_some(e.expires_at),
             revision: e.revision,
             created_at: e.created_at,
-        })
+        };
+        // SPIRE's rule: the server's and agents' namespace is nobody's entry, node aliases
+        // included (their IDs are validated as workload IDs too). Parents may be anywhere.
+        if entry.is_reserved() {
+            return Err(invalid("spiffe_id", SpiffeIdError::Reserved));
+        }
+        Ok(entry)
     }
 }
 
@@ -380,6 +386,57 @@ mod tests {
             mutate(&mut w);
             assert_eq!(RegistrationEntry::try_from(&w).unwrap_err().field, field);
         }
+    }
+
+    /// Entries (node aliases and templates included) may not have an ID in `/spire/*`; their
+    /// parent may (agents and the server are what entries hang under).
+    #[test]
+    fn reserved_ids_are_refused_but_reserved_parents_are_fine() {
+        for (id, template) in [
+            ("spiffe://example.org/spire/server", false),
+            ("spiffe://example.org/spire/agent/join_token/x", false),
+            ("spiffe://example.org/spire", false),
+            ("spiffe://example.org/spire/other", false),
+            ("spiffe://example.org/spire/{unix:user}", true),
+            ("spiffe://example.org/spire/agent/{k8s:ns}", true),
+        ] {
+            // (A template under the server is refused first as a node entry.)
+            let parents: &[&str] = if template {
+                &["spiffe://example.org/k8s-node"]
+            } else {
+                &[
+                    "spiffe://example.org/k8s-node",
+                    "spiffe://example.org/spire/server",
+                ]
+            };
+            for parent in parents {
+                let mut w = wire();
+                w.spiffe_id = id.into();
+                w.template = template;
+                w.parent_id = (*parent).into();
+                let err = RegistrationEntry::try_from(&w).unwrap_err();
+                assert_eq!(err.field, "spiffe_id", "{id} under {parent}: {err}");
+                assert!(err.to_string().contains("reserved"), "{err}");
+            }
+        }
+        for parent in [
+            "spiffe://example.org/spire/server",
+            "spiffe://example.org/spire/agent/join_token/x",
+        ] {
+            let mut w = wire();
+            w.parent_id = parent.into();
+            assert!(RegistrationEntry::try_from(&w).is_ok(), "{parent}");
+        }
+        // A template some of whose instances are reserved is fine: those are refused one by one.
+        let mut w = wire();
+        w.spiffe_id = "spiffe://example.org/{unix:user}/server".into();
+        w.template = true;
+        w.selectors = vec![pb::Selector {
+            r#type: "unix".into(),
+            value: "user".into(),
+        }];
+        let e = RegistrationEntry::try_from(&w).unwrap();
+        assert!(!e.is_reserved());
     }
 
     #[test]

@@ -48,6 +48,17 @@ impl RegistrationEntry {
         }
     }
 
+    /// True if this entry's identity is in the reserved namespace (see
+    /// [`SpiffeId::is_reserved`]): the fixed ID, or every instance of the template. Such an
+    /// entry is refused on create and update and, if one was stored before that check existed,
+    /// never served.
+    pub fn is_reserved(&self) -> bool {
+        match &self.template {
+            Some(t) => t.is_reserved(),
+            None => self.spiffe_id.is_reserved(),
+        }
+    }
+
     /// True if `id` is what this entry may be minted for: the fixed ID, or any instance of
     /// the template.
     pub fn allows(&self, id: &SpiffeId) -> bool {

@@ -59,6 +59,10 @@ pub enum RenderError {
     },
     #[error("rendered SPIFFE ID is invalid: {0}")]
     Invalid(SpiffeIdError),
+    /// A value made the instance land in the server's and agents' namespace (a user named
+    /// `spire` under `spiffe://<td>/{unix:user}/server`): never a workload's identity.
+    #[error("rendered SPIFFE ID {0} is in the reserved namespace \"/spire/*\"")]
+    Reserved(SpiffeId),
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -130,9 +134,22 @@ impl IdTemplate {
         })
     }
 
+    /// True if every instance is in the reserved namespace (the first segment is the literal
+    /// `spire`, see [`SpiffeId::is_reserved`]): such a template can give no workload an
+    /// identity, so creating one is refused. Instances of other templates may still land there
+    /// through a value (`{unix:user}` = `spire`); [`Self::render`] and [`Self::matches`]
+    /// refuse those one by one.
+    pub fn is_reserved(&self) -> bool {
+        match self.segments.first() {
+            Some(Segment::Literal(first)) => spiffe_id::is_reserved_path(&format!("/{first}")),
+            _ => false,
+        }
+    }
+
     /// The SPIFFE ID this template gives a workload with these selectors: `{t:k}` takes `v`
     /// from the selector `t:k:v`, which must exist exactly once (with one distinct value) and
-    /// be a valid path segment.
+    /// be a valid path segment. An ID in the reserved namespace is refused
+    /// ([`RenderError::Reserved`]).
     pub fn render(&self, selectors: &[Selector]) -> Result<SpiffeId, RenderError> {
         let mut path = String::new();
         for seg in &self.segments {
@@ -161,14 +178,18 @@ impl IdTemplate {
                 }
             }
         }
-        SpiffeId::from_path(&self.trust_domain, &path).map_err(RenderError::Invalid)
+        let id = SpiffeId::from_path(&self.trust_domain, &path).map_err(RenderError::Invalid)?;
+        if id.is_reserved() {
+            return Err(RenderError::Reserved(id));
+        }
+        Ok(id)
     }
 
-    /// True if `id` is an instance of this template: same trust domain and segment count,
-    /// literals equal. Placeholder segments of a `SpiffeId` are valid path segments by
-    /// construction (no `/`, `.` or `..`).
+    /// True if `id` is an instance of this template, one [`Self::render`] could give: same
+    /// trust domain and segment count, literals equal, and not reserved. Placeholder segments
+    /// of a `SpiffeId` are valid path segments by construction (no `/`, `.` or `..`).
     pub fn matches(&self, id: &SpiffeId) -> bool {
-        if id.trust_domain() != &self.trust_domain {
+        if id.trust_domain() != &self.trust_domain || id.is_reserved() {
             return false;
         }
         let Some(path) = id.path().strip_prefix('/') else {
@@ -395,6 +416,51 @@ mod tests {
             .render(&sels(&[&format!("k8s:ns:{v256}"), "k8s:sa:s"]))
             .unwrap();
         assert!(id.path().contains(&v256));
+    }
+
+    /// A value may not carry an instance into `/spire/*`: render refuses it and it is no
+    /// instance; a template whose first segment is `spire` has no other instances at all.
+    #[test]
+    fn reserved_instances_are_refused() {
+        let t = IdTemplate::new("spiffe://td/{unix:user}/server").unwrap();
+        assert!(!t.is_reserved());
+        let got = t.render(&sels(&["unix:user:spire"]));
+        assert_eq!(
+            got,
+            Err(RenderError::Reserved(
+                SpiffeId::new("spiffe://td/spire/server").unwrap()
+            ))
+        );
+        assert!(!t.matches(&SpiffeId::new("spiffe://td/spire/server").unwrap()));
+        let ok = t.render(&sels(&["unix:user:alice"])).unwrap();
+        assert_eq!(ok.to_string(), "spiffe://td/alice/server");
+        assert!(t.matches(&ok));
+
+        let bare = IdTemplate::new("spiffe://td/{unix:user}").unwrap();
+        assert!(matches!(
+            bare.render(&sels(&["unix:user:spire"])),
+            Err(RenderError::Reserved(_))
+        ));
+        assert!(bare.render(&sels(&["unix:user:spire-x"])).is_ok());
+
+        for all_reserved in [
+            "spiffe://td/spire/{unix:user}",
+            "spiffe://td/spire/agent/{unix:uid}",
+        ] {
+            let t = IdTemplate::new(all_reserved).unwrap();
+            assert!(t.is_reserved(), "{all_reserved}");
+            assert!(matches!(
+                t.render(&sels(&["unix:user:server", "unix:uid:0"])),
+                Err(RenderError::Reserved(_))
+            ));
+        }
+        for free in [
+            "spiffe://td/spirex/{unix:user}",
+            "spiffe://td/x/spire/{unix:user}",
+            "spiffe://td/{unix:user}/spire",
+        ] {
+            assert!(!IdTemplate::new(free).unwrap().is_reserved(), "{free}");
+        }
     }
 
     #[test]

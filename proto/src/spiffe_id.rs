@@ -1,5 +1,8 @@
 //! SPIFFE IDs (SPIFFE-ID §2), validated with go-spiffe's rules: the strictest of the three
 //! client libraries, so anything we issue is accepted by all of them (spec digest §1.3).
+//!
+//! Also the one definition of the reserved namespace ([`SpiffeId::is_reserved`]): the paths
+//! SPIRE keeps for its server and agents, which no workload may ever hold.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +13,11 @@ use crate::trust_domain::{self, TrustDomain};
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
 const SCHEME_PREFIX: &str = "spiffe://";
+
+/// The reserved namespace: this path and everything under it. The server is
+/// `/spire/server`, agents are `/spire/agent/<attestor>/...`; SPIRE's `idutil.IsReservedPath`
+/// keeps the whole `/spire` subtree so that no future server-side ID can clash either.
+pub const RESERVED_PATH: &str = "/spire";
 
 /// Why a string is not a SPIFFE ID. One variant per rule; messages follow go-spiffe's wording.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +48,11 @@ pub enum SpiffeIdError {
     BadPathSegmentChar,
     #[error("SPIFFE ID is longer than 2048 bytes")]
     TooLong,
+    #[error(
+        "path is in the reserved namespace \"/spire/*\" (the server's and agents' own IDs); \
+         no registration entry or workload may have it"
+    )]
+    Reserved,
 }
 
 /// A validated SPIFFE ID: `spiffe://<trust domain><path>`. Always printed in canonical
@@ -111,6 +124,29 @@ impl SpiffeId {
     pub fn is_server_id(&self) -> bool {
         self.path == "/spire/server"
     }
+
+    /// True for an ID in the reserved namespace, `spiffe://<td>/spire` and
+    /// `spiffe://<td>/spire/...` (see [`RESERVED_PATH`]): agent and server IDs, which only node
+    /// attestation and the server itself issue. Every path that gives a workload an identity
+    /// (entry create and update, template rendering, every mint) refuses these, so no workload
+    /// can present itself as the server or as an agent.
+    pub fn is_reserved(&self) -> bool {
+        is_reserved_path(&self.path)
+    }
+
+    /// `Err(SpiffeIdError::Reserved)` for a reserved ID (see [`Self::is_reserved`]).
+    pub fn check_not_reserved(&self) -> Result<(), SpiffeIdError> {
+        if self.is_reserved() {
+            return Err(SpiffeIdError::Reserved);
+        }
+        Ok(())
+    }
+}
+
+/// True for [`RESERVED_PATH`] and every path under it; `/spire-x` or `/x/spire` are not.
+pub(crate) fn is_reserved_path(path: &str) -> bool {
+    path.strip_prefix(RESERVED_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Validates an ID path: empty, or `/`-separated non-empty segments of `[a-zA-Z0-9._-]` that
@@ -293,5 +329,36 @@ mod tests {
         assert!(server.is_server_id());
         assert_eq!(server.to_string(), "spiffe://td/spire/server");
         assert!(!SpiffeId::new("spiffe://td").unwrap().is_workload_id());
+    }
+
+    /// SPIRE's `IsReservedPath`: `/spire` and everything under `/spire/`, nothing else.
+    #[test]
+    fn reserved_namespace_is_the_spire_subtree() {
+        for reserved in [
+            "spiffe://td/spire",
+            "spiffe://td/spire/server",
+            "spiffe://td/spire/agent/join_token/abc",
+            "spiffe://td/spire/agent",
+            "spiffe://td/spire/anything/else",
+            "spiffe://other.org/spire/server",
+        ] {
+            let id = SpiffeId::new(reserved).unwrap();
+            assert!(id.is_reserved(), "{reserved}");
+            assert_eq!(id.check_not_reserved(), Err(Reserved), "{reserved}");
+        }
+        assert!(TrustDomain::new("td").unwrap().server_id().is_reserved());
+        for free in [
+            "spiffe://td",
+            "spiffe://td/spirex",
+            "spiffe://td/spire-agent",
+            "spiffe://td/spire.server",
+            "spiffe://td/x/spire/server",
+            "spiffe://td/SPIRE/server",
+            "spiffe://td/ns/spire/sa/spire-agent",
+        ] {
+            let id = SpiffeId::new(free).unwrap();
+            assert!(!id.is_reserved(), "{free}");
+            assert_eq!(id.check_not_reserved(), Ok(()), "{free}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use sigil_proto::id_template::template_selectors_match;
+use sigil_proto::id_template::{RenderError, template_selectors_match};
 use sigil_proto::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use x509_parser::extensions::GeneralName;
@@ -169,7 +169,8 @@ impl Snapshot {
 
     /// The identity-template entries a workload with `selectors` matches, each with the SPIFFE
     /// ID rendered for it. Entries whose template does not render (a placeholder without
-    /// exactly one valid value) give nothing. In snapshot order.
+    /// exactly one valid value, or an instance in the reserved namespace `/spire/*`, which
+    /// the server would refuse to sign anyway) give nothing. In snapshot order.
     pub fn matching_templates(&self, selectors: &[Selector]) -> Vec<(&Arc<Identity>, SpiffeId)> {
         self.index
             .templates
@@ -180,6 +181,12 @@ impl Snapshot {
                 let template = identity.entry.template.as_ref()?;
                 match template.render(selectors) {
                     Ok(id) => Some((identity, id)),
+                    Err(RenderError::Reserved(id)) => {
+                        // A workload whose selector values steer the template into the
+                        // server's or agents' namespace: an attack or a template to fix.
+                        tracing::warn!(entry_id = %identity.entry.id, template = %template, spiffe_id = %id, "template entry would give this workload a reserved SPIFFE ID; refused");
+                        None
+                    }
                     Err(err) => {
                         tracing::debug!(entry_id = %identity.entry.id, error = %err, "template entry gives this workload no ID");
                         None

@@ -363,3 +363,28 @@ fn remove_rendered_drops_idle_svids() {
         [rendered_key("t", b)]
     );
 }
+
+/// A template whose instance a selector value steers into `/spire/*` (a namespace named
+/// `spire` rendering `spiffe://example.org/spire/server`) gives that workload nothing, and
+/// every other workload its instance.
+#[test]
+fn template_instances_in_the_reserved_namespace_are_not_rendered() {
+    let (_ca, cache) = new_cache();
+    cache.replace_entries(vec![template_entry(
+        "t",
+        "spiffe://example.org/{k8s:ns}/server",
+        &["k8s:ns"],
+        10,
+    )]);
+    let snap = cache.snapshot();
+    assert!(
+        snap.matching_templates(&selectors(&["k8s:ns:spire"]))
+            .is_empty()
+    );
+    let other: Vec<String> = snap
+        .matching_templates(&selectors(&["k8s:ns:payments"]))
+        .into_iter()
+        .map(|(_, id)| id.to_string())
+        .collect();
+    assert_eq!(other, ["spiffe://example.org/payments/server"]);
+}

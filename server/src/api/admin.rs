@@ -172,6 +172,15 @@ impl AdminApi {
         Ok(id)
     }
 
+    /// [`Self::parse_our_id`] for an ID a workload is to hold (a mint, a join token's alias
+    /// entry): never one in the reserved namespace, as SPIRE's `VerifyTrustDomainWorkloadID`.
+    fn parse_workload_id(&self, field: &str, s: &str) -> Result<SpiffeId, Status> {
+        let id = self.parse_our_id(field, s)?;
+        id.check_not_reserved()
+            .map_err(|e| Status::invalid_argument(format!("invalid {field}: {id}: {e}")))?;
+        Ok(id)
+    }
+
     fn filter(&self, f: Option<pb::EntryFilter>) -> Result<EntryFilter, Status> {
         let f = f.unwrap_or_default();
         let id = |field, s: &str| {
@@ -455,7 +464,7 @@ impl Admin for AdminApi {
                 req.ttl
             };
             let alias = (!req.spiffe_id.is_empty())
-                .then(|| self.parse_our_id("spiffe_id", &req.spiffe_id))
+                .then(|| self.parse_workload_id("spiffe_id", &req.spiffe_id))
                 .transpose()?;
             let token = uuid::Uuid::new_v4().to_string();
             let expires_at = now_unix() + i64::from(ttl);
@@ -516,7 +525,7 @@ impl Admin for AdminApi {
         req: Request<pb::MintX509svidRequest>,
     ) -> Result<Response<pb::MintX509svidResponse>, Status> {
         handle!(self, "MintX509SVID", req, {
-            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            let id = self.parse_workload_id("spiffe_id", &req.spiffe_id)?;
             for d in &req.dns_names {
                 convert::validate_dns_name(d).map_err(Status::invalid_argument)?;
             }
@@ -551,7 +560,7 @@ impl Admin for AdminApi {
         req: Request<pb::MintJwtsvidRequest>,
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
         handle!(self, "MintJWTSVID", req, {
-            let id = self.parse_our_id("spiffe_id", &req.spiffe_id)?;
+            let id = self.parse_workload_id("spiffe_id", &req.spiffe_id)?;
             if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
                 return Err(Status::invalid_argument(
                     "at least one non-empty audience is required",

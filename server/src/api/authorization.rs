@@ -7,6 +7,11 @@
 //! The set is computed with the datastore's indexed queries, iterating to a fixed point, and
 //! cached per agent keyed by the datastore's latest entry revision, so the mint calls that follow
 //! a sync do not recompute it.
+//!
+//! An entry in the reserved namespace ([`RegistrationEntry::is_reserved`]), which create and
+//! update refuse but a datastore from before that check may hold, is left out with a WARN:
+//! never synced, never minted, and never a parent (an old entry for another agent's ID would
+//! otherwise pull that agent's entries in through rule (c)).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -105,6 +110,16 @@ pub async fn authorized_entries(
     loop {
         let mut frontier = Vec::new();
         for e in found {
+            if e.is_reserved() {
+                tracing::warn!(
+                    entry_id = %e.id,
+                    spiffe_id = %e.spiffe_id_text(),
+                    parent_id = %e.parent_id,
+                    agent_id = %agent_id,
+                    "registration entry in the reserved namespace /spire/* is not served; delete it"
+                );
+                continue;
+            }
             // A template entry's `spiffe_id` is only its trust domain's ID: templates are
             // never parents, so nothing is nested under them.
             if e.template.is_none()
@@ -294,6 +309,34 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(ids(&got), want);
+    }
+
+    /// Entries stored before reserved IDs were refused (written straight to the datastore
+    /// here, as an old server did): neither given to the agent nor followed as parents.
+    #[tokio::test]
+    async fn reserved_entries_from_an_old_datastore_are_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = datastore(&dir).await;
+        let agent = id("/spire/agent/join_token/a");
+        let other = id("/spire/agent/join_token/b");
+        let mut template = entry("/unused", &agent, &["unix:user"]);
+        template.template = Some("spiffe://example.org/spire/{unix:user}".parse().unwrap());
+        template.spiffe_id = SpiffeId::new("spiffe://example.org").unwrap();
+        ds.create_entries(vec![
+            entry("/own", &agent, &["unix:uid:1"]),
+            entry("/spire/server", &agent, &["unix:uid:1"]),
+            // The agent posing as agent b: would pull in b's entries through rule (c).
+            entry("/spire/agent/join_token/b", &agent, &["unix:uid:1"]),
+            entry("/theirs", &other, &["unix:uid:1"]),
+            template,
+        ])
+        .await
+        .unwrap();
+        let got = authorized_entries(&ds, &td(), &agent, &[]).await.unwrap();
+        assert_eq!(ids(&got), HashSet::from(["/own".to_owned()]));
+        // Agent b itself still gets its own entries.
+        let got = authorized_entries(&ds, &td(), &other, &[]).await.unwrap();
+        assert_eq!(ids(&got), HashSet::from(["/theirs".to_owned()]));
     }
 
     #[tokio::test]

@@ -294,7 +294,10 @@ impl AgentApi {
     }
 
     /// The SPIFFE ID to mint for `entry`: the requested one, which for a template entry must
-    /// be an instance of the template and for a fixed entry must be empty or the entry's ID.
+    /// be an instance of the template and for a fixed entry must be empty or the entry's ID,
+    /// and never in the reserved namespace (every agent API mint goes through here; an entry
+    /// stored before that check existed is refused here too, not only left out of the
+    /// authorized set).
     fn requested_id(
         &self,
         agent: &AgentIdentity,
@@ -308,13 +311,17 @@ impl AgentApi {
                 entry.id
             ))
         };
-        if requested.is_empty() {
-            return match entry.template {
-                Some(_) => Err(refuse("a template entry needs the rendered SPIFFE ID")),
-                None => Ok(entry.spiffe_id.clone()),
-            };
+        let id = if requested.is_empty() {
+            match entry.template {
+                Some(_) => return Err(refuse("a template entry needs the rendered SPIFFE ID")),
+                None => entry.spiffe_id.clone(),
+            }
+        } else {
+            SpiffeId::new(requested).map_err(|_| refuse("not a valid SPIFFE ID"))?
+        };
+        if let Err(reserved) = id.check_not_reserved() {
+            return Err(refuse(&reserved.to_string()));
         }
-        let id = SpiffeId::new(requested).map_err(|_| refuse("not a valid SPIFFE ID"))?;
         if !entry.allows(&id) {
             return Err(refuse(match entry.template {
                 Some(_) => "not an instance of the entry's template",

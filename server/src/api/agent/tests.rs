@@ -750,6 +750,112 @@ async fn mint_checks_the_requested_id_against_the_entry() {
     }
 }
 
+/// No agent API mint signs an ID in `/spire/*`: not a template instance a selector value
+/// steers there, not an entry stored before such entries were refused (which is not synced
+/// either). Nothing is signed for any of these calls.
+#[tokio::test]
+async fn mints_refuse_reserved_ids() {
+    let h = Harness::start().await;
+    let mut agent = h.attest().await;
+    // Written straight to the datastore, as a server from before the check did.
+    let stale = h.create("/spire/server", &agent.id, &["unix:uid:1"]).await;
+    let template = RegistrationEntry {
+        id: String::new(),
+        template: Some("spiffe://example.org/{k8s:ns}/server".parse().unwrap()),
+        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
+        selectors: vec![Selector::new("k8s:ns").unwrap()],
+        ..stale.clone()
+    };
+    let template = h.ds.create_entries(vec![template]).await.unwrap().remove(0);
+    h.publish().await;
+
+    let mut stream = agent
+        .client
+        .sync_entries(full())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut synced = Vec::new();
+    loop {
+        let msg = next(&mut stream).await;
+        synced.extend(msg.upserts.into_iter().map(|e| e.id));
+        if msg.snapshot_end {
+            break;
+        }
+    }
+    assert_eq!(
+        synced,
+        [template.id.as_str()],
+        "the reserved entry is not synced"
+    );
+
+    let signed = |result| {
+        h.metrics
+            .jwt_svids_signed
+            .get_or_create(&ResultLabel { result })
+            .get()
+            + h.metrics
+                .x509_svids_signed
+                .get_or_create(&ResultLabel { result })
+                .get()
+    };
+    let before = (signed("ok"), signed("error"));
+    let server = "spiffe://example.org/spire/server";
+    let x509 = |entry_id: &str, spiffe_id: &str| pb::BatchMintX509svidRequest {
+        requests: vec![pb::X509svidRequest {
+            entry_id: entry_id.to_owned(),
+            csr: key_and_csr().1,
+            spiffe_id: spiffe_id.to_owned(),
+        }],
+    };
+    for (entry_id, spiffe_id, why) in [
+        (template.id.as_str(), server, "reserved"),
+        (stale.id.as_str(), server, "not authorized"),
+        (stale.id.as_str(), "", "not authorized"),
+    ] {
+        let errs = [
+            agent
+                .client
+                .batch_mint_x509svid(x509(entry_id, spiffe_id))
+                .await
+                .unwrap_err(),
+            agent
+                .client
+                .mint_jwtsvid(pb::MintJwtsvidRequest {
+                    spiffe_id: spiffe_id.to_owned(),
+                    ..jwt_request(entry_id, &["db"])
+                })
+                .await
+                .unwrap_err(),
+            agent
+                .client
+                .batch_mint_jwtsvid(pb::BatchMintJwtsvidRequest {
+                    requests: vec![pb::MintJwtsvidRequest {
+                        spiffe_id: spiffe_id.to_owned(),
+                        ..jwt_request(entry_id, &["db"])
+                    }],
+                })
+                .await
+                .unwrap_err(),
+        ];
+        for err in errs {
+            assert_eq!(err.code(), Code::PermissionDenied, "{entry_id} {spiffe_id}");
+            assert!(err.message().contains(why), "{}", err.message());
+        }
+    }
+    assert_eq!((signed("ok"), signed("error")), before, "nothing signed");
+
+    // Any other instance of the template is signed.
+    let ok = "spiffe://example.org/payments/server";
+    let resp = agent
+        .client
+        .batch_mint_x509svid(x509(&template.id, ok))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(uri_sans(&resp.svids[0].svid_chain[0]), [ok]);
+}
+
 #[tokio::test]
 async fn evicted_and_banned_agents_are_refused() {
     let h = Harness::start().await;
