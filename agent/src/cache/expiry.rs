@@ -127,6 +127,16 @@ impl Cache {
     pub fn withdraw_expired(&self, now: i64, cause: Option<Outage>) -> Vec<SvidUnavailable> {
         let mut withdrawn = Vec::new();
         self.tx.send_if_modified(|current| {
+            let due = |svid: &Arc<CachedX509Svid>| is_expired(svid.expires_at, now);
+            let any = current
+                .identities
+                .iter()
+                .filter_map(|i| i.svid.as_ref())
+                .any(due)
+                || current.rendered.values().any(due);
+            if !any {
+                return false;
+            }
             let mut expired = (*current.expired).clone();
             let mut identities = current.identities.clone();
             for identity in identities.iter_mut() {
@@ -228,7 +238,7 @@ fn svids(snapshot: &Snapshot) -> impl Iterator<Item = (RenderedKey, &Arc<CachedX
 /// gauge and the readiness count in step with the cache.
 pub async fn watch_expiry(
     cache: Arc<Cache>,
-    outage: impl Fn(i64) -> Option<Outage>,
+    outage: impl Fn(i64) -> Option<Outage> + Send,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     cancel: CancellationToken,
@@ -248,6 +258,7 @@ pub async fn watch_expiry(
         changes.borrow_and_update();
         let snapshot = cache.snapshot();
 
+        let outage_now = outage(now);
         let mut wake_at: Option<i64> = None;
         let mut poll: Option<Duration> = None;
         let mut present = HashMap::with_capacity(seen.len());
@@ -264,7 +275,7 @@ pub async fn watch_expiry(
             if now < half {
                 wake_at = Some(wake_at.map_or(half, |w| w.min(half)));
             } else if !s.warned {
-                match outage(now) {
+                match outage_now {
                     Some(cause) => {
                         s.warned = true;
                         metrics.svid_past_half_life("x509");
