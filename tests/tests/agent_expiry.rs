@@ -5,6 +5,8 @@
 //!   unreachable (checked with the Rust `spiffe` client, py-spiffe and the agent CLI); the agent
 //!   warns once when it passes half its life, counts it, and `/ready` is 503 until the server
 //!   is back and a fresh SVID is served;
+//! - a JWT-SVID is served from the agent's cache while the server cannot mint, past its
+//!   half-life (one WARN, counted) until its `exp`, and never after;
 //! - an agent whose own SVID expired and that cannot attest again (its join token was spent)
 //!   says at ERROR what the operator must do, turns `/ready` to 503 and exits non-zero after
 //!   `lost_identity_exit_delay`, even once the server is back.
@@ -63,6 +65,18 @@ async fn fetch_leaf(socket: &std::path::Path) -> Result<Vec<u8>, String> {
         .fetch_x509_svid()
         .await
         .map(|svid| svid.leaf().as_bytes().to_vec())
+        .map_err(|e| format!("{e} / {e:?}"))
+}
+
+/// One FetchJWTSVID for audience `a` through the Rust `spiffe` client: the token and its `exp`.
+async fn fetch_jwt(socket: &std::path::Path) -> Result<(String, i64), String> {
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    client
+        .fetch_jwt_svid(["a"], None)
+        .await
+        .map(|svid| (svid.token().to_owned(), svid.expiry().unix_timestamp()))
         .map_err(|e| format!("{e} / {e:?}"))
 }
 
@@ -212,6 +226,64 @@ fn an_expired_workload_svid_is_withheld_with_the_reason_until_the_server_returns
         (ready(&agent).0 == 200).then_some(())
     });
     assert!(metrics(&agent).contains("sigil_agent_expired_x509_svids 0"));
+}
+
+#[test]
+fn a_jwt_svid_is_served_from_the_cache_until_exp_and_never_after() {
+    let mut server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+    let id = "spiffe://example.org/jwt-short";
+    register_uid(&server, id, &agent_id, uid(), &["-jwtSVIDTTL", "6"]);
+    agent.wait_for_svid(Duration::from_secs(15));
+    let rt = rt();
+    let (token, exp) = rt.block_on(fetch_jwt(&agent.socket)).unwrap();
+
+    server.kill9();
+    // The server cannot mint: the cached token, past its half-life too, while it is valid;
+    // from `exp` on, Unavailable with the reason.
+    let refusal = wait_for(
+        "FetchJWTSVID to be refused once the token expired",
+        Duration::from_secs(20),
+        || {
+            let asked_at = unix_now();
+            match rt.block_on(fetch_jwt(&agent.socket)) {
+                Ok((t, e)) => {
+                    assert_eq!(t, token, "a token the server minted while it was down?");
+                    assert!(asked_at < e, "an expired JWT-SVID was served: exp {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        },
+    );
+    assert!(unix_now() >= exp);
+    assert!(
+        refusal.contains(&format!("JWT-SVID for {id} expired at "))
+            && refusal.contains("the server has been unreachable since "),
+        "{refusal}"
+    );
+    let log = agent.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("WARN") && l.contains("JWT-SVID past half its life and not renewed")
+        ),
+        "{log}"
+    );
+    assert!(
+        metrics(&agent).contains("sigil_agent_svids_past_half_life_total{kind=\"jwt\"} 1"),
+        "{}",
+        metrics(&agent)
+    );
+
+    server.spawn();
+    let (fresh, fresh_exp) = wait_for(
+        "a fresh JWT-SVID after the server returned",
+        Duration::from_secs(30),
+        || rt.block_on(fetch_jwt(&agent.socket)).ok(),
+    );
+    assert_ne!(fresh, token);
+    assert!(fresh_exp > unix_now());
 }
 
 #[test]
