@@ -90,7 +90,11 @@ fn a_psat_agent_whose_svid_expired_attests_again_and_serves_again() {
         Duration::from_secs(60),
         || {
             let ready = http_get(agent.health_port, "/ready").is_some_and(|(c, _)| c == 200);
-            (ready && agent.log().contains("attested again; agent SVID replaced")).then_some(())
+            (ready
+                && agent
+                    .log()
+                    .contains("re-attested after its SVID expired; agent SVID replaced"))
+            .then_some(())
         },
     );
     assert!(

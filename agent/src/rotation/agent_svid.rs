@@ -146,7 +146,12 @@ pub async fn renew_agent_svid(
             }
             match reattest(&r.connection, attestor.as_ref(), r.store.as_ref()).await {
                 Ok(new) => {
-                    info!(previous = %svid.spiffe_id, spiffe_id = %new.spiffe_id, not_after = %rfc3339(new.not_after), "attested again; agent SVID replaced");
+                    let after = if expired {
+                        "its SVID expired"
+                    } else {
+                        "eviction"
+                    };
+                    info!(previous = %svid.spiffe_id, spiffe_id = %new.spiffe_id, not_after = %rfc3339(new.not_after), "re-attested after {after}; agent SVID replaced");
                     r.install(new);
                     arrived_at = unix_now();
                     (evicted, announced, jitter) = (false, false, random_jitter());
