@@ -38,6 +38,10 @@ pub struct AgentConfig {
     /// `join_token` (or `-joinToken`), used by the `join_token` node attestor.
     pub join_token: Option<JoinToken>,
     pub allow_unauthenticated_verifiers: bool,
+    /// `lost_identity_exit_delay`: how long an agent that lost its identity for good (its SVID
+    /// expired or it was evicted, and it cannot attest again) keeps serving the workload SVIDs
+    /// that are still valid before it exits non-zero. Default 1 min; `0s` exits at once.
+    pub lost_identity_exit_delay: std::time::Duration,
     pub node_attestor: NodeAttestorConfig,
     pub key_manager: KeyManagerConfig,
     pub workload_attestors: WorkloadAttestorsConfig,
@@ -252,6 +256,7 @@ impl AgentConfig {
             trust_bundle: agent.trust_bundle,
             join_token: agent.join_token,
             allow_unauthenticated_verifiers: agent.allow_unauthenticated_verifiers,
+            lost_identity_exit_delay: agent.lost_identity_exit_delay,
             node_attestor: plugins.node_attestor,
             key_manager: plugins.key_manager,
             workload_attestors: plugins.workload_attestors,
@@ -271,6 +276,7 @@ struct AgentSection {
     trust_bundle: TrustBundleSource,
     join_token: Option<JoinToken>,
     allow_unauthenticated_verifiers: bool,
+    lost_identity_exit_delay: std::time::Duration,
 }
 
 fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, ConfigError> {
@@ -344,6 +350,9 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
     };
     let allow_unauthenticated_verifiers =
         a.bool("allow_unauthenticated_verifiers")?.unwrap_or(false);
+    let lost_identity_exit_delay = a
+        .duration("lost_identity_exit_delay")?
+        .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
     a.finish()?;
     Ok(AgentSection {
         data_dir,
@@ -355,6 +364,7 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
         trust_bundle,
         join_token,
         allow_unauthenticated_verifiers,
+        lost_identity_exit_delay,
     })
 }
 
@@ -728,6 +738,7 @@ plugins {
             trust_bundle: TrustBundleSource::Path(dir.path().join("bundle.crt")),
             join_token: Some(JoinToken::new("d3adb33f")),
             allow_unauthenticated_verifiers: true,
+            lost_identity_exit_delay: std::time::Duration::from_secs(60),
             node_attestor: NodeAttestorConfig::K8sPsat(K8sPsatConfig {
                 cluster: "my-cluster".to_owned(),
                 token_path: dir.path().join("token"),

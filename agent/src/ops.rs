@@ -1,10 +1,18 @@
-//! The agent's operational endpoints (SPIRE's `health_checks` block): `/live`, `/ready` (ready
-//! once the first full sync has been applied) and Prometheus `/metrics`. Every metric name
-//! lives here; names carry their unit and outcomes go in a `result` label.
+//! The agent's operational endpoints (SPIRE's `health_checks` block): `/live`, `/ready` and
+//! Prometheus `/metrics`. Every metric name lives here; names carry their unit and outcomes go
+//! in a `result` label.
+//!
+//! `/ready` answers 200 only while the agent can serve what it is asked for (see
+//! [`Readiness::check`]): the first full sync has been applied, its own SVID has not expired,
+//! it has not lost its place at the server for good, and no X509-SVID it holds has expired
+//! (withheld from workloads). Otherwise 503 with the reason in the body. `/live` stays 200
+//! while the process runs: a restart fixes none of these.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +32,12 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Which kind of SVID a count is about: `x509` or `jwt`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
 fn result(ok: bool) -> ResultLabel {
     ResultLabel {
         result: if ok { "ok" } else { "error" },
@@ -39,6 +53,9 @@ pub struct Metrics {
     pub cached_entries: Gauge,
     pub x509_svids_minted: Family<ResultLabel, Counter>,
     pub agent_svid_renewals: Family<ResultLabel, Counter>,
+    pub svids_past_half_life: Family<KindLabel, Counter>,
+    pub expired_x509_svids: Gauge,
+    pub agent_svid_expiry: Gauge,
 }
 
 impl Metrics {
@@ -50,6 +67,9 @@ impl Metrics {
             cached_entries: Gauge::default(),
             x509_svids_minted: Family::default(),
             agent_svid_renewals: Family::default(),
+            svids_past_half_life: Family::default(),
+            expired_x509_svids: Gauge::default(),
+            agent_svid_expiry: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -77,7 +97,29 @@ impl Metrics {
             "Agent SVID renewals and re-attestations",
             m.agent_svid_renewals.clone(),
         );
+        r.register(
+            "svids_past_half_life",
+            "SVIDs handed out or held past half their life because the server could not renew them (once per SVID)",
+            m.svids_past_half_life.clone(),
+        );
+        r.register(
+            "expired_x509_svids",
+            "X509-SVIDs that expired before being renewed, withheld from workloads",
+            m.expired_x509_svids.clone(),
+        );
+        r.register(
+            "agent_svid_expiry_timestamp_seconds",
+            "NotAfter of the agent's own SVID (Unix seconds)",
+            m.agent_svid_expiry.clone(),
+        );
         Arc::new(m)
+    }
+
+    /// One more SVID (`kind`: `x509` or `jwt`) past its half-life with the server unreachable.
+    pub fn svid_past_half_life(&self, kind: &'static str) {
+        self.svids_past_half_life
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     pub fn svid_mint(&self, ok: bool, count: usize) {
@@ -103,18 +145,117 @@ impl Metrics {
     }
 }
 
-/// What `/ready` reports: set once the first full sync has been applied.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+/// What `/ready` reports, fed by the components that know each part.
+#[derive(Debug)]
+pub struct Readiness {
+    /// A full sync has been applied (cleared again while shutting down).
+    synced: AtomicBool,
+    /// NotAfter of the agent's own SVID, Unix seconds.
+    agent_svid_not_after: AtomicI64,
+    /// The server refuses this agent and it cannot attest again.
+    identity_lost: AtomicBool,
+    /// X509-SVIDs withheld because they expired.
+    expired_svids: AtomicUsize,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            synced: AtomicBool::new(false),
+            agent_svid_not_after: AtomicI64::new(i64::MAX),
+            identity_lost: AtomicBool::new(false),
+            expired_svids: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Why `/ready` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    /// Starting (no full sync yet) or shutting down.
+    NotSynced,
+    /// The server no longer accepts this agent and it cannot attest again.
+    IdentityLost,
+    /// The agent's own SVID expired at this Unix time.
+    AgentSvidExpired(i64),
+    /// This many X509-SVIDs expired and are withheld from workloads.
+    SvidsExpired(usize),
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReady::NotSynced => {
+                f.write_str("registration entries not synced yet (or shutting down)")
+            }
+            NotReady::IdentityLost => f.write_str(
+                "the server no longer accepts this agent and it cannot attest again (see the log)",
+            ),
+            NotReady::AgentSvidExpired(at) => write!(
+                f,
+                "the agent's own SVID expired at {}",
+                crate::cache::expiry::rfc3339(*at)
+            ),
+            NotReady::SvidsExpired(n) => {
+                write!(
+                    f,
+                    "{n} X509-SVID(s) expired and are withheld from workloads"
+                )
+            }
+        }
+    }
+}
 
 impl Readiness {
+    /// Marks the first full sync as applied (`true`), or the agent as stopping (`false`).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.synced.store(ready, Ordering::Release);
+    }
+
+    /// The agent's own SVID is now valid until `not_after` (Unix seconds).
+    pub fn set_agent_svid_not_after(&self, not_after: i64) {
+        self.agent_svid_not_after
+            .store(not_after, Ordering::Release);
+    }
+
+    /// The server refuses this agent for good (`true`), or accepts it again.
+    pub fn set_identity_lost(&self, lost: bool) {
+        self.identity_lost.store(lost, Ordering::Release);
+    }
+
+    /// How many X509-SVIDs are withheld because they expired.
+    pub fn set_expired_svids(&self, count: usize) {
+        self.expired_svids.store(count, Ordering::Release);
+    }
+
+    /// Ready at `now` (Unix seconds), or the first reason not to be.
+    pub fn check(&self, now: i64) -> Result<(), NotReady> {
+        if !self.synced.load(Ordering::Acquire) {
+            return Err(NotReady::NotSynced);
+        }
+        if self.identity_lost.load(Ordering::Acquire) {
+            return Err(NotReady::IdentityLost);
+        }
+        let not_after = self.agent_svid_not_after.load(Ordering::Acquire);
+        if crate::cache::expiry::is_expired(not_after, now) {
+            return Err(NotReady::AgentSvidExpired(not_after));
+        }
+        match self.expired_svids.load(Ordering::Acquire) {
+            0 => Ok(()),
+            n => Err(NotReady::SvidsExpired(n)),
+        }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.check(unix_now()).is_ok()
     }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Clone)]
@@ -138,10 +279,12 @@ pub fn router(
 }
 
 async fn ready(State(s): State<OpsState>) -> impl IntoResponse {
-    if s.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match s.readiness.check(unix_now()) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
@@ -189,6 +332,29 @@ mod tests {
         assert!(text.contains("sigil_agent_sync_messages_total 1"));
     }
 
+    #[test]
+    fn readiness_names_the_first_reason() {
+        let r = Readiness::default();
+        assert_eq!(r.check(1000), Err(NotReady::NotSynced));
+        r.set(true);
+        assert_eq!(r.check(1000), Ok(()));
+        r.set_agent_svid_not_after(1000);
+        assert_eq!(r.check(999), Ok(()));
+        // From the start of its NotAfter second, as workload SVIDs are withdrawn.
+        assert_eq!(r.check(1000), Err(NotReady::AgentSvidExpired(1000)));
+        r.set_agent_svid_not_after(5000);
+        r.set_expired_svids(3);
+        assert_eq!(r.check(1000), Err(NotReady::SvidsExpired(3)));
+        assert_eq!(
+            NotReady::SvidsExpired(3).to_string(),
+            "3 X509-SVID(s) expired and are withheld from workloads"
+        );
+        r.set_identity_lost(true);
+        assert_eq!(r.check(1000), Err(NotReady::IdentityLost));
+        r.set(false);
+        assert_eq!(r.check(1000), Err(NotReady::NotSynced));
+    }
+
     #[tokio::test]
     async fn ready_follows_the_flag() {
         let readiness = Arc::new(Readiness::default());
@@ -215,6 +381,17 @@ mod tests {
         assert_eq!(status("/ready").await, "503");
         readiness.set(true);
         assert_eq!(status("/ready").await, "200");
+        // Any one reason turns it to 503; /live stays 200.
+        readiness.set_expired_svids(2);
+        assert_eq!(status("/ready").await, "503");
+        readiness.set_expired_svids(0);
+        readiness.set_agent_svid_not_after(unix_now());
+        assert_eq!(status("/ready").await, "503");
+        assert_eq!(status("/live").await, "200");
+        readiness.set_agent_svid_not_after(unix_now() + 60);
+        assert_eq!(status("/ready").await, "200");
+        readiness.set_identity_lost(true);
+        assert_eq!(status("/ready").await, "503");
         cancel.cancel();
         task.await.unwrap().unwrap();
     }

@@ -4,29 +4,35 @@
 //! - Workload X509-SVIDs: each cached entry without an SVID, whose entry changed, or whose SVID
 //!   reached its refresh point is minted through `BatchMintX509SVID` in batches. The loop wakes on
 //!   every cache change, so a new entry is minted as soon as sync delivers it.
-//! - The agent's own SVID is renewed through `RenewAgent` at its refresh point; when the server
-//!   says the agent is evicted, it re-attests if a join token is configured.
+//! - The agent's own SVID is renewed through `RenewAgent` at its refresh point, replaced by
+//!   attesting again when it expired or the agent was evicted, or lost (see [`agent_svid`]).
 //!
-//! When is decided by [`refresh_at`], a pure function of the certificate's validity; the loops
-//! log and retry with backoff and never exit before cancellation.
+//! When is decided by [`refresh_at`], a pure function of the certificate's validity; the
+//! workload loops log and retry with backoff and never exit before cancellation. While the
+//! agent's own SVID has expired they wait for a new one instead of asking the server, which
+//! would refuse every call. A first issue is logged at INFO, a renewal at DEBUG (a 5 s TTL
+//! renews every ~2.5 s).
 
-use std::collections::HashMap;
+mod agent_svid;
+
+pub use agent_svid::{
+    AgentIdentity, AgentSvidRenewal, DEFAULT_EXIT_DELAY, IdentityLost, renew_agent_svid,
+};
+
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use rand::Rng;
-use sigil_proto::sigil::agent::v1::{BatchMintX509svidRequest, RenewAgentRequest, X509svidRequest};
-use tokio::sync::{Notify, watch};
+use sigil_proto::sigil::agent::v1::{BatchMintX509svidRequest, X509svidRequest};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::cache::{Cache, CachedX509Svid, Identity, RenderedKey, Snapshot, TemplateDemand};
-use crate::node_attestation::{self, NodeAttestor};
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
-use crate::svid_store::{AgentSvid, SvidStore, leaf_facts};
+use crate::svid_store::leaf_facts;
 use crate::taint::TaintedAuthorities;
 
 /// Largest `BatchMintX509SVID` batch.
@@ -298,6 +304,9 @@ pub async fn rotate_workload_svids(
     let mut retry_at: HashMap<String, i64> = HashMap::new();
     let mut backoff = Backoff::server();
     loop {
+        if !agent_svid_usable(&connection, &cancel).await {
+            return;
+        }
         changes.borrow_and_update();
         let snapshot = cache.snapshot();
         let now = unix_now();
@@ -359,6 +368,22 @@ pub async fn rotate_workload_svids(
     }
 }
 
+/// Waits while the agent's own SVID has expired (the server would refuse every mint) until a
+/// new one is in place; false if `cancel` fired meanwhile.
+async fn agent_svid_usable(connection: &ServerConnection, cancel: &CancellationToken) -> bool {
+    let Some(expired_at) = connection.identity_expired_at(unix_now()) else {
+        return true;
+    };
+    debug!(
+        expired_at = %crate::cache::expiry::rfc3339(expired_at),
+        "agent SVID expired; X509-SVID minting waits for a new one"
+    );
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = connection.identity_renewed() => true,
+    }
+}
+
 /// How long to sleep until the earliest refresh or retry (unix seconds), at most [`MAX_SLEEP`].
 fn next_wake(
     refresh_at: impl Iterator<Item = i64>,
@@ -384,6 +409,11 @@ async fn mint_batch(
     batch: &[Arc<Identity>],
     metrics: &Metrics,
 ) -> Result<BatchOutcome, tonic::Status> {
+    let first_issue: HashSet<&str> = batch
+        .iter()
+        .filter(|i| i.svid.is_none())
+        .map(|i| i.entry.id.as_str())
+        .collect();
     let mut keys: HashMap<String, (Zeroizing<Vec<u8>>, i64)> = HashMap::new();
     let mut requests = Vec::with_capacity(batch.len());
     for identity in batch {
@@ -447,8 +477,18 @@ async fn mint_batch(
     }
     metrics.svid_mint(true, minted.len());
     metrics.svid_mint(false, failed.len());
-    if !minted.is_empty() {
-        info!(count = minted.len(), "minted X509-SVIDs");
+    let issued = minted
+        .iter()
+        .filter(|(id, _)| first_issue.contains(id.as_str()))
+        .count();
+    if issued > 0 {
+        info!(
+            count = issued,
+            "issued X509-SVIDs for entries that had none"
+        );
+    }
+    if minted.len() > issued {
+        debug!(count = minted.len() - issued, "renewed X509-SVIDs");
     }
     Ok(BatchOutcome { minted, failed })
 }
@@ -506,6 +546,9 @@ pub async fn rotate_rendered_svids(
     let mut retry_at: HashMap<RenderedKey, i64> = HashMap::new();
     let mut backoff = Backoff::server();
     loop {
+        if !agent_svid_usable(&connection, &cancel).await {
+            return;
+        }
         changes.borrow_and_update();
         let now = unix_now();
         let idle = demand.forget_idle(now, crate::cache::rendered::IDLE);
@@ -655,173 +698,6 @@ async fn mint_rendered_batch(
         debug!(count = minted.len(), "minted template X509-SVIDs");
     }
     Ok(RenderedOutcome { minted, failed })
-}
-
-/// The agent's identity: the current SVID, shared with whoever needs to read it.
-#[derive(Debug)]
-pub struct AgentIdentity {
-    current: ArcSwap<AgentSvid>,
-    /// Raised by sync when the server answers PermissionDenied (agent evicted or banned).
-    evicted: Notify,
-}
-
-impl AgentIdentity {
-    pub fn new(svid: AgentSvid) -> Self {
-        AgentIdentity {
-            current: ArcSwap::from_pointee(svid),
-            evicted: Notify::new(),
-        }
-    }
-
-    pub fn current(&self) -> Arc<AgentSvid> {
-        self.current.load_full()
-    }
-
-    /// Tells the renewal loop the server no longer accepts this agent.
-    pub fn report_evicted(&self) {
-        self.evicted.notify_one();
-    }
-}
-
-/// Renews the agent SVID at its refresh point, or at once when a new bundle says the authority
-/// that signed it is tainted, and re-attests after an eviction when a node attestor with a
-/// token is available. Runs until `cancel` fires.
-pub async fn renew_agent_svid(
-    connection: Arc<ServerConnection>,
-    identity: Arc<AgentIdentity>,
-    store: Option<SvidStore>,
-    reattestor: Option<Arc<dyn NodeAttestor>>,
-    metrics: Arc<Metrics>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    cancel: CancellationToken,
-) {
-    let mut backoff = Backoff::server();
-    let mut evicted = false;
-    let mut retry: Option<Duration> = None;
-    let mut jitter = random_jitter();
-    // When the current SVID arrived (see `fresh_refresh_at`); for one loaded from disk at start,
-    // its NotBefore is all we know.
-    let mut arrived_at = identity.current().not_before;
-    loop {
-        let svid = identity.current();
-        let wait = retry.take().unwrap_or_else(|| {
-            let at = refresh_at(arrived_at.max(svid.not_before), svid.not_after, jitter);
-            Duration::from_secs((at - unix_now()).max(0) as u64)
-        });
-        if !evicted {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = identity.evicted.notified() => evicted = true,
-                r = snapshots.changed() => {
-                    if r.is_err() { return; }
-                    let bundle = snapshots.borrow_and_update().bundle.clone();
-                    if !TaintedAuthorities::from_bundle(&bundle).affects_chain(&svid.chain) {
-                        continue;
-                    }
-                    info!(spiffe_id = %svid.spiffe_id, "agent SVID signed by a tainted authority; renewing now");
-                }
-                () = tokio::time::sleep(wait.min(MAX_SLEEP)) => {
-                    // A capped sleep that has not reached the refresh point just loops.
-                    if wait > MAX_SLEEP { continue; }
-                }
-            }
-        } else {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-
-        // An expired SVID cannot authenticate a renewal: attest again when the attestor can
-        // (a PSAT is re-read from disk; a spent join token will be refused).
-        if !evicted && reattestor.is_some() && svid.not_after <= unix_now() {
-            warn!(spiffe_id = %svid.spiffe_id, "agent SVID expired before it could be renewed; attesting again");
-            evicted = true;
-        }
-        let outcome = if evicted {
-            match &reattestor {
-                Some(attestor) => reattest(&connection, attestor.as_ref(), store.as_ref()).await,
-                None => {
-                    error!(spiffe_id = %svid.spiffe_id, "the server no longer accepts this agent (evicted or banned) and no join token is configured: generate one with `sigil-server token generate` and restart with -joinToken; serving cached SVIDs meanwhile");
-                    Err(())
-                }
-            }
-        } else {
-            renew(&connection, store.as_ref()).await.map_err(|status| {
-                if status.code() == tonic::Code::PermissionDenied {
-                    warn!(spiffe_id = %svid.spiffe_id, "server refused to renew the agent SVID: agent evicted or banned");
-                    evicted = true;
-                } else {
-                    warn!(code = ?status.code(), error = %status.message(), "cannot renew the agent SVID; will retry");
-                }
-            })
-        };
-        match outcome {
-            Ok(new) => {
-                metrics.agent_renewal(true);
-                info!(spiffe_id = %new.spiffe_id, not_after = new.not_after, "agent SVID renewed");
-                if let Err(e) = connection.set_identity(&new) {
-                    error!(error = %e, "cannot present the renewed agent SVID");
-                }
-                arrived_at = unix_now();
-                identity.current.store(Arc::new(new));
-                evicted = false;
-                jitter = random_jitter();
-                backoff.reset();
-            }
-            Err(()) => {
-                metrics.agent_renewal(false);
-                retry = Some(backoff.next_delay());
-            }
-        }
-    }
-}
-
-async fn renew(
-    connection: &ServerConnection,
-    store: Option<&SvidStore>,
-) -> Result<AgentSvid, tonic::Status> {
-    let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let response = connection
-        .client()
-        .renew_agent(RenewAgentRequest { csr })
-        .await?
-        .into_inner();
-    let svid = AgentSvid::new(response.svid_chain, key)
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    if let Some(Err(e)) = store.map(|s| s.save_svid(&svid)) {
-        error!(error = %e, "cannot persist the renewed agent SVID; a restart may need a new join token");
-    }
-    debug!("agent SVID renewed through RenewAgent");
-    Ok(svid)
-}
-
-async fn reattest(
-    connection: &ServerConnection,
-    attestor: &dyn NodeAttestor,
-    store: Option<&SvidStore>,
-) -> Result<AgentSvid, ()> {
-    match node_attestation::attest(connection, attestor).await {
-        Ok((svid, bundle)) => {
-            info!(spiffe_id = %svid.spiffe_id, "re-attested after eviction");
-            if let Err(e) = connection.set_bundle(&bundle) {
-                warn!(error = %e, "bundle from re-attestation not usable");
-            }
-            if let Some(store) = store {
-                let saved = store
-                    .save_svid(&svid)
-                    .and_then(|()| store.save_bundle(&bundle));
-                if let Err(e) = saved {
-                    error!(error = %e, "cannot persist the agent SVID after re-attestation");
-                }
-            }
-            Ok(svid)
-        }
-        Err(e) => {
-            warn!(error = %e, "re-attestation failed; will retry");
-            Err(())
-        }
-    }
 }
 
 #[cfg(test)]

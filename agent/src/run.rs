@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cache::Cache;
+use crate::cache::{self, Cache};
 use crate::config::{
     AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
 };
@@ -20,7 +20,7 @@ use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
-use crate::rotation::{self, AgentIdentity, Backoff, unix_now};
+use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff, unix_now};
 use crate::server_client::{ServerConnection, ServerJwtMinter};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};
@@ -166,7 +166,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
         ..WorkloadApiConfig::default()
     };
-    let minter = Arc::new(ServerJwtMinter::new(connection.clone()));
+    let minter = Arc::new(ServerJwtMinter::new(connection.clone(), metrics.clone()));
     {
         let (rx, c) = (cache.subscribe(), cancel.clone());
         tasks.spawn(async move {
@@ -211,11 +211,34 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         rotation::rotate_rendered_svids(conn, cch, m, c).await;
         Ok(())
     });
-    let (conn, m, c) = (connection.clone(), metrics.clone(), cancel.clone());
-    let snapshots = cache.subscribe();
+    {
+        let (conn, cch, m, r, c) = (
+            connection.clone(),
+            cache.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(async move {
+            let outage = move |now| conn.outage(now);
+            cache::watch_expiry(cch, outage, m, r, c).await;
+            Ok(())
+        });
+    }
+    let renewal = AgentSvidRenewal {
+        connection: connection.clone(),
+        identity,
+        store,
+        attestor,
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        exit_delay: config.lost_identity_exit_delay,
+    };
+    let (snapshots, c) = (cache.subscribe(), cancel.clone());
     tasks.spawn(async move {
-        rotation::renew_agent_svid(conn, identity, store, attestor, m, snapshots, c).await;
-        Ok(())
+        rotation::renew_agent_svid(renewal, snapshots, c)
+            .await
+            .context("the agent lost its identity")
     });
 
     info!(socket = %config.socket_path.display(), "sigil-agent running");
@@ -327,6 +350,11 @@ async fn attest_with_retry(
                 ) =>
             {
                 warn!(error = %status.message(), "server unreachable for node attestation; retrying");
+            }
+            Err(e) if attestor.attestation_type() == "join_token" => {
+                return Err(e).context(
+                    "node attestation failed (join tokens are single use: generate a new one with `sigil-server token generate` and pass it with -joinToken)",
+                );
             }
             Err(e) => return Err(e).context("node attestation failed"),
         }

@@ -11,11 +11,17 @@
 //! last connected to, until one completes the TLS handshake; after a broken connection or sync
 //! stream ([`ServerConnection::fail_over`]) the next dial starts with the following one. The
 //! cache keeps serving SVIDs meanwhile: workloads never wait on the server.
+//!
+//! The connection also knows what the rest of the agent needs to explain an outage: since when
+//! no dial has reached a server ([`ServerConnection::unreachable_since`]), and whether the
+//! agent's own SVID has expired. An expired agent SVID is never presented: the server's TLS
+//! would refuse the handshake, which would also block the re-attestation that replaces it
+//! (`AttestAgent` needs no client certificate).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -33,12 +39,14 @@ use sigil_proto::sigil::agent::v1::MintJwtsvidRequest;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
 use sigil_proto::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::cache::{JwtSvidMinter, MintError};
+use crate::cache::{JwtSvidMinter, MintError, Outage};
 use crate::config::ServerAddress;
+use crate::ops::Metrics;
 use crate::svid_store::{AgentSvid, leaf_facts};
 
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
@@ -62,11 +70,18 @@ pub enum ServerClientError {
     NoServers,
 }
 
+/// The agent SVID as presented in handshakes, with its NotAfter (Unix seconds).
+#[derive(Clone)]
+struct Presented {
+    key: Arc<CertifiedKey>,
+    not_after: i64,
+}
+
 /// TLS state shared by every connection the agent makes.
 struct Credentials {
     /// `None` only during `insecure_bootstrap`, before the first bundle arrives.
     roots: RwLock<Option<Arc<RootCertStore>>>,
-    identity: RwLock<Option<Arc<CertifiedKey>>>,
+    identity: RwLock<Option<Presented>>,
 }
 
 impl Credentials {
@@ -75,12 +90,26 @@ impl Credentials {
         self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn identity(&self) -> Option<Arc<CertifiedKey>> {
+    fn identity(&self) -> Option<Presented> {
         self.identity
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// The agent SVID to present now: none once it has expired (see the module doc).
+    fn presentable(&self) -> Option<Arc<CertifiedKey>> {
+        self.identity()
+            .filter(|p| unix_now() < p.not_after)
+            .map(|p| p.key)
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl fmt::Debug for Credentials {
@@ -170,17 +199,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Presents the current agent SVID, if any, when the server asks for a client certificate.
+/// Presents the current agent SVID, if any and unexpired, when the server asks for a client
+/// certificate.
 #[derive(Debug)]
 struct AgentIdentityResolver(Arc<Credentials>);
 
 impl ResolvesClientCert for AgentIdentityResolver {
     fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        self.0.identity()
+        self.0.presentable()
     }
 
     fn has_certs(&self) -> bool {
-        self.0.identity().is_some()
+        self.0.presentable().is_some()
     }
 }
 
@@ -194,6 +224,8 @@ pub struct ServerConnection {
     dialer: Arc<Dialer>,
     credentials: Arc<Credentials>,
     channel: ArcSwap<Channel>,
+    /// NotAfter of the agent SVID presented (Unix seconds), for those waiting on a new one.
+    identity_not_after: watch::Sender<Option<i64>>,
 }
 
 impl fmt::Debug for ServerConnection {
@@ -240,7 +272,8 @@ impl ServerConnection {
             return Err(ServerClientError::InvalidAddress(bad.to_string()));
         }
         let roots = bundle.map(root_store).transpose()?.map(Arc::new);
-        let identity = identity.map(certified_key).transpose()?.map(Arc::new);
+        let not_after = identity.map(|svid| svid.not_after);
+        let identity = identity.map(presented).transpose()?;
         let credentials = Arc::new(Credentials {
             roots: RwLock::new(roots),
             identity: RwLock::new(identity),
@@ -266,6 +299,7 @@ impl ServerConnection {
             dialer,
             credentials,
             channel: ArcSwap::from_pointee(channel),
+            identity_not_after: watch::Sender::new(not_after),
         })
     }
 
@@ -290,14 +324,46 @@ impl ServerConnection {
     /// Presents `svid` as the client certificate and opens a fresh channel, so no connection
     /// keeps authenticating with the previous SVID.
     pub fn set_identity(&self, svid: &AgentSvid) -> Result<(), ServerClientError> {
-        let key = Arc::new(certified_key(svid)?);
+        let presented = presented(svid)?;
         *self
             .credentials
             .identity
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(key);
+            .unwrap_or_else(|p| p.into_inner()) = Some(presented);
         self.reconnect();
+        self.identity_not_after.send_replace(Some(svid.not_after));
         Ok(())
+    }
+
+    /// When the agent SVID expired, if it has by `now` (Unix seconds; from the start of its
+    /// NotAfter second, as workload SVIDs are withdrawn).
+    pub fn identity_expired_at(&self, now: i64) -> Option<i64> {
+        (*self.identity_not_after.borrow())
+            .filter(|&not_after| crate::cache::expiry::is_expired(not_after, now))
+    }
+
+    /// Resolves once an agent SVID that has not expired is set (at once if it already is).
+    pub async fn identity_renewed(&self) {
+        let mut rx = self.identity_not_after.subscribe();
+        // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
+        let _ = rx
+            .wait_for(|na| na.is_none_or(|na| !crate::cache::expiry::is_expired(na, unix_now())))
+            .await;
+    }
+
+    /// Since when (Unix seconds) no dial has reached a server; `None` once one has since.
+    pub fn unreachable_since(&self) -> Option<i64> {
+        self.dialer.lock_state().unreachable_since
+    }
+
+    /// Why nothing can be renewed at `now`, if so: the agent SVID expired, or no server has
+    /// been reachable since some time.
+    pub fn outage(&self, now: i64) -> Option<Outage> {
+        if let Some(at) = self.identity_expired_at(now) {
+            return Some(Outage::AgentSvidExpired { at });
+        }
+        self.unreachable_since()
+            .map(|since| Outage::ServerUnreachable { since })
     }
 
     /// Drops the current channel for a new one (after the identity or trust changed).
@@ -351,6 +417,8 @@ struct DialState {
     current: Option<Candidate>,
     /// Set by [`ServerConnection::fail_over`]: start after `current` next time.
     moving: bool,
+    /// When a dial first failed to reach any server (Unix seconds); cleared by a good dial.
+    unreachable_since: Option<i64>,
 }
 
 /// Dials the configured servers in turn; shared by every channel the connection makes.
@@ -424,6 +492,9 @@ impl Dialer {
                     }
                     state.current = Some(candidate);
                     state.moving = false;
+                    if let Some(since) = state.unreachable_since.take() {
+                        info!(unreachable_since = %crate::cache::expiry::rfc3339(since), "server reachable again");
+                    }
                     return Ok(stream);
                 }
                 Ok(Err(e)) => {
@@ -437,6 +508,9 @@ impl Dialer {
             }
         }
         let servers: Vec<String> = self.servers.iter().map(ToString::to_string).collect();
+        self.lock_state()
+            .unreachable_since
+            .get_or_insert_with(unix_now);
         Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             if failures.is_empty() {
@@ -483,11 +557,15 @@ fn dial_order<T: Clone + PartialEq>(candidates: &[T], current: Option<&T>, movin
 #[derive(Debug, Clone)]
 pub struct ServerJwtMinter {
     connection: Arc<ServerConnection>,
+    metrics: Arc<Metrics>,
 }
 
 impl ServerJwtMinter {
-    pub fn new(connection: Arc<ServerConnection>) -> Self {
-        ServerJwtMinter { connection }
+    pub fn new(connection: Arc<ServerConnection>, metrics: Arc<Metrics>) -> Self {
+        ServerJwtMinter {
+            connection,
+            metrics,
+        }
     }
 }
 
@@ -526,6 +604,14 @@ impl JwtSvidMinter for ServerJwtMinter {
             }
         })
     }
+
+    fn outage(&self, now: i64) -> Option<Outage> {
+        self.connection.outage(now)
+    }
+
+    fn served_past_half_life(&self) {
+        self.metrics.svid_past_half_life("jwt");
+    }
 }
 
 fn lazy_channel(dialer: Arc<Dialer>) -> Channel {
@@ -554,6 +640,13 @@ fn root_store(bundle: &Bundle) -> Result<RootCertStore, ServerClientError> {
         return Err(ServerClientError::NoTrustAnchors);
     }
     Ok(roots)
+}
+
+fn presented(svid: &AgentSvid) -> Result<Presented, ServerClientError> {
+    Ok(Presented {
+        key: Arc::new(certified_key(svid)?),
+        not_after: svid.not_after,
+    })
 }
 
 fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
@@ -765,11 +858,88 @@ mod tests {
         assert!(msg.contains(&format!("127.0.0.1:{refused}")), "{msg}");
         assert!(msg.contains(&format!("127.0.0.1:{broken}")), "{msg}");
         assert_eq!(conn.current_server(), None);
+        // The failed dial dates the outage that workloads and readiness are told about.
+        let since = conn
+            .unreachable_since()
+            .expect("unreachable since the dial");
+        assert!((unix_now() - since).abs() <= 5, "{since}");
+        assert_eq!(
+            conn.outage(unix_now()),
+            Some(Outage::ServerUnreachable { since })
+        );
         task.abort();
         assert!(matches!(
             ServerConnection::with_servers(vec![], &TrustDomain::new("td").unwrap(), None, None),
             Err(ServerClientError::NoServers)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_agent_svid_is_never_presented() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://td/spire/agent/x".try_into().unwrap(),
+        )];
+        let cert = params.self_signed(&key).unwrap();
+        let svid = |not_after: i64| AgentSvid {
+            spiffe_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
+            chain: vec![cert.der().to_vec()],
+            key_pkcs8: zeroize::Zeroizing::new(key.serialize_der()),
+            not_before: 0,
+            not_after,
+        };
+        let td = TrustDomain::new("td").unwrap();
+        let valid = svid(unix_now() + 60);
+        let conn = ServerConnection::new("127.0.0.1", 1, &td, None, Some(&valid)).unwrap();
+        let resolver = AgentIdentityResolver(conn.credentials.clone());
+        assert!(resolver.has_certs());
+        assert!(resolver.resolve(&[], &[]).is_some());
+        assert_eq!(conn.identity_expired_at(unix_now()), None);
+
+        let expired = svid(unix_now());
+        conn.set_identity(&expired).unwrap();
+        assert!(!resolver.has_certs());
+        assert!(resolver.resolve(&[], &[]).is_none());
+        assert_eq!(
+            conn.identity_expired_at(unix_now()),
+            Some(expired.not_after)
+        );
+        // An expired agent SVID explains an outage before reachability does.
+        assert_eq!(
+            conn.outage(unix_now()),
+            Some(Outage::AgentSvidExpired {
+                at: expired.not_after
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_renewed_identity_ends_when_one_is_set() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = CertificateParams::default().self_signed(&key).unwrap();
+        let svid = |not_after: i64| AgentSvid {
+            spiffe_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
+            chain: vec![cert.der().to_vec()],
+            key_pkcs8: zeroize::Zeroizing::new(key.serialize_der()),
+            not_before: 0,
+            not_after,
+        };
+        let td = TrustDomain::new("td").unwrap();
+        let conn = Arc::new(
+            ServerConnection::new("127.0.0.1", 1, &td, None, Some(&svid(unix_now() - 1))).unwrap(),
+        );
+        let waiter = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.identity_renewed().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        conn.set_identity(&svid(unix_now() + 60)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the new identity")
+            .unwrap();
     }
 
     #[test]

@@ -266,11 +266,24 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
             // The next attempt starts with another server.
             ctx.connection.fail_over();
         }
+        if let Some(expired_at) = ctx
+            .connection
+            .identity_expired_at(crate::rotation::unix_now())
+        {
+            // The server refuses every call until the agent has a new SVID (the renewal loop
+            // attests again or says what to do): wait for it rather than knock.
+            debug!(expired_at, "agent SVID expired; sync waits for a new one");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = ctx.connection.identity_renewed() => {}
+            }
+            continue;
+        }
         if failure.code() == tonic::Code::PermissionDenied {
             warn!(error = %failure.message(), "the server refused to sync: agent evicted or banned; serving cached SVIDs");
             ctx.identity.report_evicted();
         } else if !degraded {
-            warn!(code = ?failure.code(), error = %failure.message(), "server unreachable; workloads keep getting cached SVIDs and bundles, retrying");
+            warn!(code = ?failure.code(), error = %failure.message(), "server unreachable; workloads keep getting cached bundles, and cached SVIDs until they expire; retrying");
             degraded = true;
         } else {
             debug!(code = ?failure.code(), error = %failure.message(), "sync still failing");

@@ -27,6 +27,22 @@ pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 /// SPIRE's default agent SVID lifetime.
 pub const DEFAULT_AGENT_TTL: Duration = Duration::from_secs(3600);
+/// The shortest lifetime Sigil issues an X509-SVID, JWT-SVID or agent SVID for. Agents renew
+/// at half-life, so shorter lifetimes turn into a signing loop; the SPIFFE client libraries'
+/// own test fixtures go down to 5 s. SPIRE sets no floor.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(5);
+
+/// Checks an SVID TTL in seconds (an entry field, a flag): 0 means "the server's default";
+/// anything else must be at least [`MIN_SVID_TTL`]. The error names the floor.
+pub fn check_svid_ttl(seconds: u64) -> Result<(), String> {
+    if seconds != 0 && seconds < MIN_SVID_TTL.as_secs() {
+        return Err(format!(
+            "{seconds}s is below the minimum SVID TTL of {}s",
+            MIN_SVID_TTL.as_secs()
+        ));
+    }
+    Ok(())
+}
 
 /// The validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,8 +375,8 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
     )?;
     let ca_ttl = positive(&mut s, "ca_ttl")?.unwrap_or(DEFAULT_CA_TTL);
     let x509_svid_ttl = match (
-        positive(&mut s, "default_x509_svid_ttl")?,
-        positive(&mut s, "default_svid_ttl")?,
+        svid_ttl(&mut s, "default_x509_svid_ttl")?,
+        svid_ttl(&mut s, "default_svid_ttl")?,
     ) {
         (Some(_), Some(_)) => {
             return Err(s.error(
@@ -370,8 +386,8 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         }
         (ttl, older) => ttl.or(older).unwrap_or(DEFAULT_X509_SVID_TTL),
     };
-    let jwt_svid_ttl = positive(&mut s, "default_jwt_svid_ttl")?.unwrap_or(DEFAULT_JWT_SVID_TTL);
-    let agent_ttl = positive(&mut s, "agent_ttl")?.unwrap_or(DEFAULT_AGENT_TTL);
+    let jwt_svid_ttl = svid_ttl(&mut s, "default_jwt_svid_ttl")?.unwrap_or(DEFAULT_JWT_SVID_TTL);
+    let agent_ttl = svid_ttl(&mut s, "agent_ttl")?.unwrap_or(DEFAULT_AGENT_TTL);
     let jwt_issuer = s.string("jwt_issuer")?.filter(|i| !i.is_empty());
     let ca_key_type = s.parsed("ca_key_type", str::parse)?.unwrap_or_default();
     let ca_subject = match s.block("ca_subject")? {
@@ -426,6 +442,18 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
 fn positive(block: &mut Block<'_>, key: &str) -> Result<Option<Duration>, ConfigError> {
     block.parsed(key, |s| match hcl::parse_duration(s)? {
         Duration::ZERO => Err(format!("{s:?} must be greater than zero")),
+        d => Ok(d),
+    })
+}
+
+/// An SVID lifetime: positive and at least [`MIN_SVID_TTL`].
+fn svid_ttl(block: &mut Block<'_>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    block.parsed(key, |s| match hcl::parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} must be greater than zero")),
+        d if d < MIN_SVID_TTL => Err(format!(
+            "{s:?} is below the minimum SVID TTL of {}s",
+            MIN_SVID_TTL.as_secs()
+        )),
         d => Ok(d),
     })
 }
@@ -1121,6 +1149,16 @@ plugins {
                 "server {\n  default_jwt_svid_ttl = \"0s\"",
             ),
             (
+                "agent ttl under the floor",
+                "server {",
+                "server {\n  agent_ttl = \"4s\"",
+            ),
+            (
+                "x509 ttl under the floor",
+                "server {",
+                "server {\n  default_x509_svid_ttl = \"1500ms\"",
+            ),
+            (
                 "missing plugins",
                 "plugins {\n  DataStore \"sql\" {}\n  KeyManager \"memory\" {}\n  NodeAttestor \"join_token\" {}\n}\n",
                 "",
@@ -1142,6 +1180,8 @@ plugins {
             "server.conf:8: plugins.DataStore.sql.plugin_data.database_type: \"mysql\" is not a supported database type (expected sqlite3 or postgres)",
             "server.conf:9: plugins.NodeAttestor.k8s_psat.plugin_data.clusters: is required",
             "server.conf:2: server.default_jwt_svid_ttl: \"0s\" must be greater than zero",
+            "server.conf:2: server.agent_ttl: \"4s\" is below the minimum SVID TTL of 5s",
+            "server.conf:2: server.default_x509_svid_ttl: \"1500ms\" is below the minimum SVID TTL of 5s",
             "server.conf: plugins: is required",
         ];
         assert_eq!(cases.len(), want.len());
@@ -1154,6 +1194,20 @@ plugins {
             let err = parse(&text).expect_err(name);
             assert_eq!(err.to_string(), want, "{name}:\n{text}");
         }
+    }
+
+    #[test]
+    fn svid_ttls_have_a_floor_and_zero_means_the_default() {
+        assert_eq!(check_svid_ttl(0), Ok(()));
+        assert_eq!(check_svid_ttl(5), Ok(()));
+        assert_eq!(check_svid_ttl(86_400), Ok(()));
+        assert_eq!(
+            check_svid_ttl(1),
+            Err("1s is below the minimum SVID TTL of 5s".to_owned())
+        );
+        assert!(check_svid_ttl(4).is_err());
+        let ok = parse(&MINIMAL.replacen("server {", "server {\n  agent_ttl = \"5s\"", 1)).unwrap();
+        assert_eq!(ok.agent_ttl, MIN_SVID_TTL);
     }
 
     #[test]

@@ -573,6 +573,29 @@ health_checks {{
         });
     }
 
+    /// Waits up to `timeout` for the agent to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("agent running");
+            if let Some(status) = child.try_wait().expect("wait for sigil-agent") {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Adds `line` (e.g. `key = "value"`) to the `agent { }` block of its config.
+    pub fn configure_agent_block(&self, line: &str) {
+        let conf = std::fs::read_to_string(&self.config).expect("read agent.conf");
+        let conf = conf.replacen("agent {\n", &format!("agent {{\n  {line}\n"), 1);
+        std::fs::write(&self.config, conf).expect("write agent.conf");
+    }
+
     /// SIGTERM, and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent running");

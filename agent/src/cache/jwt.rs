@@ -1,5 +1,10 @@
 //! JWT-SVIDs: minted by the server on demand, reused by the agent until their half-life (as
 //! SPIRE's agent does) so a workload polling for tokens does not turn into a signing load.
+//!
+//! Past its half-life a token is minted again; when the server cannot mint (unreachable, or
+//! the agent's own SVID expired), the cached token is handed out until its `exp`, as SPIRE
+//! does, with one WARN per token. An expired token is never handed out: the workload gets
+//! [`MintError::Withheld`], which says why.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,8 +14,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::BoxFuture;
 use sigil_proto::{RegistrationEntry, SpiffeId};
+use tracing::warn;
 use zeroize::Zeroizing;
 
+use super::expiry::{Outage, SvidKind, SvidUnavailable, rfc3339};
 use crate::taint::TaintedAuthorities;
 
 /// Above this many cached tokens, expired ones are swept on insert; a workload asking for
@@ -27,6 +34,9 @@ pub enum MintError {
     /// The server refused to sign for this entry.
     #[error("JWT-SVID signing refused: {0}")]
     Refused(String),
+    /// No usable token: the server cannot mint and the cached one (if any) has expired.
+    #[error("{0}")]
+    Withheld(SvidUnavailable),
 }
 
 /// Mints a JWT-SVID for an entry and an audience list (the agent asks the server).
@@ -39,6 +49,15 @@ pub trait JwtSvidMinter: Send + Sync {
         spiffe_id: &'a SpiffeId,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>>;
+
+    /// Why the server cannot mint at `now` (Unix seconds), if known; `None` while it answers.
+    fn outage(&self, _now: i64) -> Option<Outage> {
+        None
+    }
+
+    /// Told each time the cache first hands out a token past its half-life because minting
+    /// failed (for a metric).
+    fn served_past_half_life(&self) {}
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -55,6 +74,10 @@ struct CachedToken {
     token: Zeroizing<String>,
     /// Unix seconds from which a fresh token is minted instead.
     refresh_at: i64,
+    /// The token's `exp`: never handed out from then on.
+    expires_at: i64,
+    /// Whether handing it out past `refresh_at` was logged.
+    warned: bool,
 }
 
 /// A token cache in front of a [`JwtSvidMinter`].
@@ -100,22 +123,73 @@ impl JwtSvidCache {
         if let Some(token) = self.cached(&key, now) {
             return Ok(token);
         }
-        let token = self.minter.mint(entry, spiffe_id, audience).await?;
+        let token = match self.minter.mint(entry, spiffe_id, audience).await {
+            Ok(token) => token,
+            Err(MintError::Unavailable(reason)) => {
+                return self.fallback(&key, spiffe_id, now, reason);
+            }
+            Err(e) => return Err(e),
+        };
         // A token whose lifetime we cannot read is handed out but never reused.
-        if let Some(refresh_at) = half_life(&token) {
+        if let Some((refresh_at, expires_at)) = lifetime(&token) {
             let mut tokens = self.lock();
             if tokens.len() >= SWEEP_THRESHOLD {
-                tokens.retain(|_, t| t.refresh_at > now);
+                tokens.retain(|_, t| t.expires_at > now);
             }
             tokens.insert(
                 key,
                 CachedToken {
                     token: Zeroizing::new(token.clone()),
                     refresh_at,
+                    expires_at,
+                    warned: false,
                 },
             );
         }
         Ok(token)
+    }
+
+    /// The server could not mint (`reason`): the cached token while it has not expired, else
+    /// an error that says why there is none.
+    fn fallback(
+        &self,
+        key: &TokenKey,
+        spiffe_id: &SpiffeId,
+        now: i64,
+        reason: String,
+    ) -> Result<String, MintError> {
+        let cause = self.minter.outage(now);
+        let mut tokens = self.lock();
+        let Some(cached) = tokens.get_mut(key) else {
+            return Err(match cause {
+                Some(cause) => MintError::Withheld(SvidUnavailable {
+                    kind: SvidKind::Jwt,
+                    spiffe_id: spiffe_id.clone(),
+                    expired_at: None,
+                    cause: Some(cause),
+                }),
+                None => MintError::Unavailable(reason),
+            });
+        };
+        if now >= cached.expires_at {
+            return Err(MintError::Withheld(SvidUnavailable {
+                kind: SvidKind::Jwt,
+                spiffe_id: spiffe_id.clone(),
+                expired_at: Some(cached.expires_at),
+                cause,
+            }));
+        }
+        if !cached.warned {
+            cached.warned = true;
+            self.minter.served_past_half_life();
+            let why = cause.map_or(reason, |c| c.to_string());
+            warn!(
+                %spiffe_id,
+                expires_at = %rfc3339(cached.expires_at),
+                "JWT-SVID past half its life and not renewed: {why}; serving the cached token until it expires"
+            );
+        }
+        Ok(cached.token.to_string())
     }
 
     /// Forgets every cached token signed by a key `tainted` names, so the next fetch mints
@@ -144,9 +218,9 @@ impl JwtSvidCache {
     }
 }
 
-/// `iat + (exp - iat) / 2` from the token's claims (read without verifying: the token came
-/// from our own server over an authenticated channel).
-fn half_life(token: &str) -> Option<i64> {
+/// The half-life `iat + (exp - iat) / 2` and `exp` from the token's claims (read without
+/// verifying: the token came from our own server over an authenticated channel).
+fn lifetime(token: &str) -> Option<(i64, i64)> {
     #[derive(serde::Deserialize)]
     struct Times {
         exp: i64,
@@ -157,7 +231,7 @@ fn half_life(token: &str) -> Option<i64> {
     let times: Times = serde_json::from_slice(&raw).ok()?;
     // Without `iat` the half-life is unknown: such a token is not reused.
     let iat = times.iat?;
-    Some(iat + (times.exp - iat) / 2)
+    Some((iat + (times.exp - iat) / 2, times.exp))
 }
 
 #[cfg(test)]
@@ -299,12 +373,66 @@ mod tests {
         assert!(matches!(err, MintError::Unavailable(_)));
     }
 
+    #[tokio::test]
+    async fn with_the_server_down_the_cached_token_serves_until_exp_and_never_after() {
+        let minter = Arc::new(TestMinter::new(TestJwtKey::new("k1")));
+        let cache = JwtSvidCache::new(minter.clone());
+        let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
+        let a = aud(&["a"]);
+        let t0 = now();
+        let token = cache.fetch(&e, &e.spiffe_id, &a, t0).await.unwrap();
+        *minter.down_since.lock().unwrap() = Some(t0 + 100);
+
+        // Past half-life (TestMinter: 300 s tokens) the server cannot mint: the cached token,
+        // counted once however often it is asked for.
+        for at in [t0 + 151, t0 + 200, t0 + 299] {
+            assert_eq!(cache.fetch(&e, &e.spiffe_id, &a, at).await.unwrap(), token);
+        }
+        assert_eq!(minter.past_half_life.load(Ordering::SeqCst), 1);
+
+        // From `exp` on: never the token, and the error says why.
+        let err = cache
+            .fetch(&e, &e.spiffe_id, &a, t0 + 300)
+            .await
+            .unwrap_err();
+        let MintError::Withheld(why) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(why.expired_at, Some(t0 + 300));
+        let text = err.to_string();
+        assert!(
+            text.starts_with("JWT-SVID for spiffe://example.org/web expired at "),
+            "{text}"
+        );
+        assert!(
+            text.contains("the server has been unreachable since"),
+            "{text}"
+        );
+
+        // Another audience was never minted: nothing to fall back on, and it says why.
+        let err = cache
+            .fetch(&e, &e.spiffe_id, &aud(&["b"]), t0 + 160)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be minted: the server has been unreachable"),
+            "{err}"
+        );
+
+        // The server is back: a fresh token is minted.
+        *minter.down_since.lock().unwrap() = None;
+        let minted = minter.minted.load(Ordering::SeqCst);
+        cache.fetch(&e, &e.spiffe_id, &a, t0 + 301).await.unwrap();
+        assert_eq!(minter.minted.load(Ordering::SeqCst), minted + 1);
+    }
+
     #[test]
     fn half_life_reads_claims() {
         let key = TestJwtKey::new("k");
         let token =
             key.sign(&serde_json::json!({"sub": "spiffe://td/x", "iat": 1000, "exp": 1300}));
-        assert_eq!(half_life(&token), Some(1150));
-        assert_eq!(half_life("not.a-token"), None);
+        assert_eq!(lifetime(&token), Some((1150, 1300)));
+        assert_eq!(lifetime("not.a-token"), None);
     }
 }

@@ -4,7 +4,11 @@
 //! Data flows one way: writers never read from the streams, streams never write.
 //!
 //! JWT-SVIDs are not kept here: they are minted by the server on demand (see [`jwt`]).
+//!
+//! An X509-SVID that expires before rotation replaced it is withdrawn, never served (see
+//! [`expiry`]).
 
+pub mod expiry;
 pub mod jwt;
 pub mod rendered;
 
@@ -19,6 +23,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
+pub use expiry::{Outage, SvidKind, SvidUnavailable, watch_expiry};
 pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
 pub use rendered::{RenderedKey, TemplateDemand};
 
@@ -121,6 +126,10 @@ pub struct Snapshot {
     /// IDs workloads ask for, rotation mints them. The one write path from readers, kept
     /// out of the snapshot data itself.
     pub demand: Arc<TemplateDemand>,
+    /// X509-SVIDs withdrawn because they expired before rotation replaced them, by entry and
+    /// SPIFFE ID (a fixed entry under its own ID): why each is not served. A key is here only
+    /// while that SVID is missing from `identities` / `rendered`.
+    pub expired: Arc<BTreeMap<RenderedKey, SvidUnavailable>>,
     index: Arc<EntryIndex>,
 }
 
@@ -132,8 +141,21 @@ impl Snapshot {
             federated: BTreeMap::new(),
             rendered: Arc::default(),
             demand: Arc::default(),
+            expired: Arc::default(),
             index: Arc::default(),
         }
+    }
+
+    /// Why the X509-SVID of `entry_id` under `spiffe_id` is not served, if it expired (see
+    /// [`expiry`]).
+    pub fn expired(&self, entry_id: &str, spiffe_id: &SpiffeId) -> Option<&SvidUnavailable> {
+        if self.expired.is_empty() {
+            return None;
+        }
+        self.expired.get(&RenderedKey {
+            entry_id: entry_id.to_owned(),
+            spiffe_id: spiffe_id.clone(),
+        })
     }
 
     /// The identities a workload with `selectors` is entitled to: those whose entry selectors
@@ -309,6 +331,7 @@ impl Cache {
         let mut rejected = Vec::new();
         self.tx.send_if_modified(|current| {
             let mut identities = current.identities.clone();
+            let mut expired = current.expired.clone();
             let mut changed = false;
             for (entry_id, svid) in svids {
                 let Some(&pos) = current.index.by_id.get(&entry_id) else {
@@ -320,6 +343,13 @@ impl Cache {
                     rejected.push((entry_id, err));
                     continue;
                 }
+                let key = RenderedKey {
+                    entry_id: entry.id.clone(),
+                    spiffe_id: entry.spiffe_id.clone(),
+                };
+                if expired.contains_key(&key) {
+                    Arc::make_mut(&mut expired).remove(&key);
+                }
                 identities[pos] = Arc::new(Identity {
                     entry: entry.clone(),
                     svid: Some(Arc::new(svid)),
@@ -329,11 +359,8 @@ impl Cache {
             if changed {
                 *current = Arc::new(Snapshot {
                     identities,
-                    bundle: current.bundle.clone(),
-                    federated: current.federated.clone(),
-                    rendered: current.rendered.clone(),
-                    demand: current.demand.clone(),
-                    index: current.index.clone(),
+                    expired,
+                    ..Snapshot::clone(current)
                 });
             }
             changed
@@ -351,6 +378,7 @@ impl Cache {
         let mut rejected = Vec::new();
         self.tx.send_if_modified(|current| {
             let mut rendered = (*current.rendered).clone();
+            let mut expired = current.expired.clone();
             let mut changed = false;
             for (key, svid) in svids {
                 let instance = current.identity(&key.entry_id).is_some_and(|i| {
@@ -369,12 +397,16 @@ impl Cache {
                     rejected.push((key, err));
                     continue;
                 }
+                if expired.contains_key(&key) {
+                    Arc::make_mut(&mut expired).remove(&key);
+                }
                 rendered.insert(key, Arc::new(svid));
                 changed = true;
             }
             if changed {
                 *current = Arc::new(Snapshot {
                     rendered: Arc::new(rendered),
+                    expired,
                     ..Snapshot::clone(current)
                 });
             }
@@ -386,15 +418,21 @@ impl Cache {
     /// Drops rendered SVIDs nobody uses any more.
     pub fn remove_rendered(&self, keys: &[RenderedKey]) {
         self.tx.send_if_modified(|current| {
-            if !keys.iter().any(|k| current.rendered.contains_key(k)) {
+            let known = |k: &RenderedKey| {
+                current.rendered.contains_key(k) || current.expired.contains_key(k)
+            };
+            if !keys.iter().any(known) {
                 return false;
             }
             let mut rendered = (*current.rendered).clone();
+            let mut expired = (*current.expired).clone();
             for k in keys {
                 rendered.remove(k);
+                expired.remove(k);
             }
             *current = Arc::new(Snapshot {
                 rendered: Arc::new(rendered),
+                expired: Arc::new(expired),
                 ..Snapshot::clone(current)
             });
             true
@@ -462,12 +500,35 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
                 .collect(),
         )
     };
+    // An expiry record lives while its entry still gives that ID and has no SVID for it.
+    let still_withdrawn = |key: &RenderedKey| {
+        index.by_id.get(&key.entry_id).is_some_and(|&pos| {
+            let identity = &identities[pos];
+            match &identity.entry.template {
+                Some(t) => t.matches(&key.spiffe_id) && !rendered.contains_key(key),
+                None => identity.entry.spiffe_id == key.spiffe_id && identity.svid.is_none(),
+            }
+        })
+    };
+    let expired = if current.expired.keys().all(still_withdrawn) {
+        current.expired.clone()
+    } else {
+        Arc::new(
+            current
+                .expired
+                .iter()
+                .filter(|(k, _)| still_withdrawn(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    };
     Snapshot {
         identities,
         bundle: current.bundle.clone(),
         federated: current.federated.clone(),
         rendered,
         demand: current.demand.clone(),
+        expired,
         index,
     }
 }

@@ -13,7 +13,7 @@ use rcgen::{
 use sigil_proto::{Bundle, JwtAuthority, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
 
-use crate::cache::{CachedX509Svid, JwtSvidMinter, MintError};
+use crate::cache::{CachedX509Svid, JwtSvidMinter, MintError, Outage};
 
 pub(crate) fn now() -> i64 {
     SystemTime::now()
@@ -124,6 +124,10 @@ pub(crate) struct TestMinter {
     pub key: TestJwtKey,
     pub minted: std::sync::atomic::AtomicUsize,
     pub fail: bool,
+    /// Set: the server is down since this Unix time (minting fails, `outage` says so).
+    pub down_since: std::sync::Mutex<Option<i64>>,
+    /// How often the cache reported a token served past its half-life.
+    pub past_half_life: std::sync::atomic::AtomicUsize,
 }
 
 impl TestMinter {
@@ -132,6 +136,8 @@ impl TestMinter {
             key,
             minted: Default::default(),
             fail: false,
+            down_since: Default::default(),
+            past_half_life: Default::default(),
         }
     }
 }
@@ -144,7 +150,7 @@ impl JwtSvidMinter for TestMinter {
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>> {
         Box::pin(async move {
-            if self.fail {
+            if self.fail || self.down_since.lock().unwrap().is_some() {
                 return Err(MintError::Unavailable("server unreachable".into()));
             }
             self.minted
@@ -157,6 +163,16 @@ impl JwtSvidMinter for TestMinter {
                 "exp": iat + 300,
             })))
         })
+    }
+
+    fn outage(&self, _now: i64) -> Option<Outage> {
+        let since = (*self.down_since.lock().unwrap())?;
+        Some(Outage::ServerUnreachable { since })
+    }
+
+    fn served_past_half_life(&self) {
+        self.past_half_life
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

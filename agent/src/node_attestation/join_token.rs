@@ -1,4 +1,7 @@
-//! The `join_token` node attestor: the payload is the one-time token itself.
+//! The `join_token` node attestor: the payload is the one-time token itself. Once the server
+//! has accepted or refused it, it is spent: the agent never presents it again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use zeroize::Zeroizing;
@@ -9,11 +12,15 @@ use crate::config::JoinToken;
 #[derive(Debug)]
 pub struct JoinTokenAttestor {
     token: JoinToken,
+    spent: AtomicBool,
 }
 
 impl JoinTokenAttestor {
     pub fn new(token: JoinToken) -> Self {
-        JoinTokenAttestor { token }
+        JoinTokenAttestor {
+            token,
+            spent: AtomicBool::new(false),
+        }
     }
 }
 
@@ -25,6 +32,14 @@ impl NodeAttestor for JoinTokenAttestor {
     fn payload(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, NodeAttestationError>> {
         let payload = Zeroizing::new(self.token.expose().as_bytes().to_vec());
         Box::pin(async move { Ok(payload) })
+    }
+
+    fn can_attest(&self) -> bool {
+        !self.spent.load(Ordering::Acquire)
+    }
+
+    fn answered(&self, _accepted: bool) {
+        self.spent.store(true, Ordering::Release);
     }
 }
 
@@ -38,5 +53,15 @@ mod tests {
         assert_eq!(attestor.attestation_type(), "join_token");
         assert_eq!(&*attestor.payload().await.unwrap(), b"s3cret-token");
         assert!(!format!("{attestor:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_token_is_spent_once_the_server_answered() {
+        for accepted in [true, false] {
+            let attestor = JoinTokenAttestor::new(JoinToken::new("t"));
+            assert!(attestor.can_attest());
+            attestor.answered(accepted);
+            assert!(!attestor.can_attest(), "accepted: {accepted}");
+        }
     }
 }

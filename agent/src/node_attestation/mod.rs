@@ -1,6 +1,10 @@
 //! Agent-side node attestation: an attestor produces the payload that proves this node to the
 //! server; [`attest`] sends it with a CSR for a fresh agent key and returns the agent's
 //! X509-SVID and the trust bundle.
+//!
+//! An attestor also says whether attesting again can work ([`NodeAttestor::can_attest`]): a
+//! `k8s_psat` token is re-read and re-issued by the kubelet, so always; a join token is single
+//! use, so only until the server has accepted or refused it once.
 
 pub mod join_token;
 pub mod k8s_psat;
@@ -16,7 +20,7 @@ pub use join_token::JoinTokenAttestor;
 pub use k8s_psat::K8sPsatAttestor;
 
 use crate::rotation::{CsrError, new_key_and_csr};
-use crate::server_client::ServerConnection;
+use crate::server_client::{ServerConnection, is_connection_failure};
 use crate::svid_store::{AgentSvid, SvidStoreError};
 
 /// Why node attestation failed.
@@ -44,6 +48,19 @@ pub trait NodeAttestor: Send + Sync + Debug {
     fn attestation_type(&self) -> &'static str;
     /// The payload; secret, so it is wiped after use.
     fn payload(&self) -> BoxFuture<'_, Result<Zeroizing<Vec<u8>>, NodeAttestationError>>;
+    /// Whether another attestation may be accepted. Default: always.
+    fn can_attest(&self) -> bool {
+        true
+    }
+    /// Told once the server has answered an attestation with this attestor's payload:
+    /// `accepted`, or refused it. Not told when the server could not be reached.
+    fn answered(&self, _accepted: bool) {}
+}
+
+/// Whether a failed `AttestAgent` call means the server never judged the payload (it could not
+/// be reached, or asked to come back later), as opposed to refusing it.
+fn not_judged(code: tonic::Code) -> bool {
+    is_connection_failure(code) || code == tonic::Code::ResourceExhausted
 }
 
 /// Attests this node: a new P-256 key, its CSR and the attestor's payload go to `AttestAgent`.
@@ -58,12 +75,18 @@ pub async fn attest(
         payload: payload.to_vec(),
         csr,
     };
-    let response = connection
-        .client()
-        .attest_agent(request)
-        .await
-        .map_err(NodeAttestationError::Rpc)?
-        .into_inner();
+    let response = match connection.client().attest_agent(request).await {
+        Ok(response) => {
+            attestor.answered(true);
+            response.into_inner()
+        }
+        Err(status) => {
+            if !not_judged(status.code()) {
+                attestor.answered(false);
+            }
+            return Err(NodeAttestationError::Rpc(status));
+        }
+    };
     let bundle = response
         .bundle
         .as_ref()

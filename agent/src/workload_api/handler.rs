@@ -22,7 +22,9 @@ use tracing::debug;
 
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
-use crate::cache::{CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot};
+use crate::cache::{
+    CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot, SvidUnavailable,
+};
 use crate::endpoints::{LatestStream, LimitError, Peer, PeerError};
 use crate::taint::TaintedAuthorities;
 use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
@@ -65,6 +67,19 @@ pub(crate) enum RequestError {
     Bundle(#[source] BundleError),
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// The SVID expired (or cannot be minted) and the agent could not renew it: the message
+    /// says which and why (see `crate::cache::expiry`).
+    #[error("{0}")]
+    SvidUnavailable(SvidUnavailable),
+}
+
+impl From<MintError> for RequestError {
+    fn from(err: MintError) -> Self {
+        match err {
+            MintError::Withheld(why) => RequestError::SvidUnavailable(why),
+            other => RequestError::Mint(other),
+        }
+    }
 }
 
 impl From<RequestError> for Status {
@@ -85,7 +100,8 @@ impl From<RequestError> for Status {
             | E::Mint(_)
             | E::SvidNotReady
             | E::Bundle(_)
-            | E::ShuttingDown => Status::unavailable(message),
+            | E::ShuttingDown
+            | E::SvidUnavailable(_) => Status::unavailable(message),
         }
     }
 }
@@ -336,7 +352,7 @@ impl SpiffeWorkloadApi for Handler {
                 .await
                 .map_err(|e| {
                     debug!(pid = caller.pid, %spiffe_id, error = %e, "JWT-SVID mint failed");
-                    RequestError::Mint(e)
+                    RequestError::from(e)
                 })?;
             debug!(pid = caller.pid, %spiffe_id, "FetchJWTSVID");
             svids.push(Jwtsvid {
@@ -470,6 +486,9 @@ fn build_x509_svid_response(
     for identity in fixed {
         if let Some(svid) = &identity.svid {
             identities.push((identity, identity.entry.spiffe_id.clone(), svid));
+        } else if let Some(why) = snapshot.expired(&identity.entry.id, &identity.entry.spiffe_id) {
+            // Never an expired SVID: the cache withdrew it and says why.
+            return Err(RequestError::SvidUnavailable(why.clone()));
         }
     }
     for (identity, spiffe_id) in rendered {
@@ -481,6 +500,8 @@ fn build_x509_svid_response(
         wanted.push(key.clone());
         if let Some(svid) = svid {
             identities.push((identity, key.spiffe_id, svid));
+        } else if let Some(why) = snapshot.expired(&key.entry_id, &key.spiffe_id) {
+            return Err(RequestError::SvidUnavailable(why.clone()));
         }
     }
     let bundle = snapshot.bundle.x509_authorities_concat();

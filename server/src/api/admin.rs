@@ -150,6 +150,12 @@ impl AdminApi {
             )));
         }
         let entry = RegistrationEntry::try_from(e).map_err(invalid_field)?;
+        for (field, ttl) in [
+            ("x509_svid_ttl", entry.x509_svid_ttl),
+            ("jwt_svid_ttl", entry.jwt_svid_ttl),
+        ] {
+            check_ttl(field, ttl)?;
+        }
         if entry.spiffe_id.trust_domain() != &self.trust_domain {
             return Err(Status::invalid_argument(format!(
                 "invalid spiffe_id: {} is not in trust domain {}",
@@ -216,6 +222,12 @@ impl AdminApi {
     fn ttl(seconds: u32) -> Option<Duration> {
         (seconds != 0).then(|| Duration::from_secs(seconds.into()))
     }
+}
+
+/// An SVID TTL from a request: 0 (the server's default) or at least the floor.
+fn check_ttl(field: &str, seconds: u32) -> Result<(), Status> {
+    crate::config::check_svid_ttl(seconds.into())
+        .map_err(|m| Status::invalid_argument(format!("invalid {field}: {m}")))
 }
 
 /// An entry filter's SPIFFE ID: a fixed ID or a template's text, in canonical form.
@@ -532,6 +544,7 @@ impl Admin for AdminApi {
             if req.csr.is_empty() {
                 return Err(Status::invalid_argument("a CSR is required"));
             }
+            check_ttl("ttl", req.ttl)?;
             let started = std::time::Instant::now();
             let signed =
                 self.ca
@@ -566,6 +579,7 @@ impl Admin for AdminApi {
                     "at least one non-empty audience is required",
                 ));
             }
+            check_ttl("ttl", req.ttl)?;
             let svid = self
                 .ca
                 .sign_jwt_svid(&id, &req.audience, Self::ttl(req.ttl))

@@ -148,7 +148,8 @@ pub async fn execute(command: EntryCommand) -> CliResult {
     }
 }
 
-/// Parses a TTL flag: whole seconds as SPIRE writes them, or a duration (`1h`).
+/// Parses a TTL flag: whole seconds as SPIRE writes them, or a duration (`1h`); 0 (the
+/// server's default) or at least the minimum SVID TTL.
 fn parse_ttl(flag: &str, value: &str) -> Result<i32, CliError> {
     let seconds = match value.parse::<i64>() {
         Ok(s) => s,
@@ -160,10 +161,13 @@ fn parse_ttl(flag: &str, value: &str) -> Result<i32, CliError> {
                 ))
             })?,
     };
-    i32::try_from(seconds)
+    let seconds = i32::try_from(seconds)
         .ok()
         .filter(|s| *s >= 0)
-        .ok_or_else(|| CliError(format!("invalid -{flag} {value:?}: out of range")))
+        .ok_or_else(|| CliError(format!("invalid -{flag} {value:?}: out of range")))?;
+    crate::config::check_svid_ttl(seconds as u64)
+        .map_err(|m| CliError(format!("invalid -{flag} {value:?}: {m}")))?;
+    Ok(seconds)
 }
 
 fn parse_selector(s: &str) -> Result<pb::Selector, CliError> {
@@ -277,6 +281,15 @@ fn validate(e: &pb::RegistrationEntry) -> Result<(), CliError> {
     }
     if e.selectors.is_empty() {
         return fail("at least one selector is required (-selector type:value)");
+    }
+    for (field, ttl) in [
+        ("x509_svid_ttl", e.x509_svid_ttl),
+        ("jwt_svid_ttl", e.jwt_svid_ttl),
+    ] {
+        // Negative values are refused by the conversion below.
+        if let Ok(ttl) = u64::try_from(ttl) {
+            crate::config::check_svid_ttl(ttl).map_err(|m| CliError(format!("{field}: {m}")))?;
+        }
     }
     RegistrationEntry::try_from(e)
         .map(|_| ())
@@ -642,6 +655,14 @@ mod tests {
         assert_eq!(parse_ttl("x", "1h30m").unwrap(), 5400);
         assert!(parse_ttl("x", "-5").is_err());
         assert!(parse_ttl("x", "soon").is_err());
+        // 0 is "the server's default"; below the floor is refused, naming it.
+        assert_eq!(parse_ttl("x", "0").unwrap(), 0);
+        assert_eq!(parse_ttl("x", "5s").unwrap(), 5);
+        let err = parse_ttl("x509SVIDTTL", "1").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid -x509SVIDTTL \"1\": 1s is below the minimum SVID TTL of 5s"
+        );
     }
 
     #[test]

@@ -534,7 +534,7 @@ impl Agent for AgentApi {
                 )
                 .await
                 .map_err(datastore_status)?;
-            tracing::info!(agent_id = %agent.id, serial = %svid.serial, "agent SVID renewed");
+            tracing::debug!(agent_id = %agent.id, serial = %svid.serial, "agent SVID renewed");
             Ok(pb::RenewAgentResponse {
                 svid_chain: svid.chain,
             })
