@@ -11,6 +11,9 @@
 //!   says at ERROR what the operator must do, turns `/ready` to 503 and exits non-zero after
 //!   `lost_identity_exit_delay`, even once the server is back.
 //!
+//! - the server answers nothing on a connection past the agent SVID it was opened with: its
+//!   sync stream ends and its calls are refused, whatever the TLS handshake let through then.
+//!
 //! The `k8s_psat` agent that re-attests by itself is in `k8s_agent_expiry.rs`.
 
 use std::process::Command;
@@ -366,4 +369,75 @@ fn a_join_token_agent_whose_svid_expired_says_what_to_do_and_exits() {
         "{}",
         server.log()
     );
+}
+
+/// A client holding a copy of an agent's SVID keeps its mTLS connection open past the SVID's
+/// NotAfter (TLS checks validity only at the handshake): the server ends its sync stream then,
+/// and answers no further call on that connection.
+#[test]
+fn the_server_ends_a_connection_whose_agent_svid_expired() {
+    use sigil_agent::svid_store::SvidStore;
+    use sigil_proto::sigil::agent::v1 as pb;
+
+    let server = Server::start(ServerOptions {
+        extra_server: "agent_ttl = \"6s\"".into(),
+        ..ServerOptions::default()
+    });
+    let (mut agent, _agent_id) = attested_agent(&server, false);
+    let data = agent.dir.path().join("data");
+    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
+    let (svid, bundle) = wait_for("the agent's stored SVID", Duration::from_secs(10), || {
+        let store = SvidStore::open(&data, &data.join("keys")).ok()?;
+        Some((store.load_svid().ok()??, store.load_bundle(&td).ok()??))
+    });
+    // The agent must not renew it (which would retire the copy) while the client uses it.
+    agent.stop();
+    let rt = rt();
+    rt.block_on(async {
+        let conn = sigil_agent::server_client::ServerConnection::new(
+            "127.0.0.1",
+            server.bind_port,
+            &td,
+            Some(&bundle),
+            Some(&svid),
+        )
+        .unwrap();
+        let mut client = conn.client();
+        let mut stream = client
+            .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+            .await
+            .expect("the stream opens while the SVID is valid")
+            .into_inner();
+        stream
+            .message()
+            .await
+            .expect("the first message")
+            .expect("a snapshot");
+        let left = svid.not_after - unix_now();
+        assert!(left > 0, "the SVID is still valid");
+        let ended = tokio::time::timeout(Duration::from_secs(left as u64 + 10), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break None,
+                    Err(status) => break Some(status),
+                }
+            }
+        })
+        .await
+        .expect("the stream ends once the SVID has expired")
+        .expect("with a status");
+        assert!(unix_now() >= svid.not_after, "ended at expiry, not before");
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+        assert!(ended.message().contains("expired"), "{ended:?}");
+        // A call on the same connection is refused too.
+        let err = client
+            .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
+            .await
+            .expect_err("no call past the SVID");
+        assert!(
+            err.code() == tonic::Code::Unauthenticated || err.code() == tonic::Code::Unavailable,
+            "{err:?}"
+        );
+    });
 }

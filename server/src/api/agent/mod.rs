@@ -17,7 +17,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
@@ -80,6 +80,9 @@ pub struct AgentIdentity {
     pub id: SpiffeId,
     /// The node selectors recorded at attestation.
     pub selectors: Vec<Selector>,
+    /// When the SVID the connection was opened with expires: no call is answered after it,
+    /// and a sync stream ends then (TLS checks it only at the handshake).
+    pub svid_expires: SystemTime,
 }
 
 pub struct AgentApi {
@@ -203,6 +206,11 @@ impl AgentApi {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| Status::unauthenticated("an agent X.509-SVID is required"))?;
         let presented = PresentedSvid::parse(&certs[0])?;
+        if SystemTime::now() >= presented.not_after {
+            return Err(Status::unauthenticated(
+                "the agent SVID of this connection has expired; attest again",
+            ));
+        }
         if presented.id.trust_domain() != &self.trust_domain || !presented.id.is_agent_id() {
             return Err(Status::permission_denied(format!(
                 "{} is not an agent ID of trust domain {}",
@@ -230,6 +238,7 @@ impl AgentApi {
         Ok(AgentIdentity {
             id: presented.id,
             selectors: node.selectors,
+            svid_expires: presented.not_after,
         })
     }
 
@@ -421,6 +430,7 @@ struct PresentedSvid {
     id: SpiffeId,
     /// Hex, no leading zero bytes (as the CA records it).
     serial: String,
+    not_after: SystemTime,
 }
 
 impl PresentedSvid {
@@ -445,9 +455,13 @@ impl PresentedSvid {
             .iter()
             .position(|&b| b != 0)
             .unwrap_or(raw.len().saturating_sub(1));
+        let not_after = u64::try_from(cert.validity().not_after.timestamp())
+            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+            .map_err(|_| bad("notAfter before 1970"))?;
         Ok(PresentedSvid {
             id,
             serial: hex::encode(&raw[start..]),
+            not_after,
         })
     }
 }

@@ -81,10 +81,24 @@ impl SyncStream {
             tokio::time::Instant::now() + RESNAPSHOT_EVERY,
             RESNAPSHOT_EVERY,
         );
+        // The stream lives no longer than the SVID it was opened with.
+        let svid_left = self
+            .agent
+            .svid_expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let svid_expired = tokio::time::sleep(svid_left);
+        tokio::pin!(svid_expired);
         loop {
             let mut full = false;
             tokio::select! {
                 () = self.tx.closed() => return Ok(()),
+                () = &mut svid_expired => {
+                    return Err(Status::unauthenticated(
+                        "the agent SVID this stream was opened with has expired",
+                    )
+                    .into());
+                }
                 changed = async {
                     if revisions_open { revisions.changed().await } else { std::future::pending().await }
                 } => {
