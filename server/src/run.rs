@@ -175,7 +175,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         config.trust_domain.clone(),
         metrics.clone(),
     )
-    .with_federation(federation.clone());
+    .with_federation(federation.clone())
+    .with_readiness(readiness.clone());
     let api_revisions = api.entry_revisions();
     let revision_sender = api.entry_revision_sender();
     let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
@@ -231,6 +232,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
     tasks.spawn(pruner.run(cancel.clone()));
+    tasks.spawn(ops::probe_datastore(
+        datastore.clone(),
+        readiness.clone(),
+        ops::DATASTORE_PROBE_PERIOD,
+        cancel.clone(),
+    ));
     tasks.spawn(rotate_forever(
         ca.clone(),
         datastore.clone(),
@@ -297,34 +304,47 @@ fn ca_config(
     })
 }
 
+/// How long a rotation that failed (a CA failure, or a journal the datastore would not take)
+/// waits before it is tried again.
+const ROTATION_RETRY: Duration = Duration::from_secs(10);
+
 /// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping
-/// in between. A failure is logged and retried; the CA keeps signing with what it has.
+/// in between. Each rotation is stored before it takes effect (`replicas::commit`); a failure
+/// changes nothing, is logged and retried after [`ROTATION_RETRY`], and the CA keeps signing
+/// with what it has.
 async fn rotate_forever(
     ca: Arc<Ca>,
     datastore: Datastore,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut retry = false;
     loop {
         let now = SystemTime::now();
-        let wait = ca
-            .next_rotation_check(now)
-            .duration_since(now)
-            .unwrap_or_default()
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let wait = if retry {
+            ROTATION_RETRY
+        } else {
+            ca.next_rotation_check(now)
+                .duration_since(now)
+                .unwrap_or_default()
+                .clamp(Duration::from_millis(100), Duration::from_secs(60))
+        };
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        match ca.rotate(SystemTime::now()) {
-            Ok(Some(_)) => {
+        let rotated =
+            replicas::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
+        retry = rotated.is_err();
+        match rotated {
+            Ok(Some(())) => {
                 metrics.ca_rotations.inc();
-                if let Err(e) = persist(&datastore, &ca).await {
-                    tracing::error!(error = %format!("{e:#}"), "cannot persist CA rotation; will retry");
-                }
+                tracing::info!(sequence = ca.bundle().sequence, "CA authorities rotated");
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "CA rotation failed; will retry"),
+            Err(e) => {
+                tracing::error!(error = %e, "CA rotation failed; nothing changed, will retry")
+            }
         }
     }
 }

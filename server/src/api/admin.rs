@@ -28,6 +28,8 @@ use crate::ca::rotation::AuthorityStatus;
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
 use crate::federation::{DeleteMode, FederatedBundles, FederationError};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
+use crate::ops::Readiness;
+use crate::replicas::{self, CommitError};
 
 /// Largest page a caller may ask for; bigger lists are paged.
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -48,6 +50,9 @@ pub struct AdminApi {
     revisions: watch::Sender<i64>,
     /// Federated bundles; `None` only in tests that do not exercise them.
     federation: Option<Arc<FederatedBundles>>,
+    /// Whether the datastore's write probe passes (`Health` fails while it does not); `None`
+    /// in tests that do not run the probe.
+    readiness: Option<Arc<Readiness>>,
 }
 
 impl AdminApi {
@@ -65,7 +70,14 @@ impl AdminApi {
             owner_uid: nix::unistd::geteuid().as_raw(),
             revisions: watch::Sender::new(0),
             federation: None,
+            readiness: None,
         }
+    }
+
+    /// `Health` reports the datastore write probe's last result from `readiness`.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Serves `bundle set/list/delete` from (and into) `federation`.
@@ -645,7 +657,12 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         handle!(self, "Health", req, {
             let _ = req;
-            // A real round trip to the datastore: healthy means able to serve.
+            // Healthy means able to serve: the last write probe committed, and a read now.
+            if let Some(fault) = self.readiness.as_ref().and_then(|r| r.datastore_fault()) {
+                return Err(Status::unavailable(format!(
+                    "the datastore cannot take writes: {fault}"
+                )));
+            }
             self.datastore
                 .count_entries(&EntryFilter::default())
                 .await
@@ -753,7 +770,7 @@ impl Admin for AdminApi {
                 Err(_) => return Err(Status::invalid_argument("invalid authority kind")),
             };
             let id = req.authority_id.as_str();
-            let changed = match pb::LocalAuthorityOp::try_from(req.op) {
+            let op = match pb::LocalAuthorityOp::try_from(req.op) {
                 Ok(pb::LocalAuthorityOp::Show) => {
                     return Ok(pb::LocalAuthorityResponse {
                         authority: None,
@@ -765,22 +782,30 @@ impl Admin for AdminApi {
                             .collect(),
                     });
                 }
-                Ok(pb::LocalAuthorityOp::Prepare) => {
-                    self.ca.prepare_authority(kind, SystemTime::now())
-                }
-                Ok(pb::LocalAuthorityOp::Activate) => self.ca.activate_authority(kind, id),
-                Ok(pb::LocalAuthorityOp::Taint) => self.ca.taint_authority(kind, id),
-                Ok(pb::LocalAuthorityOp::Revoke) => self.ca.revoke_authority(kind, id),
+                Ok(op) => op,
                 Err(_) => return Err(Status::invalid_argument("invalid operation")),
             };
-            let (state, _journal) = changed.map_err(local_authority_status)?;
-            // Persisted before the operator hears it is done, so a restart cannot undo it.
-            crate::run::persist(&self.datastore, &self.ca)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %format!("{e:#}"), "cannot persist the CA journal");
-                    Status::internal("the change is applied but could not be persisted")
-                })?;
+            // Stored before it takes effect, and before the operator hears it is done: a
+            // change the datastore cannot take is refused whole, and a restart cannot undo one.
+            let state = replicas::commit(&self.datastore, &self.ca, |ca| {
+                match op {
+                    pb::LocalAuthorityOp::Prepare => ca.prepare_authority(kind, SystemTime::now()),
+                    pb::LocalAuthorityOp::Activate => ca.activate_authority(kind, id),
+                    pb::LocalAuthorityOp::Taint => ca.taint_authority(kind, id),
+                    pb::LocalAuthorityOp::Revoke => ca.revoke_authority(kind, id),
+                    pb::LocalAuthorityOp::Show => unreachable!("answered above"),
+                }
+                .map(Some)
+            })
+            .await
+            .map_err(|e| match e {
+                CommitError::Refused(e) => local_authority_status(e),
+                CommitError::NotStored(e) => {
+                    tracing::error!(error = %e, "cannot store the CA journal; the change was not made");
+                    not_stored_status(e)
+                }
+            })?
+            .ok_or_else(|| Status::internal("the change planned nothing"))?;
             tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
             Ok(pb::LocalAuthorityResponse {
                 authority: Some(authority_state_pb(&state)),
@@ -818,6 +843,23 @@ fn authority_state_pb(a: &AuthorityState) -> pb::AuthorityState {
         tainted: a.tainted,
         upstream_authority_subject_key_id: a.upstream_authority_id.clone().unwrap_or_default(),
     }
+}
+
+/// A change whose journal the datastore would not take: the operator is told why, and that
+/// nothing changed.
+fn not_stored_status(e: crate::datastore::DatastoreError) -> Status {
+    let status = datastore_status(e);
+    let message = match status.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable => status.message(),
+        _ => "the datastore failed",
+    };
+    Status::new(
+        status.code(),
+        format!(
+            "{} (the change was not made)",
+            message.trim_end_matches("; nothing was written")
+        ),
+    )
 }
 
 fn local_authority_status(e: LocalAuthorityError) -> Status {

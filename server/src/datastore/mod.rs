@@ -50,6 +50,7 @@ mod entries;
 mod join_tokens;
 mod migrate;
 mod nodes;
+mod probe;
 mod selectors;
 mod sql;
 
