@@ -95,13 +95,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
 
-    // Bind everything before serving anything, so a port or socket clash fails start-up cleanly.
-    let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
-        format!(
-            "cannot bind the admin socket {}",
-            config.socket_path.display()
-        )
-    })?;
+    // Bind everything before serving anything, so a port or socket clash fails start-up
+    // cleanly: every TCP listener first, the admin socket last, so a server that cannot start
+    // never touches the socket path (another server may be serving there).
     let agent_listener = tokio::net::TcpListener::bind(config.bind_address)
         .await
         .with_context(|| format!("cannot bind the agent API on {}", config.bind_address))?;
@@ -168,6 +164,13 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ),
         None => None,
     };
+
+    let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
+        format!(
+            "cannot bind the admin socket {}",
+            config.socket_path.display()
+        )
+    })?;
 
     let api = AdminApi::new(
         datastore.clone(),

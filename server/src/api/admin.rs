@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
+use sigil_proto::fs_checks::{self, FsCheckError};
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
@@ -873,24 +874,47 @@ fn local_authority_status(e: LocalAuthorityError) -> Status {
     }
 }
 
-/// Binds the admin socket: its directory is created 0700 (only the server's user may reach the
-/// socket at all), a stale socket file is replaced, and the socket itself is 0600.
-pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
+/// Binds the admin socket where no other user can take it over or read what clients send:
+/// - its directory is created 0700 if missing; one that is a symbolic link, is owned by
+///   another user, is writable by group or others, or has a parent another user can change is
+///   refused ([`fs_checks::check_socket_dir`]); a safe one is tightened to 0700 through a
+///   handle opened without following links;
+/// - an existing socket file is removed only when nothing answers on it
+///   ([`fs_checks::remove_stale_socket`]): a running server's socket is never taken over;
+/// - the socket itself is 0600.
+///
+/// The caller binds its TCP listeners first, so a port clash fails start-up before the socket
+/// path is touched at all.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, FsCheckError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    const WHAT: &str = "admin socket directory";
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FsCheckError::Io { path, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            .create(dir)
+            .map_err(io_err(dir))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    fs_checks::check_socket_dir(dir, WHAT)?;
+    let flags = nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(dir)
+        .and_then(|d| d.set_permissions(std::fs::Permissions::from_mode(0o700)))
+        .map_err(io_err(dir))?;
+    fs_checks::remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
     Ok(listener)
 }
 
