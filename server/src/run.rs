@@ -15,6 +15,7 @@ use crate::ca::{Ca, CaConfig, ReplicaId};
 use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
+use crate::file_checks;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
@@ -38,6 +39,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    file_checks::check_config_files(&config)?;
     check_writable(&config.data_dir)
         .with_context(|| format!("data_dir {} is not writable", config.data_dir.display()))?;
     let datastore = match config.datastore.database_type {
@@ -49,6 +51,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         }
     }
     .context("cannot open the datastore")?;
+    file_checks::check_datastore_file(datastore.path(), config.allow_insecure_file_permissions)?;
     let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { keys_path } => Arc::new(

@@ -57,7 +57,7 @@ mod sql;
 use std::fmt;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -472,21 +472,10 @@ fn create_private_file(path: &Path) -> Result<(), DatastoreError> {
         .mode(0o600)
         .open(path)
     {
+        // An existing file's mode is checked at start-up (crate::file_checks): refused, or
+        // a warning under allow_insecure_file_permissions.
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)
-                .map_err(io_err)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", mode & 0o777),
-                    "datastore file is readable by other users"
-                );
-            }
-            Ok(())
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err(e)),
     }
 }
