@@ -42,6 +42,10 @@ pub struct AgentConfig {
     pub key_manager: KeyManagerConfig,
     pub workload_attestors: WorkloadAttestorsConfig,
     pub health: Option<HealthConfig>,
+    /// `allow_insecure_file_permissions = true`: start even when `data_dir`, the key directory
+    /// or a stored key, SVID or bundle is open to other users (each is logged at WARN); off by
+    /// default, when the agent refuses to start instead (OpenSSH's StrictModes).
+    pub allow_insecure_file_permissions: bool,
 }
 
 /// One server to dial: a host name (every address it resolves to is tried) or an IP address,
@@ -256,6 +260,7 @@ impl AgentConfig {
             key_manager: plugins.key_manager,
             workload_attestors: plugins.workload_attestors,
             health,
+            allow_insecure_file_permissions: agent.allow_insecure_file_permissions,
         })
     }
 }
@@ -271,6 +276,7 @@ struct AgentSection {
     trust_bundle: TrustBundleSource,
     join_token: Option<JoinToken>,
     allow_unauthenticated_verifiers: bool,
+    allow_insecure_file_permissions: bool,
 }
 
 fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, ConfigError> {
@@ -344,6 +350,8 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
     };
     let allow_unauthenticated_verifiers =
         a.bool("allow_unauthenticated_verifiers")?.unwrap_or(false);
+    let allow_insecure_file_permissions =
+        a.bool("allow_insecure_file_permissions")?.unwrap_or(false);
     a.finish()?;
     Ok(AgentSection {
         data_dir,
@@ -355,6 +363,7 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
         trust_bundle,
         join_token,
         allow_unauthenticated_verifiers,
+        allow_insecure_file_permissions,
     })
 }
 
@@ -756,10 +765,29 @@ plugins {
                 live_path: "/live".to_owned(),
                 ready_path: "/ready".to_owned(),
             }),
+            allow_insecure_file_permissions: false,
         };
         assert_eq!(cfg, want);
         // The join token stays out of Debug output.
         assert!(!format!("{cfg:?}").contains("d3adb33f"));
+    }
+
+    #[test]
+    fn insecure_file_permissions_override_is_off_by_default_and_spelled_exactly() {
+        assert!(!parse(MINIMAL).unwrap().allow_insecure_file_permissions);
+        let on = MINIMAL.replace(
+            "agent {",
+            "agent {\n  allow_insecure_file_permissions = true",
+        );
+        assert!(parse(&on).unwrap().allow_insecure_file_permissions);
+        for bad in [
+            "allow_insecure_file_permission = true",
+            "allow_insecure_file_permissions = \"yes\"",
+        ] {
+            let text = MINIMAL.replace("agent {", &format!("agent {{\n  {bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("allow_insecure_file_permission"), "{err}");
+        }
     }
 
     #[test]
