@@ -126,12 +126,16 @@ pub fn check_dir(path: &Path, what: &str) -> Result<(), FsCheckError> {
 }
 
 /// Checks the directory that holds a privileged Unix socket, before anything is put in it: not
-/// a symbolic link, owned by this process's user, writable by no one else; and every parent
-/// (of the path as written and as resolved) owned by root or this user and writable by no one
-/// else unless sticky (as `/tmp` is, where others cannot rename what they do not own).
-/// Otherwise another user could put their own socket in its place and receive what clients
-/// send to it.
-pub fn check_socket_dir(dir: &Path, what: &str) -> Result<(), FsCheckError> {
+/// a symbolic link, owned by this process's user, writable by no one else, and every parent (of
+/// the path as written and as resolved) owned by root or this user. Otherwise another user
+/// could put their own socket in its place and receive what clients send to it.
+///
+/// A parent that others may write and that is not sticky (as `/tmp` is, where others cannot
+/// rename what they do not own) is returned as a warning rather than refused: a Kubernetes
+/// `emptyDir` is such a directory and cannot be changed from inside the pod, and clients that
+/// check who serves the socket (the `sigil-server` CLI does) still send nothing to a socket
+/// put in its place.
+pub fn check_socket_dir(dir: &Path, what: &str) -> Result<Vec<FsCheckError>, FsCheckError> {
     let Some(meta) = metadata(dir, |p| fs::symlink_metadata(p))? else {
         return Err(FsCheckError::Io {
             path: dir.to_owned(),
@@ -158,14 +162,15 @@ pub fn check_socket_dir(dir: &Path, what: &str) -> Result<(), FsCheckError> {
     };
     let written = std::path::absolute(dir).map_err(io_err)?;
     let resolved = fs::canonicalize(dir).map_err(io_err)?;
-    for parent in written
-        .ancestors()
-        .skip(1)
-        .chain(resolved.ancestors().skip(1))
-    {
-        check_parent(parent, dir, what)?;
+    let mut parents: Vec<&Path> = written.ancestors().skip(1).collect();
+    parents.extend(resolved.ancestors().skip(1));
+    parents.sort();
+    parents.dedup();
+    let mut warnings = Vec::new();
+    for parent in parents {
+        warnings.extend(check_parent(parent, dir, what)?);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Removes the socket file at `path` so a new socket can be bound there, only if nothing serves
@@ -261,29 +266,34 @@ fn check_mode(
     })
 }
 
-/// One parent of a socket directory: owned by root or us; writable by others only if sticky.
-fn check_parent(parent: &Path, of: &Path, what: &str) -> Result<(), FsCheckError> {
+/// One parent of a socket directory: refused when owned by another user than root or us;
+/// returned as a warning when others may write it and it is not sticky.
+fn check_parent(
+    parent: &Path,
+    of: &Path,
+    what: &str,
+) -> Result<Option<FsCheckError>, FsCheckError> {
     let Some(meta) = metadata(parent, |p| fs::symlink_metadata(p))? else {
-        return Ok(());
+        return Ok(None);
     };
     let euid = euid();
-    let problem = if meta.uid() != 0 && meta.uid() != euid {
-        format!("is owned by uid {}", meta.uid())
-    } else if meta.is_dir() && meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-        format!(
-            "has mode {:04o} (writable by others, not sticky)",
-            meta.mode() & 0o7777
-        )
-    } else {
-        return Ok(());
-    };
-    Err(FsCheckError::Ancestor {
+    let problem = |problem: String| FsCheckError::Ancestor {
         what: what.to_owned(),
         of: of.to_owned(),
         path: parent.to_owned(),
         problem,
         euid,
-    })
+    };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(problem(format!("is owned by uid {}", meta.uid())));
+    }
+    let mode = meta.mode() & 0o7777;
+    if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Ok(Some(problem(format!(
+            "has mode {mode:04o} (writable by others, not sticky)"
+        ))));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -379,14 +389,18 @@ mod tests {
             check_socket_dir(&link, "socket directory"),
             Err(FsCheckError::Symlink { .. })
         ));
-        // A parent others may write (and not sticky): refused.
+        assert!(check_socket_dir(&d, "socket directory").unwrap().is_empty());
+        // A parent others may write (and not sticky): a warning.
         chmod(dir.path(), 0o777);
-        let err = check_socket_dir(&d, "socket directory").unwrap_err();
+        let warnings = check_socket_dir(&d, "socket directory").unwrap();
         chmod(dir.path(), 0o700);
-        assert!(matches!(err, FsCheckError::Ancestor { .. }), "{err}");
+        assert!(
+            matches!(warnings.as_slice(), [FsCheckError::Ancestor { .. }]),
+            "{warnings:?}"
+        );
         // Sticky is fine (as /tmp).
         chmod(dir.path(), 0o1777);
-        check_socket_dir(&d, "socket directory").unwrap();
+        assert!(check_socket_dir(&d, "socket directory").unwrap().is_empty());
         chmod(dir.path(), 0o700);
     }
 

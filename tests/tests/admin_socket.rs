@@ -386,3 +386,27 @@ fn our_own_socket_still_works() {
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&server.socket), 0o600);
 }
+
+/// A parent anyone may write that is not sticky (what a Kubernetes `emptyDir` is) cannot be
+/// fixed from inside a pod: the server starts, with a WARN line naming it.
+#[test]
+fn a_world_writable_parent_is_a_warning() {
+    let (mut server, conf) = stopped_server();
+    let open = server.dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = open.join("spire-server").join("private").join("api.sock");
+    let conf = with_socket_and_port(&server, &conf, &socket, server.bind_port);
+    std::fs::write(&server.config, conf).unwrap();
+    server.socket = socket;
+    server.spawn();
+    let open = open.display().to_string();
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&open) && l.contains("not sticky")),
+        "no WARN naming {open}:\n{}",
+        server.log()
+    );
+}

@@ -876,9 +876,10 @@ fn local_authority_status(e: LocalAuthorityError) -> Status {
 
 /// Binds the admin socket where no other user can take it over or read what clients send:
 /// - its directory is created 0700 if missing; one that is a symbolic link, is owned by
-///   another user, is writable by group or others, or has a parent another user can change is
-///   refused ([`fs_checks::check_socket_dir`]); a safe one is tightened to 0700 through a
-///   handle opened without following links;
+///   another user, is writable by group or others, or has a parent another user owns is
+///   refused ([`fs_checks::check_socket_dir`]; a parent anyone may write, as a Kubernetes
+///   `emptyDir`, is a warning); a safe one is tightened to 0700 through a handle opened
+///   without following links;
 /// - an existing socket file is removed only when nothing answers on it
 ///   ([`fs_checks::remove_stale_socket`]): a running server's socket is never taken over;
 /// - the socket itself is 0600.
@@ -904,7 +905,9 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, FsCheckError> {
             .create(dir)
             .map_err(io_err(dir))?;
     }
-    fs_checks::check_socket_dir(dir, WHAT)?;
+    for problem in fs_checks::check_socket_dir(dir, WHAT)? {
+        tracing::warn!(%problem, "a parent of the admin socket directory is open to others (the CLI still refuses a socket served by anyone but root or this user)");
+    }
     let flags = nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW;
     std::fs::OpenOptions::new()
         .read(true)
