@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sigil_proto::fs_checks::{FsCheckError, check_dir};
+use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -94,13 +94,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             })?,
         ),
     };
-    let insecure = match &store {
-        Some(store) => store.insecure_files(),
-        None => check_dir(&config.data_dir, "agent data_dir")
-            .err()
-            .into_iter()
-            .collect(),
-    };
+    // With KeyManager "memory" nothing is kept on disk, so there is nothing to check.
+    let insecure = store
+        .as_ref()
+        .map(SvidStore::insecure_files)
+        .unwrap_or_default();
     refuse_insecure_files(insecure, config.allow_insecure_file_permissions)?;
     let bundle = initial_bundle(&config, store.as_ref())?;
     let stored_svid = stored_svid(store.as_ref(), &config.trust_domain);
