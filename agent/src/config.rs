@@ -46,6 +46,10 @@ pub struct AgentConfig {
     pub key_manager: KeyManagerConfig,
     pub workload_attestors: WorkloadAttestorsConfig,
     pub health: Option<HealthConfig>,
+    /// `allow_insecure_file_permissions = true`: start even when `data_dir`, the key directory
+    /// or a stored key, SVID or bundle is open to other users (each is logged at WARN); off by
+    /// default, when the agent refuses to start instead (OpenSSH's StrictModes).
+    pub allow_insecure_file_permissions: bool,
 }
 
 /// One server to dial: a host name (every address it resolves to is tried) or an IP address,
@@ -261,6 +265,7 @@ impl AgentConfig {
             key_manager: plugins.key_manager,
             workload_attestors: plugins.workload_attestors,
             health,
+            allow_insecure_file_permissions: agent.allow_insecure_file_permissions,
         })
     }
 }
@@ -277,6 +282,7 @@ struct AgentSection {
     join_token: Option<JoinToken>,
     allow_unauthenticated_verifiers: bool,
     lost_identity_exit_delay: std::time::Duration,
+    allow_insecure_file_permissions: bool,
 }
 
 fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, ConfigError> {
@@ -353,6 +359,8 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
     let lost_identity_exit_delay = a
         .duration("lost_identity_exit_delay")?
         .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
+    let allow_insecure_file_permissions =
+        a.bool("allow_insecure_file_permissions")?.unwrap_or(false);
     a.finish()?;
     Ok(AgentSection {
         data_dir,
@@ -365,6 +373,7 @@ fn read_agent(mut a: Block<'_>, ov: &AgentOverrides) -> Result<AgentSection, Con
         join_token,
         allow_unauthenticated_verifiers,
         lost_identity_exit_delay,
+        allow_insecure_file_permissions,
     })
 }
 
@@ -767,10 +776,29 @@ plugins {
                 live_path: "/live".to_owned(),
                 ready_path: "/ready".to_owned(),
             }),
+            allow_insecure_file_permissions: false,
         };
         assert_eq!(cfg, want);
         // The join token stays out of Debug output.
         assert!(!format!("{cfg:?}").contains("d3adb33f"));
+    }
+
+    #[test]
+    fn insecure_file_permissions_override_is_off_by_default_and_spelled_exactly() {
+        assert!(!parse(MINIMAL).unwrap().allow_insecure_file_permissions);
+        let on = MINIMAL.replace(
+            "agent {",
+            "agent {\n  allow_insecure_file_permissions = true",
+        );
+        assert!(parse(&on).unwrap().allow_insecure_file_permissions);
+        for bad in [
+            "allow_insecure_file_permission = true",
+            "allow_insecure_file_permissions = \"yes\"",
+        ] {
+            let text = MINIMAL.replace("agent {", &format!("agent {{\n  {bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("allow_insecure_file_permission"), "{err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,26 @@ use crate::workload_attestation::{
     K8sAttestor, K8sAttestorConfig, KubeletEndpoint, UnixAttestor, UnixAttestorConfig,
     WorkloadAttestor,
 };
+
+/// Refuses to start on a key or state file other users can reach (OpenSSH's StrictModes: each
+/// finding names the path, its mode or owner and the fix), or logs each at WARN when
+/// `allow_insecure_file_permissions = true`.
+fn refuse_insecure_files(found: Vec<FsCheckError>, allow: bool) -> anyhow::Result<()> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        for problem in &found {
+            warn!(%problem, "allow_insecure_file_permissions = true: starting with a file other users can reach");
+        }
+        return Ok(());
+    }
+    let list: Vec<String> = found.iter().map(ToString::to_string).collect();
+    bail!(
+        "refusing to start: {}\n(to start anyway, at the risk of other users reading the agent's key or replacing its SVID or trust bundle, set allow_insecure_file_permissions = true in the agent block)",
+        list.join("\n")
+    )
+}
 
 /// How long in-flight work gets to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -73,6 +94,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             })?,
         ),
     };
+    // With KeyManager "memory" nothing is kept on disk, so there is nothing to check.
+    let insecure = store
+        .as_ref()
+        .map(SvidStore::insecure_files)
+        .unwrap_or_default();
+    refuse_insecure_files(insecure, config.allow_insecure_file_permissions)?;
     let bundle = initial_bundle(&config, store.as_ref())?;
     let stored_svid = stored_svid(store.as_ref(), &config.trust_domain);
     let connection = Arc::new(

@@ -12,6 +12,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sigil_proto::bundle::pem_encode;
+use sigil_proto::fs_checks::{Access, FsCheckError, check_dir, check_file};
 use sigil_proto::{Bundle, SpiffeId, TrustDomain};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -141,6 +142,36 @@ impl SvidStore {
             data_dir: data_dir.to_owned(),
             key_dir: key_dir.to_owned(),
         })
+    }
+
+    /// What makes the store unsafe to use, as OpenSSH's StrictModes would see it: a directory
+    /// owned by another user or writable by group or others (they could replace the SVID or the
+    /// trust bundle), a key open to anyone else, an SVID or bundle others may write. Empty when
+    /// all is well; the caller refuses to start, or warns under
+    /// `allow_insecure_file_permissions`.
+    pub fn insecure_files(&self) -> Vec<FsCheckError> {
+        let mut found = Vec::new();
+        let mut check = |r: Result<(), FsCheckError>| found.extend(r.err());
+        check(check_dir(&self.data_dir, "agent data_dir"));
+        if self.key_dir != self.data_dir {
+            check(check_dir(&self.key_dir, "KeyManager \"disk\" directory"));
+        }
+        check(check_file(
+            &self.key_dir.join(KEY_FILE),
+            "agent SVID private key",
+            Access::OwnerOnly,
+        ));
+        check(check_file(
+            &self.data_dir.join(SVID_FILE),
+            "agent SVID",
+            Access::NoOtherWriters,
+        ));
+        check(check_file(
+            &self.data_dir.join(BUNDLE_FILE),
+            "stored trust bundle",
+            Access::NoOtherWriters,
+        ));
+        found
     }
 
     /// The stored agent SVID; `Ok(None)` when there is none, `Corrupt` when it is unusable.

@@ -1,11 +1,13 @@
 //! Sigil's wire contracts and the SPIFFE primitives the server and the agent share.
-//! Nothing here does I/O.
+//! Nothing here does I/O, except reading the config file (`hcl`) and checking the files and
+//! sockets it names (`fs_checks`), which both binaries share.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod cli_args;
 pub mod convert;
 pub mod entry;
+pub mod fs_checks;
 pub mod hcl;
 pub mod id_template;
 pub mod limits;

@@ -82,6 +82,10 @@ pub struct ServerConfig {
     pub federation: Option<crate::federation::config::FederationConfig>,
     /// `server { ratelimit { attestation signing } }`.
     pub rate_limit: RateLimitConfig,
+    /// `allow_insecure_file_permissions = true`: start even when a key file, the datastore file
+    /// or `data_dir` is open to other users (each is logged at WARN); off by default, when the
+    /// server refuses to start instead (OpenSSH's StrictModes).
+    pub allow_insecure_file_permissions: bool,
 }
 
 /// `server { ratelimit { ... } }`: SPIRE's switches for the agent API's rate limits (node
@@ -313,6 +317,7 @@ impl ServerConfig {
             oidc_discovery,
             federation: server.federation,
             rate_limit: server.rate_limit,
+            allow_insecure_file_permissions: server.allow_insecure_file_permissions,
         })
     }
 }
@@ -334,6 +339,7 @@ struct ServerSection {
     ca_key_type: CaKeyType,
     ca_subject: CaSubject,
     rate_limit: RateLimitConfig,
+    allow_insecure_file_permissions: bool,
 }
 
 fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, ConfigError> {
@@ -415,6 +421,8 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         }
         None => RateLimitConfig::default(),
     };
+    let allow_insecure_file_permissions =
+        s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
     s.finish()?;
     Ok(ServerSection {
         federation,
@@ -435,6 +443,7 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         ca_key_type,
         ca_subject,
         rate_limit,
+        allow_insecure_file_permissions,
     })
 }
 
@@ -912,8 +921,27 @@ plugins {
             oidc_discovery: None,
             federation: None,
             rate_limit: RateLimitConfig::default(),
+            allow_insecure_file_permissions: false,
         };
         assert_eq!(cfg, want);
+    }
+
+    #[test]
+    fn insecure_file_permissions_override_is_off_by_default_and_spelled_exactly() {
+        assert!(!parse(MINIMAL).unwrap().allow_insecure_file_permissions);
+        let on = MINIMAL.replace(
+            "server {",
+            "server {\n  allow_insecure_file_permissions = true",
+        );
+        assert!(parse(&on).unwrap().allow_insecure_file_permissions);
+        for bad in [
+            "allow_insecure_file_permission = true",
+            "allow_insecure_file_permissions = \"yes\"",
+        ] {
+            let text = MINIMAL.replace("server {", &format!("server {{\n  {bad}"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("allow_insecure_file_permission"), "{err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod federation;
+pub mod file_checks;
 pub mod https;
 pub mod key_manager;
 pub mod kubernetes;

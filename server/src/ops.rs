@@ -1,9 +1,11 @@
 //! Operational HTTP endpoints: `/live`, `/ready` (SPIRE's `health_checks` paths) and
-//! Prometheus `/metrics`, on their own listener so probes never share a port with the APIs.
+//! Prometheus `/metrics`, on their own listener so probes never share a port with the APIs;
+//! and the datastore write probe whose last result readiness reflects.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -12,18 +14,79 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::datastore::Datastore;
 use crate::metrics::Metrics;
 
-/// What `/ready` reports; flipped by the run loop once the datastore and CA are up.
+/// How often the datastore's write probe runs ([`probe_datastore`]): readiness reflects the
+/// last result, so it turns within this period of the datastore failing or recovering.
+pub const DATASTORE_PROBE_PERIOD: Duration = Duration::from_secs(5);
+
+/// What `/ready` (and the admin API's `Health`) report: started, and the datastore takes
+/// writes.
 #[derive(Debug, Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    /// Flipped by the run loop once everything is up, and back at shutdown.
+    started: AtomicBool,
+    /// Why the last write probe failed; `None` while the datastore takes writes.
+    datastore_fault: Mutex<Option<String>>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.started.store(ready, Ordering::Release);
     }
+
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.started.load(Ordering::Acquire) && self.datastore_fault().is_none()
+    }
+
+    /// Why the datastore cannot take writes, as the last probe found; `None` when it can.
+    pub fn datastore_fault(&self) -> Option<String> {
+        self.fault().clone()
+    }
+
+    /// Records the last probe's result; returns whether that changed readiness.
+    pub fn set_datastore_fault(&self, fault: Option<String>) -> bool {
+        let mut current = self.fault();
+        let changed = current.is_some() != fault.is_some();
+        *current = fault;
+        changed
+    }
+
+    fn fault(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A plain value replaced whole: a poisoned lock still holds a consistent one.
+        self.datastore_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Writes the datastore's probe ([`Datastore::probe_write`]) every `period` until `cancel`
+/// fires, the first at once, and records each result in `readiness`. A change of state is
+/// logged once: ERROR when writes start failing (an operator must act), INFO when they work
+/// again.
+pub async fn probe_datastore(
+    datastore: Datastore,
+    readiness: Arc<Readiness>,
+    period: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let fault = datastore.probe_write().await.err().map(|e| e.to_string());
+        if readiness.set_datastore_fault(fault.clone()) {
+            match fault {
+                Some(error) => {
+                    tracing::error!(%error, "the datastore cannot take writes; not ready")
+                }
+                None => tracing::info!("the datastore takes writes again; ready"),
+            }
+        }
     }
 }
 
@@ -68,7 +131,14 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn ready(State(s): State<OpsState>) -> impl IntoResponse {
-    if s.readiness.is_ready() {
+    // The fault's details (paths, database errors) go to the log and to the admin API's
+    // `healthcheck`, not to this unauthenticated listener.
+    if s.readiness.datastore_fault().is_some() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the datastore cannot take writes\n",
+        )
+    } else if s.readiness.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

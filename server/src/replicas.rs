@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::replicas::union_bundle;
-use crate::ca::{Ca, CaJournal, ReplicaId};
-use crate::datastore::{Change, Datastore, JournalUnion, ReplicaJournal};
+use crate::ca::{Ca, CaError, CaJournal, Pending, ReplicaId};
+use crate::datastore::{Change, Datastore, DatastoreError, JournalUnion, ReplicaJournal};
 
 /// How often a replica re-reads the stored bundle even when the change feed is quiet: a safety
 /// net (a persist that failed is retried then), not the way changes travel.
@@ -37,10 +37,54 @@ pub async fn load_journal(
         .transpose()
 }
 
+/// Why a change to the CA was not made. Either way nothing changed: not in memory, not in
+/// the datastore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError<E> {
+    /// Planning refused the change (an operator's mistake, or a CA failure).
+    #[error(transparent)]
+    Refused(E),
+    /// Its journal could not be stored (the datastore's disk is full, the database is gone).
+    #[error("the change could not be stored, so it was not made: {0}")]
+    NotStored(#[source] DatastoreError),
+}
+
+/// Makes a change to the CA persisted and in effect, or neither: `plan` works it out on a copy
+/// of the CA's state (`None`: nothing to do), its journal and the union bundle it implies are
+/// stored in one transaction, and only then is it applied and the stored union adopted. Holds
+/// the CA's persistence lock throughout, so no other change is planned from the same state.
+/// Returns the change's outcome once it is stored and applied.
+pub async fn commit<T, E: From<CaError>>(
+    datastore: &Datastore,
+    ca: &Ca,
+    plan: impl FnOnce(&Ca) -> Result<Option<Pending<T>>, E>,
+) -> Result<Option<T>, CommitError<E>> {
+    let _guard = ca.lock_persistence().await;
+    let Some(pending) = plan(ca).map_err(CommitError::Refused)? else {
+        return Ok(None);
+    };
+    let union = store(
+        datastore,
+        ca,
+        pending.journal(),
+        ca.sequence_after(&pending),
+    )
+    .await
+    .map_err(CommitError::NotStored)?;
+    let sequence = pending.journal().bundle_sequence;
+    let (outcome, _) = ca
+        .apply(pending)
+        .map_err(|e| CommitError::Refused(E::from(e)))?;
+    ca.mark_persisted(sequence);
+    ca.adopt_bundle(&union);
+    Ok(Some(outcome))
+}
+
 /// Stores the CA's current journal and the union bundle it implies (one transaction), then
 /// adopts that bundle, so a restart resumes the same CA and every replica can see its
-/// authorities. Called after every change (rotation, `localauthority`) before it is
-/// acknowledged.
+/// authorities. Used at start-up (the journal `Ca::new` built) and to retry; a change goes
+/// through [`commit`].
 pub async fn persist(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
     let _guard = ca.lock_persistence().await;
     persist_locked(datastore, ca).await
@@ -48,15 +92,35 @@ pub async fn persist(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
 
 async fn persist_locked(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
     let journal = ca.journal();
-    let trust_domain = ca.config().trust_domain.clone();
     // Never behind what this replica already published, so consumers see it only grow.
-    let published = ca.bundle().sequence;
+    let union = store(datastore, ca, &journal, ca.bundle().sequence)
+        .await
+        .context("cannot persist the CA journal and the bundle")?;
+    ca.mark_persisted(journal.bundle_sequence);
+    if ca.adopt_bundle(&union) {
+        tracing::debug!(sequence = union.sequence, "bundle of every replica stored");
+    }
+    Ok(())
+}
+
+/// Stores `journal` as this replica's and the union bundle of every replica's journal (its
+/// sequence at least `published`) in one transaction; returns the union.
+async fn store(
+    datastore: &Datastore,
+    ca: &Ca,
+    journal: &CaJournal,
+    published: u64,
+) -> Result<Bundle, DatastoreError> {
+    let trust_domain = ca.config().trust_domain.clone();
     let own_id = ca.replica_id().clone();
     let now = unix(SystemTime::now());
-    let union = datastore
+    let bytes = journal
+        .to_bytes()
+        .map_err(|e| DatastoreError::Corrupt(format!("CA journal: {e}")))?;
+    datastore
         .store_replica_journal(
             own_id.as_str(),
-            &journal.to_bytes()?,
+            &bytes,
             &trust_domain,
             |previous, stored| {
                 let (journals, drop_replicas) = decode_journals(stored, &own_id, now);
@@ -69,12 +133,6 @@ async fn persist_locked(datastore: &Datastore, ca: &Ca) -> anyhow::Result<()> {
             },
         )
         .await
-        .context("cannot persist the CA journal and the bundle")?;
-    ca.mark_persisted(journal.bundle_sequence);
-    if ca.adopt_bundle(&union) {
-        tracing::debug!(sequence = union.sequence, "bundle of every replica stored");
-    }
-    Ok(())
 }
 
 /// The stored bundle's sequence when `union` has the same authorities (a restart changes
@@ -298,10 +356,16 @@ mod tests {
         let kid_a = own_kid(&a);
         // Rotate A's JWT key out of service, then taint and revoke the old one.
         let now = SystemTime::now();
-        let (next, _) = a.prepare_authority(AuthorityKind::Jwt, now).unwrap();
-        a.activate_authority(AuthorityKind::Jwt, &next.authority_id)
+        let (next, _) = a
+            .apply(a.prepare_authority(AuthorityKind::Jwt, now).unwrap())
             .unwrap();
-        a.taint_authority(AuthorityKind::Jwt, &kid_a).unwrap();
+        a.apply(
+            a.activate_authority(AuthorityKind::Jwt, &next.authority_id)
+                .unwrap(),
+        )
+        .unwrap();
+        a.apply(a.taint_authority(AuthorityKind::Jwt, &kid_a).unwrap())
+            .unwrap();
         persist(&ds, &a).await.unwrap();
         assert!(refresh_bundle(&ds, &b).await.unwrap());
         let tainted = b
@@ -312,7 +376,8 @@ mod tests {
             .map(|k| k.tainted);
         assert_eq!(tainted, Some(true), "B sees A's taint");
 
-        a.revoke_authority(AuthorityKind::Jwt, &kid_a).unwrap();
+        a.apply(a.revoke_authority(AuthorityKind::Jwt, &kid_a).unwrap())
+            .unwrap();
         // Not yet persisted: a refresh stores it rather than adopting the stale union.
         assert!(a.needs_persist());
         refresh_bundle(&ds, &a).await.unwrap();
@@ -328,6 +393,48 @@ mod tests {
         assert!(!b_kids.contains(&kid_a), "{b_kids:?}");
         assert!(b_kids.contains(&next.authority_id));
         assert!(b_kids.contains(&own_kid(&b)));
+    }
+
+    /// A change the datastore will not take is not made: not in memory, not in the bundle,
+    /// and no key the stored journal needs is overwritten, so a restart resumes the stored CA
+    /// whole (here: a second `prepare` over a prepared authority, the case where a two-slot
+    /// key manager would have replaced the stored prepared authority's key).
+    #[tokio::test]
+    async fn a_change_that_cannot_be_stored_is_not_made() {
+        use crate::ca::local_authority::AuthorityKind::X509;
+        use crate::key_manager::DiskKeyManager;
+
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.json");
+        let id = ReplicaId::new("a").unwrap();
+        let open_ca = |journal| {
+            let km = Arc::new(DiskKeyManager::open(&keys).unwrap());
+            let (ca, _) = Ca::new(CaConfig::new(td()), km, journal, SystemTime::now()).unwrap();
+            ca.with_replica_id(id.clone())
+        };
+        let prepare = |ca: &Ca| ca.prepare_authority(X509, SystemTime::now()).map(Some);
+        let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
+        let ca = open_ca(None);
+        persist(&ds, &ca).await.unwrap();
+        let prepared = commit(&ds, &ca, prepare).await.unwrap().unwrap();
+        let shown = ca.authorities(X509);
+        assert!(shown.contains(&prepared));
+        let bundle = ca.bundle();
+
+        ds.close().await;
+        let err = commit(&ds, &ca, prepare).await.unwrap_err();
+        assert!(matches!(err, CommitError::NotStored(_)), "{err}");
+        assert_eq!(ca.authorities(X509), shown, "applied in memory");
+        assert_eq!(ca.bundle(), bundle, "published");
+        assert!(!ca.needs_persist());
+
+        let ds = Datastore::open("ds.sqlite3", dir.path()).await.unwrap();
+        let restarted = open_ca(load_journal(&ds, &id).await.unwrap());
+        assert_eq!(
+            restarted.authorities(X509),
+            shown,
+            "the stored CA resumes whole"
+        );
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use crate::ca::{Ca, CaConfig, ReplicaId};
 use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
+use crate::file_checks;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
@@ -38,6 +39,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    file_checks::check_config_files(&config)?;
     check_writable(&config.data_dir)
         .with_context(|| format!("data_dir {} is not writable", config.data_dir.display()))?;
     let datastore = match config.datastore.database_type {
@@ -49,6 +51,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         }
     }
     .context("cannot open the datastore")?;
+    file_checks::check_datastore_file(datastore.path(), config.allow_insecure_file_permissions)?;
     let key_manager: Arc<dyn KeyManager> = match &config.key_manager {
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { keys_path } => Arc::new(
@@ -95,13 +98,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
 
-    // Bind everything before serving anything, so a port or socket clash fails start-up cleanly.
-    let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
-        format!(
-            "cannot bind the admin socket {}",
-            config.socket_path.display()
-        )
-    })?;
+    // Bind everything before serving anything, so a port or socket clash fails start-up
+    // cleanly: every TCP listener first, the admin socket last, so a server that cannot start
+    // never touches the socket path (another server may be serving there).
     let agent_listener = tokio::net::TcpListener::bind(config.bind_address)
         .await
         .with_context(|| format!("cannot bind the agent API on {}", config.bind_address))?;
@@ -169,13 +168,21 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
+        format!(
+            "cannot bind the admin socket {}",
+            config.socket_path.display()
+        )
+    })?;
+
     let api = AdminApi::new(
         datastore.clone(),
         ca.clone(),
         config.trust_domain.clone(),
         metrics.clone(),
     )
-    .with_federation(federation.clone());
+    .with_federation(federation.clone())
+    .with_readiness(readiness.clone());
     let api_revisions = api.entry_revisions();
     let revision_sender = api.entry_revision_sender();
     let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
@@ -231,6 +238,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
     tasks.spawn(pruner.run(cancel.clone()));
+    tasks.spawn(ops::probe_datastore(
+        datastore.clone(),
+        readiness.clone(),
+        ops::DATASTORE_PROBE_PERIOD,
+        cancel.clone(),
+    ));
     tasks.spawn(rotate_forever(
         ca.clone(),
         datastore.clone(),
@@ -297,34 +310,47 @@ fn ca_config(
     })
 }
 
+/// How long a rotation that failed (a CA failure, or a journal the datastore would not take)
+/// waits before it is tried again.
+const ROTATION_RETRY: Duration = Duration::from_secs(10);
+
 /// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping
-/// in between. A failure is logged and retried; the CA keeps signing with what it has.
+/// in between. Each rotation is stored before it takes effect (`replicas::commit`); a failure
+/// changes nothing, is logged and retried after [`ROTATION_RETRY`], and the CA keeps signing
+/// with what it has.
 async fn rotate_forever(
     ca: Arc<Ca>,
     datastore: Datastore,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut retry = false;
     loop {
         let now = SystemTime::now();
-        let wait = ca
-            .next_rotation_check(now)
-            .duration_since(now)
-            .unwrap_or_default()
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let wait = if retry {
+            ROTATION_RETRY
+        } else {
+            ca.next_rotation_check(now)
+                .duration_since(now)
+                .unwrap_or_default()
+                .clamp(Duration::from_millis(100), Duration::from_secs(60))
+        };
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        match ca.rotate(SystemTime::now()) {
-            Ok(Some(_)) => {
+        let rotated =
+            replicas::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
+        retry = rotated.is_err();
+        match rotated {
+            Ok(Some(())) => {
                 metrics.ca_rotations.inc();
-                if let Err(e) = persist(&datastore, &ca).await {
-                    tracing::error!(error = %format!("{e:#}"), "cannot persist CA rotation; will retry");
-                }
+                tracing::info!(sequence = ca.bundle().sequence, "CA authorities rotated");
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "CA rotation failed; will retry"),
+            Err(e) => {
+                tracing::error!(error = %e, "CA rotation failed; nothing changed, will retry")
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod k8s;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

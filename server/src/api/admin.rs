@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
+use sigil_proto::fs_checks::{self, FsCheckError};
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
@@ -28,6 +29,8 @@ use crate::ca::rotation::AuthorityStatus;
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
 use crate::federation::{DeleteMode, FederatedBundles, FederationError};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
+use crate::ops::Readiness;
+use crate::replicas::{self, CommitError};
 
 /// Largest page a caller may ask for; bigger lists are paged.
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -48,6 +51,9 @@ pub struct AdminApi {
     revisions: watch::Sender<i64>,
     /// Federated bundles; `None` only in tests that do not exercise them.
     federation: Option<Arc<FederatedBundles>>,
+    /// Whether the datastore's write probe passes (`Health` fails while it does not); `None`
+    /// in tests that do not run the probe.
+    readiness: Option<Arc<Readiness>>,
 }
 
 impl AdminApi {
@@ -65,7 +71,14 @@ impl AdminApi {
             owner_uid: nix::unistd::geteuid().as_raw(),
             revisions: watch::Sender::new(0),
             federation: None,
+            readiness: None,
         }
+    }
+
+    /// `Health` reports the datastore write probe's last result from `readiness`.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Serves `bundle set/list/delete` from (and into) `federation`.
@@ -668,7 +681,12 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::HealthResponse>, Status> {
         handle!(self, "Health", req, {
             let _ = req;
-            // A real round trip to the datastore: healthy means able to serve.
+            // Healthy means able to serve: the last write probe committed, and a read now.
+            if let Some(fault) = self.readiness.as_ref().and_then(|r| r.datastore_fault()) {
+                return Err(Status::unavailable(format!(
+                    "the datastore cannot take writes: {fault}"
+                )));
+            }
             self.datastore
                 .count_entries(&EntryFilter::default())
                 .await
@@ -776,7 +794,7 @@ impl Admin for AdminApi {
                 Err(_) => return Err(Status::invalid_argument("invalid authority kind")),
             };
             let id = req.authority_id.as_str();
-            let changed = match pb::LocalAuthorityOp::try_from(req.op) {
+            let op = match pb::LocalAuthorityOp::try_from(req.op) {
                 Ok(pb::LocalAuthorityOp::Show) => {
                     return Ok(pb::LocalAuthorityResponse {
                         authority: None,
@@ -788,22 +806,30 @@ impl Admin for AdminApi {
                             .collect(),
                     });
                 }
-                Ok(pb::LocalAuthorityOp::Prepare) => {
-                    self.ca.prepare_authority(kind, SystemTime::now())
-                }
-                Ok(pb::LocalAuthorityOp::Activate) => self.ca.activate_authority(kind, id),
-                Ok(pb::LocalAuthorityOp::Taint) => self.ca.taint_authority(kind, id),
-                Ok(pb::LocalAuthorityOp::Revoke) => self.ca.revoke_authority(kind, id),
+                Ok(op) => op,
                 Err(_) => return Err(Status::invalid_argument("invalid operation")),
             };
-            let (state, _journal) = changed.map_err(local_authority_status)?;
-            // Persisted before the operator hears it is done, so a restart cannot undo it.
-            crate::run::persist(&self.datastore, &self.ca)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %format!("{e:#}"), "cannot persist the CA journal");
-                    Status::internal("the change is applied but could not be persisted")
-                })?;
+            // Stored before it takes effect, and before the operator hears it is done: a
+            // change the datastore cannot take is refused whole, and a restart cannot undo one.
+            let state = replicas::commit(&self.datastore, &self.ca, |ca| {
+                match op {
+                    pb::LocalAuthorityOp::Prepare => ca.prepare_authority(kind, SystemTime::now()),
+                    pb::LocalAuthorityOp::Activate => ca.activate_authority(kind, id),
+                    pb::LocalAuthorityOp::Taint => ca.taint_authority(kind, id),
+                    pb::LocalAuthorityOp::Revoke => ca.revoke_authority(kind, id),
+                    pb::LocalAuthorityOp::Show => unreachable!("answered above"),
+                }
+                .map(Some)
+            })
+            .await
+            .map_err(|e| match e {
+                CommitError::Refused(e) => local_authority_status(e),
+                CommitError::NotStored(e) => {
+                    tracing::error!(error = %e, "cannot store the CA journal; the change was not made");
+                    not_stored_status(e)
+                }
+            })?
+            .ok_or_else(|| Status::internal("the change planned nothing"))?;
             tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
             Ok(pb::LocalAuthorityResponse {
                 authority: Some(authority_state_pb(&state)),
@@ -843,6 +869,23 @@ fn authority_state_pb(a: &AuthorityState) -> pb::AuthorityState {
     }
 }
 
+/// A change whose journal the datastore would not take: the operator is told why, and that
+/// nothing changed.
+fn not_stored_status(e: crate::datastore::DatastoreError) -> Status {
+    let status = datastore_status(e);
+    let message = match status.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable => status.message(),
+        _ => "the datastore failed",
+    };
+    Status::new(
+        status.code(),
+        format!(
+            "{} (the change was not made)",
+            message.trim_end_matches("; nothing was written")
+        ),
+    )
+}
+
 fn local_authority_status(e: LocalAuthorityError) -> Status {
     match e {
         LocalAuthorityError::Upstream(_) => Status::failed_precondition(e.to_string()),
@@ -854,24 +897,50 @@ fn local_authority_status(e: LocalAuthorityError) -> Status {
     }
 }
 
-/// Binds the admin socket: its directory is created 0700 (only the server's user may reach the
-/// socket at all), a stale socket file is replaced, and the socket itself is 0600.
-pub fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
+/// Binds the admin socket where no other user can take it over or read what clients send:
+/// - its directory is created 0700 if missing; one that is a symbolic link, is owned by
+///   another user, is writable by group or others, or has a parent another user owns is
+///   refused ([`fs_checks::check_socket_dir`]; a parent anyone may write, as a Kubernetes
+///   `emptyDir`, is a warning); a safe one is tightened to 0700 through a handle opened
+///   without following links;
+/// - an existing socket file is removed only when nothing answers on it
+///   ([`fs_checks::remove_stale_socket`]): a running server's socket is never taken over;
+/// - the socket itself is 0600.
+///
+/// The caller binds its TCP listeners first, so a port clash fails start-up before the socket
+/// path is touched at all.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, FsCheckError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    const WHAT: &str = "admin socket directory";
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| FsCheckError::Io { path, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if std::fs::symlink_metadata(dir).is_err() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            .create(dir)
+            .map_err(io_err(dir))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+    for problem in fs_checks::check_socket_dir(dir, WHAT)? {
+        tracing::warn!(%problem, "a parent of the admin socket directory is open to others (the CLI still refuses a socket served by anyone but root or this user)");
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let flags = nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(dir)
+        .and_then(|d| d.set_permissions(std::fs::Permissions::from_mode(0o700)))
+        .map_err(io_err(dir))?;
+    fs_checks::remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path).map_err(io_err(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
     Ok(listener)
 }
 

@@ -6,9 +6,9 @@
 //! keep every old one until it expires, so an ID is looked up among all of them.
 //!
 //! Authority IDs: an X.509 CA is named by its Subject Key Identifier in lowercase hex (as SPIRE
-//! prints it), a JWT key by its `kid`. Each operation works on a copy of the CA state and
-//! commits it whole with a new bundle sequence; the caller persists the journal it returns
-//! before answering the operator.
+//! prints it), a JWT key by its `kid`. Each operation is worked out on a copy of the CA state
+//! into a [`Pending`] change under a new bundle sequence; the caller stores its journal, then
+//! applies it (`crate::replicas::commit`), before answering the operator.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -16,11 +16,10 @@ use std::time::SystemTime;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ca::journal::CaJournal;
 use crate::ca::rotation::AuthorityStatus;
 use crate::ca::{
-    Ca, CaError, Entry, JWT_KEY_IDS, Record, State, X509_KEY_IDS, free_key_id, new_jwt_entry,
-    new_x509_entry, unix,
+    Ca, CaError, Entry, JWT_KEY_IDS, Pending, Record, X509_KEY_IDS, free_key_id, live_key_ids,
+    new_jwt_entry, new_x509_entry, unix,
 };
 use crate::key_manager::KeyManager;
 
@@ -141,11 +140,11 @@ impl Ca {
         &self,
         kind: AuthorityKind,
         now: SystemTime,
-    ) -> Result<(AuthorityState, CaJournal), LocalAuthorityError> {
+    ) -> Result<Pending<AuthorityState>, LocalAuthorityError> {
         let now = unix(now);
         let config = &self.config;
         let km = &*self.key_manager;
-        self.apply(|state| match kind {
+        self.plan(|state| match kind {
             AuthorityKind::X509 => {
                 let i = prepare(&mut state.x509, X509_KEY_IDS, |key_id| {
                     new_x509_entry(config, km, key_id, now)
@@ -167,8 +166,8 @@ impl Ca {
         &self,
         kind: AuthorityKind,
         authority_id: &str,
-    ) -> Result<(AuthorityState, CaJournal), LocalAuthorityError> {
-        self.apply(|state| match kind {
+    ) -> Result<Pending<AuthorityState>, LocalAuthorityError> {
+        self.plan(|state| match kind {
             AuthorityKind::X509 => {
                 let i = activate(&mut state.x509, kind, authority_id)?;
                 Ok(x509_state(&state.x509[i]))
@@ -186,9 +185,9 @@ impl Ca {
         &self,
         kind: AuthorityKind,
         authority_id: &str,
-    ) -> Result<(AuthorityState, CaJournal), LocalAuthorityError> {
+    ) -> Result<Pending<AuthorityState>, LocalAuthorityError> {
         self.refuse_with_upstream(kind, "tainted")?;
-        self.apply(|state| match kind {
+        self.plan(|state| match kind {
             AuthorityKind::X509 => {
                 let i = taint(&mut state.x509, kind, authority_id)?;
                 Ok(x509_state(&state.x509[i]))
@@ -202,14 +201,18 @@ impl Ca {
 
     /// Removes the tainted authority `authority_id` from the bundle and the journal, and
     /// destroys its private key if the key manager still holds it.
+    ///
+    /// The key is destroyed while planning, before the journal is stored: the authority is old
+    /// and never signs again, so if storing then fails it stays listed (tainted, keyless) and
+    /// a second `revoke` completes it.
     pub fn revoke_authority(
         &self,
         kind: AuthorityKind,
         authority_id: &str,
-    ) -> Result<(AuthorityState, CaJournal), LocalAuthorityError> {
+    ) -> Result<Pending<AuthorityState>, LocalAuthorityError> {
         self.refuse_with_upstream(kind, "revoked")?;
         let km = &*self.key_manager;
-        self.apply(|state| match kind {
+        self.plan(|state| match kind {
             AuthorityKind::X509 => {
                 let removed = revoke(&mut state.x509, kind, authority_id)?;
                 let public_key = X509Certificate::from_der(&removed.record.cert_der)
@@ -242,18 +245,6 @@ impl Ca {
             return Err(LocalAuthorityError::Upstream(verb));
         }
         Ok(())
-    }
-
-    /// Runs `change` on a copy of the state and commits it only if it succeeded.
-    fn apply<T>(
-        &self,
-        change: impl FnOnce(&mut State) -> Result<T, LocalAuthorityError>,
-    ) -> Result<(T, CaJournal), LocalAuthorityError> {
-        let mut state = self.lock_state();
-        let mut next = state.clone();
-        let out = change(&mut next)?;
-        let journal = self.install(&mut state, next)?;
-        Ok((out, journal))
     }
 }
 
@@ -290,15 +281,17 @@ fn find<R: Record, A>(
         .ok_or_else(|| LocalAuthorityError::NotFound(kind, authority_id.to_owned()))
 }
 
-/// Drops any prepared authority (its key slot is reused) and creates a new one. Returns its
-/// index.
+/// Drops any prepared authority and creates a new one, in a key slot neither the active nor
+/// the dropped prepared authority uses (the stored journal still needs both until this change
+/// commits). Returns its index.
 fn prepare<R: Record, A>(
     entries: &mut Vec<Entry<R, A>>,
-    key_ids: [&str; 2],
+    key_ids: [&str; 3],
     create: impl FnOnce(&str) -> Result<Entry<R, A>, CaError>,
 ) -> Result<usize, LocalAuthorityError> {
+    let committed = live_key_ids(entries);
     entries.retain(|e| e.record.slot().status != AuthorityStatus::Prepared);
-    let entry = create(free_key_id(entries, key_ids))?;
+    let entry = create(free_key_id(&committed, entries, key_ids))?;
     entries.push(entry);
     Ok(entries.len() - 1)
 }
@@ -402,7 +395,7 @@ mod tests {
 
     use super::AuthorityKind::{Jwt, X509};
     use super::*;
-    use crate::ca::CaConfig;
+    use crate::ca::{CaConfig, CaJournal};
     use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager, SigningKey};
     use sigil_proto::{SpiffeId, TrustDomain};
 
@@ -483,7 +476,9 @@ mod tests {
         let old = one(&ca, X509, AuthorityStatus::Active);
         let seq0 = ca.bundle().sequence;
 
-        let (prepared, journal) = ca.prepare_authority(X509, at(T0 + 10)).unwrap();
+        let (prepared, journal) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 10)).unwrap())
+            .unwrap();
         assert_eq!(prepared.status, AuthorityStatus::Prepared);
         assert_eq!(journal.bundle_sequence, seq0 + 1);
         assert_eq!(ca.bundle().sequence, seq0 + 1);
@@ -491,7 +486,9 @@ mod tests {
         // Prepared is published but does not sign yet.
         assert_eq!(signer_of_new_svid(&ca), old.authority_id);
 
-        let (active, _) = ca.activate_authority(X509, &prepared.authority_id).unwrap();
+        let (active, _) = ca
+            .apply(ca.activate_authority(X509, &prepared.authority_id).unwrap())
+            .unwrap();
         assert_eq!(active.status, AuthorityStatus::Active);
         assert_eq!(active.authority_id, prepared.authority_id);
         assert_eq!(signer_of_new_svid(&ca), prepared.authority_id);
@@ -500,7 +497,9 @@ mod tests {
             old.authority_id
         );
 
-        let (tainted, journal) = ca.taint_authority(X509, &old.authority_id).unwrap();
+        let (tainted, journal) = ca
+            .apply(ca.taint_authority(X509, &old.authority_id).unwrap())
+            .unwrap();
         assert!(tainted.tainted);
         assert!(journal.x509_authorities.iter().any(|r| r.tainted));
         let bundle = ca.bundle();
@@ -512,7 +511,9 @@ mod tests {
             old.authority_id
         );
 
-        let (revoked, journal) = ca.revoke_authority(X509, &old.authority_id).unwrap();
+        let (revoked, journal) = ca
+            .apply(ca.revoke_authority(X509, &old.authority_id).unwrap())
+            .unwrap();
         assert_eq!(revoked.authority_id, old.authority_id);
         let bundle = ca.bundle();
         assert_eq!(bundle.sequence, seq0 + 4);
@@ -527,10 +528,14 @@ mod tests {
         let ca = ca();
         let old = one(&ca, Jwt, AuthorityStatus::Active);
         assert_eq!(kid_of_new_jwt(&ca), old.authority_id);
-        let (prepared, _) = ca.prepare_authority(Jwt, at(T0 + 10)).unwrap();
-        ca.activate_authority(Jwt, &prepared.authority_id).unwrap();
+        let (prepared, _) = ca
+            .apply(ca.prepare_authority(Jwt, at(T0 + 10)).unwrap())
+            .unwrap();
+        ca.apply(ca.activate_authority(Jwt, &prepared.authority_id).unwrap())
+            .unwrap();
         assert_eq!(kid_of_new_jwt(&ca), prepared.authority_id);
-        ca.taint_authority(Jwt, &old.authority_id).unwrap();
+        ca.apply(ca.taint_authority(Jwt, &old.authority_id).unwrap())
+            .unwrap();
         let bundle = ca.bundle();
         let published = bundle.jwt_authority(&old.authority_id).unwrap();
         assert!(published.tainted);
@@ -540,7 +545,8 @@ mod tests {
                 .unwrap()
                 .tainted
         );
-        ca.revoke_authority(Jwt, &old.authority_id).unwrap();
+        ca.apply(ca.revoke_authority(Jwt, &old.authority_id).unwrap())
+            .unwrap();
         let bundle = ca.bundle();
         assert!(bundle.jwt_authority(&old.authority_id).is_none());
         assert_eq!(bundle.jwt_authorities.len(), 1);
@@ -553,7 +559,7 @@ mod tests {
         let active = one(&ca, X509, AuthorityStatus::Active).authority_id;
         let jwt_active = one(&ca, Jwt, AuthorityStatus::Active).authority_id;
         let check =
-            |r: Result<(AuthorityState, CaJournal), LocalAuthorityError>, want: &str, ca: &Ca| {
+            |r: Result<Pending<AuthorityState>, LocalAuthorityError>, want: &str, ca: &Ca| {
                 let before = ca.journal();
                 let err = r.unwrap_err();
                 assert!(err.is_invalid_request(), "{err}");
@@ -602,7 +608,9 @@ mod tests {
             &ca,
         );
 
-        let (prepared, _) = ca.prepare_authority(X509, at(T0 + 10)).unwrap();
+        let (prepared, _) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 10)).unwrap())
+            .unwrap();
         let after_prepare = ca.bundle();
         check(
             ca.taint_authority(X509, &prepared.authority_id),
@@ -619,13 +627,15 @@ mod tests {
             "only the prepared authority",
             &ca,
         );
-        ca.activate_authority(X509, &prepared.authority_id).unwrap();
+        ca.apply(ca.activate_authority(X509, &prepared.authority_id).unwrap())
+            .unwrap();
         check(
             ca.revoke_authority(X509, &active),
             "not possible to revoke an untainted authority",
             &ca,
         );
-        ca.taint_authority(X509, &active).unwrap();
+        ca.apply(ca.taint_authority(X509, &active).unwrap())
+            .unwrap();
         check(ca.taint_authority(X509, &active), "already tainted", &ca);
         assert_eq!(after_prepare.sequence, before.sequence + 1);
     }
@@ -633,8 +643,12 @@ mod tests {
     #[test]
     fn prepare_replaces_a_prepared_authority() {
         let ca = ca();
-        let (first, _) = ca.prepare_authority(X509, at(T0 + 10)).unwrap();
-        let (second, _) = ca.prepare_authority(X509, at(T0 + 20)).unwrap();
+        let (first, _) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 10)).unwrap())
+            .unwrap();
+        let (second, _) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 20)).unwrap())
+            .unwrap();
         assert_ne!(first.authority_id, second.authority_id);
         assert_eq!(one(&ca, X509, AuthorityStatus::Prepared), second);
         assert_eq!(ca.bundle().x509_authorities.len(), 2);
@@ -646,7 +660,9 @@ mod tests {
         let first = one(&ca, X509, AuthorityStatus::Active);
         // The operator prepares early; at the prepare threshold rotation adds nothing, and at
         // the activate threshold it activates the operator's prepared authority.
-        let (prepared, _) = ca.prepare_authority(X509, at(T0 + 100)).unwrap();
+        let (prepared, _) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 100)).unwrap())
+            .unwrap();
         let half = T0 + i64::try_from(DAY / 2).unwrap();
         let jwt_only = ca
             .rotate(at(half))
@@ -660,7 +676,8 @@ mod tests {
             prepared.authority_id
         );
         // A tainted old authority is pruned when it expires, like any old one.
-        ca.taint_authority(X509, &first.authority_id).unwrap();
+        ca.apply(ca.taint_authority(X509, &first.authority_id).unwrap())
+            .unwrap();
         let expiry = first.expires_at;
         ca.rotate(at(expiry)).unwrap().expect("pruned");
         assert!(
@@ -672,8 +689,11 @@ mod tests {
 
         // After a manual activation the new active gets a full lifetime before rotation.
         let ca2 = ca_with(Arc::new(MemoryKeyManager::new()));
-        let (p, _) = ca2.prepare_authority(X509, at(T0 + 1000)).unwrap();
-        ca2.activate_authority(X509, &p.authority_id).unwrap();
+        let (p, _) = ca2
+            .apply(ca2.prepare_authority(X509, at(T0 + 1000)).unwrap())
+            .unwrap();
+        ca2.apply(ca2.activate_authority(X509, &p.authority_id).unwrap())
+            .unwrap();
         assert!(ca2.rotate(at(T0 + 1001)).unwrap().is_none());
         let next = ca2.next_rotation_check(at(T0 + 1001));
         assert!(next > at(T0 + 1001));
@@ -693,9 +713,14 @@ mod tests {
             .unwrap()
             .public_key()
             .to_vec();
-        let (prepared, _) = ca.prepare_authority(X509, at(T0 + 10)).unwrap();
-        ca.activate_authority(X509, &prepared.authority_id).unwrap();
-        let (_, journal) = ca.taint_authority(X509, &old.authority_id).unwrap();
+        let (prepared, _) = ca
+            .apply(ca.prepare_authority(X509, at(T0 + 10)).unwrap())
+            .unwrap();
+        ca.apply(ca.activate_authority(X509, &prepared.authority_id).unwrap())
+            .unwrap();
+        let (_, journal) = ca
+            .apply(ca.taint_authority(X509, &old.authority_id).unwrap())
+            .unwrap();
         let bytes = journal.to_bytes().unwrap();
         let bundle = ca.bundle();
         drop(ca);
@@ -711,7 +736,8 @@ mod tests {
             km.fetch(&old_key_id).unwrap().unwrap().public_key(),
             old_public.as_slice()
         );
-        ca.revoke_authority(X509, &old.authority_id).unwrap();
+        ca.apply(ca.revoke_authority(X509, &old.authority_id).unwrap())
+            .unwrap();
         let after = km.fetch(&old_key_id).unwrap();
         assert!(after.is_none_or(|k| k.public_key() != old_public.as_slice()));
         // The active CA still signs.

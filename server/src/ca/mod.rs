@@ -13,9 +13,11 @@
 //! - [`replicas`]: one CA per server replica; the published bundle is the union of every
 //!   replica's authorities ([`Ca::adopt_bundle`]).
 //!
-//! Signing reads the active authority lock-free (`ArcSwap`); rotation takes a mutex, works on a
-//! copy of the state and commits only when every step succeeded. The run loop calls
-//! [`Ca::rotate`] at [`Ca::next_rotation_check`] and persists the journal it returns.
+//! Signing reads the active authority lock-free (`ArcSwap`). A change (rotation, an operator's
+//! `localauthority` command) is worked out on a copy of the state into a [`Pending`] change,
+//! whose journal the caller stores first; only then does [`Ca::apply`] make it current, so a
+//! change is persisted and in effect, or neither (see `crate::replicas::commit`). The run loop
+//! plans rotations ([`Ca::plan_rotation`]) at [`Ca::next_rotation_check`].
 
 pub mod journal;
 pub mod jwt;
@@ -44,11 +46,14 @@ use sigil_proto::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
 pub use journal::CaJournal;
 pub use replicas::ReplicaId;
 
-/// Key-manager ids of the two X.509 CA slots and the two JWT key slots, as SPIRE names them:
-/// the next authority always goes in the slot the active one does not use, so the keys file
-/// never grows.
-const X509_KEY_IDS: [&str; 2] = ["x509-CA-A", "x509-CA-B"];
-const JWT_KEY_IDS: [&str; 2] = ["JWT-Signer-A", "JWT-Signer-B"];
+/// Key-manager ids of the X.509 CA slots and the JWT key slots, named as SPIRE names its two.
+/// A new authority goes in the first slot no signing (active or prepared) authority of the
+/// stored journal uses, so its key never overwrites one the journal still needs: a change
+/// whose journal then fails to commit leaves the stored CA whole. The third slot is used only
+/// when the operator prepares again over a prepared authority; the keys file never grows past
+/// three keys of each kind.
+const X509_KEY_IDS: [&str; 3] = ["x509-CA-A", "x509-CA-B", "x509-CA-C"];
+const JWT_KEY_IDS: [&str; 3] = ["JWT-Signer-A", "JWT-Signer-B", "JWT-Signer-C"];
 
 /// Why the CA refused or failed to sign or rotate.
 #[derive(Debug, thiserror::Error)]
@@ -443,45 +448,77 @@ impl Ca {
             .store(bundle_sequence, Ordering::Release);
     }
 
-    /// Applies every rotation step due at `now` (prepare, activate, prune). When something
-    /// changed, publishes the new bundle and returns the journal for the caller to persist.
-    pub fn rotate(&self, now: SystemTime) -> Result<Option<CaJournal>, CaError> {
+    /// Works out every rotation step due at `now` (prepare, activate, prune), without applying
+    /// it: `None` when nothing is due. Store the journal, then [`Ca::apply`].
+    pub fn plan_rotation(&self, now: SystemTime) -> Result<Option<Pending<()>>, CaError> {
         let now = unix(now);
-        let mut state = self.lock_state();
-        let mut next = state.clone();
-        if !next.rotate(&self.config, &*self.key_manager, now)? {
-            return Ok(None);
-        }
-        let journal = self.install(&mut state, next)?;
-        tracing::info!(sequence = journal.bundle_sequence, "CA authorities rotated");
-        Ok(Some(journal))
+        let pending = self.plan(|next| next.rotate(&self.config, &*self.key_manager, now))?;
+        Ok(pending.outcome.then(|| pending.with_outcome(())))
     }
 
-    /// Commits `next` as the new state under a new bundle sequence, switches the signers and
-    /// publishes the bundle. Returns the journal to persist.
-    fn install(&self, state: &mut State, mut next: State) -> Result<CaJournal, CaError> {
-        next.sequence += 1;
+    /// Runs `change` on a copy of the state and returns it as a [`Pending`] change under the
+    /// next sequence; nothing is applied. A new authority's key is already in the key manager,
+    /// in a slot the current state does not need ([`free_key_id`]).
+    fn plan<T, E: From<CaError>>(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<T, E>,
+    ) -> Result<Pending<T>, E> {
+        let state = self.lock_state();
+        let mut next = state.clone();
+        let outcome = change(&mut next)?;
+        next.sequence = state.sequence + 1;
         let x509_active = next.active_x509()?;
         let jwt_active = next.active_jwt()?;
-        *state = next;
-        self.x509_active.store(x509_active);
-        self.jwt_active.store(jwt_active);
+        let journal = next.journal(&self.config);
+        Ok(Pending {
+            next,
+            x509_active,
+            jwt_active,
+            base: state.sequence,
+            outcome,
+            journal,
+        })
+    }
+
+    /// The bundle sequence [`Ca::apply`] would publish `pending` under.
+    pub fn sequence_after(&self, pending: &Pending<impl Sized>) -> u64 {
+        pending
+            .next
+            .sequence
+            .max(self.bundle_tx.borrow().sequence + 1)
+    }
+
+    /// Makes `pending` the current state: switches the signers and publishes the bundle. Call
+    /// it once its journal is stored. Refused if the state changed since `pending` was worked
+    /// out (callers hold [`Ca::lock_persistence`] from planning to applying, so it does not).
+    pub fn apply<T>(&self, pending: Pending<T>) -> Result<(T, CaJournal), CaError> {
+        let mut state = self.lock_state();
+        if state.sequence != pending.base {
+            return Err(CaError::Journal(format!(
+                "the CA changed (sequence {} to {}) while a change was being stored",
+                pending.base, state.sequence
+            )));
+        }
+        *state = pending.next;
+        self.x509_active.store(pending.x509_active);
+        self.jwt_active.store(pending.jwt_active);
         let own = state.bundle(&self.config);
         let peers = self
             .peers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        // Published at once; the union stored on persist follows with a later sequence.
+        // The caller adopts the stored union next (`Ca::adopt_bundle`), at this sequence or later.
         self.bundle_tx.send_modify(|current| {
             let sequence = state.sequence.max(current.sequence + 1);
             *current = Arc::new(replicas::merge(&own, &peers, sequence));
         });
-        Ok(state.journal(&self.config))
+        Ok((pending.outcome, pending.journal))
     }
 
-    /// Held while the journal is written, so concurrent writers (rotation, the admin API)
-    /// cannot store an older journal over a newer one: each writes [`Ca::journal`] under it.
+    /// Held from planning a change to applying it (and while the journal is written), so
+    /// concurrent writers (rotation, the admin API) neither plan from the same state nor store
+    /// an older journal over a newer one.
     pub async fn lock_persistence(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.persistence.lock().await
     }
@@ -526,6 +563,44 @@ impl fmt::Debug for Ca {
             .field("key_manager", &self.key_manager)
             .field("sequence", &self.bundle_tx.borrow().sequence)
             .finish_non_exhaustive()
+    }
+}
+
+/// A change to the CA's authorities, worked out on a copy of its state and not yet in effect:
+/// store its [`journal`](Pending::journal) first, then [`Ca::apply`] it. Dropped, it changes
+/// nothing (a new authority's key stays in a slot the current state does not use).
+#[derive(Debug)]
+#[must_use = "a pending change does nothing until it is stored and applied"]
+pub struct Pending<T> {
+    next: State,
+    x509_active: Arc<X509Authority>,
+    jwt_active: Arc<JwtSigner>,
+    /// The sequence of the state it was worked out from.
+    base: u64,
+    outcome: T,
+    journal: CaJournal,
+}
+
+impl<T> Pending<T> {
+    /// The journal to store before applying.
+    pub fn journal(&self) -> &CaJournal {
+        &self.journal
+    }
+
+    /// What the change did (the authority it touched, for an operator's command).
+    pub fn outcome(&self) -> &T {
+        &self.outcome
+    }
+
+    fn with_outcome<U>(self, outcome: U) -> Pending<U> {
+        Pending {
+            next: self.next,
+            x509_active: self.x509_active,
+            jwt_active: self.jwt_active,
+            base: self.base,
+            outcome,
+            journal: self.journal,
+        }
     }
 }
 
@@ -825,16 +900,32 @@ fn new_jwt_entry(
     })
 }
 
-/// The key slot no signing authority uses: the other one's key may be overwritten.
-fn free_key_id<'a, R: Record, A>(entries: &[Entry<R, A>], key_ids: [&'a str; 2]) -> &'a str {
-    let busy: Vec<&str> = entries
+/// The key slots the signing (active and prepared) authorities of `entries` use.
+fn live_key_ids<R: Record, A>(entries: &[Entry<R, A>]) -> Vec<String> {
+    entries
         .iter()
         .filter(|e| e.live.is_some())
-        .map(|e| e.record.key_id())
-        .collect();
+        .map(|e| e.record.key_id().to_owned())
+        .collect()
+}
+
+/// A key slot for a new authority: the first that neither a signing authority of `entries`
+/// nor one of `committed` (the state the change is worked out from, as stored) uses, so the
+/// new key overwrites nothing the stored journal needs. Of three slots one is free unless a
+/// single change prepares twice; then the first slot `entries` does not need is used.
+fn free_key_id<'a, R: Record, A>(
+    committed: &[String],
+    entries: &[Entry<R, A>],
+    key_ids: [&'a str; 3],
+) -> &'a str {
+    let busy = live_key_ids(entries);
+    let unused = |id: &&&str, also: &[String]| {
+        !busy.iter().any(|b| b == **id) && !also.iter().any(|b| b == **id)
+    };
     key_ids
         .iter()
-        .find(|id| !busy.contains(id))
+        .find(|id| unused(id, committed))
+        .or_else(|| key_ids.iter().find(|id| unused(id, &[])))
         .copied()
         .unwrap_or(key_ids[0])
 }
@@ -852,10 +943,11 @@ fn active<R: Record, A>(entries: &[Entry<R, A>]) -> Result<Arc<A>, CaError> {
 fn rotate_entries<R: Record, A>(
     entries: &mut Vec<Entry<R, A>>,
     now: i64,
-    key_ids: [&str; 2],
+    key_ids: [&str; 3],
     mut create: impl FnMut(&str) -> Result<Entry<R, A>, CaError>,
 ) -> Result<bool, CaError> {
     let mut changed = false;
+    let committed = live_key_ids(entries);
     // Each pass either settles or moves a fresh authority in; three passes always suffice.
     for _ in 0..3 {
         let slots: Vec<Slot> = entries.iter().map(|e| e.record.slot()).collect();
@@ -874,7 +966,7 @@ fn rotate_entries<R: Record, A>(
             match action {
                 Action::Prune(_) => {}
                 Action::Prepare => {
-                    let entry = create(free_key_id(entries, key_ids))?;
+                    let entry = create(free_key_id(&committed, entries, key_ids))?;
                     entries.push(entry);
                 }
                 Action::Activate => {

@@ -15,6 +15,16 @@ use super::*;
 use crate::key_manager::{DiskKeyManager, MemoryKeyManager, SigningKey};
 use sigil_proto::bundle::pem_encode;
 
+impl Ca {
+    /// Plans and applies every rotation step due at `now` at once (the run loop stores the
+    /// journal in between: `crate::replicas::commit`). The journal, when something changed.
+    pub(crate) fn rotate(&self, now: SystemTime) -> Result<Option<CaJournal>, CaError> {
+        self.plan_rotation(now)?
+            .map(|pending| self.apply(pending).map(|((), journal)| journal))
+            .transpose()
+    }
+}
+
 fn td() -> TrustDomain {
     TrustDomain::new("example.org").unwrap()
 }
@@ -1038,12 +1048,18 @@ fn localauthority_refuses_x509_taint_and_revoke_with_an_upstream() {
     let (_root, files) = root_files(dir.path(), T0 + YEAR);
     let ca = memory_ca(upstream_config(86_400, &files, T0), at(T0));
     let (prepared, _) = ca
-        .prepare_authority(AuthorityKind::X509, at(T0 + 1))
+        .apply(
+            ca.prepare_authority(AuthorityKind::X509, at(T0 + 1))
+                .unwrap(),
+        )
         .unwrap();
     assert!(prepared.upstream_authority_id.is_some());
     let old = ca.authorities(AuthorityKind::X509)[0].authority_id.clone();
-    ca.activate_authority(AuthorityKind::X509, &prepared.authority_id)
-        .unwrap();
+    ca.apply(
+        ca.activate_authority(AuthorityKind::X509, &prepared.authority_id)
+            .unwrap(),
+    )
+    .unwrap();
     let before = ca.journal();
     for err in [
         ca.taint_authority(AuthorityKind::X509, &old).unwrap_err(),
@@ -1056,9 +1072,16 @@ fn localauthority_refuses_x509_taint_and_revoke_with_an_upstream() {
     // JWT keys are ours alone: their taint still works.
     let jwt_old = ca.authorities(AuthorityKind::Jwt)[0].authority_id.clone();
     let (p, _) = ca
-        .prepare_authority(AuthorityKind::Jwt, at(T0 + 2))
+        .apply(
+            ca.prepare_authority(AuthorityKind::Jwt, at(T0 + 2))
+                .unwrap(),
+        )
         .unwrap();
-    ca.activate_authority(AuthorityKind::Jwt, &p.authority_id)
+    ca.apply(
+        ca.activate_authority(AuthorityKind::Jwt, &p.authority_id)
+            .unwrap(),
+    )
+    .unwrap();
+    ca.apply(ca.taint_authority(AuthorityKind::Jwt, &jwt_old).unwrap())
         .unwrap();
-    ca.taint_authority(AuthorityKind::Jwt, &jwt_old).unwrap();
 }

@@ -2,7 +2,9 @@
 //! place that turns a gRPC status into the single line a person reads.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper_util::rt::TokioIo;
 use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
@@ -43,17 +45,33 @@ pub fn fail<T>(message: impl Into<String>) -> Result<T, CliError> {
 pub type CliResult = Result<(), CliError>;
 
 /// Connects to the admin socket; a missing socket is a clear error rather than a retry loop.
+/// The process serving it must run as root or as our own user ([`check_server`]) before a
+/// single byte is sent.
 pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliError> {
     let path: PathBuf = socket_path.to_owned();
+    // Why the connector refused the server, if it did (tonic keeps only a generic error).
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let refusal = refused.clone();
     // The URI is required by tonic but unused: the connector dials the socket.
     let endpoint = Endpoint::from_static("http://sigil-server.admin");
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+            let refusal = refusal.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                if let Err(why) = check_server(&stream, &path) {
+                    *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
+                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+                }
+                Ok(TokioIo::new(stream))
+            }
         }))
         .await
         .map_err(|e| {
+            if let Some(why) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                return CliError(why);
+            }
             let source = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
             CliError(format!(
                 "cannot connect to the server at {}{source} (is sigil-server running? use -socketPath)",
@@ -64,4 +82,31 @@ pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliErro
     Ok(AdminClient::new(channel)
         .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
         .max_encoding_message_size(ADMIN_API_MAX_MESSAGE))
+}
+
+/// Whether the process at the other end of `stream` may receive our requests: it must run as
+/// root or as our own effective user (its credentials from `SO_PEERCRED`, fixed when it
+/// created its socket). Anyone else (a socket another user planted at the path, or put in a
+/// directory they control) would read the entries, join tokens and SVIDs we send and could
+/// answer anything: we refuse before sending a byte.
+fn check_server(stream: &tokio::net::UnixStream, path: &Path) -> Result<(), String> {
+    let ours = sigil_proto::fs_checks::euid();
+    let peer = stream.peer_cred().map_err(|e| {
+        format!(
+            "cannot tell who serves {}: {e}; refusing to use it",
+            path.display()
+        )
+    })?;
+    if peer.uid() == 0 || peer.uid() == ours {
+        return Ok(());
+    }
+    let pid = peer
+        .pid()
+        .map(|p| format!(" (pid {p})"))
+        .unwrap_or_default();
+    Err(format!(
+        "refusing to talk to {}: the process serving it{pid} runs as uid {}, not as root or as uid {ours} (this user); another user may have put a socket there",
+        path.display(),
+        peer.uid()
+    ))
 }

@@ -29,6 +29,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0003_ca_journals.sql",
         include_str!("../../../migrations/sqlite/0003_ca_journals.sql"),
     ),
+    (
+        "0004_write_probe.sql",
+        include_str!("../../../migrations/sqlite/0004_write_probe.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
@@ -43,6 +47,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_ca_journals.sql",
         include_str!("../../../migrations/postgres/0003_ca_journals.sql"),
+    ),
+    (
+        "0004_write_probe.sql",
+        include_str!("../../../migrations/postgres/0004_write_probe.sql"),
     ),
 ];
 

@@ -50,13 +50,14 @@ mod entries;
 mod join_tokens;
 mod migrate;
 mod nodes;
+mod probe;
 mod selectors;
 mod sql;
 
 use std::fmt;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -193,7 +194,11 @@ impl Datastore {
         let options = connect_options(connection_string, data_dir)?;
         let path = options.get_filename().to_owned();
         create_private_file(&path)?;
-        let pool = Pool::Sqlite(SqlitePoolOptions::new().connect_with(options).await?);
+        let pool = SqlitePoolOptions::new()
+            .after_release(|conn, _| Box::pin(release_outside_transaction(conn)))
+            .connect_with(options)
+            .await?;
+        let pool = Pool::Sqlite(pool);
         migrate::run(&pool).await?;
         tracing::info!(path = %path.display(), "datastore open");
         Ok(Datastore {
@@ -336,6 +341,32 @@ impl Datastore {
     }
 }
 
+/// Whether a SQLite connection coming back to the pool may be reused: not while it is still
+/// inside a transaction.
+///
+/// After SQLITE_FULL or an I/O error SQLite may roll a transaction back by itself; sqlx's
+/// rollback on drop then fails ("no transaction is active") and leaves the connection marked
+/// as inside one, so every later `BEGIN IMMEDIATE` on it failed ("attempted to call
+/// begin_with at non-zero transaction depth") and a read `BEGIN` became a savepoint of the
+/// leaked transaction, long after the disk had space again. Such a connection is closed here
+/// (which ends whatever SQLite still holds) and the pool opens a fresh one. The rollback that
+/// dropping the transaction queued runs first: `ping` waits for the connection's worker to
+/// work through everything queued before it.
+async fn release_outside_transaction(
+    conn: &mut sqlx::SqliteConnection,
+) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("a datastore connection is still inside a failed transaction; closing it");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Builds the SQLite connection options: file location plus the pragmas every connection needs.
 fn connect_options(
     connection_string: &str,
@@ -441,21 +472,10 @@ fn create_private_file(path: &Path) -> Result<(), DatastoreError> {
         .mode(0o600)
         .open(path)
     {
+        // An existing file's mode is checked at start-up (crate::file_checks): refused, or
+        // a warning under allow_insecure_file_permissions.
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(path)
-                .map_err(io_err)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", mode & 0o777),
-                    "datastore file is readable by other users"
-                );
-            }
-            Ok(())
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io_err(e)),
     }
 }
@@ -603,6 +623,33 @@ pub(crate) mod tests {
             std::fs::metadata(wal).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// SQLite ends a transaction by itself on SQLITE_FULL or an I/O error; sqlx's rollback on
+    /// drop then fails. Here the transaction is ended behind sqlx's back the same way, more
+    /// times than the pool has connections: every later write still gets a usable connection.
+    #[tokio::test]
+    async fn a_transaction_sqlite_ended_by_itself_leaves_no_connection_unusable() {
+        let (_dir, ds) = store().await;
+        for i in 0..20 {
+            let mut tx = ds
+                .begin_write()
+                .await
+                .unwrap_or_else(|e| panic!("round {i}: {e}"));
+            on_tx!(&mut tx, c => sqlx::query("ROLLBACK").execute(&mut **c).await.map(drop).unwrap());
+            drop(tx);
+        }
+        for i in 0..20 {
+            let e = entry(
+                &format!("spiffe://example.org/w{i}"),
+                "spiffe://example.org/spire/agent/a",
+                &["unix:uid:1"],
+            );
+            ds.create_entries(vec![e]).await.unwrap();
+            ds.list_entries(&EntryFilter::default(), 100, None)
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]

@@ -121,16 +121,21 @@ impl DiskKeyManager {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let tmp = dir.join(format!(".{}.tmp", file_name.unwrap_or_default()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_error(&tmp, e))?;
-        file.write_all(&json).map_err(|e| io_error(&tmp, e))?;
-        file.sync_all().map_err(|e| io_error(&tmp, e))?;
-        drop(file);
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // A partial copy of the keys (on a full disk, say) is not left behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(io_error(&tmp, e));
+        }
         fs::rename(&tmp, &self.path).map_err(|e| io_error(&self.path, e))?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
