@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub federation: Option<crate::federation::config::FederationConfig>,
     /// `server { ratelimit { attestation signing } }`.
     pub rate_limit: RateLimitConfig,
+    /// `server { connection_limits { ... } }`: each TCP listener's connection caps.
+    pub connection_limits: crate::listener::ConnectionLimitsConfig,
 }
 
 /// `server { ratelimit { ... } }`: SPIRE's switches for the agent API's rate limits (node
@@ -297,6 +299,7 @@ impl ServerConfig {
             oidc_discovery,
             federation: server.federation,
             rate_limit: server.rate_limit,
+            connection_limits: server.connection_limits,
         })
     }
 }
@@ -318,6 +321,7 @@ struct ServerSection {
     ca_key_type: CaKeyType,
     ca_subject: CaSubject,
     rate_limit: RateLimitConfig,
+    connection_limits: crate::listener::ConnectionLimitsConfig,
 }
 
 fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, ConfigError> {
@@ -399,9 +403,12 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
         }
         None => RateLimitConfig::default(),
     };
+    let connection_limits =
+        crate::listener::ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
     s.finish()?;
     Ok(ServerSection {
         federation,
+        connection_limits,
         bind_address: SocketAddr::new(
             ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port.unwrap_or(DEFAULT_BIND_PORT),
@@ -884,6 +891,7 @@ plugins {
             oidc_discovery: None,
             federation: None,
             rate_limit: RateLimitConfig::default(),
+            connection_limits: Default::default(),
         };
         assert_eq!(cfg, want);
     }
