@@ -49,7 +49,7 @@ pub struct Metrics {
     /// Inbound TCP connections: `accepted`, `refused_listener_cap`, `refused_address_cap`.
     pub connections: Family<ConnectionLabels, Counter>,
     /// Why accepted connections ended: `ok`, `tls_failed`, `tls_timeout`, `header_timeout`,
-    /// `preface_timeout`, `idle_timeout`, `error`.
+    /// `preface_timeout`, `idle_timeout`, `keepalive_timeout`, `error`.
     pub connections_closed: Family<ConnectionLabels, Counter>,
     pub open_connections: Family<ListenerLabel, Gauge>,
 }

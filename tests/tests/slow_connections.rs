@@ -208,9 +208,9 @@ fn half_open_and_trickling_connections_are_closed_at_the_timeouts() {
             if kind % 2 == 1 {
                 // Trickle, and keep trickling header lines after the head's first line: a
                 // slowloris never finishes.
-                let mut bytes = head.iter().copied().chain(b"X-Slow: 1\r\n".repeat(100));
+                let bytes = head.iter().copied().chain(b"X-Slow: 1\r\n".repeat(100));
                 let trickle = async {
-                    while let Some(b) = bytes.next() {
+                    for b in bytes {
                         if stream.write_all(&[b]).await.is_err() || stream.flush().await.is_err() {
                             return;
                         }

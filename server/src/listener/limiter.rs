@@ -173,12 +173,12 @@ impl ConnectionLimiter {
 
     fn release(&self, address: Option<IpAddr>, close: bool) {
         let mut state = self.lock();
-        if let Some(key) = address {
-            if let Some(n) = state.per_address.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    state.per_address.remove(&key);
-                }
+        if let Some(key) = address
+            && let Some(n) = state.per_address.get_mut(&key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                state.per_address.remove(&key);
             }
         }
         if close {

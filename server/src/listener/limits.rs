@@ -12,10 +12,10 @@ use std::fmt;
 use sigil_proto::hcl::{Block, ConfigError};
 
 /// Descriptors kept out of every listener's reach: the datastore pool (SQLite: 10 connections
-/// of 3 files each; PostgreSQL: 16 + 1 sockets), admin API connections, federation and
-/// Kubernetes clients, key and state files being written, DNS look-ups, the listening sockets
-/// themselves and the runtime's own (epoll, signal pipe). A running server with every listener
-/// idle holds ~40; the rest is head-room.
+/// with a database and a WAL descriptor each, plus the shared-memory file; PostgreSQL: 16 + 1
+/// sockets), admin API connections, federation and Kubernetes clients, key and state files
+/// being written, DNS look-ups, the listening sockets themselves and the runtime's own (epoll,
+/// signal pipe). A running server with every listener idle holds 36; the rest is head-room.
 pub const RESERVED_FDS: u64 = 256;
 
 /// The smallest cap a listener gets when the descriptor limit is too low for the defaults.
