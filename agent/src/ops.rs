@@ -7,25 +7,60 @@
 //! it has not lost its place at the server for good, and no X509-SVID it holds has expired
 //! (withheld from workloads). Otherwise 503 with the reason in the body. `/live` stays 200
 //! while the process runs: a restart fixes none of these.
+//!
+//! The listener holds at most [`MAX_CONNECTIONS`] connections (one more is closed at once) and
+//! closes a connection whose request head has not arrived [`HEADER_READ_TIMEOUT`] after the
+//! agent started waiting for it (new or keep-alive), so silent or trickling clients cannot
+//! take the descriptors the Workload API and the server connection need. Both come from
+//! crates (a tokio semaphore, hyper's header-read timeout); the server's listeners add a cap
+//! per source address (`sigil-server`'s `listener` module), which this listener gets when
+//! that module moves to a crate both binaries share.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The listener's name in metrics labels.
+const LISTENER: &str = "health_checks";
+/// Connections held at once: a kubelet's probes and a Prometheus scraper need a few. The
+/// server's health listener has the same default.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request head must be complete this long after the agent starts waiting for it (SPIRE's
+/// `ReadHeaderTimeout` for its health server); this is also the keep-alive idle timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the shutdown signal, a request in flight gets this long.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// At most one log line per kind (refusals, accept errors) in this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The health listener's connection outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub listener: &'static str,
+    pub result: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -56,6 +91,10 @@ pub struct Metrics {
     pub svids_past_half_life: Family<KindLabel, Counter>,
     pub expired_x509_svids: Gauge,
     pub agent_svid_expiry: Gauge,
+    /// Inbound connections to the health listener: `accepted`, `refused_listener_cap`.
+    pub connections: Family<ConnectionLabels, Counter>,
+    /// How accepted ones ended: `ok`, `header_timeout`, `error`.
+    pub connections_closed: Family<ConnectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -70,6 +109,8 @@ impl Metrics {
             svids_past_half_life: Family::default(),
             expired_x509_svids: Gauge::default(),
             agent_svid_expiry: Gauge::default(),
+            connections: Family::default(),
+            connections_closed: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -112,6 +153,16 @@ impl Metrics {
             "NotAfter of the agent's own SVID (Unix seconds)",
             m.agent_svid_expiry.clone(),
         );
+        r.register(
+            "connections",
+            "Inbound TCP connections to the health listener, accepted or refused at its cap",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Accepted health listener connections that ended, by why",
+            m.connections_closed.clone(),
+        );
         Arc::new(m)
     }
 
@@ -119,6 +170,24 @@ impl Metrics {
     pub fn svid_past_half_life(&self, kind: &'static str) {
         self.svids_past_half_life
             .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    fn connection(&self, result: &'static str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                listener: LISTENER,
+                result,
+            })
+            .inc();
+    }
+
+    fn connection_closed(&self, result: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnectionLabels {
+                listener: LISTENER,
+                result,
+            })
             .inc();
     }
 
@@ -302,15 +371,118 @@ async fn metrics_text(State(s): State<OpsState>) -> impl IntoResponse {
 pub async fn bind(
     addr: SocketAddr,
     router: Router,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = TcpListener::bind(addr).await?;
     tracing::info!(address = %listener.local_addr()?, "health and metrics endpoints listening");
-    Ok(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-    })
+    Ok(serve(listener, router, metrics, cancel, LIMITS))
+}
+
+/// The listener's cap and header-read timeout (shortened in tests).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    header_read: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    max_connections: MAX_CONNECTIONS,
+    header_read: HEADER_READ_TIMEOUT,
+};
+
+/// Accepts until `cancel` fires, one task per connection, at most `limits.max_connections` at
+/// once; then waits for the connections to finish (a request in flight is answered).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusals and accept errors: one log line per LOG_INTERVAL, with the count since the last.
+    let mut refusals = (None::<Instant>, 0u64);
+    let mut accept_errors = (None::<Instant>, 0u64);
+    let due = |(last, count): &mut (Option<Instant>, u64)| {
+        *count += 1;
+        let now = Instant::now();
+        if last.is_some_and(|l| now.duration_since(l) < LOG_INTERVAL) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(count))
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(count) = due(&mut accept_errors) {
+                    tracing::warn!(error = %e, count, "health listener: cannot accept connections");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            metrics.connection("refused_listener_cap");
+            if let Some(count) = due(&mut refusals) {
+                tracing::warn!(
+                    count,
+                    last_peer = %peer,
+                    max_connections = limits.max_connections,
+                    "health listener: connections refused at its cap (count: since the last such line)"
+                );
+            }
+            continue;
+        };
+        metrics.connection("accepted");
+        let (router, metrics, cancel) = (router.clone(), metrics.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let result = serve_connection(stream, router, limits.header_read, &cancel).await;
+            metrics.connection_closed(result);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Every connection holds a slot until it ends: all slots back means all ended.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    header_read: Duration,
+    cancel: &CancellationToken,
+) -> &'static str {
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        router.clone().oneshot(request)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let outcome = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.ok()
+        }
+    };
+    match outcome {
+        Some(Ok(())) => "ok",
+        Some(Err(e)) if e.is_timeout() => "header_timeout",
+        _ => "error",
+    }
 }
 
 #[cfg(test)]
@@ -363,7 +535,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let server = bind(addr, router, cancel.clone()).await.unwrap();
+        let server = bind(addr, router, Metrics::new(), cancel.clone())
+            .await
+            .unwrap();
         let task = tokio::spawn(server);
         let status = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -394,5 +568,64 @@ mod tests {
         assert_eq!(status("/ready").await, "503");
         cancel.cancel();
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn silent_clients_time_out_and_surplus_ones_are_refused_at_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = Metrics::new();
+        let router = router("/live", "/ready", Arc::default(), metrics.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 3,
+            header_read: Duration::from_millis(500),
+        };
+        tokio::spawn(serve(
+            listener,
+            router,
+            metrics.clone(),
+            cancel.clone(),
+            limits,
+        ));
+        // When the server closes `s`, counted from `start`.
+        let closed_at = |mut s: tokio::net::TcpStream, start: Instant| async move {
+            let mut buf = [0u8; 256];
+            while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
+            start.elapsed()
+        };
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Admitted once the accept loop has seen them; the fourth is closed at once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let surplus = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let refused_at = Instant::now();
+        assert!(closed_at(surplus, refused_at).await < Duration::from_millis(300));
+        // The held ones, silent (one trickling its head), are closed at the header timeout.
+        held[0].write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
+        for s in held {
+            let took = closed_at(s, start).await;
+            assert!(
+                took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
+        }
+        let text = metrics.encode();
+        assert!(text.contains("sigil_agent_connections_total{listener=\"health_checks\",result=\"refused_listener_cap\"} 1"), "{text}");
+        assert!(text.contains("result=\"accepted\"} 3"), "{text}");
+        // Slots are free again: a real probe is answered.
+        let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        probe
+            .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        probe.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        cancel.cancel();
     }
 }

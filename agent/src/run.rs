@@ -179,7 +179,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 metrics.clone(),
             );
             Some(
-                ops::bind(h.bind, router, cancel.clone())
+                ops::bind(h.bind, router, metrics.clone(), cancel.clone())
                     .await
                     .with_context(|| format!("cannot bind {}", h.bind))?,
             )

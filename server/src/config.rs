@@ -86,6 +86,8 @@ pub struct ServerConfig {
     /// or `data_dir` is open to other users (each is logged at WARN); off by default, when the
     /// server refuses to start instead (OpenSSH's StrictModes).
     pub allow_insecure_file_permissions: bool,
+    /// `server { connection_limits { ... } }`: each TCP listener's connection caps.
+    pub connection_limits: crate::listener::ConnectionLimitsConfig,
 }
 
 /// `server { ratelimit { ... } }`: SPIRE's switches for the agent API's rate limits (node
@@ -318,6 +320,7 @@ impl ServerConfig {
             federation: server.federation,
             rate_limit: server.rate_limit,
             allow_insecure_file_permissions: server.allow_insecure_file_permissions,
+            connection_limits: server.connection_limits,
         })
     }
 }
@@ -340,6 +343,7 @@ struct ServerSection {
     ca_subject: CaSubject,
     rate_limit: RateLimitConfig,
     allow_insecure_file_permissions: bool,
+    connection_limits: crate::listener::ConnectionLimitsConfig,
 }
 
 fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, ConfigError> {
@@ -423,9 +427,12 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
     };
     let allow_insecure_file_permissions =
         s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
+    let connection_limits =
+        crate::listener::ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
     s.finish()?;
     Ok(ServerSection {
         federation,
+        connection_limits,
         bind_address: SocketAddr::new(
             ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port.unwrap_or(DEFAULT_BIND_PORT),
@@ -922,6 +929,7 @@ plugins {
             federation: None,
             rate_limit: RateLimitConfig::default(),
             allow_insecure_file_permissions: false,
+            connection_limits: Default::default(),
         };
         assert_eq!(cfg, want);
     }

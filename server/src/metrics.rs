@@ -16,6 +16,18 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// A TCP listener (`agent_api`, `oidc_discovery`, ...) and what happened to a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub listener: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub method: &'static str,
@@ -34,6 +46,12 @@ pub struct Metrics {
     pub ca_rotations: Counter,
     pub x509_sign_seconds: Histogram,
     pub connected_agents: Gauge,
+    /// Inbound TCP connections: `accepted`, `refused_listener_cap`, `refused_address_cap`.
+    pub connections: Family<ConnectionLabels, Counter>,
+    /// Why accepted connections ended: `ok`, `tls_failed`, `tls_timeout`, `header_timeout`,
+    /// `preface_timeout`, `idle_timeout`, `keepalive_timeout`, `error`.
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+    pub open_connections: Family<ListenerLabel, Gauge>,
 }
 
 impl Metrics {
@@ -48,6 +66,9 @@ impl Metrics {
             ca_rotations: Counter::default(),
             x509_sign_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             connected_agents: Gauge::default(),
+            connections: Family::default(),
+            connections_closed: Family::default(),
+            open_connections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -89,6 +110,21 @@ impl Metrics {
             "connected_agents",
             "Agents holding a sync stream",
             m.connected_agents.clone(),
+        );
+        registry.register(
+            "connections",
+            "Inbound TCP connections, accepted or refused at a cap",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Accepted TCP connections that ended, by why",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "TCP connections open, handshakes included",
+            m.open_connections.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -31,18 +31,15 @@ use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sigil_proto::bundle::Bundle;
 use sigil_proto::hcl::{self, Block, ConfigError};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::https::serve_tls;
+use crate::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";
 pub const DEFAULT_BIND_PORT: u16 = 8443;
-
-/// How long a TLS handshake may take before the connection is dropped.
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -344,48 +341,31 @@ fn internal_error(e: &OidcError) -> Response {
 }
 
 /// Binds the listener (and loads the TLS files) now, so a bad port or certificate fails
-/// start-up, and returns the serving future.
+/// start-up, and returns the serving future. `limiter` holds the listener's connection caps.
 pub async fn bind(
     config: &OidcDiscoveryConfig,
     discovery: Arc<Discovery>,
+    limiter: Arc<ConnectionLimiter>,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = io::Result<()>> + use<>, OidcError> {
-    let acceptor = match &config.tls {
-        Some(files) => Some(tls_acceptor(files)?),
+    let tls: Option<TlsSource> = match &config.tls {
+        Some(files) => {
+            let acceptor = tls_acceptor(files)?;
+            Some(Arc::new(move || acceptor.clone()))
+        }
         None => None,
     };
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| OidcError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| OidcError::Bind {
+    let bind_error = |source| OidcError::Bind {
         addr: config.bind,
         source,
-    })?;
-    tracing::info!(address = %local, tls = acceptor.is_some(), "OIDC discovery endpoint listening");
+    };
+    let listener = Listener::bind(config.bind, limiter)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    tracing::info!(address = %local, tls = tls.is_some(), "OIDC discovery endpoint listening");
     let app = router(discovery);
-    Ok(async move {
-        let shutdown = cancel.clone();
-        match acceptor {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-            }
-            Some(acceptor) => {
-                serve_tls(
-                    listener,
-                    move || acceptor.clone(),
-                    app,
-                    cancel,
-                    "OIDC discovery",
-                )
-                .await
-            }
-        }
-    })
+    Ok(serve_http(listener, tls, app, cancel))
 }
 
 pub(crate) fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, OidcError> {

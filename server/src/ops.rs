@@ -15,6 +15,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::datastore::Datastore;
+use crate::listener::{ConnectionLimiter, Listener, serve_http};
 use crate::metrics::Metrics;
 
 /// How often the datastore's write probe runs ([`probe_datastore`]): readiness reflects the
@@ -155,17 +156,15 @@ async fn metrics_text(State(s): State<OpsState>) -> impl IntoResponse {
     )
 }
 
-/// Binds `addr` now (so a port clash fails start-up) and returns the serving future.
+/// Binds `addr` now (so a port clash fails start-up) and returns the serving future, which
+/// holds the listener to `limiter`'s caps and the timeouts of [`crate::listener`].
 pub async fn bind(
     addr: SocketAddr,
     router: Router,
+    limiter: Arc<ConnectionLimiter>,
     cancel: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = Listener::bind(addr, limiter).await?;
     tracing::info!(address = %listener.local_addr()?, "health and metrics endpoints listening");
-    Ok(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await
-    })
+    Ok(serve_http(listener, None, router, cancel))
 }

@@ -17,6 +17,7 @@ use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::file_checks;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use crate::listener::{self, ConnectionLimiter, Endpoint, Listener};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
@@ -36,6 +37,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         config.log_format == LogFormat::Json,
     );
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
+    // First, so the datastore and every listener count against the raised limit.
+    let caps = listener::plan(&config.connection_limits, &listener::enabled(&config));
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -97,11 +100,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let readiness = Arc::new(Readiness::default());
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let limiter = |e: Endpoint| ConnectionLimiter::new(e, caps.get(e), metrics.clone());
 
     // Bind everything before serving anything, so a port or socket clash fails start-up
     // cleanly: every TCP listener first, the admin socket last, so a server that cannot start
     // never touches the socket path (another server may be serving there).
-    let agent_listener = tokio::net::TcpListener::bind(config.bind_address)
+    let agent_listener = Listener::bind(config.bind_address, limiter(Endpoint::AgentApi))
         .await
         .with_context(|| format!("cannot bind the agent API on {}", config.bind_address))?;
     let ops_server = match &config.health {
@@ -112,7 +116,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
             };
             let router = ops::router(&paths, readiness.clone(), metrics.clone());
             Some(
-                ops::bind(h.bind, router, cancel.clone())
+                ops::bind(h.bind, router, limiter(Endpoint::Health), cancel.clone())
                     .await
                     .with_context(|| format!("cannot bind {}", h.bind))?,
             )
@@ -125,7 +129,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         Some(addr) => {
             let router = ops::metrics_router(metrics.clone());
             Some(
-                ops::bind(addr, router, cancel.clone())
+                ops::bind(addr, router, limiter(Endpoint::Metrics), cancel.clone())
                     .await
                     .with_context(|| format!("cannot bind {addr}"))?,
             )
@@ -142,9 +146,14 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
                 config.ca_ttl,
             ));
             Some(
-                oidc_discovery::bind(c, discovery, cancel.clone())
-                    .await
-                    .context("cannot start the OIDC discovery endpoint")?,
+                oidc_discovery::bind(
+                    c,
+                    discovery,
+                    limiter(Endpoint::OidcDiscovery),
+                    cancel.clone(),
+                )
+                .await
+                .context("cannot start the OIDC discovery endpoint")?,
             )
         }
         None => None,
@@ -161,9 +170,14 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         .and_then(|f| f.bundle_endpoint.as_ref())
     {
         Some(c) => Some(
-            crate::federation::endpoint::bind(c, ca.clone(), cancel.clone())
-                .await
-                .context("cannot start the bundle endpoint")?,
+            crate::federation::endpoint::bind(
+                c,
+                ca.clone(),
+                limiter(Endpoint::BundleEndpoint),
+                cancel.clone(),
+            )
+            .await
+            .context("cannot start the bundle endpoint")?,
         ),
         None => None,
     };

@@ -83,6 +83,8 @@ pub struct ServerOptions {
     /// A PostgreSQL connection URL (e.g. from `sigil_testpg::database`) instead of the SQLite
     /// file in the data dir. Replicas of this server share it.
     pub postgres: Option<String>,
+    /// Start the server under this file descriptor limit, soft and hard (`prlimit --nofile`).
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -100,6 +102,7 @@ impl Default for ServerOptions {
             extra_plugins: String::new(),
             env: Vec::new(),
             postgres: None,
+            nofile_limit: None,
         }
     }
 }
@@ -243,7 +246,18 @@ plugins {{
             .append(true)
             .open(self.log_path())
             .expect("open server log");
-        let child = Command::new(server_bin())
+        let mut command = match self.options.nofile_limit {
+            // prlimit sets the limit on itself, then execs the server (same PID).
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(server_bin());
+                c
+            }
+            None => Command::new(server_bin()),
+        };
+        let child = command
             .args(["run", "-config"])
             .arg(&self.config)
             .envs(self.options.env.iter().map(|(k, v)| (k, v)))

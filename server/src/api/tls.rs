@@ -1,12 +1,11 @@
-//! The agent API's TLS side: the server's own X.509-SVID (`spiffe://<td>/spire/server`), a
-//! rustls `ServerConfig` that verifies agent SVIDs against the current bundle, and the accept
-//! loop that turns TCP connections into TLS streams for tonic.
+//! The agent API's TLS side: the server's own X.509-SVID (`spiffe://<td>/spire/server`) and a
+//! rustls `ServerConfig` that verifies agent SVIDs against the current bundle. The listener
+//! that uses it (handshake timeout, caps) is [`crate::listener`].
 //!
 //! The config lives in an `ArcSwap` and each connection takes the latest one, so a new bundle
 //! (CA rotation) or a re-issued server SVID applies to the next handshake without a restart.
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,19 +16,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sigil_proto::Bundle;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::ca::{Ca, CaError};
 
-/// A client that has not finished its handshake by then is dropped, so slow or idle peers
-/// cannot pin connection slots.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait before retrying a failed server SVID issuance.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -196,53 +187,6 @@ fn build_config(bundle: &Bundle, svid: &ServerSvid) -> Result<Arc<ServerConfig>,
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Accepts TCP connections and completes TLS handshakes concurrently (one slow client does not
-/// hold up the others), yielding the established streams for `serve_with_incoming`. Failed
-/// handshakes are logged at debug and dropped. Stops when `cancel` fires.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    cancel: CancellationToken,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tx.closed() => return,
-                a = listener.accept() => a,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept an agent connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // gRPC answers are several small writes (headers, data, trailers): without
-            // TCP_NODELAY, Nagle holds the later ones until the agent's delayed ACK, ~40 ms
-            // per unary call.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-            }
-            let acceptor = TlsAcceptor::from(tls.config());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 fn now_unix() -> i64 {

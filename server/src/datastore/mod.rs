@@ -79,6 +79,13 @@ pub use selectors::SelectorMatch;
 /// How long a writer waits for another writer's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite connections, all opened at start and kept open (no idle timeout, no maximum
+/// lifetime): the database, WAL and shared-memory files stay open, so the server never has to
+/// reopen them when descriptors are short ("unable to open database file"); one that breaks
+/// is reopened from the descriptors the listeners' caps leave in reserve (see
+/// `crate::listener::limits`). sqlx's default size.
+const SQLITE_POOL_SIZE: u32 = 10;
+
 /// One batch of a prune: how many rows it deleted and the changes to publish.
 type BoxFuture<'t, T> =
     std::pin::Pin<Box<dyn Future<Output = Result<T, DatastoreError>> + Send + 't>>;
@@ -194,12 +201,19 @@ impl Datastore {
         let options = connect_options(connection_string, data_dir)?;
         let path = options.get_filename().to_owned();
         create_private_file(&path)?;
-        let pool = SqlitePoolOptions::new()
+        let sqlite = SqlitePoolOptions::new()
+            .max_connections(SQLITE_POOL_SIZE)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .after_release(|conn, _| Box::pin(release_outside_transaction(conn)))
             .connect_with(options)
             .await?;
-        let pool = Pool::Sqlite(pool);
+        let pool = Pool::Sqlite(sqlite.clone());
         migrate::run(&pool).await?;
+        // Open the whole pool now, once the schema is in place (not while the migrations hold
+        // the write lock), and keep it open.
+        let all = (0..SQLITE_POOL_SIZE).map(|_| sqlite.acquire());
+        drop(futures::future::try_join_all(all).await?);
         tracing::info!(path = %path.display(), "datastore open");
         Ok(Datastore {
             pool,
@@ -408,7 +422,9 @@ fn connect_options(
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true))
+        .foreign_keys(true)
+        // Sorts and temporary indexes in memory: a query never needs a new file descriptor.
+        .pragma("temp_store", "memory"))
 }
 
 /// Parses a PostgreSQL connection string: a URL, or libpq's `key=value ...` form (SPIRE's
@@ -710,6 +726,16 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(busy, 5000);
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(temp_store, 2, "MEMORY");
+        // Connections are kept, never reaped and reopened.
+        let options = pool.options();
+        assert_eq!(options.get_idle_timeout(), None);
+        assert_eq!(options.get_max_lifetime(), None);
+        assert_eq!(pool.size(), SQLITE_POOL_SIZE);
     }
 
     #[tokio::test]

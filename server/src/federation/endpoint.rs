@@ -19,7 +19,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sigil_proto::Bundle;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{BundleEndpointConfig, ServingProfile};
 use crate::api::tls::{ServerTls, TlsError};
 use crate::ca::Ca;
-use crate::https::serve_tls;
+use crate::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use crate::oidc_discovery::{OidcError, TlsFiles, tls_acceptor};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +98,11 @@ impl Acceptor {
 }
 
 /// Binds the endpoint (a bad serving certificate or a taken port fails start-up) and returns
-/// the future that serves it until `cancel` fires.
+/// the future that serves it until `cancel` fires. `limiter` holds the listener's caps.
 pub async fn bind(
     config: &BundleEndpointConfig,
     ca: Arc<Ca>,
+    limiter: Arc<ConnectionLimiter>,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = io::Result<()>> + use<>, EndpointError> {
     let acceptor = match &config.profile {
@@ -119,34 +119,22 @@ pub async fn bind(
             key_file: key_file.clone(),
         })?),
     };
-    let listener = TcpListener::bind(config.bind)
+    let bind_error = |source| EndpointError::Bind {
+        addr: config.bind,
+        source,
+    };
+    let listener = Listener::bind(config.bind, limiter)
         .await
-        .map_err(|source| EndpointError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| EndpointError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
     let profile = match config.profile {
         ServingProfile::HttpsSpiffe => "https_spiffe",
         ServingProfile::HttpsWeb { .. } => "https_web",
     };
     tracing::info!(address = %local, profile, "bundle endpoint listening");
     let app = router(ca.subscribe(), config.refresh_hint);
-    Ok(async move {
-        serve_tls(
-            listener,
-            move || acceptor.current(),
-            app,
-            cancel,
-            "bundle endpoint",
-        )
-        .await
-    })
+    let tls: TlsSource = Arc::new(move || acceptor.current());
+    Ok(serve_http(listener, Some(tls), app, cancel))
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
 use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::{Bundle, Selector, SpiffeId, TrustDomain};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -31,12 +30,13 @@ use tonic::{Request, Response, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEntries};
-use super::tls::{self, ServerTls, TlsError};
+use super::tls::{ServerTls, TlsError};
 use super::{ca_status, datastore_status};
 use crate::ca::{Ca, JwtSvid};
 use crate::config::RateLimitConfig;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
+use crate::listener::{self, Listener};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
@@ -70,8 +70,8 @@ const _: () = assert!(SIGN_BURST >= MAX_MINT_BATCH as f64);
 pub enum AgentApiError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("agent API transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("agent API listener: {0}")]
+    Serve(std::io::Error),
 }
 
 /// Who called: an attested, unbanned agent presenting its current SVID.
@@ -809,23 +809,22 @@ where
     out
 }
 
-/// Serves the agent API on `listener` (bound to `bind_address`) until `cancel` fires. Issues
-/// the server's SVID and keeps it (and the trusted bundle) current in the background.
+/// Serves the agent API on `listener` (bound to `bind_address`, with its connection caps)
+/// until `cancel` fires. Issues the server's SVID and keeps it (and the trusted bundle) current
+/// in the background.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     api: AgentApi,
     cancel: CancellationToken,
 ) -> Result<(), AgentApiError> {
     let tls = Arc::new(ServerTls::new(api.ca.clone())?);
     tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
-    let incoming = tls::incoming(listener, tls, cancel.clone());
-    tonic::transport::Server::builder()
-        .add_service(
-            AgentServer::new(api)
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        )
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-        .await?;
-    Ok(())
+    let routes = tonic::service::Routes::new(
+        AgentServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    );
+    listener::serve_grpc(listener, tls, routes, cancel)
+        .await
+        .map_err(AgentApiError::Serve)
 }

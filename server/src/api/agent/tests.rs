@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use sigil_proto::RegistrationEntry;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -175,6 +175,12 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
+        let limiter = crate::listener::ConnectionLimiter::new(
+            crate::listener::Endpoint::AgentApi,
+            crate::listener::Endpoint::AgentApi.default_limits(),
+            metrics.clone(),
+        );
+        let listener = crate::listener::Listener::new(listener, limiter);
         tokio::spawn(serve(listener, api, cancel.clone()));
         Harness {
             _dir: dir,
