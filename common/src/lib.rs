@@ -1,0 +1,4 @@
+//! sigil-common: what `sigil-server` and `sigil-agent` both need, written once. It knows
+//! neither binary: each module serves both the same way.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
