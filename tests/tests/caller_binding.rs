@@ -116,6 +116,23 @@ impl Attack {
         value
     }
 
+    /// Fetches until the agent has the entry just created for the attacking user (it reaches
+    /// the agent a few milliseconds after `entry create` returns): the SPIFFE IDs then.
+    fn fetch_when_registered(&mut self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let result = self.send("fetch");
+            if result["ids"].is_array() {
+                return ids(&result);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the attacking user's entry never reached the agent: {result}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Lets the parent exec its program.
     fn release(&mut self) {
         let stdin = self.parent_stdin.as_mut().unwrap();
@@ -171,7 +188,7 @@ fn a_setuid_exec_after_connecting_gains_nothing() {
 
     let mut attack = Attack::start(&agent.socket, &["exec", "/usr/bin/passwd"]);
     // Before the exec the connection serves its own user, on a call and on a stream.
-    assert_eq!(ids(&attack.send("fetch")), [NOBODY_ID]);
+    assert_eq!(attack.fetch_when_registered(), [NOBODY_ID]);
     assert_eq!(ids(&attack.send("stream")), [NOBODY_ID]);
 
     attack.release();
@@ -267,7 +284,10 @@ fn an_exec_of_another_binary_does_not_get_that_binary_identity() {
     as_binary("spiffe://example.org/sleeper", "/usr/bin/sleep");
 
     let mut attack = Attack::start(&agent.socket, &["exec", "/usr/bin/sleep", "60"]);
-    assert_eq!(ids(&attack.send("fetch")), ["spiffe://example.org/switch"]);
+    assert_eq!(
+        attack.fetch_when_registered(),
+        ["spiffe://example.org/switch"]
+    );
     attack.release();
     let pid = attack.pid();
     wait_for("the exec of sleep", Duration::from_secs(10), || {
