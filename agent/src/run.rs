@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sigil_common::time::unix_now;
 use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
 use tokio::task::JoinSet;
@@ -21,7 +22,7 @@ use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
-use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff, unix_now};
+use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff};
 use crate::server_client::{ServerConnection, ServerJwtMinter};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};

@@ -21,7 +21,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
@@ -35,6 +35,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use sigil_common::time::unix_now;
 use sigil_proto::sigil::agent::v1::MintJwtsvidRequest;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
 use sigil_proto::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
@@ -103,13 +104,6 @@ impl Credentials {
             .filter(|p| unix_now() < p.not_after)
             .map(|p| p.key)
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl fmt::Debug for Credentials {

@@ -2,3 +2,5 @@
 //! neither binary: each module serves both the same way.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod time;

@@ -22,12 +22,13 @@ pub mod peer;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use sigil_common::time::unix_now;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -250,9 +251,7 @@ struct RateLimitedWarn {
 
 impl RateLimitedWarn {
     fn warn(&self, log: impl FnOnce()) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = u64::try_from(unix_now()).unwrap_or(0);
         let last = self.last.load(Ordering::Relaxed);
         if now >= last + 60
             && self
