@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod time;
+pub mod tls;
 pub mod uds;
