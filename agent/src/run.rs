@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sigil_common::ops::OpsPaths;
 use sigil_common::time::unix_now;
 use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
@@ -173,16 +174,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     })?;
     let ops_server = match &config.health {
         Some(h) => {
-            let router = ops::router(
-                &h.live_path,
-                &h.ready_path,
-                readiness.clone(),
-                metrics.clone(),
-            );
+            let paths = OpsPaths {
+                live: h.live_path.clone(),
+                ready: h.ready_path.clone(),
+            };
             Some(
-                ops::bind(h.bind, router, metrics.clone(), cancel.clone())
-                    .await
-                    .with_context(|| format!("cannot bind {}", h.bind))?,
+                ops::bind(
+                    h.bind,
+                    &paths,
+                    readiness.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot bind {}", h.bind))?,
             )
         }
         None => None,

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod listener;
+pub mod ops;
 pub mod time;
 pub mod tls;
 pub mod uds;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use sigil_common::listener::Listener;
+use sigil_common::ops::{self, OpsPaths};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -17,12 +19,12 @@ use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::file_checks;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
-use crate::listener::{self, ConnectionLimiter, Endpoint, Listener};
+use crate::listener::{self, Endpoint};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
-use crate::ops::{self, OpsPaths, Readiness};
+use crate::ops::{DATASTORE_PROBE_PERIOD, Readiness, probe_datastore};
 use crate::replicas;
 pub(crate) use crate::replicas::persist;
 
@@ -100,7 +102,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let readiness = Arc::new(Readiness::default());
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let limiter = |e: Endpoint| ConnectionLimiter::new(e, caps.get(e), metrics.clone());
+    let limiter = |e: Endpoint| listener::limiter(e, &caps, &metrics);
 
     // Bind everything before serving anything, so a port or socket clash fails start-up
     // cleanly: every TCP listener first, the admin socket last, so a server that cannot start
@@ -252,10 +254,10 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         tasks.spawn(async move { server.await.context("bundle endpoint failed") });
     }
     tasks.spawn(pruner.run(cancel.clone()));
-    tasks.spawn(ops::probe_datastore(
+    tasks.spawn(probe_datastore(
         datastore.clone(),
         readiness.clone(),
-        ops::DATASTORE_PROBE_PERIOD,
+        DATASTORE_PROBE_PERIOD,
         cancel.clone(),
     ));
     tasks.spawn(rotate_forever(

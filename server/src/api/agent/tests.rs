@@ -6,6 +6,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
+use sigil_common::listener::ConnectionLimiter;
 use sigil_common::tls::{Roots, SpiffeServerVerifier};
 use sigil_proto::RegistrationEntry;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
@@ -101,12 +102,12 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let limiter = crate::listener::ConnectionLimiter::new(
-            crate::listener::Endpoint::AgentApi,
+        let limiter = ConnectionLimiter::new(
+            "agent_api",
             crate::listener::Endpoint::AgentApi.default_limits(),
-            metrics.clone(),
+            metrics.connections.clone(),
         );
-        let listener = crate::listener::Listener::new(listener, limiter);
+        let listener = Listener::new(listener, limiter);
         tokio::spawn(serve(listener, api, cancel.clone()));
         Harness {
             _dir: dir,
