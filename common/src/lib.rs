@@ -4,7 +4,9 @@
 #![warn(missing_docs)]
 
 pub mod listener;
+pub mod logging;
 pub mod ops;
+pub mod supervisor;
 pub mod time;
 pub mod tls;
 pub mod uds;
