@@ -1,6 +1,11 @@
 //! Structured logs on stderr, set up the same way by both binaries: `log_format = "text"` for
 //! people, `"json"` for collectors, at the configured `log_level` (`RUST_LOG` is deliberately
 //! not consulted: one typed config decides).
+//!
+//! Text is coloured only when stderr is a terminal, as SPIRE does: a log written to a file or
+//! a pipe carries no ANSI escape codes, so `grep key=value` finds what it looks for.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +16,7 @@ pub fn init(binary_crate: &str, level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(binary_crate, level))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
