@@ -108,7 +108,9 @@ pub async fn bind(
     let acceptor = match &config.profile {
         ServingProfile::HttpsSpiffe => {
             let tls = Arc::new(ServerTls::new(ca.clone())?);
-            tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
+            let span = tracing::info_span!("task", name = "bundle endpoint SVID refresh");
+            let refresh = tls.clone().refresh_forever(cancel.clone());
+            tokio::spawn(tracing::Instrument::instrument(refresh, span));
             Acceptor::Spiffe(tls)
         }
         ServingProfile::HttpsWeb {

@@ -818,7 +818,9 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), AgentApiError> {
     let tls = Arc::new(ServerTls::new(api.ca.clone())?);
-    tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
+    // In the agent API task's span.
+    let refresh = tls.clone().refresh_forever(cancel.clone());
+    tokio::spawn(tracing::Instrument::in_current_span(refresh));
     let routes = tonic::service::Routes::new(
         AgentServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
