@@ -8,59 +8,36 @@
 //! (withheld from workloads). Otherwise 503 with the reason in the body. `/live` stays 200
 //! while the process runs: a restart fixes none of these.
 //!
-//! The listener holds at most [`MAX_CONNECTIONS`] connections (one more is closed at once) and
-//! closes a connection whose request head has not arrived [`HEADER_READ_TIMEOUT`] after the
-//! agent started waiting for it (new or keep-alive), so silent or trickling clients cannot
-//! take the descriptors the Workload API and the server connection need. Both come from
-//! crates (a tokio semaphore, hyper's header-read timeout); the server's listeners add a cap
-//! per source address (`sigil-server`'s `listener` module), which this listener gets when
-//! that module moves to a crate both binaries share.
+//! The endpoints and their listener are `sigil_common`'s (`ops`, `listener`), as the server's:
+//! the listener holds at most [`HEALTH_LIMITS`] connections, in all and per source address
+//! (one more is closed at once), and closes a connection whose request head has not arrived
+//! 10 s after the agent started waiting for it (new or keep-alive), so silent or trickling
+//! clients cannot take the descriptors the Workload API and the server connection need.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use sigil_common::listener::{ConnectionLimiter, ConnectionLimits, ConnectionMetrics};
+use sigil_common::ops::{self, MetricsText, OpsPaths, ReadinessCheck};
+use sigil_common::time::unix_now;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
-/// The listener's name in metrics labels.
+/// The health listener's name in metrics labels and log lines.
 const LISTENER: &str = "health_checks";
 /// Connections held at once: a kubelet's probes and a Prometheus scraper need a few. The
-/// server's health listener has the same default.
-pub const MAX_CONNECTIONS: usize = 64;
-/// A request head must be complete this long after the agent starts waiting for it (SPIRE's
-/// `ReadHeaderTimeout` for its health server); this is also the keep-alive idle timeout.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the shutdown signal, a request in flight gets this long.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// At most one log line per kind (refusals, accept errors) in this interval.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The health listener's connection outcomes.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    pub listener: &'static str,
-    pub result: &'static str,
-}
+/// server's health listener has the same defaults.
+pub const HEALTH_LIMITS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    max_connections_per_address: 32,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -91,15 +68,15 @@ pub struct Metrics {
     pub svids_past_half_life: Family<KindLabel, Counter>,
     pub expired_x509_svids: Gauge,
     pub agent_svid_expiry: Gauge,
-    /// Inbound connections to the health listener: `accepted`, `refused_listener_cap`.
-    pub connections: Family<ConnectionLabels, Counter>,
-    /// How accepted ones ended: `ok`, `header_timeout`, `error`.
-    pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// The health listener's connections: `connections{listener, result}` (`accepted`,
+    /// `refused_listener_cap`, `refused_address_cap`), `connections_closed` (`ok`,
+    /// `header_timeout`, `error`), `open_connections`.
+    pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut m = Metrics {
+        let mut m = Self {
             registry: Registry::with_prefix("sigil_agent"),
             sync_messages: Counter::default(),
             sync_connects: Family::default(),
@@ -109,8 +86,7 @@ impl Metrics {
             svids_past_half_life: Family::default(),
             expired_x509_svids: Gauge::default(),
             agent_svid_expiry: Gauge::default(),
-            connections: Family::default(),
-            connections_closed: Family::default(),
+            connections: ConnectionMetrics::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -153,16 +129,7 @@ impl Metrics {
             "NotAfter of the agent's own SVID (Unix seconds)",
             m.agent_svid_expiry.clone(),
         );
-        r.register(
-            "connections",
-            "Inbound TCP connections to the health listener, accepted or refused at its cap",
-            m.connections.clone(),
-        );
-        r.register(
-            "connections_closed",
-            "Accepted health listener connections that ended, by why",
-            m.connections_closed.clone(),
-        );
+        m.connections.register(r);
         Arc::new(m)
     }
 
@@ -170,24 +137,6 @@ impl Metrics {
     pub fn svid_past_half_life(&self, kind: &'static str) {
         self.svids_past_half_life
             .get_or_create(&KindLabel { kind })
-            .inc();
-    }
-
-    fn connection(&self, result: &'static str) {
-        self.connections
-            .get_or_create(&ConnectionLabels {
-                listener: LISTENER,
-                result,
-            })
-            .inc();
-    }
-
-    fn connection_closed(&self, result: &'static str) {
-        self.connections_closed
-            .get_or_create(&ConnectionLabels {
-                listener: LISTENER,
-                result,
-            })
             .inc();
     }
 
@@ -229,7 +178,7 @@ pub struct Readiness {
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness {
+        Self {
             synced: AtomicBool::new(false),
             agent_svid_not_after: AtomicI64::new(i64::MAX),
             identity_lost: AtomicBool::new(false),
@@ -254,18 +203,18 @@ pub enum NotReady {
 impl fmt::Display for NotReady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NotReady::NotSynced => {
+            Self::NotSynced => {
                 f.write_str("registration entries not synced yet (or shutting down)")
             }
-            NotReady::IdentityLost => f.write_str(
+            Self::IdentityLost => f.write_str(
                 "the server no longer accepts this agent and it cannot attest again (see the log)",
             ),
-            NotReady::AgentSvidExpired(at) => write!(
+            Self::AgentSvidExpired(at) => write!(
                 f,
                 "the agent's own SVID expired at {}",
                 crate::cache::expiry::rfc3339(*at)
             ),
-            NotReady::SvidsExpired(n) => {
+            Self::SvidsExpired(n) => {
                 write!(
                     f,
                     "{n} X509-SVID(s) expired and are withheld from workloads"
@@ -320,173 +269,39 @@ impl Readiness {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-#[derive(Clone)]
-struct OpsState {
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-}
-
-/// `/live`, `/ready` at the configured paths, and `/metrics`.
-pub fn router(
-    live_path: &str,
-    ready_path: &str,
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-) -> Router {
-    Router::new()
-        .route(live_path, get(|| async { (StatusCode::OK, "live\n") }))
-        .route(ready_path, get(ready))
-        .route("/metrics", get(metrics_text))
-        .with_state(OpsState { readiness, metrics })
-}
-
-async fn ready(State(s): State<OpsState>) -> impl IntoResponse {
-    match s.readiness.check(unix_now()) {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+impl ReadinessCheck for Readiness {
+    fn readiness(&self) -> Result<(), String> {
+        self.check(unix_now())
+            .map_err(|why| format!("not ready: {why}"))
     }
 }
 
-async fn metrics_text(State(s): State<OpsState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+impl MetricsText for Metrics {
+    fn openmetrics_text(&self) -> String {
+        self.encode()
+    }
 }
 
-/// Binds `addr` now (so a port clash fails start-up) and returns the serving future.
+/// Binds the health listener on `addr` now (so a port clash fails start-up), serving `/live`
+/// and `/ready` at `paths` and `/metrics`, and returns the serving future.
 pub async fn bind(
     addr: SocketAddr,
-    router: Router,
+    paths: &OpsPaths,
+    readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoints listening");
-    Ok(serve(listener, router, metrics, cancel, LIMITS))
-}
-
-/// The listener's cap and header-read timeout (shortened in tests).
-#[derive(Clone, Copy, Debug)]
-struct Limits {
-    max_connections: usize,
-    header_read: Duration,
-}
-
-const LIMITS: Limits = Limits {
-    max_connections: MAX_CONNECTIONS,
-    header_read: HEADER_READ_TIMEOUT,
-};
-
-/// Accepts until `cancel` fires, one task per connection, at most `limits.max_connections` at
-/// once; then waits for the connections to finish (a request in flight is answered).
-async fn serve(
-    listener: TcpListener,
-    router: Router,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    limits: Limits,
-) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    // Refusals and accept errors: one log line per LOG_INTERVAL, with the count since the last.
-    let mut refusals = (None::<Instant>, 0u64);
-    let mut accept_errors = (None::<Instant>, 0u64);
-    let due = |(last, count): &mut (Option<Instant>, u64)| {
-        *count += 1;
-        let now = Instant::now();
-        if last.is_some_and(|l| now.duration_since(l) < LOG_INTERVAL) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(count))
-    };
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                if let Some(count) = due(&mut accept_errors) {
-                    tracing::warn!(error = %e, count, "health listener: cannot accept connections");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            metrics.connection("refused_listener_cap");
-            if let Some(count) = due(&mut refusals) {
-                tracing::warn!(
-                    count,
-                    last_peer = %peer,
-                    max_connections = limits.max_connections,
-                    "health listener: connections refused at its cap (count: since the last such line)"
-                );
-            }
-            continue;
-        };
-        metrics.connection("accepted");
-        let (router, metrics, cancel) = (router.clone(), metrics.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let result = serve_connection(stream, router, limits.header_read, &cancel).await;
-            metrics.connection_closed(result);
-            drop(slot);
-        });
-    }
-    drop(listener);
-    // Every connection holds a slot until it ends: all slots back means all ended.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
-    Ok(())
-}
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    router: Router,
-    header_read: Duration,
-    cancel: &CancellationToken,
-) -> &'static str {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        router.clone().oneshot(request)
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
-    let outcome = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        () = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.ok()
-        }
-    };
-    match outcome {
-        Some(Ok(())) => "ok",
-        Some(Err(e)) if e.is_timeout() => "header_timeout",
-        _ => "error",
-    }
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>> + use<>> {
+    let limiter = ConnectionLimiter::new(LISTENER, HEALTH_LIMITS, metrics.connections.clone());
+    let router = ops::router(paths, readiness, metrics);
+    ops::bind(addr, router, limiter, cancel).await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use sigil_common::listener::{Listener, Timeouts, serve_http};
+
     use super::*;
 
     #[test]
@@ -530,14 +345,20 @@ mod tests {
     #[tokio::test]
     async fn ready_follows_the_flag() {
         let readiness = Arc::new(Readiness::default());
-        let router = router("/live", "/ready", readiness.clone(), Metrics::new());
         let cancel = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let server = bind(addr, router, Metrics::new(), cancel.clone())
-            .await
-            .unwrap();
+        let paths = OpsPaths::default();
+        let server = bind(
+            addr,
+            &paths,
+            readiness.clone(),
+            Metrics::new(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
         let task = tokio::spawn(server);
         let status = |path: &'static str| async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -574,21 +395,24 @@ mod tests {
     async fn silent_clients_time_out_and_surplus_ones_are_refused_at_once() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Metrics::new();
-        let router = router("/live", "/ready", Arc::default(), metrics.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let readiness: Arc<Readiness> = Arc::default();
+        let router = ops::router(&OpsPaths::default(), readiness, metrics.clone());
+        let limits = ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_address: 3,
+        };
+        let limiter = ConnectionLimiter::new(LISTENER, limits, metrics.connections.clone());
+        let timeouts = Timeouts {
+            header_read: Duration::from_millis(500),
+            ..Timeouts::default()
+        };
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), limiter)
+            .await
+            .unwrap()
+            .with_timeouts(timeouts);
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let limits = Limits {
-            max_connections: 3,
-            header_read: Duration::from_millis(500),
-        };
-        tokio::spawn(serve(
-            listener,
-            router,
-            metrics.clone(),
-            cancel.clone(),
-            limits,
-        ));
+        tokio::spawn(serve_http(listener, None, router, cancel.clone()));
         // When the server closes `s`, counted from `start`.
         let closed_at = |mut s: tokio::net::TcpStream, start: Instant| async move {
             let mut buf = [0u8; 256];

@@ -21,9 +21,10 @@ pub use agent_svid::{
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
+use sigil_common::time::unix_now;
 use sigil_proto::sigil::agent::v1::{BatchMintX509svidRequest, X509svidRequest};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -181,13 +182,6 @@ pub fn refresh_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
 /// A random jitter in ±[`JITTER`].
 pub fn random_jitter() -> f64 {
     rand::rng().random_range(-JITTER..=JITTER)
-}
-
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Exponential backoff with ±20 % jitter.

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sigil_common::ops::OpsPaths;
+use sigil_common::supervisor::{self, Supervisor};
+use sigil_common::time::unix_now;
 use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::cache::{self, Cache};
 use crate::config::{
@@ -21,7 +22,7 @@ use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
-use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff, unix_now};
+use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff};
 use crate::server_client::{ServerConnection, ServerJwtMinter};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};
@@ -54,37 +55,17 @@ fn refuse_insecure_files(found: Vec<FsCheckError>, allow: bool) -> anyhow::Resul
 /// How long in-flight work gets to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-/// Installs the global subscriber (same style as the server's): `log_level` decides, not
-/// `RUST_LOG`.
-pub fn init_logging(level: &str, json: bool) {
-    // Dependencies are noisy at debug; keep them at warn unless we are tracing.
-    let filter = EnvFilter::new(format!("warn,sigil_agent={level},sigil_proto={level}"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // A second init (tests running twice in one process) keeps the first.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    init_logging(
+    sigil_common::logging::init(
+        "sigil_agent",
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
     );
     info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-agent");
-    let cancel = CancellationToken::new();
-    let signal = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            cancel.cancel();
-        })
-    };
+    let mut tasks = Supervisor::new();
+    let cancel = tasks.token().clone();
+    // From now on, so that a signal also stops a node attestation still retrying.
+    let signal = supervisor::cancel_on_signal(cancel.clone());
 
     let store = match &config.key_manager {
         KeyManagerConfig::Memory => None,
@@ -172,22 +153,25 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     })?;
     let ops_server = match &config.health {
         Some(h) => {
-            let router = ops::router(
-                &h.live_path,
-                &h.ready_path,
-                readiness.clone(),
-                metrics.clone(),
-            );
+            let paths = OpsPaths {
+                live: h.live_path.clone(),
+                ready: h.ready_path.clone(),
+            };
             Some(
-                ops::bind(h.bind, router, metrics.clone(), cancel.clone())
-                    .await
-                    .with_context(|| format!("cannot bind {}", h.bind))?,
+                ops::bind(
+                    h.bind,
+                    &paths,
+                    readiness.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                )
+                .await
+                .with_context(|| format!("cannot bind {}", h.bind))?,
             )
         }
         None => None,
     };
 
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let api_config = WorkloadApiConfig {
         socket_path: config.socket_path.clone(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
@@ -196,14 +180,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let minter = Arc::new(ServerJwtMinter::new(connection.clone(), metrics.clone()));
     {
         let (rx, c) = (cache.subscribe(), cancel.clone());
-        tasks.spawn(async move {
+        tasks.spawn("Workload API", async move {
             workload_api::serve_listener(listener, api_config, rx, attestors, minter, c)
                 .await
                 .context("Workload API failed")
         });
     }
     if let Some(server) = ops_server {
-        tasks.spawn(async move { server.await.context("health endpoint failed") });
+        tasks.spawn("health endpoint", async move {
+            server.await.context("health endpoint failed")
+        });
     }
     let ctx = SyncContext {
         connection: connection.clone(),
@@ -214,7 +200,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     let (td, c) = (config.trust_domain.clone(), cancel.clone());
-    tasks.spawn(async move {
+    tasks.spawn("entry sync", async move {
         sync::sync_forever(ctx, td, c).await;
         Ok(())
     });
@@ -224,7 +210,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         metrics.clone(),
         cancel.clone(),
     );
-    tasks.spawn(async move {
+    tasks.spawn("workload SVID rotation", async move {
         rotation::rotate_workload_svids(conn, cch, m, c).await;
         Ok(())
     });
@@ -234,7 +220,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         metrics.clone(),
         cancel.clone(),
     );
-    tasks.spawn(async move {
+    tasks.spawn("rendered SVID rotation", async move {
         rotation::rotate_rendered_svids(conn, cch, m, c).await;
         Ok(())
     });
@@ -246,7 +232,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             readiness.clone(),
             cancel.clone(),
         );
-        tasks.spawn(async move {
+        tasks.spawn("SVID expiry watch", async move {
             let outage = move |now| conn.outage(now);
             cache::watch_expiry(cch, outage, m, r, c).await;
             Ok(())
@@ -262,38 +248,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         exit_delay: config.lost_identity_exit_delay,
     };
     let (snapshots, c) = (cache.subscribe(), cancel.clone());
-    tasks.spawn(async move {
+    tasks.spawn("agent SVID renewal", async move {
         rotation::renew_agent_svid(renewal, snapshots, c)
             .await
             .context("the agent lost its identity")
     });
 
     info!(socket = %config.socket_path.display(), "sigil-agent running");
-    // The signal task cancels `cancel`, which also makes components return: a component that
-    // ends after cancellation is draining, not failing.
-    let outcome = tokio::select! {
-        biased;
-        () = cancel.cancelled() => { info!("shutdown signal received, draining"); Ok(()) }
-        Some(r) = tasks.join_next() => match r.context("task panicked").and_then(|r| r) {
-            Ok(()) if cancel.is_cancelled() => Ok(()),
-            Ok(()) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
-            Err(e) => Err(e),
-        },
-    };
+    let outcome = tasks.wait().await;
     readiness.set(false);
-    cancel.cancel();
     signal.abort();
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                warn!(error = %format!("{e:#}"), "component stopped with an error while draining");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        warn!("drain grace period elapsed; exiting");
-    }
+    tasks.drain(DRAIN_GRACE).await;
     info!("sigil-agent stopped");
     outcome
 }
@@ -431,21 +396,6 @@ fn kubelet_endpoint(k8s: &crate::config::K8sAttestorConfig) -> KubeletEndpoint {
         k8s.kubelet_ca_path.clone(),
         k8s.skip_kubelet_verification,
     )
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 #[cfg(test)]

@@ -21,20 +21,18 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+use sigil_common::time::unix_now;
+use sigil_common::tls::{Roots, SpiffeServerVerifier};
 use sigil_proto::sigil::agent::v1::MintJwtsvidRequest;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
 use sigil_proto::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
@@ -47,7 +45,7 @@ use tracing::{debug, info, warn};
 use crate::cache::{JwtSvidMinter, MintError, Outage};
 use crate::config::ServerAddress;
 use crate::ops::Metrics;
-use crate::svid_store::{AgentSvid, leaf_facts};
+use crate::svid_store::AgentSvid;
 
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
 const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
@@ -105,13 +103,6 @@ impl Credentials {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
@@ -121,82 +112,26 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Verifies the server's chain against the trust bundle and its SPIFFE ID.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    expected: SpiffeId,
+/// Verifies the server's chain against the trust bundle installed last (none under
+/// `insecure_bootstrap` before first contact: then only its SPIFFE ID is checked) and its
+/// SPIFFE ID, `spiffe://<td>/spire/server`.
+fn server_verifier(
+    trust_domain: &TrustDomain,
     credentials: Arc<Credentials>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl SpiffeServerVerifier {
-    fn new(trust_domain: &TrustDomain, credentials: Arc<Credentials>) -> Self {
-        SpiffeServerVerifier {
-            expected: trust_domain.server_id(),
-            credentials,
-            algorithms: provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.credentials.roots() {
-            Some(roots) => {
-                let cert = ParsedCertificate::try_from(end_entity)?;
-                // webpki checks the chain, validity and the serverAuth usage.
-                verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    &roots,
-                    intermediates,
-                    now,
-                    self.algorithms.all,
-                )?;
-            }
-            None => warn!(
-                server_id = %self.expected,
+) -> SpiffeServerVerifier {
+    let server_id = trust_domain.server_id();
+    let expected = server_id.clone();
+    let roots = move || {
+        let roots = credentials.roots();
+        if roots.is_none() {
+            warn!(
+                server_id = %expected,
                 "insecure_bootstrap: trusting the server's certificate chain without verification (first contact only)"
-            ),
+            );
         }
-        let facts = leaf_facts(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if facts.spiffe_id != self.expected {
-            warn!(found = %facts.spiffe_id, expected = %self.expected, "server presented an unexpected SPIFFE ID");
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+        roots
+    };
+    SpiffeServerVerifier::new(Roots::Live(Arc::new(roots)), server_id)
 }
 
 /// Presents the current agent SVID, if any and unexpired, when the server asks for a client
@@ -278,7 +213,7 @@ impl ServerConnection {
             roots: RwLock::new(roots),
             identity: RwLock::new(identity),
         });
-        let verifier = Arc::new(SpiffeServerVerifier::new(trust_domain, credentials.clone()));
+        let verifier = Arc::new(server_verifier(trust_domain, credentials.clone()));
         let mut tls = ClientConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -661,131 +596,9 @@ fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
-    use time::{Duration as TimeDuration, OffsetDateTime};
+    use rcgen::{CertificateParams, KeyPair, SanType};
 
     use super::*;
-
-    struct Ca {
-        der: Vec<u8>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca() -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(ca: &Ca, uri: &str, not_after: OffsetDateTime) -> Vec<u8> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = OffsetDateTime::now_utc() - TimeDuration::hours(2);
-        params.not_after = not_after;
-        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
-    }
-
-    fn verifier(roots: Option<&Ca>) -> SpiffeServerVerifier {
-        let td = TrustDomain::new("td").unwrap();
-        let roots = roots.map(|ca| {
-            let mut bundle = Bundle::new(td.clone());
-            bundle.x509_authorities = vec![ca.der.clone()];
-            Arc::new(root_store(&bundle).unwrap())
-        });
-        let credentials = Arc::new(Credentials {
-            roots: RwLock::new(roots),
-            identity: RwLock::new(None),
-        });
-        SpiffeServerVerifier::new(&td, credentials)
-    }
-
-    fn verify(v: &SpiffeServerVerifier, leaf: &[u8]) -> Result<ServerCertVerified, rustls::Error> {
-        let name = ServerName::try_from("unrelated.example").unwrap();
-        v.verify_server_cert(
-            &CertificateDer::from(leaf.to_vec()),
-            &[],
-            &name,
-            &[],
-            UnixTime::now(),
-        )
-    }
-
-    fn in_a_day() -> OffsetDateTime {
-        OffsetDateTime::now_utc() + TimeDuration::days(1)
-    }
-
-    #[test]
-    fn accepts_the_server_id_chained_to_the_bundle() {
-        let ca = ca();
-        let cert = leaf(&ca, "spiffe://td/spire/server", in_a_day());
-        assert!(verify(&verifier(Some(&ca)), &cert).is_ok());
-    }
-
-    #[test]
-    fn rejects_another_spiffe_id() {
-        let ca = ca();
-        for uri in ["spiffe://td/workload", "spiffe://other/spire/server"] {
-            let cert = leaf(&ca, uri, in_a_day());
-            assert_eq!(
-                verify(&verifier(Some(&ca)), &cert).unwrap_err(),
-                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
-                "{uri}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_another_ca() {
-        let (trusted, other) = (ca(), ca());
-        let cert = leaf(&other, "spiffe://td/spire/server", in_a_day());
-        assert!(matches!(
-            verify(&verifier(Some(&trusted)), &cert),
-            // Same subject name as the trusted CA, so webpki finds it and the signature fails.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer | CertificateError::BadSignature
-            ))
-        ));
-    }
-
-    #[test]
-    fn rejects_an_expired_certificate() {
-        let ca = ca();
-        let cert = leaf(
-            &ca,
-            "spiffe://td/spire/server",
-            OffsetDateTime::now_utc() - TimeDuration::hours(1),
-        );
-        assert!(matches!(
-            verify(&verifier(Some(&ca)), &cert),
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::Expired | CertificateError::ExpiredContext { .. }
-            ))
-        ));
-    }
-
-    #[test]
-    fn insecure_bootstrap_checks_only_the_spiffe_id() {
-        let cert = leaf(&ca(), "spiffe://td/spire/server", in_a_day());
-        assert!(verify(&verifier(None), &cert).is_ok());
-        let cert = leaf(&ca(), "spiffe://td/not-the-server", in_a_day());
-        assert!(verify(&verifier(None), &cert).is_err());
-    }
 
     #[test]
     fn dial_order_keeps_the_current_server_and_moves_on_after_a_failure() {

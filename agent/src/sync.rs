@@ -268,7 +268,7 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
         }
         if let Some(expired_at) = ctx
             .connection
-            .identity_expired_at(crate::rotation::unix_now())
+            .identity_expired_at(sigil_common::time::unix_now())
         {
             // The server refuses every call until the agent has a new SVID (the renewal loop
             // attests again or says what to do): wait for it rather than knock.

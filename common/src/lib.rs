@@ -2,3 +2,11 @@
 //! neither binary: each module serves both the same way.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod listener;
+pub mod logging;
+pub mod ops;
+pub mod supervisor;
+pub mod time;
+pub mod tls;
+pub mod uds;

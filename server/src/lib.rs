@@ -13,7 +13,6 @@ pub mod file_checks;
 pub mod key_manager;
 pub mod kubernetes;
 pub mod listener;
-pub mod logging;
 pub mod metrics;
 pub mod node_attestation;
 pub mod notifier;

@@ -10,22 +10,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sigil_common::listener::ConnectionMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
-}
-
-/// A TCP listener (`agent_api`, `oidc_discovery`, ...) and what happened to a connection.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    pub listener: &'static str,
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabel {
-    pub listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,18 +35,15 @@ pub struct Metrics {
     pub ca_rotations: Counter,
     pub x509_sign_seconds: Histogram,
     pub connected_agents: Gauge,
-    /// Inbound TCP connections: `accepted`, `refused_listener_cap`, `refused_address_cap`.
-    pub connections: Family<ConnectionLabels, Counter>,
-    /// Why accepted connections ended: `ok`, `tls_failed`, `tls_timeout`, `header_timeout`,
-    /// `preface_timeout`, `idle_timeout`, `keepalive_timeout`, `error`.
-    pub connections_closed: Family<ConnectionLabels, Counter>,
-    pub open_connections: Family<ListenerLabel, Gauge>,
+    /// Every TCP listener's connections: `connections`, `connections_closed`,
+    /// `open_connections`.
+    pub connections: ConnectionMetrics,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("sigil_server");
-        let m = Metrics {
+        let m = Self {
             x509_svids_signed: Family::default(),
             jwt_svids_signed: Family::default(),
             admin_requests: Family::default(),
@@ -66,9 +52,7 @@ impl Metrics {
             ca_rotations: Counter::default(),
             x509_sign_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             connected_agents: Gauge::default(),
-            connections: Family::default(),
-            connections_closed: Family::default(),
-            open_connections: Family::default(),
+            connections: ConnectionMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,22 +95,8 @@ impl Metrics {
             "Agents holding a sync stream",
             m.connected_agents.clone(),
         );
-        registry.register(
-            "connections",
-            "Inbound TCP connections, accepted or refused at a cap",
-            m.connections.clone(),
-        );
-        registry.register(
-            "connections_closed",
-            "Accepted TCP connections that ended, by why",
-            m.connections_closed.clone(),
-        );
-        registry.register(
-            "open_connections",
-            "TCP connections open, handshakes included",
-            m.open_connections.clone(),
-        );
-        Arc::new(Metrics { registry, ..m })
+        m.connections.register(&mut registry);
+        Arc::new(Self { registry, ..m })
     }
 
     /// The OpenMetrics text exposition.
@@ -135,6 +105,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl sigil_common::ops::MetricsText for Metrics {
+    fn openmetrics_text(&self) -> String {
+        self.encode()
     }
 }
 

@@ -29,13 +29,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sigil_common::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use sigil_proto::bundle::Bundle;
 use sigil_proto::hcl::{self, Block, ConfigError};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-
-use crate::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";

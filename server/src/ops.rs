@@ -1,22 +1,15 @@
-//! Operational HTTP endpoints: `/live`, `/ready` (SPIRE's `health_checks` paths) and
-//! Prometheus `/metrics`, on their own listener so probes never share a port with the APIs;
-//! and the datastore write probe whose last result readiness reflects.
+//! What the server's `/ready` (and the admin API's `Health`) report, and the datastore write
+//! probe whose last result readiness reflects. The `/live` `/ready` `/metrics` endpoints and
+//! their listener are `sigil_common::ops`'s.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use sigil_common::ops::ReadinessCheck;
 use tokio_util::sync::CancellationToken;
 
 use crate::datastore::Datastore;
-use crate::listener::{ConnectionLimiter, Listener, serve_http};
-use crate::metrics::Metrics;
 
 /// How often the datastore's write probe runs ([`probe_datastore`]): readiness reflects the
 /// last result, so it turns within this period of the datastore failing or recovering.
@@ -91,80 +84,16 @@ pub async fn probe_datastore(
     }
 }
 
-#[derive(Clone)]
-struct OpsState {
-    readiness: Arc<Readiness>,
-    metrics: Arc<Metrics>,
-}
-
-/// Paths of the health endpoints, as SPIRE's `health_checks` block names them.
-#[derive(Clone, Debug)]
-pub struct OpsPaths {
-    pub live: String,
-    pub ready: String,
-}
-
-impl Default for OpsPaths {
-    fn default() -> Self {
-        OpsPaths {
-            live: "/live".into(),
-            ready: "/ready".into(),
+impl ReadinessCheck for Readiness {
+    fn readiness(&self) -> Result<(), String> {
+        // The fault's details (paths, database errors) go to the log and to the admin API's
+        // `healthcheck`, not to this unauthenticated listener.
+        if self.datastore_fault().is_some() {
+            Err("not ready: the datastore cannot take writes".to_owned())
+        } else if self.is_ready() {
+            Ok(())
+        } else {
+            Err("not ready".to_owned())
         }
     }
-}
-
-pub fn router(paths: &OpsPaths, readiness: Arc<Readiness>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route(&paths.live, get(|| async { (StatusCode::OK, "live\n") }))
-        .route(&paths.ready, get(ready))
-        .route("/metrics", get(metrics_text))
-        .with_state(OpsState { readiness, metrics })
-}
-
-/// Only `/metrics`, for a dedicated Prometheus listener.
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_text))
-        .with_state(OpsState {
-            readiness: Arc::new(Readiness::default()),
-            metrics,
-        })
-}
-
-async fn ready(State(s): State<OpsState>) -> impl IntoResponse {
-    // The fault's details (paths, database errors) go to the log and to the admin API's
-    // `healthcheck`, not to this unauthenticated listener.
-    if s.readiness.datastore_fault().is_some() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the datastore cannot take writes\n",
-        )
-    } else if s.readiness.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn metrics_text(State(s): State<OpsState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-}
-
-/// Binds `addr` now (so a port clash fails start-up) and returns the serving future, which
-/// holds the listener to `limiter`'s caps and the timeouts of [`crate::listener`].
-pub async fn bind(
-    addr: SocketAddr,
-    router: Router,
-    limiter: Arc<ConnectionLimiter>,
-    cancel: CancellationToken,
-) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = Listener::bind(addr, limiter).await?;
-    tracing::info!(address = %listener.local_addr()?, "health and metrics endpoints listening");
-    Ok(serve_http(listener, None, router, cancel))
 }

@@ -14,8 +14,9 @@
 //! after a restart or a network blip stay cheap.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use sigil_common::time::unix_now;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -191,12 +192,6 @@ fn event_horizon(
         marks.push_front((now - retention, h));
     }
     horizon
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

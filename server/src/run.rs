@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use tokio::task::JoinSet;
+use sigil_common::listener::Listener;
+use sigil_common::ops::{self, OpsPaths};
+use sigil_common::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::admin::{self, AdminApi};
@@ -17,12 +19,12 @@ use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::file_checks;
 use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
-use crate::listener::{self, ConnectionLimiter, Endpoint, Listener};
+use crate::listener::{self, Endpoint};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
-use crate::ops::{self, OpsPaths, Readiness};
+use crate::ops::{DATASTORE_PROBE_PERIOD, Readiness, probe_datastore};
 use crate::replicas;
 pub(crate) use crate::replicas::persist;
 
@@ -32,7 +34,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// `upstream` is the `UpstreamAuthority` the CLI loaded from `config.upstream_authority` (its
 /// files are read before start-up so a bad one is a config error).
 pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> anyhow::Result<()> {
-    crate::logging::init(
+    sigil_common::logging::init(
+        "sigil_server",
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
     );
@@ -98,9 +101,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
-    let cancel = CancellationToken::new();
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let limiter = |e: Endpoint| ConnectionLimiter::new(e, caps.get(e), metrics.clone());
+    let mut tasks = Supervisor::new();
+    let cancel = tasks.token().clone();
+    let limiter = |e: Endpoint| listener::limiter(e, &caps, &metrics);
 
     // Bind everything before serving anything, so a port or socket clash fails start-up
     // cleanly: every TCP listener first, the admin socket last, so a server that cannot start
@@ -201,7 +204,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let revision_sender = api.entry_revision_sender();
     let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
     let c = cancel.clone();
-    tasks.spawn(async move {
+    tasks.spawn("admin API", async move {
         admin::serve(admin_listener, api, c)
             .await
             .context("admin API failed")
@@ -221,20 +224,26 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }
     let c = cancel.clone();
-    tasks.spawn(async move {
+    tasks.spawn("agent API", async move {
         agent::serve(agent_listener, agent_api, c)
             .await
             .context("agent API failed")
     });
     tracing::info!(address = %config.bind_address, "agent API listening");
     if let Some(server) = ops_server {
-        tasks.spawn(async move { server.await.context("health endpoint failed") });
+        tasks.spawn("health endpoint", async move {
+            server.await.context("health endpoint failed")
+        });
     }
     if let Some(server) = metrics_server {
-        tasks.spawn(async move { server.await.context("metrics endpoint failed") });
+        tasks.spawn("metrics endpoint", async move {
+            server.await.context("metrics endpoint failed")
+        });
     }
     if let Some(server) = oidc_server {
-        tasks.spawn(async move { server.await.context("OIDC discovery endpoint failed") });
+        tasks.spawn("OIDC discovery endpoint", async move {
+            server.await.context("OIDC discovery endpoint failed")
+        });
     }
     for target in config
         .federation
@@ -242,62 +251,63 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         .flat_map(|f| f.federates_with.iter().cloned())
     {
         tracing::info!(trust_domain = %target.trust_domain, url = %target.url, "polling a federated bundle endpoint");
-        tasks.spawn(crate::federation::poller::poll_forever(
-            target,
-            federation.clone(),
-            cancel.clone(),
-        ));
+        tasks.spawn(
+            "federation poller",
+            crate::federation::poller::poll_forever(target, federation.clone(), cancel.clone()),
+        );
     }
     if let Some(server) = bundle_endpoint {
-        tasks.spawn(async move { server.await.context("bundle endpoint failed") });
+        tasks.spawn("bundle endpoint", async move {
+            server.await.context("bundle endpoint failed")
+        });
     }
-    tasks.spawn(pruner.run(cancel.clone()));
-    tasks.spawn(ops::probe_datastore(
-        datastore.clone(),
-        readiness.clone(),
-        ops::DATASTORE_PROBE_PERIOD,
-        cancel.clone(),
-    ));
-    tasks.spawn(rotate_forever(
-        ca.clone(),
-        datastore.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
+    tasks.spawn("pruner", pruner.run(cancel.clone()));
+    tasks.spawn(
+        "datastore probe",
+        probe_datastore(
+            datastore.clone(),
+            readiness.clone(),
+            DATASTORE_PROBE_PERIOD,
+            cancel.clone(),
+        ),
+    );
+    tasks.spawn(
+        "CA rotation",
+        rotate_forever(
+            ca.clone(),
+            datastore.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        ),
+    );
 
     // Changes made through the other replicas (entries, their CAs in the bundle) reach our
     // agents, the Workload API, OIDC and federation through the datastore's change feed.
-    tasks.spawn(replicas::follow_changes(
-        datastore.clone(),
-        ca.clone(),
-        revision_sender,
-        replicas::BUNDLE_REFRESH,
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        "replica follower",
+        replicas::follow_changes(
+            datastore.clone(),
+            ca.clone(),
+            revision_sender,
+            replicas::BUNDLE_REFRESH,
+            cancel.clone(),
+        ),
+    );
 
     if let Some(publisher) = bundle_publisher {
-        tasks.spawn(publisher.run(ca.subscribe(), cancel.clone()));
+        tasks.spawn(
+            "k8sbundle notifier",
+            publisher.run(ca.subscribe(), cancel.clone()),
+        );
     }
 
     readiness.set(true);
     tracing::info!("sigil-server ready");
-    let outcome = tokio::select! {
-        () = shutdown_signal() => { tracing::info!("shutdown signal received, draining"); Ok(()) }
-        Some(r) = tasks.join_next() => r.context("task panicked").and_then(|r| r).and(Err(anyhow::anyhow!("a component stopped unexpectedly"))),
-    };
+    let signal = supervisor::cancel_on_signal(cancel.clone());
+    let outcome = tasks.wait().await;
     readiness.set(false);
-    cancel.cancel();
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing::warn!(error = %format!("{e:#}"), "component stopped with an error while draining");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("drain grace period elapsed; exiting");
-    }
+    signal.abort();
+    tasks.drain(DRAIN_GRACE).await;
     datastore.close().await;
     let _ = std::fs::remove_file(&config.socket_path);
     tracing::info!("sigil-server stopped");
@@ -383,19 +393,4 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -1,7 +1,7 @@
 //! Issue #7 item 4: no private key, join token, JWT-SVID or CSR in any log line. A full run at
 //! DEBUG (server with disk keys, agent attested by join token, X.509 and JWT mints through the
 //! Workload API, the admin API and the CLI), then every log is searched for fragments of each
-//! secret the test saw.
+//! secret the test saw, and for ANSI escape codes (issue 16: colour only on a terminal).
 
 use std::path::{Path, PathBuf};
 
@@ -275,6 +275,10 @@ fn no_secret_in_any_log_line() {
             log.contains("DEBUG") || log.contains("\"level\":\"DEBUG\""),
             "{name} is not at DEBUG"
         );
+        // Coloured only on a terminal (SPIRE's rule): written to a file, a log carries no ANSI
+        // escape code, so `grep key=value` finds its fields.
+        let escapes = log.matches('\u{1b}').count();
+        assert_eq!(escapes, 0, "{name} carries {escapes} ANSI escape codes");
         // The used join token is the agent's public ID; anywhere else it is a leak.
         let without_id = log.replace(&format!("join_token/{token}"), "join_token/<agent>");
         if without_id.contains(&token) {

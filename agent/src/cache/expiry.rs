@@ -18,8 +18,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+use sigil_common::time::unix_now_ms;
 use sigil_proto::SpiffeId;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -206,14 +207,6 @@ struct Seen {
     /// When the watcher first saw it (Unix seconds): about when rotation installed it.
     arrived_at: i64,
     warned: bool,
-}
-
-/// Unix time in milliseconds.
-fn unix_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Every X509-SVID of a snapshot with its key: fixed entries under their own ID, then the

@@ -3,7 +3,7 @@
 //! signing key, and registration entries.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use rcgen::{
@@ -16,10 +16,7 @@ use zeroize::Zeroizing;
 use crate::cache::{CachedX509Svid, JwtSvidMinter, MintError, Outage};
 
 pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    sigil_common::time::unix_now()
 }
 
 /// A self-signed root CA for one trust domain.

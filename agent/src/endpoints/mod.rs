@@ -22,12 +22,15 @@ pub mod peer;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use sigil_common::listener::fd_limit;
+use sigil_common::listener::limits::RESERVED_FDS;
+use sigil_common::time::unix_now;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -213,24 +216,14 @@ fn admit(
     Some((peer, permit))
 }
 
-/// File descriptors kept for everything but the socket's connections: the server link,
-/// the kubelet, key and state files, the health listener.
-const RESERVED_FDS: u64 = 256;
-
 /// Each connection takes two descriptors (the socket and the caller's `/proc` directory), so
 /// the agent's connections are capped below the descriptor limit, with [`RESERVED_FDS`] kept
-/// back: a flood of callers then meets the cap, never `EMFILE` in the server link. The soft
-/// limit is first raised to the hard one, as Go programs (SPIRE) do at start.
+/// back for everything else (the server link, the kubelet, key and state files, the health
+/// listener): a flood of callers then meets the cap, never `EMFILE` in the server link. The
+/// soft limit is first raised to the hard one ([`fd_limit::raise`]), as Go programs (SPIRE)
+/// do at start.
 fn connection_budget(configured: usize) -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return configured;
-    };
-    let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
+    let limit = fd_limit::raise().now;
     let budget = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
     if budget < configured {
         warn!(
@@ -250,9 +243,7 @@ struct RateLimitedWarn {
 
 impl RateLimitedWarn {
     fn warn(&self, log: impl FnOnce()) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = u64::try_from(unix_now()).unwrap_or(0);
         let last = self.last.load(Ordering::Relaxed);
         if now >= last + 60
             && self

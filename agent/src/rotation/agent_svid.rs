@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use sigil_common::time::unix_now;
 use sigil_proto::SpiffeId;
 use sigil_proto::sigil::agent::v1::RenewAgentRequest;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Backoff, MAX_SLEEP, new_key_and_csr, random_jitter, refresh_at, unix_now};
+use super::{Backoff, MAX_SLEEP, new_key_and_csr, random_jitter, refresh_at};
 use crate::cache::Snapshot;
 use crate::cache::expiry::{is_expired, rfc3339};
 use crate::node_attestation::{self, NodeAttestationError, NodeAttestor};

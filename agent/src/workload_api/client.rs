@@ -3,13 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{MAX_RESPONSE_BYTES, SECURITY_HEADER};
 
@@ -54,13 +52,7 @@ pub async fn connect(socket_path: &Path) -> Result<WorkloadApiClient, ClientErro
 
 /// A channel to the socket without the header (tests use it to check the header rule).
 pub async fn channel(socket_path: &Path) -> Result<Channel, ClientError> {
-    let path = socket_path.to_path_buf();
-    // The URI is required by the API but unused: the connector always dials the socket.
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
+    sigil_common::uds::channel(socket_path)
         .await
         .map_err(|source| ClientError::Connect {
             path: socket_path.to_path_buf(),

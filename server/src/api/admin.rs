@@ -4,9 +4,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
+use sigil_common::time::unix_now;
 use sigil_proto::fs_checks::{self, FsCheckError};
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
@@ -279,13 +280,6 @@ fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn node_pb(n: &AttestedNode) -> common::AttestedNode {
     common::AttestedNode {
         spiffe_id: n.spiffe_id.to_string(),
@@ -492,7 +486,7 @@ impl Admin for AdminApi {
                 .then(|| self.parse_workload_id("spiffe_id", &req.spiffe_id))
                 .transpose()?;
             let token = uuid::Uuid::new_v4().to_string();
-            let expires_at = now_unix() + i64::from(ttl);
+            let expires_at = unix_now() + i64::from(ttl);
             if let Some(spiffe_id) = alias {
                 // SPIRE's `token generate -spiffeID`: an entry parented to the agent ID the token
                 // will produce, selecting that agent by its own ID.

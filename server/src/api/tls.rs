@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
@@ -15,6 +15,7 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use sigil_common::time::unix_now;
 use sigil_proto::Bundle;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
@@ -113,7 +114,7 @@ impl ServerTls {
                 RETRY_AFTER
             } else {
                 let at = refresh_at(issued_at, expires_at);
-                Duration::from_secs(u64::try_from(at - now_unix()).unwrap_or(0))
+                Duration::from_secs(u64::try_from(at - unix_now()).unwrap_or(0))
             };
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -146,7 +147,7 @@ pub fn refresh_at(issued_at: i64, expires_at: i64) -> i64 {
 fn issue(ca: &Ca) -> Result<ServerSvid, TlsError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| TlsError::KeyGeneration(e.to_string()))?;
-    let issued_at = now_unix();
+    let issued_at = unix_now();
     let svid = ca.sign_server_svid(&key.subject_public_key_info(), &[])?;
     Ok(ServerSvid {
         chain: svid.chain,
@@ -189,15 +190,10 @@ fn build_config(bundle: &Bundle, svid: &ServerSvid) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
     use super::*;
     use crate::key_manager::MemoryKeyManager;
     use sigil_proto::TrustDomain;

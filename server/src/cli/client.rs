@@ -3,13 +3,12 @@
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A CLI failure: printed as one line on stderr, exit code 1.
 #[derive(Debug)]
@@ -48,25 +47,17 @@ pub type CliResult = Result<(), CliError>;
 /// The process serving it must run as root or as our own user ([`check_server`]) before a
 /// single byte is sent.
 pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliError> {
-    let path: PathBuf = socket_path.to_owned();
-    // Why the connector refused the server, if it did (tonic keeps only a generic error).
+    let path = socket_path.to_owned();
+    // Why the check refused the server, if it did (tonic keeps only a generic error).
     let refused: Arc<Mutex<Option<String>>> = Arc::default();
     let refusal = refused.clone();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    let endpoint = Endpoint::from_static("http://sigil-server.admin");
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            let refusal = refusal.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&path).await?;
-                if let Err(why) = check_server(&stream, &path) {
-                    *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
-                    return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-                }
-                Ok(TokioIo::new(stream))
-            }
-        }))
+    let check = move |stream: &tokio::net::UnixStream| {
+        check_server(stream, &path).map_err(|why| {
+            *refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.clone());
+            io::Error::new(io::ErrorKind::PermissionDenied, why)
+        })
+    };
+    let channel = sigil_common::uds::channel_checked(socket_path, check)
         .await
         .map_err(|e| {
             if let Some(why) = refused.lock().unwrap_or_else(PoisonError::into_inner).take() {

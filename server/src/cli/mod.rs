@@ -189,13 +189,12 @@ fn load_upstream(config: &ServerConfig) -> Result<Option<UpstreamAuthority>, Exi
     let Some(disk) = &config.upstream_authority else {
         return Ok(None);
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    UpstreamAuthority::load(disk, now).map(Some).map_err(|e| {
-        eprintln!("Error: plugins.UpstreamAuthority.disk: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })
+    UpstreamAuthority::load(disk, sigil_common::time::unix_now())
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("Error: plugins.UpstreamAuthority.disk: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
 }
 
 fn validate(args: ConfigArgs) -> ExitCode {

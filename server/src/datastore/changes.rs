@@ -88,7 +88,9 @@ impl Feed {
     pub(super) async fn listen(pool: &PgPool) -> Result<Feed, DatastoreError> {
         let listener = connect(pool).await?;
         let sender = broadcast::channel(CAPACITY).0;
-        let task = tokio::spawn(run_listener(pool.clone(), listener, sender.clone()));
+        let feed = run_listener(pool.clone(), listener, sender.clone());
+        let span = tracing::info_span!("task", name = "datastore change feed");
+        let task = tokio::spawn(tracing::Instrument::instrument(feed, span));
         Ok(Feed {
             sender,
             listener: Mutex::new(Some(task)),

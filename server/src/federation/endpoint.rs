@@ -18,6 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use sigil_common::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use sigil_proto::Bundle;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -26,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use super::config::{BundleEndpointConfig, ServingProfile};
 use crate::api::tls::{ServerTls, TlsError};
 use crate::ca::Ca;
-use crate::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use crate::oidc_discovery::{OidcError, TlsFiles, tls_acceptor};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,9 @@ pub async fn bind(
     let acceptor = match &config.profile {
         ServingProfile::HttpsSpiffe => {
             let tls = Arc::new(ServerTls::new(ca.clone())?);
-            tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
+            let span = tracing::info_span!("task", name = "bundle endpoint SVID refresh");
+            let refresh = tls.clone().refresh_forever(cancel.clone());
+            tokio::spawn(tracing::Instrument::instrument(refresh, span));
             Acceptor::Spiffe(tls)
         }
         ServingProfile::HttpsWeb {

@@ -13,20 +13,14 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use sigil_proto::{Bundle, SpiffeId, TrustDomain};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use sigil_common::tls::{Roots, SpiffeServerVerifier};
+use sigil_proto::{Bundle, TrustDomain};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use super::config::{EndpointProfile, FederatesWith};
 use super::{BundleSet, FederatedBundles, Refreshed};
@@ -155,7 +149,7 @@ pub async fn fetch(
         .to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PollError::Tls(e.to_string()))?;
     let config = match &target.profile {
@@ -163,11 +157,11 @@ pub async fn fetch(
             let held = bundles
                 .fetch(&target.trust_domain)
                 .ok_or_else(|| PollError::NoBundle(target.trust_domain.clone()))?;
-            let verifier = SpiffeEndpointVerifier {
-                roots: Arc::new(root_store(&held.x509_authorities)?),
-                expected: endpoint_spiffe_id.clone(),
-                algorithms: provider.signature_verification_algorithms,
-            };
+            // The host name in the URL plays no part: an SVID names a SPIFFE ID.
+            let verifier = SpiffeServerVerifier::new(
+                Roots::Fixed(Arc::new(root_store(&held.x509_authorities)?)),
+                endpoint_spiffe_id.clone(),
+            );
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
@@ -229,78 +223,6 @@ fn root_store(authorities: &[Vec<u8>]) -> Result<RootCertStore, PollError> {
             .map_err(|e| PollError::Tls(e.to_string()))?;
     }
     Ok(roots)
-}
-
-/// Verifies the endpoint's chain against the held bundle and its SPIFFE ID (the host name in
-/// the URL plays no part: an SVID names a SPIFFE ID).
-#[derive(Debug)]
-struct SpiffeEndpointVerifier {
-    roots: Arc<RootCertStore>,
-    expected: SpiffeId,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for SpiffeEndpointVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        if spiffe_id_of(end_entity).as_ref() != Some(&self.expected) {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName,
-            ));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The single URI SAN of a leaf, as a SPIFFE ID.
-fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-        GeneralName::URI(u) => Some(*u),
-        _ => None,
-    });
-    let uri = uris.next()?;
-    if uris.next().is_some() {
-        return None;
-    }
-    SpiffeId::new(uri).ok()
 }
 
 #[cfg(test)]

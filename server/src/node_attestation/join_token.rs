@@ -1,9 +1,8 @@
 //! The `join_token` node attestor: a single-use, short-lived token created by
 //! `sigil-server token generate`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::future::BoxFuture;
+use sigil_common::time::unix_now;
 use sigil_proto::TrustDomain;
 
 use super::{AttestationError, AttestationResult, NodeAttestor, join_token_agent_id};
@@ -42,10 +41,7 @@ impl NodeAttestor for JoinTokenAttestor {
                 })?;
             let agent_id = join_token_agent_id(&self.trust_domain, token)
                 .map_err(|_| AttestationError::InvalidPayload("join token is malformed".into()))?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = unix_now();
             // The datastore looks the token up by its SHA-256 and deletes it in the same
             // transaction: single use, and no timing signal about the secret itself.
             let taken = self

@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sigil_common::listener::{self, Listener, TlsSource};
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
 use sigil_proto::sigil::common::v1 as common;
@@ -36,7 +37,6 @@ use crate::ca::{Ca, JwtSvid};
 use crate::config::RateLimitConfig;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
-use crate::listener::{self, Listener};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
@@ -818,13 +818,16 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), AgentApiError> {
     let tls = Arc::new(ServerTls::new(api.ca.clone())?);
-    tokio::spawn(tls.clone().refresh_forever(cancel.clone()));
+    // In the agent API task's span.
+    let refresh = tls.clone().refresh_forever(cancel.clone());
+    tokio::spawn(tracing::Instrument::in_current_span(refresh));
     let routes = tonic::service::Routes::new(
         AgentServer::new(api)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE),
     );
-    listener::serve_grpc(listener, tls, routes, cancel)
+    let acceptor: TlsSource = Arc::new(move || tokio_rustls::TlsAcceptor::from(tls.config()));
+    listener::serve_grpc(listener, acceptor, routes, cancel)
         .await
         .map_err(AgentApiError::Serve)
 }

@@ -4,10 +4,10 @@ use std::time::SystemTime;
 
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use sigil_common::listener::ConnectionLimiter;
+use sigil_common::tls::{Roots, SpiffeServerVerifier};
 use sigil_proto::RegistrationEntry;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,79 +17,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::*;
 use crate::key_manager::MemoryKeyManager;
-
-/// Checks the server's SVID as an agent would: chains to a bundle root (x509-parser's
-/// signature check, an implementation independent of rustls' webpki) and names
-/// `spiffe://<td>/spire/server`.
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Vec<Vec<u8>>,
-    expected: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let fail = |m: &str| rustls::Error::General(m.to_owned());
-        let (_, leaf) = X509Certificate::from_der(end_entity).map_err(|_| fail("bad cert"))?;
-        if !leaf.validity().is_valid() {
-            return Err(fail("expired"));
-        }
-        let chained = self.roots.iter().any(|r| {
-            X509Certificate::from_der(r)
-                .map(|(_, root)| leaf.verify_signature(Some(root.public_key())).is_ok())
-                .unwrap_or(false)
-        });
-        if !chained {
-            return Err(fail("not signed by the bundle"));
-        }
-        if uri_sans(end_entity) != [self.expected.clone()] {
-            return Err(fail("not the server's SPIFFE ID"));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 fn uri_sans(der: &[u8]) -> Vec<String> {
     let (_, cert) = X509Certificate::from_der(der).unwrap();
@@ -175,12 +102,12 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();
-        let limiter = crate::listener::ConnectionLimiter::new(
-            crate::listener::Endpoint::AgentApi,
+        let limiter = ConnectionLimiter::new(
+            "agent_api",
             crate::listener::Endpoint::AgentApi.default_limits(),
-            metrics.clone(),
+            metrics.connections.clone(),
         );
-        let listener = crate::listener::Listener::new(listener, limiter);
+        let listener = Listener::new(listener, limiter);
         tokio::spawn(serve(listener, api, cancel.clone()));
         Harness {
             _dir: dir,
@@ -196,11 +123,15 @@ impl Harness {
 
     async fn client(&self, identity: Option<(&[Vec<u8>], &KeyPair)>) -> AgentClient<Channel> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(SpiffeServerVerifier {
-            roots: self.ca.bundle().x509_authorities.clone(),
-            expected: self.td.server_id().to_string(),
-            provider: provider.clone(),
-        });
+        // As an agent checks the server: chained to the bundle, named the server's SPIFFE ID.
+        let mut roots = RootCertStore::empty();
+        for der in &self.ca.bundle().x509_authorities {
+            roots.add(CertificateDer::from(der.clone())).unwrap();
+        }
+        let verifier = Arc::new(SpiffeServerVerifier::new(
+            Roots::Fixed(Arc::new(roots)),
+            self.td.server_id(),
+        ));
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{ConnectionLimiter, Listener, Permit};
 
@@ -18,8 +19,9 @@ use super::{ConnectionLimiter, Listener, Permit};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts until `cancel` fires, admits each connection against the listener's caps (closing
-/// it at once when over one) and runs `serve` for it on its own task. Then stops listening
-/// and waits for the connections' tasks to end (they watch `cancel` themselves).
+/// it at once when over one) and runs `serve` for it on its own task, in the caller's span.
+/// Then stops listening and waits for the connections' tasks to end (they watch `cancel`
+/// themselves).
 pub(super) async fn accept_loop<F, Fut>(listener: Listener, cancel: CancellationToken, mut serve: F)
 where
     F: FnMut(TcpStream, SocketAddr, Permit) -> Fut,
@@ -53,14 +55,17 @@ where
         // Small responses go out at once rather than waiting on Nagle and a delayed ACK (gRPC
         // answers are several small writes: ~40 ms per unary call without it).
         if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(listener = %limiter.endpoint(), %peer, error = %e, "cannot set TCP_NODELAY");
+            tracing::debug!(listener = limiter.listener(), %peer, error = %e, "cannot set TCP_NODELAY");
         }
         let task = serve(stream, peer, permit);
         let alive = alive.clone();
-        tokio::spawn(async move {
-            task.await;
-            drop(alive);
-        });
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(alive);
+            }
+            .in_current_span(),
+        );
     }
     drop(tcp);
     drop(alive);
@@ -84,12 +89,12 @@ pub(super) async fn handshake(
     match outcome {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            tracing::debug!(listener = %limiter.endpoint(), %peer, error = %e, "TLS handshake failed");
+            tracing::debug!(listener = limiter.listener(), %peer, error = %e, "TLS handshake failed");
             limiter.closed("tls_failed");
             None
         }
         Err(_) => {
-            tracing::debug!(listener = %limiter.endpoint(), %peer, "TLS handshake timed out");
+            tracing::debug!(listener = limiter.listener(), %peer, "TLS handshake timed out");
             limiter.closed("tls_timeout");
             None
         }

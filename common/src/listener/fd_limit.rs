@@ -11,7 +11,9 @@ const FALLBACK: u64 = 1024;
 /// The soft limit before and after [`raise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdLimit {
+    /// The soft limit the process started with.
     pub before: u64,
+    /// The soft limit in force now.
     pub now: u64,
 }
 

@@ -1,4 +1,4 @@
-//! The agent API listener: gRPC over HTTP/2 and mTLS, served from tonic's `Routes` through
+//! gRPC listeners (the server's agent API): HTTP/2 over TLS, served from tonic's `Routes` through
 //! hyper's HTTP/2 connection builder (keep-alive pings, a stream limit), with a watchdog per
 //! connection for what hyper has no setting for:
 //!
@@ -6,8 +6,9 @@
 //!   handshake (hyper waits for it forever; gRPC-Go's equivalent is its 120 s
 //!   `ConnectionTimeout`);
 //! - a connection with no open stream for [`Timeouts::http2_idle`] gets a GOAWAY (gRPC-Go's
-//!   `MaxConnectionIdle`). An agent always holds its `SyncEntries` stream, so only a connection
-//!   that does nothing is closed; an agent whose connection is closed dials again.
+//!   `MaxConnectionIdle`). A client holding a stream (an agent's `SyncEntries`) is never idle,
+//!   so only a connection that does nothing is closed; a client whose connection is closed
+//!   dials again.
 //!
 //! Each request carries the connection's `TlsConnectInfo`, exactly as tonic's own server puts
 //! it, so `Request::peer_certs` and `Request::remote_addr` work unchanged in the handlers.
@@ -26,24 +27,24 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
 use super::accept::{accept_loop, handshake};
-use super::{ConnectionLimiter, HTTP2_MAX_STREAMS, Listener, Permit, Timeouts};
-use crate::api::tls::ServerTls;
+use super::{ConnectionLimiter, HTTP2_MAX_STREAMS, Listener, Permit, Timeouts, TlsSource};
 
 /// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
 const PREFACE_LEN: u64 = 24;
 
 /// Serves `routes` on `listener` over TLS with `tls`'s current config until `cancel` fires;
-/// then each connection gets a GOAWAY and [`Timeouts::close_grace`] to finish.
+/// then each connection gets a GOAWAY and [`Timeouts::close_grace`] to finish. A connection
+/// whose client presented a certificate the TLS config verified stops counting against its
+/// source address ([`Permit::release_address`]).
 pub async fn serve_grpc(
     listener: Listener,
-    tls: Arc<ServerTls>,
+    tls: TlsSource,
     routes: Routes,
     cancel: CancellationToken,
 ) -> io::Result<()> {
@@ -51,7 +52,7 @@ pub async fn serve_grpc(
     let timeouts = listener.timeouts;
     let routes = routes.prepare();
     accept_loop(listener, cancel.clone(), move |stream, peer, permit| {
-        let acceptor = TlsAcceptor::from(tls.config());
+        let acceptor = tls();
         let (routes, limiter, cancel) = (routes.clone(), limiter.clone(), cancel.clone());
         async move {
             let Some(stream) = handshake(
@@ -68,8 +69,8 @@ pub async fn serve_grpc(
             };
             let mut permit = permit;
             if stream.get_ref().1.peer_certificates().is_some() {
-                // rustls verified the chain against the bundle: an agent (or another holder
-                // of an SVID of the trust domain), no longer counted against its address.
+                // rustls verified the client's chain (the server: an agent, or another holder
+                // of an SVID of the trust domain): no longer counted against its address.
                 permit.release_address();
             }
             serve_connection(stream, peer, routes, permit, &limiter, timeouts, &cancel).await;
@@ -136,7 +137,7 @@ async fn serve_connection(
                 (_, Some((why, _))) => why,
                 (Ok(()), None) => "ok",
                 (Err(e), None) => {
-                    tracing::debug!(listener = %limiter.endpoint(), %peer, error = %e, "connection ended with an error");
+                    tracing::debug!(listener = limiter.listener(), %peer, error = %e, "connection ended with an error");
                     if e.is_timeout() { "keepalive_timeout" } else { "error" }
                 }
             },
@@ -152,12 +153,12 @@ async fn serve_connection(
                     }
                 } else if !preface_seen {
                     if received.load(Ordering::Relaxed) < PREFACE_LEN {
-                        tracing::debug!(listener = %limiter.endpoint(), %peer, "no HTTP/2 preface in time; closing");
+                        tracing::debug!(listener = limiter.listener(), %peer, "no HTTP/2 preface in time; closing");
                         break "preface_timeout";
                     }
                     preface_seen = true;
                 } else if activity.idle_deadline(timeouts.http2_idle, now) <= now {
-                    tracing::debug!(listener = %limiter.endpoint(), %peer, "no open stream for the idle timeout; sending GOAWAY");
+                    tracing::debug!(listener = limiter.listener(), %peer, "no open stream for the idle timeout; sending GOAWAY");
                     conn.as_mut().graceful_shutdown();
                     closing = Some(("idle_timeout", now + timeouts.close_grace));
                 }

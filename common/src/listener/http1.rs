@@ -31,9 +31,9 @@ pub async fn serve_http(
 ) -> io::Result<()> {
     let limiter = listener.limiter.clone();
     let timeouts = listener.timeouts;
-    let endpoint = limiter.endpoint();
+    let name = limiter.listener();
     let local = listener.local_addr()?;
-    tracing::debug!(listener = %endpoint, address = %local, tls = tls.is_some(), "serving HTTP/1.1");
+    tracing::debug!(listener = name, address = %local, tls = tls.is_some(), "serving HTTP/1.1");
     accept_loop(listener, cancel.clone(), move |stream, peer, permit| {
         let acceptor = tls.as_ref().map(|source| source());
         let (app, limiter, cancel) = (app.clone(), limiter.clone(), cancel.clone());
@@ -95,11 +95,11 @@ async fn serve_connection<I>(
     let result = match outcome {
         Some(Ok(())) => "ok",
         Some(Err(e)) if e.is_timeout() => {
-            tracing::debug!(listener = %limiter.endpoint(), %peer, "no complete request head in time; closing");
+            tracing::debug!(listener = limiter.listener(), %peer, "no complete request head in time; closing");
             "header_timeout"
         }
         Some(Err(e)) => {
-            tracing::debug!(listener = %limiter.endpoint(), %peer, error = %e, "connection ended with an error");
+            tracing::debug!(listener = limiter.listener(), %peer, error = %e, "connection ended with an error");
             "error"
         }
         None => "error",

@@ -3,23 +3,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sigil_proto::TrustDomain;
+use rustls::ClientConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::api::tls::ServerTls;
-use crate::ca::Ca;
-use crate::key_manager::MemoryKeyManager;
-use crate::metrics::Metrics;
+use crate::tls::SpiffeServerVerifier;
 
 fn short() -> Timeouts {
     Timeouts {
@@ -33,12 +28,12 @@ fn short() -> Timeouts {
     }
 }
 
-fn limiter(max: u64, per_address: u64, metrics: &Arc<Metrics>) -> Arc<ConnectionLimiter> {
+fn limiter(max: u64, per_address: u64, metrics: &ConnectionMetrics) -> Arc<ConnectionLimiter> {
     let limits = ConnectionLimits {
         max_connections: max,
         max_connections_per_address: per_address,
     };
-    ConnectionLimiter::new(Endpoint::OidcDiscovery, limits, metrics.clone())
+    ConnectionLimiter::new("oidc_discovery", limits, metrics.clone())
 }
 
 async fn serve_plain(limiter: Arc<ConnectionLimiter>) -> (SocketAddr, CancellationToken) {
@@ -72,7 +67,7 @@ async fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
 
 /// Waits (2 s at most) for `line` in the metrics: the server counts a close on its own task,
 /// which may run after the client saw the connection end.
-async fn metric_appears(metrics: &Metrics, line: &str) {
+async fn metric_appears(metrics: &ConnectionMetrics, line: &str) {
     for _ in 0..200 {
         if metrics.encode().contains(line) {
             return;
@@ -90,7 +85,7 @@ async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn http1_closes_silent_trickling_and_idle_connections() {
-    let metrics = Metrics::new();
+    let metrics = ConnectionMetrics::default();
     let (addr, cancel) = serve_plain(limiter(100, 100, &metrics)).await;
 
     // Silent after connecting.
@@ -142,7 +137,7 @@ async fn http1_closes_silent_trickling_and_idle_connections() {
     }
     metric_appears(
         &metrics,
-        "sigil_server_connections_closed_total{listener=\"oidc_discovery\",result=\"header_timeout\"} 3",
+        "sigil_connections_closed_total{listener=\"oidc_discovery\",result=\"header_timeout\"} 3",
     )
     .await;
     cancel.cancel();
@@ -150,7 +145,7 @@ async fn http1_closes_silent_trickling_and_idle_connections() {
 
 #[tokio::test]
 async fn caps_refuse_surplus_connections_at_once_and_free_slots_on_close() {
-    let metrics = Metrics::new();
+    let metrics = ConnectionMetrics::default();
     let l = limiter(3, 2, &metrics);
     let (addr, cancel) = serve_plain(l.clone()).await;
     let mut held = vec![
@@ -203,52 +198,15 @@ async fn caps_refuse_surplus_connections_at_once_and_free_slots_on_close() {
     cancel.cancel();
 }
 
-/// Accepts any server certificate: these tests are about connections, not identities.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// A TLS client that accepts any server certificate: these tests are about connections, not
+/// identities.
 async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::any_certificate()))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -258,17 +216,34 @@ async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStr
         .unwrap()
 }
 
-async fn serve_grpc_app(metrics: &Arc<Metrics>) -> (SocketAddr, CancellationToken) {
-    let (ca, _) = Ca::new(
-        crate::ca::CaConfig::new(TrustDomain::new("example.org").unwrap()),
-        Arc::new(MemoryKeyManager::new()),
-        None,
-        SystemTime::now(),
-    )
-    .unwrap();
-    let tls = Arc::new(ServerTls::new(Arc::new(ca)).unwrap());
-    let limits = Endpoint::AgentApi.default_limits();
-    let limiter = ConnectionLimiter::new(Endpoint::AgentApi, limits, metrics.clone());
+/// A self-signed server certificate, offering HTTP/2.
+fn tls_source() -> TlsSource {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["sigil-server".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Arc::new(move || acceptor.clone())
+}
+
+async fn serve_grpc_app(metrics: &ConnectionMetrics) -> (SocketAddr, CancellationToken) {
+    let limits = ConnectionLimits {
+        max_connections: 16_384,
+        max_connections_per_address: 1_024,
+    };
+    let limiter = ConnectionLimiter::new("agent_api", limits, metrics.clone());
     let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), limiter)
         .await
         .unwrap()
@@ -286,7 +261,7 @@ async fn serve_grpc_app(metrics: &Arc<Metrics>) -> (SocketAddr, CancellationToke
     let cancel = CancellationToken::new();
     tokio::spawn(serve_grpc(
         listener,
-        tls,
+        tls_source(),
         tonic::service::Routes::from(app),
         cancel.clone(),
     ));
@@ -295,7 +270,7 @@ async fn serve_grpc_app(metrics: &Arc<Metrics>) -> (SocketAddr, CancellationToke
 
 #[tokio::test]
 async fn http2_closes_silent_trickling_and_streamless_connections() {
-    let metrics = Metrics::new();
+    let metrics = ConnectionMetrics::default();
     let (addr, cancel) = serve_grpc_app(&metrics).await;
 
     // After the TLS handshake, nothing.
@@ -372,9 +347,8 @@ async fn http2_closes_silent_trickling_and_streamless_connections() {
     drop(stream);
 
     for result in ["preface_timeout", "idle_timeout"] {
-        let line = format!(
-            "sigil_server_connections_closed_total{{listener=\"agent_api\",result=\"{result}\"}}"
-        );
+        let line =
+            format!("sigil_connections_closed_total{{listener=\"agent_api\",result=\"{result}\"}}");
         metric_appears(&metrics, &line).await;
     }
     cancel.cancel();

@@ -1,7 +1,8 @@
 //! Admission of connections against a listener's caps ([`ConnectionLimits`]). A connection over
-//! a cap is closed at once by the caller; each one is counted in
-//! `sigil_server_connections_total{listener, result}` and the log gets at most one line per
-//! [`LOG_INTERVAL`] and kind, carrying the count since the last one, whatever the flood's rate.
+//! a cap is closed at once by the caller; each one is counted in the binary's
+//! `<prefix>_connections_total{listener, result}` ([`ConnectionMetrics`]) and the log gets at
+//! most one line per [`LOG_INTERVAL`] and kind, carrying the count since the last one, whatever
+//! the flood's rate.
 //!
 //! Hand-written: tower's `ConcurrencyLimit` and tokio's `Semaphore` bound one total but know
 //! nothing of source addresses, and the workspace has no connection-limiting crate; this is a
@@ -12,21 +13,90 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::metrics::{ConnectionLabels, ListenerLabel, Metrics};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
-use super::limits::{ConnectionLimits, Endpoint};
+use super::limits::ConnectionLimits;
 
 /// At most one log line per kind (refusals at each cap, accept errors) in this interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A TCP listener (`agent_api`, `health_checks`, ...) and what happened to a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// The listener's name.
+    pub listener: &'static str,
+    /// `accepted`, a refusal, or how an accepted connection ended.
+    pub result: &'static str,
+}
+
+/// A TCP listener, for the gauge of its open connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// The listener's name.
+    pub listener: &'static str,
+}
+
+/// The connection metrics of every listener of a process, registered in the binary's registry
+/// ([`ConnectionMetrics::register`]) under its prefix. Clones share the counts.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Inbound TCP connections: `accepted`, `refused_listener_cap`, `refused_address_cap`.
+    pub connections: Family<ConnectionLabels, Counter>,
+    /// Why accepted connections ended: `ok`, `tls_failed`, `tls_timeout`, `header_timeout`,
+    /// `preface_timeout`, `idle_timeout`, `keepalive_timeout`, `error`.
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// Connections open now, handshakes included.
+    pub open_connections: Family<ListenerLabel, Gauge>,
+}
+
+impl ConnectionMetrics {
+    /// Registers the three families as `connections`, `connections_closed` and
+    /// `open_connections`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections",
+            "Inbound TCP connections, accepted or refused at a cap",
+            self.connections.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Accepted TCP connections that ended, by why",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "TCP connections open, handshakes included",
+            self.open_connections.clone(),
+        );
+    }
+
+    /// The OpenMetrics text of these metrics alone, under the prefix `sigil`.
+    #[cfg(test)]
+    pub(crate) fn encode(&self) -> String {
+        let mut registry = Registry::with_prefix("sigil");
+        self.register(&mut registry);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
 /// Which cap refused a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
+    /// The listener holds `max_connections`.
     ListenerCap,
+    /// The source address holds `max_connections_per_address`.
     AddressCap,
 }
 
 impl Refusal {
+    /// The `result` label of the refusal.
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::ListenerCap => "refused_listener_cap",
@@ -37,10 +107,10 @@ impl Refusal {
 
 /// Counts a listener's open connections, in all and per source address.
 pub struct ConnectionLimiter {
-    endpoint: Endpoint,
+    listener: &'static str,
     limits: ConnectionLimits,
     state: Mutex<State>,
-    metrics: Arc<Metrics>,
+    metrics: ConnectionMetrics,
     listener_cap_log: LogThrottle,
     address_cap_log: LogThrottle,
     accept_error_log: LogThrottle,
@@ -57,20 +127,22 @@ struct State {
 impl std::fmt::Debug for ConnectionLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionLimiter")
-            .field("endpoint", &self.endpoint)
+            .field("listener", &self.listener)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl ConnectionLimiter {
+    /// The limiter of the listener named `listener` (in metrics labels and log lines),
+    /// counting in `metrics`.
     pub fn new(
-        endpoint: Endpoint,
+        listener: &'static str,
         limits: ConnectionLimits,
-        metrics: Arc<Metrics>,
-    ) -> Arc<ConnectionLimiter> {
-        Arc::new(ConnectionLimiter {
-            endpoint,
+        metrics: ConnectionMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            listener,
             limits,
             state: Mutex::default(),
             metrics,
@@ -80,10 +152,12 @@ impl ConnectionLimiter {
         })
     }
 
-    pub fn endpoint(&self) -> Endpoint {
-        self.endpoint
+    /// The listener's name.
+    pub fn listener(&self) -> &'static str {
+        self.listener
     }
 
+    /// The caps.
     pub fn limits(&self) -> ConnectionLimits {
         self.limits
     }
@@ -143,7 +217,7 @@ impl ConnectionLimiter {
     /// Logs a failed `accept` (EMFILE and the like), rate-limited.
     pub fn accept_failed(&self, error: &std::io::Error) {
         if let Some(count) = self.accept_error_log.event(Instant::now()) {
-            tracing::warn!(listener = %self.endpoint, error = %error, count, "cannot accept connections");
+            tracing::warn!(listener = self.listener, error = %error, count, "cannot accept connections");
         }
     }
 
@@ -160,7 +234,7 @@ impl ConnectionLimiter {
         };
         if let Some(count) = throttle.event(Instant::now()) {
             tracing::warn!(
-                listener = %self.endpoint,
+                listener = self.listener,
                 result = refusal.as_str(),
                 count,
                 last_peer = %peer,
@@ -188,16 +262,16 @@ impl ConnectionLimiter {
 
     fn labels(&self, result: &'static str) -> ConnectionLabels {
         ConnectionLabels {
-            listener: self.endpoint.as_str(),
+            listener: self.listener,
             result,
         }
     }
 
-    fn open_gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
+    fn open_gauge(&self) -> Gauge {
         self.metrics
             .open_connections
             .get_or_create(&ListenerLabel {
-                listener: self.endpoint.as_str(),
+                listener: self.listener,
             })
             .clone()
     }
@@ -269,14 +343,14 @@ impl LogThrottle {
 mod tests {
     use super::*;
 
-    fn limiter(max: u64, per_address: u64) -> (Arc<ConnectionLimiter>, Arc<Metrics>) {
-        let metrics = Metrics::new();
+    fn limiter(max: u64, per_address: u64) -> (Arc<ConnectionLimiter>, ConnectionMetrics) {
+        let metrics = ConnectionMetrics::default();
         let limits = ConnectionLimits {
             max_connections: max,
             max_connections_per_address: per_address,
         };
         (
-            ConnectionLimiter::new(Endpoint::OidcDiscovery, limits, metrics.clone()),
+            ConnectionLimiter::new("oidc_discovery", limits, metrics.clone()),
             metrics,
         )
     }
@@ -303,7 +377,7 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(
-                "sigil_server_connections_total{listener=\"oidc_discovery\",result=\"accepted\"} 5"
+                "sigil_connections_total{listener=\"oidc_discovery\",result=\"accepted\"} 5"
             ),
             "{text}"
         );
@@ -313,7 +387,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("sigil_server_open_connections{listener=\"oidc_discovery\"} 4"),
+            text.contains("sigil_open_connections{listener=\"oidc_discovery\"} 4"),
             "{text}"
         );
     }

@@ -1,12 +1,13 @@
-//! The server's TCP listeners: the agent API (gRPC over HTTP/2 and mTLS), OIDC discovery, the
-//! federation bundle endpoint, and the health and metrics endpoints (HTTP/1.1, TLS for some).
-//! Everything a connection may cost before and between requests is bounded here, so that
-//! silent, trickling or half-open clients cannot hold descriptors the datastore, the admin
-//! socket and real clients need:
+//! TCP listeners with every cost of a connection bounded: the server's agent API (gRPC over
+//! HTTP/2 and mTLS), OIDC discovery, federation bundle endpoint, health and metrics endpoints,
+//! and the agent's health endpoint (HTTP/1.1, TLS for some). Everything a connection may cost
+//! before and between requests is bounded here, so that silent, trickling or half-open clients
+//! cannot hold descriptors the process needs for its real work:
 //!
 //! - **Caps** ([`limits`], [`limiter`]): connections per listener and per source address,
-//!   checked at accept; a connection over a cap is closed at once. The caps are fitted under
-//!   the process's descriptor limit, raised at start ([`fd_limit`]), minus a reserve.
+//!   checked at accept; a connection over a cap is closed at once. A binary fits its caps
+//!   under the process's descriptor limit ([`limits::fit`]), raised at start ([`fd_limit`]),
+//!   minus a reserve.
 //! - **Timeouts** ([`Timeouts`]): TLS handshake; HTTP/1 request head, which also bounds an idle
 //!   keep-alive connection (hyper starts the timer whenever it waits for a head); HTTP/2
 //!   preface, keep-alive pings, and an idle timeout for connections with no open stream.
@@ -35,8 +36,10 @@ use tokio_rustls::TlsAcceptor;
 
 pub use grpc::serve_grpc;
 pub use http1::serve_http;
-pub use limiter::{ConnectionLimiter, Permit, Refusal};
-pub use limits::{ConnectionLimits, ConnectionLimitsConfig, Endpoint, FittedLimits, RESERVED_FDS};
+pub use limiter::{
+    ConnectionLabels, ConnectionLimiter, ConnectionMetrics, ListenerLabel, Permit, Refusal,
+};
+pub use limits::ConnectionLimits;
 
 /// Where each TLS handshake's config comes from (called per connection, so a rotated
 /// certificate is presented at once).
@@ -67,7 +70,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
+        Self {
             tls_handshake: Duration::from_secs(10),
             header_read: Duration::from_secs(10),
             http2_preface: Duration::from_secs(10),
@@ -79,8 +82,8 @@ impl Default for Timeouts {
     }
 }
 
-/// HTTP/2 streams one agent API connection may have open at once (hyper's default is 200,
-/// tonic's `Server` lifts it); an agent's client queues beyond it rather than failing.
+/// HTTP/2 streams one gRPC connection may have open at once (hyper's default is 200, tonic's
+/// `Server` lifts it); a client queues beyond it rather than failing.
 pub const HTTP2_MAX_STREAMS: u32 = 256;
 
 /// A bound TCP listener with its caps and timeouts.
@@ -91,8 +94,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(tcp: TcpListener, limiter: Arc<ConnectionLimiter>) -> Listener {
-        Listener {
+    /// `tcp`, held to `limiter`'s caps and the default [`Timeouts`].
+    pub fn new(tcp: TcpListener, limiter: Arc<ConnectionLimiter>) -> Self {
+        Self {
             tcp,
             limiter,
             timeouts: Timeouts::default(),
@@ -100,74 +104,25 @@ impl Listener {
     }
 
     /// Binds `addr` now, so a port clash fails start-up.
-    pub async fn bind(addr: SocketAddr, limiter: Arc<ConnectionLimiter>) -> io::Result<Listener> {
-        Ok(Listener::new(TcpListener::bind(addr).await?, limiter))
+    pub async fn bind(addr: SocketAddr, limiter: Arc<ConnectionLimiter>) -> io::Result<Self> {
+        Ok(Self::new(TcpListener::bind(addr).await?, limiter))
     }
 
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Listener {
+    /// Other timeouts than the defaults (tests shorten them).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
     }
 
+    /// The address bound (the port chosen, when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
 
+    /// The caps this listener is held to.
     pub fn limiter(&self) -> &Arc<ConnectionLimiter> {
         &self.limiter
     }
-}
-
-/// At start-up, before anything binds: raises the descriptor limit ([`fd_limit::raise`]) and
-/// fits the caps of the `enabled` listeners under it, logging both.
-pub fn plan(config: &ConnectionLimitsConfig, enabled: &[Endpoint]) -> FittedLimits {
-    let fds = fd_limit::raise();
-    let fitted = limits::fit(config, enabled, fds.now);
-    let caps: Vec<String> = fitted
-        .limits
-        .iter()
-        .map(|(e, l)| {
-            format!(
-                "{e}={}/{}",
-                l.max_connections, l.max_connections_per_address
-            )
-        })
-        .collect();
-    if fitted.lowered {
-        tracing::warn!(
-            fd_limit = fds.now,
-            reserved = RESERVED_FDS,
-            caps = %caps.join(" "),
-            "the file descriptor limit is too low for the configured connection caps; lowered them to fit (raise the hard RLIMIT_NOFILE)"
-        );
-    } else {
-        tracing::info!(
-            fd_limit = fds.now,
-            fd_limit_before = fds.before,
-            reserved = RESERVED_FDS,
-            caps = %caps.join(" "),
-            "connection caps per listener (max_connections/max_connections_per_ip)"
-        );
-    }
-    fitted
-}
-
-/// The listeners `config` enables.
-pub fn enabled(config: &crate::config::ServerConfig) -> Vec<Endpoint> {
-    let bundle_endpoint = config
-        .federation
-        .as_ref()
-        .is_some_and(|f| f.bundle_endpoint.is_some());
-    Endpoint::ALL
-        .into_iter()
-        .filter(|e| match e {
-            Endpoint::AgentApi => true,
-            Endpoint::OidcDiscovery => config.oidc_discovery.is_some(),
-            Endpoint::BundleEndpoint => bundle_endpoint,
-            Endpoint::Health => config.health.is_some(),
-            Endpoint::Metrics => config.metrics.is_some(),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,25 +1,17 @@
-//! How many connections each TCP listener holds at once, in all and per source address: the
-//! defaults, the `server { connection_limits { ... } }` config block, and the fit under the
-//! process's file descriptor limit.
-//!
-//! Every accepted connection is a file descriptor. Without caps, a flood of idle connections to
-//! one listener (450 half-open OIDC connections did it) takes the descriptors the datastore,
-//! the admin socket and the other listeners need. With caps whose sum stays below the limit
-//! minus [`RESERVED_FDS`], a flood costs its own listener only.
+//! The server's TCP listeners: which there are ([`Endpoint`]), their default connection caps,
+//! the `server { connection_limits { ... } }` config block, and the plan made at start-up:
+//! the descriptor limit raised and every enabled listener's caps fitted under it. Serving,
+//! admission and timeouts are `sigil_common::listener`'s, shared with the agent.
 
 use std::fmt;
+use std::sync::Arc;
 
+use sigil_common::listener::limits::{self, RESERVED_FDS};
+use sigil_common::listener::{ConnectionLimiter, ConnectionLimits, fd_limit};
 use sigil_proto::hcl::{Block, ConfigError};
 
-/// Descriptors kept out of every listener's reach: the datastore pool (SQLite: 10 connections
-/// with a database and a WAL descriptor each, plus the shared-memory file; PostgreSQL: 16 + 1
-/// sockets), admin API connections, federation and Kubernetes clients, key and state files
-/// being written, DNS look-ups, the listening sockets themselves and the runtime's own (epoll,
-/// signal pipe). A running server with every listener idle holds 36; the rest is head-room.
-pub const RESERVED_FDS: u64 = 256;
-
-/// The smallest cap a listener gets when the descriptor limit is too low for the defaults.
-const MIN_CAP: u64 = 4;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 
 /// One TCP listener of the server, for limits, metrics labels and log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,22 +24,22 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
-        Endpoint::AgentApi,
-        Endpoint::OidcDiscovery,
-        Endpoint::BundleEndpoint,
-        Endpoint::Health,
-        Endpoint::Metrics,
+    pub const ALL: [Self; 5] = [
+        Self::AgentApi,
+        Self::OidcDiscovery,
+        Self::BundleEndpoint,
+        Self::Health,
+        Self::Metrics,
     ];
 
     /// The name in metrics labels, log lines and the config block.
     pub fn as_str(self) -> &'static str {
         match self {
-            Endpoint::AgentApi => "agent_api",
-            Endpoint::OidcDiscovery => "oidc_discovery",
-            Endpoint::BundleEndpoint => "bundle_endpoint",
-            Endpoint::Health => "health_checks",
-            Endpoint::Metrics => "telemetry",
+            Self::AgentApi => "agent_api",
+            Self::OidcDiscovery => "oidc_discovery",
+            Self::BundleEndpoint => "bundle_endpoint",
+            Self::Health => "health_checks",
+            Self::Metrics => "telemetry",
         }
     }
 
@@ -66,10 +58,10 @@ impl Endpoint {
     /// - Health and metrics: a kubelet and a Prometheus scraper, one connection per probe.
     pub fn default_limits(self) -> ConnectionLimits {
         let (max, per_address) = match self {
-            Endpoint::AgentApi => (16_384, 1_024),
-            Endpoint::OidcDiscovery => (1_024, 256),
-            Endpoint::BundleEndpoint => (256, 64),
-            Endpoint::Health | Endpoint::Metrics => (64, 32),
+            Self::AgentApi => (16_384, 1_024),
+            Self::OidcDiscovery => (1_024, 256),
+            Self::BundleEndpoint => (256, 64),
+            Self::Health | Self::Metrics => (64, 32),
         };
         ConnectionLimits {
             max_connections: max,
@@ -84,15 +76,6 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// The caps of one listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Connections open at once, handshakes included.
-    pub max_connections: u64,
-    /// Of those, from one source address (IPv4 address, or IPv6 /64 prefix).
-    pub max_connections_per_address: u64,
-}
-
 /// `server { connection_limits { <listener> { max_connections, max_connections_per_ip } } }`:
 /// the caps of each listener, defaults where not set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +85,7 @@ pub struct ConnectionLimitsConfig {
 
 impl Default for ConnectionLimitsConfig {
     fn default() -> Self {
-        ConnectionLimitsConfig {
+        Self {
             limits: Endpoint::ALL.map(Endpoint::default_limits),
         }
     }
@@ -118,8 +101,8 @@ impl ConnectionLimitsConfig {
     }
 
     /// Reads the `connection_limits` block of `server`.
-    pub fn read(block: Option<Block<'_>>) -> Result<ConnectionLimitsConfig, ConfigError> {
-        let mut out = ConnectionLimitsConfig::default();
+    pub fn read(block: Option<Block<'_>>) -> Result<Self, ConfigError> {
+        let mut out = Self::default();
         let Some(mut block) = block else {
             return Ok(out);
         };
@@ -181,32 +164,77 @@ impl FittedLimits {
     }
 }
 
-/// Fits the caps of `enabled` listeners under `fd_limit`: when their sum exceeds the limit
-/// minus [`RESERVED_FDS`], each is scaled down by the same factor (never below a handful), and
-/// each per-address cap to at most its listener's.
+/// The caps of the `enabled` listeners fitted under `fd_limit` ([`limits::fit`]).
 pub fn fit(config: &ConnectionLimitsConfig, enabled: &[Endpoint], fd_limit: u64) -> FittedLimits {
-    let budget = fd_limit.saturating_sub(RESERVED_FDS);
-    let wanted: u64 = enabled.iter().map(|e| config.get(*e).max_connections).sum();
-    let lowered = wanted > budget;
-    // Scaled against what is left once every listener has its floor, so that the floors do
-    // not push the sum over the budget (when the budget has room for the floors at all).
-    let floors = MIN_CAP * enabled.len() as u64;
-    let share = budget.saturating_sub(floors);
-    let limits = enabled
+    let mut limits: Vec<(Endpoint, ConnectionLimits)> =
+        enabled.iter().map(|e| (*e, config.get(*e))).collect();
+    let lowered = limits::fit(&mut limits, fd_limit);
+    FittedLimits { limits, lowered }
+}
+
+/// At start-up, before anything binds: raises the descriptor limit ([`fd_limit::raise`]) and
+/// fits the caps of the `enabled` listeners under it, logging both.
+pub fn plan(config: &ConnectionLimitsConfig, enabled: &[Endpoint]) -> FittedLimits {
+    let fds = fd_limit::raise();
+    let fitted = fit(config, enabled, fds.now);
+    let caps: Vec<String> = fitted
+        .limits
         .iter()
-        .map(|e| {
-            let mut l = config.get(*e);
-            if lowered {
-                // u128: the product of two u64s; the quotient is at most the original cap.
-                let scaled = u128::from(l.max_connections) * u128::from(share) / u128::from(wanted);
-                l.max_connections = u64::try_from(scaled).unwrap_or(u64::MAX).max(MIN_CAP);
-                l.max_connections_per_address =
-                    l.max_connections_per_address.min(l.max_connections);
-            }
-            (*e, l)
+        .map(|(e, l)| {
+            format!(
+                "{e}={}/{}",
+                l.max_connections, l.max_connections_per_address
+            )
         })
         .collect();
-    FittedLimits { limits, lowered }
+    if fitted.lowered {
+        tracing::warn!(
+            fd_limit = fds.now,
+            reserved = RESERVED_FDS,
+            caps = %caps.join(" "),
+            "the file descriptor limit is too low for the configured connection caps; lowered them to fit (raise the hard RLIMIT_NOFILE)"
+        );
+    } else {
+        tracing::info!(
+            fd_limit = fds.now,
+            fd_limit_before = fds.before,
+            reserved = RESERVED_FDS,
+            caps = %caps.join(" "),
+            "connection caps per listener (max_connections/max_connections_per_ip)"
+        );
+    }
+    fitted
+}
+
+/// The listeners `config` enables.
+pub fn enabled(config: &ServerConfig) -> Vec<Endpoint> {
+    let bundle_endpoint = config
+        .federation
+        .as_ref()
+        .is_some_and(|f| f.bundle_endpoint.is_some());
+    Endpoint::ALL
+        .into_iter()
+        .filter(|e| match e {
+            Endpoint::AgentApi => true,
+            Endpoint::OidcDiscovery => config.oidc_discovery.is_some(),
+            Endpoint::BundleEndpoint => bundle_endpoint,
+            Endpoint::Health => config.health.is_some(),
+            Endpoint::Metrics => config.metrics.is_some(),
+        })
+        .collect()
+}
+
+/// The limiter of `endpoint`'s listener with its fitted caps, counting in `metrics`.
+pub fn limiter(
+    endpoint: Endpoint,
+    caps: &FittedLimits,
+    metrics: &Metrics,
+) -> Arc<ConnectionLimiter> {
+    ConnectionLimiter::new(
+        endpoint.as_str(),
+        caps.get(endpoint),
+        metrics.connections.clone(),
+    )
 }
 
 #[cfg(test)]
@@ -250,11 +278,7 @@ mod tests {
         assert!(agent.max_connections_per_address <= agent.max_connections);
         // Below the reserve, every listener still gets a handful.
         let tiny = fit(&ConnectionLimitsConfig::default(), &enabled, 100);
-        assert!(
-            tiny.limits
-                .iter()
-                .all(|(_, l)| l.max_connections == MIN_CAP)
-        );
+        assert!(tiny.limits.iter().all(|(_, l)| l.max_connections == 4));
     }
 
     #[test]
