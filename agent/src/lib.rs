@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod csr;
 pub mod endpoints;
 pub mod node_attestation;
 pub mod ops;

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use crate::cache::{Cache, CachedX509Svid, Identity, RenderedKey, Snapshot, TemplateDemand};
+use crate::csr::new_key_and_csr;
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::leaf_facts;
@@ -145,22 +146,6 @@ async fn paced(n: usize, cancel: &CancellationToken) -> bool {
         () = cancel.cancelled() => false,
         () = tokio::time::sleep(wait) => true,
     }
-}
-
-/// Why a key or CSR could not be made.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CsrError {
-    #[error("generating a key or CSR: {0}")]
-    Rcgen(#[from] rcgen::Error),
-}
-
-/// A fresh P-256 key (PKCS#8 DER, wiped on drop) and a PKCS#10 CSR (DER) for it. The server
-/// takes only the public key from the CSR and sets the SPIFFE ID itself.
-pub fn new_key_and_csr() -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), CsrError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
-    Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
 }
 
 /// Unix seconds at which a just-minted SVID is renewed. Its life is counted from `now`, not
@@ -810,16 +795,6 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1200));
-    }
-
-    #[test]
-    fn csr_is_parseable_and_key_is_p256() {
-        use rcgen::PublicKeyData;
-        let (key, csr) = new_key_and_csr().unwrap();
-        let parsed = rcgen::CertificateSigningRequestParams::from_der(&csr.into()).unwrap();
-        let key = rcgen::KeyPair::try_from(key.as_slice()).unwrap();
-        assert_eq!(parsed.public_key.der_bytes(), key.der_bytes());
-        assert!(key.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
     }
 
     fn entry(id: &str, revision: i64) -> RegistrationEntry {

@@ -27,9 +27,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Backoff, MAX_SLEEP, new_key_and_csr, random_jitter, refresh_at, unix_now};
+use super::{Backoff, MAX_SLEEP, random_jitter, refresh_at, unix_now};
 use crate::cache::Snapshot;
 use crate::cache::expiry::{is_expired, rfc3339};
+use crate::csr::new_key_and_csr;
 use crate::node_attestation::{self, NodeAttestationError, NodeAttestor};
 use crate::ops::{Metrics, Readiness};
 use crate::server_client::{ServerConnection, is_connection_failure};
