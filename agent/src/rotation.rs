@@ -15,9 +15,7 @@
 
 mod agent_svid;
 
-pub use agent_svid::{
-    AgentIdentity, AgentSvidRenewal, DEFAULT_EXIT_DELAY, IdentityLost, renew_agent_svid,
-};
+pub use agent_svid::{AgentSvidRenewal, DEFAULT_EXIT_DELAY, IdentityLost, renew_agent_svid};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -356,7 +354,7 @@ pub async fn rotate_workload_svids(
 /// Waits while the agent's own SVID has expired (the server would refuse every mint) until a
 /// new one is in place; false if `cancel` fired meanwhile.
 async fn agent_svid_usable(connection: &ServerConnection, cancel: &CancellationToken) -> bool {
-    let Some(expired_at) = connection.identity_expired_at(unix_now()) else {
+    let Some(expired_at) = connection.identity().expired_at(unix_now()) else {
         return true;
     };
     debug!(
@@ -365,7 +363,7 @@ async fn agent_svid_usable(connection: &ServerConnection, cancel: &CancellationT
     );
     tokio::select! {
         () = cancel.cancelled() => false,
-        () = connection.identity_renewed() => true,
+        () = connection.identity().renewed() => true,
     }
 }
 
