@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use crate::cache::expiry::is_expired;
+use crate::cache::expiry::{is_expired, unix_now};
 use crate::svid_store::AgentSvid;
 
 /// The agent's current X509-SVID: none until the first attestation. Shared as `Arc`.
@@ -71,7 +71,7 @@ impl AgentIdentity {
         let _ = rx
             .wait_for(|svid| {
                 svid.as_ref()
-                    .is_none_or(|svid| !is_expired(svid.not_after, crate::rotation::unix_now()))
+                    .is_none_or(|svid| !is_expired(svid.not_after, unix_now()))
             })
             .await;
     }
@@ -94,7 +94,6 @@ pub(crate) mod tests {
     use sigil_proto::SpiffeId;
 
     use super::*;
-    use crate::rotation::unix_now;
 
     /// An agent SVID with the given NotAfter (the chain is a self-signed stand-in).
     pub(crate) fn agent_svid(not_after: i64) -> AgentSvid {

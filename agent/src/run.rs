@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::cache::expiry::unix_now;
 use crate::cache::{self, Cache};
 use crate::config::{
     AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
@@ -22,7 +23,7 @@ use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
-use crate::rotation::{self, AgentSvidRenewal, Backoff, unix_now};
+use crate::rotation::{self, AgentSvidRenewal, Backoff, Minting, Pace};
 use crate::server_client::{ServerConnection, ServerJwtMinter, check_trust_anchors};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};
@@ -223,24 +224,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sync::sync_forever(ctx, td, c).await;
         Ok(())
     });
-    let (conn, cch, m, c) = (
-        connection.clone(),
-        cache.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    );
+    let minting = Minting {
+        connection: connection.clone(),
+        cache: cache.clone(),
+        identity: identity.clone(),
+        pace: Arc::new(Pace::default()),
+        metrics: metrics.clone(),
+    };
+    let (m, c) = (minting.clone(), cancel.clone());
     tasks.spawn(async move {
-        rotation::rotate_workload_svids(conn, cch, m, c).await;
+        rotation::rotate_workload_svids(m, c).await;
         Ok(())
     });
-    let (conn, cch, m, c) = (
-        connection.clone(),
-        cache.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    );
+    let c = cancel.clone();
     tasks.spawn(async move {
-        rotation::rotate_rendered_svids(conn, cch, m, c).await;
+        rotation::rotate_rendered_svids(minting, c).await;
         Ok(())
     });
     {

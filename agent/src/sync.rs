@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
+use crate::cache::expiry::unix_now;
 use crate::identity::AgentIdentity;
 use crate::ops::{Metrics, Readiness};
-use crate::rotation::{Backoff, unix_now};
+use crate::rotation::Backoff;
 use crate::server_client::{ServerConnection, check_trust_anchors, is_connection_failure};
 use crate::svid_store::SvidStore;
 

@@ -208,6 +208,11 @@ struct Seen {
     warned: bool,
 }
 
+/// Unix time in seconds: the agent's clock for SVID lifetimes.
+pub fn unix_now() -> i64 {
+    unix_now_ms() / 1000
+}
+
 /// Unix time in milliseconds.
 fn unix_now_ms() -> i64 {
     SystemTime::now()

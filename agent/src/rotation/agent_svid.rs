@@ -25,9 +25,9 @@ use sigil_proto::sigil::agent::v1::RenewAgentRequest;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Backoff, MAX_SLEEP, random_jitter, refresh_at, unix_now};
+use super::schedule::{Backoff, MAX_SLEEP, random_jitter, refresh_at};
 use crate::cache::Cache;
-use crate::cache::expiry::{is_expired, rfc3339};
+use crate::cache::expiry::{is_expired, rfc3339, unix_now};
 use crate::csr::new_key_and_csr;
 use crate::identity::AgentIdentity;
 use crate::node_attestation::{self, NodeAttestationError, NodeAttestor};
