@@ -46,7 +46,6 @@ impl Target for FixedEntries {
     type Key = String;
     type Due = Arc<Identity>;
     const WHAT: &'static str = "X509-SVIDs";
-    const PER_KEY_REFUSAL: bool = false;
 
     fn key(due: &Arc<Identity>) -> &String {
         &due.entry.id

@@ -47,7 +47,6 @@ impl Target for TemplateInstances {
     type Key = RenderedKey;
     type Due = (Arc<Identity>, RenderedKey);
     const WHAT: &'static str = "template X509-SVIDs";
-    const PER_KEY_REFUSAL: bool = true;
 
     fn key(due: &(Arc<Identity>, RenderedKey)) -> &RenderedKey {
         &due.1

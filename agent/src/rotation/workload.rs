@@ -10,10 +10,10 @@
 //! - `ResourceExhausted`, its signing limit: the [`Pace`] engages and the turn ends; the rest is
 //!   asked for after [`RATE_LIMITED_RETRY`], through the pace.
 //! - A refusal, `PermissionDenied` (an entry gone or no longer authorized for this agent, an ID
-//!   the entry does not give) or `InvalidArgument` (an entry the server cannot sign), where the
-//!   target says so ([`Target::PER_KEY_REFUSAL`]): the server judged that batch's SVIDs, it is
-//!   not down. They are asked for again after [`ENTRY_RETRY`], and the other batches of the
-//!   turn go on.
+//!   the entry does not give) or `InvalidArgument` (an entry the server cannot sign): the
+//!   server judged that batch's SVIDs, it is not down. They are asked for again after
+//!   [`ENTRY_RETRY`], and the other batches of the turn go on, so one stale or unsignable
+//!   entry never holds back the others.
 //! - Anything else, the server unreachable or failing: the turn ends and the loop backs off,
 //!   without waking on cache changes meanwhile.
 
@@ -83,8 +83,6 @@ pub(crate) trait Target: Send + Sync {
     type Due: Send + Sync;
     /// What the loop mints, for log lines ("X509-SVIDs").
     const WHAT: &'static str;
-    /// Whether a refusal is retried per key rather than taken for an outage.
-    const PER_KEY_REFUSAL: bool;
 
     /// The key of a due SVID.
     fn key(due: &Self::Due) -> &Self::Key;
@@ -152,7 +150,7 @@ pub(crate) async fn rotate<T: Target>(mut target: T, turns: Turns<'_>, cancel: &
                     rate_limited = true;
                     break;
                 }
-                Err(status) if T::PER_KEY_REFUSAL && refused(status.code()) => {
+                Err(status) if refused(status.code()) => {
                     turns.metrics.svid_mint(false, batch.len());
                     warn!(code = ?status.code(), error = %status.message(), count = batch.len(), "server refused to mint {}; will retry them", T::WHAT);
                     for due in batch {
@@ -251,7 +249,6 @@ mod tests {
         type Key = u32;
         type Due = u32;
         const WHAT: &'static str = "test SVIDs";
-        const PER_KEY_REFUSAL: bool = true;
 
         fn key(due: &u32) -> &u32 {
             due
