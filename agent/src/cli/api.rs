@@ -61,6 +61,14 @@ fn rpc(what: &'static str) -> impl Fn(tonic::Status) -> CliError {
     move |status| CliError::Rpc { what, status }
 }
 
+/// The answer of a unary Workload API call.
+async fn answer<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    what: &'static str,
+) -> Result<T, CliError> {
+    Ok(call.await.map_err(rpc(what))?.into_inner())
+}
+
 /// The first message of a Workload API stream: what the one-shot `fetch` commands print.
 async fn first_message<T>(
     call: impl Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
@@ -114,13 +122,11 @@ pub(super) async fn fetch_jwt(
         audience: args.audience,
         spiffe_id: args.spiffe_id.unwrap_or_default(),
     };
-    let response = within(args.call.timeout, WHAT, async {
-        Ok(client
-            .fetch_jwtsvid(request)
-            .await
-            .map_err(rpc(WHAT))?
-            .into_inner())
-    })
+    let response = within(
+        args.call.timeout,
+        WHAT,
+        answer(client.fetch_jwtsvid(request), WHAT),
+    )
     .await?;
     render::jwt_svids(&response, args.output, out)
 }
@@ -152,13 +158,11 @@ pub(super) async fn validate_jwt(
         audience: args.audience,
         svid: args.svid,
     };
-    let response = within(args.call.timeout, WHAT, async {
-        Ok(client
-            .validate_jwtsvid(request)
-            .await
-            .map_err(rpc(WHAT))?
-            .into_inner())
-    })
+    let response = within(
+        args.call.timeout,
+        WHAT,
+        answer(client.validate_jwtsvid(request), WHAT),
+    )
     .await?;
     render::validated_jwt(&response, args.output, out)
 }
