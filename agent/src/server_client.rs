@@ -670,7 +670,7 @@ fn lazy_channel(dialer: Arc<Dialer>) -> Channel {
 }
 
 /// Whether `bundle` holds an X.509 authority the link can verify servers with.
-pub fn check_trust_anchors(bundle: &Bundle) -> Result<(), ServerClientError> {
+pub(crate) fn check_trust_anchors(bundle: &Bundle) -> Result<(), ServerClientError> {
     root_store(bundle).map(drop)
 }
 

@@ -2,11 +2,11 @@
 //! (`-socketPath`, `-spiffeID`), normalized to clap's `--flag` before parsing, so both
 //! `-flag value` and `-flag=value` work.
 //!
-//! - [`commands`]: the command tree, and `run` and `validate`, which read the configuration;
+//! - `commands`: the command tree, and `run` and `validate`, which read the configuration;
 //!   `run` is wired in [`crate::run`].
-//! - [`api`]: `api fetch x509|jwt|jwtbundle`, `api validate jwt`, `api watch` and `healthcheck`,
+//! - `api`: `api fetch x509|jwt|jwtbundle`, `api validate jwt`, `api watch` and `healthcheck`,
 //!   the Workload API clients.
-//! - [`render`]: what those print and write.
+//! - `render`: what those print and write.
 
 mod api;
 mod commands;

@@ -37,12 +37,12 @@ use crate::svid_store::{AgentSvid, SvidStore};
 use crate::taint::TaintedAuthorities;
 
 /// `lost_identity_exit_delay` unless configured.
-pub const DEFAULT_EXIT_DELAY: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_EXIT_DELAY: Duration = Duration::from_secs(60);
 
 /// The agent can no longer obtain an identity by itself: an operator must act.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum IdentityLost {
+pub(crate) enum IdentityLost {
     #[error(
         "the agent SVID {spiffe_id} expired at {expired_at} before it could be renewed, and this agent cannot attest again: {action}"
     )]
@@ -74,25 +74,25 @@ fn operator_action(attestor: Option<&dyn NodeAttestor>) -> &'static str {
 
 /// Everything the renewal loop works with.
 #[derive(Debug)]
-pub struct AgentSvidRenewal {
-    pub connection: Arc<ServerConnection>,
+pub(crate) struct AgentSvidRenewal {
+    pub(crate) connection: Arc<ServerConnection>,
     /// Where the agent SVID is held; this loop writes it.
-    pub identity: Arc<AgentIdentity>,
+    pub(crate) identity: Arc<AgentIdentity>,
     /// Where the trust bundle is held: read for tainted authorities, written after re-attesting.
-    pub cache: Arc<Cache>,
-    pub store: Option<SvidStore>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) store: Option<SvidStore>,
     /// The node attestor, when one is configured (a join token, `k8s_psat`).
-    pub attestor: Option<Arc<dyn NodeAttestor>>,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
+    pub(crate) attestor: Option<Arc<dyn NodeAttestor>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) readiness: Arc<Readiness>,
     /// How long a lost agent keeps serving valid workload SVIDs before it exits.
-    pub exit_delay: Duration,
+    pub(crate) exit_delay: Duration,
 }
 
 /// Keeps the agent SVID valid until `cancel` fires (then `Ok`), or returns [`IdentityLost`]
 /// `exit_delay` after the agent lost it for good (see the module doc). The agent holds an SVID
 /// before this loop starts.
-pub async fn renew_agent_svid(
+pub(crate) async fn renew_agent_svid(
     r: AgentSvidRenewal,
     cancel: CancellationToken,
 ) -> Result<(), IdentityLost> {

@@ -14,15 +14,15 @@ use tracing::debug;
 
 /// The pace once the server has refused: under its 500/s, the margin absorbing the gap between
 /// when a batch is paced here and when it reaches the server.
-pub const PACE_PER_SEC: f64 = 400.0;
+pub(crate) const PACE_PER_SEC: f64 = 400.0;
 /// The burst allowed at that pace.
-pub const PACE_BURST: f64 = 1000.0;
+pub(crate) const PACE_BURST: f64 = 1000.0;
 
 /// A token bucket that may go into debt: [`reserve`](Self::reserve) always succeeds and says
 /// how long to wait first. A pure function of `now`. Hand-written: a dozen lines, and the
 /// workspace has no rate-limiting crate.
 #[derive(Debug)]
-pub struct SigningPace {
+pub(crate) struct SigningPace {
     per_sec: f64,
     burst: f64,
     tokens: f64,
@@ -33,7 +33,7 @@ pub struct SigningPace {
 
 impl SigningPace {
     /// A pace in force from the start, with a full burst.
-    pub fn new(per_sec: f64, burst: f64) -> Self {
+    pub(crate) fn new(per_sec: f64, burst: f64) -> Self {
         Self {
             per_sec,
             burst,
@@ -44,7 +44,7 @@ impl SigningPace {
     }
 
     /// A pace that waits for nothing until [`refused`](Self::refused) is called.
-    pub fn after_first_refusal(per_sec: f64, burst: f64) -> Self {
+    pub(crate) fn after_first_refusal(per_sec: f64, burst: f64) -> Self {
         Self {
             engaged: false,
             ..Self::new(per_sec, burst)
@@ -53,14 +53,14 @@ impl SigningPace {
 
     /// The server refused a batch for its rate limit at `now`: its budget for this agent is
     /// spent, so pace from an empty bucket on.
-    pub fn refused(&mut self, now: Instant) {
+    pub(crate) fn refused(&mut self, now: Instant) {
         self.engaged = true;
         self.tokens = self.tokens.min(0.0);
         self.at = Some(now);
     }
 
     /// Reserves `n` signings at `now`; returns how long to wait before asking for them.
-    pub fn reserve(&mut self, n: usize, now: Instant) -> Duration {
+    pub(crate) fn reserve(&mut self, n: usize, now: Instant) -> Duration {
         if !self.engaged {
             return Duration::ZERO;
         }
@@ -80,7 +80,7 @@ impl SigningPace {
 /// The agent's one [`SigningPace`], shared by both minting loops: at full speed until the
 /// server first refuses.
 #[derive(Debug)]
-pub struct Pace(Mutex<SigningPace>);
+pub(crate) struct Pace(Mutex<SigningPace>);
 
 impl Default for Pace {
     fn default() -> Self {
@@ -93,7 +93,7 @@ impl Default for Pace {
 
 impl Pace {
     /// Tells the pace the server refused a batch for its signing rate limit.
-    pub fn refused(&self) {
+    pub(crate) fn refused(&self) {
         // Each method updates the bucket in one step, so a poisoned lock still holds a valid one.
         self.0
             .lock()
@@ -102,7 +102,7 @@ impl Pace {
     }
 
     /// Waits until `n` more signings fit the pace; false if `cancel` fired meanwhile.
-    pub async fn wait(&self, n: usize, cancel: &CancellationToken) -> bool {
+    pub(crate) async fn wait(&self, n: usize, cancel: &CancellationToken) -> bool {
         let wait = self
             .0
             .lock()

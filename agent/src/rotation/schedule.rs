@@ -8,7 +8,7 @@ use rand::Rng;
 
 /// The refresh point moves by up to this fraction of the half-life either way, so SVIDs
 /// minted together do not all come back together.
-pub const JITTER: f64 = 0.1;
+pub(crate) const JITTER: f64 = 0.1;
 
 /// Upper bound on a rotation loop's sleep, so a clock jump is noticed.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -16,20 +16,20 @@ pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Unix seconds at which a just-minted SVID is renewed. Its life is counted from `now`, not
 /// from NotBefore: the server backdates NotBefore to absorb clock skew, and with short TTLs
 /// half of the backdated window may already be over, which would re-mint in a tight loop.
-pub fn fresh_refresh_at(not_before: i64, not_after: i64, now: i64, jitter: f64) -> i64 {
+pub(crate) fn fresh_refresh_at(not_before: i64, not_after: i64, now: i64, jitter: f64) -> i64 {
     refresh_at(not_before.max(now), not_after, jitter)
 }
 
 /// Unix seconds at which an SVID valid from `not_before` to `not_after` is renewed: at half of
 /// its lifetime, moved by `jitter` (clamped to ±[`JITTER`]) times the half-life.
-pub fn refresh_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+pub(crate) fn refresh_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
     let half = (not_after - not_before).max(0) as f64 / 2.0;
     let jitter = jitter.clamp(-JITTER, JITTER);
     not_before + (half + half * jitter).round() as i64
 }
 
 /// A random jitter in ±[`JITTER`].
-pub fn random_jitter() -> f64 {
+pub(crate) fn random_jitter() -> f64 {
     rand::rng().random_range(-JITTER..=JITTER)
 }
 
@@ -49,14 +49,14 @@ pub(crate) fn next_wake(
 
 /// Exponential backoff with ±20 % jitter.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -65,18 +65,18 @@ impl Backoff {
     }
 
     /// 1 s doubling up to 30 s: what every agent loop uses against the server.
-    pub fn server() -> Self {
+    pub(crate) fn server() -> Self {
         Self::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// The next delay (the un-jittered delays double from `min` up to `max`).
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base.mul_f64(rand::rng().random_range(0.8..=1.2))
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 }
