@@ -18,12 +18,13 @@ use crate::cache::{self, Cache};
 use crate::config::{
     AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
 };
+use crate::identity::AgentIdentity;
 use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
-use crate::rotation::{self, AgentIdentity, AgentSvidRenewal, Backoff};
-use crate::server_client::{ServerConnection, ServerJwtMinter};
+use crate::rotation::{self, AgentSvidRenewal, Backoff, Minting, Pace};
+use crate::server_client::{ServerConnection, ServerJwtMinter, check_trust_anchors};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::sync::{self, SyncContext};
 use crate::workload_api::{self, WorkloadApiConfig};
@@ -82,13 +83,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .unwrap_or_default();
     refuse_insecure_files(insecure, config.allow_insecure_file_permissions)?;
     let bundle = initial_bundle(&config, store.as_ref())?;
+    let insecure_bootstrap = bundle.is_none();
     let stored_svid = stored_svid(store.as_ref(), &config.trust_domain);
+    // The trust bundle is held by the cache and the agent SVID by the identity, each once: the
+    // link reads both. With insecure_bootstrap the cache holds no authority until attestation.
+    let cache = Arc::new(Cache::new(
+        bundle.unwrap_or_else(|| Bundle::new(config.trust_domain.clone())),
+    ));
+    let identity = Arc::new(AgentIdentity::new(stored_svid));
     let connection = Arc::new(
         ServerConnection::with_servers(
             config.servers.clone(),
             &config.trust_domain,
-            bundle.as_ref(),
-            stored_svid.as_ref(),
+            cache.trust_bundle(),
+            insecure_bootstrap,
+            identity.clone(),
         )
         .context("cannot set up the connection to the server")?,
     );
@@ -103,43 +112,39 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         (NodeAttestorConfig::K8sPsat(psat), _) => Some(Arc::new(K8sPsatAttestor::new(psat))),
     };
 
-    let (svid, bundle) = match (stored_svid, bundle) {
-        (Some(svid), Some(bundle)) => {
-            info!(spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "using the stored agent SVID; not re-attesting");
-            (svid, bundle)
+    if let Some(svid) = identity.current()
+        && !insecure_bootstrap
+    {
+        info!(spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "using the stored agent SVID; not re-attesting");
+    } else {
+        let Some(attestor) = &attestor else {
+            bail!(
+                "agent SVID expired or missing and no join token configured: generate one with `sigil-server token generate` and pass -joinToken"
+            );
+        };
+        let Some((svid, new_bundle)) =
+            attest_with_retry(&connection, attestor.as_ref(), &cancel).await?
+        else {
+            info!("shutdown requested before attestation completed");
+            return Ok(());
+        };
+        if insecure_bootstrap {
+            warn!("insecure_bootstrap: trusting the bundle returned by the server from now on");
         }
-        (_, bundle) => {
-            let Some(attestor) = &attestor else {
-                bail!(
-                    "agent SVID expired or missing and no join token configured: generate one with `sigil-server token generate` and pass -joinToken"
-                );
-            };
-            let Some((svid, new_bundle)) =
-                attest_with_retry(&connection, attestor.as_ref(), &cancel).await?
-            else {
-                info!("shutdown requested before attestation completed");
-                return Ok(());
-            };
-            if bundle.is_none() {
-                warn!("insecure_bootstrap: trusting the bundle returned by the server from now on");
-            }
-            info!(spiffe_id = %svid.spiffe_id, "attested as {}", svid.spiffe_id);
-            connection.set_bundle(&new_bundle)?;
-            connection.set_identity(&svid)?;
-            if let Some(store) = &store {
-                store
-                    .save_svid(&svid)
-                    .context("cannot persist the agent SVID")?;
-                store
-                    .save_bundle(&new_bundle)
-                    .context("cannot persist the trust bundle")?;
-            }
-            (svid, new_bundle)
+        info!(spiffe_id = %svid.spiffe_id, "attested as {}", svid.spiffe_id);
+        check_trust_anchors(&new_bundle)?;
+        if let Some(store) = &store {
+            store
+                .save_svid(&svid)
+                .context("cannot persist the agent SVID")?;
+            store
+                .save_bundle(&new_bundle)
+                .context("cannot persist the trust bundle")?;
         }
-    };
+        cache.set_bundle(new_bundle);
+        identity.set(svid);
+    }
 
-    let identity = Arc::new(AgentIdentity::new(svid));
-    let cache = Arc::new(Cache::new(bundle));
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     let attestors = Arc::new(workload_attestors(&config)?);
@@ -204,24 +209,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sync::sync_forever(ctx, td, c).await;
         Ok(())
     });
-    let (conn, cch, m, c) = (
-        connection.clone(),
-        cache.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    );
+    let minting = Minting {
+        connection: connection.clone(),
+        cache: cache.clone(),
+        identity: identity.clone(),
+        pace: Arc::new(Pace::default()),
+        metrics: metrics.clone(),
+    };
+    let (m, c) = (minting.clone(), cancel.clone());
     tasks.spawn("workload SVID rotation", async move {
-        rotation::rotate_workload_svids(conn, cch, m, c).await;
+        rotation::rotate_workload_svids(m, c).await;
         Ok(())
     });
-    let (conn, cch, m, c) = (
-        connection.clone(),
-        cache.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    );
+    let c = cancel.clone();
     tasks.spawn("rendered SVID rotation", async move {
-        rotation::rotate_rendered_svids(conn, cch, m, c).await;
+        rotation::rotate_rendered_svids(minting, c).await;
         Ok(())
     });
     {
@@ -241,15 +243,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let renewal = AgentSvidRenewal {
         connection: connection.clone(),
         identity,
+        cache: cache.clone(),
         store,
         attestor,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         exit_delay: config.lost_identity_exit_delay,
     };
-    let (snapshots, c) = (cache.subscribe(), cancel.clone());
+    let c = cancel.clone();
     tasks.spawn("agent SVID renewal", async move {
-        rotation::renew_agent_svid(renewal, snapshots, c)
+        rotation::renew_agent_svid(renewal, c)
             .await
             .context("the agent lost its identity")
     });

@@ -3,8 +3,9 @@
 //! verify against our trust domain's X.509 authorities and its leaf must carry exactly
 //! `spiffe://<td>/spire/server`; the host name plays no part.
 //!
-//! Trust anchors and the client identity are shared, mutable state: sync installs each new
-//! bundle, rotation installs each renewed agent SVID, and the next handshake uses them.
+//! Trust anchors and the client identity are read at each handshake from where the agent holds
+//! them, once: the cache's trust bundle (which sync updates) and the [`AgentIdentity`] (which
+//! attestation and renewal update). A new agent SVID is presented on a fresh channel.
 //!
 //! Failover: the agent may list several servers (`server_addresses`), and a `server_address`
 //! name may resolve to several addresses. Every dial tries them in turn, starting with the one
@@ -20,7 +21,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,7 +33,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use sigil_common::time::unix_now;
-use sigil_common::tls::{Roots, SpiffeServerVerifier};
+use sigil_common::tls::{self, SpiffeServerVerifier};
 use sigil_proto::sigil::agent::v1::MintJwtsvidRequest;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
 use sigil_proto::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
@@ -40,10 +41,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::cache::{JwtSvidMinter, MintError, Outage};
+use crate::cache::{Cache, JwtSvidMinter, MintError, Outage, TrustBundle};
 use crate::config::ServerAddress;
+use crate::identity::AgentIdentity;
 use crate::ops::Metrics;
 use crate::svid_store::AgentSvid;
 
@@ -68,53 +70,112 @@ pub enum ServerClientError {
     NoServers,
 }
 
-/// The agent SVID as presented in handshakes, with its NotAfter (Unix seconds).
-#[derive(Clone)]
-struct Presented {
-    key: Arc<CertifiedKey>,
-    not_after: i64,
+/// The trust anchors in use: those of the last usable bundle seen.
+#[derive(Default)]
+struct Roots {
+    /// The bundle last looked at, usable or not.
+    seen: Option<Arc<Bundle>>,
+    /// `None` only during `insecure_bootstrap`, before the first usable bundle arrives.
+    roots: Option<Arc<RootCertStore>>,
 }
 
-/// TLS state shared by every connection the agent makes.
+/// The agent SVID last asked for in a handshake, in rustls's form (`None` if it has none).
+struct Presented {
+    svid: Arc<AgentSvid>,
+    key: Option<Arc<CertifiedKey>>,
+}
+
+/// TLS state shared by every connection the agent makes, derived from where the agent holds
+/// its bundle and SVID and kept until those change.
 struct Credentials {
-    /// `None` only during `insecure_bootstrap`, before the first bundle arrives.
-    roots: RwLock<Option<Arc<RootCertStore>>>,
-    identity: RwLock<Option<Presented>>,
+    trust: TrustBundle,
+    roots: Mutex<Roots>,
+    identity: Arc<AgentIdentity>,
+    presented: Mutex<Option<Presented>>,
+}
+
+/// Locks `mutex`; every write is a whole-value assignment, so a poisoned lock still holds a valid
+/// value.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Credentials {
-    fn roots(&self) -> Option<Arc<RootCertStore>> {
-        // A poisoned lock still holds a whole value (writes are single assignments).
-        self.roots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Reads trust from `trust`, which must hold a usable bundle unless `insecure_bootstrap`, and
+    /// the agent SVID from `identity`.
+    fn new(
+        trust: TrustBundle,
+        insecure_bootstrap: bool,
+        identity: Arc<AgentIdentity>,
+    ) -> Result<Self, ServerClientError> {
+        let roots = if insecure_bootstrap {
+            Roots::default()
+        } else {
+            let bundle = trust.current();
+            Roots {
+                roots: Some(Arc::new(root_store(&bundle)?)),
+                seen: Some(bundle),
+            }
+        };
+        Ok(Self {
+            trust,
+            roots: Mutex::new(roots),
+            identity,
+            presented: Mutex::new(None),
+        })
     }
 
-    fn identity(&self) -> Option<Presented> {
-        self.identity
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The roots of the current bundle, or of the last usable one when the current one has no
+    /// usable authority (sync warns about it).
+    fn roots(&self) -> Option<Arc<RootCertStore>> {
+        let bundle = self.trust.current();
+        let mut roots = lock(&self.roots);
+        if !roots.seen.as_ref().is_some_and(|b| Arc::ptr_eq(b, &bundle)) {
+            if let Ok(store) = root_store(&bundle) {
+                roots.roots = Some(Arc::new(store));
+            }
+            roots.seen = Some(bundle);
+        }
+        roots.roots.clone()
     }
 
     /// The agent SVID to present now: none once it has expired (see the module doc).
     fn presentable(&self) -> Option<Arc<CertifiedKey>> {
-        self.identity()
-            .filter(|p| unix_now() < p.not_after)
-            .map(|p| p.key)
+        let svid = self
+            .identity
+            .current()
+            .filter(|svid| unix_now() < svid.not_after)?;
+        let mut presented = lock(&self.presented);
+        if let Some(p) = presented.as_ref().filter(|p| Arc::ptr_eq(&p.svid, &svid)) {
+            return p.key.clone();
+        }
+        let key = match certified_key(&svid) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(e) => {
+                error!(spiffe_id = %svid.spiffe_id, error = %e, "cannot present the agent SVID");
+                None
+            }
+        };
+        *presented = Some(Presented {
+            svid,
+            key: key.clone(),
+        });
+        key
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("roots", &self.roots().map(|r| r.len()))
-            .field("identity", &self.identity().is_some())
-            .finish()
+            .field("roots", &lock(&self.roots).roots.as_ref().map(|r| r.len()))
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
-/// Verifies the server's chain against the trust bundle installed last (none under
-/// `insecure_bootstrap` before first contact: then only its SPIFFE ID is checked) and its
-/// SPIFFE ID, `spiffe://<td>/spire/server`.
+/// The server's chain must reach the roots [`Credentials::roots`] gives at each handshake and
+/// its leaf must be `spiffe://<td>/spire/server`; with no roots yet (`insecure_bootstrap`)
+/// only the ID is checked, and that is logged.
 fn server_verifier(
     trust_domain: &TrustDomain,
     credentials: Arc<Credentials>,
@@ -131,7 +192,7 @@ fn server_verifier(
         }
         roots
     };
-    SpiffeServerVerifier::new(Roots::Live(Arc::new(roots)), server_id)
+    SpiffeServerVerifier::new(tls::Roots::Live(Arc::new(roots)), server_id)
 }
 
 /// Presents the current agent SVID, if any and unexpired, when the server asks for a client
@@ -159,8 +220,8 @@ pub struct ServerConnection {
     dialer: Arc<Dialer>,
     credentials: Arc<Credentials>,
     channel: ArcSwap<Channel>,
-    /// NotAfter of the agent SVID presented (Unix seconds), for those waiting on a new one.
-    identity_not_after: watch::Sender<Option<i64>>,
+    /// Marked changed by each new agent SVID: the next [`ServerConnection::client`] reconnects.
+    identity_changes: Mutex<watch::Receiver<Option<Arc<AgentSvid>>>>,
 }
 
 impl fmt::Debug for ServerConnection {
@@ -173,9 +234,9 @@ impl fmt::Debug for ServerConnection {
 }
 
 impl ServerConnection {
-    /// A lazily connecting channel to `address:port`: nothing is dialled until the first call,
-    /// so a server that is down at start-up is just an `Unavailable` RPC. `bundle` is `None`
-    /// only for `insecure_bootstrap`.
+    /// A lazily connecting channel to `address:port`, for tools and tests: it trusts `bundle`
+    /// (`None` only for `insecure_bootstrap`) and holds its own [`AgentIdentity`], starting
+    /// with `identity` (see [`ServerConnection::identity`]).
     pub fn new(
         address: &str,
         port: u16,
@@ -190,15 +251,28 @@ impl ServerConnection {
             host: address.to_owned(),
             port,
         };
-        ServerConnection::with_servers(vec![server], trust_domain, bundle, identity)
+        let held = bundle
+            .cloned()
+            .unwrap_or_else(|| Bundle::new(trust_domain.clone()));
+        Self::with_servers(
+            vec![server],
+            trust_domain,
+            Cache::new(held).trust_bundle(),
+            bundle.is_none(),
+            Arc::new(AgentIdentity::new(identity.cloned())),
+        )
     }
 
-    /// Like [`ServerConnection::new`] for several servers, tried in turn (see the module doc).
+    /// A lazily connecting channel to several servers, tried in turn (see the module doc):
+    /// nothing is dialled until the first call, so a server that is down at start-up is just an
+    /// `Unavailable` RPC. Servers are verified with `trust`, which must hold a usable bundle
+    /// unless `insecure_bootstrap`; the client certificate is the SVID `identity` holds.
     pub fn with_servers(
         servers: Vec<ServerAddress>,
         trust_domain: &TrustDomain,
-        bundle: Option<&Bundle>,
-        identity: Option<&AgentSvid>,
+        trust: TrustBundle,
+        insecure_bootstrap: bool,
+        identity: Arc<AgentIdentity>,
     ) -> Result<Self, ServerClientError> {
         if servers.is_empty() {
             return Err(ServerClientError::NoServers);
@@ -206,13 +280,8 @@ impl ServerConnection {
         if let Some(bad) = servers.iter().find(|s| s.host.is_empty()) {
             return Err(ServerClientError::InvalidAddress(bad.to_string()));
         }
-        let roots = bundle.map(root_store).transpose()?.map(Arc::new);
-        let not_after = identity.map(|svid| svid.not_after);
-        let identity = identity.map(presented).transpose()?;
-        let credentials = Arc::new(Credentials {
-            roots: RwLock::new(roots),
-            identity: RwLock::new(identity),
-        });
+        let identity_changes = Mutex::new(identity.subscribe());
+        let credentials = Arc::new(Credentials::new(trust, insecure_bootstrap, identity)?);
         let verifier = Arc::new(server_verifier(trust_domain, credentials.clone()));
         let mut tls = ClientConfig::builder_with_provider(Arc::new(provider()))
             .with_safe_default_protocol_versions()?
@@ -234,56 +303,28 @@ impl ServerConnection {
             dialer,
             credentials,
             channel: ArcSwap::from_pointee(channel),
-            identity_not_after: watch::Sender::new(not_after),
+            identity_changes,
         })
     }
 
-    /// A client on the current channel.
+    /// A client on the current channel; on a fresh one after the agent SVID changed, so no
+    /// connection keeps authenticating with the previous SVID.
     pub fn client(&self) -> AgentClient<Channel> {
+        {
+            let mut changes = lock(&self.identity_changes);
+            if changes.has_changed().unwrap_or(false) {
+                changes.mark_unchanged();
+                self.reconnect();
+            }
+        }
         AgentClient::new((**self.channel.load()).clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Trusts exactly the X.509 authorities of `bundle` from the next handshake on.
-    pub fn set_bundle(&self, bundle: &Bundle) -> Result<(), ServerClientError> {
-        let roots = Arc::new(root_store(bundle)?);
-        *self
-            .credentials
-            .roots
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(roots);
-        Ok(())
-    }
-
-    /// Presents `svid` as the client certificate and opens a fresh channel, so no connection
-    /// keeps authenticating with the previous SVID.
-    pub fn set_identity(&self, svid: &AgentSvid) -> Result<(), ServerClientError> {
-        let presented = presented(svid)?;
-        *self
-            .credentials
-            .identity
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(presented);
-        self.reconnect();
-        self.identity_not_after.send_replace(Some(svid.not_after));
-        Ok(())
-    }
-
-    /// When the agent SVID expired, if it has by `now` (Unix seconds; from the start of its
-    /// NotAfter second, as workload SVIDs are withdrawn).
-    pub fn identity_expired_at(&self, now: i64) -> Option<i64> {
-        (*self.identity_not_after.borrow())
-            .filter(|&not_after| crate::cache::expiry::is_expired(not_after, now))
-    }
-
-    /// Resolves once an agent SVID that has not expired is set (at once if it already is).
-    pub async fn identity_renewed(&self) {
-        let mut rx = self.identity_not_after.subscribe();
-        // The sender lives as long as `self`, so `wait_for` cannot fail while we borrow it.
-        let _ = rx
-            .wait_for(|na| na.is_none_or(|na| !crate::cache::expiry::is_expired(na, unix_now())))
-            .await;
+    /// The agent identity this connection presents.
+    pub fn identity(&self) -> &Arc<AgentIdentity> {
+        &self.credentials.identity
     }
 
     /// Since when (Unix seconds) no dial has reached a server; `None` once one has since.
@@ -294,7 +335,7 @@ impl ServerConnection {
     /// Why nothing can be renewed at `now`, if so: the agent SVID expired, or no server has
     /// been reachable since some time.
     pub fn outage(&self, now: i64) -> Option<Outage> {
-        if let Some(at) = self.identity_expired_at(now) {
+        if let Some(at) = self.credentials.identity.expired_at(now) {
             return Some(Outage::AgentSvidExpired { at });
         }
         self.unreachable_since()
@@ -563,6 +604,11 @@ fn lazy_channel(dialer: Arc<Dialer>) -> Channel {
         .connect_with_connector_lazy(connector)
 }
 
+/// Whether `bundle` holds an X.509 authority the link can verify servers with.
+pub(crate) fn check_trust_anchors(bundle: &Bundle) -> Result<(), ServerClientError> {
+    root_store(bundle).map(drop)
+}
+
 fn root_store(bundle: &Bundle) -> Result<RootCertStore, ServerClientError> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(
@@ -577,13 +623,6 @@ fn root_store(bundle: &Bundle) -> Result<RootCertStore, ServerClientError> {
     Ok(roots)
 }
 
-fn presented(svid: &AgentSvid) -> Result<Presented, ServerClientError> {
-    Ok(Presented {
-        key: Arc::new(certified_key(svid)?),
-        not_after: svid.not_after,
-    })
-}
-
 fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
     let chain = svid
         .chain
@@ -596,9 +635,172 @@ fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{CertificateParams, KeyPair, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    use rustls::CertificateError;
+    use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::UnixTime;
+    use time::{Duration as TimeDuration, OffsetDateTime};
 
     use super::*;
+
+    struct Ca {
+        der: Vec<u8>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn ca() -> Ca {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().to_vec(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(ca: &Ca, uri: &str, not_after: OffsetDateTime) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = OffsetDateTime::now_utc() - TimeDuration::hours(2);
+        params.not_after = not_after;
+        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
+    }
+
+    fn bundle(cas: &[&Ca]) -> Bundle {
+        let mut bundle = Bundle::new(TrustDomain::new("td").unwrap());
+        bundle.x509_authorities = cas.iter().map(|ca| ca.der.clone()).collect();
+        bundle
+    }
+
+    /// Credentials reading trust from `cache`; `insecure_bootstrap` when it holds no authority.
+    fn credentials(cache: &Cache) -> Arc<Credentials> {
+        let insecure = cache.snapshot().bundle.x509_authorities.is_empty();
+        let identity = Arc::new(AgentIdentity::new(None));
+        Arc::new(Credentials::new(cache.trust_bundle(), insecure, identity).unwrap())
+    }
+
+    fn verifier(roots: Option<&Ca>) -> SpiffeServerVerifier {
+        let td = TrustDomain::new("td").unwrap();
+        let cache = Cache::new(bundle(roots.as_slice()));
+        server_verifier(&td, credentials(&cache))
+    }
+
+    fn verify(v: &SpiffeServerVerifier, leaf: &[u8]) -> Result<ServerCertVerified, rustls::Error> {
+        let name = ServerName::try_from("unrelated.example").unwrap();
+        v.verify_server_cert(
+            &CertificateDer::from(leaf.to_vec()),
+            &[],
+            &name,
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    fn in_a_day() -> OffsetDateTime {
+        OffsetDateTime::now_utc() + TimeDuration::days(1)
+    }
+
+    #[test]
+    fn accepts_the_server_id_chained_to_the_bundle() {
+        let ca = ca();
+        let cert = leaf(&ca, "spiffe://td/spire/server", in_a_day());
+        assert!(verify(&verifier(Some(&ca)), &cert).is_ok());
+    }
+
+    #[test]
+    fn rejects_another_spiffe_id() {
+        let ca = ca();
+        for uri in ["spiffe://td/workload", "spiffe://other/spire/server"] {
+            let cert = leaf(&ca, uri, in_a_day());
+            assert_eq!(
+                verify(&verifier(Some(&ca)), &cert).unwrap_err(),
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_another_ca() {
+        let (trusted, other) = (ca(), ca());
+        let cert = leaf(&other, "spiffe://td/spire/server", in_a_day());
+        assert!(matches!(
+            verify(&verifier(Some(&trusted)), &cert),
+            // Same subject name as the trusted CA, so webpki finds it and the signature fails.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature
+            ))
+        ));
+    }
+
+    #[test]
+    fn rejects_an_expired_certificate() {
+        let ca = ca();
+        let cert = leaf(
+            &ca,
+            "spiffe://td/spire/server",
+            OffsetDateTime::now_utc() - TimeDuration::hours(1),
+        );
+        assert!(matches!(
+            verify(&verifier(Some(&ca)), &cert),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ))
+        ));
+    }
+
+    #[test]
+    fn insecure_bootstrap_checks_only_the_spiffe_id() {
+        let cert = leaf(&ca(), "spiffe://td/spire/server", in_a_day());
+        assert!(verify(&verifier(None), &cert).is_ok());
+        let cert = leaf(&ca(), "spiffe://td/not-the-server", in_a_day());
+        assert!(verify(&verifier(None), &cert).is_err());
+    }
+
+    #[test]
+    fn the_bundle_is_read_where_the_cache_holds_it() {
+        let (old, new) = (ca(), ca());
+        let cache = Cache::new(bundle(&[&old]));
+        let credentials = credentials(&cache);
+        let td = TrustDomain::new("td").unwrap();
+        let verifier = server_verifier(&td, credentials.clone());
+        let signed_by_new = leaf(&new, "spiffe://td/spire/server", in_a_day());
+        assert!(verify(&verifier, &signed_by_new).is_err());
+        cache.set_bundle(bundle(&[&old, &new]));
+        assert!(verify(&verifier, &signed_by_new).is_ok());
+        // A bundle without a usable authority keeps the last usable one in force.
+        cache.set_bundle(bundle(&[]));
+        assert!(verify(&verifier, &signed_by_new).is_ok());
+        assert_eq!(credentials.roots().map(|r| r.len()), Some(2));
+    }
+
+    #[test]
+    fn insecure_bootstrap_ends_with_the_first_usable_bundle() {
+        let ca = ca();
+        let cache = Cache::new(bundle(&[]));
+        let credentials = credentials(&cache);
+        assert!(credentials.roots().is_none());
+        cache.set_bundle(bundle(&[&ca]));
+        assert_eq!(credentials.roots().map(|r| r.len()), Some(1));
+        cache.set_bundle(bundle(&[]));
+        assert!(credentials.roots().is_some(), "never insecure again");
+        // Without insecure_bootstrap a bundle without authorities is refused up front.
+        let identity = Arc::new(AgentIdentity::new(None));
+        let refused = Credentials::new(Cache::new(bundle(&[])).trust_bundle(), false, identity);
+        assert!(matches!(refused, Err(ServerClientError::NoTrustAnchors)));
+    }
 
     #[test]
     fn dial_order_keeps_the_current_server_and_moves_on_after_a_failure() {
@@ -663,9 +865,13 @@ mod tests {
                 port: broken,
             },
         ];
-        let conn =
-            ServerConnection::with_servers(servers, &TrustDomain::new("td").unwrap(), None, None)
-                .unwrap();
+        let td = TrustDomain::new("td").unwrap();
+        let connection = |servers| {
+            let trust = Cache::new(Bundle::new(td.clone())).trust_bundle();
+            let identity = Arc::new(AgentIdentity::new(None));
+            ServerConnection::with_servers(servers, &td, trust, true, identity)
+        };
+        let conn = connection(servers).unwrap();
         let err = conn.dialer.dial().await.unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(&format!("127.0.0.1:{refused}")), "{msg}");
@@ -682,7 +888,7 @@ mod tests {
         );
         task.abort();
         assert!(matches!(
-            ServerConnection::with_servers(vec![], &TrustDomain::new("td").unwrap(), None, None),
+            connection(vec![]),
             Err(ServerClientError::NoServers)
         ));
     }
@@ -708,51 +914,34 @@ mod tests {
         let resolver = AgentIdentityResolver(conn.credentials.clone());
         assert!(resolver.has_certs());
         assert!(resolver.resolve(&[], &[]).is_some());
-        assert_eq!(conn.identity_expired_at(unix_now()), None);
+        assert_eq!(conn.identity().expired_at(unix_now()), None);
 
-        let expired = svid(unix_now());
-        conn.set_identity(&expired).unwrap();
+        let expired_at = unix_now();
+        conn.identity().set(svid(expired_at));
         assert!(!resolver.has_certs());
         assert!(resolver.resolve(&[], &[]).is_none());
-        assert_eq!(
-            conn.identity_expired_at(unix_now()),
-            Some(expired.not_after)
-        );
         // An expired agent SVID explains an outage before reachability does.
         assert_eq!(
             conn.outage(unix_now()),
-            Some(Outage::AgentSvidExpired {
-                at: expired.not_after
-            })
+            Some(Outage::AgentSvidExpired { at: expired_at })
         );
     }
 
     #[tokio::test]
-    async fn waiting_for_a_renewed_identity_ends_when_one_is_set() {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = CertificateParams::default().self_signed(&key).unwrap();
-        let svid = |not_after: i64| AgentSvid {
-            spiffe_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
-            chain: vec![cert.der().to_vec()],
-            key_pkcs8: zeroize::Zeroizing::new(key.serialize_der()),
-            not_before: 0,
-            not_after,
-        };
+    async fn a_new_agent_svid_is_presented_on_a_fresh_channel() {
         let td = TrustDomain::new("td").unwrap();
-        let conn = Arc::new(
-            ServerConnection::new("127.0.0.1", 1, &td, None, Some(&svid(unix_now() - 1))).unwrap(),
-        );
-        let waiter = tokio::spawn({
-            let conn = conn.clone();
-            async move { conn.identity_renewed().await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
-        conn.set_identity(&svid(unix_now() + 60)).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken by the new identity")
-            .unwrap();
+        let conn = ServerConnection::new("127.0.0.1", 1, &td, None, None).unwrap();
+        let channel = |conn: &ServerConnection| {
+            drop(conn.client());
+            Arc::as_ptr(&conn.channel.load_full())
+        };
+        let first = channel(&conn);
+        assert_eq!(channel(&conn), first, "kept while the SVID is the same");
+        conn.identity()
+            .set(crate::identity::tests::agent_svid(unix_now() + 60));
+        let second = channel(&conn);
+        assert_ne!(second, first);
+        assert_eq!(channel(&conn), second);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Entry sync: holds the server's `SyncEntries` stream open and applies it to the [`Cache`].
 //! A full snapshot arrives in pages and is installed in one write on its last page, so
 //! workloads never see half of it; live changes are applied as they come; a new bundle is
-//! installed in the cache, trusted for the next TLS handshake and persisted.
+//! installed in the cache (where the server link reads it for the next TLS handshake) and
+//! persisted.
 //!
 //! The stream resumes from the last applied revision after any error, with backoff. The server
 //! being down never stops the agent: the cache keeps serving what it has.
@@ -16,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
+use crate::identity::AgentIdentity;
 use crate::ops::{Metrics, Readiness};
-use crate::rotation::{AgentIdentity, Backoff};
-use crate::server_client::ServerConnection;
+use crate::rotation::Backoff;
+use crate::server_client::{ServerConnection, check_trust_anchors, is_connection_failure};
 use crate::svid_store::SvidStore;
+use sigil_common::time::unix_now;
 
 /// What one message changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -262,20 +265,17 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
                 }
             }
         };
-        if crate::server_client::is_connection_failure(failure.code()) {
+        if is_connection_failure(failure.code()) {
             // The next attempt starts with another server.
             ctx.connection.fail_over();
         }
-        if let Some(expired_at) = ctx
-            .connection
-            .identity_expired_at(sigil_common::time::unix_now())
-        {
+        if let Some(expired_at) = ctx.identity.expired_at(unix_now()) {
             // The server refuses every call until the agent has a new SVID (the renewal loop
             // attests again or says what to do): wait for it rather than knock.
             debug!(expired_at, "agent SVID expired; sync waits for a new one");
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = ctx.connection.identity_renewed() => {}
+                () = ctx.identity.renewed() => {}
             }
             continue;
         }
@@ -320,7 +320,7 @@ fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) -> 
             authorities = bundle.x509_authorities.len(),
             "trust bundle updated"
         );
-        if let Err(e) = ctx.connection.set_bundle(&bundle) {
+        if let Err(e) = check_trust_anchors(&bundle) {
             warn!(error = %e, "new bundle not usable for server authentication");
         }
         if let Some(Err(e)) = ctx.store.as_ref().map(|s| s.save_bundle(&bundle)) {

@@ -43,7 +43,7 @@ impl BenchAgent {
         let (svid, _bundle) = node_attestation::attest(&connection, &attestor)
             .await
             .context("AttestAgent")?;
-        connection.set_identity(&svid)?;
+        connection.identity().set(svid);
         Ok(BenchAgent {
             connection: Arc::new(connection),
             agent_id,

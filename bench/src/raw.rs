@@ -100,7 +100,7 @@ fn rate(window: Duration, mut op: impl FnMut(usize) -> anyhow::Result<()>) -> an
 pub fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..n)
         .map(|_| {
-            sigil_agent::rotation::new_key_and_csr()
+            sigil_agent::csr::new_key_and_csr()
                 .map(|(_key, csr)| csr)
                 .context("generating a CSR")
         })

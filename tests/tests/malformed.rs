@@ -280,7 +280,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
             .await
             .expect("attest the direct agent");
         let direct_id = svid.spiffe_id.to_string();
-        conn.set_identity(&svid).unwrap();
+        conn.identity().set(svid);
         let mine_id = format!("spiffe://{td}/malformed/direct");
         let created = admin_client
             .batch_create_entry(admin::BatchCreateEntryRequest {

@@ -403,7 +403,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
         )
         .unwrap();
         let x509 = |entry_id: &str, spiffe_id: &str| {
-            let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
+            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
             pb::BatchMintX509svidRequest {
                 requests: vec![pb::X509svidRequest {
                     entry_id: entry_id.into(),

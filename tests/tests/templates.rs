@@ -131,7 +131,7 @@ fn forged_template_mint_requests_are_refused() {
         )
         .unwrap();
         let mint = |spiffe_id: &str| {
-            let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
+            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
             pb::BatchMintX509svidRequest {
                 requests: vec![pb::X509svidRequest {
                     entry_id: entry_id.clone(),

@@ -559,7 +559,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
         )
         .unwrap();
         let mint = |entry_id: &str| {
-            let (_key, csr) = sigil_agent::rotation::new_key_and_csr().unwrap();
+            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
             pb::BatchMintX509svidRequest {
                 requests: vec![pb::X509svidRequest {
                     entry_id: entry_id.into(),

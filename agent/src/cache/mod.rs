@@ -3,6 +3,9 @@
 //! publishes a new immutable [`Snapshot`] on a `watch` channel that Workload API streams read.
 //! Data flows one way: writers never read from the streams, streams never write.
 //!
+//! The bundle of our own trust domain is held here and nowhere else in memory: the server link
+//! reads it through a [`TrustBundle`] to verify servers.
+//!
 //! JWT-SVIDs are not kept here: they are minted by the server on demand (see [`jwt`]).
 //!
 //! An X509-SVID that expires before rotation replaced it is withdrawn, never served (see
@@ -227,6 +230,18 @@ impl Snapshot {
     }
 }
 
+/// The trust bundle of our own trust domain, read where the cache holds it (the one place the
+/// agent holds it in memory): what the server link verifies servers with.
+#[derive(Debug, Clone)]
+pub struct TrustBundle(watch::Receiver<Arc<Snapshot>>);
+
+impl TrustBundle {
+    /// The bundle of the latest snapshot.
+    pub fn current(&self) -> Arc<Bundle> {
+        self.0.borrow().bundle.clone()
+    }
+}
+
 /// The writer side. Share it (`Arc<Cache>`) between sync and rotation; every method publishes
 /// one new snapshot.
 pub struct Cache {
@@ -254,6 +269,11 @@ impl Cache {
     /// A receiver whose current value is the latest snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
+    }
+
+    /// A reader of the trust bundle alone (see [`TrustBundle`]).
+    pub fn trust_bundle(&self) -> TrustBundle {
+        TrustBundle(self.tx.subscribe())
     }
 
     /// What workloads asked of template entries (shared with every snapshot).

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 pub use join_token::JoinTokenAttestor;
 pub use k8s_psat::K8sPsatAttestor;
 
-use crate::rotation::{CsrError, new_key_and_csr};
+use crate::csr::{CsrError, new_key_and_csr};
 use crate::server_client::{ServerConnection, is_connection_failure};
 use crate::svid_store::{AgentSvid, SvidStoreError};
 

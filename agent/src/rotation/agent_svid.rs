@@ -20,56 +20,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use sigil_common::time::unix_now;
 use sigil_proto::SpiffeId;
 use sigil_proto::sigil::agent::v1::RenewAgentRequest;
-use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Backoff, MAX_SLEEP, new_key_and_csr, random_jitter, refresh_at};
-use crate::cache::Snapshot;
+use super::schedule::{Backoff, MAX_SLEEP, random_jitter, refresh_at};
+use crate::cache::Cache;
 use crate::cache::expiry::{is_expired, rfc3339};
+use crate::csr::new_key_and_csr;
+use crate::identity::AgentIdentity;
 use crate::node_attestation::{self, NodeAttestationError, NodeAttestor};
 use crate::ops::{Metrics, Readiness};
-use crate::server_client::{ServerConnection, is_connection_failure};
+use crate::server_client::{ServerConnection, check_trust_anchors, is_connection_failure};
 use crate::svid_store::{AgentSvid, SvidStore};
 use crate::taint::TaintedAuthorities;
+use sigil_common::time::unix_now;
 
 /// `lost_identity_exit_delay` unless configured.
-pub const DEFAULT_EXIT_DELAY: Duration = Duration::from_secs(60);
-
-/// The agent's identity: the current SVID, shared with whoever needs to read it.
-#[derive(Debug)]
-pub struct AgentIdentity {
-    current: ArcSwap<AgentSvid>,
-    /// Raised by sync when the server answers PermissionDenied (agent evicted or banned).
-    evicted: Notify,
-}
-
-impl AgentIdentity {
-    pub fn new(svid: AgentSvid) -> Self {
-        AgentIdentity {
-            current: ArcSwap::from_pointee(svid),
-            evicted: Notify::new(),
-        }
-    }
-
-    pub fn current(&self) -> Arc<AgentSvid> {
-        self.current.load_full()
-    }
-
-    /// Tells the renewal loop the server no longer accepts this agent.
-    pub fn report_evicted(&self) {
-        self.evicted.notify_one();
-    }
-}
+pub(crate) const DEFAULT_EXIT_DELAY: Duration = Duration::from_secs(60);
 
 /// The agent can no longer obtain an identity by itself: an operator must act.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum IdentityLost {
+pub(crate) enum IdentityLost {
     #[error(
         "the agent SVID {spiffe_id} expired at {expired_at} before it could be renewed, and this agent cannot attest again: {action}"
     )]
@@ -101,25 +75,29 @@ fn operator_action(attestor: Option<&dyn NodeAttestor>) -> &'static str {
 
 /// Everything the renewal loop works with.
 #[derive(Debug)]
-pub struct AgentSvidRenewal {
-    pub connection: Arc<ServerConnection>,
-    pub identity: Arc<AgentIdentity>,
-    pub store: Option<SvidStore>,
+pub(crate) struct AgentSvidRenewal {
+    pub(crate) connection: Arc<ServerConnection>,
+    /// Where the agent SVID is held; this loop writes it.
+    pub(crate) identity: Arc<AgentIdentity>,
+    /// Where the trust bundle is held: read for tainted authorities, written after re-attesting.
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) store: Option<SvidStore>,
     /// The node attestor, when one is configured (a join token, `k8s_psat`).
-    pub attestor: Option<Arc<dyn NodeAttestor>>,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
+    pub(crate) attestor: Option<Arc<dyn NodeAttestor>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) readiness: Arc<Readiness>,
     /// How long a lost agent keeps serving valid workload SVIDs before it exits.
-    pub exit_delay: Duration,
+    pub(crate) exit_delay: Duration,
 }
 
 /// Keeps the agent SVID valid until `cancel` fires (then `Ok`), or returns [`IdentityLost`]
-/// `exit_delay` after the agent lost it for good (see the module doc).
-pub async fn renew_agent_svid(
+/// `exit_delay` after the agent lost it for good (see the module doc). The agent holds an SVID
+/// before this loop starts.
+pub(crate) async fn renew_agent_svid(
     r: AgentSvidRenewal,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
     cancel: CancellationToken,
 ) -> Result<(), IdentityLost> {
+    let mut snapshots = r.cache.subscribe();
     let mut backoff = Backoff::server();
     let mut evicted = false;
     let mut retry: Option<Duration> = None;
@@ -128,10 +106,11 @@ pub async fn renew_agent_svid(
     let mut announced = false;
     // When the current SVID arrived (see `fresh_refresh_at`); for one loaded from disk at start,
     // its NotBefore is all we know.
-    let mut arrived_at = r.identity.current().not_before;
-    r.publish(&r.identity.current());
+    let first = held(&r.identity).await;
+    let mut arrived_at = first.not_before;
+    r.publish(&first);
     loop {
-        let svid = r.identity.current();
+        let svid = held(&r.identity).await;
         let expired = is_expired(svid.not_after, unix_now());
         if expired || evicted {
             let Some(attestor) = r.attestor.as_ref().filter(|a| a.can_attest()) else {
@@ -145,7 +124,7 @@ pub async fn renew_agent_svid(
                     warn!(spiffe_id = %svid.spiffe_id, attestation_type = attestor.attestation_type(), "the server no longer accepts this agent (evicted); attesting again");
                 }
             }
-            match reattest(&r.connection, attestor.as_ref(), r.store.as_ref()).await {
+            match reattest(&r.connection, attestor.as_ref(), r.store.as_ref(), &r.cache).await {
                 Ok(new) => {
                     let after = if expired {
                         "its SVID expired"
@@ -192,7 +171,7 @@ pub async fn renew_agent_svid(
             .min(until(svid.not_after));
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = r.identity.evicted.notified() => {
+            () = r.identity.evicted() => {
                 evicted = true;
                 continue;
             }
@@ -235,6 +214,20 @@ pub async fn renew_agent_svid(
     }
 }
 
+/// The agent SVID `identity` holds (waiting for one if it holds none yet).
+async fn held(identity: &AgentIdentity) -> Arc<AgentSvid> {
+    let mut changes = identity.subscribe();
+    loop {
+        if let Some(svid) = changes.borrow_and_update().clone() {
+            return svid;
+        }
+        if changes.changed().await.is_err() {
+            // The sender lives in `identity`, which outlives this wait.
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// How long until Unix time `at` (zero if past).
 fn until(at: i64) -> Duration {
     Duration::from_secs((at - unix_now()).max(0) as u64)
@@ -245,12 +238,9 @@ impl AgentSvidRenewal {
     /// metrics.
     fn install(&self, new: AgentSvid) {
         self.metrics.agent_renewal(true);
-        if let Err(e) = self.connection.set_identity(&new) {
-            error!(error = %e, "cannot present the new agent SVID");
-        }
         self.publish(&new);
         self.readiness.set_identity_lost(false);
-        self.identity.current.store(Arc::new(new));
+        self.identity.set(new);
     }
 
     fn publish(&self, svid: &AgentSvid) {
@@ -316,11 +306,9 @@ async fn reattest(
     connection: &ServerConnection,
     attestor: &dyn NodeAttestor,
     store: Option<&SvidStore>,
+    cache: &Cache,
 ) -> Result<AgentSvid, NodeAttestationError> {
     let (svid, bundle) = node_attestation::attest(connection, attestor).await?;
-    if let Err(e) = connection.set_bundle(&bundle) {
-        warn!(error = %e, "bundle from re-attestation not usable");
-    }
     if let Some(store) = store {
         let saved = store
             .save_svid(&svid)
@@ -328,6 +316,12 @@ async fn reattest(
         if let Err(e) = saved {
             error!(error = %e, "cannot persist the agent SVID after re-attestation");
         }
+    }
+    // Trusted from the next handshake on, as sync would install it.
+    match check_trust_anchors(&bundle) {
+        Err(e) => warn!(error = %e, "bundle from re-attestation not usable"),
+        Ok(()) if *cache.snapshot().bundle != bundle => cache.set_bundle(bundle),
+        Ok(()) => {}
     }
     Ok(svid)
 }
