@@ -6,12 +6,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+pub use sigil_common::hcl::ConfigError;
+use sigil_common::hcl::{self, Block, Document, parse_path, parse_trust_domain};
+pub use sigil_common::health_checks::HealthConfig;
+pub use sigil_common::log_config::{LogFormat, LogLevel};
 use sigil_proto::TrustDomain;
-use sigil_proto::hcl::{
-    self, Block, Document, finish_empty, optional_path, parse_path, parse_trust_domain,
-    plugin_data, unknown_plugin,
-};
-pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
 /// SPIRE's default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-agent/public/api.sock";
@@ -247,7 +246,7 @@ impl AgentConfig {
             .block("plugins")?
             .ok_or_else(|| root.missing("plugins"))?;
         let plugins = read_plugins(plugins, &agent.data_dir)?;
-        let health = hcl::health_checks(root.block("health_checks")?)?;
+        let health = HealthConfig::from_block(root.block("health_checks")?)?;
         root.finish()?;
 
         Ok(AgentConfig {
@@ -480,7 +479,8 @@ fn read_plugins(mut p: Block<'_>, data_dir: &Path) -> Result<Plugins, ConfigErro
                     .string("cluster")?
                     .filter(|c| !c.is_empty())
                     .ok_or_else(|| data.missing("cluster"))?;
-                let token_path = optional_path(&mut data, "token_path")?
+                let token_path = data
+                    .optional_path("token_path")?
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_PSAT_TOKEN_PATH));
                 data.finish()?;
                 NodeAttestorConfig::K8sPsat(K8sPsatConfig {
@@ -630,17 +630,38 @@ fn read_k8s(data: Option<Block<'_>>) -> Result<K8sAttestorConfig, ConfigError> {
     if let Some(port) = data.port("kubelet_secure_port")?.filter(|&p| p != 0) {
         out.kubelet_secure_port = port;
     }
-    if let Some(path) = optional_path(&mut data, "kubelet_ca_path")? {
+    if let Some(path) = data.optional_path("kubelet_ca_path")? {
         out.kubelet_ca_path = path;
     }
-    if let Some(path) = optional_path(&mut data, "token_path")? {
+    if let Some(path) = data.optional_path("token_path")? {
         out.token_path = path;
     }
-    if let Some(path) = optional_path(&mut data, "proc_root")? {
+    if let Some(path) = data.optional_path("proc_root")? {
         out.proc_root = path;
     }
     data.finish()?;
     Ok(out)
+}
+
+// Temporary: the plugin-table helpers this file used from proto's `hcl`, until the plugin
+// table of sigil-common replaces them (next commit).
+fn plugin_data<'a>(plugin: &mut Block<'a>) -> Result<Option<Option<Block<'a>>>, ConfigError> {
+    if plugin.bool("enabled")? == Some(false) {
+        plugin.skip("plugin_data");
+        return Ok(None);
+    }
+    plugin.block("plugin_data").map(Some)
+}
+
+fn finish_empty(data: Option<Block<'_>>) -> Result<(), ConfigError> {
+    data.map_or(Ok(()), Block::finish)
+}
+
+fn unknown_plugin(plugin: &Block<'_>, kind: &str, name: &str, supported: &str) -> ConfigError {
+    plugin.error(
+        "",
+        format!("unknown {kind} plugin {name:?} (supported: {supported})"),
+    )
 }
 
 #[cfg(test)]

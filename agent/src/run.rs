@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sigil_proto::fs_checks::FsCheckError;
+use sigil_common::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

@@ -11,8 +11,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use sigil_common::fs_checks::{Access, FsCheckError, check_dir, check_file};
 use sigil_proto::bundle::pem_encode;
-use sigil_proto::fs_checks::{Access, FsCheckError, check_dir, check_file};
 use sigil_proto::{Bundle, SpiffeId, TrustDomain};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};

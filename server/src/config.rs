@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use sigil_common::hcl::ConfigError;
+use sigil_common::hcl::{self, Block, Document, parse_path, parse_trust_domain};
+pub use sigil_common::health_checks::HealthConfig;
+pub use sigil_common::log_config::{LogFormat, LogLevel};
 use sigil_proto::TrustDomain;
-use sigil_proto::hcl::{
-    self, Block, Document, finish_empty, optional_path, parse_path, parse_trust_domain,
-    plugin_data, unknown_plugin,
-};
-pub use sigil_proto::hcl::{ConfigError, HealthConfig, LogFormat, LogLevel};
 
 pub use crate::ca::upstream::UpstreamDiskConfig;
 pub use crate::oidc_discovery::OidcDiscoveryConfig;
@@ -290,7 +289,7 @@ impl ServerConfig {
             .block("plugins")?
             .ok_or_else(|| root.missing("plugins"))?;
         let plugins = read_plugins(plugins, &server.data_dir)?;
-        let health = hcl::health_checks(root.block("health_checks")?)?;
+        let health = HealthConfig::from_block(root.block("health_checks")?)?;
         let metrics = read_telemetry(root.block("telemetry")?)?;
         let oidc_discovery = crate::oidc_discovery::read_config(root.block("oidc_discovery")?)?;
         root.finish()?;
@@ -708,7 +707,7 @@ fn read_k8s_psat(mut data: Block<'_>) -> Result<K8sPsatConfig, ConfigError> {
             audience: c
                 .string_list("audience")?
                 .unwrap_or_else(|| vec!["spire-server".to_owned()]),
-            kube_config_file: optional_path(&mut c, "kube_config_file")?,
+            kube_config_file: c.optional_path("kube_config_file")?,
             allowed_node_label_keys: c
                 .string_list("allowed_node_label_keys")?
                 .unwrap_or_default(),
@@ -738,7 +737,7 @@ fn read_k8sbundle(data: Option<Block<'_>>) -> Result<K8sBundleConfig, ConfigErro
         if let Some(key) = data.string("config_map_key")? {
             out.config_map_key = key;
         }
-        out.kube_config_file_path = optional_path(&mut data, "kube_config_file_path")?;
+        out.kube_config_file_path = data.optional_path("kube_config_file_path")?;
         data.finish()?;
     }
     Ok(out)
@@ -761,6 +760,27 @@ fn read_telemetry(telemetry: Option<Block<'_>>) -> Result<Option<SocketAddr>, Co
     }
     telemetry.finish()?;
     Ok(metrics)
+}
+
+// Temporary: the plugin-table helpers this file used from proto's `hcl`, until the plugin
+// table of sigil-common replaces them (next commit).
+fn plugin_data<'a>(plugin: &mut Block<'a>) -> Result<Option<Option<Block<'a>>>, ConfigError> {
+    if plugin.bool("enabled")? == Some(false) {
+        plugin.skip("plugin_data");
+        return Ok(None);
+    }
+    plugin.block("plugin_data").map(Some)
+}
+
+fn finish_empty(data: Option<Block<'_>>) -> Result<(), ConfigError> {
+    data.map_or(Ok(()), Block::finish)
+}
+
+fn unknown_plugin(plugin: &Block<'_>, kind: &str, name: &str, supported: &str) -> ConfigError {
+    plugin.error(
+        "",
+        format!("unknown {kind} plugin {name:?} (supported: {supported})"),
+    )
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use sigil_proto::fs_checks::{Access, FsCheckError, check_dir, check_file};
+use sigil_common::fs_checks::{Access, FsCheckError, check_dir, check_file};
 
 use crate::config::{KeyManagerConfig, ServerConfig};
 use crate::federation::config::ServingProfile;

@@ -29,8 +29,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sigil_common::hcl::{self, Block, ConfigError};
 use sigil_proto::bundle::Bundle;
-use sigil_proto::hcl::{self, Block, ConfigError};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -82,8 +82,8 @@ pub fn read_config(block: Option<Block<'_>>) -> Result<Option<OidcDiscoveryConfi
     let ip = block.parsed("bind_address", hcl::parse_listen_ip)?;
     let port = block.port("bind_port")?;
     let domains = block.string_list("domains")?.unwrap_or_default();
-    let cert_file = hcl::optional_path(&mut block, "tls_cert_file")?;
-    let key_file = hcl::optional_path(&mut block, "tls_key_file")?;
+    let cert_file = block.optional_path("tls_cert_file")?;
+    let key_file = block.optional_path("tls_key_file")?;
     let allow_insecure_scheme = block.bool("allow_insecure_scheme")?.unwrap_or(false);
     let mut checked = Vec::with_capacity(domains.len());
     for d in domains {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
-use sigil_proto::fs_checks::{self, FsCheckError};
+use sigil_common::fs_checks::{self, FsCheckError};
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};

@@ -129,7 +129,7 @@ impl OutputArgs {
 }
 
 pub fn main() -> ExitCode {
-    let args = sigil_proto::cli_args::spire_style(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

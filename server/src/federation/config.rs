@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sigil_proto::hcl::{self, Block, ConfigError};
+use sigil_common::hcl::{self, Block, ConfigError};
 use sigil_proto::{SpiffeId, TrustDomain};
 
 /// SPIRE's bundle endpoint port.
@@ -163,9 +163,11 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     let mut files = p
                         .block("serving_cert_file")?
                         .ok_or_else(|| p.missing("serving_cert_file"))?;
-                    let cert_file = hcl::optional_path(&mut files, "cert_file_path")?
+                    let cert_file = files
+                        .optional_path("cert_file_path")?
                         .ok_or_else(|| files.missing("cert_file_path"))?;
-                    let key_file = hcl::optional_path(&mut files, "key_file_path")?
+                    let key_file = files
+                        .optional_path("key_file_path")?
                         .ok_or_else(|| files.missing("key_file_path"))?;
                     // Accepted for SPIRE compatibility; the files are read once at start-up.
                     files.skip("file_sync_interval");

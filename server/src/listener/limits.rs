@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use sigil_proto::hcl::{Block, ConfigError};
+use sigil_common::hcl::{Block, ConfigError};
 
 /// Descriptors kept out of every listener's reach: the datastore pool (SQLite: 10 connections
 /// with a database and a WAL descriptor each, plus the shared-memory file; PostgreSQL: 16 + 1
@@ -211,7 +211,7 @@ pub fn fit(config: &ConnectionLimitsConfig, enabled: &[Endpoint], fd_limit: u64)
 
 #[cfg(test)]
 mod tests {
-    use sigil_proto::hcl::Document;
+    use sigil_common::hcl::Document;
 
     use super::*;
 
