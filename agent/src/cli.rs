@@ -6,7 +6,6 @@
 //! `healthcheck` checks that the Workload API answers; `run` is wired by the integrator.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -310,7 +309,7 @@ enum OutputFormat {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = normalize_flags(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -362,36 +361,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Turns SPIRE's single-dash long flags (`-socketPath p`, `-write=dir`) into clap's
-/// `--socketPath`; short flags (`-h`), values (`-1`) and everything after `--` are kept.
-fn normalize_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut passthrough = false;
-    for arg in args {
-        let converted = match arg.to_str() {
-            Some("--") => {
-                passthrough = true;
-                None
-            }
-            Some(s) if !passthrough && is_single_dash_long(s) => {
-                Some(OsString::from(format!("-{s}")))
-            }
-            _ => None,
-        };
-        out.push(converted.unwrap_or(arg));
-    }
-    out
-}
-
-fn is_single_dash_long(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next() == Some('-')
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '=')
 }
 
 /// The socket to dial: `-socketPath`, else `SPIFFE_ENDPOINT_SOCKET`, else the default.
@@ -832,12 +801,16 @@ fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
+    use sigil_common::cli_args::spire_style;
+
     use super::*;
     use crate::cache::testing::entry;
     use crate::workload_api::tests::{Harness, Options, web_entry};
 
     fn parse(args: &[&str]) -> Cli {
-        let args = normalize_flags(args.iter().map(OsString::from));
+        let args = spire_style(args.iter().map(OsString::from));
         Cli::try_parse_from(args).unwrap()
     }
 
@@ -849,7 +822,7 @@ mod tests {
 
     #[test]
     fn normalizes_spire_style_flags() {
-        let got = normalize_flags(
+        let got = spire_style(
             [
                 "sigil-agent",
                 "api",
@@ -1161,7 +1134,7 @@ mod tests {
 
     #[test]
     fn run_flags_use_spire_spellings() {
-        let args = normalize_flags(
+        let args = spire_style(
             [
                 "sigil-agent",
                 "run",
@@ -1236,7 +1209,7 @@ plugins {
 }
 "#;
         std::fs::write(&path, good).unwrap();
-        let args = normalize_flags(
+        let args = spire_style(
             ["sigil-agent", "validate", "-config", path.to_str().unwrap()].map(OsString::from),
         );
         let Command::Validate(args) = Cli::try_parse_from(args).unwrap().command else {
