@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 pub use sigil_common::hcl::ConfigError;
@@ -16,6 +15,7 @@ pub use sigil_common::log_config::{LogFormat, LogLevel};
 use sigil_proto::TrustDomain;
 
 pub use crate::ca::upstream::UpstreamDiskConfig;
+use crate::key_manager::KeyType;
 pub use crate::oidc_discovery::OidcDiscoveryConfig;
 
 /// SPIRE's default admin socket.
@@ -63,7 +63,9 @@ pub struct ServerConfig {
     /// server outage longer than a workload SVID's lifetime.
     pub agent_ttl: Duration,
     pub jwt_issuer: Option<String>,
-    pub ca_key_type: CaKeyType,
+    /// `ca_key_type`: parsed straight into the key manager's type, so an unsupported one
+    /// (RSA) is a config error.
+    pub ca_key_type: KeyType,
     pub ca_subject: CaSubject,
     pub datastore: DatastoreConfig,
     pub key_manager: KeyManagerConfig,
@@ -103,52 +105,6 @@ impl Default for RateLimitConfig {
             attestation: true,
             signing: true,
         }
-    }
-}
-
-/// `ca_key_type`. Every value SPIRE accepts parses; the CA decides which it supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CaKeyType {
-    #[default]
-    EcP256,
-    EcP384,
-    Rsa2048,
-    Rsa4096,
-}
-
-impl CaKeyType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaKeyType::EcP256 => "ec-p256",
-            CaKeyType::EcP384 => "ec-p384",
-            CaKeyType::Rsa2048 => "rsa-2048",
-            CaKeyType::Rsa4096 => "rsa-4096",
-        }
-    }
-}
-
-impl FromStr for CaKeyType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        [
-            CaKeyType::EcP256,
-            CaKeyType::EcP384,
-            CaKeyType::Rsa2048,
-            CaKeyType::Rsa4096,
-        ]
-        .into_iter()
-        .find(|t| t.as_str() == s)
-        .ok_or_else(|| {
-            format!(
-                "{s:?} is not a valid key type (expected ec-p256, ec-p384, rsa-2048 or rsa-4096)"
-            )
-        })
-    }
-}
-
-impl fmt::Display for CaKeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -338,7 +294,7 @@ struct ServerSection {
     jwt_svid_ttl: Duration,
     agent_ttl: Duration,
     jwt_issuer: Option<String>,
-    ca_key_type: CaKeyType,
+    ca_key_type: KeyType,
     ca_subject: CaSubject,
     rate_limit: RateLimitConfig,
     allow_insecure_file_permissions: bool,
@@ -398,7 +354,11 @@ fn read_server(mut s: Block<'_>, ov: &ServerOverrides) -> Result<ServerSection, 
     let jwt_svid_ttl = svid_ttl(&mut s, "default_jwt_svid_ttl")?.unwrap_or(DEFAULT_JWT_SVID_TTL);
     let agent_ttl = svid_ttl(&mut s, "agent_ttl")?.unwrap_or(DEFAULT_AGENT_TTL);
     let jwt_issuer = s.string("jwt_issuer")?.filter(|i| !i.is_empty());
-    let ca_key_type = s.parsed("ca_key_type", str::parse)?.unwrap_or_default();
+    let ca_key_type = s
+        .parsed("ca_key_type", |t| {
+            t.parse::<KeyType>().map_err(|e| e.to_string())
+        })?
+        .unwrap_or_default();
     let ca_subject = match s.block("ca_subject")? {
         Some(mut subject) => {
             let out = CaSubject {
@@ -913,7 +873,7 @@ plugins {
             jwt_svid_ttl: Duration::from_secs(600),
             agent_ttl: DEFAULT_AGENT_TTL,
             jwt_issuer: Some("https://oidc.example.org".to_owned()),
-            ca_key_type: CaKeyType::EcP384,
+            ca_key_type: KeyType::EcP384,
             ca_subject: CaSubject {
                 country: vec!["DE".to_owned()],
                 organization: vec!["Sigil".to_owned()],
@@ -1006,7 +966,7 @@ plugins {
         assert_eq!(cfg.x509_svid_ttl, Duration::from_secs(3_600));
         assert_eq!(cfg.jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(cfg.jwt_issuer, None);
-        assert_eq!(cfg.ca_key_type, CaKeyType::EcP256);
+        assert_eq!(cfg.ca_key_type, KeyType::EcP256);
         assert_eq!(cfg.ca_subject, CaSubject::default());
         assert_eq!(
             cfg.datastore,
@@ -1215,6 +1175,11 @@ plugins {
                 "server {\n  default_x509_svid_ttl = \"1500ms\"",
             ),
             (
+                "unsupported key type",
+                "server {",
+                "server {\n  ca_key_type = \"rsa-2048\"",
+            ),
+            (
                 "missing plugins",
                 "plugins {\n  DataStore \"sql\" {}\n  KeyManager \"memory\" {}\n  NodeAttestor \"join_token\" {}\n}\n",
                 "",
@@ -1238,6 +1203,7 @@ plugins {
             "server.conf:2: server.default_jwt_svid_ttl: \"0s\" must be greater than zero",
             "server.conf:2: server.agent_ttl: \"4s\" is below the minimum SVID TTL of 5s",
             "server.conf:2: server.default_x509_svid_ttl: \"1500ms\" is below the minimum SVID TTL of 5s",
+            "server.conf:2: server.ca_key_type: unsupported key type \"rsa-2048\" (supported: ec-p256, ec-p384)",
             "server.conf: plugins: is required",
         ];
         assert_eq!(cases.len(), want.len());

@@ -313,11 +313,7 @@ fn ca_config(
         ca_ttl: config.ca_ttl,
         x509_svid_ttl: config.x509_svid_ttl,
         jwt_svid_ttl: config.jwt_svid_ttl,
-        key_type: config
-            .ca_key_type
-            .as_str()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("ca_key_type: {e}"))?,
+        key_type: config.ca_key_type,
         ca_subject: config.ca_subject.clone(),
         jwt_issuer: config.jwt_issuer.clone(),
         upstream: upstream.map(Arc::new),
