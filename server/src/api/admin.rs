@@ -239,7 +239,7 @@ impl AdminApi {
 
 /// An SVID TTL from a request: 0 (the server's default) or at least the floor.
 fn check_ttl(field: &str, seconds: u32) -> Result<(), Status> {
-    crate::config::check_svid_ttl(seconds.into())
+    crate::ca::config::check_svid_ttl(seconds.into())
         .map_err(|m| Status::invalid_argument(format!("invalid {field}: {m}")))
 }
 

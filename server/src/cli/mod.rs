@@ -17,8 +17,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::config::{ConfigError, ServerConfig, ServerOverrides};
 
-/// SPIRE's default admin socket, so commands work without `-socketPath`.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
+/// SPIRE's default admin socket, the server's default, so commands work without `-socketPath`.
+pub use crate::config::DEFAULT_SOCKET_PATH;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE), before anything starts.
 pub const EXIT_USAGE: u8 = 64;

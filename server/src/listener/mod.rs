@@ -152,23 +152,5 @@ pub fn plan(config: &ConnectionLimitsConfig, enabled: &[Endpoint]) -> FittedLimi
     fitted
 }
 
-/// The listeners `config` enables.
-pub fn enabled(config: &crate::config::ServerConfig) -> Vec<Endpoint> {
-    let bundle_endpoint = config
-        .federation
-        .as_ref()
-        .is_some_and(|f| f.bundle_endpoint.is_some());
-    Endpoint::ALL
-        .into_iter()
-        .filter(|e| match e {
-            Endpoint::AgentApi => true,
-            Endpoint::OidcDiscovery => config.oidc_discovery.is_some(),
-            Endpoint::BundleEndpoint => bundle_endpoint,
-            Endpoint::Health => config.health.is_some(),
-            Endpoint::Metrics => config.metrics.is_some(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests;
