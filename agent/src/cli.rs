@@ -23,7 +23,7 @@ use sigil_proto::workload::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{AgentConfig, AgentOverrides, JoinToken};
+use crate::config::{AgentConfig, AgentOverrides, JoinToken, SharedFlags};
 use crate::workload_api::DEFAULT_SOCKET_PATH;
 use crate::workload_api::client::{ClientError, WorkloadApiClient, connect};
 
@@ -127,16 +127,18 @@ struct RunArgs {
 impl RunArgs {
     fn overrides(&self) -> AgentOverrides {
         AgentOverrides {
-            data_dir: self.data_dir.clone(),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
+            shared: SharedFlags {
+                trust_domain: self.trust_domain.clone(),
+                data_dir: self.data_dir.clone(),
+                socket_path: self.socket_path.clone(),
+                log_level: self.log_level.clone(),
+                log_format: self.log_format.clone(),
+                expand_env: self.expand_env,
+            },
             server_address: self.server_address.clone(),
             server_port: self.server_port.clone(),
-            socket_path: self.socket_path.clone(),
-            trust_domain: self.trust_domain.clone(),
             trust_bundle: self.trust_bundle.clone(),
             join_token: self.join_token.clone().map(JoinToken::new),
-            expand_env: self.expand_env,
         }
     }
 }
@@ -148,7 +150,10 @@ pub const EXIT_USAGE: u8 = 64;
 /// when valid, 64 (like `run`) with the error on `err` otherwise.
 fn validate_config(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     let overrides = AgentOverrides {
-        expand_env: args.expand_env,
+        shared: SharedFlags {
+            expand_env: args.expand_env,
+            ..SharedFlags::default()
+        },
         ..AgentOverrides::default()
     };
     // A failed write to stdout/stderr cannot be reported anywhere; the exit code still is.
@@ -1160,7 +1165,7 @@ mod tests {
         );
         assert_eq!(overrides.server_port.as_deref(), Some("9"));
         assert_eq!(overrides.trust_bundle.as_deref(), Some("b.pem"));
-        assert!(overrides.expand_env);
+        assert!(overrides.shared.expand_env);
     }
 
     #[test]

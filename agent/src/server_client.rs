@@ -18,6 +18,8 @@
 //! would refuse the handshake, which would also block the re-attestation that replaces it
 //! (`AttestAgent` needs no client certificate).
 
+pub mod config;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,9 +47,9 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::cache::{JwtSvidMinter, MintError, Outage};
-use crate::config::ServerAddress;
 use crate::ops::Metrics;
 use crate::svid_store::{AgentSvid, leaf_facts};
+pub use config::{ServerAddress, TrustBundleSource};
 
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
 const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;

@@ -5,6 +5,8 @@
 //! With `KeyManager "memory"` the agent keeps no store at all and re-attests on every start,
 //! as SPIRE does.
 
+pub mod config;
+
 use std::fmt;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
@@ -17,6 +19,8 @@ use sigil_proto::{Bundle, SpiffeId, TrustDomain};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
+
+pub use config::KeyManagerConfig;
 
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_svid.key";

@@ -2,7 +2,8 @@
 //! neither binary: each module serves both the same way.
 //!
 //! - [`hcl`]: the config-file reader and the `plugins` table.
-//! - [`log_config`], [`health_checks`]: the config sections both binaries share.
+//! - [`shared_keys`], [`log_config`], [`health_checks`]: the config keys and sections both
+//!   binaries share.
 //! - [`cli_args`]: SPIRE's single-dash flags, rewritten for clap.
 //! - [`fs_checks`]: file-permission checks of key and state files, stale-socket removal.
 #![forbid(unsafe_code)]
@@ -13,3 +14,6 @@ pub mod fs_checks;
 pub mod hcl;
 pub mod health_checks;
 pub mod log_config;
+pub mod shared_keys;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,13 +1,37 @@
 //! The `join_token` node attestor: the payload is the one-time token itself. Once the server
 //! has accepted or refused it, it is spent: the agent never presents it again.
+//!
+//! The plugin takes no settings; the token comes from the `agent` block's `join_token` or the
+//! `-joinToken` flag, as a [`JoinToken`].
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use zeroize::Zeroizing;
 
 use super::{NodeAttestationError, NodeAttestor};
-use crate::config::JoinToken;
+
+/// A join token: a one-time secret, so its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself, for the attestation request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
+}
 
 #[derive(Debug)]
 pub struct JoinTokenAttestor {

@@ -4,28 +4,27 @@
 
 use std::path::Path;
 
-use super::ConfigError;
+use super::{ConfigError, Document};
 
-/// Reads a config file and, with `expand_env` (SPIRE's `-expandEnv`), expands environment
-/// variables in it. Returns the file name as written (for error messages) and the text. Reads
-/// the process environment only when asked: call it from a binary's edge.
-pub fn read_config_file(
-    path: &Path,
-    expand_env_vars: bool,
-) -> Result<(String, String), ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the config file: {e}"),
-    })?;
-    let text = if expand_env_vars {
-        expand_env(&text, |name| std::env::var(name).ok())
-    } else {
-        text
-    };
-    Ok((file, text))
+impl Document {
+    /// Reads and parses the config file at `path`, named in errors as `path` is written. With
+    /// `expand_env` (SPIRE's `-expandEnv`), environment variables in it are expanded first:
+    /// the process environment is read only when asked, so call this from a binary's edge.
+    pub fn read(path: &Path, expand_env_vars: bool) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let text = if expand_env_vars {
+            expand_env(&text, |name| std::env::var(name).ok())
+        } else {
+            text
+        };
+        Self::parse(&file, &text)
+    }
 }
 
 /// Expands `$VAR` and `${VAR}` in `text` as Go's `os.ExpandEnv` does (SPIRE's `-expandEnv`):

@@ -10,7 +10,7 @@
 //! - [`block`]: the [`Block`] view and its typed accessors.
 //! - [`values`]: the parsers of the values both configs share (Go durations, ports, paths,
 //!   listen addresses, trust domains).
-//! - [`file`]: reading the file, with SPIRE's `-expandEnv`.
+//! - [`file`]: reading the file ([`Document::read`]), with SPIRE's `-expandEnv`.
 //! - [`plugins`]: the `plugins { Kind "name" { plugin_data { ... } } }` table.
 
 pub mod block;
@@ -26,7 +26,7 @@ use std::fmt;
 
 pub use block::Block;
 pub use document::Document;
-pub use file::{expand_env, read_config_file};
+pub use file::expand_env;
 pub use plugins::{Builder, Plugin, PluginTable};
 pub use values::{
     parse_duration, parse_http_path, parse_listen_ip, parse_path, parse_port, parse_trust_domain,

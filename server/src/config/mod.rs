@@ -22,9 +22,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use sigil_common::hcl::ConfigError;
-use sigil_common::hcl::{self, Block, Document, parse_path, parse_trust_domain};
+use sigil_common::hcl::{Block, Document, parse_listen_ip};
 pub use sigil_common::health_checks::HealthConfig;
 pub use sigil_common::log_config::{LogFormat, LogLevel};
+pub use sigil_common::shared_keys::SharedFlags;
+use sigil_common::shared_keys::SharedKeys;
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::NodeAttestorsConfig;
@@ -81,28 +83,25 @@ pub struct ServerConfig {
     pub connection_limits: ConnectionLimitsConfig,
 }
 
-/// Command-line flags that override the file (SPIRE's `-trustDomain -dataDir -logLevel
-/// -logFormat -bindAddress -serverPort -socketPath -expandEnv`). Values are raw strings so that
-/// they are validated like the file's, with errors naming the flag.
+/// Command-line flags that override the file: the agent's too ([`SharedFlags`]: SPIRE's
+/// `-trustDomain -dataDir -socketPath -logLevel -logFormat -expandEnv`) and the server's own
+/// (`-bindAddress -serverPort`). Values are raw strings so that they are validated like the
+/// file's, with errors naming the flag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerOverrides {
-    pub trust_domain: Option<String>,
-    pub data_dir: Option<String>,
-    pub log_level: Option<String>,
-    pub log_format: Option<String>,
+    pub shared: SharedFlags,
     pub bind_address: Option<String>,
     pub server_port: Option<String>,
-    pub socket_path: Option<String>,
-    /// Expand `$VAR`/`${VAR}` from the environment in the file before parsing it.
-    pub expand_env: bool,
 }
 
 impl ServerConfig {
     /// Reads and validates the config file at `path`, applying `overrides`. Errors name the
     /// file as `path` is written.
     pub fn load(path: &Path, overrides: &ServerOverrides) -> Result<Self, ConfigError> {
-        let (file, text) = hcl::read_config_file(path, overrides.expand_env)?;
-        Self::parse(&text, &file, overrides)
+        Self::read(
+            &Document::read(path, overrides.shared.expand_env)?,
+            overrides,
+        )
     }
 
     /// Validates config `text` (already expanded if `-expandEnv` was given: see `load`);
@@ -112,39 +111,7 @@ impl ServerConfig {
         file_name: &str,
         overrides: &ServerOverrides,
     ) -> Result<Self, ConfigError> {
-        let doc = Document::parse(file_name, text)?;
-        let mut root = doc.root();
-
-        let server = root
-            .block("server")?
-            .ok_or_else(|| root.missing("server"))?;
-        let server = ServerBlock::read(server, overrides)?;
-        let plugins = plugins::Plugins::read(&mut root, &server.data_dir)?;
-        let health = HealthConfig::from_block(root.block("health_checks")?)?;
-        let metrics = read_telemetry(root.block("telemetry")?)?;
-        let oidc_discovery = OidcDiscoveryConfig::from_block(root.block("oidc_discovery")?)?;
-        root.finish()?;
-        Ok(Self {
-            bind_address: server.bind_address,
-            socket_path: server.socket_path,
-            trust_domain: server.trust_domain,
-            data_dir: server.data_dir,
-            log_level: server.log_level,
-            log_format: server.log_format,
-            ca: server.ca,
-            agent_api: server.agent_api,
-            datastore: plugins.datastore,
-            key_manager: plugins.key_manager,
-            upstream_authority: plugins.upstream_authority,
-            node_attestors: plugins.node_attestors,
-            bundle_publisher: plugins.bundle_publisher,
-            health,
-            metrics,
-            oidc_discovery,
-            federation: server.federation,
-            allow_insecure_file_permissions: server.allow_insecure_file_permissions,
-            connection_limits: server.connection_limits,
-        })
+        Self::read(&Document::parse(file_name, text)?, overrides)
     }
 
     /// The TCP listeners this config enables.
@@ -164,26 +131,14 @@ impl ServerConfig {
             })
             .collect()
     }
-}
 
-/// The `server` block, read: the binary's own keys, and each component's config built from
-/// its keys.
-struct ServerBlock {
-    bind_address: SocketAddr,
-    socket_path: PathBuf,
-    trust_domain: TrustDomain,
-    data_dir: PathBuf,
-    log_level: LogLevel,
-    log_format: LogFormat,
-    ca: CaConfig,
-    agent_api: AgentApiConfig,
-    federation: Option<FederationConfig>,
-    allow_insecure_file_permissions: bool,
-    connection_limits: ConnectionLimitsConfig,
-}
-
-impl ServerBlock {
-    fn read(mut s: Block<'_>, ov: &ServerOverrides) -> Result<Self, ConfigError> {
+    /// The `server` block (the binary's own keys here, each component's handed to its owner),
+    /// then the plugins and the other sections.
+    fn read(doc: &Document, ov: &ServerOverrides) -> Result<Self, ConfigError> {
+        let mut root = doc.root();
+        let mut s = root
+            .block("server")?
+            .ok_or_else(|| root.missing("server"))?;
         let ip = s.parsed_or_flag(
             "bind_address",
             "-bindAddress",
@@ -191,54 +146,42 @@ impl ServerBlock {
             parse_ip,
         )?;
         let port = s.port_or_flag("bind_port", "-serverPort", ov.server_port.as_deref())?;
-        let socket_path = s.parsed_or_flag(
-            "socket_path",
-            "-socketPath",
-            ov.socket_path.as_deref(),
-            parse_path,
-        )?;
-        let trust_domain = s
-            .parsed_or_flag(
-                "trust_domain",
-                "-trustDomain",
-                ov.trust_domain.as_deref(),
-                parse_trust_domain,
-            )?
-            .ok_or_else(|| s.missing("trust_domain"))?;
-        let data_dir = s
-            .parsed_or_flag("data_dir", "-dataDir", ov.data_dir.as_deref(), parse_path)?
-            .ok_or_else(|| s.missing("data_dir"))?;
-        let log_level = s.parsed_or_flag(
-            "log_level",
-            "-logLevel",
-            ov.log_level.as_deref(),
-            str::parse,
-        )?;
-        let log_format = s.parsed_or_flag(
-            "log_format",
-            "-logFormat",
-            ov.log_format.as_deref(),
-            str::parse,
-        )?;
-        let ca = CaConfig::from_server_block(&mut s, trust_domain.clone())?;
+        let shared = SharedKeys::read(&mut s, &ov.shared)?;
+        let ca = CaConfig::from_server_block(&mut s, shared.trust_domain.clone())?;
         let agent_api = AgentApiConfig::from_server_block(&mut s)?;
         let federation = FederationConfig::from_block(s.block("federation")?)?;
         let allow_insecure_file_permissions =
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
         s.finish()?;
+
+        let plugins = plugins::Plugins::read(&mut root, &shared.data_dir)?;
+        let health = HealthConfig::from_block(root.block("health_checks")?)?;
+        let metrics = read_telemetry(root.block("telemetry")?)?;
+        let oidc_discovery = OidcDiscoveryConfig::from_block(root.block("oidc_discovery")?)?;
+        root.finish()?;
         Ok(Self {
             bind_address: SocketAddr::new(
                 ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 port.unwrap_or(DEFAULT_BIND_PORT),
             ),
-            socket_path: socket_path.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
-            trust_domain,
-            data_dir,
-            log_level: log_level.unwrap_or_default(),
-            log_format: log_format.unwrap_or_default(),
+            socket_path: shared
+                .socket_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+            trust_domain: shared.trust_domain,
+            data_dir: shared.data_dir,
+            log_level: shared.log_level,
+            log_format: shared.log_format,
             ca,
             agent_api,
+            datastore: plugins.datastore,
+            key_manager: plugins.key_manager,
+            upstream_authority: plugins.upstream_authority,
+            node_attestors: plugins.node_attestors,
+            bundle_publisher: plugins.bundle_publisher,
+            health,
+            metrics,
+            oidc_discovery,
             federation,
             allow_insecure_file_permissions,
             connection_limits,
@@ -258,7 +201,7 @@ fn read_telemetry(telemetry: Option<Block<'_>>) -> Result<Option<SocketAddr>, Co
     };
     let mut metrics = None;
     if let Some(mut prom) = telemetry.block("Prometheus")? {
-        let ip = prom.parsed("host", hcl::parse_listen_ip)?;
+        let ip = prom.parsed("host", parse_listen_ip)?;
         let port = prom.port("port")?.ok_or_else(|| prom.missing("port"))?;
         prom.finish()?;
         metrics = Some(SocketAddr::new(

@@ -1,7 +1,7 @@
 //! The input space of the `server_config` fuzz target (fuzz/), run in CI as a property test:
 //! arbitrary text and edits of a valid config never panic the parser (issue #7 item 4).
 
-use proptest::prelude::*;
+use sigil_common::testing::assert_parser_never_panics;
 
 use super::*;
 
@@ -43,41 +43,9 @@ health_checks {
 }
 "#;
 
-/// Replaces `text[at..at+len]` (clamped to char boundaries) with `insert`.
-fn edit(text: &str, at: usize, len: usize, insert: &str) -> String {
-    let floor = |mut i: usize| {
-        i = i.min(text.len());
-        while !text.is_char_boundary(i) {
-            i -= 1;
-        }
-        i
-    };
-    let (start, end) = (floor(at), floor(at.saturating_add(len)));
-    format!("{}{insert}{}", &text[..start], &text[end..])
-}
-
-proptest! {
-    #[test]
-    fn arbitrary_text_never_panics(text in any::<String>()) {
-        let _ = ServerConfig::parse(&text, "server.conf", &ServerOverrides::default());
-    }
-
-    #[test]
-    fn edited_valid_config_never_panics(
-        edits in prop::collection::vec(
-            (0..VALID.len(), 0usize..16, "[ -~\\n{}\\[\\]\"=#:.$é\u{0}]{0,12}"),
-            1..4,
-        ),
-    ) {
-        let mut text = VALID.to_owned();
-        for (at, len, insert) in &edits {
-            text = edit(&text, *at, *len, insert);
-        }
-        let _ = ServerConfig::parse(&text, "server.conf", &ServerOverrides::default());
-    }
-}
-
 #[test]
-fn the_seed_is_valid() {
-    ServerConfig::parse(VALID, "server.conf", &ServerOverrides::default()).unwrap();
+fn the_seed_is_valid_and_no_text_panics_the_parser() {
+    assert_parser_never_panics(VALID, |text| {
+        ServerConfig::parse(text, "server.conf", &ServerOverrides::default())
+    });
 }

@@ -4,6 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sigil_common::testing::{
+    assert_each_edit_fails, assert_insecure_file_permissions_override, shared_flags,
+};
+
 use super::*;
 use crate::api::agent::RateLimitConfig;
 use crate::api::agent::config::DEFAULT_AGENT_TTL;
@@ -112,6 +116,14 @@ fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
     ServerConfig::parse(text, "server.conf", &ServerOverrides::default())
 }
 
+/// Overrides with only flags both binaries take.
+fn flags(command_line: &str) -> ServerOverrides {
+    ServerOverrides {
+        shared: shared_flags(command_line),
+        ..ServerOverrides::default()
+    }
+}
+
 #[test]
 fn spire_example_parses_into_typed_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,20 +200,9 @@ fn spire_example_parses_into_typed_values() {
 
 #[test]
 fn insecure_file_permissions_override_is_off_by_default_and_spelled_exactly() {
-    assert!(!parse(MINIMAL).unwrap().allow_insecure_file_permissions);
-    let on = MINIMAL.replace(
-        "server {",
-        "server {\n  allow_insecure_file_permissions = true",
-    );
-    assert!(parse(&on).unwrap().allow_insecure_file_permissions);
-    for bad in [
-        "allow_insecure_file_permission = true",
-        "allow_insecure_file_permissions = \"yes\"",
-    ] {
-        let text = MINIMAL.replace("server {", &format!("server {{\n  {bad}"));
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("allow_insecure_file_permission"), "{err}");
-    }
+    assert_insecure_file_permissions_override(MINIMAL, "server", |text| {
+        parse(text).map(|c| c.allow_insecure_file_permissions)
+    });
 }
 
 #[test]
@@ -276,14 +277,11 @@ fn defaults_apply() {
 #[test]
 fn flags_override_the_file() {
     let ov = ServerOverrides {
-        trust_domain: Some("other.org".to_owned()),
-        data_dir: Some("/srv/sigil".to_owned()),
-        log_level: Some("warn".to_owned()),
-        log_format: Some("json".to_owned()),
+        shared: shared_flags(
+            "-trustDomain other.org -dataDir /srv/sigil -logLevel warn -logFormat json -socketPath /run/sigil/admin.sock",
+        ),
         bind_address: Some("127.0.0.1".to_owned()),
         server_port: Some("9443".to_owned()),
-        socket_path: Some("/run/sigil/admin.sock".to_owned()),
-        expand_env: false,
     };
     let text = MINIMAL.replace(
         "server {",
@@ -304,10 +302,7 @@ fn flags_override_the_file() {
 
     // A missing trust_domain may come from the flag alone.
     let text = MINIMAL.replace("  trust_domain = \"example.org\"\n", "");
-    let ov = ServerOverrides {
-        trust_domain: Some("flag.org".to_owned()),
-        ..Default::default()
-    };
+    let ov = flags("-trustDomain flag.org");
     let cfg = ServerConfig::parse(&text, "server.conf", &ov).unwrap();
     assert_eq!(cfg.trust_domain.as_str(), "flag.org");
 }
@@ -316,10 +311,7 @@ fn flags_override_the_file() {
 fn bad_flags_name_the_flag() {
     let cases = [
         (
-            ServerOverrides {
-                trust_domain: Some("Example.org".to_owned()),
-                ..Default::default()
-            },
+            flags("-trustDomain Example.org"),
             "command line: -trustDomain: \"Example.org\" is not a valid trust domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores",
         ),
         (
@@ -330,10 +322,7 @@ fn bad_flags_name_the_flag() {
             "command line: -serverPort: \"80x\" is not a valid port",
         ),
         (
-            ServerOverrides {
-                log_level: Some("LOUD".to_owned()),
-                ..Default::default()
-            },
+            flags("-logLevel LOUD"),
             "command line: -logLevel: \"LOUD\" is not a valid log level (expected DEBUG, INFO, WARN or ERROR)",
         ),
         (
@@ -357,10 +346,7 @@ fn expand_env_substitutes_before_parsing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.conf");
     std::fs::write(&path, &text).unwrap();
-    let ov = ServerOverrides {
-        expand_env: true,
-        ..Default::default()
-    };
+    let ov = flags("-expandEnv");
     let cfg = ServerConfig::load(&path, &ov).unwrap();
     assert_eq!(
         cfg.data_dir,
@@ -478,16 +464,7 @@ fn malformed_configs_name_file_line_and_key() {
         "server.conf:2: server.ca_key_type: unsupported key type \"rsa-2048\" (supported: ec-p256, ec-p384)",
         "server.conf: plugins: is required",
     ];
-    assert_eq!(cases.len(), want.len());
-    for ((name, from, to), want) in cases.iter().zip(want) {
-        assert!(
-            MINIMAL.contains(from),
-            "{name}: fixture does not contain {from:?}"
-        );
-        let text = MINIMAL.replacen(from, to, 1);
-        let err = parse(&text).expect_err(name);
-        assert_eq!(err.to_string(), want, "{name}:\n{text}");
-    }
+    assert_each_edit_fails(MINIMAL, cases, &want, |text| parse(text).map(drop));
 }
 
 #[test]
