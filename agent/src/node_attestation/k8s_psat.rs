@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use super::{NodeAttestationError, NodeAttestor};
 
 /// Where Kubernetes projects the agent's service account token for `k8s_psat` (SPIRE's default).
-pub const DEFAULT_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/spire-agent";
+pub(crate) const DEFAULT_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/spire-agent";
 
 /// `NodeAttestor "k8s_psat"` on the agent side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct K8sPsatConfig {
 
 impl K8sPsatConfig {
     /// Reads the plugin's `plugin_data`, which it needs (`cluster` is required).
-    pub fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
         let cluster = data
             .string("cluster")?
             .filter(|c| !c.is_empty())

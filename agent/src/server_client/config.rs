@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use sigil_common::hcl::{Block, ConfigError, parse_path, parse_port};
 
 /// SPIRE's agent API port.
-pub const DEFAULT_SERVER_PORT: u16 = 8081;
+pub(crate) const DEFAULT_SERVER_PORT: u16 = 8081;
 
 /// One server to dial: a host name (every address it resolves to is tried) or an IP address,
 /// and a port.
@@ -62,7 +62,7 @@ impl ServerAddress {
     /// resolve to several addresses) with `server_port`, each replaced by its flag when given;
     /// or `server_addresses`. One or the other, never both, so that which servers the agent
     /// dials is never a guess.
-    pub fn list_from_agent_block(
+    pub(crate) fn list_from_agent_block(
         a: &mut Block<'_>,
         address_flag: Option<&str>,
         port_flag: Option<&str>,
@@ -143,7 +143,7 @@ pub enum TrustBundleSource {
 impl TrustBundleSource {
     /// `trust_bundle_path` (replaced by `-trustBundle` when given) or `insecure_bootstrap`:
     /// exactly one of them.
-    pub fn from_agent_block(
+    pub(crate) fn from_agent_block(
         a: &mut Block<'_>,
         trust_bundle_flag: Option<&str>,
     ) -> Result<Self, ConfigError> {

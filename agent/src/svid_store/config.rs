@@ -18,7 +18,7 @@ pub enum KeyManagerConfig {
 
 impl KeyManagerConfig {
     /// `KeyManager "disk"` from its `plugin_data`, if any.
-    pub fn disk(data: Option<Block<'_>>, data_dir: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn disk(data: Option<Block<'_>>, data_dir: &Path) -> Result<Self, ConfigError> {
         let mut directory = None;
         if let Some(mut data) = data {
             directory = data.parsed("directory", parse_path)?;

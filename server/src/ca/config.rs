@@ -14,11 +14,11 @@ use crate::ca::upstream::UpstreamAuthority;
 use crate::key_manager::KeyType;
 
 /// `ca_ttl` unless set: the lifetime of each X.509 CA and JWT key.
-pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// `default_x509_svid_ttl` unless set.
-pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(60 * 60);
 /// `default_jwt_svid_ttl` unless set.
-pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 /// The shortest lifetime Sigil issues an X509-SVID, JWT-SVID or agent SVID for. Agents renew
 /// at half-life, so shorter lifetimes turn into a signing loop; the SPIFFE client libraries'
 /// own test fixtures go down to 5 s. SPIRE sets no floor.
@@ -92,7 +92,7 @@ impl CaConfig {
 
     /// Reads the CA's keys of the `server` block (the block's other keys are its caller's);
     /// what is not set keeps [`CaConfig::new`]'s default.
-    pub fn from_server_block(
+    pub(crate) fn from_server_block(
         server: &mut Block<'_>,
         trust_domain: TrustDomain,
     ) -> Result<Self, ConfigError> {
@@ -143,7 +143,7 @@ fn positive(block: &mut Block<'_>, key: &str) -> Result<Option<Duration>, Config
 }
 
 /// An SVID lifetime (`key` of `block`): positive and at least [`MIN_SVID_TTL`].
-pub fn svid_ttl(block: &mut Block<'_>, key: &str) -> Result<Option<Duration>, ConfigError> {
+pub(crate) fn svid_ttl(block: &mut Block<'_>, key: &str) -> Result<Option<Duration>, ConfigError> {
     block.parsed(key, |s| match parse_duration(s)? {
         Duration::ZERO => Err(format!("{s:?} must be greater than zero")),
         d if d < MIN_SVID_TTL => Err(format!(

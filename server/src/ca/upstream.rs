@@ -29,7 +29,7 @@ pub struct UpstreamDiskConfig {
 impl UpstreamDiskConfig {
     /// Reads `plugin_data { cert_file_path key_file_path bundle_file_path }`; the files
     /// themselves are read by [`UpstreamAuthority::load`].
-    pub fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
         let cert_file_path = data
             .parsed("cert_file_path", parse_path)?
             .ok_or_else(|| data.missing("cert_file_path"))?;

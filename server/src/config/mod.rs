@@ -115,7 +115,7 @@ impl ServerConfig {
     }
 
     /// The TCP listeners this config enables.
-    pub fn listeners(&self) -> Vec<Endpoint> {
+    pub(crate) fn listeners(&self) -> Vec<Endpoint> {
         let bundle_endpoint = self
             .federation
             .as_ref()

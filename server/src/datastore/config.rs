@@ -41,7 +41,10 @@ impl fmt::Debug for DatastoreConfig {
 impl DatastoreConfig {
     /// `DataStore "sql"` from its `plugin_data`, if any; `data_dir` holds the default SQLite
     /// file.
-    pub fn from_plugin_data(data: Option<Block<'_>>, data_dir: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(
+        data: Option<Block<'_>>,
+        data_dir: &Path,
+    ) -> Result<Self, ConfigError> {
         let Some(mut data) = data else {
             return Ok(Self {
                 database_type: DatabaseType::Sqlite3,

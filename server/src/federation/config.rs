@@ -73,7 +73,7 @@ pub enum EndpointProfile {
 
 impl FederationConfig {
     /// Reads `federation { ... }`; `None` when the block is absent.
-    pub fn from_block(block: Option<Block<'_>>) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_block(block: Option<Block<'_>>) -> Result<Option<Self>, ConfigError> {
         let Some(mut block) = block else {
             return Ok(None);
         };

@@ -17,7 +17,7 @@ pub enum KeyManagerConfig {
 
 impl KeyManagerConfig {
     /// `KeyManager "disk"` from its `plugin_data`, if any.
-    pub fn disk(data: Option<Block<'_>>, data_dir: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn disk(data: Option<Block<'_>>, data_dir: &Path) -> Result<Self, ConfigError> {
         let mut keys_path = None;
         if let Some(mut data) = data {
             keys_path = data.parsed("keys_path", parse_path)?;

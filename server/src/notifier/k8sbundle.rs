@@ -46,7 +46,7 @@ pub struct K8sBundleConfig {
 impl K8sBundleConfig {
     /// Reads the plugin's `plugin_data`, if any, over SPIRE's defaults (`spire`,
     /// `spire-bundle`, `bundle.crt`, in-cluster credentials).
-    pub fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
         let mut out = Self {
             namespace: "spire".to_owned(),
             config_map: "spire-bundle".to_owned(),

@@ -42,7 +42,7 @@ pub struct TlsFiles {
 impl OidcDiscoveryConfig {
     /// Reads `oidc_discovery { bind_address, bind_port, domains, tls_cert_file, tls_key_file,
     /// allow_insecure_scheme }`; `None` when the block is absent.
-    pub fn from_block(block: Option<Block<'_>>) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_block(block: Option<Block<'_>>) -> Result<Option<Self>, ConfigError> {
         let Some(mut block) = block else {
             return Ok(None);
         };

@@ -58,7 +58,7 @@ impl Default for K8sAttestorConfig {
 
 impl K8sAttestorConfig {
     /// Reads the plugin's `plugin_data`, if any, over the defaults.
-    pub fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
         let mut out = Self::default();
         let Some(mut data) = data else {
             return Ok(out);
@@ -93,7 +93,7 @@ impl K8sAttestorConfig {
     /// SPIRE's choice: the read-only port when set, else the secure port on the node named by
     /// `node_name` or the `node_name_env` variable, which `env` looks up (the binary's edge
     /// passes the process environment).
-    pub fn kubelet_endpoint(&self, env: impl Fn(&str) -> Option<String>) -> KubeletEndpoint {
+    pub(crate) fn kubelet_endpoint(&self, env: impl Fn(&str) -> Option<String>) -> KubeletEndpoint {
         if self.kubelet_read_only_port != 0 {
             return KubeletEndpoint::read_only(self.kubelet_read_only_port);
         }

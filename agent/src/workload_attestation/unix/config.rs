@@ -30,7 +30,7 @@ impl Default for UnixAttestorConfig {
 impl UnixAttestorConfig {
     /// Reads the plugin's `plugin_data`, if any. The file's `workload_size_limit` is a
     /// non-negative number of bytes (0: no limit).
-    pub fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
         let Some(mut data) = data else {
             return Ok(Self::default());
         };

@@ -8,7 +8,7 @@ use sigil_common::hcl::{Block, ConfigError};
 use crate::ca::config::svid_ttl;
 
 /// SPIRE's default agent SVID lifetime.
-pub const DEFAULT_AGENT_TTL: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_AGENT_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// What the agent API is configured with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ impl Default for AgentApiConfig {
 
 impl AgentApiConfig {
     /// Reads the agent API's keys of the `server` block (the others are its caller's).
-    pub fn from_server_block(server: &mut Block<'_>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_server_block(server: &mut Block<'_>) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         Ok(Self {
             agent_ttl: svid_ttl(server, "agent_ttl")?.unwrap_or(defaults.agent_ttl),
@@ -59,7 +59,7 @@ impl Default for RateLimitConfig {
 
 impl RateLimitConfig {
     /// Reads the `ratelimit` block, if given.
-    pub fn from_block(block: Option<Block<'_>>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_block(block: Option<Block<'_>>) -> Result<Self, ConfigError> {
         let defaults = Self::default();
         let Some(mut block) = block else {
             return Ok(defaults);

@@ -42,7 +42,7 @@ pub struct K8sPsatCluster {
 
 impl K8sPsatConfig {
     /// Reads the plugin's `plugin_data`, which it needs.
-    pub fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
         let entries = data
             .object_map("clusters")?
             .ok_or_else(|| data.missing("clusters"))?;
