@@ -3,10 +3,10 @@
 //! file. Every error names the file, the line and the key (or the flag).
 //!
 //! This module reads the file and hands each block to the component that owns it: the servers
-//! and the bootstrap trust to the server link ([`ServerAddress`], [`TrustBundleSource`]), each
-//! plugin's `plugin_data` to its owner ([`plugins`]), `health_checks` to sigil-common's
-//! [`HealthConfig`]. What it keeps is the agent's own: its directories, logging, the Workload
-//! API's socket, the join token.
+//! and the bootstrap trust to the server link ([`ServerAddress`], [`TrustBundleSource`]), the
+//! join token to its attestor ([`JoinToken`]), each plugin's `plugin_data` to its owner
+//! ([`plugins`]), `health_checks` to sigil-common's [`HealthConfig`]. What it keeps is the
+//! agent's own: its directories, logging, the Workload API's socket and its options.
 
 pub mod plugins;
 #[cfg(test)]
@@ -123,20 +123,7 @@ impl AgentConfig {
             ov.server_port.as_deref(),
         )?;
         let trust_bundle = TrustBundleSource::from_agent_block(&mut a, ov.trust_bundle.as_deref())?;
-        let join_token = match &ov.join_token {
-            Some(token) => {
-                a.skip("join_token");
-                if token.expose().is_empty() {
-                    return Err(ConfigError::flag("-joinToken", "must not be empty"));
-                }
-                Some(token.clone())
-            }
-            // An empty token is "not set", as in SPIRE. The value never goes into a message.
-            None => a
-                .string("join_token")?
-                .filter(|t| !t.is_empty())
-                .map(JoinToken::new),
-        };
+        let join_token = JoinToken::from_agent_block(&mut a, ov.join_token.as_ref())?;
         let allow_unauthenticated_verifiers =
             a.bool("allow_unauthenticated_verifiers")?.unwrap_or(false);
         let lost_identity_exit_delay = a

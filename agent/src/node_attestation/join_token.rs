@@ -2,12 +2,13 @@
 //! has accepted or refused it, it is spent: the agent never presents it again.
 //!
 //! The plugin takes no settings; the token comes from the `agent` block's `join_token` or the
-//! `-joinToken` flag, as a [`JoinToken`].
+//! `-joinToken` flag ([`JoinToken::from_agent_block`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
+use sigil_common::hcl::{Block, ConfigError};
 use zeroize::Zeroizing;
 
 use super::{NodeAttestationError, NodeAttestor};
@@ -24,6 +25,26 @@ impl JoinToken {
     /// The secret itself, for the attestation request only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// `join_token` of the `agent` block, replaced by `-joinToken` when that is given. An
+    /// empty token in the file is "not set", as in SPIRE; an empty flag is an error. The value
+    /// never goes into a message.
+    pub(crate) fn from_agent_block(
+        agent: &mut Block<'_>,
+        flag: Option<&Self>,
+    ) -> Result<Option<Self>, ConfigError> {
+        if let Some(token) = flag {
+            agent.skip("join_token");
+            if token.expose().is_empty() {
+                return Err(ConfigError::flag("-joinToken", "must not be empty"));
+            }
+            return Ok(Some(token.clone()));
+        }
+        Ok(agent
+            .string("join_token")?
+            .filter(|t| !t.is_empty())
+            .map(Self::new))
     }
 }
 
