@@ -6,32 +6,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sigil_common::fs_checks::FsCheckError;
 use sigil_common::ops::OpsPaths;
 use sigil_common::supervisor::{self, Supervisor};
 use sigil_common::time::unix_now;
-use sigil_proto::fs_checks::FsCheckError;
 use sigil_proto::{Bundle, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cache::{self, Cache};
-use crate::config::{
-    AgentConfig, KeyManagerConfig, LogFormat, NodeAttestorConfig, TrustBundleSource,
-};
+use crate::config::{AgentConfig, LogFormat, NodeAttestorConfig};
 use crate::identity::AgentIdentity;
 use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
 };
 use crate::ops::{self, Metrics, Readiness};
 use crate::rotation::{self, AgentSvidRenewal, Backoff, Minting, Pace};
-use crate::server_client::{ServerConnection, ServerJwtMinter, check_trust_anchors};
-use crate::svid_store::{AgentSvid, SvidStore};
+use crate::server_client::{
+    ServerConnection, ServerJwtMinter, TrustBundleSource, check_trust_anchors,
+};
+use crate::svid_store::{AgentSvid, KeyManagerConfig, SvidStore};
 use crate::sync::{self, SyncContext};
 use crate::workload_api::{self, WorkloadApiConfig};
-use crate::workload_attestation::{
-    K8sAttestor, K8sAttestorConfig, KubeletEndpoint, UnixAttestor, UnixAttestorConfig,
-    WorkloadAttestor,
-};
+use crate::workload_attestation::{K8sAttestor, UnixAttestor, WorkloadAttestor};
 
 /// Refuses to start on a key or state file other users can reach (OpenSSH's StrictModes: each
 /// finding names the path, its mode or owner and the fix), or logs each at WARN when
@@ -363,42 +360,17 @@ async fn attest_with_retry(
 fn workload_attestors(config: &AgentConfig) -> anyhow::Result<Vec<Box<dyn WorkloadAttestor>>> {
     let mut attestors: Vec<Box<dyn WorkloadAttestor>> = Vec::new();
     if let Some(unix) = &config.workload_attestors.unix {
-        attestors.push(Box::new(UnixAttestor::new(UnixAttestorConfig {
-            discover_workload_path: unix.discover_workload_path,
-            workload_size_limit: i64::try_from(unix.workload_size_limit).unwrap_or(i64::MAX),
-            ..UnixAttestorConfig::default()
-        })));
+        attestors.push(Box::new(UnixAttestor::new(unix.clone())));
     }
     if let Some(k8s) = &config.workload_attestors.k8s {
-        attestors.push(Box::new(K8sAttestor::new(K8sAttestorConfig {
-            proc_root: k8s.proc_root.clone(),
-            ..K8sAttestorConfig::new(kubelet_endpoint(k8s))
-        })));
+        // The node name may come from the environment: read here, at the config edge.
+        let kubelet = k8s.kubelet_endpoint(|name| std::env::var(name).ok());
+        attestors.push(Box::new(K8sAttestor::new(k8s.clone(), kubelet)));
     }
     if attestors.is_empty() {
         bail!("no supported WorkloadAttestor configured (configure WorkloadAttestor \"unix\")");
     }
     Ok(attestors)
-}
-
-/// SPIRE's choice: the read-only port when set, else the secure port on the node named by
-/// `node_name` or the `node_name_env` variable (read here, at the config edge).
-fn kubelet_endpoint(k8s: &crate::config::K8sAttestorConfig) -> KubeletEndpoint {
-    if k8s.kubelet_read_only_port != 0 {
-        return KubeletEndpoint::read_only(k8s.kubelet_read_only_port);
-    }
-    let node_name = k8s
-        .node_name
-        .clone()
-        .or_else(|| std::env::var(&k8s.node_name_env).ok())
-        .filter(|name| !name.is_empty());
-    KubeletEndpoint::secure(
-        node_name,
-        k8s.kubelet_secure_port,
-        k8s.token_path.clone(),
-        k8s.kubelet_ca_path.clone(),
-        k8s.skip_kubelet_verification,
-    )
 }
 
 #[cfg(test)]
@@ -428,10 +400,6 @@ plugins {{
         AgentConfig::parse(&text, "agent.conf", &AgentOverrides::default()).unwrap()
     }
 
-    fn k8s(config: &AgentConfig) -> &crate::config::K8sAttestorConfig {
-        config.workload_attestors.k8s.as_ref().unwrap()
-    }
-
     #[test]
     fn k8s_attestor_runs_alongside_unix() {
         let attestors = workload_attestors(&config("")).unwrap();
@@ -439,39 +407,5 @@ plugins {{
         assert_eq!(names.len(), 2);
         assert!(names[0].starts_with("UnixAttestor"), "{names:?}");
         assert!(names[1].starts_with("K8sAttestor"), "{names:?}");
-    }
-
-    #[test]
-    fn k8s_proc_root_defaults_to_proc_and_is_configurable() {
-        assert_eq!(k8s(&config("")).proc_root, std::path::Path::new("/proc"));
-        let host = config(r#"    plugin_data { proc_root = "/host/proc" }"#);
-        assert_eq!(k8s(&host).proc_root, std::path::Path::new("/host/proc"));
-    }
-
-    #[test]
-    fn kubelet_endpoint_follows_spire_keys() {
-        let ro = config("    plugin_data { kubelet_read_only_port = 10255 }");
-        assert_eq!(
-            kubelet_endpoint(k8s(&ro)),
-            KubeletEndpoint::read_only(10255)
-        );
-
-        let named = config(
-            r#"    plugin_data {
-      node_name = "node-1"
-      skip_kubelet_verification = true
-    }"#,
-        );
-        let endpoint = kubelet_endpoint(k8s(&named));
-        assert_eq!((endpoint.host.as_str(), endpoint.port), ("node-1", 10250));
-        assert_eq!(
-            endpoint.tls,
-            Some(crate::workload_attestation::KubeletTls::SkipVerification)
-        );
-
-        // An unset node-name variable falls back to the local kubelet.
-        let unset =
-            config(r#"    plugin_data { node_name_env = "SIGIL_TEST_SURELY_UNSET_NODE_NAME" }"#);
-        assert_eq!(kubelet_endpoint(k8s(&unset)).host, "127.0.0.1");
     }
 }

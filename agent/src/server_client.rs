@@ -19,6 +19,8 @@
 //! would refuse the handshake, which would also block the re-attestation that replaces it
 //! (`AttestAgent` needs no client certificate).
 
+pub mod config;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,10 +46,10 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::{Cache, JwtSvidMinter, MintError, Outage, TrustBundle};
-use crate::config::ServerAddress;
 use crate::identity::AgentIdentity;
 use crate::ops::Metrics;
 use crate::svid_store::AgentSvid;
+pub use config::{ServerAddress, TrustBundleSource};
 
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
 const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;

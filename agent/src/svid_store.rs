@@ -5,18 +5,22 @@
 //! With `KeyManager "memory"` the agent keeps no store at all and re-attests on every start,
 //! as SPIRE does.
 
+pub mod config;
+
 use std::fmt;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use sigil_common::fs_checks::{Access, FsCheckError, check_dir, check_file};
 use sigil_proto::bundle::pem_encode;
-use sigil_proto::fs_checks::{Access, FsCheckError, check_dir, check_file};
 use sigil_proto::{Bundle, SpiffeId, TrustDomain};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
+
+pub use config::KeyManagerConfig;
 
 const SVID_FILE: &str = "agent_svid.pem";
 const KEY_FILE: &str = "agent_svid.key";

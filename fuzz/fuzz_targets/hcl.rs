@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sigil_proto::hcl::{self, Block, Document};
+use sigil_common::hcl::{Block, Builder, Document, PluginTable};
+use sigil_common::health_checks::HealthConfig;
 
 /// Keys the server and agent configs read, so the accessors meet the values the fuzzer puts
 /// under them.
@@ -35,7 +36,7 @@ fn walk(mut block: Block<'_>, depth: usize) {
         let _ = block.port(key);
         let _ = block.u64(key);
         let _ = block.string_list(key);
-        let _ = hcl::optional_path(&mut block, key);
+        let _ = block.optional_path(key);
     }
     if depth < 4 {
         let _ = block.object_map("clusters").map(|m| {
@@ -53,11 +54,29 @@ fn walk(mut block: Block<'_>, depth: usize) {
                 walk(b, depth + 1);
             }
         }
-        if let Ok(Some(data)) = hcl::plugin_data(&mut block) {
-            let _ = hcl::finish_empty(data);
-        }
     }
     let _ = block.finish();
+}
+
+/// The plugin table, with plugins that take settings, need them, or take none.
+fn plugins(table: &mut PluginTable<'_>) {
+    let walk_data = |p: &mut sigil_common::hcl::Plugin<'_>| {
+        if let Some(data) = p.data() {
+            walk(data, 1);
+        }
+        Ok(())
+    };
+    let needs_data = |p: &mut sigil_common::hcl::Plugin<'_>| p.required_data().map(|d| walk(d, 1));
+    let builders: &[Builder<'_, ()>] = &[
+        ("disk", &walk_data),
+        ("k8s_psat", &needs_data),
+        ("memory", &|_| Ok(())),
+    ];
+    for kind in ["DataStore", "KeyManager", "NodeAttestor", "WorkloadAttestor", "Notifier"] {
+        let _ = table.exactly_one(kind, builders);
+        let _ = table.at_most_one(kind, builders);
+        let _ = table.each_once(kind, builders);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -69,7 +88,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut root = doc.root();
     if let Ok(health) = root.block("health_checks") {
-        let _ = hcl::health_checks(health);
+        let _ = HealthConfig::from_block(health);
+    }
+    if let Ok(mut table) = PluginTable::from_root(&mut root) {
+        plugins(&mut table);
+        let _ = table.finish();
     }
     walk(root, 0);
 });

@@ -1,14 +1,11 @@
-//! Sigil's wire contracts and the SPIFFE primitives the server and the agent share.
-//! Nothing here does I/O, except reading the config file (`hcl`) and checking the files and
-//! sockets it names (`fs_checks`), which both binaries share.
+//! Sigil's wire contracts and the SPIFFE primitives the server and the agent share. Nothing
+//! here does I/O or reads configuration: what both binaries need beyond contracts lives in
+//! `sigil-common`.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
-pub mod cli_args;
 pub mod convert;
 pub mod entry;
-pub mod fs_checks;
-pub mod hcl;
 pub mod id_template;
 pub mod limits;
 pub mod selector;

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod federation;
-pub mod file_checks;
 pub mod key_manager;
 pub mod kubernetes;
 pub mod listener;

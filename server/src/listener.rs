@@ -6,9 +6,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use sigil_common::hcl::{Block, ConfigError};
 use sigil_common::listener::limits::{self, RESERVED_FDS};
 use sigil_common::listener::{ConnectionLimiter, ConnectionLimits, fd_limit};
-use sigil_proto::hcl::{Block, ConfigError};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -239,7 +239,7 @@ pub fn limiter(
 
 #[cfg(test)]
 mod tests {
-    use sigil_proto::hcl::Document;
+    use sigil_common::hcl::Document;
 
     use super::*;
 

@@ -16,9 +16,11 @@
 //! `max-age` stays well under the JWT key rotation lead time (see [`max_age`]), so a cache
 //! always holds the next key before it signs.
 
+pub mod config;
+
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +33,14 @@ use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sigil_common::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use sigil_proto::bundle::Bundle;
-use sigil_proto::hcl::{self, Block, ConfigError};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use config::{OidcDiscoveryConfig, TlsFiles};
+
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const KEYS_PATH: &str = "/keys";
-pub const DEFAULT_BIND_PORT: u16 = 8443;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -52,81 +54,6 @@ pub enum OidcError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot build the JWKS: {0}")]
     Jwks(#[from] sigil_proto::bundle::BundleError),
-}
-
-/// The `oidc_discovery` block of server.conf.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OidcDiscoveryConfig {
-    pub bind: SocketAddr,
-    /// Host names served (lowercase, no port); empty serves any `Host`.
-    pub domains: Vec<String>,
-    /// HTTPS when set; plain HTTP (behind a TLS-terminating proxy) otherwise.
-    pub tls: Option<TlsFiles>,
-    /// Plain HTTP only: name the issuer `http://<Host>` (SPIRE's `allow_insecure_scheme`).
-    pub allow_insecure_scheme: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-/// Reads `oidc_discovery { bind_address, bind_port, domains, tls_cert_file, tls_key_file,
-/// allow_insecure_scheme }`.
-pub fn read_config(block: Option<Block<'_>>) -> Result<Option<OidcDiscoveryConfig>, ConfigError> {
-    let Some(mut block) = block else {
-        return Ok(None);
-    };
-    let ip = block.parsed("bind_address", hcl::parse_listen_ip)?;
-    let port = block.port("bind_port")?;
-    let domains = block.string_list("domains")?.unwrap_or_default();
-    let cert_file = hcl::optional_path(&mut block, "tls_cert_file")?;
-    let key_file = hcl::optional_path(&mut block, "tls_key_file")?;
-    let allow_insecure_scheme = block.bool("allow_insecure_scheme")?.unwrap_or(false);
-    let mut checked = Vec::with_capacity(domains.len());
-    for d in domains {
-        if !is_host_name(&d) {
-            return Err(block.error(
-                "domains",
-                format!("{d:?} is not a host name (no scheme, port or path)"),
-            ));
-        }
-        checked.push(d.to_ascii_lowercase());
-    }
-    let tls = match (cert_file, key_file) {
-        (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-            cert_file,
-            key_file,
-        }),
-        (None, None) => None,
-        (Some(_), None) => return Err(block.missing("tls_key_file")),
-        (None, Some(_)) => return Err(block.missing("tls_cert_file")),
-    };
-    if tls.is_some() && allow_insecure_scheme {
-        return Err(block.error(
-            "allow_insecure_scheme",
-            "only applies to a plain-HTTP listener (no tls_cert_file)",
-        ));
-    }
-    block.finish()?;
-    Ok(Some(OidcDiscoveryConfig {
-        bind: SocketAddr::new(
-            ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            port.unwrap_or(DEFAULT_BIND_PORT),
-        ),
-        domains: checked,
-        tls,
-        allow_insecure_scheme,
-    }))
-}
-
-/// A DNS name or IP literal as it may appear in `Host` without a port.
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// `Cache-Control: max-age` for a given `ca_ttl`: a sixth of the key lifetime, at most 5 min.
@@ -422,15 +349,6 @@ mod tests {
     use sigil_proto::bundle::JwtAuthority;
 
     use super::*;
-    use crate::config::{ServerConfig, ServerOverrides};
-
-    const BASE: &str = "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n}\nplugins {\n  DataStore \"sql\" {}\n  KeyManager \"memory\" {}\n  NodeAttestor \"join_token\" {}\n}\n";
-
-    fn parse(block: &str) -> Result<Option<OidcDiscoveryConfig>, ConfigError> {
-        let text = format!("{BASE}{block}");
-        ServerConfig::parse(&text, "server.conf", &ServerOverrides::default())
-            .map(|c| c.oidc_discovery)
-    }
 
     fn key(alg: &'static rcgen::SignatureAlgorithm, kid: &str) -> JwtAuthority {
         let pair = rcgen::KeyPair::generate_for(alg).unwrap();
@@ -481,50 +399,6 @@ mod tests {
             .await
             .unwrap();
         (status, headers, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    #[test]
-    fn config_block_parses_with_defaults_and_validation() {
-        assert_eq!(parse("").unwrap(), None);
-        let c = parse("oidc_discovery {\n  domains = [\"OIDC.example.org\"]\n}\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.bind, "0.0.0.0:8443".parse().unwrap());
-        assert_eq!(c.domains, vec!["oidc.example.org"]);
-        assert_eq!(c.tls, None);
-        let c = parse("oidc_discovery {\n  bind_address = \"127.0.0.1\"\n  bind_port = 9443\n  tls_cert_file = \"/c.pem\"\n  tls_key_file = \"/k.pem\"\n}\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.bind, "127.0.0.1:9443".parse().unwrap());
-        assert_eq!(
-            c.tls,
-            Some(TlsFiles {
-                cert_file: "/c.pem".into(),
-                key_file: "/k.pem".into()
-            })
-        );
-
-        let bad = [
-            (
-                "oidc_discovery {\n  tls_cert_file = \"/c.pem\"\n}\n",
-                "server.conf:10: oidc_discovery.tls_key_file: is required",
-            ),
-            (
-                "oidc_discovery {\n  domains = [\"https://x.org\"]\n}\n",
-                "server.conf:10: oidc_discovery.domains: \"https://x.org\" is not a host name (no scheme, port or path)",
-            ),
-            (
-                "oidc_discovery {\n  bind_port = \"x\"\n}\n",
-                "server.conf:11: oidc_discovery.bind_port: \"x\" is not a valid port",
-            ),
-            (
-                "oidc_discovery {\n  domain = [\"x.org\"]\n}\n",
-                "server.conf:11: oidc_discovery.domain: unknown key",
-            ),
-        ];
-        for (block, want) in bad {
-            assert_eq!(parse(block).unwrap_err().to_string(), want, "{block}");
-        }
     }
 
     #[test]

@@ -14,11 +14,10 @@ use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, ReplicaId};
-use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
-use crate::datastore::Datastore;
+use crate::config::{LogFormat, ServerConfig, file_checks};
+use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
-use crate::file_checks;
-use crate::key_manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use crate::key_manager::{DiskKeyManager, KeyManager, KeyManagerConfig, MemoryKeyManager};
 use crate::listener::{self, Endpoint};
 use crate::metrics::Metrics;
 use crate::node_attestation::k8s_psat::K8sPsatAttestor;
@@ -41,7 +40,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     );
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
     // First, so the datastore and every listener count against the raised limit.
-    let caps = listener::plan(&config.connection_limits, &listener::enabled(&config));
+    let caps = listener::plan(&config.connection_limits, &config.listeners());
 
     create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -69,7 +68,10 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         .context("cannot read or create the replica ID")?;
     let journal = replicas::load_journal(&datastore, &replica_id).await?;
     let (ca, _journal) = Ca::new(
-        ca_config(&config, upstream)?,
+        CaConfig {
+            upstream: upstream.map(Arc::new),
+            ..config.ca.clone()
+        },
         key_manager,
         journal,
         SystemTime::now(),
@@ -145,8 +147,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
             let discovery = Arc::new(Discovery::new(
                 c,
                 ca.subscribe(),
-                config.jwt_issuer.clone(),
-                config.ca_ttl,
+                config.ca.jwt_issuer.clone(),
+                config.ca.ca_ttl,
             ));
             Some(
                 oidc_discovery::bind(
@@ -217,8 +219,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         metrics.clone(),
         api_revisions,
     )
-    .with_agent_ttl(config.agent_ttl)
-    .with_rate_limits(config.rate_limit)
+    .with_agent_ttl(config.agent_api.agent_ttl)
+    .with_rate_limits(config.agent_api.rate_limit)
     .with_federated_bundles(federation.subscribe());
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
@@ -312,26 +314,6 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     let _ = std::fs::remove_file(&config.socket_path);
     tracing::info!("sigil-server stopped");
     outcome
-}
-
-fn ca_config(
-    config: &ServerConfig,
-    upstream: Option<UpstreamAuthority>,
-) -> anyhow::Result<CaConfig> {
-    Ok(CaConfig {
-        trust_domain: config.trust_domain.clone(),
-        ca_ttl: config.ca_ttl,
-        x509_svid_ttl: config.x509_svid_ttl,
-        jwt_svid_ttl: config.jwt_svid_ttl,
-        key_type: config
-            .ca_key_type
-            .as_str()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("ca_key_type: {e}"))?,
-        ca_subject: config.ca_subject.clone(),
-        jwt_issuer: config.jwt_issuer.clone(),
-        upstream: upstream.map(Arc::new),
-    })
 }
 
 /// How long a rotation that failed (a CA failure, or a journal the datastore would not take)

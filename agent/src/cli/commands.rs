@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{AgentConfig, AgentOverrides, JoinToken};
+use crate::config::{AgentConfig, AgentOverrides, JoinToken, SharedFlags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,16 +80,18 @@ pub(super) struct RunArgs {
 impl RunArgs {
     pub(super) fn overrides(&self) -> AgentOverrides {
         AgentOverrides {
-            data_dir: self.data_dir.clone(),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
+            shared: SharedFlags {
+                trust_domain: self.trust_domain.clone(),
+                data_dir: self.data_dir.clone(),
+                socket_path: self.socket_path.clone(),
+                log_level: self.log_level.clone(),
+                log_format: self.log_format.clone(),
+                expand_env: self.expand_env,
+            },
             server_address: self.server_address.clone(),
             server_port: self.server_port.clone(),
-            socket_path: self.socket_path.clone(),
-            trust_domain: self.trust_domain.clone(),
             trust_bundle: self.trust_bundle.clone(),
             join_token: self.join_token.clone().map(JoinToken::new),
-            expand_env: self.expand_env,
         }
     }
 }
@@ -105,7 +107,10 @@ pub(super) fn validate_config(
     err: &mut dyn Write,
 ) -> ExitCode {
     let overrides = AgentOverrides {
-        expand_env: args.expand_env,
+        shared: SharedFlags {
+            expand_env: args.expand_env,
+            ..SharedFlags::default()
+        },
         ..AgentOverrides::default()
     };
     // A failed write to stdout/stderr cannot be reported anywhere; the exit code still is.
@@ -269,11 +274,11 @@ mod tests {
     use std::ffi::OsString;
 
     use super::*;
-    use crate::cli::normalize_flags;
+    use sigil_common::cli_args::spire_style;
 
     #[test]
     fn run_flags_use_spire_spellings() {
-        let args = normalize_flags(
+        let args = spire_style(
             [
                 "sigil-agent",
                 "run",
@@ -299,7 +304,7 @@ mod tests {
         );
         assert_eq!(overrides.server_port.as_deref(), Some("9"));
         assert_eq!(overrides.trust_bundle.as_deref(), Some("b.pem"));
-        assert!(overrides.expand_env);
+        assert!(overrides.shared.expand_env);
     }
 
     #[test]
@@ -348,7 +353,7 @@ plugins {
 }
 "#;
         std::fs::write(&path, good).unwrap();
-        let args = normalize_flags(
+        let args = spire_style(
             ["sigil-agent", "validate", "-config", path.to_str().unwrap()].map(OsString::from),
         );
         let Command::Validate(args) = Cli::try_parse_from(args).unwrap().command else {

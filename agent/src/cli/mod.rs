@@ -12,7 +12,6 @@ mod api;
 mod commands;
 mod render;
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,7 +56,7 @@ pub enum CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = normalize_flags(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -111,36 +110,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Turns SPIRE's single-dash long flags (`-socketPath p`, `-write=dir`) into clap's
-/// `--socketPath`; short flags (`-h`), values (`-1`) and everything after `--` are kept.
-fn normalize_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut passthrough = false;
-    for arg in args {
-        let converted = match arg.to_str() {
-            Some("--") => {
-                passthrough = true;
-                None
-            }
-            Some(s) if !passthrough && is_single_dash_long(s) => {
-                Some(OsString::from(format!("-{s}")))
-            }
-            _ => None,
-        };
-        out.push(converted.unwrap_or(arg));
-    }
-    out
-}
-
-fn is_single_dash_long(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next() == Some('-')
-        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '=')
-}
-
 async fn run(
     cli: Cli,
     env_socket: Option<&str>,
@@ -170,10 +139,14 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
+    use sigil_common::cli_args::spire_style;
+
     use super::*;
 
     pub(super) fn parse(args: &[&str]) -> Cli {
-        let args = normalize_flags(args.iter().map(OsString::from));
+        let args = spire_style(args.iter().map(OsString::from));
         Cli::try_parse_from(args).unwrap()
     }
 
@@ -185,7 +158,7 @@ mod tests {
 
     #[test]
     fn normalizes_spire_style_flags() {
-        let got = normalize_flags(
+        let got = spire_style(
             [
                 "sigil-agent",
                 "api",

@@ -1,13 +1,58 @@
 //! The `join_token` node attestor: the payload is the one-time token itself. Once the server
 //! has accepted or refused it, it is spent: the agent never presents it again.
+//!
+//! The plugin takes no settings; the token comes from the `agent` block's `join_token` or the
+//! `-joinToken` flag ([`JoinToken::from_agent_block`]).
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
+use sigil_common::hcl::{Block, ConfigError};
 use zeroize::Zeroizing;
 
 use super::{NodeAttestationError, NodeAttestor};
-use crate::config::JoinToken;
+
+/// A join token: a one-time secret, so its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself, for the attestation request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `join_token` of the `agent` block, replaced by `-joinToken` when that is given. An
+    /// empty token in the file is "not set", as in SPIRE; an empty flag is an error. The value
+    /// never goes into a message.
+    pub(crate) fn from_agent_block(
+        agent: &mut Block<'_>,
+        flag: Option<&Self>,
+    ) -> Result<Option<Self>, ConfigError> {
+        if let Some(token) = flag {
+            agent.skip("join_token");
+            if token.expose().is_empty() {
+                return Err(ConfigError::flag("-joinToken", "must not be empty"));
+            }
+            return Ok(Some(token.clone()));
+        }
+        Ok(agent
+            .string("join_token")?
+            .filter(|t| !t.is_empty())
+            .map(Self::new))
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
+}
 
 #[derive(Debug)]
 pub struct JoinTokenAttestor {

@@ -3,15 +3,47 @@
 //!
 //! The token file is read again for every attestation: the kubelet rotates it, and a
 //! re-attestation after eviction must present the current one.
+//!
+//! Configured by `NodeAttestor "k8s_psat" { plugin_data { cluster token_path } }`.
 
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 use serde::Serialize;
+use sigil_common::hcl::{Block, ConfigError};
 use zeroize::Zeroizing;
 
 use super::{NodeAttestationError, NodeAttestor};
-use crate::config::K8sPsatConfig;
+
+/// Where Kubernetes projects the agent's service account token for `k8s_psat` (SPIRE's default).
+pub(crate) const DEFAULT_PSAT_TOKEN_PATH: &str = "/var/run/secrets/tokens/spire-agent";
+
+/// `NodeAttestor "k8s_psat"` on the agent side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sPsatConfig {
+    /// The cluster name, as configured on the server.
+    pub cluster: String,
+    /// The projected service account token (default [`DEFAULT_PSAT_TOKEN_PATH`]).
+    pub token_path: PathBuf,
+}
+
+impl K8sPsatConfig {
+    /// Reads the plugin's `plugin_data`, which it needs (`cluster` is required).
+    pub(crate) fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
+        let cluster = data
+            .string("cluster")?
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| data.missing("cluster"))?;
+        let token_path = data
+            .optional_path("token_path")?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PSAT_TOKEN_PATH));
+        data.finish()?;
+        Ok(Self {
+            cluster,
+            token_path,
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct K8sPsatAttestor {

@@ -16,8 +16,8 @@ use sigil_proto::Bundle;
 use sigil_proto::sigil::agent::v1::AttestAgentRequest;
 use zeroize::Zeroizing;
 
-pub use join_token::JoinTokenAttestor;
-pub use k8s_psat::K8sPsatAttestor;
+pub use join_token::{JoinToken, JoinTokenAttestor};
+pub use k8s_psat::{K8sPsatAttestor, K8sPsatConfig};
 
 use crate::csr::{CsrError, new_key_and_csr};
 use crate::server_client::{ServerConnection, is_connection_failure};

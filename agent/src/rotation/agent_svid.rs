@@ -332,8 +332,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::config::JoinToken;
-    use crate::node_attestation::JoinTokenAttestor;
+    use crate::node_attestation::{JoinToken, JoinTokenAttestor};
 
     #[derive(Debug)]
     struct Psat;

@@ -11,6 +11,8 @@
 //! than the rest of the call. With every name cached and no binary to hash, attestation runs
 //! inline rather than on the blocking pool: procfs reads are answered from kernel memory.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -25,28 +27,7 @@ use sigil_proto::Selector;
 
 use super::{AttestationError, WorkloadAttestor};
 use crate::procfs;
-
-/// SPIRE's `unix` plugin configuration, plus where `/proc` is.
-#[derive(Clone, Debug)]
-pub struct UnixAttestorConfig {
-    /// Adds `unix:path` and `unix:sha256` selectors.
-    pub discover_workload_path: bool,
-    /// Largest binary (bytes) hashed for `unix:sha256`: 0 means no limit, negative means
-    /// never hash (SPIRE's `workload_size_limit`).
-    pub workload_size_limit: i64,
-    /// `/proc` outside tests.
-    pub proc_root: PathBuf,
-}
-
-impl Default for UnixAttestorConfig {
-    fn default() -> Self {
-        UnixAttestorConfig {
-            discover_workload_path: false,
-            workload_size_limit: 0,
-            proc_root: PathBuf::from("/proc"),
-        }
-    }
-}
+pub use config::UnixAttestorConfig;
 
 /// How long a user or group name looked up by ID is reused. A renamed user or group shows in
 /// `unix:user`/`unix:group` selectors after at most this long; numeric IDs are never cached.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prost::Message as _;
+use sigil_common::fs_checks::{self, FsCheckError};
 use sigil_common::time::unix_now;
-use sigil_proto::fs_checks::{self, FsCheckError};
 use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
@@ -240,7 +240,7 @@ impl AdminApi {
 
 /// An SVID TTL from a request: 0 (the server's default) or at least the floor.
 fn check_ttl(field: &str, seconds: u32) -> Result<(), Status> {
-    crate::config::check_svid_ttl(seconds.into())
+    crate::ca::config::check_svid_ttl(seconds.into())
         .map_err(|m| Status::invalid_argument(format!("invalid {field}: {m}")))
 }
 

@@ -2,6 +2,7 @@
 //! authorities (SPIRE's *sign* / *manage current and next key* / *rotate on a timer* split) and
 //! publishes the trust bundle.
 //!
+//! - [`config`]: [`CaConfig`], the CA's keys of the `server` block and their defaults.
 //! - [`x509`]: certificate templates (self-signed CA, X509-SVID leaf) and the CSR checks.
 //! - [`jwt`]: JWT-SVID signing, a compact JWS signed with ring.
 //! - [`rotation`]: when to prepare, activate and prune authorities (pure functions of `now`).
@@ -19,6 +20,7 @@
 //! change is persisted and in effect, or neither (see `crate::replicas::commit`). The run loop
 //! plans rotations ([`Ca::plan_rotation`]) at [`Ca::next_rotation_check`].
 
+pub mod config;
 pub mod journal;
 pub mod jwt;
 pub mod local_authority;
@@ -40,9 +42,10 @@ use crate::ca::jwt::JwtSigner;
 use crate::ca::rotation::{Action, AuthorityStatus, Slot};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::x509::X509Authority;
-use crate::key_manager::{KeyManager, KeyManagerError, KeyType};
-use sigil_proto::{Bundle, JwtAuthority, SpiffeId, TrustDomain};
+use crate::key_manager::{KeyManager, KeyManagerError};
+use sigil_proto::{Bundle, JwtAuthority, SpiffeId};
 
+pub use config::{CaConfig, CaSubject};
 pub use journal::CaJournal;
 pub use replicas::ReplicaId;
 
@@ -114,44 +117,6 @@ impl CaError {
                 | CaError::CsrSignature
                 | CaError::CsrIdMismatch { .. }
         )
-    }
-}
-
-/// The CA certificate subject, exactly as `ca_subject` configures it.
-pub use crate::config::CaSubject;
-
-/// What the CA needs from the server config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CaConfig {
-    pub trust_domain: TrustDomain,
-    /// Lifetime of each X.509 CA and JWT key (SPIRE's `ca_ttl`).
-    pub ca_ttl: Duration,
-    /// Default X509-SVID lifetime (`default_x509_svid_ttl`).
-    pub x509_svid_ttl: Duration,
-    /// Default JWT-SVID lifetime (`default_jwt_svid_ttl`).
-    pub jwt_svid_ttl: Duration,
-    pub key_type: KeyType,
-    pub ca_subject: CaSubject,
-    /// `iss` claim of JWT-SVIDs (`jwt_issuer`); none by default.
-    pub jwt_issuer: Option<String>,
-    /// `UpstreamAuthority "disk"`: when set, each X.509 CA is an intermediate it signs and the
-    /// bundle publishes its roots.
-    pub upstream: Option<Arc<UpstreamAuthority>>,
-}
-
-impl CaConfig {
-    /// SPIRE's defaults: CA 24 h, X509-SVID 1 h, JWT-SVID 5 min, EC P-256, `C=US, O=SPIFFE`.
-    pub fn new(trust_domain: TrustDomain) -> Self {
-        CaConfig {
-            trust_domain,
-            ca_ttl: Duration::from_secs(24 * 60 * 60),
-            x509_svid_ttl: Duration::from_secs(60 * 60),
-            jwt_svid_ttl: Duration::from_secs(5 * 60),
-            key_type: KeyType::EcP256,
-            ca_subject: CaSubject::default(),
-            jwt_issuer: None,
-            upstream: None,
-        }
     }
 }
 

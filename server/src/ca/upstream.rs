@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{Issuer, KeyPair, PublicKeyData as _};
 use rustls::pki_types::CertificateDer;
+use sigil_common::hcl::{Block, ConfigError, parse_path};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::ca::CaError;
@@ -23,6 +24,26 @@ pub struct UpstreamDiskConfig {
     /// PEM roots the bundle publishes; when absent the upstream certificate must be
     /// self-signed and is the root.
     pub bundle_file_path: Option<PathBuf>,
+}
+
+impl UpstreamDiskConfig {
+    /// Reads `plugin_data { cert_file_path key_file_path bundle_file_path }`; the files
+    /// themselves are read by [`UpstreamAuthority::load`].
+    pub(crate) fn from_plugin_data(mut data: Block<'_>) -> Result<Self, ConfigError> {
+        let cert_file_path = data
+            .parsed("cert_file_path", parse_path)?
+            .ok_or_else(|| data.missing("cert_file_path"))?;
+        let key_file_path = data
+            .parsed("key_file_path", parse_path)?
+            .ok_or_else(|| data.missing("key_file_path"))?;
+        let bundle_file_path = data.parsed("bundle_file_path", parse_path)?;
+        data.finish()?;
+        Ok(Self {
+            cert_file_path,
+            key_file_path,
+            bundle_file_path,
+        })
+    }
 }
 
 /// Why the upstream authority's files were refused.

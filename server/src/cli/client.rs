@@ -81,7 +81,7 @@ pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliErro
 /// directory they control) would read the entries, join tokens and SVIDs we send and could
 /// answer anything: we refuse before sending a byte.
 fn check_server(stream: &tokio::net::UnixStream, path: &Path) -> Result<(), String> {
-    let ours = sigil_proto::fs_checks::euid();
+    let ours = sigil_common::fs_checks::euid();
     let peer = stream.peer_cred().map_err(|e| {
         format!(
             "cannot tell who serves {}: {e}; refusing to use it",

@@ -165,7 +165,7 @@ fn parse_ttl(flag: &str, value: &str) -> Result<i32, CliError> {
         .ok()
         .filter(|s| *s >= 0)
         .ok_or_else(|| CliError(format!("invalid -{flag} {value:?}: out of range")))?;
-    crate::config::check_svid_ttl(seconds as u64)
+    crate::ca::config::check_svid_ttl(seconds as u64)
         .map_err(|m| CliError(format!("invalid -{flag} {value:?}: {m}")))?;
     Ok(seconds)
 }
@@ -288,7 +288,8 @@ fn validate(e: &pb::RegistrationEntry) -> Result<(), CliError> {
     ] {
         // Negative values are refused by the conversion below.
         if let Ok(ttl) = u64::try_from(ttl) {
-            crate::config::check_svid_ttl(ttl).map_err(|m| CliError(format!("{field}: {m}")))?;
+            crate::ca::config::check_svid_ttl(ttl)
+                .map_err(|m| CliError(format!("{field}: {m}")))?;
         }
     }
     RegistrationEntry::try_from(e)

@@ -15,10 +15,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ca::upstream::UpstreamAuthority;
-use crate::config::{ConfigError, ServerConfig, ServerOverrides};
+use crate::config::{ConfigError, ServerConfig, ServerOverrides, SharedFlags};
 
-/// SPIRE's default admin socket, so commands work without `-socketPath`.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-server/private/api.sock";
+/// SPIRE's default admin socket, the server's default, so commands work without `-socketPath`.
+pub use crate::config::DEFAULT_SOCKET_PATH;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE), before anything starts.
 pub const EXIT_USAGE: u8 = 64;
@@ -99,14 +99,16 @@ struct RunArgs {
 impl RunArgs {
     fn overrides(&self) -> ServerOverrides {
         ServerOverrides {
-            trust_domain: self.trust_domain.clone(),
-            data_dir: self.data_dir.clone(),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
+            shared: SharedFlags {
+                trust_domain: self.trust_domain.clone(),
+                data_dir: self.data_dir.clone(),
+                socket_path: self.socket_path.clone(),
+                log_level: self.log_level.clone(),
+                log_format: self.log_format.clone(),
+                expand_env: self.config.expand_env,
+            },
             bind_address: self.bind_address.clone(),
             server_port: self.server_port.clone(),
-            socket_path: self.socket_path.clone(),
-            expand_env: self.config.expand_env,
         }
     }
 }
@@ -129,7 +131,7 @@ impl OutputArgs {
 }
 
 pub fn main() -> ExitCode {
-    let args = sigil_proto::cli_args::spire_style(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -199,7 +201,10 @@ fn load_upstream(config: &ServerConfig) -> Result<Option<UpstreamAuthority>, Exi
 
 fn validate(args: ConfigArgs) -> ExitCode {
     let overrides = ServerOverrides {
-        expand_env: args.expand_env,
+        shared: SharedFlags {
+            expand_env: args.expand_env,
+            ..SharedFlags::default()
+        },
         ..ServerOverrides::default()
     };
     match load_config(&args.config, &overrides).and_then(|c| load_upstream(&c)) {

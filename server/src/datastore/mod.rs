@@ -46,6 +46,7 @@ macro_rules! on_tx {
 mod bundles;
 mod ca_journal;
 mod changes;
+pub mod config;
 mod entries;
 mod join_tokens;
 mod migrate;
@@ -73,6 +74,7 @@ use tokio::sync::broadcast;
 
 pub use ca_journal::{JournalUnion, ReplicaJournal};
 pub use changes::Change;
+pub use config::{DatabaseType, DatastoreConfig};
 pub use entries::{EntryEvent, EntryEventKind, EntryFilter};
 pub use nodes::{AttestedNode, NodeFilter};
 pub use selectors::SelectorMatch;
@@ -489,7 +491,7 @@ fn create_private_file(path: &Path) -> Result<(), DatastoreError> {
         .mode(0o600)
         .open(path)
     {
-        // An existing file's mode is checked at start-up (crate::file_checks): refused, or
+        // An existing file's mode is checked at start-up (`config/file_checks.rs`): refused, or
         // a warning under allow_insecure_file_permissions.
         Ok(_) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sigil_proto::hcl::{self, Block, ConfigError};
+use sigil_common::hcl::{self, Block, ConfigError};
 use sigil_proto::{SpiffeId, TrustDomain};
 
 /// SPIRE's bundle endpoint port.
@@ -71,73 +71,75 @@ pub enum EndpointProfile {
     HttpsWeb,
 }
 
-/// Reads `federation { ... }`; `None` when the block is absent.
-pub fn read(block: Option<Block<'_>>) -> Result<Option<FederationConfig>, ConfigError> {
-    let Some(mut block) = block else {
-        return Ok(None);
-    };
-    let bundle_endpoint = match block.block("bundle_endpoint")? {
-        Some(b) => Some(read_bundle_endpoint(b)?),
-        None => None,
-    };
-    let mut federates_with = Vec::new();
-    for (label, mut fw) in block.labelled_blocks("federates_with")? {
-        let trust_domain = TrustDomain::new(&label)
-            .map_err(|e| fw.error("", format!("{label:?} is not a trust domain: {e}")))?;
-        if federates_with
-            .iter()
-            .any(|f: &FederatesWith| f.trust_domain == trust_domain)
-        {
-            return Err(fw.error("", "is given more than once"));
-        }
-        let url = fw
-            .string("bundle_endpoint_url")?
-            .ok_or_else(|| fw.missing("bundle_endpoint_url"))?;
-        check_url(&url).map_err(|m| fw.error("bundle_endpoint_url", m))?;
-        let profiles = fw.labelled_blocks("bundle_endpoint_profile")?;
-        let profile = match profiles.as_slice() {
-            [] => return Err(fw.missing("bundle_endpoint_profile")),
-            [(name, _)] => name.clone(),
-            _ => return Err(fw.error("bundle_endpoint_profile", "is given more than once")),
+impl FederationConfig {
+    /// Reads `federation { ... }`; `None` when the block is absent.
+    pub(crate) fn from_block(block: Option<Block<'_>>) -> Result<Option<Self>, ConfigError> {
+        let Some(mut block) = block else {
+            return Ok(None);
         };
-        let Some((_, mut p)) = profiles.into_iter().next() else {
-            return Err(fw.missing("bundle_endpoint_profile"));
+        let bundle_endpoint = match block.block("bundle_endpoint")? {
+            Some(b) => Some(read_bundle_endpoint(b)?),
+            None => None,
         };
-        let profile = match profile.as_str() {
-            "https_spiffe" => {
-                let id = p
-                    .parsed("endpoint_spiffe_id", |s| {
-                        SpiffeId::new(s).map_err(|e| e.to_string())
-                    })?
-                    .ok_or_else(|| p.missing("endpoint_spiffe_id"))?;
-                p.finish()?;
-                EndpointProfile::HttpsSpiffe {
-                    endpoint_spiffe_id: id,
+        let mut federates_with = Vec::new();
+        for (label, mut fw) in block.labelled_blocks("federates_with")? {
+            let trust_domain = TrustDomain::new(&label)
+                .map_err(|e| fw.error("", format!("{label:?} is not a trust domain: {e}")))?;
+            if federates_with
+                .iter()
+                .any(|f: &FederatesWith| f.trust_domain == trust_domain)
+            {
+                return Err(fw.error("", "is given more than once"));
+            }
+            let url = fw
+                .string("bundle_endpoint_url")?
+                .ok_or_else(|| fw.missing("bundle_endpoint_url"))?;
+            check_url(&url).map_err(|m| fw.error("bundle_endpoint_url", m))?;
+            let profiles = fw.labelled_blocks("bundle_endpoint_profile")?;
+            let profile = match profiles.as_slice() {
+                [] => return Err(fw.missing("bundle_endpoint_profile")),
+                [(name, _)] => name.clone(),
+                _ => return Err(fw.error("bundle_endpoint_profile", "is given more than once")),
+            };
+            let Some((_, mut p)) = profiles.into_iter().next() else {
+                return Err(fw.missing("bundle_endpoint_profile"));
+            };
+            let profile = match profile.as_str() {
+                "https_spiffe" => {
+                    let id = p
+                        .parsed("endpoint_spiffe_id", |s| {
+                            SpiffeId::new(s).map_err(|e| e.to_string())
+                        })?
+                        .ok_or_else(|| p.missing("endpoint_spiffe_id"))?;
+                    p.finish()?;
+                    EndpointProfile::HttpsSpiffe {
+                        endpoint_spiffe_id: id,
+                    }
                 }
-            }
-            "https_web" => {
-                p.finish()?;
-                EndpointProfile::HttpsWeb
-            }
-            other => {
-                return Err(fw.error(
-                    "bundle_endpoint_profile",
-                    format!("unknown profile {other:?}: use \"https_spiffe\" or \"https_web\""),
-                ));
-            }
-        };
-        fw.finish()?;
-        federates_with.push(FederatesWith {
-            trust_domain,
-            url,
-            profile,
-        });
+                "https_web" => {
+                    p.finish()?;
+                    EndpointProfile::HttpsWeb
+                }
+                other => {
+                    return Err(fw.error(
+                        "bundle_endpoint_profile",
+                        format!("unknown profile {other:?}: use \"https_spiffe\" or \"https_web\""),
+                    ));
+                }
+            };
+            fw.finish()?;
+            federates_with.push(FederatesWith {
+                trust_domain,
+                url,
+                profile,
+            });
+        }
+        block.finish()?;
+        Ok(Some(Self {
+            bundle_endpoint,
+            federates_with,
+        }))
     }
-    block.finish()?;
-    Ok(Some(FederationConfig {
-        bundle_endpoint,
-        federates_with,
-    }))
 }
 
 fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, ConfigError> {
@@ -163,9 +165,11 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     let mut files = p
                         .block("serving_cert_file")?
                         .ok_or_else(|| p.missing("serving_cert_file"))?;
-                    let cert_file = hcl::optional_path(&mut files, "cert_file_path")?
+                    let cert_file = files
+                        .optional_path("cert_file_path")?
                         .ok_or_else(|| files.missing("cert_file_path"))?;
-                    let key_file = hcl::optional_path(&mut files, "key_file_path")?
+                    let key_file = files
+                        .optional_path("key_file_path")?
                         .ok_or_else(|| files.missing("key_file_path"))?;
                     // Accepted for SPIRE compatibility; the files are read once at start-up.
                     files.skip("file_sync_interval");
@@ -217,7 +221,7 @@ mod tests {
     fn parse(body: &str) -> Result<Option<FederationConfig>, ConfigError> {
         let doc = hcl::Document::parse("server.conf", &format!("federation {{\n{body}\n}}\n"))?;
         let mut root = doc.root();
-        let out = read(root.block("federation")?);
+        let out = FederationConfig::from_block(root.block("federation")?);
         root.finish()?;
         out
     }

@@ -5,6 +5,7 @@
 //! (keys die with the process) and [`disk::DiskKeyManager`] (SPIRE's `KeyManager "disk"`, one
 //! JSON file, so the CA and the bundle survive a restart).
 
+pub mod config;
 pub mod disk;
 pub mod memory;
 
@@ -16,6 +17,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
 use zeroize::Zeroizing;
 
+pub use config::KeyManagerConfig;
 pub use disk::DiskKeyManager;
 pub use memory::MemoryKeyManager;
 

@@ -6,6 +6,8 @@
 //! The token is never verified locally: TokenReview is the authority. The Kubernetes calls sit
 //! behind [`KubeApi`] so the decision logic is tested with an in-memory fake.
 
+pub mod config;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -19,8 +21,8 @@ use sigil_proto::{Selector, SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
 
 use super::{AttestationError, AttestationResult, NodeAttestor};
-use crate::config::{K8sPsatCluster, K8sPsatConfig};
 use crate::kubernetes::{self, KubeClientError};
+pub use config::{K8sPsatCluster, K8sPsatConfig};
 
 const SELECTOR_TYPE: &str = "k8s_psat";
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";

@@ -10,17 +10,18 @@
 //! serving, agents only lose the *next* bundle until the API answers again.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::core::Status;
+use sigil_common::hcl::{Block, ConfigError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::K8sBundleConfig;
 use crate::kubernetes::{self, KubeClientError};
 use sigil_proto::Bundle;
 
@@ -31,6 +32,43 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// Lost optimistic-concurrency races in a row before the write counts as failed.
 const MAX_CONFLICTS: u32 = 5;
+
+/// `Notifier "k8sbundle"`: which ConfigMap key the bundle is published to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sBundleConfig {
+    pub namespace: String,
+    pub config_map: String,
+    pub config_map_key: String,
+    /// `None` means in-cluster credentials.
+    pub kube_config_file_path: Option<PathBuf>,
+}
+
+impl K8sBundleConfig {
+    /// Reads the plugin's `plugin_data`, if any, over SPIRE's defaults (`spire`,
+    /// `spire-bundle`, `bundle.crt`, in-cluster credentials).
+    pub(crate) fn from_plugin_data(data: Option<Block<'_>>) -> Result<Self, ConfigError> {
+        let mut out = Self {
+            namespace: "spire".to_owned(),
+            config_map: "spire-bundle".to_owned(),
+            config_map_key: "bundle.crt".to_owned(),
+            kube_config_file_path: None,
+        };
+        if let Some(mut data) = data {
+            if let Some(ns) = data.string("namespace")? {
+                out.namespace = ns;
+            }
+            if let Some(cm) = data.string("config_map")? {
+                out.config_map = cm;
+            }
+            if let Some(key) = data.string("config_map_key")? {
+                out.config_map_key = key;
+            }
+            out.kube_config_file_path = data.optional_path("kube_config_file_path")?;
+            data.finish()?;
+        }
+        Ok(out)
+    }
+}
 
 /// Why publishing the bundle failed.
 #[derive(Debug, thiserror::Error)]

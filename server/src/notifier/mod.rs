@@ -7,4 +7,4 @@
 
 pub mod k8sbundle;
 
-pub use k8sbundle::{K8sBundleError, K8sBundlePublisher};
+pub use k8sbundle::{K8sBundleConfig, K8sBundleError, K8sBundlePublisher};

@@ -3,15 +3,14 @@
 //! container gets no `k8s` selectors (other attestors may still describe it).
 
 pub mod cgroup;
+pub mod config;
 pub mod kubelet;
 pub mod selectors;
 #[cfg(test)]
 mod test_kubelet;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sigil_proto::Selector;
@@ -21,34 +20,8 @@ use super::{AttestationError, WorkloadAttestor};
 use cgroup::{CgroupError, PodContainer};
 use kubelet::{ContainerStatus, KubeletClient, KubeletError, Pod};
 
+pub use config::K8sAttestorConfig;
 pub use kubelet::{KubeletEndpoint, KubeletTls};
-
-/// How the attestor reaches the kubelet and how long it waits for a new container to appear.
-#[derive(Clone, Debug)]
-pub struct K8sAttestorConfig {
-    pub kubelet: KubeletEndpoint,
-    /// `/proc` outside tests.
-    pub proc_root: PathBuf,
-    /// Pod-list fetches before giving up on a container the kubelet has not listed yet.
-    pub max_poll_attempts: u32,
-    pub poll_retry_interval: Duration,
-    /// How long a pod list is reused for new attestations.
-    pub pod_list_cache_ttl: Duration,
-}
-
-impl K8sAttestorConfig {
-    /// Defaults: `/proc`, 10 attempts 250 ms apart (a container is usually in the kubelet's
-    /// status well within that), and a 1 s pod-list cache.
-    pub fn new(kubelet: KubeletEndpoint) -> Self {
-        K8sAttestorConfig {
-            kubelet,
-            proc_root: PathBuf::from("/proc"),
-            max_poll_attempts: 10,
-            poll_retry_interval: Duration::from_millis(250),
-            pod_list_cache_ttl: Duration::from_secs(1),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
@@ -92,12 +65,11 @@ impl fmt::Debug for K8sAttestor {
 }
 
 impl K8sAttestor {
-    pub fn new(config: K8sAttestorConfig) -> Self {
-        let kubelet = Arc::new(KubeletClient::new(
-            config.kubelet.clone(),
-            config.pod_list_cache_ttl,
-        ));
-        K8sAttestor { config, kubelet }
+    /// `kubelet` is where `config` says the kubelet is
+    /// ([`K8sAttestorConfig::kubelet_endpoint`]).
+    pub fn new(config: K8sAttestorConfig, kubelet: KubeletEndpoint) -> Self {
+        let kubelet = Arc::new(KubeletClient::new(kubelet, config.pod_list_cache_ttl));
+        Self { config, kubelet }
     }
 
     async fn attest_pid(&self, pid: i32) -> Result<Vec<Selector>, K8sError> {
@@ -189,6 +161,7 @@ fn pod_name(pod: &Pod) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::time::Duration;
 
     use super::test_kubelet::{PODS, TestKubelet};
     use super::*;
@@ -209,14 +182,17 @@ mod tests {
     async fn fixture(max_poll_attempts: u32) -> Fixture {
         let kubelet = TestKubelet::start().await;
         let proc_root = tempfile::tempdir().unwrap();
-        let attestor = K8sAttestor::new(K8sAttestorConfig {
-            proc_root: proc_root.path().to_owned(),
-            max_poll_attempts,
-            poll_retry_interval: Duration::from_millis(10),
-            // Long enough that only the retry logic, never expiry, causes a second fetch.
-            pod_list_cache_ttl: Duration::from_secs(600),
-            ..K8sAttestorConfig::new(kubelet.endpoint())
-        });
+        let attestor = K8sAttestor::new(
+            K8sAttestorConfig {
+                proc_root: proc_root.path().to_owned(),
+                max_poll_attempts,
+                poll_retry_interval: Duration::from_millis(10),
+                // Long enough that only the retry logic, never expiry, causes a second fetch.
+                pod_list_cache_ttl: Duration::from_secs(600),
+                ..K8sAttestorConfig::default()
+            },
+            kubelet.endpoint(),
+        );
         Fixture {
             kubelet,
             proc_root,

@@ -9,6 +9,7 @@
 //! one, which then becomes `cert_serial`; from then on the old SVID is refused. A lost
 //! RenewAgent response therefore never locks an agent out.
 
+pub mod config;
 mod rate_limit;
 mod sync;
 #[cfg(test)]
@@ -34,13 +35,13 @@ use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEnt
 use super::tls::{ServerTls, TlsError};
 use super::{ca_status, datastore_status};
 use crate::ca::{Ca, JwtSvid};
-use crate::config::RateLimitConfig;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
 use crate::metrics::{Metrics, ResultLabel, RpcLabels};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
 
+pub use config::{AgentApiConfig, RateLimitConfig};
 use rate_limit::RateLimiter;
 use sync::SyncStream;
 

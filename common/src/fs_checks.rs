@@ -3,8 +3,7 @@
 //! trusted directories for a privileged socket, and connect-before-replace for a socket file.
 //!
 //! Here because both binaries need them and neither may depend on the other. They read file
-//! metadata and connect to local sockets; with `hcl`'s reading of the config file they are the
-//! only I/O in this crate.
+//! metadata and connect to local sockets.
 
 use std::fmt;
 use std::fs::{self, Metadata};
@@ -28,50 +27,86 @@ pub enum Access {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FsCheckError {
+    /// Group or others may use a file they must not.
     #[error("{what} {path} has mode {mode:04o}: {who} may {how} it; run `chmod {fix} {path}`")]
     Mode {
+        /// What the file is, e.g. "keys file".
         what: String,
+        /// The file.
         path: PathBuf,
+        /// Its permission bits.
         mode: u32,
+        /// Who may use it: "its group", "all other users".
         who: &'static str,
+        /// What they may do: "read", "write", "read and write".
         how: &'static str,
+        /// The `chmod` mode that fixes it.
         fix: &'static str,
     },
+    /// The file belongs to another user.
     #[error(
         "{what} {path} is owned by uid {owner}, not by uid {euid} (this process){or_root}; run `chown {euid} {path}` or use another path"
     )]
     Owner {
+        /// What the file is.
         what: String,
+        /// The file.
         path: PathBuf,
+        /// Its owner.
         owner: u32,
+        /// This process's effective uid.
         euid: u32,
+        /// Whether root would also do.
         or_root: OrRoot,
     },
+    /// A socket directory is a symbolic link.
     #[error(
         "{what} {path} is a symbolic link; refusing to use it (whoever controls the link decides where the socket goes): name the real directory"
     )]
-    Symlink { what: String, path: PathBuf },
+    Symlink {
+        /// What the directory is.
+        what: String,
+        /// The link.
+        path: PathBuf,
+    },
+    /// A path that must be a directory is something else.
     #[error("{what} {path} is not a directory")]
-    NotADirectory { what: String, path: PathBuf },
+    NotADirectory {
+        /// What the directory is.
+        what: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A parent of a socket directory lets another user replace what it holds.
     #[error(
         "{path}, a parent directory of {what} {of}, {problem}: another user could replace what it holds; use a directory whose parents only root and uid {euid} can change"
     )]
     Ancestor {
+        /// What the checked directory is.
         what: String,
+        /// The checked directory.
         of: PathBuf,
+        /// The parent at fault.
         path: PathBuf,
+        /// What is wrong with it.
         problem: String,
+        /// This process's effective uid.
         euid: u32,
     },
+    /// A live process answers on the socket.
     #[error(
         "another process is serving on {0}; refusing to replace its socket (is another server running with this socket path?)"
     )]
     SocketInUse(PathBuf),
+    /// The socket path holds something else than a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The path could not be examined.
     #[error("{path}: {source}")]
     Io {
+        /// The path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },

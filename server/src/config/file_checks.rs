@@ -10,10 +10,11 @@
 
 use std::path::Path;
 
-use sigil_proto::fs_checks::{Access, FsCheckError, check_dir, check_file};
+use sigil_common::fs_checks::{Access, FsCheckError, check_dir, check_file};
 
-use crate::config::{KeyManagerConfig, ServerConfig};
+use super::ServerConfig;
 use crate::federation::config::ServingProfile;
+use crate::key_manager::KeyManagerConfig;
 
 /// The config key that turns the refusals into warnings.
 pub const OVERRIDE: &str = "allow_insecure_file_permissions";

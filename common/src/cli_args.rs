@@ -1,6 +1,7 @@
 //! SPIRE's command lines use Go's `flag` package: single-dash long flags (`-spiffeID x`,
 //! `-admin`, `-ttl=60`). clap wants `--spiffeID`. We rewrite the argument vector once, before
 //! clap sees it, so both spellings work. Hand-written: no crate parses Go-style flags into clap.
+//! Both binaries use this one rule, so a flag is spelled the same way for either.
 
 use std::ffi::OsString;
 
@@ -75,6 +76,16 @@ mod tests {
                 "--ttl=60",
                 "--admin"
             ]
+        );
+    }
+
+    #[test]
+    fn a_one_letter_name_stays_short_and_any_longer_name_is_long() {
+        // Go's `flag` reads `-a=1` as the flag `a` set to 1, as clap reads the short flag
+        // `-a=1`; `-a-b` is the flag named `a-b`, a long one for clap.
+        assert_eq!(
+            rewrite(&["x", "-a=1", "-a-b", "-ab=1", "-h"]),
+            ["x", "-a=1", "--a-b", "--ab=1", "-h"]
         );
     }
 

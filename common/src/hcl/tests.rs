@@ -1,0 +1,201 @@
+//! Tests of the reader as a whole: documents, blocks, typed values and their errors.
+
+use std::time::Duration;
+
+use super::*;
+
+fn doc(text: &str) -> Document {
+    Document::parse("test.conf", text).unwrap()
+}
+
+#[test]
+fn reads_typed_values_with_their_lines() {
+    let d = doc(r#"
+s {
+  name = "x"
+  port_s = "8081"
+  port_n = 9090
+  flag = true
+  flag_s = "FALSE"
+  ttl = "1h30m"
+  list = ["a", "b"]
+  n = 42
+}
+"#);
+    let mut root = d.root();
+    let mut s = root.block("s").unwrap().unwrap();
+    assert_eq!(s.line(), Some(2));
+    assert_eq!(s.string("name").unwrap().as_deref(), Some("x"));
+    assert_eq!(s.port("port_s").unwrap(), Some(8081));
+    assert_eq!(s.port("port_n").unwrap(), Some(9090));
+    assert_eq!(s.bool("flag").unwrap(), Some(true));
+    assert_eq!(s.bool("flag_s").unwrap(), Some(false));
+    assert_eq!(s.duration("ttl").unwrap(), Some(Duration::from_secs(5400)));
+    assert_eq!(
+        s.string_list("list").unwrap(),
+        Some(vec!["a".to_owned(), "b".to_owned()])
+    );
+    assert_eq!(s.u64("n").unwrap(), Some(42));
+    assert_eq!(s.string("absent").unwrap(), None);
+    s.finish().unwrap();
+    root.finish().unwrap();
+}
+
+#[test]
+fn value_errors_name_file_line_and_key() {
+    let d = doc(
+        "s {\n  a = 1\n  p = \"80x\"\n  q = 70000\n  b = \"yes\"\n  l = [1]\n  t = \"${X}\"\n}\n",
+    );
+    let mut root = d.root();
+    let mut s = root.block("s").unwrap().unwrap();
+    let msg = |r: Result<(), ConfigError>| r.unwrap_err().to_string();
+    assert_eq!(
+        msg(s.string("a").map(drop)),
+        "test.conf:2: s.a: expected a string, found a number"
+    );
+    assert_eq!(
+        msg(s.port("p").map(drop)),
+        r#"test.conf:3: s.p: "80x" is not a valid port"#
+    );
+    assert_eq!(
+        msg(s.port("q").map(drop)),
+        "test.conf:4: s.q: 70000 is not a valid port"
+    );
+    assert_eq!(
+        msg(s.bool("b").map(drop)),
+        r#"test.conf:5: s.b: "yes" is not true or false"#
+    );
+    assert_eq!(
+        msg(s.string_list("l").map(drop)),
+        "test.conf:6: s.l: expected a list of strings, found a number in the list"
+    );
+    assert!(msg(s.string("t").map(drop)).starts_with("test.conf:7: s.t: interpolation"));
+}
+
+#[test]
+fn finish_reports_the_first_unread_key_or_block() {
+    let d = doc("a = 1\nb {\n}\nc = 2\n");
+    let mut root = d.root();
+    root.skip("a");
+    assert_eq!(
+        root.finish().unwrap_err().to_string(),
+        "test.conf:2: b: unknown block"
+    );
+
+    let d = doc("s {\n  known = 1\n  typo = 2\n}\n");
+    let mut root = d.root();
+    let mut s = root.block("s").unwrap().unwrap();
+    assert!(s.has("known"));
+    s.u64("known").unwrap();
+    assert_eq!(
+        s.finish().unwrap_err().to_string(),
+        "test.conf:3: s.typo: unknown key"
+    );
+    root.finish().unwrap();
+}
+
+#[test]
+fn blocks_objects_and_labels() {
+    let d = doc(r#"
+plugins {
+  KeyManager "disk" {
+    plugin_data {
+      keys_path = "/k"
+    }
+  }
+  NodeAttestor "a" {}
+  NodeAttestor "b" {
+    plugin_data = {
+      clusters = {
+        "c1" = { x = "1" }
+        c2 = {}
+      }
+    }
+  }
+}
+"#);
+    let mut root = d.root();
+    let mut plugins = root.block("plugins").unwrap().unwrap();
+    let mut km = plugins.labelled_blocks("KeyManager").unwrap();
+    assert_eq!(km.len(), 1);
+    let (label, km) = &mut km[0];
+    assert_eq!(label, "disk");
+    assert_eq!(km.path(), "plugins.KeyManager.disk");
+    let mut data = km.block("plugin_data").unwrap().unwrap();
+    assert_eq!(data.string("keys_path").unwrap().as_deref(), Some("/k"));
+    data.finish().unwrap();
+
+    let mut na = plugins.labelled_blocks("NodeAttestor").unwrap();
+    assert_eq!(
+        na.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let mut data = na[1].1.block("plugin_data").unwrap().unwrap();
+    let mut clusters = data.object_map("clusters").unwrap().unwrap();
+    assert_eq!(clusters[0].0, "c1");
+    assert_eq!(clusters[1].0, "c2");
+    assert_eq!(clusters[0].1.line(), Some(12));
+    let err = clusters.remove(0).1.finish().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "test.conf:12: plugins.NodeAttestor.b.plugin_data.clusters.c1.x: unknown key"
+    );
+    plugins.finish().unwrap();
+}
+
+#[test]
+fn flags_replace_file_values() {
+    let d = doc("s {\n  p = \"80x\"\n  q = 7\n}\n");
+    let mut root = d.root();
+    let mut s = root.block("s").unwrap().unwrap();
+    // The flag wins, so the file's bad value is never looked at.
+    assert_eq!(
+        s.port_or_flag("p", "-port", Some("9000")).unwrap(),
+        Some(9000)
+    );
+    assert_eq!(
+        s.parsed_or_flag("q", "-q", Some("x"), |v| v
+            .parse::<u8>()
+            .map_err(|_| format!("{v:?} is bad")))
+            .unwrap_err()
+            .to_string(),
+        r#"command line: -q: "x" is bad"#
+    );
+    assert_eq!(
+        s.parsed_or_flag("r", "-r", None, |v| Ok(v.to_owned()))
+            .unwrap(),
+        None
+    );
+    s.finish().unwrap();
+    assert_eq!(
+        root.error("", "whole file").to_string(),
+        "test.conf: whole file"
+    );
+}
+
+#[test]
+fn a_repeated_or_labelled_section_is_an_error() {
+    let d = doc("s {\n}\ns {\n}\n");
+    let err = d.root().block("s").unwrap_err().to_string();
+    assert_eq!(err, "test.conf:3: s: is given more than once");
+    let d = doc("s \"x\" {\n}\n");
+    assert_eq!(
+        d.root().block("s").unwrap_err().to_string(),
+        "test.conf:1: s: takes no label"
+    );
+    let d = doc("s = 3\n");
+    assert_eq!(
+        d.root().block("s").unwrap_err().to_string(),
+        "test.conf:1: s: expected a block or an object, found a number"
+    );
+}
+
+#[test]
+fn syntax_errors_carry_their_line() {
+    let err = Document::parse("x.conf", "a {\n  b = \n}\n").unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert!(
+        err.to_string().starts_with("x.conf:2: HCL syntax error: "),
+        "{err}"
+    );
+}

@@ -1,0 +1,154 @@
+//! Test helpers for the config files of both binaries, behind the `testing` feature (a
+//! dev-dependency only, never in a binary): the flags both take, the table of malformed edits
+//! every config test runs, the file-permission override both blocks take, and the property test
+//! behind the `server_config` and `agent_config` fuzz targets.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use crate::hcl::ConfigError;
+use crate::shared_keys::SharedFlags;
+
+/// The flags both binaries take, from a command line such as
+/// `-trustDomain example.org -logLevel warn -expandEnv`.
+pub fn shared_flags(command_line: &str) -> SharedFlags {
+    let mut flags = SharedFlags::default();
+    let mut words = command_line.split_whitespace();
+    while let Some(flag) = words.next() {
+        if flag == "-expandEnv" {
+            flags.expand_env = true;
+            continue;
+        }
+        let value = words.next().map(str::to_owned);
+        match flag {
+            "-trustDomain" => flags.trust_domain = value,
+            "-dataDir" => flags.data_dir = value,
+            "-socketPath" => flags.socket_path = value,
+            "-logLevel" => flags.log_level = value,
+            "-logFormat" => flags.log_format = value,
+            other => panic!("{other} is not a flag both binaries take"),
+        }
+    }
+    flags
+}
+
+/// For each `(name, from, to)` case, replaces the first `from` in `minimal` (which must hold
+/// it) with `to` and checks that `parse` refuses the result with exactly the matching `want`
+/// message.
+pub fn assert_each_edit_fails(
+    minimal: &str,
+    cases: &[(&str, &str, &str)],
+    want: &[&str],
+    parse: impl Fn(&str) -> Result<(), ConfigError>,
+) {
+    assert_eq!(cases.len(), want.len());
+    for ((name, from, to), want) in cases.iter().zip(want) {
+        assert!(
+            minimal.contains(from),
+            "{name}: fixture does not contain {from:?}"
+        );
+        let text = minimal.replacen(from, to, 1);
+        let err = parse(&text).expect_err(name);
+        assert_eq!(err.to_string(), *want, "{name}:\n{text}");
+    }
+}
+
+/// `allow_insecure_file_permissions` in `block` (`server`, `agent`) of `minimal`: off by
+/// default, on when set to true, and a misspelt key or a non-boolean is an error naming it.
+/// `parse` returns the parsed setting.
+pub fn assert_insecure_file_permissions_override(
+    minimal: &str,
+    block: &str,
+    parse: impl Fn(&str) -> Result<bool, ConfigError>,
+) {
+    let opening = format!("{block} {{");
+    assert!(!parse(minimal).unwrap());
+    let on = minimal.replace(
+        &opening,
+        &format!("{opening}\n  allow_insecure_file_permissions = true"),
+    );
+    assert!(parse(&on).unwrap());
+    for bad in [
+        "allow_insecure_file_permission = true",
+        "allow_insecure_file_permissions = \"yes\"",
+    ] {
+        let text = minimal.replace(&opening, &format!("{opening}\n  {bad}"));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("allow_insecure_file_permission"), "{err}");
+    }
+}
+
+/// Checks that `parse` accepts the valid config `valid`, then runs it on arbitrary text and on
+/// up to three random edits of `valid`: it must never panic (a panic fails with the smallest
+/// input found).
+pub fn assert_parser_never_panics<T>(valid: &str, parse: impl Fn(&str) -> Result<T, ConfigError>) {
+    if let Err(e) = parse(valid) {
+        panic!("the seed is not valid: {e}");
+    }
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let arbitrary = runner.run(&any::<String>(), |text| {
+        let _ = parse(&text);
+        Ok(())
+    });
+    if let Err(e) = arbitrary {
+        panic!("arbitrary text: {e}");
+    }
+    let edits = prop::collection::vec(
+        (
+            0..valid.len(),
+            0usize..16,
+            "[ -~\\n{}\\[\\]\"=#:.$é\u{0}]{0,12}",
+        ),
+        1..4,
+    );
+    let edited = runner.run(&edits, |edits| {
+        let mut text = valid.to_owned();
+        for (at, len, insert) in &edits {
+            text = edit(&text, *at, *len, insert);
+        }
+        let _ = parse(&text);
+        Ok(())
+    });
+    if let Err(e) = edited {
+        panic!("edited config: {e}");
+    }
+}
+
+/// Replaces `text[at..at+len]` (clamped to char boundaries) with `insert`.
+fn edit(text: &str, at: usize, len: usize, insert: &str) -> String {
+    let floor = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let (start, end) = (floor(at), floor(at.saturating_add(len)));
+    format!("{}{insert}{}", &text[..start], &text[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "arbitrary text")]
+    fn a_parser_that_panics_is_caught() {
+        assert_parser_never_panics("abc", |text| {
+            assert_eq!(text, "abc");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shared_flags_read_like_a_command_line() {
+        let flags = shared_flags("-trustDomain td -logFormat json -expandEnv");
+        assert_eq!(flags.trust_domain.as_deref(), Some("td"));
+        assert_eq!(flags.log_format.as_deref(), Some("json"));
+        assert!(flags.expand_env);
+        assert_eq!(flags.data_dir, None);
+    }
+}
