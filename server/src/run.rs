@@ -12,6 +12,8 @@ use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, ReplicaId};
+use crate::ca_store;
+pub(crate) use crate::ca_store::persist;
 use crate::config::{DatabaseType, KeyManagerConfig, LogFormat, ServerConfig};
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
@@ -23,8 +25,6 @@ use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
 use crate::ops::{self, OpsPaths, Readiness};
-use crate::replicas;
-pub(crate) use crate::replicas::persist;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -64,7 +64,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     };
     let replica_id = ReplicaId::load_or_create(&config.data_dir)
         .context("cannot read or create the replica ID")?;
-    let journal = replicas::load_journal(&datastore, &replica_id).await?;
+    let journal = ca_store::load_journal(&datastore, &replica_id).await?;
     let (ca, _journal) = Ca::new(
         ca_config(&config, upstream)?,
         key_manager,
@@ -267,11 +267,11 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 
     // Changes made through the other replicas (entries, their CAs in the bundle) reach our
     // agents, the Workload API, OIDC and federation through the datastore's change feed.
-    tasks.spawn(replicas::follow_changes(
+    tasks.spawn(ca_store::follow_changes(
         datastore.clone(),
         ca.clone(),
         revision_sender,
-        replicas::BUNDLE_REFRESH,
+        ca_store::BUNDLE_REFRESH,
         cancel.clone(),
     ));
 
@@ -329,7 +329,7 @@ fn ca_config(
 const ROTATION_RETRY: Duration = Duration::from_secs(10);
 
 /// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping
-/// in between. Each rotation is stored before it takes effect (`replicas::commit`); a failure
+/// in between. Each rotation is stored before it takes effect (`ca_store::commit`); a failure
 /// changes nothing, is logged and retried after [`ROTATION_RETRY`], and the CA keeps signing
 /// with what it has.
 async fn rotate_forever(
@@ -354,7 +354,7 @@ async fn rotate_forever(
             () = tokio::time::sleep(wait) => {}
         }
         let rotated =
-            replicas::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
+            ca_store::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
         retry = rotated.is_err();
         match rotated {
             Ok(Some(())) => {

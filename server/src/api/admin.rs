@@ -26,11 +26,11 @@ use super::{ca_status, datastore_status, invalid_field};
 use crate::ca::Ca;
 use crate::ca::local_authority::{AuthorityKind, AuthorityState, LocalAuthorityError};
 use crate::ca::rotation::AuthorityStatus;
+use crate::ca_store::{self, CommitError};
 use crate::datastore::{AttestedNode, Datastore, EntryFilter, NodeFilter, SelectorMatch};
 use crate::federation::{DeleteMode, FederatedBundles, FederationError};
 use crate::metrics::{Metrics, ResultLabel, RpcLabels, result_of};
 use crate::ops::Readiness;
-use crate::replicas::{self, CommitError};
 
 /// Largest page a caller may ask for; bigger lists are paged.
 const MAX_PAGE_SIZE: u32 = 1000;
@@ -811,7 +811,7 @@ impl Admin for AdminApi {
             };
             // Stored before it takes effect, and before the operator hears it is done: a
             // change the datastore cannot take is refused whole, and a restart cannot undo one.
-            let state = replicas::commit(&self.datastore, &self.ca, |ca| {
+            let state = ca_store::commit(&self.datastore, &self.ca, |ca| {
                 match op {
                     pb::LocalAuthorityOp::Prepare => ca.prepare_authority(kind, SystemTime::now()),
                     pb::LocalAuthorityOp::Activate => ca.activate_authority(kind, id),

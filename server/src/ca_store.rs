@@ -1,10 +1,11 @@
-//! Server replicas sharing one datastore: each persists its own CA journal and the trust
-//! domain's bundle becomes the union of every replica's authorities ([`persist`]); every
-//! replica adopts that union ([`refresh_bundle`]) when the datastore's change feed says the
-//! bundle changed, and wakes its agents' sync streams when entries changed
-//! ([`follow_changes`]).
+//! The CA journal store: where this replica's CA is loaded from ([`load_journal`]), stored
+//! before any change to it takes effect ([`commit`], [`persist`]), and kept in step with the
+//! other replicas sharing the datastore.
 //!
-//! Only the one bundle row is read on a refresh: entries and nodes are not reloaded.
+//! Each replica persists its own CA journal and the trust domain's bundle becomes the union of
+//! every replica's authorities (stored with it, in one transaction); every replica adopts that
+//! union ([`refresh_bundle`]) when the datastore's change feed says the bundle changed
+//! ([`follow_changes`]). Only the one bundle row is read on a refresh.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::replicas::union_bundle;
+use crate::ca::bundle_union::union_bundle;
 use crate::ca::{Ca, CaError, CaJournal, Pending, ReplicaId};
 use crate::datastore::{Change, Datastore, DatastoreError, JournalUnion, ReplicaJournal};
 
