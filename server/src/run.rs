@@ -197,9 +197,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone())
     .with_readiness(readiness.clone());
-    let api_revisions = api.entry_revisions();
-    let revision_sender = api.entry_revision_sender();
-    let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
+    let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();
     tasks.spawn(async move {
         admin::serve(admin_listener, api, c)
@@ -212,7 +210,6 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ca.clone(),
         config.trust_domain.clone(),
         metrics.clone(),
-        api_revisions,
     )
     .with_agent_ttl(config.agent_ttl)
     .with_rate_limits(config.rate_limit)
@@ -265,12 +262,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         cancel.clone(),
     ));
 
-    // Changes made through the other replicas (entries, their CAs in the bundle) reach our
-    // agents, the Workload API, OIDC and federation through the datastore's change feed.
+    // The other replicas' CAs reach our bundle (and so the agents, the Workload API, OIDC and
+    // federation) through the datastore's change feed; entry changes wake the agents' sync
+    // streams through it too (`Datastore::entry_revisions`).
     tasks.spawn(ca_store::follow_changes(
         datastore.clone(),
         ca.clone(),
-        revision_sender,
         ca_store::BUNDLE_REFRESH,
         cancel.clone(),
     ));

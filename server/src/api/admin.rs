@@ -16,7 +16,6 @@ use sigil_proto::{
     Bundle, IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain, convert,
 };
 use tokio::net::UnixListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::UdsConnectInfo;
@@ -46,9 +45,6 @@ pub struct AdminApi {
     metrics: Arc<Metrics>,
     /// The server's effective UID; callers must be this user or root.
     owner_uid: u32,
-    /// The latest entry revision, published after every committed entry change so the agent
-    /// API's sync streams push it at once.
-    revisions: watch::Sender<i64>,
     /// Federated bundles; `None` only in tests that do not exercise them.
     federation: Option<Arc<FederatedBundles>>,
     /// Whether the datastore's write probe passes (`Health` fails while it does not); `None`
@@ -69,7 +65,6 @@ impl AdminApi {
             trust_domain,
             metrics,
             owner_uid: nix::unistd::geteuid().as_raw(),
-            revisions: watch::Sender::new(0),
             federation: None,
             readiness: None,
         }
@@ -93,37 +88,14 @@ impl AdminApi {
             .ok_or_else(|| Status::unimplemented("federation is not enabled on this server"))
     }
 
-    /// A receiver of the latest entry revision, for [`super::agent::AgentApi::new`].
-    pub fn entry_revisions(&self) -> watch::Receiver<i64> {
-        self.revisions.subscribe()
-    }
-
-    /// The sender behind [`Self::entry_revisions`], for components that change entries outside
-    /// the admin API (pruning), so agents hear of it at once.
-    pub fn entry_revision_sender(&self) -> watch::Sender<i64> {
-        self.revisions.clone()
-    }
-
-    /// Publishes the datastore's latest entry revision after a committed change. A failure to
-    /// read it only delays the push to the agents' fallback tick.
-    /// Returns that revision.
-    async fn publish_revision(&self) -> Option<i64> {
-        match self.datastore.latest_entry_revision().await {
-            Ok(r) => {
-                self.revisions.send_if_modified(|v| {
-                    let newer = r > *v;
-                    if newer {
-                        *v = r;
-                    }
-                    newer
-                });
-                Some(r)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the entry revision to notify agents");
-                None
-            }
-        }
+    /// The entry revision after a committed change, for its audit line. (Agents hear of the
+    /// change from the datastore's change feed, not from here.)
+    async fn committed_revision(&self) -> Option<i64> {
+        self.datastore
+            .latest_entry_revision()
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the entry revision"))
+            .ok()
     }
 
     fn authorize<T>(&self, method: &'static str, req: &Request<T>) -> Result<(), Status> {
@@ -358,7 +330,7 @@ impl Admin for AdminApi {
                 .create_entries(entries)
                 .await
                 .map_err(datastore_status)?;
-            let revision = self.publish_revision().await;
+            let revision = self.committed_revision().await;
             log_batch("created", revision, &created);
             Ok(pb::BatchCreateEntryResponse {
                 entries: created
@@ -390,7 +362,7 @@ impl Admin for AdminApi {
                 .update_entries(entries)
                 .await
                 .map_err(datastore_status)?;
-            let revision = self.publish_revision().await;
+            let revision = self.committed_revision().await;
             log_batch("updated", revision, &updated);
             Ok(pb::BatchUpdateEntryResponse {
                 entries: updated
@@ -412,7 +384,7 @@ impl Admin for AdminApi {
                 .delete_entries(&req.ids)
                 .await
                 .map_err(datastore_status)?;
-            let revision = self.publish_revision().await;
+            let revision = self.committed_revision().await;
             log_batch("deleted", revision, &deleted);
             Ok(pb::BatchDeleteEntryResponse {
                 ids: deleted.into_iter().map(|e| e.id).collect(),
@@ -522,7 +494,6 @@ impl Admin for AdminApi {
                     .create_entries(vec![entry])
                     .await
                     .map_err(datastore_status)?;
-                self.publish_revision().await;
             }
             self.datastore
                 .create_join_token(&token, expires_at)
@@ -759,9 +730,6 @@ impl Admin for AdminApi {
                 .delete(&td, mode)
                 .await
                 .map_err(federation_status)?;
-            if !affected.is_empty() {
-                self.publish_revision().await;
-            }
             Ok(pb::DeleteFederatedBundleResponse {
                 affected_entries: affected.len() as u64,
             })

@@ -320,7 +320,7 @@ impl Datastore {
     /// The revision of the latest event, 0 if there has been none.
     pub async fn latest_entry_revision(&self) -> Result<i64, DatastoreError> {
         let latest: i64 = on_pool!(&self.pool, p => {
-            sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM entry_events")
+            sqlx::query_scalar(LATEST_ENTRY_REVISION)
                 .fetch_one(p)
                 .await?
         });
@@ -356,6 +356,10 @@ impl Datastore {
         Ok(total)
     }
 }
+
+/// The revision of the latest entry event, 0 if there has been none.
+pub(super) const LATEST_ENTRY_REVISION: &str =
+    "SELECT COALESCE(MAX(revision), 0) FROM entry_events";
 
 /// The change to publish for a write whose events have these revisions (none if no event).
 fn latest_change(revisions: impl IntoIterator<Item = i64>) -> Vec<Change> {

@@ -92,7 +92,7 @@ pub struct AgentApi {
     metrics: Arc<Metrics>,
     attestors: HashMap<&'static str, Arc<dyn NodeAttestor>>,
     authorization: Arc<AuthorizationCache>,
-    /// The latest entry revision, bumped by the admin API after each committed change.
+    /// The latest entry revision, from the datastore's change feed: wakes sync streams.
     revisions: watch::Receiver<i64>,
     /// `None` when `ratelimit { attestation = false }`.
     attest_limiter: Option<RateLimiter<IpAddr>>,
@@ -119,14 +119,13 @@ impl std::fmt::Debug for AgentApi {
 }
 
 impl AgentApi {
-    /// `revisions` is [`super::admin::AdminApi::entry_revisions`]: it wakes sync streams
-    /// when entries change. The `join_token` attestor is always available.
+    /// Sync streams wake on the datastore's [`Datastore::entry_revisions`] when entries change.
+    /// The `join_token` attestor is always available.
     pub fn new(
         datastore: Datastore,
         ca: Arc<Ca>,
         trust_domain: TrustDomain,
         metrics: Arc<Metrics>,
-        revisions: watch::Receiver<i64>,
     ) -> Self {
         let join_token: Arc<dyn NodeAttestor> = Arc::new(JoinTokenAttestor::new(
             trust_domain.clone(),
@@ -138,11 +137,11 @@ impl AgentApi {
                 trust_domain.clone(),
             )),
             attestors: HashMap::from([(join_token.name(), join_token)]),
+            revisions: datastore.entry_revisions(),
             datastore,
             ca,
             trust_domain,
             metrics,
-            revisions,
             attest_limiter: Some(RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST)),
             sign_limiter: Some(RateLimiter::new(SIGN_RATE_PER_SEC, SIGN_BURST)),
             sync_fallback: FALLBACK_TICK,

@@ -128,7 +128,6 @@ struct Harness {
     ca: Arc<Ca>,
     td: TrustDomain,
     addr: SocketAddr,
-    revisions: watch::Sender<i64>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
@@ -166,9 +165,8 @@ impl Harness {
         )
         .unwrap();
         let ca = Arc::new(ca);
-        let (revisions, rx) = watch::channel(0);
         let metrics = Metrics::new();
-        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone(), rx)
+        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone())
             .with_rate_limits(limits);
         // Far beyond any test: a change that arrives was pushed, not polled.
         api.sync_fallback = Duration::from_secs(3600);
@@ -188,7 +186,6 @@ impl Harness {
             ca,
             td,
             addr,
-            revisions,
             metrics,
             cancel,
         }
@@ -300,7 +297,6 @@ impl Harness {
             created_at: 0,
         };
         let created = self.ds.create_entries(vec![entry]).await.unwrap().remove(0);
-        self.publish().await;
         created
     }
 
@@ -312,12 +308,6 @@ impl Harness {
     /// What the admin API's BanAgent does.
     async fn ban(&self, id: &SpiffeId) {
         self.ds.set_attested_node_banned(id, true).await.unwrap();
-    }
-
-    /// What the admin API does after a commit.
-    async fn publish(&self) {
-        let r = self.ds.latest_entry_revision().await.unwrap();
-        self.revisions.send_replace(r);
     }
 }
 
@@ -500,7 +490,6 @@ async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
     h.ds.delete_entries(std::slice::from_ref(&created.id))
         .await
         .unwrap();
-    h.publish().await;
     let msg = next(&mut stream).await;
     assert_eq!(msg.deleted_ids, std::slice::from_ref(&created.id));
     // The stream reads the revision before the entries, so a wake-up racing the delete may
@@ -662,7 +651,6 @@ async fn mint_checks_the_requested_id_against_the_entry() {
         .await
         .unwrap()
         .remove(0);
-    h.publish().await;
 
     let x509 = |entry_id: &str, spiffe_id: &str| pb::BatchMintX509svidRequest {
         requests: vec![pb::X509svidRequest {
@@ -773,7 +761,6 @@ async fn mints_refuse_reserved_ids() {
         ..stale.clone()
     };
     let template = h.ds.create_entries(vec![template]).await.unwrap().remove(0);
-    h.publish().await;
 
     let mut stream = agent
         .client
@@ -1113,7 +1100,6 @@ async fn batch_jwt_mint_answers_in_request_order_with_valid_tokens() {
     short.spiffe_id = h.id("/short");
     short.jwt_svid_ttl = 60;
     let short = h.ds.create_entries(vec![short]).await.unwrap().remove(0);
-    h.publish().await;
 
     let asked = [
         (&db, "spiffe://example.org/db", vec!["a", "b"], 300),
