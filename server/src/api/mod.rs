@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod authorization;
+pub(crate) mod middleware;
 pub mod tls;
 
 use tonic::Status;

@@ -8,13 +8,16 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sigil_proto::RegistrationEntry;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
+use sigil_proto::{RegistrationEntry, Selector};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::authentication::PresentedSvid;
 use super::*;
 use crate::key_manager::MemoryKeyManager;
 
@@ -296,8 +299,7 @@ impl Harness {
             revision: 0,
             created_at: 0,
         };
-        let created = self.ds.create_entries(vec![entry]).await.unwrap().remove(0);
-        created
+        self.ds.create_entries(vec![entry]).await.unwrap().remove(0)
     }
 
     /// What the admin API's EvictAgent does.
@@ -446,6 +448,52 @@ async fn calls_without_an_agent_svid_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+/// The middleware counts every call, refused ones included, under the RPC's name.
+#[tokio::test]
+async fn every_call_is_counted_by_method_and_outcome() {
+    let h = Harness::start().await;
+    let count = |method, result| {
+        h.metrics
+            .agent_requests
+            .get_or_create(&crate::metrics::RpcLabels { method, result })
+            .get()
+    };
+    let mut agent = h.attest().await;
+    assert_eq!(count("AttestAgent", "ok"), 1);
+    let mut anon = h.client(None).await;
+    anon.renew_agent(pb::RenewAgentRequest {
+        csr: key_and_csr().1,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(count("RenewAgent", "unauthenticated"), 1);
+    agent
+        .client
+        .renew_agent(pb::RenewAgentRequest {
+            csr: key_and_csr().1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(count("RenewAgent", "ok"), 1);
+    agent
+        .client
+        .mint_jwtsvid(pb::MintJwtsvidRequest {
+            entry_id: "none".into(),
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(count("MintJWTSVID", "permission_denied"), 1);
+}
+
+/// The metric's method labels are the wire contract's RPC names, every one of them.
+#[test]
+fn methods_are_the_rpcs_of_the_proto() {
+    let proto = include_str!("../../../../proto/proto/sigil/agent/v1/agent.proto");
+    assert_eq!(METHODS, crate::api::middleware::proto_rpcs(proto));
 }
 
 #[tokio::test]
