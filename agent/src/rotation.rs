@@ -245,7 +245,7 @@ fn due(
     let mut out = Vec::new();
     for identity in &snapshot.identities {
         // Template entries are not pre-minted: their ID depends on the workload.
-        if identity.entry.template.is_some() {
+        if identity.entry.spiffe_id.template().is_some() {
             continue;
         }
         let id = &identity.entry.id;
@@ -511,8 +511,8 @@ fn due_rendered(
         };
         let instance = identity
             .entry
-            .template
-            .as_ref()
+            .spiffe_id
+            .template()
             .is_some_and(|t| t.matches(&key.spiffe_id));
         if !instance || retry_at.get(key).is_some_and(|&at| now < at) {
             continue;
@@ -825,20 +825,12 @@ mod tests {
     fn entry(id: &str, revision: i64) -> RegistrationEntry {
         RegistrationEntry {
             id: id.into(),
-            template: None,
-            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
-            parent_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
-            selectors: vec![Selector::new("unix:uid:1").unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
             revision,
-            created_at: 0,
+            ..RegistrationEntry::new(
+                SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
+                SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
+                vec![Selector::new("unix:uid:1").unwrap()],
+            )
         }
     }
 
@@ -938,8 +930,7 @@ mod tests {
         ));
         let template: sigil_proto::IdTemplate = "spiffe://td/ns/{k8s:ns}".parse().unwrap();
         let t = RegistrationEntry {
-            spiffe_id: SpiffeId::new("spiffe://td").unwrap(),
-            template: Some(template),
+            spiffe_id: template.into(),
             ..entry("t", 1)
         };
         cache.replace_entries(vec![t, entry("fixed", 1)]);

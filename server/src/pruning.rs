@@ -235,21 +235,12 @@ mod tests {
 
     fn entry(td: &TrustDomain, path: &str, expires_at: Option<i64>) -> RegistrationEntry {
         RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: SpiffeId::from_path(td, path).unwrap(),
-            parent_id: SpiffeId::from_path(td, "/spire/agent/x").unwrap(),
-            selectors: vec![Selector::from_parts("unix", "uid:1").unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
             expires_at,
-            revision: 0,
-            created_at: 0,
+            ..RegistrationEntry::new(
+                SpiffeId::from_path(td, path).unwrap(),
+                SpiffeId::from_path(td, "/spire/agent/x").unwrap(),
+                vec![Selector::from_parts("unix", "uid:1").unwrap()],
+            )
         }
     }
 

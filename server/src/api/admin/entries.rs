@@ -173,13 +173,12 @@ impl Entries {
             ("x509_svid_ttl", entry.x509_svid_ttl),
             ("jwt_svid_ttl", entry.jwt_svid_ttl),
         ] {
-            check_ttl(field, ttl)?;
+            check_ttl(field, ttl.map_or(0, |d| d.as_secs()))?;
         }
         if entry.spiffe_id.trust_domain() != &self.trust_domain {
             return Err(Status::invalid_argument(format!(
                 "invalid spiffe_id: {} is not in trust domain {}",
-                entry.spiffe_id_text(),
-                self.trust_domain
+                entry.spiffe_id, self.trust_domain
             )));
         }
         Ok(entry)
@@ -256,12 +255,12 @@ fn log_batch(verb: &'static str, revision: Option<i64>, entries: &[RegistrationE
         count = entries.len(),
         revision,
         first_entry_id = %first.id,
-        first_spiffe_id = %first.spiffe_id_text(),
+        first_spiffe_id = %first.spiffe_id,
         last_entry_id = %last.id,
-        last_spiffe_id = %last.spiffe_id_text(),
+        last_spiffe_id = %last.spiffe_id,
         "registration entries {verb}"
     );
     for e in entries {
-        tracing::debug!(entry_id = %e.id, spiffe_id = %e.spiffe_id_text(), parent_id = %e.parent_id, revision = e.revision, "entry {verb}");
+        tracing::debug!(entry_id = %e.id, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id, revision = e.revision, "entry {verb}");
     }
 }

@@ -48,23 +48,7 @@ impl JoinTokens {
                 .map_err(|e| Status::internal(e.to_string()))?;
             let selector = Selector::from_parts("spiffe_id", &agent_id.to_string())
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let entry = RegistrationEntry {
-                id: String::new(),
-                template: None,
-                spiffe_id,
-                parent_id: agent_id,
-                selectors: vec![selector],
-                x509_svid_ttl: 0,
-                jwt_svid_ttl: 0,
-                dns_names: vec![],
-                federates_with: vec![],
-                admin: false,
-                downstream: false,
-                hint: String::new(),
-                expires_at: None,
-                revision: 0,
-                created_at: 0,
-            };
+            let entry = RegistrationEntry::new(spiffe_id, agent_id, vec![selector]);
             self.datastore
                 .create_entries(vec![entry])
                 .await

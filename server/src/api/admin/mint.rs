@@ -40,7 +40,7 @@ impl Mint {
         if req.csr.is_empty() {
             return Err(Status::invalid_argument("a CSR is required"));
         }
-        check_ttl("ttl", req.ttl)?;
+        check_ttl("ttl", req.ttl.into())?;
         let started = Instant::now();
         let signed = self
             .ca
@@ -73,7 +73,7 @@ impl Mint {
                 "at least one non-empty audience is required",
             ));
         }
-        check_ttl("ttl", req.ttl)?;
+        check_ttl("ttl", req.ttl.into())?;
         let svid = self
             .ca
             .sign_jwt_svid(&id, &req.audience, ttl(req.ttl))

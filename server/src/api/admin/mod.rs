@@ -183,9 +183,9 @@ fn parse_workload_id(trust_domain: &TrustDomain, field: &str, s: &str) -> Result
     Ok(id)
 }
 
-/// An SVID TTL from a request: 0 (the server's default) or at least the floor.
-fn check_ttl(field: &str, seconds: u32) -> Result<(), Status> {
-    crate::config::check_svid_ttl(seconds.into())
+/// An SVID TTL from a request, in seconds: 0 (the server's default) or at least the floor.
+fn check_ttl(field: &str, seconds: u64) -> Result<(), Status> {
+    crate::config::check_svid_ttl(seconds)
         .map_err(|m| Status::invalid_argument(format!("invalid {field}: {m}")))
 }
 

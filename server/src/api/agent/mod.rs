@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
 use sigil_proto::sigil::common::v1 as common;
-use sigil_proto::{Bundle, SpiffeId, TrustDomain};
+use sigil_proto::{Bundle, EntrySpiffeId, SpiffeId, TrustDomain};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -260,9 +260,11 @@ impl AgentApi {
             ))
         };
         let id = if requested.is_empty() {
-            match entry.template {
-                Some(_) => return Err(refuse("a template entry needs the rendered SPIFFE ID")),
-                None => entry.spiffe_id.clone(),
+            match &entry.spiffe_id {
+                EntrySpiffeId::Template(_) => {
+                    return Err(refuse("a template entry needs the rendered SPIFFE ID"));
+                }
+                EntrySpiffeId::Fixed(id) => id.clone(),
             }
         } else {
             SpiffeId::new(requested).map_err(|_| refuse("not a valid SPIFFE ID"))?
@@ -271,9 +273,9 @@ impl AgentApi {
             return Err(refuse(&reserved.to_string()));
         }
         if !entry.allows(&id) {
-            return Err(refuse(match entry.template {
-                Some(_) => "not an instance of the entry's template",
-                None => "not the entry's SPIFFE ID",
+            return Err(refuse(match entry.spiffe_id {
+                EntrySpiffeId::Template(_) => "not an instance of the entry's template",
+                EntrySpiffeId::Fixed(_) => "not the entry's SPIFFE ID",
             }));
         }
         Ok(id)
@@ -368,10 +370,6 @@ fn authorization_status(e: AuthorizationError) -> Status {
     match e {
         AuthorizationError::Datastore(e) => datastore_status(e),
     }
-}
-
-fn ttl(seconds: u32) -> Option<Duration> {
-    (seconds != 0).then(|| Duration::from_secs(seconds.into()))
 }
 
 #[tonic::async_trait]
@@ -502,7 +500,7 @@ impl Agent for AgentApi {
         self.check_sign_rate(&agent, 1)?;
         let signed = self
             .ca
-            .sign_jwt_svid(&id, &req.audience, ttl(entry.jwt_svid_ttl));
+            .sign_jwt_svid(&id, &req.audience, entry.jwt_svid_ttl);
         self.metrics
             .jwt_svids_signed
             .get_or_create(&ResultLabel {

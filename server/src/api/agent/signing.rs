@@ -3,12 +3,12 @@
 //! item that cannot be signed is an error naming its entry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sigil_proto::SpiffeId;
 use sigil_proto::sigil::agent::v1 as pb;
 use tonic::Status;
 
-use super::ttl;
 use crate::api::ca_status;
 use crate::ca::{Ca, JwtSvid};
 
@@ -20,7 +20,7 @@ pub(super) async fn sign_batch(
 ) -> Vec<Result<pb::X509svidResult, Status>> {
     spread_over_cores(jobs, move |(entry, id, csr)| {
         let svid = ca
-            .sign_x509_svid_csr(&csr, &id, ttl(entry.x509_svid_ttl), &entry.dns_names)
+            .sign_x509_svid_csr(&csr, &id, entry.x509_svid_ttl, &entry.dns_names)
             .map_err(|e| {
                 Status::invalid_argument(format!(
                     "entry {:?}: {}",
@@ -41,7 +41,7 @@ pub(super) async fn sign_batch(
 /// mint and the audience.
 pub(super) struct JwtJob {
     pub(super) entry_id: String,
-    pub(super) jwt_svid_ttl: u32,
+    pub(super) jwt_svid_ttl: Option<Duration>,
     pub(super) id: SpiffeId,
     pub(super) audience: Vec<String>,
 }
@@ -50,7 +50,7 @@ pub(super) struct JwtJob {
 /// the request order.
 pub(super) async fn sign_jwt_batch(ca: Arc<Ca>, jobs: Vec<JwtJob>) -> Vec<Result<JwtSvid, Status>> {
     spread_over_cores(jobs, move |job| {
-        ca.sign_jwt_svid(&job.id, &job.audience, ttl(job.jwt_svid_ttl))
+        ca.sign_jwt_svid(&job.id, &job.audience, job.jwt_svid_ttl)
             .map_err(|e| {
                 Status::invalid_argument(format!(
                     "entry {:?}: {}",

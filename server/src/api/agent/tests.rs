@@ -276,28 +276,16 @@ impl Harness {
     }
 
     async fn create(&self, path: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
+        let selectors = selectors
+            .iter()
+            .map(|s| {
+                let (t, v) = s.split_once(':').unwrap();
+                Selector::from_parts(t, v).unwrap()
+            })
+            .collect();
         let entry = RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: self.id(path),
-            parent_id: parent.clone(),
-            selectors: selectors
-                .iter()
-                .map(|s| {
-                    let (t, v) = s.split_once(':').unwrap();
-                    Selector::from_parts(t, v).unwrap()
-                })
-                .collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
             dns_names: vec!["svc.example.org".into()],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
-            revision: 0,
-            created_at: 0,
+            ..RegistrationEntry::new(self.id(path), parent.clone(), selectors)
         };
         self.ds.create_entries(vec![entry]).await.unwrap().remove(0)
     }
@@ -682,12 +670,11 @@ async fn mint_checks_the_requested_id_against_the_entry() {
     let mut agent = h.attest().await;
     let fixed = h.create("/web", &agent.id, &["unix:uid:1"]).await;
     let template = RegistrationEntry {
-        template: Some(
+        spiffe_id: EntrySpiffeId::Template(
             "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}"
                 .parse()
                 .unwrap(),
         ),
-        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
         selectors: vec![Selector::new("k8s:ns").unwrap()],
         ..fixed.clone()
     };
@@ -803,8 +790,7 @@ async fn mints_refuse_reserved_ids() {
     let stale = h.create("/spire/server", &agent.id, &["unix:uid:1"]).await;
     let template = RegistrationEntry {
         id: String::new(),
-        template: Some("spiffe://example.org/{k8s:ns}/server".parse().unwrap()),
-        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
+        spiffe_id: EntrySpiffeId::Template("spiffe://example.org/{k8s:ns}/server".parse().unwrap()),
         selectors: vec![Selector::new("k8s:ns").unwrap()],
         ..stale.clone()
     };
@@ -1145,8 +1131,8 @@ async fn batch_jwt_mint_answers_in_request_order_with_valid_tokens() {
     // An entry with its own JWT-SVID TTL.
     let mut short = web.clone();
     short.id = String::new();
-    short.spiffe_id = h.id("/short");
-    short.jwt_svid_ttl = 60;
+    short.spiffe_id = h.id("/short").into();
+    short.jwt_svid_ttl = Some(Duration::from_secs(60));
     let short = h.ds.create_entries(vec![short]).await.unwrap().remove(0);
 
     let asked = [
