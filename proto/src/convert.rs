@@ -182,6 +182,22 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
     }
 }
 
+/// Refuses an entry to be written (created or updated) that sets a field Sigil stores but
+/// does not act on yet: an `admin` or `downstream` entry would grant nothing, and a security
+/// flag is never accepted and ignored. Entries already stored with one still convert (see
+/// [`RegistrationEntry::try_from`]) and are shown and served as before.
+pub fn check_supported(e: &pb::RegistrationEntry) -> Result<(), InvalidField> {
+    for (field, set) in [("admin", e.admin), ("downstream", e.downstream)] {
+        if set {
+            return Err(invalid(
+                field,
+                format!("{field} entries are not supported: the flag would grant nothing"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Selector types that node attestors produce; any other type is a workload selector. Template
 /// entries take only workload selectors: their placeholders are filled from what the agent's
 /// workload attestors report.

@@ -168,6 +168,7 @@ impl Entries {
                 "entry is {size} bytes encoded, more than the {MAX_ENTRY_BYTES} allowed"
             )));
         }
+        convert::check_supported(e).map_err(invalid_field)?;
         let entry = RegistrationEntry::try_from(e).map_err(invalid_field)?;
         for (field, ttl) in [
             ("x509_svid_ttl", entry.x509_svid_ttl),
