@@ -56,6 +56,11 @@ pub enum CliError {
     BadCertificate(String),
     #[error("`run` and `validate` are started from `main`, not from here")]
     RunNotWired,
+    #[error(
+        "-{0} is not supported: the health check is always the Workload API answering, and a \
+         flag is never accepted and ignored"
+    )]
+    Unsupported(&'static str),
 }
 
 #[derive(Debug, Parser)]
@@ -294,7 +299,8 @@ struct ValidateJwtArgs {
 struct HealthcheckArgs {
     #[command(flatten)]
     call: CallArgs,
-    /// Accepted for SPIRE compatibility; the check is always the Workload API answering.
+    /// SPIRE's less stringent check: not supported, refused (the check is always the
+    /// Workload API answering).
     #[arg(long)]
     shallow: bool,
     /// Prints details.
@@ -769,6 +775,9 @@ async fn healthcheck(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     const WHAT: &str = "Agent is unavailable";
+    if args.shallow {
+        return Err(CliError::Unsupported("shallow"));
+    }
     let mut client = client(&args.call, env_socket).await?;
     let answer = within(args.call.timeout, WHAT, async {
         Ok(client
@@ -1112,6 +1121,22 @@ mod tests {
 
         let (result, _) = run_args(&["sigil-agent", "healthcheck", "-socketPath", &socket]).await;
         assert!(result.is_err(), "nothing listening");
+    }
+
+    /// A flag that would be ignored is refused before anything is dialled.
+    #[tokio::test]
+    async fn healthcheck_shallow_is_refused() {
+        let (result, out) = run_args(&[
+            "sigil-agent",
+            "healthcheck",
+            "-shallow",
+            "-socketPath",
+            "/nonexistent/api.sock",
+        ])
+        .await;
+        let err = result.unwrap_err().to_string();
+        assert!(err.starts_with("-shallow is not supported"), "{err}");
+        assert_eq!(out, "");
     }
 
     #[tokio::test]
