@@ -421,8 +421,7 @@ fn unsupported_security_flags_are_refused_and_nothing_is_written() {
         let err = stderr(&out);
         assert!(!out.status.success(), "{flag} was accepted");
         assert!(
-            err.starts_with(&format!("Error: {flag} is not supported"))
-                && err.lines().count() == 1,
+            err.starts_with(&format!("Error: {flag} is not supported")) && err.lines().count() == 1,
             "{flag}: {err:?}"
         );
     }
