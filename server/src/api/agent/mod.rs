@@ -281,6 +281,30 @@ impl AgentApi {
         Ok(id)
     }
 
+    /// What a mint batch will sign, each item checked before any is signed (one refusal
+    /// refuses the whole call): its entry must be authorized for the agent and give the SPIFFE
+    /// ID asked for (`ids`: the item's entry ID and requested ID); `job` checks the rest of the
+    /// item and makes what is signed.
+    async fn batch_jobs<T, J>(
+        &self,
+        agent: &AgentIdentity,
+        items: Vec<T>,
+        ids: impl Fn(&T) -> (&String, &String),
+        job: impl Fn(T, &sigil_proto::RegistrationEntry, SpiffeId) -> Result<J, Status>,
+    ) -> Result<Vec<J>, Status> {
+        check_batch_len(items.len())?;
+        let authorized = self.authorized(agent).await?;
+        items
+            .into_iter()
+            .map(|item| {
+                let (entry_id, requested) = ids(&item);
+                let entry = self.check_authorized(agent, &authorized, entry_id)?;
+                let id = self.requested_id(agent, entry, requested)?;
+                job(item, entry, id)
+            })
+            .collect()
+    }
+
     async fn attest(
         &self,
         req: Request<pb::AttestAgentRequest>,
@@ -456,21 +480,22 @@ impl Agent for AgentApi {
         req: Request<pb::BatchMintX509svidRequest>,
     ) -> Result<Response<pb::BatchMintX509svidResponse>, Status> {
         let agent = caller(&req)?;
-        let req = req.into_inner();
-        check_batch_len(req.requests.len())?;
-        let authorized = self.authorized(&agent).await?;
-        let mut jobs = Vec::with_capacity(req.requests.len());
-        for r in req.requests {
-            let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
-            let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
-            if r.csr.is_empty() {
-                return Err(Status::invalid_argument(format!(
-                    "entry {:?}: a CSR is required",
-                    r.entry_id
-                )));
-            }
-            jobs.push((entry.clone(), id, r.csr));
-        }
+        let jobs = self
+            .batch_jobs(
+                &agent,
+                req.into_inner().requests,
+                |r| (&r.entry_id, &r.spiffe_id),
+                |r, entry, id| {
+                    if r.csr.is_empty() {
+                        return Err(Status::invalid_argument(format!(
+                            "entry {:?}: a CSR is required",
+                            r.entry_id
+                        )));
+                    }
+                    Ok((entry.clone(), id, r.csr))
+                },
+            )
+            .await?;
         self.check_sign_rate(&agent, jobs.len())?;
         let svids = sign_batch(self.ca.clone(), jobs).await;
         self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
@@ -519,27 +544,27 @@ impl Agent for AgentApi {
         req: Request<pb::BatchMintJwtsvidRequest>,
     ) -> Result<Response<pb::BatchMintJwtsvidResponse>, Status> {
         let agent = caller(&req)?;
-        let req = req.into_inner();
-        check_batch_len(req.requests.len())?;
-        let authorized = self.authorized(&agent).await?;
-        // Every item is checked before any is signed: one refusal refuses the whole call.
-        let mut jobs = Vec::with_capacity(req.requests.len());
-        for r in req.requests {
-            let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
-            let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
-            if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-                return Err(Status::invalid_argument(format!(
-                    "entry {:?}: at least one non-empty audience is required",
-                    r.entry_id
-                )));
-            }
-            jobs.push(JwtJob {
-                entry_id: r.entry_id,
-                jwt_svid_ttl: entry.jwt_svid_ttl,
-                id,
-                audience: r.audience,
-            });
-        }
+        let jobs = self
+            .batch_jobs(
+                &agent,
+                req.into_inner().requests,
+                |r| (&r.entry_id, &r.spiffe_id),
+                |r, entry, id| {
+                    if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+                        return Err(Status::invalid_argument(format!(
+                            "entry {:?}: at least one non-empty audience is required",
+                            r.entry_id
+                        )));
+                    }
+                    Ok(JwtJob {
+                        entry_id: r.entry_id,
+                        jwt_svid_ttl: entry.jwt_svid_ttl,
+                        id,
+                        audience: r.audience,
+                    })
+                },
+            )
+            .await?;
         self.check_sign_rate(&agent, jobs.len())?;
         let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
         self.count_jwt_signed(&signed);
