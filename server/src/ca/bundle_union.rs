@@ -1,7 +1,7 @@
 //! The trust domain's bundle when several server replicas share one datastore: the union of
-//! every replica's live authorities ([`union_bundle`], stored beside the journals by
+//! every replica's live authorities (`union_bundle`, stored beside the journals by
 //! `crate::ca_store`), and how one replica's own bundle and the other replicas' part of a
-//! stored union are told apart and put back together ([`peers_part`], [`merge`]), so an
+//! stored union are told apart and put back together (`peers_part`, `merge`), so an
 //! SVID signed by any replica verifies everywhere.
 
 use std::collections::HashSet;

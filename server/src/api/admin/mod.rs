@@ -1,15 +1,15 @@
 //! The admin API (`sigil.admin.v1.Admin`) on the server's Unix socket, for the CLI: one gRPC
 //! service whose RPCs are answered by resource, as SPIRE splits its server APIs:
 //!
-//! - [`entries`]: registration entries;
-//! - [`agents`]: attested agents; [`join_tokens`]: tokens for new ones;
-//! - [`bundles`]: the trust domain's bundle and federated bundles;
-//! - [`local_authorities`]: the CA's authorities;
-//! - [`mint`]: SVIDs minted for the operator;
-//! - [`health`]: whether the server can serve.
+//! - `entries`: registration entries;
+//! - `agents`: attested agents; `join_tokens`: tokens for new ones;
+//! - `bundles`: the trust domain's bundle and federated bundles;
+//! - `local_authorities`: the CA's authorities;
+//! - `mint`: SVIDs minted for the operator;
+//! - `health`: whether the server can serve.
 //!
-//! Who may call ([`socket`]: the server's own user) and the per-RPC metric are one layer in
-//! front of them all ([`crate::api::middleware`]).
+//! Who may call (`socket`: the server's own user) and the per-RPC metric are one layer in
+//! front of them all (`crate::api::middleware`).
 
 mod agents;
 mod bundles;

@@ -1,9 +1,9 @@
-//! The agent API (`sigil.agent.v1.Agent`) on `bind_address`, over TLS (see [`super::tls`]).
+//! The agent API (`sigil.agent.v1.Agent`) on `bind_address`, over TLS (see `super::tls`).
 //!
 //! AttestAgent needs no client certificate; every other RPC is from an agent authenticated by
-//! its X.509-SVID before the handler runs ([`authentication`], in the one middleware layer
-//! with the per-RPC metric: [`crate::api::middleware`]), and authorizes entries by SPIRE's rule
-//! ([`super::authorization`]). Signing a batch is spread over the cores ([`signing`]).
+//! its X.509-SVID before the handler runs (`authentication`, in the one middleware layer
+//! with the per-RPC metric: `crate::api::middleware`), and authorizes entries by SPIRE's rule
+//! (`super::authorization`). Signing a batch is spread over the cores (`signing`).
 
 mod authentication;
 mod rate_limit;
