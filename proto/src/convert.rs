@@ -1,8 +1,10 @@
 //! Conversions between the wire messages of `sigil.common.v1` and the validated domain types.
 //! Parsing a message validates it: a bad SPIFFE ID or selector is an error naming the field.
 
+use std::time::Duration;
+
 use crate::bundle::{Bundle, JwtAuthority};
-use crate::entry::RegistrationEntry;
+use crate::entry::{EntrySpiffeId, RegistrationEntry};
 use crate::id_template::IdTemplate;
 use crate::selector::{self, Selector};
 use crate::sigil::common::v1 as pb;
@@ -58,11 +60,11 @@ impl From<&RegistrationEntry> for pb::RegistrationEntry {
     fn from(e: &RegistrationEntry) -> Self {
         pb::RegistrationEntry {
             id: e.id.clone(),
-            spiffe_id: e.spiffe_id_text(),
+            spiffe_id: e.spiffe_id.to_string(),
             parent_id: e.parent_id.to_string(),
             selectors: selectors_to_pb(&e.selectors),
-            x509_svid_ttl: e.x509_svid_ttl as i32,
-            jwt_svid_ttl: e.jwt_svid_ttl as i32,
+            x509_svid_ttl: ttl_to_pb(e.x509_svid_ttl),
+            jwt_svid_ttl: ttl_to_pb(e.jwt_svid_ttl),
             dns_names: e.dns_names.clone(),
             federates_with: e.federates_with.iter().map(ToString::to_string).collect(),
             admin: e.admin,
@@ -71,9 +73,14 @@ impl From<&RegistrationEntry> for pb::RegistrationEntry {
             expires_at: e.expires_at.unwrap_or(0),
             revision: e.revision,
             created_at: e.created_at,
-            template: e.template.is_some(),
+            template: e.spiffe_id.template().is_some(),
         }
     }
+}
+
+/// A TTL on the wire: whole seconds, 0 for the server's default.
+fn ttl_to_pb(ttl: Option<Duration>) -> i32 {
+    ttl.map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
 }
 
 impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
@@ -81,21 +88,20 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
     /// Validates everything a client may set. `id`, `revision` and `created_at` are copied
     /// as they are; the datastore assigns them on create.
     fn try_from(e: &pb::RegistrationEntry) -> Result<Self, Self::Error> {
-        let (spiffe_id, template) = if e.template {
-            let t = IdTemplate::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
-            let td_id = SpiffeId::from_path(t.trust_domain(), "")
-                .map_err(|err| invalid("spiffe_id", err))?;
-            (td_id, Some(t))
+        let spiffe_id = if e.template {
+            EntrySpiffeId::Template(
+                IdTemplate::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?,
+            )
         } else {
             let id = SpiffeId::new(&e.spiffe_id).map_err(|err| invalid("spiffe_id", err))?;
-            (id, None)
+            if !id.is_workload_id() {
+                return Err(invalid(
+                    "spiffe_id",
+                    "must have a path (a trust domain ID is not a workload identity)",
+                ));
+            }
+            EntrySpiffeId::Fixed(id)
         };
-        if template.is_none() && !spiffe_id.is_workload_id() {
-            return Err(invalid(
-                "spiffe_id",
-                "must have a path (a trust domain ID is not a workload identity)",
-            ));
-        }
         let parent_id = SpiffeId::new(&e.parent_id).map_err(|err| invalid("parent_id", err))?;
         if parent_id.trust_domain() != spiffe_id.trust_domain() {
             return Err(invalid(
@@ -107,8 +113,11 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
         if selectors.is_empty() {
             return Err(invalid("selectors", "at least one selector is required"));
         }
-        let ttl =
-            |field, v: i32| u32::try_from(v).map_err(|_| invalid(field, "must not be negative"));
+        let ttl = |field, v: i32| {
+            u64::try_from(v)
+                .map(|secs| (secs != 0).then(|| Duration::from_secs(secs)))
+                .map_err(|_| invalid(field, "must not be negative"))
+        };
         let federates_with = e
             .federates_with
             .iter()
@@ -129,7 +138,7 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
         if e.expires_at < 0 {
             return Err(invalid("expires_at", "must not be negative"));
         }
-        if template.is_some() {
+        if e.template {
             if parent_id.is_server_id() {
                 return Err(invalid(
                     "template",
@@ -152,10 +161,6 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
         }
         let entry = RegistrationEntry {
             id: e.id.clone(),
-            spiffe_id,
-            template,
-            parent_id,
-            selectors,
             x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
             jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
             dns_names: e.dns_names.clone(),
@@ -166,6 +171,7 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
             expires_at: (e.expires_at != 0).then_some(e.expires_at),
             revision: e.revision,
             created_at: e.created_at,
+            ..RegistrationEntry::new(spiffe_id, parent_id, selectors)
         };
         // SPIRE's rule: the server's and agents' namespace is nobody's entry, node aliases
         // included (their IDs are validated as workload IDs too). Parents may be anywhere.
@@ -174,6 +180,22 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
         }
         Ok(entry)
     }
+}
+
+/// Refuses an entry to be written (created or updated) that sets a field Sigil stores but
+/// does not act on yet: an `admin` or `downstream` entry would grant nothing, and a security
+/// flag is never accepted and ignored. Entries already stored with one still convert (see
+/// [`RegistrationEntry::try_from`]) and are shown and served as before.
+pub fn check_supported(e: &pb::RegistrationEntry) -> Result<(), InvalidField> {
+    for (field, set) in [("admin", e.admin), ("downstream", e.downstream)] {
+        if set {
+            return Err(invalid(
+                field,
+                format!("{field} entries are not supported: the flag would grant nothing"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Selector types that node attestors produce; any other type is a workload selector. Template
@@ -305,10 +327,9 @@ mod tests {
         w.spiffe_id = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}".into();
         w.template = true;
         let e = RegistrationEntry::try_from(&w).unwrap();
-        let t = e.template.as_ref().unwrap();
+        let t = e.spiffe_id.template().unwrap();
         assert_eq!(t.to_string(), w.spiffe_id);
-        // The stand-in ID is the trust domain's own, which is never a leaf identity.
-        assert!(!e.spiffe_id.is_workload_id());
+        assert_eq!(e.spiffe_id.fixed(), None, "a template has no fixed ID");
         let back = pb::RegistrationEntry::from(&e);
         assert!(back.template);
         assert_eq!(back.spiffe_id, w.spiffe_id);

@@ -13,7 +13,7 @@ pub mod spiffe_id;
 pub mod trust_domain;
 
 pub use bundle::{Bundle, JwtAuthority};
-pub use entry::RegistrationEntry;
+pub use entry::{EntrySpiffeId, RegistrationEntry};
 pub use id_template::IdTemplate;
 pub use selector::Selector;
 pub use spiffe_id::{SpiffeId, SpiffeIdError};

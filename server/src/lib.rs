@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod ca_store;
 pub mod cli;
 pub mod config;
 pub mod datastore;
@@ -18,5 +19,4 @@ pub mod notifier;
 pub mod oidc_discovery;
 pub mod ops;
 pub mod pruning;
-pub mod replicas;
 pub mod run;

@@ -4,8 +4,8 @@
 //!
 //! Every run is a handful of indexed deletes that the datastore works through in batches, one
 //! short write transaction each, so agents' syncs and admin writes interleave with a large
-//! prune instead of waiting behind it. Pruned entries get `Delete` events, and the run
-//! publishes the new revision, so connected agents drop them at once.
+//! prune instead of waiting behind it. Pruned entries get `Delete` events, which the
+//! datastore's change feed announces, so connected agents drop them at once.
 //!
 //! Entry events: a connected agent's stream diffs its authorized set against what it holds
 //! ([`crate::api::agent`]), so it needs no events; only an agent *resuming* after a reconnect
@@ -17,7 +17,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use sigil_common::time::unix_now;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::datastore::{Datastore, DatastoreError};
@@ -57,8 +56,6 @@ impl PruneCounts {
 /// Prunes on a schedule; see the module docs.
 pub struct Pruner {
     datastore: Datastore,
-    /// Wakes agents' sync streams after entries were pruned (the admin API's sender).
-    revisions: watch::Sender<i64>,
     every: Duration,
     event_retention: i64,
     /// `(unix seconds, latest entry revision)` seen at each run, oldest first: events below a
@@ -76,11 +73,9 @@ impl std::fmt::Debug for Pruner {
 }
 
 impl Pruner {
-    /// `revisions` is [`crate::api::admin::AdminApi::entry_revision_sender`].
-    pub fn new(datastore: Datastore, revisions: watch::Sender<i64>) -> Self {
+    pub fn new(datastore: Datastore) -> Self {
         Pruner {
             datastore,
-            revisions,
             every: PRUNE_EVERY,
             event_retention: EVENT_RETENTION.as_secs() as i64,
             marks: VecDeque::new(),
@@ -119,16 +114,6 @@ impl Pruner {
             .latest_entry_revision()
             .await
             .map_err(err("entry events"))?;
-        if counts.entries > 0 {
-            // Connected agents drop the pruned entries now rather than at their fallback tick.
-            self.revisions.send_if_modified(|v| {
-                let newer = latest > *v;
-                if newer {
-                    *v = latest;
-                }
-                newer
-            });
-        }
         if let Some(horizon) = event_horizon(&mut self.marks, now, latest, self.event_retention) {
             counts.entry_events = ds
                 .prune_entry_events(horizon)
@@ -222,7 +207,8 @@ mod tests {
         _dir: tempfile::TempDir,
         ds: Datastore,
         td: TrustDomain,
-        revisions: watch::Receiver<i64>,
+        /// What wakes agents' sync streams.
+        revisions: tokio::sync::watch::Receiver<i64>,
         pruner: Pruner,
     }
 
@@ -231,9 +217,8 @@ mod tests {
         let ds = Datastore::open("datastore.sqlite3", dir.path())
             .await
             .unwrap();
-        let (tx, revisions) = watch::channel(0);
-        let pruner =
-            Pruner::new(ds.clone(), tx).with_schedule(PRUNE_EVERY, Duration::from_secs(600));
+        let revisions = ds.entry_revisions();
+        let pruner = Pruner::new(ds.clone()).with_schedule(PRUNE_EVERY, Duration::from_secs(600));
         Fixture {
             _dir: dir,
             ds,
@@ -245,21 +230,12 @@ mod tests {
 
     fn entry(td: &TrustDomain, path: &str, expires_at: Option<i64>) -> RegistrationEntry {
         RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: SpiffeId::from_path(td, path).unwrap(),
-            parent_id: SpiffeId::from_path(td, "/spire/agent/x").unwrap(),
-            selectors: vec![Selector::from_parts("unix", "uid:1").unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
             expires_at,
-            revision: 0,
-            created_at: 0,
+            ..RegistrationEntry::new(
+                SpiffeId::from_path(td, path).unwrap(),
+                SpiffeId::from_path(td, "/spire/agent/x").unwrap(),
+                vec![Selector::from_parts("unix", "uid:1").unwrap()],
+            )
         }
     }
 

@@ -14,6 +14,8 @@ use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
 use crate::ca::{Ca, CaConfig, ReplicaId};
+use crate::ca_store;
+pub(crate) use crate::ca_store::persist;
 use crate::config::{LogFormat, ServerConfig, file_checks};
 use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
@@ -24,8 +26,6 @@ use crate::node_attestation::k8s_psat::K8sPsatAttestor;
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
 use crate::ops::{DATASTORE_PROBE_PERIOD, Readiness, probe_datastore};
-use crate::replicas;
-pub(crate) use crate::replicas::persist;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -66,7 +66,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     };
     let replica_id = ReplicaId::load_or_create(&config.data_dir)
         .context("cannot read or create the replica ID")?;
-    let journal = replicas::load_journal(&datastore, &replica_id).await?;
+    let journal = ca_store::load_journal(&datastore, &replica_id).await?;
     let (ca, _journal) = Ca::new(
         CaConfig {
             upstream: upstream.map(Arc::new),
@@ -202,9 +202,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone())
     .with_readiness(readiness.clone());
-    let api_revisions = api.entry_revisions();
-    let revision_sender = api.entry_revision_sender();
-    let pruner = crate::pruning::Pruner::new(datastore.clone(), revision_sender.clone());
+    let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();
     tasks.spawn("admin API", async move {
         admin::serve(admin_listener, api, c)
@@ -217,7 +215,6 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ca.clone(),
         config.trust_domain.clone(),
         metrics.clone(),
-        api_revisions,
     )
     .with_agent_ttl(config.agent_api.agent_ttl)
     .with_rate_limits(config.agent_api.rate_limit)
@@ -283,15 +280,15 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ),
     );
 
-    // Changes made through the other replicas (entries, their CAs in the bundle) reach our
-    // agents, the Workload API, OIDC and federation through the datastore's change feed.
+    // The other replicas' CAs reach our bundle (and so the agents, the Workload API, OIDC and
+    // federation) through the datastore's change feed; entry changes wake the agents' sync
+    // streams through it too (`Datastore::entry_revisions`).
     tasks.spawn(
         "replica follower",
-        replicas::follow_changes(
+        ca_store::follow_changes(
             datastore.clone(),
             ca.clone(),
-            revision_sender,
-            replicas::BUNDLE_REFRESH,
+            ca_store::BUNDLE_REFRESH,
             cancel.clone(),
         ),
     );
@@ -321,7 +318,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
 const ROTATION_RETRY: Duration = Duration::from_secs(10);
 
 /// Prepares, activates and prunes CA and JWT keys exactly when the rotation rules say, sleeping
-/// in between. Each rotation is stored before it takes effect (`replicas::commit`); a failure
+/// in between. Each rotation is stored before it takes effect (`ca_store::commit`); a failure
 /// changes nothing, is logged and retried after [`ROTATION_RETRY`], and the CA keeps signing
 /// with what it has.
 async fn rotate_forever(
@@ -346,7 +343,7 @@ async fn rotate_forever(
             () = tokio::time::sleep(wait) => {}
         }
         let rotated =
-            replicas::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
+            ca_store::commit(&datastore, &ca, |ca| ca.plan_rotation(SystemTime::now())).await;
         retry = rotated.is_err();
         match rotated {
             Ok(Some(())) => {

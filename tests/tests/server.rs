@@ -354,7 +354,7 @@ fn update_delete_and_data_file() {
         format!(
             r#"{{"entries": [
                 {{"spiffe_id": "spiffe://example.org/web", "parent_id": "{SEED_PARENT_ID}", "selectors": [{{"type": "unix", "value": "uid:1000"}}], "x509_svid_ttl": 200, "dns_names": ["web.example.org"], "hint": "web"}},
-                {{"spiffe_id": "spiffe://example.org/db", "parent_id": "{SEED_PARENT_ID}", "selectors": [{{"type": "unix", "value": "uid:1001"}}], "admin": true}}
+                {{"spiffe_id": "spiffe://example.org/db", "parent_id": "{SEED_PARENT_ID}", "selectors": [{{"type": "unix", "value": "uid:1001"}}], "admin": false}}
             ]}}"#
         ),
     )
@@ -392,6 +392,100 @@ fn update_delete_and_data_file() {
             .status
             .success()
     );
+}
+
+/// Flags Sigil stores but does not act on are refused, never accepted and ignored: `entry
+/// create -admin` / `-downstream` (and the same fields in a `-data` file or sent to the admin
+/// API by any client) write nothing, and `healthcheck -shallow` fails, each with a clear error.
+#[test]
+fn unsupported_security_flags_are_refused_and_nothing_is_written() {
+    use sigil_proto::sigil::admin::v1 as pb;
+    use sigil_proto::sigil::common::v1 as common;
+    use sigil_tests::admin::{admin_client, rt};
+
+    let server = Server::start(ServerOptions::default());
+    let entry = [
+        "entry",
+        "create",
+        "-spiffeID",
+        "spiffe://example.org/flagged",
+        "-parentID",
+        SEED_PARENT_ID,
+        "-selector",
+        "unix:uid:1000",
+    ];
+    for flag in ["-admin", "-downstream"] {
+        let mut args = entry.to_vec();
+        args.push(flag);
+        let out = server.cli(&args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{flag} was accepted");
+        assert!(
+            err.starts_with(&format!("Error: {flag} is not supported")) && err.lines().count() == 1,
+            "{flag}: {err:?}"
+        );
+    }
+    let data = server.dir.path().join("flagged.json");
+    for field in ["admin", "downstream"] {
+        std::fs::write(
+            &data,
+            format!(
+                r#"{{"entries": [{{"spiffe_id": "spiffe://example.org/flagged", "parent_id": "{SEED_PARENT_ID}", "selectors": [{{"type": "unix", "value": "uid:1000"}}], "{field}": true}}]}}"#
+            ),
+        )
+        .unwrap();
+        let out = server.cli(&["entry", "create", "-data", data.to_str().unwrap()]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "-data with {field} was accepted");
+        assert!(
+            err.contains(&format!("{field} entries are not supported")),
+            "{field}: {err:?}"
+        );
+    }
+    // The admin API itself refuses, whatever client sends it.
+    let socket = server.socket.clone();
+    let refused = rt().block_on(async move {
+        let mut admin = admin_client(&socket).await.unwrap();
+        let mut refused = Vec::new();
+        for (admin_flag, downstream) in [(true, false), (false, true)] {
+            let wire = common::RegistrationEntry {
+                spiffe_id: "spiffe://example.org/flagged".into(),
+                parent_id: SEED_PARENT_ID.into(),
+                selectors: vec![common::Selector {
+                    r#type: "unix".into(),
+                    value: "uid:1000".into(),
+                }],
+                admin: admin_flag,
+                downstream,
+                ..Default::default()
+            };
+            let status = admin
+                .batch_create_entry(pb::BatchCreateEntryRequest {
+                    entries: vec![wire],
+                })
+                .await
+                .unwrap_err();
+            refused.push((status.code(), status.message().to_owned()));
+        }
+        refused
+    });
+    for ((code, message), field) in refused.iter().zip(["admin", "downstream"]) {
+        assert_eq!(*code, tonic::Code::InvalidArgument, "{message}");
+        assert!(
+            message.contains(&format!("{field} entries are not supported")),
+            "{message}"
+        );
+    }
+    assert_eq!(count(&server), 0, "nothing was written");
+
+    let out = server.cli(&["healthcheck", "-shallow"]);
+    assert!(!out.status.success(), "-shallow was accepted");
+    assert!(
+        stderr(&out).starts_with("Error: -shallow is not supported"),
+        "{}",
+        stderr(&out)
+    );
+    server.cli_ok(&["healthcheck"]);
 }
 
 /// Checks one X.509-SVID against every item of the digest's DO list.

@@ -141,22 +141,24 @@ impl Cache {
             let mut expired = (*current.expired).clone();
             let mut identities = current.identities.clone();
             for identity in identities.iter_mut() {
-                let Some(svid) = identity
-                    .svid
-                    .as_ref()
-                    .filter(|s| is_expired(s.expires_at, now))
-                else {
+                let (Some(svid), Some(spiffe_id)) = (
+                    identity
+                        .svid
+                        .as_ref()
+                        .filter(|s| is_expired(s.expires_at, now)),
+                    identity.entry.spiffe_id.fixed(),
+                ) else {
                     continue;
                 };
                 let record = SvidUnavailable {
                     kind: SvidKind::X509,
-                    spiffe_id: identity.entry.spiffe_id.clone(),
+                    spiffe_id: spiffe_id.clone(),
                     expired_at: Some(svid.expires_at),
                     cause,
                 };
                 let key = RenderedKey {
                     entry_id: identity.entry.id.clone(),
-                    spiffe_id: identity.entry.spiffe_id.clone(),
+                    spiffe_id: spiffe_id.clone(),
                 };
                 expired.insert(key, record.clone());
                 withdrawn.push(record);
@@ -217,7 +219,7 @@ fn svids(snapshot: &Snapshot) -> impl Iterator<Item = (RenderedKey, &Arc<CachedX
         Some((
             RenderedKey {
                 entry_id: identity.entry.id.clone(),
-                spiffe_id: identity.entry.spiffe_id.clone(),
+                spiffe_id: identity.entry.spiffe_id.fixed()?.clone(),
             },
             svid,
         ))

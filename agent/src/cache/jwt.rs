@@ -245,6 +245,10 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    fn fixed_id(e: &RegistrationEntry) -> &SpiffeId {
+        e.spiffe_id.fixed().unwrap()
+    }
+
     #[tokio::test]
     async fn tokens_of_a_tainted_key_are_dropped() {
         let key = TestJwtKey::new("k1");
@@ -253,7 +257,7 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
             .await
             .unwrap();
         let mut bundle =
@@ -265,7 +269,7 @@ mod tests {
         bundle.jwt_authorities.push(other);
         cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 1)
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0 + 1)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
@@ -273,7 +277,7 @@ mod tests {
         bundle.jwt_authorities[0].tainted = true;
         cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0 + 2)
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0 + 2)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
@@ -286,17 +290,17 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         let first = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0)
+            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0)
             .await
             .unwrap();
         let again = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0 + 10)
+            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0 + 10)
             .await
             .unwrap();
         assert_eq!(first, again, "the same audience list reuses the token");
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
         let reordered = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["b", "a"]), t0 + 10)
+            .fetch(&e, fixed_id(&e), &aud(&["b", "a"]), t0 + 10)
             .await
             .unwrap();
         assert_ne!(first, reordered, "audiences keep the requested order");
@@ -304,7 +308,7 @@ mod tests {
 
         // TestMinter issues 300 s tokens: half-life is iat + 150.
         let later = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a", "b"]), t0 + 151)
+            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0 + 151)
             .await
             .unwrap();
         assert_eq!(
@@ -345,16 +349,16 @@ mod tests {
         let mut e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
             .await
             .unwrap();
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["b"]), t0)
+            .fetch(&e, fixed_id(&e), &aud(&["b"]), t0)
             .await
             .unwrap();
         e.revision += 1;
         cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 3);
@@ -367,7 +371,7 @@ mod tests {
         let cache = JwtSvidCache::new(Arc::new(minter));
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let err = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["a"]), now())
+            .fetch(&e, fixed_id(&e), &aud(&["a"]), now())
             .await
             .unwrap_err();
         assert!(matches!(err, MintError::Unavailable(_)));
@@ -380,19 +384,19 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let a = aud(&["a"]);
         let t0 = now();
-        let token = cache.fetch(&e, &e.spiffe_id, &a, t0).await.unwrap();
+        let token = cache.fetch(&e, fixed_id(&e), &a, t0).await.unwrap();
         *minter.down_since.lock().unwrap() = Some(t0 + 100);
 
         // Past half-life (TestMinter: 300 s tokens) the server cannot mint: the cached token,
         // counted once however often it is asked for.
         for at in [t0 + 151, t0 + 200, t0 + 299] {
-            assert_eq!(cache.fetch(&e, &e.spiffe_id, &a, at).await.unwrap(), token);
+            assert_eq!(cache.fetch(&e, fixed_id(&e), &a, at).await.unwrap(), token);
         }
         assert_eq!(minter.past_half_life.load(Ordering::SeqCst), 1);
 
         // From `exp` on: never the token, and the error says why.
         let err = cache
-            .fetch(&e, &e.spiffe_id, &a, t0 + 300)
+            .fetch(&e, fixed_id(&e), &a, t0 + 300)
             .await
             .unwrap_err();
         let MintError::Withheld(why) = &err else {
@@ -411,7 +415,7 @@ mod tests {
 
         // Another audience was never minted: nothing to fall back on, and it says why.
         let err = cache
-            .fetch(&e, &e.spiffe_id, &aud(&["b"]), t0 + 160)
+            .fetch(&e, fixed_id(&e), &aud(&["b"]), t0 + 160)
             .await
             .unwrap_err();
         assert!(
@@ -423,7 +427,7 @@ mod tests {
         // The server is back: a fresh token is minted.
         *minter.down_since.lock().unwrap() = None;
         let minted = minter.minted.load(Ordering::SeqCst);
-        cache.fetch(&e, &e.spiffe_id, &a, t0 + 301).await.unwrap();
+        cache.fetch(&e, fixed_id(&e), &a, t0 + 301).await.unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), minted + 1);
     }
 

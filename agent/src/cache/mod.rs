@@ -20,7 +20,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use sigil_proto::id_template::{RenderError, template_selectors_match};
-use sigil_proto::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{Bundle, EntrySpiffeId, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tokio::sync::watch;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -38,6 +38,8 @@ pub enum CacheError {
     UnknownEntry(String),
     #[error("entry {0:?} is not a template entry giving {1}")]
     NotAnInstance(String, String),
+    #[error("entry {0:?} is a template entry: its X509-SVIDs are per rendered SPIFFE ID")]
+    TemplateEntry(String),
     #[error("X509-SVID chain is empty")]
     EmptyChain,
     #[error("X509-SVID leaf is not a valid certificate: {0}")]
@@ -96,7 +98,7 @@ impl EntryIndex {
         let mut index = EntryIndex::default();
         for (pos, identity) in identities.iter().enumerate() {
             index.by_id.insert(identity.entry.id.clone(), pos);
-            if identity.entry.template.is_some() {
+            if identity.entry.spiffe_id.template().is_some() {
                 index.templates.push(pos);
                 continue;
             }
@@ -203,7 +205,7 @@ impl Snapshot {
             .map(|&pos| &self.identities[pos])
             .filter(|identity| template_selectors_match(&identity.entry.selectors, selectors))
             .filter_map(|identity| {
-                let template = identity.entry.template.as_ref()?;
+                let template = identity.entry.spiffe_id.template()?;
                 match template.render(selectors) {
                     Ok(id) => Some((identity, id)),
                     Err(RenderError::Reserved(id)) => {
@@ -359,13 +361,17 @@ impl Cache {
                     continue;
                 };
                 let entry = &identities[pos].entry;
-                if let Err(err) = check_leaf(&svid, &entry.spiffe_id) {
+                let Some(spiffe_id) = entry.spiffe_id.fixed() else {
+                    rejected.push((entry_id.clone(), CacheError::TemplateEntry(entry_id)));
+                    continue;
+                };
+                if let Err(err) = check_leaf(&svid, spiffe_id) {
                     rejected.push((entry_id, err));
                     continue;
                 }
                 let key = RenderedKey {
                     entry_id: entry.id.clone(),
-                    spiffe_id: entry.spiffe_id.clone(),
+                    spiffe_id: spiffe_id.clone(),
                 };
                 if expired.contains_key(&key) {
                     Arc::make_mut(&mut expired).remove(&key);
@@ -403,8 +409,8 @@ impl Cache {
             for (key, svid) in svids {
                 let instance = current.identity(&key.entry_id).is_some_and(|i| {
                     i.entry
-                        .template
-                        .as_ref()
+                        .spiffe_id
+                        .template()
                         .is_some_and(|t| t.matches(&key.spiffe_id))
                 });
                 if !instance {
@@ -503,8 +509,8 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
         index.by_id.get(&key.entry_id).is_some_and(|&pos| {
             identities[pos]
                 .entry
-                .template
-                .as_ref()
+                .spiffe_id
+                .template()
                 .is_some_and(|t| t.matches(&key.spiffe_id))
         })
     };
@@ -524,9 +530,11 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
     let still_withdrawn = |key: &RenderedKey| {
         index.by_id.get(&key.entry_id).is_some_and(|&pos| {
             let identity = &identities[pos];
-            match &identity.entry.template {
-                Some(t) => t.matches(&key.spiffe_id) && !rendered.contains_key(key),
-                None => identity.entry.spiffe_id == key.spiffe_id && identity.svid.is_none(),
+            match &identity.entry.spiffe_id {
+                EntrySpiffeId::Template(t) => {
+                    t.matches(&key.spiffe_id) && !rendered.contains_key(key)
+                }
+                EntrySpiffeId::Fixed(id) => *id == key.spiffe_id && identity.svid.is_none(),
             }
         })
     };

@@ -183,24 +183,17 @@ pub(crate) fn selectors(list: &[&str]) -> Vec<Selector> {
 pub(crate) fn entry(id: &str, spiffe_id: &str, sel: &[&str], created_at: i64) -> RegistrationEntry {
     RegistrationEntry {
         id: id.to_owned(),
-        template: None,
-        spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
-        parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/t").unwrap(),
-        selectors: selectors(sel),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: Vec::new(),
-        federates_with: Vec::new(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        expires_at: None,
         revision: 1,
         created_at,
+        ..RegistrationEntry::new(
+            SpiffeId::new(spiffe_id).unwrap(),
+            SpiffeId::new("spiffe://example.org/spire/agent/join_token/t").unwrap(),
+            selectors(sel),
+        )
     }
 }
 
-/// An identity-template entry (`spiffe_id` is the trust domain's ID, as the server sends it).
+/// An identity-template entry.
 pub(crate) fn template_entry(
     id: &str,
     template: &str,
@@ -209,8 +202,7 @@ pub(crate) fn template_entry(
 ) -> RegistrationEntry {
     let template: sigil_proto::IdTemplate = template.parse().unwrap();
     RegistrationEntry {
-        spiffe_id: SpiffeId::new(&template.trust_domain().id_string()).unwrap(),
-        template: Some(template),
+        spiffe_id: template.into(),
         ..entry(id, "spiffe://example.org/unused", sel, created_at)
     }
 }

@@ -196,6 +196,9 @@ pub(super) async fn healthcheck(
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
     const WHAT: &str = "Agent is unavailable";
+    if args.shallow {
+        return Err(CliError::Unsupported("shallow"));
+    }
     let mut client = client(&args.call, env_socket).await?;
     let answer = within(args.call.timeout, WHAT, async {
         Ok(client
@@ -443,6 +446,22 @@ mod tests {
 
         let (result, _) = run_args(&["sigil-agent", "healthcheck", "-socketPath", &socket]).await;
         assert!(result.is_err(), "nothing listening");
+    }
+
+    /// A flag that would be ignored is refused before anything is dialled.
+    #[tokio::test]
+    async fn healthcheck_shallow_is_refused() {
+        let (result, out) = run_args(&[
+            "sigil-agent",
+            "healthcheck",
+            "-shallow",
+            "-socketPath",
+            "/nonexistent/api.sock",
+        ])
+        .await;
+        let err = result.unwrap_err().to_string();
+        assert!(err.starts_with("-shallow is not supported"), "{err}");
+        assert_eq!(out, "");
     }
 
     #[tokio::test]

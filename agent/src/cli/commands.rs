@@ -255,7 +255,8 @@ pub(super) struct ValidateJwtArgs {
 pub(super) struct HealthcheckArgs {
     #[command(flatten)]
     pub(super) call: CallArgs,
-    /// Accepted for SPIRE compatibility; the check is always the Workload API answering.
+    /// SPIRE's less stringent check: not supported, refused (the check is always the
+    /// Workload API answering).
     #[arg(long)]
     pub(super) shallow: bool,
     /// Prints details.

@@ -52,6 +52,11 @@ pub enum CliError {
     BadCertificate(String),
     #[error("`run` and `validate` are started from `main`, not from here")]
     RunNotWired,
+    #[error(
+        "-{0} is not supported: the health check is always the Workload API answering, and a \
+         flag is never accepted and ignored"
+    )]
+    Unsupported(&'static str),
 }
 
 /// Entry point of the binary.

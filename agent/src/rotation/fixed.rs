@@ -113,7 +113,7 @@ pub(super) fn due(
     let mut out = Vec::new();
     for identity in &snapshot.identities {
         // Template entries are not pre-minted: their ID depends on the workload.
-        if identity.entry.template.is_some() {
+        if identity.entry.spiffe_id.template().is_some() {
             continue;
         }
         let id = &identity.entry.id;
@@ -170,20 +170,12 @@ pub(super) mod tests {
     pub(in crate::rotation) fn entry(id: &str, revision: i64) -> RegistrationEntry {
         RegistrationEntry {
             id: id.into(),
-            template: None,
-            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
-            parent_id: SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
-            selectors: vec![Selector::new("unix:uid:1").unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
             revision,
-            created_at: 0,
+            ..RegistrationEntry::new(
+                SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
+                SpiffeId::new("spiffe://td/spire/agent/x").unwrap(),
+                vec![Selector::new("unix:uid:1").unwrap()],
+            )
         }
     }
 

@@ -115,8 +115,8 @@ pub(super) fn due_rendered(
         };
         let instance = identity
             .entry
-            .template
-            .as_ref()
+            .spiffe_id
+            .template()
             .is_some_and(|t| t.matches(&key.spiffe_id));
         if !instance || retry_at.get(key).is_some_and(|&at| now < at) {
             continue;
@@ -150,8 +150,7 @@ mod tests {
         ));
         let template: sigil_proto::IdTemplate = "spiffe://td/ns/{k8s:ns}".parse().unwrap();
         let t = RegistrationEntry {
-            spiffe_id: SpiffeId::new("spiffe://td").unwrap(),
-            template: Some(template),
+            spiffe_id: template.into(),
             ..entry("t", 1)
         };
         cache.replace_entries(vec![t, entry("fixed", 1)]);

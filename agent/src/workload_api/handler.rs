@@ -333,7 +333,7 @@ impl SpiffeWorkloadApi for Handler {
         let identities: Vec<(&Arc<Identity>, SpiffeId)> = snapshot
             .matching(&caller.selectors)
             .into_iter()
-            .map(|i| (i, i.entry.spiffe_id.clone()))
+            .filter_map(|i| Some((i, i.entry.spiffe_id.fixed()?.clone())))
             .chain(snapshot.matching_templates(&caller.selectors))
             .filter(|(_, id)| wanted.as_ref().is_none_or(|w| w == id))
             .collect();
@@ -485,9 +485,12 @@ fn build_x509_svid_response(
     let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
     let mut wanted = Vec::new();
     for identity in fixed {
+        let Some(spiffe_id) = identity.entry.spiffe_id.fixed() else {
+            continue;
+        };
         if let Some(svid) = &identity.svid {
-            identities.push((identity, identity.entry.spiffe_id.clone(), svid));
-        } else if let Some(why) = snapshot.expired(&identity.entry.id, &identity.entry.spiffe_id) {
+            identities.push((identity, spiffe_id.clone(), svid));
+        } else if let Some(why) = snapshot.expired(&identity.entry.id, spiffe_id) {
             // Never an expired SVID: the cache withdrew it and says why.
             return Err(RequestError::SvidUnavailable(why.clone()));
         }

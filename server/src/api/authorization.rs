@@ -113,20 +113,19 @@ pub async fn authorized_entries(
             if e.is_reserved() {
                 tracing::warn!(
                     entry_id = %e.id,
-                    spiffe_id = %e.spiffe_id_text(),
+                    spiffe_id = %e.spiffe_id,
                     parent_id = %e.parent_id,
                     agent_id = %agent_id,
                     "registration entry in the reserved namespace /spire/* is not served; delete it"
                 );
                 continue;
             }
-            // A template entry's `spiffe_id` is only its trust domain's ID: templates are
-            // never parents, so nothing is nested under them.
-            if e.template.is_none()
-                && !expanded.contains(&e.spiffe_id)
-                && !frontier.contains(&e.spiffe_id)
+            // Templates are never parents, so nothing is nested under them.
+            if let Some(id) = e.spiffe_id.fixed()
+                && !expanded.contains(id)
+                && !frontier.contains(id)
             {
-                frontier.push(e.spiffe_id.clone());
+                frontier.push(id.clone());
             }
             entries.insert(e.id.clone(), e);
         }
@@ -219,6 +218,8 @@ impl AuthorizationCache {
 
 #[cfg(test)]
 mod tests {
+    use sigil_proto::EntrySpiffeId;
+
     use super::*;
 
     fn td() -> TrustDomain {
@@ -235,23 +236,11 @@ mod tests {
     }
 
     fn entry(spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
-        RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: id(spiffe_id),
-            parent_id: parent.clone(),
-            selectors: selectors.iter().map(|s| sel(s)).collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
-            revision: 0,
-            created_at: 0,
-        }
+        RegistrationEntry::new(
+            id(spiffe_id),
+            parent.clone(),
+            selectors.iter().map(|s| sel(s)).collect(),
+        )
     }
 
     async fn datastore(dir: &tempfile::TempDir) -> Datastore {
@@ -261,7 +250,9 @@ mod tests {
     }
 
     fn ids(m: &HashMap<String, RegistrationEntry>) -> HashSet<String> {
-        m.values().map(|e| e.spiffe_id.path().to_owned()).collect()
+        m.values()
+            .map(|e| e.spiffe_id.fixed().expect("a fixed ID").path().to_owned())
+            .collect()
     }
 
     #[tokio::test]
@@ -320,8 +311,8 @@ mod tests {
         let agent = id("/spire/agent/join_token/a");
         let other = id("/spire/agent/join_token/b");
         let mut template = entry("/unused", &agent, &["unix:user"]);
-        template.template = Some("spiffe://example.org/spire/{unix:user}".parse().unwrap());
-        template.spiffe_id = SpiffeId::new("spiffe://example.org").unwrap();
+        template.spiffe_id =
+            EntrySpiffeId::Template("spiffe://example.org/spire/{unix:user}".parse().unwrap());
         ds.create_entries(vec![
             entry("/own", &agent, &["unix:uid:1"]),
             entry("/spire/server", &agent, &["unix:uid:1"]),

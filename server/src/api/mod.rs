@@ -1,9 +1,12 @@
-//! The server's gRPC APIs: `admin` (Unix socket, for the CLI) and `agent` (mTLS, for agents).
-//! Domain errors become `tonic::Status` here and only here.
+//! The server's gRPC APIs: `admin` (Unix socket, for the CLI; split by resource) and `agent`
+//! (mTLS, for agents). Every RPC of both passes one tower layer (`middleware`) that
+//! authorizes the caller and counts the outcome. The datastore's and the CA's errors become
+//! `tonic::Status` here (`datastore_status`, `ca_status`); each resource maps its own.
 
 pub mod admin;
 pub mod agent;
 pub mod authorization;
+pub(crate) mod middleware;
 pub mod tls;
 
 use tonic::Status;

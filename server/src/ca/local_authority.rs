@@ -8,7 +8,7 @@
 //! Authority IDs: an X.509 CA is named by its Subject Key Identifier in lowercase hex (as SPIRE
 //! prints it), a JWT key by its `kid`. Each operation is worked out on a copy of the CA state
 //! into a [`Pending`] change under a new bundle sequence; the caller stores its journal, then
-//! applies it (`crate::replicas::commit`), before answering the operator.
+//! applies it (`crate::ca_store::commit`), before answering the operator.
 
 use std::fmt;
 use std::time::SystemTime;

@@ -11,20 +11,22 @@
 //! - [`local_authority`]: the operator's prepare / activate / taint / revoke (SPIRE's
 //!   `localauthority` API).
 //! - [`journal`]: the persisted record of every authority, so a restart resumes the same CA.
-//! - [`replicas`]: one CA per server replica; the published bundle is the union of every
-//!   replica's authorities ([`Ca::adopt_bundle`]).
+//! - [`replica_id`]: one CA per server replica, each named by its [`ReplicaId`].
+//! - [`bundle_union`]: the published bundle is the union of every replica's authorities
+//!   ([`Ca::adopt_bundle`]).
 //!
 //! Signing reads the active authority lock-free (`ArcSwap`). A change (rotation, an operator's
 //! `localauthority` command) is worked out on a copy of the state into a [`Pending`] change,
 //! whose journal the caller stores first; only then does [`Ca::apply`] make it current, so a
-//! change is persisted and in effect, or neither (see `crate::replicas::commit`). The run loop
+//! change is persisted and in effect, or neither (see `crate::ca_store::commit`). The run loop
 //! plans rotations ([`Ca::plan_rotation`]) at [`Ca::next_rotation_check`].
 
+pub mod bundle_union;
 pub mod config;
 pub mod journal;
 pub mod jwt;
 pub mod local_authority;
-pub mod replicas;
+pub mod replica_id;
 pub mod rotation;
 pub mod upstream;
 pub mod x509;
@@ -47,7 +49,7 @@ use sigil_proto::{Bundle, JwtAuthority, SpiffeId};
 
 pub use config::{CaConfig, CaSubject};
 pub use journal::CaJournal;
-pub use replicas::ReplicaId;
+pub use replica_id::ReplicaId;
 
 /// Key-manager ids of the X.509 CA slots and the JWT key slots, named as SPIRE names its two.
 /// A new authority goes in the first slot no signing (active or prepared) authority of the
@@ -389,11 +391,11 @@ impl Ca {
         }
         let state = self.lock_state();
         let own = state.bundle(&self.config);
-        let peers = replicas::peers_part(union, &own);
+        let peers = bundle_union::peers_part(union, &own);
         let next_peers = peers.clone();
         *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = next_peers;
         self.bundle_tx.send_if_modified(|current| {
-            let next = replicas::merge(&own, &peers, union.sequence.max(current.sequence));
+            let next = bundle_union::merge(&own, &peers, union.sequence.max(current.sequence));
             if **current == next {
                 return false;
             }
@@ -476,7 +478,7 @@ impl Ca {
         // The caller adopts the stored union next (`Ca::adopt_bundle`), at this sequence or later.
         self.bundle_tx.send_modify(|current| {
             let sequence = state.sequence.max(current.sequence + 1);
-            *current = Arc::new(replicas::merge(&own, &peers, sequence));
+            *current = Arc::new(bundle_union::merge(&own, &peers, sequence));
         });
         Ok((pending.outcome, pending.journal))
     }

@@ -18,7 +18,7 @@ use sigil_proto::bundle::pem_encode;
 
 impl Ca {
     /// Plans and applies every rotation step due at `now` at once (the run loop stores the
-    /// journal in between: `crate::replicas::commit`). The journal, when something changed.
+    /// journal in between: `crate::ca_store::commit`). The journal, when something changed.
     pub(crate) fn rotate(&self, now: SystemTime) -> Result<Option<CaJournal>, CaError> {
         self.plan_rotation(now)?
             .map(|pending| self.apply(pending).map(|((), journal)| journal))

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as pb;
-use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain, convert};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
@@ -51,10 +51,11 @@ pub struct EntryFields {
     /// A trust domain whose bundle workloads of this entry receive; repeat for several.
     #[arg(long = "federatesWith")]
     federates_with: Vec<String>,
-    /// Grants admin rights to workloads of this entry.
+    /// SPIRE's admin entry: not supported, refused (only `-admin=false` is accepted).
     #[arg(long = "admin", num_args = 0..=1, default_missing_value = "true")]
     admin: Option<bool>,
-    /// Marks the entry as a downstream (nested) CA.
+    /// SPIRE's downstream entry: not supported, refused (only `-downstream=false` is
+    /// accepted).
     #[arg(long = "downstream", num_args = 0..=1, default_missing_value = "true")]
     downstream: Option<bool>,
     /// A hint passed to workloads to tell identities apart.
@@ -195,6 +196,14 @@ fn parse_spiffe_id(flag: &str, s: &str) -> Result<String, CliError> {
 impl EntryFields {
     /// Applies every flag that was given to `e`.
     fn apply(&self, e: &mut pb::RegistrationEntry) -> Result<(), CliError> {
+        for (flag, given) in [("admin", self.admin), ("downstream", self.downstream)] {
+            if given == Some(true) {
+                return fail(format!(
+                    "-{flag} is not supported: Sigil does not implement {flag} entries yet, and \
+                     a security flag is never accepted and ignored; nothing was written"
+                ));
+            }
+        }
         if let Some(t) = self.template {
             e.template = t;
         }
@@ -292,7 +301,8 @@ fn validate(e: &pb::RegistrationEntry) -> Result<(), CliError> {
                 .map_err(|m| CliError(format!("{field}: {m}")))?;
         }
     }
-    RegistrationEntry::try_from(e)
+    convert::check_supported(e)
+        .and_then(|()| RegistrationEntry::try_from(e))
         .map(|_| ())
         .map_err(|err| CliError(err.to_string()))
 }
@@ -674,7 +684,7 @@ mod tests {
             &path,
             r#"{"entries":[
               {"spiffe_id":"spiffe://example.org/a","parent_id":"spiffe://example.org/node",
-               "selectors":[{"type":"unix","value":"uid:1000"}],"x509_svid_ttl":200,"admin":true},
+               "selectors":[{"type":"unix","value":"uid:1000"}],"x509_svid_ttl":200,"admin":false},
               {"spiffe_id":{"trust_domain":"example.org","path":"/b"},
                "parent_id":{"trust_domain":"example.org","path":"/node"},
                "selectors":[{"type":"k8s","value":"ns:x"}],"dns_names":["b.example.org"]}
@@ -755,6 +765,47 @@ mod tests {
         assert!(err.contains("node"), "{err}");
         let err = bad(&with(&["--template", "--spiffeID", tmpl, "--downstream"]));
         assert!(err.contains("downstream"), "{err}");
+    }
+
+    /// Security flags Sigil does not implement are refused, never stored and ignored: on the
+    /// command line and in a `-data` file; `false` (what every entry is) is accepted.
+    #[test]
+    fn admin_and_downstream_are_refused() {
+        let base = [
+            "--spiffeID",
+            "spiffe://example.org/a",
+            "--parentID",
+            "spiffe://example.org/node",
+            "--selector",
+            "unix:uid:1",
+        ];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            base.iter().copied().chain(extra.iter().copied()).collect()
+        };
+        for (flag, arg) in [("admin", "--admin"), ("downstream", "--downstream")] {
+            let err = built(&with(&[arg])).unwrap_err().0;
+            assert!(err.contains(&format!("-{flag} is not supported")), "{err}");
+        }
+        let e = built(&with(&["--admin=false", "--downstream=false"])).unwrap();
+        assert!(!e.admin && !e.downstream);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("entries.json");
+        for field in ["admin", "downstream"] {
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"entries":[{{"spiffe_id":"spiffe://example.org/a","parent_id":"spiffe://example.org/n","selectors":[{{"type":"unix","value":"uid:1"}}],"{field}":true}}]}}"#
+                ),
+            )
+            .unwrap();
+            let err = file_entries(&path).unwrap_err().0;
+            assert!(
+                err.contains("entry 0")
+                    && err.contains(&format!("{field} entries are not supported")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

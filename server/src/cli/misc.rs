@@ -17,7 +17,8 @@ use super::output::{print_json, timestamp};
 pub struct HealthcheckArgs {
     #[arg(long = "socketPath", default_value = super::DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
-    /// Accepted for SPIRE compatibility; the check is always a real API call.
+    /// SPIRE's less stringent check: not supported, refused (the check is always a real API
+    /// call).
     #[arg(long = "shallow")]
     shallow: bool,
     #[arg(long = "verbose")]
@@ -25,7 +26,12 @@ pub struct HealthcheckArgs {
 }
 
 pub async fn healthcheck(a: HealthcheckArgs) -> CliResult {
-    let _ = a.shallow;
+    if a.shallow {
+        return fail(
+            "-shallow is not supported: the health check is always a full call to the server's \
+             API, and a flag is never accepted and ignored",
+        );
+    }
     let unhealthy = |e: CliError| CliError(format!("server is unhealthy: {e}"));
     let mut client = connect(&a.socket_path).await.map_err(unhealthy)?;
     let health = client

@@ -3,7 +3,7 @@
 //! (`entry create -spiffeID ... -selector k8s:ns:payments`).
 
 mod bundle;
-mod client;
+pub(crate) mod client;
 mod entry;
 mod localauthority;
 mod misc;

@@ -1,17 +1,21 @@
-//! The change feed: what changed in the datastore, pushed to subscribers (the sync streams) so
-//! that replicas need no periodic reload.
+//! The change feed: what changed in the datastore, pushed to subscribers so that replicas need
+//! no periodic reload.
 //!
 //! On PostgreSQL every write transaction sends its changes with `pg_notify` on [`CHANNEL`]
 //! (delivered only if it commits) and each [`Datastore`](super::Datastore) keeps a `LISTEN`
 //! connection, so a change written through one server replica reaches all of them. On SQLite
 //! one process owns the database and the changes are published in-process after commit.
+//!
+//! The feed alone also keeps the latest committed entry revision ([`Feed::entry_revisions`]):
+//! whoever changed the entries (the admin API, the pruner, another replica), agents' sync
+//! streams wake on it, and nothing else publishes it.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use sigil_proto::{SpiffeId, TrustDomain};
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::DatastoreError;
@@ -68,42 +72,90 @@ impl Change {
     }
 }
 
+/// Where the feed's changes go: the subscribers, and the latest entry revision.
+#[derive(Clone)]
+struct Outlet {
+    changes: broadcast::Sender<Change>,
+    entry_revision: watch::Sender<i64>,
+}
+
+impl Outlet {
+    fn new() -> Self {
+        Self {
+            changes: broadcast::channel(CAPACITY).0,
+            entry_revision: watch::Sender::new(0),
+        }
+    }
+
+    /// Hands `change` to the subscribers (none is not an error) after raising the entry
+    /// revision it carries.
+    fn send(&self, change: Change) {
+        if let Change::Entries { revision } = change {
+            self.raise_entry_revision(revision);
+        }
+        let _ = self.changes.send(change);
+    }
+
+    /// Raises the latest entry revision, never lowers it: notifications from several writers
+    /// may arrive out of order.
+    fn raise_entry_revision(&self, revision: i64) {
+        self.entry_revision.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            if newer {
+                *latest = revision;
+            }
+            newer
+        });
+    }
+}
+
 /// The sending side, shared by a datastore's clones; the listener task (PostgreSQL) ends when
 /// the last clone is dropped or the datastore is closed.
 pub(super) struct Feed {
-    sender: broadcast::Sender<Change>,
+    outlet: Outlet,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Feed {
     /// A feed fed by this process's own writes (SQLite).
-    pub(super) fn local() -> Feed {
-        Feed {
-            sender: broadcast::channel(CAPACITY).0,
+    pub(super) fn local() -> Self {
+        Self {
+            outlet: Outlet::new(),
             listener: Mutex::new(None),
         }
     }
 
     /// A feed fed by `LISTEN` on PostgreSQL. Fails if the first connection fails.
-    pub(super) async fn listen(pool: &PgPool) -> Result<Feed, DatastoreError> {
+    pub(super) async fn listen(pool: &PgPool) -> Result<Self, DatastoreError> {
         let listener = connect(pool).await?;
-        let sender = broadcast::channel(CAPACITY).0;
-        let feed = run_listener(pool.clone(), listener, sender.clone());
+        let outlet = Outlet::new();
+        let feed = run_listener(pool.clone(), listener, outlet.clone());
         let span = tracing::info_span!("task", name = "datastore change feed");
         let task = tokio::spawn(tracing::Instrument::instrument(feed, span));
-        Ok(Feed {
-            sender,
+        Ok(Self {
+            outlet,
             listener: Mutex::new(Some(task)),
         })
     }
 
     pub(super) fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.sender.subscribe()
+        self.outlet.changes.subscribe()
     }
 
-    /// Publishes a change in-process (no subscriber is not an error).
+    /// The latest committed entry revision: see [`super::Datastore::entry_revisions`].
+    pub(super) fn entry_revisions(&self) -> watch::Receiver<i64> {
+        self.outlet.entry_revision.subscribe()
+    }
+
+    /// Raises the latest entry revision to one read from the database (at open, before any
+    /// change is announced).
+    pub(super) fn raise_entry_revision(&self, revision: i64) {
+        self.outlet.raise_entry_revision(revision);
+    }
+
+    /// Publishes a change in-process.
     pub(super) fn publish(&self, change: Change) {
-        let _ = self.sender.send(change);
+        self.outlet.send(change);
     }
 
     pub(super) fn stop(&self) {
@@ -134,14 +186,13 @@ async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 
 /// Forwards notifications to subscribers. When the connection drops (PostgreSQL restarted,
 /// network cut), notifications sent meanwhile are lost for good, so once a new listener is
-/// connected and listening, subscribers get [`Change::Resync`].
-async fn run_listener(pool: PgPool, mut listener: PgListener, sender: broadcast::Sender<Change>) {
+/// connected and listening, the latest entry revision is read again and subscribers get
+/// [`Change::Resync`].
+async fn run_listener(pool: PgPool, mut listener: PgListener, outlet: Outlet) {
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => match Change::decode(notification.payload()) {
-                Some(change) => {
-                    let _ = sender.send(change);
-                }
+                Some(change) => outlet.send(change),
                 None => tracing::debug!("ignoring an unknown change notification"),
             },
             Err(sqlx::Error::PoolClosed) => return,
@@ -162,7 +213,17 @@ async fn run_listener(pool: PgPool, mut listener: PgListener, sender: broadcast:
                     }
                 };
                 tracing::info!("PostgreSQL change feed reconnected");
-                let _ = sender.send(Change::Resync);
+                match sqlx::query_scalar(super::entries::LATEST_ENTRY_REVISION)
+                    .fetch_one(&pool)
+                    .await
+                {
+                    Ok(revision) => outlet.raise_entry_revision(revision),
+                    // Agents' streams pick up what they missed at their fallback tick.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the entry revision after the change feed reconnected")
+                    }
+                }
+                outlet.send(Change::Resync);
             }
         }
     }
@@ -270,6 +331,45 @@ mod tests {
         );
         a.close().await;
         b.close().await;
+    }
+
+    /// The latest entry revision comes from the feed alone: it starts at what is stored, rises
+    /// with every committed entry change (nothing else), and on PostgreSQL with those written
+    /// through another datastore.
+    #[tokio::test]
+    async fn entry_revisions_start_at_the_stored_one_and_follow_the_feed() {
+        let (dir, ds) = store().await;
+        let revisions = ds.entry_revisions();
+        assert_eq!(*revisions.borrow(), 0);
+        write_each_kind(&ds).await;
+        let latest = ds.latest_entry_revision().await.unwrap();
+        assert!(latest > 0);
+        assert_eq!(*revisions.borrow(), latest);
+        ds.set_bundle(&Bundle::new(TrustDomain::new("x.org").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(*revisions.borrow(), latest, "not an entry change");
+        ds.close().await;
+        let reopened = Datastore::open("datastore.sqlite3", dir.path())
+            .await
+            .unwrap();
+        assert_eq!(*reopened.entry_revisions().borrow(), latest);
+
+        let url = pg_database().await;
+        let a = Datastore::open_postgres(&url).await.unwrap();
+        let b = Datastore::open_postgres(&url).await.unwrap();
+        let mut on_b = b.entry_revisions();
+        write_each_kind(&a).await;
+        let latest = a.latest_entry_revision().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), on_b.wait_for(|r| *r == latest))
+            .await
+            .expect("B hears of A's entry changes")
+            .unwrap();
+        let c = Datastore::open_postgres(&url).await.unwrap();
+        assert_eq!(*c.entry_revisions().borrow(), latest);
+        for ds in [a, b, c] {
+            ds.close().await;
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! the last revision they saw.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use sigil_proto::selector::canonicalize;
-use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{EntrySpiffeId, IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
@@ -320,7 +321,7 @@ impl Datastore {
     /// The revision of the latest event, 0 if there has been none.
     pub async fn latest_entry_revision(&self) -> Result<i64, DatastoreError> {
         let latest: i64 = on_pool!(&self.pool, p => {
-            sqlx::query_scalar("SELECT COALESCE(MAX(revision), 0) FROM entry_events")
+            sqlx::query_scalar(LATEST_ENTRY_REVISION)
                 .fetch_one(p)
                 .await?
         });
@@ -357,6 +358,10 @@ impl Datastore {
     }
 }
 
+/// The revision of the latest entry event, 0 if there has been none.
+pub(super) const LATEST_ENTRY_REVISION: &str =
+    "SELECT COALESCE(MAX(revision), 0) FROM entry_events";
+
 /// The change to publish for a write whose events have these revisions (none if no event).
 fn latest_change(revisions: impl IntoIterator<Item = i64>) -> Vec<Change> {
     revisions
@@ -373,7 +378,7 @@ fn prepare(entry: &mut RegistrationEntry) -> Result<String, DatastoreError> {
     if entry.selectors.is_empty() {
         return Err(DatastoreError::InvalidArgument(format!(
             "entry for {} has no selectors",
-            entry.spiffe_id_text()
+            entry.spiffe_id
         )));
     }
     if entry.id.chars().any(char::is_control) {
@@ -397,8 +402,7 @@ fn conflict(err: DatastoreError, entry: &RegistrationEntry) -> DatastoreError {
         DatastoreError::Database(e) if is_unique_violation(&e) => {
             DatastoreError::AlreadyExists(format!(
                 "an entry for {} with parent {} and the same selectors",
-                entry.spiffe_id_text(),
-                entry.parent_id
+                entry.spiffe_id, entry.parent_id
             ))
         }
         other => other,
@@ -528,11 +532,11 @@ async fn insert_rows_once(
     );
     sql.push_rows(chunk.iter().zip(keys), |row, (e, key)| {
         row.bind(e.id.as_str())
-            .bind(e.spiffe_id_text())
+            .bind(e.spiffe_id.to_string())
             .bind(e.parent_id.to_string())
             .bind(key.as_str())
-            .bind(i64::from(e.x509_svid_ttl))
-            .bind(i64::from(e.jwt_svid_ttl))
+            .bind(ttl_seconds(e.x509_svid_ttl))
+            .bind(ttl_seconds(e.jwt_svid_ttl))
             .bind(json_list(e.dns_names.iter().map(String::as_str)))
             .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
             .bind(e.admin)
@@ -541,7 +545,7 @@ async fn insert_rows_once(
             .bind(e.expires_at)
             .bind(e.revision)
             .bind(e.created_at)
-            .bind(e.template.is_some());
+            .bind(e.spiffe_id.template().is_some());
     });
     on_tx!(tx, c => sql.query().execute(&mut **c).await.map(|d| d.rows_affected()))?;
     Ok(())
@@ -559,11 +563,11 @@ async fn update_row(
              admin = $8, downstream = $9, hint = $10, expires_at = $11, revision = $12, \
              template = $13 WHERE id = $14",
         )
-        .bind(e.spiffe_id_text())
+        .bind(e.spiffe_id.to_string())
         .bind(e.parent_id.to_string())
         .bind(selector_key)
-        .bind(i64::from(e.x509_svid_ttl))
-        .bind(i64::from(e.jwt_svid_ttl))
+        .bind(ttl_seconds(e.x509_svid_ttl))
+        .bind(ttl_seconds(e.jwt_svid_ttl))
         .bind(json_list(e.dns_names.iter().map(String::as_str)))
         .bind(json_list(e.federates_with.iter().map(TrustDomain::as_str)))
         .bind(e.admin)
@@ -571,7 +575,7 @@ async fn update_row(
         .bind(&e.hint)
         .bind(e.expires_at)
         .bind(e.revision)
-        .bind(e.template.is_some())
+        .bind(e.spiffe_id.template().is_some())
         .bind(&e.id)
         .execute(&mut **c)
         .await
@@ -652,28 +656,23 @@ where
     };
     let spiffe_id: String = row.try_get("spiffe_id")?;
     let parent_id: String = row.try_get("parent_id")?;
-    let ttl = |col: &'static str| -> Result<u32, DatastoreError> {
+    let ttl = |col: &'static str| -> Result<Option<Duration>, DatastoreError> {
         let v: i64 = row.try_get(col)?;
-        u32::try_from(v).map_err(|e| corrupt(col, &e))
+        let seconds = u32::try_from(v).map_err(|e| corrupt(col, &e))?;
+        Ok((seconds != 0).then(|| Duration::from_secs(seconds.into())))
     };
     let dns_names: String = row.try_get("dns_names")?;
     let federates_with: String = row.try_get("federates_with")?;
     let federates_with: Vec<String> =
         serde_json::from_str(&federates_with).map_err(|e| corrupt("federates_with", &e))?;
-    let (spiffe_id, template) = if row.try_get::<bool, _>("template")? {
-        let t = IdTemplate::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?;
-        let td_id =
-            SpiffeId::from_path(t.trust_domain(), "").map_err(|e| corrupt("spiffe_id", &e))?;
-        (td_id, Some(t))
+    let spiffe_id = if row.try_get::<bool, _>("template")? {
+        EntrySpiffeId::Template(IdTemplate::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?)
     } else {
-        let id = SpiffeId::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?;
-        (id, None)
+        EntrySpiffeId::Fixed(SpiffeId::new(&spiffe_id).map_err(|e| corrupt("spiffe_id", &e))?)
     };
+    let parent_id = SpiffeId::new(&parent_id).map_err(|e| corrupt("parent_id", &e))?;
+    // The selectors live in their own table; the caller fills them in.
     Ok(RegistrationEntry {
-        spiffe_id,
-        template,
-        parent_id: SpiffeId::new(&parent_id).map_err(|e| corrupt("parent_id", &e))?,
-        selectors: Vec::new(),
         x509_svid_ttl: ttl("x509_svid_ttl")?,
         jwt_svid_ttl: ttl("jwt_svid_ttl")?,
         dns_names: serde_json::from_str(&dns_names).map_err(|e| corrupt("dns_names", &e))?,
@@ -688,7 +687,13 @@ where
         revision: row.try_get("revision")?,
         created_at: row.try_get("created_at")?,
         id,
+        ..RegistrationEntry::new(spiffe_id, parent_id, Vec::new())
     })
+}
+
+/// A TTL as stored: whole seconds, 0 for the server's default.
+fn ttl_seconds(ttl: Option<Duration>) -> i64 {
+    ttl.map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn parse_id(s: &str, what: &str) -> Result<SpiffeId, DatastoreError> {
@@ -728,23 +733,11 @@ pub(crate) mod tests {
     );
 
     pub(crate) fn entry(spiffe_id: &str, parent_id: &str, sels: &[&str]) -> RegistrationEntry {
-        RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: SpiffeId::new(spiffe_id).unwrap(),
-            parent_id: SpiffeId::new(parent_id).unwrap(),
-            selectors: sels.iter().map(|s| s.parse().unwrap()).collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: Vec::new(),
-            federates_with: Vec::new(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
-            revision: 0,
-            created_at: 0,
-        }
+        RegistrationEntry::new(
+            SpiffeId::new(spiffe_id).unwrap(),
+            SpiffeId::new(parent_id).unwrap(),
+            sels.iter().map(|s| s.parse().unwrap()).collect(),
+        )
     }
 
     const AGENT: &str = "spiffe://td/spire/agent/a";
@@ -755,7 +748,10 @@ pub(crate) mod tests {
     }
 
     fn ids(entries: &[RegistrationEntry]) -> Vec<&str> {
-        let mut v: Vec<&str> = entries.iter().map(|e| e.spiffe_id.path()).collect();
+        let mut v: Vec<&str> = entries
+            .iter()
+            .map(|e| e.spiffe_id.fixed().expect("a fixed ID").path())
+            .collect();
         v.sort();
         v
     }
@@ -771,8 +767,8 @@ pub(crate) mod tests {
             AGENT,
             &["unix:uid:1000", "k8s:ns:web", "unix:uid:1000"],
         );
-        e.x509_svid_ttl = 3600;
-        e.jwt_svid_ttl = 300;
+        e.x509_svid_ttl = Some(Duration::from_secs(3600));
+        e.jwt_svid_ttl = Some(Duration::from_secs(300));
         e.dns_names = vec!["web.example.org".into(), "web".into()];
         e.federates_with = vec![TrustDomain::new("other.org").unwrap()];
         e.admin = true;
@@ -790,7 +786,6 @@ pub(crate) mod tests {
         assert_eq!(created.selectors, sels(&["k8s:ns:web", "unix:uid:1000"]));
         let expected = RegistrationEntry {
             id: created.id.clone(),
-            template: None,
             selectors: created.selectors.clone(),
             revision: created.revision,
             created_at: created.created_at,
@@ -892,16 +887,16 @@ pub(crate) mod tests {
     async fn template_entries_round_trip_and_filter_by_template_text(ds: Datastore) {
         let text = "spiffe://td/ns/{k8s:ns}/sa/{k8s:sa}";
         let template: IdTemplate = text.parse().unwrap();
-        let e = RegistrationEntry {
-            spiffe_id: SpiffeId::new("spiffe://td").unwrap(),
-            template: Some(template.clone()),
-            ..entry("spiffe://td/unused", AGENT, &["k8s:ns"])
-        };
+        let e = RegistrationEntry::new(
+            template.clone(),
+            SpiffeId::new(AGENT).unwrap(),
+            sels(&["k8s:ns"]),
+        );
         let created = ds.create_entries(vec![e]).await.unwrap().remove(0);
         let fetched = ds.fetch_entry(&created.id).await.unwrap().unwrap();
-        assert_eq!(fetched.template, Some(template));
+        assert_eq!(fetched.spiffe_id.template(), Some(&template));
         assert_eq!(fetched, created);
-        assert_eq!(fetched.spiffe_id_text(), text);
+        assert_eq!(fetched.spiffe_id.to_string(), text);
         let by_text = EntryFilter {
             spiffe_id: Some(text.into()),
             ..EntryFilter::default()
@@ -914,7 +909,7 @@ pub(crate) mod tests {
             .unwrap()
             .remove(0);
         let fetched = ds.fetch_entry(&fixed.id).await.unwrap().unwrap();
-        assert_eq!(fetched.template, None);
+        assert_eq!(fetched.spiffe_id.template(), None);
     }
 
     async fn field_filters(ds: Datastore) {
@@ -1092,10 +1087,10 @@ pub(crate) mod tests {
             .unwrap()
             .remove(0);
         let mut changed = created.clone();
-        changed.spiffe_id = SpiffeId::new("spiffe://td/web2").unwrap();
+        changed.spiffe_id = SpiffeId::new("spiffe://td/web2").unwrap().into();
         changed.selectors = sels(&["unix:uid:2", "unix:gid:2"]);
         changed.dns_names = vec!["a.example".into()];
-        changed.x509_svid_ttl = 60;
+        changed.x509_svid_ttl = Some(Duration::from_secs(60));
         changed.expires_at = Some(5);
         changed.created_at = 0; // ignored
         let updated = ds

@@ -70,7 +70,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Postgres, Sqlite, Transaction};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub use ca_journal::{JournalUnion, ReplicaJournal};
 pub use changes::Change;
@@ -218,12 +218,14 @@ impl Datastore {
         let all = (0..SQLITE_POOL_SIZE).map(|_| sqlite.acquire());
         drop(futures::future::try_join_all(all).await?);
         tracing::info!(path = %path.display(), "datastore open");
-        Ok(Datastore {
+        Datastore {
             pool,
             path,
             changes: Arc::new(changes::Feed::local()),
             write_turns: Arc::default(),
-        })
+        }
+        .with_entry_revision()
+        .await
     }
 
     /// Connects to PostgreSQL and brings the schema up to date. `connection_string` is a URL
@@ -246,12 +248,22 @@ impl Datastore {
             Pool::Sqlite(_) => changes::Feed::local(),
         };
         tracing::info!("datastore open on PostgreSQL");
-        Ok(Datastore {
+        Datastore {
             pool,
             path: PathBuf::new(),
             changes: Arc::new(changes),
             write_turns: Arc::default(),
-        })
+        }
+        .with_entry_revision()
+        .await
+    }
+
+    /// Starts [`Self::entry_revisions`] at the revision already committed. Read once the feed
+    /// listens, so a change committed meanwhile is either read here or announced.
+    async fn with_entry_revision(self) -> Result<Self, DatastoreError> {
+        let latest = self.latest_entry_revision().await?;
+        self.changes.raise_entry_revision(latest);
+        Ok(self)
     }
 
     /// The SQLite database file (empty on PostgreSQL).
@@ -272,6 +284,14 @@ impl Datastore {
     /// [`Change::Resync`] or a lag (`RecvError::Lagged`).
     pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// The latest committed entry revision, from the change feed alone: raised by every entry
+    /// change committed through this datastore (SQLite) or through any server sharing the
+    /// database (PostgreSQL), and read again after a gap in the feed; never lowered. Agents'
+    /// sync streams wake on it.
+    pub fn entry_revisions(&self) -> watch::Receiver<i64> {
+        self.changes.entry_revisions()
     }
 
     /// Starts a read transaction: its statements see one snapshot (on PostgreSQL `REPEATABLE

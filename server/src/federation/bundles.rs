@@ -359,21 +359,12 @@ mod tests {
 
     async fn federating_entry(ds: &Datastore, id: &str, with: &[&str]) -> String {
         let e = RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
-            parent_id: SpiffeId::new("spiffe://td/spire/agent/a").unwrap(),
-            selectors: vec!["unix:uid:1".parse().unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: Vec::new(),
             federates_with: with.iter().map(|t| td(t)).collect(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
-            revision: 0,
-            created_at: 0,
+            ..RegistrationEntry::new(
+                SpiffeId::new(&format!("spiffe://td/{id}")).unwrap(),
+                SpiffeId::new("spiffe://td/spire/agent/a").unwrap(),
+                vec!["unix:uid:1".parse().unwrap()],
+            )
         };
         ds.create_entries(vec![e]).await.unwrap().remove(0).id
     }

@@ -1,16 +1,14 @@
-//! The agent API (`sigil.agent.v1.Agent`) on `bind_address`, over TLS (see [`super::tls`]).
+//! The agent API (`sigil.agent.v1.Agent`) on `bind_address`, over TLS (see `super::tls`).
 //!
-//! AttestAgent needs no client certificate; every other RPC authenticates the caller by its
-//! agent X.509-SVID ([`AgentApi::authenticate`]) and authorizes entries by SPIRE's rule
-//! ([`super::authorization`]).
-//!
-//! Renewal follows SPIRE: RenewAgent records the new SVID's serial as the node's
-//! `new_cert_serial` and the old SVID keeps working until the agent first presents the new
-//! one, which then becomes `cert_serial`; from then on the old SVID is refused. A lost
-//! RenewAgent response therefore never locks an agent out.
+//! AttestAgent needs no client certificate; every other RPC is from an agent authenticated by
+//! its X.509-SVID before the handler runs (`authentication`, in the one middleware layer
+//! with the per-RPC metric: `crate::api::middleware`), and authorizes entries by SPIRE's rule
+//! (`super::authorization`). Signing a batch is spread over the cores (`signing`).
 
+mod authentication;
 pub mod config;
 mod rate_limit;
+mod signing;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -18,32 +16,46 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use sigil_common::listener::{self, Listener, TlsSource};
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::agent::v1::agent_server::{Agent, AgentServer};
 use sigil_proto::sigil::common::v1 as common;
-use sigil_proto::{Bundle, Selector, SpiffeId, TrustDomain};
+use sigil_proto::{Bundle, EntrySpiffeId, SpiffeId, TrustDomain};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use tower::Layer as _;
 
 use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEntries};
+use super::middleware::{RpcLayer, code_label};
 use super::tls::{ServerTls, TlsError};
 use super::{ca_status, datastore_status};
-use crate::ca::{Ca, JwtSvid};
+use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
-use crate::metrics::{Metrics, ResultLabel, RpcLabels};
+use crate::metrics::{Metrics, ResultLabel};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
 
+pub use authentication::AgentIdentity;
+use authentication::{AgentAuthenticator, caller, node_status};
 pub use config::{AgentApiConfig, RateLimitConfig};
 use rate_limit::RateLimiter;
+use signing::{JwtJob, sign_batch, sign_jwt_batch};
 use sync::SyncStream;
+
+/// Every RPC of the service, by its gRPC name (the middleware's metric labels).
+const METHODS: &[&str] = &[
+    "AttestAgent",
+    "RenewAgent",
+    "SyncEntries",
+    "BatchMintX509SVID",
+    "MintJWTSVID",
+    "BatchMintJWTSVID",
+];
 
 /// Both directions; the agent uses the same value (see `sigil_proto::limits`).
 const MAX_MESSAGE_SIZE: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
@@ -75,17 +87,6 @@ pub enum AgentApiError {
     Serve(std::io::Error),
 }
 
-/// Who called: an attested, unbanned agent presenting its current SVID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentIdentity {
-    pub id: SpiffeId,
-    /// The node selectors recorded at attestation.
-    pub selectors: Vec<Selector>,
-    /// When the SVID the connection was opened with expires: no call is answered after it,
-    /// and a sync stream ends then (TLS checks it only at the handshake).
-    pub svid_expires: SystemTime,
-}
-
 pub struct AgentApi {
     datastore: Datastore,
     ca: Arc<Ca>,
@@ -93,7 +94,7 @@ pub struct AgentApi {
     metrics: Arc<Metrics>,
     attestors: HashMap<&'static str, Arc<dyn NodeAttestor>>,
     authorization: Arc<AuthorizationCache>,
-    /// The latest entry revision, bumped by the admin API after each committed change.
+    /// The latest entry revision, from the datastore's change feed: wakes sync streams.
     revisions: watch::Receiver<i64>,
     /// `None` when `ratelimit { attestation = false }`.
     attest_limiter: Option<RateLimiter<IpAddr>>,
@@ -120,14 +121,13 @@ impl std::fmt::Debug for AgentApi {
 }
 
 impl AgentApi {
-    /// `revisions` is [`super::admin::AdminApi::entry_revisions`]: it wakes sync streams
-    /// when entries change. The `join_token` attestor is always available.
+    /// Sync streams wake on the datastore's [`Datastore::entry_revisions`] when entries change.
+    /// The `join_token` attestor is always available.
     pub fn new(
         datastore: Datastore,
         ca: Arc<Ca>,
         trust_domain: TrustDomain,
         metrics: Arc<Metrics>,
-        revisions: watch::Receiver<i64>,
     ) -> Self {
         let join_token: Arc<dyn NodeAttestor> = Arc::new(JoinTokenAttestor::new(
             trust_domain.clone(),
@@ -139,11 +139,11 @@ impl AgentApi {
                 trust_domain.clone(),
             )),
             attestors: HashMap::from([(join_token.name(), join_token)]),
+            revisions: datastore.entry_revisions(),
             datastore,
             ca,
             trust_domain,
             metrics,
-            revisions,
             attest_limiter: Some(RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST)),
             sign_limiter: Some(RateLimiter::new(SIGN_RATE_PER_SEC, SIGN_BURST)),
             sync_fallback: FALLBACK_TICK,
@@ -198,72 +198,11 @@ impl AgentApi {
         self
     }
 
-    /// Authenticates the caller by the agent SVID it presented in the TLS handshake (already
-    /// verified against the bundle by rustls): an agent ID of our trust domain, an attested
-    /// node that is not banned, and the node's current (or just renewed) serial.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentIdentity, Status> {
-        let certs = req
-            .peer_certs()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| Status::unauthenticated("an agent X.509-SVID is required"))?;
-        let presented = PresentedSvid::parse(&certs[0])?;
-        if SystemTime::now() >= presented.not_after {
-            return Err(Status::unauthenticated(
-                "the agent SVID of this connection has expired; attest again",
-            ));
-        }
-        if presented.id.trust_domain() != &self.trust_domain || !presented.id.is_agent_id() {
-            return Err(Status::permission_denied(format!(
-                "{} is not an agent ID of trust domain {}",
-                presented.id, self.trust_domain
-            )));
-        }
-        let node = self.current_node(&presented.id).await?;
-        if presented.serial != node.cert_serial {
-            if node.new_cert_serial.as_deref() != Some(presented.serial.as_str()) {
-                return Err(Status::permission_denied(
-                    "agent SVID is not the current one; renew or attest again",
-                ));
-            }
-            // First call with the renewed SVID: it becomes the node's only accepted one.
-            self.datastore
-                .update_attested_node_serial(
-                    &presented.id,
-                    &presented.serial,
-                    node.cert_expires_at,
-                    None,
-                )
-                .await
-                .map_err(datastore_status)?;
-        }
-        Ok(AgentIdentity {
-            id: presented.id,
-            selectors: node.selectors,
-            svid_expires: presented.not_after,
-        })
-    }
-
-    /// The attested node, refusing evicted and banned agents.
-    async fn current_node(&self, id: &SpiffeId) -> Result<AttestedNode, Status> {
-        node_status(&self.datastore, id).await
-    }
-
     async fn authorized(&self, agent: &AgentIdentity) -> Result<Arc<AuthorizedEntries>, Status> {
         self.authorization
             .authorized(&agent.id, &agent.selectors)
             .await
             .map_err(authorization_status)
-    }
-
-    fn count<T>(&self, method: &'static str, r: &Result<T, Status>) {
-        let result = match r {
-            Ok(_) => "ok",
-            Err(s) => code_label(s.code()),
-        };
-        self.metrics
-            .agent_requests
-            .get_or_create(&RpcLabels { method, result })
-            .inc();
     }
 
     fn count_signed(&self, n: usize, ok: bool) {
@@ -322,9 +261,11 @@ impl AgentApi {
             ))
         };
         let id = if requested.is_empty() {
-            match entry.template {
-                Some(_) => return Err(refuse("a template entry needs the rendered SPIFFE ID")),
-                None => entry.spiffe_id.clone(),
+            match &entry.spiffe_id {
+                EntrySpiffeId::Template(_) => {
+                    return Err(refuse("a template entry needs the rendered SPIFFE ID"));
+                }
+                EntrySpiffeId::Fixed(id) => id.clone(),
             }
         } else {
             SpiffeId::new(requested).map_err(|_| refuse("not a valid SPIFFE ID"))?
@@ -333,12 +274,36 @@ impl AgentApi {
             return Err(refuse(&reserved.to_string()));
         }
         if !entry.allows(&id) {
-            return Err(refuse(match entry.template {
-                Some(_) => "not an instance of the entry's template",
-                None => "not the entry's SPIFFE ID",
+            return Err(refuse(match entry.spiffe_id {
+                EntrySpiffeId::Template(_) => "not an instance of the entry's template",
+                EntrySpiffeId::Fixed(_) => "not the entry's SPIFFE ID",
             }));
         }
         Ok(id)
+    }
+
+    /// What a mint batch will sign, each item checked before any is signed (one refusal
+    /// refuses the whole call): its entry must be authorized for the agent and give the SPIFFE
+    /// ID asked for (`ids`: the item's entry ID and requested ID); `job` checks the rest of the
+    /// item and makes what is signed.
+    async fn batch_jobs<T, J>(
+        &self,
+        agent: &AgentIdentity,
+        items: Vec<T>,
+        ids: impl Fn(&T) -> (&String, &String),
+        job: impl Fn(T, &sigil_proto::RegistrationEntry, SpiffeId) -> Result<J, Status>,
+    ) -> Result<Vec<J>, Status> {
+        check_batch_len(items.len())?;
+        let authorized = self.authorized(agent).await?;
+        items
+            .into_iter()
+            .map(|item| {
+                let (entry_id, requested) = ids(&item);
+                let entry = self.check_authorized(agent, &authorized, entry_id)?;
+                let id = self.requested_id(agent, entry, requested)?;
+                job(item, entry, id)
+            })
+            .collect()
     }
 
     async fn attest(
@@ -426,80 +391,10 @@ impl AgentApi {
     }
 }
 
-/// What the presented leaf says.
-struct PresentedSvid {
-    id: SpiffeId,
-    /// Hex, no leading zero bytes (as the CA records it).
-    serial: String,
-    not_after: SystemTime,
-}
-
-impl PresentedSvid {
-    fn parse(der: &[u8]) -> Result<Self, Status> {
-        let bad = |why: &str| Status::unauthenticated(format!("invalid agent SVID: {why}"));
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|_| bad("not an X.509 certificate"))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|_| bad("malformed subjectAltName"))?
-            .ok_or_else(|| bad("no URI SAN"))?;
-        let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        });
-        let (Some(uri), None) = (uris.next(), uris.next()) else {
-            return Err(bad("an X.509-SVID carries exactly one URI SAN"));
-        };
-        let id = SpiffeId::new(uri).map_err(|e| bad(&e.to_string()))?;
-        let raw = cert.tbs_certificate.raw_serial();
-        let start = raw
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(raw.len().saturating_sub(1));
-        let not_after = u64::try_from(cert.validity().not_after.timestamp())
-            .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
-            .map_err(|_| bad("notAfter before 1970"))?;
-        Ok(PresentedSvid {
-            id,
-            serial: hex::encode(&raw[start..]),
-            not_after,
-        })
-    }
-}
-
-async fn node_status(datastore: &Datastore, id: &SpiffeId) -> Result<AttestedNode, Status> {
-    match datastore
-        .fetch_attested_node(id)
-        .await
-        .map_err(datastore_status)?
-    {
-        None => Err(Status::permission_denied(
-            "agent is not attested or was evicted",
-        )),
-        Some(n) if n.banned => Err(Status::permission_denied("agent is banned")),
-        Some(n) => Ok(n),
-    }
-}
-
 fn authorization_status(e: AuthorizationError) -> Status {
     match e {
         AuthorizationError::Datastore(e) => datastore_status(e),
     }
-}
-
-fn code_label(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::InvalidArgument => "invalid_argument",
-        tonic::Code::NotFound => "not_found",
-        tonic::Code::PermissionDenied => "permission_denied",
-        tonic::Code::Unauthenticated => "unauthenticated",
-        tonic::Code::ResourceExhausted => "resource_exhausted",
-        _ => "error",
-    }
-}
-
-fn ttl(seconds: u32) -> Option<Duration> {
-    (seconds != 0).then(|| Duration::from_secs(seconds.into()))
 }
 
 #[tonic::async_trait]
@@ -509,7 +404,6 @@ impl Agent for AgentApi {
         req: Request<pb::AttestAgentRequest>,
     ) -> Result<Response<pb::AttestAgentResponse>, Status> {
         let r = self.attest(req).await;
-        self.count("AttestAgent", &r);
         self.metrics
             .node_attestations
             .get_or_create(&ResultLabel {
@@ -526,37 +420,32 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        let r = async {
-            let agent = self.authenticate(&req).await?;
-            let req = req.into_inner();
-            if req.csr.is_empty() {
-                return Err(Status::invalid_argument("a CSR is required"));
-            }
-            self.check_sign_rate(&agent, 1)?;
-            let svid = self
-                .ca
-                .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
-                .map_err(ca_status)?;
-            self.count_signed(1, true);
-            let node = self.current_node(&agent.id).await?;
-            // The old SVID stays valid until the agent presents this one (see the module docs).
-            self.datastore
-                .update_attested_node_serial(
-                    &agent.id,
-                    &node.cert_serial,
-                    svid.expires_at.max(node.cert_expires_at),
-                    Some(&svid.serial),
-                )
-                .await
-                .map_err(datastore_status)?;
-            tracing::debug!(agent_id = %agent.id, serial = %svid.serial, "agent SVID renewed");
-            Ok(pb::RenewAgentResponse {
-                svid_chain: svid.chain,
-            })
+        let agent = caller(&req)?;
+        let req = req.into_inner();
+        if req.csr.is_empty() {
+            return Err(Status::invalid_argument("a CSR is required"));
         }
-        .await;
-        self.count("RenewAgent", &r);
-        r.map(Response::new)
+        self.check_sign_rate(&agent, 1)?;
+        let svid = self
+            .ca
+            .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
+            .map_err(ca_status)?;
+        self.count_signed(1, true);
+        let node = node_status(&self.datastore, &agent.id).await?;
+        // The old SVID stays valid until the agent presents this one (see `authentication`).
+        self.datastore
+            .update_attested_node_serial(
+                &agent.id,
+                &node.cert_serial,
+                svid.expires_at.max(node.cert_expires_at),
+                Some(&svid.serial),
+            )
+            .await
+            .map_err(datastore_status)?;
+        tracing::debug!(agent_id = %agent.id, serial = %svid.serial, "agent SVID renewed");
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid_chain: svid.chain,
+        }))
     }
 
     type SyncEntriesStream = ReceiverStream<Result<pb::SyncEntriesResponse, Status>>;
@@ -565,9 +454,7 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Response<Self::SyncEntriesStream>, Status> {
-        let r = self.authenticate(&req).await;
-        self.count("SyncEntries", &r);
-        let agent = r?;
+        let agent = caller(&req)?;
         let since = req.into_inner().since_revision;
         let (tx, rx) = mpsc::channel(4);
         let sync = SyncStream {
@@ -593,120 +480,106 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::BatchMintX509svidRequest>,
     ) -> Result<Response<pb::BatchMintX509svidResponse>, Status> {
-        let r = async {
-            let agent = self.authenticate(&req).await?;
-            let req = req.into_inner();
-            check_batch_len(req.requests.len())?;
-            let authorized = self.authorized(&agent).await?;
-            let mut jobs = Vec::with_capacity(req.requests.len());
-            for r in req.requests {
-                let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
-                let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
-                if r.csr.is_empty() {
-                    return Err(Status::invalid_argument(format!(
-                        "entry {:?}: a CSR is required",
-                        r.entry_id
-                    )));
-                }
-                jobs.push((entry.clone(), id, r.csr));
-            }
-            self.check_sign_rate(&agent, jobs.len())?;
-            let svids = sign_batch(self.ca.clone(), jobs).await;
-            self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
-            let failed = svids.iter().filter(|s| s.is_err()).count();
-            if failed > 0 {
-                self.count_signed(failed, false);
-            }
-            let svids = svids.into_iter().collect::<Result<Vec<_>, _>>()?;
-            tracing::debug!(agent_id = %agent.id, count = svids.len(), "X.509-SVIDs minted");
-            Ok(pb::BatchMintX509svidResponse { svids })
+        let agent = caller(&req)?;
+        let jobs = self
+            .batch_jobs(
+                &agent,
+                req.into_inner().requests,
+                |r| (&r.entry_id, &r.spiffe_id),
+                |r, entry, id| {
+                    if r.csr.is_empty() {
+                        return Err(Status::invalid_argument(format!(
+                            "entry {:?}: a CSR is required",
+                            r.entry_id
+                        )));
+                    }
+                    Ok((entry.clone(), id, r.csr))
+                },
+            )
+            .await?;
+        self.check_sign_rate(&agent, jobs.len())?;
+        let svids = sign_batch(self.ca.clone(), jobs).await;
+        self.count_signed(svids.iter().filter(|s| s.is_ok()).count(), true);
+        let failed = svids.iter().filter(|s| s.is_err()).count();
+        if failed > 0 {
+            self.count_signed(failed, false);
         }
-        .await;
-        self.count("BatchMintX509SVID", &r);
-        r.map(Response::new)
+        let svids = svids.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(agent_id = %agent.id, count = svids.len(), "X.509-SVIDs minted");
+        Ok(Response::new(pb::BatchMintX509svidResponse { svids }))
     }
 
     async fn mint_jwtsvid(
         &self,
         req: Request<pb::MintJwtsvidRequest>,
     ) -> Result<Response<pb::MintJwtsvidResponse>, Status> {
-        let r = async {
-            let agent = self.authenticate(&req).await?;
-            let req = req.into_inner();
-            if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
-                return Err(Status::invalid_argument(
-                    "at least one non-empty audience is required",
-                ));
-            }
-            let authorized = self.authorized(&agent).await?;
-            let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
-            let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
-            self.check_sign_rate(&agent, 1)?;
-            let signed = self
-                .ca
-                .sign_jwt_svid(&id, &req.audience, ttl(entry.jwt_svid_ttl));
-            self.metrics
-                .jwt_svids_signed
-                .get_or_create(&ResultLabel {
-                    result: crate::metrics::result_of(&signed),
-                })
-                .inc();
-            let svid = signed.map_err(ca_status)?;
-            Ok(pb::MintJwtsvidResponse {
-                token: svid.token,
-                expires_at: svid.expires_at,
-            })
+        let agent = caller(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "at least one non-empty audience is required",
+            ));
         }
-        .await;
-        self.count("MintJWTSVID", &r);
-        r.map(Response::new)
+        let authorized = self.authorized(&agent).await?;
+        let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
+        let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
+        self.check_sign_rate(&agent, 1)?;
+        let signed = self
+            .ca
+            .sign_jwt_svid(&id, &req.audience, entry.jwt_svid_ttl);
+        self.metrics
+            .jwt_svids_signed
+            .get_or_create(&ResultLabel {
+                result: crate::metrics::result_of(&signed),
+            })
+            .inc();
+        let svid = signed.map_err(ca_status)?;
+        Ok(Response::new(pb::MintJwtsvidResponse {
+            token: svid.token,
+            expires_at: svid.expires_at,
+        }))
     }
 
     async fn batch_mint_jwtsvid(
         &self,
         req: Request<pb::BatchMintJwtsvidRequest>,
     ) -> Result<Response<pb::BatchMintJwtsvidResponse>, Status> {
-        let r = async {
-            let agent = self.authenticate(&req).await?;
-            let req = req.into_inner();
-            check_batch_len(req.requests.len())?;
-            let authorized = self.authorized(&agent).await?;
-            // Every item is checked before any is signed: one refusal refuses the whole call.
-            let mut jobs = Vec::with_capacity(req.requests.len());
-            for r in req.requests {
-                let entry = self.check_authorized(&agent, &authorized, &r.entry_id)?;
-                let id = self.requested_id(&agent, entry, &r.spiffe_id)?;
-                if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-                    return Err(Status::invalid_argument(format!(
-                        "entry {:?}: at least one non-empty audience is required",
-                        r.entry_id
-                    )));
-                }
-                jobs.push(JwtJob {
-                    entry_id: r.entry_id,
-                    jwt_svid_ttl: entry.jwt_svid_ttl,
-                    id,
-                    audience: r.audience,
-                });
-            }
-            self.check_sign_rate(&agent, jobs.len())?;
-            let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
-            self.count_jwt_signed(&signed);
-            let svids = signed
-                .into_iter()
-                .map(|s| {
-                    s.map(|svid| pb::MintJwtsvidResponse {
-                        token: svid.token,
-                        expires_at: svid.expires_at,
+        let agent = caller(&req)?;
+        let jobs = self
+            .batch_jobs(
+                &agent,
+                req.into_inner().requests,
+                |r| (&r.entry_id, &r.spiffe_id),
+                |r, entry, id| {
+                    if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
+                        return Err(Status::invalid_argument(format!(
+                            "entry {:?}: at least one non-empty audience is required",
+                            r.entry_id
+                        )));
+                    }
+                    Ok(JwtJob {
+                        entry_id: r.entry_id,
+                        jwt_svid_ttl: entry.jwt_svid_ttl,
+                        id,
+                        audience: r.audience,
                     })
+                },
+            )
+            .await?;
+        self.check_sign_rate(&agent, jobs.len())?;
+        let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
+        self.count_jwt_signed(&signed);
+        let svids = signed
+            .into_iter()
+            .map(|s| {
+                s.map(|svid| pb::MintJwtsvidResponse {
+                    token: svid.token,
+                    expires_at: svid.expires_at,
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            tracing::debug!(agent_id = %agent.id, count = svids.len(), "JWT-SVIDs minted");
-            Ok(pb::BatchMintJwtsvidResponse { svids })
-        }
-        .await;
-        self.count("BatchMintJWTSVID", &r);
-        r.map(Response::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(agent_id = %agent.id, count = svids.len(), "JWT-SVIDs minted");
+        Ok(Response::new(pb::BatchMintJwtsvidResponse { svids }))
     }
 }
 
@@ -718,96 +591,6 @@ fn check_batch_len(len: usize) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-/// Signs every `(entry, SPIFFE ID, csr)` off the async runtime (see [`spread_over_cores`]).
-/// Results keep the request order.
-async fn sign_batch(
-    ca: Arc<Ca>,
-    jobs: Vec<(sigil_proto::RegistrationEntry, SpiffeId, Vec<u8>)>,
-) -> Vec<Result<pb::X509svidResult, Status>> {
-    spread_over_cores(jobs, move |(entry, id, csr)| {
-        let svid = ca
-            .sign_x509_svid_csr(&csr, &id, ttl(entry.x509_svid_ttl), &entry.dns_names)
-            .map_err(|e| {
-                Status::invalid_argument(format!(
-                    "entry {:?}: {}",
-                    entry.id,
-                    ca_status(e).message()
-                ))
-            })?;
-        Ok(pb::X509svidResult {
-            entry_id: entry.id,
-            svid_chain: svid.chain,
-            expires_at: svid.expires_at,
-        })
-    })
-    .await
-}
-
-/// One authorized BatchMintJWTSVID item: the entry's ID and JWT-SVID TTL, the SPIFFE ID to
-/// mint and the audience.
-struct JwtJob {
-    entry_id: String,
-    jwt_svid_ttl: u32,
-    id: SpiffeId,
-    audience: Vec<String>,
-}
-
-/// Signs every [`JwtJob`] off the async runtime (see [`spread_over_cores`]). Results keep
-/// the request order.
-async fn sign_jwt_batch(ca: Arc<Ca>, jobs: Vec<JwtJob>) -> Vec<Result<JwtSvid, Status>> {
-    spread_over_cores(jobs, move |job| {
-        ca.sign_jwt_svid(&job.id, &job.audience, ttl(job.jwt_svid_ttl))
-            .map_err(|e| {
-                Status::invalid_argument(format!(
-                    "entry {:?}: {}",
-                    job.entry_id,
-                    ca_status(e).message()
-                ))
-            })
-    })
-    .await
-}
-
-/// Runs `sign` on every job off the async runtime, in one chunk per core, so a large batch
-/// neither stalls the runtime's workers nor leaves a core idle. Results keep the job order.
-async fn spread_over_cores<J, R, F>(jobs: Vec<J>, sign: F) -> Vec<Result<R, Status>>
-where
-    J: Send + 'static,
-    R: Send + 'static,
-    F: Fn(J) -> Result<R, Status> + Send + Sync + 'static,
-{
-    if jobs.is_empty() {
-        return Vec::new();
-    }
-    let total = jobs.len();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = total.div_ceil(cores);
-    let sign = Arc::new(sign);
-    let mut handles = Vec::new();
-    let mut jobs = jobs.into_iter();
-    loop {
-        let part: Vec<_> = jobs.by_ref().take(chunk).collect();
-        if part.is_empty() {
-            break;
-        }
-        let sign = sign.clone();
-        handles.push(tokio::task::spawn_blocking(move || {
-            part.into_iter().map(|j| sign(j)).collect::<Vec<_>>()
-        }));
-    }
-    let mut out = Vec::with_capacity(total);
-    for h in handles {
-        match h.await {
-            Ok(part) => out.extend(part),
-            Err(e) => {
-                tracing::error!(error = %e, "signing task failed");
-                out.push(Err(Status::internal("signing failure")));
-            }
-        }
-    }
-    out
 }
 
 /// Serves the agent API on `listener` (bound to `bind_address`, with its connection caps)
@@ -822,11 +605,14 @@ pub async fn serve(
     // In the agent API task's span.
     let refresh = tls.clone().refresh_forever(cancel.clone());
     tokio::spawn(tracing::Instrument::in_current_span(refresh));
-    let routes = tonic::service::Routes::new(
-        AgentServer::new(api)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    let layer = RpcLayer::new(
+        AgentAuthenticator::new(api.datastore.clone(), api.trust_domain.clone()),
+        api.metrics.agent_requests.clone(),
     );
+    let service = AgentServer::new(api)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let routes = tonic::service::Routes::new(layer.layer(service));
     let acceptor: TlsSource = Arc::new(move || tokio_rustls::TlsAcceptor::from(tls.config()));
     listener::serve_grpc(listener, acceptor, routes, cancel)
         .await

@@ -8,13 +8,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{ClientConfig, RootCertStore};
 use sigil_common::listener::ConnectionLimiter;
 use sigil_common::tls::{Roots, SpiffeServerVerifier};
-use sigil_proto::RegistrationEntry;
 use sigil_proto::sigil::agent::v1::agent_client::AgentClient;
+use sigil_proto::{RegistrationEntry, Selector};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use super::authentication::PresentedSvid;
 use super::*;
 use crate::key_manager::MemoryKeyManager;
 
@@ -55,7 +58,6 @@ struct Harness {
     ca: Arc<Ca>,
     td: TrustDomain,
     addr: SocketAddr,
-    revisions: watch::Sender<i64>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
@@ -93,9 +95,8 @@ impl Harness {
         )
         .unwrap();
         let ca = Arc::new(ca);
-        let (revisions, rx) = watch::channel(0);
         let metrics = Metrics::new();
-        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone(), rx)
+        let mut api = AgentApi::new(ds.clone(), ca.clone(), td.clone(), metrics.clone())
             .with_rate_limits(limits);
         // Far beyond any test: a change that arrives was pushed, not polled.
         api.sync_fallback = Duration::from_secs(3600);
@@ -115,7 +116,6 @@ impl Harness {
             ca,
             td,
             addr,
-            revisions,
             metrics,
             cancel,
         }
@@ -207,32 +207,18 @@ impl Harness {
     }
 
     async fn create(&self, path: &str, parent: &SpiffeId, selectors: &[&str]) -> RegistrationEntry {
+        let selectors = selectors
+            .iter()
+            .map(|s| {
+                let (t, v) = s.split_once(':').unwrap();
+                Selector::from_parts(t, v).unwrap()
+            })
+            .collect();
         let entry = RegistrationEntry {
-            id: String::new(),
-            template: None,
-            spiffe_id: self.id(path),
-            parent_id: parent.clone(),
-            selectors: selectors
-                .iter()
-                .map(|s| {
-                    let (t, v) = s.split_once(':').unwrap();
-                    Selector::from_parts(t, v).unwrap()
-                })
-                .collect(),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
             dns_names: vec!["svc.example.org".into()],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            expires_at: None,
-            revision: 0,
-            created_at: 0,
+            ..RegistrationEntry::new(self.id(path), parent.clone(), selectors)
         };
-        let created = self.ds.create_entries(vec![entry]).await.unwrap().remove(0);
-        self.publish().await;
-        created
+        self.ds.create_entries(vec![entry]).await.unwrap().remove(0)
     }
 
     /// What the admin API's EvictAgent does.
@@ -243,12 +229,6 @@ impl Harness {
     /// What the admin API's BanAgent does.
     async fn ban(&self, id: &SpiffeId) {
         self.ds.set_attested_node_banned(id, true).await.unwrap();
-    }
-
-    /// What the admin API does after a commit.
-    async fn publish(&self) {
-        let r = self.ds.latest_entry_revision().await.unwrap();
-        self.revisions.send_replace(r);
     }
 }
 
@@ -389,6 +369,52 @@ async fn calls_without_an_agent_svid_are_refused() {
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 
+/// The middleware counts every call, refused ones included, under the RPC's name.
+#[tokio::test]
+async fn every_call_is_counted_by_method_and_outcome() {
+    let h = Harness::start().await;
+    let count = |method, result| {
+        h.metrics
+            .agent_requests
+            .get_or_create(&crate::metrics::RpcLabels { method, result })
+            .get()
+    };
+    let mut agent = h.attest().await;
+    assert_eq!(count("AttestAgent", "ok"), 1);
+    let mut anon = h.client(None).await;
+    anon.renew_agent(pb::RenewAgentRequest {
+        csr: key_and_csr().1,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(count("RenewAgent", "unauthenticated"), 1);
+    agent
+        .client
+        .renew_agent(pb::RenewAgentRequest {
+            csr: key_and_csr().1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(count("RenewAgent", "ok"), 1);
+    agent
+        .client
+        .mint_jwtsvid(pb::MintJwtsvidRequest {
+            entry_id: "none".into(),
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(count("MintJWTSVID", "permission_denied"), 1);
+}
+
+/// The metric's method labels are the wire contract's RPC names, every one of them.
+#[test]
+fn methods_are_the_rpcs_of_the_proto() {
+    let proto = include_str!("../../../../proto/proto/sigil/agent/v1/agent.proto");
+    assert_eq!(METHODS, crate::api::middleware::proto_rpcs(proto));
+}
+
 #[tokio::test]
 async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
     let h = Harness::start().await;
@@ -431,7 +457,6 @@ async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
     h.ds.delete_entries(std::slice::from_ref(&created.id))
         .await
         .unwrap();
-    h.publish().await;
     let msg = next(&mut stream).await;
     assert_eq!(msg.deleted_ids, std::slice::from_ref(&created.id));
     // The stream reads the revision before the entries, so a wake-up racing the delete may
@@ -576,12 +601,11 @@ async fn mint_checks_the_requested_id_against_the_entry() {
     let mut agent = h.attest().await;
     let fixed = h.create("/web", &agent.id, &["unix:uid:1"]).await;
     let template = RegistrationEntry {
-        template: Some(
+        spiffe_id: EntrySpiffeId::Template(
             "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}"
                 .parse()
                 .unwrap(),
         ),
-        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
         selectors: vec![Selector::new("k8s:ns").unwrap()],
         ..fixed.clone()
     };
@@ -593,7 +617,6 @@ async fn mint_checks_the_requested_id_against_the_entry() {
         .await
         .unwrap()
         .remove(0);
-    h.publish().await;
 
     let x509 = |entry_id: &str, spiffe_id: &str| pb::BatchMintX509svidRequest {
         requests: vec![pb::X509svidRequest {
@@ -698,13 +721,11 @@ async fn mints_refuse_reserved_ids() {
     let stale = h.create("/spire/server", &agent.id, &["unix:uid:1"]).await;
     let template = RegistrationEntry {
         id: String::new(),
-        template: Some("spiffe://example.org/{k8s:ns}/server".parse().unwrap()),
-        spiffe_id: SpiffeId::new("spiffe://example.org").unwrap(),
+        spiffe_id: EntrySpiffeId::Template("spiffe://example.org/{k8s:ns}/server".parse().unwrap()),
         selectors: vec![Selector::new("k8s:ns").unwrap()],
         ..stale.clone()
     };
     let template = h.ds.create_entries(vec![template]).await.unwrap().remove(0);
-    h.publish().await;
 
     let mut stream = agent
         .client
@@ -1041,10 +1062,9 @@ async fn batch_jwt_mint_answers_in_request_order_with_valid_tokens() {
     // An entry with its own JWT-SVID TTL.
     let mut short = web.clone();
     short.id = String::new();
-    short.spiffe_id = h.id("/short");
-    short.jwt_svid_ttl = 60;
+    short.spiffe_id = h.id("/short").into();
+    short.jwt_svid_ttl = Some(Duration::from_secs(60));
     let short = h.ds.create_entries(vec![short]).await.unwrap().remove(0);
-    h.publish().await;
 
     let asked = [
         (&db, "spiffe://example.org/db", vec!["a", "b"], 300),

@@ -1,10 +1,11 @@
-//! Server replicas sharing one datastore: each persists its own CA journal and the trust
-//! domain's bundle becomes the union of every replica's authorities ([`persist`]); every
-//! replica adopts that union ([`refresh_bundle`]) when the datastore's change feed says the
-//! bundle changed, and wakes its agents' sync streams when entries changed
-//! ([`follow_changes`]).
+//! The CA journal store: where this replica's CA is loaded from ([`load_journal`]), stored
+//! before any change to it takes effect ([`commit`], [`persist`]), and kept in step with the
+//! other replicas sharing the datastore.
 //!
-//! Only the one bundle row is read on a refresh: entries and nodes are not reloaded.
+//! Each replica persists its own CA journal and the trust domain's bundle becomes the union of
+//! every replica's authorities (stored with it, in one transaction); every replica adopts that
+//! union ([`refresh_bundle`]) when the datastore's change feed says the bundle changed
+//! ([`follow_changes`]). Only the one bundle row is read on a refresh.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,10 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use sigil_proto::Bundle;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::ca::replicas::union_bundle;
+use crate::ca::bundle_union::union_bundle;
 use crate::ca::{Ca, CaError, CaJournal, Pending, ReplicaId};
 use crate::datastore::{Change, Datastore, DatastoreError, JournalUnion, ReplicaJournal};
 
@@ -212,16 +212,15 @@ pub async fn refresh_bundle(datastore: &Datastore, ca: &Ca) -> anyhow::Result<bo
     Ok(changed)
 }
 
-/// Follows the datastore's change feed until `cancel` fires: an entry change made through any
-/// replica wakes this replica's sync streams (`revisions`) at once, and a change to the trust
-/// domain's bundle is adopted ([`refresh_bundle`]). On PostgreSQL the feed carries every
-/// replica's commits (`LISTEN`/`NOTIFY`); after a gap in it (`Resync`, or this subscriber
-/// lagging) both are re-read. [`refresh_bundle`] also runs every `period`, as a safety net that
-/// retries a persist which failed.
+/// Follows the datastore's change feed until `cancel` fires: a change to the trust domain's
+/// bundle made through any replica is adopted ([`refresh_bundle`]). On PostgreSQL the feed
+/// carries every replica's commits (`LISTEN`/`NOTIFY`); after a gap in it (`Resync`, or this
+/// subscriber lagging) the bundle is re-read. [`refresh_bundle`] also runs every `period`, as
+/// a safety net that retries a persist which failed. (Entry changes reach the agents' sync
+/// streams through [`Datastore::entry_revisions`], kept by the feed itself.)
 pub async fn follow_changes(
     datastore: Datastore,
     ca: Arc<Ca>,
-    revisions: watch::Sender<i64>,
     period: Duration,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -230,17 +229,13 @@ pub async fn follow_changes(
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (reread_entries, refresh) = tokio::select! {
+        let refresh = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            _ = tick.tick() => (false, true),
+            _ = tick.tick() => true,
             change = changes.recv() => match change {
-                Ok(Change::Entries { revision }) => {
-                    publish_revision(&revisions, revision);
-                    continue;
-                }
-                Ok(Change::Bundle(td)) => (false, td == own),
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => (true, true),
-                Ok(_) => continue,
+                Ok(Change::Bundle(td)) => td == own,
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => true,
+                Ok(_) => false,
                 // The datastore is closing: only the shutdown is left.
                 Err(RecvError::Closed) => {
                     cancel.cancelled().await;
@@ -248,30 +243,10 @@ pub async fn follow_changes(
                 }
             },
         };
-        if reread_entries {
-            match datastore.latest_entry_revision().await {
-                Ok(revision) => publish_revision(&revisions, revision),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the entry revision after a gap in the change feed")
-                }
-            }
-        }
         if refresh && let Err(e) = refresh_bundle(&datastore, &ca).await {
             tracing::warn!(error = %format!("{e:#}"), "cannot refresh the trust bundle; will retry");
         }
     }
-}
-
-/// Raises the published entry revision (never lowers it: feeds from several writers may
-/// arrive out of order).
-fn publish_revision(revisions: &watch::Sender<i64>, revision: i64) {
-    revisions.send_if_modified(|latest| {
-        let newer = revision > *latest;
-        if newer {
-            *latest = revision;
-        }
-        newer
-    });
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -530,12 +505,11 @@ mod tests {
         let ds_a = Datastore::open_postgres(&url).await.unwrap();
         let ds_b = Datastore::open_postgres(&url).await.unwrap();
         let a = Arc::new(replica(&ds_a, "a").await);
-        let (revisions, mut seen) = watch::channel(0);
+        let mut seen = ds_a.entry_revisions();
         let cancel = CancellationToken::new();
         let follower = tokio::spawn(follow_changes(
             ds_a.clone(),
             a.clone(),
-            revisions,
             Duration::from_secs(3600),
             cancel.clone(),
         ));

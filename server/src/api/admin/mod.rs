@@ -1,0 +1,264 @@
+//! The admin API (`sigil.admin.v1.Admin`) on the server's Unix socket, for the CLI: one gRPC
+//! service whose RPCs are answered by resource, as SPIRE splits its server APIs:
+//!
+//! - `entries`: registration entries;
+//! - `agents`: attested agents; `join_tokens`: tokens for new ones;
+//! - `bundles`: the trust domain's bundle and federated bundles;
+//! - `local_authorities`: the CA's authorities;
+//! - `mint`: SVIDs minted for the operator;
+//! - `health`: whether the server can serve.
+//!
+//! Who may call (`socket`: the server's own user) and the per-RPC metric are one layer in
+//! front of them all (`crate::api::middleware`).
+
+mod agents;
+mod bundles;
+mod entries;
+mod health;
+mod join_tokens;
+mod local_authorities;
+mod mint;
+mod socket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
+use sigil_proto::sigil::admin::v1 as pb;
+use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
+use sigil_proto::sigil::common::v1 as common;
+use sigil_proto::{SpiffeId, TrustDomain};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tower::Layer as _;
+
+use super::middleware::RpcLayer;
+use crate::ca::Ca;
+use crate::datastore::Datastore;
+use crate::federation::FederatedBundles;
+use crate::metrics::Metrics;
+use crate::ops::Readiness;
+
+pub use socket::bind_socket;
+
+/// Largest page a caller may ask for; bigger lists are paged.
+const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_PAGE_SIZE: u32 = 500;
+
+pub struct AdminApi {
+    entries: entries::Entries,
+    agents: agents::Agents,
+    join_tokens: join_tokens::JoinTokens,
+    bundles: bundles::Bundles,
+    local_authorities: local_authorities::LocalAuthorities,
+    mint: mint::Mint,
+    health: health::Health,
+    metrics: Arc<Metrics>,
+}
+
+impl AdminApi {
+    pub fn new(
+        datastore: Datastore,
+        ca: Arc<Ca>,
+        trust_domain: TrustDomain,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            entries: entries::Entries::new(datastore.clone(), trust_domain.clone()),
+            agents: agents::Agents::new(datastore.clone(), trust_domain.clone()),
+            join_tokens: join_tokens::JoinTokens::new(datastore.clone(), trust_domain.clone()),
+            bundles: bundles::Bundles::new(ca.clone(), datastore.clone()),
+            local_authorities: local_authorities::LocalAuthorities::new(
+                datastore.clone(),
+                ca.clone(),
+            ),
+            mint: mint::Mint::new(ca, trust_domain.clone(), metrics.clone()),
+            health: health::Health::new(datastore, trust_domain),
+            metrics,
+        }
+    }
+
+    /// `Health` reports the datastore write probe's last result from `readiness`.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.health.set_readiness(readiness);
+        self
+    }
+
+    /// Serves `bundle set/list/delete` from (and into) `federation`.
+    pub fn with_federation(mut self, federation: Arc<FederatedBundles>) -> Self {
+        self.bundles.set_federation(federation);
+        self
+    }
+}
+
+/// Implements [`Admin`] from a table of its RPCs, each answered by the resource that owns it,
+/// and lists their gRPC names in `METHODS` (the middleware's metric labels).
+macro_rules! rpcs {
+    ($($name:literal $rpc:ident($req:ty) -> $resp:ty => $resource:ident.$call:ident;)*) => {
+        /// Every RPC of the service, by its gRPC name.
+        const METHODS: &[&str] = &[$($name),*];
+
+        #[tonic::async_trait]
+        impl Admin for AdminApi {
+            $(
+                async fn $rpc(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    self.$resource.$call(req.into_inner()).await.map(Response::new)
+                }
+            )*
+        }
+    };
+}
+
+rpcs! {
+    "BatchCreateEntry" batch_create_entry(pb::BatchCreateEntryRequest) -> pb::BatchCreateEntryResponse => entries.batch_create;
+    "BatchUpdateEntry" batch_update_entry(pb::BatchUpdateEntryRequest) -> pb::BatchUpdateEntryResponse => entries.batch_update;
+    "BatchDeleteEntry" batch_delete_entry(pb::BatchDeleteEntryRequest) -> pb::BatchDeleteEntryResponse => entries.batch_delete;
+    "GetEntry" get_entry(pb::GetEntryRequest) -> common::RegistrationEntry => entries.get;
+    "ListEntries" list_entries(pb::ListEntriesRequest) -> pb::ListEntriesResponse => entries.list;
+    "CountEntries" count_entries(pb::CountEntriesRequest) -> pb::CountEntriesResponse => entries.count;
+    "CreateJoinToken" create_join_token(pb::CreateJoinTokenRequest) -> pb::CreateJoinTokenResponse => join_tokens.create;
+    "GetBundle" get_bundle(pb::GetBundleRequest) -> pb::GetBundleResponse => bundles.get;
+    "MintX509SVID" mint_x509svid(pb::MintX509svidRequest) -> pb::MintX509svidResponse => mint.x509_svid;
+    "MintJWTSVID" mint_jwtsvid(pb::MintJwtsvidRequest) -> pb::MintJwtsvidResponse => mint.jwt_svid;
+    "ListAgents" list_agents(pb::ListAgentsRequest) -> pb::ListAgentsResponse => agents.list;
+    "GetAgent" get_agent(pb::GetAgentRequest) -> common::AttestedNode => agents.get;
+    "EvictAgent" evict_agent(pb::EvictAgentRequest) -> pb::EvictAgentResponse => agents.evict;
+    "BanAgent" ban_agent(pb::BanAgentRequest) -> pb::BanAgentResponse => agents.ban;
+    "Health" health(pb::HealthRequest) -> pb::HealthResponse => health.check;
+    "SetFederatedBundle" set_federated_bundle(pb::SetFederatedBundleRequest) -> pb::SetFederatedBundleResponse => bundles.set_federated;
+    "ListFederatedBundles" list_federated_bundles(pb::ListFederatedBundlesRequest) -> pb::ListFederatedBundlesResponse => bundles.list_federated;
+    "DeleteFederatedBundle" delete_federated_bundle(pb::DeleteFederatedBundleRequest) -> pb::DeleteFederatedBundleResponse => bundles.delete_federated;
+    "CountBundles" count_bundles(pb::CountBundlesRequest) -> pb::CountBundlesResponse => bundles.count;
+    "LocalAuthority" local_authority(pb::LocalAuthorityRequest) -> pb::LocalAuthorityResponse => local_authorities.call;
+}
+
+/// Serves the admin API until `cancel` fires.
+pub async fn serve(
+    listener: UnixListener,
+    api: AdminApi,
+    cancel: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let layer = RpcLayer::new(
+        socket::OwnerOnly::server_user(),
+        api.metrics.admin_requests.clone(),
+    );
+    let service = AdminServer::new(api)
+        .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
+        .max_encoding_message_size(ADMIN_API_MAX_MESSAGE);
+    tonic::transport::Server::builder()
+        .add_service(layer.layer(service))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), cancel.cancelled_owned())
+        .await
+}
+
+/// A page size from a request: 0 asks for the default, and no page is larger than
+/// [`MAX_PAGE_SIZE`].
+fn page_size(asked: u32) -> u32 {
+    match asked {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+/// A SPIFFE ID from a request, which must be in our trust domain.
+fn parse_our_id(trust_domain: &TrustDomain, field: &str, s: &str) -> Result<SpiffeId, Status> {
+    let id =
+        SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("invalid {field}: {e}")))?;
+    if id.trust_domain() != trust_domain {
+        return Err(Status::invalid_argument(format!(
+            "invalid {field}: {id} is not in trust domain {trust_domain}"
+        )));
+    }
+    Ok(id)
+}
+
+/// [`parse_our_id`] for an ID a workload is to hold (a mint, a join token's alias entry):
+/// never one in the reserved namespace, as SPIRE's `VerifyTrustDomainWorkloadID`.
+fn parse_workload_id(trust_domain: &TrustDomain, field: &str, s: &str) -> Result<SpiffeId, Status> {
+    let id = parse_our_id(trust_domain, field, s)?;
+    id.check_not_reserved()
+        .map_err(|e| Status::invalid_argument(format!("invalid {field}: {id}: {e}")))?;
+    Ok(id)
+}
+
+/// An SVID TTL from a request, in seconds: 0 (the server's default) or at least the floor.
+fn check_ttl(field: &str, seconds: u64) -> Result<(), Status> {
+    crate::ca::config::check_svid_ttl(seconds)
+        .map_err(|m| Status::invalid_argument(format!("invalid {field}: {m}")))
+}
+
+/// A TTL from a request: `None` (0) means the server's default.
+fn ttl(seconds: u32) -> Option<Duration> {
+    (seconds != 0).then(|| Duration::from_secs(seconds.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tonic::codegen::http::Extensions;
+
+    use super::*;
+    use crate::api::middleware::Authorize;
+    use crate::ca::CaConfig;
+    use crate::key_manager::MemoryKeyManager;
+    use crate::metrics::RpcLabels;
+
+    /// Through a real socket and client: the owner check lets the server's own user through
+    /// and the middleware counts each call by method and outcome; a caller whose credentials
+    /// cannot be read is refused.
+    #[tokio::test]
+    async fn calls_pass_the_owner_check_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open("datastore.sqlite3", dir.path())
+            .await
+            .unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let (ca, _) = Ca::new(
+            CaConfig::new(td.clone()),
+            Arc::new(MemoryKeyManager::new()),
+            None,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        let path = dir.path().join("admin").join("api.sock");
+        let listener = bind_socket(&path).unwrap();
+        let cancel = CancellationToken::new();
+        let api = AdminApi::new(ds, Arc::new(ca), td, metrics.clone());
+        let served = tokio::spawn(serve(listener, api, cancel.clone()));
+        let mut client = crate::cli::client::connect(&path).await.unwrap();
+        let health = client.health(pb::HealthRequest {}).await.unwrap();
+        assert_eq!(health.into_inner().trust_domain, "example.org");
+        let missing = client
+            .get_entry(pb::GetEntryRequest { id: "none".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        let count = |method, result| {
+            metrics
+                .admin_requests
+                .get_or_create(&RpcLabels { method, result })
+                .get()
+        };
+        assert_eq!(count("Health", "ok"), 1);
+        assert_eq!(count("GetEntry", "not_found"), 1);
+
+        let refused = socket::OwnerOnly::server_user()
+            .authorize("Health", &mut Extensions::new())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        cancel.cancel();
+        served.await.unwrap().unwrap();
+    }
+
+    /// The metric's method labels are the wire contract's RPC names, every one of them.
+    #[test]
+    fn methods_are_the_rpcs_of_the_proto() {
+        let proto = include_str!("../../../../proto/proto/sigil/admin/v1/admin.proto");
+        assert_eq!(METHODS, super::super::middleware::proto_rpcs(proto));
+    }
+}

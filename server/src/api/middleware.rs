@@ -1,0 +1,178 @@
+//! The one tower layer in front of every RPC of both gRPC APIs: it authorizes the caller before
+//! any handler runs and counts each call's outcome, so the handlers hold only their domain
+//! logic (SPIRE's `pkg/server/api/middleware` split).
+//!
+//! - Authorization is the API's [`Authorize`]: the admin API checks the caller's UID on its
+//!   Unix socket, the agent API authenticates the agent by its X.509-SVID and hands the
+//!   handler who called through the request's extensions.
+//! - The metric is `sigil_server_<api>_requests_total{method, result}`: `method` is the RPC's
+//!   name, `result` is `ok` or the gRPC status ([`code_label`]). A refusal is counted too.
+//!
+//! A path that names no RPC of the API goes straight to tonic (which answers UNIMPLEMENTED),
+//! neither authorized nor counted: nothing is served on it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http::{self, Extensions};
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+
+use crate::metrics::RpcLabels;
+
+/// Who may call an API's RPCs.
+pub(crate) trait Authorize: Clone + Send + Sync + 'static {
+    /// The RPCs the API serves, as their gRPC names (`BatchCreateEntry`): the metric's
+    /// `method` label.
+    const METHODS: &'static [&'static str];
+
+    /// Refuses the call, or lets it through; may record who called in `extensions`, which
+    /// the handler reads from its `tonic::Request`.
+    fn authorize(
+        &self,
+        method: &'static str,
+        extensions: &mut Extensions,
+    ) -> impl Future<Output = Result<(), Status>> + Send;
+}
+
+/// Wraps an API's tonic service in [`Rpc`].
+#[derive(Clone)]
+pub(crate) struct RpcLayer<A> {
+    authorize: A,
+    requests: Family<RpcLabels, Counter>,
+}
+
+impl<A: Authorize> RpcLayer<A> {
+    /// `requests` is the API's `<api>_requests` family in [`crate::metrics::Metrics`].
+    pub(crate) fn new(authorize: A, requests: Family<RpcLabels, Counter>) -> Self {
+        Self {
+            authorize,
+            requests,
+        }
+    }
+}
+
+impl<S, A: Clone> tower::Layer<S> for RpcLayer<A> {
+    type Service = Rpc<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rpc {
+            inner,
+            authorize: self.authorize.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// An API's service behind the layer: see the module docs.
+#[derive(Clone)]
+pub(crate) struct Rpc<S, A> {
+    inner: S,
+    authorize: A,
+    requests: Family<RpcLabels, Counter>,
+}
+
+impl<S: NamedService, A> NamedService for Rpc<S, A> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, A> Service<http::Request<Body>> for Rpc<S, A>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    A: Authorize,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The service made ready by `poll_ready` serves this call; a clone stays behind.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let Some(method) = method_of(request.uri().path(), A::METHODS) else {
+            return Box::pin(inner.call(request));
+        };
+        let authorize = self.authorize.clone();
+        let requests = self.requests.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let response = match authorize.authorize(method, &mut parts.extensions).await {
+                Ok(()) => inner.call(http::Request::from_parts(parts, body)).await?,
+                Err(status) => status.into_http(),
+            };
+            // A handler's error travels in the response headers; an answer's status comes
+            // later, in the trailers, and is OK.
+            let result = Status::from_header_map(response.headers())
+                .map_or("ok", |status| code_label(status.code()));
+            requests.get_or_create(&RpcLabels { method, result }).inc();
+            Ok(response)
+        })
+    }
+}
+
+/// The RPC a gRPC path (`/<package>.<Service>/<Method>`) names, if `methods` has it.
+fn method_of(path: &str, methods: &'static [&'static str]) -> Option<&'static str> {
+    let (_, name) = path.rsplit_once('/')?;
+    methods.iter().copied().find(|m| *m == name)
+}
+
+/// The `result` label of a call's gRPC status.
+pub(crate) fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        _ => "error",
+    }
+}
+
+/// The RPC names a service declares in its `.proto` file (`rpc Name(`), for tests that check
+/// an [`Authorize::METHODS`] list against the wire contract.
+#[cfg(test)]
+pub(crate) fn proto_rpcs(proto: &str) -> Vec<&str> {
+    proto
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split_once('(').map(|(name, _)| name.trim()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_comes_from_the_path_and_must_be_listed() {
+        const METHODS: &[&str] = &["GetEntry", "MintX509SVID"];
+        assert_eq!(
+            method_of("/sigil.admin.v1.Admin/MintX509SVID", METHODS),
+            Some("MintX509SVID")
+        );
+        assert_eq!(method_of("/sigil.admin.v1.Admin/Other", METHODS), None);
+        assert_eq!(method_of("/sigil.admin.v1.Admin/", METHODS), None);
+        assert_eq!(method_of("", METHODS), None);
+    }
+
+    #[test]
+    fn proto_rpcs_lists_every_rpc_line() {
+        let proto = "service A {\n    rpc One(X) returns (Y);\n  // rpc Not(X)\n    rpc Two (X) returns (stream Y);\n}";
+        assert_eq!(proto_rpcs(proto), ["One", "Two"]);
+    }
+}
