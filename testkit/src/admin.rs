@@ -1,5 +1,9 @@
 //! Driving the server's admin API straight over its Unix socket, for tests that need more than
-//! the CLI gives: bulk loads, exact gRPC codes, writes racing a kill.
+//! the CLI gives: bulk loads, exact gRPC codes, writes racing a kill; and the benchmark's loads.
+//!
+//! [`uds_channel`] is the kit's one Unix-socket gRPC channel (the admin API and the Workload
+//! API). The binaries have their own; once the shared one lands in `sigil-common` (issue 16
+//! item 3) the kit can use that instead.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,14 +13,6 @@ use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
 use tonic::transport::{Channel, Endpoint};
-
-/// A single-threaded runtime for a test's async part.
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A gRPC channel over the Unix socket at `socket` (the admin API or the Workload API).
 pub async fn uds_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sigil_tests::{Server, ServerOptions, server_bin, wait_for};
+use sigil_testkit::{Server, ServerOptions, server_bin, wait_for};
 
 /// Uid of the other user in these attacks (nobody).
 const OTHER_UID: u32 = 65534;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sigil_tests::{Agent, Server, ServerOptions, openssl, register_uid, wait_for};
+use sigil_testkit::{Agent, Server, ServerOptions, openssl, register_uid, wait_for};
 
 fn token(server: &Server) -> String {
     server.cli_json(&["token", "generate"])["value"]
@@ -141,7 +141,7 @@ fn agent_attests_serves_survives_restarts_and_server_outages() {
 fn agent_without_svid_or_token_exits_with_a_clear_message() {
     let server = Server::start(ServerOptions::default());
     let agent = Agent::configure(&server);
-    let out = std::process::Command::new(sigil_tests::agent_bin())
+    let out = std::process::Command::new(sigil_testkit::agent_bin())
         .args(["run", "-config"])
         .arg(&agent.config)
         .output()
@@ -154,7 +154,7 @@ fn agent_without_svid_or_token_exits_with_a_clear_message() {
         "{stderr}"
     );
 
-    let bad = std::process::Command::new(sigil_tests::agent_bin())
+    let bad = std::process::Command::new(sigil_testkit::agent_bin())
         .args(["run", "-config", "/nonexistent/agent.conf"])
         .output()
         .unwrap();

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, attested_agent, http_get, python, register_uid, wait_for,
 };
 

@@ -18,7 +18,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, bin_dir, register_uid, wait_for};
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, bin_dir, register_uid, wait_for,
+};
 
 const ROOT_ID: &str = "spiffe://example.org/root-only";
 const NOBODY_ID: &str = "spiffe://example.org/nobody";

@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_tests::admin::{admin_client, entry_batch, rt};
-use sigil_tests::tmpfs::Tmpfs;
-use sigil_tests::{Server, ServerOptions, http_get, sqlite3, wait_for};
+use sigil_testkit::admin::{admin_client, entry_batch};
+use sigil_testkit::rt;
+use sigil_testkit::tmpfs::Tmpfs;
+use sigil_testkit::{Server, ServerOptions, http_get, sqlite3, wait_for};
 
 /// Creates `size` entries in one call; `Err(status)` as the client saw it.
 fn create(server: &Server, load: &str, b: usize, size: usize) -> Result<(), tonic::Status> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sigil_tests::{Agent, Server, ServerOptions, bin_dir, free_port, python, wait_for};
+use sigil_testkit::{Agent, Server, ServerOptions, bin_dir, free_port, python, wait_for};
 
 const TD: &str = "example.org";
 const PAYMENT_PROCESSOR: &str = "spiffe://example.org/ns/payments/sa/payment-processor";
@@ -65,7 +65,7 @@ impl Proc {
     fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            sigil_tests::wait_child(&mut child, Duration::from_secs(10));
+            sigil_testkit::wait_child(&mut child, Duration::from_secs(10));
         }
     }
 }

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
-use sigil_tests::tmpfs::server_on_tmpfs;
-use sigil_tests::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
+use sigil_testkit::admin::{admin_client, entries_per_batch, entry_batch};
+use sigil_testkit::rt;
+use sigil_testkit::tmpfs::server_on_tmpfs;
+use sigil_testkit::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;

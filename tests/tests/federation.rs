@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, python, register_uid, wait_for};
+use sigil_testkit::{Agent, Server, ServerOptions, attested_agent, python, register_uid, wait_for};
 
 fn uid() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -347,7 +347,7 @@ fn bundle_set_list_delete_errors() {
 
     // PEM from standard input (no -path), then list and count.
     let pem = a.cli_ok(&["bundle", "show"]);
-    let mut child = Command::new(sigil_tests::server_bin())
+    let mut child = Command::new(sigil_testkit::server_bin())
         .args(["bundle", "set", "-id", "spiffe://o.test", "-socketPath"])
         .arg(&a.socket)
         .stdin(std::process::Stdio::piped())
@@ -420,7 +420,7 @@ fn x5c(doc: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
-    let port = sigil_tests::free_port();
+    let port = sigil_testkit::free_port();
     // ca_ttl 60 s: the next CA joins the bundle 30 s in.
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
@@ -473,8 +473,8 @@ fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
 fn bundle_endpoint_https_web_uses_the_serving_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) =
-        sigil_tests::self_signed_serving_cert(dir.path(), "127.0.0.1", "IP:127.0.0.1");
-    let port = sigil_tests::free_port();
+        sigil_testkit::self_signed_serving_cert(dir.path(), "127.0.0.1", "IP:127.0.0.1");
+    let port = sigil_testkit::free_port();
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
         extra_server: format!(
@@ -509,7 +509,7 @@ fn pem_count(text: &str) -> usize {
 
 #[test]
 fn polling_picks_up_a_foreign_ca_rotation_without_restart() {
-    let (port_a, port_b) = (sigil_tests::free_port(), sigil_tests::free_port());
+    let (port_a, port_b) = (sigil_testkit::free_port(), sigil_testkit::free_port());
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
         extra_server: federation_block(port_a, "b.test", port_b),
@@ -577,7 +577,7 @@ fn polling_an_https_web_endpoint_uses_the_web_pki_roots() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
     let run = |args: &[&str]| {
-        let (ok, out) = sigil_tests::openssl(args);
+        let (ok, out) = sigil_testkit::openssl(args);
         assert!(ok, "{args:?}: {out}");
     };
     let ec = [
@@ -635,7 +635,7 @@ fn polling_an_https_web_endpoint_uses_the_web_pki_roots() {
         &cert,
     ]);
 
-    let port_b = sigil_tests::free_port();
+    let port_b = sigil_testkit::free_port();
     let b = Server::start(ServerOptions {
         trust_domain: "b.test".into(),
         extra_server: format!(

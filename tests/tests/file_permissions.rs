@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, agent_bin, attested_agent, free_port, self_signed_serving_cert,
     server_bin,
 };

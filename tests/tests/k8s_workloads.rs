@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use sigil_tests::k8s::{kube, psat_server_plugin};
-use sigil_tests::kubelet::{self, TestPod};
-use sigil_tests::{Agent, Server, ServerOptions, agent_bin, wait_for};
+use sigil_testkit::k8s::{kube, psat_server_plugin};
+use sigil_testkit::kubelet::{self, TestPod};
+use sigil_testkit::{Agent, Server, ServerOptions, agent_bin, wait_for};
 
 /// Adds `WorkloadAttestor "k8s"` (read-only port, fake proc root) to the agent's config.
 fn with_k8s_attestor(agent: &Agent, kubelet_port: u16, proc_root: &Path) {

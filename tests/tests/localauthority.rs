@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, attested_agent, free_port, http_get, pem_certs, register_uid,
     wait_for,
 };

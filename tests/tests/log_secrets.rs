@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
-use sigil_tests::{Agent, Server, ServerOptions, register_uid};
+use sigil_testkit::{Agent, Server, ServerOptions, register_uid};
 
 /// Every needle of one secret: its PEM body lines, and the first 32 characters of its DER in
 /// standard and URL-safe base64 and in hex.
@@ -101,7 +101,7 @@ fn no_secret_in_any_log_line() {
     );
     let svid_dir = dir.join("workload");
     std::fs::create_dir_all(&svid_dir).unwrap();
-    sigil_tests::wait_for(
+    sigil_testkit::wait_for(
         "the workload's X509-SVID",
         std::time::Duration::from_secs(30),
         || {
@@ -175,7 +175,7 @@ fn no_secret_in_any_log_line() {
     // A CSR sent over the admin API, and one more JWT minted there.
     let csr_key = dir.join("csr.key");
     let csr_der = dir.join("csr.der");
-    let (ok, text) = sigil_tests::openssl(&[
+    let (ok, text) = sigil_testkit::openssl(&[
         "req",
         "-new",
         "-newkey",
@@ -201,7 +201,7 @@ fn no_secret_in_any_log_line() {
     let socket = server.socket.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let admin_jwt = rt.block_on(async move {
-        let channel = sigil_tests::admin::uds_channel(&socket).await.unwrap();
+        let channel = sigil_testkit::admin::uds_channel(&socket).await.unwrap();
         let mut client = AdminClient::new(channel);
         client
             .mint_x509svid(admin::MintX509svidRequest {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, free_port, python, register_uid};
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, free_port, python, register_uid,
+};
 
 const AUDIENCE: &str = "payments-api";
 const WORKLOAD_ID: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
@@ -350,7 +352,7 @@ fn https_with_cert_files_names_the_issuer_after_the_host() {
     let port = free_port();
     let tls_dir = tempfile::tempdir().unwrap();
     let (cert, key) =
-        sigil_tests::self_signed_serving_cert(tls_dir.path(), "localhost", "DNS:localhost");
+        sigil_testkit::self_signed_serving_cert(tls_dir.path(), "localhost", "DNS:localhost");
     let _server = Server::start(ServerOptions {
         extra_top: format!(
             "oidc_discovery {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {port}\n  domains = [\"localhost\"]\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{Server, ServerOptions, attested_agent, register_uid, sqlite3, wait_for};
+use sigil_testkit::admin::admin_client;
+use sigil_testkit::rt;
+use sigil_testkit::{Server, ServerOptions, attested_agent, register_uid, sqlite3, wait_for};
 
 /// The server prunes every 30 s (and at start); a margin on top.
 const PRUNED_WITHIN: Duration = Duration::from_secs(90);

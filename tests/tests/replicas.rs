@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, openssl, pem_certs, python, register_uid, wait_for,
 };
 
@@ -70,7 +70,7 @@ fn fetch_once(agent: &Agent) -> Result<(), String> {
 #[test]
 fn two_replicas_one_bundle_and_agent_failover() {
     let a = Server::start(ServerOptions {
-        postgres: Some(sigil_testpg::database("replicas")),
+        postgres: Some(sigil_testkit::postgres::database("replicas")),
         ..ServerOptions::default()
     });
     let ca_a = x509_authorities(&a);

@@ -14,8 +14,9 @@ use std::time::Duration;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{
+use sigil_testkit::admin::admin_client;
+use sigil_testkit::rt;
+use sigil_testkit::{
     Agent, Server, ServerOptions, agent_bin, attested_agent, register_uid, sqlite3, wait_for,
 };
 

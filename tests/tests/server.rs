@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use sigil_tests::{Server, ServerOptions, http_get, openssl, pem_certs, server_bin, wait_for};
+use sigil_testkit::{Server, ServerOptions, http_get, openssl, pem_certs, server_bin, wait_for};
 use x509_parser::prelude::*;
 
 const SEED_SPIFFE_ID: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
@@ -757,7 +757,7 @@ fn kill9_during_a_1000_entry_batch_is_all_or_nothing() {
 
 #[test]
 fn health_live_ready_and_metrics() {
-    let prometheus_port = sigil_tests::free_port();
+    let prometheus_port = sigil_testkit::free_port();
     let server = Server::start(ServerOptions {
         extra_top: format!(
             "telemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {prometheus_port}\n  }}\n}}"

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sigil_tests::{
+use sigil_testkit::{
     Server, ServerOptions, attested_agent, free_port, http_get, register_uid,
     self_signed_serving_cert, server_bin, sqlite3, wait_for,
 };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sigil_tests::{Server, ServerOptions, attested_agent, wait_for};
+use sigil_testkit::{Server, ServerOptions, attested_agent, wait_for};
 
 fn uid() -> u32 {
     nix::unistd::geteuid().as_raw()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use sigil_tests::{
+use sigil_testkit::{
     Server, ServerOptions, attested_agent, openssl, pem_certs, python, register_uid, server_bin,
     wait_child, wait_for,
 };

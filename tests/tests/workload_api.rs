@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, agent_bin, attested_agent, openssl, pem_certs, python,
     register_uid, wait_for,
 };
@@ -243,7 +243,7 @@ fn only_the_callers_identities_and_clear_errors() {
 
     // Without the security header: InvalidArgument, whatever the caller.
     rt().block_on(async {
-        let channel = sigil_tests::admin::uds_channel(&agent.socket)
+        let channel = sigil_testkit::admin::uds_channel(&agent.socket)
             .await
             .unwrap();
         let mut raw =
