@@ -74,6 +74,25 @@ impl Agent {
         String::from_utf8_lossy(&self.cli(&["api", "fetch", "x509"]).stdout).into_owned()
     }
 
+    /// `api fetch x509 -write <dir>` into a fresh temp dir: this process's SVIDs, keys and
+    /// bundles as files (`svid.0.pem`, `svid.0.key`, `bundle.0.pem`, `federated_bundle.0.*.pem`).
+    /// `Err` holds the CLI's stderr when the fetch fails.
+    pub fn write_x509(&self) -> Result<tempfile::TempDir, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = self.cli(&[
+            "api",
+            "fetch",
+            "x509",
+            "-write",
+            dir.path().to_str().expect("UTF-8 path"),
+        ]);
+        if out.status.success() {
+            Ok(dir)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     /// Waits until this process's workload gets an X509-SVID.
     pub fn wait_for_svid(&self, timeout: Duration) {
         wait_for("the workload's X509-SVID", timeout, || {

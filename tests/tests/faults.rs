@@ -20,15 +20,12 @@ use sigil_proto::sigil::common::v1 as common;
 use sigil_testkit::admin::{admin_client, entries_per_batch, entry_batch};
 use sigil_testkit::rt;
 use sigil_testkit::tmpfs::server_on_tmpfs;
+use sigil_testkit::verify::sqlite_integrity;
 use sigil_testkit::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;
 const KILLS: usize = 20;
-
-fn integrity_check(db: &Path) -> String {
-    sqlite3(db, "PRAGMA integrity_check;")
-}
 
 /// Entries per batch of `round`, read straight from the file.
 fn batches_present(db: &Path, round: usize) -> BTreeMap<usize, usize> {
@@ -87,7 +84,7 @@ fn kill9_mid_write_loses_no_acknowledged_entry_and_no_batch_is_partial() {
         writer.join().unwrap();
 
         // The file as the crash left it (WAL included), before the server touches it again.
-        assert_eq!(integrity_check(&db), "ok", "round {round}");
+        assert_eq!(sqlite_integrity(&db), "ok", "round {round}");
         server.spawn();
         let present = batches_present(&db, round);
         let acked = acked.lock().unwrap().clone();
@@ -176,7 +173,7 @@ fn disk_full_gives_a_clear_error_and_no_corruption() {
     server.cli_ok(&["entry", "count"]);
     let mut server = server;
     server.stop();
-    assert_eq!(integrity_check(&db), "ok");
+    assert_eq!(sqlite_integrity(&db), "ok");
     let present = batches_present(&db, 0);
     for b in &acked {
         assert_eq!(present.get(b), Some(&BATCH), "acknowledged batch {b}");
@@ -246,6 +243,6 @@ fn read_only_data_dir_gives_a_clear_error_and_no_corruption() {
         }
     }
     fs.remount("rw");
-    assert_eq!(integrity_check(&db), "ok");
+    assert_eq!(sqlite_integrity(&db), "ok");
     assert_eq!(batches_present(&db, 0).get(&0), Some(&BATCH));
 }

@@ -6,11 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sigil_testkit::{Agent, Server, ServerOptions, attested_agent, python, register_uid, wait_for};
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
+use sigil_testkit::python::python_json;
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, multi_thread_rt, python, register_uid, uid,
+    wait_for,
+};
 
 fn server(td: &str) -> Server {
     Server::start(ServerOptions {
@@ -19,37 +19,12 @@ fn server(td: &str) -> Server {
     })
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn client(agent: &Agent) -> spiffe::WorkloadApiClient {
-    spiffe::WorkloadApiClient::connect_to(format!("unix://{}", agent.socket.display()))
-        .await
-        .unwrap()
-}
-
 /// Writes `svid.0.pem`, `svid.0.key`, `bundle.0.pem` and `federated_bundle.0.*.pem` into a new
 /// temp dir, through the Workload API.
 fn fetch_files(agent: &Agent) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "-write",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "fetch x509: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
+    agent
+        .write_x509()
+        .unwrap_or_else(|e| panic!("fetch x509: {e}"))
 }
 
 /// Copies `from`'s own bundle into `to` as a federated bundle.
@@ -116,23 +91,17 @@ fn mtls(
     client_dir: &str,
     client_trust: &str,
 ) -> serde_json::Value {
-    let out = Command::new(python())
-        .args([
+    python_json(
+        "py-spiffe-tls mTLS",
+        &[
             "-c",
             MTLS,
             server_dir,
             server_trust,
             client_dir,
             client_trust,
-        ])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+        ],
+    )
 }
 
 fn federated_file(dir: &tempfile::TempDir) -> Option<String> {
@@ -215,10 +184,10 @@ fn two_trust_domains_authenticate_each_other_with_workload_api_material() {
     assert!(r.get("client_error").is_some(), "{r}");
 
     // JWT-SVIDs: A's federating workload validates B's token; the local-only one refuses it.
-    rt().block_on(async {
-        let cb = client(&agent_b).await;
+    multi_thread_rt().block_on(async {
+        let cb = agent_b.workload_client().await;
         let token = cb.fetch_jwt_svid(["a-api"], None).await.unwrap();
-        let ca = client(&agent_a).await;
+        let ca = agent_a.workload_client().await;
         let validated = ca.validate_jwt_token("a-api", token.token()).await.unwrap();
         assert_eq!(
             validated.spiffe_id().to_string(),
@@ -230,7 +199,7 @@ fn two_trust_domains_authenticate_each_other_with_workload_api_material() {
                 .get(&spiffe::TrustDomain::new("b.test").unwrap())
                 .is_some()
         );
-        let ca2 = client(&agent_a2).await;
+        let ca2 = agent_a2.workload_client().await;
         assert!(
             ca2.validate_jwt_token("a-api", token.token())
                 .await

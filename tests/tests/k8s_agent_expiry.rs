@@ -7,13 +7,9 @@
 use std::time::Duration;
 
 use sigil_testkit::k8s::{kube, psat_server_plugin};
-use sigil_testkit::{Agent, Server, ServerOptions, http_get, register_uid, wait_for};
+use sigil_testkit::{Agent, Server, ServerOptions, http_get, register_uid, uid, wait_for};
 
 const CLUSTER: &str = "prod";
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
 
 #[test]
 fn a_psat_agent_whose_svid_expired_attests_again_and_serves_again() {

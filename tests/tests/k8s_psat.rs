@@ -8,13 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sigil_testkit::k8s::{FakeApiServer, kube, psat_server_plugin};
-use sigil_testkit::{Agent, Server, ServerOptions, register_uid, wait_for};
+use sigil_testkit::{Agent, Server, ServerOptions, register_uid, uid, wait_for};
 
 const CLUSTER: &str = "prod";
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
 
 /// A namespace of its own with SA `spire-agent`, a node `<ns>-node` and pod `agent-0` on it.
 struct World {

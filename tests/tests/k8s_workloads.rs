@@ -94,13 +94,8 @@ fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
     let proc_dir = tempfile::tempdir().unwrap();
     let proc_root = proc_dir.path();
 
-    let token = server
-        .cli_ok(&["token", "generate", "-ttl", "600"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let token = server.join_token();
+    let agent_id = server.join_token_agent_id(&token);
     server.cli_json(&[
         "entry",
         "create",

@@ -13,6 +13,7 @@ use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
+use sigil_testkit::net::counter_sum;
 use sigil_testkit::rt;
 use sigil_testkit::{Server, ServerOptions, attested_agent, http_get, server_bin, wait_for};
 use tonic::transport::Channel;
@@ -168,11 +169,7 @@ fn svids_minted(health_port: u16) -> u64 {
     let Some((200, body)) = http_get(health_port, "/metrics") else {
         return 0;
     };
-    body.lines()
-        .filter(|l| l.starts_with("sigil_agent_x509_svids_minted_total") && l.contains("\"ok\""))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    counter_sum(&body, "sigil_agent_x509_svids_minted_total", "\"ok\"")
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
+use sigil_testkit::verify::openssl_verify;
 use sigil_testkit::{Server, ServerOptions, http_get, openssl, pem_certs, server_bin, wait_for};
 use x509_parser::prelude::*;
 
@@ -498,13 +499,7 @@ fn x509_mint_verifies_with_openssl_and_matches_the_svid_profile() {
         0o600,
         "key file 0600"
     );
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        bundle.to_str().unwrap(),
-        svid.to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(&bundle, &svid, &[]);
     assert!(ok, "openssl verify: {text}");
     // The private key belongs to the certificate.
     let (_, cert_pub) = openssl(&["x509", "-in", svid.to_str().unwrap(), "-noout", "-pubkey"]);
@@ -648,13 +643,7 @@ fn restart_keeps_entries_bundle_and_ca() {
         "-write",
         dir.to_str().unwrap(),
     ]);
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        dir.join("bundle.pem").to_str().unwrap(),
-        dir.join("svid.pem").to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(&dir.join("bundle.pem"), &dir.join("svid.pem"), &[]);
     assert!(ok, "{text}");
     assert_eq!(
         std::fs::read_to_string(dir.join("bundle.pem")).unwrap(),
@@ -861,13 +850,7 @@ fn ca_rotation_prepares_activates_and_keeps_the_old_ca() {
                 _ => None,
             })
             .unwrap();
-        let (ok, text) = openssl(&[
-            "verify",
-            "-x509_strict",
-            "-CAfile",
-            dir.join("bundle.pem").to_str().unwrap(),
-            dir.join("svid.pem").to_str().unwrap(),
-        ]);
+        let (ok, text) = openssl_verify(&dir.join("bundle.pem"), &dir.join("svid.pem"), &[]);
         assert!(ok, "{tag}: {text}");
         (aki, pem_certs(&server.cli_ok(&["bundle", "show"])))
     };

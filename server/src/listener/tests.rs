@@ -7,12 +7,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::routing::get;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use sigil_proto::TrustDomain;
+use sigil_testkit::tls::{connect_from, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -55,19 +53,9 @@ async fn serve_plain(limiter: Arc<ConnectionLimiter>) -> (SocketAddr, Cancellati
 
 /// Reads until the server closes (EOF or reset); how long that took from `since`.
 async fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
-    let mut buf = [0u8; 4096];
-    let within = Duration::from_secs(10);
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the server closes the connection");
-    since.elapsed()
+    sigil_testkit::tls::closed_after(stream, since, Duration::from_secs(10))
+        .await
+        .expect("the server closes the connection")
 }
 
 /// Waits (2 s at most) for `line` in the metrics: the server counts a close on its own task,
@@ -80,12 +68,6 @@ async fn metric_appears(metrics: &Metrics, line: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no {line} in:\n{}", metrics.encode());
-}
-
-async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(addr).await.unwrap()
 }
 
 #[tokio::test]
@@ -167,7 +149,7 @@ async fn caps_refuse_surplus_connections_at_once_and_free_slots_on_close() {
     assert!(closed_after(&mut surplus, start).await < Duration::from_millis(300));
 
     // Another source address is still served.
-    let mut other = connect_from("127.0.0.2", addr).await;
+    let mut other = connect_from("127.0.0.2", addr.port()).await.unwrap();
     other
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -178,7 +160,7 @@ async fn caps_refuse_surplus_connections_at_once_and_free_slots_on_close() {
 
     // The listener is full now: a fourth address is refused too.
     let start = Instant::now();
-    let mut fourth = connect_from("127.0.0.3", addr).await;
+    let mut fourth = connect_from("127.0.0.3", addr.port()).await.unwrap();
     assert!(closed_after(&mut fourth, start).await < Duration::from_millis(300));
 
     // Closing one frees its slot.
@@ -201,61 +183,6 @@ async fn caps_refuse_surplus_connections_at_once_and_free_slots_on_close() {
         "{text}"
     );
     cancel.cancel();
-}
-
-/// Accepts any server certificate: these tests are about connections, not identities.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-async fn tls_connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("sigil-server").unwrap(), tcp)
-        .await
-        .unwrap()
 }
 
 async fn serve_grpc_app(metrics: &Arc<Metrics>) -> (SocketAddr, CancellationToken) {
@@ -299,7 +226,7 @@ async fn http2_closes_silent_trickling_and_streamless_connections() {
     let (addr, cancel) = serve_grpc_app(&metrics).await;
 
     // After the TLS handshake, nothing.
-    let mut silent = tls_connect(addr).await;
+    let mut silent = tls_connect(addr.port(), b"h2").await;
     let start = Instant::now();
     let mut buf = [0u8; 1024];
     let silent_for = tokio::time::timeout(Duration::from_secs(10), async {
@@ -310,7 +237,7 @@ async fn http2_closes_silent_trickling_and_streamless_connections() {
     .expect("closed");
 
     // The preface trickled a byte at a time, slower than the deadline allows.
-    let mut trickle = tls_connect(addr).await;
+    let mut trickle = tls_connect(addr.port(), b"h2").await;
     let start = Instant::now();
     let trickle_for = tokio::time::timeout(Duration::from_secs(10), async {
         for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
@@ -337,14 +264,14 @@ async fn http2_closes_silent_trickling_and_streamless_connections() {
     let (mut idle_client, idle_conn) =
         hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<axum::body::Bytes>>(
             hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls_connect(addr).await),
+            hyper_util::rt::TokioIo::new(tls_connect(addr.port(), b"h2").await),
         )
         .await
         .unwrap();
     let idle_conn = tokio::spawn(idle_conn);
     let (mut busy_client, busy_conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls_connect(addr).await),
+        hyper_util::rt::TokioIo::new(tls_connect(addr.port(), b"h2").await),
     )
     .await
     .unwrap();
