@@ -37,7 +37,25 @@ pub fn openssl_verify(ca: &Path, leaf: &Path, extra: &[&str]) -> (bool, String) 
 /// paths.
 pub fn self_signed_serving_cert(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (ok, out) = openssl(&[
+    self_signed_p256(
+        &cert,
+        &key,
+        &format!("/CN={cn}"),
+        1,
+        &[&format!("subjectAltName={san}")],
+    );
+    (cert, key)
+}
+
+/// `openssl req -x509`: a fresh P-256 key written to `key` and a certificate for it, self-signed,
+/// with `subject` (e.g. `/O=Operator/CN=root`), valid `days`, with `extensions` (`-addext`
+/// each, e.g. `basicConstraints=critical,CA:true`), written to `cert`.
+///
+/// # Panics
+/// If openssl fails.
+pub fn self_signed_p256(cert: &Path, key: &Path, subject: &str, days: u32, extensions: &[&str]) {
+    let days = days.to_string();
+    let mut args = vec![
         "req",
         "-x509",
         "-newkey",
@@ -46,18 +64,19 @@ pub fn self_signed_serving_cert(dir: &Path, cn: &str, san: &str) -> (PathBuf, Pa
         "ec_paramgen_curve:P-256",
         "-nodes",
         "-days",
-        "1",
+        &days,
         "-subj",
-        &format!("/CN={cn}"),
-        "-addext",
-        &format!("subjectAltName={san}"),
+        subject,
         "-keyout",
         key.to_str().expect("UTF-8 path"),
         "-out",
         cert.to_str().expect("UTF-8 path"),
-    ]);
+    ];
+    for extension in extensions {
+        args.extend(["-addext", extension]);
+    }
+    let (ok, out) = openssl(&args);
     assert!(ok, "{out}");
-    (cert, key)
 }
 
 /// `sqlite3 <db> <sql>`: the SQLite CLI, an independent reader of the server's database file.

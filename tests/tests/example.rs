@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use sigil_testkit::binaries::workspace_bin;
-use sigil_testkit::{Agent, Process, Server, ServerOptions, free_port, python, uid, wait_for};
+use sigil_testkit::{
+    Agent, Process, Server, ServerOptions, free_port, python, register_uid, uid, wait_for,
+};
 
 const PAYMENT_PROCESSOR: &str = "spiffe://example.org/ns/payments/sa/payment-processor";
 const CHECKOUT: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
@@ -26,20 +28,8 @@ fn path_attesting_agent(server: &Server) -> (Agent, String) {
 
 /// Registers `spiffe_id` for processes of this user running the binary at `path`.
 fn register_path(server: &Server, parent: &str, spiffe_id: &str, path: &Path) {
-    let uid = format!("unix:uid:{}", uid());
     let path = format!("unix:path:{}", path.display());
-    server.cli_json(&[
-        "entry",
-        "create",
-        "-spiffeID",
-        spiffe_id,
-        "-parentID",
-        parent,
-        "-selector",
-        &uid,
-        "-selector",
-        &path,
-    ]);
+    register_uid(server, spiffe_id, parent, uid(), &["-selector", &path]);
 }
 
 fn run(mut cmd: Command) -> Output {

@@ -1002,12 +1002,7 @@ fn json_logs_carry_no_secrets() {
         extra_server: "log_format = \"json\"".into(),
         ..Default::default()
     });
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     let dir = server.dir.path().join("m");
     std::fs::create_dir(&dir).unwrap();
     server.cli_ok(&[

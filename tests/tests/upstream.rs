@@ -9,10 +9,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sigil_testkit::python::python_json;
-use sigil_testkit::verify::openssl_verify;
+use sigil_testkit::verify::{openssl_verify, self_signed_p256};
 use sigil_testkit::{
-    Server, ServerOptions, attested_agent, openssl, pem_certs, register_uid, server_bin,
-    wait_child, wait_for,
+    Server, ServerOptions, attested_agent, pem_certs, register_uid, server_bin, wait_child,
+    wait_for,
 };
 
 /// An operator CA made with openssl: `<dir>/<name>.crt` and `<dir>/<name>.key`.
@@ -29,28 +29,13 @@ fn openssl_ca(dir: &Path, name: &str, ca: bool) -> (PathBuf, PathBuf) {
     } else {
         "keyUsage=critical,digitalSignature"
     };
-    let (ok, out) = openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-days",
-        "30",
-        "-subj",
+    self_signed_p256(
+        &cert,
+        &key,
         &format!("/O=Operator/CN={name}"),
-        "-addext",
-        basic,
-        "-addext",
-        usage,
-    ]);
-    assert!(ok, "{out}");
+        30,
+        &[basic, usage],
+    );
     (cert, key)
 }
 

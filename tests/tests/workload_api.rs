@@ -447,14 +447,9 @@ fn evicted_agent_is_refused_then_reattests_with_a_fresh_token() {
 
     // The operator hands it a fresh join token: it re-attests under a new agent ID.
     assert!(agent.stop().success());
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     agent.spawn(Some(&token));
-    let new_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let new_id = server.join_token_agent_id(&token);
     register_uid(
         &server,
         "spiffe://example.org/reattested",
@@ -566,12 +561,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
 #[test]
 fn insecure_bootstrap_trusts_the_server_on_first_contact_only() {
     let server = Server::start(ServerOptions::default());
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     let mut agent = Agent::configure_trust(&server, true);
     agent.spawn(Some(&token));
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
