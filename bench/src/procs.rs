@@ -14,13 +14,13 @@ use sigil_testkit::net::counter_sum;
 use sigil_testkit::{Agent, AgentOptions, Server, ServerOptions, http_get};
 use tonic::transport::Channel;
 
-pub const TRUST_DOMAIN: &str = "bench.example";
+pub(crate) const TRUST_DOMAIN: &str = "bench.example";
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(5);
 
 /// Writes the server's config (SQLite datastore, disk key manager, join_token attestor) and
 /// starts it; returns once the admin API answers.
-pub async fn start_server() -> anyhow::Result<Server> {
+pub(crate) async fn start_server() -> anyhow::Result<Server> {
     let mut server = Server::configure(ServerOptions {
         trust_domain: TRUST_DOMAIN.into(),
         log_level: "INFO".into(),
@@ -34,7 +34,7 @@ pub async fn start_server() -> anyhow::Result<Server> {
 }
 
 /// Starts the (stopped) server; returns how long it took until the admin API answered.
-pub async fn spawn_server(server: &mut Server) -> anyhow::Result<Duration> {
+pub(crate) async fn spawn_server(server: &mut Server) -> anyhow::Result<Duration> {
     let start = Instant::now();
     server.launch();
     loop {
@@ -56,14 +56,14 @@ pub async fn spawn_server(server: &mut Server) -> anyhow::Result<Duration> {
 }
 
 /// A client on the server's admin socket.
-pub async fn admin_client(server: &Server) -> anyhow::Result<AdminClient<Channel>> {
+pub(crate) async fn admin_client(server: &Server) -> anyhow::Result<AdminClient<Channel>> {
     sigil_testkit::admin::admin_client(&server.socket)
         .await
         .with_context(|| format!("connecting to {}", server.socket.display()))
 }
 
 /// A join token valid for a day and the agent SPIFFE ID it attests to.
-pub async fn join_token(server: &Server) -> anyhow::Result<(String, String)> {
+pub(crate) async fn join_token(server: &Server) -> anyhow::Result<(String, String)> {
     let token = admin_client(server)
         .await?
         .create_join_token(admin::CreateJoinTokenRequest {
@@ -78,7 +78,7 @@ pub async fn join_token(server: &Server) -> anyhow::Result<(String, String)> {
     Ok((token, agent_id))
 }
 
-pub async fn bundle(server: &Server) -> anyhow::Result<Bundle> {
+pub(crate) async fn bundle(server: &Server) -> anyhow::Result<Bundle> {
     let bundle = admin_client(server)
         .await?
         .get_bundle(admin::GetBundleRequest {})
@@ -90,19 +90,19 @@ pub async fn bundle(server: &Server) -> anyhow::Result<Bundle> {
     Bundle::try_from(&bundle).map_err(|e| anyhow::anyhow!("invalid bundle: {e}"))
 }
 
-pub fn trust_domain() -> anyhow::Result<TrustDomain> {
+pub(crate) fn trust_domain() -> anyhow::Result<TrustDomain> {
     TrustDomain::new(TRUST_DOMAIN).context("trust domain")
 }
 
 /// The running server's PID.
-pub fn server_pid(server: &Server) -> anyhow::Result<u32> {
+pub(crate) fn server_pid(server: &Server) -> anyhow::Result<u32> {
     server.pid().context("sigil-server is not running")
 }
 
 /// Writes the agent's config (join_token attestor, unix workload attestor, trust from the
 /// server's bundle) and starts it with `token`; returns it and how long it took until `/ready`
 /// answered 200 (attestation and the first full sync applied).
-pub async fn start_agent(server: &Server, token: &str) -> anyhow::Result<(Agent, Duration)> {
+pub(crate) async fn start_agent(server: &Server, token: &str) -> anyhow::Result<(Agent, Duration)> {
     let mut agent = Agent::configure_with(
         server,
         &AgentOptions {
@@ -131,13 +131,13 @@ pub async fn start_agent(server: &Server, token: &str) -> anyhow::Result<(Agent,
 }
 
 /// The running agent's PID.
-pub fn agent_pid(agent: &Agent) -> anyhow::Result<u32> {
+pub(crate) fn agent_pid(agent: &Agent) -> anyhow::Result<u32> {
     agent.pid().context("sigil-agent is not running")
 }
 
 /// Workload X.509-SVIDs the agent has minted so far (`sigil_agent_x509_svids_minted_total`
 /// with `result="ok"` on `/metrics`).
-pub async fn svids_minted(agent: &Agent) -> anyhow::Result<u64> {
+pub(crate) async fn svids_minted(agent: &Agent) -> anyhow::Result<u64> {
     let port = agent.health_port;
     let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
         .await?

@@ -21,8 +21,8 @@ pub struct TestPod {
 
 impl TestPod {
     /// A pod with a derived UID and container ID (`n` keeps them distinct).
-    pub fn new(namespace: &str, name: &str, service_account: &str, n: u8) -> TestPod {
-        TestPod {
+    pub fn new(namespace: &str, name: &str, service_account: &str, n: u8) -> Self {
+        Self {
             namespace: namespace.into(),
             name: name.into(),
             uid: format!("1234abcd-0000-4000-8000-{n:012x}"),

@@ -79,20 +79,6 @@ pub fn counter_sum(metrics: &str, name: &str, label: &str) -> u64 {
         .sum()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counter_sum_counts_only_the_matching_label() {
-        let metrics = "# HELP x\nsigil_agent_x509_svids_minted_total{result=\"ok\"} 1000\n\
-                       sigil_agent_x509_svids_minted_total{result=\"error\"} 3\n";
-        let name = "sigil_agent_x509_svids_minted_total";
-        assert_eq!(counter_sum(metrics, name, "\"ok\""), 1000);
-        assert_eq!(counter_sum("", name, "\"ok\""), 0);
-    }
-}
-
 /// Serves plain HTTP/1.1 on 127.0.0.1 from a thread that lives until the test process ends:
 /// each request (its body read and dropped) gets `answer(request line)`, a status such as
 /// `200 OK` and a JSON body, on a connection then closed. Returns the port. The stand-ins for
@@ -137,4 +123,18 @@ pub(crate) fn serve_json(
         }
     });
     port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_sum_counts_only_the_matching_label() {
+        let metrics = "# HELP x\nsigil_agent_x509_svids_minted_total{result=\"ok\"} 1000\n\
+                       sigil_agent_x509_svids_minted_total{result=\"error\"} 3\n";
+        let name = "sigil_agent_x509_svids_minted_total";
+        assert_eq!(counter_sum(metrics, name, "\"ok\""), 1000);
+        assert_eq!(counter_sum("", name, "\"ok\""), 0);
+    }
 }

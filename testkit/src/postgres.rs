@@ -117,7 +117,7 @@ struct User {
 
 impl Cluster {
     /// `initdb` in a new temp dir and start the server on a free loopback port.
-    pub fn start() -> Result<Cluster, ClusterError> {
+    pub fn start() -> Result<Self, ClusterError> {
         let bindir = bindir()?;
         sweep_stale_dirs();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,7 +137,7 @@ impl Cluster {
         } else {
             None
         };
-        let mut cluster = Cluster {
+        let mut cluster = Self {
             root,
             bindir,
             port: 0,

@@ -22,7 +22,7 @@ impl Process {
     ///
     /// # Panics
     /// If the log cannot be opened or the program not started.
-    pub fn spawn(mut command: Command, log: &Path) -> Process {
+    pub fn spawn(mut command: Command, log: &Path) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -34,7 +34,7 @@ impl Process {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        Process {
+        Self {
             child: Some(child),
             log: log.to_owned(),
         }
