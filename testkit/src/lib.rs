@@ -46,7 +46,7 @@ pub use crate::binaries::{agent_bin, bin_dir, server_bin};
 pub use crate::cli::{attested_agent, register_uid};
 pub use crate::config::{AgentOptions, ServerOptions};
 pub use crate::net::{free_port, http_get};
-pub use crate::process::{Process, wait_child, wait_for};
+pub use crate::process::{Process, run_to_exit, wait_child, wait_for};
 pub use crate::python::python;
 pub use crate::runtime::{multi_thread_rt, rt};
 pub use crate::server::Server;

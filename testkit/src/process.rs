@@ -112,6 +112,21 @@ fn pid(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).expect("PID in range"))
 }
 
+/// Runs `command` with stdin closed and stdout + stderr in a fresh `log` until it exits by
+/// itself (a binary refusing its config, say): its exit status, `None` if it was still running
+/// after `timeout` (it is killed then), and its log.
+pub fn run_to_exit(
+    command: Command,
+    log: &Path,
+    timeout: Duration,
+) -> (Option<ExitStatus>, String) {
+    let _ = std::fs::remove_file(log);
+    let mut process = Process::spawn(command, log);
+    let status = process.wait_exit(timeout);
+    process.kill();
+    (status, process.log())
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 ///
 /// # Panics

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use sigil_testkit::admin::{admin_client, entries_per_batch, entry_batch};
 use sigil_testkit::rt;
 use sigil_testkit::tmpfs::server_on_tmpfs;
 use sigil_testkit::verify::sqlite_integrity;
-use sigil_testkit::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
+use sigil_testkit::{Process, Server, ServerOptions, server_bin, sqlite3, wait_for};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;
@@ -194,19 +194,14 @@ fn read_only_data_dir_gives_a_clear_error_and_no_corruption() {
     // Start on the read-only dir: a non-zero exit naming the problem, or (if it starts) a
     // clear error for a write.
     let log = server.dir.path().join("read-only-start.log");
-    let mut child = Command::new(server_bin())
-        .args(["run", "-config"])
-        .arg(&server.config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(server_bin());
+    command.args(["run", "-config"]).arg(&server.config);
+    let mut child = Process::spawn(command, &log);
     let exited = wait_for(
         "the server to exit or become healthy",
         Duration::from_secs(30),
         || {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = child.exited() {
                 return Some(Some(status));
             }
             server
@@ -235,11 +230,7 @@ fn read_only_data_dir_gives_a_clear_error_and_no_corruption() {
                 err.code(),
                 err.message()
             );
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            wait_child(&mut child, Duration::from_secs(20));
+            child.stop(Duration::from_secs(20));
         }
     }
     fs.remount("rw");
