@@ -3,15 +3,16 @@
 //! as an operator and a workload would, through the CLI and sockets, and checks the results
 //! with independent verifiers (openssl, sqlite3, Python SPIFFE clients).
 //!
-//! One kit for every crate that runs the binaries: the end-to-end tests (`tests/`), the
-//! benchmark (`bench/`), and the server's own tests (throwaway PostgreSQL, the TLS client of the
-//! listener tests). It is never a dependency of a binary: only of test crates, the benchmark
-//! and dev-dependencies.
+//! One kit for every crate that runs the binaries: the end-to-end tests (`tests/`, which also
+//! cover the zero-trust example's services), the benchmark (`bench/`, a dev tool, never
+//! shipped), and the server's own tests (throwaway PostgreSQL, the TLS client of the listener
+//! tests, `openssl verify`). It is never a dependency of a shipped binary: `sigil-server` and
+//! `sigil-agent` have it as a dev-dependency at most.
 //!
 //! | module | job |
 //! |---|---|
 //! | [`binaries`] | where the built binaries are |
-//! | [`process`] | a started child process with its log; waiting for things |
+//! | [`process`] | a started child process with its log, one run until it exits; waiting for things |
 //! | [`config`] | the config files the kit writes (`server.conf`, `agent.conf`) and edits of them |
 //! | [`server`], [`agent`] | a running server / agent on a temp dir |
 //! | [`cli`] | the binaries' CLIs as an operator uses them (join tokens, entries, fetches) |
