@@ -62,14 +62,6 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn token_from(output: &str) -> String {
-    output
-        .trim()
-        .strip_prefix("Token: ")
-        .expect("token output")
-        .to_owned()
-}
-
 #[test]
 fn no_secret_in_any_log_line() {
     let server = Server::start(ServerOptions {
@@ -83,8 +75,8 @@ fn no_secret_in_any_log_line() {
 
     // Join tokens: the one the agent uses becomes its public SPIFFE ID (as in SPIRE), so it may
     // appear only inside that ID; the unused one must not appear at all.
-    let token = token_from(&server.cli_ok(&["token", "generate", "-ttl", "600"]));
-    let unused = token_from(&server.cli_ok(&["token", "generate", "-ttl", "600"]));
+    let token = server.join_token();
+    let unused = server.join_token();
     needles.push(("unused join token".into(), unused.clone()));
     let mut agent = Agent::configure(&server);
     agent.spawn(Some(&token));
