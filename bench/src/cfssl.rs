@@ -2,15 +2,15 @@
 //! `cfssl gencert -initca`, served on loopback and sent the same kind of CSRs (fresh P-256
 //! keys, as sigil-agent makes them) on keep-alive HTTP/1.1 connections.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
+use sigil_testkit::{Process, free_port};
 
-use crate::procs::free_port;
 use crate::stats;
 
 /// Signing rate of cfssl and what it used to reach it.
@@ -32,16 +32,9 @@ pub fn available() -> bool {
 
 /// `cfssl serve` with a fresh P-256 CA in a temp dir. Killed on drop.
 struct CfsslServe {
-    child: Child,
+    process: Process,
     port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for CfsslServe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn serve() -> anyhow::Result<CfsslServe> {
@@ -80,23 +73,18 @@ async fn serve() -> anyhow::Result<CfsslServe> {
         "config.json",
         r#"{"signing":{"default":{"expiry":"1h","usages":["digital signature","key encipherment","server auth","client auth"]}}}"#,
     )?;
-    let port = free_port()?;
-    let log = std::fs::File::create(dir.path().join("serve.log"))?;
-    let child = Command::new("cfssl")
+    let port = free_port();
+    let mut command = Command::new("cfssl");
+    command
         .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string()])
         .arg("-ca")
         .arg(&ca_pem)
         .arg("-ca-key")
         .arg(&ca_key)
         .arg("-config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting cfssl serve")?;
+        .arg(&config);
     let serve = CfsslServe {
-        child,
+        process: Process::spawn(command, &dir.path().join("serve.log")),
         port,
         _dir: dir,
     };
@@ -144,7 +132,7 @@ pub async fn measure(
     for (i, sender) in senders.iter_mut().enumerate() {
         sign(sender, port, bodies[i % bodies.len()].clone()).await?;
     }
-    let pid = serve.child.id();
+    let pid = serve.process.id().context("cfssl serve is not running")?;
     let cpu_before = stats::cpu_seconds(pid)?;
     let start = Instant::now();
     let deadline = start + window;

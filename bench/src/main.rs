@@ -16,14 +16,13 @@ mod scale;
 mod stats;
 mod workload;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::procs::{AgentProc, ServerProc};
 use crate::report::{Figure, Machine, Report, Target};
 use crate::scale::ScaleSize;
 use crate::stats::{millis, percentile};
@@ -192,6 +191,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         machine.cores,
         machine.load_average
     );
+    // The test kit starts the binaries; it takes them from here.
+    sigil_testkit::binaries::use_bin_dir(bin_dir);
 
     let mut figures = Vec::new();
     let csrs = tokio::task::spawn_blocking(|| raw::csrs(1000)).await??;
@@ -203,21 +204,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     figures.extend(raw_figures(&raw));
     let group = args.command;
     if group.includes(Group::Mint) {
-        let x509_rate = mint_figures(&bin_dir, &size, &raw, &csrs, &mut figures).await?;
+        let x509_rate = mint_figures(&size, &raw, &csrs, &mut figures).await?;
         if group.includes(Group::Cfssl) {
             figures.extend(cfssl_figures(&size, &csrs, x509_rate).await?);
         }
     }
     if group.includes(Group::Workload) {
-        figures.extend(workload_figures(&bin_dir, &size).await?);
+        figures.extend(workload_figures(&size).await?);
     }
     if group.includes(Group::Scale) {
         eprintln!("sigil-bench: scale");
-        figures.extend(scale::run(&bin_dir, &size.scale).await?);
+        figures.extend(scale::run(&size.scale).await?);
     }
     if group.includes(Group::Prune) {
         eprintln!("sigil-bench: prune");
-        figures.extend(prune::run(&bin_dir, size.prune_stale).await?);
+        figures.extend(prune::run(size.prune_stale).await?);
     }
 
     let report = Report {
@@ -265,14 +266,13 @@ fn raw_figures(raw: &raw::RawLimit) -> Vec<Figure> {
 /// X.509 and JWT mint throughput and their ratio to the raw limit × cores used; returns the
 /// X.509 rate for the cfssl comparison.
 async fn mint_figures(
-    bin_dir: &Path,
     size: &Size,
     raw: &raw::RawLimit,
     csrs: &[Vec<u8>],
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<f64> {
     eprintln!("sigil-bench: mint throughput");
-    let server = ServerProc::start(bin_dir).await?;
+    let server = procs::start_server().await?;
     let bench = mint::BenchAgent::attest(&server).await?;
     let ids = mint::register(&server, &bench.agent_id, "mint", size.mint_entries, |i| {
         mint::selector("bench", format!("mint:{i}"))
@@ -411,18 +411,18 @@ async fn cfssl_figures(
 }
 
 /// Workload API latency at 1, 10 and 100 clients, FetchJWTSVID latency, and propagation.
-async fn workload_figures(bin_dir: &Path, size: &Size) -> anyhow::Result<Vec<Figure>> {
+async fn workload_figures(size: &Size) -> anyhow::Result<Vec<Figure>> {
     eprintln!("sigil-bench: Workload API latency");
-    let server = ServerProc::start(bin_dir).await?;
-    let (token, agent_id) = server.join_token().await?;
+    let server = procs::start_server().await?;
+    let (token, agent_id) = procs::join_token(&server).await?;
     mint::register(&server, &agent_id, "workload", 1, |_| {
         workload::uid_selector()
     })
     .await?;
-    let (agent, _ready) = AgentProc::start(bin_dir, &server, &token).await?;
+    let (agent, _ready) = procs::start_agent(&server, &token).await?;
     workload::wait_for_svids(&agent.socket, 1).await?;
     let mut figures = Vec::new();
-    let agent_pid = agent.pid()?;
+    let agent_pid = procs::agent_pid(&agent)?;
     for clients in [1, 10, 100] {
         let load =
             workload::x509_latency(&agent.socket, agent_pid, clients, size.latency_window).await?;

@@ -16,7 +16,9 @@ use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::agent::v1 as agent;
 use sigil_proto::sigil::common::v1 as common;
 
-use crate::procs::{ServerProc, TRUST_DOMAIN};
+use sigil_testkit::Server;
+
+use crate::procs::{self, TRUST_DOMAIN};
 use crate::stats;
 
 /// Requests per `BatchMintX509SVID`: sigil-agent's own batch size.
@@ -29,13 +31,13 @@ pub struct BenchAgent {
 }
 
 impl BenchAgent {
-    pub async fn attest(server: &ServerProc) -> anyhow::Result<BenchAgent> {
-        let (token, agent_id) = server.join_token().await?;
-        let bundle = server.bundle().await?;
+    pub async fn attest(server: &Server) -> anyhow::Result<BenchAgent> {
+        let (token, agent_id) = procs::join_token(server).await?;
+        let bundle = procs::bundle(server).await?;
         let connection = ServerConnection::new(
             "127.0.0.1",
             server.bind_port,
-            &ServerProc::trust_domain()?,
+            &procs::trust_domain()?,
             Some(&bundle),
             None,
         )?;
@@ -54,13 +56,13 @@ impl BenchAgent {
 /// Registers `n` entries parented to `parent` (one selector each, `bench:<tag>:<i>`, SPIFFE ID
 /// `/bench/<tag>/<i>`) in batches; returns their IDs.
 pub async fn register(
-    server: &ServerProc,
+    server: &Server,
     parent: &str,
     tag: &str,
     n: usize,
     selector: impl Fn(usize) -> common::Selector,
 ) -> anyhow::Result<Vec<String>> {
-    let mut admin = server.admin().await?;
+    let mut admin = procs::admin_client(server).await?;
     let mut ids = Vec::with_capacity(n);
     let batch = 10_000;
     for start in (0..n).step_by(batch) {
@@ -111,7 +113,7 @@ pub struct Throughput {
 /// `concurrency` tasks each keep one `BatchMintX509SVID` of [`BATCH`] requests in flight for
 /// `window`. Every SVID asked for must come back.
 pub async fn x509(
-    server: &ServerProc,
+    server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],
     csrs: &[Vec<u8>],
@@ -154,13 +156,13 @@ pub async fn x509(
             Ok(got)
         }
     };
-    drive(server.pid()?, concurrency, window, work).await
+    drive(procs::server_pid(server)?, concurrency, window, work).await
 }
 
 /// `concurrency` tasks each keep one `BatchMintJWTSVID` of [`BATCH`] requests in flight for
 /// `window`. Every JWT-SVID asked for must come back.
 pub async fn jwt_batch(
-    server: &ServerProc,
+    server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],
     concurrency: usize,
@@ -203,12 +205,12 @@ pub async fn jwt_batch(
             Ok(want)
         }
     };
-    drive(server.pid()?, concurrency, window, work).await
+    drive(procs::server_pid(server)?, concurrency, window, work).await
 }
 
 /// `concurrency` tasks each keep one `MintJWTSVID` in flight for `window`.
 pub async fn jwt(
-    server: &ServerProc,
+    server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],
     concurrency: usize,
@@ -234,7 +236,7 @@ pub async fn jwt(
             Ok(1)
         }
     };
-    drive(server.pid()?, concurrency, window, work).await
+    drive(procs::server_pid(server)?, concurrency, window, work).await
 }
 
 /// Runs `concurrency` loops of `work(loop_no, round)` (each returning how many items it did)

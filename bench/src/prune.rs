@@ -4,17 +4,16 @@
 //! for it on its SyncEntries stream. Figures: the prune run's time (from the server's INFO
 //! line), and create / create-to-sync latency p99 during that run against idle.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::agent::v1 as agentpb;
+use sigil_testkit::{sqlite3, unix_now};
 
 use crate::PROPAGATION_P99_MS;
 use crate::mint::{BenchAgent, entry, selector};
-use crate::procs::{ServerProc, TRUST_DOMAIN};
+use crate::procs::{self, TRUST_DOMAIN};
 use crate::report::{Figure, Target};
 use crate::stats::{millis, percentile};
 
@@ -31,27 +30,6 @@ struct Sample {
     started: Instant,
     create: Duration,
     sync: Duration,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn sqlite3(db: &Path, sql: &str) -> anyhow::Result<()> {
-    let out = Command::new("sqlite3")
-        .args(["-cmd", ".timeout 10000"])
-        .arg(db)
-        .arg(sql)
-        .output()
-        .context("running the sqlite3 CLI (needed to write expired nodes and tokens)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// `elapsed_ms` of the first "pruned stale rows" line with `entries=<stale>` or more.
@@ -92,10 +70,10 @@ fn strip_ansi(log: &str) -> String {
     out
 }
 
-pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
-    let mut server = ServerProc::start(bin_dir).await?;
-    let db = server.dir.path().join("data").join("datastore.sqlite3");
-    let mut admin = server.admin().await?;
+pub async fn run(stale: usize) -> anyhow::Result<Vec<Figure>> {
+    let mut server = procs::start_server().await?;
+    let db = server.db_path();
+    let mut admin = procs::admin_client(&server).await?;
     for start in (0..stale).step_by(LOAD_BATCH) {
         let entries = (start..stale.min(start + LOAD_BATCH))
             .map(|i| {
@@ -113,7 +91,7 @@ pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
     }
     // Expiry and the expired nodes and tokens are written into the file while the server is
     // down: no API makes an expired node or token, and this way all expire at one moment.
-    server.stop().await?;
+    server.stop();
     let expires_at = unix_now() + EXPIRE_AFTER_START.as_secs() as i64;
     sqlite3(
         &db,
@@ -129,8 +107,8 @@ pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
              INSERT INTO join_tokens (token_hash, expires_at) \
              SELECT 'stale-' || i, {expires_at} FROM n;"
         ),
-    )?;
-    server.spawn().await?;
+    );
+    procs::spawn_server(&mut server).await?;
     let expired_at = Instant::now() + EXPIRE_AFTER_START;
 
     let agent = BenchAgent::attest(&server).await?;
@@ -141,7 +119,7 @@ pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
         .await
         .context("SyncEntries")?
         .into_inner();
-    let mut admin = server.admin().await?;
+    let mut admin = procs::admin_client(&server).await?;
     let mut samples = Vec::new();
     let deadline = Instant::now() + EXPIRE_AFTER_START + PRUNE_TIMEOUT;
     let mut prune = None;
@@ -204,7 +182,7 @@ pub async fn run(bin_dir: &Path, stale: usize) -> anyhow::Result<Vec<Figure>> {
             busy_sync.push(s.sync);
         }
     }
-    server.stop().await?;
+    server.stop();
 
     let label = if stale >= 1000 {
         format!("{}k", stale / 1000)

@@ -3,7 +3,6 @@
 //! for many entries (time to first full sync, time until every SVID is minted, RSS) and an
 //! agent whose workload holds many cached SVIDs (RSS).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -12,7 +11,7 @@ use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
 
 use crate::mint::{entry, register, selector};
-use crate::procs::{AgentProc, ServerProc, TRUST_DOMAIN};
+use crate::procs::{self, TRUST_DOMAIN};
 use crate::report::{Figure, Target};
 use crate::stats::{self, millis, percentile};
 use crate::workload::{uid_selector, wait_for_svids};
@@ -52,15 +51,15 @@ fn load_entry(i: usize, agent_entries: usize, agent_id: &str) -> common::Registr
     )
 }
 
-pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>> {
+pub async fn run(size: &ScaleSize) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
-    let mut server = ServerProc::start(bin_dir).await?;
-    let (big_token, big_id) = server.join_token().await?;
-    let (cache_token, cache_id) = server.join_token().await?;
+    let mut server = procs::start_server().await?;
+    let (big_token, big_id) = procs::join_token(&server).await?;
+    let (cache_token, cache_id) = procs::join_token(&server).await?;
     let mut loaded = 0;
     for &target in &size.entries {
         let label = count_label(target);
-        let mut admin = server.admin().await?;
+        let mut admin = procs::admin_client(&server).await?;
         let from = loaded;
         let start = Instant::now();
         while loaded < target {
@@ -85,7 +84,7 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
         let target_rss = (target >= 1_000_000).then_some(Target::Below(1024.0));
         figures.push(Figure::new(
             &format!("scale {label}: server RSS"),
-            stats::rss_mib(server.pid()?)?,
+            stats::rss_mib(procs::server_pid(&server)?)?,
             "MiB",
             target_rss.unwrap_or(Target::None),
             "VmRSS of sigil-server after the load",
@@ -129,7 +128,7 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
             "admin ListEntries, filter by one selector (superset match), sequential calls",
         ));
         for json in [false, true] {
-            let (took, peak_mib) = cli_show_all(bin_dir, &server.socket, json, target).await?;
+            let (took, peak_mib) = cli_show_all(&server.socket, json, target).await?;
             let how = if json { "json" } else { "text" };
             figures.push(Figure::new(
                 &format!("scale {label}: entry show all ({how})"),
@@ -149,8 +148,8 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
                 "VmHWM of the CLI process, sampled every 5 ms until it exits",
             ));
         }
-        server.stop().await?;
-        let startup = server.spawn().await?;
+        server.stop();
+        let startup = procs::spawn_server(&mut server).await?;
         figures.push(Figure::new(
             &format!("scale {label}: server start-up"),
             millis(startup),
@@ -161,7 +160,7 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
     }
 
     // The big agent: authorized for the first `agent_entries` entries.
-    let (mut big, ready) = AgentProc::start(bin_dir, &server, &big_token).await?;
+    let (mut big, ready) = procs::start_agent(&server, &big_token).await?;
     let agent_label = count_label(size.agent_entries);
     figures.push(Figure::new(
         &format!("agent {agent_label} entries: initial sync"),
@@ -175,7 +174,7 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
         "exec until /ready (attested, first full sync applied)",
     ));
     let start = Instant::now();
-    while big.svids_minted().await? < size.agent_entries as u64 {
+    while procs::svids_minted(&big).await? < size.agent_entries as u64 {
         anyhow::ensure!(
             start.elapsed() < MINT_ALL_TIMEOUT,
             "the agent did not mint {} SVIDs within {MINT_ALL_TIMEOUT:?}",
@@ -192,23 +191,23 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
     ));
     figures.push(Figure::new(
         &format!("agent {agent_label} entries: agent RSS"),
-        stats::rss_mib(big.pid()?)?,
+        stats::rss_mib(procs::agent_pid(&big)?)?,
         "MiB",
         Target::None,
         "VmRSS of sigil-agent holding an SVID for every entry",
     ));
-    big.stop().await?;
+    big.stop();
 
     // The caching agent: this process is its workload, with `cached_svids` identities.
     register(&server, &cache_id, "cached", size.cached_svids, |_| {
         uid_selector()
     })
     .await?;
-    let (cache_agent, _) = AgentProc::start(bin_dir, &server, &cache_token).await?;
+    let (cache_agent, _) = procs::start_agent(&server, &cache_token).await?;
     let held = wait_for_svids(&cache_agent.socket, size.cached_svids).await?;
     figures.push(Figure::new(
         &format!("agent RSS, {} cached SVIDs", count_label(held)),
-        stats::rss_mib(cache_agent.pid()?)?,
+        stats::rss_mib(procs::agent_pid(&cache_agent)?)?,
         "MiB",
         if held >= 1000 {
             Target::Below(50.0)
@@ -224,12 +223,11 @@ pub async fn run(bin_dir: &Path, size: &ScaleSize) -> anyhow::Result<Vec<Figure>
 /// returns its wall time and peak RSS (MiB). Text output is counted to check the listing is
 /// complete. VmHWM only grows, so its last reading before exit is the peak up to then.
 async fn cli_show_all(
-    bin_dir: &Path,
-    socket: &Path,
+    socket: &std::path::Path,
     json: bool,
     expected: usize,
 ) -> anyhow::Result<(Duration, f64)> {
-    let mut cmd = tokio::process::Command::new(bin_dir.join("sigil-server"));
+    let mut cmd = tokio::process::Command::new(sigil_testkit::server_bin());
     cmd.args(["entry", "show", "-socketPath"]).arg(socket);
     if json {
         cmd.args(["-output", "json"]);

@@ -10,8 +10,10 @@ use sigil_agent::workload_api::client::{WorkloadApiClient, connect};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 
+use sigil_testkit::Server;
+
 use crate::mint::{entry, selector};
-use crate::procs::{ServerProc, TRUST_DOMAIN};
+use crate::procs::{self, TRUST_DOMAIN};
 use crate::report::{Figure, Target};
 use crate::stats::cpu_seconds;
 
@@ -212,7 +214,7 @@ where
 /// returning to a FetchX509SVID stream (opened before) delivering a response that holds the
 /// entry's SVID. A response already waiting when the call returns counts as zero.
 pub async fn propagation(
-    server: &ServerProc,
+    server: &Server,
     socket: &Path,
     parent: &str,
     n: usize,
@@ -224,7 +226,7 @@ pub async fn propagation(
         .context("FetchX509SVID")?
         .into_inner();
     stream.message().await?.context("first response")?;
-    let mut admin = server.admin().await?;
+    let mut admin = procs::admin_client(server).await?;
     let run = std::process::id();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {

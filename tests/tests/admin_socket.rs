@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sigil_tests::{Server, ServerOptions, server_bin, wait_for};
+use sigil_testkit::{Server, ServerOptions, server_bin, wait_for};
 
 /// Uid of the other user in these attacks (nobody).
 const OTHER_UID: u32 = 65534;
@@ -65,16 +65,9 @@ fn run_to_exit(server: &Server, name: &str, conf: &str) -> (ExitStatus, String) 
     let config = server.dir.path().join(name);
     std::fs::write(&config, conf).unwrap();
     let log = server.dir.path().join(format!("{name}.log"));
-    let mut child = Command::new(server_bin())
-        .args(["run", "-config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let status = exit_within(&mut child, Duration::from_secs(30));
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut command = Command::new(server_bin());
+    command.args(["run", "-config"]).arg(&config);
+    let (status, output) = sigil_testkit::run_to_exit(command, &log, Duration::from_secs(30));
     let Some(status) = status else {
         panic!("{name}: the server started instead of refusing:\n{output}");
     };

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use sigil_tests::{Agent, Server, ServerOptions, openssl, register_uid, wait_for};
+use sigil_testkit::verify::openssl_verify;
+use sigil_testkit::{Agent, Server, ServerOptions, openssl, register_uid, wait_for};
 
 fn token(server: &Server) -> String {
     server.cli_json(&["token", "generate"])["value"]
@@ -27,29 +28,10 @@ fn agent_ids(server: &Server) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `api fetch x509 -write dir` into a fresh dir; `Some(dir)` once the workload gets an SVID.
-fn fetch_x509(agent: &Agent) -> Option<tempfile::TempDir> {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "-write",
-        out_dir.path().to_str().unwrap(),
-    ]);
-    out.status.success().then_some(out_dir)
-}
-
 fn verify_svid(dir: &std::path::Path) {
     let bundle = dir.join("bundle.0.pem");
     let svid = dir.join("svid.0.pem");
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        bundle.to_str().unwrap(),
-        svid.to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(&bundle, &svid, &[]);
     assert!(ok, "openssl verify failed: {text}");
     let (_, text) = openssl(&[
         "x509",
@@ -90,7 +72,7 @@ fn agent_attests_serves_survives_restarts_and_server_outages() {
         &format!("unix:uid:{uid}"),
     ]);
     let dir = wait_for("the workload's X509-SVID", Duration::from_secs(30), || {
-        fetch_x509(&agent)
+        agent.write_x509().ok()
     });
     verify_svid(dir.path());
 
@@ -109,13 +91,15 @@ fn agent_attests_serves_survives_restarts_and_server_outages() {
         agent.log()
     );
     let dir = wait_for("the SVID after restart", Duration::from_secs(30), || {
-        fetch_x509(&agent)
+        agent.write_x509().ok()
     });
     verify_svid(dir.path());
 
     // Server down: the agent keeps serving what it has.
     server.kill9();
-    let dir = fetch_x509(&agent).expect("cached SVID served while the server is down");
+    let dir = agent
+        .write_x509()
+        .unwrap_or_else(|e| panic!("cached SVID served while the server is down: {e}"));
     verify_svid(dir.path());
 
     // Server back: the agent resumes (a new entry reaches the workload).
@@ -141,7 +125,7 @@ fn agent_attests_serves_survives_restarts_and_server_outages() {
 fn agent_without_svid_or_token_exits_with_a_clear_message() {
     let server = Server::start(ServerOptions::default());
     let agent = Agent::configure(&server);
-    let out = std::process::Command::new(sigil_tests::agent_bin())
+    let out = std::process::Command::new(sigil_testkit::agent_bin())
         .args(["run", "-config"])
         .arg(&agent.config)
         .output()
@@ -154,7 +138,7 @@ fn agent_without_svid_or_token_exits_with_a_clear_message() {
         "{stderr}"
     );
 
-    let bad = std::process::Command::new(sigil_tests::agent_bin())
+    let bad = std::process::Command::new(sigil_testkit::agent_bin())
         .args(["run", "-config", "/nonexistent/agent.conf"])
         .output()
         .unwrap();

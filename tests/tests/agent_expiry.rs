@@ -17,31 +17,13 @@
 //! The `k8s_psat` agent that re-attests by itself is in `k8s_agent_expiry.rs`.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
-use sigil_tests::{
-    Agent, Server, ServerOptions, attested_agent, http_get, python, register_uid, wait_for,
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, http_get, multi_thread_rt, python, register_uid,
+    uid, unix_now, wait_for,
 };
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The leaf's NotAfter, Unix seconds.
 fn not_after(leaf_der: &[u8]) -> i64 {
@@ -115,7 +97,7 @@ fn an_expired_workload_svid_is_withheld_with_the_reason_until_the_server_returns
     agent.wait_for_ids("the short-lived SVID", &[id], Duration::from_secs(15));
     assert_eq!(ready(&agent).0, 200, "{}", ready(&agent).1);
 
-    let rt = rt();
+    let rt = multi_thread_rt();
     // A stream open across the outage: every message it gets must be unexpired on arrival;
     // it must end with the reason once the SVID expired.
     let socket = agent.socket.clone();
@@ -238,7 +220,7 @@ fn a_jwt_svid_is_served_from_the_cache_until_exp_and_never_after() {
     let id = "spiffe://example.org/jwt-short";
     register_uid(&server, id, &agent_id, uid(), &["-jwtSVIDTTL", "6"]);
     agent.wait_for_svid(Duration::from_secs(15));
-    let rt = rt();
+    let rt = multi_thread_rt();
     let (token, exp) = rt.block_on(fetch_jwt(&agent.socket)).unwrap();
 
     server.kill9();
@@ -296,16 +278,11 @@ fn a_join_token_agent_whose_svid_expired_says_what_to_do_and_exits() {
         extra_server: "agent_ttl = \"6s\"".into(),
         ..ServerOptions::default()
     });
-    let token = server
-        .cli_ok(&["token", "generate", "-ttl", "600"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     let mut agent = Agent::configure(&server);
     agent.configure_agent_block("lost_identity_exit_delay = \"20s\"");
     agent.spawn(Some(&token));
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let agent_id = server.join_token_agent_id(&token);
     register_uid(&server, "spiffe://example.org/w", &agent_id, uid(), &[]);
     agent.wait_for_svid(Duration::from_secs(15));
     // It renews its own SVID while the server is up (at DEBUG: one line per renewal).
@@ -376,32 +353,20 @@ fn a_join_token_agent_whose_svid_expired_says_what_to_do_and_exits() {
 /// and answers no further call on that connection.
 #[test]
 fn the_server_ends_a_connection_whose_agent_svid_expired() {
-    use sigil_agent::svid_store::SvidStore;
     use sigil_proto::sigil::agent::v1 as pb;
+    use sigil_testkit::agent_link::server_connection;
 
     let server = Server::start(ServerOptions {
         extra_server: "agent_ttl = \"6s\"".into(),
         ..ServerOptions::default()
     });
     let (mut agent, _agent_id) = attested_agent(&server, false);
-    let data = agent.dir.path().join("data");
-    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
-    let (svid, bundle) = wait_for("the agent's stored SVID", Duration::from_secs(10), || {
-        let store = SvidStore::open(&data, &data.join("keys")).ok()?;
-        Some((store.load_svid().ok()??, store.load_bundle(&td).ok()??))
-    });
+    let (svid, bundle) = agent.stored_credentials(&server);
     // The agent must not renew it (which would retire the copy) while the client uses it.
     agent.stop();
-    let rt = rt();
+    let rt = multi_thread_rt();
     rt.block_on(async {
-        let conn = sigil_agent::server_client::ServerConnection::new(
-            "127.0.0.1",
-            server.bind_port,
-            &td,
-            Some(&bundle),
-            Some(&svid),
-        )
-        .unwrap();
+        let conn = server_connection(&server, &svid, &bundle);
         let mut client = conn.client();
         let mut stream = client
             .sync_entries(pb::SyncEntriesRequest { since_revision: 0 })

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use sigil_tests::bin_dir;
+use sigil_testkit::bin_dir;
 
 #[test]
 fn quick_benchmark_produces_every_figure() {

@@ -18,7 +18,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, bin_dir, register_uid, wait_for};
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, bin_dir, register_uid, wait_for,
+};
 
 const ROOT_ID: &str = "spiffe://example.org/root-only";
 const NOBODY_ID: &str = "spiffe://example.org/nobody";
@@ -41,13 +43,7 @@ fn setup(discover_workload_path: bool) -> (Server, Agent, String) {
     let server = Server::start(ServerOptions::default());
     let (mut agent, agent_id) = attested_agent(&server, true);
     if discover_workload_path {
-        let conf = std::fs::read_to_string(&agent.config).unwrap().replacen(
-            "WorkloadAttestor \"unix\" {\n    plugin_data {}",
-            "WorkloadAttestor \"unix\" {\n    plugin_data {\n      discover_workload_path = true\n    }",
-            1,
-        );
-        assert!(conf.contains("discover_workload_path"), "{conf}");
-        std::fs::write(&agent.config, conf).unwrap();
+        agent.discover_workload_path();
         agent.stop();
         agent.spawn(None);
     }

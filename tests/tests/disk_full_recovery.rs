@@ -10,9 +10,11 @@
 use std::time::{Duration, Instant};
 
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_tests::admin::{admin_client, entry_batch, rt};
-use sigil_tests::tmpfs::Tmpfs;
-use sigil_tests::{Server, ServerOptions, http_get, sqlite3, wait_for};
+use sigil_testkit::admin::{admin_client, entry_batch};
+use sigil_testkit::rt;
+use sigil_testkit::tmpfs::Tmpfs;
+use sigil_testkit::verify::sqlite_integrity;
+use sigil_testkit::{Server, ServerOptions, http_get, wait_for};
 
 /// Creates `size` entries in one call; `Err(status)` as the client saw it.
 fn create(server: &Server, load: &str, b: usize, size: usize) -> Result<(), tonic::Status> {
@@ -200,7 +202,7 @@ fn full_disk_is_reported_refused_cleanly_and_recovered_from_without_restart() {
         "the delete was persisted"
     );
     assert!(server.stop().success());
-    assert_eq!(sqlite3(&db, "PRAGMA integrity_check;"), "ok");
+    assert_eq!(sqlite_integrity(&db), "ok");
 }
 
 /// A change refused during the full disk is not in the journal either: after space returns and

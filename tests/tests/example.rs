@@ -4,125 +4,32 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use sigil_tests::{Agent, Server, ServerOptions, bin_dir, free_port, python, wait_for};
+use sigil_testkit::binaries::workspace_bin;
+use sigil_testkit::{
+    Agent, Process, Server, ServerOptions, free_port, python, register_uid, uid, wait_for,
+};
 
-const TD: &str = "example.org";
 const PAYMENT_PROCESSOR: &str = "spiffe://example.org/ns/payments/sa/payment-processor";
 const CHECKOUT: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
 const STOREFRONT: &str = "spiffe://example.org/ns/shop/sa/storefront";
 const REPORTING: &str = "spiffe://example.org/ns/analytics/sa/reporting";
 
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
-
-fn example_bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
-/// A started process, killed on drop, with its stdout and stderr in one file.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Proc {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            sigil_tests::wait_child(&mut child, Duration::from_secs(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// An agent attested with a join token whose unix attestor also yields `unix:path` selectors.
 fn path_attesting_agent(server: &Server) -> (Agent, String) {
-    let token = server
-        .cli_ok(&["token", "generate", "-ttl", "600"])
-        .trim()
-        .strip_prefix("Token: ")
-        .expect("token output")
-        .to_owned();
+    let token = server.join_token();
     let mut agent = Agent::configure(server);
-    let conf = std::fs::read_to_string(&agent.config).expect("agent.conf");
-    let unix = "WorkloadAttestor \"unix\" {\n    plugin_data {}\n  }";
-    assert!(conf.contains(unix), "harness agent.conf changed:\n{conf}");
-    let conf = conf.replace(
-        unix,
-        "WorkloadAttestor \"unix\" {\n    plugin_data {\n      discover_workload_path = true\n    }\n  }",
-    );
-    std::fs::write(&agent.config, conf).expect("write agent.conf");
+    agent.discover_workload_path();
     agent.spawn(Some(&token));
-    (
-        agent,
-        format!("spiffe://{TD}/spire/agent/join_token/{token}"),
-    )
+    (agent, server.join_token_agent_id(&token))
 }
 
 /// Registers `spiffe_id` for processes of this user running the binary at `path`.
 fn register_path(server: &Server, parent: &str, spiffe_id: &str, path: &Path) {
-    let uid = format!("unix:uid:{}", uid());
     let path = format!("unix:path:{}", path.display());
-    server.cli_json(&[
-        "entry",
-        "create",
-        "-spiffeID",
-        spiffe_id,
-        "-parentID",
-        parent,
-        "-selector",
-        &uid,
-        "-selector",
-        &path,
-    ]);
-}
-
-fn endpoint(agent: &Agent) -> String {
-    format!("unix://{}", agent.socket.display())
+    register_uid(server, spiffe_id, parent, uid(), &["-selector", &path]);
 }
 
 fn run(mut cmd: Command) -> Output {
@@ -162,7 +69,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
     let work = tempfile::tempdir().expect("temp dir");
 
     // A second copy of checkout-service is a different workload: another path, another ID.
-    let checkout = example_bin("checkout-service");
+    let checkout = workspace_bin("checkout-service");
     let storefront = work.path().join("storefront");
     std::fs::copy(&checkout, &storefront).expect("copy checkout-service");
     let py = python();
@@ -181,7 +88,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
     );
     let py_real = PathBuf::from(String::from_utf8_lossy(&py_real.stdout).trim());
 
-    let payment_processor = example_bin("payment-processor");
+    let payment_processor = workspace_bin("payment-processor");
     register_path(&server, &agent_id, PAYMENT_PROCESSOR, &payment_processor);
     register_path(&server, &agent_id, CHECKOUT, &checkout);
     register_path(&server, &agent_id, STOREFRONT, &storefront);
@@ -189,14 +96,14 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut pp = Proc::spawn(
+    let mut pp = Process::spawn(
         {
             let mut c = Command::new(&payment_processor);
             c.args(["--listen", &addr])
-                .env("SPIFFE_ENDPOINT_SOCKET", endpoint(&agent));
+                .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
             c
         },
-        work.path().join("payment-processor.log"),
+        &work.path().join("payment-processor.log"),
     );
     wait_for(
         "payment-processor to listen",
@@ -218,14 +125,14 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
         let mut c = Command::new(exe);
         c.args(["--server", &addr])
             .args(extra)
-            .env("SPIFFE_ENDPOINT_SOCKET", endpoint(&agent));
+            .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
         c
     };
 
     // The loop: one call (one handshake) every 200 ms until both rotations have been seen.
-    let mut looping = Proc::spawn(
+    let mut looping = Process::spawn(
         checkout_cmd(&checkout, &["--repeat", "1000", "--interval", "200ms"]),
-        work.path().join("checkout-loop.log"),
+        &work.path().join("checkout-loop.log"),
     );
 
     // Meanwhile, the refusals.
@@ -265,7 +172,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
             "/../examples/zero-trust/python/reporting_client.py"
         ))
         .arg(&addr)
-        .env("SPIFFE_ENDPOINT_SOCKET", endpoint(&agent));
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
         c
     });
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
@@ -315,7 +222,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
             })
         },
     );
-    looping.terminate();
+    looping.stop(Duration::from_secs(10));
     let log = looping.log();
     let calls = calls(&log);
     for line in &calls {
@@ -331,7 +238,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
 
     // payment-processor logged one line per request, with the verdict; the checkout-service's
     // own SVID rotated too (several client serials on the allowed calls).
-    pp.terminate();
+    pp.stop(Duration::from_secs(10));
     let pp_log = pp.log();
     let allowed: Vec<&str> = pp_log
         .lines()

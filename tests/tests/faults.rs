@@ -11,23 +11,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
-use sigil_tests::tmpfs::server_on_tmpfs;
-use sigil_tests::{Server, ServerOptions, server_bin, sqlite3, wait_child, wait_for};
+use sigil_testkit::admin::{admin_client, entries_per_batch, entry_batch};
+use sigil_testkit::rt;
+use sigil_testkit::tmpfs::server_on_tmpfs;
+use sigil_testkit::verify::sqlite_integrity;
+use sigil_testkit::{Process, Server, ServerOptions, server_bin, sqlite3, wait_for};
 
 /// Entries per BatchCreateEntry call in the kill loop.
 const BATCH: usize = 50;
 const KILLS: usize = 20;
-
-fn integrity_check(db: &Path) -> String {
-    sqlite3(db, "PRAGMA integrity_check;")
-}
 
 /// Entries per batch of `round`, read straight from the file.
 fn batches_present(db: &Path, round: usize) -> BTreeMap<usize, usize> {
@@ -86,7 +84,7 @@ fn kill9_mid_write_loses_no_acknowledged_entry_and_no_batch_is_partial() {
         writer.join().unwrap();
 
         // The file as the crash left it (WAL included), before the server touches it again.
-        assert_eq!(integrity_check(&db), "ok", "round {round}");
+        assert_eq!(sqlite_integrity(&db), "ok", "round {round}");
         server.spawn();
         let present = batches_present(&db, round);
         let acked = acked.lock().unwrap().clone();
@@ -175,7 +173,7 @@ fn disk_full_gives_a_clear_error_and_no_corruption() {
     server.cli_ok(&["entry", "count"]);
     let mut server = server;
     server.stop();
-    assert_eq!(integrity_check(&db), "ok");
+    assert_eq!(sqlite_integrity(&db), "ok");
     let present = batches_present(&db, 0);
     for b in &acked {
         assert_eq!(present.get(b), Some(&BATCH), "acknowledged batch {b}");
@@ -196,19 +194,14 @@ fn read_only_data_dir_gives_a_clear_error_and_no_corruption() {
     // Start on the read-only dir: a non-zero exit naming the problem, or (if it starts) a
     // clear error for a write.
     let log = server.dir.path().join("read-only-start.log");
-    let mut child = Command::new(server_bin())
-        .args(["run", "-config"])
-        .arg(&server.config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(server_bin());
+    command.args(["run", "-config"]).arg(&server.config);
+    let mut child = Process::spawn(command, &log);
     let exited = wait_for(
         "the server to exit or become healthy",
         Duration::from_secs(30),
         || {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = child.exited() {
                 return Some(Some(status));
             }
             server
@@ -237,14 +230,10 @@ fn read_only_data_dir_gives_a_clear_error_and_no_corruption() {
                 err.code(),
                 err.message()
             );
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            wait_child(&mut child, Duration::from_secs(20));
+            child.stop(Duration::from_secs(20));
         }
     }
     fs.remount("rw");
-    assert_eq!(integrity_check(&db), "ok");
+    assert_eq!(sqlite_integrity(&db), "ok");
     assert_eq!(batches_present(&db, 0).get(&0), Some(&BATCH));
 }

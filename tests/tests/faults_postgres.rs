@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sigil_proto::sigil::admin::v1 as admin;
-use sigil_tests::admin::{admin_client, entries_per_batch, entry_batch, rt};
-use sigil_tests::{Server, ServerOptions, wait_for};
+use sigil_testkit::admin::{admin_client, entries_per_batch, entry_batch};
+use sigil_testkit::rt;
+use sigil_testkit::{Server, ServerOptions, wait_for};
 
 /// 20 batches of 500: the 10k-entry load.
 const BATCH: usize = 500;
@@ -86,7 +87,7 @@ fn writer(
 
 #[test]
 fn kill9_a_replica_during_a_10k_batch_load_loses_no_acknowledged_batch() {
-    let url = sigil_testpg::database("faults");
+    let url = sigil_testkit::postgres::database("faults");
     let mut a = Server::start(ServerOptions {
         postgres: Some(url.clone()),
         ..ServerOptions::default()
@@ -141,7 +142,7 @@ fn kill9_a_replica_during_a_10k_batch_load_loses_no_acknowledged_batch() {
 
 #[test]
 fn postgres_restarted_under_load_loses_nothing_and_the_server_reconnects() {
-    let cluster = sigil_testpg::Cluster::start().expect("a private throwaway cluster");
+    let cluster = sigil_testkit::postgres::Cluster::start().expect("a private throwaway cluster");
     let url = cluster.create_database("restart").unwrap();
     let server = Server::start(ServerOptions {
         postgres: Some(url.clone()),

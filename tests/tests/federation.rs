@@ -6,11 +6,11 @@
 use std::process::Command;
 use std::time::Duration;
 
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, python, register_uid, wait_for};
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
+use sigil_testkit::python::python_json;
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, multi_thread_rt, python, register_uid, uid,
+    wait_for,
+};
 
 fn server(td: &str) -> Server {
     Server::start(ServerOptions {
@@ -19,37 +19,12 @@ fn server(td: &str) -> Server {
     })
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn client(agent: &Agent) -> spiffe::WorkloadApiClient {
-    spiffe::WorkloadApiClient::connect_to(format!("unix://{}", agent.socket.display()))
-        .await
-        .unwrap()
-}
-
 /// Writes `svid.0.pem`, `svid.0.key`, `bundle.0.pem` and `federated_bundle.0.*.pem` into a new
 /// temp dir, through the Workload API.
 fn fetch_files(agent: &Agent) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "-write",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "fetch x509: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
+    agent
+        .write_x509()
+        .unwrap_or_else(|e| panic!("fetch x509: {e}"))
 }
 
 /// Copies `from`'s own bundle into `to` as a federated bundle.
@@ -116,23 +91,17 @@ fn mtls(
     client_dir: &str,
     client_trust: &str,
 ) -> serde_json::Value {
-    let out = Command::new(python())
-        .args([
+    python_json(
+        "py-spiffe-tls mTLS",
+        &[
             "-c",
             MTLS,
             server_dir,
             server_trust,
             client_dir,
             client_trust,
-        ])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+        ],
+    )
 }
 
 fn federated_file(dir: &tempfile::TempDir) -> Option<String> {
@@ -215,10 +184,10 @@ fn two_trust_domains_authenticate_each_other_with_workload_api_material() {
     assert!(r.get("client_error").is_some(), "{r}");
 
     // JWT-SVIDs: A's federating workload validates B's token; the local-only one refuses it.
-    rt().block_on(async {
-        let cb = client(&agent_b).await;
+    multi_thread_rt().block_on(async {
+        let cb = agent_b.workload_client().await;
         let token = cb.fetch_jwt_svid(["a-api"], None).await.unwrap();
-        let ca = client(&agent_a).await;
+        let ca = agent_a.workload_client().await;
         let validated = ca.validate_jwt_token("a-api", token.token()).await.unwrap();
         assert_eq!(
             validated.spiffe_id().to_string(),
@@ -230,7 +199,7 @@ fn two_trust_domains_authenticate_each_other_with_workload_api_material() {
                 .get(&spiffe::TrustDomain::new("b.test").unwrap())
                 .is_some()
         );
-        let ca2 = client(&agent_a2).await;
+        let ca2 = agent_a2.workload_client().await;
         assert!(
             ca2.validate_jwt_token("a-api", token.token())
                 .await
@@ -347,7 +316,7 @@ fn bundle_set_list_delete_errors() {
 
     // PEM from standard input (no -path), then list and count.
     let pem = a.cli_ok(&["bundle", "show"]);
-    let mut child = Command::new(sigil_tests::server_bin())
+    let mut child = Command::new(sigil_testkit::server_bin())
         .args(["bundle", "set", "-id", "spiffe://o.test", "-socketPath"])
         .arg(&a.socket)
         .stdin(std::process::Stdio::piped())
@@ -420,7 +389,7 @@ fn x5c(doc: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
-    let port = sigil_tests::free_port();
+    let port = sigil_testkit::free_port();
     // ca_ttl 60 s: the next CA joins the bundle 30 s in.
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
@@ -473,8 +442,8 @@ fn bundle_endpoint_https_spiffe_serves_the_bundle_and_follows_rotation() {
 fn bundle_endpoint_https_web_uses_the_serving_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) =
-        sigil_tests::self_signed_serving_cert(dir.path(), "127.0.0.1", "IP:127.0.0.1");
-    let port = sigil_tests::free_port();
+        sigil_testkit::self_signed_serving_cert(dir.path(), "127.0.0.1", "IP:127.0.0.1");
+    let port = sigil_testkit::free_port();
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
         extra_server: format!(
@@ -509,7 +478,7 @@ fn pem_count(text: &str) -> usize {
 
 #[test]
 fn polling_picks_up_a_foreign_ca_rotation_without_restart() {
-    let (port_a, port_b) = (sigil_tests::free_port(), sigil_tests::free_port());
+    let (port_a, port_b) = (sigil_testkit::free_port(), sigil_testkit::free_port());
     let a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
         extra_server: federation_block(port_a, "b.test", port_b),
@@ -577,7 +546,7 @@ fn polling_an_https_web_endpoint_uses_the_web_pki_roots() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
     let run = |args: &[&str]| {
-        let (ok, out) = sigil_tests::openssl(args);
+        let (ok, out) = sigil_testkit::openssl(args);
         assert!(ok, "{args:?}: {out}");
     };
     let ec = [
@@ -635,7 +604,7 @@ fn polling_an_https_web_endpoint_uses_the_web_pki_roots() {
         &cert,
     ]);
 
-    let port_b = sigil_tests::free_port();
+    let port_b = sigil_testkit::free_port();
     let b = Server::start(ServerOptions {
         trust_domain: "b.test".into(),
         extra_server: format!(

@@ -10,10 +10,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, agent_bin, attested_agent, free_port, self_signed_serving_cert,
     server_bin,
 };
@@ -35,31 +35,13 @@ fn is_root() -> bool {
 /// Runs `<bin> run -config <config>`, which must exit within 30 s; its status and output.
 fn run_to_exit(bin: &Path, config: &Path) -> (ExitStatus, String) {
     let log = config.with_extension("refused.log");
-    let mut child = Command::new(bin)
-        .args(["run", "-config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} started instead of refusing:\n{}",
-                bin.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut command = Command::new(bin);
+    command.args(["run", "-config"]).arg(config);
+    let (status, output) = sigil_testkit::run_to_exit(command, &log, Duration::from_secs(30));
+    let Some(status) = status else {
+        panic!("{} started instead of refusing:\n{output}", bin.display());
     };
-    (status, std::fs::read_to_string(&log).unwrap_or_default())
+    (status, output)
 }
 
 /// `<bin>` on `config` refuses to start, naming `path` and `detail`.

@@ -1,19 +1,15 @@
 //! A `k8s_psat` agent whose own SVID expires during a server outage attests again by itself
 //! once the server is back, with the token the kubelet wrote meanwhile (checked by the real
-//! kube-apiserver's TokenReview, see `sigil_tests::k8s`), and serves SVIDs again: no restart,
+//! kube-apiserver's TokenReview, see `sigil_testkit::k8s`), and serves SVIDs again: no restart,
 //! no operator. Until then `/ready` says why it is not ready, and workload SVIDs that are still
 //! valid keep being served.
 
 use std::time::Duration;
 
-use sigil_tests::k8s::{kube, psat_server_plugin};
-use sigil_tests::{Agent, Server, ServerOptions, http_get, register_uid, wait_for};
+use sigil_testkit::k8s::{kube, psat_server_plugin};
+use sigil_testkit::{Agent, Server, ServerOptions, http_get, register_uid, uid, wait_for};
 
 const CLUSTER: &str = "prod";
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
 
 #[test]
 fn a_psat_agent_whose_svid_expired_attests_again_and_serves_again() {

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sigil_tests::k8s::kube;
-use sigil_tests::{Server, ServerOptions, agent_bin, pem_certs, python, server_bin, wait_for};
+use sigil_testkit::k8s::kube;
+use sigil_testkit::{Server, ServerOptions, agent_bin, pem_certs, python, server_bin, wait_for};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 fn deploy_dir() -> PathBuf {

@@ -1,5 +1,5 @@
 //! End-to-end `k8s_psat` node attestation against the real kube-apiserver (see
-//! `sigil_tests::k8s`): the server validates real projected service account tokens with
+//! `sigil_testkit::k8s`): the server validates real projected service account tokens with
 //! TokenReview through its least-privilege kubeconfig; each refusal reaches the agent with its
 //! reason and the server log with the detail; the token appears in neither log. An expired token,
 //! which the real server cannot produce quickly, comes from a tiny fake API server.
@@ -7,14 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sigil_tests::k8s::{FakeApiServer, kube, psat_server_plugin};
-use sigil_tests::{Agent, Server, ServerOptions, register_uid, wait_for};
+use sigil_testkit::k8s::{FakeApiServer, kube, psat_server_plugin};
+use sigil_testkit::{Agent, Server, ServerOptions, register_uid, uid, wait_for};
 
 const CLUSTER: &str = "prod";
-
-fn uid() -> u32 {
-    nix::unistd::getuid().as_raw()
-}
 
 /// A namespace of its own with SA `spire-agent`, a node `<ns>-node` and pod `agent-0` on it.
 struct World {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use sigil_tests::k8s::{kube, psat_server_plugin};
-use sigil_tests::kubelet::{self, TestPod};
-use sigil_tests::{Agent, Server, ServerOptions, agent_bin, wait_for};
+use sigil_testkit::k8s::{kube, psat_server_plugin};
+use sigil_testkit::kubelet::{self, TestPod};
+use sigil_testkit::{Agent, Server, ServerOptions, agent_bin, wait_for};
 
 /// Adds `WorkloadAttestor "k8s"` (read-only port, fake proc root) to the agent's config.
 fn with_k8s_attestor(agent: &Agent, kubelet_port: u16, proc_root: &Path) {
@@ -94,13 +94,8 @@ fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
     let proc_dir = tempfile::tempdir().unwrap();
     let proc_root = proc_dir.path();
 
-    let token = server
-        .cli_ok(&["token", "generate", "-ttl", "600"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
-    let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let token = server.join_token();
+    let agent_id = server.join_token_agent_id(&token);
     server.cli_json(&[
         "entry",
         "create",

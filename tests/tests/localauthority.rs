@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, attested_agent, free_port, http_get, pem_certs, register_uid,
     wait_for,
 };
@@ -75,17 +75,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The issuer (AKI hex) of each SVID leaf the workload gets, and the bundle it gets.
 fn workload_view(agent: &Agent) -> Option<(Vec<String>, Vec<Vec<u8>>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "-write",
-        dir.path().to_str().unwrap(),
-    ]);
-    if !out.status.success() {
-        return None;
-    }
+    let dir = agent.write_x509().ok()?;
     let mut issuers = Vec::new();
     for i in 0.. {
         let Ok(pem) = std::fs::read_to_string(dir.path().join(format!("svid.{i}.pem"))) else {

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
-use sigil_tests::{Agent, Server, ServerOptions, register_uid};
+use sigil_testkit::{Agent, Server, ServerOptions, register_uid};
 
 /// Every needle of one secret: its PEM body lines, and the first 32 characters of its DER in
 /// standard and URL-safe base64 and in hex.
@@ -62,14 +62,6 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn token_from(output: &str) -> String {
-    output
-        .trim()
-        .strip_prefix("Token: ")
-        .expect("token output")
-        .to_owned()
-}
-
 #[test]
 fn no_secret_in_any_log_line() {
     let server = Server::start(ServerOptions {
@@ -83,8 +75,8 @@ fn no_secret_in_any_log_line() {
 
     // Join tokens: the one the agent uses becomes its public SPIFFE ID (as in SPIRE), so it may
     // appear only inside that ID; the unused one must not appear at all.
-    let token = token_from(&server.cli_ok(&["token", "generate", "-ttl", "600"]));
-    let unused = token_from(&server.cli_ok(&["token", "generate", "-ttl", "600"]));
+    let token = server.join_token();
+    let unused = server.join_token();
     needles.push(("unused join token".into(), unused.clone()));
     let mut agent = Agent::configure(&server);
     agent.spawn(Some(&token));
@@ -101,7 +93,7 @@ fn no_secret_in_any_log_line() {
     );
     let svid_dir = dir.join("workload");
     std::fs::create_dir_all(&svid_dir).unwrap();
-    sigil_tests::wait_for(
+    sigil_testkit::wait_for(
         "the workload's X509-SVID",
         std::time::Duration::from_secs(30),
         || {
@@ -175,7 +167,7 @@ fn no_secret_in_any_log_line() {
     // A CSR sent over the admin API, and one more JWT minted there.
     let csr_key = dir.join("csr.key");
     let csr_der = dir.join("csr.der");
-    let (ok, text) = sigil_tests::openssl(&[
+    let (ok, text) = sigil_testkit::openssl(&[
         "req",
         "-new",
         "-newkey",
@@ -201,7 +193,7 @@ fn no_secret_in_any_log_line() {
     let socket = server.socket.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let admin_jwt = rt.block_on(async move {
-        let channel = sigil_tests::admin::uds_channel(&socket).await.unwrap();
+        let channel = sigil_testkit::admin::uds_channel(&socket).await.unwrap();
         let mut client = AdminClient::new(channel);
         client
             .mint_x509svid(admin::MintX509svidRequest {

@@ -17,7 +17,7 @@ use sigil_proto::sigil::agent::v1 as agentpb;
 use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::workload as wl;
 use sigil_proto::{TrustDomain, sigil::admin::v1::admin_client::AdminClient};
-use sigil_tests::{Server, ServerOptions, agent_bin, attested_agent, server_bin};
+use sigil_testkit::{Server, ServerOptions, agent_bin, attested_agent, server_bin};
 use tonic::transport::Channel;
 
 /// What a row got: `exit N` or the gRPC code name, and the message (stderr + stdout for the CLI).
@@ -58,7 +58,7 @@ fn grpc_outcome<T>(r: Result<T, tonic::Status>) -> Outcome {
 }
 
 async fn uds_channel(path: PathBuf) -> Channel {
-    sigil_tests::admin::uds_channel(&path)
+    sigil_testkit::admin::uds_channel(&path)
         .await
         .expect("connect over a Unix socket")
 }
@@ -137,7 +137,7 @@ fn csr(dir: &Path, uri: Option<&str>) -> Vec<u8> {
         args.extend(["-addext".into(), format!("subjectAltName=URI:{uri}")]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, text) = sigil_tests::openssl(&args);
+    let (ok, text) = sigil_testkit::openssl(&args);
     assert!(ok, "{text}");
     std::fs::read(out).unwrap()
 }
@@ -242,7 +242,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
     // The test process (this uid) is a workload of the real agent.
     let uid = nix::unistd::getuid().as_raw();
     let workload_id = format!("spiffe://{td}/malformed/workload");
-    sigil_tests::register_uid(&server, &workload_id, &agent_id, uid, &[]);
+    sigil_testkit::register_uid(&server, &workload_id, &agent_id, uid, &[]);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

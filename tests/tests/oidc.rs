@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
-use sigil_tests::{Agent, Server, ServerOptions, attested_agent, free_port, python, register_uid};
+use sigil_testkit::python::python_json;
+use sigil_testkit::{
+    Agent, Server, ServerOptions, attested_agent, free_port, multi_thread_rt, register_uid,
+};
 
 const AUDIENCE: &str = "payments-api";
 const WORKLOAD_ID: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
@@ -78,17 +80,9 @@ fn setup(options: ServerOptions) -> (Server, Agent, u16) {
     (server, agent, port)
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A JWT-SVID for this process from the agent's Workload API, waiting for the entry to arrive.
 fn fetch_jwt(rt: &tokio::runtime::Runtime, agent: &Agent) -> String {
-    let socket = format!("unix://{}", agent.socket.display());
+    let socket = agent.endpoint();
     let deadline = Instant::now() + Duration::from_secs(30);
     rt.block_on(async {
         loop {
@@ -139,17 +133,10 @@ fn validate(
 
 fn pyjwt(discovery_url: &str, token: &str) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/oidc_validate.py");
-    let out = Command::new(python())
-        .args([script, discovery_url, AUDIENCE, token])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "PyJWT validation failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from oidc_validate.py")
+    python_json(
+        "PyJWT validation",
+        &[script, discovery_url, AUDIENCE, token],
+    )
 }
 
 fn max_age(reply: &Reply) -> u64 {
@@ -234,7 +221,7 @@ fn discovery_document_and_jwks_validate_a_workload_jwt_svid() {
     }
 
     // A JWT-SVID from the Workload API validates with the fetched JWKS...
-    let rt = rt();
+    let rt = multi_thread_rt();
     let token = fetch_jwt(&rt, &agent);
     let (kid, sub) = validate(&keys.body, &token, AUDIENCE, &issuer).unwrap();
     assert_eq!(kid, k["kid"].as_str().unwrap());
@@ -267,7 +254,7 @@ fn jwt_key_rotation_never_leaves_a_validation_gap() {
     });
     let host = format!("127.0.0.1:{port}");
     let issuer = format!("http://127.0.0.1:{port}");
-    let rt = rt();
+    let rt = multi_thread_rt();
 
     // kid -> (first seen in a JWKS, first seen signing), as iteration numbers.
     let mut seen: BTreeMap<String, (Option<usize>, Option<usize>)> = BTreeMap::new();
@@ -350,7 +337,7 @@ fn https_with_cert_files_names_the_issuer_after_the_host() {
     let port = free_port();
     let tls_dir = tempfile::tempdir().unwrap();
     let (cert, key) =
-        sigil_tests::self_signed_serving_cert(tls_dir.path(), "localhost", "DNS:localhost");
+        sigil_testkit::self_signed_serving_cert(tls_dir.path(), "localhost", "DNS:localhost");
     let _server = Server::start(ServerOptions {
         extra_top: format!(
             "oidc_discovery {{\n  bind_address = \"127.0.0.1\"\n  bind_port = {port}\n  domains = [\"localhost\"]\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n}}\n",
@@ -369,21 +356,15 @@ doc = get(sys.argv[2])
 keys = get(doc["jwks_uri"])
 print(json.dumps({"issuer": doc["issuer"], "jwks_uri": doc["jwks_uri"], "keys": len(keys["keys"])}))
 "#;
-    let out = Command::new(python())
-        .args([
+    let got = python_json(
+        "the discovery document over HTTPS",
+        &[
             "-c",
             script,
             cert.to_str().unwrap(),
             &format!("https://localhost:{port}/.well-known/openid-configuration"),
-        ])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["issuer"], format!("https://localhost:{port}"));
     assert_eq!(got["jwks_uri"], format!("https://localhost:{port}/keys"));
     assert_eq!(got["keys"], 1);

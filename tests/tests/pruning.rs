@@ -5,22 +5,18 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{Server, ServerOptions, attested_agent, register_uid, sqlite3, wait_for};
+use sigil_testkit::admin::admin_client;
+use sigil_testkit::rt;
+use sigil_testkit::{
+    Server, ServerOptions, attested_agent, register_uid, sqlite3, unix_now, wait_for,
+};
 
 /// The server prunes every 30 s (and at start); a margin on top.
 const PRUNED_WITHIN: Duration = Duration::from_secs(90);
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn entry(spiffe_id: String, expires_at: i64) -> common::RegistrationEntry {
     common::RegistrationEntry {

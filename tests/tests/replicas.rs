@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sigil_tests::{
+use sigil_testkit::{
     Agent, Server, ServerOptions, openssl, pem_certs, python, register_uid, wait_for,
 };
 
@@ -38,20 +38,9 @@ fn jwt_kids(server: &Server) -> BTreeSet<String> {
 /// One workload fetch through the agent CLI: `Ok(())` when it got an X509-SVID that
 /// `openssl` says is not expired.
 fn fetch_once(agent: &Agent) -> Result<(), String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = agent.cli(&[
-        "api",
-        "fetch",
-        "x509",
-        "-write",
-        dir.path().to_str().unwrap(),
-    ]);
-    if !out.status.success() {
-        return Err(format!(
-            "fetch failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let dir = agent
+        .write_x509()
+        .map_err(|e| format!("fetch failed: {e}"))?;
     let svid = dir.path().join("svid.0.pem");
     let (valid, text) = openssl(&[
         "x509",
@@ -70,7 +59,7 @@ fn fetch_once(agent: &Agent) -> Result<(), String> {
 #[test]
 fn two_replicas_one_bundle_and_agent_failover() {
     let a = Server::start(ServerOptions {
-        postgres: Some(sigil_testpg::database("replicas")),
+        postgres: Some(sigil_testkit::postgres::database("replicas")),
         ..ServerOptions::default()
     });
     let ca_a = x509_authorities(&a);

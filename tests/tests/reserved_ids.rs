@@ -14,9 +14,10 @@ use std::time::Duration;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::agent::v1 as pb;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{
-    Agent, Server, ServerOptions, agent_bin, attested_agent, register_uid, sqlite3, wait_for,
+use sigil_testkit::admin::admin_client;
+use sigil_testkit::rt;
+use sigil_testkit::{
+    Agent, Server, ServerOptions, agent_bin, attested_agent, register_uid, sqlite3, uid, wait_for,
 };
 
 const SERVER_ID: &str = "spiffe://example.org/spire/server";
@@ -35,10 +36,6 @@ const USER_TEMPLATE: &str = "spiffe://example.org/{unix:user}/server";
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
 }
 
 /// Runs a server CLI command that must fail saying the ID is reserved.
@@ -367,7 +364,7 @@ fn a_template_rendering_the_server_id_gives_the_workload_nothing() {
 /// reserved one) under a template entry is refused by every mint; another instance is signed.
 #[test]
 fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
-    use sigil_agent::svid_store::SvidStore;
+    use sigil_testkit::agent_link::{server_connection, x509_mint_request};
 
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
@@ -387,31 +384,9 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
         .unwrap()
         .to_owned();
 
-    let data = agent.dir.path().join("data");
-    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
-    let (svid, bundle) = wait_for("the agent's stored SVID", Duration::from_secs(10), || {
-        let store = SvidStore::open(&data, &data.join("keys")).ok()?;
-        Some((store.load_svid().ok()??, store.load_bundle(&td).ok()??))
-    });
+    let (svid, bundle) = agent.stored_credentials(&server);
     rt().block_on(async {
-        let conn = sigil_agent::server_client::ServerConnection::new(
-            "127.0.0.1",
-            server.bind_port,
-            &td,
-            Some(&bundle),
-            Some(&svid),
-        )
-        .unwrap();
-        let x509 = |entry_id: &str, spiffe_id: &str| {
-            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
-            pb::BatchMintX509svidRequest {
-                requests: vec![pb::X509svidRequest {
-                    entry_id: entry_id.into(),
-                    csr,
-                    spiffe_id: spiffe_id.into(),
-                }],
-            }
-        };
+        let conn = server_connection(&server, &svid, &bundle);
         let jwt = |entry_id: &str, spiffe_id: &str| pb::MintJwtsvidRequest {
             entry_id: entry_id.into(),
             audience: vec!["agent-bootstrap".into()],
@@ -423,7 +398,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
         ] {
             let errs = [
                 conn.client()
-                    .batch_mint_x509svid(x509(entry, id))
+                    .batch_mint_x509svid(x509_mint_request(entry, id))
                     .await
                     .unwrap_err(),
                 conn.client()
@@ -445,7 +420,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
         let ok = "spiffe://example.org/alice/server";
         let signed = conn
             .client()
-            .batch_mint_x509svid(x509(&entry_id, ok))
+            .batch_mint_x509svid(x509_mint_request(&entry_id, ok))
             .await
             .expect("another instance is signed")
             .into_inner();

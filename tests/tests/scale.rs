@@ -13,8 +13,9 @@ use sigil_proto::limits::{ADMIN_API_MAX_MESSAGE, MAX_ENTRY_BYTES};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::rt;
-use sigil_tests::{Server, ServerOptions, attested_agent, http_get, server_bin, wait_for};
+use sigil_testkit::net::counter_sum;
+use sigil_testkit::rt;
+use sigil_testkit::{Server, ServerOptions, attested_agent, http_get, server_bin, wait_for};
 use tonic::transport::Channel;
 
 /// Entries per `BatchCreateEntry` while loading.
@@ -24,7 +25,7 @@ const CLI_RSS_LIMIT_KIB: u64 = 64 * 1024;
 
 /// An admin client allowed to send up to `max_send` bytes (to reach the server's limit).
 async fn admin_client(socket: &Path, max_send: usize) -> AdminClient<Channel> {
-    sigil_tests::admin::admin_client(socket)
+    sigil_testkit::admin::admin_client(socket)
         .await
         .unwrap()
         .max_encoding_message_size(max_send)
@@ -168,11 +169,7 @@ fn svids_minted(health_port: u16) -> u64 {
     let Some((200, body)) = http_get(health_port, "/metrics") else {
         return 0;
     };
-    body.lines()
-        .filter(|l| l.starts_with("sigil_agent_x509_svids_minted_total") && l.contains("\"ok\""))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    counter_sum(&body, "sigil_agent_x509_svids_minted_total", "\"ok\"")
 }
 
 #[test]

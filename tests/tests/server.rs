@@ -6,7 +6,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use sigil_tests::{Server, ServerOptions, http_get, openssl, pem_certs, server_bin, wait_for};
+use sigil_testkit::verify::openssl_verify;
+use sigil_testkit::{Server, ServerOptions, http_get, openssl, pem_certs, server_bin, wait_for};
 use x509_parser::prelude::*;
 
 const SEED_SPIFFE_ID: &str = "spiffe://example.org/ns/payments/sa/checkout-service";
@@ -401,7 +402,8 @@ fn update_delete_and_data_file() {
 fn unsupported_security_flags_are_refused_and_nothing_is_written() {
     use sigil_proto::sigil::admin::v1 as pb;
     use sigil_proto::sigil::common::v1 as common;
-    use sigil_tests::admin::{admin_client, rt};
+    use sigil_testkit::admin::admin_client;
+    use sigil_testkit::rt;
 
     let server = Server::start(ServerOptions::default());
     let entry = [
@@ -592,13 +594,7 @@ fn x509_mint_verifies_with_openssl_and_matches_the_svid_profile() {
         0o600,
         "key file 0600"
     );
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        bundle.to_str().unwrap(),
-        svid.to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(&bundle, &svid, &[]);
     assert!(ok, "openssl verify: {text}");
     // The private key belongs to the certificate.
     let (_, cert_pub) = openssl(&["x509", "-in", svid.to_str().unwrap(), "-noout", "-pubkey"]);
@@ -742,13 +738,7 @@ fn restart_keeps_entries_bundle_and_ca() {
         "-write",
         dir.to_str().unwrap(),
     ]);
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        dir.join("bundle.pem").to_str().unwrap(),
-        dir.join("svid.pem").to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(&dir.join("bundle.pem"), &dir.join("svid.pem"), &[]);
     assert!(ok, "{text}");
     assert_eq!(
         std::fs::read_to_string(dir.join("bundle.pem")).unwrap(),
@@ -851,7 +841,7 @@ fn kill9_during_a_1000_entry_batch_is_all_or_nothing() {
 
 #[test]
 fn health_live_ready_and_metrics() {
-    let prometheus_port = sigil_tests::free_port();
+    let prometheus_port = sigil_testkit::free_port();
     let server = Server::start(ServerOptions {
         extra_top: format!(
             "telemetry {{\n  Prometheus {{\n    host = \"127.0.0.1\"\n    port = {prometheus_port}\n  }}\n}}"
@@ -955,13 +945,7 @@ fn ca_rotation_prepares_activates_and_keeps_the_old_ca() {
                 _ => None,
             })
             .unwrap();
-        let (ok, text) = openssl(&[
-            "verify",
-            "-x509_strict",
-            "-CAfile",
-            dir.join("bundle.pem").to_str().unwrap(),
-            dir.join("svid.pem").to_str().unwrap(),
-        ]);
+        let (ok, text) = openssl_verify(&dir.join("bundle.pem"), &dir.join("svid.pem"), &[]);
         assert!(ok, "{tag}: {text}");
         (aki, pem_certs(&server.cli_ok(&["bundle", "show"])))
     };
@@ -1120,12 +1104,7 @@ fn json_logs_carry_no_secrets() {
         extra_server: "log_format = \"json\"".into(),
         ..Default::default()
     });
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     let dir = server.dir.path().join("m");
     std::fs::create_dir(&dir).unwrap();
     server.cli_ok(&[

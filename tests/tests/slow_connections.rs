@@ -9,78 +9,21 @@
 //! - The per-address cap refuses a source's surplus connections at once while another source
 //!   address is served, and agents with SVIDs sharing one address are not refused.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use sigil_common::tls::SpiffeServerVerifier;
-use sigil_tests::{
-    Server, ServerOptions, attested_agent, free_port, http_get, register_uid,
+use sigil_testkit::tls::{any_server_connector, closed_after, connect_from, tls_connect};
+use sigil_testkit::{
+    Server, ServerOptions, attested_agent, free_port, http_get, multi_thread_rt, register_uid,
     self_signed_serving_cert, server_bin, sqlite3, wait_for,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::TlsConnector;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The server's timeouts (see `sigil_common::listener::Timeouts`).
 const HEADER_READ: Duration = Duration::from_secs(10);
 const HTTP2_IDLE: Duration = Duration::from_secs(60);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn connector(alpn: &[u8]) -> TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        // Any server certificate: these tests are about connections, not identities.
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::any_certificate()))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
-
-/// A TCP connection to `port` on 127.0.0.1 from `source` (any address of 127/8 is loopback).
-async fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse::<SocketAddr>().unwrap())?;
-    socket
-        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-}
-
-async fn tls(port: u16, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tcp = connect_from("127.0.0.1", port).await.unwrap();
-    connector(alpn)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake")
-}
-
-/// Reads (discarding) until the server closes the connection; the time from `since`. Gives up
-/// after `within`.
-async fn closed_after(
-    mut stream: impl AsyncRead + Unpin,
-    since: Instant,
-    within: Duration,
-) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        while !matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {}
-    })
-    .await
-    .ok()?;
-    Some(since.elapsed())
-}
 
 /// `sigil_server_open_connections{listener=...}` from the server's `/metrics`.
 fn open_connections(server: &Server, listener: &str) -> u64 {
@@ -180,7 +123,7 @@ fn half_open_and_trickling_connections_are_closed_at_the_timeouts() {
         open_connections(&server, "oidc_discovery"),
         open_connections(&server, "agent_api"),
     );
-    let rt = rt();
+    let rt = multi_thread_rt();
     let mut tasks = Vec::new();
     for i in 0..4 * N {
         tasks.push(rt.spawn(async move {
@@ -193,7 +136,7 @@ fn half_open_and_trickling_connections_are_closed_at_the_timeouts() {
                 ),
                 _ => (agent_port, b"h2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             };
-            let mut stream = tls(port, alpn).await;
+            let mut stream = tls_connect(port, alpn).await;
             let handshaken = Instant::now();
             if kind % 2 == 1 {
                 // Trickle, and keep trickling header lines after the head's first line: a
@@ -215,7 +158,7 @@ fn half_open_and_trickling_connections_are_closed_at_the_timeouts() {
     }
     // An HTTP/2 client that opens no stream.
     let idle = rt.spawn(async move {
-        let stream = tls(agent_port, b"h2").await;
+        let stream = tls_connect(agent_port, b"h2").await;
         let (_client, conn) = hyper::client::conn::http2::handshake::<
             _,
             _,
@@ -307,7 +250,7 @@ fn an_oidc_flood_under_a_low_descriptor_limit_leaves_the_apis_and_the_datastore_
         ..Default::default()
     });
 
-    let rt = rt();
+    let rt = multi_thread_rt();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();
@@ -408,7 +351,7 @@ fn the_per_address_cap_refuses_one_source_while_others_are_served() {
         extra_top: oidc_block(oidc_port, None),
         ..Default::default()
     });
-    let rt = rt();
+    let rt = multi_thread_rt();
     rt.block_on(async {
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -449,7 +392,7 @@ fn the_per_address_cap_refuses_one_source_while_others_are_served() {
     rt.block_on(async {
         // Two connections without an SVID from 127.0.0.2 (TLS done, nothing sent: each is
         // held until its preface deadline), then a third: refused before any TLS.
-        let connector = connector(b"h2");
+        let connector = any_server_connector(b"h2");
         let mut unauthenticated = Vec::new();
         for _ in 0..2 {
             let tcp = connect_from("127.0.0.2", server.bind_port).await.unwrap();

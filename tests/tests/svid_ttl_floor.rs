@@ -8,8 +8,9 @@ use std::process::{Command, Output};
 
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::common::v1 as common;
-use sigil_tests::admin::{admin_client, rt};
-use sigil_tests::{Server, ServerOptions, server_bin};
+use sigil_testkit::admin::admin_client;
+use sigil_testkit::rt;
+use sigil_testkit::{Server, ServerOptions, server_bin};
 
 const FLOOR: &str = "below the minimum SVID TTL of 5s";
 const PARENT: &str = "spiffe://example.org/spire/agent/join_token/x";

@@ -5,11 +5,7 @@
 
 use std::time::Duration;
 
-use sigil_tests::{Server, ServerOptions, attested_agent, wait_for};
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
+use sigil_testkit::{Server, ServerOptions, attested_agent, multi_thread_rt, uid, wait_for};
 
 const TEMPLATE: &str = "spiffe://example.org/uid/{unix:uid}";
 
@@ -102,44 +98,18 @@ fn template_entry_gives_the_workload_its_rendered_id() {
 /// that are not instances of it: refused, while an instance is signed with exactly that ID.
 #[test]
 fn forged_template_mint_requests_are_refused() {
-    use sigil_agent::svid_store::SvidStore;
     use sigil_proto::sigil::agent::v1 as pb;
+    use sigil_testkit::agent_link::{server_connection, x509_mint_request};
 
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
     let created = create_template(&server, &agent_id);
     let entry_id = created[0]["id"].as_str().expect("entry id").to_owned();
 
-    let data = agent.dir.path().join("data");
-    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
-    let (svid, bundle) = wait_for("the agent's stored SVID", Duration::from_secs(10), || {
-        let store = SvidStore::open(&data, &data.join("keys")).ok()?;
-        Some((store.load_svid().ok()??, store.load_bundle(&td).ok()??))
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let conn = sigil_agent::server_client::ServerConnection::new(
-            "127.0.0.1",
-            server.bind_port,
-            &td,
-            Some(&bundle),
-            Some(&svid),
-        )
-        .unwrap();
-        let mint = |spiffe_id: &str| {
-            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
-            pb::BatchMintX509svidRequest {
-                requests: vec![pb::X509svidRequest {
-                    entry_id: entry_id.clone(),
-                    csr,
-                    spiffe_id: spiffe_id.into(),
-                }],
-            }
-        };
+    let (svid, bundle) = agent.stored_credentials(&server);
+    multi_thread_rt().block_on(async {
+        let conn = server_connection(&server, &svid, &bundle);
+        let mint = |spiffe_id: &str| x509_mint_request(&entry_id, spiffe_id);
         for forged in [
             "spiffe://example.org/uid/../y",
             "spiffe://example.org/uid/1/2",

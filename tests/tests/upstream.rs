@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use sigil_tests::{
-    Server, ServerOptions, attested_agent, openssl, pem_certs, python, register_uid, server_bin,
-    wait_child, wait_for,
+use sigil_testkit::python::python_json;
+use sigil_testkit::verify::{openssl_verify, self_signed_p256};
+use sigil_testkit::{
+    Server, ServerOptions, attested_agent, pem_certs, register_uid, server_bin, wait_child,
+    wait_for,
 };
 
 /// An operator CA made with openssl: `<dir>/<name>.crt` and `<dir>/<name>.key`.
@@ -27,28 +29,13 @@ fn openssl_ca(dir: &Path, name: &str, ca: bool) -> (PathBuf, PathBuf) {
     } else {
         "keyUsage=critical,digitalSignature"
     };
-    let (ok, out) = openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-days",
-        "30",
-        "-subj",
+    self_signed_p256(
+        &cert,
+        &key,
         &format!("/O=Operator/CN={name}"),
-        "-addext",
-        basic,
-        "-addext",
-        usage,
-    ]);
-    assert!(ok, "{out}");
+        30,
+        &[basic, usage],
+    );
     (cert, key)
 }
 
@@ -90,15 +77,11 @@ fn verify_chain(root: &Path, chain_pem: &Path) -> (bool, String) {
         certs[1..].iter().map(|c| pem(c)).collect::<String>(),
     )
     .unwrap();
-    openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        root.to_str().unwrap(),
-        "-untrusted",
-        intermediates.to_str().unwrap(),
-        leaf.to_str().unwrap(),
-    ])
+    openssl_verify(
+        root,
+        &leaf,
+        &["-untrusted", intermediates.to_str().unwrap()],
+    )
 }
 
 fn mint(server: &Server, dir: &Path) -> PathBuf {
@@ -138,13 +121,7 @@ fn chains_lead_to_the_operator_root_for_openssl_and_py_spiffe() {
         root_der
     );
     // And the check can fail: the leaf alone does not reach the root.
-    let (ok, _) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        root.to_str().unwrap(),
-        ops.path().join("mint/leaf.pem").to_str().unwrap(),
-    ]);
+    let (ok, _) = openssl_verify(&root, &ops.path().join("mint/leaf.pem"), &[]);
     assert!(!ok);
 
     // A workload's SVID through a real agent (which itself talks to the server over a chain).
@@ -169,21 +146,15 @@ fn chains_lead_to_the_operator_root_for_openssl_and_py_spiffe() {
 
     // py-spiffe: a two-certificate chain, each issued by the next, the last by the bundle root.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/workload_client.py");
-    let out = Command::new(python())
-        .args([
+    let p = python_json(
+        "py-spiffe",
+        &[
             script,
             "chain",
             agent.socket.to_str().unwrap(),
             "example.org",
-        ])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "py-spiffe: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(p["spiffe_id"], "spiffe://example.org/web");
     assert_eq!(p["chain"].as_array().unwrap().len(), 2, "{p}");
     assert_eq!(

@@ -6,43 +6,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use sigil_tests::{
-    Agent, Server, ServerOptions, agent_bin, attested_agent, openssl, pem_certs, python,
-    register_uid, wait_for,
+use sigil_testkit::python::python_json;
+use sigil_testkit::verify::openssl_verify;
+use sigil_testkit::{
+    Agent, Server, ServerOptions, agent_bin, attested_agent, multi_thread_rt, pem_certs,
+    register_uid, uid, wait_for,
 };
-
-fn uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn rust_client(agent: &Agent) -> spiffe::WorkloadApiClient {
-    spiffe::WorkloadApiClient::connect_to(format!("unix://{}", agent.socket.display()))
-        .await
-        .unwrap()
-}
 
 fn py(args: &[&str]) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/py/workload_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "py-spiffe client failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from the python client")
+    python_json("py-spiffe client", &[&[script], args].concat())
 }
 
 #[test]
@@ -81,13 +54,11 @@ fn independent_clients_get_svids_bundles_and_jwts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (ok, text) = openssl(&[
-        "verify",
-        "-x509_strict",
-        "-CAfile",
-        out_dir.join("bundle.0.pem").to_str().unwrap(),
-        out_dir.join("svid.0.pem").to_str().unwrap(),
-    ]);
+    let (ok, text) = openssl_verify(
+        &out_dir.join("bundle.0.pem"),
+        &out_dir.join("svid.0.pem"),
+        &[],
+    );
     assert!(ok, "{text}");
     assert_eq!(
         pem_certs(&std::fs::read_to_string(out_dir.join("bundle.0.pem")).unwrap()),
@@ -125,8 +96,8 @@ fn independent_clients_get_svids_bundles_and_jwts() {
     assert_ne!(p["wrong_audience"], "accepted");
 
     // The Rust spiffe crate.
-    rt().block_on(async {
-        let client = rust_client(&agent).await;
+    multi_thread_rt().block_on(async {
+        let client = agent.workload_client().await;
         let ctx = client.fetch_x509_context().await.unwrap();
         let mut ids: Vec<String> = ctx
             .svids()
@@ -242,8 +213,8 @@ fn only_the_callers_identities_and_clear_errors() {
     }
 
     // Without the security header: InvalidArgument, whatever the caller.
-    rt().block_on(async {
-        let channel = sigil_tests::admin::uds_channel(&agent.socket)
+    multi_thread_rt().block_on(async {
+        let channel = sigil_testkit::admin::uds_channel(&agent.socket)
             .await
             .unwrap();
         let mut raw =
@@ -267,8 +238,8 @@ fn entry_changes_are_pushed_to_streaming_workloads() {
     let (agent, agent_id) = attested_agent(&server, false);
     let first = register_uid(&server, "spiffe://example.org/first", &agent_id, uid(), &[]);
     agent.wait_for_svid(Duration::from_secs(10));
-    rt().block_on(async {
-        let client = rust_client(&agent).await;
+    multi_thread_rt().block_on(async {
+        let client = agent.workload_client().await;
         let mut stream = Box::pin(
             tokio::time::timeout(Duration::from_secs(10), client.stream_x509_contexts())
                 .await
@@ -348,8 +319,8 @@ fn rotation_is_seen_by_both_clients() {
         p["serials"].as_array().unwrap().len() >= 2,
         "py-spiffe saw no rotation: {p}"
     );
-    rt().block_on(async {
-        let client = rust_client(&agent).await;
+    multi_thread_rt().block_on(async {
+        let client = agent.workload_client().await;
         let mut stream = Box::pin(client.stream_x509_contexts().await.unwrap());
         let first = stream
             .next()
@@ -476,14 +447,9 @@ fn evicted_agent_is_refused_then_reattests_with_a_fresh_token() {
 
     // The operator hands it a fresh join token: it re-attests under a new agent ID.
     assert!(agent.stop().success());
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     agent.spawn(Some(&token));
-    let new_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+    let new_id = server.join_token_agent_id(&token);
     register_uid(
         &server,
         "spiffe://example.org/reattested",
@@ -511,8 +477,8 @@ fn evicted_agent_is_refused_then_reattests_with_a_fresh_token() {
 /// own entries are refused.
 #[test]
 fn forged_requests_with_a_valid_agent_svid_are_refused() {
-    use sigil_agent::svid_store::SvidStore;
     use sigil_proto::sigil::agent::v1 as pb;
+    use sigil_testkit::agent_link::{server_connection, x509_mint_request};
 
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
@@ -537,37 +503,11 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
     ]);
     let alias = admin[0]["id"].as_str().unwrap().to_owned();
 
-    let data = agent.dir.path().join("data");
-    let store = SvidStore::open(&data, &data.join("keys")).unwrap();
-    let td = sigil_proto::TrustDomain::new("example.org").unwrap();
-    let svid = store
-        .load_svid()
-        .unwrap()
-        .expect("the agent persisted its SVID");
+    let (svid, bundle) = agent.stored_credentials(&server);
     assert_eq!(svid.spiffe_id.to_string(), agent_id);
-    let bundle = store
-        .load_bundle(&td)
-        .unwrap()
-        .expect("the agent persisted the bundle");
-    rt().block_on(async {
-        let conn = sigil_agent::server_client::ServerConnection::new(
-            "127.0.0.1",
-            server.bind_port,
-            &td,
-            Some(&bundle),
-            Some(&svid),
-        )
-        .unwrap();
-        let mint = |entry_id: &str| {
-            let (_key, csr) = sigil_agent::csr::new_key_and_csr().unwrap();
-            pb::BatchMintX509svidRequest {
-                requests: vec![pb::X509svidRequest {
-                    entry_id: entry_id.into(),
-                    csr,
-                    ..Default::default()
-                }],
-            }
-        };
+    multi_thread_rt().block_on(async {
+        let conn = server_connection(&server, &svid, &bundle);
+        let mint = |entry_id: &str| x509_mint_request(entry_id, "");
         let ok = conn
             .client()
             .batch_mint_x509svid(mint(&mine))
@@ -621,12 +561,7 @@ fn forged_requests_with_a_valid_agent_svid_are_refused() {
 #[test]
 fn insecure_bootstrap_trusts_the_server_on_first_contact_only() {
     let server = Server::start(ServerOptions::default());
-    let token = server
-        .cli_ok(&["token", "generate"])
-        .trim()
-        .strip_prefix("Token: ")
-        .unwrap()
-        .to_owned();
+    let token = server.join_token();
     let mut agent = Agent::configure_trust(&server, true);
     agent.spawn(Some(&token));
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
@@ -669,8 +604,8 @@ fn a_workload_with_500_identities_gets_them_all_in_one_response() {
     let created = server.cli_json(&["entry", "create", "-data", data.to_str().unwrap()]);
     assert_eq!(created.as_array().map(Vec::len), Some(N));
 
-    let ids = rt().block_on(async {
-        let client = rust_client(&agent).await;
+    let ids = multi_thread_rt().block_on(async {
+        let client = agent.workload_client().await;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match client.fetch_x509_context().await {

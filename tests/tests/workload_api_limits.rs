@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sigil_tests::{Server, ServerOptions, agent_bin, attested_agent, register_uid};
+use sigil_testkit::{Server, ServerOptions, agent_bin, attested_agent, register_uid};
 
 const CONNECTIONS: usize = 20;
 const STREAMS_PER_CONNECTION: u32 = 100;
@@ -240,7 +240,7 @@ fn a_connection_flood_meets_the_cap_not_the_file_descriptor_limit() {
         65534,
         &[],
     );
-    sigil_tests::wait_for(
+    sigil_testkit::wait_for(
         "the new entry to reach the bystander",
         Duration::from_secs(20),
         || {

@@ -2,7 +2,6 @@
 //! validation with jsonwebtoken, rotation over a simulated clock, and restarts with both key
 //! managers.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -122,20 +121,7 @@ fn openssl_verify(ca_der: &[u8], leaf_der: &[u8], extra: &[&str]) -> (bool, Stri
     let leaf = dir.path().join("leaf.pem");
     std::fs::write(&ca, pem_encode("CERTIFICATE", ca_der)).unwrap();
     std::fs::write(&leaf, pem_encode("CERTIFICATE", leaf_der)).unwrap();
-    let out = Command::new("openssl")
-        .args(["verify", "-x509_strict"])
-        .args(extra)
-        .arg("-CAfile")
-        .arg(&ca)
-        .arg(&leaf)
-        .output()
-        .expect("openssl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    sigil_testkit::verify::openssl_verify(&ca, &leaf, extra)
 }
 
 #[test]

@@ -586,7 +586,7 @@ pub(crate) mod tests {
     pub(crate) struct Guard(#[allow(dead_code)] Option<TempDir>);
 
     /// A fresh datastore on `backend`: a temp SQLite file, or a new database on this test
-    /// process's throwaway PostgreSQL cluster (`sigil_testpg`).
+    /// process's throwaway PostgreSQL cluster (`sigil_testkit::postgres`).
     pub(crate) async fn store_on(backend: Backend) -> (Guard, Datastore) {
         match backend {
             Backend::Sqlite => {
@@ -603,7 +603,7 @@ pub(crate) mod tests {
     /// A fresh database on the throwaway cluster (started on first use; blocking, so off the
     /// runtime's thread).
     pub(crate) async fn pg_database() -> String {
-        tokio::task::spawn_blocking(|| sigil_testpg::database("datastore"))
+        tokio::task::spawn_blocking(|| sigil_testkit::postgres::database("datastore"))
             .await
             .unwrap()
     }
@@ -911,7 +911,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn postgres_restart_is_survived() {
         let cluster = tokio::task::spawn_blocking(|| {
-            let cluster = sigil_testpg::Cluster::start().unwrap();
+            let cluster = sigil_testkit::postgres::Cluster::start().unwrap();
             let url = cluster.create_database("restart").unwrap();
             (cluster, url)
         })

@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL clusters for tests (dev-only).
+//! Throwaway PostgreSQL clusters for tests (formerly the `sigil-testpg` crate).
 //!
 //! [`database`] hands each test a fresh database on one cluster per test process, started on
 //! first use: `initdb` in a temp dir, then `postgres` on a free loopback port with trust
@@ -14,18 +14,15 @@
 //! `initdb` refuses to run as root: as root, the cluster runs as the `postgres` user (which
 //! Debian's package creates) or else `nobody`, via `setpriv`, and its dir is chowned to it.
 //!
-//! No library dependency: databases are created with the `createdb` client, so both async and
-//! sync tests can use it.
-
-#![forbid(unsafe_code)]
+//! No database client library: databases are created with the `createdb` client, so both async
+//! and sync tests can use it.
 
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
@@ -38,7 +35,7 @@ const DIR_PREFIX: &str = "sigil-testpg-";
 
 /// Why a cluster could not be started or used.
 #[derive(Debug, thiserror::Error)]
-pub enum TestPgError {
+pub enum ClusterError {
     #[error(
         "PostgreSQL is not installed (no initdb under /usr/lib/postgresql/*/bin, `pg_config --bindir` or PATH): \
          run `apt-get install postgresql`, or set SIGIL_PG_BINDIR"
@@ -66,9 +63,9 @@ pub enum TestPgError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TestPgError {
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
     let what = what.into();
-    move |source| TestPgError::Io { what, source }
+    move |source| ClusterError::Io { what, source }
 }
 
 /// A fresh, empty database on the process's shared cluster (started on first use); returns
@@ -120,7 +117,7 @@ struct User {
 
 impl Cluster {
     /// `initdb` in a new temp dir and start the server on a free loopback port.
-    pub fn start() -> Result<Cluster, TestPgError> {
+    pub fn start() -> Result<Self, ClusterError> {
         let bindir = bindir()?;
         sweep_stale_dirs();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -140,7 +137,7 @@ impl Cluster {
         } else {
             None
         };
-        let mut cluster = Cluster {
+        let mut cluster = Self {
             root,
             bindir,
             port: 0,
@@ -169,7 +166,7 @@ impl Cluster {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(TestPgError::NotInstalled))
+        Err(last.unwrap_or(ClusterError::NotInstalled))
     }
 
     /// The loopback port the server listens on.
@@ -183,7 +180,7 @@ impl Cluster {
     }
 
     /// Creates a fresh database named after `prefix` and returns its URL.
-    pub fn create_database(&self, prefix: &str) -> Result<String, TestPgError> {
+    pub fn create_database(&self, prefix: &str) -> Result<String, ClusterError> {
         let mut name: String = prefix
             .chars()
             .map(|c| {
@@ -209,7 +206,7 @@ impl Cluster {
     }
 
     /// Stops the server (fast shutdown: open connections are cut) and waits for it to exit.
-    pub fn stop(&self) -> Result<(), TestPgError> {
+    pub fn stop(&self) -> Result<(), ClusterError> {
         let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
         let Some(mut child) = server.take() else {
             return Ok(());
@@ -228,12 +225,12 @@ impl Cluster {
     }
 
     /// Starts the server again on the same port, after [`stop`](Self::stop).
-    pub fn start_again(&self) -> Result<(), TestPgError> {
+    pub fn start_again(&self) -> Result<(), ClusterError> {
         self.start_server()
     }
 
     /// Stops and starts the server, as `pg_ctl restart -m fast` does.
-    pub fn restart(&self) -> Result<(), TestPgError> {
+    pub fn restart(&self) -> Result<(), ClusterError> {
         self.stop()?;
         self.start_server()
     }
@@ -263,7 +260,7 @@ impl Cluster {
         }
     }
 
-    fn start_server(&self) -> Result<(), TestPgError> {
+    fn start_server(&self) -> Result<(), ClusterError> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -325,8 +322,8 @@ impl Cluster {
         Ok(())
     }
 
-    fn not_ready(&self) -> TestPgError {
-        TestPgError::NotReady {
+    fn not_ready(&self) -> ClusterError {
+        ClusterError::NotReady {
             port: self.port,
             timeout: START_TIMEOUT,
             log: fs::read_to_string(self.log_file()).unwrap_or_default(),
@@ -343,7 +340,7 @@ impl Drop for Cluster {
 
 /// Spawns `cmd` from a thread that lives as long as the process, so the parent-death signal
 /// fires when the process ends, not when the test thread that asked ends.
-fn spawn_from_long_lived_thread(cmd: Command) -> Result<Child, TestPgError> {
+fn spawn_from_long_lived_thread(cmd: Command) -> Result<Child, ClusterError> {
     type Request = (Command, mpsc::Sender<io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -375,13 +372,13 @@ fn spawn_from_long_lived_thread(cmd: Command) -> Result<Child, TestPgError> {
 }
 
 /// Runs a command to completion; a non-zero exit is an error carrying its output.
-fn run(cmd: &mut Command, what: &str) -> Result<Output, TestPgError> {
+fn run(cmd: &mut Command, what: &str) -> Result<Output, ClusterError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(io_err(format!("run {what}")))?;
     if !out.status.success() {
-        return Err(TestPgError::Command {
+        return Err(ClusterError::Command {
             what: what.to_owned(),
             status: out.status.to_string(),
             output: format!(
@@ -395,14 +392,14 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output, TestPgError> {
 }
 
 /// The directory holding `initdb`, `postgres`, `pg_ctl`, `createdb` and `pg_isready`.
-fn bindir() -> Result<PathBuf, TestPgError> {
+fn bindir() -> Result<PathBuf, ClusterError> {
     let has_initdb = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
     if let Some(dir) = std::env::var_os("SIGIL_PG_BINDIR") {
         let dir = PathBuf::from(dir);
         return if has_initdb(&dir) {
             Ok(dir)
         } else {
-            Err(TestPgError::NotInstalled)
+            Err(ClusterError::NotInstalled)
         };
     }
     // Debian's layout: one dir per major version; the newest wins.
@@ -430,7 +427,7 @@ fn bindir() -> Result<PathBuf, TestPgError> {
         .iter()
         .flat_map(std::env::split_paths)
         .find(|d| has_initdb(d))
-        .ok_or(TestPgError::NotInstalled)
+        .ok_or(ClusterError::NotInstalled)
 }
 
 fn is_root() -> bool {
@@ -438,7 +435,7 @@ fn is_root() -> bool {
 }
 
 /// `postgres` if the account exists (Debian's package creates it), else `nobody`.
-fn unprivileged_user() -> Result<User, TestPgError> {
+fn unprivileged_user() -> Result<User, ClusterError> {
     let passwd = fs::read_to_string("/etc/passwd").map_err(io_err("read /etc/passwd"))?;
     let find = |name: &str| {
         passwd.lines().find_map(|line| {
@@ -458,40 +455,8 @@ fn unprivileged_user() -> Result<User, TestPgError> {
     })
 }
 
-fn free_port() -> Result<u16, TestPgError> {
-    loopback_port().map_err(io_err("find a free port"))
-}
-
-/// A TCP port on 127.0.0.1 that is free now, for a test server to bind a moment later.
-///
-/// A port from `bind(0)` comes from the kernel's ephemeral range, which outgoing connections
-/// draw from too: one of them (this test's or another's) can take it before the server binds
-/// it. So the port is picked below that range when the range leaves room, starting at an
-/// offset of this process's own, so test processes running side by side rarely try the same.
-pub fn loopback_port() -> io::Result<u16> {
-    const LOW: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(0);
-    if ephemeral_low < LOW + 1_000 {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        return Ok(listener.local_addr()?.port());
-    }
-    let span = ephemeral_low.min(u32::from(u16::MAX)) - LOW;
-    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
-    for _ in 0..span {
-        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let port = u16::try_from(port).expect("below the ephemeral range");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        "no free loopback port below the ephemeral range",
-    ))
+fn free_port() -> Result<u16, ClusterError> {
+    crate::net::loopback_port().map_err(io_err("find a free port"))
 }
 
 /// Removes the dirs of clusters whose test process has ended (static clusters are never

@@ -1,36 +1,20 @@
 //! Driving the server's admin API straight over its Unix socket, for tests that need more than
-//! the CLI gives: bulk loads, exact gRPC codes, writes racing a kill.
+//! the CLI gives: bulk loads, exact gRPC codes, writes racing a kill; and the benchmark's loads.
+//!
+//! [`uds_channel`] is the binaries' own Unix-socket gRPC channel (`sigil_common::uds`), for the
+//! admin API and the Workload API alike.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hyper_util::rt::TokioIo;
 use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
 use sigil_proto::sigil::admin::v1::admin_client::AdminClient;
 use sigil_proto::sigil::common::v1 as common;
-use tonic::transport::{Channel, Endpoint};
-
-/// A single-threaded runtime for a test's async part.
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use tonic::transport::Channel;
 
 /// A gRPC channel over the Unix socket at `socket` (the admin API or the Workload API).
 pub async fn uds_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = socket.to_path_buf();
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
+    sigil_common::uds::channel(socket).await
 }
 
 /// An admin API client on the server socket `socket`, taking replies as large as the server

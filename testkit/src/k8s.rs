@@ -1,4 +1,4 @@
-//! A real Kubernetes API server for tests, driven by `tests/k8s/real-apiserver.sh` (kube-apiserver
+//! A real Kubernetes API server for tests, driven by `testkit/k8s/real-apiserver.sh` (kube-apiserver
 //! v1.20.2 + etcd on 127.0.0.1:6443, built once per machine under `$SIGIL_K8S`).
 //!
 //! The first test that asks for [`kube()`] starts it unless one already answers; `scripts/test`
@@ -264,63 +264,6 @@ pub fn psat_server_plugin(
     )
 }
 
-impl crate::Agent {
-    /// Like [`crate::Agent::configure`], but the agent attests with `NodeAttestor "k8s_psat"`
-    /// for `cluster`, reading its token from `token_path` (write it before spawning).
-    pub fn configure_psat(
-        server: &crate::Server,
-        cluster: &str,
-        token_path: &Path,
-    ) -> crate::Agent {
-        let agent = crate::Agent::configure(server);
-        let conf = std::fs::read_to_string(&agent.config).expect("read agent.conf");
-        let join_token = "NodeAttestor \"join_token\" {\n    plugin_data {}\n  }";
-        assert!(
-            conf.contains(join_token),
-            "unexpected agent.conf shape:\n{conf}"
-        );
-        let psat = format!(
-            "NodeAttestor \"k8s_psat\" {{\n    plugin_data {{\n      cluster = \"{cluster}\"\n      token_path = \"{}\"\n    }}\n  }}",
-            token_path.display()
-        );
-        std::fs::write(&agent.config, conf.replace(join_token, &psat)).expect("write agent.conf");
-        agent
-    }
-
-    /// Starts the agent and waits for it to exit, as it does when attestation is refused.
-    pub fn run_to_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open agent log");
-        let mut child = Command::new(crate::agent_bin())
-            .args(["run", "-config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn sigil-agent");
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait for sigil-agent") {
-                return status;
-            }
-            if start.elapsed() > timeout {
-                // Do not leave a stray agent behind the failed test.
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "sigil-agent still running after {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
 /// A tiny plain-HTTP stand-in for an API server that answers every TokenReview with `status`
 /// (JSON of a `TokenReviewStatus`), for what the real one cannot produce quickly (an expired
 /// token). Other paths get 404. The listener thread lives until the test process ends.
@@ -330,11 +273,7 @@ pub struct FakeApiServer {
 }
 
 impl FakeApiServer {
-    pub fn start(status: serde_json::Value) -> FakeApiServer {
-        use std::io::{BufRead, BufReader, Read};
-
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake API server");
-        let port = listener.local_addr().expect("local addr").port();
+    pub fn start(status: serde_json::Value) -> Self {
         let review = serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenReview",
@@ -343,44 +282,17 @@ impl FakeApiServer {
             "status": status,
         })
         .to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let (code, body) = if request_line.contains("/tokenreviews") {
-                    ("201 Created", review.as_str())
-                } else {
-                    (
-                        "404 Not Found",
-                        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404,"reason":"NotFound","message":"not found"}"#,
-                    )
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let port = crate::net::serve_json("fake API server", move |request_line| {
+            if request_line.contains("/tokenreviews") {
+                ("201 Created", review.clone())
+            } else {
+                (
+                    "404 Not Found",
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404,"reason":"NotFound","message":"not found"}"#.to_owned(),
+                )
             }
         });
-        FakeApiServer { port }
+        Self { port }
     }
 
     /// A kubeconfig (in `dir`) pointing at this fake over plain HTTP.

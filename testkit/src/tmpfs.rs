@@ -14,7 +14,7 @@ pub struct Tmpfs {
 
 impl Tmpfs {
     /// `None` (with the reason printed) when not root or the mount fails.
-    pub fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+    pub fn mount(at: &Path, size: &str) -> Option<Self> {
         if !nix::unistd::getuid().is_root() {
             eprintln!("NOTICE: not root: mounting a tmpfs is not possible; test skipped");
             return None;
@@ -35,7 +35,7 @@ impl Tmpfs {
             eprintln!("NOTICE: cannot mount a tmpfs here (no CAP_SYS_ADMIN?); test skipped");
             return None;
         }
-        Some(Tmpfs {
+        Some(Self {
             path: at.to_owned(),
         })
     }

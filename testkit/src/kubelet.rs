@@ -2,8 +2,6 @@
 //! the kubelet's read-only port does, plus a fake procfs entry placing a PID in a pod's
 //! container (cgroup v2, systemd driver, containerd).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 
 /// One pod with one running container.
@@ -23,8 +21,8 @@ pub struct TestPod {
 
 impl TestPod {
     /// A pod with a derived UID and container ID (`n` keeps them distinct).
-    pub fn new(namespace: &str, name: &str, service_account: &str, n: u8) -> TestPod {
-        TestPod {
+    pub fn new(namespace: &str, name: &str, service_account: &str, n: u8) -> Self {
+        Self {
             namespace: namespace.into(),
             name: name.into(),
             uid: format!("1234abcd-0000-4000-8000-{n:012x}"),
@@ -62,40 +60,19 @@ impl TestPod {
 
 /// Starts the test kubelet on a free port; it serves until the process exits.
 pub fn start(pods: Vec<TestPod>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind test kubelet");
-    let port = listener.local_addr().expect("addr").port();
     let body = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
         "items": pods.iter().map(TestPod::json).collect::<Vec<_>>(),
     })
     .to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            // Skip the headers.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let (status, body) = if request_line.starts_with("GET /pods") {
-                ("200 OK", body.as_str())
-            } else {
-                ("404 Not Found", "")
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    crate::net::serve_json("test kubelet", move |request_line| {
+        if request_line.starts_with("GET /pods") {
+            ("200 OK", body.clone())
+        } else {
+            ("404 Not Found", String::new())
         }
-    });
-    port
+    })
 }
 
 /// Writes `<proc_root>/<pid>/cgroup` placing `pid` in `pod`'s container.
