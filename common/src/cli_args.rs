@@ -5,24 +5,33 @@
 
 use std::ffi::OsString;
 
+use clap::Command;
+
 /// Rewrites `-name` / `-name=value` (a single dash followed by a letter and at least one more
 /// character) to `--name` / `--name=value`. Everything after a bare `--` is left alone, as are
-/// values that follow a flag (they are only rewritten if they look like flags themselves,
-/// which a SPIFFE ID, selector, path or number never does).
-pub fn spire_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut passthrough = false;
-    for arg in args {
-        if passthrough {
-            out.push(arg);
-            continue;
-        }
+/// values that follow a flag. `command` (the binary's clap command) says which flags take a
+/// value: as in Go's `flag`, the argument after such a flag is its value whatever it looks
+/// like, so one that starts with a dash (a join token or key ID such as `-CDHN...`) is handed to
+/// clap joined to its flag (`--authorityID=-CDHN...`), where clap cannot mistake it for a flag.
+pub fn spire_style(args: impl IntoIterator<Item = OsString>, command: &Command) -> Vec<OsString> {
+    let mut command = command.clone();
+    // Global flags reach the subcommands only once built.
+    command.build();
+    let mut current = &command;
+    let mut args = args.into_iter().peekable();
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    while let Some(arg) = args.next() {
         let Some(s) = arg.to_str() else {
             out.push(arg);
             continue;
         };
         if s == "--" {
-            passthrough = true;
+            out.push(arg);
+            out.extend(args);
+            break;
+        }
+        if let Some(sub) = current.find_subcommand(s) {
+            current = sub;
             out.push(arg);
             continue;
         }
@@ -31,21 +40,62 @@ pub fn spire_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
             && bytes[0] == b'-'
             && bytes[1].is_ascii_alphabetic()
             && bytes[2] != b'=';
-        if single_dash_long {
-            out.push(OsString::from(format!("-{s}")));
-        } else {
+        if !single_dash_long {
             out.push(arg);
+            continue;
+        }
+        let name = &s[1..];
+        let dash_value = !name.contains('=')
+            && takes_value(current, name)
+            && args
+                .peek()
+                .and_then(|v| v.to_str())
+                .is_some_and(|v| v.starts_with('-'));
+        match args.next_if(|_| dash_value) {
+            Some(value) => {
+                let mut joined = OsString::from(format!("-{s}="));
+                joined.push(value);
+                out.push(joined);
+            }
+            None => out.push(OsString::from(format!("-{s}"))),
         }
     }
     out
+}
+
+/// Whether `command` has a long flag `name` (or an alias of one) that takes a value.
+fn takes_value(command: &Command, name: &str) -> bool {
+    command.get_arguments().any(|arg| {
+        arg.get_action().takes_values()
+            && (arg.get_long() == Some(name)
+                || arg.get_all_aliases().is_some_and(|a| a.contains(&name)))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A command shaped like the binaries': `entry create` with value flags and a switch.
+    fn command() -> Command {
+        use clap::{Arg, ArgAction};
+        let value = |name: &'static str| Arg::new(name).long(name);
+        Command::new("x")
+            .arg(value("socketPath").global(true))
+            .subcommand(
+                Command::new("entry").subcommand(
+                    Command::new("create")
+                        .arg(value("spiffeID"))
+                        .arg(value("selector").action(ArgAction::Append))
+                        .arg(value("ttl"))
+                        .arg(value("authorityID").alias("authority"))
+                        .arg(Arg::new("admin").long("admin").action(ArgAction::SetTrue)),
+                ),
+            )
+    }
+
     fn rewrite(args: &[&str]) -> Vec<String> {
-        spire_style(args.iter().map(OsString::from))
+        spire_style(args.iter().map(OsString::from), &command())
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -86,6 +136,43 @@ mod tests {
         assert_eq!(
             rewrite(&["x", "-a=1", "-a-b", "-ab=1", "-h"]),
             ["x", "-a=1", "--a-b", "--ab=1", "-h"]
+        );
+    }
+
+    #[test]
+    fn a_value_that_starts_with_a_dash_stays_the_flags_value() {
+        // Go's `flag` takes the next argument as a value flag's value, whatever it looks like:
+        // key IDs and join tokens are base64url or UUIDs and may start with a dash.
+        assert_eq!(
+            rewrite(&[
+                "x",
+                "entry",
+                "create",
+                "-authorityID",
+                "-CDHN",
+                "-authority",
+                "-x",
+                "-socketPath",
+                "-s",
+                "-admin",
+                "-spiffeID",
+                "-ttl"
+            ]),
+            [
+                "x",
+                "entry",
+                "create",
+                "--authorityID=-CDHN",
+                "--authority=-x",
+                "--socketPath=-s",
+                "--admin",
+                "--spiffeID=-ttl"
+            ]
+        );
+        // A switch takes no value: the next argument is read on its own.
+        assert_eq!(
+            rewrite(&["x", "entry", "create", "-admin", "-ttl", "5"]),
+            ["x", "entry", "create", "--admin", "--ttl", "5"]
         );
     }
 

@@ -346,3 +346,31 @@ fn jwt_taint_switches_tokens_and_revoke_removes_the_key() {
         },
     );
 }
+
+/// Authority IDs are base64url and may start with a dash (`-CDHN...`): as in Go's `flag`, the
+/// argument after `-authorityID` is its value whatever it looks like, not another flag.
+#[test]
+fn an_authority_id_that_starts_with_a_dash_is_a_value() {
+    let server = Server::start(ServerOptions::default());
+    for kind in ["x509", "jwt"] {
+        for action in ["activate", "taint", "revoke"] {
+            let out = server.cli(&[
+                "localauthority",
+                kind,
+                action,
+                "-authorityID",
+                "-CDHN-no-such",
+            ]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{kind} {action}: {stderr}");
+            // The server answers: either about this ID, or (activate, checked
+            // first) that nothing is prepared; clap's parse error never.
+            let answered_by_server =
+                stderr.contains("-CDHN-no-such") || stderr.contains("no prepared");
+            assert!(
+                answered_by_server && !stderr.contains("unexpected argument"),
+                "{kind} {action}: the ID reached the server as a value: {stderr}"
+            );
+        }
+    }
+}

@@ -274,8 +274,10 @@ pub(super) enum OutputFormat {
 mod tests {
     use std::ffi::OsString;
 
-    use super::*;
+    use clap::CommandFactory;
     use sigil_common::cli_args::spire_style;
+
+    use super::*;
 
     #[test]
     fn run_flags_use_spire_spellings() {
@@ -293,6 +295,7 @@ mod tests {
                 "-expandEnv",
             ]
             .map(OsString::from),
+            &Cli::command(),
         );
         let Command::Run(run) = Cli::try_parse_from(args).unwrap().command else {
             panic!("not run");
@@ -356,6 +359,7 @@ plugins {
         std::fs::write(&path, good).unwrap();
         let args = spire_style(
             ["sigil-agent", "validate", "-config", path.to_str().unwrap()].map(OsString::from),
+            &Cli::command(),
         );
         let Command::Validate(args) = Cli::try_parse_from(args).unwrap().command else {
             panic!("not validate");

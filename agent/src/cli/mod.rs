@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 pub use commands::EXIT_USAGE;
 
@@ -61,7 +61,7 @@ pub enum CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = sigil_common::cli_args::spire_style(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os(), &Cli::command());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -151,7 +151,7 @@ mod tests {
     use super::*;
 
     pub(super) fn parse(args: &[&str]) -> Cli {
-        let args = spire_style(args.iter().map(OsString::from));
+        let args = spire_style(args.iter().map(OsString::from), &Cli::command());
         Cli::try_parse_from(args).unwrap()
     }
 
@@ -179,6 +179,7 @@ mod tests {
             ]
             .iter()
             .map(OsString::from),
+            &Cli::command(),
         );
         let got: Vec<&str> = got.iter().map(|s| s.to_str().unwrap()).collect();
         assert_eq!(

@@ -31,8 +31,7 @@ pub use crate::node_attestation::JoinToken;
 use crate::server_client::{ServerAddress, TrustBundleSource};
 use crate::svid_store::KeyManagerConfig;
 
-/// SPIRE's default Workload API socket.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-agent/public/api.sock";
+pub use crate::workload_api::DEFAULT_SOCKET_PATH;
 
 /// The validated agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

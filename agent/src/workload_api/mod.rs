@@ -29,8 +29,9 @@ use handler::{Handler, HandlerConfig};
 
 pub use handler::SECURITY_HEADER;
 
-/// Where the agent listens unless configured otherwise (SPIRE's default, renamed).
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
+/// Where the agent listens, and its CLI dials, unless configured otherwise: SPIRE's default,
+/// which SPIFFE clients and their tests hard-code.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/spire-agent/public/api.sock";
 
 /// Largest response we send: a workload with hundreds of identities gets well under 1 MiB
 /// per message, so 16 MiB leaves room without letting one stream hog memory.

@@ -12,7 +12,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::ca::upstream::UpstreamAuthority;
 use crate::config::{ConfigError, ServerConfig, ServerOverrides, SharedFlags};
@@ -131,7 +131,7 @@ impl OutputArgs {
 }
 
 pub fn main() -> ExitCode {
-    let args = sigil_common::cli_args::spire_style(std::env::args_os());
+    let args = sigil_common::cli_args::spire_style(std::env::args_os(), &Cli::command());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
