@@ -301,7 +301,7 @@ impl ServerConnection {
             state: Mutex::new(DialState::default()),
         });
         let channel = lazy_channel(dialer.clone());
-        Ok(ServerConnection {
+        Ok(Self {
             dialer,
             credentials,
             channel: ArcSwap::from_pointee(channel),
@@ -540,7 +540,7 @@ pub struct ServerJwtMinter {
 
 impl ServerJwtMinter {
     pub fn new(connection: Arc<ServerConnection>, metrics: Arc<Metrics>) -> Self {
-        ServerJwtMinter {
+        Self {
             connection,
             metrics,
         }

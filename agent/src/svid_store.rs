@@ -73,7 +73,7 @@ impl AgentSvid {
             .first()
             .ok_or_else(|| SvidStoreError::InvalidSvid("empty chain".into()))?;
         let facts = leaf_facts(leaf).map_err(SvidStoreError::InvalidSvid)?;
-        Ok(AgentSvid {
+        Ok(Self {
             spiffe_id: facts.spiffe_id,
             chain,
             key_pkcs8,
@@ -142,7 +142,7 @@ impl SvidStore {
                 .create(dir)
                 .map_err(|source| io_err(dir, source))?;
         }
-        Ok(SvidStore {
+        Ok(Self {
             data_dir: data_dir.to_owned(),
             key_dir: key_dir.to_owned(),
         })

@@ -53,7 +53,7 @@ pub struct SyncState {
 
 impl SyncState {
     pub fn new(trust_domain: TrustDomain) -> Self {
-        SyncState {
+        Self {
             trust_domain,
             revision: 0,
             pending: None,

@@ -26,7 +26,7 @@ pub struct TaintedAuthorities {
 
 impl TaintedAuthorities {
     pub fn from_bundle(bundle: &Bundle) -> Self {
-        let mut tainted = TaintedAuthorities::default();
+        let mut tainted = Self::default();
         for der in &bundle.tainted_x509_authorities {
             if let Some(ski) = key_identifier(der, Which::Subject) {
                 tainted.key_ids.insert(ski);

@@ -15,13 +15,13 @@ use crate::stats;
 
 /// Signing rate of cfssl and what it used to reach it.
 #[derive(Clone, Copy, Debug)]
-pub struct CfsslRate {
+pub(crate) struct CfsslRate {
     pub per_second: f64,
     pub cores_used: f64,
 }
 
 /// Whether `cfssl` is on the PATH.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     Command::new("cfssl")
         .arg("version")
         .stdout(Stdio::null())
@@ -104,7 +104,7 @@ async fn serve() -> anyhow::Result<CfsslServe> {
 
 /// Starts cfssl and keeps `concurrency` HTTP clients posting CSRs to `/api/v1/cfssl/sign`
 /// for `window`.
-pub async fn measure(
+pub(crate) async fn measure(
     csrs: &[Vec<u8>],
     concurrency: usize,
     window: Duration,

@@ -66,10 +66,10 @@ enum Group {
 }
 
 impl Group {
-    fn includes(self, other: Group) -> bool {
+    fn includes(self, other: Self) -> bool {
         match (self, other) {
-            (Group::All, _) | (_, Group::Raw) => true,
-            (Group::Cfssl, Group::Mint) => true,
+            (Self::All, _) | (_, Self::Raw) => true,
+            (Self::Cfssl, Self::Mint) => true,
             (a, b) => a == b,
         }
     }
@@ -108,9 +108,9 @@ const CFSSL_CONCURRENCY: usize = 8;
 const JWT_CLIENTS: usize = 10;
 
 impl Size {
-    fn new(quick: bool) -> Size {
+    fn new(quick: bool) -> Self {
         if quick {
-            Size {
+            Self {
                 quick,
                 raw_window: Duration::from_secs(1),
                 mint_entries: 1000,
@@ -126,7 +126,7 @@ impl Size {
                 prune_stale: 10_000,
             }
         } else {
-            Size {
+            Self {
                 quick,
                 raw_window: Duration::from_secs(3),
                 mint_entries: 10_000,

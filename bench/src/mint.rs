@@ -22,16 +22,16 @@ use crate::procs::{self, TRUST_DOMAIN};
 use crate::stats;
 
 /// Requests per `BatchMintX509SVID`: sigil-agent's own batch size.
-pub const BATCH: usize = sigil_agent::rotation::MAX_BATCH;
+pub(crate) const BATCH: usize = sigil_agent::rotation::MAX_BATCH;
 
 /// The bench acting as an attested agent.
-pub struct BenchAgent {
+pub(crate) struct BenchAgent {
     pub connection: Arc<ServerConnection>,
     pub agent_id: String,
 }
 
 impl BenchAgent {
-    pub async fn attest(server: &Server) -> anyhow::Result<BenchAgent> {
+    pub(crate) async fn attest(server: &Server) -> anyhow::Result<Self> {
         let (token, agent_id) = procs::join_token(server).await?;
         let bundle = procs::bundle(server).await?;
         let connection = ServerConnection::new(
@@ -46,7 +46,7 @@ impl BenchAgent {
             .await
             .context("AttestAgent")?;
         connection.identity().set(svid);
-        Ok(BenchAgent {
+        Ok(Self {
             connection: Arc::new(connection),
             agent_id,
         })
@@ -55,7 +55,7 @@ impl BenchAgent {
 
 /// Registers `n` entries parented to `parent` (one selector each, `bench:<tag>:<i>`, SPIFFE ID
 /// `/bench/<tag>/<i>`) in batches; returns their IDs.
-pub async fn register(
+pub(crate) async fn register(
     server: &Server,
     parent: &str,
     tag: &str,
@@ -79,7 +79,7 @@ pub async fn register(
     Ok(ids)
 }
 
-pub fn entry(
+pub(crate) fn entry(
     path: &str,
     parent: &str,
     selectors: Vec<common::Selector>,
@@ -92,7 +92,7 @@ pub fn entry(
     }
 }
 
-pub fn selector(kind: &str, value: String) -> common::Selector {
+pub(crate) fn selector(kind: &str, value: String) -> common::Selector {
     common::Selector {
         r#type: kind.into(),
         value,
@@ -101,7 +101,7 @@ pub fn selector(kind: &str, value: String) -> common::Selector {
 
 /// Signing rate and what the server used to reach it.
 #[derive(Clone, Copy, Debug)]
-pub struct Throughput {
+pub(crate) struct Throughput {
     pub per_second: f64,
     /// Server CPU seconds over the window divided by the window's wall time.
     pub cores_used: f64,
@@ -112,7 +112,7 @@ pub struct Throughput {
 
 /// `concurrency` tasks each keep one `BatchMintX509SVID` of [`BATCH`] requests in flight for
 /// `window`. Every SVID asked for must come back.
-pub async fn x509(
+pub(crate) async fn x509(
     server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],
@@ -161,7 +161,7 @@ pub async fn x509(
 
 /// `concurrency` tasks each keep one `BatchMintJWTSVID` of [`BATCH`] requests in flight for
 /// `window`. Every JWT-SVID asked for must come back.
-pub async fn jwt_batch(
+pub(crate) async fn jwt_batch(
     server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],
@@ -209,7 +209,7 @@ pub async fn jwt_batch(
 }
 
 /// `concurrency` tasks each keep one `MintJWTSVID` in flight for `window`.
-pub async fn jwt(
+pub(crate) async fn jwt(
     server: &Server,
     bench: &BenchAgent,
     entry_ids: &[String],

@@ -70,7 +70,7 @@ fn strip_ansi(log: &str) -> String {
     out
 }
 
-pub async fn run(stale: usize) -> anyhow::Result<Vec<Figure>> {
+pub(crate) async fn run(stale: usize) -> anyhow::Result<Vec<Figure>> {
     let mut server = procs::start_server().await?;
     let db = server.db_path();
     let mut admin = procs::admin_client(&server).await?;

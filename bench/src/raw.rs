@@ -21,7 +21,7 @@ use crate::stats;
 
 /// Operations per second of each path, on one core.
 #[derive(Clone, Copy, Debug)]
-pub struct RawLimit {
+pub(crate) struct RawLimit {
     /// ring ECDSA P-256 (SHA-256, ASN.1 signature) over a certificate-sized message.
     pub p256_sign: f64,
     /// `Ca::sign_x509_svid_csr`: what the server does per X.509-SVID it mints.
@@ -32,7 +32,7 @@ pub struct RawLimit {
 
 /// Measures each path for `window` of CPU time on the calling thread (call it off the async
 /// runtime).
-pub fn measure(window: Duration, csrs: &[Vec<u8>]) -> anyhow::Result<RawLimit> {
+pub(crate) fn measure(window: Duration, csrs: &[Vec<u8>]) -> anyhow::Result<RawLimit> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
         .map_err(|_| anyhow::anyhow!("generating a P-256 key"))?;
@@ -97,7 +97,7 @@ fn rate(window: Duration, mut op: impl FnMut(usize) -> anyhow::Result<()>) -> an
 }
 
 /// `n` CSRs for fresh P-256 keys, as sigil-agent makes them.
-pub fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..n)
         .map(|_| {
             sigil_agent::csr::new_key_and_csr()

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// What a figure is compared against.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", content = "bound", rename_all = "snake_case")]
-pub enum Target {
+pub(crate) enum Target {
     /// No target: the figure is information (a raw limit, a peer's rate).
     None,
     /// Met when value >= bound.
@@ -21,16 +21,16 @@ pub enum Target {
 impl Target {
     fn text(self, unit: &str) -> String {
         match self {
-            Target::None => "-".into(),
-            Target::AtLeast(b) => format!(">= {} {unit}", number(b)),
-            Target::Below(b) => format!("< {} {unit}", number(b)),
+            Self::None => "-".into(),
+            Self::AtLeast(b) => format!(">= {} {unit}", number(b)),
+            Self::Below(b) => format!("< {} {unit}", number(b)),
         }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Met,
     Missed,
     #[serde(rename = "n.a.")]
@@ -40,16 +40,16 @@ pub enum Verdict {
 impl Verdict {
     fn text(self) -> &'static str {
         match self {
-            Verdict::Met => "met",
-            Verdict::Missed => "missed",
-            Verdict::NotApplicable => "n.a.",
+            Self::Met => "met",
+            Self::Missed => "missed",
+            Self::NotApplicable => "n.a.",
         }
     }
 }
 
 /// One row of the table.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Figure {
+pub(crate) struct Figure {
     pub name: String,
     /// `None` when the figure could not be measured in this run (see `note`).
     pub value: Option<f64>,
@@ -61,14 +61,14 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(name: &str, value: f64, unit: &str, target: Target, note: &str) -> Figure {
+    pub(crate) fn new(name: &str, value: f64, unit: &str, target: Target, note: &str) -> Self {
         let verdict = match target {
             Target::None => Verdict::NotApplicable,
             Target::AtLeast(b) if value >= b => Verdict::Met,
             Target::Below(b) if value < b => Verdict::Met,
             _ => Verdict::Missed,
         };
-        Figure {
+        Self {
             name: name.into(),
             value: Some(value),
             unit: unit.into(),
@@ -79,8 +79,8 @@ impl Figure {
     }
 
     /// A figure this run could not measure (e.g. cfssl is not installed).
-    pub fn skipped(name: &str, unit: &str, target: Target, why: &str) -> Figure {
-        Figure {
+    pub(crate) fn skipped(name: &str, unit: &str, target: Target, why: &str) -> Self {
+        Self {
             name: name.into(),
             value: None,
             unit: unit.into(),
@@ -93,7 +93,7 @@ impl Figure {
 
 /// Everything one run produced.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Unix seconds.
     pub generated_at: u64,
     pub quick: bool,
@@ -102,7 +102,7 @@ pub struct Report {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cores: usize,
     pub cpu: String,
     /// The build profile of the measured binaries (`debug` figures are not comparable).
@@ -113,7 +113,7 @@ pub struct Machine {
 
 impl Report {
     /// The table: figure, value, unit, target, verdict.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let rows: Vec<[String; 5]> = self
             .figures
             .iter()
@@ -154,7 +154,7 @@ impl Report {
         out
     }
 
-    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }

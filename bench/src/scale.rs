@@ -51,7 +51,7 @@ fn load_entry(i: usize, agent_entries: usize, agent_id: &str) -> common::Registr
     )
 }
 
-pub async fn run(size: &ScaleSize) -> anyhow::Result<Vec<Figure>> {
+pub(crate) async fn run(size: &ScaleSize) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let mut server = procs::start_server().await?;
     let (big_token, big_id) = procs::join_token(&server).await?;
@@ -281,7 +281,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// 1000 -> "1k", 100000 -> "100k", 1000000 -> "1M".
-pub fn count_label(n: usize) -> String {
+pub(crate) fn count_label(n: usize) -> String {
     if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
     } else if n >= 1000 && n.is_multiple_of(1000) {

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 const USER_HZ: f64 = 100.0;
 
 /// The `p`-th percentile (0..=100) of `samples` by nearest rank; `None` when there are none.
-pub fn percentile(samples: &mut [Duration], p: f64) -> Option<Duration> {
+pub(crate) fn percentile(samples: &mut [Duration], p: f64) -> Option<Duration> {
     if samples.is_empty() {
         return None;
     }
@@ -18,12 +18,12 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Option<Duration> {
     Some(samples[rank.clamp(1, samples.len()) - 1])
 }
 
-pub fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// User + system CPU seconds a process has used so far (`/proc/<pid>/stat` fields 14 and 15).
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     cpu_seconds_of(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))
@@ -40,14 +40,14 @@ fn cpu_seconds_of(stat: &str) -> Option<f64> {
 }
 
 /// User + system CPU seconds the calling thread has used so far (`/proc/thread-self/stat`).
-pub fn thread_cpu_seconds() -> anyhow::Result<f64> {
+pub(crate) fn thread_cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat")
         .context("reading /proc/thread-self/stat")?;
     cpu_seconds_of(&stat).context("parsing /proc/thread-self/stat")
 }
 
 /// Resident set size in MiB (`VmRSS` of `/proc/<pid>/status`).
-pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     rss_mib_of(&status).with_context(|| format!("no VmRSS in /proc/{pid}/status"))

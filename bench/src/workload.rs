@@ -21,7 +21,7 @@ use crate::stats::cpu_seconds;
 const SVID_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The selector the agent's unix attestor gives this process.
-pub fn uid_selector() -> sigil_proto::sigil::common::v1::Selector {
+pub(crate) fn uid_selector() -> sigil_proto::sigil::common::v1::Selector {
     selector("unix", format!("uid:{}", nix::unistd::getuid().as_raw()))
 }
 
@@ -40,7 +40,7 @@ async fn fetch_x509(client: &mut WorkloadApiClient) -> anyhow::Result<X509svidRe
 }
 
 /// Polls FetchX509SVID until the response holds at least `n` SVIDs; returns how many it holds.
-pub async fn wait_for_svids(socket: &Path, n: usize) -> anyhow::Result<usize> {
+pub(crate) async fn wait_for_svids(socket: &Path, n: usize) -> anyhow::Result<usize> {
     let start = Instant::now();
     loop {
         let last = match connect(socket).await {
@@ -61,7 +61,7 @@ pub async fn wait_for_svids(socket: &Path, n: usize) -> anyhow::Result<usize> {
 
 /// What one closed-loop latency run measured.
 #[derive(Debug)]
-pub struct Load {
+pub(crate) struct Load {
     /// Every timed call's latency.
     pub samples: Vec<Duration>,
     /// CPU seconds the agent used during the timed window.
@@ -72,19 +72,19 @@ pub struct Load {
 
 impl Load {
     /// Agent CPU per call, µs: independent of how many calls queue (closed loop).
-    pub fn agent_us_per_call(&self) -> f64 {
+    pub(crate) fn agent_us_per_call(&self) -> f64 {
         per_call_us(self.agent_cpu, self.samples.len())
     }
 
     /// Client CPU per call, µs.
-    pub fn client_us_per_call(&self) -> f64 {
+    pub(crate) fn client_us_per_call(&self) -> f64 {
         per_call_us(self.client_cpu, self.samples.len())
     }
 }
 
 /// Agent and client CPU per call: the cost that, with `clients` calls in flight on a few
 /// cores, sets the closed-loop latency (≈ clients × per-call CPU ÷ cores).
-pub fn cpu_figures(what: &str, clients: usize, load: &Load) -> [Figure; 2] {
+pub(crate) fn cpu_figures(what: &str, clients: usize, load: &Load) -> [Figure; 2] {
     let note = format!(
         "CPU time (/proc/<pid>/stat) over the timed window / {} calls",
         load.samples.len()
@@ -119,7 +119,7 @@ fn per_call_us(cpu: f64, calls: usize) -> f64 {
 /// response, drop it) for `window`; returns every call's latency and the CPU the agent
 /// (`agent_pid`) and the clients used meanwhile. Each connection's first call is a warm-up and
 /// not counted.
-pub async fn x509_latency(
+pub(crate) async fn x509_latency(
     socket: &Path,
     agent_pid: u32,
     clients: usize,
@@ -140,7 +140,7 @@ pub async fn x509_latency(
 }
 
 /// As [`x509_latency`] for FetchJWTSVID (audience `bench`; the agent caches the JWT-SVID).
-pub async fn jwt_latency(
+pub(crate) async fn jwt_latency(
     socket: &Path,
     agent_pid: u32,
     clients: usize,
@@ -213,7 +213,7 @@ where
 /// For each of `n` new entries selecting this process: the time from `BatchCreateEntry`
 /// returning to a FetchX509SVID stream (opened before) delivering a response that holds the
 /// entry's SVID. A response already waiting when the call returns counts as zero.
-pub async fn propagation(
+pub(crate) async fn propagation(
     server: &Server,
     socket: &Path,
     parent: &str,

@@ -106,7 +106,7 @@ enum JwtKeyStyle {
 
 impl Bundle {
     pub fn new(trust_domain: TrustDomain) -> Self {
-        Bundle {
+        Self {
             trust_domain,
             x509_authorities: Vec::new(),
             jwt_authorities: Vec::new(),
@@ -142,7 +142,7 @@ impl Bundle {
     pub fn from_spiffe_json(trust_domain: TrustDomain, json: &str) -> Result<Self, BundleError> {
         let set: JwkSet = serde_json::from_str(json)?;
         let keys = set.keys.ok_or(BundleError::NoKeys)?;
-        let mut bundle = Bundle::new(trust_domain);
+        let mut bundle = Self::new(trust_domain);
         bundle.sequence = set.spiffe_sequence.unwrap_or(0);
         bundle.refresh_hint = set.spiffe_refresh_hint;
         for jwk in keys {

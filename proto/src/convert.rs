@@ -28,7 +28,7 @@ fn invalid(field: &'static str, reason: impl ToString) -> InvalidField {
 
 impl From<&Selector> for pb::Selector {
     fn from(s: &Selector) -> Self {
-        pb::Selector {
+        Self {
             r#type: s.kind().to_owned(),
             value: s.value().to_owned(),
         }
@@ -38,7 +38,7 @@ impl From<&Selector> for pb::Selector {
 impl TryFrom<&pb::Selector> for Selector {
     type Error = InvalidField;
     fn try_from(s: &pb::Selector) -> Result<Self, Self::Error> {
-        Selector::from_parts(&s.r#type, &s.value).map_err(|e| invalid("selector", e))
+        Self::from_parts(&s.r#type, &s.value).map_err(|e| invalid("selector", e))
     }
 }
 
@@ -58,7 +58,7 @@ pub fn selectors_to_pb(list: &[Selector]) -> Vec<pb::Selector> {
 
 impl From<&RegistrationEntry> for pb::RegistrationEntry {
     fn from(e: &RegistrationEntry) -> Self {
-        pb::RegistrationEntry {
+        Self {
             id: e.id.clone(),
             spiffe_id: e.spiffe_id.to_string(),
             parent_id: e.parent_id.to_string(),
@@ -159,7 +159,7 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
                 ));
             }
         }
-        let entry = RegistrationEntry {
+        let entry = Self {
             id: e.id.clone(),
             x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
             jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
@@ -171,7 +171,7 @@ impl TryFrom<&pb::RegistrationEntry> for RegistrationEntry {
             expires_at: (e.expires_at != 0).then_some(e.expires_at),
             revision: e.revision,
             created_at: e.created_at,
-            ..RegistrationEntry::new(spiffe_id, parent_id, selectors)
+            ..Self::new(spiffe_id, parent_id, selectors)
         };
         // SPIRE's rule: the server's and agents' namespace is nobody's entry, node aliases
         // included (their IDs are validated as workload IDs too). Parents may be anywhere.
@@ -242,7 +242,7 @@ pub fn validate_dns_name(name: &str) -> Result<(), String> {
 
 impl From<&Bundle> for pb::Bundle {
     fn from(b: &Bundle) -> Self {
-        pb::Bundle {
+        Self {
             trust_domain: b.trust_domain.to_string(),
             x509_authorities: b.x509_authorities.clone(),
             jwt_authorities: b
@@ -265,7 +265,7 @@ impl From<&Bundle> for pb::Bundle {
 impl TryFrom<&pb::Bundle> for Bundle {
     type Error = InvalidField;
     fn try_from(b: &pb::Bundle) -> Result<Self, Self::Error> {
-        Ok(Bundle {
+        Ok(Self {
             trust_domain: TrustDomain::new(&b.trust_domain)
                 .map_err(|e| invalid("trust_domain", e))?,
             x509_authorities: b.x509_authorities.clone(),

@@ -112,7 +112,7 @@ impl IdTemplate {
         {
             return Err(IdTemplateError::NoPlaceholder);
         }
-        Ok(IdTemplate {
+        Ok(Self {
             trust_domain,
             segments,
         })
@@ -255,7 +255,7 @@ fn parse_segment(seg: &str) -> Result<Segment, IdTemplateError> {
 impl FromStr for IdTemplate {
     type Err = IdTemplateError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        IdTemplate::new(s)
+        Self::new(s)
     }
 }
 

@@ -33,7 +33,7 @@ impl Selector {
         let (kind, value) = s
             .split_once(':')
             .ok_or_else(|| SelectorError::MissingSeparator(s.to_owned()))?;
-        Selector::from_parts(kind, value).map_err(|e| match e {
+        Self::from_parts(kind, value).map_err(|e| match e {
             SelectorError::EmptyType(_) => SelectorError::EmptyType(s.to_owned()),
             SelectorError::EmptyValue(_) => SelectorError::EmptyValue(s.to_owned()),
             e => e,
@@ -58,7 +58,7 @@ impl Selector {
         if value.chars().any(char::is_control) {
             return Err(SelectorError::ControlChar(joined()));
         }
-        Ok(Selector {
+        Ok(Self {
             kind: kind.to_owned(),
             value: value.to_owned(),
         })
@@ -84,7 +84,7 @@ pub fn canonicalize(selectors: &mut Vec<Selector>) {
 impl FromStr for Selector {
     type Err = SelectorError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Selector::new(s)
+        Self::new(s)
     }
 }
 

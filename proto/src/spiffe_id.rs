@@ -81,7 +81,7 @@ impl SpiffeId {
         if s.len() > MAX_SPIFFE_ID_LEN {
             return Err(SpiffeIdError::TooLong);
         }
-        Ok(SpiffeId {
+        Ok(Self {
             trust_domain: TrustDomain::new(td)?,
             path: path.to_owned(),
         })
@@ -90,7 +90,7 @@ impl SpiffeId {
     /// Builds an ID from a trust domain and a path, validating the path.
     pub fn from_path(trust_domain: &TrustDomain, path: &str) -> Result<Self, SpiffeIdError> {
         validate_path(path)?;
-        let id = SpiffeId::from_parts_unchecked(trust_domain.clone(), path.to_owned());
+        let id = Self::from_parts_unchecked(trust_domain.clone(), path.to_owned());
         if id.to_string().len() > MAX_SPIFFE_ID_LEN {
             return Err(SpiffeIdError::TooLong);
         }
@@ -98,7 +98,7 @@ impl SpiffeId {
     }
 
     pub(crate) fn from_parts_unchecked(trust_domain: TrustDomain, path: String) -> Self {
-        SpiffeId { trust_domain, path }
+        Self { trust_domain, path }
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -186,7 +186,7 @@ fn is_path_byte(b: u8) -> bool {
 impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SpiffeId::new(s)
+        Self::new(s)
     }
 }
 
@@ -216,7 +216,7 @@ impl serde::Serialize for SpiffeId {
 impl<'de> serde::Deserialize<'de> for SpiffeId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        SpiffeId::new(&s).map_err(serde::de::Error::custom)
+        Self::new(&s).map_err(serde::de::Error::custom)
     }
 }
 

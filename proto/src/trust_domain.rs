@@ -20,7 +20,7 @@ impl TrustDomain {
             return Ok(SpiffeId::new(s)?.trust_domain().clone());
         }
         validate_name(s)?;
-        Ok(TrustDomain(s.to_owned()))
+        Ok(Self(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,7 +60,7 @@ fn is_trust_domain_byte(b: u8) -> bool {
 impl FromStr for TrustDomain {
     type Err = SpiffeIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TrustDomain::new(s)
+        Self::new(s)
     }
 }
 

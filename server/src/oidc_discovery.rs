@@ -73,7 +73,7 @@ struct Published {
 }
 
 impl Published {
-    fn build(bundle: Arc<Bundle>) -> Result<Published, OidcError> {
+    fn build(bundle: Arc<Bundle>) -> Result<Self, OidcError> {
         let jwks = bundle.to_oidc_jwks_json()?;
         let value: serde_json::Value = serde_json::from_str(&jwks).unwrap_or_default();
         let mut algs: Vec<String> = value["keys"]
@@ -88,7 +88,7 @@ impl Published {
             // No key yet: still name the algorithm the default CA key type signs with.
             algs.push("ES256".to_owned());
         }
-        Ok(Published {
+        Ok(Self {
             jwks_etag: etag(&jwks),
             jwks,
             algs,
@@ -113,13 +113,13 @@ impl Discovery {
         bundles: watch::Receiver<Arc<Bundle>>,
         jwt_issuer: Option<String>,
         ca_ttl: Duration,
-    ) -> Discovery {
+    ) -> Self {
         let scheme = if config.tls.is_none() && config.allow_insecure_scheme {
             "http"
         } else {
             "https"
         };
-        Discovery {
+        Self {
             bundles,
             cache: Mutex::new(None),
             jwt_issuer: jwt_issuer.map(|i| i.trim_end_matches('/').to_owned()),
@@ -589,13 +589,13 @@ mod tests {
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
         let files = TlsFiles {
             cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
+            key_file,
         };
         assert!(tls_acceptor(&files).is_ok());
 
         let missing = TlsFiles {
             key_file: dir.path().join("nope.pem"),
-            ..files.clone()
+            ..files
         };
         let err = tls_acceptor(&missing).err().unwrap().to_string();
         assert!(

@@ -49,7 +49,7 @@ pub struct PruneCounts {
 
 impl PruneCounts {
     pub fn is_empty(&self) -> bool {
-        *self == PruneCounts::default()
+        *self == Self::default()
     }
 }
 
@@ -74,7 +74,7 @@ impl std::fmt::Debug for Pruner {
 
 impl Pruner {
     pub fn new(datastore: Datastore) -> Self {
-        Pruner {
+        Self {
             datastore,
             every: PRUNE_EVERY,
             event_retention: EVENT_RETENTION.as_secs() as i64,

@@ -233,7 +233,7 @@ struct FakeServer {
 }
 
 impl FakeServer {
-    fn start(socket: &Path) -> Option<FakeServer> {
+    fn start(socket: &Path) -> Option<Self> {
         const SCRIPT: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,7 +281,7 @@ while True:
         });
         let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(first, "listening");
-        Some(FakeServer { child, lines })
+        Some(Self { child, lines })
     }
 
     /// Bytes received on each connection so far.

@@ -63,7 +63,7 @@ struct Attack {
 }
 
 impl Attack {
-    fn start(socket: &Path, then: &[&str]) -> Attack {
+    fn start(socket: &Path, then: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let fifo = dir.path().join("commands");
@@ -87,7 +87,7 @@ impl Attack {
         let results = BufReader::new(parent.stdout.take().unwrap());
         // Opening the write end waits for the child to open the read end.
         let commands = File::options().write(true).open(&fifo).unwrap();
-        Attack {
+        Self {
             parent_stdin: parent.stdin.take(),
             parent,
             commands,

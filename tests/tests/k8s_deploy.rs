@@ -109,7 +109,7 @@ fn every_manifest_is_in_the_kustomization_and_passes_strict_schema_validation() 
         .output()
         .unwrap();
     std::fs::write(&built, stdout_ok(out, "kubectl kustomize")).unwrap();
-    let mut all = files.clone();
+    let mut all = files;
     all.push(built);
     let out = Command::new(kubernetes_validate())
         .args(["-k", "1.35.0", "--strict"])

@@ -22,7 +22,7 @@ struct World {
 }
 
 impl World {
-    fn new(prefix: &str) -> World {
+    fn new(prefix: &str) -> Self {
         let k = kube();
         let ns = k.namespace(prefix);
         k.service_account(&ns, "spire-agent");
@@ -35,7 +35,7 @@ impl World {
             &node,
             &[("app", "spire-agent"), ("hidden-pod", "y")],
         );
-        World {
+        Self {
             ns,
             node,
             node_uid,

@@ -144,10 +144,7 @@ fn templates_and_fixed_k8s_entries_follow_pod_selectors() {
     // The certificates themselves carry the rendered IDs.
     assert_eq!(leaf_uris(&web_out), [vec![web_id.clone()]]);
     let pay_out = fetch_as(&agent, proc_root, Some(&payments), "x509");
-    assert_eq!(
-        leaf_uris(&pay_out),
-        [vec![pay_id.clone()], vec![pay_id.clone()]]
-    );
+    assert_eq!(leaf_uris(&pay_out), [vec![pay_id.clone()], vec![pay_id]]);
 
     // JWT-SVIDs carry the rendered IDs too.
     let jwt = fetch_as(&agent, proc_root, Some(&web), "jwt -audience payments");

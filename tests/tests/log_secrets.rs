@@ -77,7 +77,7 @@ fn no_secret_in_any_log_line() {
     // appear only inside that ID; the unused one must not appear at all.
     let token = server.join_token();
     let unused = server.join_token();
-    needles.push(("unused join token".into(), unused.clone()));
+    needles.push(("unused join token".into(), unused));
     let mut agent = Agent::configure(&server);
     agent.spawn(Some(&token));
     let agent_id = format!("spiffe://{td}/spire/agent/join_token/{token}");
@@ -161,7 +161,7 @@ fn no_secret_in_any_log_line() {
         .find(|s| s.matches('.').count() == 2)
         .expect("a token in jwt mint output")
         .to_owned();
-    let mut all_jwts = jwts.clone();
+    let mut all_jwts = jwts;
     all_jwts.push(cli_jwt);
 
     // A CSR sent over the admin API, and one more JWT minted there.

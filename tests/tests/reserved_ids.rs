@@ -261,7 +261,7 @@ struct SpireUser {
 
 impl SpireUser {
     /// `None` (with a NOTICE) when the test cannot run a process as another user.
-    fn get() -> Option<SpireUser> {
+    fn get() -> Option<Self> {
         let tools = ["setpriv", "useradd", "userdel"]
             .iter()
             .all(|t| Command::new(t).arg("--help").output().is_ok());
@@ -283,7 +283,7 @@ impl SpireUser {
             created = true;
         }
         let user = lookup().expect("user spire");
-        Some(SpireUser {
+        Some(Self {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             created,

@@ -46,8 +46,8 @@ pub enum SvidKind {
 impl fmt::Display for SvidKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            SvidKind::X509 => "X509-SVID",
-            SvidKind::Jwt => "JWT-SVID",
+            Self::X509 => "X509-SVID",
+            Self::Jwt => "JWT-SVID",
         })
     }
 }
@@ -65,12 +65,12 @@ pub enum Outage {
 impl fmt::Display for Outage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outage::ServerUnreachable { since } => write!(
+            Self::ServerUnreachable { since } => write!(
                 f,
                 "the server has been unreachable since {}",
                 rfc3339(*since)
             ),
-            Outage::AgentSvidExpired { at } => write!(
+            Self::AgentSvidExpired { at } => write!(
                 f,
                 "the agent's own SVID expired at {} and the agent has not attested again",
                 rfc3339(*at)

@@ -97,7 +97,7 @@ impl fmt::Debug for JwtSvidCache {
 
 impl JwtSvidCache {
     pub fn new(minter: Arc<dyn JwtSvidMinter>) -> Self {
-        JwtSvidCache {
+        Self {
             minter,
             tokens: Mutex::new(HashMap::new()),
         }

@@ -95,7 +95,7 @@ struct EntryIndex {
 
 impl EntryIndex {
     fn build(identities: &[Arc<Identity>]) -> Self {
-        let mut index = EntryIndex::default();
+        let mut index = Self::default();
         for (pos, identity) in identities.iter().enumerate() {
             index.by_id.insert(identity.entry.id.clone(), pos);
             if identity.entry.spiffe_id.template().is_some() {
@@ -140,7 +140,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn empty(bundle: Bundle) -> Self {
-        Snapshot {
+        Self {
             identities: Vec::new(),
             bundle: Arc::new(bundle),
             federated: BTreeMap::new(),
@@ -265,7 +265,7 @@ impl Cache {
     /// An empty cache for the trust domain of `bundle`.
     pub fn new(bundle: Bundle) -> Self {
         let (tx, _) = watch::channel(Arc::new(Snapshot::empty(bundle)));
-        Cache { tx }
+        Self { tx }
     }
 
     /// A receiver whose current value is the latest snapshot.

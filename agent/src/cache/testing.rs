@@ -26,7 +26,7 @@ pub(crate) struct TestCa {
 }
 
 impl TestCa {
-    pub fn new(td: &str) -> Self {
+    pub(crate) fn new(td: &str) -> Self {
         let td = TrustDomain::new(td).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -37,15 +37,15 @@ impl TestCa {
         dn.push(DnType::OrganizationName, "SPIFFE");
         params.distinguished_name = dn;
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        TestCa { td, issuer }
+        Self { td, issuer }
     }
 
-    pub fn der(&self) -> Vec<u8> {
+    pub(crate) fn der(&self) -> Vec<u8> {
         self.issuer.der().to_vec()
     }
 
     /// A bundle holding this CA and, if given, a JWT authority.
-    pub fn bundle(&self, jwt: Option<&TestJwtKey>) -> Bundle {
+    pub(crate) fn bundle(&self, jwt: Option<&TestJwtKey>) -> Bundle {
         let mut bundle = Bundle::new(self.td.clone());
         bundle.x509_authorities.push(self.der());
         if let Some(key) = jwt {
@@ -55,7 +55,7 @@ impl TestCa {
     }
 
     /// A leaf X509-SVID for `spiffe_id`, valid for an hour.
-    pub fn svid(&self, spiffe_id: &str) -> CachedX509Svid {
+    pub(crate) fn svid(&self, spiffe_id: &str) -> CachedX509Svid {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::ExplicitNoCa;
@@ -90,14 +90,14 @@ pub(crate) struct TestJwtKey {
 }
 
 impl TestJwtKey {
-    pub fn new(kid: &str) -> Self {
-        TestJwtKey {
+    pub(crate) fn new(kid: &str) -> Self {
+        Self {
             kid: kid.to_owned(),
             key: KeyPair::generate().unwrap(),
         }
     }
 
-    pub fn authority(&self) -> JwtAuthority {
+    pub(crate) fn authority(&self) -> JwtAuthority {
         JwtAuthority {
             key_id: self.kid.clone(),
             public_key: rcgen::PublicKeyData::subject_public_key_info(&self.key),
@@ -107,7 +107,7 @@ impl TestJwtKey {
     }
 
     /// Signs `claims` as ES256 with this key's `kid` and `typ: JWT`.
-    pub fn sign(&self, claims: &serde_json::Value) -> String {
+    pub(crate) fn sign(&self, claims: &serde_json::Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("JWT".into());
@@ -128,8 +128,8 @@ pub(crate) struct TestMinter {
 }
 
 impl TestMinter {
-    pub fn new(key: TestJwtKey) -> Self {
-        TestMinter {
+    pub(crate) fn new(key: TestJwtKey) -> Self {
+        Self {
             key,
             minted: Default::default(),
             fail: false,

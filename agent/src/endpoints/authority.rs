@@ -75,7 +75,7 @@ impl Rewriter {
     fn new() -> Self {
         let mut decoder = loona_hpack::Decoder::new();
         decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
-        Rewriter {
+        Self {
             preface_left: PREFACE_LEN,
             mode: Mode::Undecided,
             decoder,
@@ -250,7 +250,7 @@ fn invalid(reason: &str) -> io::Error {
 }
 
 /// A Unix stream whose incoming HTTP/2 header blocks get a valid `:authority`.
-pub struct AuthorityFix {
+pub(super) struct AuthorityFix {
     inner: UnixStream,
     rewriter: Rewriter,
     input: Vec<u8>,
@@ -260,8 +260,8 @@ pub struct AuthorityFix {
 }
 
 impl AuthorityFix {
-    pub fn new(inner: UnixStream) -> Self {
-        AuthorityFix {
+    pub(super) fn new(inner: UnixStream) -> Self {
+        Self {
             inner,
             rewriter: Rewriter::new(),
             input: Vec::new(),

@@ -25,7 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
+        Self {
             connections_per_uid: 1024,
             streams_per_uid: 1024,
             connections: 8192,
@@ -83,7 +83,7 @@ pub struct Usage {
 
 impl Usage {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Usage {
+        Arc::new(Self {
             limits,
             counts: Mutex::default(),
         })

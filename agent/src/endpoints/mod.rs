@@ -60,7 +60,7 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig {
+        Self {
             limits: Limits::default(),
             streams_per_connection: 100,
             send_buffer_bytes: 8 * 1024,

@@ -107,7 +107,7 @@ impl BoundProcess {
         {
             return Err(PeerError::Exited { pid });
         }
-        let mut bound = BoundProcess {
+        let mut bound = Self {
             pid,
             proc_dir,
             start_time: 0,

@@ -62,7 +62,7 @@ pub struct JoinTokenAttestor {
 
 impl JoinTokenAttestor {
     pub fn new(token: JoinToken) -> Self {
-        JoinTokenAttestor {
+        Self {
             token,
             spent: AtomicBool::new(false),
         }

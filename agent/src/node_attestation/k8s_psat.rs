@@ -59,7 +59,7 @@ struct Payload<'a> {
 
 impl K8sPsatAttestor {
     pub fn new(config: &K8sPsatConfig) -> Self {
-        K8sPsatAttestor {
+        Self {
             cluster: config.cluster.clone(),
             token_path: config.token_path.clone(),
         }

@@ -176,7 +176,7 @@ mod tests {
                     .collect::<Vec<_>>()
             };
         assert_eq!(due_keys(&none, &no_retry, 50), std::slice::from_ref(&a));
-        let retry = HashMap::from([(a.clone(), 100)]);
+        let retry = HashMap::from([(a, 100)]);
         assert!(due_keys(&none, &retry, 50).is_empty());
         // Template entries are never pre-minted by the fixed-entry loop.
         let mut minted_fixed = HashMap::new();

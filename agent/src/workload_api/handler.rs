@@ -77,14 +77,14 @@ pub(crate) enum RequestError {
 impl From<MintError> for RequestError {
     fn from(err: MintError) -> Self {
         match err {
-            MintError::Withheld(why) => RequestError::SvidUnavailable(why),
-            other => RequestError::Mint(other),
+            MintError::Withheld(why) => Self::SvidUnavailable(why),
+            other => Self::Mint(other),
         }
     }
 }
 
 impl From<RequestError> for Status {
-    fn from(err: RequestError) -> Status {
+    fn from(err: RequestError) -> Self {
         use RequestError as E;
         let message = err.to_string();
         match err {
@@ -92,17 +92,17 @@ impl From<RequestError> for Status {
             | E::MissingAudience
             | E::MissingSvid
             | E::BadSpiffeId(_)
-            | E::InvalidJwtSvid(_) => Status::invalid_argument(message),
-            E::NoIdentity => Status::permission_denied(message),
-            E::Peer(_) => Status::unauthenticated(message),
-            E::TooManyStreams(_) | E::SlowReader(_) => Status::resource_exhausted(message),
+            | E::InvalidJwtSvid(_) => Self::invalid_argument(message),
+            E::NoIdentity => Self::permission_denied(message),
+            E::Peer(_) => Self::unauthenticated(message),
+            E::TooManyStreams(_) | E::SlowReader(_) => Self::resource_exhausted(message),
             E::NoPeerCredentials
             | E::Attestation(_)
             | E::Mint(_)
             | E::SvidNotReady
             | E::Bundle(_)
             | E::ShuttingDown
-            | E::SvidUnavailable(_) => Status::unavailable(message),
+            | E::SvidUnavailable(_) => Self::unavailable(message),
         }
     }
 }

@@ -268,7 +268,7 @@ mod tests {
             let foreign_key = TestJwtKey::new("foreign-kid");
             let own_bundle = TestCa::new("example.org").bundle(Some(&key));
             let foreign_bundle = TestCa::new("other.org").bundle(Some(&foreign_key));
-            Fixture {
+            Self {
                 own: TrustDomain::new("example.org").unwrap(),
                 key,
                 own_bundle,
@@ -411,7 +411,7 @@ mod tests {
                     trust_domain: "example.org".into(),
                 },
             ),
-            (raw_token(es256.clone(), claims()), "db", E::BadSignature),
+            (raw_token(es256, claims()), "db", E::BadSignature),
             (
                 f.foreign_key.sign(&claims()),
                 "db",

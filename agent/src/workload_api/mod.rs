@@ -76,7 +76,7 @@ pub struct WorkloadApiConfig {
 
 impl Default for WorkloadApiConfig {
     fn default() -> Self {
-        WorkloadApiConfig {
+        Self {
             socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
             allow_unauthenticated_verifiers: false,
             allowed_foreign_jwt_claims: Vec::new(),

@@ -51,7 +51,7 @@ impl std::fmt::Debug for X509ResponseCache {
 impl X509ResponseCache {
     /// The response for `selectors` under `snapshot`: reused when built from this very
     /// snapshot, else made by `build` (errors are not kept: they are cheap and rare).
-    pub fn get_or_build(
+    pub(super) fn get_or_build(
         &self,
         snapshot: &Arc<Snapshot>,
         selectors: &[Selector],

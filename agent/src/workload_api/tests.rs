@@ -63,7 +63,7 @@ pub(crate) struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
+        Self {
             allow_unauthenticated_verifiers: false,
             svid_wait: Duration::from_secs(10),
             attestor: Box::new(UnixAttestor::new(UnixAttestorConfig::default())),
@@ -84,7 +84,7 @@ pub(crate) struct Harness {
 }
 
 impl Harness {
-    pub(crate) async fn start(options: Options) -> Harness {
+    pub(crate) async fn start(options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("public").join("api.sock");
         let ca = TestCa::new("example.org");
@@ -110,7 +110,7 @@ impl Harness {
             minter,
             cancel.clone(),
         ));
-        Harness {
+        Self {
             _dir: dir,
             socket,
             ca,

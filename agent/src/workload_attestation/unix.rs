@@ -123,7 +123,7 @@ impl fmt::Debug for UnixAttestor {
 
 impl UnixAttestor {
     pub fn new(config: UnixAttestorConfig) -> Self {
-        UnixAttestor {
+        Self {
             config: Arc::new(config),
             names: Arc::default(),
             #[cfg(test)]

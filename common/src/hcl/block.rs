@@ -335,7 +335,7 @@ impl<'a> Block<'a> {
     /// A nested section, written either as a block (`plugin_data { ... }`) or as an object
     /// attribute (`ca_subject = { ... }`): HCL 1, which SPIRE uses, treats both the same.
     /// Given more than once, or with labels, it is an error.
-    pub fn block(&mut self, key: &str) -> Result<Option<Block<'a>>, ConfigError> {
+    pub fn block(&mut self, key: &str) -> Result<Option<Self>, ConfigError> {
         let path = self.key_path(key);
         let mut found: Option<Block<'a>> = None;
         for i in 0..self.blocks.len() {
@@ -370,10 +370,7 @@ impl<'a> Block<'a> {
 
     /// An object whose values are all objects, e.g. `clusters = { "a" = {...} "b" = {...} }`,
     /// as (name, section) pairs in file order.
-    pub fn object_map(
-        &mut self,
-        key: &str,
-    ) -> Result<Option<Vec<(String, Block<'a>)>>, ConfigError> {
+    pub fn object_map(&mut self, key: &str) -> Result<Option<Vec<(String, Self)>>, ConfigError> {
         let Some(mut outer) = self.block(key)? else {
             return Ok(None);
         };
@@ -391,10 +388,7 @@ impl<'a> Block<'a> {
 
     /// All blocks `ident "label" { ... }`, each with exactly one label, in file order. Their key
     /// paths are `<path>.<ident>.<label>`.
-    pub fn labelled_blocks(
-        &mut self,
-        ident: &str,
-    ) -> Result<Vec<(String, Block<'a>)>, ConfigError> {
+    pub fn labelled_blocks(&mut self, ident: &str) -> Result<Vec<(String, Self)>, ConfigError> {
         let mut out = Vec::new();
         for i in 0..self.blocks.len() {
             let sub = &mut self.blocks[i];

@@ -173,8 +173,8 @@ async fn serve_connection(
 struct Activity(Mutex<(u64, Instant)>);
 
 impl Activity {
-    fn new(now: Instant) -> Activity {
-        Activity(Mutex::new((0, now)))
+    fn new(now: Instant) -> Self {
+        Self(Mutex::new((0, now)))
     }
 
     fn open(self: &Arc<Self>) -> OpenStream {

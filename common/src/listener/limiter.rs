@@ -99,8 +99,8 @@ impl Refusal {
     /// The `result` label of the refusal.
     pub fn as_str(self) -> &'static str {
         match self {
-            Refusal::ListenerCap => "refused_listener_cap",
-            Refusal::AddressCap => "refused_address_cap",
+            Self::ListenerCap => "refused_listener_cap",
+            Self::AddressCap => "refused_address_cap",
         }
     }
 }

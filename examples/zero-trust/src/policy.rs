@@ -57,9 +57,9 @@ impl Verdict {
     /// The label in the request log line.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Verdict::Allow => "allow",
-            Verdict::ForbiddenIdentity => "deny-identity",
-            Verdict::ForbiddenRoute => "deny-route",
+            Self::Allow => "allow",
+            Self::ForbiddenIdentity => "deny-identity",
+            Self::ForbiddenRoute => "deny-route",
         }
     }
 }
@@ -78,8 +78,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(td: &TrustDomain) -> Policy {
-        Policy {
+    pub fn new(td: &TrustDomain) -> Self {
+        Self {
             allowed_caller: checkout_service_id(td),
         }
     }

@@ -44,7 +44,7 @@ impl AuthorizedEntries {
     /// A set as [`AuthorizationCache::authorized`] would return it.
     #[cfg(test)]
     pub(crate) fn new(revision: i64, entries: impl IntoIterator<Item = RegistrationEntry>) -> Self {
-        AuthorizedEntries {
+        Self {
             revision,
             entries: entries.into_iter().map(|e| (e.id.clone(), e)).collect(),
         }
@@ -160,7 +160,7 @@ impl std::fmt::Debug for AuthorizationCache {
 
 impl AuthorizationCache {
     pub fn new(datastore: Datastore, trust_domain: TrustDomain) -> Self {
-        AuthorizationCache {
+        Self {
             datastore,
             trust_domain,
             cache: Mutex::new(HashMap::new()),

@@ -75,10 +75,10 @@ impl fmt::Debug for ServerTls {
 
 impl ServerTls {
     /// Issues the first server SVID and builds the config from the current bundle.
-    pub fn new(ca: Arc<Ca>) -> Result<ServerTls, TlsError> {
+    pub fn new(ca: Arc<Ca>) -> Result<Self, TlsError> {
         let svid = issue(&ca)?;
         let config = build_config(&ca.bundle(), &svid)?;
-        Ok(ServerTls {
+        Ok(Self {
             validity: ArcSwap::from_pointee((svid.issued_at, svid.expires_at)),
             config: ArcSwap::new(config),
             ca,

@@ -50,7 +50,7 @@ impl JwtSigner {
             typ: "JWT",
         };
         let header_b64 = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
-        Ok(JwtSigner {
+        Ok(Self {
             kid,
             key,
             header_b64,

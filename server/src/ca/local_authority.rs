@@ -33,8 +33,8 @@ pub enum AuthorityKind {
 impl fmt::Display for AuthorityKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            AuthorityKind::X509 => "X.509",
-            AuthorityKind::Jwt => "JWT",
+            Self::X509 => "X.509",
+            Self::Jwt => "JWT",
         })
     }
 }
@@ -87,7 +87,7 @@ impl LocalAuthorityError {
     /// True when the operator asked for something the rules refuse (as opposed to a failure
     /// of the CA itself).
     pub fn is_invalid_request(&self) -> bool {
-        !matches!(self, LocalAuthorityError::Ca(_))
+        !matches!(self, Self::Ca(_))
     }
 }
 

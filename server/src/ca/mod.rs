@@ -110,14 +110,14 @@ impl CaError {
     pub fn is_invalid_request(&self) -> bool {
         matches!(
             self,
-            CaError::ForeignTrustDomain { .. }
-                | CaError::NoPath(_)
-                | CaError::EmptyAudience
-                | CaError::InvalidDnsName(_)
-                | CaError::InvalidPublicKey(_)
-                | CaError::CsrMalformed(_)
-                | CaError::CsrSignature
-                | CaError::CsrIdMismatch { .. }
+            Self::ForeignTrustDomain { .. }
+                | Self::NoPath(_)
+                | Self::EmptyAudience
+                | Self::InvalidDnsName(_)
+                | Self::InvalidPublicKey(_)
+                | Self::CsrMalformed(_)
+                | Self::CsrSignature
+                | Self::CsrIdMismatch { .. }
         )
     }
 }
@@ -178,7 +178,7 @@ impl Ca {
         key_manager: Arc<dyn KeyManager>,
         journal: Option<CaJournal>,
         now: SystemTime,
-    ) -> Result<(Ca, CaJournal), CaError> {
+    ) -> Result<(Self, CaJournal), CaError> {
         if config.ca_ttl.as_secs() == 0 {
             return Err(CaError::InvalidConfig("ca_ttl must be at least one second"));
         }
@@ -217,7 +217,7 @@ impl Ca {
             sequence = state.sequence,
             "CA ready"
         );
-        let ca = Ca {
+        let ca = Self {
             config,
             key_manager,
             x509_active: ArcSwap::new(x509_active),
@@ -589,7 +589,7 @@ struct Entry<R, A> {
 // By hand: a derive would require `A: Clone`, but only the `Arc` is cloned.
 impl<R: Clone, A> Clone for Entry<R, A> {
     fn clone(&self) -> Self {
-        Entry {
+        Self {
             record: self.record.clone(),
             live: self.live.clone(),
         }
@@ -609,7 +609,7 @@ trait Record {
 
 impl Record for X509AuthorityRecord {
     fn slot(&self) -> Slot {
-        X509AuthorityRecord::slot(self)
+        Self::slot(self)
     }
     fn set_status(&mut self, status: AuthorityStatus) {
         self.status = status;
@@ -630,7 +630,7 @@ impl Record for X509AuthorityRecord {
 
 impl Record for JwtKeyRecord {
     fn slot(&self) -> Slot {
-        JwtKeyRecord::slot(self)
+        Self::slot(self)
     }
     fn set_status(&mut self, status: AuthorityStatus) {
         self.status = status;
@@ -661,7 +661,7 @@ impl State {
         km: &dyn KeyManager,
         journal: CaJournal,
         upstream: Option<&UpstreamAuthority>,
-    ) -> Result<State, CaError> {
+    ) -> Result<Self, CaError> {
         let mut x509 = Vec::with_capacity(journal.x509_authorities.len());
         for mut record in journal.x509_authorities {
             let mut live = None;
@@ -717,7 +717,7 @@ impl State {
             }
             jwt.push(Entry { record, live });
         }
-        Ok(State {
+        Ok(Self {
             x509,
             jwt,
             sequence: journal.bundle_sequence,

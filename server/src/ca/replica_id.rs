@@ -45,12 +45,12 @@ pub struct ReplicaId(String);
 impl ReplicaId {
     /// The ID of a server that never set one (unit tests, a single server built in code);
     /// `run` always loads the real one from `data_dir`.
-    pub fn single() -> ReplicaId {
-        ReplicaId("single".to_owned())
+    pub fn single() -> Self {
+        Self("single".to_owned())
     }
 
     /// Checks `s`: 1 to 64 ASCII letters, digits, `-` or `_`.
-    pub fn new(s: &str) -> Result<ReplicaId, String> {
+    pub fn new(s: &str) -> Result<Self, String> {
         if s.is_empty() || s.len() > 64 {
             return Err(format!(
                 "replica ID must be 1 to 64 characters, got {}",
@@ -65,22 +65,20 @@ impl ReplicaId {
                 "replica ID {s:?} may only hold ASCII letters, digits, '-' and '_'"
             ));
         }
-        Ok(ReplicaId(s.to_owned()))
+        Ok(Self(s.to_owned()))
     }
 
     /// A fresh random ID: 16 random bytes, hex.
-    pub fn random() -> Result<ReplicaId, ReplicaError> {
+    pub fn random() -> Result<Self, ReplicaError> {
         let mut bytes = [0u8; 16];
         SystemRandom::new()
             .fill(&mut bytes)
             .map_err(|_| ReplicaError::Random)?;
-        Ok(ReplicaId(
-            bytes.iter().map(|b| format!("{b:02x}")).collect(),
-        ))
+        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
     }
 
     /// Reads `data_dir/replica_id`, creating it (mode 0600) with a random ID on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<ReplicaId, ReplicaError> {
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, ReplicaError> {
         let path = data_dir.join(REPLICA_ID_FILE);
         let io_err = |path: &Path| {
             let path = path.to_owned();
@@ -88,7 +86,7 @@ impl ReplicaId {
         };
         match fs::read_to_string(&path) {
             Ok(text) => {
-                return ReplicaId::new(text.trim()).map_err(|reason| ReplicaError::Invalid {
+                return Self::new(text.trim()).map_err(|reason| ReplicaError::Invalid {
                     path: path.clone(),
                     reason,
                 });
@@ -96,7 +94,7 @@ impl ReplicaId {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&path)(e)),
         }
-        let id = ReplicaId::random()?;
+        let id = Self::random()?;
         // Written beside and renamed in, so a crash never leaves a half-written ID.
         let tmp = data_dir.join(format!("{REPLICA_ID_FILE}.tmp"));
         let mut file = OpenOptions::new()

@@ -977,7 +977,7 @@ fn switching_to_or_from_an_upstream_replaces_the_active_ca() {
     assert_eq!(svid.chain.len(), 2, "an intermediate signs at once");
     assert_eq!(
         ca.bundle().x509_authorities,
-        vec![self_signed.clone(), root.der()],
+        vec![self_signed, root.der()],
         "the old self-signed CA stays trusted until it expires"
     );
     drop(ca);

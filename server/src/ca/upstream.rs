@@ -182,7 +182,7 @@ impl UpstreamAuthority {
         };
 
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(upstream_der.as_slice()), key)?;
-        Ok(UpstreamAuthority {
+        Ok(Self {
             cert_der: upstream_der,
             chain,
             roots,
@@ -243,7 +243,7 @@ impl Eq for UpstreamAuthority {}
 
 impl From<UpstreamError> for CaError {
     fn from(e: UpstreamError) -> Self {
-        CaError::Upstream(e.to_string())
+        Self::Upstream(e.to_string())
     }
 }
 

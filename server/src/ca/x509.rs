@@ -59,7 +59,7 @@ impl X509Authority {
             now.saturating_add(ttl_secs),
         )?;
         let cert = params.self_signed(&key.rcgen_key())?;
-        X509Authority::load(cert.der().to_vec(), key)
+        Self::load(cert.der().to_vec(), key)
     }
 
     /// Creates an intermediate CA for `trust_domain` over `key`, signed by `upstream`: the
@@ -83,7 +83,7 @@ impl X509Authority {
         let mut params = ca_params(trust_domain, subject, &rng, now, not_after)?;
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key.rcgen_key(), upstream.issuer())?;
-        X509Authority::load_intermediate(cert.der().to_vec(), key, upstream)
+        Self::load_intermediate(cert.der().to_vec(), key, upstream)
     }
 
     /// Rebuilds an authority from its certificate and key (after a restart). The key must be
@@ -100,7 +100,7 @@ impl X509Authority {
         let not_after = cert.validity().not_after.timestamp();
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(cert_der.as_slice()), key.rcgen_key())?;
-        Ok(X509Authority {
+        Ok(Self {
             cert_der,
             issuer,
             not_after,
@@ -121,7 +121,7 @@ impl X509Authority {
                 "the intermediate CA was not signed by the configured upstream CA".into(),
             ));
         }
-        let mut authority = X509Authority::load(cert_der, key)?;
+        let mut authority = Self::load(cert_der, key)?;
         authority.chain = std::iter::once(authority.cert_der.clone())
             .chain(upstream.chain().iter().cloned())
             .collect();

@@ -13,7 +13,7 @@ use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
 
 #[derive(Args, Debug)]
-pub struct BundleSetArgs {
+pub(super) struct BundleSetArgs {
     /// SPIFFE ID of the trust domain (`spiffe://other.org`).
     #[arg(long = "id")]
     id: String,
@@ -28,7 +28,7 @@ pub struct BundleSetArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BundleListArgs {
+pub(super) struct BundleListArgs {
     /// Only this trust domain's bundle.
     #[arg(long = "id")]
     id: Option<String>,
@@ -39,7 +39,7 @@ pub struct BundleListArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BundleDeleteArgs {
+pub(super) struct BundleDeleteArgs {
     #[arg(long = "id")]
     id: String,
     /// What to do with entries that federate with it: `restrict` (refuse), `delete` them, or
@@ -51,14 +51,14 @@ pub struct BundleDeleteArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BundleCountArgs {
+pub(super) struct BundleCountArgs {
     #[command(flatten)]
     out: OutputArgs,
 }
 
 /// The trust domain of `-id`: SPIRE takes a SPIFFE ID; a bare name is accepted too, but a
 /// path is refused (it names a workload, not a trust domain).
-pub fn parse_id(id: &str) -> Result<TrustDomain, CliError> {
+pub(super) fn parse_id(id: &str) -> Result<TrustDomain, CliError> {
     let td = TrustDomain::new(id).map_err(|e| CliError(format!("invalid -id {id:?}: {e}")))?;
     let bare = id.strip_prefix("spiffe://").unwrap_or(id);
     if bare != td.as_str() {
@@ -71,7 +71,7 @@ pub fn parse_id(id: &str) -> Result<TrustDomain, CliError> {
 
 /// Parses a bundle file in `format` for `trust_domain`. An empty or garbled document is an
 /// error, as is a PEM file without certificates.
-pub fn parse_bundle(
+pub(super) fn parse_bundle(
     trust_domain: TrustDomain,
     data: &[u8],
     format: &str,
@@ -106,7 +106,7 @@ pub fn parse_bundle(
     Ok(bundle)
 }
 
-pub async fn set(a: BundleSetArgs) -> CliResult {
+pub(super) async fn set(a: BundleSetArgs) -> CliResult {
     let td = parse_id(&a.id)?;
     let data = match &a.path {
         Some(p) => {
@@ -129,7 +129,7 @@ pub async fn set(a: BundleSetArgs) -> CliResult {
     Ok(())
 }
 
-pub async fn list(a: BundleListArgs) -> CliResult {
+pub(super) async fn list(a: BundleListArgs) -> CliResult {
     let td = a.id.as_deref().map(parse_id).transpose()?;
     let mut client = connect(&a.out.socket_path).await?;
     let bundles = client
@@ -168,7 +168,7 @@ fn render(bundle: &Bundle, spiffe: bool) -> Result<String, CliError> {
     }
 }
 
-pub async fn delete(a: BundleDeleteArgs) -> CliResult {
+pub(super) async fn delete(a: BundleDeleteArgs) -> CliResult {
     let td = parse_id(&a.id)?;
     let mode = match a.mode.as_str() {
         "delete" => admin::BundleDeleteMode::Delete,
@@ -186,7 +186,7 @@ pub async fn delete(a: BundleDeleteArgs) -> CliResult {
     Ok(())
 }
 
-pub async fn count(a: BundleCountArgs) -> CliResult {
+pub(super) async fn count(a: BundleCountArgs) -> CliResult {
     let mut client = connect(&a.out.socket_path).await?;
     let n = client
         .count_bundles(admin::CountBundlesRequest {})
@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn spiffe_bundle_round_trips_and_garbage_is_refused() {
         let b = parse_bundle(td(), cert_pem().as_bytes(), "pem").unwrap();
-        let mut with_seq = b.clone();
+        let mut with_seq = b;
         with_seq.sequence = 7;
         with_seq.refresh_hint = Some(60);
         let json = with_seq.to_spiffe_json().unwrap();

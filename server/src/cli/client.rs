@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 /// A CLI failure: printed as one line on stderr, exit code 1.
 #[derive(Debug)]
-pub struct CliError(pub String);
+pub(crate) struct CliError(pub String);
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -23,7 +23,7 @@ impl fmt::Display for CliError {
 impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         let message = s.message();
-        CliError(match s.code() {
+        Self(match s.code() {
             tonic::Code::Unavailable => format!("server unavailable: {message}"),
             _ if message.is_empty() => format!("{:?}", s.code()),
             _ => message.to_owned(),
@@ -33,20 +33,20 @@ impl From<tonic::Status> for CliError {
 
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
-        CliError(e.to_string())
+        Self(e.to_string())
     }
 }
 
-pub fn fail<T>(message: impl Into<String>) -> Result<T, CliError> {
+pub(crate) fn fail<T>(message: impl Into<String>) -> Result<T, CliError> {
     Err(CliError(message.into()))
 }
 
-pub type CliResult = Result<(), CliError>;
+pub(crate) type CliResult = Result<(), CliError>;
 
 /// Connects to the admin socket; a missing socket is a clear error rather than a retry loop.
 /// The process serving it must run as root or as our own user ([`check_server`]) before a
 /// single byte is sent.
-pub async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliError> {
+pub(crate) async fn connect(socket_path: &Path) -> Result<AdminClient<Channel>, CliError> {
     let path = socket_path.to_owned();
     // Why the check refused the server, if it did (tonic keeps only a generic error).
     let refused: Arc<Mutex<Option<String>>> = Arc::default();

@@ -14,7 +14,7 @@ use super::client::{CliError, CliResult, connect, fail};
 use super::output::{JsonArrayWriter, entry_json, print_entry, print_json, write_entry};
 
 #[derive(Subcommand, Debug)]
-pub enum EntryCommand {
+pub(super) enum EntryCommand {
     /// Creates registration entries.
     Create(CreateArgs),
     /// Displays registration entries.
@@ -29,7 +29,7 @@ pub enum EntryCommand {
 
 /// The fields of an entry, as SPIRE's flags name them.
 #[derive(Args, Debug, Default)]
-pub struct EntryFields {
+pub(super) struct EntryFields {
     /// The SPIFFE ID the entry issues.
     #[arg(long = "spiffeID")]
     spiffe_id: Option<String>,
@@ -74,7 +74,7 @@ pub struct EntryFields {
 }
 
 #[derive(Args, Debug)]
-pub struct CreateArgs {
+pub(super) struct CreateArgs {
     #[command(flatten)]
     fields: EntryFields,
     /// A chosen entry ID (default: generated).
@@ -88,7 +88,7 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct FilterArgs {
+pub(super) struct FilterArgs {
     #[arg(long = "entryID")]
     entry_id: Option<String>,
     #[arg(long = "spiffeID")]
@@ -108,13 +108,13 @@ pub struct FilterArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ShowArgs {
+pub(super) struct ShowArgs {
     #[command(flatten)]
     filter: FilterArgs,
 }
 
 #[derive(Args, Debug)]
-pub struct UpdateArgs {
+pub(super) struct UpdateArgs {
     /// The entry to update.
     #[arg(long = "entryID")]
     entry_id: Option<String>,
@@ -128,7 +128,7 @@ pub struct UpdateArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct DeleteArgs {
+pub(super) struct DeleteArgs {
     /// The entry to delete.
     #[arg(long = "entryID")]
     entry_id: Option<String>,
@@ -139,7 +139,7 @@ pub struct DeleteArgs {
     out: OutputArgs,
 }
 
-pub async fn execute(command: EntryCommand) -> CliResult {
+pub(super) async fn execute(command: EntryCommand) -> CliResult {
     match command {
         EntryCommand::Create(a) => create(a).await,
         EntryCommand::Show(a) => show(a.filter).await,
@@ -345,9 +345,9 @@ enum FileId {
 impl FileId {
     fn render(&self) -> String {
         match self {
-            FileId::None => String::new(),
-            FileId::Text(s) => s.clone(),
-            FileId::Parts { trust_domain, path } => format!("spiffe://{trust_domain}{path}"),
+            Self::None => String::new(),
+            Self::Text(s) => s.clone(),
+            Self::Parts { trust_domain, path } => format!("spiffe://{trust_domain}{path}"),
         }
     }
 }
@@ -548,16 +548,16 @@ enum EntrySink<W: Write> {
 impl<W: Write> EntrySink<W> {
     fn push(&mut self, e: &pb::RegistrationEntry) -> Result<(), CliError> {
         match self {
-            EntrySink::Text(out) => write_entry(out, e)?,
-            EntrySink::Json(out) => out.push(&entry_json(e))?,
+            Self::Text(out) => write_entry(out, e)?,
+            Self::Json(out) => out.push(&entry_json(e))?,
         }
         Ok(())
     }
 
     fn finish(self) -> CliResult {
         match self {
-            EntrySink::Text(mut out) => out.flush()?,
-            EntrySink::Json(out) => {
+            Self::Text(mut out) => out.flush()?,
+            Self::Json(out) => {
                 out.finish()?;
             }
         }

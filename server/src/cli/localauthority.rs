@@ -10,7 +10,7 @@ use super::client::{CliError, CliResult, connect};
 use super::output::print_json;
 
 #[derive(Subcommand, Debug)]
-pub enum LocalAuthorityCommand {
+pub(super) enum LocalAuthorityCommand {
     /// Manages the X.509 authorities (CA certificates) of this server.
     #[command(subcommand)]
     X509(OpCommand),
@@ -20,7 +20,7 @@ pub enum LocalAuthorityCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum OpCommand {
+pub(super) enum OpCommand {
     /// Shows the active, prepared and old authorities.
     Show(OutputOnly),
     /// Prepares a new authority now (published in the bundle, not signing yet).
@@ -34,13 +34,13 @@ pub enum OpCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct OutputOnly {
+pub(super) struct OutputOnly {
     #[command(flatten)]
     out: OutputArgs,
 }
 
 #[derive(Args, Debug)]
-pub struct WithId {
+pub(super) struct WithId {
     /// The authority ID (X.509: Subject Key ID hex; JWT: key ID), as `show` prints it.
     #[arg(long = "authorityID", default_value = "")]
     authority_id: String,
@@ -48,7 +48,7 @@ pub struct WithId {
     out: OutputArgs,
 }
 
-pub async fn execute(c: LocalAuthorityCommand) -> CliResult {
+pub(super) async fn execute(c: LocalAuthorityCommand) -> CliResult {
     let (kind, label, op) = match c {
         LocalAuthorityCommand::X509(op) => (admin::AuthorityKind::X509, "X.509", op),
         LocalAuthorityCommand::Jwt(op) => (admin::AuthorityKind::Jwt, "JWT", op),

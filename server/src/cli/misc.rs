@@ -14,7 +14,7 @@ use super::client::{CliError, CliResult, connect, fail};
 use super::output::{print_json, timestamp};
 
 #[derive(Args, Debug)]
-pub struct HealthcheckArgs {
+pub(super) struct HealthcheckArgs {
     #[arg(long = "socketPath", default_value = super::DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
     /// SPIRE's less stringent check: not supported, refused (the check is always a real API
@@ -25,7 +25,7 @@ pub struct HealthcheckArgs {
     verbose: bool,
 }
 
-pub async fn healthcheck(a: HealthcheckArgs) -> CliResult {
+pub(super) async fn healthcheck(a: HealthcheckArgs) -> CliResult {
     if a.shallow {
         return fail(
             "-shallow is not supported: the health check is always a full call to the server's \
@@ -50,13 +50,13 @@ pub async fn healthcheck(a: HealthcheckArgs) -> CliResult {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum TokenCommand {
+pub(super) enum TokenCommand {
     /// Generates a single-use join token for node attestation.
     Generate(TokenArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct TokenArgs {
+pub(super) struct TokenArgs {
     /// Also register this SPIFFE ID for the agent that uses the token.
     #[arg(long = "spiffeID")]
     spiffe_id: Option<String>,
@@ -67,7 +67,7 @@ pub struct TokenArgs {
     out: OutputArgs,
 }
 
-pub async fn token(c: TokenCommand) -> CliResult {
+pub(super) async fn token(c: TokenCommand) -> CliResult {
     let TokenCommand::Generate(a) = c;
     if let Some(id) = &a.spiffe_id {
         SpiffeId::new(id).map_err(|e| CliError(format!("invalid -spiffeID {id:?}: {e}")))?;
@@ -92,7 +92,7 @@ pub async fn token(c: TokenCommand) -> CliResult {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum BundleCommand {
+pub(super) enum BundleCommand {
     /// Prints the server's trust bundle.
     Show(BundleShowArgs),
     /// Creates or replaces a federated bundle.
@@ -106,7 +106,7 @@ pub enum BundleCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct BundleShowArgs {
+pub(super) struct BundleShowArgs {
     /// `pem` (X.509 authorities) or `spiffe` (SPIFFE bundle JSON).
     #[arg(long = "format", default_value = "pem", value_parser = ["pem", "spiffe"])]
     format: String,
@@ -114,7 +114,7 @@ pub struct BundleShowArgs {
     out: OutputArgs,
 }
 
-pub async fn bundle(c: BundleCommand) -> CliResult {
+pub(super) async fn bundle(c: BundleCommand) -> CliResult {
     let a = match c {
         BundleCommand::Show(a) => a,
         BundleCommand::Set(a) => return super::bundle::set(a).await,
@@ -142,13 +142,13 @@ pub async fn bundle(c: BundleCommand) -> CliResult {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum X509Command {
+pub(super) enum X509Command {
     /// Mints an X.509-SVID; the private key is generated here and never sent.
     Mint(X509MintArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct X509MintArgs {
+pub(super) struct X509MintArgs {
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     /// TTL such as `1h` or seconds (default: the server's default X.509-SVID TTL).
@@ -178,7 +178,7 @@ fn parse_duration_flag(value: &Option<String>) -> Result<u32, CliError> {
     u32::try_from(secs).map_err(|_| CliError(format!("invalid -ttl {v:?}: too long")))
 }
 
-pub async fn x509(c: X509Command) -> CliResult {
+pub(super) async fn x509(c: X509Command) -> CliResult {
     let X509Command::Mint(a) = c;
     let id = SpiffeId::new(&a.spiffe_id)
         .map_err(|e| CliError(format!("invalid -spiffeID {:?}: {e}", a.spiffe_id)))?;
@@ -249,13 +249,13 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CliError> {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum JwtCommand {
+pub(super) enum JwtCommand {
     /// Mints a JWT-SVID.
     Mint(JwtMintArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct JwtMintArgs {
+pub(super) struct JwtMintArgs {
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     /// An audience; repeat for several.
@@ -270,7 +270,7 @@ pub struct JwtMintArgs {
     out: OutputArgs,
 }
 
-pub async fn jwt(c: JwtCommand) -> CliResult {
+pub(super) async fn jwt(c: JwtCommand) -> CliResult {
     let JwtCommand::Mint(a) = c;
     let id = SpiffeId::new(&a.spiffe_id)
         .map_err(|e| CliError(format!("invalid -spiffeID {:?}: {e}", a.spiffe_id)))?;
@@ -299,7 +299,7 @@ pub async fn jwt(c: JwtCommand) -> CliResult {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum AgentCommand {
+pub(super) enum AgentCommand {
     /// Lists attested agents.
     List(AgentListArgs),
     /// Shows one attested agent.
@@ -311,13 +311,13 @@ pub enum AgentCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct AgentListArgs {
+pub(super) struct AgentListArgs {
     #[command(flatten)]
     out: OutputArgs,
 }
 
 #[derive(Args, Debug)]
-pub struct AgentIdArgs {
+pub(super) struct AgentIdArgs {
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     #[command(flatten)]
@@ -347,7 +347,7 @@ fn print_agent(n: &sigil_proto::sigil::common::v1::AttestedNode) {
     println!();
 }
 
-pub async fn agent(c: AgentCommand) -> CliResult {
+pub(super) async fn agent(c: AgentCommand) -> CliResult {
     match c {
         AgentCommand::List(a) => {
             let mut client = connect(&a.out.socket_path).await?;

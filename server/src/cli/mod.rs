@@ -125,7 +125,7 @@ pub(crate) struct OutputArgs {
 }
 
 impl OutputArgs {
-    pub fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.output == "json"
     }
 }

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 use sigil_proto::sigil::common::v1 as pb;
 
-pub fn entry_json(e: &pb::RegistrationEntry) -> Value {
+pub(super) fn entry_json(e: &pb::RegistrationEntry) -> Value {
     json!({
         "id": e.id,
         "spiffe_id": e.spiffe_id,
@@ -34,13 +34,13 @@ fn ttl(seconds: i32) -> String {
     }
 }
 
-pub fn print_entry(e: &pb::RegistrationEntry) {
+pub(super) fn print_entry(e: &pb::RegistrationEntry) {
     // A closed stdout (`| head`) is not an error worth reporting for one entry.
     let _ = write_entry(&mut io::stdout().lock(), e);
 }
 
 /// Writes one entry as SPIRE's aligned block, followed by a blank line.
-pub fn write_entry(out: &mut impl Write, e: &pb::RegistrationEntry) -> io::Result<()> {
+pub(super) fn write_entry(out: &mut impl Write, e: &pb::RegistrationEntry) -> io::Result<()> {
     writeln!(out, "Entry ID         : {}", e.id)?;
     if e.template {
         writeln!(out, "SPIFFE ID        : {} (template)", e.spiffe_id)?;
@@ -78,17 +78,17 @@ pub fn write_entry(out: &mut impl Write, e: &pb::RegistrationEntry) -> io::Resul
 /// Writes a JSON array one element at a time, so a listing of any length never sits in memory.
 /// The text is exactly `serde_json::to_string_pretty` of the whole array (what `print_json`
 /// printed before pages were streamed): scripts see no difference.
-pub struct JsonArrayWriter<W: Write> {
+pub(super) struct JsonArrayWriter<W: Write> {
     out: W,
     empty: bool,
 }
 
 impl<W: Write> JsonArrayWriter<W> {
-    pub fn new(out: W) -> Self {
-        JsonArrayWriter { out, empty: true }
+    pub(super) fn new(out: W) -> Self {
+        Self { out, empty: true }
     }
 
-    pub fn push(&mut self, v: &Value) -> io::Result<()> {
+    pub(super) fn push(&mut self, v: &Value) -> io::Result<()> {
         let text = serde_json::to_string_pretty(v).map_err(io::Error::other)?;
         self.out
             .write_all(if self.empty { b"[\n" } else { b",\n" })?;
@@ -106,7 +106,7 @@ impl<W: Write> JsonArrayWriter<W> {
     }
 
     /// Closes the array (and a trailing newline, as `println!` gave) and returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(super) fn finish(mut self) -> io::Result<W> {
         self.out
             .write_all(if self.empty { b"[]\n" } else { b"\n]\n" })?;
         self.out.flush()?;
@@ -114,12 +114,12 @@ impl<W: Write> JsonArrayWriter<W> {
     }
 }
 
-pub fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// RFC 3339 UTC for a Unix timestamp.
-pub fn timestamp(unix: i64) -> String {
+pub(super) fn timestamp(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -157,7 +157,7 @@ mod tests {
         for values in [
             vec![],
             vec![one.clone()],
-            vec![one.clone(), json!({}), json!([1, {"k": []}])],
+            vec![one, json!({}), json!([1, {"k": []}])],
         ] {
             let whole = serde_json::to_string_pretty(&Value::Array(values.clone())).unwrap();
             assert_eq!(streamed(&values), format!("{whole}\n"));

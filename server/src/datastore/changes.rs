@@ -50,23 +50,23 @@ impl Change {
     /// 2048 bytes).
     pub(super) fn encode(&self) -> String {
         match self {
-            Change::Entries { revision } => format!("e:{revision}"),
-            Change::Bundle(td) => format!("b:{td}"),
-            Change::AttestedNode(id) => format!("n:{id}"),
-            Change::Resync => "r:".to_owned(),
+            Self::Entries { revision } => format!("e:{revision}"),
+            Self::Bundle(td) => format!("b:{td}"),
+            Self::AttestedNode(id) => format!("n:{id}"),
+            Self::Resync => "r:".to_owned(),
         }
     }
 
     /// Parses a payload; `None` for one this version does not know (a newer replica's).
-    pub(super) fn decode(payload: &str) -> Option<Change> {
+    pub(super) fn decode(payload: &str) -> Option<Self> {
         let (kind, rest) = payload.split_once(':')?;
         match kind {
-            "e" => Some(Change::Entries {
+            "e" => Some(Self::Entries {
                 revision: rest.parse().ok()?,
             }),
             "b" => TrustDomain::new(rest).ok().map(Change::Bundle),
             "n" => SpiffeId::new(rest).ok().map(Change::AttestedNode),
-            "r" => Some(Change::Resync),
+            "r" => Some(Self::Resync),
             _ => None,
         }
     }

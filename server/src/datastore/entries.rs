@@ -56,15 +56,15 @@ pub enum EntryEventKind {
 impl EntryEventKind {
     fn as_str(self) -> &'static str {
         match self {
-            EntryEventKind::Upsert => "upsert",
-            EntryEventKind::Delete => "delete",
+            Self::Upsert => "upsert",
+            Self::Delete => "delete",
         }
     }
 
     fn parse(s: &str) -> Result<Self, DatastoreError> {
         match s {
-            "upsert" => Ok(EntryEventKind::Upsert),
-            "delete" => Ok(EntryEventKind::Delete),
+            "upsert" => Ok(Self::Upsert),
+            "delete" => Ok(Self::Delete),
             other => Err(DatastoreError::Corrupt(format!(
                 "unknown entry event kind {other:?}"
             ))),

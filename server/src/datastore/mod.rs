@@ -153,7 +153,7 @@ impl Tx {
     }
 
     fn is_postgres(&self) -> bool {
-        matches!(self, Tx::Postgres(_))
+        matches!(self, Self::Postgres(_))
     }
 }
 
@@ -193,10 +193,7 @@ impl Datastore {
     /// (`/run/spire/data/datastore.sqlite3`) or a `sqlite://` URL; a relative path resolves
     /// against `data_dir`. A `postgres://` or `postgresql://` URL opens PostgreSQL instead, as
     /// [`open_postgres`](Self::open_postgres).
-    pub async fn open(
-        connection_string: &str,
-        data_dir: &Path,
-    ) -> Result<Datastore, DatastoreError> {
+    pub async fn open(connection_string: &str, data_dir: &Path) -> Result<Self, DatastoreError> {
         let trimmed = connection_string.trim_start();
         if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
             return Self::open_postgres(trimmed).await;
@@ -218,7 +215,7 @@ impl Datastore {
         let all = (0..SQLITE_POOL_SIZE).map(|_| sqlite.acquire());
         drop(futures::future::try_join_all(all).await?);
         tracing::info!(path = %path.display(), "datastore open");
-        Datastore {
+        Self {
             pool,
             path,
             changes: Arc::new(changes::Feed::local()),
@@ -235,7 +232,7 @@ impl Datastore {
     /// Several servers may share the database: each starts a `LISTEN` connection feeding
     /// [`subscribe_changes`](Self::subscribe_changes) with the changes written through any of
     /// them.
-    pub async fn open_postgres(connection_string: &str) -> Result<Datastore, DatastoreError> {
+    pub async fn open_postgres(connection_string: &str) -> Result<Self, DatastoreError> {
         let options = pg_connect_options(connection_string)?.application_name("sigil-server");
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -248,7 +245,7 @@ impl Datastore {
             Pool::Sqlite(_) => changes::Feed::local(),
         };
         tracing::info!("datastore open on PostgreSQL");
-        Datastore {
+        Self {
             pool,
             path: PathBuf::new(),
             changes: Arc::new(changes),

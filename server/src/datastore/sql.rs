@@ -20,31 +20,31 @@ pub(super) enum Arg {
 
 impl From<String> for Arg {
     fn from(v: String) -> Self {
-        Arg::Text(v)
+        Self::Text(v)
     }
 }
 
 impl From<&str> for Arg {
     fn from(v: &str) -> Self {
-        Arg::Text(v.to_owned())
+        Self::Text(v.to_owned())
     }
 }
 
 impl From<i64> for Arg {
     fn from(v: i64) -> Self {
-        Arg::Int(v)
+        Self::Int(v)
     }
 }
 
 impl From<Option<i64>> for Arg {
     fn from(v: Option<i64>) -> Self {
-        Arg::OptInt(v)
+        Self::OptInt(v)
     }
 }
 
 impl From<bool> for Arg {
     fn from(v: bool) -> Self {
-        Arg::Bool(v)
+        Self::Bool(v)
     }
 }
 
@@ -60,8 +60,8 @@ pub(super) struct Sql {
 }
 
 impl Sql {
-    pub(super) fn new(text: &str) -> Sql {
-        Sql {
+    pub(super) fn new(text: &str) -> Self {
+        Self {
             text: text.to_owned(),
             args: Vec::new(),
         }
@@ -69,13 +69,13 @@ impl Sql {
 
     /// Appends SQL text. Only ever called with our own fragments (table and column names
     /// from constants), never with a value.
-    pub(super) fn push(&mut self, text: &str) -> &mut Sql {
+    pub(super) fn push(&mut self, text: &str) -> &mut Self {
         self.text.push_str(text);
         self
     }
 
     /// Appends a placeholder for `value`.
-    pub(super) fn bind(&mut self, value: impl Into<Arg>) -> &mut Sql {
+    pub(super) fn bind(&mut self, value: impl Into<Arg>) -> &mut Self {
         self.args.push(value.into());
         self.text.push(PLACEHOLDER);
         self
@@ -86,7 +86,7 @@ impl Sql {
         &mut self,
         items: impl IntoIterator<Item = T>,
         mut row: impl FnMut(&mut RowBuilder<'_>, T),
-    ) -> &mut Sql {
+    ) -> &mut Self {
         for (i, item) in items.into_iter().enumerate() {
             self.push(if i == 0 { "(" } else { ", (" });
             row(
@@ -105,7 +105,7 @@ impl Sql {
     pub(super) fn push_list<T: Into<Arg>>(
         &mut self,
         values: impl IntoIterator<Item = T>,
-    ) -> &mut Sql {
+    ) -> &mut Self {
         for (i, v) in values.into_iter().enumerate() {
             if i > 0 {
                 self.push(", ");

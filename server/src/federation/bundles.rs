@@ -35,9 +35,9 @@ impl std::str::FromStr for DeleteMode {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "restrict" => Ok(DeleteMode::Restrict),
-            "delete" => Ok(DeleteMode::Delete),
-            "dissociate" => Ok(DeleteMode::Dissociate),
+            "restrict" => Ok(Self::Restrict),
+            "delete" => Ok(Self::Delete),
+            "dissociate" => Ok(Self::Dissociate),
             other => Err(format!(
                 "unknown mode {other:?}: use restrict, delete or dissociate"
             )),
@@ -74,7 +74,7 @@ impl FederatedBundles {
             .filter(|b| b.trust_domain != own)
             .map(|b| (b.trust_domain.clone(), Arc::new(b)))
             .collect();
-        Ok(FederatedBundles {
+        Ok(Self {
             datastore,
             own,
             tx: watch::Sender::new(Arc::new(set)),

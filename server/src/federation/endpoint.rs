@@ -86,8 +86,8 @@ enum Acceptor {
 impl Acceptor {
     fn current(&self) -> TlsAcceptor {
         match self {
-            Acceptor::Web(a) => a.clone(),
-            Acceptor::Spiffe(tls) => {
+            Self::Web(a) => a.clone(),
+            Self::Spiffe(tls) => {
                 // The agent API's config offers only h2; this endpoint speaks HTTP/1.1.
                 let mut config = (*tls.config()).clone();
                 config.alpn_protocols = vec![b"http/1.1".to_vec()];

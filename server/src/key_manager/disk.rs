@@ -77,7 +77,7 @@ impl DiskKeyManager {
             Err(e) if e.kind() == ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(io_error(&path, e)),
         };
-        Ok(DiskKeyManager {
+        Ok(Self {
             path,
             keys: Mutex::new(keys),
         })

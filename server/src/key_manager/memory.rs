@@ -14,7 +14,7 @@ pub struct MemoryKeyManager {
 
 impl MemoryKeyManager {
     pub fn new() -> Self {
-        MemoryKeyManager::default()
+        Self::default()
     }
 }
 

@@ -58,37 +58,37 @@ impl KeyType {
     /// SPIRE's spelling (`ec-p256`, `ec-p384`).
     pub fn as_str(self) -> &'static str {
         match self {
-            KeyType::EcP256 => "ec-p256",
-            KeyType::EcP384 => "ec-p384",
+            Self::EcP256 => "ec-p256",
+            Self::EcP384 => "ec-p384",
         }
     }
 
     /// The JWS `alg` this key signs with.
     pub fn jws_alg(self) -> &'static str {
         match self {
-            KeyType::EcP256 => "ES256",
-            KeyType::EcP384 => "ES384",
+            Self::EcP256 => "ES256",
+            Self::EcP384 => "ES384",
         }
     }
 
     fn asn1_alg(self) -> &'static EcdsaSigningAlgorithm {
         match self {
-            KeyType::EcP256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            KeyType::EcP384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+            Self::EcP256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            Self::EcP384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
         }
     }
 
     fn fixed_alg(self) -> &'static EcdsaSigningAlgorithm {
         match self {
-            KeyType::EcP256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            KeyType::EcP384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            Self::EcP256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            Self::EcP384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
         }
     }
 
     fn rcgen_alg(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
-            KeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            KeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Self::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Self::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
         }
     }
 }
@@ -100,8 +100,8 @@ impl FromStr for KeyType {
     /// RSA generation needs aws-lc-rs, which is not in our tree.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "ec-p256" => Ok(KeyType::EcP256),
-            "ec-p384" => Ok(KeyType::EcP384),
+            "ec-p256" => Ok(Self::EcP256),
+            "ec-p384" => Ok(Self::EcP384),
             other => Err(KeyManagerError::UnsupportedKeyType(other.to_owned())),
         }
     }
@@ -142,7 +142,7 @@ impl SigningKey {
         let rng = SystemRandom::new();
         let doc = EcdsaKeyPair::generate_pkcs8(key_type.asn1_alg(), &rng)
             .map_err(|_| KeyManagerError::Generate)?;
-        SigningKey::from_pkcs8(id, key_type, Zeroizing::new(doc.as_ref().to_vec()))
+        Self::from_pkcs8(id, key_type, Zeroizing::new(doc.as_ref().to_vec()))
     }
 
     /// Loads a key from its PKCS#8 DER encoding.
@@ -162,7 +162,7 @@ impl SigningKey {
         let jws_signer =
             EcdsaKeyPair::from_pkcs8(key_type.fixed_alg(), &pkcs8, &rng).map_err(invalid)?;
         let public_key = spki_der(key_type, x509_signer.public_key().as_ref());
-        Ok(SigningKey {
+        Ok(Self {
             id: id.to_owned(),
             key_type,
             pkcs8,

@@ -16,7 +16,7 @@ pub struct JoinTokenAttestor {
 
 impl JoinTokenAttestor {
     pub fn new(trust_domain: TrustDomain, datastore: Datastore) -> Self {
-        JoinTokenAttestor {
+        Self {
             trust_domain,
             datastore,
         }

@@ -79,7 +79,7 @@ impl fmt::Debug for KubeClientApi {
 
 impl KubeClientApi {
     pub fn new(client: kube::Client) -> Self {
-        KubeClientApi { client }
+        Self { client }
     }
 }
 
@@ -205,7 +205,7 @@ impl K8sPsatAttestor {
         trust_domain: TrustDomain,
         clusters: impl IntoIterator<Item = (String, K8sPsatCluster, Arc<dyn KubeApi>)>,
     ) -> Self {
-        K8sPsatAttestor {
+        Self {
             trust_domain,
             clusters: clusters
                 .into_iter()
@@ -281,7 +281,7 @@ enum Refusal {
 
 impl Refusal {
     fn denied(reason: impl Into<String>) -> Self {
-        Refusal::Denied {
+        Self::Denied {
             reason: reason.into(),
             detail: String::new(),
         }
@@ -289,18 +289,18 @@ impl Refusal {
 
     fn into_attestation_error(self) -> AttestationError {
         match self {
-            Refusal::Denied { reason, .. } => AttestationError::Denied(reason),
-            Refusal::Unverifiable(KubeApiError::Forbidden { resource, .. }) => {
+            Self::Denied { reason, .. } => AttestationError::Denied(reason),
+            Self::Unverifiable(KubeApiError::Forbidden { resource, .. }) => {
                 AttestationError::Unverifiable(format!(
                     "the server could not verify the token: it is not allowed to use {resource} (see the server log)"
                 ))
             }
-            Refusal::Unverifiable(KubeApiError::Failed { resource, .. }) => {
+            Self::Unverifiable(KubeApiError::Failed { resource, .. }) => {
                 AttestationError::Unverifiable(format!(
                     "the server could not verify the token: the Kubernetes API call on {resource} failed (see the server log)"
                 ))
             }
-            Refusal::Internal(m) => AttestationError::Internal(m),
+            Self::Internal(m) => AttestationError::Internal(m),
         }
     }
 }

@@ -88,8 +88,8 @@ pub enum K8sBundleError {
 impl From<kube::Error> for K8sBundleError {
     fn from(e: kube::Error) -> Self {
         match e {
-            kube::Error::Api(status) => K8sBundleError::Api(status),
-            other => K8sBundleError::Transport(other),
+            kube::Error::Api(status) => Self::Api(status),
+            other => Self::Transport(other),
         }
     }
 }
@@ -97,7 +97,7 @@ impl From<kube::Error> for K8sBundleError {
 impl K8sBundleError {
     /// RBAC and authentication failures need an operator; anything else may pass by itself.
     fn needs_operator(&self) -> bool {
-        matches!(self, K8sBundleError::Api(s) if s.is_forbidden() || s.code == 401)
+        matches!(self, Self::Api(s) if s.is_forbidden() || s.code == 401)
     }
 }
 
@@ -175,7 +175,7 @@ impl K8sBundlePublisher {
     /// API server yet, so an unreachable cluster does not stop the server from starting.
     pub async fn new(config: &K8sBundleConfig) -> Result<Self, K8sBundleError> {
         let client = kubernetes::client(config.kube_config_file_path.as_deref()).await?;
-        Ok(K8sBundlePublisher {
+        Ok(Self {
             api: Api::namespaced(client, &config.namespace),
             target: Target {
                 namespace: config.namespace.clone(),

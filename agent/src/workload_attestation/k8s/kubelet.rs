@@ -49,7 +49,7 @@ pub enum KubeletTls {
 impl KubeletEndpoint {
     /// `http://127.0.0.1:<port>`, no authentication.
     pub fn read_only(port: u16) -> Self {
-        KubeletEndpoint {
+        Self {
             host: "127.0.0.1".to_owned(),
             port,
             tls: None,
@@ -65,7 +65,7 @@ impl KubeletEndpoint {
         ca_path: PathBuf,
         skip_verification: bool,
     ) -> Self {
-        KubeletEndpoint {
+        Self {
             host: node_name.unwrap_or_else(|| "127.0.0.1".to_owned()),
             port,
             tls: Some(if skip_verification {
@@ -212,7 +212,7 @@ impl fmt::Debug for KubeletClient {
 
 impl KubeletClient {
     pub fn new(endpoint: KubeletEndpoint, cache_ttl: Duration) -> Self {
-        KubeletClient {
+        Self {
             endpoint,
             cache_ttl,
             cache: Mutex::new(CacheState::default()),

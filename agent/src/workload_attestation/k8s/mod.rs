@@ -44,8 +44,8 @@ pub enum K8sError {
 impl From<K8sError> for AttestationError {
     fn from(e: K8sError) -> Self {
         match e {
-            K8sError::Cgroup(CgroupError::NoProcess { pid }) => AttestationError::NoProcess { pid },
-            other => AttestationError::K8s(other),
+            K8sError::Cgroup(CgroupError::NoProcess { pid }) => Self::NoProcess { pid },
+            other => Self::K8s(other),
         }
     }
 }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use super::kubelet::KubeletEndpoint;
 
 /// Two pods: `payments/checkout-service-7d9f8` and `other/web-5c6b7`.
-pub const PODS: &str = include_str!("testdata/pods.json");
+pub(super) const PODS: &str = include_str!("testdata/pods.json");
 
 #[derive(Default)]
 struct Shared {
@@ -23,14 +23,14 @@ struct Shared {
     authorization: Mutex<Option<String>>,
 }
 
-pub struct TestKubelet {
+pub(super) struct TestKubelet {
     port: u16,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl TestKubelet {
-    pub async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let shared = Arc::new(Shared::default());
         shared.bodies.lock().unwrap().push(PODS.to_owned());
         let app = Router::new()
@@ -41,34 +41,34 @@ impl TestKubelet {
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        TestKubelet {
+        Self {
             port,
             shared,
             server,
         }
     }
 
-    pub fn endpoint(&self) -> KubeletEndpoint {
+    pub(super) fn endpoint(&self) -> KubeletEndpoint {
         KubeletEndpoint::read_only(self.port)
     }
 
-    pub fn requests(&self) -> usize {
+    pub(super) fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
 
-    pub fn last_authorization(&self) -> Option<String> {
+    pub(super) fn last_authorization(&self) -> Option<String> {
         self.shared.authorization.lock().unwrap().clone()
     }
 
-    pub fn set_body(&self, body: &str) {
+    pub(super) fn set_body(&self, body: &str) {
         self.set_bodies(vec![body.to_owned()]);
     }
 
-    pub fn set_bodies(&self, bodies: Vec<String>) {
+    pub(super) fn set_bodies(&self, bodies: Vec<String>) {
         *self.shared.bodies.lock().unwrap() = bodies;
     }
 
-    pub fn set_status(&self, status: StatusCode) {
+    pub(super) fn set_status(&self, status: StatusCode) {
         *self.shared.status.lock().unwrap() = Some(status);
     }
 }

@@ -164,7 +164,7 @@ enum CallError {
 
 impl<E: Into<anyhow::Error>> From<E> for CallError {
     fn from(e: E) -> Self {
-        CallError::Other(e.into())
+        Self::Other(e.into())
     }
 }
 

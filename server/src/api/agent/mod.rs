@@ -133,7 +133,7 @@ impl AgentApi {
             trust_domain.clone(),
             datastore.clone(),
         ));
-        AgentApi {
+        Self {
             authorization: Arc::new(AuthorizationCache::new(
                 datastore.clone(),
                 trust_domain.clone(),

@@ -19,7 +19,7 @@ const MAX_TRACKED_KEYS: usize = 10_000;
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub(super) fn new(per_sec: f64, burst: f64) -> Self {
-        RateLimiter {
+        Self {
             per_sec,
             burst,
             buckets: Mutex::new(HashMap::new()),

@@ -406,7 +406,7 @@ enum StreamError {
 
 impl From<Status> for StreamError {
     fn from(s: Status) -> Self {
-        StreamError::Status(s)
+        Self::Status(s)
     }
 }
 

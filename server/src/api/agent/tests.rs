@@ -77,11 +77,11 @@ struct TestAgent {
 }
 
 impl Harness {
-    async fn start() -> Harness {
-        Harness::start_with(RateLimitConfig::default()).await
+    async fn start() -> Self {
+        Self::start_with(RateLimitConfig::default()).await
     }
 
-    async fn start_with(limits: RateLimitConfig) -> Harness {
+    async fn start_with(limits: RateLimitConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open("datastore.sqlite3", dir.path())
             .await
@@ -110,7 +110,7 @@ impl Harness {
         );
         let listener = Listener::new(listener, limiter);
         tokio::spawn(serve(listener, api, cancel.clone()));
-        Harness {
+        Self {
             _dir: dir,
             ds,
             ca,
