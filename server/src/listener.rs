@@ -10,7 +10,6 @@ use sigil_common::hcl::{Block, ConfigError};
 use sigil_common::listener::limits::{self, RESERVED_FDS};
 use sigil_common::listener::{ConnectionLimiter, ConnectionLimits, fd_limit};
 
-use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
 /// One TCP listener of the server, for limits, metrics labels and log lines.
@@ -204,24 +203,6 @@ pub fn plan(config: &ConnectionLimitsConfig, enabled: &[Endpoint]) -> FittedLimi
         );
     }
     fitted
-}
-
-/// The listeners `config` enables.
-pub fn enabled(config: &ServerConfig) -> Vec<Endpoint> {
-    let bundle_endpoint = config
-        .federation
-        .as_ref()
-        .is_some_and(|f| f.bundle_endpoint.is_some());
-    Endpoint::ALL
-        .into_iter()
-        .filter(|e| match e {
-            Endpoint::AgentApi => true,
-            Endpoint::OidcDiscovery => config.oidc_discovery.is_some(),
-            Endpoint::BundleEndpoint => bundle_endpoint,
-            Endpoint::Health => config.health.is_some(),
-            Endpoint::Metrics => config.metrics.is_some(),
-        })
-        .collect()
 }
 
 /// The limiter of `endpoint`'s listener with its fitted caps, counting in `metrics`.
