@@ -16,11 +16,12 @@ use std::time::SystemTime;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::ca::rotation::AuthorityStatus;
-use crate::ca::{
-    Ca, CaError, Entry, JWT_KEY_IDS, Pending, Record, X509_KEY_IDS, free_key_id, live_key_ids,
-    new_jwt_entry, new_x509_entry, unix,
+use crate::ca::authorities::{
+    Entry, JWT_KEY_IDS, Record, X509_KEY_IDS, free_key_id, live_key_ids, new_jwt_entry,
+    new_x509_entry,
 };
+use crate::ca::rotation::AuthorityStatus;
+use crate::ca::{Ca, CaError, Pending, unix};
 use crate::key_manager::KeyManager;
 
 /// Which kind of authority an operation is about.

@@ -6,6 +6,8 @@
 //! - [`x509`]: certificate templates (self-signed CA, X509-SVID leaf) and the CSR checks.
 //! - [`jwt`]: JWT-SVID signing, a compact JWS signed with ring.
 //! - [`rotation`]: when to prepare, activate and prune authorities (pure functions of `now`).
+//! - `authorities`: the authorities the CA holds (current, next, old) with their signers,
+//!   loaded from the journal, rotated, and turned back into the bundle and the journal.
 //! - [`upstream`]: UpstreamAuthority "disk", the operator's CA that signs ours as an
 //!   intermediate.
 //! - [`local_authority`]: the operator's prepare / activate / taint / revoke (SPIRE's
@@ -21,6 +23,7 @@
 //! change is persisted and in effect, or neither (see `crate::ca_store::commit`). The run loop
 //! plans rotations ([`Ca::plan_rotation`]) at [`Ca::next_rotation_check`].
 
+mod authorities;
 pub mod bundle_union;
 pub mod config;
 pub mod journal;
@@ -39,26 +42,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::ca::journal::{JwtKeyRecord, X509AuthorityRecord};
+use crate::ca::authorities::State;
 use crate::ca::jwt::JwtSigner;
-use crate::ca::rotation::{Action, AuthorityStatus, Slot};
-use crate::ca::upstream::UpstreamAuthority;
+use crate::ca::rotation::Slot;
 use crate::ca::x509::X509Authority;
 use crate::key_manager::{KeyManager, KeyManagerError};
-use sigil_proto::{Bundle, JwtAuthority, SpiffeId};
+use sigil_proto::{Bundle, SpiffeId};
 
 pub use config::{CaConfig, CaSubject};
 pub use journal::CaJournal;
 pub use replica_id::ReplicaId;
-
-/// Key-manager ids of the X.509 CA slots and the JWT key slots, named as SPIRE names its two.
-/// A new authority goes in the first slot no signing (active or prepared) authority of the
-/// stored journal uses, so its key never overwrites one the journal still needs: a change
-/// whose journal then fails to commit leaves the stored CA whole. The third slot is used only
-/// when the operator prepares again over a prepared authority; the keys file never grows past
-/// three keys of each kind.
-const X509_KEY_IDS: [&str; 3] = ["x509-CA-A", "x509-CA-B", "x509-CA-C"];
-const JWT_KEY_IDS: [&str; 3] = ["JWT-Signer-A", "JWT-Signer-B", "JWT-Signer-C"];
 
 /// Why the CA refused or failed to sign or rotate.
 #[derive(Debug, thiserror::Error)]
@@ -425,7 +418,7 @@ impl Ca {
 
     /// Runs `change` on a copy of the state and returns it as a [`Pending`] change under the
     /// next sequence; nothing is applied. A new authority's key is already in the key manager,
-    /// in a slot the current state does not need ([`free_key_id`]).
+    /// in a slot the current state does not need ([`authorities::free_key_id`]).
     fn plan<T, E: From<CaError>>(
         &self,
         change: impl FnOnce(&mut State) -> Result<T, E>,
@@ -569,391 +562,6 @@ impl<T> Pending<T> {
             journal: self.journal,
         }
     }
-}
-
-/// Every authority, with the live signer of the active and prepared ones.
-#[derive(Clone, Debug)]
-struct State {
-    x509: Vec<Entry<X509AuthorityRecord, X509Authority>>,
-    jwt: Vec<Entry<JwtKeyRecord, JwtSigner>>,
-    sequence: u64,
-}
-
-#[derive(Debug)]
-struct Entry<R, A> {
-    record: R,
-    /// `None` for old authorities and for those whose key the key manager no longer has.
-    live: Option<Arc<A>>,
-}
-
-// By hand: a derive would require `A: Clone`, but only the `Arc` is cloned.
-impl<R: Clone, A> Clone for Entry<R, A> {
-    fn clone(&self) -> Self {
-        Self {
-            record: self.record.clone(),
-            live: self.live.clone(),
-        }
-    }
-}
-
-/// What rotation needs from a journal record, for both kinds of authority.
-trait Record {
-    fn slot(&self) -> Slot;
-    fn set_status(&mut self, status: AuthorityStatus);
-    fn key_id(&self) -> &str;
-    /// The ID the operator names it by (`-authorityID`).
-    fn authority_id(&self) -> String;
-    fn tainted(&self) -> bool;
-    fn set_tainted(&mut self);
-}
-
-impl Record for X509AuthorityRecord {
-    fn slot(&self) -> Slot {
-        Self::slot(self)
-    }
-    fn set_status(&mut self, status: AuthorityStatus) {
-        self.status = status;
-    }
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn authority_id(&self) -> String {
-        local_authority::x509_authority_id(&self.cert_der)
-    }
-    fn tainted(&self) -> bool {
-        self.tainted
-    }
-    fn set_tainted(&mut self) {
-        self.tainted = true;
-    }
-}
-
-impl Record for JwtKeyRecord {
-    fn slot(&self) -> Slot {
-        Self::slot(self)
-    }
-    fn set_status(&mut self, status: AuthorityStatus) {
-        self.status = status;
-    }
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn authority_id(&self) -> String {
-        self.kid.clone()
-    }
-    fn tainted(&self) -> bool {
-        self.tainted
-    }
-    fn set_tainted(&mut self) {
-        self.tainted = true;
-    }
-}
-
-impl State {
-    /// Loads a journal, reattaching each active or prepared authority to its key. One whose
-    /// key is missing or different (memory key manager after a restart) becomes old: it stays
-    /// in the bundle until it expires but never signs again.
-    ///
-    /// With an upstream authority, only intermediates it signed are resumed; a self-signed CA
-    /// (or an intermediate of another upstream) becomes old, so a new intermediate takes over
-    /// at once. Without one, intermediates become old.
-    fn load(
-        km: &dyn KeyManager,
-        journal: CaJournal,
-        upstream: Option<&UpstreamAuthority>,
-    ) -> Result<Self, CaError> {
-        let mut x509 = Vec::with_capacity(journal.x509_authorities.len());
-        for mut record in journal.x509_authorities {
-            let mut live = None;
-            if record.status != AuthorityStatus::Old {
-                let resumed = match (upstream, record.upstream_signed) {
-                    (None, false) => km
-                        .fetch(&record.key_id)?
-                        .map(|key| X509Authority::load(record.cert_der.clone(), &key)),
-                    (Some(upstream), true) => km.fetch(&record.key_id)?.map(|key| {
-                        X509Authority::load_intermediate(record.cert_der.clone(), &key, upstream)
-                    }),
-                    (None, true) => Some(Err(CaError::Upstream(
-                        "intermediate CA without an UpstreamAuthority configured".into(),
-                    ))),
-                    (Some(_), false) => Some(Err(CaError::Upstream(
-                        "self-signed CA replaced by an upstream-signed intermediate".into(),
-                    ))),
-                };
-                match resumed {
-                    Some(Ok(authority)) => live = Some(Arc::new(authority)),
-                    Some(Err(e)) => {
-                        tracing::warn!(key_id = %record.key_id, error = %e, "X.509 CA not resumed")
-                    }
-                    None => {
-                        tracing::warn!(key_id = %record.key_id, "X.509 CA key is gone; keeping its certificate until it expires")
-                    }
-                }
-                if live.is_none() {
-                    record.status = AuthorityStatus::Old;
-                }
-            }
-            x509.push(Entry { record, live });
-        }
-        let mut jwt = Vec::with_capacity(journal.jwt_keys.len());
-        for mut record in journal.jwt_keys {
-            let mut live = None;
-            if record.status != AuthorityStatus::Old {
-                match km.fetch(&record.key_id)? {
-                    Some(key) if key.public_key() == record.public_key.as_slice() => {
-                        live = Some(Arc::new(JwtSigner::new(
-                            record.kid.clone(),
-                            key,
-                            record.not_after,
-                        )?));
-                    }
-                    _ => {
-                        tracing::warn!(key_id = %record.key_id, kid = %record.kid, "JWT key is gone; keeping it in the bundle until it expires")
-                    }
-                }
-                if live.is_none() {
-                    record.status = AuthorityStatus::Old;
-                }
-            }
-            jwt.push(Entry { record, live });
-        }
-        Ok(Self {
-            x509,
-            jwt,
-            sequence: journal.bundle_sequence,
-        })
-    }
-
-    /// Applies the rotation rule to both kinds of authority. Returns whether anything changed.
-    fn rotate(
-        &mut self,
-        config: &CaConfig,
-        km: &dyn KeyManager,
-        now: i64,
-    ) -> Result<bool, CaError> {
-        let x509_changed = rotate_entries(&mut self.x509, now, X509_KEY_IDS, |key_id| {
-            new_x509_entry(config, km, key_id, now)
-        })?;
-        let jwt_changed = rotate_entries(&mut self.jwt, now, JWT_KEY_IDS, |key_id| {
-            new_jwt_entry(config, km, key_id, now)
-        })?;
-        Ok(x509_changed || jwt_changed)
-    }
-
-    fn active_x509(&self) -> Result<Arc<X509Authority>, CaError> {
-        active(&self.x509)
-    }
-
-    fn active_jwt(&self) -> Result<Arc<JwtSigner>, CaError> {
-        active(&self.jwt)
-    }
-
-    /// The X.509 part is every self-signed CA (until it expires) plus the upstream roots:
-    /// intermediates are sent in chains, never trusted on their own.
-    fn bundle(&self, config: &CaConfig) -> Bundle {
-        let mut bundle = Bundle::new(config.trust_domain.clone());
-        bundle.x509_authorities = self
-            .x509
-            .iter()
-            .filter(|e| !e.record.upstream_signed)
-            .map(|e| e.record.cert_der.clone())
-            .chain(
-                config
-                    .upstream
-                    .iter()
-                    .flat_map(|u| u.roots().iter().cloned()),
-            )
-            .collect();
-        bundle.jwt_authorities = self
-            .jwt
-            .iter()
-            .map(|e| JwtAuthority {
-                key_id: e.record.kid.clone(),
-                public_key: e.record.public_key.clone(),
-                expires_at: e.record.not_after,
-                tainted: e.record.tainted,
-            })
-            .collect();
-        bundle.tainted_x509_authorities = self
-            .x509
-            .iter()
-            .filter(|e| e.record.tainted)
-            .map(|e| e.record.cert_der.clone())
-            .collect();
-        bundle.sequence = self.sequence;
-        bundle
-    }
-
-    fn journal(&self, config: &CaConfig) -> CaJournal {
-        CaJournal {
-            x509_authorities: self.x509.iter().map(|e| e.record.clone()).collect(),
-            jwt_keys: self.jwt.iter().map(|e| e.record.clone()).collect(),
-            bundle_sequence: self.sequence,
-            upstream_roots: config
-                .upstream
-                .iter()
-                .flat_map(|u| u.roots().iter().cloned())
-                .collect(),
-        }
-    }
-}
-
-/// A new prepared X.509 CA in key slot `key_id` (self-signed, or an intermediate of the
-/// upstream authority).
-fn new_x509_entry(
-    config: &CaConfig,
-    km: &dyn KeyManager,
-    key_id: &str,
-    now: i64,
-) -> Result<Entry<X509AuthorityRecord, X509Authority>, CaError> {
-    let ttl = secs(config.ca_ttl);
-    let key = km.generate(key_id, config.key_type)?;
-    let authority = match &config.upstream {
-        Some(upstream) => X509Authority::create_intermediate(
-            &config.trust_domain,
-            &config.ca_subject,
-            &key,
-            upstream,
-            now,
-            ttl,
-        )?,
-        None => X509Authority::create(&config.trust_domain, &config.ca_subject, &key, now, ttl)?,
-    };
-    tracing::info!(
-        key_id,
-        not_after = authority.not_after(),
-        upstream_signed = config.upstream.is_some(),
-        "X.509 CA prepared"
-    );
-    let record = X509AuthorityRecord {
-        cert_der: authority.cert_der().to_vec(),
-        key_id: key_id.to_owned(),
-        status: AuthorityStatus::Prepared,
-        issued_at: now,
-        not_after: authority.not_after(),
-        tainted: false,
-        upstream_signed: config.upstream.is_some(),
-    };
-    Ok(Entry {
-        record,
-        live: Some(Arc::new(authority)),
-    })
-}
-
-/// A new prepared JWT key in key slot `key_id`.
-fn new_jwt_entry(
-    config: &CaConfig,
-    km: &dyn KeyManager,
-    key_id: &str,
-    now: i64,
-) -> Result<Entry<JwtKeyRecord, JwtSigner>, CaError> {
-    let ttl = secs(config.ca_ttl);
-    let key = km.generate(key_id, config.key_type)?;
-    let not_after = now.saturating_add(ttl);
-    let kid = jwt::random_kid()?;
-    tracing::info!(key_id, kid = %kid, not_after, "JWT key prepared");
-    let record = JwtKeyRecord {
-        kid: kid.clone(),
-        public_key: key.public_key().to_vec(),
-        key_id: key_id.to_owned(),
-        status: AuthorityStatus::Prepared,
-        issued_at: now,
-        not_after,
-        tainted: false,
-    };
-    Ok(Entry {
-        record,
-        live: Some(Arc::new(JwtSigner::new(kid, key, not_after)?)),
-    })
-}
-
-/// The key slots the signing (active and prepared) authorities of `entries` use.
-fn live_key_ids<R: Record, A>(entries: &[Entry<R, A>]) -> Vec<String> {
-    entries
-        .iter()
-        .filter(|e| e.live.is_some())
-        .map(|e| e.record.key_id().to_owned())
-        .collect()
-}
-
-/// A key slot for a new authority: the first that neither a signing authority of `entries`
-/// nor one of `committed` (the state the change is worked out from, as stored) uses, so the
-/// new key overwrites nothing the stored journal needs. Of three slots one is free unless a
-/// single change prepares twice; then the first slot `entries` does not need is used.
-fn free_key_id<'a, R: Record, A>(
-    committed: &[String],
-    entries: &[Entry<R, A>],
-    key_ids: [&'a str; 3],
-) -> &'a str {
-    let busy = live_key_ids(entries);
-    let unused = |id: &&&str, also: &[String]| {
-        !busy.iter().any(|b| b == **id) && !also.iter().any(|b| b == **id)
-    };
-    key_ids
-        .iter()
-        .find(|id| unused(id, committed))
-        .or_else(|| key_ids.iter().find(|id| unused(id, &[])))
-        .copied()
-        .unwrap_or(key_ids[0])
-}
-
-fn active<R: Record, A>(entries: &[Entry<R, A>]) -> Result<Arc<A>, CaError> {
-    entries
-        .iter()
-        .find(|e| e.record.slot().status == AuthorityStatus::Active)
-        .and_then(|e| e.live.clone())
-        .ok_or(CaError::NoActiveAuthority)
-}
-
-/// Applies [`rotation::decide`] until nothing is due (a prepared authority that was itself
-/// overdue can need a second pass). `create` makes a prepared authority in the given key slot.
-fn rotate_entries<R: Record, A>(
-    entries: &mut Vec<Entry<R, A>>,
-    now: i64,
-    key_ids: [&str; 3],
-    mut create: impl FnMut(&str) -> Result<Entry<R, A>, CaError>,
-) -> Result<bool, CaError> {
-    let mut changed = false;
-    let committed = live_key_ids(entries);
-    // Each pass either settles or moves a fresh authority in; three passes always suffice.
-    for _ in 0..3 {
-        let slots: Vec<Slot> = entries.iter().map(|e| e.record.slot()).collect();
-        let actions = rotation::decide(now, &slots);
-        if actions.is_empty() {
-            break;
-        }
-        changed = true;
-        let mut index = 0;
-        entries.retain(|_| {
-            let keep = !actions.contains(&Action::Prune(index));
-            index += 1;
-            keep
-        });
-        for action in actions {
-            match action {
-                Action::Prune(_) => {}
-                Action::Prepare => {
-                    let entry = create(free_key_id(&committed, entries, key_ids))?;
-                    entries.push(entry);
-                }
-                Action::Activate => {
-                    for e in entries.iter_mut() {
-                        match e.record.slot().status {
-                            AuthorityStatus::Active => {
-                                e.record.set_status(AuthorityStatus::Old);
-                                e.live = None;
-                            }
-                            AuthorityStatus::Prepared => {
-                                e.record.set_status(AuthorityStatus::Active)
-                            }
-                            AuthorityStatus::Old => {}
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(changed)
 }
 
 fn unix(t: SystemTime) -> i64 {

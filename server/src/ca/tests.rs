@@ -11,6 +11,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
 
 use super::*;
+use crate::ca::rotation::AuthorityStatus;
 use crate::key_manager::{DiskKeyManager, KeyType, MemoryKeyManager, SigningKey};
 use sigil_proto::TrustDomain;
 use sigil_proto::bundle::pem_encode;
