@@ -214,49 +214,14 @@ fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
     use rustls::CertificateError;
     use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
     use rustls::pki_types::{ServerName, UnixTime};
+    use sigil_common::testing::{Ca, ca, leaf};
     use time::{Duration as TimeDuration, OffsetDateTime};
 
     use super::*;
     use crate::cache::Cache;
-
-    struct Ca {
-        der: Vec<u8>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca() -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(ca: &Ca, uri: &str, not_after: OffsetDateTime) -> Vec<u8> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = OffsetDateTime::now_utc() - TimeDuration::hours(2);
-        params.not_after = not_after;
-        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
-    }
 
     fn bundle(cas: &[&Ca]) -> Bundle {
         let mut bundle = Bundle::new(TrustDomain::new("td").unwrap());
@@ -295,7 +260,7 @@ mod tests {
     #[test]
     fn accepts_the_server_id_chained_to_the_bundle() {
         let ca = ca();
-        let cert = leaf(&ca, "spiffe://td/spire/server", in_a_day());
+        let cert = leaf(&ca, &["spiffe://td/spire/server"], in_a_day());
         assert!(verify(&verifier(Some(&ca)), &cert).is_ok());
     }
 
@@ -303,7 +268,7 @@ mod tests {
     fn rejects_another_spiffe_id() {
         let ca = ca();
         for uri in ["spiffe://td/workload", "spiffe://other/spire/server"] {
-            let cert = leaf(&ca, uri, in_a_day());
+            let cert = leaf(&ca, &[uri], in_a_day());
             assert_eq!(
                 verify(&verifier(Some(&ca)), &cert).unwrap_err(),
                 rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
@@ -315,7 +280,7 @@ mod tests {
     #[test]
     fn rejects_another_ca() {
         let (trusted, other) = (ca(), ca());
-        let cert = leaf(&other, "spiffe://td/spire/server", in_a_day());
+        let cert = leaf(&other, &["spiffe://td/spire/server"], in_a_day());
         assert!(matches!(
             verify(&verifier(Some(&trusted)), &cert),
             // Same subject name as the trusted CA, so webpki finds it and the signature fails.
@@ -330,7 +295,7 @@ mod tests {
         let ca = ca();
         let cert = leaf(
             &ca,
-            "spiffe://td/spire/server",
+            &["spiffe://td/spire/server"],
             OffsetDateTime::now_utc() - TimeDuration::hours(1),
         );
         assert!(matches!(
@@ -343,9 +308,9 @@ mod tests {
 
     #[test]
     fn insecure_bootstrap_checks_only_the_spiffe_id() {
-        let cert = leaf(&ca(), "spiffe://td/spire/server", in_a_day());
+        let cert = leaf(&ca(), &["spiffe://td/spire/server"], in_a_day());
         assert!(verify(&verifier(None), &cert).is_ok());
-        let cert = leaf(&ca(), "spiffe://td/not-the-server", in_a_day());
+        let cert = leaf(&ca(), &["spiffe://td/not-the-server"], in_a_day());
         assert!(verify(&verifier(None), &cert).is_err());
     }
 
@@ -356,7 +321,7 @@ mod tests {
         let credentials = credentials(&cache);
         let td = TrustDomain::new("td").unwrap();
         let verifier = server_verifier(&td, credentials.clone());
-        let signed_by_new = leaf(&new, "spiffe://td/spire/server", in_a_day());
+        let signed_by_new = leaf(&new, &["spiffe://td/spire/server"], in_a_day());
         assert!(verify(&verifier, &signed_by_new).is_err());
         cache.set_bundle(bundle(&[&old, &new]));
         assert!(verify(&verifier, &signed_by_new).is_ok());
