@@ -23,7 +23,7 @@ pub mod logging;
 pub mod ops;
 pub mod shared_keys;
 pub mod supervisor;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 pub mod tls;

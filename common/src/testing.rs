@@ -1,10 +1,16 @@
-//! Test helpers for the config files of both binaries, behind the `testing` feature (a
-//! dev-dependency only, never in a binary): the flags both take, the table of malformed edits
-//! every config test runs, the file-permission override both blocks take, and the property test
-//! behind the `server_config` and `agent_config` fuzz targets.
+//! Test helpers for both binaries, behind the `testing` feature (a dev-dependency only, never in
+//! a binary; common's own tests build it too): for their config files, the flags both take, the
+//! table of malformed edits every config test runs, the file-permission override both blocks
+//! take, and the property test behind the `server_config` and `agent_config` fuzz targets; for
+//! their TLS tests, a CA and the leaf certificates it signs.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
 
 use crate::hcl::ConfigError;
 use crate::shared_keys::SharedFlags;
@@ -128,6 +134,46 @@ fn edit(text: &str, at: usize, len: usize, insert: &str) -> String {
     };
     let (start, end) = (floor(at), floor(at.saturating_add(len)));
     format!("{}{insert}{}", &text[..start], &text[end..])
+}
+
+/// A test CA: a self-signed ECDSA P-256 authority with the URI SAN `spiffe://td`.
+pub struct Ca {
+    /// The CA certificate, DER.
+    pub der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A new [`Ca`], with a key of its own.
+pub fn ca() -> Ca {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        der: cert.der().to_vec(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf certificate (DER) signed by `ca`, with one URI SAN per entry of `uris`, usable for
+/// TLS server and client authentication, valid from two hours ago until `not_after`.
+pub fn leaf(ca: &Ca, uris: &[&str], not_after: OffsetDateTime) -> Vec<u8> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+        .collect();
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.not_before = OffsetDateTime::now_utc() - Duration::hours(2);
+    params.not_after = not_after;
+    params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
 }
 
 #[cfg(test)]

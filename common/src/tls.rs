@@ -173,49 +173,11 @@ fn leaf_spiffe_id(der: &[u8]) -> Result<Option<SpiffeId>, rustls::Error> {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose, SanType,
-    };
     use sigil_proto::TrustDomain;
     use time::{Duration as TimeDuration, OffsetDateTime};
 
     use super::*;
-
-    struct Ca {
-        der: Vec<u8>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn ca() -> Ca {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI("spiffe://td".try_into().unwrap())];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().to_vec(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(ca: &Ca, uris: &[&str], not_after: OffsetDateTime) -> Vec<u8> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = uris
-            .iter()
-            .map(|uri| SanType::URI((*uri).try_into().unwrap()))
-            .collect();
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = OffsetDateTime::now_utc() - TimeDuration::hours(2);
-        params.not_after = not_after;
-        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
-    }
+    use crate::testing::{Ca, ca, leaf};
 
     fn roots(ca: &Ca) -> Arc<RootCertStore> {
         let mut roots = RootCertStore::empty();

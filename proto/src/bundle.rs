@@ -14,18 +14,28 @@ const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
 const OID_P256: &str = "1.2.840.10045.3.1.7";
 const OID_P384: &str = "1.3.132.0.34";
 
+/// Why a bundle cannot be read from a SPIFFE bundle document, or written as one or as a JWKS.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The document is not JSON of a JWK Set's shape (or the JSON could not be written).
     #[error("bundle is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The document has no `keys` member, which every JWK Set must have.
     #[error("bundle has no \"keys\" member")]
     NoKeys,
+    /// An `x509-svid` key does not hold exactly one certificate in `x5c`, as a SPIFFE bundle
+    /// requires.
     #[error("x509-svid key must carry exactly one certificate in x5c")]
     X5cCount,
+    /// An X.509 authority is not base64 (in `x5c`) or not a parsable DER certificate; holds the
+    /// decoder's message.
     #[error("x509-svid certificate is not valid base64 DER: {0}")]
     X5cEncoding(String),
+    /// A `jwt-svid` key has no `kid`, or an empty one: a SPIFFE bundle names every JWT key.
     #[error("jwt-svid key has no kid")]
     MissingKid,
+    /// A public key that cannot be written as a JWK or rebuilt from one: neither EC P-256,
+    /// EC P-384 nor RSA, a compressed EC point, or a malformed EC coordinate; holds which.
     #[error("unsupported public key: {0}")]
     UnsupportedKey(String),
 }
@@ -33,6 +43,7 @@ pub enum BundleError {
 /// A JWT signing key published in a bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtAuthority {
+    /// The key ID (`kid`) that JWT-SVIDs signed with this key carry in their header.
     pub key_id: String,
     /// SubjectPublicKeyInfo DER.
     pub public_key: Vec<u8>,
@@ -46,10 +57,13 @@ pub struct JwtAuthority {
 /// A trust domain's bundle: the CA certificates and JWT keys that validate its SVIDs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bundle {
+    /// The trust domain whose SVIDs the bundle validates.
     pub trust_domain: TrustDomain,
     /// DER CA certificates (roots for our own trust domain).
     pub x509_authorities: Vec<Vec<u8>>,
+    /// The keys that validate JWT-SVIDs, tainted ones included.
     pub jwt_authorities: Vec<JwtAuthority>,
+    /// The document's `spiffe_sequence`, its version number; 0 when a parsed document has none.
     pub sequence: u64,
     /// Seconds; how often federated consumers should re-fetch.
     pub refresh_hint: Option<u64>,
@@ -105,6 +119,7 @@ enum JwtKeyStyle {
 }
 
 impl Bundle {
+    /// An empty bundle for `trust_domain`: no authorities, sequence 0, no refresh hint.
     pub fn new(trust_domain: TrustDomain) -> Self {
         Self {
             trust_domain,
@@ -231,6 +246,7 @@ impl Bundle {
             .collect()
     }
 
+    /// The JWT authority with key ID `key_id`, if the bundle holds one.
     pub fn jwt_authority(&self, key_id: &str) -> Option<&JwtAuthority> {
         self.jwt_authorities.iter().find(|a| a.key_id == key_id)
     }

@@ -15,7 +15,9 @@ use crate::trust_domain::TrustDomain;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]
 pub struct InvalidField {
+    /// The field at fault, by its proto name (`spiffe_id`, `selectors`, `dns_names`, ...).
     pub field: &'static str,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -52,6 +54,7 @@ pub fn selectors_from_pb(list: &[pb::Selector]) -> Result<Vec<Selector>, Invalid
     Ok(out)
 }
 
+/// The wire form of `list`, in the same order.
 pub fn selectors_to_pb(list: &[Selector]) -> Vec<pb::Selector> {
     list.iter().map(pb::Selector::from).collect()
 }

@@ -20,25 +20,37 @@ const SCHEME_PREFIX: &str = "spiffe://";
 /// Why a string is not an identity template.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdTemplateError {
+    /// The template does not start with `spiffe://`.
     #[error("template must have the form spiffe://<trust domain>/<path>")]
     WrongScheme,
+    /// The trust domain breaks a SPIFFE trust domain rule; holds which.
     #[error("invalid trust domain: {0}")]
     TrustDomain(SpiffeIdError),
+    /// Nothing after the trust domain: the placeholders a template needs live in its path.
     #[error("template must have a path")]
     NoPath,
+    /// The path ends in `/`, which a SPIFFE ID's path may not.
     #[error("template cannot have a trailing slash")]
     TrailingSlash,
+    /// A literal path segment breaks a SPIFFE path rule.
     #[error("path segment {segment:?}: {reason}")]
     Segment {
+        /// The segment as written.
         segment: String,
+        /// The rule it breaks.
         reason: SpiffeIdError,
     },
+    /// A segment with a brace that is not one whole `{type:key}` placeholder: a placeholder
+    /// inside a segment, an empty or missing type or key, or a character outside their sets;
+    /// holds the segment.
     #[error(
         "path segment {0:?}: a placeholder must be a whole segment of the form {{type:key}}, e.g. {{k8s:ns}}"
     )]
     BadPlaceholder(String),
+    /// No placeholder at all: a fixed SPIFFE ID belongs in an ordinary entry.
     #[error("template has no placeholder; use an ordinary entry for a fixed SPIFFE ID")]
     NoPlaceholder,
+    /// The template is longer than a whole SPIFFE ID may be ([`MAX_SPIFFE_ID_LEN`] bytes).
     #[error("template is longer than {MAX_SPIFFE_ID_LEN} bytes")]
     TooLong,
 }
@@ -47,16 +59,26 @@ pub enum IdTemplateError {
 /// nothing from the entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
+    /// No selector of the workload gives a value for the placeholder (`type:key`) it holds.
     #[error("no selector gives a value for {{{0}}}")]
     Missing(String),
+    /// The workload's selectors give more than one value for the placeholder (`type:key`) it
+    /// holds.
     #[error("several selectors give a value for {{{0}}}")]
     Ambiguous(String),
+    /// The one value for a placeholder is not a valid SPIFFE path segment (a `/` in it, `.`,
+    /// `..`, or a character outside the segment set).
     #[error("value {value:?} for {{{placeholder}}} is not a valid path segment: {reason}")]
     BadValue {
+        /// The placeholder, `type:key`.
         placeholder: String,
+        /// The selector value that would have filled it.
         value: String,
+        /// The path rule the value breaks.
         reason: SpiffeIdError,
     },
+    /// The rendered ID as a whole is not a valid SPIFFE ID, e.g. longer than
+    /// [`MAX_SPIFFE_ID_LEN`] bytes.
     #[error("rendered SPIFFE ID is invalid: {0}")]
     Invalid(SpiffeIdError),
     /// A value made the instance land in the server's and agents' namespace (a user named
@@ -118,6 +140,7 @@ impl IdTemplate {
         })
     }
 
+    /// The trust domain of every ID the template gives.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }

@@ -2,6 +2,7 @@
 //! here does I/O or reads configuration: what both binaries need beyond contracts lives in
 //! `sigil-common`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bundle;
 pub mod convert;
@@ -27,18 +28,22 @@ pub mod workload {
 
 /// Sigil's own APIs, `sigil.<api>.v1`.
 pub mod sigil {
+    /// Types shared by the admin and agent APIs.
     pub mod common {
         pub mod v1 {
             #![allow(clippy::all, missing_docs)]
             tonic::include_proto!("sigil.common.v1");
         }
     }
+    /// The admin API, served on the server's Unix socket for the `sigil-server` CLI.
     pub mod admin {
         pub mod v1 {
             #![allow(clippy::all, missing_docs)]
             tonic::include_proto!("sigil.admin.v1");
         }
     }
+    /// The agent API: how sigil-agent attests to sigil-server, renews its own SVID, syncs its
+    /// entries and has workload SVIDs minted.
     pub mod agent {
         pub mod v1 {
             #![allow(clippy::all, missing_docs)]

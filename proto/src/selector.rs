@@ -7,14 +7,20 @@ use std::str::FromStr;
 /// Why a string is not a selector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
+    /// No `:` between type and value; holds the text.
     #[error("selector {0:?} must have the form type:value")]
     MissingSeparator(String),
+    /// Nothing before the first `:`; holds the selector.
     #[error("selector {0:?} has an empty type")]
     EmptyType(String),
+    /// Nothing after the first `:`; holds the selector.
     #[error("selector {0:?} has an empty value")]
     EmptyValue(String),
+    /// The type has a character other than an ASCII letter, a digit, `_` or `-`; holds the
+    /// type.
     #[error("selector type {0:?} may contain only letters, digits, '_' and '-'")]
     BadType(String),
+    /// The value contains a control character; holds the selector.
     #[error("selector {0:?} contains a control character")]
     ControlChar(String),
 }

@@ -20,34 +20,51 @@ const SCHEME_PREFIX: &str = "spiffe://";
 pub const RESERVED_PATH: &str = "/spire";
 
 /// Why a string is not a SPIFFE ID. One variant per rule; messages follow go-spiffe's wording.
+/// Sections (§) are those of the SPIFFE-ID specification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeIdError {
+    /// The string is empty.
     #[error("cannot be empty")]
     Empty,
+    /// The string does not start with `spiffe://`: no scheme, or another one (§2).
     #[error("scheme is missing or invalid")]
     WrongScheme,
+    /// No trust domain name: nothing between `spiffe://` and the path, or an empty name (§2.1).
     #[error("trust domain is missing")]
     MissingTrustDomain,
+    /// The trust domain name has a character other than a lowercase ASCII letter, a digit,
+    /// `.`, `-` or `_` (§2.1).
     #[error(
         "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
     )]
     BadTrustDomainChar,
+    /// The trust domain name is longer than
+    /// [`MAX_TRUST_DOMAIN_LEN`](crate::trust_domain::MAX_TRUST_DOMAIN_LEN) bytes (§2.3).
     #[error("trust domain is longer than 255 bytes")]
     TrustDomainTooLong,
+    /// A path given apart from its trust domain is not empty and does not start with `/` (§2.2).
     #[error("path must have a leading slash")]
     NoLeadingSlash,
+    /// The path has an empty segment, `//` (§2.2).
     #[error("path cannot contain empty segments")]
     EmptySegment,
+    /// A path segment is `.` or `..` (§2.2).
     #[error("path cannot contain dot segments")]
     DotSegment,
+    /// The path ends in `/` (§2.2).
     #[error("path cannot have a trailing slash")]
     TrailingSlash,
+    /// A path segment has a character other than an ASCII letter, a digit, `.`, `-` or `_`
+    /// (§2.2).
     #[error(
         "path segment characters are limited to letters, numbers, dots, dashes, and underscores"
     )]
     BadPathSegmentChar,
+    /// The whole ID is longer than [`MAX_SPIFFE_ID_LEN`] bytes (§2.3).
     #[error("SPIFFE ID is longer than 2048 bytes")]
     TooLong,
+    /// A valid SPIFFE ID in the reserved namespace `/spire` (see [`SpiffeId::is_reserved`]),
+    /// where no registration entry or workload may be.
     #[error(
         "path is in the reserved namespace \"/spire/*\" (the server's and agents' own IDs); \
          no registration entry or workload may have it"
@@ -101,6 +118,7 @@ impl SpiffeId {
         Self { trust_domain, path }
     }
 
+    /// The trust domain the ID belongs to.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }

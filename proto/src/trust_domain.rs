@@ -23,6 +23,7 @@ impl TrustDomain {
         Ok(Self(s.to_owned()))
     }
 
+    /// The name, e.g. `example.org`, without the scheme.
     pub fn as_str(&self) -> &str {
         &self.0
     }
