@@ -10,6 +10,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use time::{Duration, OffsetDateTime};
 
 use crate::hcl::ConfigError;
@@ -174,6 +176,27 @@ pub fn leaf(ca: &Ca, uris: &[&str], not_after: OffsetDateTime) -> Vec<u8> {
     params.not_before = OffsetDateTime::now_utc() - Duration::hours(2);
     params.not_after = not_after;
     params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
+}
+
+/// A day from now: the NotAfter of a leaf that is valid.
+pub fn in_a_day() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + Duration::days(1)
+}
+
+/// `verifier`'s verdict on `leaf` presented as a server certificate (for a DNS name the
+/// SPIFFE verifier ignores), now.
+pub fn verify_server(
+    verifier: &dyn ServerCertVerifier,
+    leaf: &[u8],
+) -> Result<ServerCertVerified, rustls::Error> {
+    let name = ServerName::try_from("unrelated.example").unwrap();
+    verifier.verify_server_cert(
+        &CertificateDer::from(leaf.to_vec()),
+        &[],
+        &name,
+        &[],
+        UnixTime::now(),
+    )
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ mod tests {
     use time::{Duration as TimeDuration, OffsetDateTime};
 
     use super::*;
-    use crate::testing::{Ca, ca, leaf};
+    use crate::testing::{Ca, ca, in_a_day, leaf, verify_server};
 
     fn roots(ca: &Ca) -> Arc<RootCertStore> {
         let mut roots = RootCertStore::empty();
@@ -189,33 +189,18 @@ mod tests {
         TrustDomain::new("td").unwrap().server_id()
     }
 
-    fn verify(v: &SpiffeServerVerifier, leaf: &[u8]) -> Result<ServerCertVerified, rustls::Error> {
-        let name = ServerName::try_from("unrelated.example").unwrap();
-        v.verify_server_cert(
-            &CertificateDer::from(leaf.to_vec()),
-            &[],
-            &name,
-            &[],
-            UnixTime::now(),
-        )
-    }
-
-    fn in_a_day() -> OffsetDateTime {
-        OffsetDateTime::now_utc() + TimeDuration::days(1)
-    }
-
     #[test]
     fn accepts_the_pinned_id_chained_to_the_roots() {
         let ca = ca();
         let cert = leaf(&ca, &["spiffe://td/spire/server"], in_a_day());
         let fixed = SpiffeServerVerifier::new(Roots::Fixed(roots(&ca)), server_id());
-        assert!(verify(&fixed, &cert).is_ok());
+        assert!(verify_server(&fixed, &cert).is_ok());
         let held = roots(&ca);
         let live = SpiffeServerVerifier::new(
             Roots::Live(Arc::new(move || Some(held.clone()))),
             server_id(),
         );
-        assert!(verify(&live, &cert).is_ok());
+        assert!(verify_server(&live, &cert).is_ok());
     }
 
     #[test]
@@ -229,7 +214,7 @@ mod tests {
         ] {
             let cert = leaf(&ca, uris, in_a_day());
             assert_eq!(
-                verify(&v, &cert).unwrap_err(),
+                verify_server(&v, &cert).unwrap_err(),
                 rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
                 "{uris:?}"
             );
@@ -242,7 +227,7 @@ mod tests {
         let cert = leaf(&other, &["spiffe://td/spire/server"], in_a_day());
         let v = SpiffeServerVerifier::new(Roots::Fixed(roots(&trusted)), server_id());
         assert!(matches!(
-            verify(&v, &cert),
+            verify_server(&v, &cert),
             // Same subject name as the trusted CA, so webpki finds it and the signature fails.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer | CertificateError::BadSignature
@@ -257,7 +242,7 @@ mod tests {
         let cert = leaf(&ca, &["spiffe://td/spire/server"], expired);
         let v = SpiffeServerVerifier::new(Roots::Fixed(roots(&ca)), server_id());
         assert!(matches!(
-            verify(&v, &cert),
+            verify_server(&v, &cert),
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. }
             ))
@@ -268,15 +253,15 @@ mod tests {
     fn without_live_roots_only_the_spiffe_id_is_checked() {
         let v = SpiffeServerVerifier::new(Roots::Live(Arc::new(|| None)), server_id());
         let cert = leaf(&ca(), &["spiffe://td/spire/server"], in_a_day());
-        assert!(verify(&v, &cert).is_ok());
+        assert!(verify_server(&v, &cert).is_ok());
         let cert = leaf(&ca(), &["spiffe://td/not-the-server"], in_a_day());
-        assert!(verify(&v, &cert).is_err());
+        assert!(verify_server(&v, &cert).is_err());
     }
 
     #[test]
     fn any_certificate_accepts_any_chain_and_name() {
         let v = SpiffeServerVerifier::any_certificate();
         let cert = leaf(&ca(), &["spiffe://elsewhere/x"], in_a_day());
-        assert!(verify(&v, &cert).is_ok());
+        assert!(verify_server(&v, &cert).is_ok());
     }
 }

@@ -215,9 +215,7 @@ fn certified_key(svid: &AgentSvid) -> Result<CertifiedKey, ServerClientError> {
 #[cfg(test)]
 mod tests {
     use rustls::CertificateError;
-    use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{ServerName, UnixTime};
-    use sigil_common::testing::{Ca, ca, leaf};
+    use sigil_common::testing::{Ca, ca, in_a_day, leaf, verify_server};
     use time::{Duration as TimeDuration, OffsetDateTime};
 
     use super::*;
@@ -242,26 +240,11 @@ mod tests {
         server_verifier(&td, credentials(&cache))
     }
 
-    fn verify(v: &SpiffeServerVerifier, leaf: &[u8]) -> Result<ServerCertVerified, rustls::Error> {
-        let name = ServerName::try_from("unrelated.example").unwrap();
-        v.verify_server_cert(
-            &CertificateDer::from(leaf.to_vec()),
-            &[],
-            &name,
-            &[],
-            UnixTime::now(),
-        )
-    }
-
-    fn in_a_day() -> OffsetDateTime {
-        OffsetDateTime::now_utc() + TimeDuration::days(1)
-    }
-
     #[test]
     fn accepts_the_server_id_chained_to_the_bundle() {
         let ca = ca();
         let cert = leaf(&ca, &["spiffe://td/spire/server"], in_a_day());
-        assert!(verify(&verifier(Some(&ca)), &cert).is_ok());
+        assert!(verify_server(&verifier(Some(&ca)), &cert).is_ok());
     }
 
     #[test]
@@ -270,7 +253,7 @@ mod tests {
         for uri in ["spiffe://td/workload", "spiffe://other/spire/server"] {
             let cert = leaf(&ca, &[uri], in_a_day());
             assert_eq!(
-                verify(&verifier(Some(&ca)), &cert).unwrap_err(),
+                verify_server(&verifier(Some(&ca)), &cert).unwrap_err(),
                 rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
                 "{uri}"
             );
@@ -282,7 +265,7 @@ mod tests {
         let (trusted, other) = (ca(), ca());
         let cert = leaf(&other, &["spiffe://td/spire/server"], in_a_day());
         assert!(matches!(
-            verify(&verifier(Some(&trusted)), &cert),
+            verify_server(&verifier(Some(&trusted)), &cert),
             // Same subject name as the trusted CA, so webpki finds it and the signature fails.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer | CertificateError::BadSignature
@@ -299,7 +282,7 @@ mod tests {
             OffsetDateTime::now_utc() - TimeDuration::hours(1),
         );
         assert!(matches!(
-            verify(&verifier(Some(&ca)), &cert),
+            verify_server(&verifier(Some(&ca)), &cert),
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::Expired | CertificateError::ExpiredContext { .. }
             ))
@@ -309,9 +292,9 @@ mod tests {
     #[test]
     fn insecure_bootstrap_checks_only_the_spiffe_id() {
         let cert = leaf(&ca(), &["spiffe://td/spire/server"], in_a_day());
-        assert!(verify(&verifier(None), &cert).is_ok());
+        assert!(verify_server(&verifier(None), &cert).is_ok());
         let cert = leaf(&ca(), &["spiffe://td/not-the-server"], in_a_day());
-        assert!(verify(&verifier(None), &cert).is_err());
+        assert!(verify_server(&verifier(None), &cert).is_err());
     }
 
     #[test]
@@ -322,12 +305,12 @@ mod tests {
         let td = TrustDomain::new("td").unwrap();
         let verifier = server_verifier(&td, credentials.clone());
         let signed_by_new = leaf(&new, &["spiffe://td/spire/server"], in_a_day());
-        assert!(verify(&verifier, &signed_by_new).is_err());
+        assert!(verify_server(&verifier, &signed_by_new).is_err());
         cache.set_bundle(bundle(&[&old, &new]));
-        assert!(verify(&verifier, &signed_by_new).is_ok());
+        assert!(verify_server(&verifier, &signed_by_new).is_ok());
         // A bundle without a usable authority keeps the last usable one in force.
         cache.set_bundle(bundle(&[]));
-        assert!(verify(&verifier, &signed_by_new).is_ok());
+        assert!(verify_server(&verifier, &signed_by_new).is_ok());
         assert_eq!(credentials.roots().map(|r| r.len()), Some(2));
     }
 
