@@ -368,7 +368,8 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
         let base = ["entry", "create", "-spiffeID", "spiffe://example.org/f", "-parentID", parent, "-selector", "unix:uid:1"];
         for (extra, code, fragment) in [
             (&["-x509SVIDTTL", "abc"][..], "exit 1", "invalid -x509SVIDTTL"),
-            (&["-jwtSVIDTTL", "-5"][..], "exit 64", "unexpected argument"),
+            // A value that starts with '-' is the flag's value, as Go's flag package reads it.
+            (&["-jwtSVIDTTL", "-5"][..], "exit 1", "invalid -jwtSVIDTTL \"-5\""),
             (&["-dns", "bad name!"][..], "exit 1", "dns"),
             (&["-federatesWith", "spiffe://Not A TD"][..], "exit 1", "federat"),
             (&["-entryExpiry", "soon"][..], "exit 64", "entryExpiry"),
@@ -392,7 +393,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
         // ---- CLI: token generate, bundle set, entry delete ----
         for (args, code, fragment) in [
             (&["token", "generate", "-ttl", "abc"][..], "exit 64", "ttl"),
-            (&["token", "generate", "-ttl", "-5"][..], "exit 64", "unexpected argument"),
+            (&["token", "generate", "-ttl", "-5"][..], "exit 64", "invalid value '-5' for '--ttl"),
             (&["token", "generate", "-spiffeID", "spiffe://other.org/x"][..], "exit 1", "trust domain"),
             (&["token", "generate", "-spiffeID", "nope"][..], "exit 1", "spiffe"),
             (&["bundle", "set", "-id", "not-a-td", "-path", "/dev/null"][..], "exit 1", "no X.509 authority"),

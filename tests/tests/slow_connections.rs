@@ -279,7 +279,11 @@ fn an_oidc_flood_under_a_low_descriptor_limit_leaves_the_apis_and_the_datastore_
             opened
         })
     };
-    std::thread::sleep(Duration::from_secs(3));
+    // The flood in full swing, whatever the machine's speed: over a thousand connections
+    // refused before the APIs are tried.
+    wait_for("a thousand refusals", Duration::from_secs(60), || {
+        (counter(&server, "oidc_discovery", "refused_listener_cap") > 1000).then_some(())
+    });
     // Read later, once the APIs have been checked: the metrics listener is no part of them.
     let oidc_open = || open_connections(&server, "oidc_discovery");
 
