@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 pub use expiry::{Outage, SvidKind, SvidUnavailable, watch_expiry};
 pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
-pub use rendered::{RenderedKey, TemplateDemand};
+pub use rendered::{RenderedKey, TemplateDemand, pod_uid};
 
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

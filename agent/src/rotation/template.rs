@@ -1,6 +1,6 @@
 //! Template entries' X509-SVIDs, keyed by the SPIFFE ID rendered for a workload: minted only
-//! for the rendered IDs workloads ask for (see [`TemplateDemand`]), kept fresh while they do, and
-//! dropped once nobody asked for [`IDLE`].
+//! for the rendered IDs workloads ask for (see [`TemplateDemand`]), each for the pod that asked
+//! last, kept fresh while they do, and dropped once nobody asked for [`IDLE`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::mint::mint_and_install;
+use super::mint::{Ask, mint_and_install};
 use super::workload::{Ledger, Minted, Outcome, Target};
 use crate::cache::rendered::IDLE;
 use crate::cache::{Cache, Identity, RenderedKey, Snapshot, TemplateDemand};
@@ -77,7 +77,11 @@ impl Target for TemplateInstances {
     ) -> Result<Outcome<RenderedKey>, tonic::Status> {
         let asked = batch
             .iter()
-            .map(|(identity, key)| (key.clone(), identity.entry.revision))
+            .map(|(identity, key)| Ask {
+                key: key.clone(),
+                revision: identity.entry.revision,
+                pod_uid: self.demand.pod_for(key),
+            })
             .collect();
         let outcome = mint_and_install(&self.connection, &self.metrics, asked, |svids| {
             self.cache.set_rendered_svids(svids)

@@ -25,6 +25,7 @@ use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
 use crate::cache::{
     CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot, SvidUnavailable,
+    pod_uid,
 };
 use crate::endpoints::{LatestStream, LimitError, Peer, PeerError};
 use crate::taint::TaintedAuthorities;
@@ -342,6 +343,8 @@ impl SpiffeWorkloadApi for Handler {
             return Err(RequestError::NoIdentity.into());
         }
         let now = unix_now();
+        // Fixed entries too: the server checks an entry that names a pod against it.
+        let pod = pod_uid(&caller.selectors);
         self.jwt_svids
             .drop_tainted(&TaintedAuthorities::from_bundle(&snapshot.bundle));
         let mut svids = Vec::with_capacity(identities.len());
@@ -349,7 +352,7 @@ impl SpiffeWorkloadApi for Handler {
             let entry = &identity.entry;
             let token = self
                 .jwt_svids
-                .fetch(entry, &spiffe_id, &req.audience, now)
+                .fetch(entry, &spiffe_id, pod, &req.audience, now)
                 .await
                 .map_err(|e| {
                     debug!(pid = caller.pid, %spiffe_id, error = %e, "JWT-SVID mint failed");
@@ -442,19 +445,21 @@ fn cached_x509_svid_response(
     let built = cache.get_or_build(snapshot, selectors, || {
         build_x509_svid_response(snapshot, selectors)
     })?;
-    want_rendered(snapshot, &built);
+    want_rendered(snapshot, &built, selectors);
     Ok(built.response.clone())
 }
 
-/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, so a
-/// stream keeps its SVIDs alive while it is open.
-fn want_rendered(snapshot: &Snapshot, built: &Built) {
+/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, with the
+/// caller's pod (the server signs an instance for a named pod), so a stream keeps its SVIDs
+/// alive while it is open.
+fn want_rendered(snapshot: &Snapshot, built: &Built, selectors: &[Selector]) {
     if built.wanted.is_empty() {
         return;
     }
     let now = unix_now();
+    let pod = pod_uid(selectors);
     for key in &built.wanted {
-        snapshot.demand.want(key.clone(), now);
+        snapshot.demand.want(key.clone(), pod, now);
     }
 }
 
@@ -466,7 +471,7 @@ fn x509_svid_response(
     selectors: &[Selector],
 ) -> Result<Option<X509svidResponse>, RequestError> {
     let built = build_x509_svid_response(snapshot, selectors)?;
-    want_rendered(snapshot, &built);
+    want_rendered(snapshot, &built, selectors);
     Ok(built.response.map(Arc::unwrap_or_clone))
 }
 
