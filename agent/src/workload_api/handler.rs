@@ -476,8 +476,10 @@ fn x509_svid_response(
 }
 
 /// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
-/// entries under the IDs rendered for them, and the template instances wanted. A pure
-/// function of its arguments, which is what lets [`X509ResponseCache`] reuse it.
+/// entries under the IDs rendered for them, and the template instances wanted. An instance
+/// the server refused is wanted (it is asked for again) but not issued: a caller left with
+/// nothing gets `NoIdentity`, as when its entries are deleted. A pure function of its
+/// arguments, which is what lets [`X509ResponseCache`] reuse it.
 fn build_x509_svid_response(
     snapshot: &Snapshot,
     selectors: &[Selector],
@@ -489,6 +491,7 @@ fn build_x509_svid_response(
     }
     let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
     let mut wanted = Vec::new();
+    let mut issued = fixed.len();
     for identity in fixed {
         let Some(spiffe_id) = identity.entry.spiffe_id.fixed() else {
             continue;
@@ -507,11 +510,18 @@ fn build_x509_svid_response(
         };
         let svid = snapshot.rendered.get(&key);
         wanted.push(key.clone());
+        if snapshot.refused.contains(&key) {
+            continue;
+        }
+        issued += 1;
         if let Some(svid) = svid {
             identities.push((identity, key.spiffe_id, svid));
         } else if let Some(why) = snapshot.expired(&key.entry_id, &key.spiffe_id) {
             return Err(RequestError::SvidUnavailable(why.clone()));
         }
+    }
+    if issued == 0 {
+        return Err(RequestError::NoIdentity);
     }
     let bundle = snapshot.bundle.x509_authorities_concat();
     let mut federates_with = BTreeSet::new();
