@@ -559,6 +559,8 @@ impl JwtSvidMinter for ServerJwtMinter {
                 entry_id: entry.id.clone(),
                 audience: audience.to_vec(),
                 spiffe_id: spiffe_id.to_string(),
+                // Sent by the agent side of issue 17 (not yet).
+                pod_uid: String::new(),
             };
             let mut outcome = self.connection.client().mint_jwtsvid(request.clone()).await;
             if let Err(status) = &outcome

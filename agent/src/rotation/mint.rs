@@ -66,6 +66,8 @@ pub(crate) async fn mint_and_install<K: SvidKey>(
             entry_id: key.entry_id().to_owned(),
             csr,
             spiffe_id: key.spiffe_id().map(ToString::to_string).unwrap_or_default(),
+            // Sent by the agent side of issue 17 (not yet).
+            pod_uid: String::new(),
         });
         keys.push((key, private_key, revision));
     }
