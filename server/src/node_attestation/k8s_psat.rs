@@ -734,10 +734,7 @@ mod tests {
         assert!(agent_node(&psat, &good).is_some());
         for (agent, selectors) in [
             // Another attestor's agent, even with such selectors.
-            (
-                id("spiffe://example.org/spire/agent/join_token/t"),
-                good,
-            ),
+            (id("spiffe://example.org/spire/agent/join_token/t"), good),
             // Selectors of another cluster, or none.
             (
                 psat.clone(),
