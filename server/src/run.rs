@@ -275,11 +275,12 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         });
     }
     for (cache, client) in pod_watches {
-        let span = tracing::info_span!("pods", cluster = %cache.cluster());
-        tasks.spawn(
-            "k8s pod watch",
-            watch_pods(client, cache, cancel.clone()).instrument(span),
-        );
+        let c = cancel.clone();
+        tasks.spawn("k8s pod watch", async move {
+            // Made inside the task's span, so lines carry both.
+            let span = tracing::info_span!("pods", cluster = %cache.cluster());
+            watch_pods(client, cache, c).instrument(span).await
+        });
     }
     tasks.spawn("pruner", pruner.run(cancel.clone()));
     tasks.spawn(
