@@ -63,10 +63,13 @@ pub fn spire_style(args: impl IntoIterator<Item = OsString>, command: &Command) 
     out
 }
 
-/// Whether `command` has a long flag `name` (or an alias of one) that takes a value.
+/// Whether `command` has a long flag `name` (or an alias of one) that needs a value. A flag
+/// whose value is optional (`-node` or `-node true`, Go's bool flags) is a switch here: what
+/// follows it is read on its own.
 fn takes_value(command: &Command, name: &str) -> bool {
     command.get_arguments().any(|arg| {
         arg.get_action().takes_values()
+            && arg.get_num_args().is_none_or(|n| n.min_values() > 0)
             && (arg.get_long() == Some(name)
                 || arg.get_all_aliases().is_some_and(|a| a.contains(&name)))
     })
@@ -89,7 +92,13 @@ mod tests {
                         .arg(value("selector").action(ArgAction::Append))
                         .arg(value("ttl"))
                         .arg(value("authorityID").alias("authority"))
-                        .arg(Arg::new("admin").long("admin").action(ArgAction::SetTrue)),
+                        .arg(Arg::new("admin").long("admin").action(ArgAction::SetTrue))
+                        .arg(
+                            Arg::new("node")
+                                .long("node")
+                                .num_args(0..=1)
+                                .default_missing_value("true"),
+                        ),
                 ),
             )
     }
@@ -173,6 +182,29 @@ mod tests {
         assert_eq!(
             rewrite(&["x", "entry", "create", "-admin", "-ttl", "5"]),
             ["x", "entry", "create", "--admin", "--ttl", "5"]
+        );
+        // Nor does a flag whose value is optional (`-node`, `-node true`).
+        assert_eq!(
+            rewrite(&[
+                "x",
+                "entry",
+                "create",
+                "-node",
+                "-spiffeID",
+                "s",
+                "-node",
+                "true"
+            ]),
+            [
+                "x",
+                "entry",
+                "create",
+                "--node",
+                "--spiffeID",
+                "s",
+                "--node",
+                "true"
+            ]
         );
     }
 
