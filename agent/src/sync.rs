@@ -4,6 +4,10 @@
 //! installed in the cache (where the server link reads it for the next TLS handshake) and
 //! persisted.
 //!
+//! Pods the server says left this node (`gone_pod_uids`: deleted, terminated or bound
+//! elsewhere) are forgotten at once: the cache drops the template SVIDs no other pod wants, and
+//! gives those pods' workloads none (see [`crate::cache::withdrawn`]).
+//!
 //! The stream resumes from the last applied revision after any error, with backoff. The server
 //! being down never stops the agent: the cache keeps serving what it has.
 
@@ -16,7 +20,7 @@ use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, RenderedKey};
 use crate::identity::AgentIdentity;
 use crate::ops::{Metrics, Readiness};
 use crate::rotation::Backoff;
@@ -38,6 +42,9 @@ pub struct Applied {
     /// A resume left the cache with other entries than the server's digest says: the next
     /// stream must start from a full snapshot.
     pub diverged: bool,
+    /// The pods the message said left this node, and the template SVIDs dropped with them.
+    pub gone_pods: usize,
+    pub withdrawn: Vec<RenderedKey>,
 }
 
 /// The sync position: the last revision applied and any snapshot being assembled.
@@ -148,6 +155,10 @@ impl SyncState {
                     applied.diverged = true;
                 }
             }
+        }
+        if !msg.gone_pod_uids.is_empty() {
+            applied.gone_pods = msg.gone_pod_uids.len();
+            applied.withdrawn = cache.forget_pods(&msg.gone_pod_uids, unix_now());
         }
         if let Some(wire) = &msg.bundle {
             match Bundle::try_from(wire) {
@@ -310,6 +321,16 @@ fn apply(ctx: &SyncContext, state: &mut SyncState, msg: SyncEntriesResponse) -> 
     ctx.metrics
         .cached_entries
         .set(ctx.cache.snapshot().identities.len() as i64);
+    if !applied.withdrawn.is_empty() {
+        let ids: Vec<String> = applied
+            .withdrawn
+            .iter()
+            .map(|k| k.spiffe_id.to_string())
+            .collect();
+        info!(pods = applied.gone_pods, spiffe_id = %ids.join(","), "pods left this node; template X509-SVIDs no other pod wants withdrawn");
+    } else if applied.gone_pods > 0 {
+        debug!(pods = applied.gone_pods, "pods left this node");
+    }
     if let Some(tds) = applied.federated {
         let tds: Vec<&str> = tds.iter().map(TrustDomain::as_str).collect();
         info!(trust_domains = ?tds, "federated bundles updated");
@@ -508,6 +529,47 @@ mod tests {
         };
         assert_eq!(state.apply(&cache, msg).bundle, None);
         assert_eq!(*cache.snapshot().bundle, bundle);
+    }
+
+    #[test]
+    fn gone_pods_withdraw_the_template_svids_only_they_wanted() {
+        let ca = crate::cache::testing::TestCa::new("example.org");
+        let cache = Cache::new(ca.bundle(None));
+        let template = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}";
+        cache.replace_entries(vec![crate::cache::testing::template_entry(
+            "t",
+            template,
+            &["k8s:ns"],
+            1,
+        )]);
+        let key = |sa: &str| RenderedKey {
+            entry_id: "t".into(),
+            spiffe_id: sigil_proto::SpiffeId::new(&format!("spiffe://example.org/ns/a/sa/{sa}"))
+                .unwrap(),
+        };
+        let demand = cache.demand();
+        demand.want(key("api"), Some("api-1"), 100);
+        demand.want(key("api"), Some("api-2"), 100);
+        demand.want(key("batch"), Some("batch-1"), 100);
+        let svids = ["api", "batch"]
+            .iter()
+            .map(|sa| (key(sa), ca.svid(&key(sa).spiffe_id.to_string())))
+            .collect();
+        assert!(cache.set_rendered_svids(svids).is_empty());
+
+        let mut state = SyncState::new(TrustDomain::new("example.org").unwrap());
+        let msg = SyncEntriesResponse {
+            gone_pod_uids: vec!["api-1".into(), "batch-1".into()],
+            ..Default::default()
+        };
+        let applied = state.apply(&cache, msg);
+        assert_eq!(
+            (applied.gone_pods, applied.withdrawn),
+            (2, vec![key("batch")])
+        );
+        let served: Vec<RenderedKey> = cache.snapshot().rendered.keys().cloned().collect();
+        assert_eq!(served, [key("api")], "api-2 still wants it");
+        assert_eq!(demand.pods_for(&key("api")), ["api-2"]);
     }
 
     fn federated(bundles: &[&Bundle]) -> SyncEntriesResponse {

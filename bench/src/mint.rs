@@ -133,6 +133,7 @@ pub(crate) async fn x509(
                     entry_id: id.clone(),
                     csr: csrs[(b * BATCH + i) % csrs.len()].clone(),
                     spiffe_id: String::new(),
+                    pod_uid: String::new(),
                 })
                 .collect(),
         })
@@ -179,6 +180,7 @@ pub(crate) async fn jwt_batch(
                     entry_id: id.clone(),
                     audience: vec!["bench".into()],
                     spiffe_id: String::new(),
+                    pod_uid: String::new(),
                 })
                 .collect(),
         })
@@ -222,6 +224,7 @@ pub(crate) async fn jwt(
             entry_id: entry_ids[(client_no + round * concurrency) % entry_ids.len()].clone(),
             audience: vec!["bench".into()],
             spiffe_id: String::new(),
+            pod_uid: String::new(),
         };
         let connection = bench.connection.clone();
         async move {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod federation;
+pub mod k8s_pods;
 pub mod key_manager;
 pub mod kubernetes;
 pub mod listener;

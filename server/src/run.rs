@@ -1,6 +1,7 @@
 //! `sigil-server run`: builds every component from the one typed config, runs them until
 //! SIGTERM/SIGINT or the first failure, then drains.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -9,6 +10,7 @@ use sigil_common::listener::Listener;
 use sigil_common::ops::{self, OpsPaths};
 use sigil_common::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
@@ -19,10 +21,11 @@ pub(crate) use crate::ca_store::persist;
 use crate::config::{LogFormat, ServerConfig, file_checks};
 use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
+use crate::k8s_pods::{PodCache, PodCaches, watch_pods};
 use crate::key_manager::{DiskKeyManager, KeyManager, KeyManagerConfig, MemoryKeyManager};
 use crate::listener::{self, Endpoint};
 use crate::metrics::Metrics;
-use crate::node_attestation::k8s_psat::K8sPsatAttestor;
+use crate::node_attestation::k8s_psat::{self, K8sPsatAttestor};
 use crate::notifier::K8sBundlePublisher;
 use crate::oidc_discovery::{self, Discovery};
 use crate::ops::{DATASTORE_PROBE_PERIOD, Readiness, probe_datastore};
@@ -91,15 +94,24 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         ),
         None => None,
     };
-    // One Kubernetes client per cluster, built once, before anything binds.
-    let psat_attestor = match &config.node_attestors.k8s_psat {
-        Some(psat) => Some(
-            K8sPsatAttestor::new(config.trust_domain.clone(), psat)
-                .await
-                .context("NodeAttestor \"k8s_psat\": cannot build the Kubernetes client")?,
-        ),
-        None => None,
+    // One Kubernetes client per cluster, built once, before anything binds: the attestor's
+    // TokenReviews and the cluster's pod watch use it.
+    let psat_clients = match &config.node_attestors.k8s_psat {
+        Some(psat) => k8s_psat::clients(psat)
+            .await
+            .context("NodeAttestor \"k8s_psat\": cannot build the Kubernetes client")?,
+        None => BTreeMap::new(),
     };
+    let psat_attestor = config
+        .node_attestors
+        .k8s_psat
+        .as_ref()
+        .map(|psat| K8sPsatAttestor::new(config.trust_domain.clone(), psat, &psat_clients));
+    let pod_watches: Vec<(Arc<PodCache>, kube::Client)> = psat_clients
+        .into_iter()
+        .map(|(cluster, client)| (Arc::new(PodCache::new(cluster)), client))
+        .collect();
+    let pod_caches = PodCaches::new(pod_watches.iter().map(|(cache, _)| cache.clone()));
 
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
@@ -201,7 +213,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         metrics.clone(),
     )
     .with_federation(federation.clone())
-    .with_readiness(readiness.clone());
+    .with_readiness(readiness.clone())
+    .with_pod_caches(pod_caches.clone());
     let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();
     tasks.spawn("admin API", async move {
@@ -218,7 +231,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_agent_ttl(config.agent_api.agent_ttl)
     .with_rate_limits(config.agent_api.rate_limit)
-    .with_federated_bundles(federation.subscribe());
+    .with_federated_bundles(federation.subscribe())
+    .with_pod_caches(pod_caches);
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }
@@ -258,6 +272,14 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     if let Some(server) = bundle_endpoint {
         tasks.spawn("bundle endpoint", async move {
             server.await.context("bundle endpoint failed")
+        });
+    }
+    for (cache, client) in pod_watches {
+        let c = cancel.clone();
+        tasks.spawn("k8s pod watch", async move {
+            // Made inside the task's span, so lines carry both.
+            let span = tracing::info_span!("pods", cluster = %cache.cluster());
+            watch_pods(client, cache, c).instrument(span).await
         });
     }
     tasks.spawn("pruner", pruner.run(cancel.clone()));

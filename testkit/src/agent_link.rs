@@ -42,12 +42,22 @@ pub fn server_connection(server: &Server, svid: &AgentSvid, bundle: &Bundle) -> 
 /// A one-request `BatchMintX509SVID` for entry `entry_id` with a fresh key's CSR; `spiffe_id`
 /// names the instance of a template entry (empty for a fixed entry).
 pub fn x509_mint_request(entry_id: &str, spiffe_id: &str) -> pb::BatchMintX509svidRequest {
+    x509_mint_request_for_pod(entry_id, spiffe_id, "")
+}
+
+/// [`x509_mint_request`] for the pod `pod_uid` (the pod the agent rendered `spiffe_id` for).
+pub fn x509_mint_request_for_pod(
+    entry_id: &str,
+    spiffe_id: &str,
+    pod_uid: &str,
+) -> pb::BatchMintX509svidRequest {
     let (_key, csr) = sigil_agent::csr::new_key_and_csr().expect("a key and CSR");
     pb::BatchMintX509svidRequest {
         requests: vec![pb::X509svidRequest {
             entry_id: entry_id.into(),
             csr,
             spiffe_id: spiffe_id.into(),
+            pod_uid: pod_uid.into(),
         }],
     }
 }

@@ -5,7 +5,8 @@
 //! starts it before the suite and stops it afterwards. Tests share one API server, so each test
 //! creates its own namespace (see [`Kube::namespace`]) and never relies on objects it did not make,
 //! except the script's fixtures (namespace `spire`, SAs `spire-agent`/`spire-server`, node `node-1`,
-//! pod `spire-agent-0`, and the `spire-server-node-attestor` ClusterRole).
+//! pod `spire-agent-0`, and the `spire-server-node-attestor` ClusterRole: what the server's
+//! attestor, pod cache and bundle notifier need).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,18 @@ pub fn kube() -> &'static Kube {
                 String::from_utf8_lossy(&out.stderr)
             );
             assert!(kube.ready(), "the API server did not become ready; see {}/run/logs", kube.home.display());
+        } else {
+            // Started by another test process, maybe with an older copy of the script.
+            let out = Command::new("bash")
+                .arg(script())
+                .arg("fixtures")
+                .output()
+                .expect("run real-apiserver.sh fixtures");
+            assert!(
+                out.status.success(),
+                "real-apiserver.sh fixtures failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         kube
     })
@@ -213,12 +226,17 @@ impl Kube {
     /// A kubeconfig (written to `dir`) that authenticates as service account `ns/sa` with its own
     /// token, as a pod of that account would in-cluster. Its rights are only what RBAC grants it.
     pub fn kubeconfig_for(&self, ns: &str, sa: &str, dir: &Path) -> PathBuf {
+        self.kubeconfig_at(ns, sa, dir, &self.url)
+    }
+
+    /// [`Kube::kubeconfig_for`] reaching the API server at `url` (e.g. through a
+    /// [`crate::proxy::CuttableProxy`] on 127.0.0.1, which its certificate also names).
+    pub fn kubeconfig_at(&self, ns: &str, sa: &str, dir: &Path, url: &str) -> PathBuf {
         let token = self.kubectl(&["-n", ns, "create", "token", sa, "--duration=1h"]);
         let path = dir.join(format!("kubeconfig-{ns}-{sa}"));
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{url}\", certificate-authority: \"{}\"}}\n\
              users:\n- name: sa\n  user: {{token: {token}}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: sa}}\ncurrent-context: local\n",
-            self.url,
             self.ca.display()
         );
         std::fs::write(&path, text).expect("write kubeconfig");

@@ -16,7 +16,7 @@
 //! | [`config`] | the config files the kit writes (`server.conf`, `agent.conf`) and edits of them |
 //! | [`server`], [`agent`] | a running server / agent on a temp dir |
 //! | [`cli`] | the binaries' CLIs as an operator uses them (join tokens, entries, fetches) |
-//! | [`net`], [`tls`] | loopback ports, a minimal HTTP GET, a TLS client that accepts any server |
+//! | [`net`], [`tls`], [`proxy`] | loopback ports, a minimal HTTP GET, a TLS client that accepts any server, a TCP proxy a test can cut |
 //! | [`admin`], [`workload`], [`agent_link`] | gRPC straight to the admin API, the Workload API, and the agent API as an attested agent |
 //! | [`verify`], [`python`] | independent verifiers: openssl, sqlite3, PEM; the Python SPIFFE clients |
 //! | [`postgres`], [`k8s`], [`kubelet`], [`tmpfs`] | what the binaries run against: PostgreSQL, a real kube-apiserver, a test kubelet, a small tmpfs |
@@ -34,6 +34,7 @@ pub mod kubelet;
 pub mod net;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod python;
 pub mod runtime;
 pub mod server;

@@ -402,6 +402,16 @@ fn the_deployment_meets_the_zero_trust_checklist() {
     );
     let cm = object(&objects, "ConfigMap", "spire-bundle");
     assert!(cm["data"].is_null(), "spire-bundle must ship empty");
+    // The server reads what PSAT validation and the pod cache need, and nothing else.
+    let server_role = object(&objects, "ClusterRole", "spire-server");
+    assert_eq!(
+        server_role["rules"],
+        serde_json::json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+        ])
+    );
     let agent_role = object(&objects, "ClusterRole", "spire-agent");
     assert_eq!(
         agent_role["rules"][0]["resources"],

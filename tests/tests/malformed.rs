@@ -551,6 +551,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                 entry_id: entry_id.into(),
                 csr,
                 spiffe_id: spiffe_id.into(),
+                pod_uid: String::new(),
             }],
         };
         let good_csr = csr(dir, None);
@@ -576,6 +577,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                     entry_id: mine.clone(),
                     csr: good_csr.clone(),
                     spiffe_id: String::new(),
+                    pod_uid: String::new(),
                 })
                 .collect(),
         };
@@ -586,6 +588,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                 entry_id: mine.clone(),
                 audience: vec![],
                 spiffe_id: String::new(),
+                pod_uid: String::new(),
             })
             .await;
         t.row("agent MintJWTSVID no audience", "InvalidArgument", "audience", async move { grpc_outcome(r) }).await;
@@ -594,6 +597,7 @@ fn malformed_inputs_get_clear_errors_and_change_nothing() {
                 entry_id: not_mine.clone(),
                 audience: vec!["db".into()],
                 spiffe_id: String::new(),
+                pod_uid: String::new(),
             })
             .await;
         t.row("agent MintJWTSVID another agent's entry", "PermissionDenied", "", async move { grpc_outcome(r) }).await;

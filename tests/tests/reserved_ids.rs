@@ -391,6 +391,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
             entry_id: entry_id.into(),
             audience: vec!["agent-bootstrap".into()],
             spiffe_id: spiffe_id.into(),
+            pod_uid: String::new(),
         };
         for (entry, id) in [
             (&entry_id, SERVER_ID),

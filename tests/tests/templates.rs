@@ -1,7 +1,8 @@
 //! End-to-end tests of identity templates with the real `sigil-server` and `sigil-agent`: a
 //! template over the unix attestor's selectors (no kubelet needed) gives this test's own
 //! process its rendered ID as an X509-SVID and a JWT-SVID, minted on demand; the server refuses
-//! mint requests (with the agent's real SVID) for IDs that are not instances of the template.
+//! mint requests (with the agent's real SVID) for IDs that are not instances of the template,
+//! and any instance of a template the agent reaches through a shared parent (issue 17).
 
 use std::time::Duration;
 
@@ -94,8 +95,12 @@ fn template_entry_gives_the_workload_its_rendered_id() {
     assert!(jwt.to_string().contains(&want), "{jwt}");
 }
 
-/// A client holding the agent's real SVID asks the server to mint a template entry for IDs
-/// that are not instances of it: refused, while an instance is signed with exactly that ID.
+/// A client holding the agent's real SVID forges mint requests. A template parented directly
+/// to the agent is the operator's grant to that one node: any instance of it is signed, as a
+/// workload's selectors would render it, and nothing that is not an instance. The same
+/// template under an ID that other agents may share (a node alias, or as here an entry the
+/// agent reaches through a group entry under it) gives this join_token agent nothing: the
+/// server can check no pod facts for a node that is not a `k8s_psat` one (issue 17).
 #[test]
 fn forged_template_mint_requests_are_refused() {
     use sigil_proto::sigil::agent::v1 as pb;
@@ -105,11 +110,32 @@ fn forged_template_mint_requests_are_refused() {
     let (agent, agent_id) = attested_agent(&server, false);
     let created = create_template(&server, &agent_id);
     let entry_id = created[0]["id"].as_str().expect("entry id").to_owned();
+    let group = "spiffe://example.org/node-group";
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-spiffeID",
+        group,
+        "-parentID",
+        &agent_id,
+        "-selector",
+        "unix:uid:0",
+    ]);
+    let via_group = create_template(&server, group)[0]["id"]
+        .as_str()
+        .expect("entry id")
+        .to_owned();
 
     let (svid, bundle) = agent.stored_credentials(&server);
     multi_thread_rt().block_on(async {
         let conn = server_connection(&server, &svid, &bundle);
         let mint = |spiffe_id: &str| x509_mint_request(&entry_id, spiffe_id);
+        let jwt = |entry_id: &str, spiffe_id: &str| pb::MintJwtsvidRequest {
+            entry_id: entry_id.into(),
+            audience: vec!["a".into()],
+            spiffe_id: spiffe_id.into(),
+            pod_uid: String::new(),
+        };
         for forged in [
             "spiffe://example.org/uid/../y",
             "spiffe://example.org/uid/1/2",
@@ -129,11 +155,7 @@ fn forged_template_mint_requests_are_refused() {
             );
             let err = conn
                 .client()
-                .mint_jwtsvid(pb::MintJwtsvidRequest {
-                    entry_id: entry_id.clone(),
-                    audience: vec!["a".into()],
-                    spiffe_id: forged.into(),
-                })
+                .mint_jwtsvid(jwt(&entry_id, forged))
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -142,24 +164,94 @@ fn forged_template_mint_requests_are_refused() {
                 "{forged}: {err:?}"
             );
         }
+        // The agent's own template: an instance is signed with exactly that ID.
         let ok = conn
             .client()
             .batch_mint_x509svid(mint("spiffe://example.org/uid/4242"))
             .await
             .expect("an instance is signed")
             .into_inner();
-        let leaf = &ok.svids[0].svid_chain[0];
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
-        let san = cert.subject_alternative_name().unwrap().unwrap();
-        let uris: Vec<String> = san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(uris, ["spiffe://example.org/uid/4242"]);
+        assert_eq!(
+            uri_sans(&ok.svids[0].svid_chain[0]),
+            ["spiffe://example.org/uid/4242"]
+        );
+        // Through the group: nothing, not even this process's own instance.
+        let own = format!("spiffe://example.org/uid/{}", uid());
+        for id in [own.as_str(), "spiffe://example.org/uid/4242"] {
+            let err = conn
+                .client()
+                .batch_mint_x509svid(x509_mint_request(&via_group, id))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{id}: {err:?}");
+            assert!(
+                err.message().contains("only signed for k8s_psat agents"),
+                "{}",
+                err.message()
+            );
+            let err = conn
+                .client()
+                .mint_jwtsvid(jwt(&via_group, id))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{id}: {err:?}");
+        }
     });
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("mint refused") && l.contains(&via_group)),
+        "no WARN line for the refused instance"
+    );
+}
+
+/// A template over `k8s:` facts cannot hang off anything but one agent on a server that
+/// watches no Kubernetes cluster: no agent could ever be signed an instance of it.
+#[test]
+fn a_k8s_template_under_a_node_alias_needs_a_k8s_psat_cluster() {
+    let server = Server::start(ServerOptions::default());
+    let (_agent, agent_id) = attested_agent(&server, false);
+    let template = "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}";
+    let create = |parent: &str| {
+        server.cli(&[
+            "entry",
+            "create",
+            "-template",
+            "-spiffeID",
+            template,
+            "-parentID",
+            parent,
+            "-selector",
+            "k8s:ns",
+        ])
+    };
+    let out = create("spiffe://example.org/k8s-cluster/demo");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only signed for pods the Kubernetes API vouches for")
+            && err.contains("no k8s_psat cluster configured"),
+        "{err}"
+    );
+    assert!(
+        server.cli_ok(&["entry", "count"]).starts_with("0 "),
+        "nothing written"
+    );
+    // Parented to one agent: as before.
+    assert!(create(&agent_id).status.success());
+}
+
+/// The URI SANs of a DER certificate (x509-parser).
+fn uri_sans(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
 }

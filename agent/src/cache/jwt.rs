@@ -42,11 +42,13 @@ pub enum MintError {
 /// Mints a JWT-SVID for an entry and an audience list (the agent asks the server).
 pub trait JwtSvidMinter: Send + Sync {
     /// `spiffe_id` is the entry's own ID, or for a template entry the ID rendered for the
-    /// workload.
+    /// workload; `pod_uid` is the UID of the workload's pod, if it runs in one (the server signs
+    /// a template instance reached through a node alias only for a pod on this node).
     fn mint<'a>(
         &'a self,
         entry: &'a RegistrationEntry,
         spiffe_id: &'a SpiffeId,
+        pod_uid: Option<&'a str>,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>>;
 
@@ -104,11 +106,14 @@ impl JwtSvidCache {
     }
 
     /// A JWT-SVID for `entry` with `audience` (in the requested order), from the cache while
-    /// `now` (Unix seconds) is before the cached token's half-life, else freshly minted.
+    /// `now` (Unix seconds) is before the cached token's half-life, else freshly minted for the
+    /// workload in pod `pod_uid` (see [`JwtSvidMinter::mint`]). A token is kept per ID, not per
+    /// pod: every pod given the same ID may be handed it.
     pub async fn fetch(
         &self,
         entry: &RegistrationEntry,
         spiffe_id: &SpiffeId,
+        pod_uid: Option<&str>,
         audience: &[String],
         now: i64,
     ) -> Result<String, MintError> {
@@ -123,7 +128,7 @@ impl JwtSvidCache {
         if let Some(token) = self.cached(&key, now) {
             return Ok(token);
         }
-        let token = match self.minter.mint(entry, spiffe_id, audience).await {
+        let token = match self.minter.mint(entry, spiffe_id, pod_uid, audience).await {
             Ok(token) => token,
             Err(MintError::Unavailable(reason)) => {
                 return self.fallback(&key, spiffe_id, now, reason);
@@ -257,7 +262,7 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), t0)
             .await
             .unwrap();
         let mut bundle =
@@ -269,7 +274,7 @@ mod tests {
         bundle.jwt_authorities.push(other);
         cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0 + 1)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), t0 + 1)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
@@ -277,7 +282,7 @@ mod tests {
         bundle.jwt_authorities[0].tainted = true;
         cache.drop_tainted(&TaintedAuthorities::from_bundle(&bundle));
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0 + 2)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), t0 + 2)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
@@ -290,17 +295,17 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         let first = cache
-            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a", "b"]), t0)
             .await
             .unwrap();
         let again = cache
-            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0 + 10)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a", "b"]), t0 + 10)
             .await
             .unwrap();
         assert_eq!(first, again, "the same audience list reuses the token");
         assert_eq!(minter.minted.load(Ordering::SeqCst), 1);
         let reordered = cache
-            .fetch(&e, fixed_id(&e), &aud(&["b", "a"]), t0 + 10)
+            .fetch(&e, fixed_id(&e), None, &aud(&["b", "a"]), t0 + 10)
             .await
             .unwrap();
         assert_ne!(first, reordered, "audiences keep the requested order");
@@ -308,7 +313,7 @@ mod tests {
 
         // TestMinter issues 300 s tokens: half-life is iat + 150.
         let later = cache
-            .fetch(&e, fixed_id(&e), &aud(&["a", "b"]), t0 + 151)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a", "b"]), t0 + 151)
             .await
             .unwrap();
         assert_eq!(
@@ -327,10 +332,13 @@ mod tests {
         let a = SpiffeId::new("spiffe://example.org/ns/a").unwrap();
         let b = SpiffeId::new("spiffe://example.org/ns/b").unwrap();
         let t0 = now();
-        let ta = cache.fetch(&e, &a, &aud(&["x"]), t0).await.unwrap();
-        let tb = cache.fetch(&e, &b, &aud(&["x"]), t0).await.unwrap();
+        let ta = cache.fetch(&e, &a, None, &aud(&["x"]), t0).await.unwrap();
+        let tb = cache.fetch(&e, &b, None, &aud(&["x"]), t0).await.unwrap();
         assert_ne!(ta, tb);
-        assert_eq!(cache.fetch(&e, &a, &aud(&["x"]), t0).await.unwrap(), ta);
+        assert_eq!(
+            cache.fetch(&e, &a, None, &aud(&["x"]), t0).await.unwrap(),
+            ta
+        );
         assert_eq!(minter.minted.load(Ordering::SeqCst), 2);
         let sub = |t: &str| -> String {
             let payload = t.split('.').nth(1).unwrap();
@@ -349,16 +357,16 @@ mod tests {
         let mut e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let t0 = now();
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), t0)
             .await
             .unwrap();
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["b"]), t0)
+            .fetch(&e, fixed_id(&e), None, &aud(&["b"]), t0)
             .await
             .unwrap();
         e.revision += 1;
         cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), t0)
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), t0)
             .await
             .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), 3);
@@ -371,7 +379,7 @@ mod tests {
         let cache = JwtSvidCache::new(Arc::new(minter));
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let err = cache
-            .fetch(&e, fixed_id(&e), &aud(&["a"]), now())
+            .fetch(&e, fixed_id(&e), None, &aud(&["a"]), now())
             .await
             .unwrap_err();
         assert!(matches!(err, MintError::Unavailable(_)));
@@ -384,19 +392,22 @@ mod tests {
         let e = entry("e1", "spiffe://example.org/web", &["unix:uid:1"], 1);
         let a = aud(&["a"]);
         let t0 = now();
-        let token = cache.fetch(&e, fixed_id(&e), &a, t0).await.unwrap();
+        let token = cache.fetch(&e, fixed_id(&e), None, &a, t0).await.unwrap();
         *minter.down_since.lock().unwrap() = Some(t0 + 100);
 
         // Past half-life (TestMinter: 300 s tokens) the server cannot mint: the cached token,
         // counted once however often it is asked for.
         for at in [t0 + 151, t0 + 200, t0 + 299] {
-            assert_eq!(cache.fetch(&e, fixed_id(&e), &a, at).await.unwrap(), token);
+            assert_eq!(
+                cache.fetch(&e, fixed_id(&e), None, &a, at).await.unwrap(),
+                token
+            );
         }
         assert_eq!(minter.past_half_life.load(Ordering::SeqCst), 1);
 
         // From `exp` on: never the token, and the error says why.
         let err = cache
-            .fetch(&e, fixed_id(&e), &a, t0 + 300)
+            .fetch(&e, fixed_id(&e), None, &a, t0 + 300)
             .await
             .unwrap_err();
         let MintError::Withheld(why) = &err else {
@@ -415,7 +426,7 @@ mod tests {
 
         // Another audience was never minted: nothing to fall back on, and it says why.
         let err = cache
-            .fetch(&e, fixed_id(&e), &aud(&["b"]), t0 + 160)
+            .fetch(&e, fixed_id(&e), None, &aud(&["b"]), t0 + 160)
             .await
             .unwrap_err();
         assert!(
@@ -427,7 +438,10 @@ mod tests {
         // The server is back: a fresh token is minted.
         *minter.down_since.lock().unwrap() = None;
         let minted = minter.minted.load(Ordering::SeqCst);
-        cache.fetch(&e, fixed_id(&e), &a, t0 + 301).await.unwrap();
+        cache
+            .fetch(&e, fixed_id(&e), None, &a, t0 + 301)
+            .await
+            .unwrap();
         assert_eq!(minter.minted.load(Ordering::SeqCst), minted + 1);
     }
 

@@ -9,13 +9,15 @@
 //! JWT-SVIDs are not kept here: they are minted by the server on demand (see [`jwt`]).
 //!
 //! An X509-SVID that expires before rotation replaced it is withdrawn, never served (see
-//! [`expiry`]).
+//! [`expiry`]); so is a template instance the server no longer signs, for a pod that left the
+//! node or one it refused (see [`withdrawn`]).
 
 pub mod expiry;
 pub mod jwt;
 pub mod rendered;
+pub mod withdrawn;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use zeroize::Zeroizing;
 
 pub use expiry::{Outage, SvidKind, SvidUnavailable, watch_expiry};
 pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
-pub use rendered::{RenderedKey, TemplateDemand};
+pub use rendered::{RenderedKey, TemplateDemand, pod_uid};
 
 /// Why a write was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +137,12 @@ pub struct Snapshot {
     /// SPIFFE ID (a fixed entry under its own ID): why each is not served. A key is here only
     /// while that SVID is missing from `identities` / `rendered`.
     pub expired: Arc<BTreeMap<RenderedKey, SvidUnavailable>>,
+    /// Pods the server said left this node, by UID, with when it said so (Unix seconds): a
+    /// workload in one of them is given no template instance (see [`withdrawn`]).
+    pub gone_pods: Arc<BTreeMap<String, i64>>,
+    /// Template instances the server refused to sign: not served until it signs them again
+    /// (see [`withdrawn`]). A key is here only while it is missing from `rendered`.
+    pub refused: Arc<BTreeSet<RenderedKey>>,
     index: Arc<EntryIndex>,
 }
 
@@ -147,6 +155,8 @@ impl Snapshot {
             rendered: Arc::default(),
             demand: Arc::default(),
             expired: Arc::default(),
+            gone_pods: Arc::default(),
+            refused: Arc::default(),
             index: Arc::default(),
         }
     }
@@ -197,8 +207,12 @@ impl Snapshot {
     /// The identity-template entries a workload with `selectors` matches, each with the SPIFFE
     /// ID rendered for it. Entries whose template does not render (a placeholder without
     /// exactly one valid value, or an instance in the reserved namespace `/spire/*`, which
-    /// the server would refuse to sign anyway) give nothing. In snapshot order.
+    /// the server would refuse to sign anyway) give nothing; nor does any template to a
+    /// workload whose pod the server said left this node. In snapshot order.
     pub fn matching_templates(&self, selectors: &[Selector]) -> Vec<(&Arc<Identity>, SpiffeId)> {
+        if pod_uid(selectors).is_some_and(|uid| self.gone_pods.contains_key(uid)) {
+            return Vec::new();
+        }
         self.index
             .templates
             .iter()
@@ -405,6 +419,7 @@ impl Cache {
         self.tx.send_if_modified(|current| {
             let mut rendered = (*current.rendered).clone();
             let mut expired = current.expired.clone();
+            let mut refused = current.refused.clone();
             let mut changed = false;
             for (key, svid) in svids {
                 let instance = current.identity(&key.entry_id).is_some_and(|i| {
@@ -426,6 +441,9 @@ impl Cache {
                 if expired.contains_key(&key) {
                     Arc::make_mut(&mut expired).remove(&key);
                 }
+                if refused.contains(&key) {
+                    Arc::make_mut(&mut refused).remove(&key);
+                }
                 rendered.insert(key, Arc::new(svid));
                 changed = true;
             }
@@ -433,6 +451,7 @@ impl Cache {
                 *current = Arc::new(Snapshot {
                     rendered: Arc::new(rendered),
                     expired,
+                    refused,
                     ..Snapshot::clone(current)
                 });
             }
@@ -441,24 +460,29 @@ impl Cache {
         rejected
     }
 
-    /// Drops rendered SVIDs nobody uses any more.
+    /// Drops rendered SVIDs nobody uses any more, and what was recorded of them.
     pub fn remove_rendered(&self, keys: &[RenderedKey]) {
         self.tx.send_if_modified(|current| {
             let known = |k: &RenderedKey| {
-                current.rendered.contains_key(k) || current.expired.contains_key(k)
+                current.rendered.contains_key(k)
+                    || current.expired.contains_key(k)
+                    || current.refused.contains(k)
             };
             if !keys.iter().any(known) {
                 return false;
             }
             let mut rendered = (*current.rendered).clone();
             let mut expired = (*current.expired).clone();
+            let mut refused = (*current.refused).clone();
             for k in keys {
                 rendered.remove(k);
                 expired.remove(k);
+                refused.remove(k);
             }
             *current = Arc::new(Snapshot {
                 rendered: Arc::new(rendered),
                 expired: Arc::new(expired),
+                refused: Arc::new(refused),
                 ..Snapshot::clone(current)
             });
             true
@@ -550,6 +574,19 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
                 .collect(),
         )
     };
+    // A refusal record lives while its entry is still a template it instantiates.
+    let refused = if current.refused.iter().all(still_valid) {
+        current.refused.clone()
+    } else {
+        Arc::new(
+            current
+                .refused
+                .iter()
+                .filter(|k| still_valid(k))
+                .cloned()
+                .collect(),
+        )
+    };
     Snapshot {
         identities,
         bundle: current.bundle.clone(),
@@ -557,6 +594,8 @@ fn with_identities(current: &Snapshot, mut identities: Vec<Arc<Identity>>) -> Sn
         rendered,
         demand: current.demand.clone(),
         expired,
+        gone_pods: current.gone_pods.clone(),
+        refused,
         index,
     }
 }

@@ -125,6 +125,8 @@ pub(crate) struct TestMinter {
     pub down_since: std::sync::Mutex<Option<i64>>,
     /// How often the cache reported a token served past its half-life.
     pub past_half_life: std::sync::atomic::AtomicUsize,
+    /// The pod UID of each mint asked for, in order.
+    pub pods: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 impl TestMinter {
@@ -135,6 +137,7 @@ impl TestMinter {
             fail: false,
             down_since: Default::default(),
             past_half_life: Default::default(),
+            pods: Default::default(),
         }
     }
 }
@@ -144,9 +147,11 @@ impl JwtSvidMinter for TestMinter {
         &'a self,
         _entry: &'a RegistrationEntry,
         spiffe_id: &'a SpiffeId,
+        pod_uid: Option<&'a str>,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>> {
         Box::pin(async move {
+            self.pods.lock().unwrap().push(pod_uid.map(str::to_owned));
             if self.fail || self.down_since.lock().unwrap().is_some() {
                 return Err(MintError::Unavailable("server unreachable".into()));
             }

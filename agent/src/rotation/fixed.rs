@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::mint::mint_and_install;
+use super::mint::{Ask, mint_and_install};
 use super::schedule::{random_jitter, refresh_at};
 use super::workload::{Ledger, Minted, Outcome, Target};
-use crate::cache::{Cache, Identity, Snapshot};
+use crate::cache::{Cache, Identity, Snapshot, pod_uid};
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::leaf_facts;
@@ -70,9 +70,14 @@ impl Target for FixedEntries {
             .filter(|i| i.svid.is_none())
             .map(|i| i.entry.id.as_str())
             .collect();
+        // Minted ahead of any workload: a pod is named only when the entry selects one.
         let asked = batch
             .iter()
-            .map(|i| (i.entry.id.clone(), i.entry.revision))
+            .map(|i| Ask {
+                key: i.entry.id.clone(),
+                revision: i.entry.revision,
+                pod_uid: pod_uid(&i.entry.selectors).map(str::to_owned),
+            })
             .collect();
         let outcome = mint_and_install(&self.connection, &self.metrics, asked, |svids| {
             self.cache.set_svids(svids)

@@ -1,6 +1,6 @@
 //! One `BatchMintX509SVID` call for either kind of workload SVID: a fresh key and CSR for each
-//! SVID, the server's answers matched to the requests, what it signed installed in the cache,
-//! the outcome counted.
+//! SVID, named with the pod it is minted for, the server's answers matched to the requests,
+//! what it signed installed in the cache, the outcome counted.
 
 use std::hash::Hash;
 
@@ -47,25 +47,40 @@ impl SvidKey for RenderedKey {
     }
 }
 
-/// Mints `batch` (each key with the entry revision it is minted for) in one call and hands
-/// what the server signed to `install`, which returns the SVIDs it refused. Answers are matched
-/// to requests by position: the server answers in request order, and one entry may appear
-/// several times (template instances).
+/// One X509-SVID to mint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ask<K> {
+    pub(crate) key: K,
+    /// The entry revision it is minted for.
+    pub(crate) revision: i64,
+    /// The pod it is minted for (see `X509SVIDRequest.pod_uid`), if any.
+    pub(crate) pod_uid: Option<String>,
+}
+
+/// Mints `batch` in one call and hands what the server signed to `install`, which returns the
+/// SVIDs it refused. Answers are matched to requests by position: the server answers in
+/// request order, and one entry may appear several times (template instances).
 pub(crate) async fn mint_and_install<K: SvidKey>(
     connection: &ServerConnection,
     metrics: &Metrics,
-    batch: Vec<(K, i64)>,
+    batch: Vec<Ask<K>>,
     install: impl FnOnce(Vec<(K, CachedX509Svid)>) -> Vec<(K, CacheError)>,
 ) -> Result<Outcome<K>, tonic::Status> {
     let mut keys = Vec::with_capacity(batch.len());
     let mut requests = Vec::with_capacity(batch.len());
-    for (key, revision) in batch {
+    for Ask {
+        key,
+        revision,
+        pod_uid,
+    } in batch
+    {
         let (private_key, csr) =
             new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
         requests.push(X509svidRequest {
             entry_id: key.entry_id().to_owned(),
             csr,
             spiffe_id: key.spiffe_id().map(ToString::to_string).unwrap_or_default(),
+            pod_uid: pod_uid.unwrap_or_default(),
         });
         keys.push((key, private_key, revision));
     }

@@ -6,7 +6,8 @@
 //!   workload (`template`), minted on demand. Each SVID that is missing, whose entry changed,
 //!   whose signer is tainted or that reached its refresh point is minted through
 //!   `BatchMintX509SVID` in batches (`mint`); the loop wakes on every cache change, so a new
-//!   entry is minted as soon as sync delivers it.
+//!   entry is minted as soon as sync delivers it. A template instance the server refuses is
+//!   withdrawn from the cache (`refused`).
 //! - Pacing (`pacing`): full speed until the server first refuses for its signing limit, then
 //!   400/s.
 //! - The agent's own SVID (`agent_svid`): renewed through `RenewAgent` at its refresh point,
@@ -21,6 +22,7 @@ mod agent_svid;
 mod fixed;
 mod mint;
 mod pacing;
+mod refused;
 mod schedule;
 mod template;
 mod workload;

@@ -1,14 +1,16 @@
 //! Template entries' X509-SVIDs, keyed by the SPIFFE ID rendered for a workload: minted only
-//! for the rendered IDs workloads ask for (see [`TemplateDemand`]), kept fresh while they do, and
-//! dropped once nobody asked for [`IDLE`].
+//! for the rendered IDs workloads ask for (see [`TemplateDemand`]), each for the pod that asked
+//! last, kept fresh while they do, and dropped once nobody asked for [`IDLE`] or the server
+//! refuses them (see `refused`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::mint::mint_and_install;
+use super::mint::{Ask, mint_and_install};
+use super::refused::Refusals;
 use super::workload::{Ledger, Minted, Outcome, Target};
 use crate::cache::rendered::IDLE;
 use crate::cache::{Cache, Identity, RenderedKey, Snapshot, TemplateDemand};
@@ -60,8 +62,19 @@ impl Target for TemplateInstances {
         self.changes.borrow_and_update();
         let idle = self.demand.forget_idle(now, IDLE);
         self.cache.remove_rendered(&idle);
-        let snapshot = self.cache.snapshot();
         let wanted = self.demand.keys();
+        // An instance installed while the last pod that wanted it went: nobody will.
+        let wanted_set: HashSet<&RenderedKey> = wanted.iter().collect();
+        let unwanted: Vec<RenderedKey> = self
+            .cache
+            .snapshot()
+            .rendered
+            .keys()
+            .filter(|k| !wanted_set.contains(k))
+            .cloned()
+            .collect();
+        self.cache.remove_rendered(&unwanted);
+        let snapshot = self.cache.snapshot();
         ledger
             .minted
             .retain(|k, _| snapshot.rendered.contains_key(k));
@@ -77,12 +90,24 @@ impl Target for TemplateInstances {
     ) -> Result<Outcome<RenderedKey>, tonic::Status> {
         let asked = batch
             .iter()
-            .map(|(identity, key)| (key.clone(), identity.entry.revision))
+            .map(|(identity, key)| Ask {
+                key: key.clone(),
+                revision: identity.entry.revision,
+                pod_uid: self.demand.pod_for(key),
+            })
             .collect();
-        let outcome = mint_and_install(&self.connection, &self.metrics, asked, |svids| {
-            self.cache.set_rendered_svids(svids)
-        })
-        .await?;
+        let refusals = Refusals {
+            cache: &self.cache,
+            demand: &self.demand,
+            metrics: &self.metrics,
+        };
+        let outcome = refusals
+            .mint(asked, |asked| {
+                mint_and_install(&self.connection, &self.metrics, asked, |svids| {
+                    self.cache.set_rendered_svids(svids)
+                })
+            })
+            .await?;
         if !outcome.minted.is_empty() {
             debug!(count = outcome.minted.len(), "minted template X509-SVIDs");
         }

@@ -34,6 +34,7 @@ impl JwtSvidMinter for ServerJwtMinter {
         &'a self,
         entry: &'a RegistrationEntry,
         spiffe_id: &'a SpiffeId,
+        pod_uid: Option<&'a str>,
         audience: &'a [String],
     ) -> BoxFuture<'a, Result<String, MintError>> {
         Box::pin(async move {
@@ -41,6 +42,7 @@ impl JwtSvidMinter for ServerJwtMinter {
                 entry_id: entry.id.clone(),
                 audience: audience.to_vec(),
                 spiffe_id: spiffe_id.to_string(),
+                pod_uid: pod_uid.unwrap_or_default().to_owned(),
             };
             let mut outcome = self.connection.client().mint_jwtsvid(request.clone()).await;
             if let Err(status) = &outcome

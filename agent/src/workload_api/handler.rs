@@ -25,6 +25,7 @@ use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
 use crate::cache::{
     CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot, SvidUnavailable,
+    pod_uid,
 };
 use crate::endpoints::{LatestStream, LimitError, Peer, PeerError};
 use crate::taint::TaintedAuthorities;
@@ -342,6 +343,8 @@ impl SpiffeWorkloadApi for Handler {
             return Err(RequestError::NoIdentity.into());
         }
         let now = unix_now();
+        // Fixed entries too: the server checks an entry that names a pod against it.
+        let pod = pod_uid(&caller.selectors);
         self.jwt_svids
             .drop_tainted(&TaintedAuthorities::from_bundle(&snapshot.bundle));
         let mut svids = Vec::with_capacity(identities.len());
@@ -349,7 +352,7 @@ impl SpiffeWorkloadApi for Handler {
             let entry = &identity.entry;
             let token = self
                 .jwt_svids
-                .fetch(entry, &spiffe_id, &req.audience, now)
+                .fetch(entry, &spiffe_id, pod, &req.audience, now)
                 .await
                 .map_err(|e| {
                     debug!(pid = caller.pid, %spiffe_id, error = %e, "JWT-SVID mint failed");
@@ -442,19 +445,21 @@ fn cached_x509_svid_response(
     let built = cache.get_or_build(snapshot, selectors, || {
         build_x509_svid_response(snapshot, selectors)
     })?;
-    want_rendered(snapshot, &built);
+    want_rendered(snapshot, &built, selectors);
     Ok(built.response.clone())
 }
 
-/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, so a
-/// stream keeps its SVIDs alive while it is open.
-fn want_rendered(snapshot: &Snapshot, built: &Built) {
+/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, with the
+/// caller's pod (the server signs an instance for a named pod), so a stream keeps its SVIDs
+/// alive while it is open.
+fn want_rendered(snapshot: &Snapshot, built: &Built, selectors: &[Selector]) {
     if built.wanted.is_empty() {
         return;
     }
     let now = unix_now();
+    let pod = pod_uid(selectors);
     for key in &built.wanted {
-        snapshot.demand.want(key.clone(), now);
+        snapshot.demand.want(key.clone(), pod, now);
     }
 }
 
@@ -466,13 +471,15 @@ fn x509_svid_response(
     selectors: &[Selector],
 ) -> Result<Option<X509svidResponse>, RequestError> {
     let built = build_x509_svid_response(snapshot, selectors)?;
-    want_rendered(snapshot, &built);
+    want_rendered(snapshot, &built, selectors);
     Ok(built.response.map(Arc::unwrap_or_clone))
 }
 
 /// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
-/// entries under the IDs rendered for them, and the template instances wanted. A pure
-/// function of its arguments, which is what lets [`X509ResponseCache`] reuse it.
+/// entries under the IDs rendered for them, and the template instances wanted. An instance
+/// the server refused is wanted (it is asked for again) but not issued: a caller left with
+/// nothing gets `NoIdentity`, as when its entries are deleted. A pure function of its
+/// arguments, which is what lets [`X509ResponseCache`] reuse it.
 fn build_x509_svid_response(
     snapshot: &Snapshot,
     selectors: &[Selector],
@@ -484,6 +491,7 @@ fn build_x509_svid_response(
     }
     let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
     let mut wanted = Vec::new();
+    let mut issued = fixed.len();
     for identity in fixed {
         let Some(spiffe_id) = identity.entry.spiffe_id.fixed() else {
             continue;
@@ -502,11 +510,18 @@ fn build_x509_svid_response(
         };
         let svid = snapshot.rendered.get(&key);
         wanted.push(key.clone());
+        if snapshot.refused.contains(&key) {
+            continue;
+        }
+        issued += 1;
         if let Some(svid) = svid {
             identities.push((identity, key.spiffe_id, svid));
         } else if let Some(why) = snapshot.expired(&key.entry_id, &key.spiffe_id) {
             return Err(RequestError::SvidUnavailable(why.clone()));
         }
+    }
+    if issued == 0 {
+        return Err(RequestError::NoIdentity);
     }
     let bundle = snapshot.bundle.x509_authorities_concat();
     let mut federates_with = BTreeSet::new();

@@ -174,4 +174,6 @@ pub async fn serve_listener(
 }
 
 #[cfg(test)]
+mod pod_tests;
+#[cfg(test)]
 pub(crate) mod tests;

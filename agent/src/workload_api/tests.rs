@@ -27,14 +27,14 @@ use crate::workload_attestation::{
 };
 
 /// Guards every wait so a broken server fails the test instead of hanging it.
-async fn bounded<F: Future>(f: F) -> F::Output {
+pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
         .expect("timed out waiting")
 }
 
 /// The selector this test process gets from the unix attestor.
-fn me() -> String {
+pub(crate) fn me() -> String {
     format!("unix:uid:{}", nix::unistd::geteuid())
 }
 
@@ -79,6 +79,8 @@ pub(crate) struct Harness {
     pub(crate) cache: Arc<Cache>,
     /// Signs tokens with the same key the minter uses (for ValidateJWTSVID cases).
     pub(crate) jwt_kid: String,
+    /// The minter behind FetchJWTSVID.
+    pub(crate) minter: Arc<TestMinter>,
     pub(crate) cancel: CancellationToken,
     pub(crate) server: JoinHandle<Result<(), WorkloadApiError>>,
 }
@@ -92,7 +94,7 @@ impl Harness {
         minter.fail = options.failing_minter;
         let cache = Arc::new(Cache::new(ca.bundle(Some(&minter.key))));
         let jwt_kid = minter.key.kid.clone();
-        let minter: Arc<dyn JwtSvidMinter> = Arc::new(minter);
+        let minter = Arc::new(minter);
         let config = WorkloadApiConfig {
             socket_path: socket.clone(),
             allow_unauthenticated_verifiers: options.allow_unauthenticated_verifiers,
@@ -107,7 +109,7 @@ impl Harness {
             config,
             cache.subscribe(),
             Arc::new(vec![options.attestor]),
-            minter,
+            minter.clone() as Arc<dyn JwtSvidMinter>,
             cancel.clone(),
         ));
         Self {
@@ -116,17 +118,18 @@ impl Harness {
             ca,
             cache,
             jwt_kid,
+            minter,
             cancel,
             server,
         }
     }
 
-    async fn client(&self) -> WorkloadApiClient {
+    pub(crate) async fn client(&self) -> WorkloadApiClient {
         connect(&self.socket).await.unwrap()
     }
 
     /// The `web` entry with a minted SVID.
-    fn add_web(&self) {
+    pub(crate) fn add_web(&self) {
         self.cache.upsert_entries(vec![web_entry()]);
         self.cache
             .set_svid("web", self.ca.svid("spiffe://example.org/web"))

@@ -25,6 +25,9 @@ use crate::kubernetes::{self, KubeClientError};
 pub use config::{K8sPsatCluster, K8sPsatConfig};
 
 const SELECTOR_TYPE: &str = "k8s_psat";
+/// `k8s_psat:cluster:<name>` and `k8s_psat:agent_node_name:<node>` (SPIRE's names).
+const CLUSTER_KEY: &str = "cluster";
+const NODE_NAME_KEY: &str = "agent_node_name";
 const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -151,6 +154,58 @@ impl KubeApi for KubeClientApi {
     }
 }
 
+/// A client per configured cluster, from its `kube_config_file` or in-cluster credentials:
+/// built once, shared by the attestor and the cluster's pod watch (`crate::k8s_pods`), so both
+/// act with the same identity.
+pub async fn clients(
+    config: &K8sPsatConfig,
+) -> Result<BTreeMap<String, kube::Client>, KubeClientError> {
+    let mut clients = BTreeMap::new();
+    for (name, cluster) in &config.clusters {
+        let client = kubernetes::client(cluster.kube_config_file.as_deref()).await?;
+        clients.insert(name.clone(), client);
+    }
+    Ok(clients)
+}
+
+/// The node a `k8s_psat` agent attested for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentNode {
+    /// The cluster name the server's config gives it.
+    pub cluster: String,
+    /// `spec.nodeName` of the agent's pod at attestation.
+    pub node: String,
+}
+
+/// The cluster and node of an agent this attestor attested: its agent ID is
+/// `/spire/agent/k8s_psat/<cluster>/<node uid>` and its node selectors name that cluster and
+/// exactly one node. `None` for any other agent.
+pub fn agent_node(agent_id: &SpiffeId, selectors: &[Selector]) -> Option<AgentNode> {
+    let rest = agent_id
+        .path()
+        .strip_prefix("/spire/agent/")?
+        .strip_prefix(SELECTOR_TYPE)?
+        .strip_prefix('/')?;
+    let (cluster, _node_uid) = rest.split_once('/')?;
+    let values = |key: &str| -> Vec<&str> {
+        selectors
+            .iter()
+            .filter(|s| s.kind() == SELECTOR_TYPE)
+            .filter_map(|s| s.value().strip_prefix(key)?.strip_prefix(':'))
+            .collect()
+    };
+    if values(CLUSTER_KEY) != [cluster] {
+        return None;
+    }
+    let [node] = values(NODE_NAME_KEY)[..] else {
+        return None;
+    };
+    Some(AgentNode {
+        cluster: cluster.to_owned(),
+        node: node.to_owned(),
+    })
+}
+
 /// SPIRE's payload shape. No `Debug`: it holds the token.
 #[derive(Deserialize)]
 struct Payload {
@@ -183,21 +238,18 @@ impl fmt::Debug for K8sPsatAttestor {
 }
 
 impl K8sPsatAttestor {
-    /// Builds a client per cluster from its `kube_config_file`, or in-cluster credentials.
-    pub async fn new(
+    /// The attestor over one client per cluster (see [`clients`]).
+    pub fn new(
         trust_domain: TrustDomain,
         config: &K8sPsatConfig,
-    ) -> Result<Self, KubeClientError> {
-        let mut apis: Vec<(String, K8sPsatCluster, Arc<dyn KubeApi>)> = Vec::new();
-        for (name, cluster) in &config.clusters {
-            let client = kubernetes::client(cluster.kube_config_file.as_deref()).await?;
-            apis.push((
-                name.clone(),
-                cluster.clone(),
-                Arc::new(KubeClientApi::new(client)),
-            ));
-        }
-        Ok(Self::with_apis(trust_domain, apis))
+        clients: &BTreeMap<String, kube::Client>,
+    ) -> Self {
+        let apis = config.clusters.iter().filter_map(|(name, cluster)| {
+            let client = clients.get(name)?.clone();
+            let api: Arc<dyn KubeApi> = Arc::new(KubeClientApi::new(client));
+            Some((name.clone(), cluster.clone(), api))
+        });
+        Self::with_apis(trust_domain, apis)
     }
 
     /// The attestor over given API implementations (tests use a fake).
@@ -412,12 +464,12 @@ async fn validate(
         .unwrap_or_default();
 
     let mut values = vec![
-        format!("cluster:{name}"),
+        format!("{CLUSTER_KEY}:{name}"),
         format!("agent_ns:{namespace}"),
         format!("agent_sa:{service_account}"),
         format!("agent_pod_name:{pod_name}"),
         format!("agent_pod_uid:{pod_uid}"),
-        format!("agent_node_name:{node_name}"),
+        format!("{NODE_NAME_KEY}:{node_name}"),
         format!("agent_node_uid:{node_uid}"),
     ];
     // Our selectors cannot have an empty value; a pod not yet running has no host IP.
@@ -661,6 +713,51 @@ mod tests {
             *fake.reviewed.lock().unwrap(),
             [(TOKEN.to_owned(), vec!["spire-server".to_owned()])]
         );
+        // The node it attested for, read back from what is recorded.
+        assert_eq!(
+            agent_node(&result.agent_id, &result.selectors),
+            Some(AgentNode {
+                cluster: "prod".into(),
+                node: "node-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn only_a_k8s_psat_agent_of_one_cluster_and_node_has_an_agent_node() {
+        let id = |s: &str| SpiffeId::new(s).unwrap();
+        let sels = |list: &[&str]| -> Vec<Selector> {
+            list.iter().map(|s| Selector::new(s).unwrap()).collect()
+        };
+        let psat = id("spiffe://example.org/spire/agent/k8s_psat/prod/node-uid-1");
+        let good = sels(&["k8s_psat:cluster:prod", "k8s_psat:agent_node_name:node-1"]);
+        assert!(agent_node(&psat, &good).is_some());
+        for (agent, selectors) in [
+            // Another attestor's agent, even with such selectors.
+            (id("spiffe://example.org/spire/agent/join_token/t"), good),
+            // Selectors of another cluster, or none.
+            (
+                psat.clone(),
+                sels(&["k8s_psat:cluster:dev", "k8s_psat:agent_node_name:node-1"]),
+            ),
+            (psat.clone(), sels(&["k8s_psat:agent_node_name:node-1"])),
+            // No node, or two.
+            (psat.clone(), sels(&["k8s_psat:cluster:prod"])),
+            (
+                psat,
+                sels(&[
+                    "k8s_psat:cluster:prod",
+                    "k8s_psat:agent_node_name:node-1",
+                    "k8s_psat:agent_node_name:node-2",
+                ]),
+            ),
+        ] {
+            assert_eq!(
+                agent_node(&agent, &selectors),
+                None,
+                "{agent} {selectors:?}"
+            );
+        }
     }
 
     #[tokio::test]

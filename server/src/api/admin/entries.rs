@@ -19,6 +19,8 @@ const MAX_BATCH: usize = 50_000;
 pub(super) struct Entries {
     datastore: Datastore,
     trust_domain: TrustDomain,
+    /// The server watches the pods of at least one `k8s_psat` cluster (`crate::k8s_pods`).
+    vouches_for_pods: bool,
 }
 
 impl Entries {
@@ -26,7 +28,12 @@ impl Entries {
         Self {
             datastore,
             trust_domain,
+            vouches_for_pods: false,
         }
+    }
+
+    pub(super) fn set_vouches_for_pods(&mut self, vouches: bool) {
+        self.vouches_for_pods = vouches;
     }
 
     pub(super) async fn batch_create(
@@ -182,7 +189,30 @@ impl Entries {
                 entry.spiffe_id, self.trust_domain
             )));
         }
+        self.check_template_parent(&entry)?;
         Ok(entry)
+    }
+
+    /// A template over `k8s:` facts that hangs off a node alias (or any parent but one agent)
+    /// gives instances only for pods the Kubernetes API vouches for, through the pod cache of a
+    /// `k8s_psat` cluster; without one, no agent could ever be signed an instance.
+    fn check_template_parent(&self, entry: &RegistrationEntry) -> Result<(), Status> {
+        let Some(template) = entry.spiffe_id.template() else {
+            return Ok(());
+        };
+        if entry.parent_id.is_agent_id() || self.vouches_for_pods {
+            return Ok(());
+        }
+        match template.placeholders().find(|p| p.starts_with("k8s:")) {
+            Some(placeholder) => Err(Status::invalid_argument(format!(
+                "template placeholder {{{placeholder}}} under parent {}: template instances via a \
+                 node alias are only signed for pods the Kubernetes API vouches for, and this \
+                 server has no k8s_psat cluster configured; parent the template to one agent ID \
+                 instead",
+                entry.parent_id
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

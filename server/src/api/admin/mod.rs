@@ -38,6 +38,7 @@ use super::middleware::RpcLayer;
 use crate::ca::Ca;
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
+use crate::k8s_pods::PodCaches;
 use crate::metrics::Metrics;
 use crate::ops::Readiness;
 
@@ -83,6 +84,13 @@ impl AdminApi {
     /// `Health` reports the datastore write probe's last result from `readiness`.
     pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
         self.health.set_readiness(readiness);
+        self
+    }
+
+    /// The server vouches for pods of these `k8s_psat` clusters (see [`crate::k8s_pods`]):
+    /// template entries over `k8s:` facts may then hang off node aliases.
+    pub fn with_pod_caches(mut self, caches: PodCaches) -> Self {
+        self.entries.set_vouches_for_pods(!caches.is_empty());
         self
     }
 

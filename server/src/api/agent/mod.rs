@@ -7,6 +7,8 @@
 
 mod authentication;
 pub mod config;
+mod gone_pods;
+mod instances;
 mod rate_limit;
 mod signing;
 mod sync;
@@ -36,6 +38,7 @@ use super::{ca_status, datastore_status};
 use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
+use crate::k8s_pods::PodCaches;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
@@ -43,6 +46,7 @@ use crate::node_attestation::{AttestationError, NodeAttestor};
 pub use authentication::AgentIdentity;
 use authentication::{AgentAuthenticator, caller, node_status};
 pub use config::{AgentApiConfig, RateLimitConfig};
+use gone_pods::GonePods;
 use rate_limit::RateLimiter;
 use signing::{JwtJob, sign_batch, sign_jwt_batch};
 use sync::SyncStream;
@@ -109,6 +113,9 @@ pub struct AgentApi {
     agent_ttl: Option<Duration>,
     /// Federated bundles to push to agents, when federation is on.
     federated: Option<watch::Receiver<BundleSet>>,
+    /// The pods of each `k8s_psat` cluster: what template instances via a node alias are
+    /// checked against (`instances`), and whose removals reach the nodes' agents.
+    pod_caches: PodCaches,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -149,7 +156,15 @@ impl AgentApi {
             sync_fallback: FALLBACK_TICK,
             agent_ttl: None,
             federated: None,
+            pod_caches: PodCaches::default(),
         }
+    }
+
+    /// Checks template instances (and pod-bound fixed entries) reached through a node alias
+    /// against these pod caches; without them no such instance is signed.
+    pub fn with_pod_caches(mut self, caches: PodCaches) -> Self {
+        self.pod_caches = caches;
+        self
     }
 
     /// Pushes federated bundles to agents from this set (see [`crate::federation`]).
@@ -282,15 +297,41 @@ impl AgentApi {
         Ok(id)
     }
 
+    /// Refuses `id` under `entry` unless the agent owns the entry or the Kubernetes API vouches
+    /// for the pod `pod_uid` on the agent's node (see `instances`).
+    fn check_instance(
+        &self,
+        agent: &AgentIdentity,
+        entry: &sigil_proto::RegistrationEntry,
+        id: &SpiffeId,
+        pod_uid: &str,
+    ) -> Result<(), Status> {
+        instances::check(
+            &self.pod_caches,
+            agent,
+            entry,
+            id,
+            pod_uid,
+            SystemTime::now(),
+        )
+        .map_err(|refusal| {
+            tracing::warn!(agent_id = %agent.id, entry_id = %entry.id, spiffe_id = %id, pod_uid, "mint refused: {refusal}");
+            Status::permission_denied(format!(
+                "entry {:?} does not give {id} to this agent: {refusal}",
+                entry.id
+            ))
+        })
+    }
+
     /// What a mint batch will sign, each item checked before any is signed (one refusal
     /// refuses the whole call): its entry must be authorized for the agent and give the SPIFFE
-    /// ID asked for (`ids`: the item's entry ID and requested ID); `job` checks the rest of the
-    /// item and makes what is signed.
+    /// ID asked for for that pod (`ids`: the item's entry ID, requested ID and pod UID); `job`
+    /// checks the rest of the item and makes what is signed.
     async fn batch_jobs<T, J>(
         &self,
         agent: &AgentIdentity,
         items: Vec<T>,
-        ids: impl Fn(&T) -> (&String, &String),
+        ids: impl Fn(&T) -> (&String, &String, &String),
         job: impl Fn(T, &sigil_proto::RegistrationEntry, SpiffeId) -> Result<J, Status>,
     ) -> Result<Vec<J>, Status> {
         check_batch_len(items.len())?;
@@ -298,9 +339,10 @@ impl AgentApi {
         items
             .into_iter()
             .map(|item| {
-                let (entry_id, requested) = ids(&item);
+                let (entry_id, requested, pod_uid) = ids(&item);
                 let entry = self.check_authorized(agent, &authorized, entry_id)?;
                 let id = self.requested_id(agent, entry, requested)?;
+                self.check_instance(agent, entry, &id, pod_uid)?;
                 job(item, entry, id)
             })
             .collect()
@@ -463,7 +505,6 @@ impl Agent for AgentApi {
             authorization: self.authorization.clone(),
             revisions: self.revisions.clone(),
             metrics: self.metrics.clone(),
-            agent,
             tx,
             known: HashMap::new(),
             revision: 0,
@@ -471,6 +512,8 @@ impl Agent for AgentApi {
             federated: self.federated.clone(),
             federates_with: BTreeSet::new(),
             sent_federated: None,
+            gone_pods: GonePods::for_agent(&self.pod_caches, &agent),
+            agent,
         };
         tokio::spawn(sync.run(since));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -485,7 +528,7 @@ impl Agent for AgentApi {
             .batch_jobs(
                 &agent,
                 req.into_inner().requests,
-                |r| (&r.entry_id, &r.spiffe_id),
+                |r| (&r.entry_id, &r.spiffe_id, &r.pod_uid),
                 |r, entry, id| {
                     if r.csr.is_empty() {
                         return Err(Status::invalid_argument(format!(
@@ -523,6 +566,7 @@ impl Agent for AgentApi {
         let authorized = self.authorized(&agent).await?;
         let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
         let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
+        self.check_instance(&agent, entry, &id, &req.pod_uid)?;
         self.check_sign_rate(&agent, 1)?;
         let signed = self
             .ca
@@ -549,7 +593,7 @@ impl Agent for AgentApi {
             .batch_jobs(
                 &agent,
                 req.into_inner().requests,
-                |r| (&r.entry_id, &r.spiffe_id),
+                |r| (&r.entry_id, &r.spiffe_id, &r.pod_uid),
                 |r, entry, id| {
                     if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
                         return Err(Status::invalid_argument(format!(

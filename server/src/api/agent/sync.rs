@@ -26,6 +26,8 @@ pub(super) struct SyncStream {
     pub(super) federates_with: BTreeSet<TrustDomain>,
     /// The federated bundles last sent; `None` before the first send.
     pub(super) sent_federated: Option<BTreeMap<TrustDomain, Arc<Bundle>>>,
+    /// Pods that leave the agent's node, for a `k8s_psat` agent.
+    pub(super) gone_pods: Option<GonePods>,
 }
 
 /// Keeps `connected_agents` right however the stream ends.
@@ -73,6 +75,7 @@ impl SyncStream {
         if let Some(f) = federated.as_mut() {
             f.borrow_and_update();
         }
+        let mut gone_pods = self.gone_pods.take();
         self.sync_federated().await?;
 
         let mut fallback = tokio::time::interval(self.fallback);
@@ -119,6 +122,21 @@ impl SyncStream {
                     } else if let Some(f) = federated.as_mut() {
                         f.borrow_and_update();
                     }
+                }
+                uids = async {
+                    match gone_pods.as_mut() {
+                        Some(g) => g.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Only this: no entry or node changed.
+                    self.send(pb::SyncEntriesResponse {
+                        revision: self.revision,
+                        gone_pod_uids: uids,
+                        ..Default::default()
+                    })
+                    .await?;
+                    continue;
                 }
                 changed = bundles.changed() => {
                     if changed.is_err() {

@@ -402,6 +402,7 @@ async fn every_call_is_counted_by_method_and_outcome() {
             entry_id: "none".into(),
             audience: vec!["a".into()],
             spiffe_id: String::new(),
+            pod_uid: String::new(),
         })
         .await
         .unwrap_err();
@@ -623,12 +624,14 @@ async fn mint_checks_the_requested_id_against_the_entry() {
             entry_id: entry_id.to_owned(),
             csr: key_and_csr().1,
             spiffe_id: spiffe_id.to_owned(),
+            pod_uid: String::new(),
         }],
     };
     let jwt = |entry_id: &str, spiffe_id: &str| pb::MintJwtsvidRequest {
         entry_id: entry_id.to_owned(),
         audience: vec!["db".into()],
         spiffe_id: spiffe_id.to_owned(),
+        pod_uid: String::new(),
     };
 
     // An instance of the template: the SVID carries the requested ID.
@@ -764,6 +767,7 @@ async fn mints_refuse_reserved_ids() {
             entry_id: entry_id.to_owned(),
             csr: key_and_csr().1,
             spiffe_id: spiffe_id.to_owned(),
+            pod_uid: String::new(),
         }],
     };
     for (entry_id, spiffe_id, why) in [
@@ -1040,6 +1044,7 @@ fn x509_batch(entry_ids: &[&str], csr: &[u8]) -> pb::BatchMintX509svidRequest {
                 entry_id: (*id).to_owned(),
                 csr: csr.to_vec(),
                 spiffe_id: String::new(),
+                pod_uid: String::new(),
             })
             .collect(),
     }
@@ -1050,6 +1055,7 @@ fn jwt_request(entry_id: &str, audience: &[&str]) -> pb::MintJwtsvidRequest {
         entry_id: entry_id.into(),
         audience: audience.iter().map(|a| (*a).to_owned()).collect(),
         spiffe_id: String::new(),
+        pod_uid: String::new(),
     }
 }
 
