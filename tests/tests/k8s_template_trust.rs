@@ -5,7 +5,8 @@
 //! it has stored its SVID); the tests then speak for them straight to the agent API with their
 //! SVIDs and forged requests, as a compromised node would. Workload pods exist only in the API
 //! (`spec.nodeName` set, no kubelet). Every refusal is PermissionDenied naming the failed
-//! check, signs nothing (the server's signing counters do not move) and leaves a WARN line.
+//! check (Unavailable while the pod cache is stale: the server cannot judge), signs nothing
+//! (the server's signing counters do not move) and leaves a WARN line.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -221,16 +222,25 @@ impl Link<'_> {
 
     /// Both kinds are refused for `id`, naming `why`, with nothing signed and a WARN line.
     fn refuses(&self, server: &Server, entry: &str, id: &str, pod_uid: &str, why: &str) {
+        self.refuses_with(server, Code::PermissionDenied, entry, id, pod_uid, why);
+    }
+
+    /// As [`Self::refuses`], answered with `code`.
+    fn refuses_with(
+        &self,
+        server: &Server,
+        code: Code,
+        entry: &str,
+        id: &str,
+        pod_uid: &str,
+        why: &str,
+    ) {
         let before = signed(server);
         for err in [
             self.x509(entry, id, pod_uid).unwrap_err(),
             self.jwt(entry, id, pod_uid).unwrap_err(),
         ] {
-            assert_eq!(
-                err.code(),
-                Code::PermissionDenied,
-                "{id} {pod_uid}: {err:?}"
-            );
+            assert_eq!(err.code(), code, "{id} {pod_uid}: {err:?}");
             assert!(
                 err.message().contains(why),
                 "{id} {pod_uid}: {}",
@@ -484,13 +494,22 @@ fn no_instance_is_signed_from_a_pod_cache_stale_past_the_bound_and_signing_recov
         after >= Duration::from_secs(25),
         "refused {after:?} after the cut, before the 30 s bound: {refused:?}"
     );
-    assert_eq!(refused.code(), Code::PermissionDenied);
+    // Unavailable, not PermissionDenied: the server cannot judge, so the agent keeps what it
+    // holds and retries.
+    assert_eq!(refused.code(), Code::Unavailable);
     assert!(
         refused.message().contains("stale since"),
         "{}",
         refused.message()
     );
-    a.refuses(&server, &ns_sa, &web_id, &web_a, "stale since");
+    a.refuses_with(
+        &server,
+        Code::Unavailable,
+        &ns_sa,
+        &web_id,
+        &web_a,
+        "stale since",
+    );
     // The watch task says so at ERROR when it next retries (at most 8 s apart).
     wait_for(
         "an ERROR line saying the pod cache is stale",

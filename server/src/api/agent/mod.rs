@@ -316,10 +316,18 @@ impl AgentApi {
         )
         .map_err(|refusal| {
             tracing::warn!(agent_id = %agent.id, entry_id = %entry.id, spiffe_id = %id, pod_uid, "mint refused: {refusal}");
-            Status::permission_denied(format!(
+            let message = format!(
                 "entry {:?} does not give {id} to this agent: {refusal}",
                 entry.id
-            ))
+            );
+            // A pod cache not (or no longer) in step with the API judges nothing about the
+            // request: Unavailable, so the agent keeps serving what it holds and retries,
+            // instead of withdrawing valid SVIDs as it does on a refusal.
+            if matches!(refusal, instances::Refusal::Cache(_)) {
+                Status::unavailable(message)
+            } else {
+                Status::permission_denied(message)
+            }
         })
     }
 
