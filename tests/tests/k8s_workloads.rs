@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sigil_testkit::k8s::{kube, psat_server_plugin};
+use sigil_testkit::k8s::{Kube, kube, psat_server_plugin};
 use sigil_testkit::kubelet::{self, TestPod};
 use sigil_testkit::{Agent, Server, ServerOptions, agent_bin, wait_for};
 
@@ -24,6 +24,33 @@ fn with_k8s_attestor(agent: &Agent, kubelet_port: u16, proc_root: &Path) {
 
 /// Runs `sigil-agent api fetch <args>` as a process placed in `pod` (or with `cgroup` text)
 /// before it talks to the agent: `exec` keeps the PID the fake cgroup is written for.
+/// A server accepting PSATs of `ns`'s `spire-agent` service account for `cluster`, with the
+/// node alias `spiffe://example.org/k8s-cluster/<cluster>` on that cluster's selector.
+fn psat_server_with_alias(k: &Kube, ns: &str, cluster: &str, dir: &Path) -> (Server, String) {
+    let server = Server::start(ServerOptions {
+        extra_plugins: psat_server_plugin(
+            cluster,
+            &k.server_kubeconfig(dir),
+            &[&format!("{ns}:spire-agent")],
+            &["spire-server"],
+            &[],
+            &[],
+        ),
+        ..ServerOptions::default()
+    });
+    let alias = format!("spiffe://example.org/k8s-cluster/{cluster}");
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-node",
+        "-spiffeID",
+        &alias,
+        "-selector",
+        &format!("k8s_psat:cluster:{cluster}"),
+    ]);
+    (server, alias)
+}
+
 fn fetch_as(agent: &Agent, proc_root: &Path, pod: Option<&TestPod>, args: &str) -> Output {
     let script = format!(
         "read _; exec {} api fetch {args} -socketPath {} -output json",
@@ -239,28 +266,7 @@ fn psat_node_alias_serves_checkout_service_and_templates_to_the_right_pods() {
     let other = api_pod(&shop_ns, "checkout-1", 4);
     let dir = tempfile::tempdir().unwrap();
     let cluster = "demo";
-    let server = Server::start(ServerOptions {
-        extra_plugins: psat_server_plugin(
-            cluster,
-            &k.server_kubeconfig(dir.path()),
-            &[&format!("{ns}:spire-agent")],
-            &["spire-server"],
-            &[],
-            &[],
-        ),
-        ..ServerOptions::default()
-    });
-
-    let alias = "spiffe://example.org/k8s-cluster/demo";
-    server.cli_json(&[
-        "entry",
-        "create",
-        "-node",
-        "-spiffeID",
-        alias,
-        "-selector",
-        &format!("k8s_psat:cluster:{cluster}"),
-    ]);
+    let (server, alias) = psat_server_with_alias(k, &ns, cluster, dir.path());
     let checkout = "spiffe://example.org/ns/payments/sa/checkout-service";
     server.cli_json(&[
         "entry",
@@ -268,7 +274,7 @@ fn psat_node_alias_serves_checkout_service_and_templates_to_the_right_pods() {
         "-spiffeID",
         checkout,
         "-parentID",
-        alias,
+        &alias,
         "-selector",
         &format!("k8s:ns:{pay_ns}"),
         "-selector",
@@ -281,7 +287,7 @@ fn psat_node_alias_serves_checkout_service_and_templates_to_the_right_pods() {
         "-spiffeID",
         "spiffe://example.org/pods/{k8s:ns}/{k8s:pod-name}",
         "-parentID",
-        alias,
+        &alias,
         "-selector",
         "k8s:ns",
     ]);
@@ -348,27 +354,7 @@ fn a_deleted_pod_stops_getting_its_identity_while_a_live_replica_keeps_it() {
     let live = replica("web-2", 6);
     let dir = tempfile::tempdir().unwrap();
     let cluster = "gone";
-    let server = Server::start(ServerOptions {
-        extra_plugins: psat_server_plugin(
-            cluster,
-            &k.server_kubeconfig(dir.path()),
-            &[&format!("{ns}:spire-agent")],
-            &["spire-server"],
-            &[],
-            &[],
-        ),
-        ..ServerOptions::default()
-    });
-    let alias = "spiffe://example.org/k8s-cluster/gone";
-    server.cli_json(&[
-        "entry",
-        "create",
-        "-node",
-        "-spiffeID",
-        alias,
-        "-selector",
-        &format!("k8s_psat:cluster:{cluster}"),
-    ]);
+    let (server, alias) = psat_server_with_alias(k, &ns, cluster, dir.path());
     server.cli_json(&[
         "entry",
         "create",
@@ -376,7 +362,7 @@ fn a_deleted_pod_stops_getting_its_identity_while_a_live_replica_keeps_it() {
         "-spiffeID",
         "spiffe://example.org/ns/{k8s:ns}/sa/{k8s:sa}",
         "-parentID",
-        alias,
+        &alias,
         "-selector",
         "k8s:ns",
     ]);
