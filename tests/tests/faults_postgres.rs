@@ -200,8 +200,11 @@ fn postgres_restarted_under_load_loses_nothing_and_the_server_reconnects() {
     let acked = acked.lock().unwrap().clone();
     let present = batches_present(&url, "restart");
     assert_whole(&present, &acked, SIZE);
-    // The server is healthy and serves every entry (it was never restarted).
-    server.cli_ok(&["healthcheck"]);
+    // The server is healthy and serves every entry (it was never restarted). Readiness
+    // follows the datastore write probe, which runs every 5 s: healthy within two periods.
+    wait_for("healthy again", Duration::from_secs(12), || {
+        server.cli(&["healthcheck"]).status.success().then_some(())
+    });
     let listed: usize = server
         .cli_ok(&["entry", "count"])
         .split_whitespace()
