@@ -8,6 +8,7 @@
 
 mod cfssl;
 mod mint;
+mod pod_check;
 mod procs;
 mod prune;
 mod raw;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::pod_check::PodCheckSize;
 use crate::report::{Figure, Machine, Report, Target};
 use crate::scale::ScaleSize;
 use crate::stats::{millis, percentile};
@@ -63,6 +65,9 @@ enum Group {
     Scale,
     /// Pruning of stale entries, nodes and tokens while an agent syncs and entries are created.
     Prune,
+    /// Templated mints with and without the pod check, and the server's pod cache as pods are
+    /// created (on the test kit's kube-apiserver; "n.a." rows without one).
+    Templates,
 }
 
 impl Group {
@@ -91,6 +96,7 @@ pub struct Size {
     pub scale: ScaleSize,
     /// Expired entries (and as many expired nodes and join tokens) pruned in one run.
     pub prune_stale: usize,
+    pub pod_check: PodCheckSize,
 }
 
 /// `BatchMintX509SVID` calls (of 500 requests) in flight at once.
@@ -124,6 +130,10 @@ impl Size {
                     queries: 50,
                 },
                 prune_stale: 10_000,
+                pod_check: PodCheckSize {
+                    rounds: 300,
+                    pods: 500,
+                },
             }
         } else {
             Self {
@@ -140,6 +150,10 @@ impl Size {
                     queries: 200,
                 },
                 prune_stale: 100_000,
+                pod_check: PodCheckSize {
+                    rounds: 3000,
+                    pods: 10_000,
+                },
             }
         }
     }
@@ -219,6 +233,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if group.includes(Group::Prune) {
         eprintln!("sigil-bench: prune");
         figures.extend(prune::run(size.prune_stale).await?);
+    }
+    if group.includes(Group::Templates) {
+        eprintln!("sigil-bench: templates (pod check, pod cache)");
+        figures.extend(pod_check::run(&size.pod_check, &csrs).await?);
     }
 
     let report = Report {

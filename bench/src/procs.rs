@@ -21,12 +21,19 @@ const POLL: Duration = Duration::from_millis(5);
 /// Writes the server's config (SQLite datastore, disk key manager, join_token attestor) and
 /// starts it; returns once the admin API answers.
 pub(crate) async fn start_server() -> anyhow::Result<Server> {
+    start_server_with_plugins(String::new()).await
+}
+
+/// [`start_server`] with `plugins` (HCL) added to its `plugins { }` block, e.g. a `k8s_psat`
+/// node attestor.
+pub(crate) async fn start_server_with_plugins(plugins: String) -> anyhow::Result<Server> {
     let mut server = Server::configure(ServerOptions {
         trust_domain: TRUST_DOMAIN.into(),
         log_level: "INFO".into(),
         health: false,
         // The mint benchmarks drive ~50k signings/s from one agent: far beyond SPIRE's 500/s.
         extra_server: "ratelimit {\n    signing = false\n  }".into(),
+        extra_plugins: plugins,
         ..ServerOptions::default()
     });
     spawn_server(&mut server).await?;

@@ -1,5 +1,6 @@
 //! The results: one row per figure (value, unit, target, verdict), printed as a table and
-//! written as JSON. Targets are issue #6's; they are reported, never asserted.
+//! written as JSON. Targets are the issues' (#6; #17 for the pod check); they are reported, never
+//! asserted.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,6 +17,8 @@ pub(crate) enum Target {
     AtLeast(f64),
     /// Met when value < bound.
     Below(f64),
+    /// Met when value <= bound (a count whose target is exactly 0).
+    AtMost(f64),
 }
 
 impl Target {
@@ -24,6 +27,7 @@ impl Target {
             Self::None => "-".into(),
             Self::AtLeast(b) => format!(">= {} {unit}", number(b)),
             Self::Below(b) => format!("< {} {unit}", number(b)),
+            Self::AtMost(b) => format!("<= {} {unit}", number(b)),
         }
     }
 }
@@ -66,6 +70,7 @@ impl Figure {
             Target::None => Verdict::NotApplicable,
             Target::AtLeast(b) if value >= b => Verdict::Met,
             Target::Below(b) if value < b => Verdict::Met,
+            Target::AtMost(b) if value <= b => Verdict::Met,
             _ => Verdict::Missed,
         };
         Self {
@@ -198,6 +203,14 @@ mod tests {
         assert_eq!(
             Figure::new("b", 1.9, "ms", Target::Below(2.0), "").verdict,
             Verdict::Met
+        );
+        assert_eq!(
+            Figure::new("c", 0.0, "requests", Target::AtMost(0.0), "").verdict,
+            Verdict::Met
+        );
+        assert_eq!(
+            Figure::new("c", 0.5, "requests", Target::AtMost(0.0), "").verdict,
+            Verdict::Missed
         );
         assert_eq!(
             Figure::new("c", 1.0, "/s", Target::None, "").verdict,
