@@ -95,6 +95,21 @@ impl World {
         rt.block_on(async { server_connection(server, &svid, &bundle) })
     }
 
+    /// The agent of pod `agent_pod`, attested, as a [`Link`] that checks JWTs with `jwt_keys`.
+    fn link<'r>(
+        &self,
+        server: &Server,
+        agent_pod: &str,
+        rt: &'r Runtime,
+        jwt_keys: Vec<serde_json::Value>,
+    ) -> Link<'r> {
+        Link {
+            rt,
+            conn: self.attest(server, agent_pod, rt),
+            jwt_keys,
+        }
+    }
+
     /// A pod of service account `web` labelled `app=<app>` in `ns`, bound to `node`: its UID.
     fn pod(&self, ns: &str, name: &str, node: &str, app: &str) -> String {
         kube().pod(ns, name, "web", node, &[("app", app)])
@@ -273,16 +288,8 @@ fn an_agent_is_signed_only_the_instances_of_pods_on_its_own_node() {
     let server = w.server(&k.server_kubeconfig(w.dir.path()));
     let rt = multi_thread_rt();
     let jwt_keys = jwt_keys(&server);
-    let a = Link {
-        rt: &rt,
-        conn: w.attest(&server, "agent-a", &rt),
-        jwt_keys: jwt_keys.clone(),
-    };
-    let b = Link {
-        rt: &rt,
-        conn: w.attest(&server, "agent-b", &rt),
-        jwt_keys,
-    };
+    let a = w.link(&server, "agent-a", &rt, jwt_keys.clone());
+    let b = w.link(&server, "agent-b", &rt, jwt_keys);
     let ns_sa = create_template(&server, NS_SA, &["k8s:ns"]);
     let by_app = create_template(
         &server,
@@ -394,16 +401,8 @@ fn a_deleted_pods_uid_reaches_only_its_nodes_agent() {
     let server = w.server(&k.server_kubeconfig(w.dir.path()));
     let rt = multi_thread_rt();
     let jwt_keys = jwt_keys(&server);
-    let a = Link {
-        rt: &rt,
-        conn: w.attest(&server, "agent-a", &rt),
-        jwt_keys: jwt_keys.clone(),
-    };
-    let b = Link {
-        rt: &rt,
-        conn: w.attest(&server, "agent-b", &rt),
-        jwt_keys,
-    };
+    let a = w.link(&server, "agent-a", &rt, jwt_keys.clone());
+    let b = w.link(&server, "agent-b", &rt, jwt_keys);
     let ns_sa = create_template(&server, NS_SA, &["k8s:ns"]);
     let web_id = format!("spiffe://example.org/ns/{}/sa/web", w.ns);
     let pod_a = w.pod(&w.ns, "web-a", &w.node_a, "web");
@@ -473,11 +472,7 @@ fn no_instance_is_signed_from_a_pod_cache_stale_past_the_bound_and_signing_recov
     );
     let server = w.server(&kubeconfig);
     let rt = multi_thread_rt();
-    let a = Link {
-        rt: &rt,
-        conn: w.attest(&server, "agent-a", &rt),
-        jwt_keys: jwt_keys(&server),
-    };
+    let a = w.link(&server, "agent-a", &rt, jwt_keys(&server));
     let ns_sa = create_template(&server, NS_SA, &["k8s:ns"]);
     let web_id = format!("spiffe://example.org/ns/{}/sa/web", w.ns);
     let web_a = w.pod(&w.ns, "web-a", &w.node_a, "web");
