@@ -910,7 +910,13 @@ fn the_readme_template_entry_gives_istio_proxies_their_ns_sa_identity() {
     let mut agent = Agent::configure_psat(&server, "demo", &token_path);
     // The socket's name from deploy/istio/agent.conf; the k8s workload attestor on the test
     // kubelet and a fake procfs.
-    let socket = agent.socket.with_file_name(SOCKET_FILE);
+    let istio_socket = PathBuf::from(hcl_string(
+        &read(&istio_dir().join("agent.conf")),
+        "socket_path",
+    ));
+    let socket = agent
+        .socket
+        .with_file_name(istio_socket.file_name().unwrap());
     let port = kubelet::start(vec![sleep.clone(), gateway.clone()]);
     let proc_dir = tempfile::tempdir().unwrap();
     let proc_root = proc_dir.path();
@@ -949,7 +955,7 @@ fn the_readme_template_entry_gives_istio_proxies_their_ns_sa_identity() {
                 (!found.0.is_empty()).then_some(found)
             },
         );
-        assert_eq!(ids, [expected.clone()], "{}", agent.log());
+        assert_eq!(ids, std::slice::from_ref(&expected), "{}", agent.log());
         assert_eq!(uris, [vec![expected]]);
     }
 }
