@@ -368,11 +368,11 @@ fn the_real_api_server_accepts_the_component_the_example_and_the_injected_pod_in
         .arg(&users)
         .output()
         .unwrap();
-    // A test API server started by a real-apiserver.sh older than --allow-privileged=true
-    // refuses the CSI driver's pod: `real-apiserver.sh stop`, then `start`.
     let text = stdout_ok(
         out,
-        "kubectl apply --dry-run=server -k <deploy/ + deploy/istio>",
+        "kubectl apply --dry-run=server -k <deploy/ + deploy/istio> (an API server started by a \
+         real-apiserver.sh without --allow-privileged=true refuses the CSI driver's privileged \
+         pod: `bash testkit/k8s/real-apiserver.sh stop`, then `start`)",
     );
     let objects = yaml_documents(&kustomize(&users));
     let accepted = text
