@@ -14,6 +14,7 @@ mod prune;
 mod raw;
 mod report;
 mod scale;
+mod sds;
 mod stats;
 mod workload;
 
@@ -27,6 +28,7 @@ use clap::{Parser, Subcommand};
 use crate::pod_check::PodCheckSize;
 use crate::report::{Figure, Machine, Report, Target};
 use crate::scale::ScaleSize;
+use crate::sds::SdsSize;
 use crate::stats::{millis, percentile};
 
 #[derive(Debug, Parser)]
@@ -68,6 +70,8 @@ enum Group {
     /// Templated mints with and without the pod check, and the server's pod cache as pods are
     /// created (on the test kit's kube-apiserver; "n.a." rows without one).
     Templates,
+    /// Envoy SDS: push after rotation and after entry create, memory per open stream.
+    Sds,
 }
 
 impl Group {
@@ -97,6 +101,7 @@ pub struct Size {
     /// Expired entries (and as many expired nodes and join tokens) pruned in one run.
     pub prune_stale: usize,
     pub pod_check: PodCheckSize,
+    pub sds: SdsSize,
 }
 
 /// `BatchMintX509SVID` calls (of 500 requests) in flight at once.
@@ -134,6 +139,10 @@ impl Size {
                     rounds: 300,
                     pods: 500,
                 },
+                sds: SdsSize {
+                    creates: 10,
+                    rotations: 3,
+                },
             }
         } else {
             Self {
@@ -153,6 +162,10 @@ impl Size {
                 pod_check: PodCheckSize {
                     rounds: 3000,
                     pods: 10_000,
+                },
+                sds: SdsSize {
+                    creates: 100,
+                    rotations: 20,
                 },
             }
         }
@@ -237,6 +250,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if group.includes(Group::Templates) {
         eprintln!("sigil-bench: templates (pod check, pod cache)");
         figures.extend(pod_check::run(&size.pod_check, &csrs).await?);
+    }
+    if group.includes(Group::Sds) {
+        eprintln!("sigil-bench: SDS");
+        figures.extend(sds::run(&size.sds).await?);
     }
 
     let report = Report {

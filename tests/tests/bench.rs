@@ -79,6 +79,9 @@ fn quick_benchmark_produces_every_figure() {
         "pod cache 500 pods: server RSS after",
         "pod cache 500 pods: API requests by the server",
         "pod cache 500 pods: create to mintable p99",
+        "SDS push after rotation: p99",
+        "SDS push after entry create, 10 entries: p99",
+        "SDS: agent RSS per open stream",
     ] {
         assert!(
             names.contains(&expected),
