@@ -493,3 +493,45 @@ async fn fetch_raw(h: &Harness, message: Bogus) -> Result<DiscoveryResponse, ton
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// Istio's case: one template entry, each caller's identity rendered from its selectors. The
+/// stream waits while the instance is minted on demand, then gets it.
+#[tokio::test]
+async fn a_template_entry_is_minted_on_demand_and_pushed() {
+    use crate::cache::RenderedKey;
+    use crate::cache::testing::template_entry;
+
+    let h = Harness::start(Options::default()).await;
+    h.cache.upsert_entries(vec![template_entry(
+        "t",
+        "spiffe://example.org/uid/{unix:uid}",
+        &["unix:uid"],
+        1,
+    )]);
+    let uid = nix::unistd::geteuid().as_raw();
+    let id = format!("spiffe://example.org/uid/{uid}");
+    let mut s = SdsStream::open(&h, subscribe(&["default", "ROOTCA"], None))
+        .await
+        .unwrap();
+    s.quiet().await;
+    let key = RenderedKey {
+        entry_id: "t".into(),
+        spiffe_id: sigil_proto::SpiffeId::new(&id).unwrap(),
+    };
+    assert_eq!(
+        h.cache.demand().keys(),
+        std::slice::from_ref(&key),
+        "the stream asked for its instance"
+    );
+    assert!(
+        h.cache
+            .set_rendered_svids(vec![(key, h.ca.svid(&id))])
+            .is_empty()
+    );
+    let first = s.next().await.unwrap();
+    assert_eq!(first.version_info, "1");
+    let got = secrets(&first);
+    assert_eq!(names_of(&got), ["ROOTCA", "default"]);
+    assert_eq!(tls_certificate(&got[1]).0, id);
+    h.stop().await;
+}
