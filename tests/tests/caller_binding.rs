@@ -8,7 +8,8 @@
 //! - execs a plain binary registered by `unix:path`: the connection must not get that
 //!   binary's identity.
 //!
-//! Before the fix, the first two obtained root's SVID and key. Root and `setpriv` needed.
+//! Envoy SDS on the same socket is held to the same binding. Before the fix, the first two
+//! obtained root's SVID and key. Root and `setpriv` needed.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -183,9 +184,13 @@ fn a_setuid_exec_after_connecting_gains_nothing() {
     register_uid(&server, NOBODY_ID, &agent_id, NOBODY, &[]);
 
     let mut attack = Attack::start(&agent.socket, &["exec", "/usr/bin/passwd"]);
-    // Before the exec the connection serves its own user, on a call and on a stream.
+    // Before the exec the connection serves its own user, on a call and on a stream, over the
+    // Workload API and over SDS.
     assert_eq!(attack.fetch_when_registered(), [NOBODY_ID]);
     assert_eq!(ids(&attack.send("stream")), [NOBODY_ID]);
+    let sds = ["spiffe://example.org", NOBODY_ID];
+    assert_eq!(ids(&attack.send("sds")), sds);
+    assert_eq!(ids(&attack.send("sds-stream")), sds);
 
     attack.release();
     let pid = attack.pid();
@@ -209,6 +214,8 @@ fn a_setuid_exec_after_connecting_gains_nothing() {
         &[],
     );
     assert_refused(&attack.send("next"), "changed its user or group IDs");
+    assert_refused(&attack.send("sds"), "changed its user or group IDs");
+    assert_refused(&attack.send("sds-next"), "changed its user or group IDs");
     attack.assert_never_got(ROOT_ID);
     assert!(
         agent
@@ -248,6 +255,7 @@ fn a_connection_left_by_an_exited_process_gets_nothing_even_when_root_reuses_its
         panic!("could not give PID {pid} to a root process through /proc/sys/kernel/ns_last_pid");
     };
     assert_refused(&attack.send("fetch"), "has exited");
+    assert_refused(&attack.send("sds"), "has exited");
     attack.assert_never_got(ROOT_ID);
     let _ = root_process.kill();
     let _ = root_process.wait();

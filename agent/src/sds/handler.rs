@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use ring::digest;
 use sigil_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -19,7 +18,7 @@ use tracing::debug;
 
 use super::config::SdsConfig;
 use super::resources::{resources, secret_type_url};
-use super::stream::{StreamState, check_type_url, validation};
+use super::stream::{StreamState, Trigger, check_type_url, content_version, validation};
 use super::view::WorkloadView;
 use crate::cache::Snapshot;
 use crate::endpoints::{Caller, LatestStream, caller};
@@ -85,7 +84,7 @@ impl SecretDiscoveryService for Handler {
             let mut view: Option<Arc<WorkloadView>> = None;
             let mut snapshot_changed = true;
             let end: Option<Status> = loop {
-                let mut due = false;
+                let mut due = None;
                 if snapshot_changed {
                     snapshot_changed = false;
                     let snapshot = cache_rx.borrow_and_update().clone();
@@ -93,7 +92,7 @@ impl SecretDiscoveryService for Handler {
                         Err(err) => break Some(err.into()),
                         Ok(Some(new)) if view.as_deref() != Some(&*new) => {
                             view = Some(new);
-                            due = state.on_new_view();
+                            due = state.on_new_view().then_some(Trigger::NewView);
                         }
                         Ok(_) => {}
                     }
@@ -108,7 +107,7 @@ impl SecretDiscoveryService for Handler {
                         }
                         next = requests.message() => match next {
                             Ok(Some(request)) => match state.on_request(request) {
-                                Ok(answer) => due = answer,
+                                Ok(answer) => due = answer.then_some(Trigger::Request),
                                 Err(status) => break Some(status),
                             },
                             // The client closed its side or went away.
@@ -122,17 +121,18 @@ impl SecretDiscoveryService for Handler {
                         _ = cancel.cancelled() => break Some(RequestError::ShuttingDown.into()),
                     }
                 }
-                let Some(current) = view.as_deref().filter(|_| due) else {
+                let (Some(current), Some(trigger)) = (view.as_deref(), due) else {
                     continue;
+                };
+                let response = match state.response(current, &config, trigger) {
+                    Ok(Some(response)) => response,
+                    Ok(None) => continue,
+                    Err(status) => break Some(status),
                 };
                 // Each push is for the process that opened the connection, still there.
                 if let Err(e) = peer.verify() {
                     break Some(RequestError::Peer(e).into());
                 }
-                let response = match state.response(current, &config) {
-                    Ok(response) => response,
-                    Err(status) => break Some(status),
-                };
                 debug!(
                     pid,
                     version = %response.version_info,
@@ -197,16 +197,4 @@ impl Handler {
             }
         }
     }
-}
-
-/// FetchSecrets' `version_info`: a digest of the resources, so that a poller can tell
-/// whether anything changed (SPIRE sends none).
-fn content_version(resources: &[prost_types::Any]) -> String {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for any in resources {
-        ctx.update(any.type_url.as_bytes());
-        ctx.update(&(any.value.len() as u64).to_be_bytes());
-        ctx.update(&any.value);
-    }
-    hex::encode(&ctx.finish().as_ref()[..8])
 }

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeSet;
 
+use prost_types::Any;
 use rand::RngCore as _;
+use ring::digest;
 use sigil_proto::envoy::config::core::v3::Node;
 use sigil_proto::envoy::config::core::v3::node::UserAgentVersionType;
 use sigil_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -24,11 +26,23 @@ const MAX_LOGGED_ERROR: usize = 1024;
 /// The node metadata key with which an Envoy overrides `disable_spiffe_cert_validation`.
 const DISABLE_SPIFFE_VALIDATION_KEY: &str = "disable_spiffe_cert_validation";
 
+/// Why a response is being built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Trigger {
+    /// The first request, or new resource names: answered at once, under the current version.
+    Request,
+    /// The caller's view changed: sent, under a new version, only if the resources asked for
+    /// changed (a federated bundle the stream did not ask for changes nothing it holds).
+    NewView,
+}
+
 /// One stream's protocol state.
 #[derive(Debug, Default)]
 pub(super) struct StreamState {
-    /// Counts the views the stream has seen; "0" before the first.
+    /// Counts the distinct contents sent; "1" for the first response.
     version: u64,
+    /// A digest of the resources last sent.
+    last_sent: Option<String>,
     /// The nonce of the last response sent; requests must answer it.
     last_nonce: Option<String>,
     /// The resource names last asked for; `None` before the first request.
@@ -91,30 +105,52 @@ impl StreamState {
         Ok(changed)
     }
 
-    /// A new view: `true` when a response is due (something was asked for already).
-    pub(super) fn on_new_view(&mut self) -> bool {
-        self.version += 1;
+    /// A new view: `true` when a response may be due (something was asked for already).
+    pub(super) fn on_new_view(&self) -> bool {
         self.names.is_some()
     }
 
-    /// The response to send for the names last asked for, under a fresh nonce.
+    /// The response to send for the names last asked for, under a fresh nonce; `None` when a
+    /// new view leaves the resources asked for as they were sent.
     pub(super) fn response(
         &mut self,
         view: &WorkloadView,
         config: &SdsConfig,
-    ) -> Result<DiscoveryResponse, Status> {
+        trigger: Trigger,
+    ) -> Result<Option<DiscoveryResponse>, Status> {
         let names = self.names.as_deref().unwrap_or_default();
         let validation = validation(self.node.as_ref(), config);
         let resources = resources(view, names, config, validation)?;
+        let digest = content_version(&resources);
+        let unchanged = self.last_sent.as_ref() == Some(&digest);
+        match trigger {
+            Trigger::NewView if unchanged => return Ok(None),
+            Trigger::NewView => self.version += 1,
+            Trigger::Request => self.version = self.version.max(1),
+        }
+        self.last_sent = Some(digest);
         let nonce = nonce();
         self.last_nonce = Some(nonce.clone());
-        Ok(DiscoveryResponse {
+        Ok(Some(DiscoveryResponse {
             version_info: self.version.to_string(),
             resources,
             type_url: secret_type_url(),
             nonce,
-        })
+        }))
     }
+}
+
+/// A digest of the resources (16 hex digits): FetchSecrets' `version_info` (so that a poller
+/// can tell whether anything changed; SPIRE sends none), and how a stream tells whether a new
+/// view changed what it holds.
+pub(super) fn content_version(resources: &[Any]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for any in resources {
+        ctx.update(any.type_url.as_bytes());
+        ctx.update(&(any.value.len() as u64).to_be_bytes());
+        ctx.update(&any.value);
+    }
+    hex::encode(&ctx.finish().as_ref()[..8])
 }
 
 /// SDS serves one type; an empty type URL is taken to mean it.

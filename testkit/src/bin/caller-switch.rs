@@ -15,6 +15,8 @@
 //! - `fetch`: one FetchX509SVID call, `{"ids": [...]}` or `{"code": n, "message": "..."}`;
 //! - `stream`: opens a FetchX509SVID stream and prints its first message the same way;
 //! - `next`: the stream's next message, waiting up to 20 s (`{"timeout": true}` if none);
+//! - `sds`, `sds-stream`, `sds-next`: the same over Envoy SDS (FetchSecrets, StreamSecrets for
+//!   every resource), `{"ids": [...]}` holding the names of the resources served;
 //! - `exit`.
 //!
 //! The connection reaches the child as its stdin because that is the one inherited descriptor
@@ -28,7 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use prost::Message as _;
 use sigil_agent::workload_api::client::SecurityHeader;
+use sigil_proto::envoy::extensions::transport_sockets::tls::v3::Secret;
+use sigil_proto::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use sigil_proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use sigil_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use sigil_proto::workload::{X509svidRequest, X509svidResponse};
 use tonic::transport::Endpoint;
@@ -101,8 +107,13 @@ fn child(fifo: &str) {
             }))
             .await
             .expect("channel over the inherited connection");
+        let mut sds = SecretDiscoveryServiceClient::new(channel.clone());
         let mut client: Client = SpiffeWorkloadApiClient::with_interceptor(channel, SecurityHeader);
         let mut stream = None;
+        let mut sds_stream = None;
+        // Held open: a StreamSecrets stream ends when its client closes the request side.
+        let (sds_requests, sds_rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(1);
+        let mut sds_rx = Some(sds_rx);
         for line in commands.lines() {
             let line = line.expect("read command");
             let result = match line.trim() {
@@ -125,6 +136,37 @@ fn child(fifo: &str) {
                         Err(_) => serde_json::json!({ "timeout": true }),
                     },
                     None => serde_json::json!({ "error": "no stream" }),
+                },
+                "sds" => match sds.fetch_secrets(DiscoveryRequest::default()).await {
+                    Ok(response) => secret_names(&response.into_inner()),
+                    Err(status) => refused(&status),
+                },
+                "sds-stream" => {
+                    sds_requests
+                        .send(DiscoveryRequest::default())
+                        .await
+                        .expect("queue the request");
+                    let requests = tokio_stream::wrappers::ReceiverStream::new(
+                        sds_rx.take().expect("one SDS stream"),
+                    );
+                    match sds.stream_secrets(requests).await {
+                        Ok(response) => {
+                            let mut s = response.into_inner();
+                            let first = next_secrets(&mut s).await;
+                            sds_stream = Some(s);
+                            first
+                        }
+                        Err(status) => refused(&status),
+                    }
+                }
+                "sds-next" => match sds_stream.as_mut() {
+                    Some(s) => {
+                        match tokio::time::timeout(Duration::from_secs(20), next_secrets(s)).await {
+                            Ok(result) => result,
+                            Err(_) => serde_json::json!({ "timeout": true }),
+                        }
+                    }
+                    None => serde_json::json!({ "error": "no SDS stream" }),
                 },
                 "exit" => break,
                 other => serde_json::json!({ "error": format!("unknown command {other:?}") }),
@@ -149,6 +191,23 @@ async fn next(stream: &mut tonic::Streaming<X509svidResponse>) -> serde_json::Va
         Ok(None) => serde_json::json!({ "ended": true }),
         Err(status) => refused(&status),
     }
+}
+
+async fn next_secrets(stream: &mut tonic::Streaming<DiscoveryResponse>) -> serde_json::Value {
+    match stream.message().await {
+        Ok(Some(response)) => secret_names(&response),
+        Ok(None) => serde_json::json!({ "ended": true }),
+        Err(status) => refused(&status),
+    }
+}
+
+fn secret_names(response: &DiscoveryResponse) -> serde_json::Value {
+    let names: Vec<String> = response
+        .resources
+        .iter()
+        .map(|any| Secret::decode(any.value.as_slice()).map_or_else(|e| e.to_string(), |s| s.name))
+        .collect();
+    serde_json::json!({ "ids": names })
 }
 
 fn refused(status: &tonic::Status) -> serde_json::Value {
