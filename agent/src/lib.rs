@@ -15,6 +15,7 @@ pub mod ops;
 pub mod procfs;
 pub mod rotation;
 pub mod run;
+pub mod sds;
 pub mod server_client;
 pub mod svid_store;
 pub mod sync;

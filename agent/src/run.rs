@@ -147,12 +147,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let attestors = Arc::new(workload_attestors(&config)?);
 
     // Bind everything before serving anything, so a socket or port clash fails start-up.
-    let listener = workload_api::bind(&config.socket_path).with_context(|| {
-        format!(
-            "cannot bind the Workload API socket {}",
-            config.socket_path.display()
-        )
-    })?;
+    // SPIRE exposes no socket when both the Workload API and SDS are disabled.
+    let serves_socket = !config.disable_workload_api || config.sds.is_some();
+    let listener = if serves_socket {
+        Some(workload_api::bind(&config.socket_path).with_context(|| {
+            format!(
+                "cannot bind the Workload API socket {}",
+                config.socket_path.display()
+            )
+        })?)
+    } else {
+        None
+    };
     let ops_server = match &config.health {
         Some(h) => {
             let paths = OpsPaths {
@@ -177,10 +183,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let api_config = WorkloadApiConfig {
         socket_path: config.socket_path.clone(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+        sds: config.sds.clone(),
+        workload_api: !config.disable_workload_api,
         ..WorkloadApiConfig::default()
     };
     let minter = Arc::new(ServerJwtMinter::new(connection.clone(), metrics.clone()));
-    {
+    if let Some(listener) = listener {
         let (rx, c) = (cache.subscribe(), cancel.clone());
         tasks.spawn("Workload API", async move {
             workload_api::serve_listener(listener, api_config, rx, attestors, minter, c)

@@ -51,3 +51,64 @@ pub mod sigil {
         }
     }
 }
+
+/// The subset of Envoy's v3 API that the agent's SDS server speaks (`proto/envoy/README.md`),
+/// under Envoy's own package names.
+pub mod envoy {
+    /// `envoy.config.*`
+    pub mod config {
+        /// `envoy.config.core`
+        pub mod core {
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    /// `envoy.type.*`
+    pub mod r#type {
+        pub mod v3 {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+    /// `envoy.extensions.*`
+    pub mod extensions {
+        /// `envoy.extensions.transport_sockets`
+        pub mod transport_sockets {
+            /// `envoy.extensions.transport_sockets.tls`
+            pub mod tls {
+                pub mod v3 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("envoy.extensions.transport_sockets.tls.v3");
+                }
+            }
+        }
+    }
+    /// `envoy.service.*`
+    pub mod service {
+        /// `envoy.service.discovery`
+        pub mod discovery {
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("envoy.service.discovery.v3");
+            }
+        }
+        /// `envoy.service.secret`
+        pub mod secret {
+            pub mod v3 {
+                #![allow(clippy::all, missing_docs)]
+                tonic::include_proto!("envoy.service.secret.v3");
+            }
+        }
+    }
+}
+
+/// `google.rpc.Status`, as xDS clients report rejected updates.
+pub mod google {
+    /// `google.rpc`
+    pub mod rpc {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("google.rpc");
+    }
+}

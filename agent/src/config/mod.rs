@@ -4,8 +4,9 @@
 //!
 //! This module reads the file and hands each block to the component that owns it: the servers
 //! and the bootstrap trust to the server link ([`ServerAddress`], [`TrustBundleSource`]), the
-//! join token to its attestor ([`JoinToken`]), each plugin's `plugin_data` to its owner
-//! ([`plugins`]), `health_checks` to sigil-common's [`HealthConfig`]. What it keeps is the
+//! join token to its attestor ([`JoinToken`]), the `sds` block to SDS ([`SdsConfig`]), each
+//! plugin's `plugin_data` to its owner ([`plugins`]), `health_checks` to sigil-common's
+//! [`HealthConfig`]. What it keeps is the
 //! agent's own: its directories, logging, the Workload API's socket and its options.
 
 pub mod plugins;
@@ -28,6 +29,7 @@ use sigil_proto::TrustDomain;
 
 pub use self::plugins::{NodeAttestorConfig, WorkloadAttestorsConfig};
 pub use crate::node_attestation::JoinToken;
+use crate::sds::SdsConfig;
 use crate::server_client::{ServerAddress, TrustBundleSource};
 use crate::svid_store::KeyManagerConfig;
 
@@ -50,6 +52,11 @@ pub struct AgentConfig {
     /// `join_token` (or `-joinToken`), used by the `join_token` node attestor.
     pub join_token: Option<JoinToken>,
     pub allow_unauthenticated_verifiers: bool,
+    /// Envoy SDS on the Workload API socket (`sds` block); `None` with `disable_sds_api`.
+    pub sds: Option<SdsConfig>,
+    /// `disable_workload_api`: the socket serves SDS only (and is not bound when SDS is
+    /// disabled too, as in SPIRE).
+    pub disable_workload_api: bool,
     /// `lost_identity_exit_delay`: how long an agent that lost its identity for good (its SVID
     /// expired or it was evicted, and it cannot attest again) keeps serving the workload SVIDs
     /// that are still valid before it exits non-zero. Default 1 min; `0s` exits at once.
@@ -125,6 +132,9 @@ impl AgentConfig {
         let join_token = JoinToken::from_agent_block(&mut a, ov.join_token.as_ref())?;
         let allow_unauthenticated_verifiers =
             a.bool("allow_unauthenticated_verifiers")?.unwrap_or(false);
+        let sds = SdsConfig::from_block(a.block("sds")?)?;
+        let sds = (!a.bool("disable_sds_api")?.unwrap_or(false)).then_some(sds);
+        let disable_workload_api = a.bool("disable_workload_api")?.unwrap_or(false);
         let lost_identity_exit_delay = a
             .duration("lost_identity_exit_delay")?
             .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
@@ -147,6 +157,8 @@ impl AgentConfig {
             trust_bundle,
             join_token,
             allow_unauthenticated_verifiers,
+            sds,
+            disable_workload_api,
             lost_identity_exit_delay,
             node_attestor: plugins.node_attestor,
             key_manager: plugins.key_manager,

@@ -8,6 +8,7 @@ use sigil_common::testing::{
 use super::*;
 use crate::node_attestation::K8sPsatConfig;
 use crate::node_attestation::k8s_psat::DEFAULT_PSAT_TOKEN_PATH;
+use crate::sds::SdsConfig;
 use crate::workload_attestation::{K8sAttestorConfig, UnixAttestorConfig};
 
 /// SPIRE's example agent config, paths under `dir`.
@@ -26,6 +27,10 @@ agent {{
   insecure_bootstrap = false
   join_token = "d3adb33f"
   allow_unauthenticated_verifiers = true
+  sds {{
+    default_svid_name = "svid"
+    disable_spiffe_cert_validation = true
+  }}
 }}
 
 plugins {{
@@ -110,6 +115,12 @@ fn spire_example_parses_into_typed_values() {
         trust_bundle: TrustBundleSource::Path(dir.path().join("bundle.crt")),
         join_token: Some(JoinToken::new("d3adb33f")),
         allow_unauthenticated_verifiers: true,
+        sds: Some(SdsConfig {
+            default_svid_name: "svid".to_owned(),
+            disable_spiffe_cert_validation: true,
+            ..SdsConfig::default()
+        }),
+        disable_workload_api: false,
         lost_identity_exit_delay: std::time::Duration::from_secs(60),
         node_attestor: NodeAttestorConfig::K8sPsat(K8sPsatConfig {
             cluster: "my-cluster".to_owned(),

@@ -1,5 +1,6 @@
 //! The agent's Unix-socket endpoints (SPIRE's `pkg/agent/endpoints`): the accept loop that
-//! every service on an agent socket is served through (the Workload API today).
+//! every service on an agent socket is served through (the Workload API and SDS), and how
+//! their callers are identified ([`caller`]).
 //!
 //! Each accepted connection is
 //! - bound to the process that opened it ([`peer`]): every call is answered for that process
@@ -15,6 +16,7 @@
 //! client that never reads fills.
 
 mod authority;
+pub mod caller;
 pub mod latest;
 pub mod limits;
 pub mod peer;
@@ -39,6 +41,7 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use authority::AuthorityFix;
+pub use caller::{Caller, CallerError};
 pub use latest::{LatestStream, Publisher};
 pub use limits::{LimitError, Limits, Permit, Usage};
 pub use peer::{BoundProcess, PeerError};

@@ -21,15 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use super::issued::{Issued, issued_x509_svids};
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
-use crate::cache::{
-    CachedX509Svid, Identity, JwtSvidCache, MintError, RenderedKey, Snapshot, SvidUnavailable,
-    pod_uid,
-};
-use crate::endpoints::{LatestStream, LimitError, Peer, PeerError};
+use crate::cache::{Identity, JwtSvidCache, MintError, Snapshot, SvidUnavailable, pod_uid};
+use crate::endpoints::{Caller, CallerError, LatestStream, LimitError, PeerError, caller};
 use crate::taint::TaintedAuthorities;
-use crate::workload_attestation::{AttestationError, WorkloadAttestor, attest_all};
+use crate::workload_attestation::WorkloadAttestor;
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -40,17 +38,15 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 pub(crate) enum RequestError {
     #[error("security header missing from request")]
     MissingSecurityHeader,
-    #[error("workload attestation failed")]
-    NoPeerCredentials,
-    /// The connection's process is gone or changed (SPIRE's wording, with the reason).
+    #[error("{0}")]
+    Caller(#[from] CallerError),
+    /// The connection's process is gone or changed since the stream began.
     #[error("could not verify existence of the original caller: {0}")]
     Peer(#[source] PeerError),
     #[error("{0}")]
     TooManyStreams(#[source] LimitError),
     #[error("stream ended: the client did not read an update within {0:?}")]
     SlowReader(Duration),
-    #[error("workload attestation failed")]
-    Attestation(#[source] AttestationError),
     #[error("no identity issued")]
     NoIdentity,
     #[error("audience must be specified")]
@@ -95,10 +91,9 @@ impl From<RequestError> for Status {
             | E::BadSpiffeId(_)
             | E::InvalidJwtSvid(_) => Self::invalid_argument(message),
             E::NoIdentity => Self::permission_denied(message),
-            E::Peer(_) => Self::unauthenticated(message),
+            E::Caller(CallerError::Peer(_)) | E::Peer(_) => Self::unauthenticated(message),
             E::TooManyStreams(_) | E::SlowReader(_) => Self::resource_exhausted(message),
-            E::NoPeerCredentials
-            | E::Attestation(_)
+            E::Caller(_)
             | E::Mint(_)
             | E::SvidNotReady
             | E::Bundle(_)
@@ -125,14 +120,6 @@ pub(crate) struct Handler {
     pub x509_responses: Arc<X509ResponseCache>,
 }
 
-/// An attested caller.
-struct Caller {
-    pid: i32,
-    selectors: Vec<Selector>,
-    /// The connection's peer, checked again before each stream update.
-    peer: Peer,
-}
-
 impl Handler {
     fn check_header<T>(request: &Request<T>) -> Result<(), RequestError> {
         let mut values = request.metadata().get_all(SECURITY_HEADER).iter();
@@ -142,30 +129,12 @@ impl Handler {
         }
     }
 
-    /// The selectors of the process that opened the connection (`endpoints::peer`).
-    async fn attest<T>(&self, request: &Request<T>) -> Result<Caller, RequestError> {
-        let peer = request
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .ok_or(RequestError::NoPeerCredentials)?;
-        let pid = peer.pid().map_err(RequestError::Peer)?;
-        let selectors = attest_all(&self.attestors, pid).await;
-        // Whatever attestation read under the PID was the connecting process's only if that
-        // process is still there, unchanged, now (SPIRE checks after attesting, too).
-        peer.verify().map_err(RequestError::Peer)?;
-        let selectors = selectors.map_err(RequestError::Attestation)?;
-        Ok(Caller {
-            pid,
-            selectors,
-            peer,
-        })
-    }
-
     /// Header check and attestation, logging why a request is refused.
     async fn caller<T>(&self, request: &Request<T>, method: &str) -> Result<Caller, Status> {
         let result = match Self::check_header(request) {
-            Ok(()) => self.attest(request).await,
+            Ok(()) => caller::attest(request, &self.attestors)
+                .await
+                .map_err(RequestError::from),
             Err(e) => Err(e),
         };
         result.map_err(|err| {
@@ -449,18 +418,8 @@ fn cached_x509_svid_response(
     Ok(built.response.clone())
 }
 
-/// Template SVIDs are minted on demand: each call records (or refreshes) the demand, with the
-/// caller's pod (the server signs an instance for a named pod), so a stream keeps its SVIDs
-/// alive while it is open.
 fn want_rendered(snapshot: &Snapshot, built: &Built, selectors: &[Selector]) {
-    if built.wanted.is_empty() {
-        return;
-    }
-    let now = unix_now();
-    let pod = pod_uid(selectors);
-    for key in &built.wanted {
-        snapshot.demand.want(key.clone(), pod, now);
-    }
+    Issued::want(snapshot, &built.wanted, selectors);
 }
 
 /// The `FetchX509SVID` message for a caller, built afresh: every matching identity whose SVID
@@ -475,77 +434,37 @@ fn x509_svid_response(
     Ok(built.response.map(Arc::unwrap_or_clone))
 }
 
-/// The X509-SVIDs of the fixed entries matching `selectors`, then those of the template
-/// entries under the IDs rendered for them, and the template instances wanted. An instance
-/// the server refused is wanted (it is asked for again) but not issued: a caller left with
-/// nothing gets `NoIdentity`, as when its entries are deleted. A pure function of its
-/// arguments, which is what lets [`X509ResponseCache`] reuse it.
+/// The FetchX509SVID message for what the caller is issued ([`issued_x509_svids`]), and the
+/// template instances wanted. A pure function of its arguments, which is what lets
+/// [`X509ResponseCache`] reuse it.
 fn build_x509_svid_response(
     snapshot: &Snapshot,
     selectors: &[Selector],
 ) -> Result<Built, RequestError> {
-    let fixed = snapshot.matching(selectors);
-    let rendered: Vec<(&Arc<Identity>, SpiffeId)> = snapshot.matching_templates(selectors);
-    if fixed.is_empty() && rendered.is_empty() {
-        return Err(RequestError::NoIdentity);
-    }
-    let mut identities: Vec<(&Arc<Identity>, SpiffeId, &Arc<CachedX509Svid>)> = Vec::new();
-    let mut wanted = Vec::new();
-    let mut issued = fixed.len();
-    for identity in fixed {
-        let Some(spiffe_id) = identity.entry.spiffe_id.fixed() else {
-            continue;
-        };
-        if let Some(svid) = &identity.svid {
-            identities.push((identity, spiffe_id.clone(), svid));
-        } else if let Some(why) = snapshot.expired(&identity.entry.id, spiffe_id) {
-            // Never an expired SVID: the cache withdrew it and says why.
-            return Err(RequestError::SvidUnavailable(why.clone()));
-        }
-    }
-    for (identity, spiffe_id) in rendered {
-        let key = RenderedKey {
-            entry_id: identity.entry.id.clone(),
-            spiffe_id,
-        };
-        let svid = snapshot.rendered.get(&key);
-        wanted.push(key.clone());
-        if snapshot.refused.contains(&key) {
-            continue;
-        }
-        issued += 1;
-        if let Some(svid) = svid {
-            identities.push((identity, key.spiffe_id, svid));
-        } else if let Some(why) = snapshot.expired(&key.entry_id, &key.spiffe_id) {
-            return Err(RequestError::SvidUnavailable(why.clone()));
-        }
-    }
-    if issued == 0 {
-        return Err(RequestError::NoIdentity);
-    }
-    let bundle = snapshot.bundle.x509_authorities_concat();
-    let mut federates_with = BTreeSet::new();
-    let mut svids = Vec::new();
-    for (identity, spiffe_id, svid) in identities {
-        federates_with.extend(identity.entry.federates_with.iter());
-        svids.push(X509svid {
-            // Equal to the leaf's URI SAN: the cache checks it when the SVID is installed.
-            spiffe_id: spiffe_id.to_string(),
-            x509_svid: svid.chain.concat(),
-            x509_svid_key: svid.private_key_pkcs8.to_vec(),
-            bundle: bundle.clone(),
-            hint: identity.entry.hint.clone(),
-        });
-    }
-    if svids.is_empty() {
+    let issued = issued_x509_svids(snapshot, selectors)?;
+    if issued.svids.is_empty() {
         return Ok(Built {
             response: None,
-            wanted,
+            wanted: issued.wanted,
         });
     }
-    let federated_bundles = federates_with
-        .into_iter()
-        .filter_map(|td| snapshot.federated.get(td))
+    let bundle = snapshot.bundle.x509_authorities_concat();
+    let svids = issued
+        .svids
+        .iter()
+        .map(|issued| X509svid {
+            // Equal to the leaf's URI SAN: the cache checks it when the SVID is installed.
+            spiffe_id: issued.spiffe_id.to_string(),
+            x509_svid: issued.svid.chain.concat(),
+            x509_svid_key: issued.svid.private_key_pkcs8.to_vec(),
+            bundle: bundle.clone(),
+            hint: issued.identity.entry.hint.clone(),
+        })
+        .collect();
+    let federated_bundles = issued
+        .federates_with
+        .iter()
+        .filter_map(|td| snapshot.federated.get(*td))
         .map(|b| (b.trust_domain.id_string(), b.x509_authorities_concat()))
         .collect();
     Ok(Built {
@@ -554,7 +473,7 @@ fn build_x509_svid_response(
             crl: Vec::new(),
             federated_bundles,
         })),
-        wanted,
+        wanted: issued.wanted,
     })
 }
 
@@ -608,6 +527,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 mod template_tests {
     use super::*;
     use crate::cache::Cache;
+    use crate::cache::RenderedKey;
     use crate::cache::testing::{TestCa, entry, selectors, template_entry};
 
     #[test]

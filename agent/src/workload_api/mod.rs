@@ -1,4 +1,5 @@
-//! The SPIFFE Workload API on a Unix socket (digest §5). Each call must carry the
+//! The SPIFFE Workload API on a Unix socket (digest §5), with Envoy's SDS beside it
+//! ([`crate::sds`]) as in SPIRE. Each call must carry the
 //! `workload.spiffe.io: true` header; the caller is identified out of band by the PID in the
 //! socket's peer credentials, attested into selectors, and served the identities of the
 //! matching registration entries from the latest cache snapshot. Streams push a new message
@@ -6,6 +7,7 @@
 
 pub mod client;
 mod handler;
+pub(crate) mod issued;
 pub mod jwt;
 mod responses;
 
@@ -24,9 +26,11 @@ use tracing::info;
 
 use crate::cache::{JwtSvidCache, JwtSvidMinter, Snapshot};
 use crate::endpoints::{self, ServeConfig};
+use crate::sds::{self, SdsConfig};
 use crate::workload_attestation::WorkloadAttestor;
 use handler::{Handler, HandlerConfig};
 
+pub(crate) use handler::RequestError;
 pub use handler::SECURITY_HEADER;
 
 /// Where the agent listens, and its CLI dials, unless configured otherwise: SPIRE's default,
@@ -72,6 +76,11 @@ pub struct WorkloadApiConfig {
     pub svid_wait: Duration,
     /// Connection and stream limits of the socket.
     pub serve: ServeConfig,
+    /// Envoy SDS on the same socket (SPIRE's `sds` block); `None`: SPIRE's
+    /// `disable_sds_api`.
+    pub sds: Option<SdsConfig>,
+    /// `false`: SPIRE's `disable_workload_api`, the socket serves SDS only.
+    pub workload_api: bool,
 }
 
 impl Default for WorkloadApiConfig {
@@ -82,6 +91,8 @@ impl Default for WorkloadApiConfig {
             allowed_foreign_jwt_claims: Vec::new(),
             svid_wait: Duration::from_secs(10),
             serve: ServeConfig::default(),
+            sds: Some(SdsConfig::default()),
+            workload_api: true,
         }
     }
 }
@@ -150,23 +161,42 @@ pub async fn serve_listener(
     minter: Arc<dyn JwtSvidMinter>,
     cancel: CancellationToken,
 ) -> Result<(), WorkloadApiError> {
-    info!(socket = %config.socket_path.display(), "Workload API listening");
-    let handler = Handler {
-        cache_rx,
-        attestors,
-        jwt_svids: JwtSvidCache::new(minter),
-        config: Arc::new(HandlerConfig {
-            allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
-            allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.clone(),
-            svid_wait: config.svid_wait,
-        }),
-        cancel: cancel.clone(),
-        x509_responses: Arc::default(),
-    };
-    let service = SpiffeWorkloadApiServer::new(handler)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES)
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let result = endpoints::serve(listener, Routes::new(service), config.serve, cancel).await;
+    let mut routes = Routes::default();
+    if let Some(sds_config) = config.sds.clone() {
+        routes = routes.add_service(sds::service(
+            sds_config,
+            cache_rx.clone(),
+            attestors.clone(),
+            config.svid_wait,
+            cancel.clone(),
+        ));
+    }
+    if config.workload_api {
+        let handler = Handler {
+            cache_rx,
+            attestors,
+            jwt_svids: JwtSvidCache::new(minter),
+            config: Arc::new(HandlerConfig {
+                allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+                allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.clone(),
+                svid_wait: config.svid_wait,
+            }),
+            cancel: cancel.clone(),
+            x509_responses: Arc::default(),
+        };
+        routes = routes.add_service(
+            SpiffeWorkloadApiServer::new(handler)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        );
+    }
+    info!(
+        socket = %config.socket_path.display(),
+        workload_api = config.workload_api,
+        sds = config.sds.is_some(),
+        "Workload API listening"
+    );
+    let result = endpoints::serve(listener, routes, config.serve, cancel).await;
     // Best effort: a leftover socket is removed by the next start anyway.
     let _ = std::fs::remove_file(&config.socket_path);
     info!("Workload API stopped");

@@ -100,7 +100,7 @@ impl Harness {
             allow_unauthenticated_verifiers: options.allow_unauthenticated_verifiers,
             allowed_foreign_jwt_claims: Vec::new(),
             svid_wait: options.svid_wait,
-            serve: Default::default(),
+            ..WorkloadApiConfig::default()
         };
         let listener = bind(&socket).unwrap();
         let cancel = CancellationToken::new();
