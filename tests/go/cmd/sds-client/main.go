@@ -12,6 +12,9 @@
 //	ack <stream>                   ACK the last response received on <stream>
 //	nack <stream> <message...>     NACK it (error_detail with <message>)
 //	subscribe <stream> [names...]  send a request with new resource names
+//	request <stream> <nonce> <type_url> [names...]
+//	                               send a request as given ("-" for the last nonce, or for
+//	                               the Secret type): a stale nonce, another type
 //	close <stream>                 half-close the stream (CloseSend)
 //	fetch [names...]               FetchSecrets (unary)
 //	delta                          open DeltaSecrets, send one request, report the status
@@ -224,7 +227,7 @@ func (d *driver) command(cmd string, args []string, line string) error {
 			return errors.New("open <stream> [names...]")
 		}
 		return d.open(args[0], args[1:])
-	case "ack", "nack", "subscribe", "close":
+	case "ack", "nack", "subscribe", "request", "close":
 		if len(args) < 1 {
 			return fmt.Errorf("%s <stream> ...", cmd)
 		}
@@ -240,6 +243,11 @@ func (d *driver) command(cmd string, args []string, line string) error {
 			return s.nack(strings.TrimSpace(msg))
 		case "subscribe":
 			return s.subscribe(args[1:])
+		case "request":
+			if len(args) < 3 {
+				return errors.New("request <stream> <nonce|-> <type_url|-> [names...]")
+			}
+			return s.request(args[1], args[2], args[3:])
 		default:
 			return s.grpc.CloseSend()
 		}
@@ -336,6 +344,21 @@ func (s *stream) subscribe(names []string) error {
 	s.names = names
 	return s.grpc.Send(&discoveryv3.DiscoveryRequest{
 		VersionInfo: s.acked, ResourceNames: names, TypeUrl: SecretTypeURL, ResponseNonce: s.lastNonce,
+	})
+}
+
+// request sends a request as the test spells it; it changes nothing the stream remembers.
+func (s *stream) request(nonce, typeURL string, names []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if nonce == "-" {
+		nonce = s.lastNonce
+	}
+	if typeURL == "-" {
+		typeURL = SecretTypeURL
+	}
+	return s.grpc.Send(&discoveryv3.DiscoveryRequest{
+		VersionInfo: s.acked, ResourceNames: names, TypeUrl: typeURL, ResponseNonce: nonce,
 	})
 }
 
