@@ -18,7 +18,7 @@
 //! | [`cli`] | the binaries' CLIs as an operator uses them (join tokens, entries, fetches) |
 //! | [`net`], [`tls`], [`proxy`] | loopback ports, a minimal HTTP GET, a TLS client that accepts any server, a TCP proxy a test can cut |
 //! | [`admin`], [`workload`], [`agent_link`] | gRPC straight to the admin API, the Workload API, and the agent API as an attested agent |
-//! | [`verify`], [`python`] | independent verifiers: openssl, sqlite3, PEM; the Python SPIFFE clients |
+//! | [`verify`], [`python`], [`go`] | independent verifiers: openssl, sqlite3, PEM; the Python SPIFFE clients; the Go test clients of `tests/go`, built on demand |
 //! | [`postgres`], [`k8s`], [`kubelet`], [`tmpfs`] | what the binaries run against: PostgreSQL, a real kube-apiserver, a test kubelet, a small tmpfs |
 //! | [`runtime`] | tokio runtimes for a test's async part |
 #![forbid(unsafe_code)]
@@ -29,6 +29,7 @@ pub mod agent_link;
 pub mod binaries;
 pub mod cli;
 pub mod config;
+pub mod go;
 pub mod k8s;
 pub mod kubelet;
 pub mod net;
