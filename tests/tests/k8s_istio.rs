@@ -956,6 +956,39 @@ fn the_readme_template_entry_gives_istio_proxies_their_ns_sa_identity() {
             },
         );
         assert_eq!(ids, std::slice::from_ref(&expected), "{}", agent.log());
-        assert_eq!(uris, [vec![expected]]);
+        assert_eq!(uris, [vec![expected.clone()]]);
+        // What Istio's proxy asks for over SDS: `default` and `ROOTCA` on the same socket.
+        let fetched = fetch_sds_as(&agent, proc_root, pod, &["default", "ROOTCA"]);
+        assert_eq!(fetched["code"], "OK", "{fetched}");
+        let resources = fetched["resources"].as_array().unwrap();
+        let default = resources.iter().find(|r| r["name"] == "default").unwrap();
+        assert_eq!(default["kind"], "tls_certificate", "{fetched}");
+        assert_eq!(default["spiffe_id"], expected.as_str(), "{fetched}");
+        let rootca = resources.iter().find(|r| r["name"] == "ROOTCA").unwrap();
+        assert_eq!(rootca["kind"], "validation_context", "{fetched}");
     }
+}
+
+/// FetchSecrets for `names` by the Go SDS client (go-control-plane), as a process of `pod`:
+/// the `fetch` event it prints.
+fn fetch_sds_as(agent: &Agent, proc_root: &Path, pod: &TestPod, names: &[&str]) -> Value {
+    let mut child = Command::new(sigil_testkit::go::go_program("sds-client"))
+        .arg("-socket")
+        .arg(&agent.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // It dials only when told to, so it is in the pod before it connects.
+    kubelet::place_in_pod(proc_root, child.id(), pod);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "fetch {}\nquit", names.join(" ")).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "fetch")
+        .unwrap_or_else(|| panic!("no fetch event: {}", String::from_utf8_lossy(&out.stdout)))
 }
