@@ -6,16 +6,18 @@ use std::collections::BTreeSet;
 
 use prost::Name as _;
 use prost_types::Any;
-use sigil_proto::TrustDomain;
+use sigil_proto::bundle::pem_encode;
 use sigil_proto::envoy::config::core::v3::{DataSource, TypedExtensionConfig, data_source};
 use sigil_proto::envoy::extensions::transport_sockets::tls::v3::spiffe_cert_validator_config::TrustDomain as ValidatorTrustDomain;
 use sigil_proto::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
 };
+use sigil_proto::{Bundle, TrustDomain};
 use tonic::Status;
+use zeroize::Zeroizing;
 
 use super::config::SdsConfig;
-use super::view::{SvidPem, WorkloadView};
+use super::view::{ViewSvid, WorkloadView};
 
 /// The type URL of every SDS resource.
 pub(super) fn secret_type_url() -> String {
@@ -80,19 +82,18 @@ pub(super) fn resources(
     let mut out = Vec::new();
     let mut take = |name: &str| all || wanted.remove(name);
 
-    for (td, pem) in &view.bundles {
+    for (td, bundle) in &view.bundles {
         let id = td.id_string();
         if take(&id) {
-            out.push(validation_context(&id, td, pem, validation));
+            out.push(validation_context(&id, td, bundle, validation));
         }
     }
     if !all && take(&config.default_bundle_name) {
         let own = &view.trust_domain;
-        let pem = &view.bundles[own];
         out.push(validation_context(
             &config.default_bundle_name,
             own,
-            pem,
+            &view.bundles[own],
             validation,
         ));
     }
@@ -104,7 +105,7 @@ pub(super) fn resources(
         }
         out.push(spiffe_validation_context(
             &config.default_all_bundles_name,
-            view.bundles.iter(),
+            view.bundles.iter().map(|(td, b)| (td, b.as_ref())),
         ));
     }
     for svid in &view.svids {
@@ -140,24 +141,36 @@ fn secret(name: &str, kind: secret::Type) -> Any {
     .expect("encoding into a Vec cannot fail")
 }
 
-fn tls_certificate(name: &str, svid: &SvidPem) -> Any {
+fn tls_certificate(name: &str, svid: &ViewSvid) -> Any {
+    let chain: String = svid
+        .svid
+        .chain
+        .iter()
+        .map(|der| pem_encode("CERTIFICATE", der))
+        .collect();
+    let key = Zeroizing::new(pem_encode("PRIVATE KEY", &svid.svid.private_key_pkcs8));
     secret(
         name,
         secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(&svid.chain),
-            private_key: inline(&svid.key),
+            certificate_chain: inline(chain.as_bytes()),
+            private_key: inline(key.as_bytes()),
         }),
     )
 }
 
 /// One trust domain's bundle, for the SPIFFE validator or as CA certificates.
-fn validation_context(name: &str, td: &TrustDomain, pem: &[u8], validation: Validation) -> Any {
+fn validation_context(
+    name: &str,
+    td: &TrustDomain,
+    bundle: &Bundle,
+    validation: Validation,
+) -> Any {
     match validation {
-        Validation::Spiffe => spiffe_validation_context(name, [(td, pem)]),
+        Validation::Spiffe => spiffe_validation_context(name, [(td, bundle)]),
         Validation::TrustedCa => secret(
             name,
             secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: inline(pem),
+                trusted_ca: inline(bundle.x509_authorities_pem().as_bytes()),
                 custom_validator_config: None,
             }),
         ),
@@ -165,15 +178,15 @@ fn validation_context(name: &str, td: &TrustDomain, pem: &[u8], validation: Vali
 }
 
 /// Envoy's SPIFFE validator configured with one trust domain per bundle, ordered by name.
-fn spiffe_validation_context<'a, T: AsRef<[u8]> + 'a>(
+fn spiffe_validation_context<'a>(
     name: &str,
-    bundles: impl IntoIterator<Item = (&'a TrustDomain, T)>,
+    bundles: impl IntoIterator<Item = (&'a TrustDomain, &'a Bundle)>,
 ) -> Any {
     let mut trust_domains: Vec<ValidatorTrustDomain> = bundles
         .into_iter()
-        .map(|(td, pem)| ValidatorTrustDomain {
+        .map(|(td, bundle)| ValidatorTrustDomain {
             name: td.as_str().to_owned(),
-            trust_bundle: inline(pem.as_ref()),
+            trust_bundle: inline(bundle.x509_authorities_pem().as_bytes()),
         })
         .collect();
     trust_domains.sort_by(|a, b| a.name.cmp(&b.name));

@@ -1,38 +1,44 @@
-//! What one caller is served over SDS, from one cache snapshot, in the form Envoy takes it
-//! (PEM). Compared between snapshots: a stream has news exactly when its view changed.
+//! What one caller is served over SDS, from one cache snapshot: the SVIDs and bundles it may
+//! ask for, shared with the snapshot (an open stream holds a few pointers, not copies; the PEM
+//! Envoy takes is made only for the resources a response carries). Compared between snapshots:
+//! a stream may have news exactly when its view changed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use sigil_proto::bundle::pem_encode;
-use sigil_proto::{Selector, TrustDomain};
-use zeroize::Zeroizing;
+use sigil_proto::{Bundle, Selector, TrustDomain};
 
-use crate::cache::Snapshot;
+use crate::cache::{CachedX509Svid, Snapshot};
 use crate::workload_api::RequestError;
 use crate::workload_api::issued::{Issued, issued_x509_svids};
 
-/// A caller's SVIDs and bundles. No `Debug`: it holds private keys.
-#[derive(PartialEq, Eq)]
+/// A caller's SVIDs and bundles.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct WorkloadView {
     /// In snapshot order: the first is the caller's default SVID.
-    pub svids: Vec<SvidPem>,
+    pub svids: Vec<ViewSvid>,
     /// Our own trust domain.
     pub trust_domain: TrustDomain,
-    /// Our own bundle and the federated bundles the caller's entries federate with, as PEM
-    /// CA certificates.
-    pub bundles: BTreeMap<TrustDomain, Vec<u8>>,
+    /// Our own bundle and the federated bundles the caller's entries federate with.
+    pub bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
 }
 
-/// One X509-SVID as Envoy takes it.
-#[derive(PartialEq, Eq)]
-pub(super) struct SvidPem {
+/// One X509-SVID under the SPIFFE ID it was issued for.
+#[derive(Debug)]
+pub(super) struct ViewSvid {
     pub spiffe_id: String,
-    /// The leaf, then any intermediates.
-    pub chain: Vec<u8>,
-    /// PKCS#8, wiped on drop.
-    pub key: Zeroizing<Vec<u8>>,
+    pub svid: Arc<CachedX509Svid>,
 }
+
+impl PartialEq for ViewSvid {
+    fn eq(&self, other: &Self) -> bool {
+        // A renewal installs a new certificate; the same one is usually the same allocation.
+        self.spiffe_id == other.spiffe_id
+            && (Arc::ptr_eq(&self.svid, &other.svid) || self.svid.chain == other.svid.chain)
+    }
+}
+
+impl Eq for ViewSvid {}
 
 impl WorkloadView {
     /// The caller's view, or `None` while its entries match but no SVID is minted yet (SPIRE
@@ -47,10 +53,7 @@ impl WorkloadView {
         let mut view = Self {
             svids: Vec::new(),
             trust_domain: own.trust_domain.clone(),
-            bundles: BTreeMap::from([(
-                own.trust_domain.clone(),
-                own.x509_authorities_pem().into_bytes(),
-            )]),
+            bundles: BTreeMap::from([(own.trust_domain.clone(), own.clone())]),
         };
         let issued = match issued_x509_svids(snapshot, selectors) {
             Ok(issued) => issued,
@@ -64,33 +67,22 @@ impl WorkloadView {
         view.svids = issued
             .svids
             .iter()
-            .map(|issued| SvidPem {
+            .map(|issued| ViewSvid {
                 spiffe_id: issued.spiffe_id.to_string(),
-                chain: issued
-                    .svid
-                    .chain
-                    .iter()
-                    .map(|der| pem_encode("CERTIFICATE", der))
-                    .collect::<String>()
-                    .into_bytes(),
-                key: Zeroizing::new(
-                    pem_encode("PRIVATE KEY", &issued.svid.private_key_pkcs8).into_bytes(),
-                ),
+                svid: issued.svid.clone(),
             })
             .collect();
         for td in &issued.federates_with {
             if let Some(bundle) = snapshot.federated.get(*td) {
-                view.bundles.insert(
-                    bundle.trust_domain.clone(),
-                    bundle.x509_authorities_pem().into_bytes(),
-                );
+                view.bundles
+                    .insert(bundle.trust_domain.clone(), bundle.clone());
             }
         }
         Ok(Some(Arc::new(view)))
     }
 
     /// The caller's default SVID (SPIRE's: the first).
-    pub(super) fn default_svid(&self) -> Option<&SvidPem> {
+    pub(super) fn default_svid(&self) -> Option<&ViewSvid> {
         self.svids.first()
     }
 }
