@@ -20,8 +20,8 @@ use jsonwebtoken::{DecodingKey, Validation};
 use rcgen::PublicKeyData as _;
 use sigil_testkit::verify::openssl_verify;
 use sigil_testkit::{
-    Agent, Process, Server, ServerOptions, agent_bin, attested_agent, register_uid, run_to_exit,
-    uid, wait_for,
+    Agent, Process, Server, ServerOptions, agent_bin, attested_agent, free_port, http_get,
+    register_uid, run_to_exit, uid, wait_for,
 };
 use x509_parser::pem::Pem;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -140,12 +140,14 @@ fn helper_keeps_files_current_signals_on_each_renewal_and_never_shows_a_torn_pai
         pid_file.exists().then_some(())
     });
 
+    let health_port = free_port();
     let (dir, conf) = helper_dir(
         &agent.socket,
         &format!(
             "cmd = \"{}\"\ncmd_args = \"{}\"\nrenew_signal = \"SIGUSR1\"\npid_file_name = \"{}\"\n\
              jwt_svids = [{{jwt_audience = \"payments\", jwt_extra_audiences = [\"audit\"], jwt_svid_file_name = \"payments.token\"}}]\n\
-             jwt_bundle_file_name = \"jwt_bundle.json\"\n",
+             jwt_bundle_file_name = \"jwt_bundle.json\"\n\
+             health_checks {{\n  listener_enabled = true\n  bind_port = {health_port}\n}}\n",
             counter.display(),
             cmd_log.display(),
             pid_file.display()
@@ -214,6 +216,21 @@ fn helper_keeps_files_current_signals_on_each_renewal_and_never_shows_a_torn_pai
     .claims;
     assert_eq!(claims["sub"], ID);
     assert_eq!(claims["aud"], serde_json::json!(["payments", "audit"]));
+
+    // spiffe-helper's health listener: ready once every file is written, with the statuses.
+    let (code, body) = wait_for("/ready", Duration::from_secs(10), || {
+        http_get(health_port, "/ready").filter(|(code, _)| *code == 200)
+    });
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "OK", "{code} {body}");
+    let statuses = &body["health"]["file_write_statuses"];
+    assert_eq!(statuses["x509_write_status"], "written", "{body}");
+    assert_eq!(
+        statuses["jwt_write_status"][token_path.to_str().unwrap()],
+        "written",
+        "{body}"
+    );
+    assert_eq!(http_get(health_port, "/live").unwrap().0, 200);
 
     // A reader racing the writer over many renewals.
     let stop = Arc::new(AtomicBool::new(false));
@@ -349,19 +366,19 @@ fn one_shot_writes_the_files_once_and_exits_0() {
     assert!(certs.join("jwt_bundle.json").exists());
 }
 
+/// Runs the helper on `conf_text`; it must exit within 10 s. Its exit status and output.
 fn refused(conf_text: &str) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("helper.conf");
     std::fs::write(&conf, conf_text).unwrap();
-    let out = Command::new(agent_bin())
-        .args(["helper", "-config"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut command = Command::new(agent_bin());
+    command.args(["helper", "-config"]).arg(&conf);
+    let (status, log) = run_to_exit(
+        command,
+        &dir.path().join("helper.log"),
+        Duration::from_secs(10),
+    );
+    (status.expect("the helper exits"), log)
 }
 
 #[test]
@@ -381,8 +398,8 @@ fn bad_configuration_is_refused_with_the_key_named() {
             "pid_file_name: is set but daemon_mode is false",
         ),
         (
-            "health_checks {\n  listener_enabled = true\n}\n",
-            "listener_enabled: is not supported",
+            "health_checks {\n  liveness_path = \"/h\"\n  readiness_path = \"/h\"\n}\n",
+            "health_checks.readiness_path: must differ from liveness_path",
         ),
     ] {
         let (status, stderr) = refused(&format!("{base}{extra}"));

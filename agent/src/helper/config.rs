@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
-use sigil_common::hcl::{Block, ConfigError, Document};
+use sigil_common::hcl::{Block, ConfigError, Document, parse_http_path};
 
 use super::cmd_args::split_cmd_args;
 
@@ -48,8 +48,44 @@ pub struct HelperConfig {
     pub renew: RenewAction,
     /// `daemon_mode` (or `-daemon-mode`): keep the files current, or write once and exit.
     pub daemon_mode: bool,
+    /// `health_checks`, when `listener_enabled` (daemon mode only).
+    pub health_checks: Option<HealthChecks>,
     /// Things that are accepted but do nothing in this mode, as spiffe-helper warns about them.
     pub warnings: Vec<String>,
+}
+
+/// spiffe-helper's `health_checks` block, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChecks {
+    /// `bind_port` (default 8081), on every interface.
+    pub bind_port: u16,
+    /// `liveness_path` (default `/live`).
+    pub liveness_path: String,
+    /// `readiness_path` (default `/ready`).
+    pub readiness_path: String,
+}
+
+impl HealthChecks {
+    /// The block's keys; `None` unless `listener_enabled` is true.
+    fn from_block(mut block: Block<'_>) -> Result<Option<Self>, ConfigError> {
+        let enabled = block.bool("listener_enabled")?.unwrap_or(false);
+        let bind_port = block.port("bind_port")?.filter(|p| *p != 0).unwrap_or(8081);
+        let liveness_path = block
+            .parsed("liveness_path", parse_http_path)?
+            .unwrap_or_else(|| "/live".to_owned());
+        let readiness_path = block
+            .parsed("readiness_path", parse_http_path)?
+            .unwrap_or_else(|| "/ready".to_owned());
+        if liveness_path == readiness_path {
+            return Err(block.error("readiness_path", "must differ from liveness_path"));
+        }
+        block.finish()?;
+        Ok(enabled.then_some(Self {
+            bind_port,
+            liveness_path,
+            readiness_path,
+        }))
+    }
 }
 
 /// The X.509 file names and how their contents are laid out.
@@ -270,20 +306,10 @@ impl HelperConfig {
             return Err(root.error("pid_file_name", "needs renew_signal"));
         }
 
-        if let Some(mut health) = root.block("health_checks")? {
-            if health.bool("listener_enabled")?.unwrap_or(false) {
-                return Err(health.error(
-                    "listener_enabled",
-                    "is not supported by sigil-agent helper (no health listener); the agent's \
-                     own health checks and the files' presence are what to watch",
-                ));
-            }
-            // Without the listener spiffe-helper does nothing with these either.
-            for key in ["bind_port", "liveness_path", "readiness_path"] {
-                health.skip(key);
-            }
-            health.finish()?;
-        }
+        let health_checks = match root.block("health_checks")? {
+            Some(block) => HealthChecks::from_block(block)?,
+            None => None,
+        };
         root.finish()?;
 
         Ok(Self {
@@ -300,6 +326,7 @@ impl HelperConfig {
                 pid_file,
             },
             daemon_mode,
+            health_checks,
             warnings,
         })
     }
@@ -509,8 +536,12 @@ jwt_svid_file_mode = 0444
                 "helper.conf:3: key_file_mode: 0999 is not a file mode",
             ),
             (
-                "health_checks { listener_enabled = true }",
-                "listener_enabled: is not supported",
+                "health_checks {\n  liveness_path = \"/h\"\n  readiness_path = \"/h\"\n}",
+                "helper.conf:3: health_checks.readiness_path: must differ from liveness_path",
+            ),
+            (
+                "health_checks {\n  bind_prt = 1\n}",
+                "health_checks.bind_prt: unknown key",
             ),
             ("cmd_args = \"-x\"", "cmd_args: is set but cmd is not"),
             ("exit_when_ready = true", "exit_when_ready: unknown key"),
@@ -548,5 +579,18 @@ jwt_svid_file_mode = 0444
         .unwrap();
         assert!(!c.daemon_mode);
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.health_checks, None);
+        let c = parse(
+            "cert_dir = \"d\"\njwt_bundle_file_name = \"b\"\nhealth_checks {\n  listener_enabled = true\n}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.health_checks,
+            Some(HealthChecks {
+                bind_port: 8081,
+                liveness_path: "/live".to_owned(),
+                readiness_path: "/ready".to_owned()
+            })
+        );
     }
 }

@@ -11,11 +11,13 @@
 //! - [`render`]: the files' contents, in spiffe-helper's formats.
 //! - [`files`]: atomic writes; the X.509 files switch together (what a reader is promised).
 //! - [`renew`]: `cmd`, `renew_signal`, `pid_file_name`.
+//! - [`health`]: the `health_checks` listener.
 //! - [`run`]: the daemon's loops and the one-shot mode.
 
 mod cmd_args;
 pub mod config;
 pub mod files;
+pub mod health;
 pub mod render;
 pub mod renew;
 pub mod run;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{HelperConfig, JwtSvidFile};
 use super::files::{CertDir, OutFile, WriteError};
+use super::health::{self, Health};
 use super::render::{self, RenderError};
 use super::renew::Renewer;
 use crate::workload_api::client::{ClientError, WorkloadApiClient, connect};
@@ -113,11 +114,24 @@ pub async fn run(config: HelperConfig) -> anyhow::Result<()> {
     let mut tasks = Supervisor::new();
     let cancel = tasks.token().clone();
     let _signals = cancel_on_signal(cancel.clone());
+    let health = Health::new(&config);
+    if let Some(checks) = config.health_checks.clone() {
+        tasks.spawn(
+            "health",
+            health::serve(checks, health.clone(), cancel.clone()),
+        );
+    }
     if config.x509.is_some() {
         let (renewed, on_renewal) = watch::channel(0u64);
         tasks.spawn(
             "x509",
-            follow_x509(config.clone(), dir.clone(), renewed, cancel.clone()),
+            follow_x509(
+                config.clone(),
+                dir.clone(),
+                health.clone(),
+                renewed,
+                cancel.clone(),
+            ),
         );
         let renewer = Renewer::new(config.renew.clone());
         tasks.spawn("renew", renew(renewer, on_renewal, cancel.clone()));
@@ -125,13 +139,19 @@ pub async fn run(config: HelperConfig) -> anyhow::Result<()> {
     if config.jwt_bundle_file.is_some() {
         tasks.spawn(
             "jwt_bundle",
-            follow_jwt_bundles(config.clone(), dir.clone(), cancel.clone()),
+            follow_jwt_bundles(config.clone(), dir.clone(), health.clone(), cancel.clone()),
         );
     }
     for item in &config.jwt_svids {
         tasks.spawn(
             "jwt_svid",
-            keep_jwt_svid(config.clone(), item.clone(), dir.clone(), cancel.clone()),
+            keep_jwt_svid(
+                config.clone(),
+                item.clone(),
+                dir.clone(),
+                health.clone(),
+                cancel.clone(),
+            ),
         );
     }
     let result = tasks.wait().await;
@@ -158,6 +178,7 @@ fn rpc(what: &'static str) -> impl Fn(tonic::Status) -> HelperError {
 async fn follow_x509(
     config: Arc<HelperConfig>,
     dir: CertDir,
+    health: Health,
     renewed: watch::Sender<u64>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -173,7 +194,9 @@ async fn follow_x509(
                 .into_inner();
             while let Some(response) = stream.message().await.map_err(rpc(WHAT))? {
                 backoff.reset();
-                match write_x509(&config, &dir, &response) {
+                let written = write_x509(&config, &dir, &response);
+                health.x509_written(written.is_ok());
+                match written {
                     Ok(spiffe_id) => {
                         tracing::info!(%spiffe_id, "X.509-SVID files updated");
                         renewed.send_modify(|n| *n += 1);
@@ -254,6 +277,7 @@ async fn renew(
 async fn follow_jwt_bundles(
     config: Arc<HelperConfig>,
     dir: CertDir,
+    health: Health,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     const WHAT: &str = "FetchJWTBundles";
@@ -268,7 +292,11 @@ async fn follow_jwt_bundles(
                 .into_inner();
             while let Some(response) = stream.message().await.map_err(rpc(WHAT))? {
                 backoff.reset();
-                match write_jwt_bundles(&config, &dir, &response) {
+                let written = write_jwt_bundles(&config, &dir, &response);
+                if let Some(name) = &config.jwt_bundle_file {
+                    health.jwt_written(&config, name, written.is_ok());
+                }
+                match written {
                     Ok(()) => tracing::info!("JWT bundle file updated"),
                     Err(e) => {
                         tracing::error!(error = %chain(&e), "could not update the JWT bundle file")
@@ -312,11 +340,19 @@ async fn keep_jwt_svid(
     config: Arc<HelperConfig>,
     item: JwtSvidFile,
     dir: CertDir,
+    health: Health,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        let wait = match fetch_jwt_svid(&config, &item, &dir).await {
+        let fetched = fetch_jwt_svid(&config, &item, &dir).await;
+        // As spiffe-helper: only a failed write marks the file failed.
+        match &fetched {
+            Ok(_) => health.jwt_written(&config, &item.file, true),
+            Err(HelperError::Write(_)) => health.jwt_written(&config, &item.file, false),
+            Err(_) => {}
+        }
+        let wait = match fetched {
             Ok(exp) => {
                 backoff.reset();
                 let left = u64::try_from(exp - unix_now()).unwrap_or(0);
