@@ -357,6 +357,48 @@ mod tests {
 
     use super::*;
 
+    fn helper_args(args: &[&str]) -> Result<HelperArgs, clap::Error> {
+        let args = spire_style(
+            ["sigil-agent", "helper"]
+                .iter()
+                .chain(args)
+                .map(OsString::from),
+            &Cli::command(),
+        );
+        match Cli::try_parse_from(args)?.command {
+            Command::Helper(args) => Ok(args),
+            other => panic!("not helper: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn helper_takes_spiffe_helpers_flags() {
+        let args = helper_args(&[]).unwrap();
+        assert_eq!(args.config, PathBuf::from("helper.conf"));
+        assert_eq!(args.daemon_mode, None);
+        let args = helper_args(&["-config", "/etc/h.conf", "-daemon-mode=false"]).unwrap();
+        assert_eq!(args.config, PathBuf::from("/etc/h.conf"));
+        assert_eq!(args.daemon_mode, Some(false));
+        for (flag, want) in [
+            ("-daemon-mode", true),
+            ("-daemon-mode=true", true),
+            ("-daemon-mode=0", false),
+            ("-daemon-mode=F", false),
+            ("--daemon-mode=t", true),
+        ] {
+            assert_eq!(
+                helper_args(&[flag]).unwrap().daemon_mode,
+                Some(want),
+                "{flag}"
+            );
+        }
+        assert!(helper_args(&["-version"]).unwrap().version);
+        // Go's flag package stops at `false` and ignores it; here it is an error, not ignored.
+        assert!(helper_args(&["-daemon-mode", "false"]).is_err());
+        assert!(helper_args(&["-daemon-mode=maybe"]).is_err());
+        assert!(helper_args(&["-cofig", "x"]).is_err());
+    }
+
     #[test]
     fn run_flags_use_spire_spellings() {
         let args = spire_style(
