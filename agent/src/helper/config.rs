@@ -302,6 +302,13 @@ impl HelperConfig {
                 ));
             }
         }
+        if daemon_mode && x509.is_none() && (cmd.is_some() || pid_file.is_some()) {
+            warnings.push(
+                "cmd and pid_file_name act after X.509 updates, and no X.509 files are \
+                 configured: they never act"
+                    .to_owned(),
+            );
+        }
         if pid_file.is_some() && signal.is_none() {
             return Err(root.error("pid_file_name", "needs renew_signal"));
         }
@@ -329,6 +336,17 @@ impl HelperConfig {
             health_checks,
             warnings,
         })
+    }
+
+    /// Every file name the helper writes in `cert_dir`.
+    pub fn file_names(&self) -> Vec<&str> {
+        let x509 = self
+            .x509
+            .iter()
+            .flat_map(|x| [x.svid.as_str(), x.key.as_str(), x.bundle.as_str()]);
+        x509.chain(self.jwt_bundle_file.as_deref())
+            .chain(self.jwt_svids.iter().map(|j| j.file.as_str()))
+            .collect()
     }
 
     /// `cert_dir` must exist and be a directory (spiffe-helper: "must be created previously").

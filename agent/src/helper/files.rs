@@ -171,6 +171,30 @@ impl CertDir {
         fs::rename(&tmp, &path).map_err(at(&path))
     }
 
+    /// Removes what an interrupted write of one of `names` left behind: its temp files
+    /// (`.<name>.<random>.tmp`, `.<name>.link.tmp`) and a half-made `..data_tmp`. Run at start;
+    /// failures are logged.
+    pub fn remove_leftovers(&self, names: &[&str]) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let leftover = name == DATA_LINK_TMP
+                || name.ends_with(".tmp")
+                    && names.iter().any(|n| name.starts_with(&format!(".{n}.")));
+            if !leftover {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove a leftover temp file");
+            }
+        }
+    }
+
     /// Removes the X.509 version directories not named in `keep`. Failures are logged: a
     /// leftover directory costs space, not correctness.
     fn remove_versions_except(&self, keep: &[Option<&OsStr>]) {
@@ -290,6 +314,28 @@ mod tests {
         }
         // No temp file is left behind.
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_write_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CertDir::new(tmp.path().to_path_buf());
+        for name in [
+            ".svid_key.pem.Ab12Cd.tmp",
+            ".svid.pem.link.tmp",
+            "..data_tmp",
+            ".other.Ab12Cd.tmp",
+            "svid.pem",
+        ] {
+            fs::write(tmp.path().join(name), "x").unwrap();
+        }
+        dir.remove_leftovers(&["svid.pem", "svid_key.pem"]);
+        let mut left: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.Ab12Cd.tmp", "svid.pem"]);
     }
 
     #[test]

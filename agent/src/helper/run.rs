@@ -105,6 +105,7 @@ impl Backoff {
 pub async fn run(config: HelperConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let dir = CertDir::new(config.cert_dir.clone());
+    dir.remove_leftovers(&config.file_names());
     if !config.daemon_mode {
         tracing::info!("daemon mode off: writing the files once");
         once(&config, &dir).await?;
