@@ -37,17 +37,20 @@ fn world() -> (Server, Agent) {
     (server, agent)
 }
 
-/// A temp dir with `certs/` and `helper.conf` = the X.509 keys on `certs/`, then `extra`.
-fn helper_dir(agent_socket: &Path, extra: &str) -> (tempfile::TempDir, PathBuf) {
+/// A temp dir with `certs/` and `helper.conf` = `agent_address` (when given), the X.509 keys
+/// on `certs/`, then `extra`.
+fn helper_dir(agent_socket: Option<&Path>, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("certs")).unwrap();
     let conf = dir.path().join("helper.conf");
+    let address = agent_socket
+        .map(|s| format!("agent_address = \"{}\"\n", s.display()))
+        .unwrap_or_default();
     std::fs::write(
         &conf,
         format!(
-            "agent_address = \"{}\"\ncert_dir = \"{}\"\nsvid_file_name = \"svid.pem\"\n\
+            "{address}cert_dir = \"{}\"\nsvid_file_name = \"svid.pem\"\n\
              svid_key_file_name = \"svid_key.pem\"\nsvid_bundle_file_name = \"bundle.pem\"\n{extra}",
-            agent_socket.display(),
             dir.path().join("certs").display()
         ),
     )
@@ -142,7 +145,7 @@ fn helper_keeps_files_current_signals_on_each_renewal_and_never_shows_a_torn_pai
 
     let health_port = free_port();
     let (dir, conf) = helper_dir(
-        &agent.socket,
+        Some(&agent.socket),
         &format!(
             "cmd = \"{}\"\ncmd_args = \"{}\"\nrenew_signal = \"SIGUSR1\"\npid_file_name = \"{}\"\n\
              jwt_svids = [{{jwt_audience = \"payments\", jwt_extra_audiences = [\"audit\"], jwt_svid_file_name = \"payments.token\"}}]\n\
@@ -325,7 +328,7 @@ fn a_cmd_without_renew_signal_is_run_again_on_each_renewal() {
     let work = tempfile::tempdir().unwrap();
     let runs = work.path().join("runs");
     let (dir, conf) = helper_dir(
-        &agent.socket,
+        Some(&agent.socket),
         &format!(
             "cmd = \"/bin/sh\"\ncmd_args = \"-c \\\"echo run >> {}\\\"\"\n",
             runs.display()
@@ -347,12 +350,20 @@ fn a_cmd_without_renew_signal_is_run_again_on_each_renewal() {
 #[test]
 fn one_shot_writes_the_files_once_and_exits_0() {
     let (_server, agent) = world();
+    // No agent_address: SPIFFE_ENDPOINT_SOCKET names the socket, as for spiffe-helper.
     let (dir, conf) = helper_dir(
-        &agent.socket,
+        None,
         "daemon_mode = true\njwt_bundle_file_name = \"jwt_bundle.json\"\n",
     );
     let mut command = Command::new(spiffe_helper_link(dir.path()));
-    command.arg("-config").arg(&conf).arg("-daemon-mode=false");
+    command
+        .arg("-config")
+        .arg(&conf)
+        .arg("-daemon-mode=false")
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", agent.socket.display()),
+        );
     let (status, log) = run_to_exit(
         command,
         &dir.path().join("helper.log"),
@@ -419,7 +430,7 @@ fn bad_configuration_is_refused_with_the_key_named() {
 fn a_workload_without_an_entry_gets_no_files_and_the_helper_retries_until_it_has_one() {
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
-    let (dir, conf) = helper_dir(&agent.socket, "");
+    let (dir, conf) = helper_dir(Some(&agent.socket), "");
     let mut command = Command::new(agent_bin());
     command.args(["helper", "-config"]).arg(&conf);
     let helper = Process::spawn(command, &dir.path().join("helper.log"));
