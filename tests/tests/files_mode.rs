@@ -456,3 +456,33 @@ fn a_workload_without_an_entry_gets_no_files_and_the_helper_retries_until_it_has
     let (ok, text) = openssl_verify(&certs.join("bundle.pem"), &certs.join("svid.pem"), &[]);
     assert!(ok, "{text}");
 }
+
+#[test]
+fn an_unreadable_pid_file_is_reported_and_the_files_keep_being_renewed() {
+    let (_server, agent) = world();
+    let work = tempfile::tempdir().unwrap();
+    let missing = work.path().join("missing.pid");
+    let (dir, conf) = helper_dir(
+        Some(&agent.socket),
+        &format!(
+            "renew_signal = \"SIGUSR1\"\npid_file_name = \"{}\"\n",
+            missing.display()
+        ),
+    );
+    let mut command = Command::new(agent_bin());
+    command.args(["helper", "-config"]).arg(&conf);
+    let helper = Process::spawn(command, &dir.path().join("helper.log"));
+    let want = format!("reading the PID file {}", missing.display());
+    wait_for(
+        "the PID file error, then two more updates",
+        Duration::from_secs(30),
+        || {
+            let log = helper.log();
+            (log.contains(&want) && log.matches("X.509-SVID files updated").count() >= 3)
+                .then_some(())
+        },
+    );
+    let certs = dir.path().join("certs");
+    let (ok, text) = openssl_verify(&certs.join("bundle.pem"), &certs.join("svid.pem"), &[]);
+    assert!(ok, "{text}");
+}

@@ -6,8 +6,8 @@
 //!   exits between updates, and it is left running when the helper stops.
 //! - `pid_file_name`: the file is read again on every update and the PID in it is sent
 //!   `renew_signal`; a file that cannot be read or parsed, or a process that cannot be
-//!   signalled, is retried ten times from 100 ms, doubling, then logged and skipped until the
-//!   next update.
+//!   signalled, is logged, retried ten times from 100 ms, doubling, then logged again and
+//!   skipped until the next update.
 
 use std::path::Path;
 use std::time::Duration;
@@ -78,7 +78,9 @@ impl Renewer {
                         tracing::error!(error = %e, "could not signal the PID file's process; trying again at the next renewal");
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, attempt, "signalling the PID file's process, retrying");
+                        if attempt == 1 {
+                            tracing::warn!(error = %e, "could not signal the PID file's process; retrying");
+                        }
                         tokio::time::sleep(wait).await;
                         wait *= 2;
                     }
