@@ -56,11 +56,6 @@ impl Renewer {
         }
     }
 
-    /// The PID of the command started last, if it has not been seen to exit.
-    pub fn child_pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
     /// Called after each X.509 update. Failures are logged: the files are already current.
     pub async fn renewed(&mut self) {
         if let Some(cmd) = self.action.cmd.clone() {
