@@ -21,7 +21,7 @@ use rcgen::PublicKeyData as _;
 use sigil_testkit::verify::openssl_verify;
 use sigil_testkit::{
     Agent, Process, Server, ServerOptions, agent_bin, attested_agent, free_port, http_get,
-    register_uid, run_to_exit, uid, wait_for,
+    pem_certs, register_uid, run_to_exit, uid, wait_for,
 };
 use x509_parser::pem::Pem;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -499,4 +499,70 @@ fn an_unreadable_pid_file_is_reported_and_the_files_keep_being_renewed() {
     let certs = dir.path().join("certs");
     let (ok, text) = openssl_verify(&certs.join("bundle.pem"), &certs.join("svid.pem"), &[]);
     assert!(ok, "{text}");
+}
+
+#[test]
+fn federated_bundles_join_the_bundle_file_with_include_federated_domains() {
+    let server = Server::start(ServerOptions::default());
+    let other = Server::start(ServerOptions {
+        trust_domain: "other.test".into(),
+        ..ServerOptions::default()
+    });
+    // other.test's bundle, set on example.org's server as a federated bundle.
+    let json = other.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    let path = server.dir.path().join("other.test.json");
+    std::fs::write(&path, json).unwrap();
+    server.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        "spiffe://other.test",
+        "-path",
+        path.to_str().unwrap(),
+        "-format",
+        "spiffe",
+    ]);
+    let (agent, agent_id) = attested_agent(&server, false);
+    register_uid(
+        &server,
+        ID,
+        &agent_id,
+        uid(),
+        &["-federatesWith", "spiffe://other.test"],
+    );
+    let own = pem_certs(&server.cli_ok(&["bundle", "show"]));
+    let foreign = pem_certs(&other.cli_ok(&["bundle", "show"]));
+
+    let one_shot = |extra: &str| {
+        let (dir, conf) = helper_dir(Some(&agent.socket), extra);
+        let mut command = Command::new(agent_bin());
+        command.args(["helper", "-config"]).arg(&conf);
+        let (status, log) = run_to_exit(
+            command,
+            &dir.path().join("helper.log"),
+            Duration::from_secs(30),
+        );
+        assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+        pem_certs(&std::fs::read_to_string(dir.path().join("certs/bundle.pem")).unwrap())
+    };
+    // Federated bundles reach the workload (and so the file) once the agent has synced them.
+    let with = wait_for(
+        "other.test's bundle in the file",
+        Duration::from_secs(30),
+        || {
+            let with = one_shot("daemon_mode = false\ninclude_federated_domains = true\n");
+            (with.len() > own.len()).then_some(with)
+        },
+    );
+    assert_eq!(
+        with,
+        [own.clone(), foreign].concat(),
+        "own, then other.test's"
+    );
+    eprintln!(
+        "bundle file: {} certificates, {} of them example.org's",
+        with.len(),
+        own.len()
+    );
+    assert_eq!(one_shot("daemon_mode = false\n"), own);
 }
