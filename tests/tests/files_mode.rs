@@ -20,7 +20,7 @@ use jsonwebtoken::{DecodingKey, Validation};
 use rcgen::PublicKeyData as _;
 use sigil_testkit::verify::openssl_verify;
 use sigil_testkit::{
-    Agent, Process, Server, ServerOptions, agent_bin, attested_agent, free_port, http_get,
+    Agent, Process, Server, ServerOptions, agent_bin, attested_agent, free_port, http_get, openssl,
     pem_certs, register_uid, run_to_exit, uid, wait_for,
 };
 use x509_parser::pem::Pem;
@@ -363,11 +363,18 @@ fn a_cmd_without_renew_signal_is_run_again_on_each_renewal() {
 
 #[test]
 fn one_shot_writes_the_files_once_and_exits_0() {
-    let (_server, agent) = world();
-    // No agent_address: SPIFFE_ENDPOINT_SOCKET names the socket, as for spiffe-helper.
+    let server = Server::start(ServerOptions::default());
+    let (agent, agent_id) = attested_agent(&server, false);
+    let db = "spiffe://example.org/db";
+    register_uid(&server, ID, &agent_id, uid(), &["-hint", "files"]);
+    register_uid(&server, db, &agent_id, uid(), &["-hint", "db"]);
+    agent.wait_for_ids("both SVIDs", &[ID, db], Duration::from_secs(20));
+    // No agent_address: SPIFFE_ENDPOINT_SOCKET names the socket, as for spiffe-helper. The
+    // hint picks the SVID; the modes are the configured ones, written as spiffe-helper's are.
     let (dir, conf) = helper_dir(
         None,
-        "daemon_mode = true\njwt_bundle_file_name = \"jwt_bundle.json\"\n",
+        "daemon_mode = true\njwt_bundle_file_name = \"jwt_bundle.json\"\nhint = \"db\"\n\
+         cert_file_mode = 0444\nkey_file_mode = 0640\njwt_bundle_file_mode = 0644\n",
     );
     let mut command = Command::new(spiffe_helper_link(dir.path()));
     command
@@ -387,8 +394,19 @@ fn one_shot_writes_the_files_once_and_exits_0() {
     let certs = dir.path().join("certs");
     let (ok, text) = openssl_verify(&certs.join("bundle.pem"), &certs.join("svid.pem"), &[]);
     assert!(ok, "{text}");
-    assert_eq!(mode(&certs.join("svid_key.pem")), 0o600);
-    assert!(certs.join("jwt_bundle.json").exists());
+    let (ok, text) = openssl(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        certs.join("svid.pem").to_str().unwrap(),
+    ]);
+    assert!(ok && text.contains(db), "{text}");
+    assert_eq!(mode(&certs.join("svid.pem")), 0o444);
+    assert_eq!(mode(&certs.join("bundle.pem")), 0o444);
+    assert_eq!(mode(&certs.join("svid_key.pem")), 0o640);
+    assert_eq!(mode(&certs.join("jwt_bundle.json")), 0o644);
 }
 
 /// Runs the helper on `conf_text`; it must exit within 10 s. Its exit status and output.
