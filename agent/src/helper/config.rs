@@ -429,58 +429,58 @@ mod tests {
         HelperConfig::from_document(&doc, HelperFlags::default(), None).map_err(|e| e.to_string())
     }
 
-    /// spiffe-helper's README example, keys and all.
-    const README: &str = r#"
+    /// A file in spiffe-helper's shape (HCL 1 spellings: a one-line list of objects, octal
+    /// modes), using every key its README documents for X.509, JWT and renewal.
+    const SPIFFE_HELPER_STYLE: &str = r#"
 agent_address = "/tmp/spire-agent/public/api.sock"
-cmd = "ghostunnel"
-cmd_args = "server --listen localhost:8002 --target localhost:8001 --keystore certs/svid_key.pem --cacert certs/svid_bundle.pem --allow-uri-san spiffe://example.org/Database"
+cmd = "stunnel"
+cmd_args = "-fd 0 --accept 8443 --cert certs/tls.pem --key certs/tls_key.pem --CAfile certs/ca.pem --name \"front door\""
 cert_dir = "certs"
 renew_signal = "SIGUSR1"
-svid_file_name = "svid.pem"
-svid_key_file_name = "svid_key.pem"
-svid_bundle_file_name = "svid_bundle.pem"
-jwt_svids = [{jwt_audience="your-audience",jwt_extra_audiences=["your-extra-audience-1", "your-extra-audience-2"], jwt_svid_file_name="jwt_svid.token"}]
-jwt_bundle_file_name = "bundle.json"
-cert_file_mode = 0444
-key_file_mode = 0444
+svid_file_name = "tls.pem"
+svid_key_file_name = "tls_key.pem"
+svid_bundle_file_name = "ca.pem"
+jwt_svids = [{jwt_audience="billing",jwt_extra_audiences=["ledger", "audit"], jwt_svid_file_name="billing.jwt"}]
+jwt_bundle_file_name = "jwks.json"
+cert_file_mode = 0440
+key_file_mode = 0400
 jwt_bundle_file_mode = 0444
-jwt_svid_file_mode = 0444
+jwt_svid_file_mode = 0400
 "#;
 
     #[test]
-    fn reads_spiffe_helpers_readme_example() {
-        let c = parse(README).unwrap();
+    fn reads_a_file_in_spiffe_helpers_shape() {
+        let c = parse(SPIFFE_HELPER_STYLE).unwrap();
         assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_ADDRESS));
         assert_eq!(c.cert_dir, PathBuf::from("certs"));
         let x509 = c.x509.unwrap();
         assert_eq!(
             (x509.svid.as_str(), x509.key.as_str(), x509.bundle.as_str()),
-            ("svid.pem", "svid_key.pem", "svid_bundle.pem")
+            ("tls.pem", "tls_key.pem", "ca.pem")
         );
         assert_eq!(
             c.jwt_svids,
             [JwtSvidFile {
-                audience: "your-audience".to_owned(),
-                extra_audiences: vec![
-                    "your-extra-audience-1".to_owned(),
-                    "your-extra-audience-2".to_owned()
-                ],
-                file: "jwt_svid.token".to_owned(),
+                audience: "billing".to_owned(),
+                extra_audiences: vec!["ledger".to_owned(), "audit".to_owned()],
+                file: "billing.jwt".to_owned(),
             }]
         );
-        assert_eq!(c.jwt_bundle_file.as_deref(), Some("bundle.json"));
+        assert_eq!(c.jwt_svids[0].audiences(), ["billing", "ledger", "audit"]);
+        assert_eq!(c.jwt_bundle_file.as_deref(), Some("jwks.json"));
         assert_eq!(
             c.modes,
             FileModes {
-                cert: 0o444,
-                key: 0o444,
+                cert: 0o440,
+                key: 0o400,
                 jwt_bundle: 0o444,
-                jwt_svid: 0o444
+                jwt_svid: 0o400
             }
         );
         let cmd = c.renew.cmd.unwrap();
-        assert_eq!(cmd.program, "ghostunnel");
-        assert_eq!(cmd.args.len(), 11);
+        assert_eq!(cmd.program, "stunnel");
+        assert_eq!(cmd.args.len(), 12);
+        assert_eq!(cmd.args.last().map(String::as_str), Some("front door"));
         assert_eq!(c.renew.signal, Some(Signal::SIGUSR1));
         assert!(c.daemon_mode);
     }
