@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod csr;
 pub mod endpoints;
+pub mod helper;
 pub mod identity;
 pub mod node_attestation;
 pub mod ops;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AgentConfig, AgentOverrides, JoinToken, SharedFlags};
+use crate::helper::{HelperConfig, HelperFlags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,83 @@ pub(super) enum Command {
     Healthcheck(HealthcheckArgs),
     /// Validates the configuration file and exits (SPIRE's `spire-agent validate`).
     Validate(ValidateArgs),
+    /// Keeps SVIDs and bundles in files for software that does not speak SPIFFE: a drop-in
+    /// for spiffe-helper, with its flags and configuration file (also run as `spiffe-helper`
+    /// through a link of that name).
+    Helper(HelperArgs),
+}
+
+/// `helper` flags: spiffe-helper's.
+#[derive(Debug, Args)]
+pub(super) struct HelperArgs {
+    /// Path to spiffe-helper's HCL configuration file.
+    #[arg(long = "config", default_value = "helper.conf")]
+    pub(super) config: PathBuf,
+    /// Overrides `daemon_mode`: `-daemon-mode=false` writes the files once and exits.
+    #[arg(
+        long = "daemon-mode",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
+    pub(super) daemon_mode: Option<bool>,
+    /// Prints the version and exits.
+    #[arg(long = "version")]
+    pub(super) version: bool,
+}
+
+/// A boolean as Go's `flag` package reads one (`strconv.ParseBool`).
+fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean")),
+    }
+}
+
+/// `sigil-agent helper` (or `spiffe-helper`): bad configuration exits 64 before anything
+/// starts; a failed one-shot fetch exits 1.
+pub(super) fn run_helper(args: &HelperArgs, env_socket: Option<&str>) -> ExitCode {
+    if args.version {
+        println!(
+            "{} (sigil-agent helper, spiffe-helper compatible)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    sigil_common::logging::init("sigil_agent", "info", false);
+    let flags = HelperFlags {
+        daemon_mode: args.daemon_mode,
+    };
+    let config = match HelperConfig::load(&args.config, flags, env_socket) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::helper::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "sigil-agent helper failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `validate` flags: the file and whether to expand `$VARIABLES` in it, as `run` reads it.
@@ -278,6 +356,48 @@ mod tests {
     use sigil_common::cli_args::spire_style;
 
     use super::*;
+
+    fn helper_args(args: &[&str]) -> Result<HelperArgs, clap::Error> {
+        let args = spire_style(
+            ["sigil-agent", "helper"]
+                .iter()
+                .chain(args)
+                .map(OsString::from),
+            &Cli::command(),
+        );
+        match Cli::try_parse_from(args)?.command {
+            Command::Helper(args) => Ok(args),
+            other => panic!("not helper: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn helper_takes_spiffe_helpers_flags() {
+        let args = helper_args(&[]).unwrap();
+        assert_eq!(args.config, PathBuf::from("helper.conf"));
+        assert_eq!(args.daemon_mode, None);
+        let args = helper_args(&["-config", "/etc/h.conf", "-daemon-mode=false"]).unwrap();
+        assert_eq!(args.config, PathBuf::from("/etc/h.conf"));
+        assert_eq!(args.daemon_mode, Some(false));
+        for (flag, want) in [
+            ("-daemon-mode", true),
+            ("-daemon-mode=true", true),
+            ("-daemon-mode=0", false),
+            ("-daemon-mode=F", false),
+            ("--daemon-mode=t", true),
+        ] {
+            assert_eq!(
+                helper_args(&[flag]).unwrap().daemon_mode,
+                Some(want),
+                "{flag}"
+            );
+        }
+        assert!(helper_args(&["-version"]).unwrap().version);
+        // Go's flag package stops at `false` and ignores it; here it is an error, not ignored.
+        assert!(helper_args(&["-daemon-mode", "false"]).is_err());
+        assert!(helper_args(&["-daemon-mode=maybe"]).is_err());
+        assert!(helper_args(&["-cofig", "x"]).is_err());
+    }
 
     #[test]
     fn run_flags_use_spire_spellings() {

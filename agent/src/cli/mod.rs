@@ -12,8 +12,9 @@ mod api;
 mod commands;
 mod render;
 
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("response carries an invalid certificate: {0}")]
     BadCertificate(String),
-    #[error("`run` and `validate` are started from `main`, not from here")]
+    #[error("`run`, `validate` and `helper` are started from `main`, not from here")]
     RunNotWired,
     #[error(
         "-{0} is not supported: the health check is always the Workload API answering, and a \
@@ -61,7 +62,15 @@ pub enum CliError {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = sigil_common::cli_args::spire_style(std::env::args_os(), &Cli::command());
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    // Multi-call: run through a link named `spiffe-helper`, this is `sigil-agent helper`.
+    let invoked_as = args
+        .first()
+        .map(|a| Path::new(a).file_name().map(OsStr::to_os_string));
+    if invoked_as == Some(Some(OsString::from(crate::helper::SPIFFE_HELPER_NAME))) {
+        args.insert(1, OsString::from("helper"));
+    }
+    let args = sigil_common::cli_args::spire_style(args, &Cli::command());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -73,15 +82,16 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // The environment is read here, at the edge, and nowhere below.
+    let env_socket = std::env::var("SPIFFE_ENDPOINT_SOCKET").ok();
     match &cli.command {
         Command::Run(args) => return commands::run_agent(args),
         Command::Validate(args) => {
             return commands::validate_config(args, &mut std::io::stdout(), &mut std::io::stderr());
         }
+        Command::Helper(args) => return commands::run_helper(args, env_socket.as_deref()),
         _ => {}
     }
-    // The environment is read here, at the edge, and nowhere below.
-    let env_socket = std::env::var("SPIFFE_ENDPOINT_SOCKET").ok();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -122,7 +132,7 @@ async fn run(
 ) -> Result<(), CliError> {
     match cli.command {
         // Handled by `main` before this runtime exists (it needs its own).
-        Command::Run(_) | Command::Validate(_) => Err(CliError::RunNotWired),
+        Command::Run(_) | Command::Validate(_) | Command::Helper(_) => Err(CliError::RunNotWired),
         Command::Healthcheck(args) => api::healthcheck(args, env_socket, out).await,
         Command::Api { command } => match command {
             ApiCommand::Fetch {

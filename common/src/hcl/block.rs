@@ -332,6 +332,75 @@ impl<'a> Block<'a> {
             .map(Some)
     }
 
+    /// A Unix file mode such as spiffe-helper's `key_file_mode = 0600`: as in HCL 1, which
+    /// reads integer literals as Go's `strconv.ParseInt(s, 0, 0)` does, a leading `0` makes
+    /// the number octal (`0644`), `0o`/`0x` prefixes are honoured, and anything else is
+    /// decimal (`420`). A string (`"0644"`) is read the same way. At most `0o7777`.
+    pub fn file_mode(&mut self, key: &str) -> Result<Option<u32>, ConfigError> {
+        let Some(value) = self.take(key) else {
+            return Ok(None);
+        };
+        let text = match value.expr {
+            Expression::Number(n) => n
+                .as_repr()
+                .map_or_else(|| n.value().to_string(), |r| r.to_string()),
+            Expression::String(s) => s.value().clone(),
+            other => {
+                return Err(value.error(format!(
+                    "expected a file mode such as 0644, found {}",
+                    kind(other)
+                )));
+            }
+        };
+        parse_file_mode(text.trim())
+            .map(Some)
+            .ok_or_else(|| value.error(format!("{text} is not a file mode (0 to 07777)")))
+    }
+
+    /// A list of sections, written as a list of objects (`key = [{...}, {...}]`) or as
+    /// repeated blocks (`key { ... } key { ... }`): HCL 1 decodes both into one list. The
+    /// sections' key paths are `<path>.<key>[i]`, in file order (the objects, then the blocks).
+    pub fn object_list(&mut self, key: &str) -> Result<Vec<Self>, ConfigError> {
+        let path = self.key_path(key);
+        let mut out = Vec::new();
+        if let Some(value) = self.take(key) {
+            let items: Vec<&Expression> = match value.expr {
+                Expression::Array(array) => array.iter().collect(),
+                Expression::Object(_) => vec![value.expr],
+                other => {
+                    return Err(
+                        value.error(format!("expected a list of objects, found {}", kind(other)))
+                    );
+                }
+            };
+            for item in items {
+                let Expression::Object(object) = item else {
+                    return Err(value.error(format!(
+                        "expected a list of objects, found {} in the list",
+                        kind(item)
+                    )));
+                };
+                let item_path = format!("{path}[{}]", out.len());
+                let line = self.doc.line_of(object.span()).or(value.line);
+                out.push(Block::from_object(self.doc, item_path, line, object)?);
+            }
+        }
+        for i in 0..self.blocks.len() {
+            let sub = &mut self.blocks[i];
+            if sub.block.ident.as_str() != key {
+                continue;
+            }
+            sub.used = true;
+            let (block, line) = (sub.block, sub.line);
+            if block.is_labeled() {
+                return Err(self.error_at(line, path, "takes no label"));
+            }
+            let item_path = format!("{path}[{}]", out.len());
+            out.push(Block::from_body(self.doc, item_path, line, &block.body));
+        }
+        Ok(out)
+    }
+
     /// A nested section, written either as a block (`plugin_data { ... }`) or as an object
     /// attribute (`ca_subject = { ... }`): HCL 1, which SPIRE uses, treats both the same.
     /// Given more than once, or with labels, it is an error.
@@ -478,6 +547,27 @@ impl Value<'_> {
             other => Err(self.error(format!("expected a string, found {}", kind(other)))),
         }
     }
+}
+
+/// An integer as Go's `strconv.ParseInt(s, 0, 0)` reads it (`0644` octal, `0x1a4` hex, `420`
+/// decimal), as a file mode: `None` unless it is within `0..=0o7777`.
+fn parse_file_mode(text: &str) -> Option<u32> {
+    let text = text.replace('_', "");
+    let (digits, radix) = if let Some(hex) = text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+        (hex, 16)
+    } else if let Some(oct) = text.strip_prefix("0o").or(text.strip_prefix("0O")) {
+        (oct, 8)
+    } else if text.len() > 1 && text.starts_with('0') {
+        (&text[1..], 8)
+    } else {
+        (text.as_str(), 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(digits, radix)
+        .ok()
+        .filter(|m| *m <= 0o7777)
 }
 
 /// What an expression is, for "expected X, found Y" messages.

@@ -199,3 +199,63 @@ fn syntax_errors_carry_their_line() {
         "{err}"
     );
 }
+
+#[test]
+fn file_modes_read_a_leading_zero_as_octal_as_hcl_1_does() {
+    let d = doc(
+        "a = 0644\nb = 420\nc = \"0600\"\nd = \"0o444\"\ne = 0\nf = 0999\ng = 010000\nh = true\n",
+    );
+    let mut root = d.root();
+    assert_eq!(root.file_mode("a").unwrap(), Some(0o644));
+    assert_eq!(root.file_mode("b").unwrap(), Some(0o644));
+    assert_eq!(root.file_mode("c").unwrap(), Some(0o600));
+    assert_eq!(root.file_mode("d").unwrap(), Some(0o444));
+    assert_eq!(root.file_mode("e").unwrap(), Some(0));
+    assert_eq!(
+        root.file_mode("f").unwrap_err().to_string(),
+        "test.conf:6: f: 0999 is not a file mode (0 to 07777)"
+    );
+    assert!(root.file_mode("g").is_err());
+    assert!(root.file_mode("h").is_err());
+    assert_eq!(root.file_mode("absent").unwrap(), None);
+}
+
+#[test]
+fn object_lists_take_a_list_of_objects_or_repeated_blocks() {
+    let d =
+        doc("l = [{a = \"1\", b = [\"x\"]}, {a = \"2\"}]\nl {\n  a = \"3\"\n}\nbad = [\"s\"]\n");
+    let mut root = d.root();
+    let items = root.object_list("l").unwrap();
+    let got: Vec<(String, Option<String>)> = items
+        .into_iter()
+        .map(|mut b| {
+            let a = b.string("a").unwrap();
+            let _ = b.string_list("b").unwrap();
+            let path = b.path().to_owned();
+            b.finish().unwrap();
+            (path, a)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("l[0]".to_owned(), Some("1".to_owned())),
+            ("l[1]".to_owned(), Some("2".to_owned())),
+            ("l[2]".to_owned(), Some("3".to_owned())),
+        ]
+    );
+    assert_eq!(
+        root.object_list("bad").unwrap_err().to_string(),
+        "test.conf:5: bad: expected a list of objects, found a string in the list"
+    );
+    assert!(root.object_list("absent").unwrap().is_empty());
+    // An unknown key inside an item names the item.
+    let d = doc("l = [{a = \"1\", zz = 2}]\n");
+    let mut root = d.root();
+    let mut item = root.object_list("l").unwrap().remove(0);
+    let _ = item.string("a").unwrap();
+    assert_eq!(
+        item.finish().unwrap_err().to_string(),
+        "test.conf:1: l[0].zz: unknown key"
+    );
+}
