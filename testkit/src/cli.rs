@@ -136,7 +136,18 @@ pub fn register_uid(
     uid: u32,
     extra: &[&str],
 ) -> String {
-    let selector = format!("unix:uid:{uid}");
+    register(server, spiffe_id, parent, &format!("unix:uid:{uid}"), extra)
+}
+
+/// Registers an entry under `parent` with one `selector` (and `extra` flags for
+/// `entry create`); returns its ID.
+pub fn register(
+    server: &Server,
+    spiffe_id: &str,
+    parent: &str,
+    selector: &str,
+    extra: &[&str],
+) -> String {
     let mut args = vec![
         "entry",
         "create",
@@ -145,7 +156,7 @@ pub fn register_uid(
         "-parentID",
         parent,
         "-selector",
-        &selector,
+        selector,
     ];
     args.extend(extra);
     let created = server.cli_json(&args);

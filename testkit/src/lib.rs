@@ -46,7 +46,7 @@ pub mod workload;
 
 pub use crate::agent::Agent;
 pub use crate::binaries::{agent_bin, bin_dir, server_bin};
-pub use crate::cli::{attested_agent, register_uid};
+pub use crate::cli::{attested_agent, register, register_uid};
 pub use crate::config::{AgentOptions, ServerOptions};
 pub use crate::net::{free_port, http_get};
 pub use crate::process::{Process, run_to_exit, wait_child, wait_for};

@@ -19,3 +19,35 @@ impl Agent {
             .expect("a Workload API client")
     }
 }
+
+/// The URI SANs of each X509-SVID leaf in `sigil-agent api fetch x509 -output json` output
+/// (`svids[].x509_svid`: the chain as base64 of concatenated DER, leaf first), read with
+/// x509-parser.
+///
+/// # Panics
+/// If the output is not of that shape.
+pub fn leaf_uris(fetched: &serde_json::Value) -> Vec<Vec<String>> {
+    use base64::Engine as _;
+    let svids = fetched["svids"].as_array().cloned().unwrap_or_default();
+    svids
+        .iter()
+        .map(|s| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(s["x509_svid"].as_str().expect("x509_svid"))
+                .expect("base64");
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("a certificate");
+            let san = cert
+                .subject_alternative_name()
+                .expect("one SAN extension")
+                .expect("a SAN extension");
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}

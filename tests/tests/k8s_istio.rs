@@ -800,7 +800,6 @@ fn readme_entry_commands() -> Vec<Vec<String>> {
 /// kubelet's answer, its PID in the fake procfs) against the agent's socket: the SVIDs' IDs and
 /// each leaf's URI SANs.
 fn fetch_as(agent: &Agent, proc_root: &Path, pod: &TestPod) -> (Vec<String>, Vec<Vec<String>>) {
-    use base64::Engine as _;
     let script = format!(
         "read _; exec {} api fetch x509 -socketPath {} -output json",
         agent_bin().display(),
@@ -824,24 +823,7 @@ fn fetch_as(agent: &Agent, proc_root: &Path, pod: &TestPod) -> (Vec<String>, Vec
         .iter()
         .map(|s| s["spiffe_id"].as_str().unwrap().to_owned())
         .collect();
-    let uris = svids
-        .iter()
-        .map(|s| {
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(s["x509_svid"].as_str().unwrap())
-                .unwrap();
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            let san = cert.subject_alternative_name().unwrap().unwrap();
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    let uris = sigil_testkit::workload::leaf_uris(&v);
     (ids, uris)
 }
 

@@ -121,30 +121,9 @@ fn wait_line(lines: &mpsc::Receiver<Option<String>>, text: &str, timeout: Durati
     }
 }
 
-/// The URI SANs of each returned X509-SVID leaf (the chain is concatenated DER, leaf first).
+/// The URI SANs of each returned X509-SVID leaf.
 fn leaf_uris(out: &Output) -> Vec<Vec<String>> {
-    use base64::Engine as _;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["svids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(s["x509_svid"].as_str().unwrap())
-                .unwrap();
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            let san = cert.subject_alternative_name().unwrap().unwrap();
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect()
+    sigil_testkit::workload::leaf_uris(&serde_json::from_slice(&out.stdout).unwrap())
 }
 
 fn ids(out: &Output) -> Vec<String> {

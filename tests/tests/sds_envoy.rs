@@ -225,22 +225,13 @@ fn register_path(
     binary: &Path,
     extra: &[&str],
 ) -> String {
-    let selector = format!("unix:path:{}", binary.display());
-    let mut args = vec![
-        "entry",
-        "create",
-        "-spiffeID",
+    sigil_testkit::register(
+        server,
         spiffe_id,
-        "-parentID",
         parent,
-        "-selector",
-        &selector,
-    ];
-    args.extend(extra);
-    server.cli_json(&args)[0]["id"]
-        .as_str()
-        .expect("entry id")
-        .to_owned()
+        &format!("unix:path:{}", binary.display()),
+        extra,
+    )
 }
 
 /// Sets `bundle_json` (SPIFFE format) as the federated bundle of `td_id` on `server`.

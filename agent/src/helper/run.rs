@@ -14,7 +14,9 @@
 //! slow PID file never delays the next write; updates that arrive while it runs are coalesced
 //! into one more run.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sigil_common::supervisor::{Supervisor, cancel_on_signal};
@@ -78,7 +80,9 @@ fn describe(status: &tonic::Status) -> String {
 struct Backoff {
     first: Duration,
     max: Duration,
-    next: Duration,
+    /// Milliseconds; atomic because a stream being followed resets it while the retry loop
+    /// holds it.
+    next_ms: AtomicU64,
 }
 
 impl Backoff {
@@ -86,19 +90,24 @@ impl Backoff {
         Self {
             first,
             max,
-            next: first,
+            next_ms: AtomicU64::new(millis(first)),
         }
     }
 
-    fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
+    fn next(&self) -> Duration {
+        let wait = Duration::from_millis(self.next_ms.load(Ordering::Relaxed));
+        self.next_ms
+            .store(millis((wait * 2).min(self.max)), Ordering::Relaxed);
         wait
     }
 
-    fn reset(&mut self) {
-        self.next = self.first;
+    fn reset(&self) {
+        self.next_ms.store(millis(self.first), Ordering::Relaxed);
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs the helper until SIGTERM/SIGINT (daemon mode) or until everything was written once.
@@ -160,6 +169,25 @@ pub async fn run(config: HelperConfig) -> anyhow::Result<()> {
     result
 }
 
+/// Runs one `attempt` (a stream, until it ends) unless the helper stops first, then logs why
+/// it ended and waits out the backoff; `false` when the helper is stopping.
+async fn retry_after(
+    attempt: impl Future<Output = Result<(), HelperError>>,
+    backoff: &Backoff,
+    cancel: &CancellationToken,
+    missing: &str,
+) -> bool {
+    let error = tokio::select! {
+        result = attempt => result.err(),
+        () = cancel.cancelled() => return false,
+    };
+    let wait = backoff.next();
+    if let Some(e) = error {
+        tracing::warn!(error = %chain(&e), retry_in = ?wait, "{missing}; retrying");
+    }
+    pause(wait, cancel).await
+}
+
 /// Waits `wait`, or returns `false` when cancelled first.
 async fn pause(wait: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -184,7 +212,7 @@ async fn follow_x509(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     const WHAT: &str = "FetchX509SVID";
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let stream = async {
             let mut stream = client(&config)
@@ -209,15 +237,7 @@ async fn follow_x509(
             }
             Err::<(), _>(HelperError::Ended(WHAT))
         };
-        let error = tokio::select! {
-            result = stream => result.err(),
-            () = cancel.cancelled() => return Ok(()),
-        };
-        let wait = backoff.next();
-        if let Some(e) = error {
-            tracing::warn!(error = %chain(&e), retry_in = ?wait, "no X.509-SVID; retrying");
-        }
-        if !pause(wait, &cancel).await {
+        if !retry_after(stream, &backoff, &cancel, "no X.509-SVID").await {
             return Ok(());
         }
     }
@@ -282,7 +302,7 @@ async fn follow_jwt_bundles(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     const WHAT: &str = "FetchJWTBundles";
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let stream = async {
             let mut stream = client(&config)
@@ -306,15 +326,7 @@ async fn follow_jwt_bundles(
             }
             Err::<(), _>(HelperError::Ended(WHAT))
         };
-        let error = tokio::select! {
-            result = stream => result.err(),
-            () = cancel.cancelled() => return Ok(()),
-        };
-        let wait = backoff.next();
-        if let Some(e) = error {
-            tracing::warn!(error = %chain(&e), retry_in = ?wait, "no JWT bundles; retrying");
-        }
-        if !pause(wait, &cancel).await {
+        if !retry_after(stream, &backoff, &cancel, "no JWT bundles").await {
             return Ok(());
         }
     }
@@ -344,7 +356,7 @@ async fn keep_jwt_svid(
     health: Health,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let fetched = fetch_jwt_svid(&config, &item, &dir).await;
         // As spiffe-helper: only a failed write marks the file failed.
@@ -497,7 +509,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
         let waits: Vec<u64> = (0..5).map(|_| b.next().as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 5, 5]);
         b.reset();
