@@ -88,6 +88,43 @@ pub fn place_in_pod(proc_root: &Path, pid: u32, pod: &TestPod) {
     );
 }
 
+/// Starts `program args` as a process of `pod` (or, with `None`, of no pod: a host session),
+/// stdin, stdout and stderr piped. It is held (a shell waiting on its stdin) until its cgroup
+/// is written to the fake procfs, then execs `program`, so that it never calls the agent from
+/// anywhere else.
+///
+/// # Panics
+/// If it cannot be started.
+pub fn spawn_in_pod(
+    proc_root: &Path,
+    pod: Option<&TestPod>,
+    program: &Path,
+    args: &[&str],
+) -> std::process::Child {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("sh")
+        .args(["-c", "read _; exec \"$0\" \"$@\""])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a process for the pod");
+    match pod {
+        Some(pod) => place_in_pod(proc_root, child.id(), pod),
+        None => write_cgroup(proc_root, child.id(), "0::/user.slice/session-1.scope\n"),
+    }
+    child
+        .stdin
+        .as_mut()
+        .expect("piped stdin")
+        .write_all(b"\n")
+        .expect("release the process");
+    child
+}
+
 /// Writes an arbitrary cgroup file for `pid`.
 pub fn write_cgroup(proc_root: &Path, pid: u32, text: &str) {
     let dir = proc_root.join(pid.to_string());

@@ -800,20 +800,18 @@ fn readme_entry_commands() -> Vec<Vec<String>> {
 /// kubelet's answer, its PID in the fake procfs) against the agent's socket: the SVIDs' IDs and
 /// each leaf's URI SANs.
 fn fetch_as(agent: &Agent, proc_root: &Path, pod: &TestPod) -> (Vec<String>, Vec<Vec<String>>) {
-    let script = format!(
-        "read _; exec {} api fetch x509 -socketPath {} -output json",
-        agent_bin().display(),
-        agent.socket.display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    kubelet::place_in_pod(proc_root, child.id(), pod);
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let socket = agent.socket.display().to_string();
+    let args = [
+        "api",
+        "fetch",
+        "x509",
+        "-socketPath",
+        &socket,
+        "-output",
+        "json",
+    ];
+    let mut child = kubelet::spawn_in_pod(proc_root, Some(pod), &agent_bin(), &args);
+    drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
     let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
         return (Vec::new(), Vec::new());

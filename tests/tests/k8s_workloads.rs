@@ -1,9 +1,9 @@
 //! End-to-end: the real agent's k8s workload attestor (fake `/proc` via `proc_root`, a test
 //! kubelet on the read-only port) feeding identity-template and fixed k8s entries.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -52,23 +52,12 @@ fn psat_server_with_alias(k: &Kube, ns: &str, cluster: &str, dir: &Path) -> (Ser
 }
 
 fn fetch_as(agent: &Agent, proc_root: &Path, pod: Option<&TestPod>, args: &str) -> Output {
-    let script = format!(
-        "read _; exec {} api fetch {args} -socketPath {} -output json",
-        agent_bin().display(),
-        agent.socket.display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    match pod {
-        Some(pod) => kubelet::place_in_pod(proc_root, child.id(), pod),
-        None => kubelet::write_cgroup(proc_root, child.id(), "0::/user.slice/session-1.scope\n"),
-    }
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let socket = agent.socket.display().to_string();
+    let mut argv = vec!["api", "fetch"];
+    argv.extend(args.split_whitespace());
+    argv.extend(["-socketPath", &socket, "-output", "json"]);
+    let mut child = kubelet::spawn_in_pod(proc_root, pod, &agent_bin(), &argv);
+    drop(child.stdin.take());
     child.wait_with_output().unwrap()
 }
 
@@ -79,20 +68,13 @@ fn watch_as(
     proc_root: &Path,
     pod: &TestPod,
 ) -> (Child, mpsc::Receiver<Option<String>>) {
-    let script = format!(
-        "read _; exec {} api watch -socketPath {}",
-        agent_bin().display(),
-        agent.socket.display()
+    let socket = agent.socket.display().to_string();
+    let mut child = kubelet::spawn_in_pod(
+        proc_root,
+        Some(pod),
+        &agent_bin(),
+        &["api", "watch", "-socketPath", &socket],
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    kubelet::place_in_pod(proc_root, child.id(), pod);
-    child.stdin.take().unwrap().write_all(b"\n").unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
