@@ -2,7 +2,7 @@
 //! not a DiscoveryRequest, another resource type, a name that is not a SPIFFE ID, a request
 //! over the size limit, and 1,100 streams from one process. Each gets a clear gRPC error, the
 //! agent never panics and keeps serving, and the memory 1,000 open streams take is printed
-//! (README "Envoy SDS").
+//! (README "Envoy SDS"). Also SPIRE's switches that turn SDS or the Workload API off.
 
 use std::time::{Duration, Instant};
 
@@ -214,4 +214,47 @@ fn a_thousand_streams_from_one_process() {
         }
     });
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
+}
+
+/// SPIRE's `disable_workload_api` and `disable_sds_api`: the socket serves only the other
+/// service, and a call to the disabled one is `UNIMPLEMENTED`.
+#[test]
+fn either_service_can_be_turned_off() {
+    let server = Server::start(ServerOptions::default());
+    let me = nix::unistd::geteuid().as_raw();
+    for (line, sds_on) in [
+        ("disable_workload_api = true", true),
+        ("disable_sds_api = true", false),
+    ] {
+        let token = server.join_token();
+        let mut agent = Agent::configure(&server);
+        agent.configure_agent_block(line);
+        agent.spawn(Some(&token));
+        let agent_id = server.join_token_agent_id(&token);
+        register_uid(&server, "spiffe://example.org/sds", &agent_id, me, &[]);
+        runtime().block_on(async {
+            let mut sds = SecretDiscoveryServiceClient::new(channel(&agent).await);
+            let mut workload = sigil_agent::workload_api::client::connect(&agent.socket)
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let fetched = sds.fetch_secrets(request(&["default"])).await;
+                let x509 = workload
+                    .fetch_x509svid(sigil_proto::workload::X509svidRequest {})
+                    .await;
+                let (on, off) = if sds_on {
+                    (fetched.map(drop), x509.map(drop))
+                } else {
+                    (x509.map(drop), fetched.map(drop))
+                };
+                assert_eq!(off.unwrap_err().code(), Code::Unimplemented, "{line}");
+                if on.is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{line}: {on:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
 }
