@@ -103,6 +103,10 @@ fn quick_benchmark_produces_every_figure() {
         // A difference of two noisy percentiles may be negative; a count whose target is 0, zero.
         let in_range = if name.contains("added by the check") {
             true
+        } else if name.starts_with("SDS push after rotation") {
+            // One stream's arrival after another's, both pushed from the same cache change:
+            // 0 where the SDS stream woke first (bench/src/sds.rs).
+            value >= 0.0
         } else if f["unit"] == "requests" {
             value >= 0.0
         } else {
