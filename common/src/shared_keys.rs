@@ -1,13 +1,48 @@
 //! The keys SPIRE's `server` and `agent` blocks share, read the same way for both binaries:
 //! `trust_domain` and `data_dir` (required), `socket_path`, `log_level` and `log_format`, each
 //! replaced by its command-line flag (`-trustDomain`, `-dataDir`, `-socketPath`, `-logLevel`,
-//! `-logFormat`) when one is given, plus `-expandEnv`.
+//! `-logFormat`) when one is given, plus `-expandEnv`. [`SPIRE_ONLY`] says what Sigil does with
+//! the keys of both blocks that SPIRE has and Sigil does not implement.
 
 use std::path::PathBuf;
 
 use sigil_proto::TrustDomain;
 
-use crate::hcl::{Block, ConfigError, parse_path, parse_trust_domain};
+use crate::hcl::{Block, ConfigError, Off, SpireOnly, parse_path, parse_trust_domain};
+
+/// SPIRE's keys of both the `server` and the `agent` block that Sigil does not implement.
+pub const SPIRE_ONLY: &[(&str, SpireOnly)] = &[
+    (
+        "log_file",
+        SpireOnly::RefusedUnless(
+            Off::Empty,
+            "logs go to standard error only; redirect it or let systemd or the container runtime collect it",
+        ),
+    ),
+    (
+        "log_source_location",
+        SpireOnly::Ignored("log lines name their module (target), not the source file and line"),
+    ),
+    (
+        "profiling_enabled",
+        SpireOnly::RefusedUnless(
+            Off::False,
+            "there is no pprof endpoint (a Go runtime feature); profile with perf or another native profiler",
+        ),
+    ),
+    (
+        "profiling_port",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+    (
+        "profiling_freq",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+    (
+        "profiling_names",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+];
 use crate::log_config::{LogFormat, LogLevel};
 
 /// The flags that replace the shared keys, and `-expandEnv`. Values are raw strings, validated

@@ -154,6 +154,9 @@ fn spire_example_parses_into_typed_values() {
             live_path: "/live".to_owned(),
             ready_path: "/ready".to_owned(),
         }),
+        metrics: None,
+        allowed_foreign_jwt_claims: vec![],
+        warnings: vec![],
         allow_insecure_file_permissions: false,
     };
     assert_eq!(cfg, want);

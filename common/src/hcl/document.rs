@@ -1,27 +1,35 @@
 //! A parsed config file: the HCL body, plus what turns byte offsets into line numbers so that
 //! every error names its line.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use hcl_edit::structure::Body;
 
-use super::{Block, ConfigError};
+use super::{Block, ConfigError, hcl1};
 
-/// A parsed HCL file: the body plus what is needed to turn byte offsets into line numbers.
+/// A parsed HCL file: the body plus what is needed to turn byte offsets into line numbers, and
+/// the warnings its readers left (SPIRE keys that mean nothing for Sigil).
 pub struct Document {
     file: String,
     line_starts: Vec<usize>,
     body: Body,
+    warnings: RefCell<Vec<String>>,
 }
 
 impl Document {
     /// Parses `text`; `file` is only used to name the file in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let body = hcl_edit::parser::parse_body(text).map_err(|e| ConfigError {
-            file: file.to_owned(),
-            line: Some(e.location().line()),
-            key: String::new(),
-            message: format!("HCL syntax error: {}", e.message()),
+        let body = hcl_edit::parser::parse_body(text).map_err(|e| {
+            let line = e.location().line();
+            let message = hcl1::one_line_block(text, line)
+                .unwrap_or_else(|| format!("HCL syntax error: {}", e.message()));
+            ConfigError {
+                file: file.to_owned(),
+                line: Some(line),
+                key: String::new(),
+                message,
+            }
         })?;
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
@@ -30,7 +38,19 @@ impl Document {
             file: file.to_owned(),
             line_starts,
             body,
+            warnings: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The warnings left by the readers of this file so far, each one line naming the file,
+    /// the line and the key (`server.conf:9: server.profiling_port: has no effect in Sigil:
+    /// ...`), in the order they were read. Taking them empties the list.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.warnings.take()
+    }
+
+    pub(super) fn warn(&self, warning: String) {
+        self.warnings.borrow_mut().push(warning);
     }
 
     /// The file's name, as errors show it.

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sigil_common::hcl::{self, Block, ConfigError};
+use sigil_common::hcl::{self, Block, ConfigError, SpireOnly};
 use sigil_proto::{SpiffeId, TrustDomain};
 
 /// SPIRE's bundle endpoint port.
@@ -162,6 +162,12 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     ServingProfile::HttpsSpiffe
                 }
                 "https_web" => {
+                    p.spire_only(&[(
+                        "acme",
+                        SpireOnly::Refused(
+                            "ACME certificates are not fetched; give the serving certificate as serving_cert_file { cert_file_path key_file_path }",
+                        ),
+                    )])?;
                     let mut files = p
                         .block("serving_cert_file")?
                         .ok_or_else(|| p.missing("serving_cert_file"))?;
@@ -171,8 +177,10 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     let key_file = files
                         .optional_path("key_file_path")?
                         .ok_or_else(|| files.missing("key_file_path"))?;
-                    // Accepted for SPIRE compatibility; the files are read once at start-up.
-                    files.skip("file_sync_interval");
+                    files.spire_only(&[(
+                        "file_sync_interval",
+                        SpireOnly::Ignored("the files are read once, at start-up"),
+                    )])?;
                     files.finish()?;
                     p.finish()?;
                     ServingProfile::HttpsWeb {
