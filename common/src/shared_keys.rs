@@ -1,14 +1,34 @@
 //! The keys SPIRE's `server` and `agent` blocks share, read the same way for both binaries:
 //! `trust_domain` and `data_dir` (required), `socket_path`, `log_level` and `log_format`, each
 //! replaced by its command-line flag (`-trustDomain`, `-dataDir`, `-socketPath`, `-logLevel`,
-//! `-logFormat`) when one is given, plus `-expandEnv`. [`SPIRE_ONLY`] says what Sigil does with
-//! the keys of both blocks that SPIRE has and Sigil does not implement.
+//! `-logFormat`) when one is given, plus `-expandEnv`. [`SPIRE_ONLY`] and
+//! [`EXPERIMENTAL_SPIRE_ONLY`] say what Sigil does with the keys of both blocks that SPIRE has
+//! and Sigil does not implement.
 
 use std::path::PathBuf;
 
 use sigil_proto::TrustDomain;
 
 use crate::hcl::{Block, ConfigError, Off, SpireOnly, parse_path, parse_trust_domain};
+
+/// SPIRE's keys of both blocks' `experimental { ... }` that Sigil does not implement (each
+/// binary has its own table for the rest).
+pub const EXPERIMENTAL_SPIRE_ONLY: &[(&str, SpireOnly)] = &[
+    (
+        "require_pq_kem",
+        SpireOnly::RefusedUnless(
+            Off::False,
+            "Sigil's TLS (rustls with ring) offers no post-quantum key exchange",
+        ),
+    ),
+    (
+        "feature_flags",
+        SpireOnly::RefusedUnless(
+            Off::Empty,
+            "SPIRE's feature flags switch SPIRE-internal behaviours that Sigil does not have",
+        ),
+    ),
+];
 
 /// SPIRE's keys of both the `server` and the `agent` block that Sigil does not implement.
 pub const SPIRE_ONLY: &[(&str, SpireOnly)] = &[

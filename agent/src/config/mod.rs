@@ -155,6 +155,7 @@ impl AgentConfig {
             .string_list("allowed_foreign_jwt_claims")?
             .unwrap_or_default();
         if let Some(mut experimental) = a.block("experimental")? {
+            experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
             experimental.finish()?;
         }

@@ -2,9 +2,11 @@
 //! (see [`SpireOnly`]): refused with the reason, or accepted with one warning because the key
 //! only tunes SPIRE's internals. SPIRE's references: `doc/spire_agent.md` and the `agentConfig`
 //! of `cmd/spire-agent/cli/run` (1.9 to 1.15). The keys both blocks share (`log_file`,
-//! `profiling_*`) are `sigil_common::shared_keys::SPIRE_ONLY`; `telemetry`'s are
-//! `sigil_common::telemetry`'s; a plugin's are the plugin table's.
+//! `profiling_*`, `experimental`'s `require_pq_kem` and `feature_flags`) are
+//! `sigil_common::shared_keys`'; `telemetry`'s are `sigil_common::telemetry`'s; a plugin's are
+//! the plugin table's.
 
+use sigil_common::hcl::plugins::SPIRE_NODE_ATTESTORS;
 use sigil_common::hcl::{Off, SpireOnly};
 
 /// Why the SVID cache sizes mean nothing here.
@@ -89,26 +91,12 @@ pub(super) const EXPERIMENTAL: &[(&str, SpireOnly)] = &[
         ),
     ),
     (
-        "require_pq_kem",
-        SpireOnly::RefusedUnless(
-            Off::False,
-            "the agent's TLS (rustls with ring) offers no post-quantum key exchange",
-        ),
-    ),
-    (
         "named_pipe_name",
         SpireOnly::Ignored("it is for Windows; Sigil serves the Workload API on socket_path"),
     ),
     (
         "admin_named_pipe_name",
         SpireOnly::Ignored("it is for Windows"),
-    ),
-    (
-        "feature_flags",
-        SpireOnly::RefusedUnless(
-            Off::Empty,
-            "SPIRE's feature flags switch SPIRE-internal behaviours that Sigil does not have",
-        ),
     ),
 ];
 
@@ -124,22 +112,7 @@ pub(super) const PLUGIN_KINDS: &[(&str, SpireOnly)] = &[(
 /// "not supported by Sigil" rather than unknown.
 pub(super) const PLUGINS: &[(&str, &[&str])] = &[
     ("KeyManager", &["disk", "memory"]),
-    (
-        "NodeAttestor",
-        &[
-            "aws_iid",
-            "azure_imds",
-            "azure_msi",
-            "gcp_iit",
-            "http_challenge",
-            "join_token",
-            "k8s_psat",
-            "k8s_sat",
-            "sshpop",
-            "tpm_devid",
-            "x509pop",
-        ],
-    ),
+    ("NodeAttestor", SPIRE_NODE_ATTESTORS),
     (
         "WorkloadAttestor",
         &["docker", "k8s", "systemd", "unix", "windows"],

@@ -101,7 +101,7 @@ fn tokenize(line: &str) -> Option<Vec<Token>> {
 fn one_line_contents(tokens: &[Token]) -> Option<Inner> {
     let open = tokens.iter().position(|t| *t == Token::Open)?;
     // `name = {` is an object value, which HCL 2 takes on one line.
-    if open == 0 || tokens[..open].iter().any(|t| *t == Token::Equals) {
+    if open == 0 || tokens[..open].contains(&Token::Equals) {
         return None;
     }
     let inner = &tokens[open + 1..];

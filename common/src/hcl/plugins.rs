@@ -39,6 +39,22 @@ const PLUGIN_KEYS: &[(&str, SpireOnly)] = &[
 /// SPIRE's built-in plugins of one binary: each kind with its plugins' names.
 pub type SpirePlugins = &'static [(&'static str, &'static [&'static str])];
 
+/// SPIRE's built-in `NodeAttestor` plugins (1.9 to 1.15), the same names on the server and the
+/// agent (each agent plugin pairs with the server's).
+pub const SPIRE_NODE_ATTESTORS: &[&str] = &[
+    "aws_iid",
+    "azure_imds",
+    "azure_msi",
+    "gcp_iit",
+    "http_challenge",
+    "join_token",
+    "k8s_psat",
+    "k8s_sat",
+    "sshpop",
+    "tpm_devid",
+    "x509pop",
+];
+
 /// One plugin a binary has: its name and how its owner builds it from the plugin's block.
 pub type Builder<'b, T> = (
     &'static str,

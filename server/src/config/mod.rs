@@ -160,6 +160,7 @@ impl ServerConfig {
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
         if let Some(mut experimental) = s.block("experimental")? {
+            experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
             experimental.finish()?;
         }

@@ -2,9 +2,11 @@
 //! each (see [`SpireOnly`]): refused with the reason, or accepted with one warning because the
 //! key only tunes SPIRE's internals. SPIRE's references: `doc/spire_server.md` and the
 //! `serverConfig` of `cmd/spire-server/cli/run` (1.9 to 1.15). The keys both blocks share
-//! (`log_file`, `profiling_*`) are `sigil_common::shared_keys::SPIRE_ONLY`; `telemetry`'s are
-//! `sigil_common::telemetry`'s; a plugin's are the plugin table's.
+//! (`log_file`, `profiling_*`, `experimental`'s `require_pq_kem` and `feature_flags`) are
+//! `sigil_common::shared_keys`'; `telemetry`'s are `sigil_common::telemetry`'s; a plugin's are
+//! the plugin table's.
 
+use sigil_common::hcl::plugins::SPIRE_NODE_ATTESTORS;
 use sigil_common::hcl::{Off, SpireOnly};
 
 /// Why the entry-cache tuning keys mean nothing here.
@@ -102,13 +104,6 @@ pub(super) const EXPERIMENTAL: &[(&str, SpireOnly)] = &[
         SpireOnly::Ignored("it tunes SPIRE's SQL transactions; Sigil's are short and bounded"),
     ),
     (
-        "require_pq_kem",
-        SpireOnly::RefusedUnless(
-            Off::False,
-            "the agent API's TLS (rustls with ring) offers no post-quantum key exchange",
-        ),
-    ),
-    (
         "wit_issuer",
         SpireOnly::Refused("WIT-SVIDs (workload identity tokens) are not issued"),
     ),
@@ -119,13 +114,6 @@ pub(super) const EXPERIMENTAL: &[(&str, SpireOnly)] = &[
     (
         "named_pipe_name",
         SpireOnly::Ignored("it is for Windows; Sigil serves the admin API on socket_path"),
-    ),
-    (
-        "feature_flags",
-        SpireOnly::RefusedUnless(
-            Off::Empty,
-            "SPIRE's feature flags switch SPIRE-internal behaviours that Sigil does not have",
-        ),
     ),
 ];
 
@@ -160,22 +148,7 @@ pub(super) const PLUGINS: &[(&str, &[&str])] = &[
             "memory",
         ],
     ),
-    (
-        "NodeAttestor",
-        &[
-            "aws_iid",
-            "azure_imds",
-            "azure_msi",
-            "gcp_iit",
-            "http_challenge",
-            "join_token",
-            "k8s_psat",
-            "k8s_sat",
-            "sshpop",
-            "tpm_devid",
-            "x509pop",
-        ],
-    ),
+    ("NodeAttestor", SPIRE_NODE_ATTESTORS),
     (
         "UpstreamAuthority",
         &[

@@ -286,6 +286,31 @@ mod tests {
     }
 
     #[test]
+    fn acme_is_refused_and_file_sync_interval_only_warns() {
+        let err = parse(
+            "bundle_endpoint {\n  profile \"https_web\" {\n    acme {\n      domain_name = \"example.org\"\n    }\n  }\n}",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "server.conf:4: federation.bundle_endpoint.profile.https_web.acme: not supported by Sigil: ACME certificates are not fetched; give the serving certificate as serving_cert_file { cert_file_path key_file_path }"
+        );
+        let doc = hcl::Document::parse(
+            "server.conf",
+            "federation {\nbundle_endpoint {\n  profile \"https_web\" {\n    serving_cert_file {\n      cert_file_path = \"/c\"\n      key_file_path = \"/k\"\n      file_sync_interval = \"1h\"\n    }\n  }\n}\n}\n",
+        )
+        .unwrap();
+        let mut root = doc.root();
+        FederationConfig::from_block(root.block("federation").unwrap()).unwrap();
+        assert_eq!(
+            doc.take_warnings(),
+            [
+                "server.conf:7: federation.bundle_endpoint.profile.https_web.serving_cert_file.file_sync_interval: has no effect in Sigil: the files are read once, at start-up"
+            ]
+        );
+    }
+
+    #[test]
     fn defaults() {
         let cfg = parse("bundle_endpoint {}").unwrap().unwrap();
         let ep = cfg.bundle_endpoint.unwrap();
