@@ -519,7 +519,7 @@ impl<'a> Block<'a> {
                     return Err(error(spire_only::refusal(why)));
                 }
                 SpireOnly::Ignored(why) | SpireOnly::RefusedUnless(_, why) => {
-                    self.doc.warn(error(spire_only::ignored(why)).to_string());
+                    self.doc.warn(&error(spire_only::ignored(why)));
                 }
             }
         }

@@ -14,7 +14,8 @@ pub struct Document {
     file: String,
     line_starts: Vec<usize>,
     body: Body,
-    warnings: RefCell<Vec<String>>,
+    /// Each warning with its line, for file order.
+    warnings: RefCell<Vec<(Option<usize>, String)>>,
 }
 
 impl Document {
@@ -44,13 +45,17 @@ impl Document {
 
     /// The warnings left by the readers of this file so far, each one line naming the file,
     /// the line and the key (`server.conf:9: server.profiling_port: has no effect in Sigil:
-    /// ...`), in the order they were read. Taking them empties the list.
+    /// ...`), in file order. Taking them empties the list.
     pub fn take_warnings(&self) -> Vec<String> {
-        self.warnings.take()
+        let mut warnings = self.warnings.take();
+        warnings.sort_by_key(|(line, _)| *line);
+        warnings.into_iter().map(|(_, warning)| warning).collect()
     }
 
-    pub(super) fn warn(&self, warning: String) {
-        self.warnings.borrow_mut().push(warning);
+    pub(super) fn warn(&self, warning: &ConfigError) {
+        self.warnings
+            .borrow_mut()
+            .push((warning.line, warning.to_string()));
     }
 
     /// The file's name, as errors show it.
