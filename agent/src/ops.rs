@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The health listener's name in metrics labels and log lines.
 const LISTENER: &str = "health_checks";
+/// The Prometheus listener's name in metrics labels and log lines.
+const METRICS_LISTENER: &str = "metrics";
 /// Connections held at once: a kubelet's probes and a Prometheus scraper need a few. The
 /// server's health listener has the same defaults.
 pub const HEALTH_LIMITS: ConnectionLimits = ConnectionLimits {
@@ -294,6 +296,18 @@ pub async fn bind(
     let limiter = ConnectionLimiter::new(LISTENER, HEALTH_LIMITS, metrics.connections.clone());
     let router = ops::router(paths, readiness, metrics);
     ops::bind(addr, router, limiter, cancel).await
+}
+
+/// Binds the Prometheus listener (`telemetry { Prometheus { host port } }`) on `addr` now,
+/// serving only `/metrics` with the health listener's caps, and returns the serving future.
+pub async fn bind_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = std::io::Result<()>> + use<>> {
+    let limiter =
+        ConnectionLimiter::new(METRICS_LISTENER, HEALTH_LIMITS, metrics.connections.clone());
+    ops::bind(addr, ops::metrics_router(metrics), limiter, cancel).await
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
     );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-agent");
     let mut tasks = Supervisor::new();
     let cancel = tasks.token().clone();
@@ -180,9 +183,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         None => None,
     };
 
+    // `telemetry { Prometheus { host, port } }`: metrics on their own listener, as SPIRE's.
+    let metrics_server = match config.metrics {
+        Some(addr) => Some(
+            ops::bind_metrics(addr, metrics.clone(), cancel.clone())
+                .await
+                .with_context(|| format!("cannot bind {addr}"))?,
+        ),
+        None => None,
+    };
+
     let api_config = WorkloadApiConfig {
         socket_path: config.socket_path.clone(),
         allow_unauthenticated_verifiers: config.allow_unauthenticated_verifiers,
+        allowed_foreign_jwt_claims: config.allowed_foreign_jwt_claims.clone(),
         sds: config.sds.clone(),
         workload_api: !config.disable_workload_api,
         ..WorkloadApiConfig::default()
@@ -199,6 +213,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(server) = ops_server {
         tasks.spawn("health endpoint", async move {
             server.await.context("health endpoint failed")
+        });
+    }
+    if let Some(server) = metrics_server {
+        tasks.spawn("metrics endpoint", async move {
+            server.await.context("metrics endpoint failed")
         });
     }
     let ctx = SyncContext {

@@ -2,8 +2,8 @@
 //! neither binary: each module serves both the same way.
 //!
 //! - [`hcl`]: the config-file reader and the `plugins` table.
-//! - [`shared_keys`], [`log_config`], [`health_checks`]: the config keys and sections both
-//!   binaries share.
+//! - [`shared_keys`], [`log_config`], [`health_checks`], [`telemetry`]: the config keys and
+//!   sections both binaries share.
 //! - [`cli_args`]: SPIRE's single-dash flags, rewritten for clap.
 //! - [`fs_checks`]: file-permission checks of key and state files, stale-socket removal.
 //! - [`supervisor`], [`logging`]: the tasks of a process, its signals and drain; log set-up.
@@ -23,6 +23,7 @@ pub mod logging;
 pub mod ops;
 pub mod shared_keys;
 pub mod supervisor;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;

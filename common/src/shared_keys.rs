@@ -1,13 +1,68 @@
 //! The keys SPIRE's `server` and `agent` blocks share, read the same way for both binaries:
 //! `trust_domain` and `data_dir` (required), `socket_path`, `log_level` and `log_format`, each
 //! replaced by its command-line flag (`-trustDomain`, `-dataDir`, `-socketPath`, `-logLevel`,
-//! `-logFormat`) when one is given, plus `-expandEnv`.
+//! `-logFormat`) when one is given, plus `-expandEnv`. [`SPIRE_ONLY`] and
+//! [`EXPERIMENTAL_SPIRE_ONLY`] say what Sigil does with the keys of both blocks that SPIRE has
+//! and Sigil does not implement.
 
 use std::path::PathBuf;
 
 use sigil_proto::TrustDomain;
 
-use crate::hcl::{Block, ConfigError, parse_path, parse_trust_domain};
+use crate::hcl::{Block, ConfigError, Off, SpireOnly, parse_path, parse_trust_domain};
+
+/// SPIRE's keys of both blocks' `experimental { ... }` that Sigil does not implement (each
+/// binary has its own table for the rest).
+pub const EXPERIMENTAL_SPIRE_ONLY: &[(&str, SpireOnly)] = &[
+    (
+        "require_pq_kem",
+        SpireOnly::RefusedUnless(
+            Off::False,
+            "Sigil's TLS (rustls with ring) offers no post-quantum key exchange",
+        ),
+    ),
+    (
+        "feature_flags",
+        SpireOnly::RefusedUnless(
+            Off::Empty,
+            "SPIRE's feature flags switch SPIRE-internal behaviours that Sigil does not have",
+        ),
+    ),
+];
+
+/// SPIRE's keys of both the `server` and the `agent` block that Sigil does not implement.
+pub const SPIRE_ONLY: &[(&str, SpireOnly)] = &[
+    (
+        "log_file",
+        SpireOnly::RefusedUnless(
+            Off::Empty,
+            "logs go to standard error only; redirect it or let systemd or the container runtime collect it",
+        ),
+    ),
+    (
+        "log_source_location",
+        SpireOnly::Ignored("log lines name their module (target), not the source file and line"),
+    ),
+    (
+        "profiling_enabled",
+        SpireOnly::RefusedUnless(
+            Off::False,
+            "there is no pprof endpoint (a Go runtime feature); profile with perf or another native profiler",
+        ),
+    ),
+    (
+        "profiling_port",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+    (
+        "profiling_freq",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+    (
+        "profiling_names",
+        SpireOnly::Ignored("there is no pprof endpoint (profiling_enabled)"),
+    ),
+];
 use crate::log_config::{LogFormat, LogLevel};
 
 /// The flags that replace the shared keys, and `-expandEnv`. Values are raw strings, validated

@@ -41,6 +41,9 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
     );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(trust_domain = %config.trust_domain, data_dir = %config.data_dir.display(), "starting sigil-server");
     // First, so the datastore and every listener count against the raised limit.
     let caps = listener::plan(&config.connection_limits, &config.listeners());

@@ -193,7 +193,10 @@ pub(super) fn validate_config(
     };
     // A failed write to stdout/stderr cannot be reported anywhere; the exit code still is.
     match AgentConfig::load(&args.config, &overrides) {
-        Ok(_) => {
+        Ok(config) => {
+            for warning in &config.warnings {
+                let _ = writeln!(err, "Warning: {warning}");
+            }
             let _ = writeln!(out, "Configuration is valid.");
             ExitCode::SUCCESS
         }

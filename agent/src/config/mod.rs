@@ -6,16 +6,19 @@
 //! and the bootstrap trust to the server link ([`ServerAddress`], [`TrustBundleSource`]), the
 //! join token to its attestor ([`JoinToken`]), the `sds` block to SDS ([`SdsConfig`]), each
 //! plugin's `plugin_data` to its owner ([`plugins`]), `health_checks` to sigil-common's
-//! [`HealthConfig`]. What it keeps is the
-//! agent's own: its directories, logging, the Workload API's socket and its options.
+//! [`HealthConfig`], `telemetry` to sigil-common's. What it keeps is the agent's own: its
+//! directories, logging, the Workload API's socket and its options. SPIRE's keys the agent
+//! does not implement are refused saying why or accepted with one warning ([`spire_only`]).
 
 pub mod plugins;
 #[cfg(test)]
 mod proptests;
+mod spire_only;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ use sigil_common::hcl::Document;
 pub use sigil_common::health_checks::HealthConfig;
 pub use sigil_common::log_config::{LogFormat, LogLevel};
 pub use sigil_common::shared_keys::SharedFlags;
-use sigil_common::shared_keys::SharedKeys;
+use sigil_common::shared_keys::{self, SharedKeys};
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::{NodeAttestorConfig, WorkloadAttestorsConfig};
@@ -65,6 +68,14 @@ pub struct AgentConfig {
     pub key_manager: KeyManagerConfig,
     pub workload_attestors: WorkloadAttestorsConfig,
     pub health: Option<HealthConfig>,
+    /// The Prometheus listener (`telemetry { Prometheus { host port } }`).
+    pub metrics: Option<SocketAddr>,
+    /// `allowed_foreign_jwt_claims`: the claims ValidateJWTSVID returns for a federated trust
+    /// domain's token, besides `sub`, `exp` and `aud`.
+    pub allowed_foreign_jwt_claims: Vec<String>,
+    /// One line per SPIRE key that was accepted but means nothing for Sigil, naming the file,
+    /// the line and the key: logged at WARN once logging is set up.
+    pub warnings: Vec<String>,
     /// `allow_insecure_file_permissions = true`: start even when `data_dir`, the key directory
     /// or a stored key, SVID or bundle is open to other users (each is logged at WARN); off by
     /// default, when the agent refuses to start instead (OpenSSH's StrictModes).
@@ -140,10 +151,21 @@ impl AgentConfig {
             .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
         let allow_insecure_file_permissions =
             a.bool("allow_insecure_file_permissions")?.unwrap_or(false);
+        let allowed_foreign_jwt_claims = a
+            .string_list("allowed_foreign_jwt_claims")?
+            .unwrap_or_default();
+        if let Some(mut experimental) = a.block("experimental")? {
+            experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
+            experimental.spire_only(spire_only::EXPERIMENTAL)?;
+            experimental.finish()?;
+        }
+        a.spire_only(shared_keys::SPIRE_ONLY)?;
+        a.spire_only(spire_only::AGENT)?;
         a.finish()?;
 
         let plugins = plugins::Plugins::read(&mut root, &shared.data_dir)?;
         let health = HealthConfig::from_block(root.block("health_checks")?)?;
+        let metrics = sigil_common::telemetry::prometheus_listener(root.block("telemetry")?)?;
         root.finish()?;
         Ok(Self {
             data_dir: shared.data_dir,
@@ -164,6 +186,9 @@ impl AgentConfig {
             key_manager: plugins.key_manager,
             workload_attestors: plugins.workload_attestors,
             health,
+            metrics,
+            allowed_foreign_jwt_claims,
+            warnings: doc.take_warnings(),
             allow_insecure_file_permissions,
         })
     }

@@ -41,7 +41,7 @@ pub(super) struct Plugins {
 impl Plugins {
     /// Reads the file's `plugins` block; `data_dir` is the disk key manager's default.
     pub(super) fn read(root: &mut Block<'_>, data_dir: &Path) -> Result<Self, ConfigError> {
-        let mut table = PluginTable::from_root(root)?;
+        let mut table = PluginTable::from_root(root)?.spire_plugins(super::spire_only::PLUGINS);
         let node_attestors: &[Builder<'_, NodeAttestorConfig>] = &[
             ("join_token", &|_| Ok(NodeAttestorConfig::JoinToken)),
             ("k8s_psat", &|p| {
@@ -72,6 +72,7 @@ impl Plugins {
         if attestors == WorkloadAttestorsConfig::default() {
             return Err(table.error("WorkloadAttestor", "at least one is required"));
         }
+        table.spire_only(super::spire_only::PLUGIN_KINDS)?;
         table.finish()?;
         Ok(Self {
             node_attestor,

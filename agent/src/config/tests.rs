@@ -154,6 +154,9 @@ fn spire_example_parses_into_typed_values() {
             live_path: "/live".to_owned(),
             ready_path: "/ready".to_owned(),
         }),
+        metrics: None,
+        allowed_foreign_jwt_claims: vec![],
+        warnings: vec![],
         allow_insecure_file_permissions: false,
     };
     assert_eq!(cfg, want);
@@ -480,5 +483,42 @@ fn server_addresses_refuses_mixing_empty_and_bad_entries() {
     assert_eq!(
         err.to_string(),
         "command line: -serverAddress: cannot be used with server_addresses in the config file (each entry is host:port)"
+    );
+}
+
+#[test]
+fn foreign_jwt_claims_telemetry_and_spire_only_keys() {
+    let cfg = parse(&MINIMAL.replace(
+        "agent {\n",
+        "agent {\n  allowed_foreign_jwt_claims = [\"email\", \"groups\"]\n  sync_interval_unused = 1\n",
+    ));
+    assert_eq!(
+        cfg.unwrap_err().to_string(),
+        "agent.conf:3: agent.sync_interval_unused: unknown key"
+    );
+    let text = format!(
+        "{}telemetry {{\n  Prometheus {{\n    port = 9988\n  }}\n}}\n",
+        MINIMAL.replace(
+            "agent {\n",
+            "agent {\n  allowed_foreign_jwt_claims = [\"email\", \"groups\"]\n  retry_bootstrap = true\n  experimental {\n    sync_interval = \"5s\"\n  }\n",
+        )
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.allowed_foreign_jwt_claims, ["email", "groups"]);
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9988".parse().unwrap()));
+    assert_eq!(
+        cfg.warnings,
+        [
+            "agent.conf:3: agent.retry_bootstrap: has no effect in Sigil: the agent always retries reaching the server, with backoff",
+            "agent.conf:5: agent.experimental.sync_interval: has no effect in Sigil: the server pushes entry changes to the agent over one stream; there is no polling to tune",
+        ]
+    );
+    let err = parse(&MINIMAL.replace("agent {\n", "agent {\n  rebootstrap_mode = \"always\"\n"))
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "agent.conf:2: agent.rebootstrap_mode: not supported by Sigil: the agent does not bootstrap again"
+        ),
+        "{err}"
     );
 }

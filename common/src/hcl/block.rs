@@ -10,6 +10,7 @@ use hcl_edit::Span;
 use hcl_edit::expr::{Expression, ObjectKey};
 use hcl_edit::structure::Body;
 
+use super::spire_only::{self, SpireOnly};
 use super::{ConfigError, Document, parse_duration, parse_port};
 
 struct Attr<'a> {
@@ -486,6 +487,43 @@ impl<'a> Block<'a> {
             .iter()
             .map(|b| b.block.ident.as_str().to_owned())
             .collect()
+    }
+
+    /// Applies a component's table of SPIRE's keys that Sigil does not implement (see
+    /// [`SpireOnly`]) to this block, in file order: a refused key is an error naming it, its
+    /// line and why; an accepted one is marked read and leaves one warning on the document.
+    /// Call it just before [`Block::finish`], which still refuses every key in no table.
+    pub fn spire_only(&mut self, keys: &[(&str, SpireOnly)]) -> Result<(), ConfigError> {
+        // (line, key, value: `None` for a block, treatment) of each key present.
+        let mut present: Vec<(Option<usize>, &str, Option<&Expression>, SpireOnly)> = Vec::new();
+        for &(key, treatment) in keys {
+            for attr in self.attrs.iter_mut().filter(|a| a.key == key) {
+                attr.used = true;
+                present.push((attr.line, key, Some(attr.value), treatment));
+            }
+            for sub in self
+                .blocks
+                .iter_mut()
+                .filter(|b| b.block.ident.as_str() == key)
+            {
+                sub.used = true;
+                present.push((sub.line, key, None, treatment));
+            }
+        }
+        present.sort_by_key(|(line, ..)| *line);
+        for (line, key, value, treatment) in present {
+            let error = |message: String| self.error_at(line, self.key_path(key), message);
+            match treatment {
+                SpireOnly::Refused(why) => return Err(error(spire_only::refusal(why))),
+                SpireOnly::RefusedUnless(off, why) if !value.is_some_and(|v| off.matches(v)) => {
+                    return Err(error(spire_only::refusal(why)));
+                }
+                SpireOnly::Ignored(why) | SpireOnly::RefusedUnless(_, why) => {
+                    self.doc.warn(&error(spire_only::ignored(why)));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ends reading: the first key or block nobody read is an error naming it and its line.

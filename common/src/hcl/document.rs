@@ -1,27 +1,36 @@
 //! A parsed config file: the HCL body, plus what turns byte offsets into line numbers so that
 //! every error names its line.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use hcl_edit::structure::Body;
 
-use super::{Block, ConfigError};
+use super::{Block, ConfigError, hcl1};
 
-/// A parsed HCL file: the body plus what is needed to turn byte offsets into line numbers.
+/// A parsed HCL file: the body plus what is needed to turn byte offsets into line numbers, and
+/// the warnings its readers left (SPIRE keys that mean nothing for Sigil).
 pub struct Document {
     file: String,
     line_starts: Vec<usize>,
     body: Body,
+    /// Each warning with its line, for file order.
+    warnings: RefCell<Vec<(Option<usize>, String)>>,
 }
 
 impl Document {
     /// Parses `text`; `file` is only used to name the file in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let body = hcl_edit::parser::parse_body(text).map_err(|e| ConfigError {
-            file: file.to_owned(),
-            line: Some(e.location().line()),
-            key: String::new(),
-            message: format!("HCL syntax error: {}", e.message()),
+        let body = hcl_edit::parser::parse_body(text).map_err(|e| {
+            let line = e.location().line();
+            let message = hcl1::one_line_block(text, line)
+                .unwrap_or_else(|| format!("HCL syntax error: {}", e.message()));
+            ConfigError {
+                file: file.to_owned(),
+                line: Some(line),
+                key: String::new(),
+                message,
+            }
         })?;
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
@@ -30,7 +39,23 @@ impl Document {
             file: file.to_owned(),
             line_starts,
             body,
+            warnings: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The warnings left by the readers of this file so far, each one line naming the file,
+    /// the line and the key (`server.conf:9: server.profiling_port: has no effect in Sigil:
+    /// ...`), in file order. Taking them empties the list.
+    pub fn take_warnings(&self) -> Vec<String> {
+        let mut warnings = self.warnings.take();
+        warnings.sort_by_key(|(line, _)| *line);
+        warnings.into_iter().map(|(_, warning)| warning).collect()
+    }
+
+    pub(super) fn warn(&self, warning: &ConfigError) {
+        self.warnings
+            .borrow_mut()
+            .push((warning.line, warning.to_string()));
     }
 
     /// The file's name, as errors show it.

@@ -12,11 +12,16 @@
 //!   listen addresses, trust domains).
 //! - [`file`]: reading the file ([`Document::read`]), with SPIRE's `-expandEnv`.
 //! - [`plugins`]: the `plugins { Kind "name" { plugin_data { ... } } }` table.
+//! - [`spire_only`]: what a component does with SPIRE's keys that Sigil lacks (refuse them
+//!   saying why, or accept them with one warning), instead of calling them unknown.
+//! - [`hcl1`]: a clear error for HCL 1's one-line blocks, which the HCL 2 parser refuses.
 
 pub mod block;
 pub mod document;
 pub mod file;
+mod hcl1;
 pub mod plugins;
+pub mod spire_only;
 pub mod values;
 
 #[cfg(test)]
@@ -27,7 +32,8 @@ use std::fmt;
 pub use block::Block;
 pub use document::Document;
 pub use file::expand_env;
-pub use plugins::{Builder, Plugin, PluginTable};
+pub use plugins::{Builder, Plugin, PluginTable, SpirePlugins};
+pub use spire_only::{Off, SpireOnly};
 pub use values::{
     parse_duration, parse_http_path, parse_listen_ip, parse_path, parse_port, parse_trust_domain,
 };

@@ -12,10 +12,48 @@
 //! A binary says, for each kind, which plugin names it has, how each is built from its block
 //! (the owner of the plugin parses its own `plugin_data`) and how many may be configured. The
 //! table refuses unknown names, repeats and, through [`Block::finish`], any `plugin_data` key
-//! the owner did not read. SPIRE's `plugin_cmd` (external plugins) is not supported and falls
-//! out as an unknown key.
+//! the owner did not read. A plugin SPIRE has and Sigil lacks is "not supported by Sigil" (the
+//! binary lists SPIRE's names: [`PluginTable::spire_plugins`]), as are SPIRE's external
+//! plugins (`plugin_cmd`, `plugin_checksum`) and `plugin_data_file`.
 
-use super::{Block, ConfigError};
+use super::{Block, ConfigError, SpireOnly};
+
+/// SPIRE's keys of a plugin's block that Sigil does not implement.
+const PLUGIN_KEYS: &[(&str, SpireOnly)] = &[
+    (
+        "plugin_cmd",
+        SpireOnly::Refused(
+            "external plugins are not loaded; Sigil has only its built-in plugins (remove plugin_cmd to use a built-in one of that name)",
+        ),
+    ),
+    (
+        "plugin_checksum",
+        SpireOnly::Refused("external plugins (plugin_cmd) are not loaded"),
+    ),
+    (
+        "plugin_data_file",
+        SpireOnly::Refused("write the plugin's settings inline, as plugin_data { ... }"),
+    ),
+];
+
+/// SPIRE's built-in plugins of one binary: each kind with its plugins' names.
+pub type SpirePlugins = &'static [(&'static str, &'static [&'static str])];
+
+/// SPIRE's built-in `NodeAttestor` plugins (1.9 to 1.15), the same names on the server and the
+/// agent (each agent plugin pairs with the server's).
+pub const SPIRE_NODE_ATTESTORS: &[&str] = &[
+    "aws_iid",
+    "azure_imds",
+    "azure_msi",
+    "gcp_iit",
+    "http_challenge",
+    "join_token",
+    "k8s_psat",
+    "k8s_sat",
+    "sshpop",
+    "tpm_devid",
+    "x509pop",
+];
 
 /// One plugin a binary has: its name and how its owner builds it from the plugin's block.
 pub type Builder<'b, T> = (
@@ -27,6 +65,7 @@ pub type Builder<'b, T> = (
 #[derive(Debug)]
 pub struct PluginTable<'a> {
     block: Block<'a>,
+    spire: SpirePlugins,
 }
 
 /// One enabled plugin block, handed to its [`Builder`].
@@ -56,7 +95,21 @@ impl<'a> PluginTable<'a> {
         let block = root
             .block("plugins")?
             .ok_or_else(|| root.missing("plugins"))?;
-        Ok(Self { block })
+        Ok(Self { block, spire: &[] })
+    }
+
+    /// SPIRE's plugins of this binary, by kind: one that Sigil lacks is refused as "not
+    /// supported by Sigil" rather than as an unknown name.
+    #[must_use]
+    pub fn spire_plugins(mut self, spire: SpirePlugins) -> Self {
+        self.spire = spire;
+        self
+    }
+
+    /// Applies the binary's table of SPIRE's plugin kinds that Sigil lacks altogether (see
+    /// [`Block::spire_only`]); call it before [`PluginTable::finish`].
+    pub fn spire_only(&mut self, kinds: &[(&str, SpireOnly)]) -> Result<(), ConfigError> {
+        self.block.spire_only(kinds)
     }
 
     /// Exactly one enabled plugin of `kind` (`DataStore`, `KeyManager`).
@@ -121,18 +174,25 @@ impl<'a> PluginTable<'a> {
             let Some(&(known, build)) = builders.iter().find(|(n, _)| *n == name) else {
                 let supported: Vec<String> =
                     builders.iter().map(|(n, _)| format!("{n:?}")).collect();
-                return Err(block.error(
-                    "",
+                let supported = supported.join(", ");
+                let spire_has = self
+                    .spire
+                    .iter()
+                    .any(|(k, names)| *k == kind && names.contains(&name.as_str()));
+                let message = if spire_has {
                     format!(
-                        "unknown {kind} plugin {name:?} (supported: {})",
-                        supported.join(", ")
-                    ),
-                ));
+                        "SPIRE's {kind} plugin {name:?} is not supported by Sigil (Sigil's {kind} plugins: {supported})"
+                    )
+                } else {
+                    format!("unknown {kind} plugin {name:?} (supported: {supported})")
+                };
+                return Err(block.error("", message));
             };
             if block.bool("enabled")? == Some(false) {
                 block.skip("plugin_data");
                 continue;
             }
+            block.spire_only(PLUGIN_KEYS)?;
             let data = block.block("plugin_data")?;
             let mut plugin = Plugin { block, data };
             let value = build(&mut plugin)?;
@@ -231,7 +291,7 @@ mod tests {
             ),
             (
                 "plugins {\n  KeyManager \"memory\" {\n    plugin_cmd = \"/bin/km\"\n  }\n}\n",
-                "test.conf:3: plugins.KeyManager.memory.plugin_cmd: unknown key",
+                "test.conf:3: plugins.KeyManager.memory.plugin_cmd: not supported by Sigil: external plugins are not loaded; Sigil has only its built-in plugins (remove plugin_cmd to use a built-in one of that name)",
             ),
             (
                 "plugins {\n  KeyManager \"memory\" {}\n  Vault \"x\" {}\n}\n",

@@ -259,3 +259,97 @@ fn object_lists_take_a_list_of_objects_or_repeated_blocks() {
         "test.conf:1: l[0].zz: unknown key"
     );
 }
+
+#[test]
+fn spire_only_keys_are_refused_saying_why_or_warned_once_in_file_order() {
+    const TABLE: &[(&str, SpireOnly)] = &[
+        ("gone", SpireOnly::Refused("it is gone")),
+        ("tuning", SpireOnly::Ignored("nothing to tune")),
+        (
+            "feature",
+            SpireOnly::RefusedUnless(Off::False, "no such feature"),
+        ),
+        (
+            "mode",
+            SpireOnly::RefusedUnless(Off::Str("never"), "no such mode"),
+        ),
+        ("list", SpireOnly::RefusedUnless(Off::Empty, "no such list")),
+    ];
+    let read = |body: &str| {
+        let d = doc(&format!("s {{\n{body}}}\n"));
+        let mut root = d.root();
+        let mut s = root.block("s").unwrap().unwrap();
+        let out = s
+            .spire_only(TABLE)
+            .and_then(|()| s.finish())
+            .map_err(|e| e.to_string());
+        (out, d.take_warnings())
+    };
+    // Accepted: one warning each, in file order, naming file, line and key.
+    let (out, warnings) =
+        read("  mode = \"NEVER\"\n  tuning = 5\n  feature = false\n  list = []\n  other {\n  }\n");
+    assert_eq!(out, Err("test.conf:6: s.other: unknown block".to_owned()));
+    assert_eq!(
+        warnings,
+        [
+            "test.conf:2: s.mode: has no effect in Sigil: no such mode",
+            "test.conf:3: s.tuning: has no effect in Sigil: nothing to tune",
+            "test.conf:4: s.feature: has no effect in Sigil: no such feature",
+            "test.conf:5: s.list: has no effect in Sigil: no such list",
+        ]
+    );
+    // Refused: whatever the value, or unless it is the one that switches the feature off; a
+    // block is never "off".
+    for (body, want) in [
+        (
+            "  gone = false\n",
+            "test.conf:2: s.gone: not supported by Sigil: it is gone",
+        ),
+        (
+            "  feature = \"true\"\n",
+            "test.conf:2: s.feature: not supported by Sigil: no such feature",
+        ),
+        (
+            "  mode = \"auto\"\n",
+            "test.conf:2: s.mode: not supported by Sigil: no such mode",
+        ),
+        (
+            "  list = [\"a\"]\n",
+            "test.conf:2: s.list: not supported by Sigil: no such list",
+        ),
+        (
+            "  feature {\n  }\n",
+            "test.conf:2: s.feature: not supported by Sigil: no such feature",
+        ),
+        (
+            "  tuning = 1\n  gone {}\n",
+            "test.conf:3: s.gone: not supported by Sigil: it is gone",
+        ),
+    ] {
+        assert_eq!(read(body).0, Err(want.to_owned()), "{body}");
+    }
+    // Not in the table: still unknown.
+    assert_eq!(
+        read("  tunning = 5\n").0,
+        Err("test.conf:2: s.tunning: unknown key".to_owned())
+    );
+}
+
+#[test]
+fn an_hcl1_one_line_block_gets_the_multi_line_form() {
+    let err = Document::parse(
+        "server.conf",
+        "plugins {\n    KeyManager \"disk\" { plugin_data { keys_path = \"k.json\" } }\n}\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.line, Some(2));
+    assert_eq!(
+        err.to_string(),
+        "server.conf:2: a block written on one line cannot hold a nested block (HCL 1 style, as \
+         SPIRE accepts it); Sigil reads HCL 2, so write it over several lines:\n    \
+         KeyManager \"disk\" {\n        plugin_data {\n            keys_path = \"k.json\"\n        }\n    }"
+    );
+    // Other syntax errors keep the parser's message.
+    let err = Document::parse("server.conf", "server {\n  bind_port 8081\n}\n").unwrap_err();
+    assert!(err.message.starts_with("HCL syntax error: "), "{err}");
+}

@@ -207,8 +207,11 @@ fn validate(args: ConfigArgs) -> ExitCode {
         },
         ..ServerOverrides::default()
     };
-    match load_config(&args.config, &overrides).and_then(|c| load_upstream(&c)) {
-        Ok(_) => {
+    match load_config(&args.config, &overrides).and_then(|c| load_upstream(&c).map(|_| c)) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("Warning: {warning}");
+            }
             println!("Configuration is valid.");
             ExitCode::SUCCESS
         }

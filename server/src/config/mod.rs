@@ -10,11 +10,14 @@
 //!
 //! - [`plugins`]: the `plugins` table, dispatched on plugin names.
 //! - [`file_checks`]: start-up checks of the key and state files the config names.
+//! - [`spire_only`]: SPIRE's keys that sigil-server does not implement, each refused saying
+//!   why or accepted with one warning ([`ServerConfig::warnings`]).
 
 pub mod file_checks;
 pub mod plugins;
 #[cfg(test)]
 mod proptests;
+mod spire_only;
 #[cfg(test)]
 mod tests;
 
@@ -22,11 +25,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use sigil_common::hcl::ConfigError;
-use sigil_common::hcl::{Block, Document, parse_listen_ip};
+use sigil_common::hcl::Document;
 pub use sigil_common::health_checks::HealthConfig;
 pub use sigil_common::log_config::{LogFormat, LogLevel};
 pub use sigil_common::shared_keys::SharedFlags;
-use sigil_common::shared_keys::SharedKeys;
+use sigil_common::shared_keys::{self, SharedKeys};
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::NodeAttestorsConfig;
@@ -81,6 +84,9 @@ pub struct ServerConfig {
     pub allow_insecure_file_permissions: bool,
     /// `server { connection_limits { ... } }`: each TCP listener's connection caps.
     pub connection_limits: ConnectionLimitsConfig,
+    /// One line per SPIRE key that was accepted but means nothing for Sigil, naming the file,
+    /// the line and the key: logged at WARN once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// Command-line flags that override the file: the agent's too ([`SharedFlags`]: SPIRE's
@@ -153,11 +159,18 @@ impl ServerConfig {
         let allow_insecure_file_permissions =
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
+        if let Some(mut experimental) = s.block("experimental")? {
+            experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
+            experimental.spire_only(spire_only::EXPERIMENTAL)?;
+            experimental.finish()?;
+        }
+        s.spire_only(shared_keys::SPIRE_ONLY)?;
+        s.spire_only(spire_only::SERVER)?;
         s.finish()?;
 
         let plugins = plugins::Plugins::read(&mut root, &shared.data_dir)?;
         let health = HealthConfig::from_block(root.block("health_checks")?)?;
-        let metrics = read_telemetry(root.block("telemetry")?)?;
+        let metrics = sigil_common::telemetry::prometheus_listener(root.block("telemetry")?)?;
         let oidc_discovery = OidcDiscoveryConfig::from_block(root.block("oidc_discovery")?)?;
         root.finish()?;
         Ok(Self {
@@ -185,6 +198,7 @@ impl ServerConfig {
             federation,
             allow_insecure_file_permissions,
             connection_limits,
+            warnings: doc.take_warnings(),
         })
     }
 }
@@ -192,23 +206,4 @@ impl ServerConfig {
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not a valid IP address"))
-}
-
-/// `telemetry { Prometheus { host = "..." port = N } }`: the metrics listener.
-fn read_telemetry(telemetry: Option<Block<'_>>) -> Result<Option<SocketAddr>, ConfigError> {
-    let Some(mut telemetry) = telemetry else {
-        return Ok(None);
-    };
-    let mut metrics = None;
-    if let Some(mut prom) = telemetry.block("Prometheus")? {
-        let ip = prom.parsed("host", parse_listen_ip)?;
-        let port = prom.port("port")?.ok_or_else(|| prom.missing("port"))?;
-        prom.finish()?;
-        metrics = Some(SocketAddr::new(
-            ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            port,
-        ));
-    }
-    telemetry.finish()?;
-    Ok(metrics)
 }

@@ -37,7 +37,7 @@ pub(super) struct Plugins {
 impl Plugins {
     /// Reads the file's `plugins` block; `data_dir` holds the plugins' default files.
     pub(super) fn read(root: &mut Block<'_>, data_dir: &Path) -> Result<Self, ConfigError> {
-        let mut table = PluginTable::from_root(root)?;
+        let mut table = PluginTable::from_root(root)?.spire_plugins(super::spire_only::PLUGINS);
         let datastore = table.exactly_one(
             "DataStore",
             &[("sql", &|p| {
@@ -79,6 +79,7 @@ impl Plugins {
                 })],
             )?
             .pop();
+        table.spire_only(super::spire_only::PLUGIN_KINDS)?;
         table.finish()?;
         Ok(Self {
             datastore,

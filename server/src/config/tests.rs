@@ -194,6 +194,7 @@ fn spire_example_parses_into_typed_values() {
         federation: None,
         allow_insecure_file_permissions: false,
         connection_limits: Default::default(),
+        warnings: vec![],
     };
     assert_eq!(cfg, want);
 }
@@ -543,7 +544,8 @@ fn upstream_authority_disk_parses() {
     let vault = block.replace(r#""disk""#, r#""vault""#);
     let err = parse(&MINIMAL.replace(r#"KeyManager "memory" {}"#, &vault)).unwrap_err();
     assert!(
-        err.to_string().contains("unknown UpstreamAuthority plugin"),
+        err.to_string()
+            .contains(r#"SPIRE's UpstreamAuthority plugin "vault" is not supported by Sigil (Sigil's UpstreamAuthority plugins: "disk")"#),
         "{err}"
     );
 }

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sigil_common::hcl::{self, Block, ConfigError};
+use sigil_common::hcl::{self, Block, ConfigError, SpireOnly};
 use sigil_proto::{SpiffeId, TrustDomain};
 
 /// SPIRE's bundle endpoint port.
@@ -162,6 +162,12 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     ServingProfile::HttpsSpiffe
                 }
                 "https_web" => {
+                    p.spire_only(&[(
+                        "acme",
+                        SpireOnly::Refused(
+                            "ACME certificates are not fetched; give the serving certificate as serving_cert_file { cert_file_path key_file_path }",
+                        ),
+                    )])?;
                     let mut files = p
                         .block("serving_cert_file")?
                         .ok_or_else(|| p.missing("serving_cert_file"))?;
@@ -171,8 +177,10 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
                     let key_file = files
                         .optional_path("key_file_path")?
                         .ok_or_else(|| files.missing("key_file_path"))?;
-                    // Accepted for SPIRE compatibility; the files are read once at start-up.
-                    files.skip("file_sync_interval");
+                    files.spire_only(&[(
+                        "file_sync_interval",
+                        SpireOnly::Ignored("the files are read once, at start-up"),
+                    )])?;
                     files.finish()?;
                     p.finish()?;
                     ServingProfile::HttpsWeb {
@@ -275,6 +283,31 @@ mod tests {
         );
         assert_eq!(cfg.federates_with[1].profile, EndpointProfile::HttpsWeb);
         assert_eq!(cfg.federates_with[1].url, "https://web.org/bundle");
+    }
+
+    #[test]
+    fn acme_is_refused_and_file_sync_interval_only_warns() {
+        let err = parse(
+            "bundle_endpoint {\n  profile \"https_web\" {\n    acme {\n      domain_name = \"example.org\"\n    }\n  }\n}",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "server.conf:4: federation.bundle_endpoint.profile.https_web.acme: not supported by Sigil: ACME certificates are not fetched; give the serving certificate as serving_cert_file { cert_file_path key_file_path }"
+        );
+        let doc = hcl::Document::parse(
+            "server.conf",
+            "federation {\nbundle_endpoint {\n  profile \"https_web\" {\n    serving_cert_file {\n      cert_file_path = \"/c\"\n      key_file_path = \"/k\"\n      file_sync_interval = \"1h\"\n    }\n  }\n}\n}\n",
+        )
+        .unwrap();
+        let mut root = doc.root();
+        FederationConfig::from_block(root.block("federation").unwrap()).unwrap();
+        assert_eq!(
+            doc.take_warnings(),
+            [
+                "server.conf:7: federation.bundle_endpoint.profile.https_web.serving_cert_file.file_sync_interval: has no effect in Sigil: the files are read once, at start-up"
+            ]
+        );
     }
 
     #[test]
