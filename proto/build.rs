@@ -1,5 +1,6 @@
-// Generates the gRPC code for the Workload API, Envoy's SDS and Sigil's own APIs. protoc comes from the
-// protoc-bin-vendored crate so a fresh machine needs no system protobuf compiler.
+// Generates the gRPC code for the Workload API, Envoy's SDS, SPIRE's Delegated Identity API and
+// Sigil's own APIs. protoc comes from the protoc-bin-vendored crate so a fresh machine needs no
+// system protobuf compiler.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sigil/agent/v1/agent.proto",
         "proto/envoy/service/secret/v3/sds.proto",
         "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
+        "proto/spire/api/agent/delegatedidentity/v1/delegatedidentity.proto",
     ]
     .iter()
     .map(PathBuf::from)

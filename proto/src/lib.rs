@@ -104,6 +104,29 @@ pub mod envoy {
     }
 }
 
+/// SPIRE's agent API that Sigil serves, under SPIRE's own package names
+/// (`proto/spire/`): the Delegated Identity API on the agent's admin socket.
+pub mod spire {
+    /// `spire.api`
+    pub mod api {
+        /// `spire.api.types`
+        pub mod types {
+            #![allow(clippy::all, missing_docs)]
+            tonic::include_proto!("spire.api.types");
+        }
+        /// `spire.api.agent`
+        pub mod agent {
+            /// `spire.api.agent.delegatedidentity`
+            pub mod delegatedidentity {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.agent.delegatedidentity.v1");
+                }
+            }
+        }
+    }
+}
+
 /// `google.rpc.Status`, as xDS clients report rejected updates.
 pub mod google {
     /// `google.rpc`
