@@ -6,6 +6,7 @@
 //!   sections both binaries share.
 //! - [`cli_args`]: SPIRE's single-dash flags, rewritten for clap.
 //! - [`fs_checks`]: file-permission checks of key and state files, stale-socket removal.
+//! - [`private_socket`]: a Unix socket for its owner alone (the admin sockets).
 //! - [`supervisor`], [`logging`]: the tasks of a process, its signals and drain; log set-up.
 //! - [`listener`], [`ops`]: TCP listeners with caps and timeouts; `/live` `/ready` `/metrics`.
 //! - [`tls`], [`uds`]: the SPIFFE-ID-pinning server verifier; gRPC over a Unix socket.
@@ -21,6 +22,7 @@ pub mod listener;
 pub mod log_config;
 pub mod logging;
 pub mod ops;
+pub mod private_socket;
 pub mod shared_keys;
 pub mod supervisor;
 pub mod telemetry;
