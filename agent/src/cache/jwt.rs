@@ -226,17 +226,25 @@ impl JwtSvidCache {
 /// The half-life `iat + (exp - iat) / 2` and `exp` from the token's claims (read without
 /// verifying: the token came from our own server over an authenticated channel).
 fn lifetime(token: &str) -> Option<(i64, i64)> {
-    #[derive(serde::Deserialize)]
-    struct Times {
-        exp: i64,
-        iat: Option<i64>,
-    }
-    let payload = token.split('.').nth(1)?;
-    let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let times: Times = serde_json::from_slice(&raw).ok()?;
+    let times = token_times(token)?;
     // Without `iat` the half-life is unknown: such a token is not reused.
     let iat = times.iat?;
     Some((iat + (times.exp - iat) / 2, times.exp))
+}
+
+/// A minted token's `iat` and `exp` (Unix seconds), read from its payload without checking
+/// the signature: for tokens this agent was just handed by its server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct TokenTimes {
+    pub iat: Option<i64>,
+    pub exp: i64,
+}
+
+/// The [`TokenTimes`] of `token`; `None` when its payload has no numeric `exp`.
+pub fn token_times(token: &str) -> Option<TokenTimes> {
+    let payload = token.split('.').nth(1)?;
+    let raw = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&raw).ok()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 pub use expiry::{Outage, SvidKind, SvidUnavailable, watch_expiry};
-pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError};
+pub use jwt::{JwtSvidCache, JwtSvidMinter, MintError, TokenTimes, token_times};
 pub use rendered::{RenderedKey, TemplateDemand, pod_uid};
 
 /// Why a write was refused.

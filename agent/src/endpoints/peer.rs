@@ -96,17 +96,32 @@ impl BoundProcess {
             // ENOPROTOOPT / EINVAL: a kernel before 6.5.
             Err(_) => None,
         };
-        let proc_dir = open(
-            format!("/proc/{pid}").as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| gone_or(pid, "", e))?;
+        let proc_dir = open_proc_dir(pid)?;
         if let Some(pidfd) = &pidfd
             && has_exited(pidfd).map_err(|e| proc_error(pid, "", e))?
         {
             return Err(PeerError::Exited { pid });
         }
+        let bound = Self::pin(pid, proc_dir)?;
+        if bound.credentials.effective_uid() != uid || bound.credentials.effective_gid() != gid {
+            return Err(PeerError::CredentialsChanged { pid });
+        }
+        Ok(bound)
+    }
+
+    /// Pins the process that has `pid` now, found by its PID alone (SPIRE's way): for a
+    /// process named by a caller rather than one at the other end of a connection. Call
+    /// [`BoundProcess::verify`] after attesting it, as for a connection's process.
+    pub fn open(pid: i32) -> Result<Self, PeerError> {
+        if pid <= 0 {
+            return Err(PeerError::NoPid);
+        }
+        let proc_dir = open_proc_dir(pid)?;
+        Self::pin(pid, proc_dir)
+    }
+
+    /// The process whose `/proc` directory is `proc_dir`, as it is now.
+    fn pin(pid: i32, proc_dir: OwnedFd) -> Result<Self, PeerError> {
         let mut bound = Self {
             pid,
             proc_dir,
@@ -121,9 +136,6 @@ impl BoundProcess {
         let stat = bound.stat()?;
         bound.start_time = stat.start_time;
         bound.credentials = bound.status()?;
-        if bound.credentials.effective_uid() != uid || bound.credentials.effective_gid() != gid {
-            return Err(PeerError::CredentialsChanged { pid });
-        }
         bound.exe = bound.exe_id().ok();
         Ok(bound)
     }
@@ -194,6 +206,16 @@ impl BoundProcess {
     }
 }
 
+/// `/proc/<pid>`, opened by PID.
+fn open_proc_dir(pid: i32) -> Result<OwnedFd, PeerError> {
+    open(
+        format!("/proc/{pid}").as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| gone_or(pid, "", e))
+}
+
 /// Whether the process behind `pidfd` has exited (a pidfd polls readable then).
 fn has_exited(pidfd: &OwnedFd) -> io::Result<bool> {
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
@@ -256,6 +278,26 @@ mod tests {
             BoundProcess::bind(&a, None, uid, gid).unwrap_err(),
             PeerError::NoPid
         );
+    }
+
+    #[test]
+    fn a_process_named_by_pid_is_pinned_until_it_exits() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let bound = BoundProcess::open(pid).unwrap();
+        bound.verify().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(bound.verify().unwrap_err(), PeerError::Exited { pid });
+        assert_eq!(
+            BoundProcess::open(pid).unwrap_err(),
+            PeerError::Exited { pid }
+        );
+        assert_eq!(BoundProcess::open(0).unwrap_err(), PeerError::NoPid);
     }
 
     #[test]

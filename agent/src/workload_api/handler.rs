@@ -16,7 +16,6 @@ use sigil_proto::workload::{
 };
 use sigil_proto::{Bundle, Selector, SpiffeId, SpiffeIdError, TrustDomain};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -24,6 +23,7 @@ use tracing::debug;
 use super::issued::{Issued, issued_x509_svids};
 use super::jwt::{JwtSvidValidationError, to_prost_struct, validate_jwt_svid};
 use super::responses::{Built, X509ResponseCache};
+use super::stream::{self, StreamSource};
 use crate::cache::{Identity, JwtSvidCache, MintError, Snapshot, SvidUnavailable, pod_uid};
 use crate::endpoints::{Caller, CallerError, LatestStream, LimitError, PeerError, caller};
 use crate::taint::TaintedAuthorities;
@@ -147,13 +147,7 @@ impl Handler {
         self.cache_rx.borrow().clone()
     }
 
-    /// Spawns the producer of a server stream: `build` turns each snapshot into the message to
-    /// send (`Ok(None)`: nothing to send yet). The first message goes out at once, then one
-    /// per snapshot change that changes the message, each after checking that the connection's
-    /// process is still the one that opened it. A client that reads slowly gets only the
-    /// latest message; one that leaves a message unread too long while newer ones come is
-    /// dropped (`endpoints::latest`). Ends with the error `build` returns, quietly when the
-    /// client goes away, and with `Unavailable` when the agent stops.
+    /// A server stream fed from the cache ([`stream::spawn`]).
     fn spawn_stream<T, F>(
         &self,
         caller: Caller,
@@ -164,63 +158,12 @@ impl Handler {
         T: Clone + PartialEq + Send + Sync + 'static,
         F: Fn(&Arc<Snapshot>, &[Selector]) -> Result<Option<Arc<T>>, RequestError> + Send + 'static,
     {
-        let (publisher, stream) = caller
-            .peer
-            .open_stream()
-            .map_err(RequestError::TooManyStreams)?;
-        let slow_after = publisher.slow_after();
-        let mut cache_rx = self.cache_rx.clone();
-        let cancel = self.cancel.clone();
-        let deadline = Instant::now() + self.config.svid_wait;
-        tokio::spawn(async move {
-            let Caller {
-                pid,
-                selectors,
-                peer,
-            } = caller;
-            let mut last: Option<Arc<T>> = None;
-            let end = loop {
-                let snapshot = cache_rx.borrow_and_update().clone();
-                match build(&snapshot, &selectors) {
-                    Err(err) => break Some(err),
-                    Ok(Some(message)) if !last.as_ref().is_some_and(|l| same(l, &message)) => {
-                        // The first message follows the check made when the call came in.
-                        if last.is_some()
-                            && let Err(e) = peer.verify()
-                        {
-                            break Some(RequestError::Peer(e));
-                        }
-                        debug!(method, pid, "workload API stream update");
-                        if publisher.publish(message.clone()).is_err() {
-                            break Some(RequestError::SlowReader(slow_after));
-                        }
-                        // Each message is the full state: the last one is all we compare with.
-                        last = Some(message);
-                    }
-                    Ok(Some(_)) => {}
-                    // Entries match but no SVID is minted yet: wait, but not forever.
-                    Ok(None) if last.is_none() && Instant::now() >= deadline => {
-                        break Some(RequestError::SvidNotReady);
-                    }
-                    Ok(None) => {}
-                }
-                tokio::select! {
-                    changed = cache_rx.changed() => {
-                        if changed.is_err() {
-                            break Some(RequestError::ShuttingDown);
-                        }
-                    }
-                    _ = tokio::time::sleep_until(deadline), if last.is_none() => {}
-                    _ = publisher.closed() => break None,
-                    _ = cancel.cancelled() => break Some(RequestError::ShuttingDown),
-                }
-            };
-            if let Some(err) = end {
-                debug!(method, pid, error = %error_chain(&err), "workload API stream ended");
-                publisher.fail(err.into());
-            }
-        });
-        Ok(stream)
+        let source = StreamSource {
+            cache_rx: self.cache_rx.clone(),
+            cancel: self.cancel.clone(),
+            svid_wait: self.config.svid_wait,
+        };
+        stream::spawn(&source, caller, method, build)
     }
 }
 
@@ -399,11 +342,6 @@ impl SpiffeWorkloadApi for Handler {
     }
 }
 
-/// Whether two stream messages are the same (shared ones are compared by address first).
-fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
 /// The `FetchX509SVID` message for a caller, reused from `cache` when built from the same
 /// snapshot for the same selectors (see [`build_x509_svid_response`]).
 fn cached_x509_svid_response(
@@ -512,7 +450,7 @@ fn visible_bundles<'a>(
 }
 
 /// The error and its sources on one line, for the log.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

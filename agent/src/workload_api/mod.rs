@@ -10,6 +10,7 @@ mod handler;
 pub(crate) mod issued;
 pub mod jwt;
 mod responses;
+pub(crate) mod stream;
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -30,8 +31,8 @@ use crate::sds::{self, SdsConfig};
 use crate::workload_attestation::WorkloadAttestor;
 use handler::{Handler, HandlerConfig};
 
-pub(crate) use handler::RequestError;
 pub use handler::SECURITY_HEADER;
+pub(crate) use handler::{RequestError, error_chain};
 
 /// Where the agent listens, and its CLI dials, unless configured otherwise: SPIRE's default,
 /// which SPIFFE clients and their tests hard-code.
