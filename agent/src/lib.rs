@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod csr;
+pub mod delegated_identity;
 pub mod endpoints;
 pub mod helper;
 pub mod identity;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::cache::{self, Cache};
 use crate::config::{AgentConfig, LogFormat, NodeAttestorConfig};
+use crate::delegated_identity;
 use crate::identity::AgentIdentity;
 use crate::node_attestation::{
     self, JoinTokenAttestor, K8sPsatAttestor, NodeAttestationError, NodeAttestor,
@@ -162,6 +163,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     } else {
         None
     };
+    let admin_listener = match &config.delegated_identity {
+        Some(delegated) => Some(
+            delegated_identity::bind(&delegated.socket_path).with_context(|| {
+                format!(
+                    "cannot bind the admin socket {}",
+                    delegated.socket_path.display()
+                )
+            })?,
+        ),
+        None => None,
+    };
     let ops_server = match &config.health {
         Some(h) => {
             let paths = OpsPaths {
@@ -202,6 +214,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ..WorkloadApiConfig::default()
     };
     let minter = Arc::new(ServerJwtMinter::new(connection.clone(), metrics.clone()));
+    if let (Some(listener), Some(delegated)) = (admin_listener, config.delegated_identity.clone()) {
+        let (rx, a, m, c) = (
+            cache.subscribe(),
+            attestors.clone(),
+            minter.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn("Delegated Identity API", async move {
+            delegated_identity::serve_listener(listener, delegated, rx, a, m, c)
+                .await
+                .context("Delegated Identity API failed")
+        });
+    }
     if let Some(listener) = listener {
         let (rx, c) = (cache.subscribe(), cancel.clone());
         tasks.spawn("Workload API", async move {

@@ -31,6 +31,7 @@ use sigil_common::shared_keys::{self, SharedKeys};
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::{NodeAttestorConfig, WorkloadAttestorsConfig};
+use crate::delegated_identity::DelegatedIdentityConfig;
 pub use crate::node_attestation::JoinToken;
 use crate::sds::SdsConfig;
 use crate::server_client::{ServerAddress, TrustBundleSource};
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     /// `disable_workload_api`: the socket serves SDS only (and is not bound when SDS is
     /// disabled too, as in SPIRE).
     pub disable_workload_api: bool,
+    /// `admin_socket_path` and `authorized_delegates`: the Delegated Identity API; `None`
+    /// (no admin socket) without `admin_socket_path`.
+    pub delegated_identity: Option<DelegatedIdentityConfig>,
     /// `lost_identity_exit_delay`: how long an agent that lost its identity for good (its SVID
     /// expired or it was evicted, and it cannot attest again) keeps serving the workload SVIDs
     /// that are still valid before it exits non-zero. Default 1 min; `0s` exits at once.
@@ -146,6 +150,15 @@ impl AgentConfig {
         let sds = SdsConfig::from_block(a.block("sds")?)?;
         let sds = (!a.bool("disable_sds_api")?.unwrap_or(false)).then_some(sds);
         let disable_workload_api = a.bool("disable_workload_api")?.unwrap_or(false);
+        let socket_path = shared
+            .socket_path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH));
+        let serves_socket = !disable_workload_api || sds.is_some();
+        let delegated_identity = DelegatedIdentityConfig::from_agent_block(
+            &mut a,
+            &shared.trust_domain,
+            serves_socket.then_some(socket_path.as_path()),
+        )?;
         let lost_identity_exit_delay = a
             .duration("lost_identity_exit_delay")?
             .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
@@ -172,15 +185,14 @@ impl AgentConfig {
             log_level: shared.log_level,
             log_format: shared.log_format,
             servers,
-            socket_path: shared
-                .socket_path
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+            socket_path,
             trust_domain: shared.trust_domain,
             trust_bundle,
             join_token,
             allow_unauthenticated_verifiers,
             sds,
             disable_workload_api,
+            delegated_identity,
             lost_identity_exit_delay,
             node_attestor: plugins.node_attestor,
             key_manager: plugins.key_manager,

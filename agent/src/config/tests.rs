@@ -121,6 +121,7 @@ fn spire_example_parses_into_typed_values() {
             ..SdsConfig::default()
         }),
         disable_workload_api: false,
+        delegated_identity: None,
         lost_identity_exit_delay: std::time::Duration::from_secs(60),
         node_attestor: NodeAttestorConfig::K8sPsat(K8sPsatConfig {
             cluster: "my-cluster".to_owned(),
