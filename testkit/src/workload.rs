@@ -35,19 +35,28 @@ pub fn leaf_uris(fetched: &serde_json::Value) -> Vec<Vec<String>> {
             let der = base64::engine::general_purpose::STANDARD
                 .decode(s["x509_svid"].as_str().expect("x509_svid"))
                 .expect("base64");
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("a certificate");
-            let san = cert
-                .subject_alternative_name()
-                .expect("one SAN extension")
-                .expect("a SAN extension");
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
-                .collect()
+            uri_sans(&der)
+        })
+        .collect()
+}
+
+/// The URI SANs of the first certificate in `der` (a leaf, or a chain leaf first), read with
+/// x509-parser.
+///
+/// # Panics
+/// If it is not a certificate with a SAN extension.
+pub fn uri_sans(der: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
+    let san = cert
+        .subject_alternative_name()
+        .expect("one SAN extension")
+        .expect("a SAN extension");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
         })
         .collect()
 }
