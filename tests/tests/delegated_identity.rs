@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sigil_testkit::admin::uds_channel;
+use sigil_testkit::verify::self_signed_p256;
 use sigil_testkit::workload::uri_sans;
 use sigil_testkit::{
     Agent, Server, ServerOptions, multi_thread_rt, pem_certs, register, register_uid,
@@ -44,6 +45,31 @@ const LATER_UID: u32 = 4343;
 /// The uid the workload named by PID runs as.
 const NOBODY: u32 = 65534;
 const PUSH: Duration = Duration::from_secs(30);
+const OTHER_TD: &str = "spiffe://other.org";
+
+/// Gives the server a bundle for `other.org` (a fresh self-signed CA, `bundle set`); returns
+/// the CA's DER.
+fn federate_with_other_org(server: &Server) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    self_signed_p256(
+        &cert,
+        &key,
+        "/CN=other.org",
+        1,
+        &["basicConstraints=critical,CA:true"],
+    );
+    let out = server.cli_ok(&[
+        "bundle",
+        "set",
+        "-id",
+        OTHER_TD,
+        "-path",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), "bundle set.");
+    pem_certs(&std::fs::read_to_string(&cert).unwrap()).concat()
+}
 
 /// A server and an agent serving the admin socket in its own directory, with `DELEGATE` as
 /// the one authorized delegate; returns them with the agent's SPIFFE ID and the admin socket.
@@ -239,13 +265,40 @@ fn a_delegate_gets_the_identities_of_the_workloads_it_acts_for() {
         // Listed: the caller is a delegate from now on.
         let delegate_entry = register_uid(&server, DELEGATE, &agent_id, 0, &[]);
         agent.wait_for_ids("the delegate's entry", &[NOT_A_DELEGATE, DELEGATE], PUSH);
+
+        // A bundle stream opened now sees our bundle, then a federated one as the agent gets it.
+        let mut raw_client = raw(&admin).await;
+        let mut bundle_updates = raw_client
+            .subscribe_to_x509_bundles(SubscribeToX509BundlesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let first = bundle_updates.message().await.unwrap().unwrap();
+        let domains: Vec<&String> = first.ca_certificates.keys().collect();
+        assert_eq!(domains, ["spiffe://example.org"]);
+        assert_eq!(
+            first.ca_certificates["spiffe://example.org"],
+            pem_certs(&bundle_pem).concat()
+        );
+        let foreign_ca = federate_with_other_org(&server);
         register_uid(
             &server,
             BY_SELECTORS,
             &agent_id,
             TARGET_UID,
-            &["-hint", "internal"],
+            &["-hint", "internal", "-federatesWith", OTHER_TD],
         );
+        let pushed = tokio::time::timeout(PUSH, async {
+            loop {
+                let message = bundle_updates.message().await.unwrap().expect("open");
+                if message.ca_certificates.contains_key(OTHER_TD) {
+                    return message;
+                }
+            }
+        })
+        .await
+        .expect("the federated bundle within 30 s");
+        assert_eq!(pushed.ca_certificates[OTHER_TD], foreign_ca);
         let client = client(&admin).await;
 
         // SubscribeToX509SVIDs by selectors, parsed by the spiffe crate (key matches leaf).
@@ -270,13 +323,27 @@ fn a_delegate_gets_the_identities_of_the_workloads_it_acts_for() {
             .collect();
         assert_eq!(ours, pem_certs(&bundle_pem));
 
+        let other = spiffe::TrustDomain::new("other.org").unwrap();
+        assert!(bundles.get(&other).is_some(), "the federated bundle too");
+        // The SVID's entry federates with other.org.
+        let mut by_selectors = raw_client
+            .subscribe_to_x509svi_ds(SubscribeToX509sviDsRequest {
+                selectors: vec![uid_selector(TARGET_UID)],
+                pid: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let message = by_selectors.message().await.unwrap().unwrap();
+        assert_eq!(message.federates_with, [OTHER_TD]);
+        drop(by_selectors);
+
         // FetchJWTSVIDs, validated against SubscribeToJWTBundles' JWKS.
         let jwt_bundles = client.fetch_jwt_bundles().await.unwrap();
         assert!(
             jwt_bundles.get(&td).is_some(),
             "the spiffe crate reads our JWKS"
         );
-        let mut raw_client = raw(&admin).await;
         let jwks = raw_client
             .subscribe_to_jwt_bundles(SubscribeToJwtBundlesRequest {})
             .await
