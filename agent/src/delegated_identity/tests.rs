@@ -104,3 +104,28 @@ fn bundle_messages_hold_every_bundle_the_agent_has() {
     assert_eq!(own["keys"][0]["kid"], "kid");
     assert_eq!(jwt.bundles.len(), 2);
 }
+
+#[test]
+fn a_rotation_or_a_removed_entry_changes_the_message() {
+    let (ca, cache) = cache_with_entries();
+    let target = selectors(&["unix:uid:1000"]);
+    cache
+        .set_svid("web", ca.svid("spiffe://example.org/web"))
+        .unwrap();
+    let before = x509_svids(&cache.snapshot(), &target).unwrap().unwrap();
+    cache
+        .set_svid("web", ca.svid("spiffe://example.org/web"))
+        .unwrap();
+    let rotated = x509_svids(&cache.snapshot(), &target).unwrap().unwrap();
+    assert_ne!(before, rotated, "a new SVID is a new message");
+    assert_ne!(
+        before.x509_svids[0].x509_svid_key,
+        rotated.x509_svids[0].x509_svid_key
+    );
+    cache.remove_entries(["web", "admin"]);
+    let gone = x509_svids(&cache.snapshot(), &target).unwrap().unwrap();
+    assert!(
+        gone.x509_svids.is_empty(),
+        "the workload's SVIDs are withdrawn"
+    );
+}
