@@ -281,7 +281,9 @@ mod tests {
     }
 
     #[test]
-    fn a_process_named_by_pid_is_pinned_until_it_exits() {
+    fn a_process_that_exits_is_gone_even_if_its_pid_is_reused() {
+        // Pin a child's /proc directory by PID (as for a process a delegate names; a
+        // connection's peer goes the same way once bound), then reap it.
         let mut child = Command::new("sleep")
             .arg("30")
             .stdout(Stdio::null())
@@ -298,34 +300,5 @@ mod tests {
             PeerError::Exited { pid }
         );
         assert_eq!(BoundProcess::open(0).unwrap_err(), PeerError::NoPid);
-    }
-
-    #[test]
-    fn a_process_that_exits_is_gone_even_if_its_pid_is_reused() {
-        // Bind a child's /proc directory (a socketpair carries no child credentials, so the
-        // kernel-pidfd path is skipped and the directory is opened by PID), then reap it.
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let (a, _b) = UnixStream::pair().unwrap();
-        let (uid, gid) = own_ids();
-        let mut bound = BoundProcess::bind(&a, Some(std::process::id() as i32), uid, gid).unwrap();
-        bound.pid = pid;
-        bound.proc_dir = open(
-            format!("/proc/{pid}").as_str(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-            Mode::empty(),
-        )
-        .unwrap();
-        bound.start_time = bound.stat().unwrap().start_time;
-        bound.credentials = bound.status().unwrap();
-        bound.exe = bound.exe_id().ok();
-        bound.verify().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert_eq!(bound.verify().unwrap_err(), PeerError::Exited { pid });
     }
 }
