@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use sigil_testkit::python::python_json;
 use sigil_testkit::verify::self_signed_p256;
 use sigil_testkit::{
-    Server, ServerOptions, agent_bin, attested_agent, created_entry_id, id_text, shown_entries,
+    Server, ServerOptions, agent_bin, attested_agent, created_entry_id, id_text, register,
+    shown_entries,
 };
 use x509_parser::prelude::*;
 
@@ -489,7 +490,7 @@ fn unsupported_spire_fields_in_data_are_refused_whole() {
         );
         assert_eq!(json_line(&server, &["entry", "count"]), json!({"count": 0}));
     }
-    let mut data = spire.clone();
+    let mut data = spire;
     data["entries"][1]["additional_attributes"] = json!({});
     std::fs::write(&file, data.to_string()).unwrap();
     server.cli_ok(&["entry", "create", "-data", file.to_str().unwrap()]);
@@ -499,17 +500,12 @@ fn unsupported_spire_fields_in_data_are_refused_whole() {
 fn entry_update_replaces_the_entry_as_spire_does_and_partial_keeps_the_rest() {
     let server = Server::start(ServerOptions::default());
     let parent = "spiffe://example.org/node";
-    let created = json_line(
+    let id = register(
         &server,
+        "spiffe://example.org/web",
+        parent,
+        "unix:uid:1",
         &[
-            "entry",
-            "create",
-            "-spiffeID",
-            "spiffe://example.org/web",
-            "-parentID",
-            parent,
-            "-selector",
-            "unix:uid:1",
             "-hint",
             "web",
             "-dns",
@@ -518,7 +514,6 @@ fn entry_update_replaces_the_entry_as_spire_does_and_partial_keeps_the_rest() {
             "600",
         ],
     );
-    let id = created_entry_id(&created);
     let show = || json_line(&server, &["entry", "show", "-entryID", &id]);
     let before = show();
 
@@ -583,22 +578,13 @@ fn entry_show_text_is_spires() {
     assert_eq!(first, "Found 0 entries\n");
     let mut ids = Vec::new();
     for (path, uid) in [("/a", "1"), ("/b", "2")] {
-        let created = json_line(
+        ids.push(register(
             &server,
-            &[
-                "entry",
-                "create",
-                "-spiffeID",
-                &format!("spiffe://example.org{path}"),
-                "-parentID",
-                "spiffe://example.org/node",
-                "-selector",
-                &format!("unix:uid:{uid}"),
-                "-entryExpiry",
-                "4102444800",
-            ],
-        );
-        ids.push(created_entry_id(&created));
+            &format!("spiffe://example.org{path}"),
+            "spiffe://example.org/node",
+            &format!("unix:uid:{uid}"),
+            &["-entryExpiry", "4102444800"],
+        ));
     }
     let text = server.cli_ok(&["entry", "show"]);
     assert!(text.starts_with("Found 2 entries\n"), "{text}");

@@ -31,14 +31,7 @@ impl From<&pb::AttestedNode> for Agent {
             // service account token (k8s_psat) can be presented again.
             can_reattest: n.attestation_type != "join_token",
             id: SpiffeId::from_text(&n.spiffe_id),
-            selectors: n
-                .selectors
-                .iter()
-                .map(|s| Selector {
-                    r#type: s.r#type.clone(),
-                    value: s.value.clone(),
-                })
-                .collect(),
+            selectors: n.selectors.iter().map(Selector::from).collect(),
             x509svid_expires_at: n.cert_expires_at,
             x509svid_serial_number: n.cert_serial.clone(),
         }

@@ -74,14 +74,7 @@ impl From<&pb::RegistrationEntry> for Entry {
             jwt_svid_ttl: e.jwt_svid_ttl,
             parent_id: SpiffeId::from_text(&e.parent_id),
             revision_number: e.revision,
-            selectors: e
-                .selectors
-                .iter()
-                .map(|s| Selector {
-                    r#type: s.r#type.clone(),
-                    value: s.value.clone(),
-                })
-                .collect(),
+            selectors: e.selectors.iter().map(Selector::from).collect(),
             spiffe_id: SpiffeId::from_text(&e.spiffe_id),
             store_svid: false,
             template: e.template,

@@ -20,6 +20,7 @@ pub(super) mod entry;
 pub(super) mod svid;
 
 use serde::{Deserialize, Serialize};
+use sigil_proto::sigil::common::v1 as pb;
 
 /// Writes `value` as Go's `json.Encoder` does: one compact line.
 pub(super) fn print(value: &impl Serialize) {
@@ -88,6 +89,15 @@ impl SpiffeId {
 pub(super) struct Selector {
     pub r#type: String,
     pub value: String,
+}
+
+impl From<&pb::Selector> for Selector {
+    fn from(s: &pb::Selector) -> Self {
+        Self {
+            r#type: s.r#type.clone(),
+            value: s.value.clone(),
+        }
+    }
 }
 
 /// `spire.api.types.Status` of one item of a batch: SPIRE's gRPC code and message.
