@@ -75,9 +75,46 @@ fn takes_value(command: &Command, name: &str) -> bool {
     })
 }
 
+/// The flags (`command path --flag`) of `command` and all its subcommands that have no help
+/// line: what a unit test of each binary checks is empty.
+pub fn flags_without_help(command: &Command) -> Vec<String> {
+    let mut command = command.clone();
+    command.build();
+    let mut missing = Vec::new();
+    collect_flags_without_help(&command, command.get_name(), &mut missing);
+    missing
+}
+
+fn collect_flags_without_help(command: &Command, path: &str, missing: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        if arg.is_hide_set() || arg.get_help().is_some() {
+            continue;
+        }
+        if let Some(long) = arg.get_long() {
+            missing.push(format!("{path} --{long}"));
+        }
+    }
+    for sub in command.get_subcommands() {
+        collect_flags_without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_without_help_are_listed_with_their_command() {
+        use clap::Arg;
+        let cmd = Command::new("x")
+            .arg(Arg::new("a").long("a").help("documented"))
+            .subcommand(
+                Command::new("sub")
+                    .arg(Arg::new("b").long("b"))
+                    .arg(Arg::new("c").long("c").hide(true)),
+            );
+        assert_eq!(flags_without_help(&cmd), ["x sub --b"]);
+    }
 
     /// A command shaped like the binaries': `entry create` with value flags and a switch.
     fn command() -> Command {

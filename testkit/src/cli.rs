@@ -159,6 +159,45 @@ pub fn register(
         selector,
     ];
     args.extend(extra);
-    let created = server.cli_json(&args);
-    created[0]["id"].as_str().expect("entry id").to_owned()
+    created_entry_id(&server.cli_json(&args))
+}
+
+/// The ID of the (first) entry in SPIRE's `BatchCreateEntryResponse` /
+/// `BatchUpdateEntryResponse` that `entry create|update -output json` prints
+/// (`{"results": [{"status": ..., "entry": {...}}]}`).
+pub fn created_entry_id(response: &serde_json::Value) -> String {
+    response["results"][0]["entry"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no entry in {response}"))
+        .to_owned()
+}
+
+/// The entries of SPIRE's `ListEntriesResponse` that `entry show -output json` prints
+/// (`{"entries": [...], "next_page_token": ""}`).
+pub fn shown_entries(response: &serde_json::Value) -> Vec<serde_json::Value> {
+    response["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries in {response}"))
+        .clone()
+}
+
+/// `spiffe://<td><path>` from SPIRE's `SPIFFEID` object (`{"trust_domain": ..., "path": ...}`),
+/// as entries and agents carry it in `-output json`.
+pub fn id_text(id: &serde_json::Value) -> String {
+    let td = id["trust_domain"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a SPIFFEID: {id}"));
+    format!("spiffe://{td}{}", id["path"].as_str().unwrap_or_default())
+}
+
+/// The SPIFFE IDs of the agents `agent list -output json` prints (SPIRE's
+/// `ListAgentsResponse`).
+pub fn listed_agent_ids(server: &Server) -> Vec<String> {
+    let listed = server.cli_json(&["agent", "list"]);
+    listed["agents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no agents in {listed}"))
+        .iter()
+        .map(|a| id_text(&a["id"]))
+        .collect()
 }

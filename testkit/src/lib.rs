@@ -46,7 +46,10 @@ pub mod workload;
 
 pub use crate::agent::Agent;
 pub use crate::binaries::{agent_bin, bin_dir, server_bin};
-pub use crate::cli::{attested_agent, register, register_uid};
+pub use crate::cli::{
+    attested_agent, created_entry_id, id_text, listed_agent_ids, register, register_uid,
+    shown_entries,
+};
 pub use crate::config::{AgentOptions, ServerOptions};
 pub use crate::net::{free_port, http_get};
 pub use crate::process::{Process, run_to_exit, wait_child, wait_for};

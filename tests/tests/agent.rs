@@ -17,15 +17,7 @@ fn token(server: &Server) -> String {
 }
 
 fn agent_ids(server: &Server) -> Vec<String> {
-    server
-        .cli_json(&["agent", "list"])
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n["spiffe_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    sigil_testkit::listed_agent_ids(server)
 }
 
 fn verify_svid(dir: &std::path::Path) {

@@ -337,9 +337,10 @@ fn a_join_token_agent_whose_svid_expired_says_what_to_do_and_exits() {
         "{log}"
     );
     // Still the one agent; no new attestation was made with the spent token.
-    let agents = server.cli_json(&["agent", "list"]);
-    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
-    assert_eq!(agents[0]["spiffe_id"], agent_id);
+    assert_eq!(
+        sigil_testkit::listed_agent_ids(&server),
+        [agent_id.as_str()]
+    );
     assert_eq!(
         server.log().matches("agent attested").count(),
         1,

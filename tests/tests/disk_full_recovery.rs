@@ -98,7 +98,7 @@ fn x509_authorities(server: &Server) -> serde_json::Value {
 
 fn entry_id(server: &Server, spiffe_id: &str) -> String {
     let shown = server.cli_json(&["entry", "show", "-spiffeID", spiffe_id]);
-    shown[0]["id"]
+    shown["entries"][0]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("no entry {spiffe_id}: {shown}"))
         .to_owned()
@@ -198,7 +198,7 @@ fn full_disk_is_reported_refused_cleanly_and_recovered_from_without_restart() {
     assert_eq!(x509_authorities(&server), reported);
     assert_eq!(
         server.cli_json(&["entry", "show", "-spiffeID", "spiffe://example.org/before"]),
-        serde_json::json!([]),
+        serde_json::json!({"entries": [], "next_page_token": ""}),
         "the delete was persisted"
     );
     assert!(server.stop().success());

@@ -89,7 +89,13 @@ fn selectors(server: &Server, agent_id: &str) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("no selectors in {shown}"))
         .iter()
-        .map(|s| s.as_str().expect("selector string").to_owned())
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap(),
+                s["value"].as_str().unwrap()
+            )
+        })
         .collect();
     selectors.sort();
     selectors
@@ -116,11 +122,7 @@ fn refused(server: &Server, cluster: &str, token: &str, dir: &Path) -> String {
     let log = agent.log();
     assert!(!status.success(), "the agent attested; log:\n{log}");
     assert!(
-        server
-            .cli_json(&["agent", "list"])
-            .as_array()
-            .unwrap()
-            .is_empty(),
+        sigil_testkit::listed_agent_ids(server).is_empty(),
         "an agent was recorded"
     );
     assert_no_token_in_logs(server, &agent, token);
@@ -138,9 +140,15 @@ fn attests_with_a_real_psat_and_serves_entries_under_a_node_alias() {
 
     let agent_id = world.agent_id(&server);
     let agents = server.cli_json(&["agent", "list"]);
-    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
-    assert_eq!(agents[0]["spiffe_id"], agent_id);
-    assert_eq!(agents[0]["attestation_type"], "k8s_psat");
+    assert_eq!(
+        sigil_testkit::listed_agent_ids(&server),
+        [agent_id.as_str()]
+    );
+    assert_eq!(
+        agents["agents"][0]["attestation_type"], "k8s_psat",
+        "{agents}"
+    );
+    assert_eq!(agents["agents"][0]["can_reattest"], true, "{agents}");
     let mut expected = vec![
         format!("k8s_psat:cluster:{CLUSTER}"),
         format!("k8s_psat:agent_ns:{}", world.ns),
@@ -347,10 +355,7 @@ fn reattests_after_eviction_with_the_rotated_token_file() {
         "re-attestation with the rotated token",
         Duration::from_secs(60),
         || {
-            server
-                .cli_json(&["agent", "list"])
-                .as_array()
-                .is_some_and(|a| a.len() == 1)
+            (sigil_testkit::listed_agent_ids(&server).len() == 1)
                 .then(|| selectors(&server, &agent_id))
                 .filter(|s| s.contains(&pod_uid(&new_uid)))
         },

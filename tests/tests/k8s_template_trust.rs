@@ -129,10 +129,7 @@ fn create_template(server: &Server, template: &str, selectors: &[&str]) -> Strin
     for s in selectors {
         args.extend(["-selector", s]);
     }
-    server.cli_json(&args)[0]["id"]
-        .as_str()
-        .expect("entry id")
-        .to_owned()
+    sigil_testkit::created_entry_id(&server.cli_json(&args))
 }
 
 /// The server's ES256 JWT keys, as its SPIFFE bundle document publishes them.
@@ -369,7 +366,7 @@ fn an_agent_is_signed_only_the_instances_of_pods_on_its_own_node() {
     a.refuses(&server, &ns_sa, &web_id, &old, "does not exist");
 
     // A fixed entry naming a pod by UID, via the alias: only for the node that runs it.
-    let fixed = server.cli_json(&[
+    let fixed = sigil_testkit::created_entry_id(&server.cli_json(&[
         "entry",
         "create",
         "-spiffeID",
@@ -378,10 +375,7 @@ fn an_agent_is_signed_only_the_instances_of_pods_on_its_own_node() {
         ALIAS,
         "-selector",
         &format!("k8s:pod-uid:{web_a}"),
-    ])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    ]));
     a.signs(&fixed, "spiffe://example.org/fixed/web-a", "");
     b.refuses(
         &server,

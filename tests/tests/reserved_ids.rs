@@ -65,7 +65,7 @@ fn create_user_template(server: &Server, parent: &str) -> String {
         "-selector",
         "unix:user",
     ]);
-    created[0]["id"].as_str().expect("entry id").to_owned()
+    sigil_testkit::created_entry_id(&created)
 }
 
 /// Every way an operator (or anything with the admin socket) can create or change an entry, or
@@ -144,10 +144,15 @@ fn reserved_ids_are_refused_at_every_entry_point() {
 
     // entry update: a good entry cannot be moved into the namespace, by flag or by -data.
     let web = register_uid(&server, "spiffe://example.org/web", &agent_id, 1, &[]);
-    refused(
-        &server,
-        &["entry", "update", "-entryID", &web, "-spiffeID", SERVER_ID],
-    );
+    // Partially, and as SPIRE's update does it (the whole entry).
+    for rest in [
+        &["-partial"][..],
+        &["-parentID", &agent_id, "-selector", "unix:uid:1"],
+    ] {
+        let mut args = vec!["entry", "update", "-entryID", &web, "-spiffeID", SERVER_ID];
+        args.extend(rest);
+        refused(&server, &args);
+    }
     std::fs::write(
         &data,
         format!(
@@ -160,7 +165,8 @@ fn reserved_ids_are_refused_at_every_entry_point() {
         &["entry", "update", "-data", data.to_str().unwrap()],
     );
     let shown = server.cli_json(&["entry", "show", "-entryID", &web]);
-    assert_eq!(shown[0]["spiffe_id"], "spiffe://example.org/web", "{shown}");
+    let web_id = sigil_testkit::id_text(&shown["entries"][0]["spiffe_id"]);
+    assert_eq!(web_id, "spiffe://example.org/web", "{shown}");
 
     // token generate -spiffeID would create an alias entry with that ID.
     refused(
@@ -369,7 +375,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
     let entry_id = create_user_template(&server, &agent_id);
-    let bare = server.cli_json(&[
+    let bare = sigil_testkit::created_entry_id(&server.cli_json(&[
         "entry",
         "create",
         "-template",
@@ -379,10 +385,7 @@ fn the_server_refuses_to_sign_reserved_ids_even_when_an_agent_asks() {
         &agent_id,
         "-selector",
         "unix:user",
-    ])[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    ]));
 
     let (svid, bundle) = agent.stored_credentials(&server);
     rt().block_on(async {
@@ -494,7 +497,8 @@ fn a_reserved_entry_left_in_an_old_datastore_is_not_served() {
     assert!(warned, "no WARN naming the stale entry in the server log");
 
     let shown = server.cli_json(&["entry", "show", "-entryID", &stale]);
-    assert_eq!(shown[0]["spiffe_id"], SERVER_ID, "{shown}");
+    let stale_id = sigil_testkit::id_text(&shown["entries"][0]["spiffe_id"]);
+    assert_eq!(stale_id, SERVER_ID, "{shown}");
     server.cli_ok(&["entry", "delete", "-entryID", &stale]);
     assert!(entry_count(&server).starts_with("1 "));
 }

@@ -148,7 +148,9 @@ fn cli_lists_100k_entries_in_bounded_memory() {
     );
     let listed: serde_json::Value =
         serde_json::from_reader(BufReader::new(File::open(&json_path).unwrap())).unwrap();
-    let listed = listed.as_array().expect("a JSON array");
+    let listed = listed["entries"]
+        .as_array()
+        .expect("SPIRE's ListEntriesResponse");
     assert_eq!(listed.len(), COUNT);
     let mut ids: Vec<&str> = listed.iter().map(|e| e["id"].as_str().unwrap()).collect();
     ids.dedup();

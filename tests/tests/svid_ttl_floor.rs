@@ -72,17 +72,25 @@ fn ttls_under_the_floor_are_refused_by_flags_files_the_api_and_mint() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let created: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
-    let id = created[0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(created[0]["x509_svid_ttl"], 5);
+    let id = sigil_testkit::created_entry_id(&created);
+    assert_eq!(created["results"][0]["entry"]["x509_svid_ttl"], 5);
     let zero = create(&server, "spiffe://example.org/zero", &["-x509SVIDTTL", "0"]);
     assert!(zero.status.success());
     assert_eq!(entry_count(&server), 2);
 
     // Update: refused, the entry unchanged.
-    let out = server.cli(&["entry", "update", "-entryID", &id, "-x509SVIDTTL", "3"]);
+    let out = server.cli(&[
+        "entry",
+        "update",
+        "-entryID",
+        &id,
+        "-x509SVIDTTL",
+        "3",
+        "-partial",
+    ]);
     refused(&out, "update");
     let shown = server.cli_json(&["entry", "show", "-entryID", &id]);
-    assert_eq!(shown[0]["x509_svid_ttl"], 5, "{shown}");
+    assert_eq!(shown["entries"][0]["x509_svid_ttl"], 5, "{shown}");
 
     // A -data file with one bad entry among good ones: nothing of it is written.
     let file = server.dir.path().join("entries.json");

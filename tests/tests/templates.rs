@@ -55,11 +55,12 @@ fn template_entry_gives_the_workload_its_rendered_id() {
     );
 
     let created = create_template(&server, &agent_id);
-    assert_eq!(created[0]["template"], true, "{created}");
-    assert_eq!(created[0]["spiffe_id"], TEMPLATE);
+    let entry = &created["results"][0]["entry"];
+    assert_eq!(entry["template"], true, "{created}");
+    assert_eq!(sigil_testkit::id_text(&entry["spiffe_id"]), TEMPLATE);
     let shown = server.cli_ok(&["entry", "show", "-spiffeID", TEMPLATE]);
     assert!(
-        shown.contains(&format!("SPIFFE ID        : {TEMPLATE} (template)")),
+        shown.contains(&format!("SPIFFE ID               : {TEMPLATE} (template)")),
         "{shown}"
     );
 
@@ -109,7 +110,7 @@ fn forged_template_mint_requests_are_refused() {
     let server = Server::start(ServerOptions::default());
     let (agent, agent_id) = attested_agent(&server, false);
     let created = create_template(&server, &agent_id);
-    let entry_id = created[0]["id"].as_str().expect("entry id").to_owned();
+    let entry_id = sigil_testkit::created_entry_id(&created);
     let group = "spiffe://example.org/node-group";
     server.cli_json(&[
         "entry",
@@ -121,10 +122,7 @@ fn forged_template_mint_requests_are_refused() {
         "-selector",
         "unix:uid:0",
     ]);
-    let via_group = create_template(&server, group)[0]["id"]
-        .as_str()
-        .expect("entry id")
-        .to_owned();
+    let via_group = sigil_testkit::created_entry_id(&create_template(&server, group));
 
     let (svid, bundle) = agent.stored_credentials(&server);
     multi_thread_rt().block_on(async {

@@ -10,12 +10,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AgentConfig, AgentOverrides, JoinToken, SharedFlags};
 use crate::helper::{HelperConfig, HelperFlags};
+use crate::workload_api::DEFAULT_SOCKET_PATH;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sigil-agent",
     version,
-    about = "Sigil agent: SPIFFE workload identity"
+    about = "Sigil agent: SPIFFE workload identity",
+    after_help = format!(
+        "The Workload API socket is {DEFAULT_SOCKET_PATH} unless -socketPath (or, for `api` \
+         and `healthcheck`, SPIFFE_ENDPOINT_SOCKET) says otherwise."
+    )
 )]
 pub(super) struct Cli {
     #[command(subcommand)]
@@ -134,20 +139,30 @@ pub(super) struct RunArgs {
     /// Expand $VARIABLES in the configuration file.
     #[arg(long = "expandEnv")]
     pub(super) expand_env: bool,
+    /// A directory the agent can use for its runtime data (overrides the config file).
     #[arg(long = "dataDir")]
     pub(super) data_dir: Option<String>,
+    /// DEBUG, INFO, WARN or ERROR (overrides the config file).
     #[arg(long = "logLevel")]
     pub(super) log_level: Option<String>,
+    /// `text` or `json` (overrides the config file).
     #[arg(long = "logFormat")]
     pub(super) log_format: Option<String>,
+    /// IP address or DNS name of the server (overrides the config file).
     #[arg(long = "serverAddress")]
     pub(super) server_address: Option<String>,
+    /// Port number of the server (overrides the config file).
     #[arg(long = "serverPort")]
     pub(super) server_port: Option<String>,
-    #[arg(long = "socketPath")]
+    #[arg(long = "socketPath", help = format!(
+        "Path to bind the Workload API socket to (overrides the config file; default \
+         {DEFAULT_SOCKET_PATH})"
+    ))]
     pub(super) socket_path: Option<String>,
+    /// The trust domain that this agent belongs to (overrides the config file).
     #[arg(long = "trustDomain")]
     pub(super) trust_domain: Option<String>,
+    /// Path to the server's CA bundle, to bootstrap trust (overrides the config file).
     #[arg(long = "trustBundle")]
     pub(super) trust_bundle: Option<String>,
     /// A join token from `sigil-server token generate` (used once).
@@ -270,8 +285,10 @@ pub(super) enum ValidateCommand {
 
 #[derive(Debug, Clone, Args)]
 pub(super) struct SocketArgs {
-    /// Path to the Workload API socket.
-    #[arg(long = "socketPath")]
+    #[arg(long = "socketPath", help = format!(
+        "Path to the Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else \
+         {DEFAULT_SOCKET_PATH})"
+    ))]
     pub(super) socket_path: Option<PathBuf>,
 }
 
@@ -306,6 +323,7 @@ pub(super) struct FetchJwtArgs {
     /// Only the JWT-SVID for this SPIFFE ID.
     #[arg(long = "spiffeID")]
     pub(super) spiffe_id: Option<String>,
+    /// `json` prints the response as JSON.
     #[arg(long)]
     pub(super) output: Option<OutputFormat>,
 }
@@ -314,6 +332,7 @@ pub(super) struct FetchJwtArgs {
 pub(super) struct FetchJwtBundleArgs {
     #[command(flatten)]
     pub(super) call: CallArgs,
+    /// `json` prints the response as JSON.
     #[arg(long)]
     pub(super) output: Option<OutputFormat>,
 }
@@ -328,6 +347,7 @@ pub(super) struct ValidateJwtArgs {
     /// The JWT-SVID to validate.
     #[arg(long)]
     pub(super) svid: String,
+    /// `json` prints the response as JSON.
     #[arg(long)]
     pub(super) output: Option<OutputFormat>,
 }
@@ -372,6 +392,15 @@ mod tests {
             Command::Helper(args) => Ok(args),
             other => panic!("not helper: {other:?}"),
         }
+    }
+
+    /// Every flag of every command has a help line, and `--help` names the default socket.
+    #[test]
+    fn every_flag_has_a_help_line() {
+        let missing = sigil_common::cli_args::flags_without_help(&Cli::command());
+        assert!(missing.is_empty(), "flags without a help line: {missing:?}");
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains(DEFAULT_SOCKET_PATH), "{help}");
     }
 
     #[test]

@@ -11,6 +11,11 @@ use sigil_proto::{Bundle, TrustDomain};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
+use super::types::bundle::{
+    BatchDeleteFederatedBundleResponse, BatchSetFederatedBundleResponse, Bundle as BundleJson,
+    DeleteResult, ListFederatedBundlesResponse, SetResult,
+};
+use super::types::{self, CountResponse, Status};
 
 #[derive(Args, Debug)]
 pub(super) struct BundleSetArgs {
@@ -20,7 +25,8 @@ pub(super) struct BundleSetArgs {
     /// Bundle file; standard input when absent.
     #[arg(long = "path")]
     path: Option<PathBuf>,
-    /// `pem` (X.509 authorities only) or `spiffe` (SPIFFE bundle JSON).
+    /// The format of the bundle data: `pem` (X.509 authorities only) or `spiffe` (SPIFFE
+    /// bundle JSON).
     #[arg(long = "format", default_value = "pem", value_parser = ["pem", "spiffe"])]
     format: String,
     #[command(flatten)]
@@ -29,9 +35,10 @@ pub(super) struct BundleSetArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct BundleListArgs {
-    /// Only this trust domain's bundle.
+    /// Only this trust domain's bundle (`spiffe://other.org`).
     #[arg(long = "id")]
     id: Option<String>,
+    /// `pem` (X.509 authorities) or `spiffe` (SPIFFE bundle JSON); pretty output only.
     #[arg(long = "format", default_value = "pem", value_parser = ["pem", "spiffe"])]
     format: String,
     #[command(flatten)]
@@ -40,6 +47,7 @@ pub(super) struct BundleListArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct BundleDeleteArgs {
+    /// SPIFFE ID of the trust domain (`spiffe://other.org`).
     #[arg(long = "id")]
     id: String,
     /// What to do with entries that federate with it: `restrict` (refuse), `delete` them, or
@@ -125,7 +133,16 @@ pub(super) async fn set(a: BundleSetArgs) -> CliResult {
             bundle: Some(common::Bundle::from(&bundle)),
         })
         .await?;
-    println!("bundle set.");
+    if a.out.json() {
+        types::print(&BatchSetFederatedBundleResponse {
+            results: vec![SetResult {
+                bundle: BundleJson::from(&bundle),
+                status: Status::ok(),
+            }],
+        });
+    } else {
+        println!("bundle set.");
+    }
     Ok(())
 }
 
@@ -139,10 +156,25 @@ pub(super) async fn list(a: BundleListArgs) -> CliResult {
         .await?
         .into_inner()
         .bundles;
-    let spiffe = a.format == "spiffe" || a.out.json();
-    for wire in &bundles {
-        let bundle = Bundle::try_from(wire).map_err(|e| CliError(e.to_string()))?;
-        let body = render(&bundle, spiffe)?;
+    let bundles = bundles
+        .iter()
+        .map(|wire| Bundle::try_from(wire).map_err(|e| CliError(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.out.json() {
+        // SPIRE: `GetFederatedBundle`'s bundle with -id, else `ListFederatedBundlesResponse`.
+        match (&td, bundles.first()) {
+            (Some(_), Some(b)) => types::print(&BundleJson::from(b)),
+            (Some(td), None) => return fail(format!("no federated bundle for {td}")),
+            (None, _) => types::print(&ListFederatedBundlesResponse {
+                bundles: bundles.iter().map(BundleJson::from).collect(),
+                next_page_token: String::new(),
+            }),
+        }
+        return Ok(());
+    }
+    let spiffe = a.format == "spiffe";
+    for bundle in &bundles {
+        let body = render(bundle, spiffe)?;
         if td.is_some() {
             print!("{body}");
         } else {
@@ -182,7 +214,16 @@ pub(super) async fn delete(a: BundleDeleteArgs) -> CliResult {
             mode: mode.into(),
         })
         .await?;
-    println!("Bundle deleted.");
+    if a.out.json() {
+        types::print(&BatchDeleteFederatedBundleResponse {
+            results: vec![DeleteResult {
+                status: Status::ok(),
+                trust_domain: td.to_string(),
+            }],
+        });
+    } else {
+        println!("bundle deleted.");
+    }
     Ok(())
 }
 
@@ -194,7 +235,7 @@ pub(super) async fn count(a: BundleCountArgs) -> CliResult {
         .into_inner()
         .count;
     if a.out.json() {
-        println!("{{\"count\":{n}}}");
+        types::print(&CountResponse::new(n));
     } else {
         println!("{n} bundle{}", if n == 1 { "" } else { "s" });
     }

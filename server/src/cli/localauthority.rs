@@ -2,12 +2,14 @@
 //! and output for operator-driven rotation.
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
 use sigil_proto::sigil::admin::v1 as admin;
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect};
-use super::output::print_json;
+use super::output::go_time;
+use super::types::{self, svid::AuthorityState, svid::AuthorityStateResponse};
 
 #[derive(Subcommand, Debug)]
 pub(super) enum LocalAuthorityCommand {
@@ -91,7 +93,7 @@ pub(super) async fn execute(c: LocalAuthorityCommand) -> CliResult {
         .into_inner();
     if op == admin::LocalAuthorityOp::Show {
         if out.json() {
-            print_json(&show_json(&response.authorities));
+            types::print(&show_json(&response.authorities));
         } else {
             print!("{}", show_text(label, &response.authorities));
         }
@@ -101,8 +103,9 @@ pub(super) async fn execute(c: LocalAuthorityCommand) -> CliResult {
         .authority
         .ok_or_else(|| CliError("server returned no authority".into()))?;
     if out.json() {
+        // SPIRE's `{"prepared_authority": {...}}`, `activated_`, `tainted_`, `revoked_`.
         let key = format!("{}_authority", verb.to_lowercase());
-        print_json(&json!({ key: state_json(&authority) }));
+        types::print(&BTreeMap::from([(key, state_json(&authority))]));
     } else {
         print!("{verb} {label} authority:\n{}", block(&authority));
     }
@@ -141,7 +144,7 @@ fn block(a: &admin::AuthorityState) -> String {
     let mut text = format!(
         "  Authority ID: {}\n  Expires at: {}\n",
         a.authority_id,
-        expires_at(a.expires_at)
+        go_time(a.expires_at)
     );
     if !a.upstream_authority_subject_key_id.is_empty() {
         text.push_str(&format!(
@@ -155,51 +158,28 @@ fn block(a: &admin::AuthorityState) -> String {
     text
 }
 
-/// Go's `time.Time.String()` in UTC, as SPIRE prints it: `2026-08-17 22:04:03 +0000 UTC`.
-fn expires_at(unix: i64) -> String {
-    let format = time::format_description::parse_borrowed::<2>(
-        "[year]-[month]-[day] [hour]:[minute]:[second] +0000 UTC",
-    );
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .zip(format.ok())
-        .and_then(|(t, f)| t.format(&f).ok())
-        .unwrap_or_else(|| unix.to_string())
+fn state_json(a: &admin::AuthorityState) -> AuthorityState {
+    AuthorityState {
+        authority_id: a.authority_id.clone(),
+        expires_at: a.expires_at,
+        upstream_authority_subject_key_id: a.upstream_authority_subject_key_id.clone(),
+    }
 }
 
-fn state_json(a: &admin::AuthorityState) -> Value {
-    let mut v = json!({
-        "authority_id": a.authority_id,
-        "expires_at": a.expires_at.to_string(),
-    });
-    if !a.upstream_authority_subject_key_id.is_empty() {
-        v["upstream_authority_subject_key_id"] = json!(a.upstream_authority_subject_key_id);
+/// SPIRE's `Get*AuthorityStateResponse`. SPIRE keeps one old authority; of our several, the
+/// one that expires last (the most recently active) is `old`.
+fn show_json(all: &[admin::AuthorityState]) -> AuthorityStateResponse {
+    let of = |status: admin::AuthorityStatus| {
+        all.iter()
+            .filter(|a| a.status == i32::from(status))
+            .max_by_key(|a| a.expires_at)
+            .map(state_json)
+    };
+    AuthorityStateResponse {
+        active: of(admin::AuthorityStatus::Active),
+        old: of(admin::AuthorityStatus::Old),
+        prepared: of(admin::AuthorityStatus::Prepared),
     }
-    if a.tainted {
-        v["tainted"] = json!(true);
-    }
-    v
-}
-
-fn show_json(all: &[admin::AuthorityState]) -> Value {
-    let mut v = json!({});
-    for (key, status) in [
-        ("active", admin::AuthorityStatus::Active),
-        ("prepared", admin::AuthorityStatus::Prepared),
-    ] {
-        if let Some(a) = all.iter().find(|a| a.status == i32::from(status)) {
-            v[key] = state_json(a);
-        }
-    }
-    let old: Vec<Value> = all
-        .iter()
-        .filter(|a| a.status == i32::from(admin::AuthorityStatus::Old))
-        .map(state_json)
-        .collect();
-    if !old.is_empty() {
-        v["old"] = Value::Array(old);
-    }
-    v
 }
 
 #[cfg(test)]
@@ -228,9 +208,9 @@ mod tests {
              \nPrepared X.509 authority:\n  No prepared X.509 authority found\n\
              \nOld X.509 authority:\n  Authority ID: old-id\n  Expires at: 1970-01-01 00:16:41 +0000 UTC\n  Tainted: true\n"
         );
-        let v = show_json(&all);
-        assert_eq!(v["active"]["authority_id"], "active-id");
-        assert_eq!(v["old"][0]["tainted"], true);
-        assert!(v.get("prepared").is_none());
+        assert_eq!(
+            serde_json::to_string(&show_json(&all)).unwrap(),
+            r#"{"active":{"authority_id":"active-id","expires_at":"1001","upstream_authority_subject_key_id":""},"old":{"authority_id":"old-id","expires_at":"1001","upstream_authority_subject_key_id":""}}"#
+        );
     }
 }

@@ -4,23 +4,27 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 use sigil_proto::bundle::pem_encode;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::{Bundle, SpiffeId};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
-use super::output::{print_json, timestamp};
+use super::output::go_time;
+use super::types::agent::{Agent, ListAgentsResponse};
+use super::types::svid::{JoinToken, JwtSvid, MintJwtSvidResponse, X509MintResult};
+use super::types::{self, CountResponse};
 
 #[derive(Args, Debug)]
 pub(super) struct HealthcheckArgs {
+    /// Path to the server's admin socket.
     #[arg(long = "socketPath", default_value = super::DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
     /// SPIRE's less stringent check: not supported, refused (the check is always a real API
     /// call).
     #[arg(long = "shallow")]
     shallow: bool,
+    /// Also prints the server's trust domain.
     #[arg(long = "verbose")]
     verbose: bool,
 }
@@ -57,7 +61,8 @@ pub(super) enum TokenCommand {
 
 #[derive(Args, Debug)]
 pub(super) struct TokenArgs {
-    /// Also register this SPIFFE ID for the agent that uses the token.
+    /// Additional SPIFFE ID to assign the token owner: an entry for the agent that uses the
+    /// token.
     #[arg(long = "spiffeID")]
     spiffe_id: Option<String>,
     /// Token TTL in seconds.
@@ -84,7 +89,10 @@ pub(super) async fn token(c: TokenCommand) -> CliResult {
         .await?
         .into_inner();
     if a.out.json() {
-        print_json(&json!({ "value": t.token, "expires_at": t.expires_at }));
+        types::print(&JoinToken {
+            expires_at: t.expires_at,
+            value: t.token,
+        });
     } else {
         println!("Token: {}", t.token);
     }
@@ -107,7 +115,7 @@ pub(super) enum BundleCommand {
 
 #[derive(Args, Debug)]
 pub(super) struct BundleShowArgs {
-    /// `pem` (X.509 authorities) or `spiffe` (SPIFFE bundle JSON).
+    /// `pem` (X.509 authorities) or `spiffe` (SPIFFE bundle JSON); pretty output only.
     #[arg(long = "format", default_value = "pem", value_parser = ["pem", "spiffe"])]
     format: String,
     #[command(flatten)]
@@ -130,7 +138,9 @@ pub(super) async fn bundle(c: BundleCommand) -> CliResult {
         .bundle
         .ok_or_else(|| CliError("server returned no bundle".into()))?;
     let bundle = Bundle::try_from(&pb).map_err(|e| CliError(e.to_string()))?;
-    if a.format == "spiffe" || a.out.json() {
+    if a.out.json() {
+        types::print(&types::bundle::Bundle::from(&bundle));
+    } else if a.format == "spiffe" {
         let json = bundle
             .to_spiffe_json()
             .map_err(|e| CliError(e.to_string()))?;
@@ -149,11 +159,13 @@ pub(super) enum X509Command {
 
 #[derive(Args, Debug)]
 pub(super) struct X509MintArgs {
+    /// SPIFFE ID of the X509-SVID.
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     /// TTL such as `1h` or seconds (default: the server's default X.509-SVID TTL).
     #[arg(long = "ttl")]
     ttl: Option<String>,
+    /// DNS name that will be included in the SVID; repeat for several.
     #[arg(long = "dns")]
     dns: Vec<String>,
     /// Directory to write `svid.pem`, `key.pem` and `bundle.pem` into.
@@ -218,13 +230,19 @@ pub(super) async fn x509(c: X509Command) -> CliResult {
         write_file(&dir.join("svid.pem"), svid_pem.as_bytes(), 0o644)?;
         write_file(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
         write_file(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-        for f in ["svid.pem", "key.pem", "bundle.pem"] {
-            println!("Wrote {}", dir.join(f).display());
+        for (what, f) in [
+            ("X509-SVID", "svid.pem"),
+            ("Private key", "key.pem"),
+            ("Root CAs", "bundle.pem"),
+        ] {
+            println!("{what} written to {}", dir.join(f).display());
         }
     } else if a.out.json() {
-        print_json(
-            &json!({ "svid": svid_pem, "key": key_pem, "bundle": bundle_pem, "expires_at": svid.expires_at }),
-        );
+        types::print(&X509MintResult {
+            private_key: types::base64(&key.serialize_der()),
+            root_cas: svid.bundle.iter().map(|d| types::base64(d)).collect(),
+            x509_svid: svid.svid_chain.iter().map(|d| types::base64(d)).collect(),
+        });
     } else {
         println!("X509-SVID:\n{svid_pem}\nPrivate key:\n{key_pem}\nRoot CAs:\n{bundle_pem}");
     }
@@ -256,11 +274,13 @@ pub(super) enum JwtCommand {
 
 #[derive(Args, Debug)]
 pub(super) struct JwtMintArgs {
+    /// SPIFFE ID of the JWT-SVID.
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     /// An audience; repeat for several.
     #[arg(long = "audience", required = true)]
     audience: Vec<String>,
+    /// TTL such as `5m` or seconds (default: the server's default JWT-SVID TTL).
     #[arg(long = "ttl")]
     ttl: Option<String>,
     /// File to write the token to.
@@ -289,13 +309,37 @@ pub(super) async fn jwt(c: JwtCommand) -> CliResult {
         .into_inner();
     if let Some(path) = &a.write {
         write_file(path, t.token.as_bytes(), 0o600)?;
-        println!("Wrote {}", path.display());
+        println!("JWT-SVID written to {}", path.display());
     } else if a.out.json() {
-        print_json(&json!({ "token": t.token, "expires_at": t.expires_at }));
+        types::print(&MintJwtSvidResponse {
+            svid: JwtSvid {
+                expires_at: t.expires_at,
+                hint: String::new(),
+                id: types::SpiffeId::from_text(&id.to_string()),
+                issued_at: issued_at(&t.token),
+                token: t.token,
+            },
+        });
     } else {
         println!("{}", t.token);
     }
     Ok(())
+}
+
+/// The `iat` claim of a JWT the server just signed (0 if it cannot be read).
+fn issued_at(token: &str) -> i64 {
+    use base64::Engine as _;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|claims| claims["iat"].as_i64())
+        .unwrap_or(0)
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +348,8 @@ pub(super) enum AgentCommand {
     List(AgentListArgs),
     /// Shows one attested agent.
     Show(AgentIdArgs),
+    /// Counts attested agents.
+    Count(AgentListArgs),
     /// Deletes an agent's attestation: it must attest again.
     Evict(AgentIdArgs),
     /// Bans an agent: it can no longer renew, sync or re-attest with the same ID.
@@ -318,66 +364,78 @@ pub(super) struct AgentListArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct AgentIdArgs {
+    /// The SPIFFE ID of the agent (agent identity).
     #[arg(long = "spiffeID")]
     spiffe_id: String,
     #[command(flatten)]
     out: OutputArgs,
 }
 
-fn agent_json(n: &sigil_proto::sigil::common::v1::AttestedNode) -> serde_json::Value {
-    json!({
-        "spiffe_id": n.spiffe_id,
-        "attestation_type": n.attestation_type,
-        "selectors": n.selectors.iter().map(|s| format!("{}:{}", s.r#type, s.value)).collect::<Vec<_>>(),
-        "serial_number": n.cert_serial,
-        "expires_at": n.cert_expires_at,
-        "banned": n.banned,
-    })
+/// SPIRE's block for one agent.
+fn print_agent(n: &sigil_proto::sigil::common::v1::AttestedNode) {
+    let a = Agent::from(n);
+    println!("SPIFFE ID         : {}", n.spiffe_id);
+    println!("Attestation type  : {}", a.attestation_type);
+    println!("Expiration time   : {}", go_time(a.x509svid_expires_at));
+    // A banned agent's serial number means nothing.
+    if a.banned {
+        println!("Banned            : true");
+    } else {
+        println!("Serial number     : {}", a.x509svid_serial_number);
+    }
+    println!("Can re-attest     : {}", a.can_reattest);
+    println!();
 }
 
-fn print_agent(n: &sigil_proto::sigil::common::v1::AttestedNode) {
-    println!("SPIFFE ID         : {}", n.spiffe_id);
-    println!("Attestation type  : {}", n.attestation_type);
-    println!("Expiration time   : {}", timestamp(n.cert_expires_at));
-    println!("Serial number     : {}", n.cert_serial);
-    println!("Banned            : {}", n.banned);
-    for s in &n.selectors {
-        println!("Selector          : {}:{}", s.r#type, s.value);
+/// Every attested agent, page by page.
+async fn all_agents(
+    socket_path: &Path,
+) -> Result<Vec<sigil_proto::sigil::common::v1::AttestedNode>, CliError> {
+    let mut client = connect(socket_path).await?;
+    let mut agents = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_agents(admin::ListAgentsRequest {
+                page_size: 1000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        agents.extend(page.agents);
+        if page.next_page_token.is_empty() {
+            return Ok(agents);
+        }
+        page_token = page.next_page_token;
     }
-    println!();
 }
 
 pub(super) async fn agent(c: AgentCommand) -> CliResult {
     match c {
         AgentCommand::List(a) => {
-            let mut client = connect(&a.out.socket_path).await?;
-            let mut agents = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_agents(admin::ListAgentsRequest {
-                        page_size: 1000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                agents.extend(page.agents);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+            let agents = all_agents(&a.out.socket_path).await?;
             if a.out.json() {
-                print_json(&serde_json::Value::Array(
-                    agents.iter().map(agent_json).collect(),
-                ));
+                types::print(&ListAgentsResponse {
+                    agents: agents.iter().map(Agent::from).collect(),
+                    next_page_token: String::new(),
+                });
+            } else if agents.is_empty() {
+                println!("No attested agents found");
             } else {
+                let n = agents.len();
                 println!(
-                    "Found {} attested agent{}:\n",
-                    agents.len(),
-                    if agents.len() == 1 { "" } else { "s" }
+                    "Found {n} attested agent{}:\n",
+                    if n == 1 { "" } else { "s" }
                 );
                 agents.iter().for_each(print_agent);
+            }
+        }
+        AgentCommand::Count(a) => {
+            let n = all_agents(&a.out.socket_path).await?.len();
+            if a.out.json() {
+                types::print(&CountResponse::new(n));
+            } else {
+                println!("{n} attested agent{}", if n == 1 { "" } else { "s" });
             }
         }
         AgentCommand::Show(a) => {
@@ -389,9 +447,13 @@ pub(super) async fn agent(c: AgentCommand) -> CliResult {
                 .await?
                 .into_inner();
             if a.out.json() {
-                print_json(&agent_json(&n));
+                types::print(&Agent::from(&n));
             } else {
+                println!("Found an attested agent given its SPIFFE ID\n");
                 print_agent(&n);
+                for s in &n.selectors {
+                    println!("Selectors         : {}:{}", s.r#type, s.value);
+                }
             }
         }
         AgentCommand::Evict(a) => {
@@ -401,7 +463,12 @@ pub(super) async fn agent(c: AgentCommand) -> CliResult {
                     spiffe_id: a.spiffe_id.clone(),
                 })
                 .await?;
-            println!("Agent evicted successfully");
+            if a.out.json() {
+                // SPIRE prints the empty response message.
+                println!("{{}}");
+            } else {
+                println!("Agent evicted successfully");
+            }
         }
         AgentCommand::Ban(a) => {
             let mut client = connect(&a.out.socket_path).await?;
@@ -410,7 +477,12 @@ pub(super) async fn agent(c: AgentCommand) -> CliResult {
                     spiffe_id: a.spiffe_id.clone(),
                 })
                 .await?;
-            println!("Agent banned successfully");
+            if a.out.json() {
+                // SPIRE prints the empty response message.
+                println!("{{}}");
+            } else {
+                println!("Agent banned successfully");
+            }
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ mod entry;
 mod localauthority;
 mod misc;
 mod output;
+mod types;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,18 +81,25 @@ struct ConfigArgs {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// The trust domain that this server belongs to (overrides the config file).
     #[arg(long = "trustDomain")]
     trust_domain: Option<String>,
+    /// A directory the server can use for its runtime data (overrides the config file).
     #[arg(long = "dataDir")]
     data_dir: Option<String>,
+    /// DEBUG, INFO, WARN or ERROR (overrides the config file).
     #[arg(long = "logLevel")]
     log_level: Option<String>,
+    /// `text` or `json` (overrides the config file).
     #[arg(long = "logFormat")]
     log_format: Option<String>,
+    /// IP address or DNS name of the server's agent API (overrides the config file).
     #[arg(long = "bindAddress")]
     bind_address: Option<String>,
+    /// Port number of the server's agent API (overrides the config file).
     #[arg(long = "serverPort")]
     server_port: Option<String>,
+    /// Path to bind the admin API socket to (overrides the config file).
     #[arg(long = "socketPath")]
     socket_path: Option<String>,
 }
@@ -119,7 +127,7 @@ pub(crate) struct OutputArgs {
     /// Path to the server's admin socket.
     #[arg(long = "socketPath", default_value = DEFAULT_SOCKET_PATH)]
     pub socket_path: PathBuf,
-    /// `pretty` (default) or `json`.
+    /// `pretty` (default) or `json`: SPIRE's JSON (protojson of its API types).
     #[arg(long = "output", default_value = "pretty", value_parser = ["pretty", "json"])]
     pub output: String,
 }
@@ -249,5 +257,17 @@ fn client_command(command: Command) -> ExitCode {
             eprintln!("Error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag of every command has a help line (`--help` is useless otherwise).
+    #[test]
+    fn every_flag_has_a_help_line() {
+        let missing = sigil_common::cli_args::flags_without_help(&Cli::command());
+        assert!(missing.is_empty(), "flags without a help line: {missing:?}");
     }
 }

@@ -179,12 +179,34 @@ impl EntryFields {
         Ok(())
     }
 
+    /// SPIRE's `entry update` checks: the flags must describe a whole entry.
+    pub(super) fn check_whole_entry(&self) -> Result<(), CliError> {
+        if self.selector.is_empty() {
+            return fail("at least one selector is required (-selector)");
+        }
+        if self.parent_id.is_none() && self.node != Some(true) {
+            return fail("a parent ID is required (-parentID or -node)");
+        }
+        if self.spiffe_id.is_none() {
+            return fail("a SPIFFE ID is required (-spiffeID)");
+        }
+        Ok(())
+    }
+
     pub(super) fn any_set(&self) -> bool {
         self.spiffe_id.is_some()
             || self.parent_id.is_some()
             || !self.selector.is_empty()
             || self.node.is_some()
             || self.template.is_some()
+            || self.x509_svid_ttl.is_some()
+            || self.jwt_svid_ttl.is_some()
+            || !self.dns.is_empty()
+            || !self.federates_with.is_empty()
+            || self.admin.is_some()
+            || self.downstream.is_some()
+            || self.hint.is_some()
+            || self.entry_expiry.is_some()
     }
 }
 

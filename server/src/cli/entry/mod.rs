@@ -4,6 +4,9 @@
 //! - [`fields`]: the entry's fields as flags, parsed and checked into the proto entry.
 //! - [`file`](mod@file): the `-data` / `-file` JSON files, in SPIRE's shapes.
 //! - [`show`]: `entry show`'s filter, paging and output.
+//!
+//! `entry update` replaces the whole entry, as SPIRE's does; `-partial` (Sigil's) changes
+//! just the fields given.
 
 mod fields;
 mod file;
@@ -17,7 +20,10 @@ use sigil_proto::sigil::common::v1 as pb;
 
 use super::OutputArgs;
 use super::client::{CliResult, connect, fail};
-use super::output::{entry_json, print_entry, print_json};
+use super::output::print_entry;
+use super::types::{
+    self, CountResponse, entry::BatchDeleteEntryResponse, entry::BatchEntryResponse,
+};
 use fields::{EntryFields, validate};
 use file::{file_entries, file_ids};
 
@@ -39,10 +45,11 @@ pub(super) enum EntryCommand {
 pub(super) struct CreateArgs {
     #[command(flatten)]
     fields: EntryFields,
-    /// A chosen entry ID (default: generated).
+    /// A custom ID for this registration entry (default: a new one is generated).
     #[arg(long = "entryID")]
     entry_id: Option<String>,
-    /// A JSON file of entries (`{"entries": [...]}` as SPIRE writes it), or `-` for stdin.
+    /// A JSON file of entries, or `-` for stdin: `{"entries": [...]}` as SPIRE's `-data`
+    /// files and `entry show -output json` (SPIRE's or Sigil's) write it.
     #[arg(long = "data")]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -51,18 +58,24 @@ pub(super) struct CreateArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct FilterArgs {
+    /// The entry ID of the record to show (alone: no other filter with it).
     #[arg(long = "entryID")]
     entry_id: Option<String>,
+    /// The SPIFFE ID (or identity template) of the records to show.
     #[arg(long = "spiffeID")]
     spiffe_id: Option<String>,
+    /// The parent ID of the records to show.
     #[arg(long = "parentID")]
     parent_id: Option<String>,
+    /// A selector `type:value` the records must have (see -matchSelectorsOn); repeat for
+    /// several.
     #[arg(long = "selector")]
     selector: Vec<String>,
     /// How the entries' selectors must relate to `-selector`: exact, subset, superset or any.
     #[arg(long = "matchSelectorsOn", default_value = "superset",
           value_parser = ["exact", "subset", "superset", "any"])]
     match_selectors_on: String,
+    /// The hint of the records to show.
     #[arg(long = "hint")]
     hint: Option<String>,
     #[command(flatten)]
@@ -77,21 +90,27 @@ pub(super) struct ShowArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct UpdateArgs {
-    /// The entry to update.
+    /// The registration entry ID of the record to update.
     #[arg(long = "entryID")]
     entry_id: Option<String>,
     #[command(flatten)]
     fields: EntryFields,
-    /// A JSON file of full entries (with `id`), or `-` for stdin.
+    /// A JSON file of whole entries, each with its `id`, or `-` for stdin (as `create
+    /// -data` reads).
     #[arg(long = "data")]
     data: Option<PathBuf>,
+    /// Sigil only: change just the fields given and keep the rest of the entry. Without it,
+    /// as in SPIRE, the entry is replaced by the one the flags describe and -parentID (or
+    /// -node), -spiffeID and -selector are required.
+    #[arg(long = "partial")]
+    partial: bool,
     #[command(flatten)]
     out: OutputArgs,
 }
 
 #[derive(Args, Debug)]
 pub(super) struct DeleteArgs {
-    /// The entry to delete.
+    /// The registration entry ID of the record to delete.
     #[arg(long = "entryID")]
     entry_id: Option<String>,
     /// A JSON file `{"ids": [...]}` (or `{"entries":[{"id":...}]}`), or `-` for stdin.
@@ -136,13 +155,9 @@ async fn create(a: CreateArgs) -> CliResult {
         .into_inner()
         .entries;
     if a.out.json() {
-        print_json(&serde_json::Value::Array(
-            created.iter().map(entry_json).collect(),
-        ));
+        types::print(&BatchEntryResponse::ok(&created));
     } else {
-        for e in &created {
-            print_entry(e);
-        }
+        created.iter().for_each(print_entry);
     }
     Ok(())
 }
@@ -157,7 +172,7 @@ async fn count(a: FilterArgs) -> CliResult {
         .into_inner()
         .count;
     if a.out.json() {
-        print_json(&serde_json::json!({ "count": n }));
+        types::print(&CountResponse::new(n));
     } else {
         println!("{n} registration entr{}", if n == 1 { "y" } else { "ies" });
     }
@@ -165,9 +180,8 @@ async fn count(a: FilterArgs) -> CliResult {
 }
 
 async fn update(a: UpdateArgs) -> CliResult {
-    let mut client = connect(&a.out.socket_path).await?;
     let entries = match (&a.data, &a.entry_id) {
-        (Some(path), None) => {
+        (Some(path), None) if !a.fields.any_set() && !a.partial => {
             let entries = file_entries(path)?;
             if entries.iter().any(|e| e.id.is_empty()) {
                 return fail(format!(
@@ -177,26 +191,44 @@ async fn update(a: UpdateArgs) -> CliResult {
             }
             entries
         }
-        (None, Some(id)) => {
+        (Some(_), _) => {
+            return fail("-data cannot be combined with -entryID, entry flags or -partial");
+        }
+        (None, None) => return fail("entry ID is required (-entryID, or -data)"),
+        (None, Some(id)) if a.partial => {
+            let mut client = connect(&a.out.socket_path).await?;
             let mut e = client
                 .get_entry(admin::GetEntryRequest { id: id.clone() })
                 .await?
                 .into_inner();
             a.fields.apply(&mut e)?;
             validate(&e)?;
+            return send_update(&a, vec![e]).await;
+        }
+        (None, Some(id)) => {
+            // SPIRE's `entry update`: the flags describe the whole entry, which replaces it.
+            a.fields.check_whole_entry()?;
+            let mut e = pb::RegistrationEntry {
+                id: id.clone(),
+                ..Default::default()
+            };
+            a.fields.apply(&mut e)?;
+            validate(&e)?;
             vec![e]
         }
-        _ => return fail("give either -entryID (with the fields to change) or -data"),
     };
+    send_update(&a, entries).await
+}
+
+async fn send_update(a: &UpdateArgs, entries: Vec<pb::RegistrationEntry>) -> CliResult {
+    let mut client = connect(&a.out.socket_path).await?;
     let updated = client
         .batch_update_entry(admin::BatchUpdateEntryRequest { entries })
         .await?
         .into_inner()
         .entries;
     if a.out.json() {
-        print_json(&serde_json::Value::Array(
-            updated.iter().map(entry_json).collect(),
-        ));
+        types::print(&BatchEntryResponse::ok(&updated));
     } else {
         updated.iter().for_each(print_entry);
     }
@@ -216,11 +248,16 @@ async fn delete(a: DeleteArgs) -> CliResult {
         .into_inner()
         .ids;
     if a.out.json() {
-        print_json(&serde_json::json!({ "deleted": deleted }));
+        types::print(&BatchDeleteEntryResponse::ok(deleted));
     } else {
-        for id in deleted {
+        // SPIRE's lines, blank lines and summary (without a final newline).
+        for id in &deleted {
             println!("Deleted entry with ID: {id}");
         }
+        if !deleted.is_empty() {
+            print!("\n\n");
+        }
+        print!("Deleted {} entries successfully", deleted.len());
     }
     Ok(())
 }

@@ -2,17 +2,19 @@
 //! and the sink that writes entries out as they arrive.
 //!
 //! One job: listing any number of entries in bounded memory, one page fetched and written
-//! (text or one JSON array) before the next, through one buffered, locked stdout.
+//! (SPIRE's text, or its `ListEntriesResponse` JSON) before the next, through one buffered,
+//! locked stdout.
 
 use std::io::{self, BufWriter, Write};
 
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as pb;
 
-use crate::cli::client::{CliError, CliResult, connect};
+use crate::cli::client::{CliError, CliResult, connect, fail};
 use crate::cli::entry::FilterArgs;
 use crate::cli::entry::fields::{parse_selector, parse_spiffe_id, parse_spiffe_id_or_template};
-use crate::cli::output::{JsonArrayWriter, entry_json, write_entry};
+use crate::cli::output::write_entry;
+use crate::cli::types::entry::ListEntriesWriter;
 
 impl FilterArgs {
     pub(super) fn to_filter(&self) -> Result<admin::EntryFilter, CliError> {
@@ -47,25 +49,45 @@ impl FilterArgs {
 }
 
 pub(super) async fn show(a: FilterArgs) -> CliResult {
+    if a.entry_id.is_some()
+        && (a.parent_id.is_some() || a.spiffe_id.is_some() || !a.selector.is_empty())
+    {
+        return fail("the -entryID flag can't be combined with others");
+    }
+    let filter = a.to_filter()?;
     let mut client = connect(&a.out.socket_path).await?;
     // One buffered, locked stdout: a million entries are ~10 million lines, and stdout's own
     // line buffering would make each one a write(2).
     let stdout = io::stdout();
     let out = BufWriter::new(stdout.lock());
-    let mut sink = if a.out.json() {
-        EntrySink::Json(JsonArrayWriter::new(out))
-    } else {
-        EntrySink::Text(out)
-    };
     if let Some(id) = &a.entry_id {
         let entry = client
             .get_entry(admin::GetEntryRequest { id: id.clone() })
-            .await?
-            .into_inner();
-        sink.push(&entry)?;
+            .await
+            .map_err(|s| {
+                CliError(format!(
+                    "error fetching entry ID {id}: {}",
+                    CliError::from(s)
+                ))
+            })?;
+        let mut sink = EntrySink::new(out, a.out.json(), 1)?;
+        sink.push(&entry.into_inner())?;
         return sink.finish();
     }
-    let filter = a.to_filter()?;
+    let mut sink = if a.out.json() {
+        EntrySink::new(out, true, 0)?
+    } else {
+        // SPIRE's `Found N entries` comes first, but entries are written as they arrive:
+        // the count is asked for first (an entry created in between is listed, not counted).
+        let n = client
+            .count_entries(admin::CountEntriesRequest {
+                filter: Some(filter.clone()),
+            })
+            .await?
+            .into_inner()
+            .count;
+        EntrySink::new(out, false, n)?
+    };
     let mut page_token = String::new();
     // Page by page, each written out before the next is fetched: memory stays one page
     // whatever the number of entries.
@@ -95,14 +117,24 @@ const SHOW_PAGE_SIZE: u32 = 1000;
 /// Where `entry show` writes entries as they arrive.
 enum EntrySink<W: Write> {
     Text(W),
-    Json(JsonArrayWriter<W>),
+    Json(ListEntriesWriter<W>),
 }
 
 impl<W: Write> EntrySink<W> {
+    /// A JSON sink, or a text one that starts with SPIRE's `Found <count> entries` line.
+    fn new(mut out: W, json: bool, count: u64) -> Result<Self, CliError> {
+        if json {
+            return Ok(Self::Json(ListEntriesWriter::new(out)));
+        }
+        let noun = if count == 1 { "entry" } else { "entries" };
+        writeln!(out, "Found {count} {noun}")?;
+        Ok(Self::Text(out))
+    }
+
     fn push(&mut self, e: &pb::RegistrationEntry) -> Result<(), CliError> {
         match self {
             Self::Text(out) => write_entry(out, e)?,
-            Self::Json(out) => out.push(&entry_json(e))?,
+            Self::Json(out) => out.push(e)?,
         }
         Ok(())
     }
