@@ -21,6 +21,7 @@ pub mod listener;
 pub mod log_config;
 pub mod logging;
 pub mod ops;
+pub mod rsa_keygen;
 pub mod shared_keys;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]

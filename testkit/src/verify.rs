@@ -110,3 +110,52 @@ pub fn pem_certs(pem_text: &str) -> Vec<Vec<u8>> {
         .map(|p| p.expect("valid PEM").contents)
         .collect()
 }
+
+/// An operator's self-signed CA made with openssl, the way operators make them: `keygen` is an
+/// openssl command line (after `openssl`, without `-out`) writing the key in the encoding it
+/// chooses (`ecparam -genkey -noout` for SEC1, `genrsa -traditional` for PKCS#1, `genpkey` for
+/// PKCS#8); `sign` are extra `openssl req -x509` options (`-sha512`, `-sigopt
+/// rsa_padding_mode:pss`). The CA is valid ten years and may sign certificates
+/// (basicConstraints CA:true, keyUsage keyCertSign). Writes `dir/<name>.key` and
+/// `dir/<name>.crt`; returns their paths.
+///
+/// # Panics
+/// If openssl fails.
+pub fn openssl_self_signed_ca(
+    dir: &Path,
+    name: &str,
+    keygen: &[&str],
+    sign: &[&str],
+) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let key_str = key.to_str().expect("UTF-8 path");
+    let mut args = keygen.to_vec();
+    args.splice(1..1, ["-out", key_str]);
+    let (ok, out) = openssl(&args);
+    assert!(ok, "{args:?}: {out}");
+    let subject = format!("/O=Operator/CN={name}");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key_str,
+        "-days",
+        "3650",
+        "-subj",
+        &subject,
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        cert.to_str().expect("UTF-8 path"),
+    ];
+    args.extend(sign);
+    let (ok, out) = openssl(&args);
+    assert!(ok, "{args:?}: {out}");
+    (cert, key)
+}
