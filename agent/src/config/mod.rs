@@ -28,6 +28,7 @@ use sigil_common::shared_keys::SharedKeys;
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::{NodeAttestorConfig, WorkloadAttestorsConfig};
+use crate::csr::KeyType;
 pub use crate::node_attestation::JoinToken;
 use crate::sds::SdsConfig;
 use crate::server_client::{ServerAddress, TrustBundleSource};
@@ -69,6 +70,9 @@ pub struct AgentConfig {
     /// or a stored key, SVID or bundle is open to other users (each is logged at WARN); off by
     /// default, when the agent refuses to start instead (OpenSSH's StrictModes).
     pub allow_insecure_file_permissions: bool,
+    /// `workload_x509_svid_key_type`: the type of each workload's X509-SVID key
+    /// (`ec-p256` unless set, `ec-p384` or `rsa-2048`, as SPIRE).
+    pub workload_x509_svid_key_type: KeyType,
 }
 
 /// Command-line flags that override the file: the server's too ([`SharedFlags`]: SPIRE's
@@ -140,6 +144,9 @@ impl AgentConfig {
             .unwrap_or(crate::rotation::DEFAULT_EXIT_DELAY);
         let allow_insecure_file_permissions =
             a.bool("allow_insecure_file_permissions")?.unwrap_or(false);
+        let workload_x509_svid_key_type = a
+            .parsed("workload_x509_svid_key_type", str::parse::<KeyType>)?
+            .unwrap_or_default();
         a.finish()?;
 
         let plugins = plugins::Plugins::read(&mut root, &shared.data_dir)?;
@@ -165,6 +172,7 @@ impl AgentConfig {
             workload_attestors: plugins.workload_attestors,
             health,
             allow_insecure_file_permissions,
+            workload_x509_svid_key_type,
         })
     }
 }
