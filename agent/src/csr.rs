@@ -3,9 +3,8 @@
 //! Beside node attestation, renewal and minting, which all send one. The agent's own key is
 //! P-256; workload keys are of `workload_x509_svid_key_type` (SPIRE's name and values).
 
-use std::fmt;
-use std::str::FromStr;
-
+use sigil_common::key_type::KeyGenError;
+pub use sigil_common::key_type::KeyType;
 use zeroize::Zeroizing;
 
 /// Why a key or CSR could not be made.
@@ -15,63 +14,26 @@ pub enum CsrError {
     #[error("generating a key or CSR: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error(transparent)]
-    Rsa(#[from] sigil_common::rsa_keygen::RsaKeygenError),
+    Key(#[from] KeyGenError),
 }
 
-/// A workload X509-SVID key type (`workload_x509_svid_key_type`), spelled as SPIRE.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum KeyType {
-    #[default]
-    EcP256,
-    EcP384,
-    Rsa2048,
-}
-
-impl KeyType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ec-p256",
-            Self::EcP384 => "ec-p384",
-            Self::Rsa2048 => "rsa-2048",
-        }
-    }
-}
-
-impl FromStr for KeyType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ec-p256" => Ok(Self::EcP256),
-            "ec-p384" => Ok(Self::EcP384),
-            "rsa-2048" => Ok(Self::Rsa2048),
-            other => Err(format!(
-                "{other:?} is not a supported key type (expected rsa-2048, ec-p256 or ec-p384)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// `workload_x509_svid_key_type`: SPIRE's agent takes `rsa-2048`, `ec-p256` and `ec-p384`.
+pub fn parse_workload_key_type(s: &str) -> Result<KeyType, String> {
+    match s.parse::<KeyType>() {
+        Ok(KeyType::Rsa4096) | Err(_) => Err(format!(
+            "{s:?} is not a supported key type (expected rsa-2048, ec-p256 or ec-p384)"
+        )),
+        Ok(key_type) => Ok(key_type),
     }
 }
 
 /// A fresh key of `key_type` (PKCS#8 DER, wiped on drop) and a PKCS#10 CSR (DER) for it. The
 /// server takes only the public key from the CSR and sets the SPIFFE ID itself.
 pub fn new_key_and_csr(key_type: KeyType) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), CsrError> {
-    let key = match key_type {
-        KeyType::EcP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
-        KeyType::EcP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
-        // ring (rcgen's backend) signs with RSA keys but cannot make them.
-        KeyType::Rsa2048 => {
-            let pkcs8 = sigil_common::rsa_keygen::generate_rsa_pkcs8(2048)?;
-            rcgen::KeyPair::try_from(pkcs8.as_slice())?
-        }
-    };
+    let pkcs8 = key_type.generate_pkcs8()?;
+    let key = rcgen::KeyPair::try_from(pkcs8.as_slice())?;
     let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
-    Ok((Zeroizing::new(key.serialize_der()), csr.der().to_vec()))
+    Ok((pkcs8, csr.der().to_vec()))
 }
 
 #[cfg(test)]
@@ -95,12 +57,13 @@ mod tests {
     }
 
     #[test]
-    fn key_types_parse_spire_spellings() {
+    fn workload_key_types_are_spire_agent_s() {
         for t in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
-            assert_eq!(t.as_str().parse::<KeyType>(), Ok(t));
+            assert_eq!(parse_workload_key_type(t.as_str()), Ok(t));
         }
-        assert_eq!(KeyType::default(), KeyType::EcP256);
-        let e = "rsa-4096".parse::<KeyType>().unwrap_err();
-        assert!(e.contains("rsa-2048, ec-p256 or ec-p384"), "{e}");
+        for bad in ["rsa-4096", "ec-p521"] {
+            let e = parse_workload_key_type(bad).unwrap_err();
+            assert!(e.contains("rsa-2048, ec-p256 or ec-p384"), "{e}");
+        }
     }
 }

@@ -17,11 +17,11 @@ pub mod cli_args;
 pub mod fs_checks;
 pub mod hcl;
 pub mod health_checks;
+pub mod key_type;
 pub mod listener;
 pub mod log_config;
 pub mod logging;
 pub mod ops;
-pub mod rsa_keygen;
 pub mod shared_keys;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]

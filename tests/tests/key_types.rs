@@ -133,7 +133,7 @@ fn rsa_ca_rs256_jwt_svids_and_rsa_workload_keys() {
     assert_eq!(jwk["alg"], "RS256", "{jwks}");
     assert_eq!(jwk["e"], "AQAB", "{jwks}");
     let set: JwkSet = serde_json::from_str(&jwks_text).unwrap();
-    let kid = header.kid.clone().unwrap();
+    let kid = header.kid.unwrap();
     let decoding = DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap();
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[AUDIENCE]);

@@ -145,7 +145,10 @@ impl AgentConfig {
         let allow_insecure_file_permissions =
             a.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let workload_x509_svid_key_type = a
-            .parsed("workload_x509_svid_key_type", str::parse::<KeyType>)?
+            .parsed(
+                "workload_x509_svid_key_type",
+                crate::csr::parse_workload_key_type,
+            )?
             .unwrap_or_default();
         a.finish()?;
 

@@ -12,26 +12,22 @@ pub mod pem_key;
 pub mod signer;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair};
 use zeroize::Zeroizing;
 
 pub use config::KeyManagerConfig;
 pub use disk::DiskKeyManager;
 pub use memory::MemoryKeyManager;
+pub use sigil_common::key_type::KeyType;
 pub use signer::{KeyAlgorithm, Signer};
 
 /// Why a key could not be generated, loaded or stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyManagerError {
-    #[error("unsupported key type {0:?} (supported: rsa-2048, rsa-4096, ec-p256, ec-p384)")]
-    UnsupportedKeyType(String),
-    #[error("key generation failed")]
-    Generate,
+    #[error(transparent)]
+    Generate(#[from] sigil_common::key_type::KeyGenError),
     #[error("key {id:?} is not a valid {key_type} PKCS#8 key: {reason}")]
     InvalidKey {
         id: String,
@@ -49,84 +45,13 @@ pub enum KeyManagerError {
     Corrupt { path: String, reason: String },
 }
 
-/// A key algorithm, spelled as SPIRE's `ca_key_type`, `jwt_key_type` and the agent's
-/// `workload_x509_svid_key_type`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    #[default]
-    EcP256,
-    EcP384,
-    Rsa2048,
-    Rsa4096,
-}
-
-impl KeyType {
-    /// SPIRE's spelling (`ec-p256`, `ec-p384`, `rsa-2048`, `rsa-4096`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ec-p256",
-            Self::EcP384 => "ec-p384",
-            Self::Rsa2048 => "rsa-2048",
-            Self::Rsa4096 => "rsa-4096",
-        }
-    }
-
-    /// The JWS `alg` this key signs with (SPIRE's: ES256, ES384, RS256 for both RSA sizes).
-    pub fn jws_alg(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ES256",
-            Self::EcP384 => "ES384",
-            Self::Rsa2048 | Self::Rsa4096 => "RS256",
-        }
-    }
-
-    fn algorithm(self) -> KeyAlgorithm {
-        match self {
-            Self::EcP256 => KeyAlgorithm::EcP256,
-            Self::EcP384 => KeyAlgorithm::EcP384,
-            Self::Rsa2048 => KeyAlgorithm::Rsa(2048),
-            Self::Rsa4096 => KeyAlgorithm::Rsa(4096),
-        }
-    }
-
-    /// A fresh private key of this type, PKCS#8 DER.
-    fn generate_pkcs8(self) -> Result<Zeroizing<Vec<u8>>, KeyManagerError> {
-        let ec = |alg| {
-            EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new())
-                .map(|doc| Zeroizing::new(doc.as_ref().to_vec()))
-                .map_err(|_| KeyManagerError::Generate)
-        };
-        match self {
-            Self::EcP256 => ec(&signature::ECDSA_P256_SHA256_ASN1_SIGNING),
-            Self::EcP384 => ec(&signature::ECDSA_P384_SHA384_ASN1_SIGNING),
-            Self::Rsa2048 => generate_rsa_pkcs8(2048),
-            Self::Rsa4096 => generate_rsa_pkcs8(4096),
-        }
-    }
-}
-
-fn generate_rsa_pkcs8(bits: usize) -> Result<Zeroizing<Vec<u8>>, KeyManagerError> {
-    sigil_common::rsa_keygen::generate_rsa_pkcs8(bits).map_err(|_| KeyManagerError::Generate)
-}
-
-impl FromStr for KeyType {
-    type Err = KeyManagerError;
-
-    /// Parses SPIRE's spelling.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ec-p256" => Ok(Self::EcP256),
-            "ec-p384" => Ok(Self::EcP384),
-            "rsa-2048" => Ok(Self::Rsa2048),
-            "rsa-4096" => Ok(Self::Rsa4096),
-            other => Err(KeyManagerError::UnsupportedKeyType(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// What a configured key type is, as far as signing goes.
+fn algorithm_of(key_type: KeyType) -> KeyAlgorithm {
+    match key_type {
+        KeyType::EcP256 => KeyAlgorithm::EcP256,
+        KeyType::EcP384 => KeyAlgorithm::EcP384,
+        KeyType::Rsa2048 => KeyAlgorithm::Rsa(2048),
+        KeyType::Rsa4096 => KeyAlgorithm::Rsa(4096),
     }
 }
 
@@ -165,7 +90,7 @@ impl SigningKey {
             reason,
         };
         let signer = Signer::from_pkcs8(&pkcs8).map_err(invalid)?;
-        if signer.algorithm() != key_type.algorithm() {
+        if signer.algorithm() != algorithm_of(key_type) {
             return Err(invalid(format!("the key is {:?}", signer.algorithm())));
         }
         Ok(Self {
@@ -194,7 +119,12 @@ impl SigningKey {
         self.signer.public_key_raw()
     }
 
-    /// Signs `msg` in the JWS encoding of [`KeyType::jws_alg`].
+    /// The JWS `alg` of [`SigningKey::sign_jws`] (as SPIRE: ES256, ES384, RS256 for RSA).
+    pub fn jws_alg(&self) -> &'static str {
+        self.signer.jws_alg()
+    }
+
+    /// Signs `msg` in the JWS encoding of [`SigningKey::jws_alg`].
     pub fn sign_jws(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
         self.signer.sign_jws(msg).map_err(|_| KeyManagerError::Sign)
     }
@@ -265,29 +195,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_type_parses_spire_spellings() {
-        assert_eq!("ec-p256".parse::<KeyType>().unwrap(), KeyType::EcP256);
-        assert_eq!("ec-p384".parse::<KeyType>().unwrap(), KeyType::EcP384);
-        assert_eq!("rsa-2048".parse::<KeyType>().unwrap(), KeyType::Rsa2048);
-        assert_eq!("rsa-4096".parse::<KeyType>().unwrap(), KeyType::Rsa4096);
-        assert_eq!(KeyType::default(), KeyType::EcP256);
-        for t in [
-            KeyType::EcP256,
-            KeyType::EcP384,
-            KeyType::Rsa2048,
-            KeyType::Rsa4096,
-        ] {
-            assert_eq!(t.as_str().parse::<KeyType>().unwrap(), t);
-        }
-        for bad in ["rsa-3072", "rsa", "EC-P256", "ec-p521", ""] {
-            assert!(matches!(
-                bad.parse::<KeyType>(),
-                Err(KeyManagerError::UnsupportedKeyType(_))
-            ));
-        }
-    }
-
-    #[test]
     fn signs_in_both_encodings_and_spki_parses() {
         let k = SigningKey::generate("a", KeyType::EcP256).unwrap();
         let (rest, spki) = SubjectPublicKeyInfo::from_der(k.public_key()).unwrap();
@@ -322,7 +229,7 @@ mod tests {
         };
         assert_eq!(rsa.key_size(), 2048);
         assert_eq!(spki.subject_public_key.data.as_ref(), k.public_key_raw());
-        assert_eq!(k.key_type().jws_alg(), "RS256");
+        assert_eq!(k.jws_alg(), "RS256");
         for sig in [k.sign_x509(b"msg").unwrap(), k.sign_jws(b"msg").unwrap()] {
             assert_eq!(sig.len(), 256);
             let pk = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, k.public_key_raw());

@@ -38,6 +38,8 @@ pub struct Signer {
     rng: SystemRandom,
 }
 
+// A handful of keys live at a time and signing reads them in place: no box.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Ecdsa {
         p384: bool,
