@@ -159,3 +159,53 @@ pub fn openssl_self_signed_ca(
     assert!(ok, "{args:?}: {out}");
     (cert, key)
 }
+
+/// How operators make CAs with openssl, for [`openssl_self_signed_ca`]: `(name, keygen, sign)`,
+/// one for each key encoding SPIRE reads (SEC1, PKCS#1, PKCS#8) and each signature algorithm
+/// (ECDSA with SHA-256/384/512, RSA PKCS#1 v1.5, RSA-PSS with OpenSSL's default (longest) salt
+/// and with a salt as long as the hash).
+pub const OPERATOR_CA_RECIPES: [(&str, &[&str], &[&str]); 7] = [
+    (
+        "sec1-p256-sha512",
+        &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+        &["-sha512"],
+    ),
+    (
+        "sec1-p384-sha512",
+        &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+        &["-sha512"],
+    ),
+    (
+        "pkcs8-p256-sha384",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+        &["-sha384"],
+    ),
+    (
+        "pkcs1-rsa2048-sha256",
+        &["genrsa", "-traditional", "2048"],
+        &["-sha256"],
+    ),
+    ("pkcs8-rsa3072-sha512", &["genrsa", "3072"], &["-sha512"]),
+    (
+        "rsa-pss-max-salt",
+        &["genrsa", "2048"],
+        &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
+    ),
+    (
+        "rsa-pss-digest-salt-sha384",
+        &["genrsa", "-traditional", "2048"],
+        &[
+            "-sha384",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+        ],
+    ),
+];

@@ -9,7 +9,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sigil_testkit::python::python_json;
-use sigil_testkit::verify::{openssl, openssl_self_signed_ca, openssl_verify, self_signed_p256};
+use sigil_testkit::verify::{
+    OPERATOR_CA_RECIPES, openssl, openssl_self_signed_ca, openssl_verify, self_signed_p256,
+};
 use sigil_testkit::{
     Server, ServerOptions, attested_agent, pem_certs, register_uid, server_bin, wait_child,
 };
@@ -172,35 +174,7 @@ fn chains_lead_to_the_operator_root_for_openssl_and_py_spiffe() {
 #[test]
 fn operator_cas_in_every_key_encoding_and_signature_algorithm() {
     let ops = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &[&str]); 4] = [
-        (
-            "sec1-p256-sha512",
-            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
-            &["-sha512"],
-        ),
-        (
-            "pkcs1-rsa-sha256",
-            &["genrsa", "-traditional", "2048"],
-            &["-sha256"],
-        ),
-        (
-            "rsa-pss",
-            &["genrsa", "2048"],
-            &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
-        ),
-        (
-            "pkcs8-p384-sha384",
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-384",
-            ],
-            &["-sha384"],
-        ),
-    ];
-    for (name, keygen, sign) in cases {
+    for (name, keygen, sign) in OPERATOR_CA_RECIPES {
         let (root, root_key) = openssl_self_signed_ca(ops.path(), name, keygen, sign);
         let root_der = pem_certs(&std::fs::read_to_string(&root).unwrap());
         let mut server = Server::start(ServerOptions {

@@ -1148,54 +1148,9 @@ fn localauthority_refuses_x509_taint_and_revoke_with_an_upstream() {
 /// SVID chain passes `openssl verify -x509_strict` to the openssl-made root.
 #[test]
 fn openssl_made_upstream_cas_in_every_format_sign_verifiable_chains() {
-    use sigil_testkit::verify::openssl_self_signed_ca;
+    use sigil_testkit::verify::{OPERATOR_CA_RECIPES, openssl_self_signed_ca};
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], &[&str]); 7] = [
-        (
-            "sec1-p256-sha512",
-            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
-            &["-sha512"],
-        ),
-        (
-            "sec1-p384-sha512",
-            &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
-            &["-sha512"],
-        ),
-        (
-            "pkcs8-p256-sha384",
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ],
-            &["-sha384"],
-        ),
-        (
-            "pkcs1-rsa2048-sha256",
-            &["genrsa", "-traditional", "2048"],
-            &["-sha256"],
-        ),
-        ("pkcs8-rsa3072-sha512", &["genrsa", "3072"], &["-sha512"]),
-        (
-            "rsa-pss-max-salt",
-            &["genrsa", "2048"],
-            &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
-        ),
-        (
-            "rsa-pss-digest-salt-sha384",
-            &["genrsa", "-traditional", "2048"],
-            &[
-                "-sha384",
-                "-sigopt",
-                "rsa_padding_mode:pss",
-                "-sigopt",
-                "rsa_pss_saltlen:digest",
-            ],
-        ),
-    ];
-    for (name, keygen, sign) in cases {
+    for (name, keygen, sign) in OPERATOR_CA_RECIPES {
         let (cert, key) = openssl_self_signed_ca(dir.path(), name, keygen, sign);
         // After openssl: its NotBefore is the current second.
         let now = SystemTime::now();
