@@ -264,6 +264,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         identity: identity.clone(),
         pace: Arc::new(Pace::default()),
         metrics: metrics.clone(),
+        key_type: config.workload_x509_svid_key_type,
     };
     let (m, c) = (minting.clone(), cancel.clone());
     tasks.spawn("workload SVID rotation", async move {

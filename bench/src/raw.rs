@@ -100,7 +100,7 @@ fn rate(window: Duration, mut op: impl FnMut(usize) -> anyhow::Result<()>) -> an
 pub(crate) fn csrs(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     (0..n)
         .map(|_| {
-            sigil_agent::csr::new_key_and_csr()
+            sigil_agent::csr::new_key_and_csr(sigil_agent::csr::KeyType::EcP256)
                 .map(|(_key, csr)| csr)
                 .context("generating a CSR")
         })

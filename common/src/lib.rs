@@ -18,6 +18,7 @@ pub mod cli_args;
 pub mod fs_checks;
 pub mod hcl;
 pub mod health_checks;
+pub mod key_type;
 pub mod listener;
 pub mod log_config;
 pub mod logging;

@@ -310,10 +310,13 @@ fn trim_leading_zeros(b: &[u8]) -> &[u8] {
     &b[start..]
 }
 
-/// Rebuilds the SPKI DER of an EC JWK. Returns `Ok(None)` for key types we do not verify with
-/// (they are skipped, as the spec says for unknown `kty`). Hand-written because the DER
-/// prefix for a named-curve EC key is a fixed byte string and no crate in our tree offers it.
+/// Rebuilds the SPKI DER of an EC or RSA JWK. Returns `Ok(None)` for key types we do not
+/// verify with (they are skipped, as the spec says for unknown `kty`). Hand-written for EC
+/// because the DER prefix for a named-curve EC key is a fixed byte string.
 fn jwk_to_spki(jwk: &Jwk) -> Result<Option<Vec<u8>>, BundleError> {
+    if jwk.kty == "RSA" {
+        return rsa_jwk_to_spki(jwk).map(Some);
+    }
     if jwk.kty != "EC" {
         return Ok(None);
     }
@@ -350,6 +353,25 @@ fn jwk_to_spki(jwk: &Jwk) -> Result<Option<Vec<u8>>, BundleError> {
     der.extend(coord(&jwk.x)?);
     der.extend(coord(&jwk.y)?);
     Ok(Some(der))
+}
+
+/// The SPKI DER (rsaEncryption, NULL parameters, as X.509 and the server write it) of an RSA
+/// JWK's `n` and `e` (RFC 7518 §6.3.1).
+fn rsa_jwk_to_spki(jwk: &Jwk) -> Result<Vec<u8>, BundleError> {
+    use rsa::pkcs8::EncodePublicKey as _;
+    let member = |v: &Option<String>, name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(v.as_deref().unwrap_or_default())
+            .map_err(|e| BundleError::UnsupportedKey(format!("bad RSA {name}: {e}")))
+    };
+    let n = rsa::BigUint::from_bytes_be(&member(&jwk.n, "n")?);
+    let e = rsa::BigUint::from_bytes_be(&member(&jwk.e, "e")?);
+    let key = rsa::RsaPublicKey::new_with_max_size(n, e, 8192)
+        .map_err(|e| BundleError::UnsupportedKey(format!("RSA key: {e}")))?;
+    let der = key
+        .to_public_key_der()
+        .map_err(|e| BundleError::UnsupportedKey(format!("RSA key: {e}")))?;
+    Ok(der.into_vec())
 }
 
 /// PEM-encodes one DER object with 64-column lines.
@@ -457,6 +479,29 @@ mod tests {
         assert!(matches!(
             Bundle::from_spiffe_json(td, &two),
             Err(BundleError::X5cCount)
+        ));
+    }
+
+    #[test]
+    fn rsa_jwt_keys_round_trip_and_carry_rs256() {
+        use rsa::pkcs8::EncodePublicKey as _;
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let spki = key.to_public_key().to_public_key_der().unwrap().into_vec();
+        let mut b = sample();
+        b.jwt_authorities[0].public_key = spki;
+        let json = b.to_spiffe_json().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["keys"][1]["kty"], "RSA");
+        assert_eq!(v["keys"][1]["e"], "AQAB");
+        let back = Bundle::from_spiffe_json(b.trust_domain.clone(), &json).unwrap();
+        assert_eq!(back, b, "the SPKI comes back byte for byte");
+        let oidc: serde_json::Value =
+            serde_json::from_str(&b.to_oidc_jwks_json().unwrap()).unwrap();
+        assert_eq!(oidc["keys"][0]["alg"], "RS256");
+        let bad = r#"{"keys":[{"kty":"RSA","use":"jwt-svid","kid":"k","n":"AQ","e":"AQAB"}]}"#;
+        assert!(matches!(
+            Bundle::from_spiffe_json(b.trust_domain.clone(), bad),
+            Err(BundleError::UnsupportedKey(_))
         ));
     }
 

@@ -51,7 +51,8 @@ pub fn x509_mint_request_for_pod(
     spiffe_id: &str,
     pod_uid: &str,
 ) -> pb::BatchMintX509svidRequest {
-    let (_key, csr) = sigil_agent::csr::new_key_and_csr().expect("a key and CSR");
+    let (_key, csr) = sigil_agent::csr::new_key_and_csr(sigil_agent::csr::KeyType::EcP256)
+        .expect("a key and CSR");
     pb::BatchMintX509svidRequest {
         requests: vec![pb::X509svidRequest {
             entry_id: entry_id.into(),

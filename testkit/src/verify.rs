@@ -110,3 +110,102 @@ pub fn pem_certs(pem_text: &str) -> Vec<Vec<u8>> {
         .map(|p| p.expect("valid PEM").contents)
         .collect()
 }
+
+/// An operator's self-signed CA made with openssl, the way operators make them: `keygen` is an
+/// openssl command line (after `openssl`, without `-out`) writing the key in the encoding it
+/// chooses (`ecparam -genkey -noout` for SEC1, `genrsa -traditional` for PKCS#1, `genpkey` for
+/// PKCS#8); `sign` are extra `openssl req -x509` options (`-sha512`, `-sigopt
+/// rsa_padding_mode:pss`). The CA is valid ten years and may sign certificates
+/// (basicConstraints CA:true, keyUsage keyCertSign). Writes `dir/<name>.key` and
+/// `dir/<name>.crt`; returns their paths.
+///
+/// # Panics
+/// If openssl fails.
+pub fn openssl_self_signed_ca(
+    dir: &Path,
+    name: &str,
+    keygen: &[&str],
+    sign: &[&str],
+) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let key_str = key.to_str().expect("UTF-8 path");
+    let mut args = keygen.to_vec();
+    args.splice(1..1, ["-out", key_str]);
+    let (ok, out) = openssl(&args);
+    assert!(ok, "{args:?}: {out}");
+    let subject = format!("/O=Operator/CN={name}");
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key_str,
+        "-days",
+        "3650",
+        "-subj",
+        &subject,
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        cert.to_str().expect("UTF-8 path"),
+    ];
+    args.extend(sign);
+    let (ok, out) = openssl(&args);
+    assert!(ok, "{args:?}: {out}");
+    (cert, key)
+}
+
+/// How operators make CAs with openssl, for [`openssl_self_signed_ca`]: `(name, keygen, sign)`,
+/// one for each key encoding SPIRE reads (SEC1, PKCS#1, PKCS#8) and each signature algorithm
+/// (ECDSA with SHA-256/384/512, RSA PKCS#1 v1.5, RSA-PSS with OpenSSL's default (longest) salt
+/// and with a salt as long as the hash).
+pub const OPERATOR_CA_RECIPES: [(&str, &[&str], &[&str]); 7] = [
+    (
+        "sec1-p256-sha512",
+        &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+        &["-sha512"],
+    ),
+    (
+        "sec1-p384-sha512",
+        &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+        &["-sha512"],
+    ),
+    (
+        "pkcs8-p256-sha384",
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ],
+        &["-sha384"],
+    ),
+    (
+        "pkcs1-rsa2048-sha256",
+        &["genrsa", "-traditional", "2048"],
+        &["-sha256"],
+    ),
+    ("pkcs8-rsa3072-sha512", &["genrsa", "3072"], &["-sha512"]),
+    (
+        "rsa-pss-max-salt",
+        &["genrsa", "2048"],
+        &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
+    ),
+    (
+        "rsa-pss-digest-salt-sha384",
+        &["genrsa", "-traditional", "2048"],
+        &[
+            "-sha384",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+        ],
+    ),
+];

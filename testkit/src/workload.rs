@@ -1,7 +1,10 @@
 //! A workload's view of an agent: the Workload API endpoint and an independent Rust client on
 //! it (the `spiffe` crate, not Sigil's own code).
 
-use crate::Agent;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::{Agent, wait_for};
 
 impl Agent {
     /// The Workload API endpoint, `unix://<socket>`, as SPIFFE clients take it.
@@ -17,6 +20,56 @@ impl Agent {
         spiffe::WorkloadApiClient::connect_to(self.endpoint())
             .await
             .expect("a Workload API client")
+    }
+
+    /// A JWT-SVID for this process and `audience` from the `spiffe` crate's client, waiting up
+    /// to 30 s for the entry to arrive.
+    ///
+    /// # Panics
+    /// If none comes.
+    pub fn fetch_jwt_svid(&self, rt: &tokio::runtime::Runtime, audience: &str) -> String {
+        let socket = self.endpoint();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        rt.block_on(async {
+            loop {
+                let attempt = async {
+                    let client = spiffe::WorkloadApiClient::connect_to(socket.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    client
+                        .fetch_jwt_svid([audience], None)
+                        .await
+                        .map(|s| s.token().to_owned())
+                        .map_err(|e| e.to_string())
+                };
+                match attempt.await {
+                    Ok(token) => return token,
+                    Err(e) if Instant::now() > deadline => panic!("no JWT-SVID: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        })
+    }
+
+    /// `sigil-agent api fetch x509 -write <dir>` (`svid.0.pem`, `svid.0.key`, `bundle.0.pem`)
+    /// once this process has an X509-SVID, waiting up to 30 s for it.
+    ///
+    /// # Panics
+    /// If none comes.
+    pub fn fetch_x509_svid_files(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).expect("create the fetch dir");
+        wait_for("the workload SVID", Duration::from_secs(30), || {
+            self.cli(&[
+                "api",
+                "fetch",
+                "x509",
+                "-write",
+                dir.to_str().expect("UTF-8 path"),
+            ])
+            .status
+            .success()
+            .then_some(())
+        });
     }
 }
 

@@ -26,7 +26,12 @@ def main(url, audience, token):
     )
     out = {"sub": claims["sub"], "iss": claims["iss"], "kid": key.key_id}
     try:
-        jwt.decode(token, key.key, algorithms=["ES256", "ES384"], audience="someone-else")
+        jwt.decode(
+            token,
+            key.key,
+            algorithms=doc["id_token_signing_alg_values_supported"],
+            audience="someone-else",
+        )
         out["wrong_audience"] = "accepted"
     except jwt.InvalidAudienceError:
         out["wrong_audience"] = "InvalidAudienceError"

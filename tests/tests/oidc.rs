@@ -82,27 +82,7 @@ fn setup(options: ServerOptions) -> (Server, Agent, u16) {
 
 /// A JWT-SVID for this process from the agent's Workload API, waiting for the entry to arrive.
 fn fetch_jwt(rt: &tokio::runtime::Runtime, agent: &Agent) -> String {
-    let socket = agent.endpoint();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    rt.block_on(async {
-        loop {
-            let attempt = async {
-                let client = spiffe::WorkloadApiClient::connect_to(socket.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                client
-                    .fetch_jwt_svid([AUDIENCE], None)
-                    .await
-                    .map(|s| s.token().to_owned())
-                    .map_err(|e| e.to_string())
-            };
-            match attempt.await {
-                Ok(token) => return token,
-                Err(e) if Instant::now() > deadline => panic!("no JWT-SVID: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    })
+    agent.fetch_jwt_svid(rt, AUDIENCE)
 }
 
 /// Validates `token` with `jsonwebtoken` against `jwks`, checking signature, audience, issuer

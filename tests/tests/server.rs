@@ -1051,10 +1051,10 @@ fn bad_config_exits_64_before_anything_starts() {
             "",
             "server.conf",
         ),
-        // SPIRE accepts RSA CA keys; Sigil's key managers do not: refused before anything
-        // starts, not when the CA first generates a key.
+        // A key type SPIRE does not have either: refused before anything starts, not when
+        // the CA first generates a key.
         (
-            "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n  ca_key_type = \"rsa-2048\"\n}\nplugins {\n DataStore \"sql\" {}\n KeyManager \"memory\" {}\n NodeAttestor \"join_token\" {}\n}\n",
+            "server {\n  trust_domain = \"example.org\"\n  data_dir = \"/tmp/x\"\n  ca_key_type = \"rsa-3072\"\n}\nplugins {\n DataStore \"sql\" {}\n KeyManager \"memory\" {}\n NodeAttestor \"join_token\" {}\n}\n",
             ":4:",
             "ca_key_type",
         ),

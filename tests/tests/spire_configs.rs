@@ -197,11 +197,9 @@ fn kubernetes_example_configs_validate() {
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("Warning"), "{stderr}");
 
-    // The quickstart's server, but for `ca_key_type = "rsa-2048"`: RSA CA keys are another
-    // change's (issue 19's key types); until it lands that one line is taken out here.
+    // The quickstart's server, as it is: its CA key is RSA (`ca_key_type = "rsa-2048"`).
     let text = std::fs::read_to_string(fixture("k8s-quickstart-server.conf")).unwrap();
     assert!(text.contains("  ca_key_type = \"rsa-2048\"\n"));
-    let text = text.replace("  ca_key_type = \"rsa-2048\"\n", "");
     let (code, _, stderr) = validate_text(&server_bin(), &text);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("Warning"), "{stderr}");

@@ -9,10 +9,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sigil_testkit::python::python_json;
-use sigil_testkit::verify::{openssl_verify, self_signed_p256};
+use sigil_testkit::verify::{
+    OPERATOR_CA_RECIPES, openssl, openssl_self_signed_ca, openssl_verify, self_signed_p256,
+};
 use sigil_testkit::{
     Server, ServerOptions, attested_agent, pem_certs, register_uid, server_bin, wait_child,
-    wait_for,
 };
 
 /// An operator CA made with openssl: `<dir>/<name>.crt` and `<dir>/<name>.key`.
@@ -129,14 +130,7 @@ fn chains_lead_to_the_operator_root_for_openssl_and_py_spiffe() {
     let uid = nix::unistd::geteuid().as_raw();
     register_uid(&server, "spiffe://example.org/web", &agent_id, uid, &[]);
     let fetched = agent.dir.path().join("fetched");
-    std::fs::create_dir(&fetched).unwrap();
-    wait_for("the workload SVID", Duration::from_secs(15), || {
-        agent
-            .cli(&["api", "fetch", "x509", "-write", fetched.to_str().unwrap()])
-            .status
-            .success()
-            .then_some(())
-    });
+    agent.fetch_x509_svid_files(&fetched);
     let (ok, out) = verify_chain(&root, &fetched.join("svid.0.pem"));
     assert!(ok, "{out}");
     assert_eq!(
@@ -173,6 +167,32 @@ fn chains_lead_to_the_operator_root_for_openssl_and_py_spiffe() {
     assert_eq!(pem_certs(&server.cli_ok(&["bundle", "show"])), root_der);
 }
 
+/// The CAs operators make with openssl, in each key encoding SPIRE reads (SEC1, PKCS#1,
+/// PKCS#8) and with each signature algorithm (ECDSA with SHA-512 as SPIRE's own
+/// `dummy_upstream_ca.crt`, RSA PKCS#1 v1.5, RSA-PSS with OpenSSL's default salt): the server
+/// starts on each, publishes it as the bundle, and its SVIDs pass `openssl verify -x509_strict`.
+#[test]
+fn operator_cas_in_every_key_encoding_and_signature_algorithm() {
+    let ops = tempfile::tempdir().unwrap();
+    for (name, keygen, sign) in OPERATOR_CA_RECIPES {
+        let (root, root_key) = openssl_self_signed_ca(ops.path(), name, keygen, sign);
+        let root_der = pem_certs(&std::fs::read_to_string(&root).unwrap());
+        let mut server = Server::start(ServerOptions {
+            extra_plugins: upstream_block(&root, &root_key),
+            ..ServerOptions::default()
+        });
+        assert_eq!(
+            pem_certs(&server.cli_ok(&["bundle", "show"])),
+            root_der,
+            "{name}"
+        );
+        let minted = mint(&server, &ops.path().join(format!("mint-{name}")));
+        let (ok, out) = verify_chain(&root, &minted);
+        assert!(ok, "{name}: {out}");
+        assert!(server.stop().success(), "{name}");
+    }
+}
+
 /// Runs `sigil-server run` on `config` and returns its exit code and stderr; it must exit by
 /// itself (a refused config never starts serving).
 fn run_refused(config: &Path) -> (Option<i32>, String) {
@@ -204,7 +224,34 @@ fn bad_upstream_files_are_refused_at_startup() {
     let good = std::fs::read_to_string(&server.config).unwrap();
     let good_block = upstream_block(&root, &root_key);
     let missing = ops.path().join("missing.key");
+    // An RSA key (PKCS#1) for the P-256 root, and the root's own key encrypted.
+    let rsa_key = ops.path().join("rsa.key");
+    let (ok, out) = openssl(&[
+        "genrsa",
+        "-traditional",
+        "-out",
+        rsa_key.to_str().unwrap(),
+        "2048",
+    ]);
+    assert!(ok, "{out}");
+    let encrypted = ops.path().join("encrypted.key");
+    let (ok, out) = openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-in",
+        root_key.to_str().unwrap(),
+        "-passout",
+        "pass:secret",
+        "-out",
+        encrypted.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
     let cases = [
+        (
+            upstream_block(&root, &rsa_key),
+            "does not match the certificate",
+        ),
+        (upstream_block(&root, &encrypted), "the key is encrypted"),
         (
             upstream_block(&root, &other_key),
             "does not match the certificate",

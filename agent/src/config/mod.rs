@@ -31,6 +31,7 @@ use sigil_common::shared_keys::{self, SharedKeys};
 use sigil_proto::TrustDomain;
 
 pub use self::plugins::{NodeAttestorConfig, WorkloadAttestorsConfig};
+use crate::csr::KeyType;
 use crate::delegated_identity::DelegatedIdentityConfig;
 pub use crate::node_attestation::JoinToken;
 use crate::sds::SdsConfig;
@@ -84,6 +85,9 @@ pub struct AgentConfig {
     /// or a stored key, SVID or bundle is open to other users (each is logged at WARN); off by
     /// default, when the agent refuses to start instead (OpenSSH's StrictModes).
     pub allow_insecure_file_permissions: bool,
+    /// `workload_x509_svid_key_type`: the type of each workload's X509-SVID key
+    /// (`ec-p256` unless set, `ec-p384` or `rsa-2048`, as SPIRE).
+    pub workload_x509_svid_key_type: KeyType,
 }
 
 /// Command-line flags that override the file: the server's too ([`SharedFlags`]: SPIRE's
@@ -167,6 +171,12 @@ impl AgentConfig {
         let allowed_foreign_jwt_claims = a
             .string_list("allowed_foreign_jwt_claims")?
             .unwrap_or_default();
+        let workload_x509_svid_key_type = a
+            .parsed(
+                "workload_x509_svid_key_type",
+                crate::csr::parse_workload_key_type,
+            )?
+            .unwrap_or_default();
         if let Some(mut experimental) = a.block("experimental")? {
             experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
@@ -202,6 +212,7 @@ impl AgentConfig {
             allowed_foreign_jwt_claims,
             warnings: doc.take_warnings(),
             allow_insecure_file_permissions,
+            workload_x509_svid_key_type,
         })
     }
 }

@@ -27,6 +27,7 @@ agent {{
   insecure_bootstrap = false
   join_token = "d3adb33f"
   allow_unauthenticated_verifiers = true
+  workload_x509_svid_key_type = "rsa-2048"
   sds {{
     default_svid_name = "svid"
     disable_spiffe_cert_validation = true
@@ -159,6 +160,7 @@ fn spire_example_parses_into_typed_values() {
         allowed_foreign_jwt_claims: vec![],
         warnings: vec![],
         allow_insecure_file_permissions: false,
+        workload_x509_svid_key_type: crate::csr::KeyType::Rsa2048,
     };
     assert_eq!(cfg, want);
     // The join token stays out of Debug output.
@@ -194,6 +196,7 @@ fn defaults_apply() {
         }
     );
     assert_eq!(cfg.health, None);
+    assert_eq!(cfg.workload_x509_svid_key_type, crate::csr::KeyType::EcP256);
 
     let text = MINIMAL
         .replace("KeyManager \"memory\" {}", "KeyManager \"disk\" {}")
@@ -377,6 +380,11 @@ fn malformed_configs_name_file_line_and_key() {
             "NodeAttestor \"join_token\" {}",
             "NodeAttestor \"k8s_psat\" {\n    plugin_data {}\n  }",
         ),
+        (
+            "unsupported workload key type",
+            "agent {",
+            "agent {\n  workload_x509_svid_key_type = \"rsa-4096\"",
+        ),
     ];
     let want = [
         "agent.conf:2: agent.server_adress: unknown key",
@@ -394,6 +402,7 @@ fn malformed_configs_name_file_line_and_key() {
         "agent.conf:3: agent.server_address: \"127.0.0.1:8081\" is not a host name or IP address (give the port in server_port)",
         "agent.conf:12: plugins.WorkloadAttestor.unix.plugin_data.discover_workload_path: \"maybe\" is not true or false",
         "agent.conf:9: plugins.NodeAttestor.k8s_psat.plugin_data.cluster: is required",
+        "agent.conf:2: agent.workload_x509_svid_key_type: \"rsa-4096\" is not a supported key type (expected rsa-2048, ec-p256 or ec-p384)",
     ];
     assert_each_edit_fails(MINIMAL, cases, &want, |text| parse(text).map(drop));
 }

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 pub use join_token::{JoinToken, JoinTokenAttestor};
 pub use k8s_psat::{K8sPsatAttestor, K8sPsatConfig};
 
-use crate::csr::{CsrError, new_key_and_csr};
+use crate::csr::{CsrError, KeyType, new_key_and_csr};
 use crate::server_client::{ServerConnection, is_connection_failure};
 use crate::svid_store::{AgentSvid, SvidStoreError};
 
@@ -69,7 +69,7 @@ pub async fn attest(
     attestor: &dyn NodeAttestor,
 ) -> Result<(AgentSvid, Bundle), NodeAttestationError> {
     let payload = attestor.payload().await?;
-    let (key, csr) = new_key_and_csr()?;
+    let (key, csr) = new_key_and_csr(KeyType::EcP256)?;
     let request = AttestAgentRequest {
         attestation_type: attestor.attestation_type().into(),
         payload: payload.to_vec(),

@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 use super::schedule::{Backoff, MAX_SLEEP, random_jitter, refresh_at};
 use crate::cache::Cache;
 use crate::cache::expiry::{is_expired, rfc3339};
-use crate::csr::new_key_and_csr;
+use crate::csr::{KeyType, new_key_and_csr};
 use crate::identity::AgentIdentity;
 use crate::node_attestation::{self, NodeAttestationError, NodeAttestor};
 use crate::ops::{Metrics, Readiness};
@@ -288,7 +288,8 @@ async fn renew(
     connection: &ServerConnection,
     store: Option<&SvidStore>,
 ) -> Result<AgentSvid, tonic::Status> {
-    let (key, csr) = new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let (key, csr) =
+        new_key_and_csr(KeyType::EcP256).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let response = connection
         .client()
         .renew_agent(RenewAgentRequest { csr })

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use super::Minting;
 use super::mint::{Ask, mint_and_install};
 use super::schedule::{random_jitter, refresh_at};
 use super::workload::{Ledger, Minted, Outcome, Target};
 use crate::cache::{Cache, Identity, Snapshot, pod_uid};
+use crate::csr::KeyType;
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::leaf_facts;
@@ -24,20 +26,17 @@ pub(super) struct FixedEntries {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     changes: watch::Receiver<Arc<Snapshot>>,
+    key_type: KeyType,
 }
 
 impl FixedEntries {
-    pub(super) fn new(
-        connection: Arc<ServerConnection>,
-        cache: Arc<Cache>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let changes = cache.subscribe();
+    pub(super) fn new(m: &Minting) -> Self {
         Self {
-            connection,
-            cache,
-            metrics,
-            changes,
+            connection: m.connection.clone(),
+            cache: m.cache.clone(),
+            metrics: m.metrics.clone(),
+            changes: m.cache.subscribe(),
+            key_type: m.key_type,
         }
     }
 }
@@ -79,9 +78,13 @@ impl Target for FixedEntries {
                 pod_uid: pod_uid(&i.entry.selectors).map(str::to_owned),
             })
             .collect();
-        let outcome = mint_and_install(&self.connection, &self.metrics, asked, |svids| {
-            self.cache.set_svids(svids)
-        })
+        let outcome = mint_and_install(
+            &self.connection,
+            &self.metrics,
+            self.key_type,
+            asked,
+            |svids| self.cache.set_svids(svids),
+        )
         .await?;
         let issued = outcome
             .minted

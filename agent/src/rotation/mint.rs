@@ -11,7 +11,7 @@ use tracing::warn;
 use super::schedule::{fresh_refresh_at, random_jitter};
 use super::workload::{Minted, Outcome};
 use crate::cache::{CacheError, CachedX509Svid, RenderedKey};
-use crate::csr::new_key_and_csr;
+use crate::csr::{KeyType, new_key_and_csr};
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::svid_store::leaf_facts;
@@ -63,6 +63,7 @@ pub(crate) struct Ask<K> {
 pub(crate) async fn mint_and_install<K: SvidKey>(
     connection: &ServerConnection,
     metrics: &Metrics,
+    key_type: KeyType,
     batch: Vec<Ask<K>>,
     install: impl FnOnce(Vec<(K, CachedX509Svid)>) -> Vec<(K, CacheError)>,
 ) -> Result<Outcome<K>, tonic::Status> {
@@ -75,7 +76,7 @@ pub(crate) async fn mint_and_install<K: SvidKey>(
     } in batch
     {
         let (private_key, csr) =
-            new_key_and_csr().map_err(|e| tonic::Status::internal(e.to_string()))?;
+            new_key_and_csr(key_type).map_err(|e| tonic::Status::internal(e.to_string()))?;
         requests.push(X509svidRequest {
             entry_id: key.entry_id().to_owned(),
             csr,

@@ -37,6 +37,7 @@ pub(crate) use schedule::Backoff;
 pub use workload::MAX_BATCH;
 
 use crate::cache::Cache;
+use crate::csr::KeyType;
 use crate::identity::AgentIdentity;
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
@@ -55,6 +56,8 @@ pub(crate) struct Minting {
     /// One per agent, shared by both loops.
     pub(crate) pace: Arc<Pace>,
     pub(crate) metrics: Arc<Metrics>,
+    /// `workload_x509_svid_key_type`: each workload key's type.
+    pub(crate) key_type: KeyType,
 }
 
 impl Minting {
@@ -70,13 +73,13 @@ impl Minting {
 
 /// Keeps every cached fixed entry's X509-SVID fresh until `cancel` fires.
 pub(crate) async fn rotate_workload_svids(m: Minting, cancel: CancellationToken) {
-    let target = FixedEntries::new(m.connection.clone(), m.cache.clone(), m.metrics.clone());
+    let target = FixedEntries::new(&m);
     rotate(target, m.turns(), &cancel).await;
 }
 
 /// Mints and refreshes the X509-SVIDs of template entries that workloads ask for, and drops
 /// those nobody asked for in [`crate::cache::rendered::IDLE`], until `cancel` fires.
 pub(crate) async fn rotate_rendered_svids(m: Minting, cancel: CancellationToken) {
-    let target = TemplateInstances::new(m.connection.clone(), m.cache.clone(), m.metrics.clone());
+    let target = TemplateInstances::new(&m);
     rotate(target, m.turns(), &cancel).await;
 }

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::debug;
 
+use super::Minting;
 use super::mint::{Ask, mint_and_install};
 use super::refused::Refusals;
 use super::workload::{Ledger, Minted, Outcome, Target};
 use crate::cache::rendered::IDLE;
 use crate::cache::{Cache, Identity, RenderedKey, Snapshot, TemplateDemand};
+use crate::csr::KeyType;
 use crate::ops::Metrics;
 use crate::server_client::ServerConnection;
 use crate::taint::TaintedAuthorities;
@@ -26,21 +28,18 @@ pub(super) struct TemplateInstances {
     metrics: Arc<Metrics>,
     changes: watch::Receiver<Arc<Snapshot>>,
     demand: Arc<TemplateDemand>,
+    key_type: KeyType,
 }
 
 impl TemplateInstances {
-    pub(super) fn new(
-        connection: Arc<ServerConnection>,
-        cache: Arc<Cache>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let (changes, demand) = (cache.subscribe(), cache.demand());
+    pub(super) fn new(m: &Minting) -> Self {
         Self {
-            connection,
-            cache,
-            metrics,
-            changes,
-            demand,
+            connection: m.connection.clone(),
+            cache: m.cache.clone(),
+            metrics: m.metrics.clone(),
+            changes: m.cache.subscribe(),
+            demand: m.cache.demand(),
+            key_type: m.key_type,
         }
     }
 }
@@ -103,9 +102,13 @@ impl Target for TemplateInstances {
         };
         let outcome = refusals
             .mint(asked, |asked| {
-                mint_and_install(&self.connection, &self.metrics, asked, |svids| {
-                    self.cache.set_rendered_svids(svids)
-                })
+                mint_and_install(
+                    &self.connection,
+                    &self.metrics,
+                    self.key_type,
+                    asked,
+                    |svids| self.cache.set_rendered_svids(svids),
+                )
             })
             .await?;
         if !outcome.minted.is_empty() {

@@ -306,7 +306,7 @@ pub(super) fn new_jwt_entry(
     now: i64,
 ) -> Result<Entry<JwtKeyRecord, JwtSigner>, CaError> {
     let ttl = secs(config.ca_ttl);
-    let key = km.generate(key_id, config.key_type)?;
+    let key = km.generate(key_id, config.jwt_key_type)?;
     let not_after = now.saturating_add(ttl);
     let kid = jwt::random_kid()?;
     tracing::info!(key_id, kid = %kid, not_after, "JWT key prepared");

@@ -1,6 +1,6 @@
 //! The CA's configuration, read from its keys of the `server` block with SPIRE's names:
 //! `ca_ttl`, `default_x509_svid_ttl` (or the older `default_svid_ttl`), `default_jwt_svid_ttl`,
-//! `ca_key_type`, `ca_subject`, `jwt_issuer`. Each default is written once, in
+//! `ca_key_type`, `jwt_key_type`, `ca_subject`, `jwt_issuer`. Each default is written once, in
 //! [`CaConfig::new`]; the SVID TTL floor and its check live here too, for the entry fields and
 //! flags that also name TTLs.
 
@@ -67,6 +67,8 @@ pub struct CaConfig {
     /// `ca_key_type`, parsed straight into the key manager's type: an unsupported one is a
     /// config error.
     pub key_type: KeyType,
+    /// `jwt_key_type`: the JWT signing keys' type; `ca_key_type` unless set (as SPIRE).
+    pub jwt_key_type: KeyType,
     pub ca_subject: CaSubject,
     /// `iss` claim of JWT-SVIDs (`jwt_issuer`); none by default.
     pub jwt_issuer: Option<String>,
@@ -84,6 +86,7 @@ impl CaConfig {
             x509_svid_ttl: DEFAULT_X509_SVID_TTL,
             jwt_svid_ttl: DEFAULT_JWT_SVID_TTL,
             key_type: KeyType::default(),
+            jwt_key_type: KeyType::default(),
             ca_subject: CaSubject::default(),
             jwt_issuer: None,
             upstream: None,
@@ -117,11 +120,13 @@ impl CaConfig {
             config.jwt_svid_ttl = ttl;
         }
         config.jwt_issuer = server.string("jwt_issuer")?.filter(|i| !i.is_empty());
-        if let Some(key_type) = server.parsed("ca_key_type", |t| {
-            t.parse::<KeyType>().map_err(|e| e.to_string())
-        })? {
-            config.key_type = key_type;
+        let key_type = |t: &str| t.parse::<KeyType>().map_err(|e| e.to_string());
+        if let Some(ca_key_type) = server.parsed("ca_key_type", key_type)? {
+            config.key_type = ca_key_type;
         }
+        config.jwt_key_type = server
+            .parsed("jwt_key_type", key_type)?
+            .unwrap_or(config.key_type);
         if let Some(mut subject) = server.block("ca_subject")? {
             config.ca_subject = CaSubject {
                 country: subject.string_list("country")?.unwrap_or_default(),

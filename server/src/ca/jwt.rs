@@ -45,7 +45,7 @@ struct Claims<'a> {
 impl JwtSigner {
     pub fn new(kid: String, key: Arc<SigningKey>, not_after: i64) -> Result<Self, CaError> {
         let header = Header {
-            alg: key.key_type().jws_alg(),
+            alg: key.jws_alg(),
             kid: &kid,
             typ: "JWT",
         };

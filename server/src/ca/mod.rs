@@ -25,6 +25,7 @@
 
 mod authorities;
 pub mod bundle_union;
+mod cert_signature;
 pub mod config;
 pub mod journal;
 pub mod jwt;

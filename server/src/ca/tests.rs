@@ -272,7 +272,7 @@ fn x509_svid_profile() {
 
 #[test]
 fn svid_passes_openssl_strict_verification() {
-    for key_type in [KeyType::EcP256, KeyType::EcP384] {
+    for key_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
         let ca = memory_ca(
             CaConfig {
                 key_type,
@@ -485,9 +485,77 @@ fn jwt_svid_validates_with_jsonwebtoken() {
 }
 
 #[test]
+fn rsa_keys_sign_sha256_with_rsa_certificates_and_rs256_tokens() {
+    let cfg = CaConfig {
+        key_type: KeyType::Rsa2048,
+        jwt_key_type: KeyType::Rsa2048,
+        ..config(86_400)
+    };
+    let ca = memory_ca(cfg, SystemTime::now());
+    let ca_der = ca.bundle().x509_authorities[0].clone();
+    let ca_cert = parse(&ca_der);
+    assert_eq!(
+        ca_cert.signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.113549.1.1.11",
+        "sha256WithRSAEncryption, as SPIRE's CA signs with RSA keys"
+    );
+    let svid = ca
+        .sign_x509_svid(&id("/web"), &workload_spki(), None, &[])
+        .unwrap();
+    parse(&svid.chain[0])
+        .verify_signature(Some(ca_cert.public_key()))
+        .unwrap();
+
+    let jwt = ca.sign_jwt_svid(&id("/c"), &["a".into()], None).unwrap();
+    let data = validate_jwt(&ca.bundle(), &jwt.token, "a");
+    assert_eq!(data.header.alg, Algorithm::RS256);
+    let jwks: serde_json::Value =
+        serde_json::from_str(&ca.bundle().to_jwks_json().unwrap()).unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "RSA");
+    assert_eq!(jwks["keys"][0]["e"], "AQAB");
+    // And the check can fail: a token signed by another RSA CA does not validate here.
+    let other = memory_ca(
+        CaConfig {
+            jwt_key_type: KeyType::Rsa2048,
+            ..config(86_400)
+        },
+        SystemTime::now(),
+    );
+    let foreign = other.sign_jwt_svid(&id("/c"), &["a".into()], None).unwrap();
+    let jwks: JwkSet = serde_json::from_str(&ca.bundle().to_jwks_json().unwrap()).unwrap();
+    let key = DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    assert!(
+        jsonwebtoken::decode::<Claims>(&foreign.token, &key, &Validation::new(Algorithm::RS256))
+            .is_err()
+    );
+}
+
+#[test]
+fn jwt_key_type_is_independent_of_the_ca_key_type() {
+    let cfg = CaConfig {
+        key_type: KeyType::EcP384,
+        jwt_key_type: KeyType::Rsa2048,
+        ..config(86_400)
+    };
+    let ca = memory_ca(cfg, SystemTime::now());
+    let ca_der = ca.bundle().x509_authorities[0].clone();
+    assert_eq!(
+        parse(&ca_der).signature_algorithm.algorithm.to_id_string(),
+        "1.2.840.10045.4.3.3",
+        "ecdsa-with-SHA384"
+    );
+    let jwt = ca.sign_jwt_svid(&id("/c"), &["a".into()], None).unwrap();
+    assert_eq!(
+        validate_jwt(&ca.bundle(), &jwt.token, "a").header.alg,
+        Algorithm::RS256
+    );
+}
+
+#[test]
 fn jwt_svid_es384_issuer_and_expiry_cap() {
     let cfg = CaConfig {
         key_type: KeyType::EcP384,
+        jwt_key_type: KeyType::EcP384,
         jwt_issuer: Some("https://oidc.example.org".into()),
         ..config(86_400)
     };
@@ -1072,4 +1140,41 @@ fn localauthority_refuses_x509_taint_and_revoke_with_an_upstream() {
     .unwrap();
     ca.apply(ca.taint_authority(AuthorityKind::Jwt, &jwt_old).unwrap())
         .unwrap();
+}
+
+/// The CA certificates and keys operators make with openssl (`sigil_testkit`'s recipe): each
+/// key encoding (SEC1, PKCS#1, PKCS#8) and signature algorithm (ECDSA with SHA-256/384/512,
+/// RSA PKCS#1 v1.5 and PSS) loads as an upstream authority, signs an intermediate, and the
+/// SVID chain passes `openssl verify -x509_strict` to the openssl-made root.
+#[test]
+fn openssl_made_upstream_cas_in_every_format_sign_verifiable_chains() {
+    use sigil_testkit::verify::{OPERATOR_CA_RECIPES, openssl_self_signed_ca};
+    let dir = tempfile::tempdir().unwrap();
+    for (name, keygen, sign) in OPERATOR_CA_RECIPES {
+        let (cert, key) = openssl_self_signed_ca(dir.path(), name, keygen, sign);
+        // After openssl: its NotBefore is the current second.
+        let now = SystemTime::now();
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let files = UpstreamDiskConfig {
+            cert_file_path: cert,
+            key_file_path: key,
+            bundle_file_path: None,
+        };
+        let upstream =
+            UpstreamAuthority::load(&files, now_secs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let root = upstream.roots()[0].clone();
+        let ca = memory_ca(
+            CaConfig {
+                upstream: Some(Arc::new(upstream)),
+                ..config(86_400)
+            },
+            now,
+        );
+        let svid = ca
+            .sign_x509_svid(&id("/web"), &workload_spki(), None, &[])
+            .unwrap();
+        assert_eq!(svid.chain.len(), 2, "{name}");
+        let (ok, out) = openssl_verify_chain(&root, &svid.chain, now_secs + 1);
+        assert!(ok, "{name}: {out}");
+    }
 }

@@ -6,12 +6,16 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{Issuer, KeyPair, PublicKeyData as _};
+use rcgen::Issuer;
 use rustls::pki_types::CertificateDer;
 use sigil_common::hcl::{Block, ConfigError, parse_path};
 use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
 
 use crate::ca::CaError;
+use crate::ca::cert_signature::signed_by;
+use crate::key_manager::Signer;
+use crate::key_manager::pem_key::pkcs8_from_pem;
 
 /// Where the `disk` plugin's files are (`plugin_data` of `UpstreamAuthority "disk"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +23,8 @@ pub struct UpstreamDiskConfig {
     /// PEM: the upstream CA certificate first, then any intermediates up to (not necessarily
     /// including) a root.
     pub cert_file_path: PathBuf,
-    /// PEM PKCS#8 private key of the first certificate.
+    /// PEM private key of the first certificate: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1
+    /// (`RSA PRIVATE KEY`); EC P-256/P-384 or RSA.
     pub key_file_path: PathBuf,
     /// PEM roots the bundle publishes; when absent the upstream certificate must be
     /// self-signed and is the root.
@@ -64,7 +69,7 @@ pub enum UpstreamError {
         message: String,
     },
     #[error(
-        "{path}: the private key is not usable ({message}); a PKCS#8 PEM key is expected (convert with `openssl pkcs8 -topk8 -nocrypt`)"
+        "{path}: the private key is not usable ({message}); a PEM PKCS#8, SEC1 (EC PRIVATE KEY) or PKCS#1 (RSA PRIVATE KEY) key of type EC P-256, EC P-384 or RSA is expected"
     )]
     Key { path: String, message: String },
     #[error("the private key in {key} does not match the certificate in {cert}")]
@@ -100,7 +105,7 @@ pub struct UpstreamAuthority {
     chain: Vec<Vec<u8>>,
     /// What the trust bundle publishes in place of the server's own CAs.
     roots: Vec<Vec<u8>>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, Signer>,
     not_after: i64,
 }
 
@@ -111,11 +116,13 @@ impl UpstreamAuthority {
         let cert_path = config.cert_file_path.display().to_string();
         let key_path = config.key_file_path.display().to_string();
         let certs = read_certs(&config.cert_file_path)?;
-        let key_pem = read(&config.key_file_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| UpstreamError::Key {
-            path: key_path.clone(),
-            message: e.to_string(),
-        })?;
+        let key_pem = Zeroizing::new(read(&config.key_file_path)?);
+        let key = pkcs8_from_pem(&key_pem)
+            .and_then(|pkcs8| Signer::from_pkcs8(&pkcs8))
+            .map_err(|message| UpstreamError::Key {
+                path: key_path.clone(),
+                message,
+            })?;
         let upstream_der = certs[0].clone();
         let (_, upstream) =
             X509Certificate::from_der(&upstream_der).map_err(|e| UpstreamError::Certificate {
@@ -123,7 +130,7 @@ impl UpstreamAuthority {
                 index: 0,
                 message: e.to_string(),
             })?;
-        if upstream.public_key().raw != key.subject_public_key_info().as_slice() {
+        if upstream.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(UpstreamError::KeyMismatch {
                 cert: cert_path,
                 key: key_path,
@@ -211,7 +218,7 @@ impl UpstreamAuthority {
         self.not_after
     }
 
-    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+    pub(crate) fn issuer(&self) -> &Issuer<'static, Signer> {
         &self.issuer
     }
 
@@ -245,17 +252,6 @@ impl From<UpstreamError> for CaError {
     fn from(e: UpstreamError) -> Self {
         Self::Upstream(e.to_string())
     }
-}
-
-/// Whether `child` verifies under `parent`'s public key.
-fn signed_by(child: &[u8], parent: &[u8]) -> bool {
-    let (Ok((_, child)), Ok((_, parent))) = (
-        X509Certificate::from_der(child),
-        X509Certificate::from_der(parent),
-    ) else {
-        return false;
-    };
-    child.issuer() == parent.subject() && child.verify_signature(Some(parent.public_key())).is_ok()
 }
 
 fn read(path: &Path) -> Result<String, UpstreamError> {
@@ -296,7 +292,8 @@ fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, UpstreamError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+        PKCS_ECDSA_P256_SHA256,
     };
     use time::OffsetDateTime;
 
@@ -440,7 +437,7 @@ pub(crate) mod tests {
 
         let e = load(&root.cert_pem, "garbage", None).unwrap_err();
         assert!(matches!(e, UpstreamError::Key { .. }), "{e}");
-        assert!(e.to_string().contains("PKCS#8"), "{e}");
+        assert!(e.to_string().contains("PKCS#8, SEC1"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = write_files(dir.path(), &root.cert_pem, &root.key_pem, None);
@@ -459,5 +456,48 @@ pub(crate) mod tests {
         assert!(up.issued(&child.der()));
         assert!(!up.issued(&other.der()));
         assert!(!up.issued(b"junk"));
+    }
+
+    /// The self-signature check is real for the algorithms ring cannot check (ECDSA with
+    /// SHA-512, RSA-PSS with OpenSSL's default salt): a flipped signature bit is refused, as
+    /// are SHA-1 signatures and a key of another type than the certificate's.
+    #[test]
+    fn openssl_made_cas_are_checked_not_just_parsed() {
+        use sigil_testkit::verify::openssl_self_signed_ca;
+        let dir = tempfile::tempdir().unwrap();
+        let ec = openssl_self_signed_ca(
+            dir.path(),
+            "ec",
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+            &["-sha512"],
+        );
+        let pss = openssl_self_signed_ca(
+            dir.path(),
+            "pss",
+            &["genrsa", "-traditional", "2048"],
+            &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
+        );
+        let sha1 = openssl_self_signed_ca(dir.path(), "sha1", &["genrsa", "2048"], &["-sha1"]);
+        // After openssl: its NotBefore is the current second.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        let load_at = |cert: &str, key: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            UpstreamAuthority::load(&write_files(dir.path(), cert, key, None), now)
+        };
+        for (cert, key) in [&ec, &pss] {
+            load_at(&text(cert), &text(key)).unwrap();
+            // The last byte of the DER is the signature's.
+            let mut der = pem::parse(text(cert)).unwrap().into_contents();
+            *der.last_mut().unwrap() ^= 1;
+            let tampered = pem::encode(&pem::Pem::new("CERTIFICATE", der));
+            let e = load_at(&tampered, &text(key)).unwrap_err();
+            assert!(matches!(e, UpstreamError::NotSelfSigned(_)), "{e}");
+        }
+        let e = load_at(&text(&sha1.0), &text(&sha1.1)).unwrap_err();
+        assert!(matches!(e, UpstreamError::NotSelfSigned(_)), "{e}");
+        let e = load_at(&text(&ec.0), &text(&pss.1)).unwrap_err();
+        assert!(matches!(e, UpstreamError::KeyMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("does not match"), "{e}");
     }
 }

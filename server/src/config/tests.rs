@@ -34,6 +34,7 @@ server {{
   default_jwt_svid_ttl = "10m"
   jwt_issuer = "https://oidc.example.org"
   ca_key_type = "ec-p384"
+  jwt_key_type = "rsa-2048"
   ca_subject = {{
     country = ["DE"]
     organization = ["Sigil"]
@@ -152,6 +153,7 @@ fn spire_example_parses_into_typed_values() {
             x509_svid_ttl: Duration::from_secs(2 * 3600),
             jwt_svid_ttl: Duration::from_secs(600),
             key_type: KeyType::EcP384,
+            jwt_key_type: KeyType::Rsa2048,
             ca_subject: CaSubject {
                 country: vec!["DE".to_owned()],
                 organization: vec!["Sigil".to_owned()],
@@ -241,6 +243,7 @@ fn defaults_apply() {
     assert_eq!(cfg.ca.jwt_svid_ttl, Duration::from_secs(300));
     assert_eq!(cfg.ca.jwt_issuer, None);
     assert_eq!(cfg.ca.key_type, KeyType::EcP256);
+    assert_eq!(cfg.ca.jwt_key_type, KeyType::EcP256);
     assert_eq!(cfg.ca.ca_subject, CaSubject::default());
     assert_eq!(
         cfg.datastore,
@@ -436,7 +439,7 @@ fn malformed_configs_name_file_line_and_key() {
         (
             "unsupported key type",
             "server {",
-            "server {\n  ca_key_type = \"rsa-2048\"",
+            "server {\n  ca_key_type = \"rsa-3072\"",
         ),
         (
             "missing plugins",
@@ -462,7 +465,7 @@ fn malformed_configs_name_file_line_and_key() {
         "server.conf:2: server.default_jwt_svid_ttl: \"0s\" must be greater than zero",
         "server.conf:2: server.agent_ttl: \"4s\" is below the minimum SVID TTL of 5s",
         "server.conf:2: server.default_x509_svid_ttl: \"1500ms\" is below the minimum SVID TTL of 5s",
-        "server.conf:2: server.ca_key_type: unsupported key type \"rsa-2048\" (supported: ec-p256, ec-p384)",
+        "server.conf:2: server.ca_key_type: unsupported key type \"rsa-3072\" (supported: rsa-2048, rsa-4096, ec-p256, ec-p384)",
         "server.conf: plugins: is required",
     ];
     assert_each_edit_fails(MINIMAL, cases, &want, |text| parse(text).map(drop));

@@ -106,7 +106,12 @@ impl DiskKeyManager {
         };
         // Sized up front so the buffer holding the keys is never reallocated (and so never
         // leaves an unzeroized copy behind).
-        let mut json = Zeroizing::new(Vec::with_capacity(64 + keys.len() * 512));
+        let capacity = keys
+            .iter()
+            .map(|(id, k)| id.len() + k.pkcs8().len() * 4 / 3 + 64)
+            .sum::<usize>()
+            + 64;
+        let mut json = Zeroizing::new(Vec::with_capacity(capacity));
         serde_json::to_writer(&mut *json, &out).map_err(|e| KeyManagerError::Corrupt {
             path: self.path.display().to_string(),
             reason: e.to_string(),
@@ -243,6 +248,13 @@ mod tests {
         assert_eq!(b2.key_type(), KeyType::EcP384);
         assert_eq!(b2.public_key(), b.public_key());
 
+        // RSA keys too (their PKCS#8 is several times an EC key's).
+        let r = again.generate("x509-CA-B", KeyType::Rsa2048).unwrap();
+        let reopened = DiskKeyManager::open(&path).unwrap();
+        let r2 = reopened.fetch("x509-CA-B").unwrap().unwrap();
+        assert_eq!(r2.key_type(), KeyType::Rsa2048);
+        assert_eq!(r2.public_key(), r.public_key());
+
         // Replacing a key is persisted too.
         let a3 = again.generate("x509-CA-A", KeyType::EcP256).unwrap();
         let third = DiskKeyManager::open(&path).unwrap();
@@ -261,6 +273,7 @@ mod tests {
             r#"{"keys":{"a":{"key_type":"ec-p256","pkcs8":"%%%"}}}"#,
             r#"{"keys":{"a":{"key_type":"ec-p256","pkcs8":"AAAA"}}}"#,
             r#"{"keys":{"a":{"key_type":"rsa-2048","pkcs8":"AAAA"}}}"#,
+            r#"{"keys":{"a":{"key_type":"rsa-3072","pkcs8":"AAAA"}}}"#,
         ] {
             fs::write(&path, bad).unwrap();
             let err = DiskKeyManager::open(&path).unwrap_err();

@@ -8,27 +8,26 @@
 pub mod config;
 pub mod disk;
 pub mod memory;
+pub mod pem_key;
+pub mod signer;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
 use zeroize::Zeroizing;
 
 pub use config::KeyManagerConfig;
 pub use disk::DiskKeyManager;
 pub use memory::MemoryKeyManager;
+pub use sigil_common::key_type::KeyType;
+pub use signer::{KeyAlgorithm, Signer};
 
 /// Why a key could not be generated, loaded or stored.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyManagerError {
-    #[error("unsupported key type {0:?} (supported: ec-p256, ec-p384)")]
-    UnsupportedKeyType(String),
-    #[error("key generation failed")]
-    Generate,
+    #[error(transparent)]
+    Generate(#[from] sigil_common::key_type::KeyGenError),
     #[error("key {id:?} is not a valid {key_type} PKCS#8 key: {reason}")]
     InvalidKey {
         id: String,
@@ -46,70 +45,13 @@ pub enum KeyManagerError {
     Corrupt { path: String, reason: String },
 }
 
-/// The CA key algorithm, spelled as SPIRE's `ca_key_type`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    #[default]
-    EcP256,
-    EcP384,
-}
-
-impl KeyType {
-    /// SPIRE's spelling (`ec-p256`, `ec-p384`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ec-p256",
-            Self::EcP384 => "ec-p384",
-        }
-    }
-
-    /// The JWS `alg` this key signs with.
-    pub fn jws_alg(self) -> &'static str {
-        match self {
-            Self::EcP256 => "ES256",
-            Self::EcP384 => "ES384",
-        }
-    }
-
-    fn asn1_alg(self) -> &'static EcdsaSigningAlgorithm {
-        match self {
-            Self::EcP256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            Self::EcP384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-        }
-    }
-
-    fn fixed_alg(self) -> &'static EcdsaSigningAlgorithm {
-        match self {
-            Self::EcP256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            Self::EcP384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        }
-    }
-
-    fn rcgen_alg(self) -> &'static rcgen::SignatureAlgorithm {
-        match self {
-            Self::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Self::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        }
-    }
-}
-
-impl FromStr for KeyType {
-    type Err = KeyManagerError;
-
-    /// Parses SPIRE's `ca_key_type`. RSA is refused: ring cannot generate RSA keys and rcgen's
-    /// RSA generation needs aws-lc-rs, which is not in our tree.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ec-p256" => Ok(Self::EcP256),
-            "ec-p384" => Ok(Self::EcP384),
-            other => Err(KeyManagerError::UnsupportedKeyType(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for KeyType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// What a configured key type is, as far as signing goes.
+fn algorithm_of(key_type: KeyType) -> KeyAlgorithm {
+    match key_type {
+        KeyType::EcP256 => KeyAlgorithm::EcP256,
+        KeyType::EcP384 => KeyAlgorithm::EcP384,
+        KeyType::Rsa2048 => KeyAlgorithm::Rsa(2048),
+        KeyType::Rsa4096 => KeyAlgorithm::Rsa(4096),
     }
 }
 
@@ -120,56 +62,42 @@ pub trait KeyManager: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Vec<String>, KeyManagerError>;
 }
 
-/// One private key, ready to sign. Both ring key pairs are built once here because parsing
-/// PKCS#8 costs far more than a signature; signing then needs no allocation beyond the output.
+/// One private key of a key manager, ready to sign. The ring key pairs are built once here
+/// because parsing PKCS#8 costs far more than a signature.
 pub struct SigningKey {
     id: String,
     key_type: KeyType,
     /// Kept only so the disk key manager can persist the key; zeroized on drop.
     pkcs8: Zeroizing<Vec<u8>>,
-    /// SubjectPublicKeyInfo DER.
-    public_key: Vec<u8>,
-    /// ASN.1 (DER) signatures, as X.509 wants them.
-    x509_signer: EcdsaKeyPair,
-    /// Fixed-size `r || s` signatures, as JWS wants them (RFC 7518 §3.4).
-    jws_signer: EcdsaKeyPair,
-    rng: SystemRandom,
+    signer: Signer,
 }
 
 impl SigningKey {
-    /// Generates a fresh key.
+    /// Generates a fresh key (an RSA-4096 key takes a second or more).
     pub fn generate(id: &str, key_type: KeyType) -> Result<Self, KeyManagerError> {
-        let rng = SystemRandom::new();
-        let doc = EcdsaKeyPair::generate_pkcs8(key_type.asn1_alg(), &rng)
-            .map_err(|_| KeyManagerError::Generate)?;
-        Self::from_pkcs8(id, key_type, Zeroizing::new(doc.as_ref().to_vec()))
+        Self::from_pkcs8(id, key_type, key_type.generate_pkcs8()?)
     }
 
-    /// Loads a key from its PKCS#8 DER encoding.
+    /// Loads a key from its PKCS#8 DER encoding; it must be of `key_type`.
     pub fn from_pkcs8(
         id: &str,
         key_type: KeyType,
         pkcs8: Zeroizing<Vec<u8>>,
     ) -> Result<Self, KeyManagerError> {
-        let rng = SystemRandom::new();
-        let invalid = |e: ring::error::KeyRejected| KeyManagerError::InvalidKey {
+        let invalid = |reason: String| KeyManagerError::InvalidKey {
             id: id.to_owned(),
             key_type,
-            reason: e.to_string(),
+            reason,
         };
-        let x509_signer =
-            EcdsaKeyPair::from_pkcs8(key_type.asn1_alg(), &pkcs8, &rng).map_err(invalid)?;
-        let jws_signer =
-            EcdsaKeyPair::from_pkcs8(key_type.fixed_alg(), &pkcs8, &rng).map_err(invalid)?;
-        let public_key = spki_der(key_type, x509_signer.public_key().as_ref());
+        let signer = Signer::from_pkcs8(&pkcs8).map_err(invalid)?;
+        if signer.algorithm() != algorithm_of(key_type) {
+            return Err(invalid(format!("the key is {:?}", signer.algorithm())));
+        }
         Ok(Self {
             id: id.to_owned(),
             key_type,
             pkcs8,
-            public_key,
-            x509_signer,
-            jws_signer,
-            rng,
+            signer,
         })
     }
 
@@ -183,30 +111,29 @@ impl SigningKey {
 
     /// The public key as SubjectPublicKeyInfo DER.
     pub fn public_key(&self) -> &[u8] {
-        &self.public_key
+        self.signer.spki()
     }
 
-    /// The raw public key (uncompressed EC point), the SPKI's BIT STRING contents.
+    /// The SPKI's BIT STRING contents (an uncompressed EC point, or PKCS#1 `RSAPublicKey`).
     pub fn public_key_raw(&self) -> &[u8] {
-        self.x509_signer.public_key().as_ref()
+        self.signer.public_key_raw()
     }
 
-    /// Signs `msg` with a fixed-size signature, the JWS encoding.
+    /// The JWS `alg` of [`SigningKey::sign_jws`] (as SPIRE: ES256, ES384, RS256 for RSA).
+    pub fn jws_alg(&self) -> &'static str {
+        self.signer.jws_alg()
+    }
+
+    /// Signs `msg` in the JWS encoding of [`SigningKey::jws_alg`].
     pub fn sign_jws(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
-        let sig = self
-            .jws_signer
-            .sign(&self.rng, msg)
-            .map_err(|_| KeyManagerError::Sign)?;
-        Ok(sig.as_ref().to_vec())
+        self.signer.sign_jws(msg).map_err(|_| KeyManagerError::Sign)
     }
 
-    /// Signs `msg` with an ASN.1 DER signature, the X.509 encoding.
+    /// Signs `msg` in the X.509 encoding (ECDSA DER, or RSA PKCS#1 v1.5 with SHA-256).
     pub fn sign_x509(&self, msg: &[u8]) -> Result<Vec<u8>, KeyManagerError> {
-        let sig = self
-            .x509_signer
-            .sign(&self.rng, msg)
-            .map_err(|_| KeyManagerError::Sign)?;
-        Ok(sig.as_ref().to_vec())
+        self.signer
+            .sign_x509(msg)
+            .map_err(|_| KeyManagerError::Sign)
     }
 
     /// A handle rcgen can sign certificates with.
@@ -241,60 +168,31 @@ impl RcgenKey {
 
 impl rcgen::PublicKeyData for RcgenKey {
     fn der_bytes(&self) -> &[u8] {
-        self.0.public_key_raw()
+        self.0.signer.der_bytes()
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.key_type.rcgen_alg()
+        rcgen::PublicKeyData::algorithm(&self.0.signer)
     }
 }
 
 impl rcgen::SigningKey for RcgenKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0
-            .sign_x509(msg)
-            .map_err(|_| rcgen::Error::RingUnspecified)
+        rcgen::SigningKey::sign(&self.0.signer, msg)
     }
-}
-
-/// Wraps an uncompressed EC point in a SubjectPublicKeyInfo. Hand-written because the DER
-/// prefix for a named-curve key is a fixed byte string (RFC 5480) and ring does not emit SPKI.
-fn spki_der(key_type: KeyType, point: &[u8]) -> Vec<u8> {
-    const P256_PREFIX: &[u8] = &[
-        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-    ];
-    const P384_PREFIX: &[u8] = &[
-        0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05,
-        0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
-    ];
-    let prefix = match key_type {
-        KeyType::EcP256 => P256_PREFIX,
-        KeyType::EcP384 => P384_PREFIX,
-    };
-    [prefix, point].concat()
 }
 
 #[cfg(test)]
 mod tests {
-    use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
+    use ring::signature::{
+        ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_FIXED, RSA_PKCS1_2048_8192_SHA256,
+        UnparsedPublicKey,
+    };
     use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
     use x509_parser::x509::SubjectPublicKeyInfo;
 
     use super::*;
-
-    #[test]
-    fn key_type_parses_spire_spellings() {
-        assert_eq!("ec-p256".parse::<KeyType>().unwrap(), KeyType::EcP256);
-        assert_eq!("ec-p384".parse::<KeyType>().unwrap(), KeyType::EcP384);
-        assert_eq!(KeyType::default(), KeyType::EcP256);
-        for bad in ["rsa-2048", "rsa-4096", "EC-P256", ""] {
-            assert!(matches!(
-                bad.parse::<KeyType>(),
-                Err(KeyManagerError::UnsupportedKeyType(_))
-            ));
-        }
-    }
 
     #[test]
     fn signs_in_both_encodings_and_spki_parses() {
@@ -319,6 +217,51 @@ mod tests {
             .verify(b"msg", &sig)
             .unwrap();
         assert!(SubjectPublicKeyInfo::from_der(k.public_key()).is_ok());
+    }
+
+    #[test]
+    fn rsa_keys_sign_rs256_and_sha256_with_rsa_under_their_spki() {
+        let k = SigningKey::generate("r", KeyType::Rsa2048).unwrap();
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(k.public_key()).unwrap();
+        assert!(rest.is_empty());
+        let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+            panic!("not an RSA SPKI");
+        };
+        assert_eq!(rsa.key_size(), 2048);
+        assert_eq!(spki.subject_public_key.data.as_ref(), k.public_key_raw());
+        assert_eq!(k.jws_alg(), "RS256");
+        for sig in [k.sign_x509(b"msg").unwrap(), k.sign_jws(b"msg").unwrap()] {
+            assert_eq!(sig.len(), 256);
+            let pk = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, k.public_key_raw());
+            pk.verify(b"msg", &sig).unwrap();
+            assert!(pk.verify(b"other", &sig).is_err());
+        }
+        let again =
+            SigningKey::from_pkcs8("r", KeyType::Rsa2048, Zeroizing::new(k.pkcs8().to_vec()))
+                .unwrap();
+        assert_eq!(again.public_key(), k.public_key());
+        for wrong in [KeyType::Rsa4096, KeyType::EcP256] {
+            let e = SigningKey::from_pkcs8("r", wrong, Zeroizing::new(k.pkcs8().to_vec()));
+            assert!(
+                matches!(e, Err(KeyManagerError::InvalidKey { .. })),
+                "{e:?}"
+            );
+        }
+    }
+
+    /// RSA-4096 generation is the slow one (run with `--nocapture` to see its time; the
+    /// bignum crates are built at opt-level 3 even in debug builds, see Cargo.toml).
+    #[test]
+    fn rsa_4096_generates_in_reasonable_time() {
+        let started = std::time::Instant::now();
+        let k = SigningKey::generate("big", KeyType::Rsa4096).unwrap();
+        let took = started.elapsed();
+        println!("rsa-4096 keygen: {took:?}");
+        let sig = k.sign_x509(b"msg").unwrap();
+        assert_eq!(sig.len(), 512);
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, k.public_key_raw())
+            .verify(b"msg", &sig)
+            .unwrap();
     }
 
     #[test]
