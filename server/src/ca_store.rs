@@ -61,7 +61,7 @@ pub async fn commit<T, E: From<CaError>>(
     plan: impl FnOnce(&Ca) -> Result<Option<Pending<T>>, E>,
 ) -> Result<Option<T>, CommitError<E>> {
     let _guard = ca.lock_persistence().await;
-    let Some(pending) = plan(ca).map_err(CommitError::Refused)? else {
+    let Some(pending) = off_the_runtime(|| plan(ca)).map_err(CommitError::Refused)? else {
         return Ok(None);
     };
     let union = store(
@@ -79,6 +79,16 @@ pub async fn commit<T, E: From<CaError>>(
     ca.mark_persisted(sequence);
     ca.adopt_bundle(&union);
     Ok(Some(outcome))
+}
+
+/// Runs `work` where it may block: a plan can generate a key, and an RSA-4096 key takes
+/// seconds. On a multi-threaded runtime the worker hands its other tasks away first
+/// (`block_in_place`); a current-thread runtime (unit tests) cannot, and runs it in place.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// Stores the CA's current journal and the union bundle it implies (one transaction), then
