@@ -220,7 +220,7 @@ pub(crate) async fn run(size: &ScaleSize) -> anyhow::Result<Vec<Figure>> {
 }
 
 /// Runs `sigil-server entry show` (all entries, text or JSON) through the real CLI binary;
-/// returns its wall time and peak RSS (MiB). Text output is counted to check the listing is
+/// returns its wall time and peak RSS (MiB). The output is counted to check the listing is
 /// complete. VmHWM only grows, so its last reading before exit is the peak up to then.
 async fn cli_show_all(
     socket: &std::path::Path,
@@ -240,18 +240,31 @@ async fn cli_show_all(
         .context("running sigil-server entry show")?;
     let pid = child.id().context("CLI exited at once")?;
     let stdout = child.stdout.take().context("CLI stdout")?;
+    // One mark per entry: the text's `Entry ID` line; in JSON (SPIRE's, one line for the whole
+    // listing) each entry's `spiffe_id` object. Counted over chunks, so a million entries need
+    // no line buffer here.
+    let mark: &'static [u8] = if json {
+        b"\"spiffe_id\":{"
+    } else {
+        b"Entry ID "
+    };
     let reader = tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let (mut entries, mut ids) = (0usize, 0usize);
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with("Entry ID ") {
-                entries += 1;
-            } else if line.starts_with("    \"id\": ") {
-                ids += 1;
+        use tokio::io::AsyncReadExt as _;
+        let mut stdout = stdout;
+        let (mut listed, mut window) = (0usize, Vec::with_capacity(64 * 1024 + mark.len()));
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut chunk).await?;
+            if n == 0 {
+                break;
             }
+            window.extend_from_slice(&chunk[..n]);
+            listed += window.windows(mark.len()).filter(|w| *w == mark).count();
+            // Keep a tail shorter than the mark: a mark split across chunks is counted once.
+            let keep = mark.len() - 1;
+            window.drain(..window.len().saturating_sub(keep));
         }
-        anyhow::Ok(entries.max(ids))
+        anyhow::Ok(listed)
     });
     let mut peak_kib = 0u64;
     let status = loop {

@@ -116,19 +116,27 @@ pub(super) async fn fetch_jwt(
     env_socket: Option<&str>,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    // As SPIRE's: the JWT bundles first, then the JWT-SVID, and both are printed.
+    const BUNDLES: &str = "fetching JWT bundles";
     const WHAT: &str = "fetching JWT-SVID";
     let mut client = client(&args.call, env_socket).await?;
+    let bundles = within(
+        args.call.timeout,
+        BUNDLES,
+        first_message(client.fetch_jwt_bundles(JwtBundlesRequest {}), BUNDLES),
+    )
+    .await?;
     let request = JwtsvidRequest {
         audience: args.audience,
         spiffe_id: args.spiffe_id.unwrap_or_default(),
     };
-    let response = within(
+    let svids = within(
         args.call.timeout,
         WHAT,
         answer(client.fetch_jwtsvid(request), WHAT),
     )
     .await?;
-    render::jwt_svids(&response, args.output, out)
+    render::jwt_svids(&svids, &bundles, args.output, out)
 }
 
 pub(super) async fn fetch_jwt_bundles(
@@ -234,7 +242,10 @@ pub(super) async fn healthcheck(
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
     use sigil_proto::bundle::pem_encode;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
 
     use super::*;
     use crate::cache::testing::entry;
@@ -335,6 +346,13 @@ mod tests {
         result.unwrap();
         let json: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(json["svids"][0]["spiffe_id"], "spiffe://example.org/web");
+        // SPIRE's protobuf-JSON of X509SVIDResponse: every field, bytes as base64.
+        let keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["crl", "federated_bundles", "svids"], "{json}");
+        let leaf = STANDARD
+            .decode(json["svids"][0]["x509_svid"].as_str().unwrap())
+            .unwrap();
+        assert!(X509Certificate::from_der(&leaf).is_ok(), "{json}");
         h.stop().await;
     }
 
@@ -358,6 +376,42 @@ mod tests {
         result.unwrap();
         let token = out.lines().nth(1).unwrap().trim().to_owned();
         assert_eq!(out.lines().next(), Some("token(spiffe://example.org/web):"));
+        // SPIRE prints the JWT bundles after the tokens.
+        assert_eq!(out.lines().nth(2), Some("bundle(spiffe://example.org):"));
+        assert!(
+            out.lines().nth(3).unwrap().starts_with("\t{\"keys\":[{"),
+            "{out}"
+        );
+
+        // -output json: SPIRE's two protobuf-JSON messages, the JWKS as base64 bytes.
+        let (result, out) = run_args(&[
+            "sigil-agent",
+            "api",
+            "fetch",
+            "jwt",
+            "-audience",
+            "db",
+            "-output",
+            "json",
+            "-socketPath",
+            &socket,
+        ])
+        .await;
+        result.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v[0]["svids"][0]["spiffe_id"], "spiffe://example.org/web",
+            "{v}"
+        );
+        assert_eq!(v[0]["svids"][0]["hint"], "", "{v}");
+        let jwks = STANDARD
+            .decode(v[1]["bundles"]["spiffe://example.org"].as_str().unwrap())
+            .unwrap();
+        let jwks: serde_json::Value = serde_json::from_slice(&jwks).unwrap();
+        assert!(
+            jwks["keys"].as_array().is_some_and(|k| !k.is_empty()),
+            "{jwks}"
+        );
 
         let (result, out) = run_args(&[
             "sigil-agent",

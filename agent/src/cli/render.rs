@@ -163,26 +163,46 @@ fn x509_json(response: &X509svidResponse) -> serde_json::Value {
         .iter()
         .map(|(td, der)| (td, STANDARD.encode(der)))
         .collect();
-    serde_json::json!({ "svids": svids, "federated_bundles": federated })
+    let crl: Vec<_> = response.crl.iter().map(|c| STANDARD.encode(c)).collect();
+    serde_json::json!({ "crl": crl, "federated_bundles": federated, "svids": svids })
 }
 
-/// JWT-SVIDs, SPIRE's `token(<SPIFFE ID>):` lines or JSON.
+/// JWT-SVIDs and the JWT bundles fetched with them, as SPIRE's `api fetch jwt` prints them:
+/// `token(<SPIFFE ID>):` (and `hint(...)`) lines, then `bundle(<trust domain>):` lines; or
+/// with `-output json` both responses in protobuf-JSON, `[{"svids":[...]},{"bundles":{...}}]`
+/// (bundles as base64 of the JWKS bytes, as protojson writes `bytes`).
 pub(super) fn jwt_svids(
-    response: &JwtsvidResponse,
+    svids: &JwtsvidResponse,
+    bundles: &JwtBundlesResponse,
     format: Option<OutputFormat>,
     out: &mut (dyn Write + Send),
 ) -> Result<(), CliError> {
+    let by_domain: BTreeMap<_, _> = bundles.bundles.iter().collect();
     if format == Some(OutputFormat::Json) {
-        let svids: Vec<_> = response
+        let svids: Vec<_> = svids
             .svids
             .iter()
-            .map(|s| serde_json::json!({"spiffe_id": s.spiffe_id, "svid": s.svid, "hint": s.hint}))
+            .map(|s| serde_json::json!({"hint": s.hint, "spiffe_id": s.spiffe_id, "svid": s.svid}))
             .collect();
-        writeln!(out, "{}", serde_json::json!({ "svids": svids }))?;
+        let bundles: BTreeMap<_, _> = by_domain
+            .iter()
+            .map(|(td, jwks)| (td, STANDARD.encode(jwks)))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!([{ "svids": svids }, { "bundles": bundles }])
+        )?;
         return Ok(());
     }
-    for svid in &response.svids {
+    for svid in &svids.svids {
         writeln!(out, "token({}):\n\t{}", svid.spiffe_id, svid.svid)?;
+        if !svid.hint.is_empty() {
+            writeln!(out, "hint({}):\n\t{}", svid.spiffe_id, svid.hint)?;
+        }
+    }
+    for (td, jwks) in by_domain {
+        writeln!(out, "bundle({td}):\n\t{}", String::from_utf8_lossy(jwks))?;
     }
     Ok(())
 }
