@@ -5,14 +5,15 @@
 //
 //	checkout-service [--server 127.0.0.1:8443] [--server-id ID] [--spiffe-id ID] [--jwt]
 //	                 [--jwt-audience AUD] [--method POST] [--path /v1/payments]
-//	                 [--repeat 1] [--interval 1s]
+//	                 [--repeat 1] [--interval 1s | --rate N]
 //
 // It speaks the Rust checkout-service's protocol and prints the same line per call:
 // "[i] METHOD PATH -> STATUS allowed|refused|failed: BODY [server ID serial=.. ca=..]". With
 // --jwt each call also carries a JWT-SVID from workloadapi.FetchJWTSVID (audience: the
 // server's SPIFFE ID, or --jwt-audience) as `Authorization: Bearer`. Each call is a new
-// connection. Exit status: 0 when every call got a 2xx, 3 when the server refused one (403)
-// and nothing else failed, 1 on any other failure (TLS, wrong server identity, 401).
+// connection; the last line counts the outcomes. Exit status: 0 when every call got a 2xx,
+// 3 when the server refused one (403) and nothing else failed, 1 on any other failure (TLS,
+// wrong server identity, 401).
 package main
 
 import (
@@ -44,6 +45,7 @@ func main() {
 	path := flag.String("path", zerotrust.PaymentsPath, "route to call")
 	repeat := flag.Int("repeat", 1, "number of calls")
 	interval := flag.Duration("interval", time.Second, "pause between calls")
+	rate := flag.Int("rate", 0, "calls per second, each started on schedule (instead of --interval)")
 	startup := flag.Duration("startup-timeout", 30*time.Second, "how long to wait for a first SVID")
 	flag.Parse()
 	log.SetFlags(0)
@@ -66,25 +68,28 @@ func main() {
 	}
 	fmt.Printf("checkout-service (Go, go-spiffe) as %s, calling %s expecting %s\n", own, *server, serverID)
 
-	refused, failed := false, false
+	counts := map[string]int{}
+	start := time.Now()
 	for i := 1; i <= *repeat; i++ {
 		if i > 1 {
-			time.Sleep(*interval)
+			if *rate > 0 { // calls start 1/rate apart, however long each takes
+				time.Sleep(time.Until(start.Add(time.Duration(i-1) * time.Second / time.Duration(*rate))))
+			} else {
+				time.Sleep(*interval)
+			}
 		}
 		prefix := fmt.Sprintf("[%d] %s %s", i, *method, *path)
 		line, outcome := call(client, own, *server, *method, *path, *withJWT, *audience, i)
 		fmt.Printf("%s -> %s\n", prefix, line)
-		switch outcome {
-		case "refused":
-			refused = true
-		case "failed":
-			failed = true
-		}
+		counts[outcome]++
 	}
+	elapsed := time.Since(start)
+	fmt.Printf("%d calls in %.1fs (%.1f/s): %d allowed, %d refused, %d failed\n", *repeat, elapsed.Seconds(),
+		float64(*repeat)/elapsed.Seconds(), counts["allowed"], counts["refused"], counts["failed"])
 	switch {
-	case failed:
+	case counts["failed"] > 0:
 		os.Exit(1)
-	case refused:
+	case counts["refused"] > 0:
 		os.Exit(3)
 	}
 }
