@@ -58,10 +58,12 @@ def main():
             f"Connection: close\r\n\r\n".encode() + body
         )
         response = b""
+        ended = None
         while True:
             try:
                 chunk = conn.recv(65536)
-            except Exception:  # pyOpenSSL: ZeroReturnError / SysCallError at close
+            except Exception as e:  # pyOpenSSL: ZeroReturnError / SysCallError at close
+                ended = e
                 break
             if not chunk:
                 break
@@ -72,6 +74,10 @@ def main():
         return 1
     finally:
         x509.close()
+    if not response:
+        # In TLS 1.3 a server refusing our SVID says so after our handshake ended: at the read.
+        print(f"{prefix} -> failed: no response, the server closed the connection ({ended!r})")
+        return 1
 
     head, _, payload = response.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
