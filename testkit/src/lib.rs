@@ -39,6 +39,7 @@ pub mod proxy;
 pub mod python;
 pub mod runtime;
 pub mod server;
+pub mod spire;
 pub mod tls;
 pub mod tmpfs;
 pub mod verify;
