@@ -75,6 +75,41 @@ fn takes_value(command: &Command, name: &str) -> bool {
     })
 }
 
+/// A flag SPIRE's command has and Sigil's does not: refused saying so and why, rather than
+/// with clap's "unexpected argument".
+pub struct SpireOnlyFlag {
+    /// The subcommand path, e.g. `["entry", "show"]`.
+    pub command: &'static [&'static str],
+    /// The flag's name without dashes, as SPIRE spells it.
+    pub flag: &'static str,
+    /// Why Sigil lacks it (and what to use instead, where something serves).
+    pub why: &'static str,
+}
+
+/// The message for the first flag in `args` (as [`spire_style`] returns them) that `table`
+/// lists for the subcommand `args` name, e.g. "entry show: -federatesWith is not supported by
+/// Sigil: ...".
+pub fn spire_only_flag(args: &[OsString], table: &[SpireOnlyFlag]) -> Option<String> {
+    let words: Vec<&str> = args.iter().skip(1).filter_map(|a| a.to_str()).collect();
+    let path: Vec<&str> = words
+        .iter()
+        .take_while(|w| !w.starts_with('-'))
+        .copied()
+        .collect();
+    words.iter().find_map(|w| {
+        let name = w.strip_prefix("--")?;
+        let name = name.split_once('=').map_or(name, |(n, _)| n);
+        let hit = table
+            .iter()
+            .find(|f| f.flag == name && path.starts_with(f.command))?;
+        Some(format!(
+            "{}: -{name} is not supported by Sigil: {}",
+            hit.command.join(" "),
+            hit.why
+        ))
+    })
+}
+
 /// The flags (`command path --flag`) of `command` and all its subcommands that have no help
 /// line: what a unit test of each binary checks is empty.
 pub fn flags_without_help(command: &Command) -> Vec<String> {
@@ -114,6 +149,34 @@ mod tests {
                     .arg(Arg::new("c").long("c").hide(true)),
             );
         assert_eq!(flags_without_help(&cmd), ["x sub --b"]);
+    }
+
+    #[test]
+    fn spire_only_flags_are_named_with_their_command_and_why() {
+        const TABLE: &[SpireOnlyFlag] = &[SpireOnlyFlag {
+            command: &["entry", "show"],
+            flag: "federatesWith",
+            why: "because",
+        }];
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            spire_only_flag(
+                &args(&[
+                    "sigil-server",
+                    "entry",
+                    "show",
+                    "--federatesWith=spiffe://b"
+                ]),
+                TABLE
+            )
+            .as_deref(),
+            Some("entry show: -federatesWith is not supported by Sigil: because")
+        );
+        // Another command, or a flag as a value, is not this one.
+        let other = args(&["sigil-server", "entry", "create", "--federatesWith", "x"]);
+        assert_eq!(spire_only_flag(&other, TABLE), None);
+        let value = args(&["sigil-server", "entry", "show", "--hint=--federatesWith"]);
+        assert_eq!(spire_only_flag(&value, TABLE), None);
     }
 
     /// A command shaped like the binaries': `entry create` with value flags and a switch.

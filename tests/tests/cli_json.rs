@@ -14,7 +14,7 @@ use sigil_testkit::python::python_json;
 use sigil_testkit::verify::self_signed_p256;
 use sigil_testkit::{
     Server, ServerOptions, agent_bin, attested_agent, created_entry_id, id_text, register,
-    shown_entries,
+    server_bin, shown_entries,
 };
 use x509_parser::prelude::*;
 
@@ -646,4 +646,65 @@ fn agent_help_names_the_default_socket() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("/tmp/spire-agent/public/api.sock"), "{help}");
+}
+
+/// SPIRE's entry flags Sigil lacks are refused before anything is sent, saying so and why,
+/// with exit 64; nothing is created.
+#[test]
+fn spire_entry_flags_sigil_lacks_are_refused_saying_why() {
+    let server = Server::start(ServerOptions::default());
+    let socket = server.socket.to_str().unwrap();
+    for (args, flag) in [
+        (
+            &["entry", "show", "-federatesWith", "spiffe://b.test"][..],
+            "-federatesWith",
+        ),
+        (
+            &["entry", "show", "-matchFederatesWithOn", "any"][..],
+            "-matchFederatesWithOn",
+        ),
+        (&["entry", "count", "-downstream"][..], "-downstream"),
+        (
+            &[
+                "entry",
+                "create",
+                "-storeSVID",
+                "-spiffeID",
+                "spiffe://example.org/s",
+                "-parentID",
+                "spiffe://example.org/p",
+                "-selector",
+                "unix:uid:1",
+            ][..],
+            "-storeSVID",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-jwtSVIDIncludeJTI",
+                "-spiffeID",
+                "spiffe://example.org/j",
+                "-parentID",
+                "spiffe://example.org/p",
+                "-selector",
+                "unix:uid:1",
+            ][..],
+            "-jwtSVIDIncludeJTI",
+        ),
+    ] {
+        let out = Command::new(server_bin())
+            .args(args)
+            .args(["-socketPath", socket])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} is not supported by Sigil: ")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let count = server.cli_ok(&["entry", "count"]);
+    assert!(count.starts_with("0 "), "nothing created: {count}");
 }

@@ -8,6 +8,7 @@ mod entry;
 mod localauthority;
 mod misc;
 mod output;
+mod spire_only;
 mod types;
 
 use std::path::PathBuf;
@@ -140,6 +141,10 @@ impl OutputArgs {
 
 pub fn main() -> ExitCode {
     let args = sigil_common::cli_args::spire_style(std::env::args_os(), &Cli::command());
+    if let Some(refusal) = sigil_common::cli_args::spire_only_flag(&args, spire_only::FLAGS) {
+        eprintln!("Error: {refusal}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
