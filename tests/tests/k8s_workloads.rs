@@ -113,7 +113,13 @@ fn ids(out: &Output) -> Vec<String> {
         Ok(v) => v,
         Err(_) => return Vec::new(),
     };
-    v["svids"]
+    // `api fetch x509` prints one message; `api fetch jwt` two, as SPIRE: [{svids}, {bundles}].
+    let svids = if v.is_array() {
+        &v[0]["svids"]
+    } else {
+        &v["svids"]
+    };
+    svids
         .as_array()
         .map(|a| {
             a.iter()

@@ -99,7 +99,8 @@ fn jwt_kids(agent: &Agent) -> Option<Vec<String>> {
         "json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let kids: Vec<String> = v["svids"]
+    // SPIRE's shape: the JWT-SVID response, then the JWT bundles response.
+    let kids: Vec<String> = v[0]["svids"]
         .as_array()?
         .iter()
         .filter_map(|s| {
