@@ -164,7 +164,7 @@ fn zero_trust_example_allows_checkout_across_rotations_and_refuses_the_rest() {
         let mut c = Command::new(&py);
         c.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../examples/zero-trust/python/reporting_client.py"
+            "/../examples/zero-trust/python/payments_client.py"
         ))
         .arg(&addr)
         .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
@@ -333,14 +333,46 @@ fn expect(cmd: Command, code: i32, wanted: &[&str]) -> String {
     text
 }
 
-/// The go-spiffe pair (tests/go `checkout-service` and `payment-processor`, written the way
-/// go-spiffe v2 documents) and the Rust pair call each other in every combination over mTLS,
-/// each side authorizing the other's SPIFFE ID; a JWT-SVID travels Go -> Go and is validated
-/// both locally (bundles from FetchJWTBundles) and by the agent (ValidateJWTSVID). A refused
-/// identity is refused by each server (Rust: 403 naming it; Go: no connection, the handshake
-/// fails with go-spiffe's "unexpected ID"), and each client refuses a server of another ID.
+/// A copy of the tests' Python interpreter at `dir/bin/python3` (a venv made with `--copies`,
+/// finding py-spiffe-tls through `PYTHONPATH`): another `unix:path`, so another workload, as a
+/// Python service of its own would be. Returns the command to run a script with it.
+fn python_service(py: &str, dir: &Path) -> (PathBuf, String) {
+    let out = run({
+        let mut c = Command::new(py);
+        c.args(["-m", "venv", "--copies", "--without-pip"]).arg(dir);
+        c
+    });
+    assert!(
+        out.status.success(),
+        "python -m venv --copies: {}",
+        text(&out)
+    );
+    let site = run({
+        let mut c = Command::new(py);
+        c.args(["-c", "import site; print(site.getsitepackages()[0])"]);
+        c
+    });
+    let exe = dir.join("bin").join("python3");
+    (exe, String::from_utf8_lossy(&site.stdout).trim().to_owned())
+}
+
+/// The example's Python scripts.
+fn python_script(name: &str) -> String {
+    format!(
+        "{}/../examples/zero-trust/python/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The Go (go-spiffe), Rust (spiffe-rustls) and Python (py-spiffe-tls) services call each other
+/// in every combination over mTLS, each side authorizing the other's SPIFFE ID, with and
+/// without a JWT-SVID (validated by each server both offline, with bundles from
+/// FetchJWTBundles, and by the agent's ValidateJWTSVID; its subject must be the mTLS peer). A
+/// refused identity is refused by each server (Rust, Python: 403 naming it; Go: no connection,
+/// go-spiffe's "unexpected ID"), a JWT-SVID for another audience by each, and each client
+/// refuses a server of another ID.
 #[test]
-fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() {
+fn go_rust_and_python_services_call_each_other_and_refuse_the_same_identities() {
     let server = Server::start(ServerOptions {
         health: false,
         ..Default::default()
@@ -357,26 +389,43 @@ fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() 
     let go_storefront = work.path().join("storefront-go");
     std::fs::copy(&rust_checkout, &rust_storefront).expect("copy checkout-service");
     std::fs::copy(&go_checkout, &go_storefront).expect("copy Go checkout-service");
+    // Python: the tests' interpreter is reporting; two copies are the Python checkout-service
+    // and payment-processor.
+    let (py, py_real) = python_with_spiffetls();
+    let (py_checkout, site) = python_service(&py, &work.path().join("py-checkout"));
+    let (py_pp, _) = python_service(&py, &work.path().join("py-payment-processor"));
     for (id, exe) in [
         (PAYMENT_PROCESSOR, &rust_pp),
         (PAYMENT_PROCESSOR, &go_pp),
+        (PAYMENT_PROCESSOR, &py_pp),
         (CHECKOUT, &rust_checkout),
         (CHECKOUT, &go_checkout),
+        (CHECKOUT, &py_checkout),
         (STOREFRONT, &rust_storefront),
         (STOREFRONT, &go_storefront),
+        (REPORTING, &py_real),
     ] {
         register_path(&server, &agent_id, id, exe);
     }
-    let (py, py_real) = python_with_spiffetls();
-    register_path(&server, &agent_id, REPORTING, &py_real);
 
     let with_socket = |exe: &Path, args: &[&str]| socket_command(&agent, exe, args);
+    let python_cmd = |exe: &Path, script: &str, args: &[&str]| {
+        let mut c = socket_command(&agent, exe, &[&python_script(script)]);
+        c.args(args).env("PYTHONPATH", &site);
+        c
+    };
     let Servers {
         rust: mut rust_server,
         rust_addr,
         go: mut go_server,
         go_addr,
     } = start_both_payment_processors(&agent, &rust_pp, &go_pp, work.path());
+    let py_addr = format!("127.0.0.1:{}", free_port());
+    let mut py_server = start_payment_processor(
+        python_cmd(&py_pp, "payment_processor.py", &["--listen", &py_addr]),
+        &work.path().join("payment-processor-py.log"),
+        "payment-processor (Python, py-spiffe-tls) listening",
+    );
     assert!(
         go_server.log().contains(&format!(
             "as {PAYMENT_PROCESSOR}; only {CHECKOUT} may connect"
@@ -384,65 +433,90 @@ fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() 
         "{}",
         go_server.log()
     );
+    assert!(
+        py_server.log().contains(&format!(
+            "as {PAYMENT_PROCESSOR}; only {CHECKOUT} may POST /v1/payments"
+        )),
+        "{}",
+        py_server.log()
+    );
 
     let allowed = "-> 200 allowed: payment pay-";
     let accepted = format!("accepted for {CHECKOUT}");
-    let from_pp = format!("[server {PAYMENT_PROCESSOR} serial=");
-    // Every client against every server: both sides authorize the other's SPIFFE ID.
-    for (client, addr) in [
-        (&go_checkout, &rust_addr),
-        (&rust_checkout, &go_addr),
-        (&go_checkout, &go_addr),
-        (&rust_checkout, &rust_addr),
-    ] {
+    let jwt_valid = format!("JWT-SVID of {CHECKOUT} valid");
+    let servers = [&rust_addr, &go_addr, &py_addr];
+    // Every client against every server, with and without a JWT-SVID.
+    for addr in servers {
+        for jwt in [false, true] {
+            let mut wanted = vec![allowed, accepted.as_str()];
+            if jwt {
+                wanted.push(&jwt_valid);
+            }
+            let flag: &[&str] = if jwt { &["--jwt"] } else { &[] };
+            let mut args = vec!["--server", addr.as_str()];
+            args.extend(flag);
+            let from_pp = format!("[server {PAYMENT_PROCESSOR} serial=");
+            let mut native = wanted.clone();
+            let calling = format!("as {CHECKOUT}, calling {addr} expecting {PAYMENT_PROCESSOR}");
+            native.extend([from_pp.as_str(), calling.as_str()]);
+            expect(with_socket(&go_checkout, &args), 0, &native);
+            expect(with_socket(&rust_checkout, &args), 0, &native);
+            let py_args: Vec<&str> = std::iter::once(addr.as_str())
+                .chain(flag.iter().copied())
+                .collect();
+            let verified = format!("[server {PAYMENT_PROCESSOR} verified]");
+            let prefix = format!("[python {CHECKOUT}] POST /v1/payments ");
+            wanted.extend([verified.as_str(), prefix.as_str()]);
+            expect(
+                python_cmd(&py_checkout, "payments_client.py", &py_args),
+                0,
+                &wanted,
+            );
+        }
+    }
+
+    // A JWT-SVID for another audience is refused by each server's offline validation, from
+    // each client that can ask for one.
+    let other = "spiffe://example.org/ns/other";
+    for addr in servers {
+        for client in [&go_checkout, &rust_checkout] {
+            expect(
+                with_socket(
+                    client,
+                    &["--server", addr, "--jwt", "--jwt-audience", other],
+                ),
+                1,
+                &["-> 401 failed: unauthorized: JWT-SVID: local validation: "],
+            );
+        }
+    }
+
+    // A refused identity, by each server.
+    let refusal = |id: &str| {
+        format!("-> 403 refused: forbidden: identity {id} may not call POST /v1/payments")
+    };
+    for addr in [&rust_addr, &py_addr] {
+        for client in [&go_storefront, &rust_storefront] {
+            expect(
+                with_socket(client, &["--server", addr, "--spiffe-id", STOREFRONT]),
+                3,
+                &[&refusal(STOREFRONT)],
+            );
+        }
+        let mut reporting = Command::new(&py);
+        reporting
+            .arg(python_script("payments_client.py"))
+            .arg(addr)
+            .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
         expect(
-            with_socket(
-                client,
-                &["--server", addr, "--repeat", "2", "--interval", "100ms"],
-            ),
-            0,
+            reporting,
+            3,
             &[
-                &format!("as {CHECKOUT}, calling {addr} expecting {PAYMENT_PROCESSOR}"),
-                allowed,
-                &accepted,
-                &from_pp,
+                &format!("[python {REPORTING}] POST /v1/payments"),
+                &refusal(REPORTING),
             ],
         );
     }
-
-    // A JWT-SVID, Go -> Go: audience payment-processor's ID, subject the mTLS peer.
-    expect(
-        with_socket(&go_checkout, &["--server", &go_addr, "--jwt"]),
-        0,
-        &[allowed, &format!("JWT-SVID of {CHECKOUT} valid")],
-    );
-    // A JWT-SVID for another audience is refused by both validations (local first).
-    expect(
-        with_socket(
-            &go_checkout,
-            &[
-                "--server",
-                &go_addr,
-                "--jwt",
-                "--jwt-audience",
-                "spiffe://example.org/ns/other",
-            ],
-        ),
-        1,
-        &["-> 401 failed: unauthorized: JWT-SVID: local validation: "],
-    );
-
-    // A refused identity, by each server.
-    expect(
-        with_socket(
-            &go_storefront,
-            &["--server", &rust_addr, "--spiffe-id", STOREFRONT],
-        ),
-        3,
-        &[&format!(
-            "-> 403 refused: forbidden: identity {STOREFRONT} may not call POST /v1/payments"
-        )],
-    );
     for client in [&go_storefront, &rust_storefront] {
         let out = expect(
             with_socket(client, &["--server", &go_addr, "--spiffe-id", STOREFRONT]),
@@ -451,17 +525,13 @@ fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() 
         );
         assert!(!out.contains("200 allowed"), "{out}");
     }
+    let mut reporting = Command::new(&py);
+    reporting
+        .arg(python_script("payments_client.py"))
+        .arg(&go_addr)
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
     let out = expect(
-        with_socket(
-            Path::new(&py),
-            &[
-                concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/../examples/zero-trust/python/reporting_client.py"
-                ),
-                &go_addr,
-            ],
-        ),
+        reporting,
         1,
         &[&format!(
             "[python {REPORTING}] POST /v1/payments -> failed: "
@@ -481,7 +551,7 @@ fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() 
 
     // Each client refuses a server presenting another ID than the one it talks to.
     let impostor = "spiffe://example.org/ns/payments/sa/payment-processor-v2";
-    for addr in [&rust_addr, &go_addr] {
+    for addr in servers {
         expect(
             with_socket(&go_checkout, &["--server", addr, "--server-id", impostor]),
             1,
@@ -497,16 +567,73 @@ fn go_spiffe_and_rust_services_call_each_other_and_refuse_the_same_identities() 
                 "refused server identity: it presented {PAYMENT_PROCESSOR}, expected {impostor}"
             )],
         );
+        let out = expect(
+            python_cmd(
+                &py_checkout,
+                "payments_client.py",
+                &[addr, "--server-id", impostor],
+            ),
+            1,
+            &[&format!(
+                "[python {CHECKOUT}] POST /v1/payments -> failed: "
+            )],
+        );
+        assert!(!out.contains("allowed"), "{out}");
     }
 
-    // Both servers logged the allowed peers, and nothing for the refused ones at the Go server.
+    // `--client-id` and `--require-jwt` (Rust): storefront is the allowed caller, and only with
+    // a JWT-SVID; checkout-service is now refused by identity.
+    let strict_addr = format!("127.0.0.1:{}", free_port());
+    let mut strict = start_payment_processor(
+        with_socket(
+            &rust_pp,
+            &[
+                "--listen",
+                &strict_addr,
+                "--client-id",
+                STOREFRONT,
+                "--require-jwt",
+            ],
+        ),
+        &work.path().join("payment-processor-strict.log"),
+        "payment-processor listening",
+    );
+    let storefront = ["--server", strict_addr.as_str(), "--spiffe-id", STOREFRONT];
+    expect(
+        with_socket(&rust_storefront, &storefront),
+        1,
+        &["-> 401 failed: unauthorized: a JWT-SVID (Authorization: Bearer) is required"],
+    );
+    let with_jwt: Vec<&str> = storefront.iter().copied().chain(["--jwt"]).collect();
+    expect(
+        with_socket(&go_storefront, &with_jwt),
+        0,
+        &[
+            &format!("accepted for {STOREFRONT}"),
+            &format!("JWT-SVID of {STOREFRONT} valid"),
+        ],
+    );
+    expect(
+        with_socket(&rust_checkout, &["--server", &strict_addr, "--jwt"]),
+        3,
+        &[&refusal(CHECKOUT)],
+    );
+    strict.stop(Duration::from_secs(10));
+
+    // Every server logged the allowed peers, and nothing for the refused ones at the Go server.
     go_server.stop(Duration::from_secs(10));
     rust_server.stop(Duration::from_secs(10));
-    let go_log = go_server.log();
-    assert!(
-        go_log.lines().filter(|l| l.contains(&format!("request peer={CHECKOUT} ")) && l.contains("status=200")).count() >= 5,
-        "{go_log}"
-    );
+    py_server.stop(Duration::from_secs(10));
+    let ok_lines = |log: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("request peer={CHECKOUT} ")) && l.contains("status=200")
+            })
+            .count()
+    };
+    // Six allowed calls per server (three clients, with and without JWT).
+    assert!(ok_lines(&go_server.log()) >= 6, "{}", go_server.log());
+    assert!(ok_lines(&py_server.log()) >= 6, "{}", py_server.log());
     drop(agent);
 }
 

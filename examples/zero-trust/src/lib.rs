@@ -4,7 +4,9 @@
 //!
 //! - [`policy`]: the authorization rule, a pure function of (peer SPIFFE ID, method, path).
 //! - [`tls`]: an `X509Source` from the Workload API and the rustls configurations built on it.
+//! - [`jwt`]: JWT-SVIDs as bearer tokens on top of mTLS (fetch, and validate twice).
 #![forbid(unsafe_code)]
 
+pub mod jwt;
 pub mod policy;
 pub mod tls;

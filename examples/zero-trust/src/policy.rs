@@ -79,9 +79,13 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(td: &TrustDomain) -> Self {
-        Self {
-            allowed_caller: checkout_service_id(td),
-        }
+        Self::allowing(checkout_service_id(td))
+    }
+
+    /// The rule with another allowed caller (`--client-id`: checkout-service of a federated
+    /// trust domain, say).
+    pub fn allowing(allowed_caller: SpiffeId) -> Self {
+        Self { allowed_caller }
     }
 
     /// The identity allowed to `POST /v1/payments`.

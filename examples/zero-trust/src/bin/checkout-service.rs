@@ -1,7 +1,9 @@
 //! `checkout-service`: calls `payment-processor` over SPIFFE mTLS with its SVID and bundle from
 //! the Workload API (`SPIFFE_ENDPOINT_SOCKET`), and talks only to a server presenting
 //! `spiffe://<td>/ns/payments/sa/payment-processor`. Each call is a new connection (a new
-//! handshake), so `--repeat` shows rotations being picked up live.
+//! handshake), so `--repeat` shows rotations being picked up live. `--jwt`: each call also
+//! carries a JWT-SVID from the Workload API (audience: the server's SPIFFE ID, or
+//! `--jwt-audience`) as `Authorization: Bearer`.
 //!
 //! Prints one line per call. Exit status: 0 when every call got a 2xx, 3 when the server
 //! refused at least one (HTTP 403) and none failed otherwise, 1 on any other failure (TLS,
@@ -23,6 +25,7 @@ use spiffe::SpiffeId;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use sigil_example_zero_trust::jwt::Jwts;
 use sigil_example_zero_trust::policy::{
     CHECKOUT_SERVICE_PATH, PAYMENTS_PATH, payment_processor_id,
 };
@@ -56,9 +59,22 @@ struct Args {
     /// Pause between calls.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Send a JWT-SVID (`Authorization: Bearer`) with each call.
+    #[arg(long)]
+    jwt: bool,
+    /// The JWT-SVID's audience (default: the server's SPIFFE ID).
+    #[arg(long, requires = "jwt")]
+    jwt_audience: Option<String>,
     /// How long to wait for a first SVID from the Workload API.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     startup_timeout: Duration,
+}
+
+/// What each call carries besides the mTLS identity.
+struct Bearer {
+    jwts: Jwts,
+    audience: String,
+    subject: SpiffeId,
 }
 
 /// How one call ended.
@@ -94,6 +110,17 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         .clone()
         .unwrap_or_else(|| payment_processor_id(own.trust_domain()));
     let connector = TlsConnector::from(Arc::new(client_config(source.clone(), &server_id)?));
+    let bearer = match args.jwt {
+        false => None,
+        true => Some(Bearer {
+            jwts: Jwts::connect().await?,
+            audience: args
+                .jwt_audience
+                .clone()
+                .unwrap_or_else(|| server_id.to_string()),
+            subject: own.clone(),
+        }),
+    };
     println!(
         "checkout-service as {own}, calling {} expecting {server_id}",
         args.server
@@ -105,7 +132,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             tokio::time::sleep(args.interval).await;
         }
         let prefix = format!("[{i}] {} {}", args.method, args.path);
-        match call(&connector, &args, i).await {
+        match call(&connector, bearer.as_ref(), &args, i).await {
             Ok((status, body, server, handshakes)) => {
                 let outcome = if status.is_success() {
                     Outcome::Success
@@ -175,9 +202,15 @@ const HANDSHAKE_ATTEMPTS: u32 = 3;
 /// number of handshakes it took.
 async fn call(
     connector: &TlsConnector,
+    bearer: Option<&Bearer>,
     args: &Args,
     n: u32,
 ) -> Result<(StatusCode, Bytes, PeerSvid, u32), CallError> {
+    // Fetched per call, as a client whose token may expire does; the agent caches it.
+    let token = match bearer {
+        Some(b) => Some(b.jwts.fetch(&b.audience, &b.subject).await?),
+        None => None,
+    };
     // The server is identified by the SPIFFE ID in its SVID, not by a DNS name; rustls needs a
     // name for SNI only.
     let host = args
@@ -216,12 +249,15 @@ async fn call(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let order = format!("{{\"order\":\"order-{n}\",\"amount_cents\":4200}}");
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(args.method.clone())
         .uri(&args.path)
         .header(header::HOST, "payment-processor")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(order)))?;
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::from(order)))?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

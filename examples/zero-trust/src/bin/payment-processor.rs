@@ -1,6 +1,9 @@
 //! `payment-processor`: an HTTPS service that accepts only SPIFFE mTLS, with its SVID and trust
 //! bundle from the Workload API (`SPIFFE_ENDPOINT_SOCKET`), and authorizes each request by the
-//! caller's SPIFFE ID: only `checkout-service` may `POST /v1/payments`.
+//! caller's SPIFFE ID: only `checkout-service` may `POST /v1/payments`. A request carrying
+//! `Authorization: Bearer <JWT-SVID>` (audience: our SPIFFE ID) has it validated offline and by
+//! the agent, and its subject must be the mTLS peer; a bad token gets 401. `--require-jwt` makes
+//! the token mandatory.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -22,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use sigil_example_zero_trust::jwt::Jwts;
 use sigil_example_zero_trust::policy::{PAYMENT_PROCESSOR_PATH, Policy, Verdict};
 use sigil_example_zero_trust::tls::{PeerSvid, Pick, peer_svid, server_config, x509_source};
 
@@ -35,9 +39,27 @@ struct Args {
     /// else the Workload API's default SVID).
     #[arg(long)]
     spiffe_id: Option<SpiffeId>,
+    /// The only identity allowed to `POST /v1/payments` (default:
+    /// spiffe://<our trust domain>/ns/payments/sa/checkout-service). Handshakes are accepted
+    /// from SVIDs of its trust domain.
+    #[arg(long)]
+    client_id: Option<SpiffeId>,
+    /// Refuse requests without a JWT-SVID (`Authorization: Bearer`) with 401.
+    #[arg(long)]
+    require_jwt: bool,
     /// How long to wait for a first SVID from the Workload API.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     startup_timeout: Duration,
+}
+
+/// What every request is checked against.
+struct Service {
+    policy: Policy,
+    /// Our SPIFFE ID: the audience a JWT-SVID must carry.
+    own: SpiffeId,
+    jwts: Jwts,
+    require_jwt: bool,
+    payments: AtomicU64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -61,16 +83,27 @@ async fn main() -> anyhow::Result<()> {
         .context("reading the current SVID")?
         .spiffe_id()
         .clone();
-    let td = own.trust_domain().clone();
-
-    let acceptor = TlsAcceptor::from(Arc::new(server_config(source.clone(), &td)?));
-    let policy = Arc::new(Policy::new(&td));
+    let policy = match args.client_id {
+        Some(id) => Policy::allowing(id),
+        None => Policy::new(own.trust_domain()),
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(
+        source.clone(),
+        policy.allowed_caller().trust_domain(),
+    )?));
+    let jwts = Jwts::connect().await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     info!(spiffe_id = %own, listen = %args.listen, allowed = %policy.allowed_caller(), "payment-processor listening");
 
-    let payments = Arc::new(AtomicU64::new(0));
+    let service = Arc::new(Service {
+        policy,
+        own,
+        jwts,
+        require_jwt: args.require_jwt,
+        payments: AtomicU64::new(0),
+    });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -85,8 +118,7 @@ async fn main() -> anyhow::Result<()> {
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let policy = Arc::clone(&policy);
-        let payments = Arc::clone(&payments);
+        let service = Arc::clone(&service);
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
@@ -103,16 +135,9 @@ async fn main() -> anyhow::Result<()> {
                     return;
                 }
             };
-            let service = service_fn(move |req| {
-                handle(
-                    Arc::clone(&policy),
-                    Arc::clone(&peer),
-                    Arc::clone(&payments),
-                    req,
-                )
-            });
+            let serve = service_fn(move |req| handle(Arc::clone(&service), Arc::clone(&peer), req));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection(TokioIo::new(tls), serve)
                 .await
             {
                 warn!(%remote, error = %e, "connection ended with an error");
@@ -126,34 +151,40 @@ async fn main() -> anyhow::Result<()> {
 
 /// One request: decide, log one line, answer.
 async fn handle(
-    policy: Arc<Policy>,
+    service: Arc<Service>,
     peer: Arc<PeerSvid>,
-    payments: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let policy = &service.policy;
     let verdict = policy.decide(&peer.spiffe_id, &method, &path);
     let (status, body) = match verdict {
-        Verdict::Allow => {
-            // The order itself is opaque to the example; reading it proves the request got here.
-            let order = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    warn!(peer = %peer.spiffe_id, error = %e, "reading the request body");
-                    Bytes::new()
-                }
-            };
-            let n = payments.fetch_add(1, Ordering::Relaxed) + 1;
-            (
-                StatusCode::OK,
-                format!(
-                    "payment pay-{n} accepted for {} ({} bytes of order)\n",
-                    peer.spiffe_id,
-                    order.len()
-                ),
-            )
-        }
+        Verdict::Allow => match service.bearer(&req, &peer.spiffe_id).await {
+            Err(refusal) => (
+                StatusCode::UNAUTHORIZED,
+                format!("unauthorized: {refusal}\n"),
+            ),
+            Ok(jwt_note) => {
+                // The order itself is opaque to the example; reading it proves the request got here.
+                let order = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        warn!(peer = %peer.spiffe_id, error = %e, "reading the request body");
+                        Bytes::new()
+                    }
+                };
+                let n = service.payments.fetch_add(1, Ordering::Relaxed) + 1;
+                (
+                    StatusCode::OK,
+                    format!(
+                        "payment pay-{n} accepted for {} ({} bytes of order{jwt_note})\n",
+                        peer.spiffe_id,
+                        order.len()
+                    ),
+                )
+            }
+        },
         Verdict::ForbiddenIdentity | Verdict::ForbiddenRoute => (
             StatusCode::FORBIDDEN,
             format!(
@@ -176,6 +207,36 @@ async fn handle(
         .body(Full::new(Bytes::from(body)));
     // Invariant: a status from the list above and a constant header always build.
     Ok(response.expect("static response parts are valid"))
+}
+
+impl Service {
+    /// The request's JWT-SVID, if any, checked: valid for our audience and of the mTLS peer.
+    /// Returns the note for the answer ("" without a token), or why it is refused.
+    async fn bearer<B>(&self, req: &Request<B>, peer: &SpiffeId) -> Result<String, String> {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(token) = token else {
+            return if self.require_jwt {
+                Err("a JWT-SVID (Authorization: Bearer) is required".to_owned())
+            } else {
+                Ok(String::new())
+            };
+        };
+        let subject = self
+            .jwts
+            .validate(token, &self.own.to_string())
+            .await
+            .map_err(|e| format!("JWT-SVID: {e}"))?;
+        if subject != *peer {
+            return Err(format!(
+                "JWT-SVID subject {subject} is not the mTLS peer {peer}"
+            ));
+        }
+        Ok(format!(", JWT-SVID of {subject} valid"))
+    }
 }
 
 async fn shutdown_signal() {

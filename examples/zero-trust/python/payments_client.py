@@ -1,18 +1,22 @@
-"""reporting: a Python workload calling payment-processor over SPIFFE mTLS with py-spiffe-tls.
+"""A Python workload calling payment-processor over SPIFFE mTLS with py-spiffe-tls.
 
-Another stack interoperating with the Rust services: its SVID and trust bundle come only from
-the Workload API (SPIFFE_ENDPOINT_SOCKET), it verifies that the server presents
-spiffe://<our trust domain>/ns/payments/sa/payment-processor, and sends one HTTP/1.1 request.
+Another stack interoperating with the Rust and Go services: its SVID and trust bundle come only
+from the Workload API (SPIFFE_ENDPOINT_SOCKET), it verifies that the server presents
+spiffe://<our trust domain>/ns/payments/sa/payment-processor (or --server-id), and sends one
+HTTP/1.1 request. Registered as reporting it is refused; as checkout-service, allowed. --jwt
+also sends a JWT-SVID from the Workload API (audience: the server's SPIFFE ID) as
+`Authorization: Bearer`.
 
-  reporting_client.py HOST:PORT [METHOD] [PATH]
+  payments_client.py HOST:PORT [METHOD] [PATH] [--server-id ID] [--jwt]
 
 Prints one line. Exit status: 0 on a 2xx, 3 when the server refused the call (HTTP 403),
 1 on any other failure (TLS, wrong server identity, connection).
 """
+import argparse
 import sys
 import time
 
-from spiffe import SpiffeId, X509Source
+from spiffe import SpiffeId, WorkloadApiClient, X509Source
 from spiffetls import dial
 from spiffetls.tlsconfig.authorize import authorize_id
 
@@ -40,20 +44,36 @@ def source(timeout):
 
 
 def main():
-    address = sys.argv[1]
-    method = sys.argv[2] if len(sys.argv) > 2 else "POST"
-    path = sys.argv[3] if len(sys.argv) > 3 else "/v1/payments"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("address")
+    parser.add_argument("method", nargs="?", default="POST")
+    parser.add_argument("path", nargs="?", default="/v1/payments")
+    parser.add_argument("--server-id", help="the only server identity to talk to")
+    parser.add_argument("--jwt", action="store_true", help="send a JWT-SVID with the call")
+    args = parser.parse_args()
+    method, path = args.method, args.path
 
     x509 = source(30)
     # The SVID spiffetls presents: the one our picker chose.
     own = prefer_own(x509.get_x509_context().x509_svids).spiffe_id
-    server_id = SpiffeId(f"spiffe://{own.trust_domain.name}{SERVER_PATH}")
+    server_id = SpiffeId(args.server_id or f"spiffe://{own.trust_domain.name}{SERVER_PATH}")
     prefix = f"[python {own}] {method} {path}"
+    bearer = ""
+    if args.jwt:
+        client = WorkloadApiClient()
+        try:
+            token = client.fetch_jwt_svid({str(server_id)}, subject=own).token
+        except Exception as e:
+            print(f"{prefix} -> failed: fetching a JWT-SVID: {e}")
+            return 1
+        finally:
+            client.close()
+        bearer = f"Authorization: Bearer {token}\r\n"
     try:
-        conn = dial(address, x509, authorize_fn=authorize_id(server_id))
+        conn = dial(args.address, x509, authorize_fn=authorize_id(server_id))
         body = b'{"report":"daily"}'
         conn.sendall(
-            f"{method} {path} HTTP/1.1\r\nHost: payment-processor\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: payment-processor\r\n{bearer}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n".encode() + body
         )
