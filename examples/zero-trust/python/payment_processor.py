@@ -19,13 +19,12 @@ import threading
 import time
 
 from cryptography import x509 as cx509
-from spiffe import JwtSvid, SpiffeId, WorkloadApiClient, X509Source
+from spiffe import JwtSvid, SpiffeId, WorkloadApiClient
 from spiffetls import ListenOptions, listen
 from spiffetls.tlsconfig.authorize import authorize_member_of
 
-PAYMENTS_PATH = "/v1/payments"
-OWN_PATH = "/ns/payments/sa/payment-processor"
-CHECKOUT_PATH = "/ns/payments/sa/checkout-service"
+from zerotrust import CHECKOUT_PATH, PAYMENT_PROCESSOR_PATH, PAYMENTS_PATH, preferring, x509_source
+
 # A request head larger than this is refused: the example has no use for big headers.
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1 << 20
@@ -35,22 +34,7 @@ def log(line):
     print(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line, file=sys.stderr, flush=True)
 
 
-def prefer_own(svids):
-    """Our service's SVID when the process is entitled to several, else the first one."""
-    return next((s for s in svids if s.spiffe_id.path == OWN_PATH), svids[0])
-
-
-def source(timeout):
-    """The Workload API's X509Source, retried until `timeout` (the entry may still be on its
-    way to the agent when the process starts)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return X509Source(timeout_in_seconds=5, svid_picker=prefer_own)
-        except Exception as e:  # py-spiffe raises several types; all mean "not yet"
-            if time.monotonic() >= deadline:
-                raise SystemExit(f"payment-processor: no X509-SVID from the Workload API: {e}")
-            time.sleep(0.2)
+prefer_own = preferring(PAYMENT_PROCESSOR_PATH)
 
 
 def peer_id(conn):
@@ -181,7 +165,7 @@ def main():
     parser.add_argument("--require-jwt", action="store_true")
     args = parser.parse_args()
 
-    x509 = source(30)
+    x509 = x509_source(prefer_own, "payment-processor")
     own = prefer_own(x509.get_x509_context().x509_svids).spiffe_id
     allowed = SpiffeId(args.client_id or f"spiffe://{own.trust_domain.name}{CHECKOUT_PATH}")
     service = Service(own, allowed, args.require_jwt)

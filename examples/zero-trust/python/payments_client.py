@@ -14,33 +14,17 @@ Prints one line. Exit status: 0 on a 2xx, 3 when the server refused the call (HT
 """
 import argparse
 import sys
-import time
 
-from spiffe import SpiffeId, WorkloadApiClient, X509Source
+from spiffe import SpiffeId, WorkloadApiClient
 from spiffetls import dial
 from spiffetls.tlsconfig.authorize import authorize_id
 
-SERVER_PATH = "/ns/payments/sa/payment-processor"
+from zerotrust import PAYMENT_PROCESSOR_PATH, preferring, x509_source
+
 OWN_PATH = "/ns/analytics/sa/reporting"
 
 
-def prefer_own(svids):
-    """Our service's SVID when the process is entitled to several (a per-user entry too, say),
-    else the Workload API's default one, like the Rust services do."""
-    return next((s for s in svids if s.spiffe_id.path == OWN_PATH), svids[0])
-
-
-def source(timeout):
-    """The Workload API's X509Source, retried until `timeout`: the entry may still be on its
-    way to the agent when the process starts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return X509Source(timeout_in_seconds=5, svid_picker=prefer_own)
-        except Exception as e:  # py-spiffe raises several types; all mean "not yet"
-            if time.monotonic() >= deadline:
-                raise SystemExit(f"reporting: no X509-SVID from the Workload API: {e}")
-            time.sleep(0.2)
+prefer_own = preferring(OWN_PATH)
 
 
 def main():
@@ -53,10 +37,10 @@ def main():
     args = parser.parse_args()
     method, path = args.method, args.path
 
-    x509 = source(30)
+    x509 = x509_source(prefer_own, "reporting")
     # The SVID spiffetls presents: the one our picker chose.
     own = prefer_own(x509.get_x509_context().x509_svids).spiffe_id
-    server_id = SpiffeId(args.server_id or f"spiffe://{own.trust_domain.name}{SERVER_PATH}")
+    server_id = SpiffeId(args.server_id or f"spiffe://{own.trust_domain.name}{PAYMENT_PROCESSOR_PATH}")
     prefix = f"[python {own}] {method} {path}"
     bearer = ""
     if args.jwt:
