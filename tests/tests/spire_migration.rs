@@ -6,85 +6,11 @@
 //! (but for `created_at` and `revision_number`) and the same `entry show` text.
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
 
 use serde_json::Value;
-use sigil_testkit::spire::spire_bin;
+use sigil_testkit::spire::{SpireServer, spire_bin};
 use sigil_testkit::verify::self_signed_p256;
-use sigil_testkit::{Process, Server, ServerOptions, free_port, shown_entries, wait_for};
-
-/// `spire-server <args> -socketPath <socket>`, which must succeed; its stdout.
-fn spire_ok(bin: &Path, socket: &Path, args: &[&str]) -> String {
-    let out: Output = Command::new(bin)
-        .args(args)
-        .arg("-socketPath")
-        .arg(socket)
-        .output()
-        .expect("run spire-server");
-    assert!(
-        out.status.success(),
-        "spire-server {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A real SPIRE server on SQLite with join-token attestation, as SPIRE's stock config.
-fn start_spire(bin: &Path, dir: &Path) -> Process {
-    let config = dir.join("server.conf");
-    std::fs::write(
-        &config,
-        format!(
-            r#"server {{
-  bind_address = "127.0.0.1"
-  bind_port = "{port}"
-  socket_path = "{dir}/spire.sock"
-  trust_domain = "example.org"
-  data_dir = "{dir}/data"
-  log_level = "WARN"
-}}
-plugins {{
-  DataStore "sql" {{
-    plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "{dir}/data/datastore.sqlite3"
-    }}
-  }}
-  NodeAttestor "join_token" {{
-    plugin_data {{}}
-  }}
-  KeyManager "memory" {{
-    plugin_data = {{}}
-  }}
-}}
-"#,
-            port = free_port(),
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "-config"]).arg(&config);
-    let mut process = Process::spawn(cmd, &dir.join("spire-server.log"));
-    let socket = dir.join("spire.sock");
-    wait_for("spire-server healthy", Duration::from_secs(60), || {
-        if let Some(status) = process.exited() {
-            panic!("spire-server exited with {status}:\n{}", process.log());
-        }
-        Command::new(bin)
-            .args(["healthcheck", "-socketPath"])
-            .arg(&socket)
-            .output()
-            .ok()?
-            .status
-            .success()
-            .then_some(())
-    });
-    process
-}
+use sigil_testkit::{Server, ServerOptions, shown_entries};
 
 /// An entry as both servers print it, less what each server stamps itself: `created_at`, and
 /// `revision_number`, which Sigil takes from its change feed (README, "Differences from SPIRE").
@@ -130,9 +56,8 @@ fn spire_entries_migrate_to_sigil_with_spires_own_output() {
     let Some(spire) = spire_bin("spire-server") else {
         return;
     };
+    let spire = SpireServer::start(&spire, "example.org", "WARN", "");
     let dir = tempfile::tempdir().unwrap();
-    let _spire_server = start_spire(&spire, dir.path());
-    let spire_socket = dir.path().join("spire.sock");
 
     // A federated trust domain's bundle, which `-federatesWith` needs on both servers.
     let (partner_pem, partner_key) = (dir.path().join("partner.pem"), dir.path().join("p.key"));
@@ -146,7 +71,7 @@ fn spire_entries_migrate_to_sigil_with_spires_own_output() {
         "-path",
         partner,
     ];
-    spire_ok(&spire, &spire_socket, &set_partner);
+    spire.cli_ok(&set_partner);
 
     // Entries as a SPIRE operator makes them: a node alias, Kubernetes workloads under it with
     // DNS names, hints, TTLs and an expiry, and a join-token agent's Unix workload that
@@ -155,7 +80,7 @@ fn spire_entries_migrate_to_sigil_with_spires_own_output() {
     let create = |args: &[&str]| {
         let mut all = vec!["entry", "create"];
         all.extend_from_slice(args);
-        spire_ok(&spire, &spire_socket, &all);
+        spire.cli_ok(&all);
     };
     create(&[
         "-node",
@@ -208,10 +133,10 @@ fn spire_entries_migrate_to_sigil_with_spires_own_output() {
         "-federatesWith",
         "spiffe://partner.test",
     ]);
-    let exported = spire_ok(&spire, &spire_socket, &["entry", "show", "-output", "json"]);
+    let exported = spire.cli_ok(&["entry", "show", "-output", "json"]);
     let spire_json: Value = serde_json::from_str(&exported).unwrap();
     assert_eq!(shown_entries(&spire_json).len(), 4, "{spire_json}");
-    let spire_text = spire_ok(&spire, &spire_socket, &["entry", "show"]);
+    let spire_text = spire.cli_ok(&["entry", "show"]);
 
     // The migration, as README's "Migrating entries from SPIRE" says.
     let sigil = Server::start(ServerOptions::default());
