@@ -50,6 +50,24 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` until `ready` holds of it (polled every 50 ms).
+    ///
+    /// # Panics
+    /// When it exits first (with its log) or `timeout` passes, naming `what`.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut(&Self) -> bool,
+    ) {
+        wait_for(what, timeout, || {
+            if let Some(status) = self.exited() {
+                panic!("{what}: exited early with {status}; log:\n{}", self.log());
+            }
+            ready(self).then_some(())
+        });
+    }
+
     /// Its exit status if it has exited by itself.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child
@@ -143,6 +161,16 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether `<bin> healthcheck -socketPath <socket>` passes (sigil-server, sigil-agent and
+/// SPIRE's binaries alike).
+pub fn healthcheck_passes(bin: &Path, socket: &Path) -> bool {
+    Command::new(bin)
+        .args(["healthcheck", "-socketPath"])
+        .arg(socket)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The exit status of `child` within `timeout`.

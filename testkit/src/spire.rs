@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::{Process, free_port, wait_for};
+use crate::process::healthcheck_passes;
+use crate::{Process, free_port};
 
 /// The SPIRE version `scripts/spire-peer.sh` builds by default.
 pub const VERSION: &str = "v1.13.3";
@@ -83,23 +84,14 @@ plugins {{
             ),
         )
         .expect("write server.conf");
-        let mut cmd = Command::new(bin);
-        cmd.args(["run", "-config"]).arg(&config);
-        let mut process = Process::spawn(cmd, &dir.path().join("spire-server.log"));
         let socket = dir.path().join("spire.sock");
-        wait_for("spire-server healthy", Duration::from_secs(60), || {
-            if let Some(status) = process.exited() {
-                panic!("spire-server exited with {status}:\n{}", process.log());
-            }
-            Command::new(bin)
-                .args(["healthcheck", "-socketPath"])
-                .arg(&socket)
-                .output()
-                .ok()?
-                .status
-                .success()
-                .then_some(())
-        });
+        let process = run_healthy(
+            bin,
+            &config,
+            &[],
+            &socket,
+            &dir.path().join("spire-server.log"),
+        );
         Self {
             bin: bin.to_owned(),
             dir,
@@ -201,25 +193,9 @@ plugins {{
             ),
         )
         .expect("write agent.conf");
-        let mut cmd = Command::new(bin);
-        cmd.args(["run", "-config"])
-            .arg(&config)
-            .args(["-joinToken", &token]);
-        let mut process = Process::spawn(cmd, &dir.path().join("spire-agent.log"));
         let socket = dir.path().join("agent.sock");
-        wait_for("spire-agent healthy", Duration::from_secs(60), || {
-            if let Some(status) = process.exited() {
-                panic!("spire-agent exited with {status}:\n{}", process.log());
-            }
-            Command::new(bin)
-                .args(["healthcheck", "-socketPath"])
-                .arg(&socket)
-                .output()
-                .ok()?
-                .status
-                .success()
-                .then_some(())
-        });
+        let log = dir.path().join("spire-agent.log");
+        let process = run_healthy(bin, &config, &["-joinToken", &token], &socket, &log);
         Self {
             dir,
             socket,
@@ -239,4 +215,20 @@ plugins {{
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// `<bin> run -config <config> <args>` (spire-server or spire-agent), logging to `log`, once
+/// `<bin> healthcheck -socketPath <socket>` passes.
+///
+/// # Panics
+/// If it exits or is not healthy within 60 s (with its log).
+fn run_healthy(bin: &Path, config: &Path, args: &[&str], socket: &Path, log: &Path) -> Process {
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "-config"]).arg(config).args(args);
+    let mut process = Process::spawn(cmd, log);
+    let name = bin.file_name().unwrap_or_default().to_string_lossy();
+    process.wait_until(&format!("{name} healthy"), Duration::from_secs(60), |_| {
+        healthcheck_passes(bin, socket)
+    });
+    process
 }

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use sigil_testkit::process::healthcheck_passes;
 use sigil_testkit::verify::self_signed_p256;
-use sigil_testkit::{
-    Process, Server, ServerOptions, agent_bin, free_port, http_get, server_bin, wait_for,
-};
+use sigil_testkit::{Process, Server, ServerOptions, agent_bin, free_port, http_get, server_bin};
 
 /// The directory of the SPIRE-derived fixtures.
 fn fixture(name: &str) -> PathBuf {
@@ -46,21 +45,8 @@ fn validate_text(bin: &Path, text: &str) -> (i32, String, String) {
 /// Polls `<bin> healthcheck -socketPath <socket>` until it passes; panics with the log if the
 /// process exits first.
 fn wait_healthy(what: &str, bin: &Path, socket: &Path, process: &mut Process) {
-    wait_for(what, Duration::from_secs(30), || {
-        if let Some(status) = process.exited() {
-            panic!(
-                "{what}: exited early with {status}; log:\n{}",
-                process.log()
-            );
-        }
-        Command::new(bin)
-            .args(["healthcheck", "-socketPath"])
-            .arg(socket)
-            .output()
-            .ok()?
-            .status
-            .success()
-            .then_some(())
+    process.wait_until(what, Duration::from_secs(30), |_| {
+        healthcheck_passes(bin, socket)
     });
 }
 
