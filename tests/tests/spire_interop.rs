@@ -24,6 +24,8 @@ use sigil_testkit::{
 
 const SIGIL_CHECKOUT: &str = "spiffe://sigil.test/ns/payments/sa/checkout-service";
 const SPIRE_PAYMENTS: &str = "spiffe://spire.test/ns/payments/sa/payment-processor";
+const SIGIL_PAYMENTS: &str = "spiffe://sigil.test/ns/payments/sa/payment-processor";
+const SPIRE_CHECKOUT: &str = "spiffe://spire.test/ns/payments/sa/checkout-service";
 
 /// A `federation {}` block as SPIRE's docs write it: our `https_spiffe` bundle endpoint
 /// (refresh hint 5 s) and the other trust domain's, authenticated as its server's SPIFFE ID.
@@ -44,6 +46,13 @@ fn federation(own_port: u16, other: &str, other_port: u16) -> String {
   }}
 }}"#
     )
+}
+
+/// The bundle of `trust_domain` a server holds, through its CLI (`cli`): `bundle list -id
+/// spiffe://<trust_domain> -format spiffe`, the same command on SPIRE and Sigil.
+fn holds(cli: impl Fn(&[&str]) -> String, trust_domain: &str) -> String {
+    let id = format!("spiffe://{trust_domain}");
+    cli(&["bundle", "list", "-id", &id, "-format", "spiffe"])
 }
 
 /// What a SPIFFE bundle document holds: the X.509 authorities (base64 DER) and the JWT key IDs.
@@ -108,18 +117,12 @@ fn go_payment_processor(agent: &SpireAgent, client_id: &str, log: &Path) -> (Pro
     cmd.args(["--listen", &addr, "--client-id", client_id])
         .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint());
     let mut pp = Process::spawn(cmd, log);
-    wait_for(
+    pp.wait_until(
         "payment-processor to listen",
         Duration::from_secs(30),
-        || {
-            assert!(
-                pp.exited().is_none(),
-                "payment-processor exited:\n{}",
-                pp.log()
-            );
-            pp.log()
+        |p| {
+            p.log()
                 .contains("payment-processor (Go, go-spiffe) listening")
-                .then_some(())
         },
     );
     (pp, addr)
@@ -213,14 +216,7 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
     // (bundleutil.MinimumRefreshHint). `federation refresh` has it fetch Sigil's endpoint now,
     // authenticated with the bundle just set, and fails if it cannot.
     spire.cli_ok(&["federation", "refresh", "-id", "spiffe://sigil.test"]);
-    let held = spire.cli_ok(&[
-        "bundle",
-        "list",
-        "-id",
-        "spiffe://sigil.test",
-        "-format",
-        "spiffe",
-    ]);
+    let held = holds(|a| spire.cli_ok(a), "sigil.test");
     assert_eq!(keys(&held), keys(&sigil_doc), "{held}");
     // Sigil's poller stores the document SPIRE's endpoint serves, with its refresh hint (the
     // CLI's `bundle show` carries none).
@@ -228,43 +224,40 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
         "Sigil polls SPIRE's endpoint",
         Duration::from_secs(30),
         || {
-            sigil
-                .cli_ok(&[
-                    "bundle",
-                    "list",
-                    "-id",
-                    "spiffe://spire.test",
-                    "-format",
-                    "spiffe",
-                ])
+            holds(|a| sigil.cli_ok(a), "spire.test")
                 .contains("\"spiffe_refresh_hint\": 5")
                 .then_some(())
         },
     );
 
-    // One workload per side, each entry federating with the other trust domain.
+    // Two workloads per side (checkout-service and payment-processor, each picking its SVID by
+    // path), every entry federating with the other trust domain.
     let spire_agent = SpireAgent::start(&spire_agent, &spire);
     let (sigil_agent, sigil_agent_id) = attested_agent(&sigil, false);
-    register_uid(
-        &sigil,
-        SIGIL_CHECKOUT,
-        &sigil_agent_id,
-        uid(),
-        &["-federatesWith", "spiffe://spire.test"],
-    );
+    for id in [SIGIL_CHECKOUT, SIGIL_PAYMENTS] {
+        register_uid(
+            &sigil,
+            id,
+            &sigil_agent_id,
+            uid(),
+            &["-federatesWith", "spiffe://spire.test"],
+        );
+    }
     let uid_selector = format!("unix:uid:{}", uid());
-    spire.cli_ok(&[
-        "entry",
-        "create",
-        "-parentID",
-        &spire_agent.spiffe_id,
-        "-spiffeID",
-        SPIRE_PAYMENTS,
-        "-selector",
-        &uid_selector,
-        "-federatesWith",
-        "spiffe://sigil.test",
-    ]);
+    for id in [SPIRE_CHECKOUT, SPIRE_PAYMENTS] {
+        spire.cli_ok(&[
+            "entry",
+            "create",
+            "-parentID",
+            &spire_agent.spiffe_id,
+            "-spiffeID",
+            id,
+            "-selector",
+            &uid_selector,
+            "-federatesWith",
+            "spiffe://sigil.test",
+        ]);
+    }
     wait_for(
         "sigil-agent hands out spire.test's bundle",
         Duration::from_secs(30),
@@ -284,43 +277,37 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
     let (mut pp, addr) =
         go_payment_processor(&spire_agent, SIGIL_CHECKOUT, &work.path().join("pp.log"));
     let sigil_endpoint = sigil_agent.endpoint();
-    let call = |server: &str, server_id: &str| {
-        workload(
+    // `checkout-service --server <addr> --server-id <id>` under sigil-agent: its exit code and
+    // the lines it must print.
+    let call = |server: &str, server_id: &str, code: i32, wanted: &[&str]| {
+        expect(
             &checkout,
             &sigil_endpoint,
             &["--server", server, "--server-id", server_id],
+            code,
+            wanted,
         )
     };
-    let out = call(&addr, SPIRE_PAYMENTS);
-    let called = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{called}");
-    assert!(
-        called.contains(&format!(
-            "-> 200 allowed: payment pay-1 accepted for {SIGIL_CHECKOUT}"
-        )),
-        "{called}"
-    );
-    assert!(
-        called.contains(&format!("[server {SPIRE_PAYMENTS} ")),
-        "{called}"
-    );
+    let allowed = [
+        &format!("-> 200 allowed: payment pay-1 accepted for {SIGIL_CHECKOUT}") as &str,
+        &format!("[server {SPIRE_PAYMENTS} "),
+    ];
+    call(&addr, SPIRE_PAYMENTS, 0, &allowed);
     // The client refuses a SPIRE server presenting another ID than the one it expects.
     let impostor = "spiffe://spire.test/ns/payments/sa/payment-processor-v2";
-    let out = call(&addr, impostor);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    call(
+        &addr,
+        impostor,
+        1,
+        &[&format!(
             "refused server identity: it presented {SPIRE_PAYMENTS}, expected {impostor}"
-        )),
-        "{}",
-        text(&out)
+        )],
     );
     // A SPIRE server expecting another Sigil identity refuses ours at the handshake.
     let storefront = "spiffe://sigil.test/ns/shop/sa/storefront";
     let (mut strict, strict_addr) =
         go_payment_processor(&spire_agent, storefront, &work.path().join("strict.log"));
-    let out = call(&strict_addr, SPIRE_PAYMENTS);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    call(&strict_addr, SPIRE_PAYMENTS, 1, &["-> failed: "]);
     strict.stop(Duration::from_secs(10));
     assert!(
         strict
@@ -330,10 +317,57 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
         strict.log()
     );
 
+    // And the other way: the go-spiffe checkout-service (spire.test) calls the Rust
+    // payment-processor (sigil.test) told to allow it (`--client-id`); the Rust server refuses
+    // another spire.test identity with a 403 naming it.
+    let rust_addr = format!("127.0.0.1:{}", free_port());
+    let mut rust_pp = Process::spawn(
+        {
+            let mut c = Command::new(workspace_bin("payment-processor"));
+            c.args(["--listen", &rust_addr, "--client-id", SPIRE_CHECKOUT])
+                .env("SPIFFE_ENDPOINT_SOCKET", &sigil_endpoint);
+            c
+        },
+        &work.path().join("rust-pp.log"),
+    );
+    rust_pp.wait_until(
+        "Rust payment-processor to listen",
+        Duration::from_secs(30),
+        |p| p.log().contains("payment-processor listening"),
+    );
+    let go_checkout = go_program("checkout-service");
+    let spire_endpoint = spire_agent.endpoint();
+    expect(
+        &go_checkout,
+        &spire_endpoint,
+        &["--server", &rust_addr, "--server-id", SIGIL_PAYMENTS],
+        0,
+        &[
+            &format!("-> 200 allowed: payment pay-1 accepted for {SPIRE_CHECKOUT}"),
+            &format!("[server {SIGIL_PAYMENTS} "),
+        ],
+    );
+    expect(
+        &go_checkout,
+        &spire_endpoint,
+        &[
+            "--server",
+            &rust_addr,
+            "--server-id",
+            SIGIL_PAYMENTS,
+            "--spiffe-id",
+            SPIRE_PAYMENTS,
+        ],
+        3,
+        &[&format!(
+            "-> 403 refused: forbidden: identity {SPIRE_PAYMENTS} may not call POST /v1/payments"
+        )],
+    );
+    rust_pp.stop(Duration::from_secs(10));
+
     // JWT-SVIDs across: minted by one agent for the other side's workload, validated by the
     // other agent's ValidateJWTSVID; another audience is refused.
     let jwt_tool = go_program("jwt-tool");
-    let spire_endpoint = spire_agent.endpoint();
     for (minter, validator, subject, audience) in [
         (
             &spire_endpoint,
@@ -351,7 +385,7 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
         let token = expect(
             &jwt_tool,
             minter,
-            &["fetch", "--audience", audience],
+            &["fetch", "--audience", audience, "--spiffe-id", subject],
             0,
             &[],
         );
@@ -386,36 +420,22 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
     follows(
         "Sigil's rotation at SPIRE",
         || sigil.cli_ok(&["bundle", "show", "-format", "spiffe"]),
-        || {
-            spire.cli_ok(&[
-                "bundle",
-                "list",
-                "-id",
-                "spiffe://sigil.test",
-                "-format",
-                "spiffe",
-            ])
-        },
+        || holds(|a| spire.cli_ok(a), "sigil.test"),
         || lines_with(&spire.log(), "sigil.test"),
     );
     follows(
         "SPIRE's rotation at Sigil",
         || spire.cli_ok(&["bundle", "show", "-format", "spiffe"]),
-        || {
-            sigil.cli_ok(&[
-                "bundle",
-                "list",
-                "-id",
-                "spiffe://spire.test",
-                "-format",
-                "spiffe",
-            ])
-        },
+        || holds(|a| sigil.cli_ok(a), "spire.test"),
         || lines_with(&sigil.log(), "spire.test"),
     );
 
     // After both rotations the same call still succeeds.
-    let out = call(&addr, SPIRE_PAYMENTS);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    call(
+        &addr,
+        SPIRE_PAYMENTS,
+        0,
+        &["-> 200 allowed: payment pay-2 accepted for "],
+    );
     pp.stop(Duration::from_secs(10));
 }
