@@ -199,6 +199,7 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
         path.to_str().unwrap(),
     ]);
     let spire_doc = spire.cli_ok(&["bundle", "show", "-format", "spiffe"]);
+    assert!(!spire_doc.contains("spiffe_refresh_hint"), "{spire_doc}");
     let path = sigil.dir.path().join("spire.test.json");
     std::fs::write(&path, &spire_doc).unwrap();
     let out = sigil.cli_ok(&[
