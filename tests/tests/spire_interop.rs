@@ -7,7 +7,8 @@
 //! A Rust workload under sigil-agent (examples/zero-trust's checkout-service) and a go-spiffe
 //! workload under spire-agent (tests/go's payment-processor) complete mTLS, each authorizing
 //! the other's SPIFFE ID, and refuse any other; JWT-SVIDs minted by either agent validate
-//! through the other agent's ValidateJWTSVID (tests/go's jwt-tool, go-spiffe).
+//! through the other agent's ValidateJWTSVID and go-spiffe's own validation against that
+//! agent's JWT bundles (tests/go's jwt-tool).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -367,7 +368,8 @@ fn sigil_and_spire_federate_both_ways_for_mtls_and_jwt() {
     rust_pp.stop(Duration::from_secs(10));
 
     // JWT-SVIDs across: minted by one agent for the other side's workload, validated by the
-    // other agent's ValidateJWTSVID; another audience is refused.
+    // other agent's ValidateJWTSVID and by go-spiffe against that agent's JWT bundles (the
+    // minter's keys as the other server polled them); another audience is refused.
     let jwt_tool = go_program("jwt-tool");
     for (minter, validator, subject, audience) in [
         (

@@ -5,8 +5,10 @@
 //	jwt-tool fetch --audience AUD [--spiffe-id ID]
 //	    prints the JWT-SVID (workloadapi.FetchJWTSVID) on stdout
 //	jwt-tool validate --audience AUD --token TOKEN
-//	    asks the agent (workloadapi.ValidateJWTSVID) and prints
-//	    {"spiffe_id": ..., "audience": [...], "claims": {...}} on stdout
+//	    asks the agent (workloadapi.ValidateJWTSVID), validates it locally too
+//	    (jwtsvid.ParseAndValidate with the JWT bundles of workloadapi.FetchJWTBundles), and
+//	    prints {"spiffe_id": ..., "audience": [...], "claims": {...}} on stdout; both must
+//	    accept it and agree on the subject
 //
 // Exit status: 0 on success, 1 when the agent refuses or fails (the error on stderr), 2 on
 // bad usage.
@@ -63,6 +65,17 @@ func main() {
 		svid, err := workloadapi.ValidateJWTSVID(ctx, *token, *audience)
 		if err != nil {
 			fail("ValidateJWTSVID: %v", err)
+		}
+		bundles, err := workloadapi.FetchJWTBundles(ctx)
+		if err != nil {
+			fail("FetchJWTBundles: %v", err)
+		}
+		local, err := jwtsvid.ParseAndValidate(*token, bundles, []string{*audience})
+		if err != nil {
+			fail("ParseAndValidate with the agent's JWT bundles: %v", err)
+		}
+		if local.ID != svid.ID {
+			fail("the agent says %s, local validation %s", svid.ID, local.ID)
 		}
 		out, _ := json.Marshal(map[string]any{
 			"spiffe_id": svid.ID.String(),
