@@ -188,67 +188,51 @@ async fn load_entries(
     let cli = server.cli();
     let (mut loaded, mut spent) = (0, Duration::ZERO);
     for &target in &size.loads {
-        let label = count_label(target);
-        let rate_what = format!("entries created/s, to {label}");
-        let rss_what = format!("server RSS at {label} entries");
-        let rate_how = format!(
-            "`entry create -data`, {} entries a file (one BatchCreateEntry), CLI wall time",
-            count_label(FILE_ENTRIES)
-        );
-        let rss_how = "VmRSS of the server after the load";
-        if spent >= LOAD_CAP {
+        let (rate, rss) = if spent >= LOAD_CAP {
             let why = format!(
                 "not attempted: {loaded} entries took the whole {} s load limit",
                 LOAD_CAP.as_secs()
             );
-            let (rate, rss) = (Err(why.clone()), Err(why));
-            table.put(
-                system,
-                &rate_what,
-                "entries/s",
-                Better::Higher,
-                &rate_how,
-                rate,
-            );
-            table.put(system, &rss_what, "MiB", Better::Lower, rss_how, rss);
-            continue;
-        }
-        let (from, before) = (loaded, spent);
-        while loaded < target && spent < LOAD_CAP {
-            let end = target.min(loaded + FILE_ENTRIES);
-            load::write_file(&file, loaded, end, parents)?;
-            spent += load::entry_create(&cli, server.socket(), &["-data", file_arg])
-                .await
-                .with_context(|| format!("creating entries {loaded}..{end}"))?;
-            loaded = end;
-        }
-        let rate = (loaded - from) as f64 / (spent - before).as_secs_f64();
-        let rss = rss_mib(server.pid()?)?;
-        eprintln!(
-            "sigil-bench: {}: {loaded} entries, {rate:.0}/s, server RSS {rss:.0} MiB",
-            system.label()
-        );
-        let reached = loaded >= target;
-        let short = format!(
-            "reached {loaded} entries within the {} s load limit ({rate:.0} entries/s, RSS \
-             {rss:.0} MiB)",
-            LOAD_CAP.as_secs()
-        );
-        let rate = if reached {
-            Ok(rate)
+            (Err(why.clone()), Err(why))
         } else {
-            Err(short.clone())
+            let (from, before) = (loaded, spent);
+            while loaded < target && spent < LOAD_CAP {
+                let end = target.min(loaded + FILE_ENTRIES);
+                load::write_file(&file, loaded, end, parents)?;
+                spent += load::entry_create(&cli, server.socket(), &["-data", file_arg])
+                    .await
+                    .with_context(|| format!("creating entries {loaded}..{end}"))?;
+                loaded = end;
+            }
+            let rate = (loaded - from) as f64 / (spent - before).as_secs_f64();
+            let rss = rss_mib(server.pid()?)?;
+            eprintln!(
+                "sigil-bench: {}: {loaded} entries, {rate:.0}/s, server RSS {rss:.0} MiB",
+                system.label()
+            );
+            if loaded >= target {
+                (Ok(rate), Ok(rss))
+            } else {
+                let short = format!(
+                    "reached {loaded} entries within the {} s load limit ({rate:.0} entries/s, \
+                     RSS {rss:.0} MiB)",
+                    LOAD_CAP.as_secs()
+                );
+                (Err(short.clone()), Err(short))
+            }
         };
-        let rss = if reached { Ok(rss) } else { Err(short) };
-        table.put(
-            system,
-            &rate_what,
-            "entries/s",
-            Better::Higher,
-            &rate_how,
-            rate,
+        let label = count_label(target);
+        let how = format!(
+            "`entry create -data`, {} entries a file (one BatchCreateEntry), CLI wall time",
+            count_label(FILE_ENTRIES)
         );
-        table.put(system, &rss_what, "MiB", Better::Lower, rss_how, rss);
+        let (rate_what, rss_what) = (
+            format!("entries created/s, to {label}"),
+            format!("server RSS at {label} entries"),
+        );
+        table.put(system, &rate_what, "entries/s", Better::Higher, &how, rate);
+        let how = "VmRSS of the server after the load";
+        table.put(system, &rss_what, "MiB", Better::Lower, how, rss);
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use sigil_testkit::config::health_checks;
 use sigil_testkit::{Process, free_port, http_get};
 
 use crate::procs::TRUST_DOMAIN;
@@ -87,14 +88,8 @@ plugins {{
   }}
 }}
 
-health_checks {{
-  listener_enabled = true
-  bind_address = "127.0.0.1"
-  bind_port = "{health_port}"
-  live_path = "/live"
-  ready_path = "/ready"
-}}
-"#
+{health}"#,
+        health = health_checks(health_port),
     )
 }
 
@@ -277,21 +272,15 @@ plugins {{
   }}
 }}
 
-health_checks {{
-  listener_enabled = true
-  bind_address = "127.0.0.1"
-  bind_port = "{health_port}"
-  live_path = "/live"
-  ready_path = "/ready"
-}}
-
+{health}
 telemetry {{
   Prometheus {{
     host = "127.0.0.1"
     port = {metrics_port}
   }}
 }}
-"#
+"#,
+        health = health_checks(health_port),
     )
 }
 

@@ -11,12 +11,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use sigil_agent::workload_api::client::connect;
-use sigil_proto::workload::X509svidRequest;
 
 use super::load::entry_create;
 use crate::procs::TRUST_DOMAIN;
+use crate::workload::x509_stream;
 
 /// Longest wait for the next create while the previous SVID has not arrived.
 pub(crate) const SPACING: Duration = Duration::from_millis(250);
@@ -32,13 +30,7 @@ pub(crate) async fn measure(
     parent: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut client = connect(agent_socket).await?;
-    let mut stream = client
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .context("FetchX509SVID")?
-        .into_inner();
-    stream.message().await?.context("first response")?;
+    let mut stream = x509_stream(agent_socket).await?;
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let reader = {
         let seen = Arc::clone(&seen);
