@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use super::load::entry_create;
 use crate::procs::TRUST_DOMAIN;
 use crate::workload::x509_stream;
