@@ -87,10 +87,12 @@ impl Table {
                         rows.push(Figure::new(&name, advantage, "x", target, &note));
                     }
                     (sigil, spire) => {
+                        // What was measured stays in the note: one side's value, the other's why.
                         let why = [
-                            sigil
-                                .and_then(|v| v.as_ref().err())
-                                .map(|e| format!("Sigil: {e}")),
+                            sigil.map(|v| match v {
+                                Ok(v) => format!("Sigil {} {}", number(*v), m.unit),
+                                Err(e) => format!("Sigil: {e}"),
+                            }),
                             spire
                                 .as_ref()
                                 .err()
@@ -171,7 +173,9 @@ mod tests {
         let rows = t.figures(|_| 1.0);
         assert_eq!(rows[0].value, None);
         assert!(
-            rows[0].note.starts_with("SPIRE: reached 400k; h"),
+            rows[0]
+                .note
+                .starts_with("Sigil 30 MiB; SPIRE: reached 400k; h"),
             "{}",
             rows[0].note
         );
