@@ -15,6 +15,7 @@ mod raw;
 mod report;
 mod scale;
 mod sds;
+mod spire;
 mod stats;
 mod workload;
 
@@ -29,6 +30,7 @@ use crate::pod_check::PodCheckSize;
 use crate::report::{Figure, Machine, Report, Target};
 use crate::scale::ScaleSize;
 use crate::sds::SdsSize;
+use crate::spire::SpireSize;
 use crate::stats::{millis, percentile};
 
 #[derive(Debug, Parser)]
@@ -72,6 +74,10 @@ enum Group {
     Templates,
     /// Envoy SDS: push after rotation and after entry create, memory per open stream.
     Sds,
+    /// SPIRE v1.13.3 and Sigil side by side (entry create rate, propagation, agent minting,
+    /// Workload API, start-up); skipped, with no rows, when SPIRE is not built
+    /// (`scripts/spire-peer.sh`).
+    Spire,
 }
 
 impl Group {
@@ -102,6 +108,7 @@ pub struct Size {
     pub prune_stale: usize,
     pub pod_check: PodCheckSize,
     pub sds: SdsSize,
+    pub spire: SpireSize,
 }
 
 /// `BatchMintX509SVID` calls (of 500 requests) in flight at once.
@@ -143,6 +150,12 @@ impl Size {
                     creates: 10,
                     rotations: 3,
                 },
+                spire: SpireSize {
+                    loads: vec![2000],
+                    agents: vec![1000],
+                    propagation: 10,
+                    latency_window: Duration::from_secs(2),
+                },
             }
         } else {
             Self {
@@ -166,6 +179,12 @@ impl Size {
                 sds: SdsSize {
                     creates: 100,
                     rotations: 20,
+                },
+                spire: SpireSize {
+                    loads: vec![100_000, 1_000_000],
+                    agents: vec![1000, 10_000],
+                    propagation: 100,
+                    latency_window: Duration::from_secs(5),
                 },
             }
         }
@@ -254,6 +273,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if group.includes(Group::Sds) {
         eprintln!("sigil-bench: SDS");
         figures.extend(sds::run(&size.sds).await?);
+    }
+    if group.includes(Group::Spire) {
+        eprintln!("sigil-bench: SPIRE side by side");
+        figures.extend(spire::run(&size.spire).await?);
     }
 
     let report = Report {

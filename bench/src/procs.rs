@@ -27,6 +27,15 @@ pub(crate) async fn start_server() -> anyhow::Result<Server> {
 /// [`start_server`] with `plugins` (HCL) added to its `plugins { }` block, e.g. a `k8s_psat`
 /// node attestor.
 pub(crate) async fn start_server_with_plugins(plugins: String) -> anyhow::Result<Server> {
+    Ok(start_server_timed_with(plugins).await?.0)
+}
+
+/// [`start_server`], and how long it took until the admin API answered.
+pub(crate) async fn start_server_timed() -> anyhow::Result<(Server, Duration)> {
+    start_server_timed_with(String::new()).await
+}
+
+async fn start_server_timed_with(plugins: String) -> anyhow::Result<(Server, Duration)> {
     let mut server = Server::configure(ServerOptions {
         trust_domain: TRUST_DOMAIN.into(),
         log_level: "INFO".into(),
@@ -36,8 +45,8 @@ pub(crate) async fn start_server_with_plugins(plugins: String) -> anyhow::Result
         extra_plugins: plugins,
         ..ServerOptions::default()
     });
-    spawn_server(&mut server).await?;
-    Ok(server)
+    let took = spawn_server(&mut server).await?;
+    Ok((server, took))
 }
 
 /// Starts the (stopped) server; returns how long it took until the admin API answered.

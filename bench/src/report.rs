@@ -169,7 +169,7 @@ impl Report {
 }
 
 /// A figure with about four significant digits, no exponent.
-fn number(v: f64) -> String {
+pub(crate) fn number(v: f64) -> String {
     let a = v.abs();
     if a >= 1000.0 || v == v.trunc() && a < 1e15 {
         format!("{v:.0}")

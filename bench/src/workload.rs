@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use sigil_agent::workload_api::client::{WorkloadApiClient, connect};
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::workload::{JwtsvidRequest, X509svidRequest, X509svidResponse};
+use tonic::Streaming;
 
 use sigil_testkit::Server;
 
@@ -210,6 +211,18 @@ where
     })
 }
 
+/// A FetchX509SVID stream on `socket` whose first response has been read.
+pub(crate) async fn x509_stream(socket: &Path) -> anyhow::Result<Streaming<X509svidResponse>> {
+    let mut stream = connect(socket)
+        .await?
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .context("FetchX509SVID")?
+        .into_inner();
+    stream.message().await?.context("first response")?;
+    Ok(stream)
+}
+
 /// For each of `n` new entries selecting this process: the time from `BatchCreateEntry`
 /// returning to a FetchX509SVID stream (opened before) delivering a response that holds the
 /// entry's SVID. A response already waiting when the call returns counts as zero.
@@ -219,13 +232,7 @@ pub(crate) async fn propagation(
     parent: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut client = connect(socket).await?;
-    let mut stream = client
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .context("FetchX509SVID")?
-        .into_inner();
-    stream.message().await?.context("first response")?;
+    let mut stream = x509_stream(socket).await?;
     let mut admin = procs::admin_client(server).await?;
     let run = std::process::id();
     let mut samples = Vec::with_capacity(n);

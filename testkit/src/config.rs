@@ -93,9 +93,7 @@ pub(crate) fn server_conf(options: &ServerOptions, layout: &ServerLayout<'_>) ->
         r#"KeyManager "memory" {}"#.to_owned()
     };
     let health = if options.health {
-        format!(
-            "health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{health_port}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n"
-        )
+        health_checks(*health_port)
     } else {
         String::new()
     };
@@ -215,20 +213,21 @@ plugins {{
   }}
 }}
 
-health_checks {{
-  listener_enabled = true
-  bind_address = "127.0.0.1"
-  bind_port = "{health_port}"
-  live_path = "/live"
-  ready_path = "/ready"
-}}
-"#,
+{health}"#,
+        health = health_checks(layout.health_port),
         data = layout.data.display(),
         log_level = options.log_level,
         port = layout.server_port,
         socket = layout.socket.display(),
         td = layout.trust_domain,
-        health_port = layout.health_port,
+    )
+}
+
+/// The `health_checks` block (SPIRE's shape, which Sigil reads too): `/live` and `/ready` on
+/// 127.0.0.1:`port`.
+pub fn health_checks(port: u16) -> String {
+    format!(
+        "health_checks {{\n  listener_enabled = true\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{port}\"\n  live_path = \"/live\"\n  ready_path = \"/ready\"\n}}\n"
     )
 }
 

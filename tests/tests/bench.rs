@@ -2,7 +2,9 @@
 //! figure, each finite and positive (a count whose target is 0 may be 0, a difference may be
 //! negative), and write JSON that parses. No target is asserted: the figures of a busy CI
 //! machine say nothing about Sigil's speed. The pod check rows (issue 17) need the test kit's
-//! kube-apiserver, which the test starts as the Kubernetes tests do.
+//! kube-apiserver, which the test starts as the Kubernetes tests do. Where SPIRE is built
+//! (`scripts/spire-peer.sh`), `all` includes the SPIRE side-by-side rows (issue 20), each a
+//! finite positive ratio; without it, none.
 
 use std::process::Command;
 
@@ -86,6 +88,34 @@ fn quick_benchmark_produces_every_figure() {
         assert!(
             names.contains(&expected),
             "no {expected:?} figure in {names:?}"
+        );
+    }
+    // The SPIRE rows: Sigil's advantage over each SPIRE mode, in the quick sizes.
+    let spire_rows = [
+        "vs SPIRE: server start-up",
+        "vs SPIRE events: server start-up",
+        "vs SPIRE: entries created/s, to 2k",
+        "vs SPIRE events: server RSS at 2k entries",
+        "vs SPIRE: agent with 1k entries: every SVID held",
+        "vs SPIRE: agent with 1k entries: agent RSS",
+        "vs SPIRE events: agent with 1k entries: server CPU",
+        "vs SPIRE: agent start-up",
+        "vs SPIRE: FetchX509SVID, 100 clients: calls per agent CPU-second",
+        "vs SPIRE: FetchJWTSVID, 1 client: p99",
+        "vs SPIRE: propagation p99",
+        "vs SPIRE events: propagation p50",
+    ];
+    if sigil_testkit::spire::spire_bin("spire-server").is_some() {
+        for expected in spire_rows {
+            assert!(
+                names.contains(&expected),
+                "no {expected:?} figure in {names:?}"
+            );
+        }
+    } else {
+        assert!(
+            !names.iter().any(|n| n.starts_with("vs SPIRE")),
+            "SPIRE rows without SPIRE: {names:?}"
         );
     }
     // cfssl rows are skipped (value null, verdict n.a.) only where cfssl is not installed.
