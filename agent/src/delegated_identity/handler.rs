@@ -187,7 +187,7 @@ impl Handler {
                 // Pinned first, checked after: what attestation read under the PID belonged to
                 // the process the PID named when the call came in.
                 let process = BoundProcess::open(pid).map_err(gone)?;
-                let attested = attest_all(&self.attestors, pid).await;
+                let attested = attest_all(&self.attestors, pid, process.credentials()).await;
                 process.verify().map_err(gone)?;
                 attested.map_err(DelegatedError::TargetAttestation)
             }

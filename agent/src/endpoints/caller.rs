@@ -41,7 +41,8 @@ pub async fn attest<T>(
         .cloned()
         .ok_or(CallerError::NoPeerCredentials)?;
     let pid = peer.pid().map_err(CallerError::Peer)?;
-    let selectors = attest_all(attestors, pid).await;
+    let pinned = peer.credentials().map_err(CallerError::Peer)?;
+    let selectors = attest_all(attestors, pid, pinned).await;
     // Whatever attestation read under the PID was the connecting process's only if that
     // process is still there, unchanged, now (SPIRE checks after attesting, too).
     peer.verify().map_err(CallerError::Peer)?;

@@ -40,6 +40,8 @@ use tonic::service::Routes;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use crate::procfs::Credentials;
+
 use authority::AuthorityFix;
 pub use caller::{Caller, CallerError};
 pub use latest::{LatestStream, Publisher};
@@ -98,6 +100,15 @@ impl Peer {
     pub fn pid(&self) -> Result<i32, PeerError> {
         match &*self.process {
             Ok(process) => Ok(process.pid()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// The user and group IDs of the bound process as pinned at accept (see
+    /// [`BoundProcess::credentials`]).
+    pub fn credentials(&self) -> Result<&Credentials, PeerError> {
+        match &*self.process {
+            Ok(process) => Ok(process.credentials()),
             Err(e) => Err(e.clone()),
         }
     }

@@ -16,7 +16,10 @@
 //!   between `connect` and `accept`.
 //! - Every later read goes through that directory handle, which never shows another process
 //!   (a reused PID gets a new `struct pid`; reads through the old handle fail). The process
-//!   must still run (not a zombie), with the start time seen at accept.
+//!   must still run (not a zombie), with the start time seen at accept; with a pidfd, that
+//!   is one `poll(2)` of it (readable once the process has exited) instead of a `stat` read.
+//!   The `unix` attestor takes its IDs from this pin rather than reading `status` again
+//!   ([`crate::workload_attestation::WorkloadAttestor::attest_pinned`]).
 //! - Its user and group IDs (all four of each, and the supplementary groups) must equal what
 //!   they were at accept, and the effective ones must equal the peer credentials: a setuid or
 //!   setgid `execve`, or a `setuid(2)`, ends what the connection gets.
@@ -71,6 +74,9 @@ struct FileId {
 #[derive(Debug)]
 pub struct BoundProcess {
     pid: i32,
+    /// The pidfd from `SO_PEERPIDFD`, where the kernel gives one: names the exact process, so
+    /// polling it answers "still alive?" without reading `stat`.
+    pidfd: Option<OwnedFd>,
     /// `/proc/<pid>` of that process, opened while it was known to be alive.
     proc_dir: OwnedFd,
     start_time: u64,
@@ -102,7 +108,8 @@ impl BoundProcess {
         {
             return Err(PeerError::Exited { pid });
         }
-        let bound = Self::pin(pid, proc_dir)?;
+        let mut bound = Self::pin(pid, proc_dir)?;
+        bound.pidfd = pidfd;
         if bound.credentials.effective_uid() != uid || bound.credentials.effective_gid() != gid {
             return Err(PeerError::CredentialsChanged { pid });
         }
@@ -124,6 +131,7 @@ impl BoundProcess {
     fn pin(pid: i32, proc_dir: OwnedFd) -> Result<Self, PeerError> {
         let mut bound = Self {
             pid,
+            pidfd: None,
             proc_dir,
             start_time: 0,
             credentials: Credentials {
@@ -144,14 +152,31 @@ impl BoundProcess {
         self.pid
     }
 
+    /// Its user and group IDs as pinned. [`BoundProcess::verify`] checks they still hold, so
+    /// an attestor may use them instead of reading `status` again.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// Checks that the process is still the one pinned at accept: alive, same start time, same
     /// user and group IDs, same binary. Call it after attesting, so that what attestation read
     /// under the PID is known to have been this process's.
     pub fn verify(&self) -> Result<(), PeerError> {
         let pid = self.pid;
-        let stat = self.stat()?;
-        if stat.exited() || stat.start_time != self.start_time {
-            return Err(PeerError::Exited { pid });
+        match &self.pidfd {
+            // The very process, alive: its PID, `/proc` directory and start time are the
+            // ones pinned.
+            Some(pidfd) => {
+                if has_exited(pidfd).map_err(|e| proc_error(pid, "", e))? {
+                    return Err(PeerError::Exited { pid });
+                }
+            }
+            None => {
+                let stat = self.stat()?;
+                if stat.exited() || stat.start_time != self.start_time {
+                    return Err(PeerError::Exited { pid });
+                }
+            }
         }
         if self.status()? != self.credentials {
             return Err(PeerError::CredentialsChanged { pid });

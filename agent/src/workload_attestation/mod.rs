@@ -10,6 +10,8 @@ use std::fmt::Debug;
 use futures::future::BoxFuture;
 use sigil_proto::Selector;
 
+use crate::procfs::Credentials;
+
 pub use k8s::{K8sAttestor, K8sAttestorConfig, K8sError, KubeletEndpoint, KubeletTls};
 pub use unix::{UnixAttestor, UnixAttestorConfig};
 
@@ -41,15 +43,32 @@ pub enum AttestationError {
 /// Turns a PID into selectors. One per mechanism (`unix`, `k8s`...).
 pub trait WorkloadAttestor: Send + Sync + Debug {
     fn attest(&self, pid: i32) -> BoxFuture<'_, Result<Vec<Selector>, AttestationError>>;
+
+    /// Attests `pid`, a process pinned by the caller ([`crate::endpoints::BoundProcess`])
+    /// whose user and group IDs are `pinned` and are checked again after attesting. An
+    /// attestor that needs nothing else uses them rather than reading procfs again; by
+    /// default, [`WorkloadAttestor::attest`].
+    fn attest_pinned<'a>(
+        &'a self,
+        pid: i32,
+        pinned: &'a Credentials,
+    ) -> BoxFuture<'a, Result<Vec<Selector>, AttestationError>> {
+        let _ = pinned;
+        self.attest(pid)
+    }
 }
 
 /// Runs every attestor and returns the canonical union of their selectors; any failure fails
-/// the whole attestation (a partial view could match a less specific entry).
+/// the whole attestation (a partial view could match a less specific entry). The process is
+/// pinned, with the user and group IDs `pinned`, which the caller checks again afterwards
+/// ([`WorkloadAttestor::attest_pinned`]).
 pub async fn attest_all(
     attestors: &[Box<dyn WorkloadAttestor>],
     pid: i32,
+    pinned: &Credentials,
 ) -> Result<Vec<Selector>, AttestationError> {
-    let results = futures::future::join_all(attestors.iter().map(|a| a.attest(pid))).await;
+    let results =
+        futures::future::join_all(attestors.iter().map(|a| a.attest_pinned(pid, pinned))).await;
     let mut selectors = Vec::new();
     for result in results {
         selectors.extend(result?);
@@ -75,13 +94,21 @@ mod tests {
         }
     }
 
+    fn root() -> Credentials {
+        Credentials {
+            uids: vec![0; 4],
+            gids: vec![0; 4],
+            groups: Vec::new(),
+        }
+    }
+
     #[tokio::test]
     async fn unions_and_canonicalizes() {
         let attestors: Vec<Box<dyn WorkloadAttestor>> = vec![
             Box::new(Fixed(Ok(vec!["unix:uid:1", "k8s:ns:a"]))),
             Box::new(Fixed(Ok(vec!["unix:uid:1"]))),
         ];
-        let got = attest_all(&attestors, 1).await.unwrap();
+        let got = attest_all(&attestors, 1, &root()).await.unwrap();
         let got: Vec<String> = got.iter().map(ToString::to_string).collect();
         assert_eq!(got, ["k8s:ns:a", "unix:uid:1"]);
     }
@@ -93,7 +120,7 @@ mod tests {
             Box::new(Fixed(Err(()))),
         ];
         assert!(matches!(
-            attest_all(&attestors, 7).await,
+            attest_all(&attestors, 7, &root()).await,
             Err(AttestationError::NoProcess { pid: 7 })
         ));
     }

@@ -26,7 +26,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use sigil_proto::Selector;
 
 use super::{AttestationError, WorkloadAttestor};
-use crate::procfs;
+use crate::procfs::{self, Credentials};
 pub use config::UnixAttestorConfig;
 
 /// How long a user or group name looked up by ID is reused. A renamed user or group shows in
@@ -172,41 +172,9 @@ impl UnixAttestor {
         let status_path = self.proc_path(pid, "status");
         let status = procfs::parse_status(&read_to_string(&status_path, pid)?)
             .map_err(|reason| malformed(&status_path, reason))?;
-        let (uid, gid) = (status.effective_uid(), status.effective_gid());
-
-        let user = |uid| {
-            self.names
-                .name(NameKind::User, uid, now, may_block, user_name)
-        };
-        let group = |gid| {
-            self.names
-                .name(NameKind::Group, gid, now, may_block, group_name)
-        };
-        let mut out = Vec::new();
-        push(&mut out, "uid", uid.to_string());
-        let Some(name) = user(uid) else {
+        let Some(mut out) = self.id_selectors(&status, now, may_block) else {
             return Ok(None);
         };
-        if let Some(name) = name {
-            push(&mut out, "user", name);
-        }
-        push(&mut out, "gid", gid.to_string());
-        let Some(name) = group(gid) else {
-            return Ok(None);
-        };
-        if let Some(name) = name {
-            push(&mut out, "group", name);
-        }
-        for gid in status.groups {
-            push(&mut out, "supplementary_gid", gid.to_string());
-            let Some(name) = group(gid) else {
-                return Ok(None);
-            };
-            if let Some(name) = name {
-                push(&mut out, "supplementary_group", name);
-            }
-        }
-
         if self.config.discover_workload_path {
             let exe = self.proc_path(pid, "exe");
             let path = std::fs::read_link(&exe).map_err(|e| io_error(&exe, pid, e))?;
@@ -222,6 +190,42 @@ impl UnixAttestor {
         Ok(Some(out.into_iter().flatten().collect()))
     }
 
+    /// The `uid`, `user`, `gid`, `group`, `supplementary_gid` and `supplementary_group`
+    /// selectors of `status` (`None` where a selector value is not valid); `None` when a name
+    /// is not cached and `may_block` is false.
+    fn id_selectors(
+        &self,
+        status: &Credentials,
+        now: Instant,
+        may_block: bool,
+    ) -> Option<Vec<Option<Selector>>> {
+        let (uid, gid) = (status.effective_uid(), status.effective_gid());
+        let user = |uid| {
+            self.names
+                .name(NameKind::User, uid, now, may_block, user_name)
+        };
+        let group = |gid| {
+            self.names
+                .name(NameKind::Group, gid, now, may_block, group_name)
+        };
+        let mut out = Vec::new();
+        push(&mut out, "uid", uid.to_string());
+        if let Some(name) = user(uid)? {
+            push(&mut out, "user", name);
+        }
+        push(&mut out, "gid", gid.to_string());
+        if let Some(name) = group(gid)? {
+            push(&mut out, "group", name);
+        }
+        for &gid in &status.groups {
+            push(&mut out, "supplementary_gid", gid.to_string());
+            if let Some(name) = group(gid)? {
+                push(&mut out, "supplementary_group", name);
+            }
+        }
+        Some(out)
+    }
+
     fn start_time(&self, pid: i32) -> Result<u64, AttestationError> {
         let path = self.proc_path(pid, "stat");
         procfs::parse_stat(&read_to_string(&path, pid)?)
@@ -235,6 +239,33 @@ impl UnixAttestor {
 }
 
 impl WorkloadAttestor for UnixAttestor {
+    /// Without `discover_workload_path` the selectors are those of the pinned IDs: no procfs
+    /// read at all (the caller checks after attesting that the process still has them).
+    fn attest_pinned<'a>(
+        &'a self,
+        pid: i32,
+        pinned: &'a Credentials,
+    ) -> BoxFuture<'a, Result<Vec<Selector>, AttestationError>> {
+        if self.config.discover_workload_path {
+            return self.attest(pid);
+        }
+        Box::pin(async move {
+            let now = Instant::now();
+            if let Some(selectors) = self.id_selectors(pinned, now, false) {
+                return Ok(selectors.into_iter().flatten().collect());
+            }
+            // A name to look up (NSS may block): on the blocking pool, as in `attest`.
+            let attestor = self.clone();
+            let pinned = pinned.clone();
+            let blocking = move || attestor.id_selectors(&pinned, now, true);
+            tokio::task::spawn_blocking(blocking)
+                .await
+                .map_err(|e| AttestationError::Task(e.to_string()))?
+                .map(|selectors| selectors.into_iter().flatten().collect())
+                .ok_or_else(|| AttestationError::Task("no answer".into()))
+        })
+    }
+
     fn attest(&self, pid: i32) -> BoxFuture<'_, Result<Vec<Selector>, AttestationError>> {
         Box::pin(async move {
             if pid <= 0 {
@@ -439,6 +470,38 @@ mod tests {
 
         let got = strings(&attestor(dir.path(), true, -1).attest(4242).await.unwrap());
         assert!(!got.iter().any(|s| s.starts_with("unix:sha256:")));
+    }
+
+    #[tokio::test]
+    async fn pinned_ids_are_used_without_reading_procfs() {
+        // No process 4242 under this root: only the pinned IDs can give selectors.
+        let empty = tempfile::tempdir().unwrap();
+        let pinned = procfs::parse_status(STATUS).unwrap();
+        let a = attestor(empty.path(), false, 0);
+        let got = strings(&a.attest_pinned(4242, &pinned).await.unwrap());
+        for want in [
+            "unix:uid:4001",
+            "unix:gid:4002",
+            "unix:supplementary_gid:4004",
+        ] {
+            assert!(
+                got.contains(&want.to_owned()),
+                "{want} missing from {got:?}"
+            );
+        }
+        assert!(matches!(
+            a.attest(4242).await,
+            Err(AttestationError::NoProcess { pid: 4242 })
+        ));
+        // The binary's path and hash are not pinned: read as without a pin.
+        let err = attestor(empty.path(), true, 0)
+            .attest_pinned(4242, &pinned)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AttestationError::NoProcess { pid: 4242 }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
