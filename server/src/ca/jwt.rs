@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use serde::Serialize;
+use sigil_proto::SpiffeId;
 
 use crate::ca::CaError;
 use crate::key_manager::SigningKey;
@@ -34,7 +35,9 @@ struct Header<'a> {
 
 #[derive(Serialize)]
 struct Claims<'a> {
-    sub: &'a str,
+    /// Written straight from the ID's parts (no intermediate string).
+    #[serde(serialize_with = "serialize_display")]
+    sub: &'a SpiffeId,
     aud: &'a [String],
     exp: i64,
     iat: i64,
@@ -73,19 +76,24 @@ impl JwtSigner {
     /// Signs a token; the caller has checked the subject and the audience.
     pub fn sign(
         &self,
-        sub: &str,
+        sub: &SpiffeId,
         aud: &[String],
         iat: i64,
         exp: i64,
         iss: Option<&str>,
     ) -> Result<String, CaError> {
-        let claims = serde_json::to_vec(&Claims {
-            sub,
-            aud,
-            exp,
-            iat,
-            iss,
-        })?;
+        // Sized for a typical token's claims: one allocation, no regrowth.
+        let mut claims = Vec::with_capacity(CLAIMS_CAPACITY);
+        serde_json::to_writer(
+            &mut claims,
+            &Claims {
+                sub,
+                aud,
+                exp,
+                iat,
+                iss,
+            },
+        )?;
         let mut token = String::with_capacity(self.header_b64.len() + claims.len() * 4 / 3 + 140);
         token.push_str(&self.header_b64);
         token.push('.');
@@ -95,6 +103,16 @@ impl JwtSigner {
         URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(token)
     }
+}
+
+/// Bytes reserved for a token's JSON claims: a SPIFFE ID, an audience or two and the times.
+const CLAIMS_CAPACITY: usize = 256;
+
+fn serialize_display<S: serde::Serializer>(
+    value: &&SpiffeId,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 impl fmt::Debug for JwtSigner {

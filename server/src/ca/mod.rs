@@ -348,7 +348,7 @@ impl Ca {
             return Err(CaError::AuthorityExpired);
         }
         let token = signer.sign(
-            &spiffe_id.to_string(),
+            spiffe_id,
             audience,
             now,
             exp,
