@@ -78,6 +78,10 @@ pub fn parse_status(text: &str) -> Result<Credentials, String> {
     let mut gids = None;
     let mut groups = Vec::new();
     for line in text.lines() {
+        // Read on every Workload API call: the ~50 other lines are skipped on their first byte.
+        if !matches!(line.as_bytes().first(), Some(b'U' | b'G')) {
+            continue;
+        }
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };

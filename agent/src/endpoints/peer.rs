@@ -220,7 +220,8 @@ impl BoundProcess {
             Mode::empty(),
         )
         .map_err(|e| gone_or(self.pid, file, e))?;
-        let mut text = String::new();
+        // `status` is ~1.5 KiB: one allocation, no regrowth.
+        let mut text = String::with_capacity(4096);
         File::from(fd).read_to_string(&mut text).map_err(|e| {
             match e.raw_os_error().map(Errno::from_raw) {
                 Some(errno) => gone_or(self.pid, file, errno),
