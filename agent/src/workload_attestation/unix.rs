@@ -6,10 +6,13 @@
 //! for access, and what a setuid binary runs as.
 //!
 //! Every call reads the caller's `/proc` entries afresh (IDs change with `setuid`, binaries
-//! with `execve`, PIDs get reused); only the user and group *names* are cached, for
-//! [`NAME_TTL`], because an NSS lookup (open and scan `/etc/passwd`, or ask sssd) costs more
-//! than the rest of the call. With every name cached and no binary to hash, attestation runs
-//! inline rather than on the blocking pool: procfs reads are answered from kernel memory.
+//! with `execve`, PIDs get reused), except for a caller on one of the agent's sockets: its IDs
+//! are those its connection's pin read at accept, which the socket checks again, from `status`,
+//! after attesting ([`WorkloadAttestor::attest_pinned`]); reading them here too cost the agent
+//! half its CPU per call. Only the user and group *names* are cached, for [`NAME_TTL`], because
+//! an NSS lookup (open and scan `/etc/passwd`, or ask sssd) costs more than the rest of the
+//! call. With every name cached and no binary to hash, attestation runs inline rather than on
+//! the blocking pool: procfs reads are answered from kernel memory.
 
 pub mod config;
 
