@@ -1,9 +1,7 @@
 //! sigil-agent: attests its node to sigil-server, syncs the registration entries it is
 //! authorized for, pre-mints and rotates their SVIDs, and serves the SPIFFE Workload API.
-// Denied, not forbidden: `allocator` allows the one FFI call no safe crate offers.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
-pub mod allocator;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -58,7 +58,7 @@ impl Counts {
         self.peak = self.peak.max(self.connections + self.streams);
     }
 
-    /// Whether enough of a burst has ended to give its memory back (see `crate::allocator`):
+    /// Whether enough of a burst has ended to give its memory back (see `sigil_common::allocator`):
     /// what is open fell to half a peak of at least [`RELEASE_AFTER`].
     fn burst_ended(&mut self) -> bool {
         let open = self.connections + self.streams;
@@ -179,8 +179,8 @@ impl Drop for Permit {
         if self.usage.release(self.uid, self.kind) {
             // A trim walks every arena: off the runtime's workers when there is one.
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(crate::allocator::release_free_memory)),
-                Err(_) => drop(crate::allocator::release_free_memory()),
+                Ok(rt) => drop(rt.spawn_blocking(sigil_common::allocator::release_free_memory)),
+                Err(_) => drop(sigil_common::allocator::release_free_memory()),
             }
         }
     }

@@ -205,6 +205,7 @@ async fn load_entries(
                 loaded = end;
             }
             let rate = (loaded - from) as f64 / (spent - before).as_secs_f64();
+            tokio::time::sleep(RSS_SETTLE).await;
             let rss = rss_mib(server.pid()?)?;
             eprintln!(
                 "sigil-bench: {}: {loaded} entries, {rate:.0}/s, server RSS {rss:.0} MiB",
@@ -231,11 +232,18 @@ async fn load_entries(
             format!("server RSS at {label} entries"),
         );
         table.put(system, &rate_what, "entries/s", Better::Higher, &how, rate);
-        let how = "VmRSS of the server after the load";
-        table.put(system, &rss_what, "MiB", Better::Lower, how, rss);
+        let how = format!(
+            "VmRSS of the server {} s after the load (either may give freed memory back: \
+             Sigil trims 1 s after the last admin call, Go's scavenger returns it gradually)",
+            RSS_SETTLE.as_secs()
+        );
+        table.put(system, &rss_what, "MiB", Better::Lower, &how, rss);
     }
     Ok(())
 }
+
+/// How long after a load the servers' RSS is read: the same wait for both.
+const RSS_SETTLE: Duration = Duration::from_secs(3);
 
 /// Starts an agent authorized for `n` entries and waits until it holds an SVID for each.
 async fn mint_all(
