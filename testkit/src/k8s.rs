@@ -27,6 +27,17 @@ pub struct Kube {
     pub url: String,
 }
 
+/// The kubectl built from the API server's own source by `real-apiserver.sh build` (v1.20.2): the
+/// tests use no other, so they need nothing a machine image happens to ship.
+pub fn kubectl_bin() -> PathBuf {
+    home().join("bin/kubectl")
+}
+
+/// Where the scripts keep their state: `$SIGIL_K8S`, default `/var/tmp/sigil-k8s`.
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var("SIGIL_K8S").unwrap_or_else(|_| "/var/tmp/sigil-k8s".into()))
+}
+
 /// Path of the script carried in this repository.
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/real-apiserver.sh")
@@ -45,10 +56,14 @@ pub fn kube() -> &'static Kube {
                 .expect("run real-apiserver.sh");
             assert!(
                 out.status.success(),
-                "real-apiserver.sh start failed (needs kubectl >= 1.24, curl, openssl, apt-get): {}",
+                "real-apiserver.sh start failed (needs curl, openssl, python3, apt-get): {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(kube.ready(), "the API server did not become ready; see {}/run/logs", kube.home.display());
+            assert!(
+                kube.ready(),
+                "the API server did not become ready; see {}/run/logs",
+                kube.home.display()
+            );
         } else {
             // Started by another test process, maybe with an older copy of the script.
             let out = Command::new("bash")
@@ -66,6 +81,20 @@ pub fn kube() -> &'static Kube {
     })
 }
 
+/// The one-node cluster of `real-node.sh` (kube-apiserver, controllers, scheduler, kube-proxy and a
+/// kubelet running pods with containerd and runc) if it answers; its admin, like [`kube`]'s.
+pub fn node() -> Option<Kube> {
+    let home = home();
+    let node = Kube {
+        admin_kubeconfig: home.join("node/admin.kubeconfig"),
+        ca: home.join("node/pki/ca.crt"),
+        url: "https://10.88.0.1:6444".into(),
+        home,
+    };
+    (node.admin_kubeconfig.exists() && node.try_kubectl(&["get", "--raw", "/readyz"], "").0)
+        .then_some(node)
+}
+
 /// The API server if one already answers (started by `scripts/test` or by
 /// `real-apiserver.sh start`), without starting it: for the benchmark, which reports its
 /// Kubernetes rows as "n.a." instead of building and starting one.
@@ -74,11 +103,9 @@ pub fn running() -> Option<&'static Kube> {
 }
 
 impl Kube {
-    /// Where the script keeps the API server's state: `$SIGIL_K8S`, default `/var/tmp/sigil-k8s`.
+    /// The shared API server, whose state the script keeps under [`home`].
     fn at_home() -> Self {
-        let home = PathBuf::from(
-            std::env::var("SIGIL_K8S").unwrap_or_else(|_| "/var/tmp/sigil-k8s".into()),
-        );
+        let home = home();
         Self {
             admin_kubeconfig: home.join("run/kubeconfig"),
             ca: home.join("run/pki/ca.crt"),
@@ -114,14 +141,14 @@ impl Kube {
 
     /// Runs kubectl as admin: (success, stdout, stderr).
     pub fn try_kubectl(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
-        let mut child = Command::new("kubectl")
+        let mut child = Command::new(kubectl_bin())
             .env("KUBECONFIG", &self.admin_kubeconfig)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("kubectl on PATH");
+            .expect("kubectl built by real-apiserver.sh build");
         child
             .stdin
             .take()
@@ -222,17 +249,31 @@ impl Kube {
     /// kubelet writes into an agent pod's projected volume.
     pub fn psat(&self, ns: &str, sa: &str, pod: &str, audience: &str) -> String {
         let uid = self.uid("pod", Some(ns), pod);
-        self.kubectl(&[
-            "-n",
+        self.token_request(
             ns,
-            "create",
-            "token",
             sa,
-            &format!("--audience={audience}"),
-            "--bound-object-kind=Pod",
-            &format!("--bound-object-name={pod}"),
-            &format!("--bound-object-uid={uid}"),
-        ])
+            serde_json::json!({
+                "audiences": [audience],
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid},
+            }),
+        )
+    }
+
+    /// A token for `ns/sa` from the TokenRequest API (`POST .../serviceaccounts/<sa>/token`, the
+    /// call the kubelet makes for a projected volume) with `spec`.
+    pub fn token_request(&self, ns: &str, sa: &str, spec: serde_json::Value) -> String {
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": spec,
+        });
+        let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token");
+        let out = self.kubectl_stdin(&["create", "--raw", &path, "-f", "-"], &request.to_string());
+        let answer: serde_json::Value = serde_json::from_str(&out).expect("TokenRequest JSON");
+        answer["status"]["token"]
+            .as_str()
+            .expect("status.token in the TokenRequest answer")
+            .to_owned()
     }
 
     /// A kubeconfig (written to `dir`) that authenticates as service account `ns/sa` with its own
@@ -244,7 +285,7 @@ impl Kube {
     /// [`Kube::kubeconfig_for`] reaching the API server at `url` (e.g. through a
     /// [`crate::proxy::CuttableProxy`] on 127.0.0.1, which its certificate also names).
     pub fn kubeconfig_at(&self, ns: &str, sa: &str, dir: &Path, url: &str) -> PathBuf {
-        let token = self.kubectl(&["-n", ns, "create", "token", sa, "--duration=1h"]);
+        let token = self.token_request(ns, sa, serde_json::json!({"expirationSeconds": 3600}));
         let path = dir.join(format!("kubeconfig-{ns}-{sa}"));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{url}\", certificate-authority: \"{}\"}}\n\

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sigil_testkit::k8s::kube;
+use sigil_testkit::k8s::{kube, kubectl_bin};
 use sigil_testkit::{Server, ServerOptions, agent_bin, pem_certs, python, server_bin, wait_for};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -50,7 +50,7 @@ fn stdout_ok(out: std::process::Output, what: &str) -> String {
 /// The objects `kubectl apply -k deploy/` would send, as JSON. PyYAML (a dependency of
 /// kubernetes-validate, in the tests' venv) converts them offline.
 fn built_objects() -> Vec<Value> {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("kustomize")
         .arg(deploy_dir())
         .output()
@@ -103,7 +103,7 @@ fn every_manifest_is_in_the_kustomization_and_passes_strict_schema_validation() 
     // Each file on its own, then the kustomize output (which adds the generated ConfigMaps).
     let dir = tempfile::tempdir().unwrap();
     let built = dir.path().join("built.yaml");
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("kustomize")
         .arg(deploy_dir())
         .output()
@@ -139,7 +139,7 @@ fn every_manifest_is_in_the_kustomization_and_passes_strict_schema_validation() 
 #[test]
 fn the_real_api_server_accepts_every_manifest_in_a_server_dry_run() {
     let k = kube();
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("--kubeconfig")
         .arg(&k.admin_kubeconfig)
         .args(["apply", "--dry-run=server", "-k"])

@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sigil_testkit::k8s::{kube, psat_server_plugin};
+use sigil_testkit::k8s::{kube, kubectl_bin, psat_server_plugin};
 use sigil_testkit::kubelet::{self, TestPod};
 use sigil_testkit::{Agent, Server, ServerOptions, agent_bin, python, wait_for};
 
@@ -158,7 +158,7 @@ fn users_kustomization(dir: &Path) -> PathBuf {
 }
 
 fn kustomize(dir: &Path) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("kustomize")
         .arg(dir)
         .output()
@@ -361,7 +361,7 @@ fn the_real_api_server_accepts_the_component_the_example_and_the_injected_pod_in
     let k = kube();
     let dir = tempfile::tempdir().unwrap();
     let users = users_kustomization(dir.path());
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("--kubeconfig")
         .arg(&k.admin_kubeconfig)
         .args(["apply", "--dry-run=server", "-k"])
@@ -395,7 +395,7 @@ fn the_real_api_server_accepts_the_component_the_example_and_the_injected_pod_in
 
     // A user's namespace: the example workload, and its pod as Istio's template injects it.
     let ns = k.namespace("istio-example");
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_bin())
         .arg("--kubeconfig")
         .arg(&k.admin_kubeconfig)
         .args(["-n", &ns, "apply", "--dry-run=server", "-f"])
@@ -417,7 +417,7 @@ fn the_real_api_server_accepts_the_component_the_example_and_the_injected_pod_in
     // The pod's service account must exist (the dry run above created nothing).
     k.service_account(&ns, "sleep");
     let text = run_with_stdin(
-        Command::new("kubectl")
+        Command::new(kubectl_bin())
             .arg("--kubeconfig")
             .arg(&k.admin_kubeconfig)
             .args(["-n", &ns, "apply", "--dry-run=server", "-f", "-"]),

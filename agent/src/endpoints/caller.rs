@@ -46,7 +46,12 @@ pub async fn attest<T>(
     // Whatever attestation read under the PID was the connecting process's only if that
     // process is still there, unchanged, now (SPIRE checks after attesting, too).
     peer.verify().map_err(CallerError::Peer)?;
-    let selectors = selectors.map_err(CallerError::Attestation)?;
+    let selectors = selectors.map_err(|e| {
+        // The caller only learns that attestation failed; the operator learns why (SPIRE logs
+        // "Failed to collect all selectors for PID" the same way).
+        tracing::warn!(pid, error = %e, "workload attestation failed");
+        CallerError::Attestation(e)
+    })?;
     Ok(Caller {
         pid,
         selectors,
