@@ -9,7 +9,7 @@
 # images are built here (`images`) and imported into containerd.
 #   real-node.sh start    # the cluster; prints the admin KUBECONFIG
 #   real-node.sh images   # pause (the source's pause.c), sigil:dev and sigil-workload:dev from
-#                         # target/release, imported into containerd
+#                         # $SIGIL_NODE_BINARIES (default target/release), into the node's containerd
 #   real-node.sh stop     # everything stopped and removed: pods, mounts, cgroups, bridge, rules
 # Needs: real-apiserver.sh build (binaries under $SIGIL_K8S/bin), Debian's containerd, runc,
 # containernetworking-plugins, iptables, conntrack, umoci and busybox-static, gcc, openssl.
@@ -200,8 +200,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 TOML
   daemon containerd containerd --config $N/containerd/config.toml
   wait_for containerd 30 $CTR version
-  # images survive in containerd's root between starts; re-import if missing
-  $CTR images ls -q | grep -q sigil-pause || images
 }
 
 kubelet_start() {
@@ -238,12 +236,17 @@ images() {
   log "pause from the Kubernetes source's build/pause/linux/pause.c"
   gcc -Os -static -DVERSION=v3.4.1-sigil -o $I/pause $K/src/kubernetes-1.20.2/build/pause/linux/pause.c
   image localhost/sigil-pause 3.4.1 --entry /pause --user 65535:65535 --file $I/pause:/pause
-  local R=$REPO/target/release
+  local R=${SIGIL_NODE_BINARIES:-$REPO/target/release}
   for b in sigil-server sigil-agent checkout-service payment-processor; do
     [ -x $R/$b ] || { log "$R/$b missing: cargo build --release first"; exit 1; }
   done
-  # deploy/Dockerfile's image: both binaries and glibc, uid 65532 "nonroot"
-  image docker.io/library/sigil dev --entry /usr/local/bin/sigil-server --user 65532:65532 --libs \
+  # deploy/Dockerfile's image: both binaries where it copies them, glibc, and its ENTRYPOINT, CMD
+  # and USER, read from the Dockerfile itself so the two cannot drift apart
+  local d=$REPO/deploy/Dockerfile entry cmd user
+  entry=$(dockerfile_json ENTRYPOINT $d) cmd=$(dockerfile_json CMD $d) user=$(sed -n 's/^USER //p' $d)
+  grep -q '^COPY --from=builder /out/sigil-server /out/sigil-agent /usr/local/bin/$' $d ||
+    { log "deploy/Dockerfile no longer copies the binaries to /usr/local/bin: update images()"; exit 1; }
+  image docker.io/library/sigil dev --entry "$entry" --cmd "$cmd" --user "$user" --libs \
     --file $R/sigil-server:/usr/local/bin/sigil-server --file $R/sigil-agent:/usr/local/bin/sigil-agent
   # a workload: busybox (sh, sleep) and the zero-trust example's services
   image docker.io/library/sigil-workload dev --entry /bin/sh --user 1000:1000 --libs --busybox \
@@ -252,12 +255,19 @@ images() {
     --file $R/sigil-agent:/usr/local/bin/sigil-agent
 }
 
-image() { # name tag [--entry path] [--user u:g] [--libs] [--busybox] [--file src:dst]...
-  local name=$1 tag=$2 entry= user= libs= bb= files=()
+# A Dockerfile instruction's exec-form argument list, one argument per line.
+dockerfile_json() { # instruction file
+  sed -n "s/^$1 //p" "$2" | python3 -c 'import json, sys; print("\n".join(json.loads(sys.stdin.read())))'
+}
+
+image() { # name tag [--entry args] [--cmd args] [--user u:g] [--libs] [--busybox] [--file src:dst]...
+  # (--entry and --cmd: one argument per line)
+  local name=$1 tag=$2 entry= cmd= user= libs= bb= files=()
   shift 2
   while [ $# -gt 0 ]; do
     case $1 in
       --entry) entry=$2; shift 2 ;;
+      --cmd) cmd=$2; shift 2 ;;
       --user) user=$2; shift 2 ;;
       --libs) libs=1; shift ;;
       --busybox) bb=1; shift ;;
@@ -289,7 +299,9 @@ image() { # name tag [--entry path] [--user u:g] [--libs] [--busybox] [--file sr
     for a in sh sleep cat ls ps id env kill wget echo test; do ln -sf busybox $root/bin/$a; done
   fi
   umoci repack --image $L:$tag $L.bundle >/dev/null
-  local cfg=(--image $L:$tag --config.entrypoint "$entry" --config.user "$user" --config.env PATH=/usr/local/bin:/bin)
+  local cfg=(--image $L:$tag --config.user "$user" --config.env PATH=/usr/local/bin:/bin) a
+  while read -r a; do [ -n "$a" ] && cfg+=(--config.entrypoint "$a"); done <<<"$entry"
+  while read -r a; do [ -n "$a" ] && cfg+=(--config.cmd "$a"); done <<<"$cmd"
   umoci config "${cfg[@]}"
   umoci gc --layout $L
   rm -rf $L.bundle

@@ -373,7 +373,7 @@ spec:
         "-o",
         "jsonpath={.spec.clusterIP}",
     ]);
-    let call = |pod: &str| {
+    let call_at = |pod: &str, server: &str| {
         k.try_kubectl(
             &[
                 "-n",
@@ -383,11 +383,13 @@ spec:
                 "--",
                 "checkout-service",
                 "--server",
-                &format!("{service}:8443"),
+                server,
             ],
             "",
         )
     };
+    let payments = format!("{service}:8443");
+    let call = |pod: &str| call_at(pod, &payments);
     // kube-proxy programs the Service a moment after the pod is Ready (until then: refused).
     wait_until(|| call("checkout").0);
     let (ok, out, err) = call("checkout");
@@ -401,6 +403,19 @@ spec:
     assert!(
         !ok && out.contains("refused"),
         "storefront -> payment-processor: {out}"
+    );
+
+    // deploy/'s NetworkPolicies let only agent pods reach the server's port 8081. Nothing on this
+    // node enforces them (the CNI bridge plugin has no policy engine): say what a workload reached.
+    let (_, out, _) = call_at("checkout", "10.97.0.81:8081");
+    let reached = out.contains("it presented spiffe://example.org/spire/server");
+    eprintln!(
+        "NetworkPolicy enforced on this node: {}",
+        if reached {
+            "no (a workload pod completed a TLS handshake with spire-server:8081)"
+        } else {
+            "the workload pod did not reach spire-server:8081"
+        }
     );
 
     // A pod restarted (its container exits; the kubelet starts it again in the same pod).

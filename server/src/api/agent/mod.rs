@@ -116,6 +116,9 @@ pub struct AgentApi {
     /// The pods of each `k8s_psat` cluster: what template instances via a node alias are
     /// checked against (`instances`), and whose removals reach the nodes' agents.
     pod_caches: PodCaches,
+    /// Fires when the server shuts down ([`serve`]'s token): sync streams never end by
+    /// themselves, so they end then, and agents go on to another replica or the next server.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -157,6 +160,7 @@ impl AgentApi {
             agent_ttl: None,
             federated: None,
             pod_caches: PodCaches::default(),
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -521,6 +525,7 @@ impl Agent for AgentApi {
             federates_with: BTreeSet::new(),
             sent_federated: None,
             gone_pods: GonePods::for_agent(&self.pod_caches, &agent),
+            shutdown: self.shutdown.clone(),
             agent,
         };
         tokio::spawn(sync.run(since));
@@ -650,9 +655,10 @@ fn check_batch_len(len: usize) -> Result<(), Status> {
 /// in the background.
 pub async fn serve(
     listener: Listener,
-    api: AgentApi,
+    mut api: AgentApi,
     cancel: CancellationToken,
 ) -> Result<(), AgentApiError> {
+    api.shutdown = cancel.clone();
     let tls = Arc::new(ServerTls::new(api.ca.clone())?);
     // In the agent API task's span.
     let refresh = tls.clone().refresh_forever(cancel.clone());

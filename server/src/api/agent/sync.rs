@@ -28,6 +28,9 @@ pub(super) struct SyncStream {
     pub(super) sent_federated: Option<BTreeMap<TrustDomain, Arc<Bundle>>>,
     /// Pods that leave the agent's node, for a `k8s_psat` agent.
     pub(super) gone_pods: Option<GonePods>,
+    /// The server's shutdown: the stream ends with `Unavailable` at once instead of holding the
+    /// drain until the agent notices the connection closing.
+    pub(super) shutdown: CancellationToken,
 }
 
 /// Keeps `connected_agents` right however the stream ends.
@@ -96,6 +99,9 @@ impl SyncStream {
             let mut full = false;
             tokio::select! {
                 () = self.tx.closed() => return Ok(()),
+                () = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the server is shutting down").into());
+                }
                 () = &mut svid_expired => {
                     return Err(Status::unauthenticated(
                         "the agent SVID this stream was opened with has expired",
