@@ -1,8 +1,9 @@
-//! The Go test clients of `tests/go` (one Go module, a program per `cmd/<name>`): each built
-//! once per test process with the Go toolchain into `<target>/go-bin/<name>`, from the
-//! committed `go.mod` / `go.sum` (`-mod=readonly`; the module cache and the proxy supply the
-//! sources). Go is required, not optional: a machine without it fails the tests that use it,
-//! saying so (`.ci/run` installs it).
+//! The Go test clients of `tests/go` (one Go module, a program per `cmd/<name>`), and the Go tools
+//! the tests pin in nested modules under it (`tests/go/kustomize`): each built once per test
+//! process with the Go toolchain into `<target>/go-bin/<name>`, from the committed `go.mod` /
+//! `go.sum` (`-mod=readonly`; the module cache and the proxy supply the sources; Go's build cache
+//! makes a rebuild of an unchanged program a no-op). Go is required, not optional: a machine
+//! without it fails the tests that use it, saying so (`.ci/run` installs it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,23 @@ pub fn go() -> PathBuf {
 /// # Panics
 /// If Go is missing or the build fails (with its output).
 pub fn go_program(name: &str) -> PathBuf {
+    build(&module_dir(), &format!("./cmd/{name}"), name)
+}
+
+/// kustomize v5, the version `tests/go/kustomize/go.mod` pins (its `tool` directive), built
+/// into `<target>/go-bin/kustomize` once per test process. `kubectl kustomize` of the kubectl
+/// built by `real-apiserver.sh` (v1.20.2) is kustomize v2.0.3, which knows no `kind: Component`
+/// (kustomize >= 3.7); deploy/istio is one.
+///
+/// # Panics
+/// If Go is missing or the build fails (with its output).
+pub fn kustomize_bin() -> PathBuf {
+    build(&module_dir().join("kustomize"), "tool", "kustomize")
+}
+
+/// `go build` of `package` in the module at `module` into `<target>/go-bin/<name>`, once per
+/// test process.
+fn build(module: &Path, package: &str, name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(path) = built.get(name) {
         return path.clone();
@@ -62,21 +80,23 @@ pub fn go_program(name: &str) -> PathBuf {
     let out = target.join(name);
     let start = Instant::now();
     let result = Command::new(go())
-        .current_dir(module_dir())
+        .current_dir(module)
         .args(["build", "-mod=readonly", "-buildvcs=false", "-o"])
         .arg(&out)
-        .arg(format!("./cmd/{name}"))
+        .arg(package)
         .output()
         .expect("run go build");
     assert!(
         result.status.success(),
-        "go build ./cmd/{name} (in tests/go) failed ({}):\n{}{}",
+        "go build {package} (in {}) failed ({}):\n{}{}",
+        module.display(),
         result.status,
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
     eprintln!(
-        "built tests/go/cmd/{name} in {:.1}s",
+        "built {package} of {} in {:.1}s",
+        module.display(),
         start.elapsed().as_secs_f64()
     );
     built.insert(name.to_owned(), out.clone());

@@ -16,6 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sigil_testkit::go::kustomize_bin;
 use sigil_testkit::k8s::{kube, kubectl_bin, psat_server_plugin};
 use sigil_testkit::kubelet::{self, TestPod};
 use sigil_testkit::{Agent, Server, ServerOptions, agent_bin, python, wait_for};
@@ -157,13 +158,15 @@ fn users_kustomization(dir: &Path) -> PathBuf {
     target
 }
 
+/// `kustomize build <dir>` with kustomize v5 (`go::kustomize_bin`): the Istio component needs
+/// kustomize >= 3.7 (kubectl >= 1.21), newer than the kubectl built with the test API server.
 fn kustomize(dir: &Path) -> String {
-    let out = Command::new(kubectl_bin())
-        .arg("kustomize")
+    let out = Command::new(kustomize_bin())
+        .arg("build")
         .arg(dir)
         .output()
         .unwrap();
-    stdout_ok(out, &format!("kubectl kustomize {}", dir.display()))
+    stdout_ok(out, &format!("kustomize build {}", dir.display()))
 }
 
 /// The objects `kubectl apply -k` of the user's kustomization (deploy/ with the component) sends.
@@ -360,21 +363,20 @@ fn the_istio_files_pass_strict_schema_validation_with_the_kustomize_output_and_t
 fn the_real_api_server_accepts_the_component_the_example_and_the_injected_pod_in_a_dry_run() {
     let k = kube();
     let dir = tempfile::tempdir().unwrap();
-    let users = users_kustomization(dir.path());
-    let out = Command::new(kubectl_bin())
-        .arg("--kubeconfig")
-        .arg(&k.admin_kubeconfig)
-        .args(["apply", "--dry-run=server", "-k"])
-        .arg(&users)
-        .output()
-        .unwrap();
-    let text = stdout_ok(
-        out,
-        "kubectl apply --dry-run=server -k <deploy/ + deploy/istio> (an API server started by a \
-         real-apiserver.sh without --allow-privileged=true refuses the CSI driver's privileged \
-         pod: `bash testkit/k8s/real-apiserver.sh stop`, then `start`)",
+    let built = kustomize(&users_kustomization(dir.path()));
+    // What `kubectl apply -k` of the user's kustomization sends (kubectl >= 1.21 renders the
+    // component itself; the test's kubectl is older).
+    let text = run_with_stdin(
+        Command::new(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&k.admin_kubeconfig)
+            .args(["apply", "--dry-run=server", "-f", "-"]),
+        &built,
+        "kubectl apply --dry-run=server -f <kustomize build of deploy/ + deploy/istio> (an API \
+         server started by a real-apiserver.sh without --allow-privileged=true refuses the CSI \
+         driver's privileged pod: `bash testkit/k8s/real-apiserver.sh stop`, then `start`)",
     );
-    let objects = yaml_documents(&kustomize(&users));
+    let objects = yaml_documents(&built);
     let accepted = text
         .lines()
         .filter(|l| l.ends_with("(server dry run)"))
