@@ -195,3 +195,36 @@ fn an_entry_orphaned_while_the_agent_was_away_leaves_it_on_resume() {
         "the agent resumed, found the difference and took a snapshot"
     );
 }
+
+/// A sync stream never ends by itself: at SIGTERM the server ends every one at once with
+/// `Unavailable`, so the agent hears why and the drain does not wait on it (it held a server
+/// pod's stop for seconds on a real node, tests/tests/k8s_node.rs).
+#[test]
+fn server_shutdown_ends_agent_sync_streams_with_a_reason() {
+    let mut server = Server::start(ServerOptions::default());
+    let token = token(&server);
+    let agent = Agent::start(&server, Some(&token));
+    wait_for("the agent's first sync", Duration::from_secs(20), || {
+        agent
+            .log()
+            .contains("synced registration entries")
+            .then_some(())
+    });
+    let status = server.stop();
+    assert!(status.success(), "server exited with {status}");
+    wait_for(
+        "the agent to hear the server is shutting down",
+        Duration::from_secs(10),
+        || {
+            agent
+                .log()
+                .contains("the server is shutting down")
+                .then_some(())
+        },
+    );
+    assert!(
+        !server.log().contains("drain grace period elapsed"),
+        "{}",
+        server.log()
+    );
+}

@@ -215,7 +215,7 @@ fn deploy_runs_on_a_real_node_and_identities_follow_restarts() {
         !ok,
         "namespace spire exists: start a fresh node (real-node.sh start)"
     );
-    let mut times: Vec<(&str, Duration)> = Vec::new();
+    let mut times: Vec<(String, Duration)> = Vec::new();
 
     // kubectl apply -k: the server and the agent become Ready, the agent attested with the
     // kubelet-projected token, the bundle ConfigMap published.
@@ -225,7 +225,7 @@ fn deploy_runs_on_a_real_node_and_identities_follow_restarts() {
     rollout(&k, "statefulset/spire-server");
     rollout(&k, "daemonset/spire-agent");
     times.push((
-        "kubectl apply -k -> server and agent pods Ready",
+        "kubectl apply -k -> server and agent pods Ready".into(),
         t.elapsed(),
     ));
     let published = bundle(&k);
@@ -319,7 +319,7 @@ fn deploy_runs_on_a_real_node_and_identities_follow_restarts() {
     wait_ready(&k, "payments", "pod/checkout");
     wait_ready(&k, "storefront", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
-    times.push(("new pod created -> its SVID fetched", t.elapsed()));
+    times.push(("new pod created -> its SVID fetched".into(), t.elapsed()));
     verify_written_svid(&k, "payments", "checkout", CHECKOUT);
     let other = fetch(&k, "storefront", "checkout");
     assert!(
@@ -408,15 +408,14 @@ spec:
     // deploy/'s NetworkPolicies let only agent pods reach the server's port 8081. Nothing on this
     // node enforces them (the CNI bridge plugin has no policy engine): say what a workload reached.
     let (_, out, _) = call_at("checkout", "10.97.0.81:8081");
-    let reached = out.contains("it presented spiffe://example.org/spire/server");
-    eprintln!(
-        "NetworkPolicy enforced on this node: {}",
-        if reached {
-            "no (a workload pod completed a TLS handshake with spire-server:8081)"
-        } else {
-            "the workload pod did not reach spire-server:8081"
-        }
-    );
+    // A TLS handshake started (whatever its end) means the TCP connection was let through.
+    if out.contains("handshake") || out.contains("presented") {
+        eprintln!(
+            "NetworkPolicy enforced on this node: no (a workload pod reached spire-server:8081)"
+        );
+    } else {
+        eprintln!("NetworkPolicy: a workload pod did not reach spire-server:8081: {out}");
+    }
 
     // A pod restarted (its container exits; the kubelet starts it again in the same pod).
     let t = Instant::now();
@@ -434,7 +433,10 @@ spec:
     });
     wait_ready(&k, "payments", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
-    times.push(("container restarted -> its SVID fetched", t.elapsed()));
+    times.push((
+        "container restarted -> its SVID fetched".into(),
+        t.elapsed(),
+    ));
 
     // A pod deleted and created again under the same name (a new UID, a new cgroup).
     let t = Instant::now();
@@ -448,40 +450,45 @@ spec:
     );
     wait_ready(&k, "payments", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
-    times.push(("pod deleted and recreated -> its SVID fetched", t.elapsed()));
+    times.push((
+        "pod deleted and recreated -> its SVID fetched".into(),
+        t.elapsed(),
+    ));
     verify_written_svid(&k, "payments", "checkout", CHECKOUT);
 
     // The agent pod restarted: the DaemonSet's new pod re-attests with a fresh projected token.
-    let t = Instant::now();
-    k.kubectl(&[
+    let agent_pod = k.kubectl(&[
         "-n",
         "spire",
-        "delete",
+        "get",
         "pod",
         "-l",
         "app=spire-agent",
-        "--wait=true",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
     ]);
+    let t = Instant::now();
+    delete_timed(&k, &agent_pod, "agent", &mut times);
     rollout(&k, "daemonset/spire-agent");
+    times.push((
+        "agent pod deleted -> the new agent Ready".into(),
+        t.elapsed(),
+    ));
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
     times.push((
-        "agent pod deleted -> workload SVID fetched again",
+        "agent pod deleted -> workload SVID fetched again".into(),
         t.elapsed(),
     ));
 
     // The server pod restarted: same CA from its volume, agents reconnect, new entries flow.
     let t = Instant::now();
-    k.kubectl(&[
-        "-n",
-        "spire",
-        "delete",
-        "pod",
-        "spire-server-0",
-        "--wait=true",
-    ]);
+    delete_timed(&k, "spire-server-0", "server", &mut times);
     rollout(&k, "statefulset/spire-server");
     wait_ready(&k, "spire", "pod/spire-server-0");
-    times.push(("server pod deleted -> server Ready again", t.elapsed()));
+    times.push((
+        "server pod deleted -> the new server Ready".into(),
+        t.elapsed(),
+    ));
     assert_eq!(
         bundle(&k),
         published,
@@ -527,7 +534,7 @@ spec:
         out.contains("/sa/checkout-service/v2")
     });
     times.push((
-        "after the server restart: entry created -> at the workload",
+        "after the server restart: entry created -> at the workload".into(),
         t.elapsed(),
     ));
     let (ok, out, err) = call("checkout");
@@ -540,6 +547,45 @@ spec:
     for (what, d) in &times {
         eprintln!("| {what} | {} |", secs(*d));
     }
+}
+
+/// Deletes pod `spire/<pod>` and records when its container stopped (SIGTERM answered) and when
+/// the pod was gone: the kubelet v1.20 finishes a deletion only once its garbage collection,
+/// every minute, has removed the pod's sandbox, so that second time says more about the kubelet.
+fn delete_timed(k: &Kube, pod: &str, what: &str, times: &mut Vec<(String, Duration)>) {
+    let t = Instant::now();
+    k.kubectl(&["-n", "spire", "delete", "pod", pod, "--wait=false"]);
+    wait_until(|| {
+        let (found, state, _) = k.try_kubectl(
+            &[
+                "-n",
+                "spire",
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.terminated.reason}",
+            ],
+            "",
+        );
+        !found || !state.is_empty()
+    });
+    times.push((
+        format!("{what} pod deleted -> its container stopped"),
+        t.elapsed(),
+    ));
+    k.kubectl(&[
+        "-n",
+        "spire",
+        "wait",
+        "--for=delete",
+        &format!("pod/{pod}"),
+        &format!("--timeout={}s", PATIENCE.as_secs()),
+    ]);
+    times.push((
+        format!("{what} pod deleted -> pod gone (kubelet)"),
+        t.elapsed(),
+    ));
 }
 
 fn wait_until(mut done: impl FnMut() -> bool) {
