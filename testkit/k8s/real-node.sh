@@ -99,6 +99,8 @@ start() {
   done
   stop >/dev/null 2>&1 || true
   mkdir -p $N/logs $N/pids $N/cni/net.d $N/cni/ipam $N/kubelet
+  # what the kubelet writes outside $N (pod logs) is what is newer than this
+  touch $N/started
   pki
   host_network
   containerd_start
@@ -195,6 +197,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # runc's state beside containerd's, not in /run/containerd, which a system containerd owns
+        Root = "$N/containerd/runc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$N/containerd/opt"
 TOML
@@ -216,6 +220,8 @@ clusterDomain: cluster.local
 tlsCertFile: "$P/kubelet.crt"
 tlsPrivateKeyFile: "$P/kubelet.key"
 failSwapOn: false
+# the node's address on the pod bridge only (the API server and the agent reach it there)
+address: $GW
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
@@ -310,8 +316,8 @@ image() { # name tag [--entry args] [--cmd args] [--user u:g] [--libs] [--busybo
   log "image $name:$tag imported"
 }
 
-stop() {
-  # best effort throughout: whatever is already gone is skipped
+stop() (
+  # best effort throughout (a subshell: errexit stays on for the caller): whatever is gone is skipped
   set +e
   local f
   if [ -f $N/pids/kubelet ] && [ -S $N/containerd/containerd.sock ]; then
@@ -333,7 +339,7 @@ stop() {
   rm -f $N/pids/*
   # every mount under the node's directories (pod volumes, overlay rootfs, netns)
   grep -o " $N/[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  grep -o ' /run/containerd/[^ ]*\| /run/netns/cni-[^ ]*' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  grep -o ' /run/netns/cni-[^ ]*' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -f /run/netns/cni-* 2>/dev/null || true
   # the kubelet's and runc's cgroups
   for h in /sys/fs/cgroup/*/; do
@@ -357,10 +363,17 @@ stop() {
     sed -n 's/^net.bridge.bridge-nf-call-iptables=//p' $N/sysctl.saved >/proc/sys/net/bridge/bridge-nf-call-iptables
     rm -f $N/sysctl.saved
   fi
-  # the cluster's state; the images (containerd's root) and the PKI stay for the next start
-  rm -rf $N/etcd $N/kubelet $N/cni/ipam $N/containerd/state $N/pv /run/spire/sockets
+  # the cluster's state, containerd's with its images (`images` imports them after each start);
+  # the PKI stays for the next start
+  rm -rf $N/etcd $N/kubelet $N/cni/ipam $N/containerd $N/pv /run/spire/sockets
   rmdir /run/spire 2>/dev/null || true
+  # the shims' socket directory (fixed by containerd), if nothing else uses it
+  rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  # the pods' logs, which the kubelet v1.20 writes under /var/log/pods (links in /var/log/containers)
+  [ -f $N/started ] && find /var/log/pods /var/log/containers -mindepth 1 -maxdepth 1 -newer $N/started \
+    -exec rm -rf {} + 2>/dev/null
+  rm -f $N/started
   log "stopped"
-}
+)
 
 "${1:-start}" "${@:2}"

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sigil_testkit::k8s::{Kube, node};
+use sigil_testkit::k8s::{Kube, kubectl_bin, node};
 use sigil_testkit::pem_certs;
 use x509_parser::prelude::*;
 
@@ -61,9 +61,29 @@ fn server_cli(k: &Kube, args: &[&str]) -> String {
     k.kubectl(&all)
 }
 
-/// The SVID a pod's process gets from the Workload API through the socket mounted from the node:
-/// `sigil-agent api fetch x509` run in the pod, the SVID's SPIFFE ID (first one) or why not.
-fn fetch(k: &Kube, ns: &str, pod: &str) -> Result<String, String> {
+/// `entry create` under the node alias, with `-template` when the SPIFFE ID is one.
+fn under_alias(k: &Kube, spiffe_id: &str, selectors: &[&str]) {
+    let mut args = vec![
+        "entry",
+        "create",
+        "-parentID",
+        ALIAS,
+        "-spiffeID",
+        spiffe_id,
+    ];
+    if spiffe_id.contains('{') {
+        args.push("-template");
+    }
+    for s in selectors {
+        args.extend(["-selector", s]);
+    }
+    server_cli(k, &args);
+}
+
+/// The SVIDs a pod's process gets from the Workload API through the socket mounted from the
+/// node: `sigil-agent api fetch x509` run in the pod (writing them to its /tmp), their SPIFFE IDs
+/// (the default SVID first) or why not.
+fn fetch_all(k: &Kube, ns: &str, pod: &str) -> Result<Vec<String>, String> {
     let (ok, out, err) = k.try_kubectl(
         &[
             "-n",
@@ -87,10 +107,17 @@ fn fetch(k: &Kube, ns: &str, pod: &str) -> Result<String, String> {
     if !ok {
         return Err(format!("{out}{err}"));
     }
-    out.lines()
-        .find_map(|l| l.strip_prefix("SPIFFE ID:"))
+    let ids: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("SPIFFE ID:"))
         .map(|id| id.trim().to_owned())
-        .ok_or(out)
+        .collect();
+    if ids.is_empty() { Err(out) } else { Ok(ids) }
+}
+
+/// The default SVID's SPIFFE ID from [`fetch_all`].
+fn fetch(k: &Kube, ns: &str, pod: &str) -> Result<String, String> {
+    fetch_all(k, ns, pod).map(|mut ids| ids.swap_remove(0))
 }
 
 /// Polls [`fetch`] until it answers `id`; the time it took.
@@ -104,7 +131,10 @@ fn wait_for_identity(k: &Kube, ns: &str, pod: &str, id: &str) -> Duration {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("{ns}/{pod} never got {id}; last answer: {last:?}");
+    panic!(
+        "{ns}/{pod} never got {id}; last answer: {last:?}\n{}",
+        sigil_logs(k)
+    );
 }
 
 /// The SVID [`fetch`] wrote in the pod, checked by openssl against the bundle the agent served
@@ -133,16 +163,7 @@ fn verify_written_svid(k: &Kube, ns: &str, pod: &str, id: &str) {
 
 fn uri_sans(pem_file: &Path) -> Vec<String> {
     let der = &pem_certs(&std::fs::read_to_string(pem_file).unwrap())[0];
-    let (_, cert) = X509Certificate::from_der(der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().expect("a SAN");
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(u.to_string()),
-            _ => None,
-        })
-        .collect()
+    sigil_testkit::workload::uri_sans(der)
 }
 
 /// A workload pod: busybox plus the example's binaries, the agent's socket directory mounted
@@ -202,9 +223,14 @@ fn bundle(k: &Kube) -> String {
     ])
 }
 
-/// Seconds with two decimals, for the table the test prints (README "A real node").
+/// Seconds with two decimals (milliseconds below a second), for the table the test prints
+/// (README "A real node").
 fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
 }
 
 #[test]
@@ -260,38 +286,13 @@ fn deploy_runs_on_a_real_node_and_identities_follow_restarts() {
             "k8s_psat:cluster:demo",
         ],
     );
-    server_cli(
+    under_alias(
         &k,
-        &[
-            "entry",
-            "create",
-            "-parentID",
-            ALIAS,
-            "-spiffeID",
-            CHECKOUT,
-            "-selector",
-            "k8s:ns:payments",
-            "-selector",
-            "k8s:sa:checkout-service",
-        ],
+        CHECKOUT,
+        &["k8s:ns:payments", "k8s:sa:checkout-service"],
     );
     for sa in ["payment-processor", "storefront"] {
-        server_cli(
-            &k,
-            &[
-                "entry",
-                "create",
-                "-template",
-                "-parentID",
-                ALIAS,
-                "-spiffeID",
-                TEMPLATE,
-                "-selector",
-                "k8s:ns:payments",
-                "-selector",
-                &format!("k8s:sa:{sa}"),
-            ],
-        );
+        under_alias(&k, TEMPLATE, &["k8s:ns:payments", &format!("k8s:sa:{sa}")]);
     }
     for ns in ["payments", "storefront"] {
         k.kubectl(&["create", "namespace", ns]);
@@ -391,7 +392,7 @@ spec:
     let payments = format!("{service}:8443");
     let call = |pod: &str| call_at(pod, &payments);
     // kube-proxy programs the Service a moment after the pod is Ready (until then: refused).
-    wait_until(|| call("checkout").0);
+    wait_until(&k, || call("checkout").0);
     let (ok, out, err) = call("checkout");
     assert!(
         ok && out.contains("allowed"),
@@ -420,7 +421,7 @@ spec:
     // A pod restarted (its container exits; the kubelet starts it again in the same pod).
     let t = Instant::now();
     k.kubectl(&["-n", "payments", "exec", "checkout", "--", "kill", "1"]);
-    wait_until(|| {
+    wait_until(&k, || {
         k.kubectl(&[
             "-n",
             "payments",
@@ -439,8 +440,8 @@ spec:
     ));
 
     // A pod deleted and created again under the same name (a new UID, a new cgroup).
+    delete_timed(&k, "payments", "checkout", "workload", None, &mut times);
     let t = Instant::now();
-    k.kubectl(&["-n", "payments", "delete", "pod", "checkout", "--wait=true"]);
     workload_pod(
         &k,
         "payments",
@@ -451,7 +452,7 @@ spec:
     wait_ready(&k, "payments", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
     times.push((
-        "pod deleted and recreated -> its SVID fetched".into(),
+        "workload pod created again (same name) -> its SVID fetched".into(),
         t.elapsed(),
     ));
     verify_written_svid(&k, "payments", "checkout", CHECKOUT);
@@ -468,7 +469,14 @@ spec:
         "jsonpath={.items[0].metadata.name}",
     ]);
     let t = Instant::now();
-    delete_timed(&k, &agent_pod, "agent", &mut times);
+    delete_timed(
+        &k,
+        "spire",
+        &agent_pod,
+        "agent",
+        Some("sigil-agent stopped"),
+        &mut times,
+    );
     rollout(&k, "daemonset/spire-agent");
     times.push((
         "agent pod deleted -> the new agent Ready".into(),
@@ -482,7 +490,14 @@ spec:
 
     // The server pod restarted: same CA from its volume, agents reconnect, new entries flow.
     let t = Instant::now();
-    delete_timed(&k, "spire-server-0", "server", &mut times);
+    delete_timed(
+        &k,
+        "spire",
+        "spire-server-0",
+        "server",
+        Some("sigil-server stopped"),
+        &mut times,
+    );
     rollout(&k, "statefulset/spire-server");
     wait_ready(&k, "spire", "pod/spire-server-0");
     times.push((
@@ -495,43 +510,18 @@ spec:
         "the server kept its CA across the restart"
     );
     let t = Instant::now();
-    server_cli(
+    under_alias(
         &k,
+        "spiffe://example.org/ns/payments/sa/checkout-service/v2",
         &[
-            "entry",
-            "create",
-            "-parentID",
-            ALIAS,
-            "-spiffeID",
-            "spiffe://example.org/ns/payments/sa/checkout-service/v2",
-            "-selector",
             "k8s:ns:payments",
-            "-selector",
             "k8s:sa:checkout-service",
-            "-selector",
             "k8s:pod-label:app:checkout",
         ],
     );
-    wait_until(|| {
-        let (_, out, _) = k.try_kubectl(
-            &[
-                "-n",
-                "payments",
-                "exec",
-                "checkout",
-                "--",
-                "sigil-agent",
-                "api",
-                "fetch",
-                "x509",
-                "-socketPath",
-                SOCKET,
-                "-timeout",
-                "5s",
-            ],
-            "",
-        );
-        out.contains("/sa/checkout-service/v2")
+    wait_until(&k, || {
+        fetch_all(&k, "payments", "checkout")
+            .is_ok_and(|ids| ids.iter().any(|id| id.ends_with("/sa/checkout-service/v2")))
     });
     times.push((
         "after the server restart: entry created -> at the workload".into(),
@@ -549,49 +539,107 @@ spec:
     }
 }
 
-/// Deletes pod `spire/<pod>` and records when its container stopped (SIGTERM answered) and when
-/// the pod was gone: the kubelet v1.20 finishes a deletion only once its garbage collection,
-/// every minute, has removed the pod's sandbox, so that second time says more about the kubelet.
-fn delete_timed(k: &Kube, pod: &str, what: &str, times: &mut Vec<(String, Duration)>) {
+/// Deletes pod `<ns>/<pod>` and records when it was gone, and for Sigil's own pods (`stopped`:
+/// the last line they log) how long the process took from SIGTERM to that line, by its own log's
+/// timestamps. The kubelet v1.20 removes a deleted pod only once its garbage collection, every
+/// minute, has cleaned up the pod's sandbox, so the first time says more about the kubelet.
+fn delete_timed(
+    k: &Kube,
+    ns: &str,
+    pod: &str,
+    what: &str,
+    stopped: Option<&str>,
+    times: &mut Vec<(String, Duration)>,
+) {
+    // A controller's new pod may take the name at once: the old one is known by its UID.
+    let uid = k.uid("pod", Some(ns), pod);
+    let follow = stopped.map(|_| LogFollow::start(k, ns, pod));
     let t = Instant::now();
-    k.kubectl(&["-n", "spire", "delete", "pod", pod, "--wait=false"]);
-    wait_until(|| {
-        let (found, state, _) = k.try_kubectl(
+    k.kubectl(&["-n", ns, "delete", "pod", pod, "--wait=false"]);
+    // (`kubectl wait --for=delete` would wait for whichever pod has the name by then.)
+    wait_until(k, || {
+        let (found, now_uid, _) = k.try_kubectl(
             &[
                 "-n",
-                "spire",
+                ns,
                 "get",
                 "pod",
                 pod,
                 "-o",
-                "jsonpath={.status.containerStatuses[0].state.terminated.reason}",
+                "jsonpath={.metadata.uid}",
             ],
             "",
         );
-        !found || !state.is_empty()
+        !found || now_uid != uid
     });
-    times.push((
-        format!("{what} pod deleted -> its container stopped"),
-        t.elapsed(),
-    ));
-    k.kubectl(&[
-        "-n",
-        "spire",
-        "wait",
-        "--for=delete",
-        &format!("pod/{pod}"),
-        &format!("--timeout={}s", PATIENCE.as_secs()),
-    ]);
     times.push((
         format!("{what} pod deleted -> pod gone (kubelet)"),
         t.elapsed(),
     ));
+    if let (Some(follow), Some(stopped)) = (follow, stopped) {
+        let took = follow.stop_took(stopped);
+        times.push((
+            format!("{what}: SIGTERM -> process stopped (its log)"),
+            took,
+        ));
+    }
 }
 
-fn wait_until(mut done: impl FnMut() -> bool) {
+/// A pod's own log from now on (`kubectl logs -f`), for the time its process took to stop.
+struct LogFollow(std::process::Child);
+
+impl LogFollow {
+    fn start(k: &Kube, ns: &str, pod: &str) -> Self {
+        let child = std::process::Command::new(kubectl_bin())
+            .env("KUBECONFIG", &k.admin_kubeconfig)
+            .args(["-n", ns, "logs", "-f", pod, "--since=1s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl logs -f");
+        // Following before the delete: the stream must be open when SIGTERM comes.
+        std::thread::sleep(Duration::from_millis(500));
+        Self(child)
+    }
+
+    /// From "shutdown signal received" (SIGTERM) to `stopped`, by the log's own timestamps.
+    fn stop_took(mut self, stopped: &str) -> Duration {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().expect("kubectl logs -f output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let at = |message: &str| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["message"] == message)
+                .and_then(|v| humantime::parse_rfc3339(v["timestamp"].as_str()?).ok())
+                .unwrap_or_else(|| panic!("no {message:?} in the pod's last log lines:\n{text}"))
+        };
+        at(stopped)
+            .duration_since(at("shutdown signal received"))
+            .expect("stopped after the signal")
+    }
+}
+
+/// The server's and the agent's logs, for a failure message.
+fn sigil_logs(k: &Kube) -> String {
+    ["app=spire-server", "app=spire-agent"]
+        .iter()
+        .map(|app| {
+            let (_, out, err) = k.try_kubectl(&["-n", "spire", "logs", "-l", app, "--tail=60"], "");
+            format!("--- {app} ---\n{out}{err}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_until(k: &Kube, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < PATIENCE, "gave up after {PATIENCE:?}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "gave up after {PATIENCE:?}\n{}",
+            sigil_logs(k)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -75,7 +75,8 @@ pub async fn attest(
         payload: payload.to_vec(),
         csr,
     };
-    let response = match connection.client().attest_agent(request).await {
+    let attested = crate::server_client::bounded(connection.client().attest_agent(request)).await;
+    let response = match attested {
         Ok(response) => {
             attestor.answered(true);
             response.into_inner()

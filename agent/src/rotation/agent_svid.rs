@@ -290,11 +290,10 @@ async fn renew(
 ) -> Result<AgentSvid, tonic::Status> {
     let (key, csr) =
         new_key_and_csr(KeyType::EcP256).map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let response = connection
-        .client()
-        .renew_agent(RenewAgentRequest { csr })
-        .await?
-        .into_inner();
+    let response =
+        crate::server_client::bounded(connection.client().renew_agent(RenewAgentRequest { csr }))
+            .await?
+            .into_inner();
     let svid = AgentSvid::new(response.svid_chain, key)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     if let Some(Err(e)) = store.map(|s| s.save_svid(&svid)) {

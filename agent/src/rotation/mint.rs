@@ -85,11 +85,13 @@ pub(crate) async fn mint_and_install<K: SvidKey>(
         });
         keys.push((key, private_key, revision));
     }
-    let response = connection
-        .client()
-        .batch_mint_x509svid(BatchMintX509svidRequest { requests })
-        .await?
-        .into_inner();
+    let response = crate::server_client::bounded(
+        connection
+            .client()
+            .batch_mint_x509svid(BatchMintX509svidRequest { requests }),
+    )
+    .await?
+    .into_inner();
 
     let mut installs = Vec::with_capacity(keys.len());
     let mut minted = Vec::with_capacity(keys.len());

@@ -20,6 +20,25 @@ use crate::cache::{Cache, Outage, TrustBundle};
 use crate::identity::AgentIdentity;
 use crate::svid_store::AgentSvid;
 
+/// How long one unary call to the server may take. A server that took the request and never
+/// answers, or a connection to a server that is gone without a word (a deleted pod's address)
+/// until HTTP/2 keep-alive notices, must not hold the loop that called it.
+pub(super) const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A unary call to the server, bounded by [`CALL_DEADLINE`]: past it, `DeadlineExceeded` (a
+/// connection failure: the caller moves on as after any other).
+pub async fn bounded<T>(
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_DEADLINE, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "the server did not answer within {CALL_DEADLINE:?}"
+            )))
+        })
+}
+
 /// Largest agent API message, the server's own limit (see `sigil_proto::limits`).
 const MAX_MESSAGE_BYTES: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
 
@@ -194,6 +213,20 @@ mod tests {
 
     use super::*;
     use crate::server_client::credentials::AgentIdentityResolver;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_the_server_never_answers_ends_at_the_deadline() {
+        let started = tokio::time::Instant::now();
+        let outcome = bounded(std::future::pending::<Result<(), tonic::Status>>()).await;
+        let status = outcome.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(is_connection_failure(status.code()));
+        assert_eq!(started.elapsed(), CALL_DEADLINE);
+        assert_eq!(
+            bounded(async { Ok::<_, tonic::Status>(7) }).await.unwrap(),
+            7
+        );
+    }
 
     #[test]
     fn only_transport_failures_move_to_another_server() {

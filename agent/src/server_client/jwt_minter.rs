@@ -8,7 +8,7 @@ use sigil_proto::sigil::agent::v1::MintJwtsvidRequest;
 use sigil_proto::{RegistrationEntry, SpiffeId};
 use tracing::warn;
 
-use super::{ServerConnection, is_connection_failure};
+use super::{ServerConnection, bounded, is_connection_failure};
 use crate::cache::{JwtSvidMinter, MintError, Outage};
 use crate::ops::Metrics;
 
@@ -44,13 +44,13 @@ impl JwtSvidMinter for ServerJwtMinter {
                 spiffe_id: spiffe_id.to_string(),
                 pod_uid: pod_uid.unwrap_or_default().to_owned(),
             };
-            let mut outcome = self.connection.client().mint_jwtsvid(request.clone()).await;
+            let mut outcome = bounded(self.connection.client().mint_jwtsvid(request.clone())).await;
             if let Err(status) = &outcome
                 && is_connection_failure(status.code())
             {
                 // The server went away: one more try, on the next server.
                 self.connection.fail_over();
-                outcome = self.connection.client().mint_jwtsvid(request).await;
+                outcome = bounded(self.connection.client().mint_jwtsvid(request)).await;
             }
             match outcome {
                 Ok(response) => Ok(response.into_inner().token),

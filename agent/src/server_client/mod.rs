@@ -35,7 +35,7 @@ mod jwt_minter;
 use std::sync::{Mutex, MutexGuard};
 
 pub use config::{ServerAddress, TrustBundleSource};
-pub use connection::{ServerConnection, is_connection_failure};
+pub use connection::{ServerConnection, bounded, is_connection_failure};
 pub(crate) use credentials::check_trust_anchors;
 pub use jwt_minter::ServerJwtMinter;
 
