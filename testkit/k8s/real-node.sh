@@ -29,8 +29,9 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 log() { printf '[real-node %s] %s\n' "$(date -u +%T)" "$*" >&2; }
 
 pki() {
-  [ -f $P/ca.crt ] && return 0
-  mkdir -p $P && chmod 0700 $P
+  # kept between starts while the CA has a day left (the certificates live 30 days)
+  [ -f $P/ca.crt ] && openssl x509 -checkend 86400 -noout -in $P/ca.crt >/dev/null && return 0
+  rm -rf $P && mkdir -p $P && chmod 0700 $P
   openssl req -x509 -newkey rsa:2048 -nodes -keyout $P/ca.key -out $P/ca.crt -days 30 -subj /CN=sigil-node-ca 2>/dev/null
   openssl genrsa -out $P/sa.key 2048 2>/dev/null && openssl rsa -in $P/sa.key -pubout -out $P/sa.pub 2>/dev/null
   cert apiserver /CN=kube-apiserver "subjectAltName=IP:$GW,IP:127.0.0.1,IP:10.97.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
@@ -40,7 +41,7 @@ pki() {
   cert apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client/O=system:masters" "extendedKeyUsage=clientAuth"
   # static tokens for the control plane's own clients (fresh per machine, never printed)
   local t
-  : >$N/tokens.csv
+  (umask 077 && : >$N/tokens.csv)
   for who in "admin,admin-uid,system:masters" "system:node:$NODE,node-uid,system:nodes" \
     "system:kube-controller-manager,kcm-uid" "system:kube-scheduler,sched-uid" "system:kube-proxy,proxy-uid"; do
     t=$(openssl rand -hex 24)
