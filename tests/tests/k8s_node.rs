@@ -189,6 +189,11 @@ spec:
     ));
 }
 
+/// The SPIRE guide's workload: pod `checkout` of service account `checkout-service` in `ns`.
+fn checkout_pod(k: &Kube, ns: &str) {
+    workload_pod(k, ns, "checkout", "checkout-service", "app: checkout");
+}
+
 fn wait_ready(k: &Kube, ns: &str, what: &str) {
     k.kubectl(&[
         "-n",
@@ -303,20 +308,8 @@ fn deploy_runs_on_a_real_node_and_identities_follow_restarts() {
 
     // The SPIRE guide's pod gets its SVID; the same service account in another namespace, nothing.
     let t = Instant::now();
-    workload_pod(
-        &k,
-        "payments",
-        "checkout",
-        "checkout-service",
-        "app: checkout",
-    );
-    workload_pod(
-        &k,
-        "storefront",
-        "checkout",
-        "checkout-service",
-        "app: checkout",
-    );
+    checkout_pod(&k, "payments");
+    checkout_pod(&k, "storefront");
     wait_ready(&k, "payments", "pod/checkout");
     wait_ready(&k, "storefront", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
@@ -442,13 +435,7 @@ spec:
     // A pod deleted and created again under the same name (a new UID, a new cgroup).
     delete_timed(&k, "payments", "checkout", "workload", None, &mut times);
     let t = Instant::now();
-    workload_pod(
-        &k,
-        "payments",
-        "checkout",
-        "checkout-service",
-        "app: checkout",
-    );
+    checkout_pod(&k, "payments");
     wait_ready(&k, "payments", "pod/checkout");
     wait_for_identity(&k, "payments", "checkout", CHECKOUT);
     times.push((
