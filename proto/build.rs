@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/envoy/service/secret/v3/sds.proto",
         "proto/envoy/extensions/transport_sockets/tls/v3/secret.proto",
         "proto/spire/api/agent/delegatedidentity/v1/delegatedidentity.proto",
+        "proto/spire/api/agent/logger/v1/logger.proto",
     ]
     .iter()
     .map(PathBuf::from)

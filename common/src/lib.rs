@@ -7,7 +7,8 @@
 //! - [`cli_args`]: SPIRE's single-dash flags, rewritten for clap.
 //! - [`fs_checks`]: file-permission checks of key and state files, stale-socket removal.
 //! - [`private_socket`]: a Unix socket for its owner alone (the admin sockets).
-//! - [`supervisor`], [`logging`]: the tasks of a process, its signals and drain; log set-up.
+//! - [`supervisor`], [`logging`]: the tasks of a process, its signals and drain; log set-up
+//!   and the level changed at run time ([`logger_output`]: what `logger get|set|reset` print).
 //! - [`listener`], [`ops`]: TCP listeners with caps and timeouts; `/live` `/ready` `/metrics`.
 //! - [`tls`], [`uds`]: the SPIFFE-ID-pinning server verifier; gRPC over a Unix socket.
 //! - [`time`]: the current Unix time.
@@ -24,6 +25,7 @@ pub mod health_checks;
 pub mod key_type;
 pub mod listener;
 pub mod log_config;
+pub mod logger_output;
 pub mod logging;
 pub mod ops;
 pub mod private_socket;

@@ -104,8 +104,8 @@ pub mod envoy {
     }
 }
 
-/// SPIRE's agent API that Sigil serves, under SPIRE's own package names
-/// (`proto/spire/`): the Delegated Identity API on the agent's admin socket.
+/// SPIRE's agent APIs that Sigil serves, under SPIRE's own package names
+/// (`proto/spire/`): the Delegated Identity API and the logger API on the agent's admin socket.
 pub mod spire {
     /// `spire.api`
     pub mod api {
@@ -121,6 +121,13 @@ pub mod spire {
                 pub mod v1 {
                     #![allow(clippy::all, missing_docs)]
                     tonic::include_proto!("spire.api.agent.delegatedidentity.v1");
+                }
+            }
+            /// `spire.api.agent.logger`
+            pub mod logger {
+                pub mod v1 {
+                    #![allow(clippy::all, missing_docs)]
+                    tonic::include_proto!("spire.api.agent.logger.v1");
                 }
             }
         }

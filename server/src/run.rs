@@ -36,7 +36,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// `upstream` is the `UpstreamAuthority` the CLI loaded from `config.upstream_authority` (its
 /// files are read before start-up so a bad one is a config error).
 pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> anyhow::Result<()> {
-    sigil_common::logging::init(
+    let log_control = sigil_common::logging::init(
         "sigil_server",
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
@@ -217,7 +217,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_federation(federation.clone())
     .with_readiness(readiness.clone())
-    .with_pod_caches(pod_caches.clone());
+    .with_pod_caches(pod_caches.clone())
+    .with_log_control(log_control);
     let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();
     tasks.spawn("admin API", async move {

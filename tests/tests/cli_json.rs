@@ -656,15 +656,6 @@ fn spire_entry_flags_sigil_lacks_are_refused_saying_why() {
     let socket = server.socket.to_str().unwrap();
     for (args, flag) in [
         (
-            &["entry", "show", "-federatesWith", "spiffe://b.test"][..],
-            "-federatesWith",
-        ),
-        (
-            &["entry", "show", "-matchFederatesWithOn", "any"][..],
-            "-matchFederatesWithOn",
-        ),
-        (&["entry", "count", "-downstream"][..], "-downstream"),
-        (
             &[
                 "entry",
                 "create",

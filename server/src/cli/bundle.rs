@@ -11,11 +11,12 @@ use sigil_proto::{Bundle, TrustDomain};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
+use super::output::print_count;
 use super::types::bundle::{
     BatchDeleteFederatedBundleResponse, BatchSetFederatedBundleResponse, Bundle as BundleJson,
     DeleteResult, ListFederatedBundlesResponse, SetResult,
 };
-use super::types::{self, CountResponse, Status};
+use super::types::{self, Status};
 
 #[derive(Args, Debug)]
 pub(super) struct BundleSetArgs {
@@ -234,11 +235,7 @@ pub(super) async fn count(a: BundleCountArgs) -> CliResult {
         .await?
         .into_inner()
         .count;
-    if a.out.json() {
-        types::print(&CountResponse::new(n));
-    } else {
-        println!("{n} bundle{}", if n == 1 { "" } else { "s" });
-    }
+    print_count(&a.out, n, "bundle", "bundles");
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! `healthcheck`, `token generate`, `bundle show`, `x509 mint`, `jwt mint` and `agent ...`.
+//! `healthcheck`, `token generate`, `bundle show`, `x509 mint` and `jwt mint`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,8 @@ use sigil_proto::{Bundle, SpiffeId};
 
 use super::OutputArgs;
 use super::client::{CliError, CliResult, connect, fail};
-use super::output::go_time;
-use super::types::agent::{Agent, ListAgentsResponse};
+use super::types;
 use super::types::svid::{JoinToken, JwtSvid, MintJwtSvidResponse, X509MintResult};
-use super::types::{self, CountResponse};
 
 #[derive(Args, Debug)]
 pub(super) struct HealthcheckArgs {
@@ -340,150 +338,4 @@ fn issued_at(token: &str) -> i64 {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|claims| claims["iat"].as_i64())
         .unwrap_or(0)
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum AgentCommand {
-    /// Lists attested agents.
-    List(AgentListArgs),
-    /// Shows one attested agent.
-    Show(AgentIdArgs),
-    /// Counts attested agents.
-    Count(AgentListArgs),
-    /// Deletes an agent's attestation: it must attest again.
-    Evict(AgentIdArgs),
-    /// Bans an agent: it can no longer renew, sync or re-attest with the same ID.
-    Ban(AgentIdArgs),
-}
-
-#[derive(Args, Debug)]
-pub(super) struct AgentListArgs {
-    #[command(flatten)]
-    out: OutputArgs,
-}
-
-#[derive(Args, Debug)]
-pub(super) struct AgentIdArgs {
-    /// The SPIFFE ID of the agent (agent identity).
-    #[arg(long = "spiffeID")]
-    spiffe_id: String,
-    #[command(flatten)]
-    out: OutputArgs,
-}
-
-/// SPIRE's block for one agent.
-fn print_agent(n: &sigil_proto::sigil::common::v1::AttestedNode) {
-    let a = Agent::from(n);
-    println!("SPIFFE ID         : {}", n.spiffe_id);
-    println!("Attestation type  : {}", a.attestation_type);
-    println!("Expiration time   : {}", go_time(a.x509svid_expires_at));
-    // A banned agent's serial number means nothing.
-    if a.banned {
-        println!("Banned            : true");
-    } else {
-        println!("Serial number     : {}", a.x509svid_serial_number);
-    }
-    println!("Can re-attest     : {}", a.can_reattest);
-    println!();
-}
-
-/// Every attested agent, page by page.
-async fn all_agents(
-    socket_path: &Path,
-) -> Result<Vec<sigil_proto::sigil::common::v1::AttestedNode>, CliError> {
-    let mut client = connect(socket_path).await?;
-    let mut agents = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_agents(admin::ListAgentsRequest {
-                page_size: 1000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        agents.extend(page.agents);
-        if page.next_page_token.is_empty() {
-            return Ok(agents);
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-pub(super) async fn agent(c: AgentCommand) -> CliResult {
-    match c {
-        AgentCommand::List(a) => {
-            let agents = all_agents(&a.out.socket_path).await?;
-            if a.out.json() {
-                types::print(&ListAgentsResponse {
-                    agents: agents.iter().map(Agent::from).collect(),
-                    next_page_token: String::new(),
-                });
-            } else if agents.is_empty() {
-                println!("No attested agents found");
-            } else {
-                let n = agents.len();
-                println!(
-                    "Found {n} attested agent{}:\n",
-                    if n == 1 { "" } else { "s" }
-                );
-                agents.iter().for_each(print_agent);
-            }
-        }
-        AgentCommand::Count(a) => {
-            let n = all_agents(&a.out.socket_path).await?.len();
-            if a.out.json() {
-                types::print(&CountResponse::new(n));
-            } else {
-                println!("{n} attested agent{}", if n == 1 { "" } else { "s" });
-            }
-        }
-        AgentCommand::Show(a) => {
-            let mut client = connect(&a.out.socket_path).await?;
-            let n = client
-                .get_agent(admin::GetAgentRequest {
-                    spiffe_id: a.spiffe_id.clone(),
-                })
-                .await?
-                .into_inner();
-            if a.out.json() {
-                types::print(&Agent::from(&n));
-            } else {
-                println!("Found an attested agent given its SPIFFE ID\n");
-                print_agent(&n);
-                for s in &n.selectors {
-                    println!("Selectors         : {}:{}", s.r#type, s.value);
-                }
-            }
-        }
-        AgentCommand::Evict(a) => {
-            let mut client = connect(&a.out.socket_path).await?;
-            client
-                .evict_agent(admin::EvictAgentRequest {
-                    spiffe_id: a.spiffe_id.clone(),
-                })
-                .await?;
-            if a.out.json() {
-                // SPIRE prints the empty response message.
-                println!("{{}}");
-            } else {
-                println!("Agent evicted successfully");
-            }
-        }
-        AgentCommand::Ban(a) => {
-            let mut client = connect(&a.out.socket_path).await?;
-            client
-                .ban_agent(admin::BanAgentRequest {
-                    spiffe_id: a.spiffe_id.clone(),
-                })
-                .await?;
-            if a.out.json() {
-                // SPIRE prints the empty response message.
-                println!("{{}}");
-            } else {
-                println!("Agent banned successfully");
-            }
-        }
-    }
-    Ok(())
 }

@@ -2,10 +2,12 @@
 //! of the admin API on the server's Unix socket. SPIRE's spelling is accepted verbatim
 //! (`entry create -spiffeID ... -selector k8s:ns:payments`).
 
+mod agent;
 mod bundle;
 pub(crate) mod client;
 mod entry;
 mod localauthority;
+mod logger;
 mod misc;
 mod output;
 mod spire_only;
@@ -62,10 +64,13 @@ enum Command {
     Jwt(misc::JwtCommand),
     /// Manages attested agents.
     #[command(subcommand)]
-    Agent(misc::AgentCommand),
+    Agent(agent::AgentCommand),
     /// Operator control of the local authorities: prepare, activate, taint, revoke.
     #[command(subcommand)]
     Localauthority(localauthority::LocalAuthorityCommand),
+    /// Gets, sets or resets the server's log level at run time.
+    #[command(subcommand)]
+    Logger(logger::LoggerCommand),
 }
 
 #[derive(Args, Debug)]
@@ -251,8 +256,9 @@ fn client_command(command: Command) -> ExitCode {
             Command::Bundle(c) => misc::bundle(c).await,
             Command::X509(c) => misc::x509(c).await,
             Command::Jwt(c) => misc::jwt(c).await,
-            Command::Agent(c) => misc::agent(c).await,
+            Command::Agent(c) => agent::execute(c).await,
             Command::Localauthority(c) => localauthority::execute(c).await,
+            Command::Logger(c) => logger::execute(c).await,
             Command::Run(_) | Command::Validate(_) => unreachable!("handled before the runtime"),
         }
     });

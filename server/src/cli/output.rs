@@ -1,4 +1,4 @@
-//! How entries and times are printed for people: SPIRE's aligned `Key : value` blocks.
+//! How entries, times and counts are printed for people: SPIRE's aligned `Key : value` blocks.
 //! (JSON for machines: [`super::types`].)
 
 use std::io::{self, Write};
@@ -10,6 +10,16 @@ fn ttl(seconds: i32) -> String {
         "default".into()
     } else {
         seconds.to_string()
+    }
+}
+
+/// A count as SPIRE's `... count` commands print it: `{"count":N}` with `-output json`, else
+/// `N <singular|plural>` (`1 registration entry`, `2 bundles`).
+pub(super) fn print_count(out: &super::OutputArgs, n: u64, singular: &str, plural: &str) {
+    if out.json() {
+        super::types::print(&super::types::CountResponse::new(n));
+    } else {
+        println!("{n} {}", if n == 1 { singular } else { plural });
     }
 }
 

@@ -76,7 +76,10 @@ pub use ca_journal::{JournalUnion, ReplicaJournal};
 pub use changes::Change;
 pub use config::{DatabaseType, DatastoreConfig};
 pub use entries::{EntryEvent, EntryEventKind, EntryFilter};
-pub use nodes::{AttestedNode, NodeFilter};
+/// A test node (`join_token`, expiring at 1000) for other modules' tests.
+#[cfg(test)]
+pub(crate) use nodes::tests::node as test_node;
+pub use nodes::{AttestedNode, NodeFilter, can_reattest};
 pub use selectors::SelectorMatch;
 
 /// How long a writer waits for another writer's transaction before giving up.

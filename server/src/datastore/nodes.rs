@@ -46,6 +46,8 @@ pub struct AttestedNode {
 pub struct NodeFilter {
     pub attestation_type: Option<String>,
     pub banned: Option<bool>,
+    /// Nodes that can (or cannot) attest again with the same ID: [`can_reattest`].
+    pub can_reattest: Option<bool>,
     /// Nodes whose SVID expires before this time (Unix seconds).
     pub expires_before: Option<i64>,
     /// A non-empty selector set and how nodes' selectors must relate to it.
@@ -267,6 +269,16 @@ impl Datastore {
     }
 }
 
+/// The one attestation type whose agents cannot attest again: a join token is single-use. Every
+/// other attestor Sigil has (`k8s_psat`) can present its evidence again.
+const NON_REATTESTABLE: &str = "join_token";
+
+/// Whether an agent attested with `attestation_type` can attest again with the same ID
+/// (SPIRE's `can_reattest`, which it stores; Sigil derives it from the attestor).
+pub fn can_reattest(attestation_type: &str) -> bool {
+    attestation_type != NON_REATTESTABLE
+}
+
 fn not_found(spiffe_id: &SpiffeId) -> DatastoreError {
     DatastoreError::NotFound(format!("attested node {spiffe_id}"))
 }
@@ -278,6 +290,15 @@ fn push_filter(sql: &mut Sql, filter: &NodeFilter) -> Result<(), DatastoreError>
     }
     if let Some(banned) = filter.banned {
         sql.push(" AND n.banned = ").bind(banned);
+    }
+    if let Some(can) = filter.can_reattest {
+        // Not a column: it follows from the attestor (see `can_reattest`).
+        sql.push(if can {
+            " AND n.attestation_type <> "
+        } else {
+            " AND n.attestation_type = "
+        })
+        .bind(NON_REATTESTABLE);
     }
     if let Some(before) = filter.expires_before {
         sql.push(" AND n.cert_expires_at < ").bind(before);
@@ -568,6 +589,22 @@ pub(crate) mod tests {
                     ..NodeFilter::default()
                 },
                 vec!["n2"],
+            ),
+            (
+                NodeFilter {
+                    can_reattest: Some(true),
+                    ..NodeFilter::default()
+                },
+                vec!["n6"],
+            ),
+            (
+                NodeFilter {
+                    can_reattest: Some(false),
+                    expires_before: Some(300),
+                    banned: Some(false),
+                    ..NodeFilter::default()
+                },
+                vec!["n0", "n2"],
             ),
         ];
         for (filter, want) in cases {

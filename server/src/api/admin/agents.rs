@@ -6,7 +6,7 @@ use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::{TrustDomain, convert};
 use tonic::Status;
 
-use super::{page_size, parse_our_id};
+use super::{page_size, parse_our_id, selector_match};
 use crate::api::datastore_status;
 use crate::datastore::{AttestedNode, Datastore, NodeFilter};
 
@@ -30,13 +30,25 @@ impl Agents {
         let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let (nodes, next) = self
             .datastore
-            .list_attested_nodes(&NodeFilter::default(), page_size(req.page_size), token)
+            .list_attested_nodes(&filter(req.filter)?, page_size(req.page_size), token)
             .await
             .map_err(datastore_status)?;
         Ok(pb::ListAgentsResponse {
             agents: nodes.iter().map(node_pb).collect(),
             next_page_token: next.unwrap_or_default(),
         })
+    }
+
+    pub(super) async fn count(
+        &self,
+        req: pb::CountAgentsRequest,
+    ) -> Result<pb::CountAgentsResponse, Status> {
+        let count = self
+            .datastore
+            .count_attested_nodes(&filter(req.filter)?)
+            .await
+            .map_err(datastore_status)?;
+        Ok(pb::CountAgentsResponse { count })
     }
 
     pub(super) async fn get(
@@ -80,6 +92,25 @@ impl Agents {
         tracing::info!(agent_id = %id, "agent banned");
         Ok(pb::BanAgentResponse {})
     }
+}
+
+/// A datastore filter from SPIRE's agent filter; no filter lists every agent.
+fn filter(f: Option<pb::AgentFilter>) -> Result<NodeFilter, Status> {
+    let f = f.unwrap_or_default();
+    let selectors = if f.by_selectors.is_empty() {
+        None
+    } else {
+        let set = convert::selectors_from_pb(&f.by_selectors)
+            .map_err(|e| Status::invalid_argument(format!("invalid by_selectors: {e}")))?;
+        Some((set, selector_match(f.selector_match)?))
+    };
+    Ok(NodeFilter {
+        attestation_type: (!f.by_attestation_type.is_empty()).then_some(f.by_attestation_type),
+        banned: f.by_banned,
+        can_reattest: f.by_can_reattest,
+        expires_before: (f.by_expires_before != 0).then_some(f.by_expires_before),
+        selectors,
+    })
 }
 
 fn node_pb(n: &AttestedNode) -> common::AttestedNode {

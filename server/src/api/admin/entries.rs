@@ -11,7 +11,7 @@ use tonic::Status;
 
 use super::{check_ttl, page_size};
 use crate::api::{datastore_status, invalid_field};
-use crate::datastore::{Datastore, EntryFilter, SelectorMatch};
+use crate::datastore::{Datastore, EntryFilter};
 
 /// A batch create/update larger than this is refused rather than held in one transaction.
 const MAX_BATCH: usize = 50_000;
@@ -231,20 +231,29 @@ fn filter(f: Option<pb::EntryFilter>) -> Result<EntryFilter, Status> {
     } else {
         let set: Vec<Selector> =
             convert::selectors_from_pb(&f.by_selectors).map_err(invalid_field)?;
-        let mode = match pb::SelectorMatch::try_from(f.selector_match) {
-            Ok(pb::SelectorMatch::Exact) => SelectorMatch::Exact,
-            Ok(pb::SelectorMatch::Subset) => SelectorMatch::Subset,
-            Ok(pb::SelectorMatch::Superset) => SelectorMatch::Superset,
-            Ok(pb::SelectorMatch::Any) => SelectorMatch::Any,
-            Err(_) => return Err(Status::invalid_argument("invalid selector_match")),
-        };
-        Some((set, mode))
+        Some((set, super::selector_match(f.selector_match)?))
+    };
+    let federates_with = if f.by_federates_with.is_empty() {
+        None
+    } else {
+        let set = f
+            .by_federates_with
+            .iter()
+            .map(|td| {
+                TrustDomain::new(td).map_err(|e| {
+                    Status::invalid_argument(format!("invalid by_federates_with {td:?}: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Some((set, super::selector_match(f.federates_with_match)?))
     };
     Ok(EntryFilter {
         spiffe_id: spiffe_id_or_template(&f.by_spiffe_id)?,
         parent_id: id("by_parent_id", &f.by_parent_id)?,
         selectors,
         hint: (!f.by_hint.is_empty()).then_some(f.by_hint),
+        federates_with,
+        downstream: f.by_downstream,
     })
 }
 

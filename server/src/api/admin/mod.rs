@@ -6,7 +6,8 @@
 //! - `bundles`: the trust domain's bundle and federated bundles;
 //! - `local_authorities`: the CA's authorities;
 //! - `mint`: SVIDs minted for the operator;
-//! - `health`: whether the server can serve.
+//! - `health`: whether the server can serve;
+//! - `logger`: the log level, changed at run time.
 //!
 //! Who may call (`socket`: the server's own user) and the per-RPC metric are one layer in
 //! front of them all (`crate::api::middleware`).
@@ -17,6 +18,7 @@ mod entries;
 mod health;
 mod join_tokens;
 mod local_authorities;
+mod logger;
 mod mint;
 mod socket;
 
@@ -24,10 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sigil_common::allocator::ReleaseWhenQuiet;
+use sigil_common::logging::LogControl;
 use sigil_proto::limits::ADMIN_API_MAX_MESSAGE;
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::admin::v1::admin_server::{Admin, AdminServer};
 use sigil_proto::sigil::common::v1 as common;
+use sigil_proto::spire::api::types as spire_types;
 use sigil_proto::{SpiffeId, TrustDomain};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -37,7 +41,7 @@ use tower::Layer as _;
 
 use super::middleware::RpcLayer;
 use crate::ca::Ca;
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, SelectorMatch};
 use crate::federation::FederatedBundles;
 use crate::k8s_pods::PodCaches;
 use crate::metrics::Metrics;
@@ -60,6 +64,7 @@ pub struct AdminApi {
     local_authorities: local_authorities::LocalAuthorities,
     mint: mint::Mint,
     health: health::Health,
+    logger: logger::Logger,
     metrics: Arc<Metrics>,
     /// Set by [`serve`]: a batch of 10k entries leaves tens of MB of freed request and
     /// response memory resident until trimmed.
@@ -84,6 +89,7 @@ impl AdminApi {
             ),
             mint: mint::Mint::new(ca, trust_domain.clone(), metrics.clone()),
             health: health::Health::new(datastore, trust_domain),
+            logger: logger::Logger::default(),
             metrics,
             release_memory: None,
         }
@@ -99,6 +105,12 @@ impl AdminApi {
     /// template entries over `k8s:` facts may then hang off node aliases.
     pub fn with_pod_caches(mut self, caches: PodCaches) -> Self {
         self.entries.set_vouches_for_pods(!caches.is_empty());
+        self
+    }
+
+    /// `GetLogger`, `SetLogLevel` and `ResetLogLevel` change the level through `control`.
+    pub fn with_log_control(mut self, control: LogControl) -> Self {
+        self.logger.set_control(control);
         self
     }
 
@@ -152,6 +164,10 @@ rpcs! {
     "DeleteFederatedBundle" delete_federated_bundle(pb::DeleteFederatedBundleRequest) -> pb::DeleteFederatedBundleResponse => bundles.delete_federated;
     "CountBundles" count_bundles(pb::CountBundlesRequest) -> pb::CountBundlesResponse => bundles.count;
     "LocalAuthority" local_authority(pb::LocalAuthorityRequest) -> pb::LocalAuthorityResponse => local_authorities.call;
+    "CountAgents" count_agents(pb::CountAgentsRequest) -> pb::CountAgentsResponse => agents.count;
+    "GetLogger" get_logger(pb::GetLoggerRequest) -> spire_types::Logger => logger.get;
+    "SetLogLevel" set_log_level(pb::SetLogLevelRequest) -> spire_types::Logger => logger.set;
+    "ResetLogLevel" reset_log_level(pb::ResetLogLevelRequest) -> spire_types::Logger => logger.reset;
 }
 
 /// Serves the admin API until `cancel` fires.
@@ -182,6 +198,17 @@ fn page_size(asked: u32) -> u32 {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     }
+}
+
+/// A match mode from a request (selectors or trust domains).
+fn selector_match(mode: i32) -> Result<SelectorMatch, Status> {
+    Ok(match pb::SelectorMatch::try_from(mode) {
+        Ok(pb::SelectorMatch::Exact) => SelectorMatch::Exact,
+        Ok(pb::SelectorMatch::Subset) => SelectorMatch::Subset,
+        Ok(pb::SelectorMatch::Superset) => SelectorMatch::Superset,
+        Ok(pb::SelectorMatch::Any) => SelectorMatch::Any,
+        Err(_) => return Err(Status::invalid_argument("invalid match mode")),
+    })
 }
 
 /// A SPIFFE ID from a request, which must be in our trust domain.
@@ -216,16 +243,69 @@ fn ttl(seconds: u32) -> Option<Duration> {
     (seconds != 0).then(|| Duration::from_secs(seconds.into()))
 }
 
+/// An admin API served on a socket in a temp dir, over a fresh SQLite datastore, for the CLI's
+/// tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    use std::path::PathBuf;
     use std::time::SystemTime;
 
+    use super::*;
+    use crate::ca::CaConfig;
+    use crate::key_manager::MemoryKeyManager;
+
+    pub(crate) struct TestAdmin {
+        pub socket: PathBuf,
+        pub datastore: Datastore,
+        pub metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+        served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestAdmin {
+        pub(crate) async fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let datastore = Datastore::open("datastore.sqlite3", dir.path())
+                .await
+                .unwrap();
+            let td = TrustDomain::new("example.org").unwrap();
+            let (ca, _) = Ca::new(
+                CaConfig::new(td.clone()),
+                Arc::new(MemoryKeyManager::new()),
+                None,
+                SystemTime::now(),
+            )
+            .unwrap();
+            let socket = dir.path().join("admin").join("api.sock");
+            let listener = bind_socket(&socket).unwrap();
+            let cancel = CancellationToken::new();
+            let metrics = Metrics::new();
+            let api = AdminApi::new(datastore.clone(), Arc::new(ca), td, metrics.clone());
+            let served = tokio::spawn(serve(listener, api, cancel.clone()));
+            Self {
+                socket,
+                datastore,
+                metrics,
+                cancel,
+                served,
+                _dir: dir,
+            }
+        }
+
+        pub(crate) async fn stop(self) {
+            self.cancel.cancel();
+            self.served.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
     use tonic::codegen::http::Extensions;
 
     use super::*;
     use crate::api::middleware::Authorize;
-    use crate::ca::CaConfig;
-    use crate::key_manager::MemoryKeyManager;
     use crate::metrics::RpcLabels;
 
     /// Through a real socket and client: the owner check lets the server's own user through
@@ -233,25 +313,9 @@ mod tests {
     /// cannot be read is refused.
     #[tokio::test]
     async fn calls_pass_the_owner_check_and_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let ds = Datastore::open("datastore.sqlite3", dir.path())
-            .await
-            .unwrap();
-        let td = TrustDomain::new("example.org").unwrap();
-        let (ca, _) = Ca::new(
-            CaConfig::new(td.clone()),
-            Arc::new(MemoryKeyManager::new()),
-            None,
-            SystemTime::now(),
-        )
-        .unwrap();
-        let metrics = Metrics::new();
-        let path = dir.path().join("admin").join("api.sock");
-        let listener = bind_socket(&path).unwrap();
-        let cancel = CancellationToken::new();
-        let api = AdminApi::new(ds, Arc::new(ca), td, metrics.clone());
-        let served = tokio::spawn(serve(listener, api, cancel.clone()));
-        let mut client = crate::cli::client::connect(&path).await.unwrap();
+        let admin = testing::TestAdmin::start().await;
+        let metrics = admin.metrics.clone();
+        let mut client = crate::cli::client::connect(&admin.socket).await.unwrap();
         let health = client.health(pb::HealthRequest {}).await.unwrap();
         assert_eq!(health.into_inner().trust_domain, "example.org");
         let missing = client
@@ -273,8 +337,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        cancel.cancel();
-        served.await.unwrap().unwrap();
+        admin.stop().await;
     }
 
     /// The metric's method labels are the wire contract's RPC names, every one of them.

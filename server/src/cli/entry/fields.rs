@@ -80,7 +80,7 @@ fn parse_ttl(flag: &str, value: &str) -> Result<i32, CliError> {
     Ok(seconds)
 }
 
-pub(super) fn parse_selector(s: &str) -> Result<pb::Selector, CliError> {
+pub(in crate::cli) fn parse_selector(s: &str) -> Result<pb::Selector, CliError> {
     let sel = Selector::new(s).map_err(|e| CliError(format!("invalid -selector: {e}")))?;
     Ok(pb::Selector::from(&sel))
 }

@@ -20,12 +20,12 @@ use sigil_proto::sigil::common::v1 as pb;
 
 use super::OutputArgs;
 use super::client::{CliResult, connect, fail};
-use super::output::print_entry;
-use super::types::{
-    self, CountResponse, entry::BatchDeleteEntryResponse, entry::BatchEntryResponse,
-};
+use super::output::{print_count, print_entry};
+use super::types::{self, entry::BatchDeleteEntryResponse, entry::BatchEntryResponse};
 use fields::{EntryFields, validate};
 use file::{file_entries, file_ids};
+
+pub(super) use fields::parse_selector;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum EntryCommand {
@@ -78,6 +78,18 @@ pub(super) struct FilterArgs {
     /// The hint of the records to show.
     #[arg(long = "hint")]
     hint: Option<String>,
+    /// A trust domain (name or SPIFFE ID) the records federate with (see
+    /// -matchFederatesWithOn); repeat for several.
+    #[arg(long = "federatesWith")]
+    federates_with: Vec<String>,
+    /// How the entries' trust domains must relate to `-federatesWith`: exact, subset,
+    /// superset or any.
+    #[arg(long = "matchFederatesWithOn", default_value = "superset",
+          value_parser = ["exact", "subset", "superset", "any"])]
+    match_federates_with_on: String,
+    /// Only downstream entries (without it, only the others, as SPIRE filters).
+    #[arg(long = "downstream", num_args = 0..=1, default_missing_value = "true")]
+    downstream: Option<bool>,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -171,11 +183,7 @@ async fn count(a: FilterArgs) -> CliResult {
         .await?
         .into_inner()
         .count;
-    if a.out.json() {
-        types::print(&CountResponse::new(n));
-    } else {
-        println!("{n} registration entr{}", if n == 1 { "y" } else { "ies" });
-    }
+    print_count(&a.out, n, "registration entry", "registration entries");
     Ok(())
 }
 

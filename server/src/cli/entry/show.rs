@@ -7,6 +7,7 @@
 
 use std::io::{self, BufWriter, Write};
 
+use sigil_proto::TrustDomain;
 use sigil_proto::sigil::admin::v1 as admin;
 use sigil_proto::sigil::common::v1 as pb;
 
@@ -18,7 +19,7 @@ use crate::cli::types::entry::ListEntriesWriter;
 
 impl FilterArgs {
     pub(super) fn to_filter(&self) -> Result<admin::EntryFilter, CliError> {
-        let selector_match = match self.match_selectors_on.as_str() {
+        let mode = |flag: &str| match flag {
             "exact" => admin::SelectorMatch::Exact,
             "subset" => admin::SelectorMatch::Subset,
             "any" => admin::SelectorMatch::Any,
@@ -42,8 +43,21 @@ impl FilterArgs {
                 .iter()
                 .map(|s| parse_selector(s))
                 .collect::<Result<_, _>>()?,
-            selector_match: selector_match as i32,
+            selector_match: mode(&self.match_selectors_on) as i32,
             by_hint: self.hint.clone().unwrap_or_default(),
+            by_federates_with: self
+                .federates_with
+                .iter()
+                .map(|td| {
+                    TrustDomain::new(td)
+                        .map(|td| td.as_str().to_owned())
+                        .map_err(|e| CliError(format!("invalid -federatesWith {td:?}: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+            federates_with_match: mode(&self.match_federates_with_on) as i32,
+            // SPIRE's CLI always sends it: without -downstream, downstream entries are left
+            // out.
+            by_downstream: Some(self.downstream.unwrap_or(false)),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! `spire.api.types.Agent` and `ListAgentsResponse`, as SPIRE's `agent list|show -output
-//! json` prints them.
+//! json` prints them, and `agent purge`'s result.
 
 use serde::Serialize;
 use sigil_proto::sigil::common::v1 as pb;
@@ -27,9 +27,7 @@ impl From<&pb::AttestedNode> for Agent {
             agent_version: String::new(),
             attestation_type: n.attestation_type.clone(),
             banned: n.banned,
-            // What the server's attestors report: a join token is single-use, a projected
-            // service account token (k8s_psat) can be presented again.
-            can_reattest: n.attestation_type != "join_token",
+            can_reattest: crate::datastore::can_reattest(&n.attestation_type),
             id: SpiffeId::from_text(&n.spiffe_id),
             selectors: n.selectors.iter().map(Selector::from).collect(),
             x509svid_expires_at: n.cert_expires_at,
@@ -43,6 +41,21 @@ impl From<&pb::AttestedNode> for Agent {
 pub(in crate::cli) struct ListAgentsResponse {
     pub agents: Vec<Agent>,
     pub next_page_token: String,
+}
+
+/// `agent purge -output json`: SPIRE's own struct (not a proto), fields in declaration order.
+#[derive(Serialize, Debug)]
+pub(in crate::cli) struct ExpiredAgents {
+    pub expired_agents: Vec<ExpiredAgent>,
+}
+
+#[derive(Serialize, Debug)]
+pub(in crate::cli) struct ExpiredAgent {
+    /// The agent's SPIFFE ID as a string (go-spiffe's `spiffeid.ID` marshals as text).
+    pub agent_id: String,
+    pub deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

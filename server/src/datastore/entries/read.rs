@@ -33,6 +33,9 @@ pub struct EntryFilter {
     /// A non-empty selector set and how entries' selectors must relate to it.
     pub selectors: Option<(Vec<Selector>, SelectorMatch)>,
     pub hint: Option<String>,
+    /// A non-empty set of trust domains and how entries' `federates_with` must relate to it.
+    pub federates_with: Option<(Vec<TrustDomain>, SelectorMatch)>,
+    pub downstream: Option<bool>,
 }
 
 impl Datastore {
@@ -112,6 +115,12 @@ fn push_filter(sql: &mut Sql, filter: &EntryFilter) -> Result<(), DatastoreError
     if let Some(hint) = &filter.hint {
         sql.push(" AND e.hint = ").bind(hint.as_str());
     }
+    if let Some(downstream) = filter.downstream {
+        sql.push(" AND e.downstream = ").bind(downstream);
+    }
+    if let Some((given, mode)) = &filter.federates_with {
+        push_federates_with(sql, given, *mode)?;
+    }
     if let Some((given, mode)) = &filter.selectors {
         let mut given = given.clone();
         canonicalize(&mut given);
@@ -121,6 +130,67 @@ fn push_filter(sql: &mut Sql, filter: &EntryFilter) -> Result<(), DatastoreError
             ));
         }
         selectors::push_match(sql, ENTRY_SELECTORS, "e.id", &given, *mode);
+    }
+    Ok(())
+}
+
+/// Appends `AND` the entries' `federates_with` relate to `given` as `mode` says. The column
+/// holds a JSON array of trust domain names (lowercase `[a-z0-9._-]`), so `"name"` with its
+/// quotes occurs in it exactly when the entry federates with `name`, and the number of quotes
+/// halved is the number of names: plain SQL both backends run alike.
+fn push_federates_with(
+    sql: &mut Sql,
+    given: &[TrustDomain],
+    mode: SelectorMatch,
+) -> Result<(), DatastoreError> {
+    let mut given: Vec<&str> = given.iter().map(TrustDomain::as_str).collect();
+    given.sort_unstable();
+    given.dedup();
+    if given.is_empty() {
+        return Err(DatastoreError::InvalidArgument(
+            "federates_with filter is empty".into(),
+        ));
+    }
+    // `_` is a LIKE wildcard and may appear in a name: escaped.
+    let pattern = |td: &str| format!("%\"{}\"%", td.replace('_', "\\_"));
+    let contains = |sql: &mut Sql, td: &str| {
+        sql.push("e.federates_with LIKE ")
+            .bind(pattern(td))
+            .push(" ESCAPE '\\'");
+    };
+    let joined = |sql: &mut Sql, op: &str| {
+        sql.push(" AND (");
+        for (i, td) in given.iter().enumerate() {
+            if i > 0 {
+                sql.push(op);
+            }
+            contains(sql, td);
+        }
+        sql.push(")");
+    };
+    let names = "((LENGTH(e.federates_with) - LENGTH(REPLACE(e.federates_with, '\"', ''))) / 2)";
+    match mode {
+        SelectorMatch::Any => joined(sql, " OR "),
+        SelectorMatch::Superset => joined(sql, " AND "),
+        SelectorMatch::Exact => {
+            joined(sql, " AND ");
+            sql.push(&format!(" AND {names} = "))
+                .bind(given.len() as i64);
+        }
+        SelectorMatch::Subset => {
+            // Every name the entry has is one of the given (and it has at least one, as SPIRE
+            // matches through its join table).
+            sql.push(" AND (");
+            for (i, td) in given.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" + ");
+                }
+                sql.push("CASE WHEN ");
+                contains(sql, td);
+                sql.push(" THEN 1 ELSE 0 END");
+            }
+            sql.push(&format!(") = {names} AND {names} > 0"));
+        }
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ on_both_backends!(
     a_bad_batch_member_leaves_nothing_behind,
     template_entries_round_trip_and_filter_by_template_text,
     field_filters,
+    federates_with_and_downstream_filters,
     selector_match_modes,
     pagination_covers_every_entry_once_in_id_order,
     update_replaces_fields_and_bumps_revision,
@@ -244,6 +245,60 @@ async fn field_filters(ds: Datastore) {
         .await
         .unwrap();
     assert_eq!(ids(&by_parents), ["/db", "/uid", "/web"]);
+}
+
+/// `federates_with` in each match mode (names with `_`, a LIKE wildcard, and names that are
+/// prefixes of others), and `downstream`.
+async fn federates_with_and_downstream_filters(ds: Datastore) {
+    let with = |id: &str, tds: &[&str]| {
+        let mut e = entry(id, AGENT, &["unix:uid:1"]);
+        e.federates_with = tds.iter().map(|t| TrustDomain::new(t).unwrap()).collect();
+        e
+    };
+    let mut down = with("spiffe://td/down", &[]);
+    down.downstream = true;
+    ds.create_entries(vec![
+        with("spiffe://td/none", &[]),
+        with("spiffe://td/a", &["a.org"]),
+        with("spiffe://td/ab", &["a.org", "b.org"]),
+        with("spiffe://td/underscore", &["a_b.org"]),
+        with("spiffe://td/longer", &["a.org.uk"]),
+        down,
+    ])
+    .await
+    .unwrap();
+    let cases: &[(&[&str], SelectorMatch, &[&str])] = &[
+        (&["a.org"], SelectorMatch::Superset, &["/a", "/ab"]),
+        (&["a.org"], SelectorMatch::Exact, &["/a"]),
+        (&["a.org"], SelectorMatch::Subset, &["/a"]),
+        (&["a.org", "b.org"], SelectorMatch::Subset, &["/a", "/ab"]),
+        (&["a.org", "b.org"], SelectorMatch::Exact, &["/ab"]),
+        (
+            &["b.org", "a.org.uk"],
+            SelectorMatch::Any,
+            &["/ab", "/longer"],
+        ),
+        (&["a.b.org"], SelectorMatch::Any, &[]),
+        (&["axb.org"], SelectorMatch::Any, &[]),
+        (&["a_b.org"], SelectorMatch::Exact, &["/underscore"]),
+    ];
+    for (tds, mode, want) in cases {
+        let filter = EntryFilter {
+            federates_with: Some((
+                tds.iter().map(|t| TrustDomain::new(t).unwrap()).collect(),
+                *mode,
+            )),
+            ..EntryFilter::default()
+        };
+        assert_eq!(ids(&all(&ds, &filter).await), *want, "{tds:?} {mode:?}");
+        assert_eq!(ds.count_entries(&filter).await.unwrap(), want.len() as u64);
+    }
+    let downstream = |d| EntryFilter {
+        downstream: Some(d),
+        ..EntryFilter::default()
+    };
+    assert_eq!(ids(&all(&ds, &downstream(true)).await), ["/down"]);
+    assert_eq!(ds.count_entries(&downstream(false)).await.unwrap(), 5);
 }
 
 async fn selector_match_modes(ds: Datastore) {
