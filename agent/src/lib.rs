@@ -10,6 +10,7 @@ pub mod delegated_identity;
 pub mod endpoints;
 pub mod helper;
 pub mod identity;
+pub mod logger_api;
 pub mod node_attestation;
 pub mod ops;
 pub mod procfs;

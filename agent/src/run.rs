@@ -55,7 +55,7 @@ fn refuse_insecure_files(found: Vec<FsCheckError>, allow: bool) -> anyhow::Resul
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    sigil_common::logging::init(
+    let log_control = sigil_common::logging::init(
         "sigil_agent",
         config.log_level.as_filter(),
         config.log_format == LogFormat::Json,
@@ -222,7 +222,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             cancel.clone(),
         );
         tasks.spawn("Delegated Identity API", async move {
-            delegated_identity::serve_listener(listener, delegated, rx, a, m, c)
+            delegated_identity::serve_listener(listener, delegated, rx, a, m, log_control, c)
                 .await
                 .context("Delegated Identity API failed")
         });

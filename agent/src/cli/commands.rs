@@ -44,6 +44,12 @@ pub(super) enum Command {
     /// for spiffe-helper, with its flags and configuration file (also run as `spiffe-helper`
     /// through a link of that name).
     Helper(HelperArgs),
+    /// Gets, sets or resets the running agent's log level through its admin socket
+    /// (`admin_socket_path`).
+    Logger {
+        #[command(subcommand)]
+        command: super::logger::LoggerCommand,
+    },
 }
 
 /// `helper` flags: spiffe-helper's.

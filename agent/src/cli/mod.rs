@@ -6,10 +6,12 @@
 //!   `run` is wired in [`crate::run`].
 //! - `api`: `api fetch x509|jwt|jwtbundle`, `api validate jwt`, `api watch` and `healthcheck`,
 //!   the Workload API clients.
+//! - `logger`: `logger get|set|reset`, the running agent's log level over its admin socket.
 //! - `render`: what those print and write.
 
 mod api;
 mod commands;
+mod logger;
 mod render;
 
 use std::ffi::{OsStr, OsString};
@@ -51,6 +53,8 @@ pub enum CliError {
     Output(#[from] std::io::Error),
     #[error("response carries an invalid certificate: {0}")]
     BadCertificate(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("`run`, `validate` and `helper` are started from `main`, not from here")]
     RunNotWired,
     #[error(
@@ -149,6 +153,7 @@ async fn run(
             } => api::validate_jwt(args, env_socket, out).await,
             ApiCommand::Watch(args) => api::watch(args, env_socket, out).await,
         },
+        Command::Logger { command } => logger::execute(command, out).await,
     }
 }
 

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sigil_common::fs_checks::FsCheckError;
+use sigil_common::logging::LogControl;
 use sigil_common::private_socket;
 use sigil_proto::spire::api::agent::delegatedidentity::v1::delegated_identity_server::DelegatedIdentityServer;
 use tokio::net::UnixListener;
@@ -44,14 +45,16 @@ pub fn bind(socket_path: &Path) -> Result<UnixListener, FsCheckError> {
     private_socket::bind(socket_path, "admin socket directory")
 }
 
-/// Serves the Delegated Identity API on `listener` (from [`bind`]) until `cancel` fires; open
-/// streams end with `Unavailable` then, and the socket file is removed.
+/// Serves the Delegated Identity API and SPIRE's agent logger API ([`crate::logger_api`], the
+/// agent's log level through `log_control`) on `listener` (from [`bind`]) until `cancel` fires;
+/// open streams end with `Unavailable` then, and the socket file is removed.
 pub async fn serve_listener(
     listener: UnixListener,
     config: DelegatedIdentityConfig,
     cache_rx: watch::Receiver<Arc<Snapshot>>,
     attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
     minter: Arc<dyn JwtSvidMinter>,
+    log_control: LogControl,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let handler = handler::Handler {
@@ -64,11 +67,13 @@ pub async fn serve_listener(
         jwt_svids: JwtSvidCache::new(minter),
         delegates: Arc::new(config.authorized_delegates.clone()),
     };
-    let routes = Routes::default().add_service(
-        DelegatedIdentityServer::new(handler)
-            .max_encoding_message_size(MAX_RESPONSE_BYTES)
-            .max_decoding_message_size(MAX_REQUEST_BYTES),
-    );
+    let routes = Routes::default()
+        .add_service(
+            DelegatedIdentityServer::new(handler)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(crate::logger_api::service(log_control));
     info!(
         socket = %config.socket_path.display(),
         authorized_delegates = config.authorized_delegates.len(),
