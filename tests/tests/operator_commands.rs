@@ -83,7 +83,13 @@ fn agent_count(server: &Server, filter: &[&str]) -> i64 {
 
 #[test]
 fn agent_list_and_count_filter_on_the_server() {
-    let server = info_server();
+    // Agent SVIDs live 6 s: running agents renew every ~3 s, a banned one's SVID expires (and,
+    // banned, it is not pruned).
+    let server = Server::start(ServerOptions {
+        log_level: "INFO".into(),
+        extra_server: "agent_ttl = \"6s\"".into(),
+        ..ServerOptions::default()
+    });
     let agents: Vec<(Agent, String)> = (0..3).map(|_| attested_agent(&server, false)).collect();
     wait_for("three attested agents", Duration::from_secs(30), || {
         (listed_agent_ids(&server).len() == 3).then_some(())
@@ -93,6 +99,15 @@ fn agent_list_and_count_filter_on_the_server() {
     let banned = &agents[0].1;
     server.cli_ok(&["agent", "ban", "-spiffeID", banned]);
     let others: Vec<String> = all.iter().filter(|id| *id != banned).cloned().collect();
+    let expired = wait_for(
+        "the banned agent's SVID to expire",
+        Duration::from_secs(20),
+        || {
+            let now = go_date(unix_now());
+            let ids = agent_ids(&server, &["-expiresBefore", &now]);
+            (ids == [banned.clone()]).then_some(now)
+        },
+    );
 
     let tomorrow = go_date(unix_now() + 86_400);
     let an_hour_ago = go_date(unix_now() - 3600);
@@ -108,6 +123,8 @@ fn agent_list_and_count_filter_on_the_server() {
         (vec!["-canReattest", "true"], vec![]),
         (vec!["-expiresBefore", &tomorrow], all.clone()),
         (vec!["-expiresBefore", &an_hour_ago], vec![]),
+        (vec!["-expiresBefore", &expired], vec![banned.clone()]),
+        (vec!["-expiresBefore", &expired, "-banned", "false"], vec![]),
         (
             vec!["-expiresBefore", &tomorrow, "-banned", "false"],
             others,
@@ -174,7 +191,7 @@ fn agent_list_and_count_filter_on_the_server() {
     let out = server.cli(&["agent", "list", "-matchSelectorsOn", "most"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 
-    // Join-token agents cannot re-attest: SPIRE's purge leaves them, expired or not.
+    // Join-token agents cannot re-attest: SPIRE's purge leaves them, the expired one too.
     let out = server.cli_ok(&["agent", "purge", "-expiredFor", "0s", "-dryRun"]);
     assert_eq!(out, "No agents to purge.\n");
     assert_eq!(
