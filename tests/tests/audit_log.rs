@@ -7,8 +7,9 @@
 //!   / evict), an agent's attestation and the SVIDs signed for it produce exactly one audit line
 //!   each with the caller (the CLI's UID, GID, PID and executable; the agent's SPIFFE ID and
 //!   address), the action, the target and the outcome; a refused call (a duplicate entry, a
-//!   join token that does not exist) logs its gRPC status; read-only commands log nothing;
-//!   no join token, JWT or private key appears in any log line.
+//!   join token that does not exist) logs its gRPC status; read-only commands log nothing,
+//!   unless refused (an evicted agent's sync); no join token, JWT or private key appears in
+//!   any log line.
 //! - With the key off: no audit line at all. With the text format: `type=audit` and the fields
 //!   as `key=value`.
 
@@ -475,6 +476,18 @@ fn every_change_and_signing_is_audited_once_and_reads_are_not() {
         assert_cli_success(&line);
         assert_fields(&line, &[("spiffe_id", agent_id.clone().into())]);
     }
+    // The evicted agent's sync, a read, is refused before any handler runs: that is audited,
+    // the caller still named by the SVID it presented.
+    let refused_sync = || lines_of(&server, "SyncEntries").into_iter().next();
+    wait_for("a refused sync", Duration::from_secs(30), refused_sync);
+    assert_fields(
+        &refused_sync().unwrap(),
+        &[
+            ("status", "error".into()),
+            ("status_code", "PermissionDenied".into()),
+            ("caller_id", agent_id.clone().into()),
+        ],
+    );
 
     // Every line of the whole log, audit or not: no secret. The used join token is public
     // once spent (as SPIRE, it is in the agent's ID), so it appears only inside that ID.

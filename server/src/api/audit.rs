@@ -2,7 +2,8 @@
 //! [`AUDIT_TARGET`] for every call of either API that changes state or signs, whatever its
 //! outcome. The one middleware ([`crate::api::middleware`]) writes it, so no RPC can forget
 //! it: every RPC is audited unless its API lists it as read-only
-//! ([`Authorize::READ_ONLY`](crate::api::middleware::Authorize::READ_ONLY)).
+//! ([`Authorize::READ_ONLY`](crate::api::middleware::Authorize::READ_ONLY)), and a read is
+//! audited too when the caller was refused before its handler ran (a banned agent's sync).
 //!
 //! The line holds SPIRE's fields: `type=audit`, `request_id`, `status` (`success` or
 //! `error`), `status_code` and `status_message` for an error; the caller ([`Caller`]: UID,

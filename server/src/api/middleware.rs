@@ -7,10 +7,10 @@
 //!   handler who called through the request's extensions.
 //! - The metric is `sigil_server_<api>_requests_total{method, result}`: `method` is the RPC's
 //!   name, `result` is `ok` or the gRPC status ([`code_label`]). A refusal is counted too.
-//! - With `audit_log_enabled`, every RPC not on the API's [`Authorize::READ_ONLY`] list gets
-//!   one audit line ([`crate::api::audit`]) with the caller, the target its handler recorded
-//!   and the outcome, a refusal included: an RPC added later is audited unless someone
-//!   declares it read-only.
+//! - With `audit_log_enabled`, every call of an RPC not on the API's [`Authorize::READ_ONLY`]
+//!   list gets one audit line ([`crate::api::audit`]) with the caller, the target its handler
+//!   recorded and the outcome, a refusal included: an RPC added later is audited unless
+//!   someone declares it read-only. A read gets one only when `authorize` refused it.
 //!
 //! A path that names no RPC of the API goes straight to tonic (which answers UNIMPLEMENTED),
 //! neither authorized nor counted: nothing is served on it.
@@ -37,7 +37,7 @@ pub(crate) trait Authorize: Clone + Send + Sync + 'static {
     const METHODS: &'static [&'static str];
 
     /// The RPCs of [`Self::METHODS`] that change nothing and sign nothing: the audit log
-    /// leaves them out. Every other RPC is audited.
+    /// leaves them out unless [`Self::authorize`] refused the call. Every other RPC is audited.
     const READ_ONLY: &'static [&'static str];
 
     /// Who called, for the audit line: read once `authorize` has run (it may have recorded
@@ -131,10 +131,13 @@ where
         };
         let authorize = self.authorize.clone();
         let requests = self.requests.clone();
-        let audit = (self.audit_log && !A::READ_ONLY.contains(&method)).then(audit::Call::start);
+        let audit_log = self.audit_log;
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let allowed = authorize.authorize(method, &mut parts.extensions).await;
+            // A read is audited too when it was refused: who tried is worth a line.
+            let audit = (audit_log && (!A::READ_ONLY.contains(&method) || allowed.is_err()))
+                .then(audit::Call::start);
             let caller = audit.as_ref().map(|_| A::caller(&parts.extensions));
             let response = match (allowed, &audit) {
                 (Ok(()), Some(call)) => {
