@@ -7,16 +7,23 @@
 //!   / evict), an agent's attestation and the SVIDs signed for it produce exactly one audit line
 //!   each with the caller (the CLI's UID, GID, PID and executable; the agent's SPIFFE ID and
 //!   address), the action, the target and the outcome; a refused call (a duplicate entry, a
-//!   join token that does not exist) logs its gRPC status; read-only commands log nothing,
+//!   join token that does not exist, another user on the admin socket, where the test runs as
+//!   root) logs its gRPC status; read-only commands log nothing,
 //!   unless refused (an evicted agent's sync); no join token, JWT or private key appears in
 //!   any log line.
 //! - With the key off: no audit line at all. With the text format: `type=audit` and the fields
 //!   as `key=value`.
 
+use std::fs::Permissions;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use sigil_testkit::{Agent, Server, ServerOptions, created_entry_id, register_uid, wait_for};
+use sigil_testkit::{
+    Agent, OTHER_UID, Server, ServerOptions, can_switch_user, created_entry_id, register_uid,
+    server_bin, wait_for,
+};
 use x509_parser::pem::parse_x509_pem;
 
 /// Every line of the server's log, each of which must be a JSON object.
@@ -103,6 +110,36 @@ fn assert_cli_success(line: &Value) {
         line["request_id"].as_str().is_some_and(|r| r.len() == 36),
         "{line:#}"
     );
+}
+
+/// Runs `sigil-server <args>` as [`OTHER_UID`] on the server's admin socket, opened to it
+/// for the call (the socket's directory is 0700 and the socket 0600 again afterwards).
+fn as_other_user(server: &Server, args: &[&str]) -> Output {
+    let private = server.socket.parent().expect("socket directory");
+    let modes = [
+        (server.dir.path(), 0o711, 0o700),
+        (private, 0o711, 0o700),
+        (server.socket.as_path(), 0o666, 0o600),
+    ];
+    for (path, open, _) in modes {
+        std::fs::set_permissions(path, Permissions::from_mode(open)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args([
+            format!("--reuid={OTHER_UID}"),
+            format!("--regid={OTHER_UID}"),
+            "--clear-groups".to_owned(),
+        ])
+        .arg(server_bin())
+        .args(args)
+        .arg("-socketPath")
+        .arg(&server.socket)
+        .output()
+        .expect("run setpriv");
+    for (path, _, closed) in modes {
+        std::fs::set_permissions(path, Permissions::from_mode(closed)).unwrap();
+    }
+    out
 }
 
 /// A server with the audit log on, logging at ERROR in `log_format`; its agents renew their
@@ -337,6 +374,31 @@ fn every_change_and_signing_is_audited_once_and_reads_are_not() {
         ],
     );
     assert!(line["status_code"].is_string(), "{line:#}");
+
+    // Another user, let through the socket's permissions: refused before any handler runs,
+    // with that user's credentials and no target.
+    if can_switch_user() {
+        let (line, refused) = one_line(&server, "BatchCreateEntry", || {
+            as_other_user(&server, &create)
+        });
+        assert!(!refused.status.success(), "{refused:?}");
+        assert_fields(
+            &line,
+            &[
+                ("status", "error".into()),
+                ("status_code", "PermissionDenied".into()),
+                ("caller_uid", OTHER_UID.into()),
+                ("caller_gid", OTHER_UID.into()),
+                ("spiffe_ids", Value::Null),
+            ],
+        );
+        assert!(
+            line["caller_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/sigil-server")),
+            "{line:#}"
+        );
+    }
 
     // An agent attests: the attestation type, the agent ID and its SVID's serial; the caller
     // is its address (it has no SVID yet).
