@@ -19,6 +19,10 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 /// The process's one [`LogControl`], set by the first [`init`].
 static CONTROL: OnceLock<LogControl> = OnceLock::new();
 
+/// The target of the server's audit log lines (`audit_log_enabled`): always at INFO, whatever
+/// `log_level` says, so a quieter log never drops the record of who changed what.
+pub const AUDIT_TARGET: &str = "sigil::audit";
+
 /// Installs the global subscriber: our crates (`binary_crate`, e.g. `"sigil_server"`, and the
 /// shared ones) log at `level` (e.g. `"info"`), dependencies at warn. A second call in one
 /// process (tests running a binary's `run` twice) keeps the first subscriber, and returns its
@@ -135,11 +139,12 @@ fn directive(level: LogLevel) -> &'static str {
     }
 }
 
-/// Dependencies are noisy at debug; they stay at warn unless a directive names them.
+/// Dependencies are noisy at debug; they stay at warn unless a directive names them. The audit
+/// target is always at INFO (it only carries events when the audit log is on).
 fn filter(binary_crate: &str, level: LogLevel) -> EnvFilter {
     let level = directive(level);
     EnvFilter::new(format!(
-        "warn,{binary_crate}={level},sigil_common={level},sigil_proto={level}"
+        "warn,{binary_crate}={level},sigil_common={level},sigil_proto={level},{AUDIT_TARGET}=info"
     ))
 }
 
@@ -155,6 +160,7 @@ mod tests {
             "sigil_agent=debug",
             "sigil_common=debug",
             "sigil_proto=debug",
+            "sigil::audit=info",
         ] {
             assert!(f.split(',').any(|d| d == directive), "{directive} in {f}");
         }

@@ -218,7 +218,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     .with_federation(federation.clone())
     .with_readiness(readiness.clone())
     .with_pod_caches(pod_caches.clone())
-    .with_log_control(log_control);
+    .with_log_control(log_control)
+    .with_audit_log(config.audit_log_enabled);
     let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();
     tasks.spawn("admin API", async move {
@@ -236,7 +237,8 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     .with_agent_ttl(config.agent_api.agent_ttl)
     .with_rate_limits(config.agent_api.rate_limit)
     .with_federated_bundles(federation.subscribe())
-    .with_pod_caches(pod_caches);
+    .with_pod_caches(pod_caches)
+    .with_audit_log(config.audit_log_enabled);
     if let Some(attestor) = psat_attestor {
         agent_api = agent_api.with_attestor(Arc::new(attestor));
     }

@@ -64,6 +64,23 @@ pub fn uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// The other user of the tests that act as someone else (nobody).
+pub const OTHER_UID: u32 = 65534;
+
+/// Whether this test can act as [`OTHER_UID`] (root, with util-linux `setpriv`); says so on
+/// stderr when it cannot, so the test can skip that part.
+pub fn can_switch_user() -> bool {
+    let ok = nix::unistd::geteuid().is_root()
+        && std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("NOTICE: not root or no setpriv: the other-user cases are skipped");
+    }
+    ok
+}
+
 /// Now, in seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -18,23 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sigil_testkit::{Server, ServerOptions, server_bin, wait_for};
-
-/// Uid of the other user in these attacks (nobody).
-const OTHER_UID: u32 = 65534;
-
-/// Whether the other-user cases can run here.
-fn can_switch_user() -> bool {
-    let ok = nix::unistd::geteuid().is_root()
-        && Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("NOTICE: not root or no setpriv: the other-user cases are skipped");
-    }
-    ok
-}
+use sigil_testkit::{OTHER_UID, Server, ServerOptions, can_switch_user, server_bin, wait_for};
 
 /// A stopped server whose config the test rewrites, with the text of that config.
 fn stopped_server() -> (Server, String) {

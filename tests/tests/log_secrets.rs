@@ -1,7 +1,8 @@
 //! Issue #7 item 4: no private key, join token, JWT-SVID or CSR in any log line. A full run at
-//! DEBUG (server with disk keys, agent attested by join token, X.509 and JWT mints through the
-//! Workload API, the admin API and the CLI), then every log is searched for fragments of each
-//! secret the test saw, and for ANSI escape codes (issue 16: colour only on a terminal).
+//! DEBUG (server with disk keys and the audit log on, agent attested by join token, X.509 and
+//! JWT mints through the Workload API, the admin API and the CLI), then every log is searched
+//! for fragments of each secret the test saw, and for ANSI escape codes (issue 16: colour only
+//! on a terminal).
 
 use std::path::{Path, PathBuf};
 
@@ -64,8 +65,10 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn no_secret_in_any_log_line() {
+    // With the audit log on: its lines are searched too.
     let server = Server::start(ServerOptions {
         key_manager_disk: true,
+        extra_server: "audit_log_enabled = true".into(),
         ..ServerOptions::default()
     });
     let td = server.options.trust_domain.clone();

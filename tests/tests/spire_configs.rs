@@ -264,12 +264,6 @@ const SERVER_REFUSED: &[(Place, &str, &str, &str)] = &[
     ),
     (
         Place::Block,
-        "audit_log_enabled = true",
-        "server.audit_log_enabled",
-        "no audit log",
-    ),
-    (
-        Place::Block,
         "disable_jwt_svids = true",
         "server.disable_jwt_svids",
         "JWT",
@@ -380,11 +374,6 @@ const SERVER_REFUSED: &[(Place, &str, &str, &str)] = &[
 
 /// (place, text, key path) of keys that are accepted with one warning.
 const SERVER_WARNED: &[(Place, &str, &str)] = &[
-    (
-        Place::Block,
-        "audit_log_enabled = false",
-        "server.audit_log_enabled",
-    ),
     (
         Place::Block,
         "disable_jwt_svids = false",

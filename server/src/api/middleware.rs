@@ -7,6 +7,10 @@
 //!   handler who called through the request's extensions.
 //! - The metric is `sigil_server_<api>_requests_total{method, result}`: `method` is the RPC's
 //!   name, `result` is `ok` or the gRPC status ([`code_label`]). A refusal is counted too.
+//! - With `audit_log_enabled`, every call of an RPC not on the API's [`Authorize::READ_ONLY`]
+//!   list gets one audit line ([`crate::api::audit`]) with the caller, the target its handler
+//!   recorded and the outcome, a refusal included: an RPC added later is audited unless
+//!   someone declares it read-only. A read gets one only when `authorize` refused it.
 //!
 //! A path that names no RPC of the API goes straight to tonic (which answers UNIMPLEMENTED),
 //! neither authorized nor counted: nothing is served on it.
@@ -23,13 +27,22 @@ use tonic::codegen::http::{self, Extensions};
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 
+use crate::api::audit::{self, Caller};
 use crate::metrics::RpcLabels;
 
-/// Who may call an API's RPCs.
+/// Who may call an API's RPCs, and what its audit log says about them.
 pub(crate) trait Authorize: Clone + Send + Sync + 'static {
     /// The RPCs the API serves, as their gRPC names (`BatchCreateEntry`): the metric's
     /// `method` label.
     const METHODS: &'static [&'static str];
+
+    /// The RPCs of [`Self::METHODS`] that change nothing and sign nothing: the audit log
+    /// leaves them out unless [`Self::authorize`] refused the call. Every other RPC is audited.
+    const READ_ONLY: &'static [&'static str];
+
+    /// Who called, for the audit line: read once `authorize` has run (it may have recorded
+    /// who called in `extensions`), whether it let the call through or not.
+    fn caller(extensions: &Extensions) -> Caller;
 
     /// Refuses the call, or lets it through; may record who called in `extensions`, which
     /// the handler reads from its `tonic::Request`.
@@ -45,6 +58,7 @@ pub(crate) trait Authorize: Clone + Send + Sync + 'static {
 pub(crate) struct RpcLayer<A> {
     authorize: A,
     requests: Family<RpcLabels, Counter>,
+    audit_log: bool,
 }
 
 impl<A: Authorize> RpcLayer<A> {
@@ -53,7 +67,14 @@ impl<A: Authorize> RpcLayer<A> {
         Self {
             authorize,
             requests,
+            audit_log: false,
         }
+    }
+
+    /// Writes the audit log (`audit_log_enabled`).
+    pub(crate) fn with_audit_log(mut self, on: bool) -> Self {
+        self.audit_log = on;
+        self
     }
 }
 
@@ -65,6 +86,7 @@ impl<S, A: Clone> tower::Layer<S> for RpcLayer<A> {
             inner,
             authorize: self.authorize.clone(),
             requests: self.requests.clone(),
+            audit_log: self.audit_log,
         }
     }
 }
@@ -75,6 +97,7 @@ pub(crate) struct Rpc<S, A> {
     inner: S,
     authorize: A,
     requests: Family<RpcLabels, Counter>,
+    audit_log: bool,
 }
 
 impl<S: NamedService, A> NamedService for Rpc<S, A> {
@@ -84,6 +107,7 @@ impl<S: NamedService, A> NamedService for Rpc<S, A> {
 impl<S, A> Service<http::Request<Body>> for Rpc<S, A>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
         + Clone
         + Send
         + 'static,
@@ -107,17 +131,30 @@ where
         };
         let authorize = self.authorize.clone();
         let requests = self.requests.clone();
+        let audit_log = self.audit_log;
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let response = match authorize.authorize(method, &mut parts.extensions).await {
-                Ok(()) => inner.call(http::Request::from_parts(parts, body)).await?,
-                Err(status) => status.into_http(),
+            let allowed = authorize.authorize(method, &mut parts.extensions).await;
+            // A read is audited too when it was refused: who tried is worth a line.
+            let audit = (audit_log && (!A::READ_ONLY.contains(&method) || allowed.is_err()))
+                .then(audit::Call::start);
+            let caller = audit.as_ref().map(|_| A::caller(&parts.extensions));
+            let response = match (allowed, &audit) {
+                (Ok(()), Some(call)) => {
+                    call.serve(inner.call(http::Request::from_parts(parts, body)))
+                        .await?
+                }
+                (Ok(()), None) => inner.call(http::Request::from_parts(parts, body)).await?,
+                (Err(status), _) => status.into_http(),
             };
             // A handler's error travels in the response headers; an answer's status comes
             // later, in the trailers, and is OK.
-            let result = Status::from_header_map(response.headers())
-                .map_or("ok", |status| code_label(status.code()));
+            let status = Status::from_header_map(response.headers());
+            let result = status.as_ref().map_or("ok", |s| code_label(s.code()));
             requests.get_or_create(&RpcLabels { method, result }).inc();
+            if let (Some(call), Some(caller)) = (audit, caller) {
+                call.finish(S::NAME, method, &caller, status.as_ref());
+            }
             Ok(response)
         })
     }

@@ -1,10 +1,13 @@
 //! The server's gRPC APIs: `admin` (Unix socket, for the CLI; split by resource) and `agent`
 //! (mTLS, for agents). Every RPC of both passes one tower layer (`middleware`) that
-//! authorizes the caller and counts the outcome. The datastore's and the CA's errors become
-//! `tonic::Status` here (`datastore_status`, `ca_status`); each resource maps its own.
+//! authorizes the caller, counts the outcome and, with `audit_log_enabled`, writes the audit
+//! line of every call that changes state or signs (`audit`). The datastore's and the CA's
+//! errors become `tonic::Status` here (`datastore_status`, `ca_status`); each resource maps
+//! its own.
 
 pub mod admin;
 pub mod agent;
+pub(crate) mod audit;
 pub mod authorization;
 pub(crate) mod middleware;
 pub mod tls;

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub allow_insecure_file_permissions: bool,
     /// `server { connection_limits { ... } }`: each TCP listener's connection caps.
     pub connection_limits: ConnectionLimitsConfig,
+    /// `audit_log_enabled = true`: one audit line per API call that changes state or signs
+    /// (`crate::api::audit`); off by default, as SPIRE.
+    pub audit_log_enabled: bool,
     /// One line per SPIRE key that was accepted but means nothing for Sigil, naming the file,
     /// the line and the key: logged at WARN once logging is set up.
     pub warnings: Vec<String>,
@@ -159,6 +162,7 @@ impl ServerConfig {
         let allow_insecure_file_permissions =
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
+        let audit_log_enabled = s.bool("audit_log_enabled")?.unwrap_or(false);
         if let Some(mut experimental) = s.block("experimental")? {
             experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
@@ -198,6 +202,7 @@ impl ServerConfig {
             federation,
             allow_insecure_file_permissions,
             connection_limits,
+            audit_log_enabled,
             warnings: doc.take_warnings(),
         })
     }

@@ -24,10 +24,6 @@ pub(super) const SERVER: &[(&str, SpireOnly)] = &[
         ),
     ),
     (
-        "audit_log_enabled",
-        SpireOnly::RefusedUnless(Off::False, "there is no audit log yet"),
-    ),
-    (
         "disable_jwt_svids",
         SpireOnly::RefusedUnless(
             Off::False,

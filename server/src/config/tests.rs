@@ -196,9 +196,27 @@ fn spire_example_parses_into_typed_values() {
         federation: None,
         allow_insecure_file_permissions: false,
         connection_limits: Default::default(),
+        audit_log_enabled: false,
         warnings: vec![],
     };
     assert_eq!(cfg, want);
+}
+
+#[test]
+fn audit_log_is_off_by_default_and_a_boolean() {
+    assert!(!parse(MINIMAL).unwrap().audit_log_enabled);
+    for (value, on) in [("true", true), ("false", false)] {
+        let text = MINIMAL.replace(
+            "server {",
+            &format!("server {{\n  audit_log_enabled = {value}"),
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.audit_log_enabled, on);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+    let text = MINIMAL.replace("server {", "server {\n  audit_log_enabled = \"yes\"");
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("audit_log_enabled"), "{err}");
 }
 
 #[test]

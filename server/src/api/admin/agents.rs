@@ -7,7 +7,7 @@ use sigil_proto::{TrustDomain, convert};
 use tonic::Status;
 
 use super::{page_size, parse_our_id, selector_match};
-use crate::api::datastore_status;
+use crate::api::{audit, datastore_status};
 use crate::datastore::{AttestedNode, Datastore, NodeFilter};
 
 pub(super) struct Agents {
@@ -71,6 +71,7 @@ impl Agents {
         &self,
         req: pb::EvictAgentRequest,
     ) -> Result<pb::EvictAgentResponse, Status> {
+        audit::record(|t| t.spiffe_id = Some(req.spiffe_id.clone()));
         let id = parse_our_id(&self.trust_domain, "spiffe_id", &req.spiffe_id)?;
         self.datastore
             .delete_attested_node(&id)
@@ -84,6 +85,7 @@ impl Agents {
         &self,
         req: pb::BanAgentRequest,
     ) -> Result<pb::BanAgentResponse, Status> {
+        audit::record(|t| t.spiffe_id = Some(req.spiffe_id.clone()));
         let id = parse_our_id(&self.trust_domain, "spiffe_id", &req.spiffe_id)?;
         self.datastore
             .set_attested_node_banned(&id, true)

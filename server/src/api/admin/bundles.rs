@@ -9,7 +9,7 @@ use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::{Bundle, TrustDomain};
 use tonic::Status;
 
-use crate::api::{datastore_status, invalid_field};
+use crate::api::{audit, datastore_status, invalid_field};
 use crate::ca::Ca;
 use crate::datastore::Datastore;
 use crate::federation::{DeleteMode, FederatedBundles, FederationError};
@@ -69,6 +69,7 @@ impl Bundles {
         let wire = req
             .bundle
             .ok_or_else(|| Status::invalid_argument("bundle is required"))?;
+        audit::record(|t| t.trust_domain = Some(wire.trust_domain.clone()));
         let bundle = Bundle::try_from(&wire).map_err(invalid_field)?;
         // Rendering parses every certificate and JWT key: garbage is refused here.
         bundle
@@ -106,18 +107,26 @@ impl Bundles {
         &self,
         req: pb::DeleteFederatedBundleRequest,
     ) -> Result<pb::DeleteFederatedBundleResponse, Status> {
+        audit::record(|t| t.trust_domain = Some(req.trust_domain.clone()));
         let td = parse_trust_domain(&req.trust_domain)?;
-        let mode = match pb::BundleDeleteMode::try_from(req.mode) {
-            Ok(pb::BundleDeleteMode::Restrict) => DeleteMode::Restrict,
-            Ok(pb::BundleDeleteMode::Delete) => DeleteMode::Delete,
-            Ok(pb::BundleDeleteMode::Dissociate) => DeleteMode::Dissociate,
+        let (mode, name) = match pb::BundleDeleteMode::try_from(req.mode) {
+            Ok(pb::BundleDeleteMode::Restrict) => (DeleteMode::Restrict, "restrict"),
+            Ok(pb::BundleDeleteMode::Delete) => (DeleteMode::Delete, "delete"),
+            Ok(pb::BundleDeleteMode::Dissociate) => (DeleteMode::Dissociate, "dissociate"),
             Err(_) => return Err(Status::invalid_argument("invalid mode")),
         };
+        audit::record(|t| t.mode = Some(name.to_owned()));
         let affected = self
             .federation()?
             .delete(&td, mode)
             .await
             .map_err(federation_status)?;
+        // The entries deleted or dissociated.
+        audit::record(|t| {
+            t.count = Some(affected.len() as u64);
+            t.entry_ids =
+                (!affected.is_empty()).then(|| audit::list(affected.iter().map(|e| &e.id)));
+        });
         Ok(pb::DeleteFederatedBundleResponse {
             affected_entries: affected.len() as u64,
         })

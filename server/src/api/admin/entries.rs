@@ -10,7 +10,7 @@ use sigil_proto::{IdTemplate, RegistrationEntry, Selector, SpiffeId, TrustDomain
 use tonic::Status;
 
 use super::{check_ttl, page_size};
-use crate::api::{datastore_status, invalid_field};
+use crate::api::{audit, datastore_status, invalid_field};
 use crate::datastore::{Datastore, EntryFilter};
 
 /// A batch create/update larger than this is refused rather than held in one transaction.
@@ -40,6 +40,7 @@ impl Entries {
         &self,
         req: pb::BatchCreateEntryRequest,
     ) -> Result<pb::BatchCreateEntryResponse, Status> {
+        audit_request(&req.entries);
         check_batch(req.entries.len(), "entries")?;
         let entries = req
             .entries
@@ -55,6 +56,7 @@ impl Entries {
             .create_entries(entries)
             .await
             .map_err(datastore_status)?;
+        audit::record(|t| t.entry_ids = Some(audit::list(created.iter().map(|e| &e.id))));
         log_batch("created", self.committed_revision().await, &created);
         Ok(pb::BatchCreateEntryResponse {
             entries: created
@@ -68,6 +70,8 @@ impl Entries {
         &self,
         req: pb::BatchUpdateEntryRequest,
     ) -> Result<pb::BatchUpdateEntryResponse, Status> {
+        audit_request(&req.entries);
+        audit::record(|t| t.entry_ids = Some(audit::list(req.entries.iter().map(|e| &e.id))));
         check_batch(req.entries.len(), "entries")?;
         let entries = req
             .entries
@@ -97,6 +101,10 @@ impl Entries {
         &self,
         req: pb::BatchDeleteEntryRequest,
     ) -> Result<pb::BatchDeleteEntryResponse, Status> {
+        audit::record(|t| {
+            t.count = Some(req.ids.len() as u64);
+            t.entry_ids = Some(audit::list(&req.ids));
+        });
         check_batch(req.ids.len(), "IDs")?;
         let deleted = self
             .datastore
@@ -271,6 +279,15 @@ fn spiffe_id_or_template(s: &str) -> Result<Option<String>, Status> {
             ))),
         },
     }
+}
+
+/// The audit target of a create or update batch: how many entries and their SPIFFE IDs, as
+/// asked (never their parents: an entry may hang off the agent ID of an unused join token).
+fn audit_request(entries: &[common::RegistrationEntry]) {
+    audit::record(|t| {
+        t.count = Some(entries.len() as u64);
+        t.spiffe_ids = Some(audit::list(entries.iter().map(|e| &e.spiffe_id)));
+    });
 }
 
 /// A batch must hold at least one item and at most [`MAX_BATCH`].

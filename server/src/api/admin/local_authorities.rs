@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use sigil_proto::sigil::admin::v1 as pb;
 use tonic::Status;
 
-use crate::api::datastore_status;
+use crate::api::{audit, datastore_status};
 use crate::ca::Ca;
 use crate::ca::local_authority::{AuthorityKind, AuthorityState, LocalAuthorityError};
 use crate::ca::rotation::AuthorityStatus;
@@ -35,8 +35,15 @@ impl LocalAuthorities {
             Err(_) => return Err(Status::invalid_argument("invalid authority kind")),
         };
         let id = req.authority_id.as_str();
-        let op = match pb::LocalAuthorityOp::try_from(req.op) {
+        let op = pb::LocalAuthorityOp::try_from(req.op);
+        audit::record(|t| {
+            t.authority_kind = Some(audit_kind(kind).to_owned());
+            t.authority_op = op.ok().map(|op| audit_op(op).to_owned());
+            t.authority_id = (!id.is_empty()).then(|| id.to_owned());
+        });
+        let op = match op {
             Ok(pb::LocalAuthorityOp::Show) => {
+                audit::read_only();
                 return Ok(pb::LocalAuthorityResponse {
                     authority: None,
                     authorities: self
@@ -71,11 +78,32 @@ impl LocalAuthorities {
             }
         })?
         .ok_or_else(|| Status::internal("the change planned nothing"))?;
+        // PREPARE names the authority it made.
+        audit::record(|t| t.authority_id = Some(state.authority_id.clone()));
         tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
         Ok(pb::LocalAuthorityResponse {
             authority: Some(authority_state_pb(&state)),
             authorities: Vec::new(),
         })
+    }
+}
+
+/// An authority kind as the audit line names it.
+fn audit_kind(kind: AuthorityKind) -> &'static str {
+    match kind {
+        AuthorityKind::X509 => "x509",
+        AuthorityKind::Jwt => "jwt",
+    }
+}
+
+/// An operation as the audit line names it (the CLI's subcommand).
+fn audit_op(op: pb::LocalAuthorityOp) -> &'static str {
+    match op {
+        pb::LocalAuthorityOp::Show => "show",
+        pb::LocalAuthorityOp::Prepare => "prepare",
+        pb::LocalAuthorityOp::Activate => "activate",
+        pb::LocalAuthorityOp::Taint => "taint",
+        pb::LocalAuthorityOp::Revoke => "revoke",
     }
 }
 

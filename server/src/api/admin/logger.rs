@@ -6,6 +6,8 @@ use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::spire::api::types::{LogLevel, Logger as ApiLogger};
 use tonic::Status;
 
+use crate::api::audit;
+
 #[derive(Default)]
 pub(super) struct Logger {
     /// Set by [`super::AdminApi::with_log_control`]; without it (unit tests) every call is
@@ -35,12 +37,16 @@ impl Logger {
             .control()?
             .set(level)
             .map_err(Status::invalid_argument)?;
+        audit::record(|t| t.log_level = Some(level.as_str_name()));
         tracing::info!(new_level = level.as_str_name(), "log level changed");
         Ok(logger)
     }
 
     pub(super) async fn reset(&self, _: pb::ResetLogLevelRequest) -> Result<ApiLogger, Status> {
         let logger = self.control()?.reset().map_err(Status::internal)?;
+        if let Ok(level) = LogLevel::try_from(logger.current_level) {
+            audit::record(|t| t.log_level = Some(level.as_str_name()));
+        }
         tracing::info!("log level reset to the launch level");
         Ok(logger)
     }

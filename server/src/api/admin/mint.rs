@@ -10,7 +10,7 @@ use sigil_proto::{TrustDomain, convert};
 use tonic::Status;
 
 use super::{check_ttl, parse_workload_id, ttl};
-use crate::api::ca_status;
+use crate::api::{audit, ca_status};
 use crate::ca::Ca;
 use crate::metrics::{Metrics, ResultLabel, result_of};
 
@@ -33,6 +33,10 @@ impl Mint {
         &self,
         req: pb::MintX509svidRequest,
     ) -> Result<pb::MintX509svidResponse, Status> {
+        audit::record(|t| {
+            t.spiffe_id = Some(req.spiffe_id.clone());
+            t.ttl = Some(req.ttl.into());
+        });
         let id = parse_workload_id(&self.trust_domain, "spiffe_id", &req.spiffe_id)?;
         for d in &req.dns_names {
             convert::validate_dns_name(d).map_err(Status::invalid_argument)?;
@@ -55,6 +59,10 @@ impl Mint {
             })
             .inc();
         let svid = signed.map_err(ca_status)?;
+        audit::record(|t| {
+            t.serial = Some(svid.serial.clone());
+            t.expires_at = Some(svid.expires_at);
+        });
         tracing::info!(spiffe_id = %id, serial = %svid.serial, "X.509-SVID minted");
         Ok(pb::MintX509svidResponse {
             svid_chain: svid.chain,
@@ -67,6 +75,11 @@ impl Mint {
         &self,
         req: pb::MintJwtsvidRequest,
     ) -> Result<pb::MintJwtsvidResponse, Status> {
+        audit::record(|t| {
+            t.spiffe_id = Some(req.spiffe_id.clone());
+            t.audience = Some(audit::list(&req.audience));
+            t.ttl = Some(req.ttl.into());
+        });
         let id = parse_workload_id(&self.trust_domain, "spiffe_id", &req.spiffe_id)?;
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument(
@@ -78,6 +91,7 @@ impl Mint {
             .ca
             .sign_jwt_svid(&id, &req.audience, ttl(req.ttl))
             .map_err(ca_status)?;
+        audit::record(|t| t.expires_at = Some(svid.expires_at));
         tracing::info!(spiffe_id = %id, "JWT-SVID minted");
         Ok(pb::MintJwtsvidResponse {
             token: svid.token,

@@ -66,6 +66,8 @@ pub struct AdminApi {
     health: health::Health,
     logger: logger::Logger,
     metrics: Arc<Metrics>,
+    /// `audit_log_enabled`: see `crate::api::audit`.
+    audit_log: bool,
     /// Set by [`serve`]: a batch of 10k entries leaves tens of MB of freed request and
     /// response memory resident until trimmed.
     release_memory: Option<ReleaseWhenQuiet>,
@@ -91,8 +93,16 @@ impl AdminApi {
             health: health::Health::new(datastore, trust_domain),
             logger: logger::Logger::default(),
             metrics,
+            audit_log: false,
             release_memory: None,
         }
+    }
+
+    /// Writes an audit line for every call that changes state or signs
+    /// (`audit_log_enabled`).
+    pub fn with_audit_log(mut self, on: bool) -> Self {
+        self.audit_log = on;
+        self
     }
 
     /// `Health` reports the datastore write probe's last result from `readiness`.
@@ -170,6 +180,22 @@ rpcs! {
     "ResetLogLevel" reset_log_level(pb::ResetLogLevelRequest) -> spire_types::Logger => logger.reset;
 }
 
+/// The RPCs that change nothing and sign nothing: no audit line (see `crate::api::audit`).
+/// `LocalAuthority` is audited unless its operation is SHOW (its handler says so).
+const READ_ONLY: &[&str] = &[
+    "GetEntry",
+    "ListEntries",
+    "CountEntries",
+    "GetBundle",
+    "ListAgents",
+    "GetAgent",
+    "Health",
+    "ListFederatedBundles",
+    "CountBundles",
+    "CountAgents",
+    "GetLogger",
+];
+
 /// Serves the admin API until `cancel` fires.
 pub async fn serve(
     listener: UnixListener,
@@ -181,7 +207,8 @@ pub async fn serve(
     let layer = RpcLayer::new(
         socket::OwnerOnly::server_user(),
         api.metrics.admin_requests.clone(),
-    );
+    )
+    .with_audit_log(api.audit_log);
     let service = AdminServer::new(api)
         .max_decoding_message_size(ADMIN_API_MAX_MESSAGE)
         .max_encoding_message_size(ADMIN_API_MAX_MESSAGE);
@@ -345,5 +372,13 @@ mod tests {
     fn methods_are_the_rpcs_of_the_proto() {
         let proto = include_str!("../../../../proto/proto/sigil/admin/v1/admin.proto");
         assert_eq!(METHODS, super::super::middleware::proto_rpcs(proto));
+    }
+
+    /// A misspelt name would leave its RPC audited (the safe side) and the list wrong.
+    #[test]
+    fn read_only_rpcs_are_rpcs() {
+        for m in READ_ONLY {
+            assert!(METHODS.contains(m), "{m} is not an RPC of the admin API");
+        }
     }
 }

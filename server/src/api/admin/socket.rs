@@ -12,6 +12,7 @@ use tonic::Status;
 use tonic::codegen::http::Extensions;
 use tonic::transport::server::UdsConnectInfo;
 
+use crate::api::audit::Caller;
 use crate::api::middleware::Authorize;
 
 /// Lets through the callers whose peer credentials say they run as `uid` or as root.
@@ -32,6 +33,15 @@ impl OwnerOnly {
 
 impl Authorize for OwnerOnly {
     const METHODS: &'static [&'static str] = super::METHODS;
+    const READ_ONLY: &'static [&'static str] = super::READ_ONLY;
+
+    fn caller(extensions: &Extensions) -> Caller {
+        extensions
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| Caller::local(c.uid(), c.gid(), c.pid()))
+            .unwrap_or_default()
+    }
 
     async fn authorize(
         &self,

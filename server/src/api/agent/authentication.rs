@@ -16,6 +16,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::api::audit::Caller;
 use crate::api::datastore_status;
 use crate::api::middleware::Authorize;
 use crate::datastore::{AttestedNode, Datastore};
@@ -106,6 +107,31 @@ impl AgentAuthenticator {
 
 impl Authorize for AgentAuthenticator {
     const METHODS: &'static [&'static str] = super::METHODS;
+    const READ_ONLY: &'static [&'static str] = super::READ_ONLY;
+
+    /// The agent the call was authenticated as; for a call refused at authentication, the
+    /// SPIFFE ID of the SVID it presented (which rustls verified against the bundle).
+    fn caller(extensions: &Extensions) -> Caller {
+        let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let id = match extensions.get::<AgentIdentity>() {
+            Some(agent) => Some(agent.id.to_string()),
+            None => tls
+                .and_then(|i| i.peer_certs())
+                .and_then(|certs| {
+                    certs
+                        .first()
+                        .and_then(|leaf| PresentedSvid::parse(leaf).ok())
+                })
+                .map(|svid| svid.id.to_string()),
+        };
+        Caller {
+            id,
+            addr: tls
+                .and_then(|i| i.get_ref().remote_addr())
+                .map(|a| a.to_string()),
+            ..Caller::default()
+        }
+    }
 
     async fn authorize(
         &self,

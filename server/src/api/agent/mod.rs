@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tower::Layer as _;
 
+use super::audit;
 use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEntries};
 use super::middleware::{RpcLayer, code_label};
 use super::tls::{ServerTls, TlsError};
@@ -60,6 +61,9 @@ const METHODS: &[&str] = &[
     "MintJWTSVID",
     "BatchMintJWTSVID",
 ];
+
+/// The RPCs that change nothing and sign nothing: no audit line (see `crate::api::audit`).
+const READ_ONLY: &[&str] = &["SyncEntries"];
 
 /// Both directions; the agent uses the same value (see `sigil_proto::limits`).
 const MAX_MESSAGE_SIZE: usize = sigil_proto::limits::AGENT_API_MAX_MESSAGE;
@@ -119,6 +123,8 @@ pub struct AgentApi {
     /// Fires when the server shuts down ([`serve`]'s token): sync streams never end by
     /// themselves, so they end then, and agents go on to another replica or the next server.
     shutdown: CancellationToken,
+    /// `audit_log_enabled`: see `crate::api::audit`.
+    audit_log: bool,
 }
 
 impl std::fmt::Debug for AgentApi {
@@ -161,7 +167,15 @@ impl AgentApi {
             federated: None,
             pod_caches: PodCaches::default(),
             shutdown: CancellationToken::new(),
+            audit_log: false,
         }
+    }
+
+    /// Writes an audit line for every call that changes state or signs
+    /// (`audit_log_enabled`).
+    pub fn with_audit_log(mut self, on: bool) -> Self {
+        self.audit_log = on;
+        self
     }
 
     /// Checks template instances (and pod-bound fixed entries) reached through a node alias
@@ -338,7 +352,8 @@ impl AgentApi {
     /// What a mint batch will sign, each item checked before any is signed (one refusal
     /// refuses the whole call): its entry must be authorized for the agent and give the SPIFFE
     /// ID asked for for that pod (`ids`: the item's entry ID, requested ID and pod UID); `job`
-    /// checks the rest of the item and makes what is signed.
+    /// checks the rest of the item and makes what is signed. The audit target is the batch's
+    /// size and, once every item passed, their entry and SPIFFE IDs.
     async fn batch_jobs<T, J>(
         &self,
         agent: &AgentIdentity,
@@ -346,18 +361,26 @@ impl AgentApi {
         ids: impl Fn(&T) -> (&String, &String, &String),
         job: impl Fn(T, &sigil_proto::RegistrationEntry, SpiffeId) -> Result<J, Status>,
     ) -> Result<Vec<J>, Status> {
+        audit::record(|t| t.count = Some(items.len() as u64));
         check_batch_len(items.len())?;
         let authorized = self.authorized(agent).await?;
-        items
+        let mut signed_for = Vec::with_capacity(items.len());
+        let jobs = items
             .into_iter()
             .map(|item| {
                 let (entry_id, requested, pod_uid) = ids(&item);
                 let entry = self.check_authorized(agent, &authorized, entry_id)?;
                 let id = self.requested_id(agent, entry, requested)?;
                 self.check_instance(agent, entry, &id, pod_uid)?;
+                signed_for.push((entry.id.clone(), id.clone()));
                 job(item, entry, id)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        audit::record(|t| {
+            t.entry_ids = Some(audit::list(signed_for.iter().map(|(entry, _)| entry)));
+            t.spiffe_ids = Some(audit::list(signed_for.iter().map(|(_, id)| id)));
+        });
+        Ok(jobs)
     }
 
     async fn attest(
@@ -383,6 +406,7 @@ impl AgentApi {
                     req.attestation_type
                 ))
             })?;
+        audit::record(|t| t.attestation_type = Some(attestor.name().to_owned()));
         if req.csr.is_empty() {
             return Err(Status::invalid_argument("a CSR is required"));
         }
@@ -396,6 +420,8 @@ impl AgentApi {
             }
         })?;
         let agent_id = attested.agent_id;
+        // Only now: a join token the attestor refused is in no one's agent ID.
+        audit::record(|t| t.agent_id = Some(agent_id.to_string()));
         if let Some(existing) = self
             .datastore
             .fetch_attested_node(&agent_id)
@@ -419,6 +445,7 @@ impl AgentApi {
             .ca
             .sign_x509_svid_csr(&req.csr, &agent_id, self.agent_ttl, &[])
             .map_err(ca_status)?;
+        audit_svid(&svid);
         self.count_signed(1, true);
         self.datastore
             .create_attested_node(AttestedNode {
@@ -443,6 +470,14 @@ impl AgentApi {
             bundle: Some(common::Bundle::from(self.ca.bundle().as_ref())),
         })
     }
+}
+
+/// The audit target of an agent SVID signed: its serial and expiry.
+fn audit_svid(svid: &crate::ca::X509Svid) {
+    audit::record(|t| {
+        t.serial = Some(svid.serial.clone());
+        t.expires_at = Some(svid.expires_at);
+    });
 }
 
 fn authorization_status(e: AuthorizationError) -> Status {
@@ -484,6 +519,7 @@ impl Agent for AgentApi {
             .ca
             .sign_x509_svid_csr(&req.csr, &agent.id, self.agent_ttl, &[])
             .map_err(ca_status)?;
+        audit_svid(&svid);
         self.count_signed(1, true);
         let node = node_status(&self.datastore, &agent.id).await?;
         // The old SVID stays valid until the agent presents this one (see `authentication`).
@@ -579,6 +615,11 @@ impl Agent for AgentApi {
         let authorized = self.authorized(&agent).await?;
         let entry = self.check_authorized(&agent, &authorized, &req.entry_id)?;
         let id = self.requested_id(&agent, entry, &req.spiffe_id)?;
+        audit::record(|t| {
+            t.entry_id = Some(entry.id.clone());
+            t.spiffe_id = Some(id.to_string());
+            t.audience = Some(audit::list(&req.audience));
+        });
         self.check_instance(&agent, entry, &id, &req.pod_uid)?;
         self.check_sign_rate(&agent, 1)?;
         let signed = self
@@ -591,6 +632,7 @@ impl Agent for AgentApi {
             })
             .inc();
         let svid = signed.map_err(ca_status)?;
+        audit::record(|t| t.expires_at = Some(svid.expires_at));
         Ok(Response::new(pb::MintJwtsvidResponse {
             token: svid.token,
             expires_at: svid.expires_at,
@@ -623,6 +665,11 @@ impl Agent for AgentApi {
                 },
             )
             .await?;
+        // Every audience asked for, once.
+        audit::record(|t| {
+            let audiences: BTreeSet<&String> = jobs.iter().flat_map(|j| &j.audience).collect();
+            t.audience = Some(audit::list(audiences));
+        });
         self.check_sign_rate(&agent, jobs.len())?;
         let signed = sign_jwt_batch(self.ca.clone(), jobs).await;
         self.count_jwt_signed(&signed);
@@ -666,7 +713,8 @@ pub async fn serve(
     let layer = RpcLayer::new(
         AgentAuthenticator::new(api.datastore.clone(), api.trust_domain.clone()),
         api.metrics.agent_requests.clone(),
-    );
+    )
+    .with_audit_log(api.audit_log);
     let service = AgentServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

@@ -416,6 +416,14 @@ fn methods_are_the_rpcs_of_the_proto() {
     assert_eq!(METHODS, crate::api::middleware::proto_rpcs(proto));
 }
 
+/// A misspelt name would leave its RPC audited (the safe side) and the list wrong.
+#[test]
+fn read_only_rpcs_are_rpcs() {
+    for m in READ_ONLY {
+        assert!(METHODS.contains(m), "{m} is not an RPC of the agent API");
+    }
+}
+
 #[tokio::test]
 async fn sync_sends_the_authorized_snapshot_then_pushes_changes() {
     let h = Harness::start().await;
