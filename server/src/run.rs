@@ -21,6 +21,7 @@ pub(crate) use crate::ca_store::persist;
 use crate::config::{LogFormat, ServerConfig, file_checks};
 use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
+use crate::federation::peers::Peers;
 use crate::k8s_pods::{PodCache, PodCaches, watch_pods};
 use crate::key_manager::{DiskKeyManager, KeyManager, KeyManagerConfig, MemoryKeyManager};
 use crate::listener::{self, Endpoint};
@@ -184,6 +185,17 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
             .await
             .context("cannot load the federated bundles")?,
     );
+    let peers = Arc::new(Peers::new(
+        config.trust_domain.clone(),
+        config
+            .federation
+            .iter()
+            .flat_map(|f| f.federates_with.iter().cloned())
+            .collect(),
+        datastore.clone(),
+        federation.clone(),
+        cancel.clone(),
+    ));
     let bundle_endpoint = match config
         .federation
         .as_ref()
@@ -215,7 +227,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         config.trust_domain.clone(),
         metrics.clone(),
     )
-    .with_federation(federation.clone())
+    .with_federation(federation.clone(), peers.clone())
     .with_readiness(readiness.clone())
     .with_pod_caches(pod_caches.clone())
     .with_log_control(log_control)
@@ -264,17 +276,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
             server.await.context("OIDC discovery endpoint failed")
         });
     }
-    for target in config
-        .federation
-        .iter()
-        .flat_map(|f| f.federates_with.iter().cloned())
-    {
-        tracing::info!(trust_domain = %target.trust_domain, url = %target.url, "polling a federated bundle endpoint");
-        tasks.spawn(
-            "federation poller",
-            crate::federation::poller::poll_forever(target, federation.clone(), cancel.clone()),
-        );
-    }
+    tasks.spawn("federation peers", peers.clone().run());
     if let Some(server) = bundle_endpoint {
         tasks.spawn("bundle endpoint", async move {
             server.await.context("bundle endpoint failed")

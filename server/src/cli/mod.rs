@@ -6,6 +6,7 @@ mod agent;
 mod bundle;
 pub(crate) mod client;
 mod entry;
+mod federation;
 mod localauthority;
 mod logger;
 mod misc;
@@ -71,6 +72,9 @@ enum Command {
     /// Gets, sets or resets the server's log level at run time.
     #[command(subcommand)]
     Logger(logger::LoggerCommand),
+    /// Manages federation relationships kept in the datastore.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +263,7 @@ fn client_command(command: Command) -> ExitCode {
             Command::Agent(c) => agent::execute(c).await,
             Command::Localauthority(c) => localauthority::execute(c).await,
             Command::Logger(c) => logger::execute(c).await,
+            Command::Federation(c) => federation::execute(c).await,
             Command::Run(_) | Command::Validate(_) => unreachable!("handled before the runtime"),
         }
     });

@@ -3,7 +3,7 @@
 //! Stored in the datastore's own JSON encoding rather than the SPIFFE bundle format, which has
 //! no place for a JWT authority's expiry and would re-parse every certificate on each read.
 
-use super::{Change, Datastore, DatastoreError, Pool, unix_now};
+use super::{Change, Datastore, DatastoreError, Pool, Tx, unix_now};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -49,20 +49,8 @@ impl Datastore {
 
     /// Stores `bundle`, replacing any bundle of the same trust domain.
     pub async fn set_bundle(&self, bundle: &Bundle) -> Result<(), DatastoreError> {
-        let data = encode(bundle)?;
         let mut tx = self.begin_write().await?;
-        on_tx!(&mut tx, c => {
-            sqlx::query(
-                "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (trust_domain) DO UPDATE \
-                 SET data = excluded.data, updated_at = excluded.updated_at",
-            )
-            .bind(bundle.trust_domain.as_str())
-            .bind(&data)
-            .bind(unix_now())
-            .execute(&mut **c)
-            .await?.rows_affected()
-        });
+        upsert(&mut tx, bundle).await?;
         self.commit(tx, vec![Change::Bundle(bundle.trust_domain.clone())])
             .await
     }
@@ -144,6 +132,26 @@ impl Datastore {
         });
         Ok(u64::try_from(n).unwrap_or(0))
     }
+}
+
+/// Stores `bundle` inside `tx`, replacing any bundle of the same trust domain; the caller
+/// commits with [`Change::Bundle`].
+pub(super) async fn upsert(tx: &mut Tx, bundle: &Bundle) -> Result<(), DatastoreError> {
+    let data = encode(bundle)?;
+    on_tx!(tx, c => {
+        sqlx::query(
+            "INSERT INTO bundles (trust_domain, data, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (trust_domain) DO UPDATE \
+             SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(bundle.trust_domain.as_str())
+        .bind(&data)
+        .bind(unix_now())
+        .execute(&mut **c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
 }
 
 pub(super) fn encode(bundle: &Bundle) -> Result<String, DatastoreError> {

@@ -40,6 +40,8 @@ pub enum Change {
     Bundle(TrustDomain),
     /// This attested node was created, updated, banned, evicted or pruned.
     AttestedNode(SpiffeId),
+    /// The federation relationship with this trust domain was created, updated or deleted.
+    FederationRelationship(TrustDomain),
     /// Changes may have been missed (the PostgreSQL listener lost its connection and is back):
     /// re-read whatever is cached. A subscriber that gets `RecvError::Lagged` must do the same.
     Resync,
@@ -53,6 +55,7 @@ impl Change {
             Self::Entries { revision } => format!("e:{revision}"),
             Self::Bundle(td) => format!("b:{td}"),
             Self::AttestedNode(id) => format!("n:{id}"),
+            Self::FederationRelationship(td) => format!("f:{td}"),
             Self::Resync => "r:".to_owned(),
         }
     }
@@ -66,6 +69,9 @@ impl Change {
             }),
             "b" => TrustDomain::new(rest).ok().map(Change::Bundle),
             "n" => SpiffeId::new(rest).ok().map(Change::AttestedNode),
+            "f" => TrustDomain::new(rest)
+                .ok()
+                .map(Change::FederationRelationship),
             "r" => Some(Self::Resync),
             _ => None,
         }
@@ -378,6 +384,7 @@ mod tests {
             Change::Entries { revision: 42 },
             Change::Bundle(TrustDomain::new("example.org").unwrap()),
             Change::AttestedNode(SpiffeId::new("spiffe://example.org/spire/agent/x").unwrap()),
+            Change::FederationRelationship(TrustDomain::new("other.org").unwrap()),
             Change::Resync,
         ];
         for c in changes {

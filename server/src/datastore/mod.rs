@@ -48,6 +48,7 @@ mod ca_journal;
 mod changes;
 pub mod config;
 mod entries;
+mod federation;
 mod join_tokens;
 mod migrate;
 mod nodes;

@@ -12,6 +12,7 @@ use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
 use tokio::sync::{Mutex, watch};
 
 use super::FederationError;
+use super::config::FederatesWith;
 use crate::datastore::Datastore;
 
 /// Every federated bundle, by trust domain.
@@ -101,6 +102,39 @@ impl FederatedBundles {
         self.check(&bundle)?;
         let _guard = self.write.lock().await;
         self.store(bundle).await
+    }
+
+    /// Creates (`create`) or replaces a federation relationship in the datastore, with
+    /// `bundle` (if given) in the same transaction, then publishes that bundle.
+    pub async fn write_relationship(
+        &self,
+        relationship: &FederatesWith,
+        bundle: Option<Bundle>,
+        create: bool,
+    ) -> Result<(), FederationError> {
+        if relationship.trust_domain == self.own {
+            return Err(FederationError::OwnTrustDomain(self.own.clone()));
+        }
+        if let Some(b) = &bundle {
+            self.check(b)?;
+        }
+        let _guard = self.write.lock().await;
+        if create {
+            self.datastore
+                .create_federation_relationship(relationship, bundle.as_ref())
+                .await?;
+        } else {
+            self.datastore
+                .update_federation_relationship(relationship, bundle.as_ref())
+                .await?;
+        }
+        if let Some(bundle) = bundle {
+            tracing::info!(trust_domain = %bundle.trust_domain, "federated bundle stored with a federation relationship");
+            self.tx.send_modify(|set| {
+                Arc::make_mut(set).insert(bundle.trust_domain.clone(), Arc::new(bundle));
+            });
+        }
+        Ok(())
     }
 
     /// Stores a bundle fetched from `trust_domain`'s endpoint: it must be of that trust domain

@@ -210,7 +210,7 @@ fn read_bundle_endpoint(mut b: Block<'_>) -> Result<BundleEndpointConfig, Config
 }
 
 /// Both profiles need an `https` URL without user info (SPIFFE Federation §5.2).
-fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let uri: axum::http::Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
     if uri.scheme_str() != Some("https") {
         return Err(format!("{url:?} must be an https:// URL"));

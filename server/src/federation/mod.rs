@@ -1,11 +1,14 @@
 //! SPIFFE federation: the federated bundles we hold ([`bundles`]), the bundle endpoint serving
-//! our own bundle to other trust domains ([`endpoint`]), and the poller fetching theirs
-//! ([`poller`]). Config blocks are read in [`config`].
+//! our own bundle to other trust domains ([`endpoint`]), the peers we poll, from the config
+//! file and the datastore ([`peers`]), the poller fetching each one's bundle ([`poller`]) and
+//! their poll status ([`status`]). Config blocks are read in [`config`].
 
 pub mod bundles;
 pub mod config;
 pub mod endpoint;
+pub mod peers;
 pub mod poller;
+pub mod status;
 
 pub use bundles::{BundleSet, DeleteMode, FederatedBundles, Refreshed};
 

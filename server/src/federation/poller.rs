@@ -2,14 +2,15 @@
 //! §5): at the foreign bundle's `spiffe_refresh_hint` (clamped, see [`next_poll`]), retrying
 //! with backoff on failure while the last good bundle stays in force.
 //!
-//! `https_spiffe` endpoints are authenticated against the bundle we currently hold for their
-//! trust domain (bootstrapped with `bundle set`) and must present `endpoint_spiffe_id`;
+//! `https_spiffe` endpoints are authenticated against the bundle we currently hold for the
+//! trust domain of `endpoint_spiffe_id` (bootstrapped with `bundle set` or with the bundle
+//! given to `federation create`; as SPIRE, usually the peer's own) and must present that ID;
 //! `https_web` ones against the system's Web PKI roots (`rustls-native-certs`, which honours
 //! `SSL_CERT_FILE`). The HTTP client is hyper's HTTP/1.1 over tokio-rustls, both already in
 //! the dependency tree.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::TokioIo;
@@ -18,11 +19,12 @@ use rustls::{ClientConfig, RootCertStore};
 use sigil_common::tls::{Roots, SpiffeServerVerifier};
 use sigil_proto::{Bundle, TrustDomain};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{EndpointProfile, FederatesWith};
+use super::status::PeerStatuses;
 use super::{BundleSet, FederatedBundles, Refreshed};
 
 /// Bounds on the refresh hint a foreign server may ask for.
@@ -71,49 +73,89 @@ pub fn next_poll(refresh_hint: Option<u64>, failures: u32) -> Duration {
     backoff.min(interval)
 }
 
-/// Polls one foreign trust domain until `cancel` fires.
+/// What a poll ended with: the bundle stored or confirmed, or why not.
+pub type PollOutcome = Result<Refreshed, String>;
+
+/// A request to poll at once, answered when that poll ends.
+pub type RefreshRequest = oneshot::Sender<PollOutcome>;
+
+/// Polls one foreign trust domain until `cancel` fires, recording each poll in `statuses` and
+/// polling at once for each request on `requests` (`federation refresh`).
 pub async fn poll_forever(
     target: FederatesWith,
     bundles: Arc<FederatedBundles>,
+    statuses: Arc<PeerStatuses>,
+    mut requests: mpsc::Receiver<RefreshRequest>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let td = target.trust_domain.clone();
+    // The trust domain whose bundle authenticates the endpoint.
+    let auth_td = match &target.profile {
+        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            endpoint_spiffe_id.trust_domain().clone()
+        }
+        EndpointProfile::HttpsWeb => td.clone(),
+    };
     let mut failures = 0u32;
     let mut updates = bundles.subscribe();
+    let mut waiting: Vec<RefreshRequest> = Vec::new();
     loop {
         updates.borrow_and_update();
-        let result = tokio::time::timeout(TIMEOUT, fetch(&target, &bundles))
-            .await
-            .unwrap_or(Err(PollError::Timeout));
-        match result {
-            Ok(bundle) => match bundles.refresh(&td, bundle).await {
-                Ok(Refreshed::Updated) => failures = 0,
-                Ok(Refreshed::Unchanged) => {
-                    failures = 0;
-                    tracing::debug!(trust_domain = %td, "federated bundle unchanged");
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(trust_domain = %td, error = %e, "federated bundle refused; keeping the last good one");
-                }
-            },
+        statuses.update(&td, |s| s.next_refresh = None);
+        let outcome = poll_once(&target, &bundles).await;
+        let now = SystemTime::now();
+        match &outcome {
+            Ok(Refreshed::Updated) => failures = 0,
+            Ok(Refreshed::Unchanged) => {
+                failures = 0;
+                tracing::debug!(trust_domain = %td, "federated bundle unchanged");
+            }
             Err(e) => {
                 failures += 1;
-                tracing::warn!(trust_domain = %td, url = %target.url, error = %e, "cannot fetch the federated bundle; keeping the last good one");
+                tracing::warn!(trust_domain = %td, url = %target.url, error = %e, "cannot refresh the federated bundle; keeping the last good one");
             }
         }
-        let held = bundles.fetch(&td);
-        let hint = held.as_ref().and_then(|b| b.refresh_hint);
+        let hint = bundles.fetch(&td).and_then(|b| b.refresh_hint);
+        let wait = next_poll(hint, failures);
+        statuses.update(&td, |s| {
+            s.last_refresh = Some(now);
+            if outcome.is_ok() {
+                s.last_success = Some(now);
+            }
+            s.last_error = outcome.as_ref().err().cloned();
+            s.next_refresh = Some(now + wait);
+        });
+        for reply in waiting.drain(..) {
+            let _ = reply.send(outcome.clone());
+        }
+        let held = bundles.fetch(&auth_td);
         tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(next_poll(hint, failures)) => {}
-            // After a failure, an operator's `bundle set` for this trust domain (typically
-            // the https_spiffe bootstrap) is tried at once rather than after the backoff.
-            () = held_bundle_changed(&mut updates, &td, held.clone()), if failures > 0 => {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            Some(reply) = requests.recv() => {
+                tracing::info!(trust_domain = %td, "refresh requested; polling now");
+                waiting.push(reply);
+            }
+            // After a failure, an operator's `bundle set` for the endpoint's trust domain
+            // (typically the https_spiffe bootstrap) is tried at once rather than after the
+            // backoff.
+            () = held_bundle_changed(&mut updates, &auth_td, held), if failures > 0 => {
                 tracing::info!(trust_domain = %td, "federated bundle set by the operator; polling now");
             }
         }
     }
+}
+
+/// One fetch, stored if new.
+async fn poll_once(target: &FederatesWith, bundles: &FederatedBundles) -> PollOutcome {
+    let bundle = tokio::time::timeout(TIMEOUT, fetch(target, bundles))
+        .await
+        .unwrap_or(Err(PollError::Timeout))
+        .map_err(|e| format!("cannot fetch the bundle from {}: {e}", target.url))?;
+    bundles
+        .refresh(&target.trust_domain, bundle)
+        .await
+        .map_err(|e| format!("fetched bundle refused: {e}"))
 }
 
 /// Resolves when the bundle held for `td` differs from `held`; never if the set is dropped.
@@ -154,9 +196,10 @@ pub async fn fetch(
         .map_err(|e| PollError::Tls(e.to_string()))?;
     let config = match &target.profile {
         EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            let auth_td = endpoint_spiffe_id.trust_domain();
             let held = bundles
-                .fetch(&target.trust_domain)
-                .ok_or_else(|| PollError::NoBundle(target.trust_domain.clone()))?;
+                .fetch(auth_td)
+                .ok_or_else(|| PollError::NoBundle(auth_td.clone()))?;
             // The host name in the URL plays no part: an SVID names a SPIFFE ID.
             let verifier = SpiffeServerVerifier::new(
                 Roots::Fixed(Arc::new(root_store(&held.x509_authorities)?)),

@@ -134,7 +134,7 @@ impl Bundles {
 }
 
 /// The one place federation errors become statuses.
-fn federation_status(e: FederationError) -> Status {
+pub(super) fn federation_status(e: FederationError) -> Status {
     match e {
         FederationError::Datastore(d) => datastore_status(d),
         FederationError::NotFound(_) => Status::not_found(e.to_string()),
@@ -143,7 +143,7 @@ fn federation_status(e: FederationError) -> Status {
     }
 }
 
-fn parse_trust_domain(s: &str) -> Result<TrustDomain, Status> {
+pub(super) fn parse_trust_domain(s: &str) -> Result<TrustDomain, Status> {
     TrustDomain::new(s)
         .map_err(|e| Status::invalid_argument(format!("invalid trust domain {s:?}: {e}")))
 }

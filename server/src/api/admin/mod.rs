@@ -4,6 +4,7 @@
 //! - `entries`: registration entries;
 //! - `agents`: attested agents; `join_tokens`: tokens for new ones;
 //! - `bundles`: the trust domain's bundle and federated bundles;
+//! - `federation`: federation relationships kept in the datastore;
 //! - `local_authorities`: the CA's authorities;
 //! - `mint`: SVIDs minted for the operator;
 //! - `health`: whether the server can serve;
@@ -15,6 +16,7 @@
 mod agents;
 mod bundles;
 mod entries;
+mod federation;
 mod health;
 mod join_tokens;
 mod local_authorities;
@@ -43,6 +45,7 @@ use super::middleware::RpcLayer;
 use crate::ca::Ca;
 use crate::datastore::{Datastore, SelectorMatch};
 use crate::federation::FederatedBundles;
+use crate::federation::peers::Peers;
 use crate::k8s_pods::PodCaches;
 use crate::metrics::Metrics;
 use crate::ops::Readiness;
@@ -61,6 +64,7 @@ pub struct AdminApi {
     agents: agents::Agents,
     join_tokens: join_tokens::JoinTokens,
     bundles: bundles::Bundles,
+    federation: federation::Federation,
     local_authorities: local_authorities::LocalAuthorities,
     mint: mint::Mint,
     health: health::Health,
@@ -85,6 +89,7 @@ impl AdminApi {
             agents: agents::Agents::new(datastore.clone(), trust_domain.clone()),
             join_tokens: join_tokens::JoinTokens::new(datastore.clone(), trust_domain.clone()),
             bundles: bundles::Bundles::new(ca.clone(), datastore.clone()),
+            federation: federation::Federation::new(datastore.clone()),
             local_authorities: local_authorities::LocalAuthorities::new(
                 datastore.clone(),
                 ca.clone(),
@@ -124,9 +129,11 @@ impl AdminApi {
         self
     }
 
-    /// Serves `bundle set/list/delete` from (and into) `federation`.
-    pub fn with_federation(mut self, federation: Arc<FederatedBundles>) -> Self {
-        self.bundles.set_federation(federation);
+    /// Serves `bundle set/list/delete` from (and into) `federation`, and the `federation`
+    /// commands through `peers`.
+    pub fn with_federation(mut self, federation: Arc<FederatedBundles>, peers: Arc<Peers>) -> Self {
+        self.bundles.set_federation(federation.clone());
+        self.federation.set(federation, peers);
         self
     }
 }
@@ -178,6 +185,12 @@ rpcs! {
     "GetLogger" get_logger(pb::GetLoggerRequest) -> spire_types::Logger => logger.get;
     "SetLogLevel" set_log_level(pb::SetLogLevelRequest) -> spire_types::Logger => logger.set;
     "ResetLogLevel" reset_log_level(pb::ResetLogLevelRequest) -> spire_types::Logger => logger.reset;
+    "CreateFederationRelationship" create_federation_relationship(pb::CreateFederationRelationshipRequest) -> pb::FederationRelationship => federation.create;
+    "UpdateFederationRelationship" update_federation_relationship(pb::UpdateFederationRelationshipRequest) -> pb::FederationRelationship => federation.update;
+    "DeleteFederationRelationship" delete_federation_relationship(pb::DeleteFederationRelationshipRequest) -> pb::DeleteFederationRelationshipResponse => federation.delete;
+    "ListFederationRelationships" list_federation_relationships(pb::ListFederationRelationshipsRequest) -> pb::ListFederationRelationshipsResponse => federation.list;
+    "GetFederationRelationship" get_federation_relationship(pb::GetFederationRelationshipRequest) -> pb::GetFederationRelationshipResponse => federation.get;
+    "RefreshFederatedBundle" refresh_federated_bundle(pb::RefreshFederatedBundleRequest) -> pb::RefreshFederatedBundleResponse => federation.refresh;
 }
 
 /// The RPCs that change nothing and sign nothing: no audit line (see `crate::api::audit`).
@@ -194,6 +207,8 @@ const READ_ONLY: &[&str] = &[
     "CountBundles",
     "CountAgents",
     "GetLogger",
+    "ListFederationRelationships",
+    "GetFederationRelationship",
 ];
 
 /// Serves the admin API until `cancel` fires.

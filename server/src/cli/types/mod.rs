@@ -12,11 +12,14 @@
 //! - [`entry`]: `Entry` and the entry commands' responses.
 //! - [`agent`]: `Agent` and `agent list`'s response.
 //! - [`bundle`]: `Bundle` and the bundle commands' responses.
+//! - [`federation`]: `FederationRelationship`, the federation commands' responses and
+//!   `-data` files.
 //! - [`svid`]: `JoinToken`, `JWTSVID`, `x509 mint`'s result and `AuthorityState`.
 
 pub(super) mod agent;
 pub(super) mod bundle;
 pub(super) mod entry;
+pub(super) mod federation;
 pub(super) mod svid;
 
 use serde::{Deserialize, Serialize};
