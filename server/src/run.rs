@@ -277,6 +277,10 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         });
     }
     tasks.spawn("federation peers", peers.clone().run());
+    tasks.spawn(
+        "federated bundles",
+        federation.clone().follow(cancel.clone()),
+    );
     if let Some(server) = bundle_endpoint {
         tasks.spawn("bundle endpoint", async move {
             server.await.context("bundle endpoint failed")

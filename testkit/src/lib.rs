@@ -29,6 +29,7 @@ pub mod agent_link;
 pub mod binaries;
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod go;
 pub mod k8s;
 pub mod kubelet;

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use sigil_testkit::federation::{exchange, federated_file, pem_count};
 use sigil_testkit::python::python_json;
 use sigil_testkit::{
     Agent, Server, ServerOptions, attested_agent, multi_thread_rt, python, register_uid, uid,
@@ -25,28 +26,6 @@ fn fetch_files(agent: &Agent) -> tempfile::TempDir {
     agent
         .write_x509()
         .unwrap_or_else(|e| panic!("fetch x509: {e}"))
-}
-
-/// Copies `from`'s own bundle into `to` as a federated bundle.
-fn exchange(from: &Server, to: &Server) {
-    let json = from.cli_ok(&["bundle", "show", "-format", "spiffe"]);
-    let path = to
-        .dir
-        .path()
-        .join(format!("{}.json", from.options.trust_domain));
-    std::fs::write(&path, json).unwrap();
-    let id = format!("spiffe://{}", from.options.trust_domain);
-    let out = to.cli_ok(&[
-        "bundle",
-        "set",
-        "-id",
-        &id,
-        "-path",
-        path.to_str().unwrap(),
-        "-format",
-        "spiffe",
-    ]);
-    assert_eq!(out.trim(), "bundle set.");
 }
 
 /// A TLS server and client in one Python process: the server presents `server_dir`'s SVID and
@@ -102,11 +81,6 @@ fn mtls(
             client_trust,
         ],
     )
-}
-
-fn federated_file(dir: &tempfile::TempDir) -> Option<String> {
-    let path = dir.path().join("federated_bundle.0.0.pem");
-    path.exists().then(|| path.to_str().unwrap().to_owned())
 }
 
 #[test]
@@ -470,10 +444,6 @@ fn federation_block(endpoint_port: u16, other: &str, other_port: u16) -> String 
          federates_with \"{other}\" {{\n bundle_endpoint_url = \"https://127.0.0.1:{other_port}\"\n \
          bundle_endpoint_profile \"https_spiffe\" {{\n endpoint_spiffe_id = \"spiffe://{other}/spire/server\"\n }}\n }}\n}}\n"
     )
-}
-
-fn pem_count(text: &str) -> usize {
-    text.matches("BEGIN CERTIFICATE").count()
 }
 
 #[test]

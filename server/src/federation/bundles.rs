@@ -2,18 +2,22 @@
 //!
 //! Every writer (the admin API's `bundle set/delete`, the bundle endpoint poller) goes through
 //! [`FederatedBundles`], which writes the datastore first and then publishes the whole set on a
-//! `watch` channel, so agent sync streams push it at once. Our own trust domain's bundle lives
-//! in the same table but belongs to the CA: it is refused here.
+//! `watch` channel, so agent sync streams push it at once; writes made elsewhere (another
+//! replica) are followed through the datastore's change feed ([`FederatedBundles::follow`]).
+//! Our own trust domain's bundle lives in the same table but belongs to the CA: it is refused
+//! here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::FederationError;
 use super::config::FederatesWith;
-use crate::datastore::Datastore;
+use crate::datastore::{Change, Datastore};
 
 /// Every federated bundle, by trust domain.
 pub type BundleSet = Arc<BTreeMap<TrustDomain, Arc<Bundle>>>;
@@ -209,6 +213,69 @@ impl FederatedBundles {
         Ok(affected)
     }
 
+    /// Follows bundle writes made elsewhere (another replica's poller, `bundle set` or
+    /// `federation create` on PostgreSQL) through the datastore's change feed, until
+    /// `cancel` fires.
+    pub async fn follow(self: Arc<Self>, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut changes = self.datastore.subscribe_changes();
+        loop {
+            let reload = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                change = changes.recv() => match change {
+                    Ok(Change::Bundle(td)) if td != self.own => Some(td),
+                    Ok(Change::Resync) | Err(RecvError::Lagged(_)) => None,
+                    Ok(_) => continue,
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+            };
+            if let Err(e) = self.reload(reload.as_ref()).await {
+                tracing::warn!(error = %e, "cannot read federated bundles changed elsewhere");
+            }
+        }
+    }
+
+    /// Reads `trust_domain`'s bundle (every bundle when `None`) from the datastore again and
+    /// publishes it if it differs from the one held.
+    async fn reload(&self, trust_domain: Option<&TrustDomain>) -> Result<(), FederationError> {
+        let _guard = self.write.lock().await;
+        let stored: BTreeMap<TrustDomain, Arc<Bundle>> = match trust_domain {
+            Some(td) => self
+                .datastore
+                .fetch_bundle(td)
+                .await?
+                .map(|b| (td.clone(), Arc::new(b)))
+                .into_iter()
+                .collect(),
+            None => self
+                .datastore
+                .list_bundles()
+                .await?
+                .into_iter()
+                .filter(|b| b.trust_domain != self.own)
+                .map(|b| (b.trust_domain.clone(), Arc::new(b)))
+                .collect(),
+        };
+        self.tx.send_if_modified(|set| {
+            let next: BTreeMap<TrustDomain, Arc<Bundle>> = match trust_domain {
+                Some(td) => {
+                    let mut next = (**set).clone();
+                    match stored.get(td) {
+                        Some(b) => next.insert(td.clone(), b.clone()),
+                        None => next.remove(td),
+                    };
+                    next
+                }
+                None => stored,
+            };
+            if **set == next {
+                return false;
+            }
+            *set = Arc::new(next);
+            true
+        });
+        Ok(())
+    }
+
     fn check(&self, bundle: &Bundle) -> Result<(), FederationError> {
         if bundle.trust_domain == self.own {
             return Err(FederationError::OwnTrustDomain(self.own.clone()));
@@ -331,6 +398,39 @@ mod tests {
             again.current().keys().collect::<Vec<_>>(),
             vec![&td("other.org")]
         );
+    }
+
+    /// A second holder on the same datastore (as a replica) follows writes made through the
+    /// first: stored, replaced, deleted.
+    #[tokio::test]
+    async fn follows_writes_made_elsewhere() {
+        let (_dir, ds, f) = holder().await;
+        let other = Arc::new(FederatedBundles::load(ds, td("td")).await.unwrap());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let following = tokio::spawn(other.clone().follow(cancel.clone()));
+        let mut rx = other.subscribe();
+        let wait = |rx: &mut watch::Receiver<BundleSet>, want: Option<u8>| {
+            let mut rx = rx.clone();
+            async move {
+                let got = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    rx.wait_for(|set| {
+                        set.get(&td("o.org")).map(|b| b.x509_authorities[0][1]) == want
+                    }),
+                )
+                .await;
+                assert!(got.is_ok(), "never saw {want:?}");
+            }
+        };
+        f.set(bundle("o.org", 0, 2)).await.unwrap();
+        wait(&mut rx, Some(2)).await;
+        f.set(bundle("o.org", 0, 3)).await.unwrap();
+        wait(&mut rx, Some(3)).await;
+        f.delete(&td("o.org"), DeleteMode::Restrict).await.unwrap();
+        wait(&mut rx, None).await;
+        assert!(other.current().is_empty(), "own bundle never joins");
+        cancel.cancel();
+        following.await.unwrap().unwrap();
     }
 
     #[tokio::test]
