@@ -563,3 +563,124 @@ fn a_replica_follows_relationship_changes() {
             .then_some(())
     });
 }
+
+/// The same commands against SPIRE itself (when built, see `sigil_testkit::spire`) print what
+/// Sigil prints: `create -data`, `list` and `show` (pretty and JSON), `update`, `delete`, and
+/// the errors for an unknown trust domain. Sigil's `show` adds its poll status below.
+#[test]
+fn outputs_match_spires() {
+    let Some(bin) = sigil_testkit::spire::spire_bin("spire-server") else {
+        return;
+    };
+    let spire = sigil_testkit::spire::SpireServer::start(&bin, "a.test", "WARN", "");
+    let sigil = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        ..ServerOptions::default()
+    });
+    let (cert, _) =
+        sigil_testkit::self_signed_serving_cert(sigil.dir.path(), "c.test", "DNS:c.test");
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let data = sigil.dir.path().join("rel.json");
+    std::fs::write(
+        &data,
+        serde_json::json!({"federationRelationships": [
+            {"trustDomain": "b.test", "bundleEndpointURL": "https://127.0.0.1:1/b", "bundleEndpointProfile": "https_web"},
+            {"trustDomain": "c.test", "bundleEndpointURL": "https://127.0.0.1:1/c", "bundleEndpointProfile": "https_spiffe",
+             "endpointSPIFFEID": "spiffe://c.test/spire/server", "trustDomainBundle": pem, "trustDomainBundleFormat": "pem"}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let data = data.to_str().unwrap();
+    let both = |args: &[&str]| {
+        let s = spire.cli(args);
+        let o = sigil.cli(args);
+        assert_eq!(
+            s.status.success(),
+            o.status.success(),
+            "{args:?}: SPIRE {} / Sigil {}",
+            stderr(&s),
+            stderr(&o)
+        );
+        (s, o)
+    };
+    let same = |args: &[&str]| {
+        let (s, o) = both(args);
+        assert_eq!(stdout(&o), stdout(&s), "{args:?}");
+        stdout(&o)
+    };
+    same(&["federation", "create", "-data", data]);
+    same(&["federation", "list"]);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-output", "json"]);
+        let (s, o) = both(&all);
+        let s: serde_json::Value = serde_json::from_str(&stdout(&s)).unwrap();
+        let mut o: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        // Sigil's `Bundle` prints newer SPIREs' (empty) WIT authorities, which this one lacks.
+        without_wit_authorities(&mut o);
+        assert_eq!(o, s, "{args:?}");
+        o
+    };
+    let listed = json(&["federation", "list"]);
+    assert_eq!(
+        listed["federation_relationships"].as_array().unwrap().len(),
+        2
+    );
+    json(&["federation", "show", "-trustDomain", "c.test"]);
+    let (s, o) = both(&["federation", "show", "-trustDomain", "c.test"]);
+    assert!(
+        stdout(&o).starts_with(&stdout(&s)),
+        "SPIRE's lines first:\n{}\n{}",
+        stdout(&s),
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("Last refresh              : "));
+    same(&[
+        "federation",
+        "update",
+        "-trustDomain",
+        "b.test",
+        "-bundleEndpointURL",
+        "https://127.0.0.1:2/b",
+        "-bundleEndpointProfile",
+        "https_spiffe",
+        "-endpointSpiffeID",
+        "spiffe://b.test/spire/server",
+    ]);
+    json(&["federation", "show", "-trustDomain", "b.test"]);
+    let (s, o) = both(&["federation", "refresh", "-id", "spiffe://d.test"]);
+    assert_eq!(stderr(&o), stderr(&s));
+    same(&["federation", "delete", "-id", "spiffe://b.test"]);
+    same(&["federation", "list"]);
+    json(&[
+        "federation",
+        "create",
+        "-trustDomain",
+        "d.test",
+        "-bundleEndpointURL",
+        "https://127.0.0.1:3",
+        "-bundleEndpointProfile",
+        "https_web",
+    ]);
+    json(&["federation", "delete", "-id", "d.test"]);
+    let (s, o) = both(&["federation", "show", "-trustDomain", "b.test"]);
+    assert!(
+        stderr(&s).contains("NotFound")
+            && stderr(&o).contains("no federation relationship with b.test"),
+        "{} / {}",
+        stderr(&s),
+        stderr(&o)
+    );
+}
+
+fn without_wit_authorities(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("wit_authorities");
+            m.values_mut().for_each(without_wit_authorities);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(without_wit_authorities),
+        _ => {}
+    }
+}
