@@ -78,6 +78,34 @@ fn show_line(show: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// `federation create|update` of b.test's `https_spiffe` relationship at `url`, with B's
+/// bundle file when given.
+fn b_relationship(server: &Server, verb: &str, url: &str, bundle: Option<&str>) -> Output {
+    let mut args = vec![
+        "federation",
+        verb,
+        "-trustDomain",
+        "b.test",
+        "-bundleEndpointURL",
+        url,
+        "-bundleEndpointProfile",
+        "https_spiffe",
+        "-endpointSpiffeID",
+        "spiffe://b.test/spire/server",
+    ];
+    if let Some(path) = bundle {
+        args.extend([
+            "-trustDomainBundlePath",
+            path,
+            "-trustDomainBundleFormat",
+            "spiffe",
+        ]);
+    }
+    let out = server.cli(&args);
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    out
+}
+
 #[test]
 fn created_at_run_time_polled_updated_refreshed_and_deleted() {
     let port_b = sigil_testkit::free_port();
@@ -90,22 +118,7 @@ fn created_at_run_time_polled_updated_refreshed_and_deleted() {
     // Nothing listens on this port: the first URL is wrong.
     let dead_port = sigil_testkit::free_port();
     let dead_url = format!("https://127.0.0.1:{dead_port}");
-    let created = a.cli_ok(&[
-        "federation",
-        "create",
-        "-trustDomain",
-        "b.test",
-        "-bundleEndpointURL",
-        &dead_url,
-        "-bundleEndpointProfile",
-        "https_spiffe",
-        "-endpointSpiffeID",
-        "spiffe://b.test/spire/server",
-        "-trustDomainBundlePath",
-        &b_bundle,
-        "-trustDomainBundleFormat",
-        "spiffe",
-    ]);
+    let created = stdout(&b_relationship(&a, "create", &dead_url, Some(&b_bundle)));
     assert_eq!(
         created,
         format!(
@@ -142,18 +155,7 @@ fn created_at_run_time_polled_updated_refreshed_and_deleted() {
 
     // The right URL: polled at once, no restart.
     let url = format!("https://127.0.0.1:{port_b}");
-    let updated = a.cli_ok(&[
-        "federation",
-        "update",
-        "-trustDomain",
-        "b.test",
-        "-bundleEndpointURL",
-        &url,
-        "-bundleEndpointProfile",
-        "https_spiffe",
-        "-endpointSpiffeID",
-        "spiffe://b.test/spire/server",
-    ]);
+    let updated = stdout(&b_relationship(&a, "update", &url, None));
     assert!(updated.contains(&format!("Bundle endpoint URL       : {url}\n")));
     wait_for("A polls B's endpoint", Duration::from_secs(15), || {
         polled(&a).then_some(())
@@ -261,18 +263,7 @@ fn config_and_datastore_relationships_together() {
     );
     // https_spiffe with no bundle held is accepted (as SPIRE); B's bundle set later is used
     // at once.
-    a.cli_ok(&[
-        "federation",
-        "create",
-        "-trustDomain",
-        "b.test",
-        "-bundleEndpointURL",
-        &format!("https://127.0.0.1:{port_b}"),
-        "-bundleEndpointProfile",
-        "https_spiffe",
-        "-endpointSpiffeID",
-        "spiffe://b.test/spire/server",
-    ]);
+    b_relationship(&a, "create", &format!("https://127.0.0.1:{port_b}"), None);
     let show = wait_for(
         "the missing bundle reported",
         Duration::from_secs(15),
@@ -509,22 +500,7 @@ fn a_replica_follows_relationship_changes() {
     let r = a.start_replica();
     let b_bundle = bundle_file(&b, &a);
     let dead_url = format!("https://127.0.0.1:{}", sigil_testkit::free_port());
-    a.cli_ok(&[
-        "federation",
-        "create",
-        "-trustDomain",
-        "b.test",
-        "-bundleEndpointURL",
-        &dead_url,
-        "-bundleEndpointProfile",
-        "https_spiffe",
-        "-endpointSpiffeID",
-        "spiffe://b.test/spire/server",
-        "-trustDomainBundlePath",
-        &b_bundle,
-        "-trustDomainBundleFormat",
-        "spiffe",
-    ]);
+    b_relationship(&a, "create", &dead_url, Some(&b_bundle));
     // R polls it (its own status), with the bundle A stored.
     wait_for(
         "R polls the new relationship",
@@ -539,18 +515,7 @@ fn a_replica_follows_relationship_changes() {
         b.cli_ok(&["bundle", "show"])
     );
     let url = format!("https://127.0.0.1:{port_b}");
-    a.cli_ok(&[
-        "federation",
-        "update",
-        "-trustDomain",
-        "b.test",
-        "-bundleEndpointURL",
-        &url,
-        "-bundleEndpointProfile",
-        "https_spiffe",
-        "-endpointSpiffeID",
-        "spiffe://b.test/spire/server",
-    ]);
+    b_relationship(&a, "update", &url, None);
     wait_for("R polls the new URL", Duration::from_secs(15), || {
         let show = r.cli_ok(&["federation", "show", "-trustDomain", "b.test"]);
         (show_line(&show, "Last error") == "none").then_some(())

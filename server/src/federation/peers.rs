@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sigil_proto::TrustDomain;
 use tokio::sync::broadcast::error::RecvError;
@@ -24,6 +25,8 @@ use crate::datastore::{Change, Datastore, DatastoreError};
 
 /// Refresh requests queued per poller (more wait for a slot).
 const REQUEST_QUEUE: usize = 16;
+/// How soon a failed read of the relationships is tried again.
+const RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -88,12 +91,11 @@ impl Peers {
     pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
         let mut changes = self.datastore.subscribe_changes();
         loop {
-            if let Err(e) = self.reconcile().await {
-                tracing::error!(error = %e, "cannot read the federation relationships; polling the last known set");
-            }
+            let failed = self.reconcile().await.is_err();
             loop {
                 let reload = tokio::select! {
                     () = self.cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RETRY), if failed => true,
                     change = changes.recv() => match change {
                         Ok(Change::FederationRelationship(_) | Change::Resync)
                         | Err(RecvError::Lagged(_)) => true,
@@ -111,11 +113,27 @@ impl Peers {
         }
     }
 
-    /// Brings the running pollers in line with the config file and the datastore.
+    /// Brings the running pollers in line with the config file and the datastore. When the
+    /// datastore cannot be read, the config file's pollers still start and the datastore's
+    /// keep running as they are.
     pub async fn reconcile(&self) -> Result<(), DatastoreError> {
+        let stored = self.datastore.list_federation_relationships().await;
+        let mut running = self.running.lock().await;
         let mut wanted: BTreeMap<TrustDomain, (FederatesWith, Source)> = BTreeMap::new();
-        for r in self.datastore.list_federation_relationships().await? {
-            wanted.insert(r.trust_domain.clone(), (r, Source::Datastore));
+        match &stored {
+            Ok(list) => {
+                for r in list {
+                    wanted.insert(r.trust_domain.clone(), (r.clone(), Source::Datastore));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the federation relationships; polling the last known set");
+                for (td, r) in running.iter() {
+                    if r.source == Source::Datastore {
+                        wanted.insert(td.clone(), (r.target.clone(), Source::Datastore));
+                    }
+                }
+            }
         }
         for r in &self.configured {
             if let Some((_, Source::Datastore)) = wanted.get(&r.trust_domain) {
@@ -126,7 +144,6 @@ impl Peers {
         if wanted.remove(&self.own).is_some() {
             tracing::warn!(trust_domain = %self.own, "not polling our own trust domain's bundle endpoint");
         }
-        let mut running = self.running.lock().await;
         running.retain(|td, r| {
             let keep = wanted
                 .get(td)
@@ -170,7 +187,7 @@ impl Peers {
                 },
             );
         }
-        Ok(())
+        stored.map(|_| ())
     }
 
     /// Polls `trust_domain` at once (after reading the relationships again, so one just
