@@ -32,7 +32,7 @@ const RETRY: Duration = Duration::from_secs(5);
 pub enum RefreshError {
     #[error("no federation relationship with trust domain {0:?}")]
     NotManaged(TrustDomain),
-    #[error("the poller of {0} stopped")]
+    #[error("the relationship with {0} changed during the refresh; try again")]
     Stopped(TrustDomain),
     #[error("{0}")]
     Failed(String),

@@ -93,9 +93,11 @@ impl Federation {
             .write_relationship(&relationship, bundle, create)
             .await
             .map_err(|e| match e {
-                FederationError::OwnTrustDomain(_) => Status::invalid_argument(format!(
-                    "unable to create federation relationship for server trust domain {td}"
-                )),
+                FederationError::OwnTrustDomain(ref own) if own == td => {
+                    Status::invalid_argument(format!(
+                        "unable to create federation relationship for server trust domain {td}"
+                    ))
+                }
                 e => federation_status(e),
             })?;
         tracing::info!(trust_domain = %td, url = %relationship.url, created = create, "federation relationship stored");
@@ -173,7 +175,7 @@ impl Federation {
         let before = bundles.fetch(&td);
         peers.refresh(&td).await.map_err(|e| match e {
             RefreshError::NotManaged(_) => Status::not_found(e.to_string()),
-            RefreshError::Stopped(_) => Status::unavailable(e.to_string()),
+            RefreshError::Stopped(_) => Status::aborted(e.to_string()),
             RefreshError::Failed(m) => Status::internal(format!("failed to refresh bundle: {m}")),
         })?;
         Ok(pb::RefreshFederatedBundleResponse {
