@@ -235,7 +235,7 @@ fn config_and_datastore_relationships_together() {
     let port_b = sigil_testkit::free_port();
     let b = endpoint_server("b.test", port_b);
     let dead_port = sigil_testkit::free_port();
-    let a = Server::start(ServerOptions {
+    let mut a = Server::start(ServerOptions {
         trust_domain: "a.test".into(),
         extra_server: format!(
             "federation {{\n federates_with \"c.test\" {{\n bundle_endpoint_url = \"https://127.0.0.1:{dead_port}\"\n bundle_endpoint_profile \"https_web\" {{}}\n }}\n}}\n"
@@ -308,6 +308,21 @@ fn config_and_datastore_relationships_together() {
         err.contains("there is no federation relationship with trust domain"),
         "{err}"
     );
+
+    // After a restart both kinds are polled again: the datastore's from the start.
+    a.restart();
+    let show = wait_for(
+        "b.test polled after the restart",
+        Duration::from_secs(15),
+        || {
+            let show = a.cli_ok(&["federation", "show", "-trustDomain", "b.test"]);
+            show.contains("Last error                : none")
+                .then_some(show)
+        },
+    );
+    assert!(show_line(&show, "Last successful refresh").ends_with("+0000 UTC"));
+    let err = cli_err(&a, &["federation", "refresh", "-id", "spiffe://c.test"]);
+    assert!(err.contains("cannot connect"), "{err}");
 }
 
 /// Bad input: a clear error, a non-zero exit and nothing stored.
