@@ -664,3 +664,61 @@ fn without_wit_authorities(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// With `audit_log_enabled`, each create, update, delete and refresh writes one audit line
+/// naming the trust domain, whatever its outcome; list and show write none.
+#[test]
+fn changes_are_audited_and_reads_are_not() {
+    let a = Server::start(ServerOptions {
+        trust_domain: "a.test".into(),
+        log_level: "ERROR".into(),
+        extra_server: "audit_log_enabled = true\n  log_format = \"json\"\n".into(),
+        ..ServerOptions::default()
+    });
+    let audited = |method: &str| -> Vec<serde_json::Value> {
+        a.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["type"] == "audit" && l["method"] == method)
+            .collect()
+    };
+    let web = [
+        "-trustDomain",
+        "b.test",
+        "-bundleEndpointURL",
+        "https://127.0.0.1:1",
+        "-bundleEndpointProfile",
+        "https_web",
+    ];
+    let mut create = vec!["federation", "create"];
+    create.extend(web);
+    a.cli_ok(&create);
+    cli_err(&a, &create);
+    let mut update = vec!["federation", "update"];
+    update.extend(web);
+    a.cli_ok(&update);
+    cli_err(&a, &["federation", "refresh", "-id", "b.test"]);
+    a.cli_ok(&["federation", "list"]);
+    a.cli_ok(&["federation", "show", "-trustDomain", "b.test"]);
+    a.cli_ok(&["federation", "delete", "-id", "b.test"]);
+    let created = wait_for("the audit lines", Duration::from_secs(5), || {
+        let lines = audited("CreateFederationRelationship");
+        (lines.len() == 2).then_some(lines)
+    });
+    assert_eq!(created[0]["status"], "success");
+    assert_eq!(created[1]["status"], "error");
+    assert_eq!(created[1]["status_code"], "AlreadyExists");
+    for (method, status) in [
+        ("UpdateFederationRelationship", "success"),
+        ("RefreshFederatedBundle", "error"),
+        ("DeleteFederationRelationship", "success"),
+    ] {
+        let lines = audited(method);
+        assert_eq!(lines.len(), 1, "{method}: {lines:?}");
+        assert_eq!(lines[0]["status"], status, "{method}");
+        assert_eq!(lines[0]["trust_domain"], "b.test", "{method}");
+    }
+    assert_eq!(created[0]["trust_domain"], "b.test");
+    assert!(audited("ListFederationRelationships").is_empty());
+    assert!(audited("GetFederationRelationship").is_empty());
+}
