@@ -12,6 +12,7 @@ use sigil_common::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::activity::{self, Activity};
 use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
@@ -19,6 +20,7 @@ use crate::ca::{Ca, CaConfig, ReplicaId};
 use crate::ca_store;
 pub(crate) use crate::ca_store::persist;
 use crate::config::{LogFormat, ServerConfig, file_checks};
+use crate::console::{self, samples::Samples};
 use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
 use crate::k8s_pods::{PodCache, PodCaches, watch_pods};
@@ -202,6 +204,35 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let activity = Arc::new(Activity::default());
+    let samples = Arc::new(Samples::default());
+    let console_server = match &config.console {
+        Some(c) => Some(
+            console::bind(
+                c,
+                console::Sources {
+                    trust_domain: config.trust_domain.clone(),
+                    datastore: datastore.clone(),
+                    ca: ca.clone(),
+                    federation: federation.clone(),
+                    federates_with: config
+                        .federation
+                        .iter()
+                        .flat_map(|f| f.federates_with.iter().cloned())
+                        .collect(),
+                    activity: activity.clone(),
+                    metrics: metrics.clone(),
+                    samples: samples.clone(),
+                },
+                limiter(Endpoint::Console),
+                cancel.clone(),
+            )
+            .await
+            .context("cannot start the web console")?,
+        ),
+        None => None,
+    };
+
     let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
         format!(
             "cannot bind the admin socket {}",
@@ -234,6 +265,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_agent_ttl(config.agent_api.agent_ttl)
     .with_rate_limits(config.agent_api.rate_limit)
+    .with_activity(activity.clone())
     .with_federated_bundles(federation.subscribe())
     .with_pod_caches(pod_caches);
     if let Some(attestor) = psat_attestor {
@@ -270,6 +302,23 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         tasks.spawn(
             "federation poller",
             crate::federation::poller::poll_forever(target, federation.clone(), cancel.clone()),
+        );
+    }
+    tasks.spawn(
+        "entry revision follower",
+        activity::follow_revisions(
+            activity.clone(),
+            datastore.entry_revisions(),
+            cancel.clone(),
+        ),
+    );
+    if let Some(server) = console_server {
+        tasks.spawn("web console", async move {
+            server.await.context("web console failed")
+        });
+        tasks.spawn(
+            "console sampler",
+            samples.run(metrics.clone(), activity.clone(), cancel.clone()),
         );
     }
     if let Some(server) = bundle_endpoint {

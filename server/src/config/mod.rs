@@ -36,6 +36,7 @@ pub use self::plugins::NodeAttestorsConfig;
 use crate::api::agent::AgentApiConfig;
 use crate::ca::CaConfig;
 use crate::ca::upstream::UpstreamDiskConfig;
+use crate::console::ConsoleConfig;
 use crate::datastore::DatastoreConfig;
 use crate::federation::config::FederationConfig;
 use crate::key_manager::KeyManagerConfig;
@@ -84,6 +85,8 @@ pub struct ServerConfig {
     pub allow_insecure_file_permissions: bool,
     /// `server { connection_limits { ... } }`: each TCP listener's connection caps.
     pub connection_limits: ConnectionLimitsConfig,
+    /// `server { console { ... } }`: the web console; off when absent.
+    pub console: Option<ConsoleConfig>,
     /// One line per SPIRE key that was accepted but means nothing for Sigil, naming the file,
     /// the line and the key: logged at WARN once logging is set up.
     pub warnings: Vec<String>,
@@ -134,6 +137,7 @@ impl ServerConfig {
                 Endpoint::BundleEndpoint => bundle_endpoint,
                 Endpoint::Health => self.health.is_some(),
                 Endpoint::Metrics => self.metrics.is_some(),
+                Endpoint::Console => self.console.is_some(),
             })
             .collect()
     }
@@ -159,6 +163,7 @@ impl ServerConfig {
         let allow_insecure_file_permissions =
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
+        let console = ConsoleConfig::from_block(s.block("console")?)?;
         if let Some(mut experimental) = s.block("experimental")? {
             experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
@@ -198,6 +203,7 @@ impl ServerConfig {
             federation,
             allow_insecure_file_permissions,
             connection_limits,
+            console,
             warnings: doc.take_warnings(),
         })
     }

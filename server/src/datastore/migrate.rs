@@ -33,6 +33,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0004_write_probe.sql",
         include_str!("../../../migrations/sqlite/0004_write_probe.sql"),
     ),
+    (
+        "0005_entry_hint_index.sql",
+        include_str!("../../../migrations/sqlite/0005_entry_hint_index.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
@@ -51,6 +55,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_write_probe.sql",
         include_str!("../../../migrations/postgres/0004_write_probe.sql"),
+    ),
+    (
+        "0005_entry_hint_index.sql",
+        include_str!("../../../migrations/postgres/0005_entry_hint_index.sql"),
     ),
 ];
 

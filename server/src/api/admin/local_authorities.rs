@@ -72,6 +72,10 @@ impl LocalAuthorities {
         })?
         .ok_or_else(|| Status::internal("the change planned nothing"))?;
         tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
+        if op == pb::LocalAuthorityOp::Revoke {
+            self.ca
+                .record_revoked(kind, state.clone(), sigil_common::time::unix_now());
+        }
         Ok(pb::LocalAuthorityResponse {
             authority: Some(authority_state_pb(&state)),
             authorities: Vec::new(),
