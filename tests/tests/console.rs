@@ -310,6 +310,24 @@ fn console_pages_in_a_real_browser() {
         "timeout_ms": 5000,
     }));
     browser.assert_no_errors("activity");
+    // The created entry reached the agent's sync stream: its propagation was measured.
+    let (_, samples) = http_request(port, "GET", "/api/samples", &auth).unwrap();
+    let samples: Value = serde_json::from_str(&samples).unwrap();
+    let latest = samples
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        latest["propagation_p99_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms < 1000.0),
+        "{samples}"
+    );
+    if std::env::var_os("SIGIL_SCREENSHOTS").is_some() {
+        // Fuller charts for the picture.
+        std::thread::sleep(Duration::from_secs(15));
+    }
     browser.screenshot("activity");
     pages.push(
         browser.cmd(json!({"cmd": "html"}))["html"]

@@ -196,6 +196,7 @@ fn spire_example_parses_into_typed_values() {
         federation: None,
         allow_insecure_file_permissions: false,
         connection_limits: Default::default(),
+        console: None,
         warnings: vec![],
     };
     assert_eq!(cfg, want);

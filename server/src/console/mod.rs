@@ -113,6 +113,9 @@ pub fn router(sources: Sources, token: Token) -> Router {
         .route("/api/samples", get(samples::json))
         .route(assets::CSS_PATH, get(assets::css))
         .route(assets::JS_PATH, get(assets::js))
+        .route(assets::ICON_PATH, get(assets::icon))
+        // Browsers ask for it whatever the page says.
+        .route("/favicon.ico", get(assets::icon))
         .with_state(Arc::new(sources))
         .layer(middleware::from_fn_with_state(
             Arc::new(token),

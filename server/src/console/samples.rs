@@ -89,6 +89,29 @@ impl Samples {
         }
     }
 
+    /// Takes one sample at `now` (rates since `last`, none for the first call); returns the
+    /// totals the next call needs.
+    fn sample(&self, metrics: &Metrics, activity: &Activity, last: Totals, now: Instant) -> Totals {
+        let current = totals(metrics, now);
+        if let Some(before) = last.at {
+            let seconds = now
+                .saturating_duration_since(before)
+                .as_secs_f64()
+                .max(1e-3);
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / seconds;
+            self.push(Sample {
+                t: sigil_common::time::unix_now(),
+                svids_signed_per_second: rate(current.signed, last.signed),
+                open_sync_streams: metrics.connected_agents.get(),
+                propagation_p99_ms: activity
+                    .propagation_p99(P99_WINDOW, now)
+                    .map(|d| d.as_secs_f64() * 1000.0),
+                rate_limited_per_second: rate(current.rate_limited, last.rate_limited),
+            });
+        }
+        current
+    }
+
     /// Samples every [`PERIOD`] until `cancel` fires.
     pub async fn run(
         self: Arc<Self>,
@@ -104,25 +127,7 @@ impl Samples {
                 () = cancel.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            let now = Instant::now();
-            let current = totals(&metrics, now);
-            if let Some(before) = last.at {
-                let seconds = now
-                    .saturating_duration_since(before)
-                    .as_secs_f64()
-                    .max(1e-3);
-                let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / seconds;
-                self.push(Sample {
-                    t: sigil_common::time::unix_now(),
-                    svids_signed_per_second: rate(current.signed, last.signed),
-                    open_sync_streams: metrics.connected_agents.get(),
-                    propagation_p99_ms: activity
-                        .propagation_p99(P99_WINDOW, now)
-                        .map(|d| d.as_secs_f64() * 1000.0),
-                    rate_limited_per_second: rate(current.rate_limited, last.rate_limited),
-                });
-            }
-            last = current;
+            last = self.sample(&metrics, &activity, last, Instant::now());
         }
     }
 }
@@ -136,40 +141,40 @@ pub(super) async fn json(State(sources): State<Arc<Sources>>) -> Json<Vec<Sample
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn samples_rates_once_a_second_into_a_bounded_ring() {
+    #[test]
+    fn samples_rates_into_a_bounded_ring() {
         let metrics = Metrics::new();
-        let samples = Arc::new(Samples::default());
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(samples.clone().run(
-            metrics.clone(),
-            Arc::default(),
-            cancel.clone(),
-        ));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let activity = Activity::default();
+        let samples = Samples::default();
+        let t0 = Instant::now();
+        let mut last = samples.sample(&metrics, &activity, Totals::default(), t0);
+        assert!(samples.all().is_empty(), "no rate from one reading");
         metrics
             .x509_svids_signed
             .get_or_create(&ResultLabel { result: "ok" })
-            .inc_by(10);
+            .inc_by(20);
         metrics
             .rate_limited
             .get_or_create(&LimitLabel { limit: "signing" })
             .inc();
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        metrics.connected_agents.set(3);
+        last = samples.sample(&metrics, &activity, last, t0 + 2 * PERIOD);
         let got = samples.all();
         assert_eq!(got.len(), 1, "{got:?}");
         assert!(
-            (got[0].svids_signed_per_second - 10.0).abs() < 0.5,
+            (got[0].svids_signed_per_second - 10.0).abs() < 1e-9,
             "{got:?}"
         );
         assert!(
-            (got[0].rate_limited_per_second - 1.0).abs() < 0.1,
+            (got[0].rate_limited_per_second - 0.5).abs() < 1e-9,
             "{got:?}"
         );
+        assert_eq!(got[0].open_sync_streams, 3);
         assert_eq!(got[0].propagation_p99_ms, None);
-        tokio::time::sleep(PERIOD * (KEPT as u32 + 10)).await;
+        for i in 0..(KEPT as u32 + 10) {
+            last = samples.sample(&metrics, &activity, last, t0 + PERIOD * (3 + i));
+        }
         assert_eq!(samples.all().len(), KEPT);
-        cancel.cancel();
-        task.await.unwrap().unwrap();
+        assert_eq!(samples.all()[KEPT - 1].svids_signed_per_second, 0.0);
     }
 }

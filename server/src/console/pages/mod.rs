@@ -12,7 +12,7 @@ use maud::{DOCTYPE, Markup, html};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::assets::{CSS_PATH, JS_PATH};
+use super::assets::{CSS_PATH, ICON_PATH, JS_PATH};
 use crate::datastore::DatastoreError;
 
 /// The pages in the navigation bar: path and title.
@@ -34,6 +34,7 @@ fn layout(current: &str, title: &str, live: Option<&str>, body: Markup) -> Html<
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     title { (title) " · Sigil console" }
                     link rel="stylesheet" href=(CSS_PATH);
+                    link rel="icon" href=(ICON_PATH) type="image/svg+xml";
                     script src=(JS_PATH) defer {}
                 }
                 body data-live=[live] {
