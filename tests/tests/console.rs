@@ -157,10 +157,7 @@ fn console_pages_in_a_real_browser() {
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let port = free_port();
     let server = Server::start(ServerOptions {
-        extra_server: format!(
-            "console {{\n bind_port = {port}\n token_file = \"{}\"\n}}\n",
-            token_file.display()
-        ),
+        extra_server: console_block(port, &token_file, ""),
         ..ServerOptions::default()
     });
     let (_agent, agent_id) = attested_agent(&server, false);
@@ -269,6 +266,10 @@ fn console_pages_in_a_real_browser() {
 
     // The open entries page shows an entry created with the CLI within a second.
     let entries = browser.page("/entries");
+    assert!(
+        entries.contains("<span id=\"entry-total\">2</span>"),
+        "{entries}"
+    );
     pages.push(entries);
     let created = "spiffe://example.org/ns/shop/created-live";
     register(&server, created, &agent_id, "unix:uid:5151", &[]);
@@ -352,4 +353,87 @@ fn console_pages_in_a_real_browser() {
         // No JWT-looking value (three base64url parts starting with a JSON header) either.
         assert!(!html.contains("eyJ"), "a page shows something like a JWT");
     }
+}
+
+/// A `console` block for `port`, the token in `token_file`, and `extra` keys.
+fn console_block(port: u16, token_file: &Path, extra: &str) -> String {
+    format!(
+        "console {{\n bind_port = {port}\n token_file = \"{}\"\n{extra}}}\n",
+        token_file.display()
+    )
+}
+
+/// With `tls_cert_file`/`tls_key_file` the console speaks HTTPS (checked by Python's own TLS
+/// client trusting the certificate), with the same token rule; a token file open to others
+/// stops the server at start, naming the file and the fix.
+#[test]
+fn https_and_a_token_file_open_to_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        sigil_testkit::self_signed_serving_cert(dir.path(), "localhost", "DNS:localhost");
+    let token = random_token();
+    let token_file = dir.path().join("console.token");
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let tls = format!(
+        " tls_cert_file = \"{}\"\n tls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let server = Server::start(ServerOptions {
+        extra_server: console_block(port, &token_file, &tls),
+        ..ServerOptions::default()
+    });
+    let script = r#"
+import json, ssl, sys, urllib.request, urllib.error
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+def get(headers):
+    req = urllib.request.Request(sys.argv[2], headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+print(json.dumps({"without": get({}), "with": get({"Authorization": "Bearer " + sys.argv[3]})}))
+"#;
+    let got = sigil_testkit::python::python_json(
+        "the console over HTTPS",
+        &[
+            "-c",
+            script,
+            cert.to_str().unwrap(),
+            &format!("https://localhost:{port}/"),
+            &token,
+        ],
+    );
+    assert_eq!(got["without"], json!([401, ""]));
+    assert_eq!(got["with"][0], 200);
+    assert!(
+        got["with"][1]
+            .as_str()
+            .unwrap()
+            .contains("<h1>Overview</h1>"),
+        "{got}"
+    );
+    drop(server);
+
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::configure(ServerOptions {
+        extra_server: console_block(free_port(), &token_file, ""),
+        ..ServerOptions::default()
+    });
+    let mut command = Command::new(sigil_testkit::server_bin());
+    command.args(["run", "-config"]).arg(&server.config);
+    let (status, output) = sigil_testkit::run_to_exit(
+        command,
+        &dir.path().join("refused.log"),
+        Duration::from_secs(30),
+    );
+    let status = status.unwrap_or_else(|| panic!("started with a 0644 token file:\n{output}"));
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains(&token_file.display().to_string()) && output.contains("chmod 600"),
+        "{output}"
+    );
 }

@@ -27,6 +27,9 @@
           if (response.ok) {
             // Server-rendered, escaped HTML from our own origin.
             rows.innerHTML = await response.text();
+            const total = document.getElementById("entry-total");
+            const count = response.headers.get("x-entry-total");
+            if (total && count !== null) total.textContent = count;
           }
         }
         revision = latest;

@@ -123,28 +123,31 @@ pub(crate) async fn page(
         .await
         .map_err(|e| PageError(e).into_response())?;
     let timing = server_timing(started.elapsed());
-    Ok((timing, layout(
-        "/entries",
-        "Entries",
-        Some("entries"),
-        html! {
-            form.search method="get" action="/entries" {
-                label { "SPIFFE ID prefix " input name="q" type="search" value=(q.q) placeholder="spiffe://example.org/ns/"; }
-                label { "Selector " input name="selector" type="search" value=(q.selector) placeholder="k8s:ns:default"; }
-                label { "Parent ID " input name="parent" type="search" value=(q.parent); }
-                label { "Hint " input name="hint" type="search" value=(q.hint); }
-                button type="submit" { "Search" }
-            }
-            p #entry-count { (total) " matching entries" @if !q.after.is_empty() { " (a later page)" } }
-            table #entries {
-                thead { tr { th { "Entry ID" } th { "SPIFFE ID" } th { "Parent ID" } th { "Selectors" } th { "Hint" } th { "Revision" } th { "Created" } } }
-                tbody #entry-rows { (rows_markup(&s, &entries)) }
-            }
-            @if let Some(next) = next {
-                p { a #next-page href={ "/entries?" (q.next(&next)) } { "Next page →" } }
-            }
-        },
-    )))
+    Ok((
+        timing,
+        layout(
+            "/entries",
+            "Entries",
+            Some("entries"),
+            html! {
+                form.search method="get" action="/entries" {
+                    label { "SPIFFE ID prefix " input name="q" type="search" value=(q.q) placeholder="spiffe://example.org/ns/"; }
+                    label { "Selector " input name="selector" type="search" value=(q.selector) placeholder="k8s:ns:default"; }
+                    label { "Parent ID " input name="parent" type="search" value=(q.parent); }
+                    label { "Hint " input name="hint" type="search" value=(q.hint); }
+                    button type="submit" { "Search" }
+                }
+                p #entry-count { span #entry-total { (total) } " matching entries" @if !q.after.is_empty() { " (a later page)" } }
+                table #entries {
+                    thead { tr { th { "Entry ID" } th { "SPIFFE ID" } th { "Parent ID" } th { "Selectors" } th { "Hint" } th { "Revision" } th { "Created" } } }
+                    tbody #entry-rows { (rows_markup(&s, &entries)) }
+                }
+                @if let Some(next) = next {
+                    p { a #next-page href={ "/entries?" (q.next(&next)) } { "Next page →" } }
+                }
+            },
+        ),
+    ))
 }
 
 /// The rows of one page: the body of `tbody#entry-rows`.
@@ -179,15 +182,22 @@ fn rows_markup(s: &Sources, entries: &[RegistrationEntry]) -> Markup {
     }
 }
 
-/// `GET /entries/rows`: the rows alone, for the live refresh.
+/// The header of `/entries/rows` that carries how many entries match.
+pub const TOTAL_HEADER: &str = "x-entry-total";
+
+/// `GET /entries/rows`: the rows alone, for the live refresh, with how many entries match in
+/// [`TOTAL_HEADER`].
 pub(crate) async fn rows(
     State(s): State<Arc<Sources>>,
     Query(q): Query<Search>,
-) -> Result<Html<String>, Response> {
-    let (entries, _, _) = search(&s, &q)
+) -> Result<impl IntoResponse, Response> {
+    let (entries, _, total) = search(&s, &q)
         .await
         .map_err(|e| PageError(e).into_response())?;
-    Ok(Html(rows_markup(&s, &entries).into_string()))
+    Ok((
+        [(HeaderName::from_static(TOTAL_HEADER), total.to_string())],
+        Html(rows_markup(&s, &entries).into_string()),
+    ))
 }
 
 #[derive(Debug, Serialize)]
