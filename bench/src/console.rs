@@ -32,8 +32,11 @@ pub struct ConsoleSize {
     pub requests: usize,
 }
 
-/// The searches, by kind: a query string for request `i`.
-fn searches(entries: usize) -> [(&'static str, Box<dyn Fn(usize) -> String>); 4] {
+/// The query string of request `i` of one kind of search.
+type Query = Box<dyn Fn(usize) -> String>;
+
+/// The searches, by kind.
+fn searches(entries: usize) -> [(&'static str, Query); 4] {
     [
         (
             "SPIFFE ID prefix",
