@@ -45,17 +45,7 @@ impl ConsoleConfig {
         let token_file = block
             .optional_path("token_file")?
             .ok_or_else(|| block.missing("token_file"))?;
-        let cert_file = block.optional_path("tls_cert_file")?;
-        let key_file = block.optional_path("tls_key_file")?;
-        let tls = match (cert_file, key_file) {
-            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            (Some(_), None) => return Err(block.missing("tls_key_file")),
-            (None, Some(_)) => return Err(block.missing("tls_cert_file")),
-        };
+        let tls = TlsFiles::from_block(&mut block)?;
         block.finish()?;
         Ok(Some(Self {
             bind: SocketAddr::new(

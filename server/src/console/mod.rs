@@ -28,7 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use sigil_common::fs_checks::FsCheckError;
-use sigil_common::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
+use sigil_common::listener::{ConnectionLimiter, Listener, serve_http};
 use sigil_proto::TrustDomain;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,7 @@ use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::federation::config::FederatesWith;
 use crate::metrics::Metrics;
-use crate::oidc_discovery::{OidcError, tls_acceptor};
+use crate::oidc_discovery::{OidcError, tls_source};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -82,13 +82,7 @@ pub async fn bind(
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = io::Result<()>> + use<>, ConsoleError> {
     let token = Token::load(&config.token_file)?;
-    let tls: Option<TlsSource> = match &config.tls {
-        Some(files) => {
-            let acceptor = tls_acceptor(files)?;
-            Some(Arc::new(move || acceptor.clone()))
-        }
-        None => None,
-    };
+    let tls = tls_source(config.tls.as_ref())?;
     let bind_error = |source| ConsoleError::Bind {
         addr: config.bind,
         source,
