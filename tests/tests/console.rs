@@ -160,7 +160,7 @@ fn console_pages_in_a_real_browser() {
         extra_server: console_block(port, &token_file, ""),
         ..ServerOptions::default()
     });
-    let (_agent, agent_id) = attested_agent(&server, false);
+    let (agent, agent_id) = attested_agent(&server, false);
     let uid = nix::unistd::geteuid().as_raw();
     register_uid(
         &server,
@@ -175,6 +175,24 @@ fn console_pages_in_a_real_browser() {
         &agent_id,
         "unix:uid:4242",
         &[],
+    );
+    // A template entry, and its instance for this uid minted through the agent.
+    server.cli_json(&[
+        "entry",
+        "create",
+        "-template",
+        "-spiffeID",
+        "spiffe://example.org/uid/{unix:uid}",
+        "-parentID",
+        &agent_id,
+        "-selector",
+        "unix:uid",
+    ]);
+    let instance = format!("spiffe://example.org/uid/{uid}");
+    agent.wait_for_ids(
+        "the template's instance",
+        &[instance.as_str()],
+        Duration::from_secs(30),
     );
     // Secrets the console must never show.
     let join_token = server.join_token();
@@ -267,8 +285,12 @@ fn console_pages_in_a_real_browser() {
     // The open entries page shows an entry created with the CLI within a second.
     let entries = browser.page("/entries");
     assert!(
-        entries.contains("<span id=\"entry-total\">2</span>"),
+        entries.contains("<span id=\"entry-total\">3</span>"),
         "{entries}"
+    );
+    assert!(
+        entries.contains(&format!("<li>{instance} · ")),
+        "the template's instance: {entries}"
     );
     pages.push(entries);
     let created = "spiffe://example.org/ns/shop/created-live";
@@ -286,6 +308,8 @@ fn console_pages_in_a_real_browser() {
         "entry shown {} ms after `entry create` returned",
         waited["ms"]
     );
+    let total = browser.cmd(json!({"cmd": "text", "selector": "#entry-total"}));
+    assert_eq!(total["text"], "4", "the count follows the rows");
     browser.assert_no_errors("live entries");
     browser.screenshot("entries");
     pages.push(
