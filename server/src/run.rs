@@ -221,7 +221,6 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
                         .flat_map(|f| f.federates_with.iter().cloned())
                         .collect(),
                     activity: activity.clone(),
-                    metrics: metrics.clone(),
                     samples: samples.clone(),
                 },
                 limiter(Endpoint::Console),

@@ -40,7 +40,6 @@ use crate::ca::Ca;
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
 use crate::federation::config::FederatesWith;
-use crate::metrics::Metrics;
 use crate::oidc_discovery::{OidcError, tls_source};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +68,6 @@ pub struct Sources {
     /// The `federates_with` of the config file.
     pub federates_with: Vec<FederatesWith>,
     pub activity: Arc<Activity>,
-    pub metrics: Arc<Metrics>,
     pub samples: Arc<Samples>,
 }
 
