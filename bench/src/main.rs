@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod cfssl;
+mod console;
 mod mint;
 mod pod_check;
 mod procs;
@@ -26,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::console::ConsoleSize;
 use crate::pod_check::PodCheckSize;
 use crate::report::{Figure, Machine, Report, Target};
 use crate::scale::ScaleSize;
@@ -74,6 +76,8 @@ enum Group {
     Templates,
     /// Envoy SDS: push after rotation and after entry create, memory per open stream.
     Sds,
+    /// The web console with many entries: entries page load, search p99 server-side.
+    Console,
     /// SPIRE v1.13.3 and Sigil side by side (entry create rate, propagation, agent minting,
     /// Workload API, start-up); skipped, with no rows, when SPIRE is not built
     /// (`scripts/spire-peer.sh`).
@@ -109,6 +113,7 @@ pub struct Size {
     pub pod_check: PodCheckSize,
     pub sds: SdsSize,
     pub spire: SpireSize,
+    pub console: ConsoleSize,
 }
 
 /// `BatchMintX509SVID` calls (of 500 requests) in flight at once.
@@ -150,6 +155,10 @@ impl Size {
                     creates: 10,
                     rotations: 3,
                 },
+                console: ConsoleSize {
+                    entries: 1000,
+                    requests: 20,
+                },
                 spire: SpireSize {
                     loads: vec![2000],
                     agents: vec![1000],
@@ -179,6 +188,10 @@ impl Size {
                 sds: SdsSize {
                     creates: 100,
                     rotations: 20,
+                },
+                console: ConsoleSize {
+                    entries: 100_000,
+                    requests: 200,
                 },
                 spire: SpireSize {
                     loads: vec![100_000, 1_000_000],
@@ -273,6 +286,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if group.includes(Group::Sds) {
         eprintln!("sigil-bench: SDS");
         figures.extend(sds::run(&size.sds).await?);
+    }
+    if group.includes(Group::Console) {
+        eprintln!("sigil-bench: console");
+        figures.extend(console::run(&size.console).await?);
     }
     if group.includes(Group::Spire) {
         eprintln!("sigil-bench: SPIRE side by side");

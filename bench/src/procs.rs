@@ -27,21 +27,29 @@ pub(crate) async fn start_server() -> anyhow::Result<Server> {
 /// [`start_server`] with `plugins` (HCL) added to its `plugins { }` block, e.g. a `k8s_psat`
 /// node attestor.
 pub(crate) async fn start_server_with_plugins(plugins: String) -> anyhow::Result<Server> {
-    Ok(start_server_timed_with(plugins).await?.0)
+    Ok(start_server_timed_with(plugins, String::new()).await?.0)
+}
+
+/// [`start_server`] with `server` (HCL) added to its `server { }` block, e.g. a `console`.
+pub(crate) async fn start_server_with_server_block(server: String) -> anyhow::Result<Server> {
+    Ok(start_server_timed_with(String::new(), server).await?.0)
 }
 
 /// [`start_server`], and how long it took until the admin API answered.
 pub(crate) async fn start_server_timed() -> anyhow::Result<(Server, Duration)> {
-    start_server_timed_with(String::new()).await
+    start_server_timed_with(String::new(), String::new()).await
 }
 
-async fn start_server_timed_with(plugins: String) -> anyhow::Result<(Server, Duration)> {
+async fn start_server_timed_with(
+    plugins: String,
+    server: String,
+) -> anyhow::Result<(Server, Duration)> {
     let mut server = Server::configure(ServerOptions {
         trust_domain: TRUST_DOMAIN.into(),
         log_level: "INFO".into(),
         health: false,
         // The mint benchmarks drive ~50k signings/s from one agent: far beyond SPIRE's 500/s.
-        extra_server: "ratelimit {\n    signing = false\n  }".into(),
+        extra_server: format!("ratelimit {{\n    signing = false\n  }}\n{server}"),
         extra_plugins: plugins,
         ..ServerOptions::default()
     });

@@ -3,11 +3,13 @@
 //! operational endpoints.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod api;
 pub mod ca;
 pub mod ca_store;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod datastore;
 pub mod federation;
 pub mod k8s_pods;

@@ -20,15 +20,17 @@ pub enum Endpoint {
     BundleEndpoint,
     Health,
     Metrics,
+    Console,
 }
 
 impl Endpoint {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::AgentApi,
         Self::OidcDiscovery,
         Self::BundleEndpoint,
         Self::Health,
         Self::Metrics,
+        Self::Console,
     ];
 
     /// The name in metrics labels, log lines and the config block.
@@ -39,6 +41,7 @@ impl Endpoint {
             Self::BundleEndpoint => "bundle_endpoint",
             Self::Health => "health_checks",
             Self::Metrics => "telemetry",
+            Self::Console => "console",
         }
     }
 
@@ -61,6 +64,7 @@ impl Endpoint {
             Self::OidcDiscovery => (1_024, 256),
             Self::BundleEndpoint => (256, 64),
             Self::Health | Self::Metrics => (64, 32),
+            Self::Console => (64, 32),
         };
         ConnectionLimits {
             max_connections: max,

@@ -17,6 +17,12 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Which agent API rate limit refused a call: `attestation` or `signing`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub method: &'static str,
@@ -35,6 +41,11 @@ pub struct Metrics {
     pub ca_rotations: Counter,
     pub x509_sign_seconds: Histogram,
     pub connected_agents: Gauge,
+    /// Entry propagation: from the change feed publishing an entry revision (right after its
+    /// commit) to the first sync-stream message carrying it to an agent, on this replica.
+    pub entry_propagation_seconds: Histogram,
+    /// Agent API calls refused by a rate limit.
+    pub rate_limited: Family<LimitLabel, Counter>,
     /// Every TCP listener's connections: `connections`, `connections_closed`,
     /// `open_connections`.
     pub connections: ConnectionMetrics,
@@ -52,6 +63,8 @@ impl Metrics {
             ca_rotations: Counter::default(),
             x509_sign_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             connected_agents: Gauge::default(),
+            entry_propagation_seconds: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            rate_limited: Family::default(),
             connections: ConnectionMetrics::default(),
             registry: Registry::default(),
         };
@@ -94,6 +107,16 @@ impl Metrics {
             "connected_agents",
             "Agents holding a sync stream",
             m.connected_agents.clone(),
+        );
+        registry.register(
+            "entry_propagation_seconds",
+            "From an entry revision's publication to its first send on an agent sync stream",
+            m.entry_propagation_seconds.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Agent API calls refused by a rate limit",
+            m.rate_limited.clone(),
         );
         m.connections.register(&mut registry);
         Arc::new(Self { registry, ..m })

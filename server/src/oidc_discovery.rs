@@ -274,13 +274,7 @@ pub async fn bind(
     limiter: Arc<ConnectionLimiter>,
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = io::Result<()>> + use<>, OidcError> {
-    let tls: Option<TlsSource> = match &config.tls {
-        Some(files) => {
-            let acceptor = tls_acceptor(files)?;
-            Some(Arc::new(move || acceptor.clone()))
-        }
-        None => None,
-    };
+    let tls = tls_source(config.tls.as_ref())?;
     let bind_error = |source| OidcError::Bind {
         addr: config.bind,
         source,
@@ -292,6 +286,16 @@ pub async fn bind(
     tracing::info!(address = %local, tls = tls.is_some(), "OIDC discovery endpoint listening");
     let app = router(discovery);
     Ok(serve_http(listener, tls, app, cancel))
+}
+
+/// An HTTPS listener's acceptor from `files`, the same for every connection; `None`: plain
+/// HTTP.
+pub(crate) fn tls_source(files: Option<&TlsFiles>) -> Result<Option<TlsSource>, OidcError> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let acceptor = tls_acceptor(files)?;
+    Ok(Some(Arc::new(move || acceptor.clone())))
 }
 
 pub(crate) fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, OidcError> {

@@ -12,6 +12,7 @@ use sigil_common::supervisor::{self, Supervisor};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::activity::{self, Activity};
 use crate::api::admin::{self, AdminApi};
 use crate::api::agent::{self, AgentApi};
 use crate::ca::upstream::UpstreamAuthority;
@@ -19,6 +20,7 @@ use crate::ca::{Ca, CaConfig, ReplicaId};
 use crate::ca_store;
 pub(crate) use crate::ca_store::persist;
 use crate::config::{LogFormat, ServerConfig, file_checks};
+use crate::console::{self, samples::Samples};
 use crate::datastore::{DatabaseType, Datastore};
 use crate::federation::FederatedBundles;
 use crate::federation::peers::Peers;
@@ -214,6 +216,30 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         None => None,
     };
 
+    let activity = Arc::new(Activity::default());
+    let samples = Arc::new(Samples::default());
+    let console_server = match &config.console {
+        Some(c) => Some(
+            console::bind(
+                c,
+                console::Sources {
+                    trust_domain: config.trust_domain.clone(),
+                    datastore: datastore.clone(),
+                    ca: ca.clone(),
+                    federation: federation.clone(),
+                    peer_statuses: peers.statuses(),
+                    activity: activity.clone(),
+                    samples: samples.clone(),
+                },
+                limiter(Endpoint::Console),
+                cancel.clone(),
+            )
+            .await
+            .context("cannot start the web console")?,
+        ),
+        None => None,
+    };
+
     let admin_listener = admin::bind_socket(&config.socket_path).with_context(|| {
         format!(
             "cannot bind the admin socket {}",
@@ -248,6 +274,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     )
     .with_agent_ttl(config.agent_api.agent_ttl)
     .with_rate_limits(config.agent_api.rate_limit)
+    .with_activity(activity.clone())
     .with_federated_bundles(federation.subscribe())
     .with_pod_caches(pod_caches)
     .with_audit_log(config.audit_log_enabled);
@@ -281,6 +308,23 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
         "federated bundles",
         federation.clone().follow(cancel.clone()),
     );
+    tasks.spawn(
+        "entry revision follower",
+        activity::follow_revisions(
+            activity.clone(),
+            datastore.entry_revisions(),
+            cancel.clone(),
+        ),
+    );
+    if let Some(server) = console_server {
+        tasks.spawn("web console", async move {
+            server.await.context("web console failed")
+        });
+        tasks.spawn(
+            "console sampler",
+            samples.run(metrics.clone(), activity.clone(), cancel.clone()),
+        );
+    }
     if let Some(server) = bundle_endpoint {
         tasks.spawn("bundle endpoint", async move {
             server.await.context("bundle endpoint failed")

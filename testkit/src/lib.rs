@@ -53,7 +53,7 @@ pub use crate::cli::{
     shown_entries,
 };
 pub use crate::config::{AgentOptions, ServerOptions};
-pub use crate::net::{free_port, http_get};
+pub use crate::net::{free_port, http_get, http_request};
 pub use crate::process::{Process, run_to_exit, wait_child, wait_for};
 pub use crate::python::python;
 pub use crate::runtime::{multi_thread_rt, rt};

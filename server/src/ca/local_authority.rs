@@ -46,6 +46,8 @@ pub struct AuthorityState {
     /// SKI hex (X.509) or `kid` (JWT).
     pub authority_id: String,
     pub status: AuthorityStatus,
+    /// Unix seconds: the X.509 certificate's NotBefore; a JWT key's creation.
+    pub not_before: i64,
     /// Unix seconds.
     pub expires_at: i64,
     pub tainted: bool,
@@ -121,7 +123,39 @@ fn issuer_key_id(cert_der: &[u8]) -> Option<String> {
         })
 }
 
+/// An authority revoked while this process ran, as it was just before, and when (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedAuthority {
+    pub kind: AuthorityKind,
+    pub state: AuthorityState,
+    pub revoked_at: i64,
+}
+
+/// Revocations remembered for display.
+const REVOKED_KEPT: usize = 64;
+
 impl Ca {
+    /// Remembers a revocation that was stored and applied, for display (the journal keeps no
+    /// trace of a revoked authority).
+    pub fn record_revoked(&self, kind: AuthorityKind, state: AuthorityState, now: i64) {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.push(RevokedAuthority {
+            kind,
+            state,
+            revoked_at: now,
+        });
+        let excess = revoked.len().saturating_sub(REVOKED_KEPT);
+        revoked.drain(..excess);
+    }
+
+    /// The authorities revoked since this process started, oldest first.
+    pub fn revoked(&self) -> Vec<RevokedAuthority> {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Every authority of `kind`, in journal order (oldest first).
     pub fn authorities(&self, kind: AuthorityKind) -> Vec<AuthorityState> {
         let state = self.lock_state();
@@ -254,6 +288,7 @@ fn authority_state<R: Record>(record: &R) -> AuthorityState {
     AuthorityState {
         authority_id: record.authority_id(),
         status: slot.status,
+        not_before: slot.issued_at,
         expires_at: slot.not_after,
         tainted: record.tainted(),
         upstream_authority_id: None,
@@ -262,6 +297,9 @@ fn authority_state<R: Record>(record: &R) -> AuthorityState {
 
 fn x509_state<A>(entry: &Entry<crate::ca::journal::X509AuthorityRecord, A>) -> AuthorityState {
     let mut state = authority_state(&entry.record);
+    if let Ok((_, cert)) = X509Certificate::from_der(&entry.record.cert_der) {
+        state.not_before = cert.validity().not_before.timestamp();
+    }
     if entry.record.upstream_signed {
         state.upstream_authority_id = issuer_key_id(&entry.record.cert_der);
     }

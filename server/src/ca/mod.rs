@@ -160,6 +160,8 @@ pub struct Ca {
     peers: Mutex<Bundle>,
     /// The journal sequence last stored in the datastore (0: none yet).
     persisted_sequence: AtomicU64,
+    /// Authorities revoked while this process ran, for display ([`Ca::revoked`]).
+    revoked: Mutex<Vec<local_authority::RevokedAuthority>>,
 }
 
 impl Ca {
@@ -222,6 +224,7 @@ impl Ca {
             replica_id: ReplicaId::single(),
             peers,
             persisted_sequence: AtomicU64::new(0),
+            revoked: Mutex::default(),
         };
         Ok((ca, journal))
     }

@@ -48,6 +48,13 @@ pub fn check_config_files(config: &ServerConfig) -> anyhow::Result<()> {
             Access::OwnerOnly,
         ));
     }
+    if let Some(tls) = config.console.as_ref().and_then(|c| c.tls.as_ref()) {
+        check(check_file(
+            &tls.key_file,
+            "console tls_key_file",
+            Access::OwnerOnly,
+        ));
+    }
     let bundle_endpoint = config
         .federation
         .as_ref()

@@ -36,6 +36,7 @@ pub use self::plugins::NodeAttestorsConfig;
 use crate::api::agent::AgentApiConfig;
 use crate::ca::CaConfig;
 use crate::ca::upstream::UpstreamDiskConfig;
+use crate::console::ConsoleConfig;
 use crate::datastore::DatastoreConfig;
 use crate::federation::config::FederationConfig;
 use crate::key_manager::KeyManagerConfig;
@@ -87,6 +88,8 @@ pub struct ServerConfig {
     /// `audit_log_enabled = true`: one audit line per API call that changes state or signs
     /// (`crate::api::audit`); off by default, as SPIRE.
     pub audit_log_enabled: bool,
+    /// `server { console { ... } }`: the web console; off when absent.
+    pub console: Option<ConsoleConfig>,
     /// One line per SPIRE key that was accepted but means nothing for Sigil, naming the file,
     /// the line and the key: logged at WARN once logging is set up.
     pub warnings: Vec<String>,
@@ -137,6 +140,7 @@ impl ServerConfig {
                 Endpoint::BundleEndpoint => bundle_endpoint,
                 Endpoint::Health => self.health.is_some(),
                 Endpoint::Metrics => self.metrics.is_some(),
+                Endpoint::Console => self.console.is_some(),
             })
             .collect()
     }
@@ -163,6 +167,7 @@ impl ServerConfig {
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
         let audit_log_enabled = s.bool("audit_log_enabled")?.unwrap_or(false);
+        let console = ConsoleConfig::from_block(s.block("console")?)?;
         if let Some(mut experimental) = s.block("experimental")? {
             experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;
@@ -203,6 +208,7 @@ impl ServerConfig {
             allow_insecure_file_permissions,
             connection_limits,
             audit_log_enabled,
+            console,
             warnings: doc.take_warnings(),
         })
     }

@@ -197,6 +197,7 @@ fn spire_example_parses_into_typed_values() {
         allow_insecure_file_permissions: false,
         connection_limits: Default::default(),
         audit_log_enabled: false,
+        console: None,
         warnings: vec![],
     };
     assert_eq!(cfg, want);

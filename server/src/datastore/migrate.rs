@@ -37,6 +37,10 @@ const SQLITE_MIGRATIONS: &[(&str, &str)] = &[
         "0005_federation_relationships.sql",
         include_str!("../../../migrations/sqlite/0005_federation_relationships.sql"),
     ),
+    (
+        "0006_entry_hint_index.sql",
+        include_str!("../../../migrations/sqlite/0006_entry_hint_index.sql"),
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
@@ -59,6 +63,10 @@ const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_federation_relationships.sql",
         include_str!("../../../migrations/postgres/0005_federation_relationships.sql"),
+    ),
+    (
+        "0006_entry_hint_index.sql",
+        include_str!("../../../migrations/postgres/0006_entry_hint_index.sql"),
     ),
 ];
 

@@ -39,6 +39,23 @@ pub struct TlsFiles {
     pub key_file: PathBuf,
 }
 
+impl TlsFiles {
+    /// `tls_cert_file` and `tls_key_file` of `block`: both (HTTPS) or neither (`None`).
+    pub(crate) fn from_block(block: &mut Block<'_>) -> Result<Option<Self>, ConfigError> {
+        let cert_file = block.optional_path("tls_cert_file")?;
+        let key_file = block.optional_path("tls_key_file")?;
+        match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Ok(Some(Self {
+                cert_file,
+                key_file,
+            })),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(block.missing("tls_key_file")),
+            (None, Some(_)) => Err(block.missing("tls_cert_file")),
+        }
+    }
+}
+
 impl OidcDiscoveryConfig {
     /// Reads `oidc_discovery { bind_address, bind_port, domains, tls_cert_file, tls_key_file,
     /// allow_insecure_scheme }`; `None` when the block is absent.
@@ -49,8 +66,7 @@ impl OidcDiscoveryConfig {
         let ip = block.parsed("bind_address", parse_listen_ip)?;
         let port = block.port("bind_port")?;
         let domains = block.string_list("domains")?.unwrap_or_default();
-        let cert_file = block.optional_path("tls_cert_file")?;
-        let key_file = block.optional_path("tls_key_file")?;
+        let tls = TlsFiles::from_block(&mut block)?;
         let allow_insecure_scheme = block.bool("allow_insecure_scheme")?.unwrap_or(false);
         let mut checked = Vec::with_capacity(domains.len());
         for d in domains {
@@ -62,15 +78,6 @@ impl OidcDiscoveryConfig {
             }
             checked.push(d.to_ascii_lowercase());
         }
-        let tls = match (cert_file, key_file) {
-            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            (Some(_), None) => return Err(block.missing("tls_key_file")),
-            (None, Some(_)) => return Err(block.missing("tls_cert_file")),
-        };
         if tls.is_some() && allow_insecure_scheme {
             return Err(block.error(
                 "allow_insecure_scheme",

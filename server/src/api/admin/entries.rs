@@ -257,6 +257,7 @@ fn filter(f: Option<pb::EntryFilter>) -> Result<EntryFilter, Status> {
     };
     Ok(EntryFilter {
         spiffe_id: spiffe_id_or_template(&f.by_spiffe_id)?,
+        spiffe_id_prefix: None,
         parent_id: id("by_parent_id", &f.by_parent_id)?,
         selectors,
         hint: (!f.by_hint.is_empty()).then_some(f.by_hint),

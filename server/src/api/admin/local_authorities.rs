@@ -81,6 +81,10 @@ impl LocalAuthorities {
         // PREPARE names the authority it made.
         audit::record(|t| t.authority_id = Some(state.authority_id.clone()));
         tracing::info!(%kind, op = req.op, authority_id = %state.authority_id, "local authority changed");
+        if op == pb::LocalAuthorityOp::Revoke {
+            self.ca
+                .record_revoked(kind, state.clone(), sigil_common::time::unix_now());
+        }
         Ok(pb::LocalAuthorityResponse {
             authority: Some(authority_state_pb(&state)),
             authorities: Vec::new(),

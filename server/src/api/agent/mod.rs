@@ -36,11 +36,12 @@ use super::authorization::{AuthorizationCache, AuthorizationError, AuthorizedEnt
 use super::middleware::{RpcLayer, code_label};
 use super::tls::{ServerTls, TlsError};
 use super::{ca_status, datastore_status};
+use crate::activity::Activity;
 use crate::ca::Ca;
 use crate::datastore::{AttestedNode, Datastore};
 use crate::federation::BundleSet;
 use crate::k8s_pods::PodCaches;
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::{LimitLabel, Metrics, ResultLabel};
 use crate::node_attestation::join_token::JoinTokenAttestor;
 use crate::node_attestation::{AttestationError, NodeAttestor};
 
@@ -100,6 +101,8 @@ pub struct AgentApi {
     ca: Arc<Ca>,
     trust_domain: TrustDomain,
     metrics: Arc<Metrics>,
+    /// What the console shows of recent activity (template instances, agents' syncs).
+    activity: Arc<Activity>,
     attestors: HashMap<&'static str, Arc<dyn NodeAttestor>>,
     authorization: Arc<AuthorizationCache>,
     /// The latest entry revision, from the datastore's change feed: wakes sync streams.
@@ -160,6 +163,7 @@ impl AgentApi {
             ca,
             trust_domain,
             metrics,
+            activity: Arc::default(),
             attest_limiter: Some(RateLimiter::new(ATTEST_RATE_PER_SEC, ATTEST_BURST)),
             sign_limiter: Some(RateLimiter::new(SIGN_RATE_PER_SEC, SIGN_BURST)),
             sync_fallback: FALLBACK_TICK,
@@ -175,6 +179,12 @@ impl AgentApi {
     /// (`audit_log_enabled`).
     pub fn with_audit_log(mut self, on: bool) -> Self {
         self.audit_log = on;
+        self
+    }
+
+    /// Records recent activity here (shared with the web console).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
         self
     }
 
@@ -210,6 +220,10 @@ impl AgentApi {
             return Ok(());
         };
         limiter.take(&agent.id, n, Instant::now()).map_err(|wait| {
+            self.metrics
+                .rate_limited
+                .get_or_create(&LimitLabel { limit: "signing" })
+                .inc();
             tracing::warn!(agent_id = %agent.id, count = n, "signing rate limit exceeded");
             Status::resource_exhausted(format!(
                 "signing rate limit exceeded for this agent ({SIGN_RATE_PER_SEC} SVIDs per \
@@ -332,6 +346,11 @@ impl AgentApi {
             pod_uid,
             SystemTime::now(),
         )
+        .map(|()| {
+            if matches!(entry.spiffe_id, EntrySpiffeId::Template(_)) {
+                self.activity.instance_minted(&entry.id, id);
+            }
+        })
         .map_err(|refusal| {
             tracing::warn!(agent_id = %agent.id, entry_id = %entry.id, spiffe_id = %id, pod_uid, "mint refused: {refusal}");
             let message = format!(
@@ -391,6 +410,12 @@ impl AgentApi {
             && let Some(limiter) = &self.attest_limiter
             && !limiter.allow(&ip, Instant::now())
         {
+            self.metrics
+                .rate_limited
+                .get_or_create(&LimitLabel {
+                    limit: "attestation",
+                })
+                .inc();
             tracing::warn!(peer = %ip, "node attestation rate limit exceeded");
             return Err(Status::resource_exhausted(
                 "too many attestation attempts from this address; retry later",
@@ -553,6 +578,7 @@ impl Agent for AgentApi {
             authorization: self.authorization.clone(),
             revisions: self.revisions.clone(),
             metrics: self.metrics.clone(),
+            activity: self.activity.clone(),
             tx,
             known: HashMap::new(),
             revision: 0,

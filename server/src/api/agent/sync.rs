@@ -13,6 +13,7 @@ pub(super) struct SyncStream {
     pub(super) authorization: Arc<AuthorizationCache>,
     pub(super) revisions: watch::Receiver<i64>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) activity: Arc<Activity>,
     pub(super) agent: AgentIdentity,
     pub(super) tx: mpsc::Sender<Result<pb::SyncEntriesResponse, Status>>,
     /// What the agent holds: entry ID → revision.
@@ -42,11 +43,22 @@ impl Drop for ConnectedGuard {
     }
 }
 
+/// Keeps the agent's open-stream count in [`Activity`] right however the stream ends.
+struct OpenGuard(Arc<Activity>, SpiffeId);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.sync_stream(&self.1, false);
+    }
+}
+
 impl SyncStream {
     pub(super) async fn run(mut self, since: i64) {
         self.metrics.connected_agents.inc();
         let _guard = ConnectedGuard(self.metrics.clone());
         let agent_id = self.agent.id.clone();
+        self.activity.sync_stream(&agent_id, true);
+        let _open = OpenGuard(self.activity.clone(), agent_id.clone());
         tracing::debug!(agent_id = %agent_id, since, "sync stream opened");
         match self.stream(since).await {
             Ok(()) | Err(StreamError::Closed) => {
@@ -379,6 +391,15 @@ impl SyncStream {
         if messages.is_empty() && resume.is_none() {
             return Ok(());
         }
+        if !messages.is_empty()
+            && let Some(delay) = self
+                .activity
+                .propagated(self.revision, revision, Instant::now())
+        {
+            self.metrics
+                .entry_propagation_seconds
+                .observe(delay.as_secs_f64());
+        }
         if messages.is_empty() {
             messages.push(pb::SyncEntriesResponse::default());
         }
@@ -398,6 +419,7 @@ impl SyncStream {
     }
 
     async fn send(&self, msg: pb::SyncEntriesResponse) -> Result<(), StreamError> {
+        self.activity.synced(&self.agent.id);
         self.tx.send(Ok(msg)).await.map_err(|_| StreamError::Closed)
     }
 }

@@ -29,6 +29,9 @@ macro_rules! entry_columns {
 pub struct EntryFilter {
     /// The SPIFFE ID as written: a fixed ID, or a template's text.
     pub spiffe_id: Option<String>,
+    /// SPIFFE IDs (or templates' text) starting with this (the web console's search); served
+    /// by the index that leads with `spiffe_id`.
+    pub spiffe_id_prefix: Option<String>,
     pub parent_id: Option<SpiffeId>,
     /// A non-empty selector set and how entries' selectors must relate to it.
     pub selectors: Option<(Vec<Selector>, SelectorMatch)>,
@@ -108,6 +111,13 @@ impl Datastore {
 fn push_filter(sql: &mut Sql, filter: &EntryFilter) -> Result<(), DatastoreError> {
     if let Some(id) = &filter.spiffe_id {
         sql.push(" AND e.spiffe_id = ").bind(id.as_str());
+    }
+    if let Some(prefix) = filter.spiffe_id_prefix.as_deref().filter(|p| !p.is_empty()) {
+        // A range, not LIKE, so that both backends use the index (byte order: SQLite's BINARY,
+        // PostgreSQL's COLLATE "C"); no character sorts after U+10FFFF.
+        sql.push(" AND e.spiffe_id >= ").bind(prefix);
+        sql.push(" AND e.spiffe_id < ")
+            .bind(format!("{prefix}\u{10FFFF}"));
     }
     if let Some(id) = &filter.parent_id {
         sql.push(" AND e.parent_id = ").bind(id.to_string());

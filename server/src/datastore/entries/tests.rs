@@ -219,6 +219,17 @@ async fn field_filters(ds: Datastore) {
         ..EntryFilter::default()
     };
     assert_eq!(ids(&all(&ds, &by_id).await), ["/web"]);
+    let by_prefix = |p: &str| EntryFilter {
+        spiffe_id_prefix: Some(p.into()),
+        ..EntryFilter::default()
+    };
+    assert_eq!(ids(&all(&ds, &by_prefix("spiffe://td/w")).await), ["/web"]);
+    assert_eq!(all(&ds, &by_prefix("spiffe://td/")).await.len(), 3);
+    assert!(all(&ds, &by_prefix("spiffe://td/x")).await.is_empty());
+    assert_eq!(
+        ds.count_entries(&by_prefix("spiffe://td/d")).await.unwrap(),
+        1
+    );
     let by_parent = EntryFilter {
         parent_id: Some(SpiffeId::new(AGENT).unwrap()),
         ..EntryFilter::default()
