@@ -132,7 +132,10 @@ pub(crate) async fn run(size: &ConsoleSize) -> anyhow::Result<Vec<Figure>> {
         let mut page = Vec::with_capacity(requests);
         for _ in 0..requests {
             let (took, _, body) = get(port, &auth, "/entries")?;
-            anyhow::ensure!(body.contains(&format!("{entries} matching entries")), "the page counts every entry");
+            anyhow::ensure!(
+                body.contains(&format!("<span id=\"entry-total\">{entries}</span> matching entries")),
+                "the page counts every entry"
+            );
             page.push(took);
         }
         let mut figures = vec![Figure::new(
