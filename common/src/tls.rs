@@ -155,7 +155,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
 /// The leaf's SPIFFE ID: its single URI SAN, when there is exactly one and it is a SPIFFE ID.
 /// A certificate that does not parse is a bad encoding.
-fn leaf_spiffe_id(der: &[u8]) -> Result<Option<SpiffeId>, rustls::Error> {
+pub fn leaf_spiffe_id(der: &[u8]) -> Result<Option<SpiffeId>, rustls::Error> {
     let bad = || rustls::Error::InvalidCertificate(CertificateError::BadEncoding);
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| bad())?;
     let Some(san) = cert.subject_alternative_name().map_err(|_| bad())? else {

@@ -31,6 +31,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use sigil_common::listener::{ConnectionLimiter, Listener, TlsSource, serve_http};
 use sigil_proto::bundle::Bundle;
 use tokio::sync::watch;
@@ -299,41 +301,64 @@ pub(crate) fn tls_source(files: Option<&TlsFiles>) -> Result<Option<TlsSource>, 
 }
 
 pub(crate) fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, OidcError> {
-    let certs: Vec<CertificateDer<'static>> = read_pem(&files.cert_file)?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.into_contents()))
-        .collect();
-    if certs.is_empty() {
-        return Err(OidcError::Pem {
-            path: files.cert_file.clone(),
-            message: "no CERTIFICATE block".to_owned(),
-        });
+    let identity = TlsIdentity::read(files)?;
+    let config = identity.server_config(WebPkiClientVerifier::no_client_auth())?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// The certificate chain and private key of a listener's [`TlsFiles`], read once.
+pub(crate) struct TlsIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl TlsIdentity {
+    pub(crate) fn read(files: &TlsFiles) -> Result<Self, OidcError> {
+        let certs: Vec<CertificateDer<'static>> = read_pem(&files.cert_file)?
+            .into_iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .map(|p| CertificateDer::from(p.into_contents()))
+            .collect();
+        if certs.is_empty() {
+            return Err(OidcError::Pem {
+                path: files.cert_file.clone(),
+                message: "no CERTIFICATE block".to_owned(),
+            });
+        }
+        let key = read_pem(&files.key_file)?
+            .into_iter()
+            .find_map(|p| {
+                let tag = p.tag().to_owned();
+                let der = p.into_contents();
+                match tag.as_str() {
+                    "PRIVATE KEY" => Some(PrivateKeyDer::Pkcs8(der.into())),
+                    "EC PRIVATE KEY" => Some(PrivateKeyDer::Sec1(der.into())),
+                    "RSA PRIVATE KEY" => Some(PrivateKeyDer::Pkcs1(der.into())),
+                    _ => None,
+                }
+            })
+            .ok_or_else(|| OidcError::Pem {
+                path: files.key_file.clone(),
+                message: "no PRIVATE KEY block".to_owned(),
+            })?;
+        Ok(Self { certs, key })
     }
-    let key = read_pem(&files.key_file)?
-        .into_iter()
-        .find_map(|p| {
-            let tag = p.tag().to_owned();
-            let der = p.into_contents();
-            match tag.as_str() {
-                "PRIVATE KEY" => Some(PrivateKeyDer::Pkcs8(der.into())),
-                "EC PRIVATE KEY" => Some(PrivateKeyDer::Sec1(der.into())),
-                "RSA PRIVATE KEY" => Some(PrivateKeyDer::Pkcs1(der.into())),
-                _ => None,
-            }
-        })
-        .ok_or_else(|| OidcError::Pem {
-            path: files.key_file.clone(),
-            message: "no PRIVATE KEY block".to_owned(),
-        })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+
+    /// An HTTP/1.1 server config presenting this identity, with `client` deciding on client
+    /// certificates.
+    pub(crate) fn server_config(
+        &self,
+        client: Arc<dyn ClientCertVerifier>,
+    ) -> Result<Arc<rustls::ServerConfig>, OidcError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client)
+        .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 fn read_pem(path: &Path) -> Result<Vec<pem::Pem>, OidcError> {

@@ -418,24 +418,30 @@ fn console_block(port: u16, token_file: &Path, extra: &str) -> String {
     )
 }
 
+/// In `dir`: a self-signed serving certificate for `localhost` and its key, and a fresh token
+/// in a 0600 token file: (the `tls_cert_file`/`tls_key_file` lines, cert, token, token file).
+fn https_files(dir: &Path) -> (String, PathBuf, String, PathBuf) {
+    let (cert, key) = sigil_testkit::self_signed_serving_cert(dir, "localhost", "DNS:localhost");
+    let token = random_token();
+    let token_file = dir.join("console.token");
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let tls = format!(
+        " tls_cert_file = \"{}\"\n tls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    (tls, cert, token, token_file)
+}
+
 /// With `tls_cert_file`/`tls_key_file` the console speaks HTTPS (checked by Python's own TLS
 /// client trusting the certificate), with the same token rule; a token file open to others
 /// stops the server at start, naming the file and the fix.
 #[test]
 fn https_and_a_token_file_open_to_others() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) =
-        sigil_testkit::self_signed_serving_cert(dir.path(), "localhost", "DNS:localhost");
-    let token = random_token();
-    let token_file = dir.path().join("console.token");
-    std::fs::write(&token_file, &token).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (tls, cert, token, token_file) = https_files(dir.path());
     let port = free_port();
-    let tls = format!(
-        " tls_cert_file = \"{}\"\n tls_key_file = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
     let server = Server::start(ServerOptions {
         extra_server: console_block(port, &token_file, &tls),
         ..ServerOptions::default()
@@ -491,4 +497,109 @@ print(json.dumps({"without": get({}), "with": get({"Authorization": "Bearer " + 
         output.contains(&token_file.display().to_string()) && output.contains("chmod 600"),
         "{output}"
     );
+}
+
+/// With `admin_ids`, the HTTPS console asks for a client certificate: an X.509-SVID minted by
+/// the server (`sigil-server x509 mint`) whose SPIFFE ID is listed gets the overview without
+/// a token; a verified SVID with another ID gets 401 (200 with the token too); a certificate
+/// of another CA, even naming the admin ID, fails the TLS handshake; without a certificate
+/// the token works as before. Checked by Python's own TLS client.
+#[test]
+fn https_with_an_admin_svid_instead_of_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, cert, token, token_file) = https_files(dir.path());
+    let td = ServerOptions::default().trust_domain;
+    let admin = format!("spiffe://{td}/ops/alice");
+    let port = free_port();
+    let keys = format!("{tls} admin_ids = [\"{admin}\"]\n");
+    let server = Server::start(ServerOptions {
+        extra_server: console_block(port, &token_file, &keys),
+        ..ServerOptions::default()
+    });
+    let mint = |name: &str, id: &str| {
+        let out = dir.path().join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        server.cli_ok(&[
+            "x509",
+            "mint",
+            "-spiffeID",
+            id,
+            "-write",
+            out.to_str().unwrap(),
+        ]);
+        (out.join("svid.pem"), out.join("key.pem"))
+    };
+    let alice = mint("alice", &admin);
+    let bob = mint("bob", &format!("spiffe://{td}/ops/bob"));
+    let forged = (dir.path().join("forged.pem"), dir.path().join("forged.key"));
+    sigil_testkit::verify::self_signed_p256(
+        &forged.0,
+        &forged.1,
+        "/CN=forged",
+        1,
+        &[
+            &format!("subjectAltName=URI:{admin}"),
+            "extendedKeyUsage=clientAuth",
+        ],
+    );
+
+    let script = r#"
+import json, ssl, sys, urllib.request, urllib.error
+cafile, url, token, cases = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+def get(cert, key, with_token):
+    ctx = ssl.create_default_context(cafile=cafile)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    headers = {"Authorization": "Bearer " + token} if with_token else {}
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+    except (ssl.SSLError, ConnectionError, urllib.error.URLError) as e:
+        return ["tls failed", repr(e)]
+print(json.dumps({name: get(*case) for name, case in cases.items()}))
+"#;
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let cases = json!({
+        "alice": [path(&alice.0), path(&alice.1), false],
+        "bob": [path(&bob.0), path(&bob.1), false],
+        "bob with the token": [path(&bob.0), path(&bob.1), true],
+        "forged": [path(&forged.0), path(&forged.1), false],
+        "forged with the token": [path(&forged.0), path(&forged.1), true],
+        "no certificate": [null, null, false],
+        "the token alone": [null, null, true],
+    });
+    let got = sigil_testkit::python::python_json(
+        "the console over HTTPS with client certificates",
+        &[
+            "-c",
+            script,
+            cert.to_str().unwrap(),
+            &format!("https://localhost:{port}/"),
+            &token,
+            &cases.to_string(),
+        ],
+    );
+    let overview = |name: &str| {
+        assert_eq!(got[name][0], 200, "{name}: {got}");
+        assert!(
+            got[name][1].as_str().unwrap().contains("<h1>Overview</h1>"),
+            "{name}: {got}"
+        );
+    };
+    overview("alice");
+    overview("bob with the token");
+    overview("the token alone");
+    assert_eq!(got["bob"], json!([401, ""]), "{got}");
+    assert_eq!(got["no certificate"], json!([401, ""]), "{got}");
+    for name in ["forged", "forged with the token"] {
+        // The server's alert, as the client's TLS library reports it.
+        assert_eq!(got[name][0], "tls failed", "{name}: {got}");
+        assert!(
+            got[name][1].as_str().unwrap().contains("ALERT"),
+            "{name}: {got}"
+        );
+    }
 }

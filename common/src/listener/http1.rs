@@ -2,7 +2,8 @@
 //! TLS, serving an axum `Router` through hyper's HTTP/1 connection builder with a timer, so its
 //! header-read timeout runs: a request head must arrive within [`Timeouts::header_read`] of the
 //! server starting to wait for it, which bounds a slowloris and an idle keep-alive connection
-//! alike.
+//! alike. Over TLS, the certificate chain a client presented (which the TLS config verified)
+//! reaches the handler as the request extension [`PeerCertificates`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,11 @@ use tower::ServiceExt;
 
 use super::accept::{accept_loop, handshake};
 use super::{ConnectionLimiter, Listener, Timeouts, TlsSource};
+
+/// The chain the TLS client presented, leaf first, as its TLS config verified it; set on every
+/// request of a connection whose client sent a certificate, absent otherwise.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `cancel` fires; then
 /// in-flight requests finish within [`Timeouts::close_grace`].
@@ -38,8 +45,8 @@ pub async fn serve_http(
         let acceptor = tls.as_ref().map(|source| source());
         let (app, limiter, cancel) = (app.clone(), limiter.clone(), cancel.clone());
         async move {
-            let io = match acceptor {
-                None => Either::Left(stream),
+            let (io, peer_certs) = match acceptor {
+                None => (Either::Left(stream), None),
                 Some(acceptor) => {
                     match handshake(
                         acceptor,
@@ -51,12 +58,20 @@ pub async fn serve_http(
                     )
                     .await
                     {
-                        Some(tls) => Either::Right(tls),
+                        Some(tls) => {
+                            let certs = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .filter(|c| !c.is_empty())
+                                .map(|c| PeerCertificates(c.iter().cloned().collect()));
+                            (Either::Right(tls), certs)
+                        }
                         None => return,
                     }
                 }
             };
-            serve_connection(io, peer, app, &limiter, timeouts, &cancel).await;
+            serve_connection(io, peer, peer_certs, app, &limiter, timeouts, &cancel).await;
             drop(permit);
         }
     })
@@ -67,6 +82,7 @@ pub async fn serve_http(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    peer_certs: Option<PeerCertificates>,
     app: Router,
     limiter: &Arc<ConnectionLimiter>,
     timeouts: Timeouts,
@@ -74,7 +90,10 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        if let Some(certs) = &peer_certs {
+            request.extensions_mut().insert(certs.clone());
+        }
         app.clone().oneshot(request)
     });
     let mut builder = http1::Builder::new();

@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use grpc::serve_grpc;
-pub use http1::serve_http;
+pub use http1::{PeerCertificates, serve_http};
 pub use limiter::{
     ConnectionLabels, ConnectionLimiter, ConnectionMetrics, ListenerLabel, Permit, Refusal,
 };

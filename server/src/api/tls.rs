@@ -14,6 +14,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sigil_common::time::unix_now;
 use sigil_proto::Bundle;
@@ -161,21 +162,28 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A `ServerConfig` presenting `svid`, offering ALPN `h2`, and verifying client certificates
-/// (when sent) against the bundle's X.509 authorities. AttestAgent comes without one, so
-/// unauthenticated clients are let through the handshake; every other RPC checks for the
-/// verified chain itself.
-fn build_config(bundle: &Bundle, svid: &ServerSvid) -> Result<Arc<ServerConfig>, TlsError> {
+/// Verifies a client certificate, when one is sent, against `bundle`'s X.509 authorities
+/// (chain, validity, clientAuth usage); a client without one passes the handshake, so whoever
+/// serves the connection decides what it may do unauthenticated.
+pub(crate) fn client_verifier(bundle: &Bundle) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for der in &bundle.x509_authorities {
         roots
             .add(CertificateDer::from(der.clone()))
             .map_err(|e| TlsError::Roots(e.to_string()))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| TlsError::Roots(e.to_string()))?;
+        .map_err(|e| TlsError::Roots(e.to_string()))
+}
+
+/// A `ServerConfig` presenting `svid`, offering ALPN `h2`, and verifying client certificates
+/// (when sent) against the bundle's X.509 authorities. AttestAgent comes without one, so
+/// unauthenticated clients are let through the handshake; every other RPC checks for the
+/// verified chain itself.
+fn build_config(bundle: &Bundle, svid: &ServerSvid) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = client_verifier(bundle)?;
     let chain = svid
         .chain
         .iter()
@@ -191,7 +199,7 @@ fn build_config(bundle: &Bundle, svid: &ServerSvid) -> Result<Arc<ServerConfig>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::SystemTime;
 
     use super::*;
@@ -199,7 +207,8 @@ mod tests {
     use sigil_proto::TrustDomain;
     use x509_parser::prelude::*;
 
-    fn ca() -> Arc<Ca> {
+    /// A CA of `example.org` with its keys in memory.
+    pub(crate) fn ca() -> Arc<Ca> {
         let config = crate::ca::CaConfig::new(TrustDomain::new("example.org").unwrap());
         let (ca, _) = Ca::new(
             config,

@@ -167,7 +167,7 @@ impl ServerConfig {
             s.bool("allow_insecure_file_permissions")?.unwrap_or(false);
         let connection_limits = ConnectionLimitsConfig::read(s.block("connection_limits")?)?;
         let audit_log_enabled = s.bool("audit_log_enabled")?.unwrap_or(false);
-        let console = ConsoleConfig::from_block(s.block("console")?)?;
+        let console = ConsoleConfig::from_block(s.block("console")?, &shared.trust_domain)?;
         if let Some(mut experimental) = s.block("experimental")? {
             experimental.spire_only(shared_keys::EXPERIMENTAL_SPIRE_ONLY)?;
             experimental.spire_only(spire_only::EXPERIMENTAL)?;

@@ -20,7 +20,7 @@ pub(super) const SERVER: &[(&str, SpireOnly)] = &[
     (
         "admin_ids",
         SpireOnly::Refused(
-            "the admin API is served only on the local Unix socket (socket_path) to the users its permissions admit; no SVID grants admin rights over the network",
+            "the admin API is served only on the local Unix socket (socket_path) to the users its permissions admit; an SVID with an admin ID opens only the read-only web console (console { admin_ids })",
         ),
     ),
     (

@@ -1,8 +1,15 @@
-//! The console's one credential: the token in `token_file` (mode 0600 or tighter, refused at
-//! start otherwise, whatever `allow_insecure_file_permissions` says), sent as
-//! `Authorization: Bearer <token>`, or as the password of HTTP Basic (any user name) so that
-//! a browser's own prompt works. Compared in constant time. Anything else gets 401 with an
-//! empty body.
+//! The console's credentials, either of which lets a request in:
+//!
+//! - the token in `token_file` (mode 0600 or tighter, refused at start otherwise, whatever
+//!   `allow_insecure_file_permissions` says), sent as `Authorization: Bearer <token>`, or as
+//!   the password of HTTP Basic (any user name) so that a browser's own prompt works;
+//!   compared in constant time;
+//! - over TLS with `admin_ids` set, the client X.509-SVID of the connection (its chain
+//!   verified against the trust domain's bundle in the handshake, see
+//!   [`super::tls`]) when its leaf's one URI SAN is one of `admin_ids` and it has not expired
+//!   since the handshake.
+//!
+//! Anything else (another SPIFFE ID without the token included) gets 401 with an empty body.
 
 use std::fmt;
 use std::path::Path;
@@ -16,7 +23,11 @@ use axum::response::Response;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use sigil_common::fs_checks::{Access, check_file};
+use sigil_common::listener::PeerCertificates;
+use sigil_common::tls::leaf_spiffe_id;
+use sigil_proto::SpiffeId;
 use subtle::ConstantTimeEq;
+use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use super::ConsoleError;
@@ -92,16 +103,53 @@ fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
         .then(|| &value[scheme.len()..])
 }
 
-/// The middleware: the request goes on only with the token.
-pub(super) async fn require_token(
-    State(token): State<Arc<Token>>,
+/// Who may open the console: the token's holder, and the holders of SVIDs with these IDs.
+#[derive(Debug)]
+pub struct Credentials {
+    token: Token,
+    admin_ids: Vec<SpiffeId>,
+}
+
+impl Credentials {
+    pub fn new(token: Token, admin_ids: Vec<SpiffeId>) -> Self {
+        Self { token, admin_ids }
+    }
+
+    /// Whether the verified client chain's leaf names an admin and is still valid (TLS checked
+    /// it at the handshake; a keep-alive connection may outlive it).
+    fn admits(&self, certs: &PeerCertificates) -> bool {
+        let Some(leaf) = certs.0.first() else {
+            return false;
+        };
+        let valid = X509Certificate::from_der(leaf).is_ok_and(|(_, c)| c.validity().is_valid());
+        if !valid {
+            return false;
+        }
+        match leaf_spiffe_id(leaf) {
+            Ok(Some(id)) if self.admin_ids.contains(&id) => {
+                tracing::debug!(spiffe_id = %id, "console: admin SVID");
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The middleware: the request goes on only with an admin SVID or the token.
+pub(super) async fn require_credentials(
+    State(credentials): State<Arc<Credentials>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| token.authorizes(v));
+    let by_svid = request
+        .extensions()
+        .get::<PeerCertificates>()
+        .is_some_and(|certs| credentials.admits(certs));
+    let authorized = by_svid
+        || request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| credentials.token.authorizes(v));
     if authorized {
         return next.run(request).await;
     }

@@ -1,8 +1,9 @@
 //! The web console: a read-only view of the server for operators, served over HTTP(S) from
 //! the `server { console { ... } }` block (off when absent).
 //!
-//! - **Auth.** Every request, whatever its path or method, needs the token of `token_file`
-//!   ([`auth`]); without it: 401 with an empty body.
+//! - **Auth.** Every request, whatever its path or method, needs the token of `token_file`, or
+//!   over TLS a client X.509-SVID of the trust domain whose SPIFFE ID is in `admin_ids`
+//!   ([`auth`], [`tls`]); without either: 401 with an empty body.
 //! - **Pages.** Server-rendered HTML ([`pages`]): overview, entries, agents, activity. The
 //!   live parts (the open entries page, the activity charts) poll small JSON endpoints from
 //!   one embedded script; CSS and script are served by the console itself ([`assets`]), never
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod pages;
 pub mod samples;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -32,10 +34,12 @@ use sigil_common::listener::{ConnectionLimiter, Listener, serve_http};
 use sigil_proto::TrustDomain;
 use tokio_util::sync::CancellationToken;
 
-pub use self::auth::Token;
+pub use self::auth::{Credentials, Token};
 pub use self::config::ConsoleConfig;
 use self::samples::Samples;
+use self::tls::AdminTls;
 use crate::activity::Activity;
+use crate::api::tls::TlsError;
 use crate::ca::Ca;
 use crate::datastore::Datastore;
 use crate::federation::FederatedBundles;
@@ -51,6 +55,8 @@ pub enum ConsoleError {
     Token { path: String, message: String },
     #[error("console TLS: {0}")]
     Tls(#[from] OidcError),
+    #[error("console TLS for client SVIDs: {0}")]
+    ClientSvids(#[from] TlsError),
     #[error("cannot bind the console on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -73,7 +79,7 @@ pub struct Sources {
 }
 
 /// Binds the console (the token file is read and checked first) and returns the server to
-/// run until `cancel` fires.
+/// run until `cancel` fires. With `admin_ids`, its TLS asks clients for an X.509-SVID.
 pub async fn bind(
     config: &ConsoleConfig,
     sources: Sources,
@@ -81,7 +87,13 @@ pub async fn bind(
     cancel: CancellationToken,
 ) -> Result<impl Future<Output = io::Result<()>> + use<>, ConsoleError> {
     let token = Token::load(&config.token_file)?;
-    let tls = tls_source(config.tls.as_ref())?;
+    let tls = match &config.tls {
+        Some(files) if !config.admin_ids.is_empty() => {
+            Some(AdminTls::new(files, sources.ca.clone())?.source())
+        }
+        files => tls_source(files.as_ref())?,
+    };
+    let credentials = Credentials::new(token, config.admin_ids.clone());
     let bind_error = |source| ConsoleError::Bind {
         addr: config.bind,
         source,
@@ -90,12 +102,22 @@ pub async fn bind(
         .await
         .map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
-    tracing::info!(address = %local, tls = tls.is_some(), "web console listening");
-    Ok(serve_http(listener, tls, router(sources, token), cancel))
+    tracing::info!(
+        address = %local,
+        tls = tls.is_some(),
+        admin_ids = config.admin_ids.len(),
+        "web console listening"
+    );
+    Ok(serve_http(
+        listener,
+        tls,
+        router(sources, credentials),
+        cancel,
+    ))
 }
 
-/// Every route, behind the token check and the security headers.
-pub fn router(sources: Sources, token: Token) -> Router {
+/// Every route, behind the credentials check and the security headers.
+pub fn router(sources: Sources, credentials: Credentials) -> Router {
     Router::new()
         .route("/", get(pages::overview::page))
         .route("/entries", get(pages::entries::page))
@@ -111,8 +133,8 @@ pub fn router(sources: Sources, token: Token) -> Router {
         .route("/favicon.ico", get(assets::icon))
         .with_state(Arc::new(sources))
         .layer(middleware::from_fn_with_state(
-            Arc::new(token),
-            auth::require_token,
+            Arc::new(credentials),
+            auth::require_credentials,
         ))
         .layer(middleware::from_fn(security_headers))
 }
