@@ -8,17 +8,24 @@
 //! elsewhere) are forgotten at once: the cache drops the template SVIDs no other pod wants, and
 //! gives those pods' workloads none (see [`crate::cache::withdrawn`]).
 //!
-//! The stream resumes from the last applied revision after any error, with backoff. The server
-//! being down never stops the agent: the cache keeps serving what it has.
+//! The stream resumes from the last applied revision after any error, with backoff (at most
+//! ~4 s apart for [`RESTART_WINDOW`] after the server said it is shutting down, else up to
+//! 30 s). The server being down never stops the agent: the cache keeps serving what it has.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sigil_proto::entry::entries_digest;
 use sigil_proto::sigil::agent::v1::{SyncEntriesRequest, SyncEntriesResponse};
 use sigil_proto::{Bundle, RegistrationEntry, TrustDomain};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// How long after the server said it is shutting down the sync retries at most ~4 s apart
+/// ([`Backoff::server_restart`]): long enough for a restart or a rescheduled pod, short enough
+/// that a server that is gone is not knocked on every few seconds by every agent for long.
+const RESTART_WINDOW: Duration = Duration::from_secs(120);
 
 use crate::cache::{Cache, RenderedKey};
 use crate::identity::AgentIdentity;
@@ -221,6 +228,8 @@ pub struct SyncContext {
 pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: CancellationToken) {
     let mut state = SyncState::new(trust_domain);
     let mut backoff = Backoff::server();
+    // When the server said it is shutting down, while within RESTART_WINDOW of it.
+    let mut restarting: Option<Instant> = None;
     let mut degraded = false;
     loop {
         state.interrupted();
@@ -251,6 +260,9 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
                                 info!("connection to the server restored; syncing");
                                 degraded = false;
                             }
+                            if restarting.take().is_some() {
+                                backoff = Backoff::server();
+                            }
                             backoff.reset();
                             if apply(&ctx, &mut state, msg) {
                                 break None;
@@ -276,6 +288,15 @@ pub async fn sync_forever(ctx: SyncContext, trust_domain: TrustDomain, cancel: C
                 }
             }
         };
+        if failure.code() == tonic::Code::Unavailable
+            && failure.message() == sigil_proto::SERVER_SHUTTING_DOWN
+        {
+            restarting = Some(Instant::now());
+            backoff = Backoff::server_restart();
+        } else if restarting.is_some_and(|since| since.elapsed() > RESTART_WINDOW) {
+            restarting = None;
+            backoff = Backoff::server();
+        }
         if is_connection_failure(failure.code()) {
             // The next attempt starts with another server.
             ctx.connection.fail_over();

@@ -26,6 +26,11 @@ pub mod workload {
     tonic::include_proto!("_");
 }
 
+/// The message of the `UNAVAILABLE` status with which sigil-server ends its agents' sync
+/// streams when it shuts down: its agents then expect it back within seconds (a restart, a
+/// rolling update) and retry sooner than after an unexplained failure.
+pub const SERVER_SHUTTING_DOWN: &str = "the server is shutting down";
+
 /// Sigil's own APIs, `sigil.<api>.v1`.
 pub mod sigil {
     /// Types shared by the admin and agent APIs.

@@ -3,7 +3,7 @@
 //! restart without re-attestation, an agent that outlives its server, and one that resumes after
 //! an entry lost its authorization while it was away.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use sigil_testkit::verify::openssl_verify;
@@ -226,5 +226,45 @@ fn server_shutdown_ends_agent_sync_streams_with_a_reason() {
         !server.log().contains("drain grace period elapsed"),
         "{}",
         server.log()
+    );
+}
+
+/// After the server said it is shutting down, the agent retries its sync at most ~4 s apart
+/// (SPIRE: every 5 s): a server back after 20 s is synced with within 6.5 s. With the usual
+/// doubling back-off (1, 2, 4, 8, 16 s, each +-20 %) the try after the server's return would
+/// come 7 s or more after it.
+#[test]
+fn agent_resyncs_within_seconds_of_a_restarted_server() {
+    let mut server = Server::start(ServerOptions::default());
+    let token = token(&server);
+    let agent = Agent::start(&server, Some(&token));
+    let restored = || {
+        agent
+            .log()
+            .matches("connection to the server restored")
+            .count()
+    };
+    wait_for("the agent's first sync", Duration::from_secs(20), || {
+        agent
+            .log()
+            .contains("synced registration entries")
+            .then_some(())
+    });
+    let before = restored();
+    let status = server.stop();
+    assert!(status.success(), "server exited with {status}");
+    std::thread::sleep(Duration::from_secs(20));
+    server.spawn();
+    let back = Instant::now();
+    wait_for(
+        "the agent to sync with the restarted server",
+        Duration::from_secs(30),
+        || (restored() > before).then_some(()),
+    );
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_millis(6500),
+        "the agent synced {took:?} after the server was back; log:\n{}",
+        agent.log()
     );
 }

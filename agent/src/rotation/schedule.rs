@@ -69,6 +69,12 @@ impl Backoff {
         Self::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 
+    /// 1 s doubling up to 4 s: the sync loop's after the server said it is shutting down
+    /// (it is expected back within seconds; SPIRE's agent retries its sync every 5 s).
+    pub(crate) fn server_restart() -> Self {
+        Self::new(Duration::from_secs(1), Duration::from_secs(4))
+    }
+
     /// The next delay (the un-jittered delays double from `min` up to `max`).
     pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.next;

@@ -112,7 +112,7 @@ impl SyncStream {
             tokio::select! {
                 () = self.tx.closed() => return Ok(()),
                 () = self.shutdown.cancelled() => {
-                    return Err(Status::unavailable("the server is shutting down").into());
+                    return Err(Status::unavailable(sigil_proto::SERVER_SHUTTING_DOWN).into());
                 }
                 () = &mut svid_expired => {
                     return Err(Status::unauthenticated(
@@ -158,7 +158,7 @@ impl SyncStream {
                 }
                 changed = bundles.changed() => {
                     if changed.is_err() {
-                        return Err(Status::unavailable("the server is shutting down").into());
+                        return Err(Status::unavailable(sigil_proto::SERVER_SHUTTING_DOWN).into());
                     }
                     let bundle = bundles.borrow_and_update().clone();
                     let msg = pb::SyncEntriesResponse {
