@@ -1,6 +1,8 @@
 //! What the agent API saw lately, kept in memory for the web console: the instances of each
-//! template entry minted lately, each agent's last sync and open streams on this replica, and
-//! when each entry revision was published (for the propagation histogram). Small and bounded;
+//! template entry minted lately, each agent's last sync and open streams on this replica, the
+//! agents evicted lately through this replica's admin API (an evicted agent is deleted from the
+//! datastore, so nothing else remembers it), and when each entry revision was published (for
+//! the propagation histogram). Small and bounded;
 //! no secret is kept (SPIFFE IDs, entry IDs and times only). Lost on restart, per replica.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +24,8 @@ pub const AGENTS_TRACKED: usize = 65_536;
 pub const REVISIONS_TRACKED: usize = 4096;
 /// Propagation delays remembered for the console's p99.
 pub const DELAYS_TRACKED: usize = 8192;
+/// Evictions remembered, newest first.
+pub const EVICTIONS_TRACKED: usize = 1024;
 
 /// One agent's sync streams on this replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +50,7 @@ struct Inner {
     agents: HashMap<SpiffeId, AgentSync>,
     revisions: VecDeque<(i64, Instant)>,
     delays: VecDeque<(Instant, Duration)>,
+    evictions: VecDeque<(SpiffeId, i64)>,
 }
 
 /// The record, shared by the agent API (writes) and the console (reads).
@@ -91,6 +96,20 @@ impl Activity {
             .get(entry_id)
             .map(|(_, l)| l.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// `agent` was evicted (its node record deleted) through the admin API.
+    pub fn agent_evicted(&self, agent: &SpiffeId) {
+        let now = unix_now();
+        let mut inner = self.lock();
+        inner.evictions.retain(|(id, _)| id != agent);
+        inner.evictions.push_front((agent.clone(), now));
+        inner.evictions.truncate(EVICTIONS_TRACKED);
+    }
+
+    /// The agents evicted lately, newest first, with when (Unix seconds).
+    pub fn evictions(&self) -> Vec<(SpiffeId, i64)> {
+        self.lock().evictions.iter().cloned().collect()
     }
 
     /// A sync stream of `agent` opened (`open`) or closed.
@@ -220,6 +239,26 @@ mod tests {
         assert_eq!(got[0].spiffe_id, id("spiffe://td/w/14"));
         assert_eq!(got[1].spiffe_id, id("spiffe://td/w/13"));
         assert!(a.instances("e2").is_empty());
+    }
+
+    #[test]
+    fn evictions_are_bounded_newest_first_and_unique() {
+        let a = Activity::default();
+        let id = |n: usize| SpiffeId::new(&format!("spiffe://td/agent/{n}")).unwrap();
+        for n in 0..EVICTIONS_TRACKED + 5 {
+            a.agent_evicted(&id(n));
+        }
+        a.agent_evicted(&id(EVICTIONS_TRACKED + 2));
+        let got = a.evictions();
+        assert_eq!(got.len(), EVICTIONS_TRACKED);
+        assert_eq!(got[0].0, id(EVICTIONS_TRACKED + 2));
+        assert_eq!(got[1].0, id(EVICTIONS_TRACKED + 4));
+        assert_eq!(
+            got.iter()
+                .filter(|(i, _)| *i == id(EVICTIONS_TRACKED + 2))
+                .count(),
+            1
+        );
     }
 
     #[test]

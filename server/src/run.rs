@@ -257,6 +257,7 @@ pub async fn run(config: ServerConfig, upstream: Option<UpstreamAuthority>) -> a
     .with_readiness(readiness.clone())
     .with_pod_caches(pod_caches.clone())
     .with_log_control(log_control)
+    .with_activity(activity.clone())
     .with_audit_log(config.audit_log_enabled);
     let pruner = crate::pruning::Pruner::new(datastore.clone());
     let c = cancel.clone();

@@ -280,6 +280,11 @@ fn console_pages_in_a_real_browser() {
     };
     assert!(peer_row.contains("(datastore)"), "{peer_row}");
 
+    // A second agent, evicted: deleted from the datastore, listed as evicted from the record.
+    let (gone, gone_id) = attested_agent(&server, false);
+    server.cli_ok(&["agent", "evict", "-spiffeID", &gone_id]);
+    drop(gone);
+
     let mut browser = Browser::start(&format!("http://127.0.0.1:{port}"), &token);
     let mut pages = Vec::new();
 
@@ -356,6 +361,16 @@ fn console_pages_in_a_real_browser() {
         agents.contains("(this replica)"),
         "the agent's sync stream: {agents}"
     );
+    let evicted = agents
+        .split("<tr ")
+        .find(|r| r.contains(&format!("data-agent-id=\"{gone_id}\"")))
+        .unwrap_or_else(|| panic!("no row for the evicted agent {gone_id}: {agents}"));
+    assert!(evicted.contains(">evicted<"), "{evicted}");
+    let attested = agents
+        .split("<tr ")
+        .find(|r| r.contains(&format!("data-agent-id=\"{agent_id}\"")))
+        .unwrap();
+    assert!(!attested.contains(">evicted<"), "{attested}");
     browser.screenshot("agents");
     pages.push(agents);
 

@@ -1,18 +1,23 @@
 //! Attested agents: list, get, evict and ban (SPIRE's `agent/v1`). An evicted agent must
 //! attest again; a banned one cannot until it is evicted.
 
+use std::sync::Arc;
+
 use sigil_proto::sigil::admin::v1 as pb;
 use sigil_proto::sigil::common::v1 as common;
 use sigil_proto::{TrustDomain, convert};
 use tonic::Status;
 
 use super::{page_size, parse_our_id, selector_match};
+use crate::activity::Activity;
 use crate::api::{audit, datastore_status};
 use crate::datastore::{AttestedNode, Datastore, NodeFilter};
 
 pub(super) struct Agents {
     datastore: Datastore,
     trust_domain: TrustDomain,
+    /// Where evictions are recorded for the web console.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Agents {
@@ -20,7 +25,12 @@ impl Agents {
         Self {
             datastore,
             trust_domain,
+            activity: None,
         }
+    }
+
+    pub(super) fn set_activity(&mut self, activity: Arc<Activity>) {
+        self.activity = Some(activity);
     }
 
     pub(super) async fn list(
@@ -77,6 +87,9 @@ impl Agents {
             .delete_attested_node(&id)
             .await
             .map_err(datastore_status)?;
+        if let Some(activity) = &self.activity {
+            activity.agent_evicted(&id);
+        }
         tracing::info!(agent_id = %id, "agent evicted");
         Ok(pb::EvictAgentResponse {})
     }

@@ -123,6 +123,12 @@ impl AdminApi {
         self
     }
 
+    /// Evictions are recorded in `activity` (the web console lists them).
+    pub fn with_activity(mut self, activity: Arc<crate::activity::Activity>) -> Self {
+        self.agents.set_activity(activity);
+        self
+    }
+
     /// `GetLogger`, `SetLogLevel` and `ResetLogLevel` change the level through `control`.
     pub fn with_log_control(mut self, control: LogControl) -> Self {
         self.logger.set_control(control);

@@ -1,7 +1,8 @@
 //! The agents page: every attested node, paged in SPIFFE ID order, with its attestation type,
 //! selectors, SVID expiry, whether it is banned, and (from this replica's record) its last
 //! sync and whether its sync stream is held here. An evicted agent is deleted from the
-//! datastore, so it is not listed until it attests again.
+//! datastore: the agents evicted lately through this replica (and not attested since) are
+//! listed after them, from its record.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use crate::datastore::NodeFilter;
 
 /// Agents per page.
 pub const PAGE_SIZE: u32 = 100;
+/// Evictions looked at (the newest) for the "evicted" rows.
+const EVICTED_SHOWN: usize = 100;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub(crate) struct Page {
@@ -42,12 +45,25 @@ pub(crate) async fn page(
         .await
         .map_err(|e| PageError(e).into_response())?;
     let replica = s.ca.replica_id().as_str().to_owned();
+    // Evicted lately and not back: those of the record with no node now (an agent that
+    // attested again is listed above).
+    let mut evicted = Vec::new();
+    for (id, at) in s.activity.evictions().into_iter().take(EVICTED_SHOWN) {
+        let back = s
+            .datastore
+            .fetch_attested_node(&id)
+            .await
+            .map_err(|e| PageError(e).into_response())?;
+        if back.is_none() {
+            evicted.push((id, at));
+        }
+    }
     Ok(layout(
         "/agents",
         "Agents",
         None,
         html! {
-            p #agent-count { (total) " attested agents" }
+            p #agent-count { (total) " attested agent" @if total != 1 { "s" } }
             table #agents {
                 thead { tr { th { "SPIFFE ID" } th { "Attestation" } th { "Selectors" } th { "SVID expires" } th { "Last sync" } th { "Connected replica" } th { "Status" } } }
                 tbody {
@@ -75,7 +91,24 @@ pub(crate) async fn page(
             @if let Some(next) = next {
                 p { a #next-page href={ "/agents?after=" (percent_encode(&next)) } { "Next page →" } }
             }
-            p.note { "Evicted agents are deleted, so they are not listed until they attest again." }
+            h2 { "Evicted lately" }
+            @if evicted.is_empty() {
+                p #no-evicted { "No agent evicted through this replica since it started (and not attested again)." }
+            } @else {
+                table #evicted {
+                    thead { tr { th { "SPIFFE ID" } th { "Evicted" } th { "Status" } } }
+                    tbody {
+                        @for (id, at) in &evicted {
+                            tr data-agent-id=(id) {
+                                td { (id) }
+                                td { (when(*at)) }
+                                td { span.state.tainted { "evicted" } }
+                            }
+                        }
+                    }
+                }
+            }
+            p.note { "An evicted agent is deleted from the datastore: it is listed here from this replica's record until it attests again." }
         },
     ))
 }
