@@ -74,21 +74,36 @@ impl Datastore {
 
     /// Deletes the bundle of `trust_domain`; `NotFound` if there is none.
     pub async fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<(), DatastoreError> {
+        self.delete_by_trust_domain(
+            "DELETE FROM bundles WHERE trust_domain = $1",
+            trust_domain,
+            || format!("bundle for {trust_domain}"),
+            Change::Bundle(trust_domain.clone()),
+        )
+        .await
+    }
+
+    /// Runs `delete` (one row keyed by `$1`, the trust domain) and publishes `change` in one
+    /// transaction; `NotFound` (naming `what`) when no row went.
+    pub(super) async fn delete_by_trust_domain(
+        &self,
+        delete: &'static str,
+        trust_domain: &TrustDomain,
+        what: impl FnOnce() -> String,
+        change: Change,
+    ) -> Result<(), DatastoreError> {
         let mut tx = self.begin_write().await?;
         let done = on_tx!(&mut tx, c => {
-            sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
+            sqlx::query(delete)
                 .bind(trust_domain.as_str())
                 .execute(&mut **c)
                 .await?
                 .rows_affected()
         });
         if done == 0 {
-            return Err(DatastoreError::NotFound(format!(
-                "bundle for {trust_domain}"
-            )));
+            return Err(DatastoreError::NotFound(what()));
         }
-        self.commit(tx, vec![Change::Bundle(trust_domain.clone())])
-            .await
+        self.commit(tx, vec![change]).await
     }
 
     /// The IDs of the entries whose `federates_with` names `trust_domain`, in ID order.

@@ -132,22 +132,11 @@ impl Datastore {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = on_tx!(&mut tx, c => {
-            sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = $1")
-                .bind(trust_domain.as_str())
-                .execute(&mut **c)
-                .await?
-                .rows_affected()
-        });
-        if done == 0 {
-            return Err(DatastoreError::NotFound(format!(
-                "federation relationship with {trust_domain}"
-            )));
-        }
-        self.commit(
-            tx,
-            vec![Change::FederationRelationship(trust_domain.clone())],
+        self.delete_by_trust_domain(
+            "DELETE FROM federation_relationships WHERE trust_domain = $1",
+            trust_domain,
+            || format!("federation relationship with {trust_domain}"),
+            Change::FederationRelationship(trust_domain.clone()),
         )
         .await
     }
